@@ -1,0 +1,306 @@
+//! The operator's configuration: the original's Helm values shape.
+//!
+//! ```yaml
+//! namespace: giantswarm          # where NodeImages live
+//! releaseChannel: stable         # flatcar channel in image names
+//! imageRetentionPeriod: "0"      # Go duration (e.g. 720h) an unused image is kept
+//! concurrency: {images: 4, locations: 4}
+//! s3: {bucket, region, http, endpoint, credentials: {accessKeyId, secretAccessKey}, insecure, caBundle}
+//! vsphere: {enabled, insecure, caBundle, credentials: {vcenter, username, password}, locations: {…}}
+//! ```
+//! Keys the operator does not know (the rest of a Helm values file) are ignored. Separate
+//! files (a mounted credentials Secret, a locations ConfigMap) are merged in at a key.
+
+use std::{path::Path, time::Duration};
+
+use ido_engine::{
+    http::TlsOptions,
+    s3::{S3Credentials, S3Location, S3Source},
+};
+use ido_providers::{Providers, ProvidersConfig};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::Settings;
+
+/// A configuration error naming the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{key}: invalid value {value:?}: {reason}")]
+    Value {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Provider(#[from] ido_providers::ProviderError),
+    #[error(transparent)]
+    Engine(#[from] ido_engine::Error),
+}
+
+fn default_namespace() -> String {
+    "giantswarm".into()
+}
+fn default_channel() -> String {
+    "stable".into()
+}
+fn default_four() -> usize {
+    4
+}
+
+/// How much work runs at once.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// NodeImages reconciled at once.
+    #[serde(default = "default_four")]
+    pub images: usize,
+    /// Locations of one NodeImage worked on at once.
+    #[serde(default = "default_four")]
+    pub locations: usize,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Self {
+            images: 4,
+            locations: 4,
+        }
+    }
+}
+
+/// The `s3` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Config {
+    #[serde(default)]
+    pub bucket: String,
+    #[serde(default)]
+    pub region: String,
+    /// `http://` instead of `https://` for AWS URLs.
+    #[serde(default)]
+    pub http: bool,
+    /// S3-compatible endpoint URL (path-style).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Keys for private buckets; anonymous when absent.
+    #[serde(default)]
+    pub credentials: Option<S3Credentials>,
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_channel")]
+    pub release_channel: String,
+    /// Go duration string; `"0"` deletes unused images at once.
+    #[serde(default)]
+    pub image_retention_period: Option<Value>,
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+    /// The provider sections (`vsphere`, …), decoded apart so errors keep their key path.
+    #[serde(skip)]
+    pub providers: ProvidersConfig,
+}
+
+impl Config {
+    /// Reads a values file and merges `KEY=FILE` extras (dotted keys, YAML files) into it.
+    pub fn load(values: Option<&Path>, merges: &[(String, std::path::PathBuf)]) -> Result<Self, ConfigError> {
+        let mut root = match values {
+            Some(p) => read_yaml(p)?,
+            None => Value::Object(Default::default()),
+        };
+        if root.is_null() {
+            root = Value::Object(Default::default());
+        }
+        for (key, file) in merges {
+            let v = read_yaml(file)?;
+            let mut at = &mut root;
+            for part in key.split('.') {
+                if !at.is_object() {
+                    return Err(ConfigError::Value {
+                        key: key.clone(),
+                        value: at.to_string(),
+                        reason: "is not a map".into(),
+                    });
+                }
+                at = at
+                    .as_object_mut()
+                    .expect("object")
+                    .entry(part)
+                    .or_insert(Value::Object(Default::default()));
+            }
+            *at = v;
+        }
+        Self::from_value(root)
+    }
+
+    /// Decodes a configuration; errors name the key.
+    pub fn from_value(v: Value) -> Result<Self, ConfigError> {
+        let mut c: Config = decode_with_path(&v)?;
+        c.providers = decode_with_path(&v)?;
+        c.settings()?;
+        if c.concurrency.images == 0 {
+            return Err(value_err("concurrency.images", "0", "must be at least 1"));
+        }
+        if c.concurrency.locations == 0 {
+            return Err(value_err("concurrency.locations", "0", "must be at least 1"));
+        }
+        Ok(c)
+    }
+
+    /// Reconciler settings.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let retention = match &self.image_retention_period {
+            None | Some(Value::Null) => Duration::ZERO,
+            Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Duration::ZERO,
+            Some(Value::String(s)) => parse_go_duration(s).ok_or_else(|| {
+                value_err(
+                    "imageRetentionPeriod",
+                    s,
+                    "expected a duration such as 0, 90m or 720h",
+                )
+            })?,
+            Some(other) => {
+                return Err(value_err(
+                    "imageRetentionPeriod",
+                    &other.to_string(),
+                    "expected a duration such as 720h",
+                ));
+            }
+        };
+        if self.namespace.is_empty() {
+            return Err(value_err("namespace", "", "must not be empty"));
+        }
+        if self.release_channel.is_empty() || !self.release_channel.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(value_err(
+                "releaseChannel",
+                &self.release_channel,
+                "must be a lower-case word such as stable",
+            ));
+        }
+        Ok(Settings {
+            namespace: self.namespace.clone(),
+            channel: self.release_channel.clone(),
+            retention,
+            location_concurrency: self.concurrency.locations,
+            ..Settings::default()
+        })
+    }
+
+    /// The S3 source, if configured.
+    pub fn source(&self) -> Result<Option<S3Source>, ConfigError> {
+        let Some(s3) = &self.s3 else { return Ok(None) };
+        let client = ido_engine::http::client(
+            &TlsOptions {
+                insecure: s3.insecure,
+                ca_bundle: s3.ca_bundle.clone(),
+            },
+            "s3.caBundle",
+        )?;
+        let loc = S3Location {
+            bucket: s3.bucket.clone(),
+            region: s3.region.clone(),
+            endpoint: s3.endpoint.clone(),
+            http: s3.http,
+            credentials: s3.credentials.clone(),
+        };
+        Ok(Some(S3Source::new(&loc, client)?))
+    }
+
+    /// The enabled providers.
+    pub fn providers(&self) -> Result<Providers, ConfigError> {
+        Ok(self.providers.build()?)
+    }
+}
+
+fn value_err(key: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn read_yaml(p: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    })?;
+    yaml::from_str(&text).map_err(|e| ConfigError::File {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Parses a Go duration (`0`, `90s`, `1h30m`, `720h`; also `d` for days).
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * mult;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Decodes `v`, naming the failing key (and its value) in the error.
+fn decode_with_path<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let key = e.path().to_string();
+        let secret = ["password", "secret", "token"]
+            .iter()
+            .any(|w| key.to_ascii_lowercase().contains(w));
+        let value = if secret {
+            "<redacted>".to_string()
+        } else {
+            lookup(v, &key).map(|x| x.to_string()).unwrap_or_default()
+        };
+        let reason = if secret {
+            "invalid type or value".to_string()
+        } else {
+            e.into_inner().to_string()
+        };
+        ConfigError::Value { key, value, reason }
+    })
+}
+
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |at, k| at.get(k))
+}

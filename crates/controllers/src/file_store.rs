@@ -1,0 +1,424 @@
+//! A file-backed [`Store`]: one JSON file per object under a state directory, with the API
+//! server's semantics that the reconcilers rely on (resourceVersion conflicts, generation,
+//! finalizers holding deletion, status written apart from spec). `ido run` and the
+//! end-to-end tests drive the controllers over it; no cluster is needed.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::store::{Event, MetaPatch, Object, Result, Store, StoreError};
+
+/// Identity of a stored object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// `<plural>.<group>`, e.g. `nodeimages.image.giantswarm.io`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl Key {
+    fn of<K: Object>(namespace: Option<&str>, name: &str) -> Self {
+        Self {
+            resource: format!("{}.{}", K::plural(&()), K::group(&())),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+
+    fn path(&self, root: &Path) -> PathBuf {
+        root.join(&self.resource)
+            .join(self.namespace.as_deref().unwrap_or("_cluster"))
+            .join(format!("{}.json", self.name))
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{}/{}", self.resource, ns, self.name),
+            None => write!(f, "{}/{}", self.resource, self.name),
+        }
+    }
+}
+
+/// A recorded event with the object it is about.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RecordedEvent {
+    pub object: String,
+    pub time: jiff::Timestamp,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+struct Inner {
+    root: PathBuf,
+    objects: BTreeMap<Key, Value>,
+    next_rv: u64,
+    events: Vec<RecordedEvent>,
+}
+
+/// The file-backed store. Cheap to clone.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Mutex<Inner>>,
+    changes: broadcast::Sender<Key>,
+}
+
+fn other(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the state directory and loads every object in it.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| other(format!("{}: {e}", root.display())))?;
+        let mut objects = BTreeMap::new();
+        let mut max_rv = 0;
+        for res in read_dirs(root)? {
+            for ns in read_dirs(&res)? {
+                for file in std::fs::read_dir(&ns).map_err(other)? {
+                    let path = file.map_err(other)?.path();
+                    if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| other(format!("{}: {e}", path.display())))?;
+                    let v: Value =
+                        serde_json::from_str(&text).map_err(|e| other(format!("{}: {e}", path.display())))?;
+                    let name = path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let nsname = ns.file_name().and_then(|s| s.to_str()).unwrap_or_default();
+                    let key = Key {
+                        resource: res
+                            .file_name()
+                            .and_then(|s| s.to_str())
+                            .unwrap_or_default()
+                            .to_string(),
+                        namespace: (nsname != "_cluster").then(|| nsname.to_string()),
+                        name,
+                    };
+                    let rv = v["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    max_rv = max_rv.max(rv);
+                    objects.insert(key, v);
+                }
+            }
+        }
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                root: root.to_path_buf(),
+                objects,
+                next_rv: max_rv + 1,
+                events: vec![],
+            })),
+            changes,
+        })
+    }
+
+    /// Keys of changed objects, as they change.
+    pub fn subscribe(&self) -> broadcast::Receiver<Key> {
+        self.changes.subscribe()
+    }
+
+    /// Events recorded since the store was opened.
+    pub fn events(&self) -> Vec<RecordedEvent> {
+        self.inner.lock().expect("lock").events.clone()
+    }
+
+    /// The stored JSON of `key`, if any.
+    pub fn raw(&self, key: &Key) -> Option<Value> {
+        self.inner.lock().expect("lock").objects.get(key).cloned()
+    }
+
+    /// Key of a typed object.
+    pub fn key_of<K: Object>(obj: &K) -> Key {
+        let m = obj.meta();
+        Key::of::<K>(m.namespace.as_deref(), m.name.as_deref().unwrap_or_default())
+    }
+
+    /// Key for a kind, namespace and name.
+    pub fn key<K: Object>(namespace: Option<&str>, name: &str) -> Key {
+        Key::of::<K>(namespace, name)
+    }
+
+    fn write(&self, inner: &mut Inner, key: &Key, value: Option<Value>) -> Result<()> {
+        let path = key.path(&inner.root);
+        match &value {
+            Some(v) => {
+                let dir = path.parent().expect("parent");
+                std::fs::create_dir_all(dir).map_err(other)?;
+                let tmp = path.with_extension("json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec_pretty(v).map_err(other)?).map_err(other)?;
+                std::fs::rename(&tmp, &path).map_err(other)?;
+                inner.objects.insert(key.clone(), v.clone());
+            }
+            None => {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(other(e)),
+                }
+                inner.objects.remove(key);
+            }
+        }
+        let _ = self.changes.send(key.clone());
+        Ok(())
+    }
+
+    fn bump(inner: &mut Inner, v: &mut Value) {
+        v["metadata"]["resourceVersion"] = json!(inner.next_rv.to_string());
+        inner.next_rv += 1;
+    }
+
+    fn check_rv<K: Object>(stored: &Value, obj: &K, key: &Key) -> Result<()> {
+        let want = obj.meta().resource_version.as_deref();
+        if want.is_some() && stored["metadata"]["resourceVersion"].as_str() != want {
+            return Err(StoreError::Conflict {
+                kind: K::kind(&()).to_string(),
+                name: key.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes the object if it is being deleted and has no finalizers left.
+    fn finish_deletion(&self, inner: &mut Inner, key: &Key, v: Value) -> Result<Value> {
+        let deleting = !v["metadata"]["deletionTimestamp"].is_null();
+        let no_finalizers = v["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|a| a.is_empty());
+        if deleting && no_finalizers {
+            self.write(inner, key, None)?;
+        } else {
+            self.write(inner, key, Some(v.clone()))?;
+        }
+        Ok(v)
+    }
+}
+
+fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).map_err(|e| other(format!("{}: {e}", dir.display())))? {
+        let p = e.map_err(other)?.path();
+        if p.is_dir() {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn decode<K: Object>(v: Value) -> Result<K> {
+    serde_json::from_value(v).map_err(|e| other(format!("decoding {}: {e}", K::kind(&()))))
+}
+
+impl Store for FileStore {
+    async fn get<K: Object>(&self, namespace: Option<&str>, name: &str) -> Result<Option<K>> {
+        let v = self
+            .inner
+            .lock()
+            .expect("lock")
+            .objects
+            .get(&Key::of::<K>(namespace, name))
+            .cloned();
+        v.map(decode).transpose()
+    }
+
+    async fn list<K: Object>(&self) -> Result<Vec<K>> {
+        let resource = format!("{}.{}", K::plural(&()), K::group(&()));
+        let vals: Vec<Value> = self
+            .inner
+            .lock()
+            .expect("lock")
+            .objects
+            .iter()
+            .filter(|(k, _)| k.resource == resource)
+            .map(|(_, v)| v.clone())
+            .collect();
+        vals.into_iter().map(decode).collect()
+    }
+
+    async fn create<K: Object>(&self, obj: &K) -> Result<K> {
+        self.create_now(obj)
+    }
+
+    async fn patch_metadata<K: Object>(&self, obj: &K, patch: &MetaPatch) -> Result<K> {
+        let key = Self::key_of(obj);
+        let mut inner = self.inner.lock().expect("lock");
+        let mut v = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                kind: K::kind(&()).to_string(),
+                name: key.name.clone(),
+            })?;
+        Self::check_rv(&v, obj, &key)?;
+        if let Some(f) = &patch.finalizers {
+            v["metadata"]["finalizers"] = json!(f);
+        }
+        if !patch.annotations.is_empty() {
+            if !v["metadata"]["annotations"].is_object() {
+                v["metadata"]["annotations"] = json!({});
+            }
+            let a = v["metadata"]["annotations"].as_object_mut().expect("object");
+            for (k, val) in &patch.annotations {
+                match val {
+                    Some(val) => a.insert(k.clone(), json!(val)),
+                    None => a.remove(k),
+                };
+            }
+        }
+        Self::bump(&mut inner, &mut v);
+        let v = self.finish_deletion(&mut inner, &key, v)?;
+        decode(v)
+    }
+
+    async fn update_status<K: Object>(&self, obj: &K) -> Result<K> {
+        let key = Self::key_of(obj);
+        let new = serde_json::to_value(obj).map_err(other)?;
+        let mut inner = self.inner.lock().expect("lock");
+        let mut v = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                kind: K::kind(&()).to_string(),
+                name: key.name.clone(),
+            })?;
+        Self::check_rv(&v, obj, &key)?;
+        v["status"] = new["status"].clone();
+        Self::bump(&mut inner, &mut v);
+        self.write(&mut inner, &key, Some(v.clone()))?;
+        decode(v)
+    }
+
+    async fn delete<K: Object>(&self, obj: &K) -> Result<()> {
+        let key = Self::key_of(obj);
+        let mut inner = self.inner.lock().expect("lock");
+        let Some(mut v) = inner.objects.get(&key).cloned() else {
+            return Ok(());
+        };
+        if v["metadata"]["deletionTimestamp"].is_null() {
+            v["metadata"]["deletionTimestamp"] = json!(
+                jiff::Timestamp::now()
+                    .round(jiff::Unit::Second)
+                    .map_err(other)?
+                    .to_string()
+            );
+            Self::bump(&mut inner, &mut v);
+        }
+        self.finish_deletion(&mut inner, &key, v)?;
+        Ok(())
+    }
+
+    async fn event<K: Object>(&self, obj: &K, event: Event) {
+        let key = Self::key_of(obj);
+        tracing::info!(object = %key, reason = %event.reason, kind = ?event.type_, "{}", event.message);
+        let mut inner = self.inner.lock().expect("lock");
+        let rec = RecordedEvent {
+            object: key.to_string(),
+            time: jiff::Timestamp::now(),
+            event,
+        };
+        let path = inner.root.join("events.jsonl");
+        if let Ok(line) = serde_json::to_string(&rec) {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+        inner.events.push(rec);
+    }
+}
+
+impl FileStore {
+    fn create_now<K: Object>(&self, obj: &K) -> Result<K> {
+        let key = Self::key_of(obj);
+        if key.name.is_empty() {
+            return Err(other(format!("{}: metadata.name is required", K::kind(&()))));
+        }
+        let mut inner = self.inner.lock().expect("lock");
+        if inner.objects.contains_key(&key) {
+            return Err(StoreError::AlreadyExists {
+                kind: K::kind(&()).to_string(),
+                name: key.name,
+            });
+        }
+        let mut v = serde_json::to_value(obj).map_err(other)?;
+        v["apiVersion"] = json!(K::api_version(&()));
+        v["kind"] = json!(K::kind(&()));
+        let m = &mut v["metadata"];
+        m["uid"] = json!(format!("{:032x}", rand_id(&key, inner.next_rv)));
+        m["creationTimestamp"] = json!(
+            jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .map_err(other)?
+                .to_string()
+        );
+        m["generation"] = json!(1);
+        if let Some(o) = m.as_object_mut() {
+            o.remove("deletionTimestamp");
+            o.remove("resourceVersion");
+        }
+        Self::bump(&mut inner, &mut v);
+        self.write(&mut inner, &key, Some(v.clone()))?;
+        decode(v)
+    }
+
+    /// Creates `obj` or, if it exists, replaces its spec and labels/annotations given
+    /// (bumping the generation when the spec changed). Used to apply manifests.
+    pub fn apply<K: Object>(&self, obj: &K) -> Result<K> {
+        let key = Self::key_of(obj);
+        let new = serde_json::to_value(obj).map_err(other)?;
+        let mut inner = self.inner.lock().expect("lock");
+        let Some(mut v) = inner.objects.get(&key).cloned() else {
+            drop(inner);
+            return self.create_now(obj);
+        };
+        let mut changed = false;
+        if v["spec"] != new["spec"] {
+            v["spec"] = new["spec"].clone();
+            let g = v["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            v["metadata"]["generation"] = json!(g);
+            changed = true;
+        }
+        for field in ["labels", "annotations"] {
+            if let Some(m) = new["metadata"][field].as_object() {
+                if !v["metadata"][field].is_object() {
+                    v["metadata"][field] = json!({});
+                }
+                for (k, val) in m {
+                    if v["metadata"][field][k] != *val {
+                        v["metadata"][field][k] = val.clone();
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            Self::bump(&mut inner, &mut v);
+            self.write(&mut inner, &key, Some(v.clone()))?;
+        }
+        decode(v)
+    }
+}
+
+fn rand_id(key: &Key, n: u64) -> u128 {
+    use std::hash::BuildHasher;
+    let s = std::collections::hash_map::RandomState::new();
+    let a = s.hash_one((key, n));
+    ((a as u128) << 64) | s.hash_one(a) as u128
+}

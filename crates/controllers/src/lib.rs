@@ -1,0 +1,116 @@
+//! Reconcilers as plain async functions over a small object store.
+//!
+//! ```text
+//!   Release ──release::reconcile──▶ NodeImage ──nodeimage::reconcile──▶ Provider (vSphere, …)
+//!                                        ▲                                   ▲
+//!                                  Store (file or kube)              S3 source (engine)
+//! ```
+//!
+//! Two drivers run the same reconcilers: [`run`] (`ido run`, over the [`file_store`]) and
+//! the kube-runtime controllers of `ido-operator` (`ido operator`).
+
+use std::time::Duration;
+
+use ido_engine::s3::S3Source;
+use ido_providers::{ProviderError, Providers};
+
+pub mod config;
+pub mod file_store;
+pub mod metrics;
+pub mod nodeimage;
+pub mod release;
+pub mod run;
+pub mod store;
+
+pub use store::{Store, StoreError};
+
+/// What a reconcile asks of its driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Look again after this long.
+    Requeue(Duration),
+    /// Nothing to do until the object changes.
+    AwaitChange,
+}
+
+/// Reconcile failures; the driver retries them with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl Error {
+    /// Stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Store(StoreError::Conflict { .. }) => "conflict",
+            Error::Store(_) => "store",
+            Error::Provider(ProviderError::Config { .. }) => "config",
+            Error::Provider(ProviderError::SourceMissing(_)) => "source_missing",
+            Error::Provider(ProviderError::InvalidImage(_)) => "invalid_image",
+            Error::Provider(ProviderError::Api(_)) => "provider_api",
+            Error::Provider(ProviderError::Transport(_)) => "transport",
+        }
+    }
+}
+
+/// Settings shared by the reconcilers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace NodeImages are created in (default `giantswarm`).
+    pub namespace: String,
+    /// Flatcar channel in image names (default `stable`).
+    pub channel: String,
+    /// How long an unused image is kept (`AwaitingDeletion`) before deletion; 0 = at once.
+    pub retention: Duration,
+    /// Locations of one image worked on at once.
+    pub location_concurrency: usize,
+    /// How often available images are checked again.
+    pub recheck: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: "giantswarm".into(),
+            channel: "stable".into(),
+            retention: Duration::ZERO,
+            location_concurrency: 4,
+            recheck: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context<S: Store> {
+    pub store: S,
+    pub providers: Providers,
+    /// Where node images are read from; `None` when no `s3` section is configured.
+    pub source: Option<S3Source>,
+    pub settings: Settings,
+    pub metrics: metrics::Metrics,
+}
+
+/// What of an object should start a reconcile: everything but the status the controllers
+/// write about their own work (`status.releases` counts: the release controller writes it
+/// for the image controller) and the `resourceVersion`. Drivers skip changes that leave
+/// this unchanged, so a controller's own status writes do not re-trigger it.
+pub fn trigger_fingerprint(obj: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+    }
+    if let Some(o) = v.as_object_mut()
+        && let Some(status) = o.remove("status")
+    {
+        o.insert("releases".into(), status.get("releases").cloned().unwrap_or_default());
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}

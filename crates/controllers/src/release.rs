@@ -1,0 +1,333 @@
+//! The release controller: Releases decide which NodeImages must exist.
+//!
+//! For each Release of an enabled provider it derives the node image name, makes sure the
+//! NodeImage `<provider>-<image>` exists and lists the release in `status.releases`, and on
+//! deletion takes the release out again (deleting the image, or marking it
+//! `AwaitingDeletion` for the retention period, when no release is left).
+//!
+//! Fixed against the original: metadata and status are written separately, each from the
+//! object the previous write returned (no lost status write); releases of disabled providers
+//! and releases missing a component get no finalizer (and lose one they had) and no error
+//! loop; an image a release no longer uses stops listing it.
+
+use std::time::Duration;
+
+use ido_api::{NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus, Release, nodeimage, release};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::{
+    Action, Context, Error,
+    store::{
+        Event, MetaPatch, Store, StoreError, finalizer_patch, has_finalizer, modify_status,
+        patch_metadata_retry,
+    },
+};
+
+/// How often a settled Release is looked at again.
+pub const RECHECK: Duration = Duration::from_secs(300);
+
+/// Provider id from a release name (`vsphere-30.1.0` → `capv`), `None` if the name does
+/// not have the `<provider>-<x.y.z>` shape.
+pub fn provider_of(release: &str) -> Option<String> {
+    // ^([a-z-]+)-\d+\.\d+\.\d+
+    for (i, _) in release.match_indices('-') {
+        let prefix = &release[..i];
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+            break;
+        }
+        let rest = &release[i + 1..];
+        let mut parts = rest.splitn(3, '.');
+        let nums = (parts.next(), parts.next(), parts.next());
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let lead = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count() > 0;
+        if let (Some(a), Some(b), Some(c)) = nums
+            && digits(a)
+            && digits(b)
+            && lead(c)
+        {
+            return Some(
+                match prefix {
+                    "vsphere" => "capv",
+                    "cloud-director" => "capvcd",
+                    "proxmox" => "capmox",
+                    other => other,
+                }
+                .to_string(),
+            );
+        }
+    }
+    None
+}
+
+/// Node image name of a release: `flatcar-<channel>-<flatcar>-kube-<k8s>-tooling-<tooling>-gs`.
+/// Errors name the missing component.
+pub fn image_name(rel: &Release, channel: &str) -> Result<String, String> {
+    let get = |c: &str| {
+        rel.component(c)
+            .ok_or_else(|| format!("component {c:?} is missing or has no version"))
+    };
+    let flatcar = get("flatcar")?;
+    let kube = get("kubernetes")?;
+    let tooling = get("os-tooling")?;
+    Ok(format!(
+        "flatcar-{channel}-{flatcar}-kube-{}-tooling-{}-gs",
+        kube.trim_start_matches('v'),
+        tooling.trim_start_matches('v')
+    ))
+}
+
+/// Reconciles one Release.
+pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Action, Error> {
+    let name = rel.metadata.name.clone().unwrap_or_default();
+    let deleting = rel.metadata.deletion_timestamp.is_some();
+    let ours = has_finalizer(rel, release::FINALIZER);
+
+    let provider = provider_of(&name).filter(|p| ctx.providers.get(p).is_some());
+    let Some(provider) = provider else {
+        tracing::debug!(release = %name, "provider not enabled, skipping");
+        if ours {
+            // The provider was disabled since: let the Release go.
+            release_images(rel, &name, None, ctx).await?;
+            remove_finalizer(rel, ctx).await?;
+        }
+        return Ok(Action::AwaitChange);
+    };
+
+    let image = match image_name(rel, &ctx.settings.channel) {
+        Ok(i) => i,
+        Err(msg) => {
+            ctx.store
+                .event(
+                    rel,
+                    Event::warning("MissingComponent", "DeriveImage", msg.clone()),
+                )
+                .await;
+            tracing::warn!(release = %name, "{msg}");
+            if ours {
+                release_images(rel, &name, None, ctx).await?;
+                remove_finalizer(rel, ctx).await?;
+            }
+            return Ok(Action::AwaitChange);
+        }
+    };
+    let ni_name = NodeImage::object_name(&provider, &image);
+
+    if deleting {
+        if ours {
+            release_images(rel, &name, None, ctx).await?;
+            remove_finalizer(rel, ctx).await?;
+        }
+        return Ok(Action::AwaitChange);
+    }
+
+    if !ours {
+        patch_metadata_retry(&ctx.store, rel, &finalizer_patch(rel, release::FINALIZER, true)).await?;
+    }
+
+    let ns = ctx.settings.namespace.as_str();
+    let ni = match ctx.store.get::<NodeImage>(Some(ns), &ni_name).await? {
+        Some(ni) => ni,
+        None => {
+            let new = NodeImage {
+                metadata: ObjectMeta {
+                    name: Some(ni_name.clone()),
+                    namespace: Some(ns.to_string()),
+                    ..Default::default()
+                },
+                spec: NodeImageSpec {
+                    name: image.clone(),
+                    provider: provider.clone(),
+                },
+                status: None,
+            };
+            match ctx.store.create(&new).await {
+                Ok(ni) => {
+                    ctx.store
+                        .event(
+                            rel,
+                            Event::normal(
+                                "NodeImageCreated",
+                                "Create",
+                                format!("created NodeImage {ns}/{ni_name}"),
+                            ),
+                        )
+                        .await;
+                    ni
+                }
+                Err(StoreError::AlreadyExists { .. }) => ctx
+                    .store
+                    .get::<NodeImage>(Some(ns), &ni_name)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Store(StoreError::Other(format!("NodeImage {ni_name} vanished")))
+                    })?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if ni.metadata.deletion_timestamp.is_some() {
+        // Being removed (e.g. retention ran out just now): create it anew once it is gone.
+        return Ok(Action::Requeue(Duration::from_secs(5)));
+    }
+
+    let rel_name = name.clone();
+    let ni = modify_status(&ctx.store, &ni, |ni: &mut NodeImage| {
+        let st = ni.status.get_or_insert_with(NodeImageStatus::default);
+        if !st.releases.contains(&rel_name) {
+            st.releases.push(rel_name.clone());
+            st.releases.sort();
+        }
+        if matches!(st.state, NodeImageState::New | NodeImageState::AwaitingDeletion) {
+            st.state = NodeImageState::Pending;
+        }
+    })
+    .await?;
+    if let Some(ni) = ni
+        && ni
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(nodeimage::LAST_USED_ANNOTATION))
+    {
+        let mut p = MetaPatch::default();
+        p.annotations.insert(nodeimage::LAST_USED_ANNOTATION.into(), None);
+        patch_metadata_retry(&ctx.store, &ni, &p).await?;
+    }
+
+    // Keep status.releases exact: an image this release no longer uses stops listing it.
+    release_images(rel, &name, Some(&ni_name), ctx).await?;
+    Ok(Action::Requeue(RECHECK))
+}
+
+async fn remove_finalizer<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<(), Error> {
+    patch_metadata_retry(&ctx.store, rel, &finalizer_patch(rel, release::FINALIZER, false)).await?;
+    Ok(())
+}
+
+/// Takes release `name` out of every NodeImage except `keep`, handling images left unused.
+async fn release_images<S: Store>(
+    rel: &Release,
+    name: &str,
+    keep: Option<&str>,
+    ctx: &Context<S>,
+) -> Result<(), Error> {
+    for ni in ctx.store.list::<NodeImage>().await? {
+        let ni_name = ni.metadata.name.clone().unwrap_or_default();
+        if Some(ni_name.as_str()) == keep
+            || !ni
+                .status
+                .as_ref()
+                .is_some_and(|s| s.releases.iter().any(|r| r == name))
+        {
+            continue;
+        }
+        let Some(ni) = modify_status(&ctx.store, &ni, |ni: &mut NodeImage| {
+            if let Some(st) = ni.status.as_mut() {
+                st.releases.retain(|r| r != name);
+            }
+        })
+        .await?
+        else {
+            continue;
+        };
+        ctx.store
+            .event(
+                rel,
+                Event::normal(
+                    "ReleasedImage",
+                    "Release",
+                    format!("release no longer uses NodeImage {ni_name}"),
+                ),
+            )
+            .await;
+        if ni.status.as_ref().is_some_and(|s| s.releases.is_empty()) {
+            mark_unused(&ni, ctx).await?;
+        }
+    }
+    Ok(())
+}
+
+/// An image no release uses: delete it now, or keep it for the retention period.
+pub(crate) async fn mark_unused<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<(), Error> {
+    if ctx.settings.retention.is_zero() {
+        ctx.store.delete(ni).await?;
+        return Ok(());
+    }
+    let mut p = MetaPatch::default();
+    p.annotations.insert(
+        nodeimage::LAST_USED_ANNOTATION.into(),
+        Some(jiff::Timestamp::now().to_string()),
+    );
+    let Some(ni) = patch_metadata_retry(&ctx.store, ni, &p).await? else {
+        return Ok(());
+    };
+    modify_status(&ctx.store, &ni, |ni: &mut NodeImage| {
+        let st = ni.status.get_or_insert_with(NodeImageStatus::default);
+        if st.releases.is_empty() {
+            st.state = NodeImageState::AwaitingDeletion;
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ido_api::{ReleaseComponent, ReleaseSpec};
+
+    fn rel(name: &str, comps: &[(&str, &str)]) -> Release {
+        let mut r = Release::new(
+            name,
+            ReleaseSpec {
+                components: comps
+                    .iter()
+                    .map(|(n, v)| ReleaseComponent {
+                        name: n.to_string(),
+                        version: v.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        r.metadata.name = Some(name.into());
+        r
+    }
+
+    #[test]
+    fn provider_from_release_name() {
+        assert_eq!(provider_of("vsphere-30.1.0").as_deref(), Some("capv"));
+        assert_eq!(provider_of("cloud-director-0.10.5").as_deref(), Some("capvcd"));
+        assert_eq!(provider_of("proxmox-1.2.3-alpha.1").as_deref(), Some("capmox"));
+        assert_eq!(provider_of("aws-25.0.0").as_deref(), Some("aws"));
+        assert_eq!(provider_of("vsphere"), None);
+        assert_eq!(provider_of("Vsphere-1.2.3"), None);
+        assert_eq!(provider_of("vsphere-1.2"), None);
+    }
+
+    #[test]
+    fn image_name_like_the_original() {
+        let r = rel(
+            "vsphere-30.0.0",
+            &[
+                ("flatcar", "3975.2.0"),
+                ("kubernetes", "v1.30.4"),
+                ("os-tooling", "v1.18.1"),
+            ],
+        );
+        assert_eq!(
+            image_name(&r, "stable").unwrap(),
+            "flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs"
+        );
+        assert_eq!(
+            image_name(&r, "beta").unwrap(),
+            "flatcar-beta-3975.2.0-kube-1.30.4-tooling-1.18.1-gs"
+        );
+        let r = rel(
+            "vsphere-30.0.0",
+            &[("flatcar", "3975.2.0"), ("kubernetes", "1.30.4")],
+        );
+        assert!(image_name(&r, "stable").unwrap_err().contains("os-tooling"));
+    }
+}

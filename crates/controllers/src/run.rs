@@ -1,0 +1,519 @@
+//! The `ido run` driver: the reconcilers over the [`FileStore`], no cluster.
+//!
+//! The manifests given are the desired set: objects from them are created or updated, and
+//! objects applied by an earlier run but no longer given are deleted (finalizers honoured).
+//! A work queue then reconciles every object that changed or is due, Releases and NodeImages
+//! alike, NodeImages with bounded concurrency. With `once`, the run ends when no work is left
+//! that can change anything now, and reports whether every object settled.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use ido_api::{NodeImage, NodeImageState, Release, condition, nodeimage::conditions};
+use serde_json::Value;
+use tokio::{
+    sync::{Semaphore, broadcast},
+    task::JoinSet,
+    time::Instant,
+};
+
+use crate::{
+    Action, Context,
+    file_store::{FileStore, Key},
+    nodeimage, release,
+    store::{EventType, Store},
+};
+
+/// Annotation marking objects applied from manifests (only those are pruned).
+pub const APPLIED_ANNOTATION: &str = "ido.dev/applied-by";
+
+/// An object read from a manifest.
+#[derive(Clone, Debug)]
+pub enum Manifest {
+    Release(Box<Release>),
+    NodeImage(Box<NodeImage>),
+}
+
+/// Reads manifests (files, or directories of `*.yaml`/`*.yml`; multi-document YAML).
+pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<Manifest>> {
+    let mut files = vec![];
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| matches!(f.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut out = vec![];
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let docs: Vec<Value> = yaml::from_str_multiple(&text)
+            .map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", f.display()))?;
+        for (i, doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            let api = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            let at = || format!("{}: document {}", f.display(), i + 1);
+            let m = match (api.as_str(), kind.as_str()) {
+                ("release.giantswarm.io/v1alpha1", "Release") => {
+                    let r: Release = serde_path_to_error::deserialize(&doc).map_err(|e| {
+                        anyhow::anyhow!("{}: Release field {}: {}", at(), e.path(), e.inner())
+                    })?;
+                    if r.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                        bail!("{}: Release metadata.name is required", at());
+                    }
+                    Manifest::Release(Box::new(r))
+                }
+                ("image.giantswarm.io/v1alpha1", "NodeImage") => {
+                    let mut n: NodeImage = serde_path_to_error::deserialize(&doc).map_err(|e| {
+                        anyhow::anyhow!("{}: NodeImage field {}: {}", at(), e.path(), e.inner())
+                    })?;
+                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                        bail!("{}: NodeImage metadata.name is required", at());
+                    }
+                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
+                    Manifest::NodeImage(Box::new(n))
+                }
+                _ => bail!(
+                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1) or NodeImage (image.giantswarm.io/v1alpha1)",
+                    at()
+                ),
+            };
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// Applies the desired set: creates/updates the manifests' objects and deletes objects an
+/// earlier run applied that are no longer given.
+pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<()> {
+    let mut wanted = BTreeSet::new();
+    for m in manifests {
+        match m {
+            Manifest::Release(r) => {
+                let mut r = (**r).clone();
+                r.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(APPLIED_ANNOTATION.into(), "ido-run".into());
+                wanted.insert(FileStore::key_of(&r));
+                store.apply(&r)?;
+            }
+            Manifest::NodeImage(n) => {
+                let mut n = (**n).clone();
+                n.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(APPLIED_ANNOTATION.into(), "ido-run".into());
+                wanted.insert(FileStore::key_of(&n));
+                store.apply(&n)?;
+            }
+        }
+    }
+    prune::<Release>(store, &wanted).await?;
+    prune::<NodeImage>(store, &wanted).await?;
+    Ok(())
+}
+
+async fn prune<K: crate::store::Object>(store: &FileStore, wanted: &BTreeSet<Key>) -> anyhow::Result<()> {
+    for obj in store.list::<K>().await? {
+        let applied = obj
+            .meta()
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(APPLIED_ANNOTATION));
+        if applied && !wanted.contains(&FileStore::key_of(&obj)) {
+            store.delete(&obj).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Options of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Stop when settled instead of running forever.
+    pub once: bool,
+    /// NodeImages reconciled at once.
+    pub image_concurrency: usize,
+    /// Give up (with `once`) after this long.
+    pub timeout: Duration,
+    /// Failed reconciles of one object retried before `once` gives up on it.
+    pub max_retries: u32,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            once: true,
+            image_concurrency: 4,
+            timeout: Duration::from_secs(3600),
+            max_retries: 3,
+        }
+    }
+}
+
+/// The outcome of a run: one row per object, and whether all settled.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+}
+
+/// One object's line in the status table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub kind: &'static str,
+    pub name: String,
+    pub provider: String,
+    pub state: String,
+    pub releases: String,
+    pub ok: bool,
+    pub message: String,
+    /// Per-location lines (NodeImages).
+    pub locations: Vec<String>,
+}
+
+impl Report {
+    /// True if every object settled well.
+    pub fn ok(&self) -> bool {
+        self.rows.iter().all(|r| r.ok)
+    }
+
+    /// The status table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<10} {:<64} {:<9} {:<17} {:<24} MESSAGE\n",
+            "KIND", "NAME", "PROVIDER", "STATE", "RELEASES"
+        );
+        for r in &self.rows {
+            out += &format!(
+                "{:<10} {:<64} {:<9} {:<17} {:<24} {}\n",
+                r.kind, r.name, r.provider, r.state, r.releases, r.message
+            );
+            for l in &r.locations {
+                out += &format!("           {l}\n");
+            }
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    due: Option<Instant>,
+    urgent: bool,
+    running: bool,
+    dirty: bool,
+    failures: u32,
+    last_error: Option<String>,
+    /// Trigger fingerprint of the object when its last reconcile started.
+    seen: Option<u64>,
+}
+
+/// Runs the reconcilers until settled (`once`) or forever.
+pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Result<Report> {
+    let mut changes = ctx.store.subscribe();
+    let mut queue: BTreeMap<Key, Entry> = BTreeMap::new();
+    let now = Instant::now();
+    for r in ctx.store.list::<Release>().await? {
+        queue.insert(
+            FileStore::key_of(&r),
+            Entry {
+                due: Some(now),
+                urgent: true,
+                ..Default::default()
+            },
+        );
+    }
+    for n in ctx.store.list::<NodeImage>().await? {
+        queue.insert(
+            FileStore::key_of(&n),
+            Entry {
+                due: Some(now),
+                urgent: true,
+                ..Default::default()
+            },
+        );
+    }
+    let images = Arc::new(Semaphore::new(opts.image_concurrency.max(1)));
+    let mut jobs: JoinSet<(Key, Result<Action, crate::Error>)> = JoinSet::new();
+    let deadline = Instant::now() + opts.timeout;
+    let release_res = FileStore::key::<Release>(None, "x").resource;
+
+    loop {
+        // Take in every change already announced before deciding anything.
+        loop {
+            match changes.try_recv() {
+                Ok(key) => mark_changed(&mut queue, &ctx.store, key),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        // Start due work.
+        for (key, e) in queue.iter_mut() {
+            if e.running || e.due.is_none_or(|d| d > now) {
+                continue;
+            }
+            e.running = true;
+            e.dirty = false;
+            e.due = None;
+            e.seen = ctx.store.raw(key).map(|v| crate::trigger_fingerprint(&v));
+            let (ctx, key, images) = (ctx.clone(), key.clone(), images.clone());
+            let is_release = key.resource == release_res;
+            jobs.spawn(async move {
+                let r = if is_release {
+                    match ctx.store.get::<Release>(None, &key.name).await {
+                        Ok(Some(r)) => timed(&ctx, "release", release::reconcile(&r, &ctx)).await,
+                        Ok(None) => Ok(Action::AwaitChange),
+                        Err(e) => Err(e.into()),
+                    }
+                } else {
+                    let _permit = images.acquire().await.expect("semaphore open");
+                    match ctx
+                        .store
+                        .get::<NodeImage>(key.namespace.as_deref(), &key.name)
+                        .await
+                    {
+                        Ok(Some(n)) => timed(&ctx, "nodeimage", nodeimage::reconcile(&n, &ctx)).await,
+                        Ok(None) => Ok(Action::AwaitChange),
+                        Err(e) => Err(e.into()),
+                    }
+                };
+                (key, r)
+            });
+        }
+
+        let busy = queue.values().any(|e| e.running);
+        let urgent_pending = queue.values().any(|e| e.urgent && e.due.is_some());
+        if opts.once && !busy && !urgent_pending {
+            break;
+        }
+        if opts.once && Instant::now() > deadline {
+            tracing::warn!("run timed out after {:?}", opts.timeout);
+            break;
+        }
+        let next_due = queue
+            .values()
+            .filter_map(|e| if e.running { None } else { e.due })
+            .min();
+        let sleep_until = next_due.unwrap_or(now + Duration::from_secs(3600)).min(deadline);
+
+        tokio::select! {
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                let (key, result) = done.context("reconcile task panicked")?;
+                let e = queue.entry(key.clone()).or_default();
+                e.running = false;
+                match result {
+                    Ok(action) => {
+                        e.failures = 0;
+                        e.last_error = None;
+                        match action {
+                            Action::Requeue(d) => { e.due = Some(Instant::now() + d); e.urgent = d <= Duration::from_secs(30); }
+                            Action::AwaitChange => { e.due = None; e.urgent = false; }
+                        }
+                    }
+                    Err(err) => {
+                        e.failures += 1;
+                        tracing::warn!(object = %key, error = %err, attempt = e.failures, "reconcile failed");
+                        e.last_error = Some(err.to_string());
+                        let backoff = Duration::from_secs(1u64 << e.failures.min(8)).min(Duration::from_secs(300));
+                        e.due = Some(Instant::now() + backoff);
+                        e.urgent = e.failures <= opts.max_retries;
+                    }
+                }
+                if e.dirty {
+                    e.due = Some(Instant::now());
+                    e.urgent = true;
+                }
+            }
+            Ok(key) = changes.recv() => mark_changed(&mut queue, &ctx.store, key),
+            _ = tokio::time::sleep_until(sleep_until) => {}
+        }
+    }
+    jobs.shutdown().await;
+    let errors: BTreeMap<Key, String> = queue
+        .into_iter()
+        .filter_map(|(k, e)| e.last_error.map(|m| (k, m)))
+        .collect();
+    report(&ctx, &errors).await
+}
+
+/// An object changed: reconcile it now (or again once its running reconcile ends), unless
+/// the change is only a controller's own status write.
+fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
+    let fp = store.raw(&key).map(|v| crate::trigger_fingerprint(&v));
+    let e = queue.entry(key).or_default();
+    if fp.is_some() && fp == e.seen {
+        return;
+    }
+    if e.running {
+        e.dirty = true;
+    } else if e.failures == 0 || e.urgent {
+        e.due = Some(Instant::now());
+        e.urgent = true;
+    }
+}
+
+async fn timed<S: Store>(
+    ctx: &Context<S>,
+    controller: &str,
+    f: impl Future<Output = Result<Action, crate::Error>>,
+) -> Result<Action, crate::Error> {
+    let labels = crate::metrics::ControllerLabels {
+        controller: controller.into(),
+    };
+    let start = std::time::Instant::now();
+    let r = f.await;
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    ctx.metrics
+        .reconcile_seconds
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    if let Err(e) = &r {
+        ctx.metrics
+            .failures
+            .get_or_create(&crate::metrics::FailureLabels {
+                controller: controller.into(),
+                error: e.metric_label().into(),
+            })
+            .inc();
+    }
+    r
+}
+
+/// Builds the status table from the store.
+pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) -> anyhow::Result<Report> {
+    let mut rows = vec![];
+    let events = ctx.store.events();
+    let images = ctx.store.list::<NodeImage>().await?;
+    for r in ctx.store.list::<Release>().await? {
+        let key = FileStore::key_of(&r);
+        let name = r.metadata.name.clone().unwrap_or_default();
+        let provider = release::provider_of(&name).unwrap_or_default();
+        let enabled = ctx.providers.get(&provider).is_some();
+        let last_event = events.iter().rev().find(|e| e.object == key.to_string());
+        let (state, ok, message) = if r.metadata.deletion_timestamp.is_some() {
+            ("Deleting".to_string(), false, "deletion pending".to_string())
+        } else if !enabled {
+            (
+                "Skipped".into(),
+                true,
+                format!("provider {provider:?} not enabled"),
+            )
+        } else if let Some(e) = errors.get(&key) {
+            ("Error".into(), false, e.clone())
+        } else {
+            match release::image_name(&r, &ctx.settings.channel) {
+                Err(m) => ("Invalid".into(), false, m),
+                Ok(img) => {
+                    let ni_name = NodeImage::object_name(&provider, &img);
+                    match images
+                        .iter()
+                        .find(|n| n.metadata.name.as_deref() == Some(ni_name.as_str()))
+                    {
+                        Some(n)
+                            if n.status
+                                .as_ref()
+                                .is_some_and(|s| s.state == NodeImageState::Available) =>
+                        {
+                            ("Ready".into(), true, format!("image {ni_name}"))
+                        }
+                        Some(_) => (
+                            "NotReady".into(),
+                            false,
+                            format!("image {ni_name} is not available"),
+                        ),
+                        None => (
+                            "NotReady".into(),
+                            false,
+                            format!("image {ni_name} does not exist"),
+                        ),
+                    }
+                }
+            }
+        };
+        let message = match last_event {
+            Some(e) if e.event.type_ == EventType::Warning && ok => {
+                format!("{message} (warning: {})", e.event.message)
+            }
+            _ => message,
+        };
+        rows.push(Row {
+            kind: "Release",
+            name,
+            provider,
+            state,
+            releases: String::new(),
+            ok,
+            message,
+            locations: vec![],
+        });
+    }
+    for n in &images {
+        let key = FileStore::key_of(n);
+        let st = n.status.clone().unwrap_or_default();
+        let ready = condition::find(&st.conditions, conditions::READY);
+        let ok = match st.state {
+            NodeImageState::Available => n.metadata.deletion_timestamp.is_none(),
+            NodeImageState::AwaitingDeletion => true,
+            _ => false,
+        };
+        let mut message = ready
+            .map(|c| format!("{}: {}", c.reason, c.message))
+            .unwrap_or_default();
+        if let Some(e) = errors.get(&key)
+            && !ok
+        {
+            message = format!("{message} (last error: {e})");
+        }
+        let locations = st
+            .locations
+            .iter()
+            .map(|l| {
+                format!(
+                    "location {:<16} {:<10} {} bytes={} {}",
+                    l.location,
+                    format!("{:?}", l.state),
+                    l.template.as_deref().unwrap_or("-"),
+                    l.bytes_transferred,
+                    l.message
+                )
+            })
+            .collect();
+        rows.push(Row {
+            kind: "NodeImage",
+            name: format!(
+                "{}/{}",
+                n.metadata.namespace.as_deref().unwrap_or_default(),
+                n.metadata.name.as_deref().unwrap_or_default()
+            ),
+            provider: n.spec.provider.clone(),
+            state: st.state.to_string(),
+            releases: st.releases.join(","),
+            ok,
+            message,
+            locations,
+        });
+    }
+    Ok(Report { rows })
+}
+
+/// Default state directory of `ido run`.
+pub fn default_state_dir() -> PathBuf {
+    Path::new(".ido").join("state")
+}

@@ -1,0 +1,207 @@
+//! The small object-store interface the reconcilers run over.
+//!
+//! Two implementations drive the same reconcilers: the file-backed [`crate::file_store`]
+//! (`ido run`, tests) and the kube-rs adapter in `ido-operator` (`ido operator`). Writes are
+//! narrow on purpose: metadata patches touch only finalizers and annotations (fields this
+//! operator does not know survive), status writes touch only the status, and every write
+//! carries the object's `resourceVersion` so a stale read fails with [`StoreError::Conflict`]
+//! instead of overwriting someone else's change.
+
+use std::{collections::BTreeMap, fmt::Debug, future::Future};
+
+use kube::Resource;
+use serde::{Serialize, de::DeserializeOwned};
+
+/// What a store can hold: a typed Kubernetes object.
+pub trait Object:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+impl<K> Object for K where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+/// Store failures, sorted by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: String, name: String },
+    /// The object changed since it was read: read again and retry.
+    #[error("{kind} {name:?} was modified concurrently")]
+    Conflict { kind: String, name: String },
+    #[error("store: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A change to an object's metadata: finalizers replaced, annotations set (`Some`) or removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetaPatch {
+    pub finalizers: Option<Vec<String>>,
+    pub annotations: BTreeMap<String, Option<String>>,
+}
+
+/// `Normal` or `Warning`, as in `core/v1` Events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// An event about an object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub type_: EventType,
+    /// CamelCase reason, e.g. `Uploaded`.
+    pub reason: String,
+    /// What was done, e.g. `Upload`.
+    pub action: String,
+    pub message: String,
+}
+
+impl Event {
+    pub fn normal(reason: &str, action: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            action: action.into(),
+            message: message.into(),
+        }
+    }
+    pub fn warning(reason: &str, action: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            action: action.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The object store. Methods are generic over the object type; namespaces come from the
+/// object (or the `namespace` argument of `get`).
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The object, or `None`.
+    fn get<K: Object>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<K>>> + Send;
+    /// Every object of a kind (all namespaces).
+    fn list<K: Object>(&self) -> impl Future<Output = Result<Vec<K>>> + Send;
+    /// Creates `obj` (metadata name/namespace/labels/annotations, spec and status).
+    fn create<K: Object>(&self, obj: &K) -> impl Future<Output = Result<K>> + Send;
+    /// Patches finalizers/annotations of `obj` (conflict if `obj` is stale).
+    fn patch_metadata<K: Object>(&self, obj: &K, patch: &MetaPatch)
+    -> impl Future<Output = Result<K>> + Send;
+    /// Writes `obj`'s status (conflict if `obj` is stale).
+    fn update_status<K: Object>(&self, obj: &K) -> impl Future<Output = Result<K>> + Send;
+    /// Deletes `obj` (sets `deletionTimestamp` while finalizers remain). Absent is success.
+    fn delete<K: Object>(&self, obj: &K) -> impl Future<Output = Result<()>> + Send;
+    /// Records an event about `obj`. Never fails the caller.
+    fn event<K: Object>(&self, obj: &K, event: Event) -> impl Future<Output = ()> + Send;
+}
+
+/// Applies `change` to `obj` and writes the status if it changed; on a conflict reads the
+/// object again and re-applies `change` (up to 5 times). Returns the object as stored, or
+/// `None` if it disappeared.
+pub async fn modify_status<S: Store, K: Object>(
+    store: &S,
+    obj: &K,
+    change: impl Fn(&mut K),
+) -> Result<Option<K>> {
+    let mut current = obj.clone();
+    for _ in 0..5 {
+        let before = serde_json::to_value(&current).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut next = current.clone();
+        change(&mut next);
+        let after = serde_json::to_value(&next).map_err(|e| StoreError::Other(e.to_string()))?;
+        if before == after {
+            return Ok(Some(current));
+        }
+        match store.update_status(&next).await {
+            Ok(stored) => return Ok(Some(stored)),
+            Err(StoreError::Conflict { .. }) => {
+                let meta = current.meta();
+                match store
+                    .get::<K>(
+                        meta.namespace.as_deref(),
+                        meta.name.as_deref().unwrap_or_default(),
+                    )
+                    .await?
+                {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(None),
+                }
+            }
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict {
+        kind: K::kind(&()).to_string(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+    })
+}
+
+/// Patches metadata, re-reading on conflict like [`modify_status`].
+pub async fn patch_metadata_retry<S: Store, K: Object>(
+    store: &S,
+    obj: &K,
+    patch: &MetaPatch,
+) -> Result<Option<K>> {
+    let mut current = obj.clone();
+    for _ in 0..5 {
+        match store.patch_metadata(&current, patch).await {
+            Ok(stored) => return Ok(Some(stored)),
+            Err(StoreError::Conflict { .. }) => {
+                let meta = current.meta();
+                match store
+                    .get::<K>(
+                        meta.namespace.as_deref(),
+                        meta.name.as_deref().unwrap_or_default(),
+                    )
+                    .await?
+                {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(None),
+                }
+            }
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict {
+        kind: K::kind(&()).to_string(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+    })
+}
+
+/// Whether `obj` carries `finalizer`.
+pub fn has_finalizer<K: Object>(obj: &K, finalizer: &str) -> bool {
+    obj.meta().finalizers.iter().flatten().any(|f| f == finalizer)
+}
+
+/// A patch that adds (`add`) or removes `finalizer`, keeping the others.
+pub fn finalizer_patch<K: Object>(obj: &K, finalizer: &str, add: bool) -> MetaPatch {
+    let mut list: Vec<String> = obj
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    if add {
+        list.push(finalizer.to_string());
+    }
+    MetaPatch {
+        finalizers: Some(list),
+        annotations: BTreeMap::new(),
+    }
+}

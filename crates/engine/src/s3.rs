@@ -1,0 +1,355 @@
+//! S3 and S3-compatible stores as an image source.
+//!
+//! Objects are read anonymously (public buckets, the original's only mode) or with SigV4
+//! presigned URLs when credentials are configured. Reads are streams: nothing is buffered
+//! beyond one network chunk.
+
+use std::{fmt, time::Duration};
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use url::Url;
+
+use crate::{Error, Result};
+
+/// How long a presigned URL stays valid (long enough for a slow pull-mode import).
+const PRESIGN: Duration = Duration::from_secs(6 * 3600);
+
+/// Access keys. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the bucket is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub region: String,
+    /// S3-compatible endpoint (path-style URLs); `None` means AWS (virtual-host URLs).
+    pub endpoint: Option<String>,
+    /// Use `http://` for AWS URLs (the original's `s3.http`).
+    pub http: bool,
+    pub credentials: Option<S3Credentials>,
+}
+
+/// A bucket to read node images from.
+#[derive(Clone)]
+pub struct S3Source {
+    bucket: Bucket,
+    credentials: Option<Credentials>,
+    client: reqwest::Client,
+}
+
+/// What a HEAD of an object says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+impl S3Source {
+    /// Validates the location and prepares the source. Errors name the `s3.*` key at fault.
+    pub fn new(loc: &S3Location, client: reqwest::Client) -> Result<Self> {
+        if loc.bucket.is_empty()
+            || !loc
+                .bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(Error::Invalid {
+                field: "s3.bucket",
+                value: loc.bucket.clone(),
+                reason: "must be a non-empty S3 bucket name (a-z, 0-9, '-', '.')".into(),
+            });
+        }
+        let (endpoint, style) = match &loc.endpoint {
+            Some(e) => {
+                let u = Url::parse(e).map_err(|err| Error::Invalid {
+                    field: "s3.endpoint",
+                    value: e.clone(),
+                    reason: err.to_string(),
+                })?;
+                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                    return Err(Error::Invalid {
+                        field: "s3.endpoint",
+                        value: e.clone(),
+                        reason: "must be an http(s) URL with a host".into(),
+                    });
+                }
+                (u, UrlStyle::Path)
+            }
+            None => {
+                if loc.region.is_empty()
+                    || !loc
+                        .region
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                {
+                    return Err(Error::Invalid {
+                        field: "s3.region",
+                        value: loc.region.clone(),
+                        reason: "must be an AWS region such as eu-west-1 (or set s3.endpoint)".into(),
+                    });
+                }
+                let scheme = if loc.http { "http" } else { "https" };
+                let u = Url::parse(&format!("{scheme}://s3.{}.amazonaws.com", loc.region)).expect("valid");
+                // Buckets with dots cannot use virtual-host TLS names: fall back to path style.
+                let style = if loc.bucket.contains('.') {
+                    UrlStyle::Path
+                } else {
+                    UrlStyle::VirtualHost
+                };
+                (u, style)
+            }
+        };
+        let region = if loc.region.is_empty() {
+            "us-east-1".to_string()
+        } else {
+            loc.region.clone()
+        };
+        let bucket =
+            Bucket::new(endpoint, style, loc.bucket.clone(), region).map_err(|e| Error::Invalid {
+                field: "s3.bucket",
+                value: loc.bucket.clone(),
+                reason: e.to_string(),
+            })?;
+        let credentials = loc
+            .credentials
+            .as_ref()
+            .map(|c| Credentials::new(&c.access_key_id, &c.secret_access_key));
+        Ok(Self {
+            bucket,
+            credentials,
+            client,
+        })
+    }
+
+    /// The object at `key`.
+    pub fn object(&self, key: &str) -> S3Object {
+        S3Object {
+            source: self.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Whether reads are signed.
+    pub fn signed(&self) -> bool {
+        self.credentials.is_some()
+    }
+}
+
+/// One object of an [`S3Source`].
+#[derive(Clone)]
+pub struct S3Object {
+    source: S3Source,
+    key: String,
+}
+
+impl fmt::Debug for S3Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3Object({})", self.display_url())
+    }
+}
+
+impl S3Object {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The object's URL without any signature: for logs, status and errors.
+    pub fn display_url(&self) -> String {
+        self.source.bucket.object_url(&self.key).to_string()
+    }
+
+    /// A URL another party can GET (presigned when the bucket needs credentials).
+    pub fn download_url(&self) -> Url {
+        match &self.source.credentials {
+            Some(c) => self.source.bucket.get_object(Some(c), &self.key).sign(PRESIGN),
+            None => self.source.bucket.object_url(&self.key),
+        }
+    }
+
+    fn head_url(&self) -> Url {
+        match &self.source.credentials {
+            Some(c) => self.source.bucket.head_object(Some(c), &self.key).sign(PRESIGN),
+            None => self.source.bucket.object_url(&self.key),
+        }
+    }
+
+    /// HEAD: `Ok(None)` when the object does not exist (404; or 403 when anonymous,
+    /// as S3 answers for missing keys of public buckets without list rights).
+    pub async fn head(&self) -> Result<Option<ObjectInfo>> {
+        let url = self.display_url();
+        let resp = self
+            .source
+            .client
+            .head(self.head_url())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|source| Error::Transport {
+                url: url.clone(),
+                source: source.without_url(),
+            })?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => {
+                let size = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let etag = resp
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.trim_matches('"').to_string());
+                Ok(Some(ObjectInfo { size, etag }))
+            }
+            404 => Ok(None),
+            403 if !self.source.signed() => Ok(None),
+            401 | 403 => Err(Error::Denied {
+                url,
+                status,
+                hint: ": check the s3 credentials",
+            }),
+            _ => Err(Error::Http {
+                url,
+                status,
+                message: "HEAD failed".into(),
+            }),
+        }
+    }
+
+    /// Streams the object's bytes. `Err(NotFound)` for a missing object.
+    pub async fn get(&self) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static> {
+        let url = self.display_url();
+        let resp = self
+            .source
+            .client
+            .get(self.download_url())
+            .send()
+            .await
+            .map_err(|source| Error::Transport {
+                url: url.clone(),
+                source: source.without_url(),
+            })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(match status {
+                404 => Error::NotFound { url, status },
+                403 if !self.source.signed() => Error::NotFound { url, status },
+                401 | 403 => Error::Denied {
+                    url,
+                    status,
+                    hint: ": check the s3 credentials",
+                },
+                _ => Error::Http {
+                    url,
+                    status,
+                    message: "GET failed".into(),
+                },
+            });
+        }
+        Ok(resp
+            .bytes_stream()
+            .map_err(|e| std::io::Error::other(e.without_url())))
+    }
+}
+
+/// The original's key layout: `<provider>/<image>/<file>.<ext>`, where `<file>` is the image
+/// name cut before `-tooling` with `kube-X` written `kube-vX`.
+pub fn node_image_key(provider: &str, image: &str, ext: &str) -> String {
+    let base = image.split("-tooling").next().unwrap_or(image);
+    let file = match base.find("-kube-") {
+        Some(i) if !base[i + 6..].starts_with('v') => format!("{}-kube-v{}", &base[..i], &base[i + 6..]),
+        _ => base.to_string(),
+    };
+    format!("{provider}/{image}/{file}.{ext}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_original_layout() {
+        let n = "flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs";
+        assert_eq!(
+            node_image_key("capv", n, "ova"),
+            "capv/flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs/flatcar-stable-3975.2.0-kube-v1.30.4.ova"
+        );
+        assert_eq!(
+            node_image_key("capmox", n, "qcow2"),
+            "capmox/flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs/flatcar-stable-3975.2.0-kube-v1.30.4.qcow2"
+        );
+    }
+
+    fn loc(bucket: &str, endpoint: Option<&str>) -> S3Location {
+        S3Location {
+            bucket: bucket.into(),
+            region: "eu-west-1".into(),
+            endpoint: endpoint.map(Into::into),
+            http: false,
+            credentials: None,
+        }
+    }
+
+    #[test]
+    fn urls_for_aws_and_custom_endpoints() {
+        let c = crate::http::client(&Default::default(), "test").unwrap();
+        let s = S3Source::new(&loc("my-bucket", None), c.clone()).unwrap();
+        assert_eq!(
+            s.object("a/b.ova").display_url(),
+            "https://my-bucket.s3.eu-west-1.amazonaws.com/a/b.ova"
+        );
+        let s = S3Source::new(&loc("my.bucket", None), c.clone()).unwrap();
+        assert_eq!(
+            s.object("k").display_url(),
+            "https://s3.eu-west-1.amazonaws.com/my.bucket/k"
+        );
+        let s = S3Source::new(&loc("b", Some("http://127.0.0.1:8333")), c.clone()).unwrap();
+        assert_eq!(s.object("k").download_url().as_str(), "http://127.0.0.1:8333/b/k");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let c = crate::http::client(&Default::default(), "test").unwrap();
+        let e = S3Source::new(&loc("Bad_Bucket", None), c.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("s3.bucket") && e.contains("Bad_Bucket"), "{e}");
+        let e = S3Source::new(&loc("b", Some("ftp://x")), c.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("s3.endpoint") && e.contains("ftp://x"), "{e}");
+        let mut l = loc("b", None);
+        l.region = "Nowhere 1".into();
+        let e = S3Source::new(&l, c).err().unwrap().to_string();
+        assert!(e.contains("s3.region"), "{e}");
+    }
+
+    #[test]
+    fn credentials_debug_hides_secret() {
+        let c = S3Credentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,1 @@
+//! The in-cluster driver (in progress).

@@ -1,0 +1,158 @@
+//! Provider catalogs behind one trait.
+//!
+//! A provider makes a node image exist as a template in each of its configured locations.
+//! Each lives in its own module ([`vsphere`]); adding one means implementing [`Provider`]
+//! and registering it in the controllers' provider set: the controllers stay untouched.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use async_trait::async_trait;
+use ido_engine::s3::S3Object;
+
+pub mod vsphere;
+
+/// Format of the source file a provider imports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    Ova,
+    Qcow2,
+}
+
+impl SourceFormat {
+    /// File extension in the S3 key.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Self::Ova => "ova",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Counts bytes sent to a provider during one upload; cheap to clone and read while it runs.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A template that exists in a location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    /// Provider reference, e.g. `VirtualMachine:vm-42`.
+    pub reference: String,
+    /// Full name in the catalog (with any suffix), e.g. `/DC0/vm/flatcar-…-suffix`.
+    pub path: String,
+}
+
+/// Errors a provider reports. The variant decides the NodeImage state and retry policy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// A configured value is wrong: names the config key and the value.
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+    /// The source object does not exist (state `Missing`, checked again later).
+    #[error("source missing: {0}")]
+    SourceMissing(String),
+    /// The image itself is unusable (state `Error`, no retry until it changes).
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// The provider refused or failed an operation.
+    #[error("{0}")]
+    Api(String),
+    /// Network or transport failure; worth retrying.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl From<ido_engine::Error> for ProviderError {
+    fn from(e: ido_engine::Error) -> Self {
+        use ido_engine::Error as E;
+        match e {
+            E::NotFound { .. } => Self::SourceMissing(e.to_string()),
+            E::InvalidOva(_) => Self::InvalidImage(e.to_string()),
+            E::Invalid { field, .. } => Self::Config {
+                key: field.to_string(),
+                message: e.to_string(),
+            },
+            E::Denied { .. } | E::Http { .. } => Self::Api(e.to_string()),
+            E::Transport { .. } | E::Io(_) => Self::Transport(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
+
+/// One provider (`capv`, `capvcd`, `capmox`, …) and its locations.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Provider id as in `NodeImage.spec.provider`, e.g. `capv`.
+    fn id(&self) -> &'static str;
+    /// Format of the source file in S3.
+    fn format(&self) -> SourceFormat;
+    /// Names of the configured locations, sorted.
+    fn locations(&self) -> Vec<String>;
+    /// The template of `image` in `location`, if a complete one exists. Leftovers of failed
+    /// attempts (e.g. a VM never marked as template) are removed here and reported absent.
+    async fn exists(&self, location: &str, image: &str) -> Result<Option<Template>>;
+    /// Creates the template of `image` in `location` from `source`, counting bytes sent in
+    /// `progress`. On failure nothing half-made is left behind.
+    async fn create(
+        &self,
+        location: &str,
+        image: &str,
+        source: &S3Object,
+        progress: &Progress,
+    ) -> Result<Template>;
+    /// Removes the template of `image` from `location`; absent is success.
+    async fn delete(&self, location: &str, image: &str) -> Result<()>;
+}
+
+/// The enabled providers, by id.
+#[derive(Clone, Default)]
+pub struct Providers(std::collections::BTreeMap<&'static str, Arc<dyn Provider>>);
+
+impl Providers {
+    /// Adds (or replaces) a provider.
+    pub fn insert(&mut self, p: Arc<dyn Provider>) {
+        self.0.insert(p.id(), p);
+    }
+    /// The provider with id `id`, if enabled.
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn Provider>> {
+        self.0.get(id)
+    }
+    /// Ids of the enabled providers.
+    pub fn ids(&self) -> Vec<&'static str> {
+        self.0.keys().copied().collect()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The provider sections of the configuration (`vsphere:`; each provider adds its own).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvidersConfig {
+    #[serde(default)]
+    pub vsphere: Option<vsphere::VsphereConfig>,
+}
+
+impl ProvidersConfig {
+    /// Validates and builds the enabled providers (none connects yet).
+    pub fn build(&self) -> Result<Providers> {
+        let mut out = Providers::default();
+        if let Some(v) = self.vsphere.as_ref().filter(|v| v.enabled) {
+            out.insert(Arc::new(vsphere::VsphereProvider::new(v)?));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,430 @@
+//! Importing an OVA as a VM template, streamed from the source to the NFC lease.
+//!
+//! ```text
+//! S3 GET ──► OvaReader ──► descriptor ──► CreateImportSpec ──► ImportVApp ──► lease ready
+//!                │                                                              │
+//!                └─► disk members ──► POST to device URLs (counted) ◄───────────┘
+//!                                        │   (HttpNfcLeaseProgress every 2 s)
+//!                                        ▼
+//!                         HttpNfcLeaseComplete ──► MarkAsTemplate
+//! ```
+//!
+//! Any failure after `ImportVApp` aborts the lease and destroys the half-made VM (also when
+//! the import future is dropped). Memory stays flat: each disk goes from the S3 response
+//! to the upload request chunk by chunk.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::TryStreamExt;
+use ido_engine::{ova::OvaReader, s3::S3Object};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
+use tokio::task::JoinHandle;
+use tokio_util::io::ReaderStream;
+
+use super::{
+    client::Client,
+    lease::{FileItem, ImportParams, ImportSpec},
+    soap::{SoapError, error_chain},
+    xml::{MoRef, Node},
+};
+use crate::{Progress, ProviderError, Result};
+
+/// How often the lease is renewed with `HttpNfcLeaseProgress`.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Read size from the tar member into the upload.
+const CHUNK: usize = 256 << 10;
+
+/// Where an import goes (resolved inventory objects).
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Resource pool (`ImportVApp`'s `_this`).
+    pub pool: MoRef,
+    /// Datastore of the disks.
+    pub datastore: MoRef,
+    /// VM folder of the template.
+    pub folder: MoRef,
+    /// Inventory path of the folder (to find the VM again), e.g. `/DC0/vm`.
+    pub folder_path: String,
+    /// Host to import to.
+    pub host: Option<MoRef>,
+    /// The network every OVF network is mapped onto.
+    pub network: MoRef,
+}
+
+/// Imports the OVA `source` as template `name` into `target`; returns the template.
+pub async fn import_ova(
+    client: &Client,
+    target: &Target,
+    name: &str,
+    source: &S3Object,
+    progress: &Progress,
+) -> Result<MoRef> {
+    let stream = source.get().await?;
+    let mut ova = OvaReader::from_stream(stream).await?;
+    let networks = ovf_networks(&ova.descriptor)?;
+    let params = ImportParams {
+        entity_name: name.to_string(),
+        host: target.host.clone(),
+        network_mapping: networks
+            .into_iter()
+            .map(|n| (n, target.network.clone()))
+            .collect(),
+        disk_provisioning: Some("thin".into()),
+    };
+    let spec = match client
+        .create_import_spec(&ova.descriptor, &target.pool, &target.datastore, &params)
+        .await
+    {
+        Err(e) if e.is_fault("InvalidArgument") => {
+            return Err(ProviderError::InvalidImage(format!(
+                "{}: OVF descriptor rejected: {e}",
+                source.key()
+            )));
+        }
+        r => r?,
+    };
+    for w in &spec.warnings {
+        tracing::warn!(template = name, warning = %w, "OVF import warning");
+    }
+    if !spec.errors.is_empty() {
+        let msgs: Vec<String> = spec.errors.iter().map(ToString::to_string).collect();
+        return Err(ProviderError::InvalidImage(format!(
+            "{}: OVF cannot be imported: {}",
+            source.key(),
+            msgs.join("; ")
+        )));
+    }
+    let lease = client
+        .import_vapp(&target.pool, &spec, Some(&target.folder), target.host.as_ref())
+        .await?;
+    let mut pending = Pending {
+        client: client.clone(),
+        lease: lease.clone(),
+        vm: None,
+        path: format!("{}/{}", target.folder_path, name),
+        armed: true,
+    };
+    let result = upload_and_finish(client, &lease, &spec, &mut ova, progress, &mut pending).await;
+    match result {
+        Ok(vm) => {
+            pending.armed = false;
+            Ok(vm)
+        }
+        Err(e) => {
+            pending.armed = false;
+            tracing::warn!(template = name, error = %e, "import failed, removing what was made");
+            pending.cleanup().await;
+            Err(e)
+        }
+    }
+}
+
+async fn upload_and_finish(
+    client: &Client,
+    lease: &MoRef,
+    spec: &ImportSpec,
+    ova: &mut OvaReader,
+    progress: &Progress,
+    pending: &mut Pending,
+) -> Result<MoRef> {
+    let info = client.lease_wait_ready(lease).await.map_err(|e| match e {
+        SoapError::Fault { fault, .. } => ProviderError::Api(format!("vSphere import lease failed: {fault}")),
+        e => e.into(),
+    })?;
+    let vm = info
+        .entity
+        .clone()
+        .ok_or_else(|| ProviderError::Api("vSphere import lease names no VM".into()))?;
+    pending.vm = Some(vm.clone());
+
+    // fileItem.deviceId == deviceUrl.importKey; keyed by OVA member path.
+    let mut todo: HashMap<&str, (&FileItem, String)> = HashMap::new();
+    for item in &spec.file_items {
+        let du = info
+            .device_urls
+            .iter()
+            .find(|d| d.import_key == item.device_id)
+            .ok_or_else(|| {
+                ProviderError::Api(format!(
+                    "vSphere lease has no upload URL for {} ({})",
+                    item.path, item.device_id
+                ))
+            })?;
+        todo.insert(item.path.as_str(), (item, fix_url(&du.url, client.url())));
+    }
+    let total: u64 = spec.file_items.iter().filter_map(|f| f.size).sum();
+    let sent = Arc::new(AtomicU64::new(0));
+    let ticker = AbortOnDrop(spawn_progress(client.clone(), lease.clone(), sent.clone(), total));
+
+    // Members come in archive order; stop reading once every expected file went out.
+    while !todo.is_empty()
+        && let Some(member) = ova.next_member().await?
+    {
+        let Some((item, url)) = todo.remove(member.path.as_str()) else {
+            tracing::debug!(member = %member.path, "skipping OVA member not in the import");
+            continue;
+        };
+        tracing::debug!(member = %member.path, size = member.size, "uploading");
+        let counted = Counter {
+            sent: sent.clone(),
+            progress: progress.clone(),
+        };
+        let body =
+            ReaderStream::with_capacity(member.reader, CHUNK).inspect_ok(move |b| counted.add(b.len()));
+        let mut req = if item.create {
+            client
+                .http()
+                .put(&url)
+                .header("Overwrite", "t")
+                .header(CONTENT_TYPE, "application/octet-stream")
+        } else {
+            client
+                .http()
+                .post(&url)
+                .header(CONTENT_TYPE, "application/x-vnd.vmware-streamVmdk")
+        };
+        req = req.header(CONTENT_LENGTH, member.size);
+        if let Some(c) = client.session_cookie().filter(|_| same_host(&url, client.url())) {
+            req = req.header(COOKIE, c);
+        }
+        let resp = req
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| {
+                ProviderError::Transport(format!(
+                    "upload of {}: {}",
+                    member.path,
+                    error_chain(&e.without_url())
+                ))
+            })?;
+        let status = resp.status();
+        if !matches!(status.as_u16(), 200 | 201) {
+            return Err(ProviderError::Api(format!(
+                "upload of {}: HTTP {status}",
+                member.path
+            )));
+        }
+    }
+    if let Some(path) = todo.keys().next() {
+        return Err(ProviderError::InvalidImage(format!(
+            "OVA has no member {path:?}, which its OVF references"
+        )));
+    }
+    drop(ticker);
+    client.lease_complete(lease).await?;
+    client.mark_as_template(&vm).await?;
+    Ok(vm)
+}
+
+/// Counts bytes handed to the HTTP client.
+struct Counter {
+    sent: Arc<AtomicU64>,
+    progress: Progress,
+}
+
+impl Counter {
+    fn add(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress.add(n as u64);
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn spawn_progress(client: Client, lease: MoRef, sent: Arc<AtomicU64>, total: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let done = sent.load(Ordering::Relaxed);
+            let pct = done.saturating_mul(100).checked_div(total).unwrap_or(0).min(99) as u8;
+            if let Err(e) = client.lease_progress(&lease, pct).await {
+                tracing::warn!(lease = %lease.value, error = %e, "HttpNfcLeaseProgress failed");
+            }
+        }
+    })
+}
+
+/// What a failed import leaves: the lease and (once known) the VM.
+struct Pending {
+    client: Client,
+    lease: MoRef,
+    vm: Option<MoRef>,
+    path: String,
+    armed: bool,
+}
+
+impl Pending {
+    async fn cleanup(&self) {
+        cleanup(&self.client, &self.lease, self.vm.as_ref(), &self.path).await;
+    }
+}
+
+impl Drop for Pending {
+    /// The import future was dropped mid-way: clean up in the background.
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, lease, vm, path) = (
+            self.client.clone(),
+            self.lease.clone(),
+            self.vm.clone(),
+            self.path.clone(),
+        );
+        rt.spawn(async move { cleanup(&client, &lease, vm.as_ref(), &path).await });
+    }
+}
+
+async fn cleanup(client: &Client, lease: &MoRef, vm: Option<&MoRef>, path: &str) {
+    if let Err(e) = client.lease_abort(lease).await
+        && !e.is_fault("ManagedObjectNotFound")
+    {
+        tracing::warn!(lease = %lease.value, error = %e, "HttpNfcLeaseAbort failed");
+    }
+    let vm = match vm {
+        // The lease named it: it is ours, whatever state it got to.
+        Some(v) => v.clone(),
+        // Not known yet: whatever has the name now, unless it is a template (not ours).
+        None => {
+            let Ok(Some(v)) = client.find_by_inventory_path(path).await else {
+                return;
+            };
+            let is_template = client
+                .properties(&v, &["config.template"])
+                .await
+                .map(|o| o.bool("config.template"));
+            if v.kind != "VirtualMachine" || matches!(is_template, Ok(Some(true))) {
+                return;
+            }
+            v
+        }
+    };
+    if let Err(e) = remove_vm(client, &vm).await {
+        tracing::warn!(vm = %vm, error = %e, "could not remove the VM of a failed import");
+    }
+}
+
+/// Powers `vm` off if needed and destroys it; an already missing VM is success.
+pub async fn remove_vm(client: &Client, vm: &MoRef) -> Result<(), SoapError> {
+    let gone = |e: &SoapError| e.is_fault("ManagedObjectNotFound");
+    let state = match client.properties(vm, &["runtime.powerState"]).await {
+        Err(e) if gone(&e) => return Ok(()),
+        r => r?,
+    };
+    if state.text("runtime.powerState") == Some("poweredOn") {
+        match client.power_off(vm).await {
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) if e.is_fault("InvalidPowerState") => {}
+            r => r?,
+        }
+    }
+    match client.destroy(vm).await {
+        Err(e) if gone(&e) => Ok(()),
+        r => r,
+    }
+}
+
+/// Network names of an OVF descriptor (`NetworkSection/Network@ovf:name`).
+pub fn ovf_networks(descriptor: &str) -> Result<Vec<String>> {
+    let root = Node::parse(descriptor.trim_start_matches('\u{feff}'))
+        .map_err(|e| ProviderError::InvalidImage(format!("OVF descriptor is not valid XML: {e}")))?;
+    if root.name != "Envelope" {
+        return Err(ProviderError::InvalidImage(format!(
+            "OVF descriptor root is <{}>, not <Envelope>",
+            root.name
+        )));
+    }
+    let mut names = Vec::new();
+    for section in root.children_named("NetworkSection") {
+        for n in section.children_named("Network") {
+            if let Some(name) = n.attr_any_ns("name").filter(|s| !s.is_empty())
+                && !names.iter().any(|x| x == name)
+            {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// A device URL with host `*` pointed at the vCenter (scheme included: vcsim always says
+/// `https`). `%5B`/`%5D` escapes are kept.
+pub fn fix_url(url: &str, sdk: &url::Url) -> String {
+    let Some(rest) = url
+        .strip_prefix("https://*")
+        .or_else(|| url.strip_prefix("http://*"))
+    else {
+        return url.to_string();
+    };
+    let host = match (sdk.host_str(), sdk.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => return url.to_string(),
+    };
+    format!("{}://{host}{rest}", sdk.scheme())
+}
+
+fn same_host(url: &str, sdk: &url::Url) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.host_str() == sdk.host_str() && u.port_or_known_default() == sdk.port_or_known_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_urls_are_fixed_up() {
+        let sdk = url::Url::parse("http://127.0.0.1:8989/sdk").unwrap();
+        assert_eq!(
+            fix_url("https://*/nfc/session%5Bk%5Dab/disk-0.vmdk", &sdk),
+            "http://127.0.0.1:8989/nfc/session%5Bk%5Dab/disk-0.vmdk"
+        );
+        let sdk = url::Url::parse("https://vc.example/sdk").unwrap();
+        assert_eq!(
+            fix_url("https://*/nfc/x/disk.vmdk", &sdk),
+            "https://vc.example/nfc/x/disk.vmdk"
+        );
+        assert_eq!(
+            fix_url("https://esx1.example/nfc/x", &sdk),
+            "https://esx1.example/nfc/x"
+        );
+    }
+
+    #[test]
+    fn networks_of_a_descriptor() {
+        let ovf = r#"<?xml version="1.0"?><Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><NetworkSection><Info>n</Info><Network ovf:name="nic0"/><Network ovf:name="VM Network"/></NetworkSection></Envelope>"#;
+        assert_eq!(
+            ovf_networks(ovf).unwrap(),
+            vec!["nic0".to_string(), "VM Network".to_string()]
+        );
+        assert!(matches!(
+            ovf_networks("garbage"),
+            Err(ProviderError::InvalidImage(_))
+        ));
+        assert!(matches!(
+            ovf_networks("<html/>"),
+            Err(ProviderError::InvalidImage(_))
+        ));
+    }
+}

@@ -1,0 +1,420 @@
+//! vSphere (capv): VM templates imported from OVAs through a small vim25 SOAP client.
+//!
+//! - [`xml`]: element tree (namespace-aware) and request writer.
+//! - [`soap`]: transport, session cookie, faults.
+//! - [`client`]: the typed client (sessions, keepalive, inventory and task calls).
+//! - [`lease`]: `CreateImportSpec`, `ImportVApp` and the NFC lease calls.
+//! - [`import`]: the streamed OVA import.
+//! - this module: the `vsphere:` configuration and the [`Provider`] implementation.
+//!
+//! Templates are named `<image>[-<imagesuffix>]` alike in create, exists and delete. A VM of
+//! that name that is not a template is the leftover of a failed attempt: `exists` removes
+//! it and reports the template absent.
+
+pub mod client;
+pub mod import;
+mod inventory;
+pub mod lease;
+pub mod soap;
+pub mod xml;
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use async_trait::async_trait;
+use ido_engine::{http::TlsOptions, s3::S3Object};
+use serde::Deserialize;
+use url::Url;
+
+pub use self::client::Client;
+use self::{client::Login, soap::SoapError};
+use crate::{Progress, Provider, ProviderError, Result, SourceFormat, Template};
+
+/// The `vsphere:` section of the configuration (the original's Helm values).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VsphereConfig {
+    /// Whether the provider runs at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Pull mode (ESXi fetches the OVA itself). Not supported yet: `validate` rejects `true`.
+    #[serde(default, rename = "pullFromURL")]
+    pub pull_from_url: bool,
+    /// Skip TLS verification of vCenter (and of NFC uploads). Off by default.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Extra CA certificates (PEM) trusted for vCenter.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    /// Where and as whom to log in.
+    #[serde(default)]
+    pub credentials: VsphereCredentials,
+    /// Locations by name.
+    #[serde(default)]
+    pub locations: BTreeMap<String, VsphereLocation>,
+}
+
+/// vCenter and login. `Debug` never shows the password.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsphereCredentials {
+    /// `host[:port]` (meaning `https://host[:port]/sdk`) or a full URL.
+    #[serde(default)]
+    pub vcenter: String,
+    /// User name, e.g. `administrator@vsphere.local`.
+    #[serde(default)]
+    pub username: String,
+    /// Password: only ever sent in the `Login` call; never logged or shown.
+    #[serde(default)]
+    pub password: String,
+}
+
+impl fmt::Debug for VsphereCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VsphereCredentials")
+            .field("vcenter", &self.vcenter)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl VsphereCredentials {
+    /// The SDK endpoint: `host[:port]` → `https://host[:port]/sdk`; a URL without a path
+    /// gets `/sdk`.
+    pub fn sdk_url(&self) -> Result<Url> {
+        let v = self.vcenter.trim();
+        let bad = |message: String| ProviderError::Config {
+            key: "vsphere.credentials.vcenter".into(),
+            message: format!("{:?}: {message}", redact_userinfo(v)),
+        };
+        if v.is_empty() {
+            return Err(ProviderError::Config {
+                key: "vsphere.credentials.vcenter".into(),
+                message: "must be set (host[:port] or https://host[:port]/sdk)".into(),
+            });
+        }
+        let text = if v.contains("://") {
+            v.to_string()
+        } else {
+            format!("https://{v}/sdk")
+        };
+        let mut url = Url::parse(&text).map_err(|e| bad(format!("not a host[:port] or URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("scheme must be https (or http)".into()));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host".into()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "must not hold credentials: use vsphere.credentials.username/password".into(),
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("must not have a query or fragment".into()));
+        }
+        if url.path() == "/" || url.path().is_empty() {
+            url.set_path("/sdk");
+        }
+        Ok(url)
+    }
+}
+
+/// One location: where templates go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsphereLocation {
+    /// Datacenter name (or inventory path).
+    #[serde(default)]
+    pub datacenter: String,
+    /// Datastore name under the datacenter.
+    #[serde(default)]
+    pub datastore: String,
+    /// Cluster (or standalone host's compute resource) under `/<dc>/host`.
+    #[serde(default)]
+    pub cluster: String,
+    /// VM folder: relative to the datacenter's `vm` folder, or an absolute inventory path;
+    /// empty or `vm` means the `vm` folder itself.
+    #[serde(default)]
+    pub folder: String,
+    /// Resource pool under the cluster's `Resources` (or under the cluster, or absolute);
+    /// default the cluster's `Resources`.
+    #[serde(default, alias = "resourcePool")]
+    pub resourcepool: Option<String>,
+    /// Host in the cluster; default the first usable one.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Network name under `/<dc>/network`; default the datacenter's first network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Appended to template names as `-<imagesuffix>`.
+    #[serde(default, alias = "imageSuffix")]
+    pub imagesuffix: Option<String>,
+}
+
+impl VsphereLocation {
+    /// Template name of `image` here: `<image>-<imagesuffix>` when a suffix is set.
+    pub fn template_name(&self, image: &str) -> String {
+        match self
+            .imagesuffix
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) => format!("{image}-{s}"),
+            None => image.to_string(),
+        }
+    }
+
+    /// Inventory path of the datacenter, e.g. `/DC0`.
+    pub fn datacenter_path(&self) -> String {
+        format!("/{}", self.datacenter.trim_matches('/'))
+    }
+
+    /// Inventory path of the VM folder, e.g. `/DC0/vm/templates`.
+    pub fn folder_path(&self) -> String {
+        let f = self.folder.trim();
+        if f.starts_with('/') {
+            return format!("/{}", f.trim_matches('/'));
+        }
+        let f = f.trim_matches('/');
+        let f = f.strip_prefix("vm/").unwrap_or(f);
+        match f {
+            "" | "vm" => format!("{}/vm", self.datacenter_path()),
+            rel => format!("{}/vm/{rel}", self.datacenter_path()),
+        }
+    }
+
+    /// Inventory path of the template of `image`.
+    pub fn template_path(&self, image: &str) -> String {
+        format!("{}/{}", self.folder_path(), self.template_name(image))
+    }
+}
+
+impl VsphereConfig {
+    /// Checks the section; errors name the full key (`vsphere.locations.loc1.datastore`) and
+    /// the value at fault. Never echoes the password.
+    pub fn validate(&self) -> Result<()> {
+        let err = |key: String, message: String| Err(ProviderError::Config { key, message });
+        if self.pull_from_url {
+            return err(
+                "vsphere.pullFromURL".into(),
+                "true: pull mode is not supported yet".into(),
+            );
+        }
+        self.credentials.sdk_url()?;
+        if self.credentials.username.trim().is_empty() {
+            return err("vsphere.credentials.username".into(), "must be set".into());
+        }
+        if self.credentials.password.is_empty() {
+            return err("vsphere.credentials.password".into(), "must be set".into());
+        }
+        if self.locations.is_empty() {
+            return err("vsphere.locations".into(), "no location configured".into());
+        }
+        for (name, l) in &self.locations {
+            let key = |f: &str| format!("vsphere.locations.{name}.{f}");
+            if name.trim().is_empty() {
+                return err(
+                    "vsphere.locations".into(),
+                    format!("{name:?}: location names must not be empty"),
+                );
+            }
+            for (field, value) in [
+                ("datacenter", &l.datacenter),
+                ("datastore", &l.datastore),
+                ("cluster", &l.cluster),
+            ] {
+                if value.trim().is_empty() {
+                    return err(key(field), format!("{value:?}: must be set"));
+                }
+            }
+            for (field, value) in [("datastore", Some(&l.datastore)), ("network", l.network.as_ref())] {
+                if let Some(v) = value
+                    && v.starts_with('/')
+                    && v.trim_matches('/').is_empty()
+                {
+                    return err(key(field), format!("{v:?}: not an inventory path"));
+                }
+            }
+            for (field, value) in [("host", &l.host), ("imagesuffix", &l.imagesuffix)] {
+                if let Some(v) = value
+                    && (v.trim().is_empty() || v.contains('/'))
+                {
+                    return err(key(field), format!("{v:?}: must be a non-empty name without '/'"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hides `user:password@` in a URL-like value.
+fn redact_userinfo(v: &str) -> String {
+    let start = v.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = v[start..].find('/').map(|i| start + i).unwrap_or(v.len());
+    match v[start..end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &v[..start], &v[start + at..]),
+        None => v.to_string(),
+    }
+}
+
+impl From<SoapError> for ProviderError {
+    fn from(e: SoapError) -> Self {
+        match &e {
+            SoapError::Fault { fault, .. } if fault.is("InvalidLogin") => ProviderError::Config {
+                key: "vsphere.credentials".into(),
+                message: format!("{e}: check the username and password"),
+            },
+            SoapError::Http {
+                status: 502..=504, ..
+            }
+            | SoapError::Transport { .. } => ProviderError::Transport(e.to_string()),
+            _ => ProviderError::Api(e.to_string()),
+        }
+    }
+}
+
+/// The `capv` provider: one vCenter session shared by all locations.
+#[derive(Debug)]
+pub struct VsphereProvider {
+    client: Client,
+    locations: BTreeMap<String, VsphereLocation>,
+}
+
+impl VsphereProvider {
+    /// Validates `cfg` and prepares the client; connects lazily on first use.
+    pub fn new(cfg: &VsphereConfig) -> Result<Self> {
+        Self::with_keepalive(cfg, client::KEEPALIVE)
+    }
+
+    /// [`VsphereProvider::new`] with a keepalive interval other than [`client::KEEPALIVE`].
+    pub fn with_keepalive(cfg: &VsphereConfig, keepalive: Duration) -> Result<Self> {
+        cfg.validate()?;
+        let tls = TlsOptions {
+            insecure: cfg.insecure,
+            ca_bundle: cfg.ca_bundle.clone(),
+        };
+        let http = ido_engine::http::client(&tls, "vsphere.caBundle")?;
+        let login = Login {
+            username: cfg.credentials.username.clone(),
+            password: cfg.credentials.password.clone(),
+        };
+        let client = Client::new(http, cfg.credentials.sdk_url()?, login, keepalive);
+        Ok(Self {
+            client,
+            locations: cfg.locations.clone(),
+        })
+    }
+
+    /// The vim25 client (shared session).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Ends the session (the next call logs in again).
+    pub async fn logout(&self) -> Result<()> {
+        Ok(self.client.logout().await?)
+    }
+
+    /// The configured location `name`.
+    pub fn location(&self, name: &str) -> Result<&VsphereLocation> {
+        self.locations.get(name).ok_or_else(|| ProviderError::Config {
+            key: format!("vsphere.locations.{name}"),
+            message: format!("location {name:?} is not configured"),
+        })
+    }
+}
+
+fn check_image(image: &str) -> Result<()> {
+    if image.is_empty() || image.contains('/') {
+        return Err(ProviderError::InvalidImage(format!(
+            "{image:?} cannot name a vSphere template"
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Provider for VsphereProvider {
+    fn id(&self) -> &'static str {
+        "capv"
+    }
+
+    fn format(&self) -> SourceFormat {
+        SourceFormat::Ova
+    }
+
+    fn locations(&self) -> Vec<String> {
+        self.locations.keys().cloned().collect()
+    }
+
+    async fn exists(&self, location: &str, image: &str) -> Result<Option<Template>> {
+        check_image(image)?;
+        let path = self.location(location)?.template_path(image);
+        let Some(obj) = self.client.find_by_inventory_path(&path).await? else {
+            return Ok(None);
+        };
+        if obj.kind != "VirtualMachine" {
+            return Err(ProviderError::Api(format!(
+                "{path} is a {}, not a VM template",
+                obj.kind
+            )));
+        }
+        let template = match self.client.properties(&obj, &["config.template"]).await {
+            Err(e) if e.is_fault("ManagedObjectNotFound") => return Ok(None),
+            r => r?.bool("config.template"),
+        };
+        if template == Some(true) {
+            return Ok(Some(Template {
+                reference: obj.to_string(),
+                path,
+            }));
+        }
+        tracing::warn!(%path, vm = %obj, "removing VM left by a failed import (not a template)");
+        import::remove_vm(&self.client, &obj).await?;
+        Ok(None)
+    }
+
+    async fn create(
+        &self,
+        location: &str,
+        image: &str,
+        source: &S3Object,
+        progress: &Progress,
+    ) -> Result<Template> {
+        if let Some(t) = self.exists(location, image).await? {
+            return Ok(t);
+        }
+        let loc = self.location(location)?;
+        let target = inventory::resolve(&self.client, location, loc).await?;
+        let name = loc.template_name(image);
+        tracing::info!(location, template = %name, source = %source.display_url(), "importing OVA");
+        let vm = import::import_ova(&self.client, &target, &name, source, progress).await?;
+        tracing::info!(location, template = %name, vm = %vm, bytes = progress.get(), "template created");
+        Ok(Template {
+            reference: vm.to_string(),
+            path: loc.template_path(image),
+        })
+    }
+
+    async fn delete(&self, location: &str, image: &str) -> Result<()> {
+        check_image(image)?;
+        let path = self.location(location)?.template_path(image);
+        match self.client.find_by_inventory_path(&path).await? {
+            Some(vm) if vm.kind == "VirtualMachine" => {
+                import::remove_vm(&self.client, &vm).await?;
+                tracing::info!(location, %path, "template deleted");
+                Ok(())
+            }
+            Some(other) => {
+                tracing::warn!(location, %path, kind = %other.kind, "not deleting: not a VM");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! Process helpers shared by the peers: log tails, a parent-death watchdog, stopping children.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The last `max_lines` lines of a log file (at most its last 16 KiB), for error messages.
+pub(crate) fn log_tail(path: &Path, max_lines: usize) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match read() {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(max_lines)..];
+            format!("--- last lines of {} ---\n{}", path.display(), tail.join("\n"))
+        }
+        Err(e) => format!("(cannot read log {}: {e})", path.display()),
+    }
+}
+
+/// Starts a watchdog that SIGKILLs `child_pid` once this (test) process is gone (exited or a
+/// zombie), then runs `cleanup` (a shell snippet; its positional parameters are `args`).
+///
+/// The watchdog runs in its own process group, so a Ctrl-C to the test does not kill it
+/// before it has done its job. Kill it (and wait) when the peer is stopped normally.
+pub(crate) fn spawn_watchdog(child_pid: u32, cleanup: &str, args: &[String]) -> std::io::Result<Child> {
+    watchdog_for(std::process::id(), child_pid, cleanup, args)
+}
+
+/// [`spawn_watchdog`] watching `watched_pid` instead of this process.
+fn watchdog_for(watched_pid: u32, child_pid: u32, cleanup: &str, args: &[String]) -> std::io::Result<Child> {
+    // A zombie still answers `kill -0`: read the state from /proc instead.
+    let script = format!(
+        "t=$1; c=$2; shift 2; \
+         alive() {{ read -r l < \"/proc/$t/stat\" || return 1; s=${{l##*\") \"}}; [ \"${{s%% *}}\" != Z ]; }}; \
+         while alive; do sleep 0.5; done; kill -9 \"$c\" 2>/dev/null; sleep 0.3; {cleanup}"
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("ido-testkit-watchdog")
+        .arg(watched_pid.to_string())
+        .arg(child_pid.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+}
+
+/// SIGKILLs a child and reaps it (errors ignored: it may be gone already).
+pub(crate) fn kill_and_wait(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends SIGTERM (through `kill(1)`: this crate has no unsafe code), waits up to `grace`
+/// for the child to exit, then SIGKILLs it. Always reaps it.
+pub(crate) fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    kill_and_wait(child);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        let tail = log_tail(&path, 2);
+        assert!(tail.ends_with("b\nc"), "{tail}");
+        assert!(log_tail(&dir.path().join("missing"), 2).contains("cannot read"));
+    }
+
+    #[test]
+    fn watchdog_kills_the_peer_once_the_watched_process_is_a_zombie() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("cleaned");
+        // Never reaped while the watchdog runs: it stays a zombie, which must count as gone.
+        let mut watched = Command::new("true").spawn().unwrap();
+        let mut peer = Command::new("sleep").arg("30").spawn().unwrap();
+        let args = [marker.display().to_string()];
+        let mut dog = watchdog_for(watched.id(), peer.id(), "touch \"$1\"", &args).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while peer.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the watchdog did not kill the peer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dog.wait().unwrap();
+        assert!(marker.exists(), "cleanup did not run");
+        watched.wait().unwrap();
+    }
+
+    #[test]
+    fn terminate_stops_a_child() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        terminate(&mut child, Duration::from_secs(2));
+        assert!(child.try_wait().unwrap().is_some());
+    }
+}

@@ -1,0 +1,351 @@
+//! The project's vCenter simulator (`target/peers/ido-vcsim`, govmomi's simulator library
+//! behind `testkit/vcsim/main.go`), one per test: it starts in ~90 ms.
+//!
+//! [`Vcsim::start`] builds the binary first if needed (`scripts/build-vcsim.sh`, once per
+//! process, under a file lock), serves HTTPS with a fresh [`TestCa`] server certificate by
+//! default, and reads the SDK URL from the simulator's first stdout line.
+//!
+//! Credentials: without [`VcsimOptions::username`]/[`VcsimOptions::password`] the simulator
+//! accepts any non-empty pair and [`Vcsim::username`]/[`Vcsim::password`] report
+//! [`DEFAULT_USERNAME`]/[`DEFAULT_PASSWORD`]. With them, they are passed to the simulator
+//! as `-username`/`-password` flags (its only interface): this test fixture is the one
+//! place where a (fake) secret appears on a command line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+use tokio::sync::OnceCell;
+
+use crate::proc::{kill_and_wait, log_tail, spawn_watchdog, terminate};
+use crate::tls::TestCa;
+
+/// Default datacenter.
+pub const DATACENTER: &str = "DC0";
+/// Default cluster (hosts `DC0_C0_H0..`).
+pub const CLUSTER: &str = "DC0_C0";
+/// Default datastore.
+pub const DATASTORE: &str = "LocalDS_0";
+/// Inventory path of the default datastore.
+pub const DATASTORE_PATH: &str = "/DC0/datastore/LocalDS_0";
+/// Inventory path of the datacenter's VM folder.
+pub const VM_FOLDER: &str = "/DC0/vm";
+/// Name of the cluster's root resource pool.
+pub const RESOURCE_POOL: &str = "Resources";
+/// Inventory path of the cluster's root resource pool.
+pub const RESOURCE_POOL_PATH: &str = "/DC0/host/DC0_C0/Resources";
+/// Default VM network.
+pub const NETWORK: &str = "VM Network";
+/// Inventory path of the default VM network.
+pub const NETWORK_PATH: &str = "/DC0/network/VM Network";
+/// The VMs of the default inventory, all in [`VM_FOLDER`] and powered on.
+pub const DEFAULT_VMS: [&str; 4] = ["DC0_H0_VM0", "DC0_H0_VM1", "DC0_C0_RP0_VM0", "DC0_C0_RP0_VM1"];
+/// User name reported when none was configured (the simulator then accepts any).
+pub const DEFAULT_USERNAME: &str = "ido-test-user";
+/// Password reported when none was configured (the simulator then accepts any non-empty).
+pub const DEFAULT_PASSWORD: &str = "ido-test-password";
+
+/// How long to wait for the simulator's first stdout line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to start a [`Vcsim`]. `Default` is HTTPS with a [`TestCa`] certificate, any credentials.
+#[derive(Clone)]
+pub struct VcsimOptions {
+    /// Serve HTTPS with a fresh [`TestCa`] server certificate (default `true`). When `false`
+    /// (and not [`plain`](Self::plain)), the simulator's built-in self-signed certificate.
+    pub tls: bool,
+    /// Serve plain HTTP (`-plain`); overrides [`tls`](Self::tls). Default `false`.
+    pub plain: bool,
+    /// The only accepted user name (`-username`). Default: any.
+    pub username: Option<String>,
+    /// The only accepted password (`-password`; [`DEFAULT_PASSWORD`] if only a user is set).
+    pub password: Option<String>,
+    /// Expire sessions idle this long (`-idle-timeout`). Default: never.
+    pub idle_timeout: Option<Duration>,
+    /// Hosts per cluster (`-cluster-hosts`). Default: the simulator's 3.
+    pub cluster_hosts: Option<u32>,
+}
+
+impl Default for VcsimOptions {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            plain: false,
+            username: None,
+            password: None,
+            idle_timeout: None,
+            cluster_hosts: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for VcsimOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcsimOptions")
+            .field("tls", &self.tls)
+            .field("plain", &self.plain)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("idle_timeout", &self.idle_timeout)
+            .field("cluster_hosts", &self.cluster_hosts)
+            .finish()
+    }
+}
+
+impl VcsimOptions {
+    /// Plain HTTP.
+    pub fn plain() -> Self {
+        Self {
+            plain: true,
+            tls: false,
+            ..Self::default()
+        }
+    }
+
+    /// HTTPS with the simulator's built-in self-signed certificate (clients must skip checks).
+    pub fn builtin_cert() -> Self {
+        Self {
+            tls: false,
+            ..Self::default()
+        }
+    }
+
+    /// Requires exactly this user name and password.
+    pub fn with_credentials(mut self, username: &str, password: &str) -> Self {
+        self.username = Some(username.to_owned());
+        self.password = Some(password.to_owned());
+        self
+    }
+}
+
+/// A running simulator, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Vcsim {
+    /// The simulator process.
+    child: Child,
+    /// Kills the simulator if the test process dies without dropping this.
+    watchdog: Child,
+    /// SDK URL, e.g. `https://127.0.0.1:36171/sdk`.
+    url: String,
+    /// The CA whose server certificate the simulator serves, if any.
+    ca: Option<TestCa>,
+    /// Credentials a client should use.
+    username: String,
+    /// See `username`.
+    password: String,
+    /// Whether it serves plain HTTP.
+    plain: bool,
+    /// Log and `$TMPDIR` (the simulator's datastore directories); removed on drop.
+    dir: TempDir,
+}
+
+impl Vcsim {
+    /// Starts a simulator with `opts` and waits for its SDK URL (at most 30 s).
+    pub async fn start(opts: VcsimOptions) -> anyhow::Result<Self> {
+        let bin = ensure_built().await?;
+        let dir = tempfile::Builder::new()
+            .prefix("ido-vcsim-")
+            .tempdir()
+            .context("creating the vcsim directory")?;
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).context("creating the vcsim TMPDIR")?;
+        let ca = if opts.tls && !opts.plain {
+            Some(TestCa::new().context("creating the vcsim CA")?)
+        } else {
+            None
+        };
+
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-l", "127.0.0.1:0"]);
+        if let Some(ca) = &ca {
+            cmd.arg("-cert")
+                .arg(&ca.server_cert)
+                .arg("-key")
+                .arg(&ca.server_key);
+        }
+        if opts.plain {
+            cmd.arg("-plain");
+        }
+        let configured = opts.username.is_some() || opts.password.is_some();
+        let username = opts.username.unwrap_or_else(|| DEFAULT_USERNAME.to_owned());
+        let password = opts.password.unwrap_or_else(|| DEFAULT_PASSWORD.to_owned());
+        if configured {
+            cmd.arg("-username")
+                .arg(&username)
+                .arg("-password")
+                .arg(&password);
+        }
+        if let Some(idle) = opts.idle_timeout {
+            cmd.arg("-idle-timeout")
+                .arg(format!("{}ms", idle.as_millis().max(1)));
+        }
+        if let Some(n) = opts.cluster_hosts {
+            cmd.arg("-cluster-hosts").arg(n.to_string());
+        }
+        let log_path = dir.path().join("vcsim.log");
+        let log = std::fs::File::create(&log_path).context("creating vcsim.log")?;
+        cmd.env("TMPDIR", &tmp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log.try_clone()?);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        // If the test process dies, also remove the simulator's and the CA's directories.
+        let mut dirs = vec![dir.path().display().to_string()];
+        dirs.extend(ca.as_ref().map(|ca| ca.dir().display().to_string()));
+        let mut watchdog = match spawn_watchdog(child.id(), "rm -rf -- \"$@\"", &dirs) {
+            Ok(w) => w,
+            Err(e) => {
+                kill_and_wait(&mut child);
+                return Err(e).context("spawning the vcsim watchdog");
+            }
+        };
+
+        // First stdout line → the URL; the rest goes to the log (so writes never hit a closed pipe).
+        let stdout = child.stdout.take().context("vcsim stdout")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            let mut log = log;
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+            }
+        });
+        let first = match tokio::time::timeout(START_TIMEOUT, rx).await {
+            Ok(Ok(Some(Ok(line)))) => Ok(line.trim().to_owned()),
+            Ok(Ok(Some(Err(e)))) => Err(anyhow::anyhow!("reading vcsim stdout: {e}")),
+            Ok(_) => Err(anyhow::anyhow!("vcsim exited before printing its URL")),
+            Err(_) => Err(anyhow::anyhow!("vcsim printed no URL within {START_TIMEOUT:?}")),
+        };
+        let url = match first {
+            Ok(url) if url.starts_with("http") && url.ends_with("/sdk") => url,
+            other => {
+                kill_and_wait(&mut watchdog);
+                kill_and_wait(&mut child);
+                let why = other.map_or_else(
+                    |e| e.to_string(),
+                    |line| format!("unexpected first line {line:?}"),
+                );
+                bail!("starting {}: {why}\n{}", bin.display(), log_tail(&log_path, 40));
+            }
+        };
+        Ok(Self {
+            child,
+            watchdog,
+            url,
+            ca,
+            username,
+            password,
+            plain: opts.plain,
+            dir,
+        })
+    }
+
+    /// The SDK URL, e.g. `https://127.0.0.1:36171/sdk`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `127.0.0.1:PORT` of the simulator.
+    pub fn host_port(&self) -> String {
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest).to_owned()
+    }
+
+    /// The CA certificate (PEM) to trust, when started with a [`TestCa`] ([`VcsimOptions::tls`]).
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca.as_ref().map(TestCa::ca_pem)
+    }
+
+    /// The [`TestCa`] whose server certificate the simulator serves, if any.
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.ca.as_ref()
+    }
+
+    /// Whether the simulator serves plain HTTP.
+    pub fn is_plain(&self) -> bool {
+        self.plain
+    }
+
+    /// The user name a client should log in with.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The password a client should log in with.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// A reqwest client for this simulator: trusts only the [`TestCa`] when there is one,
+    /// skips certificate checks for the built-in certificate, plain HTTP otherwise.
+    pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        if let Some(ca) = &self.ca {
+            return ca.reqwest_client();
+        }
+        crate::install_crypto_provider();
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_danger_accept_invalid_certs(!self.plain)
+            .build()
+            .context("building a reqwest client for vcsim")
+    }
+
+    /// The simulator's log (stderr, and stdout after the URL line).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("vcsim.log")
+    }
+
+    /// The last lines of the simulator's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path(), 40)
+    }
+
+    /// The process id of the simulator.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Vcsim {
+    /// Stops the watchdog, then the simulator (SIGTERM lets it remove its datastore dirs).
+    fn drop(&mut self) {
+        kill_and_wait(&mut self.watchdog);
+        terminate(&mut self.child, Duration::from_secs(2));
+    }
+}
+
+/// Runs `scripts/build-vcsim.sh` once per process under `flock` (it skips an up-to-date
+/// binary) and returns the binary's path. A failed rebuild falls back to an existing binary.
+pub async fn ensure_built() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceCell<PathBuf> = OnceCell::const_new();
+    let path = BUILT
+        .get_or_try_init(|| async {
+            let root = crate::workspace_root();
+            let peers = root.join("target/peers");
+            let bin = peers.join("ido-vcsim");
+            std::fs::create_dir_all(&peers).with_context(|| format!("creating {}", peers.display()))?;
+            let out = tokio::process::Command::new("flock")
+                .arg(peers.join(".build-vcsim.lock"))
+                .arg(root.join("scripts/build-vcsim.sh"))
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .context("running scripts/build-vcsim.sh")?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if !bin.is_file() {
+                    bail!("scripts/build-vcsim.sh failed ({}): {stderr}", out.status);
+                }
+                tracing::warn!(%stderr, "rebuilding ido-vcsim failed; using the existing binary");
+            }
+            anyhow::Ok(bin)
+        })
+        .await?;
+    Ok(path.clone())
+}

