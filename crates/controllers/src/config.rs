@@ -223,6 +223,17 @@ impl Config {
     pub fn providers(&self) -> Result<Providers, ConfigError> {
         Ok(self.providers.build()?)
     }
+
+    /// A reconcile context over `store`: providers, source, settings, fresh metrics.
+    pub fn context<S: crate::Store>(&self, store: S) -> Result<crate::Context<S>, ConfigError> {
+        Ok(crate::Context {
+            store,
+            providers: self.providers()?,
+            source: self.source()?,
+            settings: self.settings()?,
+            metrics: crate::metrics::Metrics::default(),
+        })
+    }
 }
 
 fn value_err(key: &str, value: &str, reason: &str) -> ConfigError {

@@ -108,7 +108,10 @@ pub fn trigger_fingerprint(obj: &serde_json::Value) -> u64 {
     if let Some(o) = v.as_object_mut()
         && let Some(status) = o.remove("status")
     {
-        o.insert("releases".into(), status.get("releases").cloned().unwrap_or_default());
+        o.insert(
+            "releases".into(),
+            status.get("releases").cloned().unwrap_or_default(),
+        );
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     v.to_string().hash(&mut h);

@@ -195,13 +195,21 @@ impl Report {
 
     /// The status table.
     pub fn table(&self) -> String {
+        let name_w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
+        let rel_w = self
+            .rows
+            .iter()
+            .map(|r| r.releases.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
         let mut out = format!(
-            "{:<10} {:<64} {:<9} {:<17} {:<24} MESSAGE\n",
+            "{:<10} {:<name_w$} {:<9} {:<16} {:<rel_w$} MESSAGE\n",
             "KIND", "NAME", "PROVIDER", "STATE", "RELEASES"
         );
         for r in &self.rows {
             out += &format!(
-                "{:<10} {:<64} {:<9} {:<17} {:<24} {}\n",
+                "{:<10} {:<name_w$} {:<9} {:<16} {:<rel_w$} {}\n",
                 r.kind, r.name, r.provider, r.state, r.releases, r.message
             );
             for l in &r.locations {

@@ -10,7 +10,6 @@ use ido_controllers::{
     Context, Store,
     config::Config,
     file_store::FileStore,
-    metrics::Metrics,
     run::{Manifest, Report, RunOptions, apply_desired, run},
 };
 use ido_engine::s3::node_image_key;
@@ -113,14 +112,9 @@ impl Env {
             .with_test_writer()
             .try_init();
         let store = FileStore::open(state).unwrap();
-        let ctx = Context {
-            store,
-            providers: config.providers().unwrap(),
-            source: config.source().unwrap(),
-            settings: config.settings().unwrap(),
-            metrics: Metrics::default(),
-        };
-        Self { ctx: Arc::new(ctx) }
+        Self {
+            ctx: Arc::new(config.context(store).unwrap()),
+        }
     }
 
     async fn run(&self, releases: &[Release]) -> Report {
@@ -428,4 +422,41 @@ fn bad_config_values_name_the_key() {
     let cfg = Config::from_value(json!({"s3": {"bucket": "Bad Bucket", "region": "eu-west-1"}})).unwrap();
     let e = cfg.source().err().unwrap().to_string();
     assert!(e.contains("s3.bucket") && e.contains("Bad Bucket"), "{e}");
+}
+
+#[tokio::test]
+async fn retention_expiry_deletes_the_image() {
+    let s3 = SeaweedFs::shared().await.unwrap();
+    let vc = Vcsim::start(VcsimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = image_of("v1.34.0");
+    publish(s3, dir.path(), &image).await;
+    let cfg = config(
+        s3,
+        &vc,
+        json!({"loc1": dc0(json!({}))}),
+        json!({"imageRetentionPeriod": "2s"}),
+    );
+    let env = Env::new(&cfg, &dir.path().join("state"));
+    let report = env.run(&[release("vsphere-34.0.0", "1.34.0")]).await;
+    assert!(report.ok(), "{}", report.table());
+    assert!(templates(&vc).await.contains(&(image.clone(), true)));
+    // Unused: kept for 2 s (AwaitingDeletion), then deleted with its template, in one run.
+    let started = std::time::Instant::now();
+    let report = env.run(&[]).await;
+    assert!(report.ok(), "{}", report.table());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "kept for the retention period"
+    );
+    assert!(env.images().await.is_empty());
+    assert!(!templates(&vc).await.iter().any(|(n, _)| n == &image));
+    let reasons: Vec<String> = env
+        .ctx
+        .store
+        .events()
+        .iter()
+        .map(|e| e.event.reason.clone())
+        .collect();
+    assert!(reasons.contains(&"RetentionExpired".to_string()), "{reasons:?}");
 }

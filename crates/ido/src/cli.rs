@@ -5,19 +5,18 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ido_controllers::{
-    Context,
     config::{Config, parse_go_duration},
     file_store::FileStore,
-    metrics::Metrics,
     run::{RunOptions, apply_desired, default_state_dir, load_manifests, run},
 };
 
 #[derive(Parser)]
 #[command(name = "ido", version, about = "Gets images to where clusters need them.")]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. `info,ido_providers=debug`.
-    #[arg(long, global = true, env = "IDO_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (RUST_LOG syntax), e.g. `info,ido_providers=debug`. Default: $IDO_LOG,
+    /// else $RUST_LOG, else `info`.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,7 +83,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    let log = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("IDO_LOG").ok())
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -122,23 +127,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn context<S: ido_controllers::Store>(config: &Config, store: S) -> anyhow::Result<Context<S>> {
-    Ok(Context {
-        store,
-        providers: config.providers()?,
-        source: config.source()?,
-        settings: config.settings()?,
-        metrics: Metrics::default(),
-    })
-}
-
 async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.config.as_deref(), &args.config.merges)?;
     let settings = config.settings()?;
     let manifests = load_manifests(&args.files, &settings.namespace)?;
     let state = args.state.unwrap_or_else(default_state_dir);
     let store = FileStore::open(&state).with_context(|| format!("opening state {}", state.display()))?;
-    let ctx = Arc::new(context(&config, store.clone())?);
+    let ctx = Arc::new(config.context(store.clone())?);
     if ctx.providers.is_empty() {
         tracing::warn!("no provider is enabled: Releases will be skipped");
     }
@@ -159,6 +154,11 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn operator_cmd(args: OperatorArgs) -> anyhow::Result<ExitCode> {
-    let _config = Config::load(args.config.config.as_deref(), &args.config.merges)?;
-    anyhow::bail!("ido operator: not wired yet")
+    let config = Config::load(args.config.config.as_deref(), &args.config.merges)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let parts = ido_operator::ContextParts::from_config(&config)?;
+    ido_operator::run(client, parts, ido_operator::OperatorOptions::from_config(&config)).await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,284 @@
-//! The in-cluster driver (in progress).
+//! The in-cluster driver of `ido operator`: the reconcilers of `ido-controllers` run by
+//! kube-runtime controllers against the Kubernetes API.
+//!
+//! ```text
+//!   ido operator ──▶ run(client, ContextParts, OperatorOptions)
+//!                     ├─ http:       /metrics /healthz /readyz   (every replica)
+//!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage
+//!                                       │                     └─ KubeStore (the Store over the API)
+//!                                     standby (ready, waits)
+//! ```
+//!
+//! - [`kube_store`]: [`KubeStore`], the controllers' `Store` over the API (narrow writes,
+//!   `resourceVersion` preconditions, events).
+//! - [`controller`]: the two kube-runtime controllers, metrics and per-object backoff.
+//! - [`lease`]: leader election over a `coordination.k8s.io/v1` Lease.
+//! - [`http`]: the metrics and probe endpoint.
+//!
+//! Only the leader runs controllers. Losing the lease ends [`run`] with an error (the
+//! process exits and restarts as a standby); SIGTERM/SIGINT end it cleanly: controllers
+//! finish running reconciles, the lease is given up, the endpoint stops.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use ido_controllers::{
+    Context, Settings,
+    config::{Config, ConfigError},
+    metrics::Metrics,
+};
+use ido_engine::s3::S3Source;
+use ido_providers::Providers;
+use kube::{Client, runtime::events::Reporter};
+use tokio::sync::watch;
+
+pub mod controller;
+pub mod http;
+pub mod kube_store;
+pub mod lease;
+
+pub use http::{Health, Phase};
+pub use kube_store::KubeStore;
+pub use lease::{LeaderElector, LeaseConfig, LeaseError, Round};
+
+/// Name the operator reports events as (`reportingController`).
+pub const REPORTER: &str = "ido";
+
+/// The parts of the reconcilers' [`Context`] that do not depend on the cluster; [`run`]
+/// adds the [`KubeStore`].
+pub struct ContextParts {
+    /// The enabled providers.
+    pub providers: Providers,
+    /// Where node images are read from (`None`: no `s3` section).
+    pub source: Option<S3Source>,
+    /// Reconciler settings (NodeImage namespace, channel, retention, …).
+    pub settings: Settings,
+    /// The metrics `/metrics` serves.
+    pub metrics: Metrics,
+}
+
+impl ContextParts {
+    /// Builds providers, source and settings from the configuration.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            providers: config.providers()?,
+            source: config.source()?,
+            settings: config.settings()?,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// How the operator runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorOptions {
+    /// Address of `/metrics`, `/healthz`, `/readyz` (default `0.0.0.0:8080`).
+    pub metrics_addr: SocketAddr,
+    /// Run controllers only while holding the Lease (default `true`).
+    pub leader_election: bool,
+    /// Name of the Lease (default `ido-leader`).
+    pub lease_name: String,
+    /// Namespace of the Lease; `None`: `$POD_NAMESPACE`, else the NodeImage namespace.
+    pub lease_namespace: Option<String>,
+    /// This replica's identity (lease holder, event instance); `None`: `$POD_NAME`, else
+    /// the host name.
+    pub identity: Option<String>,
+    /// NodeImages reconciled at once (the configuration's `concurrency.images`, default 4).
+    pub images_concurrency: usize,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        Self {
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            leader_election: true,
+            lease_name: "ido-leader".into(),
+            lease_namespace: None,
+            identity: None,
+            images_concurrency: 4,
+        }
+    }
+}
+
+impl OperatorOptions {
+    /// The defaults with `images_concurrency` from the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            images_concurrency: config.concurrency.images,
+            ..Self::default()
+        }
+    }
+}
+
+/// This replica's identity: `$POD_NAME`, else `$HOSTNAME`, else the kernel's host name.
+pub fn default_identity() -> String {
+    let non_empty = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+    std::env::var("POD_NAME")
+        .ok()
+        .and_then(non_empty)
+        .or_else(|| std::env::var("HOSTNAME").ok().and_then(non_empty))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .and_then(non_empty)
+        })
+        .unwrap_or_else(|| REPORTER.to_string())
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT: see the crate docs.
+pub async fn run(client: Client, parts: ContextParts, opts: OperatorOptions) -> anyhow::Result<()> {
+    run_until(client, parts, opts, shutdown_signal()).await
+}
+
+/// [`run`], ending cleanly when `shutdown` resolves instead of on a signal.
+pub async fn run_until(
+    client: Client,
+    parts: ContextParts,
+    opts: OperatorOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ContextParts {
+        providers,
+        source,
+        settings,
+        metrics,
+    } = parts;
+    let identity = opts.identity.clone().unwrap_or_else(default_identity);
+    let lease_namespace = opts
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| settings.namespace.clone());
+    let reporter = Reporter {
+        controller: REPORTER.into(),
+        instance: Some(identity.clone()),
+    };
+    let store = KubeStore::new(client.clone(), reporter, Some(settings.namespace.clone()));
+    let ctx = Arc::new(Context {
+        store,
+        providers,
+        source,
+        settings,
+        metrics,
+    });
+    let concurrency = u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1);
+    tracing::info!(
+        namespace = %ctx.settings.namespace,
+        providers = ?ctx.providers.ids(),
+        %identity,
+        leader_election = opts.leader_election,
+        "starting the operator"
+    );
+
+    // One stop signal for everything: the caller's shutdown, or a fatal error below.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop_tx.send_replace(true);
+        });
+    }
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let health = Health::default();
+    let listener = http::bind(opts.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", opts.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::router(ctx.metrics.clone(), health.clone()),
+        stopped(),
+    ));
+
+    let result = if opts.leader_election {
+        let elector = LeaderElector::new(
+            client.clone(),
+            LeaseConfig::new(&opts.lease_name, lease_namespace, identity),
+        );
+        lead(&elector, client, ctx, concurrency, &health, &stopped).await
+    } else {
+        health.set(Phase::Leading);
+        controller::run(client, ctx, concurrency, &stopped).await;
+        Ok(())
+    };
+    health.set(Phase::Stopping);
+    stop_tx.send_replace(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP endpoint failed"),
+        Err(e) => tracing::warn!(error = %e, "the HTTP endpoint panicked"),
+    }
+    result
+}
+
+/// Waits for the lease, then runs the controllers while holding it.
+async fn lead<F>(
+    elector: &LeaderElector,
+    client: Client,
+    ctx: Arc<Context<KubeStore>>,
+    concurrency: u16,
+    health: &Health,
+    stopped: &impl Fn() -> F,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let cfg = elector.config();
+    let mut last_holder = None;
+    let acquire = elector.acquire(|round| match round {
+        Ok(Round::Leading) => {
+            tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "acquired the lease")
+        }
+        Ok(Round::Standby { holder }) => {
+            health.set(Phase::Standby);
+            if last_holder.as_ref() != Some(holder) {
+                tracing::info!(lease = %cfg.name, %holder, "standing by: another replica leads");
+                last_holder = Some(holder.clone());
+            }
+        }
+        Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "reading the lease failed"),
+    });
+    tokio::select! {
+        _ = acquire => {}
+        _ = stopped() => return Ok(()),
+    }
+    health.set(Phase::Leading);
+    tokio::select! {
+        _ = controller::run(client, ctx, concurrency, stopped) => {}
+        lost = elector.hold() => {
+            // Dropping the controllers cancels their running reconciles.
+            return Err(anyhow::Error::new(lost).context("lost leadership; stopping the controllers"));
+        }
+    }
+    if let Err(e) = elector.release().await {
+        tracing::warn!(lease = %cfg.name, error = %e, "giving up the lease failed");
+    }
+    Ok(())
+}

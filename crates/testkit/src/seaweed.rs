@@ -155,7 +155,7 @@ impl SeaweedFs {
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
                 "-master.volumeSizeLimitMB=64",
-                "-volume.max=20",
+                "-volume.max=100",
             ])
             .args(["-s3", &format!("-s3.port={s3}")])
             .arg(format!("-s3.config={}", s3_json.display()))

@@ -1,0 +1,195 @@
+//! The `ido` binary end to end: `ido run --once` against SeaweedFS and the vCenter simulator,
+//! configured from files as the README says; exit codes, the status table, and no secret in
+//! any output or state file.
+
+use std::{path::Path, process::Output};
+
+use ido_testkit::{
+    oracle::oracle_list_vms,
+    ova::OvaFixture,
+    seaweed::{PUBLIC_BUCKET, SeaweedFs},
+    vcsim::{Vcsim, VcsimOptions},
+};
+
+const IMAGE: &str = "flatcar-stable-4000.0.0-kube-1.33.1-tooling-1.20.0-gs";
+const KEY: &str =
+    "capv/flatcar-stable-4000.0.0-kube-1.33.1-tooling-1.20.0-gs/flatcar-stable-4000.0.0-kube-v1.33.1.ova";
+const PASSWORD: &str = "pw-that-must-not-leak-8e1f";
+
+const RELEASE: &str = "apiVersion: release.giantswarm.io/v1alpha1
+kind: Release
+metadata: {name: vsphere-33.0.0}
+spec:
+  components:
+  - {name: flatcar, version: 4000.0.0}
+  - {name: kubernetes, version: v1.33.1}
+  - {name: os-tooling, version: v1.20.0}
+";
+
+fn ido(args: &[&str], dir: &Path) -> Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args(args)
+        .current_dir(dir)
+        .env("IDO_LOG", "debug")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(PASSWORD), "the password leaked into the output");
+    out
+}
+
+fn no_secret_in(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            no_secret_in(&p);
+        } else if !["values.yaml", "credentials"].contains(&p.file_name().unwrap().to_str().unwrap()) {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            assert!(
+                !text.contains(PASSWORD),
+                "the password leaked into {}",
+                p.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_once_distributes_and_removes() {
+    let s3 = SeaweedFs::shared().await.unwrap();
+    let vc = Vcsim::start(VcsimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ova = d.join("x.ova");
+    OvaFixture::write(&ova, "flatcar", &[("disk-0.vmdk", 123_456)], "nic0")
+        .await
+        .unwrap();
+    s3.put_object(PUBLIC_BUCKET, KEY, ova.as_path()).await.unwrap();
+
+    // Values file without credentials; credentials merged from a separate file (a mounted Secret).
+    let ca: String = vc
+        .ca_pem()
+        .unwrap()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    std::fs::write(
+        d.join("values.yaml"),
+        format!(
+            "s3: {{bucket: {PUBLIC_BUCKET}, region: us-east-1, endpoint: \"{}\"}}\nvsphere:\n  enabled: true\n  caBundle: |\n{ca}  locations:\n    loc1: {{datacenter: DC0, datastore: LocalDS_0, cluster: DC0_C0, folder: vm}}\n",
+            s3.endpoint()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("credentials"),
+        format!(
+            "vcenter: \"{}\"\nusername: someone\npassword: {PASSWORD}\n",
+            vc.url()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(d.join("releases")).unwrap();
+    std::fs::write(d.join("releases/r.yaml"), RELEASE).unwrap();
+    let base = [
+        "run",
+        "--once",
+        "--config",
+        "values.yaml",
+        "--merge",
+        "vsphere.credentials=credentials",
+        "--state",
+        "st",
+    ];
+
+    let out = ido(&[&base[..], &["-f", "releases"]].concat(), d);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("Available") && table.contains(IMAGE), "{table}");
+    assert!(table.contains("bytes=123456"), "{table}");
+    let vms = oracle_list_vms(&vc, "/DC0/vm").await.unwrap();
+    assert!(vms.iter().any(|v| v["name"] == IMAGE && v["template"] == true));
+
+    // A broken manifest is refused with the file and the field named; nothing changes.
+    std::fs::write(d.join("bad.yaml"), "apiVersion: release.giantswarm.io/v1alpha1\nkind: Release\nmetadata: {name: vsphere-1.0.0}\nspec: {components: 7}\n").unwrap();
+    let out = ido(&[&base[..], &["-f", "bad.yaml"]].concat(), d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.yaml") && err.contains("components"),
+        "{err}"
+    );
+
+    // Running without the Release removes the template everywhere.
+    std::fs::remove_file(d.join("releases/r.yaml")).unwrap();
+    let out = ido(&[&base[..], &["-f", "releases"]].concat(), d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vms = oracle_list_vms(&vc, "/DC0/vm").await.unwrap();
+    assert!(!vms.iter().any(|v| v["name"] == IMAGE));
+    no_secret_in(d);
+}
+
+#[tokio::test]
+async fn run_once_fails_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No provider reachable on this port: the import fails and the run says why, exit 1.
+    std::fs::write(
+        d.join("values.yaml"),
+        format!("s3: {{bucket: b, region: us-east-1, endpoint: \"http://127.0.0.1:9\"}}\nvsphere:\n  enabled: true\n  credentials: {{vcenter: \"127.0.0.1:9\", username: u, password: {PASSWORD}}}\n  locations:\n    loc1: {{datacenter: DC0, datastore: LocalDS_0, cluster: DC0_C0, folder: vm}}\n"),
+    )
+    .unwrap();
+    std::fs::write(d.join("r.yaml"), RELEASE).unwrap();
+    let out = ido(
+        &[
+            "run",
+            "--once",
+            "--timeout",
+            "60s",
+            "-f",
+            "r.yaml",
+            "--config",
+            "values.yaml",
+            "--state",
+            "st",
+        ],
+        d,
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(table.contains("NotReady") || table.contains("Error"), "{table}");
+    no_secret_in(d);
+
+    // Bad values: a clear error naming the key and value.
+    std::fs::write(d.join("bad.yaml"), "imageRetentionPeriod: soon\n").unwrap();
+    let out = ido(
+        &[
+            "run", "--once", "-f", "r.yaml", "--config", "bad.yaml", "--state", "st2",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("imageRetentionPeriod") && err.contains("soon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn crds_print_both_kinds() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("nodeimages.image.giantswarm.io") && text.contains("releases.release.giantswarm.io")
+    );
+}

@@ -1,0 +1,52 @@
+//! Leader election between two electors.
+
+use std::time::Duration;
+
+use ido_operator::{LeaderElector, LeaseConfig, LeaseError, Round};
+use k8s_openapi::api::coordination::v1::Lease;
+
+use crate::{OPERATOR_NS, fake_api::FakeApi, rbac::assert_granted};
+
+#[tokio::test]
+async fn lease_is_taken_over_after_expiry_and_handed_over_on_release() {
+    let fake = FakeApi::new();
+    let cfg = |id: &str| LeaseConfig {
+        duration: Duration::from_secs(1),
+        retry: Duration::from_millis(100),
+        renew_deadline: Duration::from_millis(500),
+        ..LeaseConfig::new("ido-leader", OPERATOR_NS, id)
+    };
+    let a = LeaderElector::new(fake.client(OPERATOR_NS), cfg("a"));
+    let b = LeaderElector::new(fake.client(OPERATOR_NS), cfg("b"));
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), Round::Leading);
+    assert_eq!(
+        b.try_acquire_or_renew().await.unwrap(),
+        Round::Standby { holder: "a".into() }
+    );
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), Round::Leading, "renewed");
+
+    // `a` stops renewing: `b` waits a whole lease duration by its own clock, then takes over.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), b.acquire(|_| {}))
+        .await
+        .expect("b leads");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "took over after {:?}",
+        started.elapsed()
+    );
+    let lost = tokio::time::timeout(Duration::from_secs(2), a.hold())
+        .await
+        .expect("a notices");
+    assert!(
+        matches!(lost, LeaseError::TakenOver { ref holder, .. } if holder == "b"),
+        "{lost}"
+    );
+
+    // Giving the lease up hands it over at once.
+    b.release().await.unwrap();
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), Round::Leading);
+    let lease = fake.get::<Lease>(Some(OPERATOR_NS), "ido-leader").unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 2);
+    assert_granted(&fake.calls());
+}

@@ -1,0 +1,183 @@
+//! The quick start (and the vSphere benchmark): starts SeaweedFS and the vCenter simulator on
+//! loopback, publishes an OVA node image, runs `ido run --once` on an example Release, and
+//! shows the result as pyvmomi sees it.
+//!
+//! ```text
+//! ido-quickstart --ido target/release/ido [--disk-mib 16] [--dir target/quickstart] [--bench]
+//! ```
+//! With `--bench`, the last line is JSON: OVA bytes, wall seconds, ido's peak RSS and the
+//! bytes ido left in its (empty, private) TMPDIR.
+
+use std::{path::PathBuf, process::Stdio, time::Instant};
+
+use anyhow::{Context, bail};
+use ido_testkit::{
+    oracle::oracle_list_vms,
+    ova::OvaFixture,
+    seaweed::{PUBLIC_BUCKET, SeaweedFs},
+    vcsim::{Vcsim, VcsimOptions},
+};
+
+const IMAGE: &str = "flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs";
+const KEY: &str =
+    "capv/flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs/flatcar-stable-3975.2.0-kube-v1.30.4.ova";
+
+struct Args {
+    ido: PathBuf,
+    disk_mib: u64,
+    dir: PathBuf,
+    bench: bool,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        ido: ido_testkit::workspace_root().join("target/release/ido"),
+        disk_mib: 16,
+        dir: ido_testkit::workspace_root().join("target/quickstart"),
+        bench: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--ido" => a.ido = val()?.into(),
+            "--disk-mib" => a.disk_mib = val()?.parse().context("--disk-mib: a number of MiB")?,
+            "--dir" => a.dir = val()?.into(),
+            "--bench" => a.bench = true,
+            other => bail!("unknown argument {other:?} (see the source's doc comment)"),
+        }
+    }
+    Ok(a)
+}
+
+fn step(s: &str) {
+    println!("\n==> {s}");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    if a.dir.exists() {
+        std::fs::remove_dir_all(&a.dir).with_context(|| format!("cleaning {}", a.dir.display()))?;
+    }
+    std::fs::create_dir_all(a.dir.join("tmp"))?;
+
+    step("starting SeaweedFS (S3) and the vCenter simulator on loopback");
+    let (s3, vc) = tokio::try_join!(SeaweedFs::start(), Vcsim::start(VcsimOptions::default()))?;
+    println!("S3:      {}", s3.endpoint());
+    println!("vCenter: {}", vc.url());
+
+    step(&format!(
+        "publishing a {} MiB OVA node image to s3://{PUBLIC_BUCKET}/{KEY}",
+        a.disk_mib
+    ));
+    let ova = a.dir.join("flatcar.ova");
+    let fixture = OvaFixture::write(&ova, "flatcar", &[("disk-0.vmdk", a.disk_mib << 20)], "nic0").await?;
+    let ova_bytes = std::fs::metadata(&ova)?.len();
+    s3.put_object(PUBLIC_BUCKET, KEY, ova.as_path()).await?;
+    std::fs::remove_file(&ova)?;
+
+    let config = a.dir.join("config.yaml");
+    let ca = vc.ca_pem().context("simulator CA")?;
+    let ca_yaml: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    let text = format!(
+        "namespace: giantswarm\nimageRetentionPeriod: \"0\"\ns3:\n  bucket: {PUBLIC_BUCKET}\n  region: us-east-1\n  endpoint: {}\nvsphere:\n  enabled: true\n  caBundle: |\n{ca_yaml}  credentials:\n    vcenter: {}\n    username: {}\n    password: {}\n  locations:\n    location1:\n      datacenter: DC0\n      datastore: LocalDS_0\n      cluster: DC0_C0\n      folder: vm\n",
+        s3.endpoint(),
+        vc.url(),
+        vc.username(),
+        vc.password()
+    );
+    write_private(&config, &text)?;
+    let release = a.dir.join("release.yaml");
+    std::fs::write(
+        &release,
+        "apiVersion: release.giantswarm.io/v1alpha1\nkind: Release\nmetadata:\n  name: vsphere-30.0.0\nspec:\n  state: active\n  components:\n  - {name: flatcar, version: 3975.2.0}\n  - {name: kubernetes, version: 1.30.4}\n  - {name: os-tooling, version: 1.18.1}\n",
+    )?;
+    println!("config:  {}\nrelease: {}", config.display(), release.display());
+
+    step("ido run --once -f release.yaml --config config.yaml");
+    let started = Instant::now();
+    let out = tokio::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("IDO_PEAK_RSS_KIB=%M")
+        .arg(&a.ido)
+        .args(["run", "--once", "-f"])
+        .arg(&release)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state")
+        .arg(a.dir.join("state"))
+        .env("TMPDIR", a.dir.join("tmp"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("running {} (build it first)", a.ido.display()))?;
+    let wall = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rss: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("IDO_PEAK_RSS_KIB="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprintln!("{stderr}");
+        bail!("ido run failed ({})", out.status);
+    }
+
+    step("templates in /DC0/vm, as pyvmomi (an independent client) sees them");
+    let vms = oracle_list_vms(&vc, "/DC0/vm").await?;
+    let mut found = false;
+    for vm in &vms {
+        println!(
+            "{:<60} template={:<5} {}",
+            vm["name"].as_str().unwrap_or_default(),
+            vm["template"],
+            vm["moref"].as_str().unwrap_or_default()
+        );
+        found |= vm["name"] == IMAGE && vm["template"] == true;
+    }
+    if !found {
+        bail!("the template {IMAGE} is not in the simulator");
+    }
+    let tmp_bytes: u64 = dir_bytes(&a.dir.join("tmp"));
+    println!("\nNodeImage Available; template {IMAGE} exists in the simulator.");
+    if a.bench {
+        println!(
+            "{{\"ova_bytes\":{ova_bytes},\"disk_bytes\":{},\"wall_s\":{wall:.2},\"peak_rss_kib\":{rss},\"tmp_bytes\":{tmp_bytes}}}",
+            fixture.total_disk_bytes()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a file only its owner can read (it holds credentials).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        dir_bytes(&p)
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
