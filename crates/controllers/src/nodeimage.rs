@@ -147,10 +147,7 @@ async fn distribute<S: Store>(
                 latest,
                 pid,
                 loc,
-                LocationState::Uploading,
-                None,
-                0,
-                "importing",
+                Update::new(LocationState::Uploading, "importing"),
             )
             .await;
             let obj = latest.lock().await.clone();
@@ -173,17 +170,8 @@ async fn distribute<S: Store>(
                     loop {
                         tokio::time::sleep(PROGRESS_EVERY).await;
                         let b = progress.get();
-                        write_location(
-                            ctx_ref,
-                            &latest,
-                            pid,
-                            &loc,
-                            LocationState::Uploading,
-                            None,
-                            b,
-                            "importing",
-                        )
-                        .await;
+                        let update = Update::new(LocationState::Uploading, "importing").bytes(b);
+                        write_location(ctx_ref, &latest, pid, &loc, update).await;
                     }
                 }
             };
@@ -215,17 +203,10 @@ async fn distribute<S: Store>(
                 .map(|u| u.0)
                 .unwrap_or_else(|| current_bytes(latest, loc));
             let msg = format!("template {}", t.path);
-            write_location(
-                ctx,
-                latest,
-                pid,
-                loc,
-                LocationState::Available,
-                Some(t.reference.clone()),
-                bytes,
-                &msg,
-            )
-            .await;
+            let update = Update::new(LocationState::Available, msg)
+                .bytes(bytes)
+                .template(t.reference.clone());
+            write_location(ctx, latest, pid, loc, update).await;
             if let Some((b, took)) = uploaded {
                 ctx.metrics.uploads.get_or_create(&result_label("success")).inc();
                 let obj = latest.lock().await.clone();
@@ -245,7 +226,7 @@ async fn distribute<S: Store>(
                 _ => LocationState::Error,
             };
             ctx.metrics.uploads.get_or_create(&result_label("failure")).inc();
-            write_location(ctx, latest, pid, loc, state, None, 0, &e.to_string()).await;
+            write_location(ctx, latest, pid, loc, Update::new(state, e.to_string())).await;
             let obj = latest.lock().await.clone();
             ctx.store
                 .event(
@@ -280,17 +261,40 @@ fn current_bytes(latest: &Arc<Mutex<NodeImage>>, loc: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A location's new state, as written into `status.locations`.
+struct Update {
+    state: LocationState,
+    template: Option<String>,
+    bytes: u64,
+    message: String,
+}
+
+impl Update {
+    fn new(state: LocationState, message: impl Into<String>) -> Self {
+        Self {
+            state,
+            template: None,
+            bytes: 0,
+            message: message.into(),
+        }
+    }
+    fn bytes(mut self, bytes: u64) -> Self {
+        self.bytes = bytes;
+        self
+    }
+    fn template(mut self, template: String) -> Self {
+        self.template = Some(template);
+        self
+    }
+}
+
 /// Sets one location's entry and re-summarises the status.
-#[allow(clippy::too_many_arguments)]
 async fn write_location<S: Store>(
     ctx: &Context<S>,
     latest: &Arc<Mutex<NodeImage>>,
     provider: &str,
     loc: &str,
-    state: LocationState,
-    template: Option<String>,
-    bytes: u64,
-    message: &str,
+    update: Update,
 ) {
     let mut guard = latest.lock().await;
     let locations = ctx
@@ -301,7 +305,7 @@ async fn write_location<S: Store>(
     let r = modify_status(&ctx.store, &*guard, |ni: &mut NodeImage| {
         let generation = ni.metadata.generation;
         let st = ni.status.get_or_insert_with(NodeImageStatus::default);
-        upsert_location(st, provider, loc, state, template.clone(), bytes, message);
+        upsert_location(st, provider, loc, &update);
         summarize(st, &locations, generation);
     })
     .await;
@@ -312,40 +316,31 @@ async fn write_location<S: Store>(
     }
 }
 
-fn upsert_location(
-    st: &mut NodeImageStatus,
-    provider: &str,
-    loc: &str,
-    state: LocationState,
-    template: Option<String>,
-    bytes: u64,
-    message: &str,
-) {
+fn upsert_location(st: &mut NodeImageStatus, provider: &str, loc: &str, u: &Update) {
     let now = Timestamp::now();
     match st.locations.iter_mut().find(|l| l.location == loc) {
         Some(l) => {
-            if l.state != state {
+            if l.state != u.state {
                 l.last_transition_time = now;
             }
-            l.state = state;
-            l.template = template.or_else(|| {
-                if state == LocationState::Available {
-                    l.template.clone()
-                } else {
-                    None
-                }
-            });
-            l.bytes_transferred = bytes;
-            l.message = message.to_string();
+            // An Available location keeps its template reference unless a new one is given.
+            let keep = u.state == LocationState::Available;
+            l.template = u
+                .template
+                .clone()
+                .or_else(|| if keep { l.template.clone() } else { None });
+            l.state = u.state;
+            l.bytes_transferred = u.bytes;
+            l.message = u.message.clone();
             l.provider = provider.to_string();
         }
         None => st.locations.push(LocationStatus {
             location: loc.to_string(),
             provider: provider.to_string(),
-            state,
-            template,
-            bytes_transferred: bytes,
-            message: message.to_string(),
+            state: u.state,
+            template: u.template.clone(),
+            bytes_transferred: u.bytes,
+            message: u.message.clone(),
             last_transition_time: now,
         }),
     }
@@ -473,7 +468,7 @@ async fn set_all_locations<S: Store>(
         let generation = ni.metadata.generation;
         let st = ni.status.get_or_insert_with(NodeImageStatus::default);
         for l in &locations {
-            upsert_location(st, pid, l, state, None, 0, message);
+            upsert_location(st, pid, l, &Update::new(state, message));
         }
         summarize(st, &locations, generation);
     })
@@ -611,7 +606,7 @@ async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Action, E
         let st = ni.status.get_or_insert_with(NodeImageStatus::default);
         st.state = NodeImageState::Deleting;
         for l in &locations {
-            upsert_location(st, pid, l, LocationState::Deleting, None, 0, "deleting");
+            upsert_location(st, pid, l, &Update::new(LocationState::Deleting, "deleting"));
         }
     })
     .await?
@@ -637,8 +632,8 @@ async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Action, E
         let st = ni.status.get_or_insert_with(NodeImageStatus::default);
         for (loc, r) in &results {
             match r {
-                Ok(()) => upsert_location(st, pid, loc, LocationState::Deleted, None, 0, "deleted"),
-                Err(e) => upsert_location(st, pid, loc, LocationState::Error, None, 0, &e.to_string()),
+                Ok(()) => upsert_location(st, pid, loc, &Update::new(LocationState::Deleted, "deleted")),
+                Err(e) => upsert_location(st, pid, loc, &Update::new(LocationState::Error, e.to_string())),
             }
         }
         st.state = if results.iter().all(|(_, r)| r.is_ok()) {

@@ -274,25 +274,9 @@ pub(crate) async fn mark_unused<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ido_api::{ReleaseComponent, ReleaseSpec};
 
     fn rel(name: &str, comps: &[(&str, &str)]) -> Release {
-        let mut r = Release::new(
-            name,
-            ReleaseSpec {
-                components: comps
-                    .iter()
-                    .map(|(n, v)| ReleaseComponent {
-                        name: n.to_string(),
-                        version: v.to_string(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            },
-        );
-        r.metadata.name = Some(name.into());
-        r
+        Release::with_components(name, comps)
     }
 
     #[test]

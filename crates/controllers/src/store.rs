@@ -107,34 +107,23 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn event<K: Object>(&self, obj: &K, event: Event) -> impl Future<Output = ()> + Send;
 }
 
-/// Applies `change` to `obj` and writes the status if it changed; on a conflict reads the
-/// object again and re-applies `change` (up to 5 times). Returns the object as stored, or
-/// `None` if it disappeared.
-pub async fn modify_status<S: Store, K: Object>(
-    store: &S,
-    obj: &K,
-    change: impl Fn(&mut K),
-) -> Result<Option<K>> {
+/// Runs `write` on `obj`; on a conflict reads the object again and runs `write` on the fresh
+/// copy (up to 5 times). `Ok(None)` if the object disappeared.
+async fn retry_on_conflict<S, K, F, Fut>(store: &S, obj: &K, mut write: F) -> Result<Option<K>>
+where
+    S: Store,
+    K: Object,
+    F: FnMut(K) -> Fut,
+    Fut: Future<Output = Result<K>>,
+{
     let mut current = obj.clone();
     for _ in 0..5 {
-        let before = serde_json::to_value(&current).map_err(|e| StoreError::Other(e.to_string()))?;
-        let mut next = current.clone();
-        change(&mut next);
-        let after = serde_json::to_value(&next).map_err(|e| StoreError::Other(e.to_string()))?;
-        if before == after {
-            return Ok(Some(current));
-        }
-        match store.update_status(&next).await {
+        match write(current.clone()).await {
             Ok(stored) => return Ok(Some(stored)),
             Err(StoreError::Conflict { .. }) => {
                 let meta = current.meta();
-                match store
-                    .get::<K>(
-                        meta.namespace.as_deref(),
-                        meta.name.as_deref().unwrap_or_default(),
-                    )
-                    .await?
-                {
+                let name = meta.name.as_deref().unwrap_or_default();
+                match store.get::<K>(meta.namespace.as_deref(), name).await? {
                     Some(fresh) => current = fresh,
                     None => return Ok(None),
                 }
@@ -149,37 +138,37 @@ pub async fn modify_status<S: Store, K: Object>(
     })
 }
 
+/// Applies `change` to `obj` and writes the status if that changed anything, re-applying
+/// `change` to a fresh copy on conflict. Returns the object as stored, or `None` if it
+/// disappeared.
+pub async fn modify_status<S: Store, K: Object>(
+    store: &S,
+    obj: &K,
+    change: impl Fn(&mut K),
+) -> Result<Option<K>> {
+    let change = &change;
+    retry_on_conflict(store, obj, |current| async move {
+        let mut next = current.clone();
+        change(&mut next);
+        let json = |k: &K| serde_json::to_value(k).map_err(|e| StoreError::Other(e.to_string()));
+        if json(&current)? == json(&next)? {
+            return Ok(current);
+        }
+        store.update_status(&next).await
+    })
+    .await
+}
+
 /// Patches metadata, re-reading on conflict like [`modify_status`].
 pub async fn patch_metadata_retry<S: Store, K: Object>(
     store: &S,
     obj: &K,
     patch: &MetaPatch,
 ) -> Result<Option<K>> {
-    let mut current = obj.clone();
-    for _ in 0..5 {
-        match store.patch_metadata(&current, patch).await {
-            Ok(stored) => return Ok(Some(stored)),
-            Err(StoreError::Conflict { .. }) => {
-                let meta = current.meta();
-                match store
-                    .get::<K>(
-                        meta.namespace.as_deref(),
-                        meta.name.as_deref().unwrap_or_default(),
-                    )
-                    .await?
-                {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(None),
-                }
-            }
-            Err(StoreError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Conflict {
-        kind: K::kind(&()).to_string(),
-        name: obj.meta().name.clone().unwrap_or_default(),
+    retry_on_conflict(store, obj, |current| async move {
+        store.patch_metadata(&current, patch).await
     })
+    .await
 }
 
 /// Whether `obj` carries `finalizer`.

@@ -3,9 +3,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use ido_api::{
-    LocationState, NodeImage, NodeImageState, Release, ReleaseComponent, ReleaseSpec, nodeimage, release,
-};
+use ido_api::{LocationState, NodeImage, NodeImageState, Release, nodeimage, release};
 use ido_controllers::{
     Context, Store,
     config::Config,
@@ -24,28 +22,14 @@ use serde_json::{Value, json};
 const FLATCAR: &str = "3975.2.0";
 
 fn release(name: &str, kube: &str) -> Release {
-    let comps = [
-        ("flatcar", FLATCAR),
-        ("kubernetes", kube),
-        ("os-tooling", "v1.18.1"),
-    ];
-    let mut r = Release::new(
+    Release::with_components(
         name,
-        ReleaseSpec {
-            components: comps
-                .iter()
-                .map(|(n, v)| ReleaseComponent {
-                    name: n.to_string(),
-                    version: v.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            state: Some("active".into()),
-            ..Default::default()
-        },
-    );
-    r.metadata.name = Some(name.into());
-    r
+        &[
+            ("flatcar", FLATCAR),
+            ("kubernetes", kube),
+            ("os-tooling", "v1.18.1"),
+        ],
+    )
 }
 
 fn image_of(kube: &str) -> String {

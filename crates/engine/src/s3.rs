@@ -188,39 +188,19 @@ impl S3Object {
         }
     }
 
-    /// HEAD: `Ok(None)` when the object does not exist (404; or 403 when anonymous,
-    /// as S3 answers for missing keys of public buckets without list rights).
-    pub async fn head(&self) -> Result<Option<ObjectInfo>> {
+    /// Sends `req`; a 2xx response, or the error its status means. Anonymous 403s mean
+    /// "not found" (S3's answer for missing keys of public buckets without list rights).
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response> {
         let url = self.display_url();
-        let resp = self
-            .source
-            .client
-            .head(self.head_url())
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|source| Error::Transport {
-                url: url.clone(),
-                source: source.without_url(),
-            })?;
+        let resp = req.send().await.map_err(|source| Error::Transport {
+            url: url.clone(),
+            source: source.without_url(),
+        })?;
         let status = resp.status().as_u16();
         match status {
-            200..=299 => {
-                let size = resp
-                    .headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let etag = resp
-                    .headers()
-                    .get(reqwest::header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.trim_matches('"').to_string());
-                Ok(Some(ObjectInfo { size, etag }))
-            }
-            404 => Ok(None),
-            403 if !self.source.signed() => Ok(None),
+            200..=299 => Ok(resp),
+            404 => Err(Error::NotFound { url, status }),
+            403 if !self.source.signed() => Err(Error::NotFound { url, status }),
             401 | 403 => Err(Error::Denied {
                 url,
                 status,
@@ -229,41 +209,36 @@ impl S3Object {
             _ => Err(Error::Http {
                 url,
                 status,
-                message: "HEAD failed".into(),
+                message: format!("{what} failed"),
             }),
         }
     }
 
-    /// Streams the object's bytes. `Err(NotFound)` for a missing object.
-    pub async fn get(&self) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static> {
-        let url = self.display_url();
-        let resp = self
+    /// HEAD: `Ok(None)` when the object does not exist.
+    pub async fn head(&self) -> Result<Option<ObjectInfo>> {
+        let req = self
             .source
             .client
-            .get(self.download_url())
-            .send()
-            .await
-            .map_err(|source| Error::Transport {
-                url: url.clone(),
-                source: source.without_url(),
-            })?;
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(match status {
-                404 => Error::NotFound { url, status },
-                403 if !self.source.signed() => Error::NotFound { url, status },
-                401 | 403 => Error::Denied {
-                    url,
-                    status,
-                    hint: ": check the s3 credentials",
-                },
-                _ => Error::Http {
-                    url,
-                    status,
-                    message: "GET failed".into(),
-                },
-            });
-        }
+            .head(self.head_url())
+            .timeout(Duration::from_secs(60));
+        let resp = match self.send(req, "HEAD").await {
+            Ok(r) => r,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let header = |h| resp.headers().get(h).and_then(|v| v.to_str().ok());
+        let size = header(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let etag = header(reqwest::header::ETAG).map(|s| s.trim_matches('"').to_string());
+        Ok(Some(ObjectInfo { size, etag }))
+    }
+
+    /// Streams the object's bytes. `Err(NotFound)` for a missing object.
+    pub async fn get(&self) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static> {
+        let resp = self
+            .send(self.source.client.get(self.download_url()), "GET")
+            .await?;
         Ok(resp
             .bytes_stream()
             .map_err(|e| std::io::Error::other(e.without_url())))

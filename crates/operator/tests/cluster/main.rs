@@ -27,7 +27,7 @@ use std::{
 
 use async_trait::async_trait;
 use fake_api::FakeApi;
-use ido_api::{Release, ReleaseComponent, ReleaseSpec};
+use ido_api::Release;
 use ido_controllers::{Settings, config::Config, metrics::Metrics};
 use ido_engine::s3::{S3Object, S3Source};
 use ido_operator::{ContextParts, KubeStore};
@@ -122,23 +122,14 @@ fn parts(provider: Arc<MemProvider>, source: S3Source, metrics: Metrics) -> Cont
 }
 
 fn release(name: &str) -> Release {
-    let comps = [
-        ("flatcar", "3975.2.0"),
-        ("kubernetes", "v1.30.4"),
-        ("os-tooling", "v1.18.1"),
-    ];
-    let spec = ReleaseSpec {
-        components: comps
-            .iter()
-            .map(|(n, v)| ReleaseComponent {
-                name: n.to_string(),
-                version: v.to_string(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    Release::new(name, spec)
+    Release::with_components(
+        name,
+        &[
+            ("flatcar", "3975.2.0"),
+            ("kubernetes", "v1.30.4"),
+            ("os-tooling", "v1.18.1"),
+        ],
+    )
 }
 
 fn store(fake: &FakeApi) -> KubeStore {
