@@ -168,6 +168,11 @@ impl S3Object {
         &self.key
     }
 
+    /// Another object of the same bucket (same credentials), e.g. a `<key>.sha256` sidecar.
+    pub fn sibling(&self, key: &str) -> S3Object {
+        self.source.object(key)
+    }
+
     /// The object's URL without any signature: for logs, status and errors.
     pub fn display_url(&self) -> String {
         self.source.bucket.object_url(&self.key).to_string()

@@ -27,6 +27,8 @@ enum Command {
     Run(RunArgs),
     /// Run the controllers in a Kubernetes cluster.
     Operator(OperatorArgs),
+    /// Copy an image (or a whole index) between registries, byte-exact.
+    Copy(CopyArgs),
     /// Print the CustomResourceDefinitions (YAML).
     Crds,
 }
@@ -123,6 +125,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_cmd(args).await,
+        Command::Copy(args) => copy_cmd(args).await,
         Command::Operator(args) => operator_cmd(args).await,
     }
 }
@@ -161,4 +164,139 @@ async fn operator_cmd(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let parts = ido_operator::ContextParts::from_config(&config)?;
     ido_operator::run(client, parts, ido_operator::OperatorOptions::from_config(&config)).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ido copy`: skopeo-compatible flags where they mean the same.
+#[derive(Args)]
+pub(crate) struct CopyArgs {
+    /// Source image, e.g. `docker://quay.io/org/app:1.2` (the `docker://` prefix is optional).
+    src: String,
+    /// Destination image.
+    dst: String,
+    /// Copy every image of an index, and the index itself (digests preserved).
+    #[arg(long, conflicts_with = "platform")]
+    all: bool,
+    /// Copy only this platform (OS/ARCH[/VARIANT]); repeatable. Default: this machine's.
+    #[arg(long)]
+    platform: Vec<String>,
+    /// Docker config file with credentials (default: $REGISTRY_AUTH_FILE, else ~/.docker/config.json).
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// Verify the source's TLS certificate; false allows plain HTTP or unverified TLS.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    src_tls_verify: bool,
+    /// Verify the destination's TLS certificate; false allows plain HTTP or unverified TLS.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    dest_tls_verify: bool,
+    /// Directory of CA certificates (`*.crt`) for the source.
+    #[arg(long)]
+    src_cert_dir: Option<PathBuf>,
+    /// Directory of CA certificates (`*.crt`) for the destination.
+    #[arg(long)]
+    dest_cert_dir: Option<PathBuf>,
+}
+
+pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
+    use ido_oci::{
+        copy::{Platforms, copy},
+        media::Platform,
+        registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
+    };
+    let auths = Arc::new(load_authfile(args.authfile.as_deref())?);
+    let src_ref = parse_reference(&args.src, "SRC")?;
+    let dst_ref = parse_reference(&args.dst, "DST")?;
+    let tls = |verify: bool, dir: &Option<PathBuf>| -> anyhow::Result<TlsSettings> {
+        Ok(TlsSettings {
+            verify,
+            ca_bundle: dir.as_deref().map(read_cert_dir).transpose()?,
+        })
+    };
+    let src = Registry::connect(
+        src_ref.resolve_registry(),
+        &tls(args.src_tls_verify, &args.src_cert_dir)?,
+        auths.clone(),
+        DEFAULT_CONCURRENCY,
+    )
+    .await?;
+    let dst = Registry::connect(
+        dst_ref.resolve_registry(),
+        &tls(args.dest_tls_verify, &args.dest_cert_dir)?,
+        auths,
+        DEFAULT_CONCURRENCY,
+    )
+    .await?;
+    let platforms = if args.all {
+        Platforms::All
+    } else if args.platform.is_empty() {
+        Platforms::Host
+    } else {
+        Platforms::Only(
+            args.platform
+                .iter()
+                .map(|p| Platform::parse(p))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let started = std::time::Instant::now();
+    let rep = copy(&src, &src_ref, &dst, &dst_ref, &platforms).await?;
+    if rep.skipped {
+        println!("{} already has {}: nothing to copy", dst_ref.whole(), rep.digest);
+    } else {
+        println!(
+            "copied {} to {} in {:.1?}: {} manifest(s), {} blob(s) copied ({} bytes), {} present, {} mounted; digest {}",
+            src_ref.whole(),
+            dst_ref.whole(),
+            started.elapsed(),
+            rep.manifests,
+            rep.blobs_copied,
+            rep.bytes,
+            rep.blobs_present,
+            rep.blobs_mounted,
+            rep.digest
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_reference(s: &str, what: &str) -> anyhow::Result<ido_oci::Reference> {
+    let bare = s.strip_prefix("docker://").unwrap_or(s);
+    if let Some((transport, _)) = bare.split_once("://") {
+        anyhow::bail!("{what} {s:?}: transport {transport:?} is not supported (only docker://)");
+    }
+    bare.parse()
+        .map_err(|e| anyhow::anyhow!("{what} {s:?} is not an image reference: {e}"))
+}
+
+fn load_authfile(path: Option<&std::path::Path>) -> anyhow::Result<ido_oci::auth::AuthStore> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => std::env::var_os("REGISTRY_AUTH_FILE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")))
+            .filter(|p| p.exists()),
+    };
+    match path {
+        Some(p) => {
+            let data = std::fs::read(&p).with_context(|| format!("reading --authfile {}", p.display()))?;
+            Ok(ido_oci::auth::AuthStore::from_docker_config(
+                &data,
+                &p.display().to_string(),
+            )?)
+        }
+        None => Ok(Default::default()),
+    }
+}
+
+fn read_cert_dir(dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut pem = String::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading cert dir {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().and_then(|x| x.to_str()) == Some("crt") {
+            pem += &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        }
+    }
+    if pem.is_empty() {
+        anyhow::bail!("cert dir {}: no *.crt file", dir.display());
+    }
+    Ok(pem)
 }

@@ -12,6 +12,8 @@ use std::sync::{
 use async_trait::async_trait;
 use ido_engine::s3::S3Object;
 
+pub mod proxmox;
+pub mod vcd;
 pub mod vsphere;
 
 /// Format of the source file a provider imports.

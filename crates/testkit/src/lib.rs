@@ -23,9 +23,12 @@
 
 #![warn(missing_docs)]
 
+pub mod fakes;
+pub mod oci_image;
 pub mod oracle;
 pub mod ova;
 mod proc;
+pub mod registry;
 pub mod seaweed;
 pub mod tls;
 pub mod vcsim;

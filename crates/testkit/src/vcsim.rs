@@ -5,6 +5,11 @@
 //! process, under a file lock), serves HTTPS with a fresh [`TestCa`] server certificate by
 //! default, and reads the SDK URL from the simulator's first stdout line.
 //!
+//! Pull mode: the simulator main serves `HttpNfcLeasePullFromUrls_Task` (unless
+//! [`VcsimOptions::no_pull`]) and reports every pulled file at `GET /pull-stats`
+//! ([`Vcsim::pull_stats`]). With [`VcsimOptions::files`] it also serves [`Vcsim::files_dir`] at
+//! `/files/` over its own listener: an https source for pull mode.
+//!
 //! Credentials: without [`VcsimOptions::username`]/[`VcsimOptions::password`] the simulator
 //! accepts any non-empty pair and [`Vcsim::username`]/[`Vcsim::password`] report
 //! [`DEFAULT_USERNAME`]/[`DEFAULT_PASSWORD`]. With them, they are passed to the simulator
@@ -67,6 +72,11 @@ pub struct VcsimOptions {
     pub idle_timeout: Option<Duration>,
     /// Hosts per cluster (`-cluster-hosts`). Default: the simulator's 3.
     pub cluster_hosts: Option<u32>,
+    /// No pull mode (`-no-pull`): `HttpNfcLeasePullFromUrls_Task` faults with `MethodNotFound`,
+    /// as in stock vcsim. Default `false`.
+    pub no_pull: bool,
+    /// Serve [`Vcsim::files_dir`] at `/files/` (`-files`). Default `false`.
+    pub files: bool,
 }
 
 impl Default for VcsimOptions {
@@ -78,6 +88,8 @@ impl Default for VcsimOptions {
             password: None,
             idle_timeout: None,
             cluster_hosts: None,
+            no_pull: false,
+            files: false,
         }
     }
 }
@@ -91,6 +103,8 @@ impl std::fmt::Debug for VcsimOptions {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("idle_timeout", &self.idle_timeout)
             .field("cluster_hosts", &self.cluster_hosts)
+            .field("no_pull", &self.no_pull)
+            .field("files", &self.files)
             .finish()
     }
 }
@@ -183,6 +197,14 @@ impl Vcsim {
         }
         if let Some(n) = opts.cluster_hosts {
             cmd.arg("-cluster-hosts").arg(n.to_string());
+        }
+        if opts.no_pull {
+            cmd.arg("-no-pull");
+        }
+        let files = dir.path().join("files");
+        if opts.files {
+            std::fs::create_dir(&files).context("creating the vcsim files directory")?;
+            cmd.arg("-files").arg(&files);
         }
         let log_path = dir.path().join("vcsim.log");
         let log = std::fs::File::create(&log_path).context("creating vcsim.log")?;
@@ -294,6 +316,32 @@ impl Vcsim {
             .tls_danger_accept_invalid_certs(!self.plain)
             .build()
             .context("building a reqwest client for vcsim")
+    }
+
+    /// The directory served at `/files/` when started with [`VcsimOptions::files`].
+    pub fn files_dir(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    /// Base URL of [`Vcsim::files_dir`], e.g. `https://127.0.0.1:36171/files`.
+    pub fn files_url(&self) -> String {
+        format!("{}/files", self.url.trim_end_matches("/sdk"))
+    }
+
+    /// Every file pulled so far (`GET /pull-stats`), in order: objects with `lease`,
+    /// `targetDeviceId`, `url`, `memberName`, `create`, `size` (declared), `sslThumbprint`,
+    /// `bytes` (read), `sha256` (hex of the bytes read) and `error` (empty on success).
+    pub async fn pull_stats(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let url = format!("{}/pull-stats", self.url.trim_end_matches("/sdk"));
+        let resp = self
+            .http_client()?
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()
+            .with_context(|| format!("GET {url}"))?;
+        resp.json().await.with_context(|| format!("decoding {url}"))
     }
 
     /// The simulator's log (stderr, and stdout after the URL line).

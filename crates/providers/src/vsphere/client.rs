@@ -400,10 +400,25 @@ impl Client {
 
     /// Polls `info.state` / `info.error` of `task` until it is `success` or `error`.
     pub async fn wait_task(&self, method: &'static str, task: &MoRef) -> Result<(), SoapError> {
+        self.wait_task_progress(method, task, |_| {}).await
+    }
+
+    /// [`Client::wait_task`], also handing each `info.progress` (percent) seen to `on_progress`.
+    pub async fn wait_task_progress(
+        &self,
+        method: &'static str,
+        task: &MoRef,
+        mut on_progress: impl FnMut(u8),
+    ) -> Result<(), SoapError> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
-            let o = self.properties(task, &["info.state", "info.error"]).await?;
+            let o = self
+                .properties(task, &["info.state", "info.error", "info.progress"])
+                .await?;
+            if let Some(p) = o.text("info.progress").and_then(|p| p.parse::<i64>().ok()) {
+                on_progress(p.clamp(0, 100) as u8);
+            }
             match o.text("info.state") {
                 Some("success") => return Ok(()),
                 Some("error") => {

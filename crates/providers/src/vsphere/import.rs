@@ -12,6 +12,10 @@
 //! Any failure after `ImportVApp` aborts the lease and destroys the half-made VM (also when
 //! the import future is dropped). Memory stays flat: each disk goes from the S3 response
 //! to the upload request chunk by chunk.
+//!
+//! Pull mode ([`super::pull`]) shares the steps around the transfer: [`import_spec`],
+//! [`import_vapp`] (with its clean-up guard [`Pending`]), [`lease_ready`], [`spawn_progress`]
+//! and [`complete`].
 
 use std::{
     collections::HashMap,
@@ -30,7 +34,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{
     client::Client,
-    lease::{FileItem, ImportParams, ImportSpec},
+    lease::{DeviceUrl, FileItem, ImportParams, ImportSpec},
     soap::{SoapError, error_chain},
     xml::{MoRef, Node},
 };
@@ -68,7 +72,22 @@ pub async fn import_ova(
 ) -> Result<MoRef> {
     let stream = source.get().await?;
     let mut ova = OvaReader::from_stream(stream).await?;
-    let networks = ovf_networks(&ova.descriptor)?;
+    let spec = import_spec(client, target, name, &ova.descriptor, source).await?;
+    let (lease, mut pending) = import_vapp(client, target, name, &spec).await?;
+    let result = upload_and_finish(client, &lease, &spec, &mut ova, progress, &mut pending).await;
+    pending.finish(name, result).await
+}
+
+/// `CreateImportSpec` for the OVF `descriptor` of `source` (every OVF network mapped onto the
+/// target's network, thin disks). Descriptors vSphere rejects are [`ProviderError::InvalidImage`].
+pub(super) async fn import_spec(
+    client: &Client,
+    target: &Target,
+    name: &str,
+    descriptor: &str,
+    source: &S3Object,
+) -> Result<ImportSpec> {
+    let networks = ovf_networks(descriptor)?;
     let params = ImportParams {
         entity_name: name.to_string(),
         host: target.host.clone(),
@@ -79,7 +98,7 @@ pub async fn import_ova(
         disk_provisioning: Some("thin".into()),
     };
     let spec = match client
-        .create_import_spec(&ova.descriptor, &target.pool, &target.datastore, &params)
+        .create_import_spec(descriptor, &target.pool, &target.datastore, &params)
         .await
     {
         Err(e) if e.is_fault("InvalidArgument") => {
@@ -101,29 +120,69 @@ pub async fn import_ova(
             msgs.join("; ")
         )));
     }
+    Ok(spec)
+}
+
+/// `ImportVApp` of `spec`: the lease, and the guard that removes what the import makes unless
+/// it is [finished](Pending::finish) successfully.
+pub(super) async fn import_vapp(
+    client: &Client,
+    target: &Target,
+    name: &str,
+    spec: &ImportSpec,
+) -> Result<(MoRef, Pending)> {
     let lease = client
-        .import_vapp(&target.pool, &spec, Some(&target.folder), target.host.as_ref())
+        .import_vapp(&target.pool, spec, Some(&target.folder), target.host.as_ref())
         .await?;
-    let mut pending = Pending {
+    let pending = Pending {
         client: client.clone(),
         lease: lease.clone(),
         vm: None,
         path: format!("{}/{}", target.folder_path, name),
         armed: true,
     };
-    let result = upload_and_finish(client, &lease, &spec, &mut ova, progress, &mut pending).await;
-    match result {
-        Ok(vm) => {
-            pending.armed = false;
-            Ok(vm)
-        }
-        Err(e) => {
-            pending.armed = false;
-            tracing::warn!(template = name, error = %e, "import failed, removing what was made");
-            pending.cleanup().await;
-            Err(e)
-        }
+    Ok((lease, pending))
+}
+
+/// Waits for the lease to be ready; returns the new VM (also recorded in `pending`) and each
+/// file item paired with its device URL (`fileItem.deviceId == deviceUrl.importKey`).
+pub(super) async fn lease_ready<'a>(
+    client: &Client,
+    lease: &MoRef,
+    spec: &'a ImportSpec,
+    pending: &mut Pending,
+) -> Result<(MoRef, Vec<(&'a FileItem, DeviceUrl)>)> {
+    let info = client.lease_wait_ready(lease).await.map_err(|e| match e {
+        SoapError::Fault { fault, .. } => ProviderError::Api(format!("vSphere import lease failed: {fault}")),
+        e => e.into(),
+    })?;
+    let vm = info
+        .entity
+        .clone()
+        .ok_or_else(|| ProviderError::Api("vSphere import lease names no VM".into()))?;
+    pending.vm = Some(vm.clone());
+    let mut pairs = Vec::with_capacity(spec.file_items.len());
+    for item in &spec.file_items {
+        let du = info
+            .device_urls
+            .iter()
+            .find(|d| d.import_key == item.device_id)
+            .ok_or_else(|| {
+                ProviderError::Api(format!(
+                    "vSphere lease has no device for {} ({})",
+                    item.path, item.device_id
+                ))
+            })?;
+        pairs.push((item, du.clone()));
     }
+    Ok((vm, pairs))
+}
+
+/// `HttpNfcLeaseComplete`, then `MarkAsTemplate`.
+pub(super) async fn complete(client: &Client, lease: &MoRef, vm: &MoRef) -> Result<()> {
+    client.lease_complete(lease).await?;
+    client.mark_as_template(vm).await?;
+    Ok(())
 }
 
 async fn upload_and_finish(
@@ -134,34 +193,21 @@ async fn upload_and_finish(
     progress: &Progress,
     pending: &mut Pending,
 ) -> Result<MoRef> {
-    let info = client.lease_wait_ready(lease).await.map_err(|e| match e {
-        SoapError::Fault { fault, .. } => ProviderError::Api(format!("vSphere import lease failed: {fault}")),
-        e => e.into(),
-    })?;
-    let vm = info
-        .entity
-        .clone()
-        .ok_or_else(|| ProviderError::Api("vSphere import lease names no VM".into()))?;
-    pending.vm = Some(vm.clone());
-
-    // fileItem.deviceId == deviceUrl.importKey; keyed by OVA member path.
-    let mut todo: HashMap<&str, (&FileItem, String)> = HashMap::new();
-    for item in &spec.file_items {
-        let du = info
-            .device_urls
-            .iter()
-            .find(|d| d.import_key == item.device_id)
-            .ok_or_else(|| {
-                ProviderError::Api(format!(
-                    "vSphere lease has no upload URL for {} ({})",
-                    item.path, item.device_id
-                ))
-            })?;
-        todo.insert(item.path.as_str(), (item, fix_url(&du.url, client.url())));
-    }
+    let (vm, pairs) = lease_ready(client, lease, spec, pending).await?;
+    // Keyed by OVA member path.
+    let mut todo: HashMap<&str, (&FileItem, String)> = pairs
+        .into_iter()
+        .map(|(item, du)| (item.path.as_str(), (item, fix_url(&du.url, client.url()))))
+        .collect();
     let total: u64 = spec.file_items.iter().filter_map(|f| f.size).sum();
     let sent = Arc::new(AtomicU64::new(0));
-    let ticker = AbortOnDrop(spawn_progress(client.clone(), lease.clone(), sent.clone(), total));
+    let ticker = {
+        let sent = sent.clone();
+        spawn_progress(client.clone(), lease.clone(), move || {
+            let done = sent.load(Ordering::Relaxed);
+            done.saturating_mul(100).checked_div(total).unwrap_or(0) as u8
+        })
+    };
 
     // Members come in archive order; stop reading once every expected file went out.
     while !todo.is_empty()
@@ -219,8 +265,7 @@ async fn upload_and_finish(
         )));
     }
     drop(ticker);
-    client.lease_complete(lease).await?;
-    client.mark_as_template(&vm).await?;
+    complete(client, lease, &vm).await?;
     Ok(vm)
 }
 
@@ -237,7 +282,8 @@ impl Counter {
     }
 }
 
-struct AbortOnDrop(JoinHandle<()>);
+/// A background task, aborted when this is dropped.
+pub(super) struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -245,23 +291,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn spawn_progress(client: Client, lease: MoRef, sent: Arc<AtomicU64>, total: u64) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// Renews `lease` every [`PROGRESS_EVERY`] with `HttpNfcLeaseProgress`, reporting `percent()`
+/// (capped at 99 until the lease completes).
+pub(super) fn spawn_progress(
+    client: Client,
+    lease: MoRef,
+    percent: impl Fn() -> u8 + Send + 'static,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let done = sent.load(Ordering::Relaxed);
-            let pct = done.saturating_mul(100).checked_div(total).unwrap_or(0).min(99) as u8;
-            if let Err(e) = client.lease_progress(&lease, pct).await {
+            if let Err(e) = client.lease_progress(&lease, percent().min(99)).await {
                 tracing::warn!(lease = %lease.value, error = %e, "HttpNfcLeaseProgress failed");
             }
         }
-    })
+    }))
 }
 
-/// What a failed import leaves: the lease and (once known) the VM.
-struct Pending {
+/// What an import in flight leaves if it fails: the lease and (once known) the VM. Removed
+/// by [`Pending::finish`] on failure, or in the background if the import future is dropped.
+pub(super) struct Pending {
     client: Client,
     lease: MoRef,
     vm: Option<MoRef>,
@@ -270,8 +321,18 @@ struct Pending {
 }
 
 impl Pending {
-    async fn cleanup(&self) {
-        cleanup(&self.client, &self.lease, self.vm.as_ref(), &self.path).await;
+    /// Ends the import with `result`: on error, aborts the lease and removes the VM first.
+    pub(super) async fn finish<T, E: std::fmt::Display>(
+        mut self,
+        name: &str,
+        result: std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.armed = false;
+        if let Err(e) = &result {
+            tracing::warn!(template = name, error = %e, "import failed, removing what was made");
+            cleanup(&self.client, &self.lease, self.vm.as_ref(), &self.path).await;
+        }
+        result
     }
 }
 

@@ -1,5 +1,5 @@
 //! The OVF import calls of the client: `CreateImportSpec`, `ImportVApp` and the
-//! `HttpNfcLease` methods.
+//! `HttpNfcLease` methods (push: Progress/Complete/Abort; pull: `HttpNfcLeasePullFromUrls_Task`).
 
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,44 @@ pub struct LeaseInfo {
     pub entity: Option<MoRef>,
     /// Where to upload.
     pub device_urls: Vec<DeviceUrl>,
+}
+
+/// A file vSphere downloads itself (`HttpNfcLeaseSourceFile` of `HttpNfcLeasePullFromUrls_Task`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// The [`FileItem::device_id`] (= [`DeviceUrl::import_key`]) it is for.
+    pub target_device_id: String,
+    /// Where to GET it (an OVA when [`member_name`](Self::member_name) is set).
+    pub url: String,
+    /// The tar member of the file at `url` to use.
+    pub member_name: Option<String>,
+    /// As [`FileItem::create`].
+    pub create: bool,
+    /// SHA-1 thumbprint of the `url` server's certificate.
+    pub ssl_thumbprint: Option<String>,
+    /// Extra request headers.
+    pub http_headers: Vec<(String, String)>,
+    /// Size in bytes.
+    pub size: Option<u64>,
+}
+
+impl std::fmt::Debug for SourceFile {
+    /// Without the URL's query (a presigned URL's signature) or header values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.split_once('?').map_or(self.url.as_str(), |(u, _)| u);
+        f.debug_struct("SourceFile")
+            .field("target_device_id", &self.target_device_id)
+            .field("url", &url)
+            .field("member_name", &self.member_name)
+            .field("create", &self.create)
+            .field("ssl_thumbprint", &self.ssl_thumbprint)
+            .field(
+                "http_headers",
+                &self.http_headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("size", &self.size)
+            .finish()
+    }
 }
 
 impl Client {
@@ -179,6 +217,20 @@ impl Client {
             .map(drop)
     }
 
+    /// `HttpNfcLeasePullFromUrls_Task` (API 6.7+): vSphere downloads `files` into the lease's
+    /// devices itself. Returns the task (wait for it, then [`Client::lease_complete`]).
+    pub async fn lease_pull_from_urls(
+        &self,
+        lease: &MoRef,
+        files: &[SourceFile],
+    ) -> Result<MoRef, SoapError> {
+        const M: &str = "HttpNfcLeasePullFromUrls_Task";
+        let r = self.invoke(M, lease, &pull_params(files)).await?;
+        r.returnval()
+            .and_then(Node::moref)
+            .ok_or_else(|| SoapError::response(M, "no task in the answer"))
+    }
+
     /// `HttpNfcLeaseComplete`.
     pub async fn lease_complete(&self, lease: &MoRef) -> Result<(), SoapError> {
         self.invoke("HttpNfcLeaseComplete", lease, "").await.map(drop)
@@ -188,6 +240,34 @@ impl Client {
     pub async fn lease_abort(&self, lease: &MoRef) -> Result<(), SoapError> {
         self.invoke("HttpNfcLeaseAbort", lease, "").await.map(drop)
     }
+}
+
+/// The `files` of `HttpNfcLeasePullFromUrls_Task`, fields in WSDL order.
+fn pull_params(files: &[SourceFile]) -> String {
+    let mut w = Writer::default();
+    for f in files {
+        w.open("files", None)
+            .text("targetDeviceId", &f.target_device_id)
+            .text("url", &f.url);
+        if let Some(m) = &f.member_name {
+            w.text("memberName", m);
+        }
+        w.text("create", if f.create { "true" } else { "false" });
+        if let Some(t) = &f.ssl_thumbprint {
+            w.text("sslThumbprint", t);
+        }
+        for (k, v) in &f.http_headers {
+            w.open("httpHeaders", None)
+                .text("key", k)
+                .text("value", v)
+                .close("httpHeaders");
+        }
+        if let Some(s) = f.size {
+            w.text("size", &s.to_string());
+        }
+        w.close("files");
+    }
+    w.into_string()
 }
 
 fn parse_import_spec(r: &Response) -> Result<ImportSpec, SoapError> {
@@ -326,6 +406,47 @@ mod tests {
                 kind: "OvfUnsupportedType".into(),
                 message: "bad hw".into()
             }]
+        );
+    }
+
+    #[test]
+    fn pull_files_are_written_in_wsdl_order() {
+        let files = [
+            SourceFile {
+                target_device_id: "/t/disk:0".into(),
+                url: "https://s3/b/t.ova?X-Amz-Signature=s&x=1".into(),
+                member_name: Some("disk-0.vmdk".into()),
+                create: false,
+                ssl_thumbprint: Some("AB:CD".into()),
+                http_headers: vec![("X-A".into(), "v".into())],
+                size: Some(65536),
+            },
+            SourceFile {
+                target_device_id: "/t/disk:1".into(),
+                url: "http://s3/b/d.vmdk".into(),
+                member_name: None,
+                create: true,
+                ssl_thumbprint: None,
+                http_headers: vec![],
+                size: None,
+            },
+        ];
+        assert_eq!(
+            pull_params(&files),
+            concat!(
+                "<files><targetDeviceId>/t/disk:0</targetDeviceId>",
+                "<url>https://s3/b/t.ova?X-Amz-Signature=s&amp;x=1</url>",
+                "<memberName>disk-0.vmdk</memberName><create>false</create>",
+                "<sslThumbprint>AB:CD</sslThumbprint>",
+                "<httpHeaders><key>X-A</key><value>v</value></httpHeaders><size>65536</size></files>",
+                "<files><targetDeviceId>/t/disk:1</targetDeviceId><url>http://s3/b/d.vmdk</url>",
+                "<create>true</create></files>",
+            )
+        );
+        let shown = format!("{:?}", files[0]);
+        assert!(
+            !shown.contains("Signature") && !shown.contains("\"v\""),
+            "{shown}"
         );
     }
 

@@ -4,7 +4,8 @@
 //! - [`soap`]: transport, session cookie, faults.
 //! - [`client`]: the typed client (sessions, keepalive, inventory and task calls).
 //! - [`lease`]: `CreateImportSpec`, `ImportVApp` and the NFC lease calls.
-//! - [`import`]: the streamed OVA import.
+//! - [`import`]: the streamed OVA import (push mode).
+//! - [`pull`]: pull mode (vSphere downloads the OVA from S3), falling back to push.
 //! - this module: the `vsphere:` configuration and the [`Provider`] implementation.
 //!
 //! Templates are named `<image>[-<imagesuffix>]` alike in create, exists and delete. A VM of
@@ -15,6 +16,7 @@ pub mod client;
 pub mod import;
 mod inventory;
 pub mod lease;
+pub mod pull;
 pub mod soap;
 pub mod xml;
 
@@ -36,7 +38,8 @@ pub struct VsphereConfig {
     /// Whether the provider runs at all.
     #[serde(default)]
     pub enabled: bool,
-    /// Pull mode (ESXi fetches the OVA itself). Not supported yet: `validate` rejects `true`.
+    /// Pull mode: vSphere downloads the OVA from S3 itself (`HttpNfcLeasePullFromUrls_Task`,
+    /// vSphere 6.7+; ESXi hosts need to reach S3). Push mode is used where it is unsupported.
     #[serde(default, rename = "pullFromURL")]
     pub pull_from_url: bool,
     /// Skip TLS verification of vCenter (and of NFC uploads). Off by default.
@@ -196,12 +199,6 @@ impl VsphereConfig {
     /// the value at fault. Never echoes the password.
     pub fn validate(&self) -> Result<()> {
         let err = |key: String, message: String| Err(ProviderError::Config { key, message });
-        if self.pull_from_url {
-            return err(
-                "vsphere.pullFromURL".into(),
-                "true: pull mode is not supported yet".into(),
-            );
-        }
         self.credentials.sdk_url()?;
         if self.credentials.username.trim().is_empty() {
             return err("vsphere.credentials.username".into(), "must be set".into());
@@ -280,6 +277,7 @@ impl From<SoapError> for ProviderError {
 pub struct VsphereProvider {
     client: Client,
     locations: BTreeMap<String, VsphereLocation>,
+    pull: bool,
 }
 
 impl VsphereProvider {
@@ -304,6 +302,7 @@ impl VsphereProvider {
         Ok(Self {
             client,
             locations: cfg.locations.clone(),
+            pull: cfg.pull_from_url,
         })
     }
 
@@ -389,8 +388,12 @@ impl Provider for VsphereProvider {
         let loc = self.location(location)?;
         let target = inventory::resolve(&self.client, location, loc).await?;
         let name = loc.template_name(image);
-        tracing::info!(location, template = %name, source = %source.display_url(), "importing OVA");
-        let vm = import::import_ova(&self.client, &target, &name, source, progress).await?;
+        tracing::info!(location, template = %name, source = %source.display_url(), pull = self.pull, "importing OVA");
+        let vm = if self.pull {
+            pull::pull_ova(&self.client, &target, &name, source, progress).await?
+        } else {
+            import::import_ova(&self.client, &target, &name, source, progress).await?
+        };
         tracing::info!(location, template = %name, vm = %vm, bytes = progress.get(), "template created");
         Ok(Template {
             reference: vm.to_string(),

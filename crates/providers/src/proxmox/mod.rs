@@ -1,0 +1,1 @@
+//! Proxmox VE (capmox): VM templates from qcow2 images through the Proxmox REST API (in progress).

@@ -1,0 +1,1 @@
+//! VMware Cloud Director (capvcd): vApp templates in catalogs (in progress).

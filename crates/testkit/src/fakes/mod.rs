@@ -1,0 +1,1 @@
+//! Faithful fakes of peers that cannot run here (in progress).
