@@ -17,6 +17,7 @@ pub mod auth;
 pub mod copy;
 pub mod media;
 pub mod registry;
+pub mod tags;
 
 pub use oci_client::Reference;
 

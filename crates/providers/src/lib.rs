@@ -140,12 +140,16 @@ impl Providers {
     }
 }
 
-/// The provider sections of the configuration (`vsphere:`; each provider adds its own).
+/// The provider sections of the configuration (each provider adds its own).
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProvidersConfig {
     #[serde(default)]
     pub vsphere: Option<vsphere::VsphereConfig>,
+    #[serde(default)]
+    pub proxmox: Option<proxmox::ProxmoxConfig>,
+    #[serde(default)]
+    pub vcd: Option<vcd::VcdConfig>,
 }
 
 impl ProvidersConfig {
@@ -154,6 +158,12 @@ impl ProvidersConfig {
         let mut out = Providers::default();
         if let Some(v) = self.vsphere.as_ref().filter(|v| v.enabled) {
             out.insert(Arc::new(vsphere::VsphereProvider::new(v)?));
+        }
+        if let Some(p) = self.proxmox.as_ref().filter(|p| p.enabled) {
+            out.insert(Arc::new(proxmox::ProxmoxProvider::new(p)?));
+        }
+        if let Some(v) = self.vcd.as_ref().filter(|v| v.enabled) {
+            out.insert(Arc::new(vcd::VcdProvider::new(v)?));
         }
         Ok(out)
     }
