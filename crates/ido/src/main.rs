@@ -1,6 +1,8 @@
 //! `ido`: the image distribution operator and CLI. See `cli.rs` for the commands.
 
 mod cli;
+mod import;
+mod sync;
 
 fn main() -> std::process::ExitCode {
     cli::main()

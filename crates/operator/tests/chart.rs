@@ -295,6 +295,34 @@ fn vsphere_and_s3_values_reach_the_operator() {
     assert_eq!(lease_role["metadata"]["namespace"], "ido-system");
 }
 
+#[test]
+fn proxmox_and_vcd_values_reach_the_operator() {
+    let values = json!({
+        "proxmox": {
+            "enabled": true,
+            "credentials": {"url": "pve.example:8006", "user": "ido", "realm": "pve", "tokenId": "capmox", "secret": "tok-s3cret"},
+            "locations": {"pve1": {"node": "pve1", "storagePool": "local-lvm", "bridge": "vmbr0"}},
+        },
+        "vcd": {
+            "enabled": true,
+            "credentials": {"url": "https://vcd.example", "username": "ido", "password": "vcd-pw", "org": "org1"},
+            "locations": {"main": {"catalog": "node-images", "hardwareVersion": 19}},
+        },
+    });
+    let docs = chart().manifests("ido", "ido-system", &values);
+    for p in ["proxmox", "vcd"] {
+        find(&docs, "Secret", &format!("image-distribution-operator-{p}-credentials"));
+        find(&docs, "ConfigMap", &format!("image-distribution-operator-{p}-locations"));
+    }
+    let cfg_map =
+        find(&docs, "ConfigMap", "image-distribution-operator-config")["data"]["config.yaml"].to_string();
+    assert!(!cfg_map.contains("tok-s3cret") && !cfg_map.contains("vcd-pw"), "{cfg_map}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_rendered_config(&docs, dir.path());
+    assert_eq!(config.providers().unwrap().ids(), ["capmox", "capvcd"]);
+    assert_eq!(config.providers.proxmox.unwrap().locations["pve1"].node, "pve1");
+}
+
 /// `helm template` stand-in: prints the chart rendered with `IDO_VALUES` (JSON) merged in.
 /// `IDO_VALUES='{"vsphere":{"enabled":true}}' cargo test -p ido-operator --test chart -- --ignored --nocapture`
 #[test]

@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod fakes;
+pub mod fault_proxy;
 pub mod oci_image;
 pub mod oracle;
 pub mod ova;

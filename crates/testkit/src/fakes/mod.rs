@@ -2,4 +2,5 @@
 //! written from their public API references, with switches to inject failures.
 
 pub mod proxmox;
+pub mod tls;
 pub mod vcd;

@@ -1,0 +1,1 @@
+//! `ido import` (in progress).

@@ -1,0 +1,1 @@
+//! `ido sync` and `ido tags` (in progress).

@@ -1,0 +1,1 @@
+//! A fault-injecting HTTP proxy for tests (in progress).
