@@ -4,14 +4,20 @@
 //!   plus additive status fields (conditions, observedGeneration, per-location status).
 //! - [`Release`] (`release.giantswarm.io/v1alpha1`): the part of Giant Swarm's Release that
 //!   the operator reads. Its CRD is shipped for tests and demos only.
+//! - [`ImageSync`] (`ido.dev/v1alpha1`): mirrors container images between registries; its
+//!   spec is a superset of image-operator's `Image`.
 //!
 //! CRD YAML is generated from these types (`ido crds`), never written by hand.
 
 pub mod condition;
+pub mod imagesync;
 pub mod nodeimage;
 pub mod release;
 
 pub use condition::{Condition, ConditionStatus};
+pub use imagesync::{
+    ImageSync, ImageSyncSpec, ImageSyncStatus, SecretReference, SyncEndpoint, SyncMode, TagResult, TagStatus,
+};
 pub use nodeimage::{
     LocationState, LocationStatus, NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus,
 };
@@ -22,5 +28,5 @@ use kube::CustomResourceExt;
 /// Every CRD the project defines, in the order `ido crds` prints them.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![NodeImage::crd(), Release::crd()]
+    vec![NodeImage::crd(), Release::crd(), ImageSync::crd()]
 }

@@ -16,6 +16,7 @@ use ido_providers::{ProviderError, Providers};
 
 pub mod config;
 pub mod file_store;
+pub mod imagesync;
 pub mod metrics;
 pub mod nodeimage;
 pub mod release;

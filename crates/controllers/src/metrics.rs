@@ -38,6 +38,29 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// A source and a destination registry (ImageSync copies).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub source_registry: String,
+    pub destination_registry: String,
+}
+
+/// A copy's result (`copied`, `unchanged`, `failed`) between two registries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncResultLabels {
+    pub source_registry: String,
+    pub destination_registry: String,
+    pub result: String,
+}
+
+/// Why an ImageSync pass failed (a condition reason) between two registries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncFailureLabels {
+    pub source_registry: String,
+    pub destination_registry: String,
+    pub reason: String,
+}
+
 /// The controllers' metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -48,6 +71,14 @@ pub struct Metrics {
     pub upload_bytes: Family<UploadLabels, Counter>,
     pub upload_seconds: Family<UploadLabels, Histogram>,
     pub images: Family<StateLabels, Gauge>,
+    /// ImageSync tag copies by result.
+    pub sync_copies: Family<SyncResultLabels, Counter>,
+    /// Blob bytes ImageSync copies streamed.
+    pub sync_bytes: Family<SyncLabels, Counter>,
+    /// Duration of one tag's copy (or check).
+    pub sync_seconds: Family<SyncLabels, Histogram>,
+    /// Failed ImageSync passes, by reason.
+    pub sync_failures: Family<SyncFailureLabels, Counter>,
     pub registry: Arc<std::sync::Mutex<Registry>>,
 }
 
@@ -62,6 +93,10 @@ impl Default for Metrics {
             upload_bytes: Family::default(),
             upload_seconds: Family::new_with_constructor(buckets),
             images: Family::default(),
+            sync_copies: Family::default(),
+            sync_bytes: Family::default(),
+            sync_seconds: Family::new_with_constructor(buckets),
+            sync_failures: Family::default(),
             registry: Arc::default(),
         };
         {
@@ -97,6 +132,26 @@ impl Default for Metrics {
                 "node_images",
                 "NodeImages by provider and state",
                 m.images.clone(),
+            );
+            r.register(
+                "imagesync_copies",
+                "ImageSync tag copies, by registries and result (copied, unchanged, failed)",
+                m.sync_copies.clone(),
+            );
+            r.register(
+                "imagesync_copy_bytes",
+                "Blob bytes streamed by ImageSync copies, by registries",
+                m.sync_bytes.clone(),
+            );
+            r.register(
+                "imagesync_copy_duration_seconds",
+                "Duration of one ImageSync tag copy or check, by registries",
+                m.sync_seconds.clone(),
+            );
+            r.register(
+                "imagesync_failures",
+                "Failed ImageSync passes, by registries and reason",
+                m.sync_failures.clone(),
             );
         }
         m

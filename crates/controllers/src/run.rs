@@ -2,9 +2,12 @@
 //!
 //! The manifests given are the desired set: objects from them are created or updated, and
 //! objects applied by an earlier run but no longer given are deleted (finalizers honoured).
-//! A work queue then reconciles every object that changed or is due, Releases and NodeImages
-//! alike, NodeImages with bounded concurrency. With `once`, the run ends when no work is left
-//! that can change anything now, and reports whether every object settled.
+//! A work queue then reconciles every object that changed or is due, Releases, NodeImages
+//! and ImageSyncs alike, NodeImages and ImageSyncs with bounded concurrency. Secrets are
+//! stored for the ImageSyncs that reference them (and replaced when their data changes).
+//! With `once`, the run ends when no work is left that can change anything now (an
+//! ImageSync's next scheduled pass does not hold it), and reports whether every object
+//! settled.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,7 +17,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ido_api::{NodeImage, NodeImageState, Release, condition, nodeimage::conditions};
+use ido_api::{ImageSync, NodeImage, NodeImageState, Release, condition, nodeimage::conditions};
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 use tokio::{
     sync::{Semaphore, broadcast},
@@ -25,7 +29,7 @@ use tokio::{
 use crate::{
     Action, Context,
     file_store::{FileStore, Key},
-    nodeimage, release,
+    imagesync, nodeimage, release,
     store::{EventType, Store},
 };
 
@@ -37,6 +41,9 @@ pub const APPLIED_ANNOTATION: &str = "ido.dev/applied-by";
 pub enum Manifest {
     Release(Box<Release>),
     NodeImage(Box<NodeImage>),
+    ImageSync(Box<ImageSync>),
+    /// Credentials an ImageSync references (`kubernetes.io/dockerconfigjson`).
+    Secret(Box<Secret>),
 }
 
 /// Reads manifests (files, or directories of `*.yaml`/`*.yml`; multi-document YAML).
@@ -87,8 +94,28 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                     n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
                     Manifest::NodeImage(Box::new(n))
                 }
+                ("ido.dev/v1alpha1", "ImageSync") => {
+                    let mut n: ImageSync = serde_path_to_error::deserialize(&doc).map_err(|e| {
+                        anyhow::anyhow!("{}: ImageSync field {}: {}", at(), e.path(), e.inner())
+                    })?;
+                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                        bail!("{}: ImageSync metadata.name is required", at());
+                    }
+                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
+                    Manifest::ImageSync(Box::new(n))
+                }
+                ("v1", "Secret") => {
+                    // Never echo a Secret's content: errors name the field only.
+                    let mut n: Secret = serde_path_to_error::deserialize(&doc)
+                        .map_err(|e| anyhow::anyhow!("{}: Secret field {} is invalid", at(), e.path()))?;
+                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                        bail!("{}: Secret metadata.name is required", at());
+                    }
+                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
+                    Manifest::Secret(Box::new(n))
+                }
                 _ => bail!(
-                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1) or NodeImage (image.giantswarm.io/v1alpha1)",
+                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync (ido.dev/v1alpha1) or Secret (v1)",
                     at()
                 ),
             };
@@ -101,32 +128,56 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
 /// Applies the desired set: creates/updates the manifests' objects and deletes objects an
 /// earlier run applied that are no longer given.
 pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<()> {
-    let mut wanted = BTreeSet::new();
-    for m in manifests {
-        match m {
-            Manifest::Release(r) => {
-                let mut r = (**r).clone();
-                r.metadata
-                    .annotations
-                    .get_or_insert_default()
-                    .insert(APPLIED_ANNOTATION.into(), "ido-run".into());
-                wanted.insert(FileStore::key_of(&r));
-                store.apply(&r)?;
-            }
-            Manifest::NodeImage(n) => {
-                let mut n = (**n).clone();
-                n.metadata
-                    .annotations
-                    .get_or_insert_default()
-                    .insert(APPLIED_ANNOTATION.into(), "ido-run".into());
-                wanted.insert(FileStore::key_of(&n));
-                store.apply(&n)?;
-            }
-        }
-    }
+    let wanted = apply(store, manifests).await?;
     prune::<Release>(store, &wanted).await?;
     prune::<NodeImage>(store, &wanted).await?;
+    prune::<ImageSync>(store, &wanted).await?;
+    prune::<Secret>(store, &wanted).await?;
     Ok(())
+}
+
+/// Creates or updates the manifests' objects (nothing is pruned); returns their keys.
+pub async fn apply(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<BTreeSet<Key>> {
+    fn mark<K: crate::store::Object>(obj: &K) -> K {
+        let mut obj = obj.clone();
+        obj.meta_mut()
+            .annotations
+            .get_or_insert_default()
+            .insert(APPLIED_ANNOTATION.into(), "ido-run".into());
+        obj
+    }
+    let mut wanted = BTreeSet::new();
+    for m in manifests {
+        let key = match m {
+            Manifest::Release(r) => FileStore::key_of(&store.apply(&mark(r.as_ref()))?),
+            Manifest::NodeImage(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::ImageSync(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::Secret(s) => apply_secret(store, &mark(s.as_ref())).await?,
+        };
+        wanted.insert(key);
+    }
+    Ok(wanted)
+}
+
+/// Stores a Secret, replacing a stored one whose content differs (the store's `apply`
+/// compares only `spec`, which Secrets do not have).
+async fn apply_secret(store: &FileStore, secret: &Secret) -> anyhow::Result<Key> {
+    let key = FileStore::key_of(secret);
+    let m = &secret.metadata;
+    let name = m.name.as_deref().unwrap_or_default();
+    if let Some(old) = store.get::<Secret>(m.namespace.as_deref(), name).await? {
+        let same = old.type_ == secret.type_
+            && old.data == secret.data
+            && old.string_data == secret.string_data
+            && old.metadata.labels == m.labels
+            && old.metadata.annotations == m.annotations;
+        if same {
+            return Ok(key);
+        }
+        store.delete(&old).await?;
+    }
+    store.create(secret).await?;
+    Ok(key)
 }
 
 async fn prune<K: crate::store::Object>(store: &FileStore, wanted: &BTreeSet<Key>) -> anyhow::Result<()> {
@@ -150,6 +201,8 @@ pub struct RunOptions {
     pub once: bool,
     /// NodeImages reconciled at once.
     pub image_concurrency: usize,
+    /// ImageSyncs reconciled at once (each copies `spec.concurrency` tags at once).
+    pub sync_concurrency: usize,
     /// Give up (with `once`) after this long.
     pub timeout: Duration,
     /// Failed reconciles of one object retried before `once` gives up on it.
@@ -161,6 +214,7 @@ impl Default for RunOptions {
         Self {
             once: true,
             image_concurrency: 4,
+            sync_concurrency: 4,
             timeout: Duration::from_secs(3600),
             max_retries: 3,
         }
@@ -203,13 +257,14 @@ impl Report {
             .max()
             .unwrap_or(0)
             .max(8);
+        let state_w = self.rows.iter().map(|r| r.state.len()).max().unwrap_or(0).max(16);
         let mut out = format!(
-            "{:<10} {:<name_w$} {:<9} {:<16} {:<rel_w$} MESSAGE\n",
+            "{:<10} {:<name_w$} {:<9} {:<state_w$} {:<rel_w$} MESSAGE\n",
             "KIND", "NAME", "PROVIDER", "STATE", "RELEASES"
         );
         for r in &self.rows {
             out += &format!(
-                "{:<10} {:<name_w$} {:<9} {:<16} {:<rel_w$} {}\n",
+                "{:<10} {:<name_w$} {:<9} {:<state_w$} {:<rel_w$} {}\n",
                 r.kind, r.name, r.provider, r.state, r.releases, r.message
             );
             for l in &r.locations {
@@ -237,19 +292,13 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
     let mut changes = ctx.store.subscribe();
     let mut queue: BTreeMap<Key, Entry> = BTreeMap::new();
     let now = Instant::now();
-    for r in ctx.store.list::<Release>().await? {
+    let mut keys: Vec<Key> = vec![];
+    keys.extend(ctx.store.list::<Release>().await?.iter().map(FileStore::key_of));
+    keys.extend(ctx.store.list::<NodeImage>().await?.iter().map(FileStore::key_of));
+    keys.extend(ctx.store.list::<ImageSync>().await?.iter().map(FileStore::key_of));
+    for key in keys {
         queue.insert(
-            FileStore::key_of(&r),
-            Entry {
-                due: Some(now),
-                urgent: true,
-                ..Default::default()
-            },
-        );
-    }
-    for n in ctx.store.list::<NodeImage>().await? {
-        queue.insert(
-            FileStore::key_of(&n),
+            key,
             Entry {
                 due: Some(now),
                 urgent: true,
@@ -258,9 +307,9 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
         );
     }
     let images = Arc::new(Semaphore::new(opts.image_concurrency.max(1)));
+    let syncs = Arc::new(Semaphore::new(opts.sync_concurrency.max(1)));
     let mut jobs: JoinSet<(Key, Result<Action, crate::Error>)> = JoinSet::new();
     let deadline = Instant::now() + opts.timeout;
-    let release_res = FileStore::key::<Release>(None, "x").resource;
 
     loop {
         // Take in every change already announced before deciding anything.
@@ -281,26 +330,32 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             e.dirty = false;
             e.due = None;
             e.seen = ctx.store.raw(key).map(|v| crate::trigger_fingerprint(&v));
-            let (ctx, key, images) = (ctx.clone(), key.clone(), images.clone());
-            let is_release = key.resource == release_res;
+            let (ctx, key, images, syncs) = (ctx.clone(), key.clone(), images.clone(), syncs.clone());
+            let ns = key.namespace.clone();
             jobs.spawn(async move {
-                let r = if is_release {
-                    match ctx.store.get::<Release>(None, &key.name).await {
+                let r = match Kind::of(&key) {
+                    Some(Kind::Release) => match ctx.store.get::<Release>(None, &key.name).await {
                         Ok(Some(r)) => timed(&ctx, "release", release::reconcile(&r, &ctx)).await,
                         Ok(None) => Ok(Action::AwaitChange),
                         Err(e) => Err(e.into()),
+                    },
+                    Some(Kind::NodeImage) => {
+                        let _permit = images.acquire().await.expect("semaphore open");
+                        match ctx.store.get::<NodeImage>(ns.as_deref(), &key.name).await {
+                            Ok(Some(n)) => timed(&ctx, "nodeimage", nodeimage::reconcile(&n, &ctx)).await,
+                            Ok(None) => Ok(Action::AwaitChange),
+                            Err(e) => Err(e.into()),
+                        }
                     }
-                } else {
-                    let _permit = images.acquire().await.expect("semaphore open");
-                    match ctx
-                        .store
-                        .get::<NodeImage>(key.namespace.as_deref(), &key.name)
-                        .await
-                    {
-                        Ok(Some(n)) => timed(&ctx, "nodeimage", nodeimage::reconcile(&n, &ctx)).await,
-                        Ok(None) => Ok(Action::AwaitChange),
-                        Err(e) => Err(e.into()),
+                    Some(Kind::ImageSync) => {
+                        let _permit = syncs.acquire().await.expect("semaphore open");
+                        match ctx.store.get::<ImageSync>(ns.as_deref(), &key.name).await {
+                            Ok(Some(n)) => timed(&ctx, "imagesync", imagesync::reconcile(&n, &ctx)).await,
+                            Ok(None) => Ok(Action::AwaitChange),
+                            Err(e) => Err(e.into()),
+                        }
                     }
+                    None => Ok(Action::AwaitChange),
                 };
                 (key, r)
             });
@@ -331,7 +386,11 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                         e.failures = 0;
                         e.last_error = None;
                         match action {
-                            Action::Requeue(d) => { e.due = Some(Instant::now() + d); e.urgent = d <= Duration::from_secs(30); }
+                            // An ImageSync's next pass is its schedule: it does not hold `once`.
+                            Action::Requeue(d) => {
+                                e.due = Some(Instant::now() + d);
+                                e.urgent = d <= Duration::from_secs(30) && Kind::of(&key) != Some(Kind::ImageSync);
+                            }
                             Action::AwaitChange => { e.due = None; e.urgent = false; }
                         }
                     }
@@ -361,9 +420,35 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
     report(&ctx, &errors).await
 }
 
+/// The kinds the run reconciles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Release,
+    NodeImage,
+    ImageSync,
+}
+
+impl Kind {
+    fn of(key: &Key) -> Option<Self> {
+        let is = |res: String| key.resource == res;
+        if is(FileStore::key::<Release>(None, "x").resource) {
+            Some(Self::Release)
+        } else if is(FileStore::key::<NodeImage>(None, "x").resource) {
+            Some(Self::NodeImage)
+        } else if is(FileStore::key::<ImageSync>(None, "x").resource) {
+            Some(Self::ImageSync)
+        } else {
+            None
+        }
+    }
+}
+
 /// An object changed: reconcile it now (or again once its running reconcile ends), unless
 /// the change is only a controller's own status write.
 fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
+    if Kind::of(&key).is_none() {
+        return;
+    }
     let fp = store.raw(&key).map(|v| crate::trigger_fingerprint(&v));
     let e = queue.entry(key).or_default();
     if fp.is_some() && fp == e.seen {
@@ -518,7 +603,62 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
             locations,
         });
     }
+    for n in ctx.store.list::<ImageSync>().await? {
+        rows.push(sync_row(&n, errors.get(&FileStore::key_of(&n))));
+    }
     Ok(Report { rows })
+}
+
+/// An ImageSync's line (its Ready condition) and one line per tag.
+pub fn sync_row(n: &ImageSync, error: Option<&String>) -> Row {
+    use ido_api::imagesync::conditions as c;
+    let st = n.status.clone().unwrap_or_default();
+    let ready = condition::find(&st.conditions, c::READY);
+    let ok = ready.is_some_and(|r| r.status == ido_api::ConditionStatus::True);
+    let mut message = ready
+        .map(|r| format!("{}: {}", r.reason, r.message))
+        .unwrap_or_else(|| "not synced yet".into());
+    if !st.tag_summary.is_empty() {
+        message = format!("tags {} in sync; {message}", st.tag_summary);
+    }
+    if let Some(e) = error
+        && !ok
+    {
+        message = format!("{message} (last error: {e})");
+    }
+    let tags = st
+        .tags
+        .iter()
+        .map(|t| {
+            let tag = match &t.destination_tag {
+                Some(d) => format!("{} -> {d}", t.tag),
+                None => t.tag.clone(),
+            };
+            format!(
+                "tag {tag:<20} {:<9} {} bytes={} {}",
+                t.result.as_str(),
+                t.destination_digest.as_deref().unwrap_or("-"),
+                t.bytes,
+                t.message
+            )
+        })
+        .collect();
+    Row {
+        kind: "ImageSync",
+        name: format!(
+            "{}/{}",
+            n.metadata.namespace.as_deref().unwrap_or_default(),
+            n.metadata.name.as_deref().unwrap_or_default()
+        ),
+        provider: "oci".into(),
+        state: ready
+            .map(|r| r.reason.clone())
+            .unwrap_or_else(|| "Pending".into()),
+        releases: String::new(),
+        ok,
+        message,
+        locations: tags,
+    }
 }
 
 /// Default state directory of `ido run`.

@@ -29,6 +29,12 @@ enum Command {
     Operator(OperatorArgs),
     /// Copy an image (or a whole index) between registries, byte-exact.
     Copy(CopyArgs),
+    /// List a repository's tags (optionally matching a pattern), lowest version first.
+    Tags(crate::sync::TagsArgs),
+    /// Sync ImageSync manifests (and the Secrets they reference) once, in-process.
+    Sync(crate::sync::SyncArgs),
+    /// Import a disk image (file, `-`, http(s); gzip/xz/zstd/bzip2/tar; raw/ISO/qcow2) into a raw file or block device.
+    Import(crate::import::ImportArgs),
     /// Print the CustomResourceDefinitions (YAML).
     Crds,
 }
@@ -47,7 +53,7 @@ struct ConfigArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Manifest files or directories (Releases, NodeImages): the desired set.
+    /// Manifest files or directories (Releases, NodeImages, ImageSyncs, Secrets): the desired set.
     #[arg(long = "file", short = 'f', required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -126,6 +132,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run_cmd(args).await,
         Command::Copy(args) => copy_cmd(args).await,
+        Command::Tags(args) => crate::sync::tags_cmd(args).await,
+        Command::Sync(args) => crate::sync::sync_cmd(args).await,
+        Command::Import(args) => crate::import::import_cmd(args).await,
         Command::Operator(args) => operator_cmd(args).await,
     }
 }

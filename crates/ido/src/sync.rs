@@ -1,1 +1,282 @@
-//! `ido sync` and `ido tags` (in progress).
+//! `ido tags` (list a repository's tags, optionally matching a pattern) and `ido sync`
+//! (one pass of ImageSync manifests, in-process, over a file-backed store).
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use futures::{StreamExt, stream};
+use ido_api::{ConditionStatus, ImageSync, condition::find, imagesync::conditions};
+use ido_controllers::{
+    Context, Settings,
+    file_store::FileStore,
+    imagesync::{self, sort_tags},
+    metrics::Metrics,
+    run::{Manifest, apply, load_manifests},
+    store::Store,
+};
+use ido_oci::{
+    auth::AuthStore,
+    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
+    tags::{TagPattern, list_tags},
+};
+
+/// `ido tags`: skopeo's flag names where they mean the same.
+#[derive(Args)]
+pub(crate) struct TagsArgs {
+    /// Repository, e.g. `quay.io/argoproj/argocd` (the `docker://` prefix is optional; no tag).
+    repo: String,
+    /// Only tags matching: a tag, `2.13.x`, a semver range (`>=2.13, <2.14`) or `regex:<expr>`.
+    #[arg(long)]
+    pattern: Option<String>,
+    /// Let the pattern match release candidates (`-rc.N`, `-rcN`).
+    #[arg(long)]
+    rc: bool,
+    /// Docker config file with credentials (default: $REGISTRY_AUTH_FILE, else ~/.docker/config.json).
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// Verify the registry's TLS certificate; false allows plain HTTP or unverified TLS.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// Directory of CA certificates (`*.crt`) for the registry.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+}
+
+/// Prints the repository's tags (matching `--pattern`), lowest version first, one per line.
+pub(crate) async fn tags_cmd(args: TagsArgs) -> anyhow::Result<ExitCode> {
+    let repo = parse_repository(&args.repo)?;
+    let pattern = args.pattern.as_deref().map(TagPattern::parse).transpose()?;
+    let tls = TlsSettings {
+        verify: args.tls_verify,
+        ca_bundle: args.cert_dir.as_deref().map(read_cert_dir).transpose()?,
+    };
+    let auths = Arc::new(load_authfile(args.authfile.as_deref())?);
+    let reg = Registry::connect(repo.resolve_registry(), &tls, auths, DEFAULT_CONCURRENCY).await?;
+    let mut tags: Vec<String> = list_tags(&reg, &repo)
+        .await?
+        .into_iter()
+        .filter(|t| pattern.as_ref().is_none_or(|p| p.matches(t, args.rc)))
+        .collect();
+    sort_tags(&mut tags);
+    if tags.is_empty() {
+        eprintln!("no tag of {}/{} matches", repo.registry(), repo.repository());
+    }
+    for t in &tags {
+        println!("{t}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ido sync`.
+#[derive(Args)]
+pub(crate) struct SyncArgs {
+    /// ImageSync manifests and the Secrets they reference (files, or directories of
+    /// `*.yaml`/`*.yml`; multi-document YAML).
+    #[arg(long = "file", short = 'f', required = true)]
+    files: Vec<PathBuf>,
+    /// Namespace of objects that name none.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    /// State directory kept between runs (status: OnceByTag then skips tags it copied).
+    /// Default: a temporary directory, removed afterwards.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// ImageSyncs synced at once (each copies its `spec.concurrency` tags at once).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+/// One pass of every ImageSync given, whatever its mode and schedule; prints a table per
+/// tag; exits 1 unless every ImageSync ends Ready.
+pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let manifests = load_manifests(&args.files, &args.namespace)?;
+    let mut names = vec![];
+    for m in &manifests {
+        match m {
+            Manifest::ImageSync(is) => names.push((
+                is.metadata.namespace.clone().unwrap_or_default(),
+                is.metadata.name.clone().unwrap_or_default(),
+            )),
+            Manifest::Secret(_) => {}
+            Manifest::Release(_) | Manifest::NodeImage(_) => {
+                bail!(
+                    "ido sync takes ImageSync and Secret manifests; use `ido run` for Releases and NodeImages"
+                )
+            }
+        }
+    }
+    if names.is_empty() {
+        bail!("no ImageSync in the manifests given");
+    }
+    let temp;
+    let state = match &args.state {
+        Some(s) => s.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("ido-sync-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let store = FileStore::open(&state).with_context(|| format!("opening state {}", state.display()))?;
+    apply(&store, &manifests).await?;
+    let ctx = Context {
+        store,
+        providers: Default::default(),
+        source: None,
+        settings: Settings::default(),
+        metrics: Metrics::default(),
+    };
+    let ctx = &ctx;
+    let results: Vec<anyhow::Result<ImageSync>> = stream::iter(&names)
+        .map(|(ns, name)| async move {
+            let is = ctx
+                .store
+                .get::<ImageSync>(Some(ns), name)
+                .await?
+                .with_context(|| format!("ImageSync {ns}/{name} vanished"))?;
+            let done = imagesync::sync(&is, ctx).await?;
+            done.with_context(|| format!("ImageSync {ns}/{name} vanished"))
+        })
+        .buffered(args.concurrency.max(1))
+        .collect()
+        .await;
+    let mut ok = true;
+    for ((ns, name), r) in names.iter().zip(results) {
+        match r {
+            Ok(is) => {
+                ok &= is_ready(&is);
+                print!("{}", table(&is));
+            }
+            Err(e) => {
+                ok = false;
+                println!("{ns}/{name}: error: {e:#}");
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn is_ready(is: &ImageSync) -> bool {
+    is.status
+        .as_ref()
+        .and_then(|s| find(&s.conditions, conditions::READY))
+        .is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+/// An ImageSync's outcome: a line with its Ready condition, then one row per tag.
+fn table(is: &ImageSync) -> String {
+    let st = is.status.clone().unwrap_or_default();
+    let ready = find(&st.conditions, conditions::READY);
+    let mut out = format!(
+        "{}/{} ({} {} {} -> {}): {} {}: {}\n",
+        is.metadata.namespace.as_deref().unwrap_or_default(),
+        is.metadata.name.as_deref().unwrap_or_default(),
+        is.spec.mode,
+        is.spec.source.name,
+        is.spec.source.version.as_deref().unwrap_or_default(),
+        is.spec.destination.name,
+        if is_ready(is) { "Ready" } else { "NotReady" },
+        ready.map(|c| c.reason.as_str()).unwrap_or("Pending"),
+        ready.map(|c| c.message.as_str()).unwrap_or_default(),
+    );
+    if st.tags.is_empty() {
+        return out;
+    }
+    let tag = |t: &ido_api::TagStatus| match &t.destination_tag {
+        Some(d) => format!("{} -> {d}", t.tag),
+        None => t.tag.clone(),
+    };
+    let tag_w = st.tags.iter().map(|t| tag(t).len()).max().unwrap_or(0).max(3);
+    let digest_w = st
+        .tags
+        .iter()
+        .map(|t| t.destination_digest.as_deref().unwrap_or("-").len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    out += &format!(
+        "  {:<tag_w$}  {:<9}  {:<digest_w$}  {:>10}  MESSAGE\n",
+        "TAG", "RESULT", "DIGEST", "BYTES"
+    );
+    for t in &st.tags {
+        out += &format!(
+            "  {:<tag_w$}  {:<9}  {:<digest_w$}  {:>10}  {}\n",
+            tag(t),
+            t.result.as_str(),
+            t.destination_digest.as_deref().unwrap_or("-"),
+            t.bytes,
+            t.message
+        );
+    }
+    out
+}
+
+/// A repository reference without tag or digest; `docker://` optional.
+pub(crate) fn parse_repository(s: &str) -> anyhow::Result<ido_oci::Reference> {
+    let bare = s.strip_prefix("docker://").unwrap_or(s);
+    if let Some((transport, _)) = bare.split_once("://") {
+        bail!("REPO {s:?}: transport {transport:?} is not supported (only docker://)");
+    }
+    let last = bare.rsplit('/').next().unwrap_or_default();
+    if last.contains(':') || last.contains('@') {
+        bail!("REPO {s:?}: give the repository without tag or digest (use --pattern to select tags)");
+    }
+    format!("{bare}:latest")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("REPO {s:?} is not a repository name: {e}"))
+}
+
+/// Credentials from `path`, else `$REGISTRY_AUTH_FILE`, else `~/.docker/config.json` (if
+/// it exists), else none.
+pub(crate) fn load_authfile(path: Option<&Path>) -> anyhow::Result<AuthStore> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => std::env::var_os("REGISTRY_AUTH_FILE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")))
+            .filter(|p| p.exists()),
+    };
+    match path {
+        Some(p) => {
+            let data = std::fs::read(&p).with_context(|| format!("reading --authfile {}", p.display()))?;
+            Ok(AuthStore::from_docker_config(&data, &p.display().to_string())?)
+        }
+        None => Ok(AuthStore::default()),
+    }
+}
+
+/// The `*.crt` files of a directory, concatenated (skopeo's `--cert-dir`).
+pub(crate) fn read_cert_dir(dir: &Path) -> anyhow::Result<String> {
+    let mut pem = String::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading cert dir {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().and_then(|x| x.to_str()) == Some("crt") {
+            pem += &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        }
+    }
+    if pem.is_empty() {
+        bail!("cert dir {}: no *.crt file", dir.display());
+    }
+    Ok(pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_with_or_without_docker_prefix() {
+        let r = parse_repository("docker://quay.io/argoproj/argocd").unwrap();
+        assert_eq!((r.registry(), r.repository()), ("quay.io", "argoproj/argocd"));
+        let r = parse_repository("nginx").unwrap();
+        assert_eq!((r.registry(), r.repository()), ("docker.io", "library/nginx"));
+        let r = parse_repository("127.0.0.1:5000/app").unwrap();
+        assert_eq!(r.registry(), "127.0.0.1:5000");
+        assert!(parse_repository("quay.io/a/b:1.0").is_err());
+        assert!(parse_repository("oci-archive://x").is_err());
+    }
+}

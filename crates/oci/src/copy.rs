@@ -1,12 +1,13 @@
 //! Byte-exact copies between registries.
 //!
 //! The manifest (or index) is pulled as raw bytes and pushed as the same bytes, so digests
-//! are preserved. The blobs of every selected image are collected, de-duplicated and copied
-//! concurrently (bounded per registry): a blob the destination has is skipped (HEAD), one
-//! in another repository of the same registry is mounted, any other streams from the source
-//! into a monolithic upload (chunked if the registry refuses), its digest verified on the
-//! way. Transient failures (5xx, 429, connection resets) are retried with backoff. A copy
-//! whose destination tag already has the source digest does nothing.
+//! are preserved. What the destination tag will name is known from the source's top
+//! manifest alone, so a copy whose destination tag already has that digest stops after two
+//! requests (made at once). Otherwise the blobs of every selected image are collected,
+//! de-duplicated and copied concurrently, bounded per registry ([`crate::blob`]): skipped
+//! when present, mounted within a registry, else streamed source → destination with the
+//! digest verified on the way. Transient failures (5xx, 429, connection resets) are retried
+//! with backoff ([`crate::retry`]).
 
 use std::{
     collections::BTreeMap,
@@ -14,18 +15,19 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt, stream};
-use oci_client::{Reference, errors::OciDistributionError};
+use futures::{StreamExt, TryStreamExt, future::try_join_all, stream};
+use oci_client::Reference;
 use reqwest::header::HeaderValue;
 
 use crate::{
     Error, Result,
-    media::{self, ACCEPTED, Descriptor, Manifest, Platform},
+    blob::{BlobOutcome, copy_blob},
+    media::{self, Descriptor, Manifest, Platform},
     registry::Registry,
+    retry::with_retries,
 };
 
 /// Which images of an index to copy.
@@ -55,10 +57,12 @@ pub struct CopyReport {
     pub bytes: u64,
 }
 
-/// How often a transient failure is retried.
-const RETRIES: u32 = 5;
-
 /// Copies `src_ref` on `src` to `dst_ref` on `dst`.
+///
+/// Requests on the way: the source's manifest and the destination tag, at once; nothing
+/// more when the tag already has the digest to push. Otherwise the selected images'
+/// manifests (at once), per blob a HEAD at the destination and, if missing, a mount (same
+/// registry) or a streamed GET → POST → PUT; then the manifests, children first.
 pub async fn copy(
     src: &Registry,
     src_ref: &Reference,
@@ -67,78 +71,34 @@ pub async fn copy(
     platforms: &Platforms,
 ) -> Result<CopyReport> {
     let name = src_ref.whole();
-    src.client
-        .store_auth_if_needed(src_ref.resolve_registry(), &src.auth())
-        .await;
-    dst.client
-        .store_auth_if_needed(dst_ref.resolve_registry(), &dst.auth())
-        .await;
-    dst.chunked
-        .store_auth_if_needed(dst_ref.resolve_registry(), &dst.auth())
-        .await;
+    src.prepare(src_ref).await;
+    dst.prepare(dst_ref).await;
 
-    let (top, top_digest) = pull_manifest(src, src_ref).await?;
-    // What goes to the destination tag, and the images (digest, bytes, parsed) under it.
-    let (push_bytes, push_type, images) = match media::parse(&top, &name)? {
-        m @ Manifest::Image { .. } => (top.clone(), media_type(&m), vec![(top_digest.clone(), top, m)]),
-        Manifest::Index {
-            media_type,
-            manifests,
-        } => {
-            let selected = select(&manifests, platforms, &name)?;
-            let mut images = vec![];
-            for d in &selected {
-                let r = Reference::with_digest(
-                    src_ref.registry().into(),
-                    src_ref.repository().into(),
-                    d.digest.clone(),
-                );
-                let (bytes, digest) = pull_manifest(src, &r).await?;
-                let m = media::parse(&bytes, &r.whole())?;
-                if matches!(m, Manifest::Index { .. }) {
-                    return Err(Error::Unsupported {
-                        reference: r.whole(),
-                        message: "nested indexes are not supported".into(),
-                    });
-                }
-                images.push((digest, bytes, m));
-            }
-            if selected.len() == manifests.len() {
-                (top.clone(), media_type, images)
-            } else if let [(_, bytes, m)] = images.as_slice() {
-                (bytes.clone(), self::media_type(m), images.clone())
-            } else {
-                let index = serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": media_type,
-                    "manifests": selected.iter().map(|d| serde_json::json!({
-                        "mediaType": d.media_type, "digest": d.digest, "size": d.size,
-                        "platform": d.platform.as_ref().map(|p| serde_json::json!({
-                            "os": p.os, "architecture": p.architecture, "variant": p.variant,
-                        })),
-                    })).collect::<Vec<_>>(),
-                });
-                (
-                    Bytes::from(serde_json::to_vec(&index).expect("json")),
-                    media_type,
-                    images,
-                )
-            }
-        }
-    };
-    let digest = media::sha256(&push_bytes);
+    let (top, existing) = tokio::join!(pull_manifest(src, src_ref), existing_digest(dst, dst_ref));
+    let (top, top_digest) = top?;
+    let plan = plan(&top, &top_digest, platforms, &name)?;
     let mut report = CopyReport {
-        digest: digest.clone(),
+        digest: plan.digest.clone(),
         ..CopyReport::default()
     };
-    if let Ok(existing) = dst.client.fetch_manifest_digest(dst_ref, &dst.auth()).await
-        && existing == digest
-    {
+    if existing.as_deref() == Some(plan.digest.as_str()) {
+        tracing::debug!(dst = %dst_ref.whole(), digest = %plan.digest, "destination up to date");
         report.skipped = true;
         return Ok(report);
     }
 
-    // Every blob of every image, once.
+    // The images under the tag (an image manifest is its own only image).
+    let images: Vec<(String, Bytes, Manifest)> = match &plan.children {
+        None => vec![(top_digest, top.clone(), media::parse(&top, &name)?)],
+        Some(children) => try_join_all(children.iter().map(|d| pull_image(src, src_ref, d))).await?,
+    };
+    let (push_bytes, push_type) = match plan.bytes {
+        Some(b) => (b, plan.media_type),
+        // One platform of an index: that image's manifest, byte-exact.
+        None => (images[0].1.clone(), media_type(&images[0].2)),
+    };
+
+    // Every blob of every image, once; the largest first (they bound the copy's length).
     let mut blobs: BTreeMap<String, Descriptor> = BTreeMap::new();
     for (_, _, m) in &images {
         if let Manifest::Image { config, layers, .. } = m {
@@ -149,10 +109,12 @@ pub async fn copy(
             }
         }
     }
+    let mut blobs: Vec<Descriptor> = blobs.into_values().collect();
+    blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
     let bytes = Arc::new(AtomicU64::new(0));
-    let outcomes: Vec<BlobOutcome> = stream::iter(blobs.into_values())
+    let outcomes: Vec<BlobOutcome> = stream::iter(blobs)
         .map(|d| copy_blob(src, src_ref, dst, dst_ref, d, bytes.clone()))
-        .buffer_unordered(dst.limit.available_permits().max(1) * 2)
+        .buffer_unordered(dst.concurrency() * 2)
         .try_collect()
         .await?;
     for o in outcomes {
@@ -164,22 +126,111 @@ pub async fn copy(
     }
     report.bytes = bytes.load(Ordering::Relaxed);
 
-    // Children first (by digest), then the tag.
-    let whole_index = images.len() > 1 || push_bytes != images[0].1;
-    if whole_index {
-        for (digest, bytes, m) in &images {
+    // Children first (by digest, at once), then the tag.
+    if plan.children.is_some() && (images.len() > 1 || push_bytes != images[0].1) {
+        try_join_all(images.iter().map(|(digest, bytes, m)| {
             let r = Reference::with_digest(
                 dst_ref.registry().into(),
                 dst_ref.repository().into(),
                 digest.clone(),
             );
-            push_manifest(dst, &r, bytes.clone(), &self::media_type(m)).await?;
-            report.manifests += 1;
-        }
+            async move { push_manifest(dst, &r, bytes.clone(), &media_type(m)).await }
+        }))
+        .await?;
+        report.manifests += images.len();
     }
     push_manifest(dst, dst_ref, push_bytes, &push_type).await?;
     report.manifests += 1;
+    tracing::debug!(dst = %dst_ref.whole(), digest = %report.digest, blobs = report.blobs_copied, bytes = report.bytes, "copied");
     Ok(report)
+}
+
+/// Copies every `(source, destination)` pair from `src` to `dst`, `images` copies at once.
+///
+/// The copies share the registries' clients (connections, tokens) and their blob limits, so
+/// a batch costs one process and one connection pool instead of one per image. One result
+/// per pair, in order; a failed copy does not stop the others.
+pub async fn copy_many(
+    src: &Registry,
+    dst: &Registry,
+    pairs: &[(Reference, Reference)],
+    platforms: &Platforms,
+    images: usize,
+) -> Vec<Result<CopyReport>> {
+    // Unordered, so one slow copy does not hold back the window; results go back in order.
+    let mut results: Vec<Option<Result<CopyReport>>> = (0..pairs.len()).map(|_| None).collect();
+    let mut done = stream::iter(pairs.iter().enumerate())
+        .map(|(i, (s, d))| async move { (i, copy(src, s, dst, d, platforms).await) })
+        .buffer_unordered(images.max(1));
+    while let Some((i, r)) = done.next().await {
+        results[i] = Some(r);
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every copy ran"))
+        .collect()
+}
+
+/// What goes to the destination tag, decided from the source's top manifest alone.
+struct Plan {
+    /// Digest of the manifest the tag will name.
+    digest: String,
+    /// Its bytes, unless it is one image of the index (pulled with the children).
+    bytes: Option<Bytes>,
+    media_type: String,
+    /// Index entries to copy (`None`: the top manifest is an image).
+    children: Option<Vec<Descriptor>>,
+}
+
+fn plan(top: &Bytes, top_digest: &str, platforms: &Platforms, name: &str) -> Result<Plan> {
+    let (media_type, manifests) = match media::parse(top, name)? {
+        m @ Manifest::Image { .. } => {
+            return Ok(Plan {
+                digest: top_digest.into(),
+                bytes: Some(top.clone()),
+                media_type: media_type(&m),
+                children: None,
+            });
+        }
+        Manifest::Index {
+            media_type,
+            manifests,
+        } => (media_type, manifests),
+    };
+    let selected = select(&manifests, platforms, name)?;
+    if selected.len() == manifests.len() {
+        return Ok(Plan {
+            digest: top_digest.into(),
+            bytes: Some(top.clone()),
+            media_type,
+            children: Some(selected),
+        });
+    }
+    if let [one] = selected.as_slice() {
+        return Ok(Plan {
+            digest: one.digest.clone(),
+            bytes: None,
+            media_type: one.media_type.clone(),
+            children: Some(selected),
+        });
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": selected.iter().map(|d| serde_json::json!({
+            "mediaType": d.media_type, "digest": d.digest, "size": d.size,
+            "platform": d.platform.as_ref().map(|p| serde_json::json!({
+                "os": p.os, "architecture": p.architecture, "variant": p.variant,
+            })),
+        })).collect::<Vec<_>>(),
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&index).expect("json"));
+    Ok(Plan {
+        digest: media::sha256(&bytes),
+        bytes: Some(bytes),
+        media_type,
+        children: Some(selected),
+    })
 }
 
 fn media_type(m: &Manifest) -> String {
@@ -219,96 +270,39 @@ fn select(manifests: &[Descriptor], platforms: &Platforms, name: &str) -> Result
     Ok(out)
 }
 
-enum BlobOutcome {
-    Copied,
-    Present,
-    Mounted,
+/// The digest of what `r` names on `dst` now, if anything. Any failure counts as nothing:
+/// the copy then goes ahead, and reports real errors from its own requests.
+async fn existing_digest(dst: &Registry, r: &Reference) -> Option<String> {
+    let (bytes, _) = dst.pull_manifest_raw(r).await.ok()?;
+    Some(media::sha256(&bytes))
 }
 
-async fn copy_blob(
+/// One image of an index: `(digest, bytes, parsed)`; nested indexes are refused.
+async fn pull_image(
     src: &Registry,
     src_ref: &Reference,
-    dst: &Registry,
-    dst_ref: &Reference,
-    d: Descriptor,
-    bytes: Arc<AtomicU64>,
-) -> Result<BlobOutcome> {
-    let what = || format!("blob {} of {}", d.digest, src_ref.whole());
-    let _dst_permit = dst.limit.acquire().await.expect("semaphore open");
-    let _src_permit = if src.host == dst.host {
-        None
-    } else {
-        Some(src.limit.acquire().await.expect("open"))
-    };
-    if retry(&what(), || dst.client.blob_exists(dst_ref, &d.digest)).await? {
-        return Ok(BlobOutcome::Present);
-    }
-    if src.host == dst.host && src_ref.repository() != dst_ref.repository() {
-        let mounted = dst.client.mount_blob(dst_ref, src_ref, &d.digest).await.is_ok()
-            && dst.client.blob_exists(dst_ref, &d.digest).await.unwrap_or(false);
-        if mounted {
-            return Ok(BlobOutcome::Mounted);
-        }
-    }
-    let mut monolithic = true;
-    let mut attempt = 0;
-    loop {
-        let sent = Arc::new(AtomicU64::new(0));
-        let r = stream_blob(src, src_ref, dst, dst_ref, &d, monolithic, sent.clone()).await;
-        let n = sent.load(Ordering::Relaxed);
-        match r {
-            Ok(()) => {
-                bytes.fetch_add(n, Ordering::Relaxed);
-                return Ok(BlobOutcome::Copied);
-            }
-            Err(e) if monolithic && !retryable(&e) && !is_digest_error(&e) => {
-                tracing::debug!(digest = %d.digest, error = %e, "monolithic upload refused; uploading in chunks");
-                monolithic = false;
-            }
-            Err(e) if attempt < RETRIES && (retryable(&e) || is_digest_error(&e)) => {
-                attempt += 1;
-                let wait = backoff(attempt, &e);
-                tracing::warn!(digest = %d.digest, error = %e, attempt, "blob copy failed; retrying in {wait:?}");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) if is_digest_error(&e) => {
-                return Err(Error::Digest {
-                    what: what(),
-                    expected: d.digest.clone(),
-                    actual: e.to_string(),
-                });
-            }
-            Err(source) => return Err(Error::Registry { what: what(), source }),
-        }
-    }
-}
-
-async fn stream_blob(
-    src: &Registry,
-    src_ref: &Reference,
-    dst: &Registry,
-    dst_ref: &Reference,
     d: &Descriptor,
-    monolithic: bool,
-    sent: Arc<AtomicU64>,
-) -> Result<(), OciDistributionError> {
-    // pull_blob_stream verifies the digest as the bytes pass and fails the stream at the end
-    // on a mismatch, so the upload's final commit never happens for bad bytes.
-    let s = src.client.pull_blob_stream(src_ref, d.digest.as_str()).await?;
-    let body = s.stream.map_err(OciDistributionError::from).inspect_ok(move |b| {
-        sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-    });
-    let client = if monolithic { &dst.client } else { &dst.chunked };
-    client
-        .push_blob_stream(dst_ref, body, &d.digest, Some(d.size))
-        .await?;
-    Ok(())
+) -> Result<(String, Bytes, Manifest)> {
+    let r = Reference::with_digest(
+        src_ref.registry().into(),
+        src_ref.repository().into(),
+        d.digest.clone(),
+    );
+    let (bytes, digest) = pull_manifest(src, &r).await?;
+    match media::parse(&bytes, &r.whole())? {
+        Manifest::Index { .. } => Err(Error::Unsupported {
+            reference: r.whole(),
+            message: "nested indexes are not supported".into(),
+        }),
+        m => Ok((digest, bytes, m)),
+    }
 }
 
+/// A manifest's bytes and their digest, checked against the reference's digest if it has
+/// one, and against the registry's `Docker-Content-Digest` (when it sends a sha256 one).
 async fn pull_manifest(src: &Registry, r: &Reference) -> Result<(Bytes, String)> {
     let what = format!("manifest {}", r.whole());
-    let auth = src.auth();
-    let (bytes, digest) = retry(&what, || src.client.pull_manifest_raw(r, &auth, ACCEPTED)).await?;
+    let (bytes, digest) = with_retries(&what, || src.pull_manifest_raw(r)).await?;
     let actual = media::sha256(&bytes);
     if let Some(want) = r.digest()
         && want != actual
@@ -335,54 +329,11 @@ async fn push_manifest(dst: &Registry, r: &Reference, bytes: Bytes, media_type: 
         reference: r.whole(),
         message: format!("bad media type {media_type:?}"),
     })?;
-    retry(&what, || {
+    with_retries(&what, || {
         dst.client.push_manifest_raw(r, bytes.clone(), ct.clone())
     })
     .await?;
     Ok(())
-}
-
-/// Runs `op`, retrying transient failures with backoff.
-async fn retry<T, F, Fut>(what: &str, mut op: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, OciDistributionError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < RETRIES && retryable(&e) => {
-                attempt += 1;
-                let wait = backoff(attempt, &e);
-                tracing::warn!(error = %e, attempt, "{what} failed; retrying in {wait:?}");
-                tokio::time::sleep(wait).await;
-            }
-            Err(source) => {
-                return Err(Error::Registry {
-                    what: what.into(),
-                    source,
-                });
-            }
-        }
-    }
-}
-
-fn retryable(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RequestError(r) => {
-            // A certificate that does not verify will not verify on a retry either.
-            let chain = error_chain(r);
-            !chain.contains("certificate")
-                && (r.is_connect() || r.is_timeout() || r.is_request() || r.is_body())
-        }
-        OciDistributionError::IoError(_) => true,
-        other => {
-            let s = other.to_string();
-            s.contains("429") || s.contains("Too Many Requests") || s.contains("503") || s.contains("502")
-        }
-    }
 }
 
 /// An error with its sources, lower-case (for classification and messages).
@@ -394,18 +345,4 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s.to_ascii_lowercase()
-}
-
-fn is_digest_error(e: &OciDistributionError) -> bool {
-    matches!(e, OciDistributionError::DigestError(_)) || e.to_string().to_ascii_lowercase().contains("digest")
-}
-
-fn backoff(attempt: u32, e: &OciDistributionError) -> Duration {
-    let base = Duration::from_millis(250 * (1 << attempt.min(6)));
-    // A 429 asks for a longer pause (oci-client does not expose Retry-After).
-    if e.to_string().contains("429") {
-        base.max(Duration::from_secs(1))
-    } else {
-        base
-    }
 }

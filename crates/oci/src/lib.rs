@@ -14,9 +14,12 @@
 //!   existing blobs are skipped and blobs of the same registry mounted.
 
 pub mod auth;
+mod blob;
 pub mod copy;
 pub mod media;
+pub mod reference;
 pub mod registry;
+mod retry;
 pub mod tags;
 
 pub use oci_client::Reference;

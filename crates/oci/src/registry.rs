@@ -1,15 +1,30 @@
 //! One side of a copy: a registry host with its TLS settings, credentials and limits.
+//!
+//! Connecting makes one `GET /v2/`. With verification off it tells whether the host speaks
+//! TLS at all (plain HTTP if not). A registry answering 200 without a challenge is *open*:
+//! oci-client would send it no credentials either, but would ask `/v2/` again before every
+//! request of a client holding (even anonymous) credentials. So for an open registry the
+//! blob client holds none, and manifests are fetched with a plain GET here (oci-client's
+//! manifest pulls always store credentials), which also lets the engine read `Retry-After`.
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use oci_client::{
-    Client,
+    Client, Reference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
+    errors::OciDistributionError,
     secrets::RegistryAuth,
 };
-use tokio::sync::Semaphore;
+use reqwest::header::{ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
+use tokio::sync::{OnceCell, Semaphore};
 
-use crate::{Error, Result, auth::AuthStore};
+use crate::{
+    Error, Result,
+    auth::AuthStore,
+    media::ACCEPTED,
+    retry::{Attempt, parse_retry_after},
+};
 
 /// TLS settings of a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,19 +50,31 @@ impl Default for TlsSettings {
 pub struct Registry {
     /// Host (with port) as in references.
     pub host: String,
-    /// Client uploading blobs in one PUT.
+    /// Client for blobs (HEAD, GET, mount, monolithic upload) and manifest pushes: the calls
+    /// that take no credentials, so an open registry's gets none.
     pub(crate) client: Client,
     /// Client uploading blobs in chunks (for registries refusing monolithic uploads).
-    pub(crate) chunked: Client,
+    chunked: Arc<OnceCell<Client>>,
+    /// Client for the calls that take credentials (manifest pulls, tag listing): the blob
+    /// client itself, unless the registry is open (then built on first use).
+    reader: Arc<OnceCell<Client>>,
+    /// Plain HTTP client with the same TLS settings (probe, open registries' manifests).
+    http: reqwest::Client,
     auths: Arc<AuthStore>,
+    /// `/v2/` answered 200 without a challenge.
+    open: bool,
     /// Blob transfers to/from this registry at once.
     pub(crate) limit: Arc<Semaphore>,
+    params: Arc<Params>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("host", &self.host)
+            .field("open", &self.open)
+            .field("plain", &self.params.plain)
+            .field("concurrency", &self.params.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -55,9 +82,11 @@ impl std::fmt::Debug for Registry {
 /// Blob transfers per registry at once, by default.
 pub const DEFAULT_CONCURRENCY: usize = 6;
 
+/// The largest manifest fetched (registries commonly refuse more than 4 MiB).
+const MANIFEST_MAX: usize = 4 << 20;
+
 impl Registry {
-    /// Prepares `host` (e.g. `127.0.0.1:5000`, `docker.io`). With `verify: false` it probes
-    /// whether the host speaks TLS at all and uses plain HTTP if not.
+    /// Prepares `host` (e.g. `127.0.0.1:5000`, `docker.io`), see the module docs.
     pub async fn connect(
         host: &str,
         tls: &TlsSettings,
@@ -65,7 +94,6 @@ impl Registry {
         concurrency: usize,
     ) -> Result<Self> {
         ido_engine::http::install_crypto_provider();
-        let plain = !tls.verify && !speaks_tls(host).await;
         let mut extra = vec![];
         if let Some(pem) = &tls.ca_bundle {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
@@ -80,27 +108,41 @@ impl Registry {
                 data: pem.as_bytes().to_vec(),
             });
         }
-        let config = |monolithic: bool| ClientConfig {
-            protocol: if plain {
-                ClientProtocol::HttpsExcept(vec![host.to_string()])
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: !tls.verify,
-            use_monolithic_push: monolithic,
-            extra_root_certificates: extra.clone(),
-            max_concurrent_upload: concurrency,
-            max_concurrent_download: concurrency,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
-            ..ClientConfig::default()
+        let options = ido_engine::http::TlsOptions {
+            insecure: !tls.verify,
+            ca_bundle: tls.ca_bundle.clone(),
+        };
+        let http = ido_engine::http::client(&options, "CA bundle").map_err(|e| Error::Invalid {
+            field: "CA bundle",
+            value: format!("for {host}"),
+            reason: e.to_string(),
+        })?;
+        let Probe { plain, open } = probe(&http, host, tls.verify).await;
+        let params = Arc::new(Params {
+            host: host.to_string(),
+            plain,
+            verify: tls.verify,
+            extra,
+            concurrency: concurrency.max(1),
+        });
+        // Building an oci-client costs a few ms (it loads the system's CA store twice), so
+        // the other two only when needed.
+        let client = params.client(true)?;
+        let reader = if open {
+            OnceCell::new()
+        } else {
+            OnceCell::new_with(Some(client.clone()))
         };
         Ok(Self {
             host: host.to_string(),
-            client: Client::new(config(true)),
-            chunked: Client::new(config(false)),
+            client,
+            chunked: Arc::default(),
+            reader: Arc::new(reader),
+            http,
             auths,
-            limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            open,
+            limit: Arc::new(Semaphore::new(params.concurrency)),
+            params,
         })
     }
 
@@ -108,17 +150,175 @@ impl Registry {
     pub fn auth(&self) -> RegistryAuth {
         self.auths.auth_for(&self.host)
     }
+
+    /// Whether `/v2/` answered 200 without a challenge when connecting.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Blob transfers to/from this registry at once.
+    pub fn concurrency(&self) -> usize {
+        self.params.concurrency
+    }
+
+    /// Hands the credentials for `r`'s registry to the blob client, unless the registry is
+    /// open.
+    pub(crate) async fn prepare(&self, r: &Reference) {
+        if !self.open {
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth())
+                .await;
+        }
+    }
+
+    /// The client uploading in chunks (built on first use), with the credentials for `r`.
+    pub(crate) async fn chunked(&self, r: &Reference) -> Result<&Client> {
+        let c = self
+            .chunked
+            .get_or_try_init(|| async { self.params.client(false) })
+            .await?;
+        if !self.open {
+            c.store_auth_if_needed(r.resolve_registry(), &self.auth()).await;
+        }
+        Ok(c)
+    }
+
+    /// The client for calls that store credentials (tag listing).
+    pub(crate) async fn reader(&self) -> Result<&Client> {
+        self.reader
+            .get_or_try_init(|| async { self.params.client(true) })
+            .await
+    }
+
+    /// The manifest `r` names: its bytes and the registry's `Docker-Content-Digest` (empty
+    /// when absent).
+    pub(crate) async fn pull_manifest_raw(&self, r: &Reference) -> Result<(Bytes, String), Attempt> {
+        if !self.open {
+            let reader = self
+                .reader()
+                .await
+                .map_err(|e| Attempt::from(OciDistributionError::GenericError(Some(e.to_string()))))?;
+            return Ok(reader.pull_manifest_raw(r, &self.auth(), ACCEPTED).await?);
+        }
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            if self.params.plain { "http" } else { "https" },
+            r.resolve_registry(),
+            r.repository(),
+            r.digest().or(r.tag()).unwrap_or("latest"),
+        );
+        let res = self
+            .http
+            .get(&url)
+            .header(ACCEPT, ACCEPTED.join(", "))
+            .send()
+            .await
+            .map_err(OciDistributionError::from)?;
+        let status = res.status();
+        let retry_after = res
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let digest = res
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if res.content_length().is_some_and(|n| n > MANIFEST_MAX as u64) {
+            return Err(OciDistributionError::GenericError(Some(format!(
+                "{url}: manifest larger than {MANIFEST_MAX} bytes"
+            )))
+            .into());
+        }
+        let body = res.bytes().await.map_err(OciDistributionError::from)?;
+        tracing::debug!(%url, %status, bytes = body.len(), "GET manifest");
+        if status.is_success() && body.len() <= MANIFEST_MAX {
+            return Ok((body, digest));
+        }
+        Err(Attempt {
+            error: OciDistributionError::ServerError {
+                code: status.as_u16(),
+                url,
+                message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
+            },
+            retry_after,
+        })
+    }
 }
 
-/// Whether `host` completes a TLS handshake (any certificate accepted).
-async fn speaks_tls(host: &str) -> bool {
-    let Ok(client) = reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(20))
-        .build()
-    else {
-        return false;
+/// What the oci-client clients of a registry are built from.
+struct Params {
+    host: String,
+    plain: bool,
+    verify: bool,
+    extra: Vec<Certificate>,
+    concurrency: usize,
+}
+
+impl Params {
+    fn client(&self, monolithic: bool) -> Result<Client> {
+        let config = ClientConfig {
+            protocol: if self.plain {
+                ClientProtocol::HttpsExcept(vec![self.host.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: !self.verify,
+            use_monolithic_push: monolithic,
+            extra_root_certificates: self.extra.clone(),
+            max_concurrent_upload: self.concurrency,
+            max_concurrent_download: self.concurrency,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(300)),
+            ..ClientConfig::default()
+        };
+        Client::try_from(config).map_err(|e| Error::Invalid {
+            field: "registry client",
+            value: self.host.clone(),
+            reason: crate::copy::error_chain(&e),
+        })
+    }
+}
+
+/// What `GET /v2/` told about a registry.
+struct Probe {
+    /// It does not speak TLS (only looked for with verification off).
+    plain: bool,
+    /// It answered 200 without `WWW-Authenticate`.
+    open: bool,
+}
+
+/// `GET https://host/v2/` (and `http://` if that fails and verification is off). Failures
+/// leave the defaults (TLS, not open): the copy's own requests then report them.
+async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
+    let is_open = |r: &reqwest::Response| {
+        r.status() == reqwest::StatusCode::OK && !r.headers().contains_key(WWW_AUTHENTICATE)
     };
-    client.get(format!("https://{host}/v2/")).send().await.is_ok()
+    let get = |scheme: &str| {
+        http.get(format!("{scheme}://{host}/v2/"))
+            .timeout(Duration::from_secs(20))
+            .send()
+    };
+    match get("https").await {
+        Ok(r) => Probe {
+            plain: false,
+            open: is_open(&r),
+        },
+        Err(_) if !verify => match get("http").await {
+            Ok(r) => Probe {
+                plain: true,
+                open: is_open(&r),
+            },
+            Err(_) => Probe {
+                plain: true,
+                open: false,
+            },
+        },
+        Err(_) => Probe {
+            plain: false,
+            open: false,
+        },
+    }
 }

@@ -150,7 +150,8 @@ pub async fn list_tags(reg: &Registry, repo: &Reference) -> Result<Vec<String>> 
     let mut last: Option<String> = None;
     loop {
         let page = reg
-            .client
+            .reader()
+            .await?
             .list_tags(repo, &auth, Some(PAGE), last.as_deref())
             .await
             .map_err(|source| Error::Registry {

@@ -1,10 +1,17 @@
-//! The two kube-runtime controllers around the plain reconcilers of `ido-controllers`.
+//! The three kube-runtime controllers around the plain reconcilers of `ido-controllers`.
 //!
 //! ```text
 //!   watch Releases (cluster) ──▶ Controller ──▶ release::reconcile(&Release, &Context<KubeStore>)
 //!   watch NodeImages (ns)    ──▶ Controller ──▶ nodeimage::reconcile(&NodeImage, &Context<KubeStore>)
 //!                                  (concurrency = concurrency.images)
+//!   watch ImageSyncs (ns)    ──▶ Controller ──▶ imagesync::reconcile(&ImageSync, &Context<KubeStore>)
+//!                                  (concurrency = Concurrency::syncs; Secrets read per pass)
 //! ```
+//!
+//! ImageSyncs are watched in the operator's namespace (`namespace`, the NodeImages'), like
+//! NodeImages, so reading their credential Secrets needs a Role there and not a
+//! cluster-wide grant on Secrets. If the ImageSync CRD is not installed (Helm does not
+//! upgrade CRDs), that controller is off and a warning says so; the others run.
 //!
 //! Each reconcile is timed into `ido_reconciles_total` / `ido_reconcile_duration_seconds`.
 //! A failed reconcile bumps `ido_reconcile_failures_total{error}` and is retried after an
@@ -19,15 +26,16 @@ use std::{
 };
 
 use futures::StreamExt;
-use ido_api::{NodeImage, Release};
+use ido_api::{ImageSync, NodeImage, Release};
 use ido_controllers::{
-    Action, Context, Error,
+    Action, Context, Error, imagesync,
     metrics::{ControllerLabels, FailureLabels, StateLabels},
     nodeimage, release,
     store::Object,
 };
 use kube::{
     Api, Client,
+    api::ListParams,
     runtime::{
         Controller,
         controller::{self, Config},
@@ -141,6 +149,13 @@ async fn reconcile_release(
     timed(obj.as_ref(), &shared, release::reconcile(&obj, &shared.ctx)).await
 }
 
+async fn reconcile_imagesync(
+    obj: Arc<ImageSync>,
+    shared: Arc<Shared<ImageSync>>,
+) -> Result<controller::Action, Error> {
+    timed(obj.as_ref(), &shared, imagesync::reconcile(&obj, &shared.ctx)).await
+}
+
 async fn reconcile_nodeimage(
     obj: Arc<NodeImage>,
     shared: Arc<Shared<NodeImage>>,
@@ -189,13 +204,33 @@ async fn drain<K: Object>(
         .await;
 }
 
-/// Runs both controllers until `shutdown()` resolves (each stops taking new work, then
+/// Objects of each kind reconciled at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Concurrency {
+    /// NodeImages (the configuration's `concurrency.images`).
+    pub images: u16,
+    /// ImageSyncs (each copies its `spec.concurrency` tags at once).
+    pub syncs: u16,
+}
+
+/// Whether the API server serves `imagesyncs.ido.dev` (its CRD is installed).
+async fn imagesyncs_served(api: &Api<ImageSync>) -> bool {
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 404 => false,
+        // Anything else (e.g. a transient error): let the controller's watch retry.
+        Err(_) => true,
+    }
+}
+
+/// Runs the controllers until `shutdown()` resolves (each stops taking new work, then
 /// waits for running reconciles) or the returned future is dropped (running reconciles
-/// are cancelled). NodeImages are watched in `ctx.settings.namespace`, Releases cluster-wide.
+/// are cancelled). NodeImages and ImageSyncs are watched in `ctx.settings.namespace`,
+/// Releases cluster-wide.
 pub async fn run<F>(
     client: Client,
     ctx: Arc<Context<KubeStore>>,
-    images_concurrency: u16,
+    concurrency: Concurrency,
     shutdown: impl Fn() -> F,
 ) where
     F: Future<Output = ()> + Send + Sync + 'static,
@@ -203,11 +238,27 @@ pub async fn run<F>(
     let releases = Controller::new(Api::<Release>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(shutdown());
     let images = Controller::new(
-        Api::<NodeImage>::namespaced(client, &ctx.settings.namespace),
+        Api::<NodeImage>::namespaced(client.clone(), &ctx.settings.namespace),
         watcher::Config::default(),
     )
-    .with_config(Config::default().concurrency(images_concurrency.max(1)))
+    .with_config(Config::default().concurrency(concurrency.images.max(1)))
     .graceful_shutdown_on(shutdown());
+    let sync_api = Api::<ImageSync>::namespaced(client, &ctx.settings.namespace);
+    let syncs = if imagesyncs_served(&sync_api).await {
+        let c = Controller::new(sync_api, watcher::Config::default())
+            .with_config(Config::default().concurrency(concurrency.syncs.max(1)))
+            .graceful_shutdown_on(shutdown());
+        let shared = Arc::new(Shared::new(ctx.clone(), "imagesync"));
+        futures::future::Either::Left(drain(
+            "imagesync",
+            c.run(reconcile_imagesync, error_policy, shared),
+        ))
+    } else {
+        tracing::warn!(
+            "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; apply charts/image-distribution-operator/crds/imagesyncs.ido.dev.yaml and restart"
+        );
+        futures::future::Either::Right(std::future::ready(()))
+    };
 
     let release_shared = Arc::new(Shared::new(ctx.clone(), "release"));
     let mut image_shared = Shared::new(ctx, "nodeimage");
@@ -223,7 +274,7 @@ pub async fn run<F>(
         images.run(reconcile_nodeimage, error_policy, image_shared),
     );
     tracing::info!("controllers started");
-    futures::future::join(releases, images).await;
+    futures::future::join3(releases, images, syncs).await;
     tracing::info!("controllers stopped");
 }
 

@@ -4,14 +4,14 @@
 //! ```text
 //!   ido operator ──▶ run(client, ContextParts, OperatorOptions)
 //!                     ├─ http:       /metrics /healthz /readyz   (every replica)
-//!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage
+//!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage + ImageSync
 //!                                       │                     └─ KubeStore (the Store over the API)
 //!                                     standby (ready, waits)
 //! ```
 //!
 //! - [`kube_store`]: [`KubeStore`], the controllers' `Store` over the API (narrow writes,
 //!   `resourceVersion` preconditions, events).
-//! - [`controller`]: the two kube-runtime controllers, metrics and per-object backoff.
+//! - [`controller`]: the three kube-runtime controllers, metrics and per-object backoff.
 //! - [`lease`]: leader election over a `coordination.k8s.io/v1` Lease.
 //! - [`http`]: the metrics and probe endpoint.
 //!
@@ -85,6 +85,8 @@ pub struct OperatorOptions {
     pub identity: Option<String>,
     /// NodeImages reconciled at once (the configuration's `concurrency.images`, default 4).
     pub images_concurrency: usize,
+    /// ImageSyncs reconciled at once (default 4; each copies `spec.concurrency` tags at once).
+    pub syncs_concurrency: usize,
 }
 
 impl Default for OperatorOptions {
@@ -96,6 +98,7 @@ impl Default for OperatorOptions {
             lease_namespace: None,
             identity: None,
             images_concurrency: 4,
+            syncs_concurrency: 4,
         }
     }
 }
@@ -180,7 +183,10 @@ pub async fn run_until(
         settings,
         metrics,
     });
-    let concurrency = u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1);
+    let concurrency = controller::Concurrency {
+        images: u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1),
+        syncs: u16::try_from(opts.syncs_concurrency).unwrap_or(u16::MAX).max(1),
+    };
     tracing::info!(
         namespace = %ctx.settings.namespace,
         providers = ?ctx.providers.ids(),
@@ -243,7 +249,7 @@ async fn lead<F>(
     elector: &LeaderElector,
     client: Client,
     ctx: Arc<Context<KubeStore>>,
-    concurrency: u16,
+    concurrency: controller::Concurrency,
     health: &Health,
     stopped: &impl Fn() -> F,
 ) -> anyhow::Result<()>

@@ -22,11 +22,11 @@ fn chart() -> helm::Chart {
     helm::Chart::load(&charts_dir().join("image-distribution-operator"))
 }
 
-/// Where each CRD's YAML lives: the chart installs NodeImage; Giant Swarm's clusters own
-/// the Release CRD, so ours (for tests and demos) stays outside the chart.
+/// Where each CRD's YAML lives: the chart installs NodeImage and ImageSync; Giant Swarm's
+/// clusters own the Release CRD, so ours (for tests and demos) stays outside the chart.
 fn crd_path(name: &str) -> PathBuf {
     match name {
-        "nodeimages.image.giantswarm.io" => charts_dir()
+        "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" => charts_dir()
             .join("image-distribution-operator/crds")
             .join(format!("{name}.yaml")),
         _ => charts_dir().join("dev-crds").join(format!("{name}.yaml")),
@@ -55,11 +55,15 @@ fn crds_are_generated_from_the_api_types() {
             path.display()
         );
     }
-    let in_chart: Vec<String> = std::fs::read_dir(charts_dir().join("image-distribution-operator/crds"))
+    let mut in_chart: Vec<String> = std::fs::read_dir(charts_dir().join("image-distribution-operator/crds"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(in_chart, ["nodeimages.image.giantswarm.io.yaml"]);
+    in_chart.sort();
+    assert_eq!(
+        in_chart,
+        ["imagesyncs.ido.dev.yaml", "nodeimages.image.giantswarm.io.yaml"]
+    );
 }
 
 fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
@@ -311,12 +315,23 @@ fn proxmox_and_vcd_values_reach_the_operator() {
     });
     let docs = chart().manifests("ido", "ido-system", &values);
     for p in ["proxmox", "vcd"] {
-        find(&docs, "Secret", &format!("image-distribution-operator-{p}-credentials"));
-        find(&docs, "ConfigMap", &format!("image-distribution-operator-{p}-locations"));
+        find(
+            &docs,
+            "Secret",
+            &format!("image-distribution-operator-{p}-credentials"),
+        );
+        find(
+            &docs,
+            "ConfigMap",
+            &format!("image-distribution-operator-{p}-locations"),
+        );
     }
     let cfg_map =
         find(&docs, "ConfigMap", "image-distribution-operator-config")["data"]["config.yaml"].to_string();
-    assert!(!cfg_map.contains("tok-s3cret") && !cfg_map.contains("vcd-pw"), "{cfg_map}");
+    assert!(
+        !cfg_map.contains("tok-s3cret") && !cfg_map.contains("vcd-pw"),
+        "{cfg_map}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = load_rendered_config(&docs, dir.path());
     assert_eq!(config.providers().unwrap().ids(), ["capmox", "capvcd"]);

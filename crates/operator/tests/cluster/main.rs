@@ -1,7 +1,8 @@
 //! The operator against an in-memory API server (`support/fake_api.rs`; no real API server
 //! exists on these machines): the `KubeStore` adapter, the real reconcilers through it, the
 //! whole operator (leader election, kube-runtime controllers, watches), and the chart's
-//! RBAC replayed against every request the operator made.
+//! RBAC replayed against every request the operator made. ImageSyncs copy between real
+//! `docker-registry` instances of the test kit.
 //!
 //! The provider is an in-memory test double (vSphere itself is tested against the vCenter
 //! simulator in `ido-providers`); the S3 source is a real HTTP server on loopback.
@@ -13,6 +14,7 @@ mod fake_api;
 #[path = "../support/helm/mod.rs"]
 mod helm;
 
+mod imagesync;
 mod lease;
 mod operator;
 mod rbac;

@@ -48,6 +48,21 @@ pub(crate) async fn operator_scenario() -> Vec<Call> {
     assert_eq!((code, body.as_str()), (200, "leading"), "{head}");
 
     fake.create(&release(RELEASE));
+    // The third controller: an ImageSync with a bad frequency gets a condition naming it.
+    let bad: ido_api::ImageSyncSpec = serde_json::from_value(json!({
+        "mode": "Recurrent", "frequency": "every hour",
+        "source": {"name": "registry.invalid/app", "version": "1.x"},
+        "destination": {"name": "registry.invalid/mirror/app"},
+    }))
+    .unwrap();
+    fake.create(&crate::imagesync::image_sync("bad", bad));
+    wait_for("an InvalidSpec ImageSync", || {
+        fake.get::<ido_api::ImageSync>(Some(NS), "bad").is_some_and(|v| {
+            let c = &v["status"]["conditions"][0];
+            c["reason"] == "InvalidSpec" && c["message"].as_str().unwrap_or("").starts_with("spec.frequency")
+        })
+    })
+    .await;
     wait_for("an Available NodeImage", || {
         fake.get::<NodeImage>(Some(NS), IMAGE)
             .is_some_and(|n| n["status"]["state"] == "Available")
@@ -90,6 +105,10 @@ pub(crate) async fn operator_scenario() -> Vec<Call> {
     );
     assert!(
         text.contains(r#"ido_reconciles_total{controller="release"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ido_reconciles_total{controller="imagesync"}"#),
         "{text}"
     );
     fake.calls()

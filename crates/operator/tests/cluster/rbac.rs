@@ -8,7 +8,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    NS, OPERATOR_NS, fake_api::Call, helm, operator::operator_scenario, reconcile::reconcilers_scenario,
+    NS, OPERATOR_NS, fake_api::Call, helm, imagesync::imagesync_scenario, operator::operator_scenario,
+    reconcile::reconcilers_scenario,
 };
 
 /// Events `patch`: kube's Recorder sends it only for an identical event repeated within
@@ -126,6 +127,7 @@ pub(crate) fn assert_granted(calls: &[Call]) {
 async fn rbac_grants_exactly_what_the_operator_uses() {
     let mut calls = reconcilers_scenario().await;
     calls.extend(operator_scenario().await);
+    calls.extend(imagesync_scenario().await);
     assert_granted(&calls);
     // Least privilege: every grant is used, except events `patch`, which kube's Recorder
     // sends only for an identical event repeated within minutes (an event series).
@@ -145,6 +147,11 @@ async fn rbac_grants_exactly_what_the_operator_uses() {
         calls
             .iter()
             .any(|c| c.verb == "watch" && c.resource == "nodeimages" && c.namespace.as_deref() == Some(NS))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.verb == "watch" && c.resource == "imagesyncs" && c.namespace.as_deref() == Some(NS))
     );
     assert!(
         calls

@@ -36,7 +36,9 @@ pub async fn serve(ca: &TestCa, app: axum::Router) -> anyhow::Result<(SocketAddr
             .context("loading the server certificate")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding 127.0.0.1:0")?;
+    let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("binding 127.0.0.1:0")?;
     let addr = tcp.local_addr().context("reading the bound address")?;
     let (tx, rx) = mpsc::channel(64);
     let accept = tokio::spawn(async move {

@@ -25,7 +25,7 @@ mod objects;
 mod watch;
 
 /// Kinds whose status is a subresource (main-resource writes leave it alone).
-const STATUS_SUBRESOURCE: &[&str] = &["nodeimages"];
+const STATUS_SUBRESOURCE: &[&str] = &["nodeimages", "imagesyncs"];
 
 /// One request, as RBAC sees it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,0 +1,159 @@
+//! Decompressing readers: gzip (zlib-rs), xz (liblzma's multi-threaded decoder: blocks of
+//! a multi-block stream are decoded in parallel), zstd and bzip2. Concatenated members,
+//! frames and streams are all decoded, as the command-line tools do.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use crate::detect::Compression;
+
+/// Decoder settings.
+#[derive(Clone, Debug)]
+pub struct DecompressOptions {
+    /// Threads for xz (default: the available parallelism).
+    pub xz_threads: u32,
+    /// Memory the xz decoder may use before it falls back to fewer threads
+    /// (default 256 MiB).
+    pub xz_memlimit_threading: u64,
+}
+
+impl Default for DecompressOptions {
+    fn default() -> Self {
+        Self {
+            xz_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            xz_memlimit_threading: 256 << 20,
+        }
+    }
+}
+
+/// Wraps `inner` in a decoder for `c`.
+pub fn decoder(
+    c: Compression,
+    inner: Box<dyn Read + Send>,
+    opts: &DecompressOptions,
+) -> io::Result<Box<dyn Read + Send>> {
+    const BUF: usize = 256 << 10;
+    Ok(match c {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(
+            BUF, inner,
+        ))),
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF, inner))?;
+            d.window_log_max(31)?;
+            Box::new(d)
+        }
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(inner)),
+        Compression::Xz => Box::new(XzMulti::new(
+            BufReader::with_capacity(BUF, inner),
+            opts.xz_threads.max(1),
+            opts.xz_memlimit_threading,
+        )?),
+    })
+}
+
+/// Concatenated xz streams (with stream padding between them), each decoded by liblzma's
+/// multi-threaded decoder.
+struct XzMulti<R: BufRead> {
+    dec: Option<liblzma::bufread::XzDecoder<R>>,
+    threads: u32,
+    memlimit: u64,
+}
+
+impl<R: BufRead> XzMulti<R> {
+    fn new(inner: R, threads: u32, memlimit: u64) -> io::Result<Self> {
+        let stream = Self::stream(threads, memlimit)?;
+        Ok(Self {
+            dec: Some(liblzma::bufread::XzDecoder::new_stream(inner, stream)),
+            threads,
+            memlimit,
+        })
+    }
+
+    fn stream(threads: u32, memlimit: u64) -> io::Result<liblzma::stream::Stream> {
+        liblzma::stream::MtStreamBuilder::new()
+            .threads(threads)
+            .memlimit_threading(memlimit)
+            .memlimit_stop(u64::MAX)
+            .decoder()
+            .map_err(io::Error::other)
+    }
+}
+
+impl<R: BufRead> Read for XzMulti<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let Some(dec) = &mut self.dec else {
+                return Ok(0);
+            };
+            let n = dec.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            // End of one stream: skip stream padding (NULs), then expect another stream or
+            // the end of the input.
+            let mut inner = self.dec.take().map(|d| d.into_inner()).expect("decoder present");
+            let mut padding = 0u64;
+            loop {
+                let avail = inner.fill_buf()?;
+                if avail.is_empty() {
+                    if !padding.is_multiple_of(4) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "xz: bad stream padding",
+                        ));
+                    }
+                    return Ok(0);
+                }
+                let zeros = avail.iter().take_while(|b| **b == 0).count();
+                if zeros == 0 {
+                    break;
+                }
+                inner.consume(zeros);
+                padding += zeros as u64;
+            }
+            let stream = Self::stream(self.threads, self.memlimit)?;
+            self.dec = Some(liblzma::bufread::XzDecoder::new_stream(inner, stream));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn roundtrip(c: Compression, compressed: Vec<u8>, expect: &[u8]) {
+        let mut out = Vec::new();
+        decoder(c, Box::new(io::Cursor::new(compressed)), &Default::default())
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, expect, "{c:?}");
+    }
+
+    #[test]
+    fn concatenated_members_and_streams() {
+        let data = b"hello world ".repeat(1000);
+        let gz = |d: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        };
+        let xz = |d: &[u8]| {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        };
+        let both = [data.as_slice(), data.as_slice()].concat();
+        roundtrip(Compression::Gzip, [gz(&data), gz(&data)].concat(), &both);
+        roundtrip(
+            Compression::Xz,
+            [xz(&data), vec![0; 4], xz(&data)].concat(),
+            &both,
+        );
+        let z = zstd::encode_all(&data[..], 1).unwrap();
+        roundtrip(Compression::Zstd, [z.clone(), z].concat(), &both);
+    }
+}

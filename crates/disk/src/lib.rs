@@ -1,0 +1,224 @@
+//! Disk-image import: fetch an image, peel its compressions, convert it to raw while it
+//! streams, and write it sparsely to a file or block device. No scratch file, ever.
+//!
+//! ```text
+//!  source (file | stdin | HTTP with Range resume)
+//!    │  every byte counted (progress) and hashed (checksum)      [source::Counted]
+//!    ▼
+//!  detect magic ──► gzip | xz (multi-threaded) | zstd | bzip2   [detect, decompress]
+//!    │                 └──────── loop: detect again ─────────┘
+//!    ├──► tar: the one regular file inside, names checked      [tar]
+//!    ▼
+//!  disk format: raw / ISO ──► zero runs become holes           [raw]
+//!               qcow2     ──► streamed in file order; metadata  [qcow2]
+//!                             first, bounded reorder buffer
+//!    ▼
+//!  target (file: truncated, sparse, length set at the end;      [target]
+//!          block device: capacity checked, zeros written)
+//! ```
+//!
+//! The virtual size is known before the target is opened whenever the format says it
+//! (qcow2 header, a plain raw file's length, a tar member's size, a zstd frame's content
+//! size) and is checked against the target's capacity first; otherwise the capacity is
+//! enforced while writing. Images that would read other files (qcow2 backing files,
+//! external data files) are refused before anything is written. On any failure, including
+//! a checksum mismatch, a target file created by the import is removed.
+//!
+//! Entry point: [`import()`] with [`ImportOptions`].
+
+pub mod checksum;
+pub mod decompress;
+pub mod detect;
+pub mod import;
+pub mod progress;
+pub mod qcow2;
+mod raw;
+pub mod source;
+pub mod tar;
+pub mod target;
+
+pub use checksum::{Algorithm, Checksum};
+pub use detect::{Compression, DiskFormat};
+pub use import::{ImportOptions, ImportReport, import};
+pub use progress::{Progress, ProgressFn};
+pub use source::{BasicAuth, HttpOptions, RetryPolicy, SourceSpec};
+pub use target::TargetSpec;
+
+/// Errors of an import. Each variant has a stable label ([`Error::label`]) for metrics and
+/// status reasons.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A user-supplied value is malformed (checksum, header, size, …).
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidArgument {
+        /// Which argument.
+        field: &'static str,
+        /// The value as given (never a secret).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server answered 404 or 410.
+    #[error("{url}: not found (HTTP {status})")]
+    NotFound {
+        /// The URL without credentials.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+    /// The server answered 401 or 403.
+    #[error("{url}: access denied (HTTP {status})")]
+    Denied {
+        /// The URL without credentials.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+    /// Any other HTTP status that is not retried.
+    #[error("{url}: HTTP {status}")]
+    Http {
+        /// The URL without credentials.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+    /// Retries were exhausted without progress.
+    #[error("{url}: giving up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// The URL without credentials.
+        url: String,
+        /// Attempts made in a row without receiving a byte.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The object changed between a cut and its resumption (validator mismatch).
+    #[error("{url}: the object changed while it was being downloaded ({reason})")]
+    SourceChanged {
+        /// The URL without credentials.
+        url: String,
+        /// What differed.
+        reason: String,
+    },
+    /// The image's format or layout is recognised but not supported (yet).
+    #[error("unsupported {format} image: {reason}")]
+    Unsupported {
+        /// The detected format.
+        format: &'static str,
+        /// What is missing.
+        reason: String,
+    },
+    /// The image is malformed or truncated.
+    #[error("invalid {format} image: {reason}")]
+    InvalidImage {
+        /// The format being read.
+        format: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The image is well-formed but refused on principle (backing file, external data file,
+    /// encryption, an unsafe tar member name).
+    #[error("refusing {format} image: {reason}")]
+    Refused {
+        /// The format being read.
+        format: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The image does not fit the target.
+    #[error("image needs {needed} bytes but the target holds {capacity}")]
+    TooLarge {
+        /// Virtual size (or bytes written so far) of the image.
+        needed: u64,
+        /// Capacity of the target.
+        capacity: u64,
+    },
+    /// The source bytes do not match the expected checksum.
+    #[error("checksum mismatch: expected {algorithm}:{expected}, got {algorithm}:{actual}")]
+    ChecksumMismatch {
+        /// Algorithm name (`sha256`, …).
+        algorithm: &'static str,
+        /// Expected hex digest.
+        expected: String,
+        /// Computed hex digest.
+        actual: String,
+    },
+    /// Local I/O (source file, target, decompressor input). The cause is part of the
+    /// message (not a separate `source()`, so chains do not print it twice).
+    #[error("{context}: {}", describe_io(source))]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics and status reasons.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::NotFound { .. } => "not_found",
+            Error::Denied { .. } => "denied",
+            Error::Http { .. } => "http",
+            Error::RetriesExhausted { .. } => "retries_exhausted",
+            Error::SourceChanged { .. } => "source_changed",
+            Error::Unsupported { .. } => "unsupported",
+            Error::InvalidImage { .. } => "invalid_image",
+            Error::Refused { .. } => "refused",
+            Error::TooLarge { .. } => "too_large",
+            Error::ChecksumMismatch { .. } => "checksum_mismatch",
+            Error::Io { .. } => "io",
+        }
+    }
+
+    /// Whether retrying the whole import could help (transport trouble, not bad input).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::RetriesExhausted { .. } | Error::Io { .. })
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        // Errors raised by our own readers travel through `std::io` as `Other` payloads:
+        // unwrap them so the caller sees the real variant.
+        match source.downcast::<Error>() {
+            Ok(inner) => inner,
+            Err(source) => Error::Io {
+                context: context.into(),
+                source,
+            },
+        }
+    }
+
+    pub(crate) fn invalid(format: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidImage {
+            format,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn refused(format: &'static str, reason: impl Into<String>) -> Self {
+        Error::Refused {
+            format,
+            reason: reason.into(),
+        }
+    }
+
+    /// Wraps this error into an `io::Error` so it can cross a `Read` boundary intact.
+    pub(crate) fn into_io(self) -> std::io::Error {
+        std::io::Error::other(self)
+    }
+}
+
+/// An I/O error in words; a premature end of data says what it most likely means.
+fn describe_io(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        format!("the data ends early, the source is truncated ({e})")
+    } else {
+        e.to_string()
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,394 @@
+//! qcow2 → raw, streamed in file order (no seeking, no scratch file).
+//!
+//! The header is read and validated first ([`header`]); backing files, external data files
+//! and encryption are refused there, before the target is opened. Then the file is read
+//! front to back, and every structure is handled when the stream reaches it:
+//!
+//! ```text
+//!   pending (by file offset):  L1 ─► L2 tables ─► data / compressed clusters
+//!   stream position ─────────────────────────────────────────────────────────►
+//! ```
+//!
+//! Processing the smallest pending offset next means the stream only moves forward. A
+//! structure found *behind* the stream position (data written before its L2 table, as a
+//! VM may leave it) is served from the reorder buffer ([`seq`]), which retains skipped
+//! chunks until every L2 table is known and then empties; images written by
+//! `qemu-img convert` need next to none of it. Refcounts, snapshots and bitmaps are
+//! ignored: only the active L1 table defines the guest view.
+//!
+//! `imago` (the Rust qcow2 library) was considered: its `Storage` trait is random access
+//! (`pure_readv(offset)` plus `size()`), so it cannot read a pipe or a decompressing stream.
+
+pub mod header;
+mod seq;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+pub use header::{CompressionType, Header};
+use seq::SeqFile;
+
+use crate::target::Target;
+use crate::{Error, Result};
+
+/// Bits 9..=55 of an L1 or standard L2 entry: the host offset.
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L2 entry flag: compressed cluster.
+const COMPRESSED: u64 = 1 << 62;
+/// Standard L2 entry flag (v3): the cluster reads as zeros.
+const ZERO: u64 = 1;
+
+/// Default reorder budget (non-zero bytes retained while metadata is incomplete).
+pub const DEFAULT_REORDER_BUDGET: u64 = 64 << 20;
+
+/// One structure waiting for the stream to reach it.
+#[derive(Clone, Copy, Debug)]
+enum Item {
+    L1,
+    L2 {
+        index: u64,
+    },
+    Data {
+        guest: u64,
+        /// Extended L2: subclusters that hold data (others read as zeros).
+        mask: Option<u32>,
+    },
+    Compressed {
+        guest: u64,
+        len: u64,
+    },
+}
+
+/// A qcow2 image being read from a stream.
+pub(crate) struct Qcow2Stream<'a> {
+    file: SeqFile<'a>,
+    header: Header,
+    budget: u64,
+}
+
+impl<'a> Qcow2Stream<'a> {
+    /// Reads and validates the header. `budget` bounds the reorder buffer.
+    pub(crate) fn open(r: &'a mut dyn Read, budget: u64) -> Result<Self> {
+        let mut file = SeqFile::new(r, 512, budget);
+        let first = file.read_at(0, 512, true)?;
+        if first.len() < 104 {
+            return Err(Error::invalid("qcow2", "truncated header"));
+        }
+        let bits = u32::from_be_bytes(first[20..24].try_into().expect("4 bytes"));
+        let cluster = if (9..=21).contains(&bits) {
+            1u64 << bits
+        } else {
+            512
+        };
+        let head = file.read_at(0, cluster as usize, true)?;
+        let header = Header::parse(head)?;
+        file.set_chunk(header.cluster_size());
+        Ok(Self { file, header, budget })
+    }
+
+    /// The validated header.
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Writes the guest view to `target` (zero and unallocated clusters are skipped).
+    pub(crate) fn convert(mut self, target: &mut Target) -> Result<()> {
+        let h = self.header.clone();
+        let cs = h.cluster_size();
+        let mut pending: BTreeMap<(u64, u64), Item> = BTreeMap::new();
+        let mut seq = 0u64;
+        let max_pending = (self.budget / 16).max(1 << 16) as usize;
+        let mut l2_left = 0usize;
+        let mut l1_done = h.l1_needed() == 0;
+        if !l1_done {
+            pending.insert((h.l1_offset, 0), Item::L1);
+        } else {
+            self.file.stop_retaining();
+        }
+        let mut inflate = flate2::Decompress::new(false);
+        let mut out = vec![0u8; cs as usize];
+
+        while let Some(((off, _), item)) = pending.pop_first() {
+            match item {
+                Item::L1 => {
+                    let n = h.l1_needed();
+                    let l1 = self.file.read_at(off, (n * 8) as usize, false)?;
+                    let mut seen = std::collections::HashSet::new();
+                    for (i, e) in l1.chunks_exact(8).enumerate() {
+                        let e = u64::from_be_bytes(e.try_into().expect("8 bytes"));
+                        let l2 = e & OFFSET_MASK;
+                        if l2 == 0 {
+                            continue;
+                        }
+                        if !l2.is_multiple_of(cs) || !seen.insert(l2) {
+                            return Err(Error::invalid(
+                                "qcow2",
+                                format!("L1 entry {i} points to a bad L2 table offset {l2:#x}"),
+                            ));
+                        }
+                        seq += 1;
+                        pending.insert((l2, seq), Item::L2 { index: i as u64 });
+                        l2_left += 1;
+                    }
+                    l1_done = true;
+                }
+                Item::L2 { index } => {
+                    let table = self.file.read_at(off, cs as usize, false)?;
+                    l2_left -= 1;
+                    let entry = h.l2_entry_size() as usize;
+                    for (j, e) in table.chunks_exact(entry).enumerate() {
+                        let guest = index * h.l2_span() + j as u64 * cs;
+                        if guest >= h.virtual_size {
+                            break;
+                        }
+                        let word = u64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
+                        let bitmap = if h.extended_l2 {
+                            Some(u64::from_be_bytes(e[8..16].try_into().expect("8 bytes")))
+                        } else {
+                            None
+                        };
+                        let Some((host, item)) = l2_item(&h, word, bitmap, guest)? else {
+                            continue;
+                        };
+                        seq += 1;
+                        pending.insert((host, seq), item);
+                    }
+                    if pending.len() > max_pending {
+                        return Err(Error::Unsupported {
+                            format: "qcow2",
+                            reason: format!(
+                                "more than {max_pending} clusters are mapped ahead of the stream"
+                            ),
+                        });
+                    }
+                }
+                Item::Data { guest, mask } => {
+                    let len = (h.virtual_size - guest).min(cs) as usize;
+                    match mask {
+                        None => {
+                            let data = self.file.read_at(off, cs as usize, false)?;
+                            target.write_at(guest, &data[..len])?;
+                        }
+                        Some(mask) => {
+                            // Only up to the last subcluster with data: the file may end
+                            // there (qemu allocates subclusters, not whole clusters).
+                            let sub = (cs / 32) as usize;
+                            let used = (32 - mask.leading_zeros() as usize) * sub;
+                            let data = self.file.read_at(off, used, false)?;
+                            let len = len.min(used);
+                            for i in 0..32 {
+                                let (s, e) = (i * sub, ((i + 1) * sub).min(len));
+                                if s < e && mask & (1 << i) != 0 {
+                                    target.write_at(guest + s as u64, &data[s..e])?;
+                                }
+                            }
+                        }
+                    }
+                }
+                Item::Compressed { guest, len } => {
+                    let data = self.file.read_at(off, len as usize, true)?;
+                    decompress(&h, &mut inflate, data, &mut out, guest)?;
+                    let n = (h.virtual_size - guest).min(cs) as usize;
+                    target.write_at(guest, &out[..n])?;
+                }
+            }
+            // All metadata is known and nothing pending lies behind the stream: what is
+            // skipped from now on can never be needed.
+            if l1_done
+                && l2_left == 0
+                && pending
+                    .first_key_value()
+                    .is_none_or(|((o, _), _)| *o >= self.file.pos())
+            {
+                self.file.stop_retaining();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Interprets one L2 entry: what to read and where (`None`: zeros, nothing to read).
+fn l2_item(h: &Header, word: u64, bitmap: Option<u64>, guest: u64) -> Result<Option<(u64, Item)>> {
+    let bad = |what: &str| {
+        Error::invalid(
+            "qcow2",
+            format!("L2 entry for guest offset {guest:#x} ({word:#018x}): {what}"),
+        )
+    };
+    if word & COMPRESSED != 0 {
+        let x = 62 - (h.cluster_bits - 8);
+        let host = word & ((1u64 << x) - 1);
+        let sectors = ((word >> x) & ((1u64 << (h.cluster_bits - 8)) - 1)) + 1;
+        let len = sectors * 512 - (host & 511);
+        if host == 0 {
+            return Err(bad("compressed cluster at offset 0"));
+        }
+        return Ok(Some((host, Item::Compressed { guest, len })));
+    }
+    let host = word & OFFSET_MASK;
+    if word & 0x3f00_0000_0000_01fe != 0 {
+        return Err(bad("reserved bits are set"));
+    }
+    match bitmap {
+        None => {
+            if host == 0 || (h.version == 3 && word & ZERO != 0) {
+                return Ok(None);
+            }
+            if !host.is_multiple_of(h.cluster_size()) {
+                return Err(bad("data cluster is not cluster aligned"));
+            }
+            Ok(Some((host, Item::Data { guest, mask: None })))
+        }
+        Some(bitmap) => {
+            let alloc = bitmap as u32;
+            let zero = (bitmap >> 32) as u32;
+            let mask = alloc & !zero;
+            if host == 0 {
+                if alloc != 0 {
+                    return Err(bad("subclusters allocated without a host cluster"));
+                }
+                return Ok(None);
+            }
+            if !host.is_multiple_of(h.cluster_size()) {
+                return Err(bad("data cluster is not cluster aligned"));
+            }
+            if mask == 0 {
+                return Ok(None);
+            }
+            Ok(Some((
+                host,
+                Item::Data {
+                    guest,
+                    mask: Some(mask),
+                },
+            )))
+        }
+    }
+}
+
+/// Decompresses one cluster into `out` (which must be filled exactly).
+fn decompress(
+    h: &Header,
+    inflate: &mut flate2::Decompress,
+    data: &[u8],
+    out: &mut [u8],
+    guest: u64,
+) -> Result<()> {
+    let bad = |what: String| {
+        Error::invalid(
+            "qcow2",
+            format!("compressed cluster for guest offset {guest:#x}: {what}"),
+        )
+    };
+    match h.compression {
+        CompressionType::Zlib => {
+            inflate.reset(false);
+            let status = inflate
+                .decompress(data, out, flate2::FlushDecompress::Finish)
+                .map_err(|e| bad(e.to_string()))?;
+            if inflate.total_out() != out.len() as u64 {
+                return Err(bad(format!(
+                    "{status:?} after {} of {} bytes",
+                    inflate.total_out(),
+                    out.len()
+                )));
+            }
+        }
+        CompressionType::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(data)
+                .map_err(|e| bad(e.to_string()))?
+                .single_frame();
+            d.read_exact(out).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header::tests::v3;
+    use super::*;
+    use crate::progress::Reporter;
+    use crate::source::{Shared, Stats};
+    use crate::target::{Target, TargetSpec, probe};
+
+    /// A 64 KiB image with 512-byte clusters whose data comes before its L2 tables:
+    /// header, L1, data A, data B, junk, L2#0, L2#1, data C.
+    fn reordered() -> Vec<u8> {
+        let mut f = vec![0u8; 8 * 512];
+        f[..4].copy_from_slice(b"QFI\xfb");
+        f[4..8].copy_from_slice(&3u32.to_be_bytes());
+        f[20..24].copy_from_slice(&9u32.to_be_bytes());
+        f[24..32].copy_from_slice(&65536u64.to_be_bytes());
+        f[36..40].copy_from_slice(&2u32.to_be_bytes());
+        f[40..48].copy_from_slice(&512u64.to_be_bytes());
+        f[96..100].copy_from_slice(&4u32.to_be_bytes());
+        f[100..104].copy_from_slice(&104u32.to_be_bytes());
+        let put = |f: &mut Vec<u8>, off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_be_bytes());
+        put(&mut f, 512, 0xa00 | 1 << 63);
+        put(&mut f, 520, 0xc00 | 1 << 63);
+        f[0x400..0x600].fill(0xaa);
+        f[0x600..0x800].fill(0xbb);
+        f[0x800..0xa00].fill(0x77); // unreferenced
+        put(&mut f, 0xa00, 0xe00 | 1 << 63); // guest 0 → data C
+        put(&mut f, 0xa08, 0x400 | 1 << 63); // guest 0x200 → data A (behind)
+        put(&mut f, 0xc00 + 16, 0x600 | 1 << 63); // guest 0x8400 → data B (behind)
+        f[0xe00..0x1000].fill(0xcc);
+        f
+    }
+
+    fn convert_into(image: &[u8], budget: u64, out: &std::path::Path) -> Result<()> {
+        let spec = TargetSpec {
+            path: out.to_path_buf(),
+            capacity: None,
+        };
+        let stats = Stats::new(Shared {
+            hasher: None,
+            reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
+        });
+        let mut t = Target::open(&spec, probe(&spec)?, stats)?;
+        let mut r = image;
+        let q = Qcow2Stream::open(&mut r, budget)?;
+        let vs = q.header().virtual_size;
+        q.convert(&mut t)?;
+        t.finish(vs)
+    }
+
+    #[test]
+    fn data_before_its_l2_table_is_reordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o");
+        convert_into(&reordered(), 1 << 20, &out).unwrap();
+        let got = std::fs::read(&out).unwrap();
+        let mut want = vec![0u8; 65536];
+        want[..0x200].fill(0xcc);
+        want[0x200..0x400].fill(0xaa);
+        want[0x8400..0x8600].fill(0xbb);
+        assert!(got == want);
+        // Two clusters of data and one of junk do not fit in 1 KiB.
+        let e = convert_into(&reordered(), 1024, &out).unwrap_err();
+        assert_eq!(e.label(), "unsupported", "{e}");
+    }
+
+    #[test]
+    fn l2_entries() {
+        let h = Header::parse(&v3(1 << 30, 2)).unwrap();
+        assert!(l2_item(&h, 0, None, 0).unwrap().is_none());
+        assert!(l2_item(&h, 0x5_0000 | ZERO, None, 0).unwrap().is_none());
+        let (host, item) = l2_item(&h, 0x5_0000, None, 0x1_0000).unwrap().unwrap();
+        assert_eq!(host, 0x5_0000);
+        assert!(matches!(
+            item,
+            Item::Data {
+                guest: 0x1_0000,
+                mask: None
+            }
+        ));
+        assert!(l2_item(&h, 0x5_0200, None, 0).is_err());
+        // Compressed: 64 KiB clusters, x = 54; 2 sectors at offset 0x12345.
+        let word = COMPRESSED | (1u64 << 54) | 0x12345;
+        let (host, item) = l2_item(&h, word, None, 0).unwrap().unwrap();
+        assert_eq!(host, 0x12345);
+        assert!(matches!(item, Item::Compressed { len, .. } if len == 1024 - 0x145));
+    }
+}

@@ -1,0 +1,252 @@
+//! A forward-only view of an image file that can still serve some ranges it has passed.
+//!
+//! While the qcow2 metadata is incomplete (some L2 tables not read yet), every chunk the
+//! stream skips over might turn out to be data, so it is retained: all-zero chunks as a
+//! length only, others as bytes, up to a budget. Once all metadata is known, retention
+//! stops and the retained chunks are dropped. The last range read is also kept, because
+//! compressed clusters may share bytes with their neighbour.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::source::read_full;
+use crate::target::is_zero;
+use crate::{Error, Result};
+
+/// A retained chunk.
+enum Chunk {
+    Data(Vec<u8>),
+    Zero(u64),
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        match self {
+            Chunk::Data(d) => d.len() as u64,
+            Chunk::Zero(n) => *n,
+        }
+    }
+}
+
+/// The forward-only file.
+pub(crate) struct SeqFile<'a> {
+    inner: &'a mut dyn Read,
+    pos: u64,
+    eof: bool,
+    chunk: u64,
+    retaining: bool,
+    retained: BTreeMap<u64, Chunk>,
+    retained_bytes: u64,
+    budget: u64,
+    /// The last range read: (offset, bytes).
+    last: (u64, Vec<u8>),
+    scratch: Vec<u8>,
+    skip_buf: Vec<u8>,
+}
+
+impl<'a> SeqFile<'a> {
+    /// Starts at offset 0, retaining (in `chunk`-sized pieces) up to `budget` bytes.
+    pub(crate) fn new(inner: &'a mut dyn Read, chunk: u64, budget: u64) -> Self {
+        Self {
+            inner,
+            pos: 0,
+            eof: false,
+            chunk: chunk.max(512),
+            retaining: true,
+            retained: BTreeMap::new(),
+            retained_bytes: 0,
+            budget,
+            last: (0, Vec::new()),
+            scratch: Vec::new(),
+            skip_buf: Vec::new(),
+        }
+    }
+
+    /// Sets the retention chunk size (once the cluster size is known).
+    pub(crate) fn set_chunk(&mut self, chunk: u64) {
+        self.chunk = chunk.max(512);
+    }
+
+    /// Stops retaining and frees what was retained.
+    pub(crate) fn stop_retaining(&mut self) {
+        if self.retaining {
+            tracing::debug!(
+                retained = self.retained_bytes,
+                pos = self.pos,
+                "qcow2 metadata complete; reorder buffer released"
+            );
+        }
+        self.retaining = false;
+        self.retained.clear();
+        self.retained_bytes = 0;
+    }
+
+    /// Bytes consumed from the stream.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Reads `[off, off + len)`. With `allow_short`, a range running past the end of the
+    /// file is cut there (qcow2 compressed-cluster sizes are rounded up).
+    pub(crate) fn read_at(&mut self, off: u64, len: usize, allow_short: bool) -> Result<&[u8]> {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        out.reserve(len);
+        let end = off + len as u64;
+        if off < self.pos {
+            let past = self.copy_past(off, end.min(self.pos), &mut out);
+            if let Err(e) = past {
+                self.scratch = out;
+                return Err(e);
+            }
+        }
+        if end > self.pos {
+            let start = off.max(self.pos);
+            self.skip_to(start)?;
+            if self.pos < start {
+                // The file ended before the range starts.
+                self.scratch = out;
+                return Err(self.truncated(start));
+            }
+            let have = out.len();
+            let want = (end - start) as usize;
+            out.resize(have + want, 0);
+            let n = read_full(self.inner, &mut out[have..]).map_err(|e| Error::io("reading the image", e))?;
+            self.pos += n as u64;
+            if n < want {
+                self.eof = true;
+                out.truncate(have + n);
+                if !allow_short {
+                    self.scratch = out;
+                    return Err(self.truncated(off + (have + n) as u64));
+                }
+            }
+        }
+        self.scratch = std::mem::replace(&mut self.last.1, out);
+        self.last.0 = off;
+        Ok(&self.last.1)
+    }
+
+    fn truncated(&self, at: u64) -> Error {
+        Error::invalid(
+            "qcow2",
+            format!(
+                "truncated: data needed at offset {at:#x}, the file ends at {:#x}",
+                self.pos
+            ),
+        )
+    }
+
+    /// Copies `[a, b)` (all before `pos`) from the last range or the retained chunks.
+    fn copy_past(&self, a: u64, b: u64, out: &mut Vec<u8>) -> Result<()> {
+        let mut cur = a;
+        while cur < b {
+            let (lo, bytes) = (&self.last.0, &self.last.1);
+            if *lo <= cur && cur < lo + bytes.len() as u64 {
+                let n = (b.min(lo + bytes.len() as u64) - cur) as usize;
+                let s = (cur - lo) as usize;
+                out.extend_from_slice(&bytes[s..s + n]);
+                cur += n as u64;
+                continue;
+            }
+            match self.retained.range(..=cur).next_back() {
+                Some((start, c)) if cur < start + c.len() => {
+                    let n = (b.min(start + c.len()) - cur) as usize;
+                    match c {
+                        Chunk::Data(d) => {
+                            let s = (cur - start) as usize;
+                            out.extend_from_slice(&d[s..s + n]);
+                        }
+                        Chunk::Zero(_) => out.resize(out.len() + n, 0),
+                    }
+                    cur += n as u64;
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "qcow2",
+                        format!(
+                            "offset {cur:#x} is needed after the stream passed it (it was read as metadata, \
+                             or the layout puts data before its L2 table beyond the reorder buffer)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances to `target` (or the end of the file), retaining what is skipped if asked.
+    fn skip_to(&mut self, target: u64) -> Result<()> {
+        while self.pos < target && !self.eof {
+            let n = (target - self.pos).min(self.chunk - self.pos % self.chunk) as usize;
+            self.skip_buf.resize(n, 0);
+            let got = read_full(self.inner, &mut self.skip_buf[..n])
+                .map_err(|e| Error::io("reading the image", e))?;
+            if got < n {
+                self.eof = true;
+            }
+            if got > 0 && self.retaining {
+                let piece = &self.skip_buf[..got];
+                let chunk = if is_zero(piece) {
+                    Chunk::Zero(got as u64)
+                } else {
+                    self.retained_bytes += got as u64;
+                    if self.retained_bytes > self.budget {
+                        return Err(Error::Unsupported {
+                            format: "qcow2",
+                            reason: format!(
+                                "its data comes before its metadata by more than the reorder buffer \
+                                 ({} MiB); rewrite it with `qemu-img convert -O qcow2` or raise the buffer",
+                                self.budget >> 20
+                            ),
+                        });
+                    }
+                    Chunk::Data(piece.to_vec())
+                };
+                self.retained.insert(self.pos, chunk);
+            }
+            self.pos += got as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_passed_ranges_from_retention_and_last() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut r = &data[..];
+        let mut f = SeqFile::new(&mut r, 512, 1 << 20);
+        assert_eq!(f.read_at(2048, 100, false).unwrap(), &data[2048..2148]);
+        // Before pos: retained chunks.
+        assert_eq!(f.read_at(100, 600, false).unwrap(), &data[100..700]);
+        // Partly from the last range, partly retained.
+        assert_eq!(f.read_at(650, 1398, false).unwrap(), &data[650..2048]);
+        // A range read as an item is not retained.
+        assert!(f.read_at(2040, 20, false).is_err());
+        // Overlapping the last range and running past pos.
+        assert_eq!(f.read_at(2148, 100, false).unwrap(), &data[2148..2248]);
+        assert_eq!(f.read_at(2200, 300, false).unwrap(), &data[2200..2500]);
+        f.stop_retaining();
+        assert!(f.read_at(0, 10, false).is_err());
+        // Past the end: short only when allowed.
+        assert_eq!(f.read_at(4000, 200, true).unwrap().len(), 96);
+        assert!(f.read_at(4050, 100, false).is_err());
+        assert_eq!(f.pos(), 4096);
+    }
+
+    #[test]
+    fn budget_is_enforced_and_zeros_are_free() {
+        let mut data = vec![0u8; 1 << 20];
+        data.extend(std::iter::repeat_n(7u8, 8192));
+        let mut r = &data[..];
+        let mut f = SeqFile::new(&mut r, 4096, 4096);
+        assert_eq!(f.read_at((1 << 20) - 1, 1, false).unwrap(), &[0]);
+        assert_eq!(f.read_at(5, 3, false).unwrap(), &[0, 0, 0]);
+        let e = f.read_at((1 << 20) + 8191, 1, false).unwrap_err();
+        assert_eq!(e.label(), "unsupported");
+    }
+}

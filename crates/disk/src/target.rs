@@ -1,0 +1,260 @@
+//! Where the raw image goes: a regular file (truncated, written sparsely, length set at
+//! the end) or a block device (capacity from the device, every byte of the image written).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::PathBuf;
+
+use crate::source::Stats;
+use crate::{Error, Result};
+
+/// Granularity of hole detection (a file system block).
+pub const ZERO_BLOCK: usize = 4096;
+
+/// The target of an import.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    /// A file (created or truncated) or a block device.
+    pub path: PathBuf,
+    /// Capacity limit (`--size`). For a block device the smaller of this and its size.
+    pub capacity: Option<u64>,
+}
+
+/// What the target is, found before it is opened for writing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Probe {
+    pub(crate) block: bool,
+    pub(crate) capacity: Option<u64>,
+}
+
+/// Looks at the target without changing it.
+pub(crate) fn probe(spec: &TargetSpec) -> Result<Probe> {
+    let path = &spec.path;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => {
+            let mut f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            let size = f
+                .seek(SeekFrom::End(0))
+                .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+            Ok(Probe {
+                block: true,
+                capacity: Some(spec.capacity.map_or(size, |c| c.min(size))),
+            })
+        }
+        Ok(m) if m.is_file() => Ok(Probe {
+            block: false,
+            capacity: spec.capacity,
+        }),
+        Ok(_) => Err(Error::InvalidArgument {
+            field: "target",
+            value: path.display().to_string(),
+            reason: "must be a regular file or a block device".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Probe {
+            block: false,
+            capacity: spec.capacity,
+        }),
+        Err(e) => Err(Error::io(format!("inspecting {}", path.display()), e)),
+    }
+}
+
+impl Probe {
+    /// Fails if an image of `needed` bytes cannot fit.
+    pub(crate) fn check(&self, needed: u64) -> Result<()> {
+        match self.capacity {
+            Some(capacity) if needed > capacity => Err(Error::TooLarge { needed, capacity }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An open target.
+pub(crate) struct Target {
+    file: File,
+    path: PathBuf,
+    probe: Probe,
+    /// Written ranges (start → end), kept for block devices only: gaps are zeroed at the end.
+    extents: Option<BTreeMap<u64, u64>>,
+    stats: Stats,
+}
+
+impl Target {
+    /// Opens the target for writing: a file is created or truncated, a device opened.
+    pub(crate) fn open(spec: &TargetSpec, probe: Probe, stats: Stats) -> Result<Self> {
+        let path = spec.path.clone();
+        let mut o = OpenOptions::new();
+        o.write(true);
+        if !probe.block {
+            o.create(true).truncate(true);
+        }
+        let file = o
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening target {}", path.display()), e))?;
+        Ok(Self {
+            file,
+            path,
+            probe,
+            extents: probe.block.then(BTreeMap::new),
+            stats,
+        })
+    }
+
+    /// Writes `data` at `off`. On a file, all-zero blocks become holes.
+    pub(crate) fn write_at(&mut self, off: u64, data: &[u8]) -> Result<()> {
+        let end = off + data.len() as u64;
+        self.probe.check(end)?;
+        if self.probe.block {
+            self.pwrite(off, data)?;
+            add_extent(
+                self.extents.as_mut().expect("block targets track extents"),
+                off,
+                end,
+            );
+        } else {
+            // Non-zero runs, aligned on absolute ZERO_BLOCK boundaries.
+            let mut i = 0usize;
+            let mut run: Option<usize> = None;
+            while i < data.len() {
+                let abs = off + i as u64;
+                let next = ((abs / ZERO_BLOCK as u64 + 1) * ZERO_BLOCK as u64 - abs) as usize;
+                let j = (i + next).min(data.len());
+                if is_zero(&data[i..j]) {
+                    if let Some(s) = run.take() {
+                        self.pwrite(off + s as u64, &data[s..i])?;
+                    }
+                } else if run.is_none() {
+                    run = Some(i);
+                }
+                i = j;
+            }
+            if let Some(s) = run {
+                self.pwrite(off + s as u64, &data[s..])?;
+            }
+        }
+        self.stats.written(end);
+        Ok(())
+    }
+
+    fn pwrite(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, off)
+            .map_err(|e| Error::io(format!("writing {} at {off}", self.path.display()), e))
+    }
+
+    /// Sets the final size (files) or zeroes what was not written (devices), then syncs.
+    pub(crate) fn finish(mut self, size: u64) -> Result<()> {
+        self.probe.check(size)?;
+        if let Some(extents) = self.extents.take() {
+            let zeros = vec![0u8; 1 << 20];
+            let mut pos = 0u64;
+            let gaps = extents
+                .iter()
+                .map(|(s, e)| (*s, *e))
+                .chain(std::iter::once((size, size)));
+            for (s, e) in gaps {
+                while pos < s.min(size) {
+                    let n = (s.min(size) - pos).min(zeros.len() as u64) as usize;
+                    self.pwrite(pos, &zeros[..n])?;
+                    pos += n as u64;
+                }
+                pos = pos.max(e);
+            }
+        } else {
+            self.file
+                .set_len(size)
+                .map_err(|e| Error::io(format!("setting the length of {}", self.path.display()), e))?;
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+
+    /// Removes a file target after a failure (a device is left as it is).
+    pub(crate) fn abort(self) {
+        if !self.probe.block {
+            drop(self.file);
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not remove the target");
+            }
+        }
+    }
+}
+
+fn add_extent(map: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
+    if let Some((&s, &e)) = map.range(..=start).next_back()
+        && e >= start
+    {
+        start = s;
+        end = end.max(e);
+    }
+    let overlapping: Vec<u64> = map.range(start..=end).map(|(s, _)| *s).collect();
+    for s in overlapping {
+        if let Some(e) = map.remove(&s) {
+            end = end.max(e);
+        }
+    }
+    map.insert(start, end);
+}
+
+/// Whether every byte is zero (word at a time).
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(16);
+    for c in &mut chunks {
+        if u128::from_ne_bytes(c.try_into().expect("16 bytes")) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|x| *x == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Reporter;
+    use crate::source::Shared;
+    use std::os::unix::fs::MetadataExt;
+
+    fn stats() -> Stats {
+        Stats::new(Shared {
+            hasher: None,
+            reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
+        })
+    }
+
+    #[test]
+    fn extents_merge() {
+        let mut m = BTreeMap::new();
+        add_extent(&mut m, 10, 20);
+        add_extent(&mut m, 30, 40);
+        add_extent(&mut m, 20, 30);
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), vec![(10, 40)]);
+    }
+
+    #[test]
+    fn zero_blocks_become_holes_and_capacity_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TargetSpec {
+            path: dir.path().join("t.img"),
+            capacity: Some(8 << 20),
+        };
+        let p = probe(&spec).unwrap();
+        let mut t = Target::open(&spec, p, stats()).unwrap();
+        let mut data = vec![0u8; 4 << 20];
+        data[100] = 1;
+        data[(4 << 20) - 1] = 2;
+        t.write_at(1000, &data).unwrap();
+        assert_eq!(
+            t.write_at((8 << 20) - 10, &[1; 20]).unwrap_err().label(),
+            "too_large"
+        );
+        t.finish(8 << 20).unwrap();
+        let m = std::fs::metadata(&spec.path).unwrap();
+        assert_eq!(m.len(), 8 << 20);
+        assert!(m.blocks() * 512 <= 64 << 10, "{} blocks", m.blocks());
+        let back = std::fs::read(&spec.path).unwrap();
+        assert_eq!(&back[1000..1000 + data.len()], &data[..]);
+        assert!(is_zero(&back[..1000]));
+    }
+}

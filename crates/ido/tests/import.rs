@@ -1,0 +1,134 @@
+//! `ido import` end to end: the binary against a local HTTP server with a cut, stdin, and
+//! a refused image; qemu-img is the oracle. (Fixtures and the server are shared with the
+//! `ido-disk` tests.)
+
+#[path = "../../disk/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::http_server::{Behaviour, FileServer};
+use common::*;
+
+async fn ido(args: &[&str], stdin: Option<&Path>) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"));
+    cmd.arg("import")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("IDO_LOG");
+    cmd.stdin(match stdin {
+        Some(p) => Stdio::from(std::fs::File::open(p).unwrap()),
+        None => Stdio::null(),
+    });
+    cmd.output().await.unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn qcow2_xz_over_http_with_a_cut_equals_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    let q = d.join("image.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
+    );
+    let oracle = qemu_raw(&q, d);
+    sh(&format!("xz -T2 --block-size=2MiB -1 -k {}", q.display()));
+    let xz = d.join("image.qcow2.xz");
+    let sum = sha256(&xz);
+    let data = std::fs::read(&xz).unwrap();
+    let server = FileServer::start(
+        data.clone(),
+        Behaviour {
+            ranges: true,
+            cut_at: Some(data.len() as u64 / 2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = d.join("out.raw");
+    let o = ido(&[&server.url(), out.to_str().unwrap(), "--checksum", &sum], None).await;
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("imported qcow2 (xz)"), "{err}");
+    assert!(err.contains("verified"), "{err}");
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        &oracle,
+        "ido import vs qemu-img convert",
+    );
+    assert_sparse(&out);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].range_start().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn stdin_zstd_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    sh(&format!(
+        "zstd -q -3 -c {} > {}/d.zst",
+        raw.display(),
+        d.display()
+    ));
+    let out = d.join("out.img");
+    let o = ido(
+        &["-", out.to_str().unwrap(), "--size", "1Gi"],
+        Some(&d.join("d.zst")),
+    )
+    .await;
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("imported raw (zstd)"), "{err}");
+    assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "stdin import");
+    assert_sparse(&out);
+}
+
+#[tokio::test]
+async fn a_backing_file_fails_with_a_clear_message_and_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (base, child) = (d.join("base.qcow2"), d.join("child.qcow2"));
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base.to_str().unwrap(),
+            "-F",
+            "qcow2",
+            child.to_str().unwrap(),
+        ],
+    );
+    let out = d.join("out.img");
+    let o = ido(&[child.to_str().unwrap(), out.to_str().unwrap()], None).await;
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("refusing qcow2 image: it has a backing file"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

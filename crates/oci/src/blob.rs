@@ -1,0 +1,157 @@
+//! One blob of a copy: present at the destination (HEAD), mounted from another repository
+//! of the same registry, or streamed from the source into an upload.
+//!
+//! The stream is oci-client's verifying stream: it hashes the bytes as they pass and fails
+//! at the end on a mismatch, so the upload's final commit never happens for bad bytes. The
+//! upload is monolithic (POST, then one PUT of the stream with its length and digest);
+//! a registry refusing that gets a chunked upload. A failed transfer starts again from the
+//! first byte after a backoff (transient failures), or once at once (digest mismatch).
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use futures::StreamExt;
+use oci_client::{Reference, errors::OciDistributionError};
+
+use crate::{
+    Error, Result,
+    media::Descriptor,
+    registry::Registry,
+    retry::{Attempt, RETRIES, digest_mismatch, transient, wait, with_retries},
+};
+
+/// What happened to one blob.
+pub(crate) enum BlobOutcome {
+    Copied,
+    Present,
+    Mounted,
+}
+
+/// Why a transfer failed.
+enum Failure {
+    /// Reading from the source (request or stream).
+    Source(OciDistributionError),
+    /// The source's bytes do not have the digest.
+    Digest { expected: String, actual: String },
+    /// Uploading to the destination.
+    Dest(OciDistributionError),
+    /// Building the chunked-upload client.
+    Setup(Error),
+}
+
+/// Copies blob `d` unless the destination has it; adds the bytes streamed to `bytes`.
+pub(crate) async fn copy_blob(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    d: Descriptor,
+    bytes: Arc<AtomicU64>,
+) -> Result<BlobOutcome> {
+    let what = format!("blob {} of {}", d.digest, src_ref.whole());
+    if with_retries(&what, || dst.client.blob_exists(dst_ref, &d.digest)).await? {
+        return Ok(BlobOutcome::Present);
+    }
+    // A 201 means mounted; anything else (202 opens an upload instead) means copy it.
+    if src.host == dst.host
+        && src_ref.repository() != dst_ref.repository()
+        && dst.client.mount_blob(dst_ref, src_ref, &d.digest).await.is_ok()
+    {
+        return Ok(BlobOutcome::Mounted);
+    }
+    let _dst_permit = dst.limit.acquire().await.expect("semaphore never closed");
+    let _src_permit = if src.host == dst.host {
+        None
+    } else {
+        Some(src.limit.acquire().await.expect("semaphore never closed"))
+    };
+    let mut monolithic = true;
+    let (mut attempt, mut mismatches) = (0, 0);
+    loop {
+        let e = match transfer(src, src_ref, dst, dst_ref, &d, monolithic).await {
+            Ok(n) => {
+                bytes.fetch_add(n, Ordering::Relaxed);
+                return Ok(BlobOutcome::Copied);
+            }
+            Err(Failure::Digest { actual, .. }) if mismatches == 0 => {
+                mismatches += 1;
+                tracing::warn!(digest = %d.digest, %actual, "{what}: the bytes read do not match; reading again");
+                continue;
+            }
+            Err(Failure::Digest { expected, actual }) => {
+                return Err(Error::Digest {
+                    what,
+                    expected,
+                    actual,
+                });
+            }
+            Err(Failure::Source(e) | Failure::Dest(e)) if attempt < RETRIES && transient(&e) => e,
+            Err(Failure::Dest(e)) if monolithic => {
+                tracing::debug!(digest = %d.digest, error = %e, "monolithic upload refused; uploading in chunks");
+                monolithic = false;
+                continue;
+            }
+            Err(Failure::Source(source) | Failure::Dest(source)) => {
+                return Err(Error::Registry { what, source });
+            }
+            Err(Failure::Setup(e)) => return Err(e),
+        };
+        attempt += 1;
+        let failed = Attempt::from(e);
+        let pause = wait(attempt, &failed);
+        tracing::warn!(error = %failed.error, attempt, "{what} failed; retrying in {pause:?}");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// One attempt: the source's verified stream into an upload. The bytes sent, on success.
+async fn transfer(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    d: &Descriptor,
+    monolithic: bool,
+) -> Result<u64, Failure> {
+    let s = src
+        .client
+        .pull_blob_stream(src_ref, d.digest.as_str())
+        .await
+        .map_err(Failure::Source)?;
+    let sent = Arc::new(AtomicU64::new(0));
+    // The source's own error, kept aside: the upload only sees that its body failed.
+    let source_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+    let body = {
+        let (sent, source_error) = (sent.clone(), source_error.clone());
+        s.stream.map(move |item| match item {
+            Ok(b) => {
+                sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                Ok(b)
+            }
+            Err(e) => {
+                let passed = std::io::Error::new(e.kind(), e.to_string());
+                *source_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(OciDistributionError::IoError(passed))
+            }
+        })
+    };
+    let client = if monolithic {
+        &dst.client
+    } else {
+        dst.chunked(dst_ref).await.map_err(Failure::Setup)?
+    };
+    let pushed = client
+        .push_blob_stream(dst_ref, body, &d.digest, Some(d.size))
+        .await;
+    let source_error = source_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match (pushed, source_error) {
+        (_, Some(e)) => Err(match digest_mismatch(&e) {
+            Some((expected, actual)) => Failure::Digest { expected, actual },
+            None => Failure::Source(OciDistributionError::IoError(e)),
+        }),
+        (Ok(_), None) => Ok(sent.load(Ordering::Relaxed)),
+        (Err(e), None) => Err(Failure::Dest(e)),
+    }
+}

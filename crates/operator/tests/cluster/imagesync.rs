@@ -1,0 +1,165 @@
+//! The ImageSync reconciler through `KubeStore`: credentials from Secrets read from the API
+//! (both sides, the destination over TLS with the test kit's CA), a copy between real
+//! registries, status and events written through the API.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use ido_api::{ImageSync, ImageSyncSpec, SecretReference, SyncEndpoint, SyncMode};
+use ido_controllers::{Action, Context, Settings, imagesync, metrics::Metrics, store::Store};
+use ido_providers::Providers;
+use ido_testkit::{
+    oci_image::{build_layout, push_layout},
+    registry::{DockerRegistry, RegistryOptions, skopeo_raw},
+};
+use k8s_openapi::{ByteString, api::core::v1::Secret, api::events::v1::Event as K8sEvent};
+use serde_json::json;
+
+use crate::{
+    NS,
+    fake_api::{Call, FakeApi},
+    rbac::assert_granted,
+    store,
+};
+
+/// A `kubernetes.io/dockerconfigjson` Secret with `user`/`password` for `host`.
+pub(crate) fn docker_secret(name: &str, host: &str, user: &str, password: &str) -> Secret {
+    let config = json!({"auths": {host: {"username": user, "password": password}}}).to_string();
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            ByteString(config.into_bytes()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// An ImageSync in `NS`.
+pub(crate) fn image_sync(name: &str, spec: ImageSyncSpec) -> ImageSync {
+    let mut is = ImageSync::new(name, spec);
+    is.metadata.namespace = Some(NS.into());
+    is
+}
+
+/// Copies every `1.x.x` tag between two registries requiring credentials. Returns the
+/// requests made.
+pub(crate) async fn imagesync_scenario() -> Vec<Call> {
+    let (src, dst) = tokio::join!(
+        DockerRegistry::start(RegistryOptions {
+            tls: false,
+            auth: Some(("puller".into(), "op-src-pw".into())),
+        }),
+        DockerRegistry::start(RegistryOptions {
+            tls: true,
+            auth: Some(("pusher".into(), "op-dst-pw".into())),
+        })
+    );
+    let (src, dst) = (src.unwrap(), dst.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(&dir.path().join("l"), "1.2.0", &["linux/amd64"], 1, 2048, 9)
+        .await
+        .unwrap();
+    push_layout(&layout, &src, "app:1.2.0").await.unwrap();
+
+    let fake = FakeApi::new();
+    fake.create(&docker_secret("src", src.host(), "puller", "op-src-pw"));
+    fake.create(&docker_secret("dst", dst.host(), "pusher", "op-dst-pw"));
+    fake.create(&image_sync(
+        "app",
+        ImageSyncSpec {
+            mode: SyncMode::OnceByTag,
+            frequency: Some("1h".into()),
+            schedule: None,
+            allow_candidate_release: false,
+            source: SyncEndpoint {
+                name: format!("{}/app", src.host()),
+                version: Some("1.x.x".into()),
+                secret_ref: Some(SecretReference { name: "src".into() }),
+                tls_verify: Some(false),
+                ..Default::default()
+            },
+            destination: SyncEndpoint {
+                name: format!("{}/mirror/app", dst.host()),
+                secret_ref: Some(SecretReference { name: "dst".into() }),
+                ca_bundle: Some(dst.ca().unwrap().ca_pem()),
+                ..Default::default()
+            },
+            platforms: vec![],
+            max_tags: None,
+            concurrency: Some(2),
+        },
+    ));
+    let ctx = Context {
+        store: store(&fake),
+        providers: Providers::default(),
+        source: None,
+        settings: Settings {
+            namespace: NS.into(),
+            ..Settings::default()
+        },
+        metrics: Metrics::default(),
+    };
+
+    let is = ctx
+        .store
+        .get::<ImageSync>(Some(NS), "app")
+        .await
+        .unwrap()
+        .unwrap();
+    let Action::Requeue(next) = imagesync::reconcile(&is, &ctx).await.unwrap() else {
+        panic!("OnceByTag plans its next pass")
+    };
+    assert!(next > Duration::from_secs(3500), "{next:?}");
+    let v = fake.get::<ImageSync>(Some(NS), "app").unwrap();
+    let st = &v["status"];
+    assert_eq!(st["conditions"][0]["type"], "Ready");
+    assert_eq!(st["conditions"][0]["status"], "True", "{st}");
+    assert_eq!(st["tags"][0]["tag"], "1.2.0");
+    assert_eq!(st["tags"][0]["result"], "Copied");
+    assert_eq!(st["tags"][0]["destinationDigest"], json!(layout.digest));
+    assert_eq!(st["tagSummary"], "1/1");
+    let (_, d) = skopeo_raw(&dst, "mirror/app:1.2.0", dir.path()).await.unwrap();
+    assert_eq!(d, layout.digest);
+
+    // Reconciled again (as after its own status write): not due, nothing copied.
+    let is = ctx
+        .store
+        .get::<ImageSync>(Some(NS), "app")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        imagesync::reconcile(&is, &ctx).await.unwrap(),
+        Action::Requeue(d) if d > Duration::from_secs(3500)
+    ));
+    let events: Vec<String> = fake
+        .list::<K8sEvent>()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, ["Synced"]);
+    let all = serde_json::to_string(&fake.list::<ImageSync>()).unwrap()
+        + &serde_json::to_string(&fake.list::<K8sEvent>()).unwrap();
+    assert!(!all.contains("op-src-pw") && !all.contains("op-dst-pw"));
+    fake.calls()
+}
+
+#[tokio::test]
+async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
+    let calls = imagesync_scenario().await;
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.verb == "get" && c.resource == "secrets" && c.namespace.as_deref() == Some(NS))
+    );
+    assert!(
+        !calls.iter().any(|c| c.resource == "secrets" && c.verb != "get"),
+        "Secrets are only read by name"
+    );
+    assert_granted(&calls);
+}
