@@ -211,13 +211,13 @@ pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
         media::Platform,
         registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
     };
-    let auths = Arc::new(load_authfile(args.authfile.as_deref())?);
+    let auths = Arc::new(crate::sync::load_authfile(args.authfile.as_deref())?);
     let src_ref = parse_reference(&args.src, "SRC")?;
     let dst_ref = parse_reference(&args.dst, "DST")?;
     let tls = |verify: bool, dir: &Option<PathBuf>| -> anyhow::Result<TlsSettings> {
         Ok(TlsSettings {
             verify,
-            ca_bundle: dir.as_deref().map(read_cert_dir).transpose()?,
+            ca_bundle: dir.as_deref().map(crate::sync::read_cert_dir).transpose()?,
         })
     };
     let src = Registry::connect(
@@ -274,38 +274,4 @@ fn parse_reference(s: &str, what: &str) -> anyhow::Result<ido_oci::Reference> {
     }
     bare.parse()
         .map_err(|e| anyhow::anyhow!("{what} {s:?} is not an image reference: {e}"))
-}
-
-fn load_authfile(path: Option<&std::path::Path>) -> anyhow::Result<ido_oci::auth::AuthStore> {
-    let path = match path {
-        Some(p) => Some(p.to_path_buf()),
-        None => std::env::var_os("REGISTRY_AUTH_FILE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")))
-            .filter(|p| p.exists()),
-    };
-    match path {
-        Some(p) => {
-            let data = std::fs::read(&p).with_context(|| format!("reading --authfile {}", p.display()))?;
-            Ok(ido_oci::auth::AuthStore::from_docker_config(
-                &data,
-                &p.display().to_string(),
-            )?)
-        }
-        None => Ok(Default::default()),
-    }
-}
-
-fn read_cert_dir(dir: &std::path::Path) -> anyhow::Result<String> {
-    let mut pem = String::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading cert dir {}", dir.display()))? {
-        let p = e?.path();
-        if p.extension().and_then(|x| x.to_str()) == Some("crt") {
-            pem += &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        }
-    }
-    if pem.is_empty() {
-        anyhow::bail!("cert dir {}: no *.crt file", dir.display());
-    }
-    Ok(pem)
 }
