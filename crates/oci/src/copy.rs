@@ -4,10 +4,10 @@
 //! are preserved. What the destination tag will name is known from the source's top
 //! manifest alone, so a copy whose destination tag already has that digest stops after two
 //! requests (made at once). Otherwise the blobs of every selected image are collected,
-//! de-duplicated and copied concurrently, bounded per registry ([`crate::blob`]): skipped
+//! de-duplicated and copied concurrently, bounded per registry (module `blob`): skipped
 //! when present, mounted within a registry, else streamed source → destination with the
 //! digest verified on the way. Transient failures (5xx, 429, connection resets) are retried
-//! with backoff ([`crate::retry`]).
+//! with backoff (module `retry`).
 
 use std::{
     collections::BTreeMap,
@@ -165,10 +165,7 @@ pub async fn copy_many(
     while let Some((i, r)) = done.next().await {
         results[i] = Some(r);
     }
-    results
-        .into_iter()
-        .map(|r| r.expect("every copy ran"))
-        .collect()
+    results.into_iter().map(|r| r.expect("every copy ran")).collect()
 }
 
 /// What goes to the destination tag, decided from the source's top manifest alone.

@@ -7,11 +7,19 @@
 //!
 //! - [`auth`]: credentials from docker config files and `kubernetes.io/dockerconfigjson`
 //!   Secrets, per registry; never printed.
-//! - [`registry`]: one `oci-client` client per side with its TLS settings (verification on
-//!   by default, CA bundles, plain HTTP only when asked).
-//! - [`copy`]: byte-exact copies of an image or an index: manifests are pushed as the exact
-//!   bytes pulled (digests preserved), blobs stream through without being held in memory,
-//!   existing blobs are skipped and blobs of the same registry mounted.
+//! - [`registry`]: one side of copies: `oci-client` clients with its TLS settings
+//!   (verification on by default, CA bundles, plain HTTP only when asked), a per-registry
+//!   limit on blob transfers, and no credential round trips for open registries.
+//! - [`copy`]: byte-exact copies of an image or an index ([`copy::copy`]), or of many at
+//!   once ([`copy::copy_many`]): manifests are pushed as the exact bytes pulled (digests
+//!   preserved), a destination tag that already has the digest costs two requests.
+//! - `blob` (private): one blob: skipped when present, mounted within a registry, else
+//!   streamed without being held in memory, its digest verified on the way.
+//! - `retry` (private): which failures are transient (5xx, 429, resets) and the backoff,
+//!   honouring `Retry-After` where the engine sees the response headers.
+//! - [`reference`](mod@reference): image references parsed without oci-spec's regular expression
+//!   (~75 ms of CPU on first use).
+//! - [`tags`]: tag listing and patterns.
 
 pub mod auth;
 mod blob;

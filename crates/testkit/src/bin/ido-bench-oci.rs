@@ -334,40 +334,37 @@ async fn case_a(a: &Args, scratch: &Path) -> anyhow::Result<Case> {
     for run in 0..a.runs {
         println!("  run {}", run + 1);
         for tool in order(&["ido", "skopeo", "limit"], run) {
-            let dst = fresh_registry().await?;
-            let dst_ref = format!("docker://{}/big:1.0", dst.host());
-            let sample = match tool {
-                "ido" => {
-                    let mut args = strings(&["copy", "--all"]);
-                    args.extend(strings(&PLAIN));
-                    args.extend([src_ref.clone(), dst_ref.clone()]);
-                    timed(&a.ido, &args).await?.0
-                }
-                "skopeo" => {
-                    let mut args = strings(&["copy", "--all", "--preserve-digests", "-q"]);
-                    args.extend(strings(&PLAIN));
-                    args.extend([src_ref.clone(), dst_ref.clone()]);
-                    timed(Path::new("skopeo"), &args).await?.0
-                }
-                _ => {
-                    // The registry's best: the fastest of the parallelisms, each into a
-                    // fresh registry.
-                    let mut best: Option<Sample> = None;
-                    for &p in &a.limit_parallel {
-                        let fresh = fresh_registry().await?;
-                        let s = curl_ingest(&fresh, "big", &blobs, p).await?;
-                        println!("    (curl, {p} in parallel: {:.2} s)", s.wall);
-                        if best.as_ref().is_none_or(|b| s.wall < b.wall) {
-                            best = Some(s);
-                        }
+            if tool == "limit" {
+                // The registry's best: the fastest of the parallelisms, each into a fresh
+                // registry.
+                let mut best: Option<Sample> = None;
+                for &p in &a.limit_parallel {
+                    let fresh = fresh_registry().await?;
+                    let s = curl_ingest(&fresh, "big", &blobs, p).await?;
+                    println!("    (curl, {p} in parallel: {:.2} s)", s.wall);
+                    if best.as_ref().is_none_or(|b| s.wall < b.wall) {
+                        best = Some(s);
                     }
-                    best.context("--limit-parallel is empty")?
                 }
-            };
-            if tool != "limit" {
-                let got = digest_at(&dst, "big:1.0", scratch).await?;
-                ensure!(got == want, "{tool}: destination has {got}, source {want}");
+                case.push(tool, best.context("--limit-parallel is empty")?);
+                continue;
             }
+            let dst = fresh_registry().await?;
+            let mut args = if tool == "ido" {
+                strings(&["copy", "--all"])
+            } else {
+                strings(&["copy", "--all", "--preserve-digests", "-q"])
+            };
+            args.extend(strings(&PLAIN));
+            args.extend([src_ref.clone(), format!("docker://{}/big:1.0", dst.host())]);
+            let program = if tool == "ido" {
+                a.ido.as_path()
+            } else {
+                Path::new("skopeo")
+            };
+            let sample = timed(program, &args).await?.0;
+            let got = digest_at(&dst, "big:1.0", scratch).await?;
+            ensure!(got == want, "{tool}: destination has {got}, source {want}");
             case.push(tool, sample);
         }
     }
