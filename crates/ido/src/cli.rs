@@ -203,11 +203,14 @@ pub(crate) struct CopyArgs {
     /// Directory of CA certificates (`*.crt`) for the destination.
     #[arg(long)]
     dest_cert_dir: Option<PathBuf>,
+    /// Progress display: auto (a bar on a terminal, plain lines otherwise), bar, plain, none.
+    #[arg(long, value_enum, default_value_t = crate::progress::ProgressMode::Auto)]
+    progress: crate::progress::ProgressMode,
 }
 
 pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
     use ido_oci::{
-        copy::{Platforms, copy},
+        copy::{Platforms, Progress, copy_with_progress},
         media::Platform,
         registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
     };
@@ -247,7 +250,13 @@ pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
         )
     };
     let started = std::time::Instant::now();
-    let rep = copy(&src, &src_ref, &dst, &dst_ref, &platforms).await?;
+    let progress = Progress::default();
+    let rep = show_progress(
+        args.progress,
+        &progress,
+        copy_with_progress(&src, &src_ref, &dst, &dst_ref, &platforms, &progress),
+    )
+    .await?;
     if rep.skipped {
         println!("{} already has {}: nothing to copy", dst_ref.whole(), rep.digest);
     } else {
@@ -267,11 +276,51 @@ pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs `work` while showing `progress`: a bar, a plain line every few seconds, or nothing.
+async fn show_progress<T>(
+    mode: crate::progress::ProgressMode,
+    progress: &ido_oci::copy::Progress,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    use crate::progress::{PLAIN_EVERY, Shown, bytes_bar, human};
+    let shown = mode.resolve();
+    let bar = (shown == Shown::Bar).then(bytes_bar);
+    let every = match shown {
+        Shown::Bar => std::time::Duration::from_millis(250),
+        _ => PLAIN_EVERY,
+    };
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tick.tick(), if shown != Shown::None => {
+                let (done, total) = (progress.done(), progress.total());
+                match &bar {
+                    Some(bar) => {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    }
+                    None => {
+                        let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+                        eprintln!("copy: {} of {} ({}/s)", human(done), human(total), human(rate as u64));
+                    }
+                }
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    out
+}
+
+/// An image reference, with or without skopeo's `docker://` transport.
 fn parse_reference(s: &str, what: &str) -> anyhow::Result<ido_oci::Reference> {
     let bare = s.strip_prefix("docker://").unwrap_or(s);
     if let Some((transport, _)) = bare.split_once("://") {
         anyhow::bail!("{what} {s:?}: transport {transport:?} is not supported (only docker://)");
     }
-    bare.parse()
-        .map_err(|e| anyhow::anyhow!("{what} {s:?} is not an image reference: {e}"))
+    ido_oci::reference::parse(bare).map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }

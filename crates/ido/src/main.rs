@@ -2,6 +2,7 @@
 
 mod cli;
 mod import;
+mod progress;
 mod sync;
 
 fn main() -> std::process::ExitCode {

@@ -225,9 +225,7 @@ pub(crate) fn parse_repository(s: &str) -> anyhow::Result<ido_oci::Reference> {
     if last.contains(':') || last.contains('@') {
         bail!("REPO {s:?}: give the repository without tag or digest (use --pattern to select tags)");
     }
-    format!("{bare}:latest")
-        .parse()
-        .map_err(|e| anyhow::anyhow!("REPO {s:?} is not a repository name: {e}"))
+    ido_oci::reference::parse(&format!("{bare}:latest")).map_err(|e| anyhow::anyhow!("REPO {s:?}: {e}"))
 }
 
 /// Credentials from `path`, else `$REGISTRY_AUTH_FILE`, else `~/.docker/config.json` (if

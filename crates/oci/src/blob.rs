@@ -19,6 +19,7 @@ use oci_client::{Reference, errors::OciDistributionError};
 
 use crate::{
     Error, Result,
+    copy::Progress,
     media::Descriptor,
     registry::Registry,
     retry::{Attempt, RETRIES, digest_mismatch, transient, wait, with_retries},
@@ -44,6 +45,8 @@ enum Failure {
 }
 
 /// Copies blob `d` unless the destination has it; adds the bytes streamed to `bytes`.
+/// `progress` counts bytes live (a failed attempt's bytes are taken back) and the size of
+/// a blob that needs no transfer.
 pub(crate) async fn copy_blob(
     src: &Registry,
     src_ref: &Reference,
@@ -51,9 +54,11 @@ pub(crate) async fn copy_blob(
     dst_ref: &Reference,
     d: Descriptor,
     bytes: Arc<AtomicU64>,
+    progress: &Progress,
 ) -> Result<BlobOutcome> {
     let what = format!("blob {} of {}", d.digest, src_ref.whole());
     if with_retries(&what, || dst.client.blob_exists(dst_ref, &d.digest)).await? {
+        progress.add(d.size);
         return Ok(BlobOutcome::Present);
     }
     // A 201 means mounted; anything else (202 opens an upload instead) means copy it.
@@ -61,6 +66,7 @@ pub(crate) async fn copy_blob(
         && src_ref.repository() != dst_ref.repository()
         && dst.client.mount_blob(dst_ref, src_ref, &d.digest).await.is_ok()
     {
+        progress.add(d.size);
         return Ok(BlobOutcome::Mounted);
     }
     let _dst_permit = dst.limit.acquire().await.expect("semaphore never closed");
@@ -72,7 +78,7 @@ pub(crate) async fn copy_blob(
     let mut monolithic = true;
     let (mut attempt, mut mismatches) = (0, 0);
     loop {
-        let e = match transfer(src, src_ref, dst, dst_ref, &d, monolithic).await {
+        let e = match transfer(src, src_ref, dst, dst_ref, &d, monolithic, progress).await {
             Ok(n) => {
                 bytes.fetch_add(n, Ordering::Relaxed);
                 return Ok(BlobOutcome::Copied);
@@ -116,20 +122,43 @@ async fn transfer(
     dst_ref: &Reference,
     d: &Descriptor,
     monolithic: bool,
+    progress: &Progress,
+) -> Result<u64, Failure> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let r = transfer_once(src, src_ref, dst, dst_ref, d, monolithic, progress, &sent).await;
+    if r.is_err() {
+        progress
+            .done
+            .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer_once(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    d: &Descriptor,
+    monolithic: bool,
+    progress: &Progress,
+    sent: &Arc<AtomicU64>,
 ) -> Result<u64, Failure> {
     let s = src
         .client
         .pull_blob_stream(src_ref, d.digest.as_str())
         .await
         .map_err(Failure::Source)?;
-    let sent = Arc::new(AtomicU64::new(0));
     // The source's own error, kept aside: the upload only sees that its body failed.
     let source_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
     let body = {
         let (sent, source_error) = (sent.clone(), source_error.clone());
+        let live = progress.done.clone();
         coalesce(s.stream).map(move |item| match item {
             Ok(b) => {
                 sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                live.fetch_add(b.len() as u64, Ordering::Relaxed);
                 Ok(b)
             }
             Err(e) => {

@@ -57,6 +57,31 @@ pub struct CopyReport {
     pub bytes: u64,
 }
 
+/// A copy's progress, readable while it runs (for a progress bar): the bytes of the blobs
+/// to copy, and how many of them are done (streamed, or found present or mounted). A
+/// retried transfer takes its bytes back, so `done` never passes `total`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    total: AtomicU64,
+    pub(crate) done: Arc<AtomicU64>,
+}
+
+impl Progress {
+    /// Bytes of every blob of the selected images (0 until the manifests are read).
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes done so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Copies `src_ref` on `src` to `dst_ref` on `dst`.
 ///
 /// Requests on the way: the source's manifest and the destination tag, at once; nothing
@@ -69,6 +94,18 @@ pub async fn copy(
     dst: &Registry,
     dst_ref: &Reference,
     platforms: &Platforms,
+) -> Result<CopyReport> {
+    copy_with_progress(src, src_ref, dst, dst_ref, platforms, &Progress::default()).await
+}
+
+/// [`copy`], counting its bytes in `progress` as they go.
+pub async fn copy_with_progress(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    platforms: &Platforms,
+    progress: &Progress,
 ) -> Result<CopyReport> {
     let name = src_ref.whole();
     src.prepare(src_ref).await;
@@ -111,9 +148,12 @@ pub async fn copy(
     }
     let mut blobs: Vec<Descriptor> = blobs.into_values().collect();
     blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
+    progress
+        .total
+        .store(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
     let bytes = Arc::new(AtomicU64::new(0));
     let outcomes: Vec<BlobOutcome> = stream::iter(blobs)
-        .map(|d| copy_blob(src, src_ref, dst, dst_ref, d, bytes.clone()))
+        .map(|d| copy_blob(src, src_ref, dst, dst_ref, d, bytes.clone(), progress))
         .buffer_unordered(dst.concurrency() * 2)
         .try_collect()
         .await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ido_oci::{
     Reference,
     auth::{AuthStore, Credentials},
-    copy::{Platforms, copy},
+    copy::{Platforms, Progress, copy, copy_with_progress},
     media::Platform,
     registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
 };
@@ -136,10 +136,22 @@ async fn multi_arch_index_all_and_by_platform() {
     push_layout(&layout, &a, "multi:v2").await.unwrap();
     let (sa, sb) = (side(&a).await, side(&b).await);
 
-    let rep = copy(&sa, &r(&a, "multi:v2"), &sb, &r(&b, "multi:v2"), &Platforms::All)
-        .await
-        .unwrap();
+    let progress = Progress::default();
+    let rep = copy_with_progress(
+        &sa,
+        &r(&a, "multi:v2"),
+        &sb,
+        &r(&b, "multi:v2"),
+        &Platforms::All,
+        &progress,
+    )
+    .await
+    .unwrap();
     assert_eq!(rep.manifests, 3, "two images and the index");
+    // Every blob streamed: the progress total is their bytes, and all of it is done.
+    assert!(progress.total() > 4 * 100_000, "total {}", progress.total());
+    assert_eq!(progress.total(), rep.bytes);
+    assert_eq!(progress.done(), progress.total());
     let (_, src) = skopeo_raw(&a, "multi:v2", dir.path()).await.unwrap();
     let (_, dst) = skopeo_raw(&b, "multi:v2", dir.path()).await.unwrap();
     assert_eq!(src, dst);
