@@ -9,6 +9,7 @@
 //! | [`seaweed`] | [`SeaweedFs`]: a SeaweedFS S3 endpoint with a `public` (anonymous read) and a `private` bucket |
 //! | [`vcsim`] | [`Vcsim`]: the project's vCenter simulator (`target/peers/ido-vcsim`), one per test |
 //! | [`oracle`] | [`vsphere_oracle`]: an independent pyVmomi client to assert what exists in a simulator |
+//! | [`nginx`] | [`nginx::Nginx`]: nginx serving a directory (Range, ETag, sendfile), for benchmarks |
 //! | [`ova`] | [`OvaFixture`]: deterministic OVA files (OVF descriptor plus pseudo-random disks) |
 //!
 //! Conventions:
@@ -23,8 +24,10 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod fakes;
 pub mod fault_proxy;
+pub mod nginx;
 pub mod oci_image;
 pub mod oracle;
 pub mod ova;
