@@ -45,13 +45,14 @@ pub enum DiskFormat {
     Iso,
     /// qcow2 (v2 or v3).
     Qcow2,
-    /// VMware VMDK (recognised, not converted yet).
+    /// VMware VMDK (monolithicSparse, streamOptimized).
     Vmdk,
-    /// VirtualPC VHD with a header copy at 0 (dynamic/differencing; recognised only).
+    /// Virtual PC / Hyper-V VHD (qemu's `vpc`). Detected by the footer copy at 0 of a
+    /// dynamic disk; a fixed VHD shows as raw and is recognised by its footer at the end.
     Vhd,
-    /// Hyper-V VHDX (recognised only).
+    /// Hyper-V VHDX.
     Vhdx,
-    /// VirtualBox VDI (recognised only).
+    /// VirtualBox VDI.
     Vdi,
     /// qcow version 1 (recognised only).
     Qcow1,
@@ -87,11 +88,15 @@ impl FromStr for DiskFormat {
             "raw" | "img" => DiskFormat::Raw,
             "iso" => DiskFormat::Iso,
             "qcow2" => DiskFormat::Qcow2,
+            "vmdk" => DiskFormat::Vmdk,
+            "vhd" | "vpc" => DiskFormat::Vhd,
+            "vhdx" => DiskFormat::Vhdx,
+            "vdi" => DiskFormat::Vdi,
             other => {
                 return Err(Error::InvalidArgument {
                     field: "format",
                     value: other.to_string(),
-                    reason: "supported formats are raw, iso and qcow2".into(),
+                    reason: "supported formats are raw, iso, qcow2, vmdk, vhd (vpc), vhdx and vdi".into(),
                 });
             }
         })
@@ -223,6 +228,13 @@ mod tests {
         iso[0x8001..0x8006].copy_from_slice(b"CD001");
         assert_eq!(detect(&iso), Detected::Disk(DiskFormat::Iso));
         assert_eq!(detect(&[]), Detected::Disk(DiskFormat::Raw));
+        assert_eq!(detect(b"KDMV\x01"), Detected::Disk(DiskFormat::Vmdk));
+        assert_eq!(detect(b"conectix"), Detected::Disk(DiskFormat::Vhd));
+        assert_eq!(detect(b"vhdxfile"), Detected::Disk(DiskFormat::Vhdx));
+        let mut vdi = vec![0u8; 0x44];
+        vdi[0x40..].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+        assert_eq!(detect(&vdi), Detected::Disk(DiskFormat::Vdi));
+        assert_eq!("vpc".parse::<DiskFormat>().unwrap(), DiskFormat::Vhd);
     }
 
     #[test]

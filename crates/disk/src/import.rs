@@ -11,6 +11,10 @@ use crate::qcow2::{DEFAULT_REORDER_BUDGET, Qcow2Stream};
 use crate::source::{self, Counted, Shared, SourceSpec, Stats};
 use crate::tar::TarDisk;
 use crate::target::{self, Probe, Target, TargetSpec};
+use crate::vdi::VdiStream;
+use crate::vhd::{self, RawKind, VhdStream};
+use crate::vhdx::VhdxStream;
+use crate::vmdk::VmdkStream;
 use crate::{Error, Result, raw};
 
 /// Most layers (compressions and archives) peeled before the disk.
@@ -34,7 +38,8 @@ pub struct ImportOptions {
     pub progress_interval: Duration,
     /// Decoder settings (xz threads, memory).
     pub decompress: DecompressOptions,
-    /// Bytes of out-of-order qcow2 data held while its metadata is incomplete.
+    /// Bytes of out-of-order data (qcow2, vmdk, vhd, vhdx, vdi) held while the image's
+    /// metadata is incomplete.
     /// Default: [`DEFAULT_REORDER_BUDGET`].
     pub reorder_budget: u64,
 }
@@ -134,7 +139,7 @@ fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<Impo
                     exact: Some(t.size()),
                     at_least: None,
                 };
-                layers.push("tar");
+                layers.push(if t.is_ova() { "ova" } else { "tar" });
                 reader = Box::new(FinishingTar(Some(t)));
             }
             Detected::Disk(f) => {
@@ -145,35 +150,48 @@ fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<Impo
     };
     let format = match (opts.format, detected) {
         (None, f) => f,
-        (Some(DiskFormat::Qcow2), DiskFormat::Qcow2) => DiskFormat::Qcow2,
-        (Some(DiskFormat::Qcow2), other) => {
+        (Some(f @ (DiskFormat::Raw | DiskFormat::Iso)), _) => f,
+        (Some(forced), f) if forced == f => f,
+        // A fixed VHD looks like raw; its footer is recognised at the end.
+        (Some(DiskFormat::Vhd), DiskFormat::Raw) => DiskFormat::Raw,
+        (Some(forced), other) => {
             return Err(Error::invalid(
-                "qcow2",
-                format!("the data looks like {other}, not qcow2"),
+                forced.name(),
+                format!("the data looks like {other}, not {forced}"),
             ));
         }
-        (Some(forced), _) => forced,
     };
+    // Only a detected raw image may turn out to be a fixed VHD.
+    let fixed_vhd = opts.format.is_none_or(|f| f == DiskFormat::Vhd);
     tracing::debug!(%format, ?layers, "importing");
 
     let mut target: Option<Target> = None;
-    let result = convert(&opts, format, probe, size, &mut reader, &stats, &mut target)
-        .and_then(|virtual_size| {
-            // Read what the decoders left (trailers, tar end, trailing bytes): every source
-            // byte is hashed, and truncation or garbage in a layer is caught here.
-            io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io("reading the image", e))?;
-            drop(reader);
-            bottom.drain().map_err(|e| Error::io("reading the source", e))?;
-            Ok(virtual_size)
-        })
-        .and_then(|virtual_size| {
-            let digest = stats.lock().hasher.take().map(Hasher::finish);
-            if let (Some(c), Some(d)) = (&opts.checksum, &digest) {
-                c.verify(d)?;
-            }
-            Ok(virtual_size)
-        });
-    let virtual_size = match result {
+    let result = convert(
+        &opts,
+        format,
+        fixed_vhd,
+        probe,
+        size,
+        &mut reader,
+        &stats,
+        &mut target,
+    )
+    .and_then(|(virtual_size, format)| {
+        // Read what the decoders left (trailers, tar end, trailing bytes): every source
+        // byte is hashed, and truncation or garbage in a layer is caught here.
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io("reading the image", e))?;
+        drop(reader);
+        bottom.drain().map_err(|e| Error::io("reading the source", e))?;
+        Ok((virtual_size, format))
+    })
+    .and_then(|done| {
+        let digest = stats.lock().hasher.take().map(Hasher::finish);
+        if let (Some(c), Some(d)) = (&opts.checksum, &digest) {
+            c.verify(d)?;
+        }
+        Ok(done)
+    });
+    let (virtual_size, format) = match result {
         Ok(v) => v,
         Err(e) => {
             if let Some(t) = target.take() {
@@ -211,37 +229,75 @@ struct Size {
     at_least: Option<u64>,
 }
 
-/// Converts the disk layer; opens the target once the size has been checked.
+/// Converts the disk layer; opens the target once the size has been checked. Returns the
+/// virtual size and the format found (a raw image may turn out to be a fixed VHD when
+/// `fixed_vhd` allows it).
+#[allow(clippy::too_many_arguments)]
 fn convert(
     opts: &ImportOptions,
     format: DiskFormat,
+    fixed_vhd: bool,
     probe: Probe,
     size: Size,
     reader: &mut Box<dyn Read + Send>,
     stats: &Stats,
     target: &mut Option<Target>,
-) -> Result<u64> {
+) -> Result<(u64, DiskFormat)> {
+    let budget = opts.reorder_budget;
+    // Opens the target once the virtual size is known and fits.
+    let open = |vs: u64, target: &mut Option<Target>| -> Result<()> {
+        probe.check(vs)?;
+        stats.lock().reporter.state.virtual_size = Some(vs);
+        *target = Some(Target::open(&opts.target, probe, stats.clone())?);
+        Ok(())
+    };
+    macro_rules! stream {
+        ($ty:ty) => {{
+            let s = <$ty>::open(reader.as_mut(), budget)?;
+            let vs = s.virtual_size();
+            open(vs, target)?;
+            s.convert(target.as_mut().expect("opened"))?;
+            Ok((vs, format))
+        }};
+    }
     match format {
         DiskFormat::Raw | DiskFormat::Iso => {
             if let Some(n) = size.exact.or(size.at_least) {
-                probe.check(n)?;
+                // A fixed VHD's footer (512 bytes) is not part of the disk.
+                let footer = if fixed_vhd && n >= 1024 && n.is_multiple_of(512) {
+                    512
+                } else {
+                    0
+                };
+                probe.check(n - footer)?;
             }
             stats.lock().reporter.state.virtual_size = size.exact;
             let t = target.insert(Target::open(&opts.target, probe, stats.clone())?);
-            raw::copy(reader.as_mut(), t, size.exact)
+            if format == DiskFormat::Raw && fixed_vhd {
+                let (vs, kind) = vhd::copy_raw(reader.as_mut(), t, size.exact)?;
+                if kind == RawKind::FixedVhd {
+                    stats.lock().reporter.state.virtual_size = Some(vs);
+                    return Ok((vs, DiskFormat::Vhd));
+                }
+                return Ok((vs, DiskFormat::Raw));
+            }
+            Ok((raw::copy(reader.as_mut(), t, size.exact)?, format))
         }
         DiskFormat::Qcow2 => {
-            let q = Qcow2Stream::open(reader.as_mut(), opts.reorder_budget)?;
+            let q = Qcow2Stream::open(reader.as_mut(), budget)?;
             let vs = q.header().virtual_size;
-            probe.check(vs)?;
-            stats.lock().reporter.state.virtual_size = Some(vs);
-            let t = target.insert(Target::open(&opts.target, probe, stats.clone())?);
-            q.convert(t)?;
-            Ok(vs)
+            open(vs, target)?;
+            q.convert(target.as_mut().expect("opened"))?;
+            Ok((vs, format))
         }
-        other => Err(Error::Unsupported {
-            format: other.name(),
-            reason: "conversion of this format is not implemented yet (next: vmdk, vhd, vhdx, vdi)".into(),
+        DiskFormat::Vmdk => stream!(VmdkStream),
+        DiskFormat::Vhd => stream!(VhdStream),
+        DiskFormat::Vhdx => stream!(VhdxStream),
+        DiskFormat::Vdi => stream!(VdiStream),
+        DiskFormat::Qcow1 => Err(Error::Unsupported {
+            format: format.name(),
+            reason: "qcow version 1 is not converted; convert it with `qemu-img convert -O qcow2` first"
+                .into(),
         }),
     }
 }

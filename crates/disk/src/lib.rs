@@ -8,20 +8,27 @@
 //!  detect magic ──► gzip | xz (multi-threaded) | zstd | bzip2   [detect, decompress]
 //!    │                 └──────── loop: detect again ─────────┘
 //!    ├──► tar: the one regular file inside, names checked      [tar]
+//!    │    OVA: the disk the .ovf names
 //!    ▼
 //!  disk format: raw / ISO ──► zero runs become holes           [raw]
+//!                             (a fixed VHD's footer is dropped)  [vhd]
 //!               qcow2     ──► streamed in file order; metadata  [qcow2]
-//!                             first, bounded reorder buffer
+//!                             first, bounded reorder buffer     [seq]
+//!               vmdk      ──► grain markers, or GD → GTs →      [vmdk]
+//!                             grains in file order
+//!               vhd, vhdx,──► header and block table checked,   [vhd, vhdx, vdi]
+//!               vdi           then blocks copied in file order
 //!    ▼
 //!  target (file: truncated, sparse, length set at the end;      [target]
 //!          block device: capacity checked, zeros written)
 //! ```
 //!
 //! The virtual size is known before the target is opened whenever the format says it
-//! (qcow2 header, a plain raw file's length, a tar member's size, a zstd frame's content
-//! size) and is checked against the target's capacity first; otherwise the capacity is
+//! (qcow2, vmdk, vhd, vhdx and vdi headers, a plain raw file's length, a tar member's
+//! size, a zstd frame's content size) and is checked against the target's capacity first; otherwise the capacity is
 //! enforced while writing. Images that would read other files (qcow2 backing files,
-//! external data files) are refused before anything is written. On any failure, including
+//! external data files, VMDK descriptors with other extents or a parent, differencing
+//! VHD/VHDX/VDI) are refused before anything is written. On any failure, including
 //! a checksum mismatch, a target file created by the import is removed.
 //!
 //! Entry point: [`import()`] with [`ImportOptions`].
@@ -33,9 +40,14 @@ pub mod import;
 pub mod progress;
 pub mod qcow2;
 mod raw;
+mod seq;
 pub mod source;
 pub mod tar;
 pub mod target;
+mod vdi;
+mod vhd;
+mod vhdx;
+mod vmdk;
 
 pub use checksum::{Algorithm, Checksum};
 pub use detect::{Compression, DiskFormat};

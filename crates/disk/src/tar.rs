@@ -1,6 +1,14 @@
 //! A tar holding one disk: the first regular file is streamed out; every member name is
 //! checked (no absolute paths, no `..`), and a second non-empty regular file is an error.
 //!
+//! An **OVA** (a tar whose first file is an `.ovf` descriptor) is recognised: the OVF is
+//! read (up to 4 MiB) and the disk it names — the file of its first `<Disk>`, else its
+//! first `<File>` — is streamed; the manifest (`.mf`), certificate (`.cert`) and other
+//! members are skipped, before and after it. A named file missing from the archive, a
+//! reference outside it (a URL, an absolute path, `..`) or a disk split into chunks is an
+//! error. Only that one disk is imported (others are reported in the log). Without a
+//! usable reference, the first member that is not `.ovf`, `.mf` or `.cert` is the disk.
+//!
 //! ustar, GNU (long names, base-256 sizes for members over 8 GiB) and pax (`path`, `size`)
 //! headers are understood. Nothing is ever extracted to the file system.
 
@@ -12,6 +20,8 @@ use crate::{Error, Result};
 const BLOCK: usize = 512;
 /// Longest GNU long name or pax header accepted.
 const MAX_META: u64 = 1 << 20;
+/// Longest OVF descriptor accepted.
+const MAX_OVF: u64 = 4 << 20;
 
 /// The disk member of a tar, readable as a stream.
 pub struct TarDisk<R> {
@@ -19,6 +29,8 @@ pub struct TarDisk<R> {
     name: String,
     size: u64,
     remaining: u64,
+    /// Set for an OVA: other members are allowed after the disk.
+    ova: bool,
 }
 
 /// One parsed header (after long-name and pax records were applied).
@@ -29,19 +41,45 @@ struct Member {
 }
 
 impl<R: Read> TarDisk<R> {
-    /// Reads headers up to the first regular file.
+    /// Reads headers up to the first regular file (for an OVA: up to its disk).
     pub fn open(mut inner: R) -> Result<Self> {
+        let mut ova: Option<Option<String>> = None;
+        let mut first = true;
         loop {
             let Some(m) = next_member(&mut inner)? else {
-                return Err(Error::invalid("tar", "the archive holds no file"));
+                return Err(match ova {
+                    Some(Some(href)) => {
+                        Error::invalid("ova", format!("the disk {href:?} named in the OVF is missing"))
+                    }
+                    Some(None) => Error::invalid("ova", "the archive holds no disk"),
+                    None => Error::invalid("tar", "the archive holds no file"),
+                });
             };
             if is_regular(m.kind) {
-                return Ok(Self {
-                    inner,
-                    name: m.name,
-                    size: m.size,
-                    remaining: m.size,
-                });
+                let lower = m.name.to_ascii_lowercase();
+                if first && lower.ends_with(".ovf") {
+                    first = false;
+                    let ovf = read_meta_limited(&mut inner, m.size, MAX_OVF, "OVF descriptor")?;
+                    ova = Some(ovf_disk(&String::from_utf8_lossy(&ovf))?);
+                    continue;
+                }
+                first = false;
+                let wanted = match &ova {
+                    None => true,
+                    Some(Some(href)) => m.name == *href || m.name.rsplit('/').next() == Some(href.as_str()),
+                    Some(None) => !is_ova_metadata(&lower),
+                };
+                if wanted {
+                    return Ok(Self {
+                        inner,
+                        name: m.name,
+                        size: m.size,
+                        remaining: m.size,
+                        ova: ova.is_some(),
+                    });
+                }
+                skip(&mut inner, padded(m.size))?;
+                continue;
             }
             if m.kind == b'S' {
                 return Err(Error::Unsupported {
@@ -63,12 +101,21 @@ impl<R: Read> TarDisk<R> {
         self.size
     }
 
+    /// Whether the archive is an OVA (its disk was found through the OVF).
+    pub fn is_ova(&self) -> bool {
+        self.ova
+    }
+
     /// Skips the rest of the disk and checks the rest of the archive.
     pub fn finish(mut self) -> Result<()> {
         let rest = self.remaining + (padded(self.size) - self.size);
         skip(&mut self.inner, rest)?;
         while let Some(m) = next_member(&mut self.inner)? {
-            if is_regular(m.kind) && m.size > 0 {
+            if self.ova {
+                if is_regular(m.kind) && !is_ova_metadata(&m.name.to_ascii_lowercase()) {
+                    tracing::warn!(disk = %self.name, other = %m.name, "the OVA holds another file; only the first disk is imported");
+                }
+            } else if is_regular(m.kind) && m.size > 0 {
                 return Err(Error::invalid(
                     "tar",
                     format!(
@@ -102,6 +149,102 @@ impl<R: Read> Read for TarDisk<R> {
     }
 }
 
+/// OVA members that are not disks.
+fn is_ova_metadata(lower: &str) -> bool {
+    [".ovf", ".mf", ".cert"].iter().any(|x| lower.ends_with(x))
+}
+
+/// The file name of the OVF's first disk (`None`: the OVF names no file).
+fn ovf_disk(ovf: &str) -> Result<Option<String>> {
+    let mut files: Vec<(Option<String>, String, bool)> = Vec::new();
+    let mut disk_ref: Option<String> = None;
+    for (tag, attrs) in xml_tags(ovf) {
+        let attr = |name: &str| attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        match tag {
+            "File" => {
+                if let Some(href) = attr("href") {
+                    files.push((attr("id"), href, attr("chunkSize").is_some()));
+                }
+            }
+            "Disk" if disk_ref.is_none() => disk_ref = attr("fileRef"),
+            _ => {}
+        }
+    }
+    let file = match &disk_ref {
+        Some(r) => files.iter().find(|(id, _, _)| id.as_deref() == Some(r)),
+        None => files.first(),
+    };
+    let Some((_, href, chunked)) = file else {
+        return match disk_ref {
+            Some(r) => Err(Error::invalid(
+                "ova",
+                format!("the OVF's disk refers to an unknown file {r:?}"),
+            )),
+            None => Ok(None),
+        };
+    };
+    if href.contains("://") || href.starts_with('/') || href.split(['/', '\\']).any(|c| c == "..") {
+        return Err(Error::refused(
+            "ova",
+            format!("the OVF's disk {href:?} is outside the archive"),
+        ));
+    }
+    if *chunked {
+        return Err(Error::Unsupported {
+            format: "ova",
+            reason: format!("the disk {href:?} is split into chunks"),
+        });
+    }
+    Ok(Some(href.clone()))
+}
+
+/// Start tags of an XML document, as (local name, [(local attribute name, value)]).
+/// Enough for OVF references; comments, processing instructions and end tags are skipped.
+fn xml_tags(doc: &str) -> Vec<(&str, Vec<(String, String)>)> {
+    let local = |n: &str| n.rsplit(':').next().unwrap_or(n).to_string();
+    let mut out = Vec::new();
+    let mut rest = doc;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        if rest.starts_with("!--") {
+            rest = rest.find("-->").map_or("", |j| &rest[j + 3..]);
+            continue;
+        }
+        let end = rest.find('>').unwrap_or(rest.len());
+        let tag = &rest[..end];
+        rest = &rest[end..];
+        if tag.starts_with(['/', '?', '!']) {
+            continue;
+        }
+        let name_end = tag
+            .find(|c: char| c.is_whitespace() || c == '/')
+            .unwrap_or(tag.len());
+        let name = tag[..name_end].rsplit(':').next().unwrap_or("");
+        let mut attrs = Vec::new();
+        let mut a = &tag[name_end..];
+        while let Some(eq) = a.find('=') {
+            let key = a[..eq].trim();
+            let v = a[eq + 1..].trim_start();
+            let Some(q) = v.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                break;
+            };
+            let Some(close) = v[1..].find(q) else {
+                break;
+            };
+            let value = v[1..1 + close]
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&");
+            attrs.push((local(key), value));
+            a = &v[close + 2..];
+        }
+        out.push((name, attrs));
+    }
+    out
+}
+
 fn is_regular(kind: u8) -> bool {
     matches!(kind, b'0' | 0 | b'7')
 }
@@ -129,8 +272,13 @@ fn read_block(r: &mut impl Read) -> Result<Option<[u8; BLOCK]>> {
 }
 
 fn read_meta(r: &mut impl Read, size: u64) -> Result<Vec<u8>> {
-    if size > MAX_META {
-        return Err(Error::invalid("tar", format!("metadata record of {size} bytes")));
+    read_meta_limited(r, size, MAX_META, "metadata record")
+}
+
+/// Reads a small member or record whole (with its padding), at most `max` bytes.
+fn read_meta_limited(r: &mut impl Read, size: u64, max: u64, what: &str) -> Result<Vec<u8>> {
+    if size > max {
+        return Err(Error::invalid("tar", format!("{what} of {size} bytes")));
     }
     let mut v = vec![0u8; padded(size) as usize];
     let n = read_full(r, &mut v).map_err(|e| Error::io("reading tar", e))?;
@@ -335,6 +483,50 @@ mod tests {
         let mut t = TarDisk::open(&a[..]).unwrap();
         io::copy(&mut t, &mut io::sink()).unwrap();
         assert_eq!(t.finish().unwrap_err().label(), "invalid_image");
+    }
+
+    const OVF: &str = r#"<?xml version="1.0"?>
+<Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References>
+    <!-- <File ovf:href="commented.vmdk" ovf:id="c"/> -->
+    <ovf:File ovf:href="other.iso" ovf:id="file0"/>
+    <File ovf:href="disk-1.vmdk" ovf:id="file1" ovf:size="100"/>
+  </References>
+  <DiskSection><Disk ovf:capacity="8" ovf:diskId="vmdisk1" ovf:fileRef="file1"/></DiskSection>
+</Envelope>"#;
+
+    #[test]
+    fn ova_disk_named_in_the_ovf() {
+        assert_eq!(ovf_disk(OVF).unwrap().as_deref(), Some("disk-1.vmdk"));
+        let a = archive(&[
+            ("x.ovf", b'0', OVF.as_bytes()),
+            ("x.mf", b'0', b"SHA256(disk-1.vmdk)= 00\n"),
+            ("other.iso", b'0', b"iso"),
+            ("disk-1.vmdk", b'0', b"disk"),
+            ("x.cert", b'0', b"cert"),
+        ]);
+        let mut t = TarDisk::open(&a[..]).unwrap();
+        assert!(t.is_ova());
+        assert_eq!(t.name(), "disk-1.vmdk");
+        let mut s = String::new();
+        t.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "disk");
+        t.finish().unwrap();
+        // Without references: the first member that is not OVA metadata.
+        let a = archive(&[
+            ("x.ovf", b'0', b"<Envelope/>"),
+            ("x.mf", b'0', b"m"),
+            ("d.img", b'0', b"d"),
+        ]);
+        assert_eq!(TarDisk::open(&a[..]).unwrap().name(), "d.img");
+        // A missing disk, a reference outside the archive.
+        let a = archive(&[("x.ovf", b'0', OVF.as_bytes()), ("x.mf", b'0', b"m")]);
+        let e = TarDisk::open(&a[..]).err().unwrap();
+        assert!(e.to_string().contains("disk-1.vmdk"), "{e}");
+        let evil = OVF.replace("disk-1.vmdk", "../../etc/shadow");
+        assert_eq!(ovf_disk(&evil).unwrap_err().label(), "refused");
+        let url = OVF.replace("disk-1.vmdk", "http://example.com/d.vmdk");
+        assert_eq!(ovf_disk(&url).unwrap_err().label(), "refused");
     }
 
     #[test]

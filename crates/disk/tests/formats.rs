@@ -16,6 +16,17 @@ async fn case(
     format: DiskFormat,
     layers: &[&str],
 ) -> ido_disk::ImportReport {
+    case_with(make, format, layers, None).await
+}
+
+/// As [`case`]; with `oracle: Some(f)` the output must equal `qemu-img convert -f f -O raw`
+/// of the image instead of the fixture (VHD sizes are rounded to a CHS geometry).
+async fn case_with(
+    make: impl FnOnce(&Path, &Path) -> PathBuf,
+    format: DiskFormat,
+    layers: &[&str],
+    oracle: Option<&str>,
+) -> ido_disk::ImportReport {
     let dir = tempfile::tempdir().unwrap();
     let raw = write_raw(dir.path());
     let image = make(dir.path(), &raw);
@@ -37,18 +48,29 @@ async fn case(
 
     let what = image.file_name().unwrap().to_string_lossy().to_string();
     let got = std::fs::read(&out).unwrap();
-    assert_same(&got, &raw_image(), &what);
-    if format == DiskFormat::Qcow2 && layers.is_empty() {
-        assert_same(
-            &got,
-            &qemu_raw(&image, dir.path()),
-            &format!("{what} vs qemu-img"),
-        );
-    }
+    let size = match oracle {
+        Some(f) => {
+            let want = qemu_raw_as(&image, f, dir.path());
+            assert_same(&got, &want, &format!("{what} vs qemu-img -f {f}"));
+            assert_same(&got[..RAW_SIZE as usize], &raw_image(), &what);
+            want.len() as u64
+        }
+        None => {
+            assert_same(&got, &raw_image(), &what);
+            if format != DiskFormat::Raw && layers.is_empty() {
+                assert_same(
+                    &got,
+                    &qemu_raw(&image, dir.path()),
+                    &format!("{what} vs qemu-img"),
+                );
+            }
+            RAW_SIZE
+        }
+    };
     assert_sparse(&out);
     assert_eq!(report.format, format, "{what}");
     assert_eq!(report.layers, layers, "{what}");
-    assert_eq!(report.virtual_size, RAW_SIZE);
+    assert_eq!(report.virtual_size, size);
     let size = std::fs::metadata(&image).unwrap().len();
     assert_eq!(report.source_bytes, size, "{what}: every source byte read once");
     let last = seen
@@ -58,7 +80,7 @@ async fn case(
         .cloned()
         .expect("a final progress report");
     assert!(last.done && last.source_done == size && last.source_total == Some(size));
-    assert_eq!(last.written, RAW_SIZE);
+    assert_eq!(last.written, report.virtual_size);
     report
 }
 
@@ -318,4 +340,194 @@ async fn forced_raw_keeps_a_qcow2_as_is() {
         &std::fs::read(&q).unwrap(),
         "forced raw",
     );
+}
+
+/// `qemu-img convert -O <format> [-o <options>] raw d/<name>`.
+fn qemu_make(d: &Path, raw: &Path, format: &str, options: &str, name: &str) -> PathBuf {
+    let o = d.join(name);
+    let mut args = vec!["convert", "-O", format];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    args.extend([s(raw), s(&o)]);
+    run("qemu-img", &args);
+    o
+}
+
+#[tokio::test]
+async fn vmdk_monolithic_sparse() {
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vmdk", "", "d.vmdk");
+    case(make, DiskFormat::Vmdk, &[]).await;
+}
+
+#[tokio::test]
+async fn vmdk_stream_optimized() {
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vmdk", "subformat=streamOptimized", "d.vmdk");
+    case(make, DiskFormat::Vmdk, &[]).await;
+}
+
+#[tokio::test]
+async fn vmdk_monolithic_sparse_xz() {
+    let make = |d: &Path, raw: &Path| {
+        let v = qemu_make(d, raw, "vmdk", "", "d.vmdk");
+        sh(&format!("xz -T2 -1 {}", s(&v)));
+        d.join("d.vmdk.xz")
+    };
+    case(make, DiskFormat::Vmdk, &["xz"]).await;
+}
+
+#[tokio::test]
+async fn vmdk_zeroed_grain_table_entries() {
+    // qemu's zeroed-grain flag: `write -z` leaves grain-table entries of 1.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = write_raw(dir.path());
+    let v = dir.path().join("d.vmdk");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "zeroed_grain=on",
+            s(&v),
+            &RAW_SIZE.to_string(),
+        ],
+    );
+    run("qemu-img", &["convert", "-n", "-O", "vmdk", s(&raw), s(&v)]);
+    run("qemu-io", &["-f", "vmdk", "-c", "write -z 0 65536", s(&v)]);
+    let out = dir.path().join("out.img");
+    let report = import(ImportOptions::new(
+        SourceSpec::File(v.clone()),
+        TargetSpec {
+            path: out.clone(),
+            capacity: None,
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(report.format, DiskFormat::Vmdk);
+    let want = qemu_raw(&v, dir.path());
+    assert!(want[..65536].iter().all(|b| *b == 0));
+    assert_same(&std::fs::read(&out).unwrap(), &want, "zeroed grains vs qemu-img");
+}
+
+#[tokio::test]
+async fn vpc_dynamic() {
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vpc", "", "d.vhd");
+    let r = case_with(make, DiskFormat::Vhd, &[], Some("vpc")).await;
+    // qemu rounds the size up to a CHS geometry.
+    assert!(r.virtual_size > RAW_SIZE);
+}
+
+#[tokio::test]
+async fn vpc_dynamic_force_size() {
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vpc", "force_size=on", "d.vhd");
+    let r = case_with(make, DiskFormat::Vhd, &[], Some("vpc")).await;
+    assert_eq!(r.virtual_size, RAW_SIZE);
+}
+
+#[tokio::test]
+async fn vpc_fixed() {
+    // qemu probes a fixed VHD as raw (footer included); `-f vpc` is the oracle.
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vpc", "subformat=fixed", "d.vhd");
+    case_with(make, DiskFormat::Vhd, &[], Some("vpc")).await;
+}
+
+#[tokio::test]
+async fn vpc_fixed_gzip() {
+    // The footer is recognised at the end of a stream of unknown length.
+    let make = |d: &Path, raw: &Path| {
+        let v = qemu_make(d, raw, "vpc", "subformat=fixed,force_size=on", "d.vhd");
+        sh(&format!("gzip -1 {}", s(&v)));
+        d.join("d.vhd.gz")
+    };
+    let r = case_with(make, DiskFormat::Vhd, &["gzip"], None).await;
+    assert_eq!(r.virtual_size, RAW_SIZE);
+}
+
+#[tokio::test]
+async fn vhdx_dynamic() {
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vhdx", "", "d.vhdx");
+    case(make, DiskFormat::Vhdx, &[]).await;
+}
+
+#[tokio::test]
+async fn vhdx_fixed_small_blocks() {
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vhdx", "subformat=fixed,block_size=1M", "d.vhdx");
+    case(make, DiskFormat::Vhdx, &[]).await;
+}
+
+#[tokio::test]
+async fn vhdx_large_blocks_gzip() {
+    let make = |d: &Path, raw: &Path| {
+        let v = qemu_make(d, raw, "vhdx", "log_size=2M,block_size=32M", "d.vhdx");
+        sh(&format!("gzip -1 {}", s(&v)));
+        d.join("d.vhdx.gz")
+    };
+    case(make, DiskFormat::Vhdx, &["gzip"]).await;
+}
+
+#[tokio::test]
+async fn vdi_dynamic() {
+    let make = |d: &Path, raw: &Path| qemu_make(d, raw, "vdi", "", "d.vdi");
+    case(make, DiskFormat::Vdi, &[]).await;
+}
+
+#[tokio::test]
+async fn vdi_static_zstd() {
+    let make = |d: &Path, raw: &Path| {
+        let v = qemu_make(d, raw, "vdi", "static=on", "d.vdi");
+        sh(&format!("zstd -q --rm {}", s(&v)));
+        d.join("d.vdi.zst")
+    };
+    case(make, DiskFormat::Vdi, &["zstd"]).await;
+}
+
+/// An OVA as VMware and ovftool lay it out: descriptor, manifest, then the disk.
+fn ova(d: &Path, raw: &Path, extra: &str) -> PathBuf {
+    qemu_make(d, raw, "vmdk", "subformat=streamOptimized", "disk-1.vmdk");
+    std::fs::write(d.join("extra.iso"), b"not the disk").unwrap();
+    let ovf = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References>
+    <File ovf:href="extra.iso" ovf:id="file0"/>
+    <File ovf:href="disk-1.vmdk" ovf:id="file1"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{RAW_SIZE}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1"
+          ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+</Envelope>
+"#
+    );
+    std::fs::write(d.join("vm.ovf"), ovf).unwrap();
+    sh(&format!(
+        "cd {} && sha256sum --tag vm.ovf disk-1.vmdk extra.iso | sed 's/ (/(/' > vm.mf && \
+         tar --format=ustar -cf vm.ova vm.ovf vm.mf {extra} disk-1.vmdk",
+        s(d)
+    ));
+    d.join("vm.ova")
+}
+
+#[tokio::test]
+async fn ova_with_a_stream_optimized_vmdk() {
+    case(|d, raw| ova(d, raw, "extra.iso"), DiskFormat::Vmdk, &["ova"]).await;
+}
+
+#[tokio::test]
+async fn ova_gzip_disk_last_member_first() {
+    // The referenced disk before an unreferenced file, the whole OVA compressed.
+    let make = |d: &Path, raw: &Path| {
+        ova(d, raw, "");
+        sh(&format!(
+            "cd {} && tar -rf vm.ova extra.iso && gzip -1 vm.ova",
+            s(d)
+        ));
+        d.join("vm.ova.gz")
+    };
+    case(make, DiskFormat::Vmdk, &["gzip", "ova"]).await;
 }

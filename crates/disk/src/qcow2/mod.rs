@@ -11,23 +11,22 @@
 //!
 //! Processing the smallest pending offset next means the stream only moves forward. A
 //! structure found *behind* the stream position (data written before its L2 table, as a
-//! VM may leave it) is served from the reorder buffer ([`seq`]), which retains skipped
-//! chunks until every L2 table is known and then empties; images written by
-//! `qemu-img convert` need next to none of it. Refcounts, snapshots and bitmaps are
+//! VM may leave it) is served from the reorder buffer (`crate::seq`, shared with the
+//! other formats), which retains skipped chunks until every L2 table is known and then
+//! empties; images written by `qemu-img convert` need next to none of it. Refcounts, snapshots and bitmaps are
 //! ignored: only the active L1 table defines the guest view.
 //!
 //! `imago` (the Rust qcow2 library) was considered: its `Storage` trait is random access
 //! (`pure_readv(offset)` plus `size()`), so it cannot read a pipe or a decompressing stream.
 
 pub mod header;
-mod seq;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 
 pub use header::{CompressionType, Header};
-use seq::SeqFile;
 
+use crate::seq::SeqFile;
 use crate::target::Target;
 use crate::{Error, Result};
 
@@ -69,7 +68,7 @@ pub(crate) struct Qcow2Stream<'a> {
 impl<'a> Qcow2Stream<'a> {
     /// Reads and validates the header. `budget` bounds the reorder buffer.
     pub(crate) fn open(r: &'a mut dyn Read, budget: u64) -> Result<Self> {
-        let mut file = SeqFile::new(r, 512, budget);
+        let mut file = SeqFile::new(r, "qcow2", 512, budget);
         let first = file.read_at(0, 512, true)?;
         if first.len() < 104 {
             return Err(Error::invalid("qcow2", "truncated header"));

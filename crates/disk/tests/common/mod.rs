@@ -108,6 +108,39 @@ pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
     v
 }
 
+/// `qemu-img convert -f <format> -O raw` of `image` (for formats qemu does not probe, as a
+/// fixed VHD).
+pub fn qemu_raw_as(image: &Path, format: &str, dir: &Path) -> Vec<u8> {
+    let out = dir.join("oracle-as.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            format,
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    let v = std::fs::read(&out).unwrap();
+    std::fs::remove_file(out).unwrap();
+    v
+}
+
+/// CRC-32C (VHDX header and region table checksums).
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0x82f6_3b78 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
 /// Asserts two images are equal, reporting the first difference.
 pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");

@@ -1,16 +1,17 @@
-//! A forward-only view of an image file that can still serve some ranges it has passed.
+//! A forward-only view of an image file that can still serve some ranges it has passed:
+//! the reorder buffer shared by every format reader (qcow2, vmdk, vhd, vhdx, vdi).
 //!
-//! While the qcow2 metadata is incomplete (some L2 tables not read yet), every chunk the
-//! stream skips over might turn out to be data, so it is retained: all-zero chunks as a
-//! length only, others as bytes, up to a budget. Once all metadata is known, retention
-//! stops and the retained chunks are dropped. The last range read is also kept, because
-//! compressed clusters may share bytes with their neighbour.
+//! While an image's metadata is incomplete (a qcow2 L2 table, a VMDK grain table, a BAT
+//! not read yet), every chunk the stream skips over might turn out to be data, so it is
+//! retained: all-zero chunks as a length only, others as bytes, up to a budget. Once all
+//! metadata is known, retention stops and the retained chunks are dropped. The last range
+//! read is also kept, because compressed clusters may share bytes with their neighbour.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 
 use crate::source::read_full;
-use crate::target::is_zero;
+use crate::target::{Target, is_zero};
 use crate::{Error, Result};
 
 /// A retained chunk.
@@ -28,9 +29,14 @@ impl Chunk {
     }
 }
 
+/// Largest piece [`SeqFile::copy_to`] reads at once.
+const COPY_PIECE: u64 = 1 << 20;
+
 /// The forward-only file.
 pub(crate) struct SeqFile<'a> {
     inner: &'a mut dyn Read,
+    /// The format being read (for messages).
+    format: &'static str,
     pos: u64,
     eof: bool,
     chunk: u64,
@@ -46,9 +52,11 @@ pub(crate) struct SeqFile<'a> {
 
 impl<'a> SeqFile<'a> {
     /// Starts at offset 0, retaining (in `chunk`-sized pieces) up to `budget` bytes.
-    pub(crate) fn new(inner: &'a mut dyn Read, chunk: u64, budget: u64) -> Self {
+    /// `format` names the image format in errors.
+    pub(crate) fn new(inner: &'a mut dyn Read, format: &'static str, chunk: u64, budget: u64) -> Self {
         Self {
             inner,
+            format,
             pos: 0,
             eof: false,
             chunk: chunk.max(512),
@@ -73,7 +81,8 @@ impl<'a> SeqFile<'a> {
             tracing::debug!(
                 retained = self.retained_bytes,
                 pos = self.pos,
-                "qcow2 metadata complete; reorder buffer released"
+                format = self.format,
+                "metadata complete; reorder buffer released"
             );
         }
         self.retaining = false;
@@ -84,6 +93,24 @@ impl<'a> SeqFile<'a> {
     /// Bytes consumed from the stream.
     pub(crate) fn pos(&self) -> u64 {
         self.pos
+    }
+
+    /// Whether skipped chunks are still retained.
+    pub(crate) fn retaining(&self) -> bool {
+        self.retaining
+    }
+
+    /// Copies `[off, off + len)` of the image to `guest` on the target, in pieces of at
+    /// most 1 MiB (a large block never becomes one large allocation).
+    pub(crate) fn copy_to(&mut self, off: u64, len: u64, target: &mut Target, guest: u64) -> Result<()> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(COPY_PIECE);
+            let data = self.read_at(off + done, n as usize, false)?;
+            target.write_at(guest + done, data)?;
+            done += n;
+        }
+        Ok(())
     }
 
     /// Reads `[off, off + len)`. With `allow_short`, a range running past the end of the
@@ -129,7 +156,7 @@ impl<'a> SeqFile<'a> {
 
     fn truncated(&self, at: u64) -> Error {
         Error::invalid(
-            "qcow2",
+            self.format,
             format!(
                 "truncated: data needed at offset {at:#x}, the file ends at {:#x}",
                 self.pos
@@ -163,10 +190,10 @@ impl<'a> SeqFile<'a> {
                 }
                 _ => {
                     return Err(Error::invalid(
-                        "qcow2",
+                        self.format,
                         format!(
                             "offset {cur:#x} is needed after the stream passed it (it was read as metadata, \
-                             or the layout puts data before its L2 table beyond the reorder buffer)"
+                             or the layout puts data before its tables beyond the reorder buffer)"
                         ),
                     ));
                 }
@@ -193,11 +220,12 @@ impl<'a> SeqFile<'a> {
                     self.retained_bytes += got as u64;
                     if self.retained_bytes > self.budget {
                         return Err(Error::Unsupported {
-                            format: "qcow2",
+                            format: self.format,
                             reason: format!(
                                 "its data comes before its metadata by more than the reorder buffer \
-                                 ({} MiB); rewrite it with `qemu-img convert -O qcow2` or raise the buffer",
-                                self.budget >> 20
+                                 ({} MiB); rewrite it with `qemu-img convert -O {}` or raise the buffer",
+                                self.budget >> 20,
+                                if self.format == "vhd" { "vpc" } else { self.format }
                             ),
                         });
                     }
@@ -211,6 +239,85 @@ impl<'a> SeqFile<'a> {
     }
 }
 
+/// Largest table (BAT, block map, grain directory) read into memory: 32 MiB, as qemu's
+/// qcow2 L1 limit. Tables are also never read beyond what the virtual size needs.
+pub(crate) const MAX_TABLE_BYTES: u64 = 32 << 20;
+
+/// A run of image bytes holding guest data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Extent {
+    /// Offset in the image file.
+    pub(crate) host: u64,
+    /// Offset in the guest (the target).
+    pub(crate) guest: u64,
+    /// Length in bytes.
+    pub(crate) len: u64,
+}
+
+/// Copies `extents` to the target in file order (the stream only moves forward). Extents
+/// behind the stream are served from the reorder buffer, which is released as soon as
+/// nothing left lies behind. Overlapping extents (two table entries naming the same data)
+/// are invalid.
+pub(crate) fn copy_extents(
+    file: &mut SeqFile<'_>,
+    mut extents: Vec<Extent>,
+    target: &mut Target,
+) -> Result<()> {
+    extents.sort_unstable_by_key(|e| e.host);
+    let mut end = 0u64;
+    for e in extents {
+        if e.host < end {
+            return Err(Error::invalid(
+                file.format,
+                format!(
+                    "two blocks share the file range at {:#x} (guest offset {:#x})",
+                    e.host, e.guest
+                ),
+            ));
+        }
+        end = e
+            .host
+            .checked_add(e.len)
+            .ok_or_else(|| Error::invalid(file.format, format!("block offset {:#x} out of range", e.host)))?;
+        if file.retaining() && e.host >= file.pos() {
+            file.stop_retaining();
+        }
+        file.copy_to(e.host, e.len, target, e.guest)?;
+    }
+    file.stop_retaining();
+    Ok(())
+}
+
+/// Little- and big-endian fields of on-disk structures (`b` must be long enough).
+pub(crate) fn le16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes(b[off..off + 2].try_into().expect("2 bytes"))
+}
+
+/// See [`le16`].
+pub(crate) fn le32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// See [`le16`].
+pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// See [`le16`].
+pub(crate) fn be16(b: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes(b[off..off + 2].try_into().expect("2 bytes"))
+}
+
+/// See [`le16`].
+pub(crate) fn be32(b: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// See [`le16`].
+pub(crate) fn be64(b: &[u8], off: usize) -> u64 {
+    u64::from_be_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,7 +326,7 @@ mod tests {
     fn serves_passed_ranges_from_retention_and_last() {
         let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
         let mut r = &data[..];
-        let mut f = SeqFile::new(&mut r, 512, 1 << 20);
+        let mut f = SeqFile::new(&mut r, "qcow2", 512, 1 << 20);
         assert_eq!(f.read_at(2048, 100, false).unwrap(), &data[2048..2148]);
         // Before pos: retained chunks.
         assert_eq!(f.read_at(100, 600, false).unwrap(), &data[100..700]);
@@ -243,7 +350,7 @@ mod tests {
         let mut data = vec![0u8; 1 << 20];
         data.extend(std::iter::repeat_n(7u8, 8192));
         let mut r = &data[..];
-        let mut f = SeqFile::new(&mut r, 4096, 4096);
+        let mut f = SeqFile::new(&mut r, "qcow2", 4096, 4096);
         assert_eq!(f.read_at((1 << 20) - 1, 1, false).unwrap(), &[0]);
         assert_eq!(f.read_at(5, 3, false).unwrap(), &[0, 0, 0]);
         let e = f.read_at((1 << 20) + 8191, 1, false).unwrap_err();

@@ -1,0 +1,149 @@
+//! VirtualBox VDI → raw, streamed in file order.
+//!
+//! ```text
+//!   0       header: "<<< Oracle VM VirtualBox Disk Image >>>", signature 0xbeda107f (LE)
+//!   bmap    block map: one u32 per block: block number in the data area,
+//!           0xffffffff unallocated, 0xfffffffe zero
+//!   data    blocks (1 MiB), in allocation order
+//! ```
+//!
+//! Dynamic (`normal`) and static images are read alike: the header and the block map are
+//! read and checked before the target is opened, then the allocated blocks are copied in
+//! file order. As qemu: version 1.1 only, 512-byte sectors, 1 MiB blocks, no extra block
+//! data; undo and differencing images (and any linked or parent UUID) are refused.
+
+use std::io::Read;
+
+use crate::seq::{Extent, MAX_TABLE_BYTES, SeqFile, copy_extents, le32, le64};
+use crate::target::Target;
+use crate::{Error, Result};
+
+const FORMAT: &str = "vdi";
+const SIGNATURE: u32 = 0xbeda_107f;
+const VERSION_1_1: u32 = 0x0001_0001;
+const TYPE_DYNAMIC: u32 = 1;
+const TYPE_STATIC: u32 = 2;
+const UNALLOCATED: u32 = 0xffff_ffff;
+const ZERO: u32 = 0xffff_fffe;
+const BLOCK_SIZE: u32 = 1 << 20;
+
+/// A VDI image being read from a stream.
+pub(crate) struct VdiStream<'a> {
+    file: SeqFile<'a>,
+    virtual_size: u64,
+    extents: Vec<Extent>,
+}
+
+impl<'a> VdiStream<'a> {
+    /// Reads and checks the header and the block map (before the target is opened).
+    pub(crate) fn open(r: &'a mut dyn Read, budget: u64) -> Result<Self> {
+        let mut file = SeqFile::new(r, FORMAT, 512, budget);
+        let h = file.read_at(0, 512, false)?.to_vec();
+        let bad = |what: String| Error::invalid(FORMAT, what);
+        let unsupported = |what: String| Error::Unsupported {
+            format: FORMAT,
+            reason: what,
+        };
+        if le32(&h, 0x40) != SIGNATURE {
+            return Err(bad("bad signature".into()));
+        }
+        let version = le32(&h, 0x44);
+        if version != VERSION_1_1 {
+            return Err(unsupported(format!(
+                "version {}.{} (only 1.1 is read)",
+                version >> 16,
+                version & 0xffff
+            )));
+        }
+        let image_type = le32(&h, 0x4c);
+        if image_type != TYPE_DYNAMIC && image_type != TYPE_STATIC {
+            return Err(Error::refused(
+                FORMAT,
+                format!(
+                    "image type {image_type} ({}): only normal (dynamic) and static images are \
+                     self-contained",
+                    match image_type {
+                        3 => "undo",
+                        4 => "differencing",
+                        _ => "unknown",
+                    }
+                ),
+            ));
+        }
+        if h[0x1a8..0x1c8].iter().any(|b| *b != 0) {
+            return Err(Error::refused(
+                FORMAT,
+                "it has a linked or parent image (non-null link/parent UUID)",
+            ));
+        }
+        let offset_bmap = u64::from(le32(&h, 0x154));
+        let offset_data = u64::from(le32(&h, 0x158));
+        let sector_size = le32(&h, 0x168);
+        let disk_size = le64(&h, 0x170);
+        let block_size = le32(&h, 0x178);
+        let block_extra = le32(&h, 0x17c);
+        let blocks_in_image = le32(&h, 0x180);
+        if sector_size != 512 {
+            return Err(unsupported(format!("sector size {sector_size}")));
+        }
+        if block_size != BLOCK_SIZE {
+            return Err(unsupported(format!("block size {block_size} (only 1 MiB)")));
+        }
+        if block_extra != 0 {
+            return Err(unsupported(format!("{block_extra} extra bytes per block")));
+        }
+        if offset_bmap < 512 || !offset_bmap.is_multiple_of(512) || !offset_data.is_multiple_of(512) {
+            return Err(bad(format!(
+                "block map at {offset_bmap:#x} or data at {offset_data:#x} misplaced"
+            )));
+        }
+        // As qemu: odd sizes (VBoxManage convertfromraw) are rounded up to a sector.
+        let virtual_size = disk_size.div_ceil(512) * 512;
+        let blocks = virtual_size.div_ceil(u64::from(block_size));
+        if blocks > u64::from(blocks_in_image) {
+            return Err(bad(format!(
+                "disk size {disk_size} needs {blocks} blocks, the image has {blocks_in_image}"
+            )));
+        }
+        if blocks * 4 > MAX_TABLE_BYTES {
+            return Err(bad(format!(
+                "block map of {blocks} entries is too large (disk size {disk_size})"
+            )));
+        }
+        let bmap = file.read_at(offset_bmap, (blocks * 4) as usize, false)?;
+        let mut extents = Vec::new();
+        for (i, e) in bmap.chunks_exact(4).enumerate() {
+            let e = le32(e, 0);
+            if e == UNALLOCATED || e == ZERO {
+                continue;
+            }
+            if e >= blocks_in_image {
+                return Err(bad(format!(
+                    "block map entry {i} ({e}) is out of range (the image has {blocks_in_image} blocks)"
+                )));
+            }
+            let guest = i as u64 * u64::from(block_size);
+            extents.push(Extent {
+                host: offset_data + u64::from(e) * u64::from(block_size),
+                guest,
+                len: (virtual_size - guest).min(u64::from(block_size)),
+            });
+        }
+        Ok(Self {
+            file,
+            virtual_size,
+            extents,
+        })
+    }
+
+    /// The guest-visible size.
+    pub(crate) fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+
+    /// Writes the allocated blocks to `target` (unallocated and zero blocks stay holes).
+    pub(crate) fn convert(mut self, target: &mut Target) -> Result<()> {
+        let extents = std::mem::take(&mut self.extents);
+        copy_extents(&mut self.file, extents, target)
+    }
+}

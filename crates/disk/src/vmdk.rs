@@ -1,0 +1,581 @@
+//! VMware VMDK (hosted sparse extent, "KDMV") → raw, streamed in file order.
+//!
+//! ```text
+//!  monolithicSparse:  header │ descriptor │ rGD │ rGTs │ GD │ GTs │ grains …
+//!  streamOptimized:   header │ descriptor │ [marker lba size │ deflate] … │ (GT, GD,
+//!                     footer markers) │ end-of-stream marker
+//! ```
+//!
+//! The header and the embedded descriptor are read and checked first, before the target
+//! is opened. The descriptor must describe exactly this file: `createType`
+//! `monolithicSparse` or `streamOptimized`, one `SPARSE` extent, no parent. Descriptor-only
+//! files (`monolithicFlat`, `twoGbMaxExtentSparse`, `vmfs`, …) and any other extent
+//! layout read other files and are **refused**, naming them; delta disks (a `parentCID`)
+//! are refused too.
+//!
+//! - **Grain markers** (streamOptimized, flag bit 17): every grain carries its guest LBA,
+//!   so the file is walked from the first grain to the end-of-stream marker and each grain
+//!   is inflated (zlib) and written where it says; grain tables, the grain directory and
+//!   the footer are skipped. Where the grain directory lies (at the front as qemu writes
+//!   it, or at the end, `gdOffset = GD_AT_END`, as VMware does) does not matter.
+//! - **Tables** (monolithicSparse): as qcow2, pending structures are handled in file
+//!   order — grain directory, grain tables, grains — and data found behind the stream goes
+//!   through the reorder buffer. The directory read is the earlier of the two copies (the
+//!   redundant one, in qemu's and VMware's layout, so the other copy is skipped). Pending
+//!   grains cost 8 bytes each (a 32-bit sector and a 32-bit grain number), at most
+//!   `reorder_budget / 8` of them (qemu puts every grain table before the first grain).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::io::Read;
+
+use crate::qcow2::header::MAX_VIRTUAL_SIZE;
+use crate::seq::{MAX_TABLE_BYTES, SeqFile, le16, le32, le64};
+use crate::target::Target;
+use crate::{Error, Result};
+
+const FORMAT: &str = "vmdk";
+const SECTOR: u64 = 512;
+/// `gdOffset` of a stream whose grain directory is found through the footer.
+const GD_AT_END: u64 = u64::MAX;
+const FLAG_REDUNDANT_GT: u32 = 1 << 1;
+const FLAG_ZERO_GRAIN: u32 = 1 << 2;
+const FLAG_COMPRESSED: u32 = 1 << 16;
+const FLAG_MARKERS: u32 = 1 << 17;
+const COMPRESSION_DEFLATE: u16 = 1;
+/// Largest grain accepted (VMware always uses 64 KiB).
+const MAX_GRAIN_SECTORS: u64 = 32768;
+/// Largest descriptor read (sectors).
+const MAX_DESCRIPTOR_SECTORS: u64 = 2048;
+/// A grain-table entry meaning "zeros" when [`FLAG_ZERO_GRAIN`] is set.
+const GTE_ZEROED: u32 = 1;
+/// Metadata marker types.
+const MARKER_EOS: u32 = 0;
+const MARKER_FOOTER: u32 = 3;
+
+fn bad(what: impl Into<String>) -> Error {
+    Error::invalid(FORMAT, what)
+}
+
+/// The sparse extent header fields conversion needs (little-endian on disk).
+#[derive(Clone, Debug)]
+pub(crate) struct Header {
+    flags: u32,
+    /// Virtual size in sectors.
+    capacity: u64,
+    /// Grain size in sectors.
+    grain: u64,
+    gtes_per_gt: u64,
+    rgd_offset: u64,
+    gd_offset: u64,
+    /// Sectors before the first grain.
+    overhead: u64,
+}
+
+impl Header {
+    fn parse(h: &[u8]) -> Result<Self> {
+        let version = le32(h, 4);
+        let flags = le32(h, 8);
+        let hdr = Self {
+            flags,
+            capacity: le64(h, 12),
+            grain: le64(h, 20),
+            gtes_per_gt: u64::from(le32(h, 44)),
+            rgd_offset: le64(h, 48),
+            gd_offset: le64(h, 56),
+            overhead: le64(h, 64),
+        };
+        if !(1..=3).contains(&version) {
+            return Err(Error::Unsupported {
+                format: FORMAT,
+                reason: format!("sparse extent version {version}"),
+            });
+        }
+        if !hdr.grain.is_power_of_two() || hdr.grain > MAX_GRAIN_SECTORS {
+            return Err(bad(format!("grain size of {} sectors", hdr.grain)));
+        }
+        if !(1..=512).contains(&hdr.gtes_per_gt) {
+            return Err(bad(format!("{} entries per grain table", hdr.gtes_per_gt)));
+        }
+        if hdr.capacity > MAX_VIRTUAL_SIZE / SECTOR || hdr.grains() > u64::from(u32::MAX) {
+            return Err(bad(format!("capacity of {} sectors", hdr.capacity)));
+        }
+        if hdr.gd_entries() * 4 > MAX_TABLE_BYTES {
+            return Err(bad(format!(
+                "a grain directory of {} entries is too large",
+                hdr.gd_entries()
+            )));
+        }
+        if flags & FLAG_COMPRESSED != 0 {
+            let algorithm = le16(h, 77);
+            if algorithm != COMPRESSION_DEFLATE {
+                return Err(Error::Unsupported {
+                    format: FORMAT,
+                    reason: format!("compression algorithm {algorithm}"),
+                });
+            }
+            if flags & FLAG_MARKERS == 0 {
+                return Err(Error::Unsupported {
+                    format: FORMAT,
+                    reason: "compressed grains without grain markers".into(),
+                });
+            }
+        }
+        Ok(hdr)
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.capacity * SECTOR
+    }
+
+    fn grain_bytes(&self) -> u64 {
+        self.grain * SECTOR
+    }
+
+    fn grains(&self) -> u64 {
+        self.capacity.div_ceil(self.grain)
+    }
+
+    fn gd_entries(&self) -> u64 {
+        self.grains().div_ceil(self.gtes_per_gt)
+    }
+}
+
+/// One extent line of a descriptor: `RW 16389 SPARSE "disk.vmdk"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ExtentLine {
+    kind: String,
+    file: Option<String>,
+}
+
+/// The descriptor fields that decide whether the image is self-contained.
+#[derive(Clone, Debug, Default)]
+struct Descriptor {
+    create_type: Option<String>,
+    parent_cid: Option<String>,
+    parent_hint: Option<String>,
+    extents: Vec<ExtentLine>,
+}
+
+impl Descriptor {
+    fn parse(text: &str) -> Self {
+        let mut d = Descriptor::default();
+        let unquote = |v: &str| v.trim().trim_matches('"').to_string();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once('=') {
+                match k.trim() {
+                    "createType" => d.create_type = Some(unquote(v)),
+                    "parentCID" => d.parent_cid = Some(unquote(v)),
+                    "parentFileNameHint" => d.parent_hint = Some(unquote(v)),
+                    _ => {}
+                }
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            if let (Some("RW" | "RDONLY" | "NOACCESS"), Some(_), Some(kind)) =
+                (words.next(), words.next(), words.next())
+            {
+                let file = line.split('"').nth(1).map(str::to_string);
+                d.extents.push(ExtentLine {
+                    kind: kind.to_ascii_uppercase(),
+                    file,
+                });
+            }
+        }
+        d
+    }
+
+    /// The files the descriptor names, for messages.
+    fn files(&self) -> String {
+        let names: Vec<String> = self
+            .extents
+            .iter()
+            .filter_map(|e| e.file.as_ref().map(|f| format!("{f:?}")))
+            .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// Accepts a descriptor embedded in a sparse extent that describes only that extent.
+    fn check_embedded(&self) -> Result<()> {
+        if let Some(cid) = &self.parent_cid
+            && !cid.eq_ignore_ascii_case("ffffffff")
+        {
+            return Err(Error::refused(
+                FORMAT,
+                format!(
+                    "it is a delta disk of parent {:?} (parentCID {cid})",
+                    self.parent_hint.as_deref().unwrap_or("unknown")
+                ),
+            ));
+        }
+        let create = self.create_type.as_deref().unwrap_or("monolithicSparse");
+        let self_contained = ["monolithicSparse", "streamOptimized"]
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(create));
+        if !self_contained || self.extents.len() != 1 || self.extents[0].kind != "SPARSE" {
+            return Err(Error::refused(
+                FORMAT,
+                format!(
+                    "its descriptor (createType {create:?}) describes {} extent(s) in other files ({}); \
+                     only monolithicSparse and streamOptimized images are read",
+                    self.extents.len(),
+                    self.files()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A VMDK sparse extent being read from a stream.
+pub(crate) struct VmdkStream<'a> {
+    file: SeqFile<'a>,
+    header: Header,
+    budget: u64,
+}
+
+impl<'a> VmdkStream<'a> {
+    /// Reads and checks the header and the embedded descriptor.
+    pub(crate) fn open(r: &'a mut dyn Read, budget: u64) -> Result<Self> {
+        let mut file = SeqFile::new(r, FORMAT, 512, budget);
+        let head = file.read_at(0, SECTOR as usize, true)?;
+        if head.starts_with(b"# Disk DescriptorFile") {
+            let text = file.read_at(0, (MAX_DESCRIPTOR_SECTORS * SECTOR) as usize, true)?;
+            let d = Descriptor::parse(&String::from_utf8_lossy(text));
+            return Err(Error::refused(
+                FORMAT,
+                format!(
+                    "a descriptor file (createType {:?}): its data is in other files ({})",
+                    d.create_type.as_deref().unwrap_or("unknown"),
+                    d.files()
+                ),
+            ));
+        }
+        if head.starts_with(b"COWD") {
+            return Err(Error::Unsupported {
+                format: FORMAT,
+                reason: "ESX sparse (COWD) extents".into(),
+            });
+        }
+        if head.len() < SECTOR as usize || !head.starts_with(b"KDMV") {
+            return Err(bad("no sparse extent header (\"KDMV\")"));
+        }
+        let header = Header::parse(head)?;
+        let (desc_off, desc_len) = (le64(head, 28), le64(head, 36));
+        if desc_off != 0 && desc_len != 0 {
+            if desc_len > MAX_DESCRIPTOR_SECTORS || desc_off > MAX_TABLE_BYTES / SECTOR {
+                return Err(bad(format!(
+                    "descriptor at sector {desc_off} of {desc_len} sectors"
+                )));
+            }
+            let text = file.read_at(desc_off * SECTOR, (desc_len * SECTOR) as usize, false)?;
+            let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
+            Descriptor::parse(&String::from_utf8_lossy(&text[..end])).check_embedded()?;
+        }
+        Ok(Self { file, header, budget })
+    }
+
+    /// The guest-visible size.
+    pub(crate) fn virtual_size(&self) -> u64 {
+        self.header.virtual_size()
+    }
+
+    /// Writes the allocated grains to `target` (unallocated and zero grains stay holes).
+    pub(crate) fn convert(self, target: &mut Target) -> Result<()> {
+        if self.header.flags & FLAG_MARKERS != 0 {
+            self.walk_markers(target)
+        } else {
+            self.follow_tables(target)
+        }
+    }
+
+    /// streamOptimized: grain markers, in file order, up to the end-of-stream marker.
+    fn walk_markers(mut self, target: &mut Target) -> Result<()> {
+        let h = self.header.clone();
+        let vs = h.virtual_size();
+        let grain = h.grain_bytes();
+        // Nothing behind the walk is ever needed.
+        self.file.stop_retaining();
+        let mut pos = (h.overhead * SECTOR).max(self.file.pos().next_multiple_of(SECTOR));
+        let mut inflate = flate2::Decompress::new(true);
+        let mut out = vec![0u8; grain as usize];
+        loop {
+            let m = self.file.read_at(pos, SECTOR as usize, false)?;
+            let (value, size) = (le64(m, 0), u64::from(le32(m, 8)));
+            if size == 0 {
+                let kind = le32(m, 12);
+                match kind {
+                    MARKER_EOS => return Ok(()),
+                    1..=MARKER_FOOTER if value <= MAX_TABLE_BYTES / SECTOR => {
+                        pos += SECTOR + value * SECTOR;
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "bad marker at {pos:#x} (type {kind}, {value} sectors)"
+                        )));
+                    }
+                }
+                continue;
+            }
+            // A grain: LBA, compressed size, zlib data; padded to a sector.
+            let guest = value.checked_mul(SECTOR).filter(|g| *g < vs);
+            let Some(guest) = guest.filter(|_| value.is_multiple_of(h.grain) && size <= 2 * grain + 4096)
+            else {
+                return Err(bad(format!(
+                    "grain marker at {pos:#x}: LBA {value}, {size} bytes (capacity {} sectors)",
+                    h.capacity
+                )));
+            };
+            let data = self.file.read_at(pos, (12 + size) as usize, false)?;
+            inflate.reset(true);
+            let status = inflate
+                .decompress(&data[12..], &mut out, flate2::FlushDecompress::Finish)
+                .map_err(|e| bad(format!("grain at {pos:#x} (LBA {value}): {e}")))?;
+            if status != flate2::Status::StreamEnd {
+                return Err(bad(format!(
+                    "grain at {pos:#x} (LBA {value}) does not inflate to at most one grain"
+                )));
+            }
+            let n = (inflate.total_out()).min(vs - guest) as usize;
+            target.write_at(guest, &out[..n])?;
+            pos += (12 + size).next_multiple_of(SECTOR);
+        }
+    }
+
+    /// monolithicSparse: grain directory → grain tables → grains, in file order.
+    fn follow_tables(mut self, target: &mut Target) -> Result<()> {
+        let h = self.header.clone();
+        let vs = h.virtual_size();
+        let grain = h.grain_bytes();
+        let gd = match (h.gd_offset, h.rgd_offset) {
+            (GD_AT_END, _) => {
+                return Err(Error::Unsupported {
+                    format: FORMAT,
+                    reason: "a grain directory at the end without grain markers".into(),
+                });
+            }
+            (gd, rgd) if h.flags & FLAG_REDUNDANT_GT != 0 && rgd != 0 && rgd < gd => rgd,
+            (gd, _) => gd,
+        };
+        if gd == 0 {
+            return Err(bad("no grain directory"));
+        }
+        let max_pending = (self.budget / 8).max(1 << 20) as usize;
+        let dir = self
+            .file
+            .read_at(gd * SECTOR, (h.gd_entries() * 4) as usize, false)?;
+        // Grain tables by file offset → their index in the directory.
+        let mut tables: BTreeMap<u64, u64> = BTreeMap::new();
+        for (i, e) in dir.chunks_exact(4).enumerate() {
+            let sector = u64::from(le32(e, 0));
+            if sector == 0 {
+                continue;
+            }
+            if tables.insert(sector * SECTOR, i as u64).is_some() {
+                return Err(bad(format!(
+                    "grain directory entry {i}: grain table at sector {sector} twice"
+                )));
+            }
+        }
+        // Grains: (sector << 32 | grain number), smallest sector first.
+        let mut grains: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
+        loop {
+            let next_grain = grains.peek().map(|Reverse(g)| (g >> 32) * SECTOR);
+            let next_table = tables.first_key_value().map(|(o, _)| *o);
+            if tables.is_empty() && next_grain.is_none_or(|g| g >= self.file.pos()) {
+                self.file.stop_retaining();
+            }
+            match (next_table, next_grain) {
+                (None, None) => return Ok(()),
+                (Some(t), g) if g.is_none_or(|g| t <= g) => {
+                    let index = tables.remove(&t).expect("the first key");
+                    let gt = self.file.read_at(t, (h.gtes_per_gt * 4) as usize, false)?;
+                    for (j, e) in gt.chunks_exact(4).enumerate() {
+                        let number = index * h.gtes_per_gt + j as u64;
+                        if number >= h.grains() {
+                            break;
+                        }
+                        let sector = le32(e, 0);
+                        if sector == 0 || (sector == GTE_ZEROED && h.flags & FLAG_ZERO_GRAIN != 0) {
+                            continue;
+                        }
+                        grains.push(Reverse(u64::from(sector) << 32 | number));
+                    }
+                    if grains.len() > max_pending {
+                        return Err(Error::Unsupported {
+                            format: FORMAT,
+                            reason: format!(
+                                "more than {max_pending} grains are mapped ahead of the stream (raise the reorder buffer)"
+                            ),
+                        });
+                    }
+                }
+                (_, Some(off)) => {
+                    let Reverse(g) = grains.pop().expect("peeked");
+                    let guest = (g & u64::from(u32::MAX)) * grain;
+                    self.file.copy_to(off, grain.min(vs - guest), target, guest)?;
+                }
+                (Some(_), None) => unreachable!("a table with no grain pending is handled above"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Reporter;
+    use crate::source::{Shared, Stats};
+    use crate::target::{Target, TargetSpec, probe};
+    use std::io::Write;
+
+    /// A sparse extent header: 8-sector grains, `capacity` sectors, descriptor at sector 1.
+    fn header(flags: u32, capacity: u64, gd: u64, overhead: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..4].copy_from_slice(b"KDMV");
+        h[4..8].copy_from_slice(&3u32.to_le_bytes());
+        h[8..12].copy_from_slice(&flags.to_le_bytes());
+        h[12..20].copy_from_slice(&capacity.to_le_bytes());
+        h[20..28].copy_from_slice(&8u64.to_le_bytes());
+        h[28..36].copy_from_slice(&1u64.to_le_bytes());
+        h[36..44].copy_from_slice(&1u64.to_le_bytes());
+        h[44..48].copy_from_slice(&512u32.to_le_bytes());
+        h[56..64].copy_from_slice(&gd.to_le_bytes());
+        h[64..72].copy_from_slice(&overhead.to_le_bytes());
+        h[77..79].copy_from_slice(&1u16.to_le_bytes());
+        h
+    }
+
+    fn descriptor(create: &str, capacity: u64) -> Vec<u8> {
+        let mut d = format!("# Disk DescriptorFile\nparentCID=ffffffff\ncreateType=\"{create}\"\nRW {capacity} SPARSE \"x.vmdk\"\n")
+            .into_bytes();
+        d.resize(512, 0);
+        d
+    }
+
+    fn pad(v: &mut Vec<u8>) {
+        v.resize(v.len().next_multiple_of(512), 0);
+    }
+
+    fn convert_into(image: &[u8], budget: u64, out: &std::path::Path) -> Result<u64> {
+        let spec = TargetSpec {
+            path: out.to_path_buf(),
+            capacity: None,
+        };
+        let stats = Stats::new(Shared {
+            hasher: None,
+            reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
+        });
+        let mut t = Target::open(&spec, probe(&spec)?, stats)?;
+        let mut r = image;
+        let v = VmdkStream::open(&mut r, budget)?;
+        let vs = v.virtual_size();
+        v.convert(&mut t)?;
+        t.finish(vs)?;
+        Ok(vs)
+    }
+
+    #[test]
+    fn stream_optimized_with_the_directory_at_the_end() {
+        // VMware's layout: gdOffset = GD_AT_END; grains out of order; GT, GD, footer markers.
+        let flags = 1 | FLAG_REDUNDANT_GT | FLAG_COMPRESSED | FLAG_MARKERS;
+        let mut f = header(flags, 64, GD_AT_END, 2);
+        f.extend(descriptor("streamOptimized", 64));
+        for (lba, byte) in [(16u64, 0xaau8), (0, 0xbb)] {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(&[byte; 4096]).unwrap();
+            let z = z.finish().unwrap();
+            f.extend(lba.to_le_bytes());
+            f.extend((z.len() as u32).to_le_bytes());
+            f.extend(z);
+            pad(&mut f);
+        }
+        let marker = |f: &mut Vec<u8>, sectors: u64, kind: u32| {
+            f.extend(sectors.to_le_bytes());
+            f.extend(0u32.to_le_bytes());
+            f.extend(kind.to_le_bytes());
+            pad(f);
+        };
+        marker(&mut f, 4, 1); // grain table
+        f.extend([0x55; 2048]);
+        marker(&mut f, 1, 2); // grain directory
+        f.extend([0x66; 512]);
+        marker(&mut f, 1, MARKER_FOOTER);
+        f.extend(header(flags, 64, 20, 2));
+        marker(&mut f, 0, MARKER_EOS);
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o");
+        assert_eq!(convert_into(&f, 1 << 20, &out).unwrap(), 32768);
+        let mut want = vec![0u8; 32768];
+        want[..4096].fill(0xbb);
+        want[8192..12288].fill(0xaa);
+        assert!(std::fs::read(&out).unwrap() == want);
+
+        // Without the end-of-stream marker: truncated.
+        let e = convert_into(&f[..f.len() - 512], 1 << 20, &out).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        // A grain beyond the capacity.
+        let mut g = f.clone();
+        g[1024..1032].copy_from_slice(&64u64.to_le_bytes());
+        let e = convert_into(&g, 1 << 20, &out).unwrap_err();
+        assert!(e.to_string().contains("LBA 64"), "{e}");
+    }
+
+    #[test]
+    fn grains_before_their_table_are_reordered() {
+        // header │ descriptor │ grain A │ GD │ GT (grain 0 → A, grain 2 → B) │ grain B
+        let mut f = header(1, 32, 10, 2);
+        f.extend(descriptor("monolithicSparse", 32));
+        f.extend([0x11; 4096]);
+        let mut gd = 11u32.to_le_bytes().to_vec();
+        pad(&mut gd);
+        f.extend(gd);
+        let mut gt = vec![0u8; 2048];
+        gt[..4].copy_from_slice(&2u32.to_le_bytes());
+        gt[8..12].copy_from_slice(&15u32.to_le_bytes());
+        f.extend(gt);
+        f.extend([0x22; 4096]);
+        assert_eq!(f.len(), 15 * 512 + 4096);
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o");
+        assert_eq!(convert_into(&f, 1 << 20, &out).unwrap(), 16384);
+        let mut want = vec![0u8; 16384];
+        want[..4096].fill(0x11);
+        want[8192..12288].fill(0x22);
+        assert!(std::fs::read(&out).unwrap() == want);
+        // Grain A does not fit in a 1 KiB reorder buffer.
+        let e = convert_into(&f, 1024, &out).unwrap_err();
+        assert_eq!(e.label(), "unsupported", "{e}");
+    }
+
+    #[test]
+    fn descriptors() {
+        let ok = "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n\
+                  RW 16389 SPARSE \"disk.vmdk\"\nddb.adapterType = \"ide\"\n";
+        Descriptor::parse(ok).check_embedded().unwrap();
+        let flat = "createType=\"monolithicFlat\"\nRW 16389 FLAT \"disk-flat.vmdk\" 0\n";
+        let e = Descriptor::parse(flat).check_embedded().unwrap_err();
+        assert_eq!(e.label(), "refused");
+        assert!(e.to_string().contains("disk-flat.vmdk"), "{e}");
+        let two = "createType=\"twoGbMaxExtentSparse\"\nRW 4192256 SPARSE \"d-s001.vmdk\"\nRW 100 SPARSE \"d-s002.vmdk\"\n";
+        assert!(
+            Descriptor::parse(two)
+                .check_embedded()
+                .unwrap_err()
+                .to_string()
+                .contains("d-s002.vmdk")
+        );
+        let delta = "parentCID=1234abcd\nparentFileNameHint=\"base.vmdk\"\ncreateType=\"monolithicSparse\"\nRW 8 SPARSE \"x.vmdk\"\n";
+        let e = Descriptor::parse(delta).check_embedded().unwrap_err();
+        assert!(e.to_string().contains("base.vmdk"), "{e}");
+    }
+}
