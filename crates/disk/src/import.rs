@@ -42,6 +42,9 @@ pub struct ImportOptions {
     /// metadata is incomplete.
     /// Default: [`DEFAULT_REORDER_BUDGET`].
     pub reorder_budget: u64,
+    /// Write zeros too, so a file target has every block allocated (DiskImport's
+    /// `preallocation`); holes otherwise. A block device is always fully written.
+    pub preallocate: bool,
 }
 
 impl ImportOptions {
@@ -56,6 +59,7 @@ impl ImportOptions {
             progress_interval: source::REPORT_INTERVAL,
             decompress: DecompressOptions::default(),
             reorder_budget: DEFAULT_REORDER_BUDGET,
+            preallocate: false,
         }
     }
 }
@@ -248,7 +252,7 @@ fn convert(
     let open = |vs: u64, target: &mut Option<Target>| -> Result<()> {
         probe.check(vs)?;
         stats.lock().reporter.state.virtual_size = Some(vs);
-        *target = Some(Target::open(&opts.target, probe, stats.clone())?);
+        *target = Some(Target::open(&opts.target, probe, stats.clone())?.preallocated(opts.preallocate));
         Ok(())
     };
     macro_rules! stream {
@@ -272,7 +276,8 @@ fn convert(
                 probe.check(n - footer)?;
             }
             stats.lock().reporter.state.virtual_size = size.exact;
-            let t = target.insert(Target::open(&opts.target, probe, stats.clone())?);
+            let t = target
+                .insert(Target::open(&opts.target, probe, stats.clone())?.preallocated(opts.preallocate));
             if format == DiskFormat::Raw && fixed_vhd {
                 let (vs, kind) = vhd::copy_raw(reader.as_mut(), t, size.exact)?;
                 if kind == RawKind::FixedVhd {

@@ -103,6 +103,7 @@ impl<'a> SeqFile<'a> {
     /// Copies `[off, off + len)` of the image to `guest` on the target, in pieces of at
     /// most 1 MiB (a large block never becomes one large allocation).
     pub(crate) fn copy_to(&mut self, off: u64, len: u64, target: &mut Target, guest: u64) -> Result<()> {
+        self.end_of(off, len)?;
         let mut done = 0;
         while done < len {
             let n = (len - done).min(COPY_PIECE);
@@ -116,10 +117,10 @@ impl<'a> SeqFile<'a> {
     /// Reads `[off, off + len)`. With `allow_short`, a range running past the end of the
     /// file is cut there (qcow2 compressed-cluster sizes are rounded up).
     pub(crate) fn read_at(&mut self, off: u64, len: usize, allow_short: bool) -> Result<&[u8]> {
+        let end = self.end_of(off, len as u64)?;
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         out.reserve(len);
-        let end = off + len as u64;
         if off < self.pos {
             let past = self.copy_past(off, end.min(self.pos), &mut out);
             if let Err(e) = past {
@@ -152,6 +153,16 @@ impl<'a> SeqFile<'a> {
         self.scratch = std::mem::replace(&mut self.last.1, out);
         self.last.0 = off;
         Ok(&self.last.1)
+    }
+
+    /// The end of `[off, off + len)`; an offset from a corrupt table may make it overflow.
+    fn end_of(&self, off: u64, len: u64) -> Result<u64> {
+        off.checked_add(len).ok_or_else(|| {
+            Error::invalid(
+                self.format,
+                format!("offset {off:#x} (+{len:#x} bytes) is out of range"),
+            )
+        })
     }
 
     fn truncated(&self, at: u64) -> Error {
@@ -343,6 +354,19 @@ mod tests {
         assert_eq!(f.read_at(4000, 200, true).unwrap().len(), 96);
         assert!(f.read_at(4050, 100, false).is_err());
         assert_eq!(f.pos(), 4096);
+    }
+
+    #[test]
+    fn ranges_past_the_end_of_the_offset_space_are_invalid() {
+        // Mutation test: a table offset near u64::MAX used to overflow `off + len`.
+        let data = [1u8; 1024];
+        let mut r = &data[..];
+        let mut f = SeqFile::new(&mut r, "vhd", 512, 1 << 20);
+        let e = f.read_at(u64::MAX - 10, 512, false).unwrap_err();
+        assert_eq!(e.label(), "invalid_image", "{e}");
+        assert!(e.to_string().contains("out of range"), "{e}");
+        // The file is still usable.
+        assert_eq!(f.read_at(0, 4, false).unwrap(), &[1; 4]);
     }
 
     #[test]

@@ -22,6 +22,8 @@ const BLOCK: usize = 512;
 const MAX_META: u64 = 1 << 20;
 /// Longest OVF descriptor accepted.
 const MAX_OVF: u64 = 4 << 20;
+/// Largest member size accepted (64 PiB, as the largest virtual size of any format).
+const MAX_MEMBER: u64 = 1 << 56;
 
 /// The disk member of a tar, readable as a stream.
 pub struct TarDisk<R> {
@@ -304,7 +306,7 @@ fn next_member(r: &mut impl Read) -> Result<Option<Member>> {
         }
         verify_checksum(&h)?;
         let kind = h[156];
-        let size = parse_size(&h[124..136])?;
+        let size = member_size(parse_size(&h[124..136])?)?;
         match kind {
             b'L' => long_name = Some(cstr(&read_meta(r, size)?)),
             b'K' => long_link = Some(cstr(&read_meta(r, size)?)),
@@ -313,9 +315,9 @@ fn next_member(r: &mut impl Read) -> Result<Option<Member>> {
                     match k.as_str() {
                         "path" => pax_path = Some(v),
                         "size" => {
-                            pax_size = Some(v.parse().map_err(|_| {
+                            pax_size = Some(member_size(v.parse().map_err(|_| {
                                 Error::invalid("tar", format!("pax size {v:?} is not a number"))
-                            })?)
+                            })?)?)
                         }
                         _ => {}
                     }
@@ -345,6 +347,17 @@ fn next_member(r: &mut impl Read) -> Result<Option<Member>> {
             }
         }
     }
+}
+
+/// Refuses member sizes no archive can hold (they would overflow the padding arithmetic).
+fn member_size(size: u64) -> Result<u64> {
+    if size > MAX_MEMBER {
+        return Err(Error::invalid(
+            "tar",
+            format!("member size {size} is out of range"),
+        ));
+    }
+    Ok(size)
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -535,6 +548,27 @@ mod tests {
         f[0] = 0x80;
         f[4..12].copy_from_slice(&(10u64 << 30).to_be_bytes());
         assert_eq!(parse_size(&f).unwrap(), 10 << 30);
+    }
+
+    #[test]
+    fn absurd_member_sizes_are_invalid() {
+        // Mutation test: a base-256 or pax size near u64::MAX used to overflow padding it
+        // to a block.
+        let mut h = header("disk.img", b'0', 0);
+        h[124..136].fill(0);
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&u64::MAX.to_be_bytes());
+        h[148..156].fill(b' ');
+        let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let e = TarDisk::open(&h[..]).err().unwrap();
+        assert_eq!(e.label(), "invalid_image", "{e}");
+        assert!(e.to_string().contains("member size"), "{e}");
+
+        let pax = format!("29 size={}\n", u64::MAX);
+        let a = archive(&[("pax", b'x', pax.as_bytes()), ("disk.img", b'0', b"x")]);
+        let e = TarDisk::open(&a[..]).err().unwrap();
+        assert!(e.to_string().contains("member size"), "{e}");
     }
 
     #[test]

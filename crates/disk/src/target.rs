@@ -75,7 +75,8 @@ pub(crate) struct Target {
     file: File,
     path: PathBuf,
     probe: Probe,
-    /// Written ranges (start → end), kept for block devices only: gaps are zeroed at the end.
+    /// Written ranges (start → end), kept for block devices and preallocated files: gaps
+    /// are zeroed at the end.
     extents: Option<BTreeMap<u64, u64>>,
     stats: Stats,
 }
@@ -101,17 +102,23 @@ impl Target {
         })
     }
 
-    /// Writes `data` at `off`. On a file, all-zero blocks become holes.
+    /// Makes a file target fully allocated: every byte written, zeros included.
+    pub(crate) fn preallocated(mut self, yes: bool) -> Self {
+        if yes && self.extents.is_none() {
+            self.extents = Some(BTreeMap::new());
+        }
+        self
+    }
+
+    /// Writes `data` at `off`. On a file (not preallocated), all-zero blocks become holes.
     pub(crate) fn write_at(&mut self, off: u64, data: &[u8]) -> Result<()> {
         let end = off + data.len() as u64;
         self.probe.check(end)?;
-        if self.probe.block {
-            self.pwrite(off, data)?;
-            add_extent(
-                self.extents.as_mut().expect("block targets track extents"),
-                off,
-                end,
-            );
+        if let Some(extents) = self.extents.as_mut() {
+            self.file
+                .write_all_at(data, off)
+                .map_err(|e| Error::io(format!("writing {} at {off}", self.path.display()), e))?;
+            add_extent(extents, off, end);
         } else {
             // Non-zero runs, aligned on absolute ZERO_BLOCK boundaries.
             let mut i = 0usize;
@@ -143,7 +150,8 @@ impl Target {
             .map_err(|e| Error::io(format!("writing {} at {off}", self.path.display()), e))
     }
 
-    /// Sets the final size (files) or zeroes what was not written (devices), then syncs.
+    /// Zeroes what was not written (devices, preallocated files), sets a file's final
+    /// size, then syncs.
     pub(crate) fn finish(mut self, size: u64) -> Result<()> {
         self.probe.check(size)?;
         if let Some(extents) = self.extents.take() {
@@ -161,7 +169,8 @@ impl Target {
                 }
                 pos = pos.max(e);
             }
-        } else {
+        }
+        if !self.probe.block {
             self.file
                 .set_len(size)
                 .map_err(|e| Error::io(format!("setting the length of {}", self.path.display()), e))?;

@@ -14,6 +14,7 @@
 
 use std::io::Read;
 
+use crate::qcow2::header::MAX_VIRTUAL_SIZE;
 use crate::seq::{Extent, MAX_TABLE_BYTES, SeqFile, copy_extents, le32, le64};
 use crate::target::Target;
 use crate::{Error, Result};
@@ -97,6 +98,9 @@ impl<'a> VdiStream<'a> {
                 "block map at {offset_bmap:#x} or data at {offset_data:#x} misplaced"
             )));
         }
+        if disk_size > MAX_VIRTUAL_SIZE {
+            return Err(bad(format!("disk size {disk_size} is out of range")));
+        }
         // As qemu: odd sizes (VBoxManage convertfromraw) are rounded up to a sector.
         let virtual_size = disk_size.div_ceil(512) * 512;
         let blocks = virtual_size.div_ceil(u64::from(block_size));
@@ -145,5 +149,49 @@ impl<'a> VdiStream<'a> {
     pub(crate) fn convert(mut self, target: &mut Target) -> Result<()> {
         let extents = std::mem::take(&mut self.extents);
         copy_extents(&mut self.file, extents, target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dynamic VDI header for `disk_size` bytes in `blocks` blocks.
+    fn header(disk_size: u64, blocks: u32) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[0x40..0x44].copy_from_slice(&SIGNATURE.to_le_bytes());
+        h[0x44..0x48].copy_from_slice(&VERSION_1_1.to_le_bytes());
+        h[0x4c..0x50].copy_from_slice(&TYPE_DYNAMIC.to_le_bytes());
+        h[0x154..0x158].copy_from_slice(&512u32.to_le_bytes());
+        h[0x158..0x15c].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        h[0x168..0x16c].copy_from_slice(&512u32.to_le_bytes());
+        h[0x170..0x178].copy_from_slice(&disk_size.to_le_bytes());
+        h[0x178..0x17c].copy_from_slice(&BLOCK_SIZE.to_le_bytes());
+        h[0x180..0x184].copy_from_slice(&blocks.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn reads_a_header_and_block_map() {
+        let mut f = header(3 << 20, 3);
+        for e in [0u32, UNALLOCATED, ZERO] {
+            f.extend(e.to_le_bytes());
+        }
+        let mut r = &f[..];
+        let v = VdiStream::open(&mut r, 1 << 20).unwrap();
+        assert_eq!(v.virtual_size(), 3 << 20);
+        assert_eq!(v.extents.len(), 1);
+    }
+
+    #[test]
+    fn an_absurd_disk_size_is_invalid() {
+        // Mutation test: a disk size near u64::MAX used to overflow rounding up to a sector.
+        for size in [u64::MAX, u64::MAX - 511, MAX_VIRTUAL_SIZE + 1] {
+            let f = header(size, u32::MAX);
+            let mut r = &f[..];
+            let e = VdiStream::open(&mut r, 1 << 20).err().unwrap();
+            assert_eq!(e.label(), "invalid_image", "{e}");
+            assert!(e.to_string().contains("out of range"), "{e}");
+        }
     }
 }

@@ -177,14 +177,17 @@ fn check_log(file: &mut SeqFile<'_>, h: &Header) -> Result<()> {
     if h.log_guid == [0; 16] || h.log_length == 0 {
         return Ok(());
     }
-    if h.log_offset < MIB || !h.log_offset.is_multiple_of(MIB) || h.log_length > MAX_LOG {
+    let end = h.log_offset.checked_add(h.log_length);
+    let Some(end) =
+        end.filter(|_| h.log_offset >= MIB && h.log_offset.is_multiple_of(MIB) && h.log_length <= MAX_LOG)
+    else {
         return Err(bad(format!(
             "log at {:#x} (+{:#x}) misplaced",
             h.log_offset, h.log_length
         )));
-    }
+    };
     // Entries start on 4 KiB boundaries; their GUID is at offset 32.
-    for off in (h.log_offset..h.log_offset + h.log_length).step_by(4096) {
+    for off in (h.log_offset..end).step_by(4096) {
         let s = file.read_at(off, 48, false)?;
         if &s[..4] == b"loge" && s[32..48] == h.log_guid {
             return Err(Error::refused(
@@ -381,5 +384,21 @@ mod tests {
         );
         // The CRC-32C check value.
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn a_log_at_the_end_of_the_offset_space_is_misplaced() {
+        // Mutation test: `log_offset + log_length` used to overflow.
+        let h = Header {
+            log_guid: [1; 16],
+            log_offset: !(MIB - 1),
+            log_length: MIB,
+        };
+        let data = [0u8; 512];
+        let mut r = &data[..];
+        let mut file = SeqFile::new(&mut r, FORMAT, 512, 1 << 20);
+        let e = check_log(&mut file, &h).unwrap_err();
+        assert_eq!(e.label(), "invalid_image", "{e}");
+        assert!(e.to_string().contains("misplaced"), "{e}");
     }
 }

@@ -303,7 +303,12 @@ impl<'a> VmdkStream<'a> {
         let grain = h.grain_bytes();
         // Nothing behind the walk is ever needed.
         self.file.stop_retaining();
-        let mut pos = (h.overhead * SECTOR).max(self.file.pos().next_multiple_of(SECTOR));
+        let overhead = h
+            .overhead
+            .checked_mul(SECTOR)
+            .filter(|o| *o <= MAX_VIRTUAL_SIZE)
+            .ok_or_else(|| bad(format!("overhead of {} sectors", h.overhead)))?;
+        let mut pos = overhead.max(self.file.pos().next_multiple_of(SECTOR));
         let mut inflate = flate2::Decompress::new(true);
         let mut out = vec![0u8; grain as usize];
         loop {
@@ -367,10 +372,12 @@ impl<'a> VmdkStream<'a> {
         if gd == 0 {
             return Err(bad("no grain directory"));
         }
+        let gd_at = gd
+            .checked_mul(SECTOR)
+            .filter(|o| *o <= MAX_VIRTUAL_SIZE)
+            .ok_or_else(|| bad(format!("grain directory at sector {gd} is out of range")))?;
         let max_pending = (self.budget / 8).max(1 << 20) as usize;
-        let dir = self
-            .file
-            .read_at(gd * SECTOR, (h.gd_entries() * 4) as usize, false)?;
+        let dir = self.file.read_at(gd_at, (h.gd_entries() * 4) as usize, false)?;
         // Grain tables by file offset → their index in the directory.
         let mut tables: BTreeMap<u64, u64> = BTreeMap::new();
         for (i, e) in dir.chunks_exact(4).enumerate() {
@@ -555,6 +562,28 @@ mod tests {
         // Grain A does not fit in a 1 KiB reorder buffer.
         let e = convert_into(&f, 1024, &out).unwrap_err();
         assert_eq!(e.label(), "unsupported", "{e}");
+    }
+
+    #[test]
+    fn absurd_overhead_and_directory_offsets_are_invalid() {
+        // Mutation test: these sector numbers used to overflow when turned into bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o");
+        let flags = 1 | FLAG_COMPRESSED | FLAG_MARKERS;
+        for overhead in [u64::MAX - 1, 1 << 55, (MAX_VIRTUAL_SIZE / SECTOR) + 1] {
+            let mut f = header(flags, 64, GD_AT_END, overhead);
+            f.extend(descriptor("streamOptimized", 64));
+            let e = convert_into(&f, 1 << 20, &out).unwrap_err();
+            assert_eq!(e.label(), "invalid_image", "{e}");
+            assert!(e.to_string().contains("overhead of"), "{e}");
+        }
+        for gd in [u64::MAX - 1, 1 << 55] {
+            let mut f = header(1, 32, gd, 2);
+            f.extend(descriptor("monolithicSparse", 32));
+            let e = convert_into(&f, 1 << 20, &out).unwrap_err();
+            assert_eq!(e.label(), "invalid_image", "{e}");
+            assert!(e.to_string().contains("out of range"), "{e}");
+        }
     }
 
     #[test]

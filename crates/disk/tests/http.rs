@@ -1,6 +1,8 @@
 //! HTTP sources against a local server with fault injection: a cut resumes from the byte
 //! where it stopped, 503s are retried, a server without Range support still works, auth
-//! and extra headers are sent, and failures leave no target behind.
+//! and extra headers are sent, and failures leave no target behind. Parallel ranged GETs:
+//! the bytes arrive in order, a cut chunk resumes from its own cut, a changed object is
+//! detected, a server without ranges gets one stream.
 
 mod common;
 
@@ -132,7 +134,10 @@ async fn service_unavailable_is_retried() {
     )
     .await;
     let out = dir.path().join("out.img");
-    let report = import(options(&server.url(), &out)).await.unwrap();
+    let mut opts = options(&server.url(), &out);
+    // One stream: the request count below is then exact.
+    http_mut(&mut opts).connections = 1;
+    let report = import(opts).await.unwrap();
     assert_eq!(report.format, DiskFormat::Raw);
     assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "after 503s");
     assert_eq!(server.seen().len(), 3);
@@ -197,4 +202,151 @@ async fn basic_auth_and_extra_headers_are_sent() {
     let e = import(opts).await.unwrap_err();
     assert_eq!(e.label(), "denied", "{e}");
     assert!(!out.exists());
+}
+
+/// Chunk size of the parallel tests: 64 MiB + 2.5 KiB make 17 chunks (the last one short).
+const CHUNK: u64 = 4 << 20;
+
+fn parallel_options(url: &str, out: &Path) -> ImportOptions {
+    let mut o = options(url, out);
+    let h = http_mut(&mut o);
+    h.connections = 4;
+    h.chunk_size = CHUNK;
+    h.parallel_min = 0;
+    o
+}
+
+/// The ranged requests seen, as (start, end inclusive), in arrival order.
+fn ranges(server: &FileServer) -> Vec<(u64, u64)> {
+    server
+        .seen()
+        .iter()
+        .filter_map(|s| Some((s.range_start()?, s.range_end()?)))
+        .collect()
+}
+
+#[tokio::test]
+async fn parallel_ranged_gets_deliver_the_bytes_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = write_raw(dir.path());
+    let data = std::fs::read(&raw).unwrap();
+    let sum = sha256(&raw);
+    let server = FileServer::start(
+        data.clone(),
+        Behaviour {
+            ranges: true,
+            etag: Some("\"p1\"".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = dir.path().join("out.img");
+    let mut opts = parallel_options(&server.url(), &out);
+    opts.checksum = Some(sum.parse().unwrap());
+    let report = import(opts).await.unwrap();
+    assert_eq!(report.source_bytes, data.len() as u64);
+    assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "parallel import");
+    assert_sparse(&out);
+
+    let seen = server.seen();
+    assert_eq!(seen[0].header("range"), None, "the first request is a plain GET");
+    let chunks = (data.len() as u64).div_ceil(CHUNK);
+    let mut got = ranges(&server);
+    got.sort();
+    let want: Vec<(u64, u64)> = (1..chunks)
+        .map(|i| (i * CHUNK, ((i + 1) * CHUNK).min(data.len() as u64) - 1))
+        .collect();
+    assert_eq!(got, want, "every chunk after the first fetched once, by range");
+    assert!(
+        seen[1..].iter().all(|s| s.header("if-range") == Some("\"p1\"")),
+        "every ranged GET is guarded by the first response's ETag"
+    );
+}
+
+#[tokio::test]
+async fn a_cut_chunk_resumes_from_its_own_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = write_raw(dir.path());
+    let data = std::fs::read(&raw).unwrap();
+    let cut = 5 * CHUNK + 1_234_567; // inside chunk 5
+    let server = FileServer::start(
+        data.clone(),
+        Behaviour {
+            ranges: true,
+            cut_at: Some(cut),
+            etag: Some("\"c1\"".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = dir.path().join("out.img");
+    let mut opts = parallel_options(&server.url(), &out);
+    opts.checksum = Some(sha256(&raw).parse().unwrap());
+    let report = import(opts).await.unwrap();
+    assert_eq!(report.source_bytes, data.len() as u64, "no byte delivered twice");
+    assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "resumed chunk");
+
+    let got = ranges(&server);
+    assert!(
+        got.contains(&(cut, 6 * CHUNK - 1)),
+        "the cut chunk resumed at the cut, up to its own end: {got:?}"
+    );
+    assert_eq!(
+        got.iter().filter(|r| r.0 == 5 * CHUNK).count(),
+        1,
+        "the cut chunk was not fetched again from its start: {got:?}"
+    );
+    assert_eq!(got.len() as u64, (data.len() as u64).div_ceil(CHUNK), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_changed_object_fails_instead_of_mixing_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(7, (40 << 20) + 77);
+    let server = FileServer::start(
+        data,
+        Behaviour {
+            ranges: true,
+            etag: Some("\"v1\"".into()),
+            // From the fourth request on, the object has another ETag.
+            etag_after: Some((3, "\"v2\"".into())),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = dir.path().join("out.img");
+    let e = import(parallel_options(&server.url(), &out)).await.unwrap_err();
+    assert_eq!(e.label(), "source_changed", "{e}");
+    assert!(!out.exists());
+}
+
+#[tokio::test]
+async fn a_large_object_without_ranges_is_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = write_raw(dir.path());
+    let data = std::fs::read(&raw).unwrap();
+    let server = FileServer::start(
+        data,
+        Behaviour {
+            ranges: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = dir.path().join("out.img");
+    import(parallel_options(&server.url(), &out)).await.unwrap();
+    assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "no-range import");
+    assert_eq!(server.seen().len(), 1, "one GET, no ranged requests");
+}
+
+#[tokio::test]
+async fn presigned_queries_stay_out_of_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FileServer::start(vec![1; 1000], Behaviour::default()).await;
+    let out = dir.path().join("out.img");
+    let url = format!("{}?X-Amz-Signature=sekrit&token=t0k", server.missing_url());
+    let e = import(options(&url, &out)).await.unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains("sekrit") && !text.contains("t0k"), "{text}");
+    assert_eq!(e.label(), "not_found");
 }

@@ -1,15 +1,19 @@
-//! `ido import SOURCE TARGET`: stream a disk image (file, stdin or HTTP(S); gzip, xz,
-//! zstd, bzip2, tar; raw, ISO or qcow2) into a raw file or block device, sparse, with no
-//! scratch file. See `docs/disk-import.md`.
+//! `ido import SOURCE TARGET`: stream a disk image (file, stdin, HTTP(S), S3 or a
+//! containerDisk image in a registry; gzip, xz, zstd, bzip2, tar; raw, ISO, qcow2, …) into
+//! a raw file or block device, sparse, with no scratch file. See `docs/disk-import.md`.
+//! Secrets never come from arguments: passwords and S3 keys from the environment or files,
+//! registry credentials from a docker config file.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
+
+use crate::progress::{PLAIN_EVERY, ProgressMode, Shown, bytes_bar, human};
+use ido_disk::source::s3;
 use ido_disk::{
     BasicAuth, Checksum, DiskFormat, ImportOptions, Progress, ProgressFn, RetryPolicy, SourceSpec,
     TargetSpec, import,
@@ -20,7 +24,9 @@ const PASSWORD_ENV: &str = "IDO_IMPORT_PASSWORD";
 
 #[derive(Args, Debug)]
 pub(crate) struct ImportArgs {
-    /// The image: a path, `-` for stdin, or an http:// or https:// URL.
+    /// The image: a path, `-` for stdin, an http:// or https:// URL, s3://BUCKET/KEY, or
+    /// docker://REGISTRY/REPO[:TAG|@DIGEST] (a KubeVirt containerDisk: the one file under
+    /// /disk/).
     source: String,
     /// Where the raw image goes: a file (created or truncated, written sparsely) or a
     /// block device.
@@ -29,7 +35,7 @@ pub(crate) struct ImportArgs {
     /// sha1:HEX or md5:HEX. On a mismatch the import fails and the target file is removed.
     #[arg(long, value_name = "ALG:HEX")]
     checksum: Option<Checksum>,
-    /// The disk format (raw, iso, qcow2) instead of detecting it. Compressions and tar are
+    /// The disk format (raw, iso, qcow2, vmdk, vhd, vhdx, vdi) instead of detecting it. Compressions and tar are
     /// still peeled.
     #[arg(long, value_name = "F")]
     format: Option<DiskFormat>,
@@ -42,34 +48,96 @@ pub(crate) struct ImportArgs {
     headers: Vec<String>,
     /// Basic-auth user name for HTTP. The password is read from $IDO_IMPORT_PASSWORD or
     /// from --password-file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "username_file")]
     username: Option<String>,
+    /// File holding the basic-auth user name (a mounted Secret key; trailing newline
+    /// ignored).
+    #[arg(long, value_name = "FILE")]
+    username_file: Option<PathBuf>,
     /// File holding the basic-auth password (trailing newline ignored).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
-    /// Extra trusted CA certificates (PEM bundle) for HTTPS.
-    #[arg(long, value_name = "FILE")]
+    /// Extra trusted CA certificates (PEM bundle) for HTTPS, S3 or the registry.
+    #[arg(long, visible_alias = "ca-bundle", value_name = "FILE")]
     ca_file: Option<PathBuf>,
-    /// Do not verify the server's TLS certificate.
+    /// Directory whose every file is a PEM bundle of extra trusted CAs (a mounted
+    /// ConfigMap; hidden entries are skipped).
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Write every byte of the disk, zeros included, so a file target has all its blocks
+    /// allocated (holes are kept otherwise).
+    #[arg(long)]
+    preallocate: bool,
+    /// Do not verify the server's TLS certificate (HTTPS, S3; for a registry as
+    /// --src-tls-verify=false).
     #[arg(long)]
     insecure: bool,
-    /// HTTP failures in a row (no byte received in between) before giving up.
+    /// Failures in a row (no byte received in between) before giving up.
     #[arg(long, default_value_t = 8, value_name = "N")]
     retries: u32,
+    /// Parallel ranged GETs for a large HTTP(S) or S3 object whose server supports ranges
+    /// (1: one stream). Default: 4.
+    #[arg(long, value_name = "N", value_parser = parse_connections)]
+    connections: Option<usize>,
+    /// Flags of S3 and registry sources (boxed: the CLI's command enum stays small).
+    #[command(flatten)]
+    more: Box<SourceArgs>,
     /// Progress display: auto (a bar on a terminal, plain lines otherwise), bar, plain,
     /// none.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
 }
 
-/// How progress is shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ProgressMode {
-    Auto,
-    Bar,
-    Plain,
-    None,
+/// Flags of S3 and registry (containerDisk) sources.
+#[derive(Args, Debug)]
+pub(crate) struct SourceArgs {
+    /// S3-compatible endpoint (path-style URLs), e.g. http://127.0.0.1:8333. Default: AWS.
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region (signing; the host name on AWS).
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// AWS shared-credentials file with the S3 keys (default: $AWS_ACCESS_KEY_ID and
+    /// $AWS_SECRET_ACCESS_KEY; neither: anonymous).
+    #[arg(long, value_name = "FILE")]
+    s3_credentials_file: Option<PathBuf>,
+    /// Profile (section) of --s3-credentials-file. Default: $AWS_PROFILE, else default.
+    #[arg(long, value_name = "NAME", requires = "s3_credentials_file")]
+    s3_profile: Option<String>,
+    /// File holding the S3 access key id (a mounted Secret key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "s3_secret_key_file",
+        conflicts_with = "s3_credentials_file"
+    )]
+    s3_access_key_file: Option<PathBuf>,
+    /// File holding the S3 secret access key (a mounted Secret key).
+    #[arg(long, value_name = "FILE", requires = "s3_access_key_file")]
+    s3_secret_key_file: Option<PathBuf>,
+    /// Read the S3 object anonymously even if keys are in the environment.
+    #[arg(long, conflicts_with_all = ["s3_credentials_file", "s3_access_key_file"])]
+    s3_anonymous: bool,
+    /// Docker config file with registry credentials (default: $REGISTRY_AUTH_FILE, else
+    /// ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Platform to take from a multi-platform image (OS/ARCH[/VARIANT]). Default: this
+    /// machine's.
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// Verify the registry's TLS certificate; false allows plain HTTP or unverified TLS.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    src_tls_verify: Option<bool>,
+    /// Directory of CA certificates (`*.crt`) for the registry.
+    #[arg(long, value_name = "DIR")]
+    src_cert_dir: Option<PathBuf>,
 }
+
+/// Exit code of an import that failed for a reason retrying cannot fix (a bad or refused
+/// image, a checksum mismatch, a target too small): an importer Job's pod failure policy
+/// fails at once on it instead of retrying. The Job builder's constant, so both agree.
+const EXIT_PERMANENT: u8 = ido_controllers::diskimport::PERMANENT_EXIT_CODE as u8;
 
 pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let ImportArgs {
@@ -80,50 +148,175 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         size,
         headers,
         username,
+        username_file,
         password_file,
         ca_file,
+        ca_dir,
+        preallocate,
         insecure,
         retries,
+        connections,
+        more,
         progress,
     } = args;
+    let SourceArgs {
+        s3_endpoint,
+        s3_region,
+        s3_credentials_file,
+        s3_profile,
+        s3_access_key_file,
+        s3_secret_key_file,
+        s3_anonymous,
+        authfile,
+        platform,
+        src_tls_verify,
+        src_cert_dir,
+    } = *more;
     let mut source = SourceSpec::parse(&source)?;
+    let (http_like, is_s3, is_registry) = match &source {
+        SourceSpec::Http(_) => (true, false, false),
+        SourceSpec::S3(_) => (true, true, false),
+        SourceSpec::Registry(_) => (false, false, true),
+        _ => (false, false, false),
+    };
+    // Flags that do not apply to this source are errors, not silently ignored.
+    let misplaced = [
+        (!headers.is_empty(), "--header", http_like, "http(s) and s3"),
+        (username.is_some(), "--username", http_like && !is_s3, "http(s)"),
+        (
+            username_file.is_some(),
+            "--username-file",
+            http_like && !is_s3,
+            "http(s)",
+        ),
+        (
+            ca_dir.is_some(),
+            "--ca-dir",
+            http_like || is_registry,
+            "http(s), s3 and docker",
+        ),
+        (
+            password_file.is_some(),
+            "--password-file",
+            http_like && !is_s3,
+            "http(s)",
+        ),
+        (
+            ca_file.is_some(),
+            "--ca-file",
+            http_like || is_registry,
+            "http(s), s3 and docker",
+        ),
+        (
+            insecure,
+            "--insecure",
+            http_like || is_registry,
+            "http(s), s3 and docker",
+        ),
+        (
+            connections.is_some(),
+            "--connections",
+            http_like,
+            "http(s) and s3",
+        ),
+        (s3_endpoint.is_some(), "--s3-endpoint", is_s3, "s3"),
+        (s3_region.is_some(), "--s3-region", is_s3, "s3"),
+        (
+            s3_credentials_file.is_some(),
+            "--s3-credentials-file",
+            is_s3,
+            "s3",
+        ),
+        (s3_anonymous, "--s3-anonymous", is_s3, "s3"),
+        (s3_access_key_file.is_some(), "--s3-access-key-file", is_s3, "s3"),
+        (authfile.is_some(), "--authfile", is_registry, "docker"),
+        (platform.is_some(), "--platform", is_registry, "docker"),
+        (
+            src_tls_verify.is_some(),
+            "--src-tls-verify",
+            is_registry,
+            "docker",
+        ),
+        (src_cert_dir.is_some(), "--src-cert-dir", is_registry, "docker"),
+    ];
+    if let Some((_, flag, _, kinds)) = misplaced.iter().find(|(set, _, ok, _)| *set && !*ok) {
+        anyhow::bail!("{flag} applies to {kinds} sources only");
+    }
+    let mut pem = String::new();
+    if let Some(p) = &ca_file {
+        pem += &std::fs::read_to_string(p).with_context(|| format!("reading --ca-file {}", p.display()))?;
+    }
+    if let Some(d) = &ca_dir {
+        pem += &read_pem_dir(d)?;
+    }
+    let ca_bundle = (!pem.is_empty()).then_some(pem);
+    let retry = RetryPolicy {
+        attempts: retries.max(1),
+        ..RetryPolicy::default()
+    };
+    let http_settings = |http: &mut ido_disk::HttpOptions| -> anyhow::Result<()> {
+        for h in &headers {
+            http.add_header_line(h)?;
+        }
+        http.tls.ca_bundle = ca_bundle.clone();
+        http.tls.insecure = insecure;
+        http.retry = retry.clone();
+        if let Some(n) = connections {
+            http.connections = n;
+        }
+        Ok(())
+    };
     match &mut source {
         SourceSpec::Http(http) => {
-            for h in &headers {
-                http.add_header_line(h)?;
-            }
+            http_settings(http)?;
+            let username = match &username_file {
+                Some(f) => Some(read_secret_file(f, "--username-file")?),
+                None => username,
+            };
             if let Some(username) = username {
                 let password = match &password_file {
-                    Some(p) => std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
+                    Some(p) => read_secret_file(p, "--password-file")?,
                     None => std::env::var(PASSWORD_ENV).unwrap_or_default(),
                 };
                 http.basic_auth = Some(BasicAuth { username, password });
             }
-            if let Some(p) = &ca_file {
-                http.tls.ca_bundle =
-                    Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
+        }
+        SourceSpec::S3(o) => {
+            http_settings(&mut o.http)?;
+            o.endpoint = s3_endpoint;
+            if let Some(r) = s3_region {
+                o.region = r;
             }
-            http.tls.insecure = insecure;
-            http.retry = RetryPolicy {
-                attempts: retries.max(1),
-                ..RetryPolicy::default()
+            o.credentials = if s3_anonymous {
+                None
+            } else if let (Some(a), Some(k)) = (&s3_access_key_file, &s3_secret_key_file) {
+                Some(ido_engine::s3::S3Credentials {
+                    access_key_id: read_secret_file(a, "--s3-access-key-file")?,
+                    secret_access_key: read_secret_file(k, "--s3-secret-key-file")?,
+                })
+            } else if let Some(f) = &s3_credentials_file {
+                let profile = s3_profile.or_else(|| std::env::var("AWS_PROFILE").ok());
+                Some(s3::credentials_from_file(f, profile.as_deref())?)
+            } else {
+                s3::credentials_from_env()?
             };
         }
-        _ => {
-            let http_only = [
-                (!headers.is_empty(), "--header"),
-                (username.is_some(), "--username"),
-                (password_file.is_some(), "--password-file"),
-                (ca_file.is_some(), "--ca-file"),
-                (insecure, "--insecure"),
-            ];
-            if let Some((_, flag)) = http_only.iter().find(|(set, _)| *set) {
-                anyhow::bail!("{flag} applies to http(s) sources only");
+        SourceSpec::Registry(o) => {
+            o.auth = crate::sync::load_authfile(authfile.as_deref())?;
+            o.platform = platform;
+            o.tls_verify = src_tls_verify.unwrap_or(true) && !insecure;
+            let mut pem = src_cert_dir
+                .as_deref()
+                .map(crate::sync::read_cert_dir)
+                .transpose()?
+                .unwrap_or_default();
+            if let Some(extra) = &ca_bundle {
+                pem.push_str(extra);
             }
+            o.ca_bundle = (!pem.is_empty()).then_some(pem);
+            o.retry = retry;
         }
+        _ => {}
     }
     let shown = source.to_string();
     let mut opts = ImportOptions::new(
@@ -135,12 +328,23 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     );
     opts.checksum = checksum;
     opts.format = format;
+    opts.preallocate = preallocate;
     let display = Display::new(progress);
     opts.progress = display.callback();
 
     let result = import(opts).await;
     display.finish();
-    let report = result.with_context(|| format!("importing {shown} into {}", target.display()))?;
+    let report = match result {
+        Ok(r) => r,
+        // Transport trouble may pass on a retry (exit 1); anything else will not (exit 2).
+        Err(e) if !e.is_transient() => {
+            eprintln!("error: importing {shown} into {}: {e}", target.display());
+            return Ok(ExitCode::from(EXIT_PERMANENT));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("importing {shown} into {}", target.display())));
+        }
+    };
     let layers = if report.layers.is_empty() {
         String::new()
     } else {
@@ -158,6 +362,54 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A one-line secret file (a mounted Secret key), trailing newline removed.
+fn read_secret_file(path: &std::path::Path, flag: &str) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {flag} {}", path.display()))?
+        .trim_end_matches(['\r', '\n'])
+        .to_string())
+}
+
+/// Every file of `dir` (following links, skipping hidden entries such as a mounted
+/// ConfigMap's `..data`), concatenated: PEM bundles.
+fn read_pem_dir(dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading --ca-dir {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading --ca-dir {}", dir.display()))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        names.push(entry.path());
+    }
+    names.sort();
+    let mut pem = String::new();
+    for p in names {
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        anyhow::ensure!(
+            text.contains("-----BEGIN CERTIFICATE-----"),
+            "--ca-dir: {} holds no PEM certificate",
+            p.display()
+        );
+        pem += &text;
+        pem.push('\n');
+    }
+    anyhow::ensure!(
+        !pem.is_empty(),
+        "--ca-dir {}: no certificate files",
+        dir.display()
+    );
+    Ok(pem)
+}
+
+/// 1 to 64.
+fn parse_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=64) => Ok(n),
+        _ => Err(format!("invalid connection count {s:?} (1 to 64)")),
+    }
 }
 
 /// `10Gi`, `512Mi`, `4G`, `1048576`.
@@ -186,21 +438,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
 /// The progress display: an indicatif bar, plain lines every few seconds, or nothing.
 enum Display {
     Bar(indicatif::ProgressBar),
@@ -208,30 +445,12 @@ enum Display {
     None,
 }
 
-/// Least time between two plain progress lines.
-const PLAIN_EVERY: Duration = Duration::from_secs(5);
-
 impl Display {
     fn new(mode: ProgressMode) -> Self {
-        let terminal = std::io::stderr().is_terminal();
-        match mode {
-            ProgressMode::Bar | ProgressMode::Auto if terminal || mode == ProgressMode::Bar => {
-                let bar = indicatif::ProgressBar::with_draw_target(
-                    None,
-                    indicatif::ProgressDrawTarget::stderr_with_hz(4),
-                );
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                    )
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-                );
-                bar.enable_steady_tick(Duration::from_millis(250));
-                Display::Bar(bar)
-            }
-            ProgressMode::None => Display::None,
-            _ => Display::Plain(Arc::new(Mutex::new(None))),
+        match mode.resolve() {
+            Shown::Bar => Display::Bar(bytes_bar()),
+            Shown::Plain => Display::Plain(Arc::new(Mutex::new(None))),
+            Shown::None => Display::None,
         }
     }
 
@@ -322,20 +541,40 @@ mod tests {
         assert_eq!(import_cmd(args).await.unwrap(), ExitCode::SUCCESS);
         assert!(std::fs::read(&out).unwrap() == data);
 
+        // Too large for the target: a permanent failure (exit 2), nothing left behind.
         let args = parse(&[s, o, "--size", "2Mi", "--progress", "none"]).unwrap();
-        let e = import_cmd(args).await.unwrap_err();
-        assert!(format!("{e:#}").contains("image needs"), "{e:#}");
+        assert_eq!(import_cmd(args).await.unwrap(), ExitCode::from(EXIT_PERMANENT));
         assert!(!out.exists());
 
         let args = parse(&[s, o, "--header", "A: b"]).unwrap();
         let e = import_cmd(args).await.unwrap_err();
         assert!(
-            e.to_string().contains("--header applies to http(s) sources only"),
+            e.to_string()
+                .contains("--header applies to http(s) and s3 sources only"),
             "{e}"
         );
 
+        for (flag, value, kinds) in [
+            ("--s3-endpoint", "http://x", "s3"),
+            ("--platform", "linux/arm64", "docker"),
+            ("--authfile", "/nonexistent", "docker"),
+            ("--connections", "2", "http(s) and s3"),
+        ] {
+            let args = parse(&[s, o, flag, value]).unwrap();
+            let e = import_cmd(args).await.unwrap_err().to_string();
+            assert_eq!(e, format!("{flag} applies to {kinds} sources only"));
+        }
+        let args = parse(&["https://example.invalid/d.img", o, "--platform", "linux/amd64"]).unwrap();
+        let e = import_cmd(args).await.unwrap_err().to_string();
+        assert!(e.contains("--platform applies to docker"), "{e}");
+        assert!(parse(&[s, o, "--connections", "0"]).is_err());
+        assert!(
+            parse(&[s, o, "--s3-profile", "p"]).is_err(),
+            "needs --s3-credentials-file"
+        );
+
         assert!(parse(&[s, o, "--checksum", "sha256:zz"]).is_err());
-        assert!(parse(&[s, o, "--format", "vhd"]).is_err());
+        assert!(parse(&[s, o, "--format", "qcow3"]).is_err());
     }
 
     #[test]
@@ -354,12 +593,48 @@ mod tests {
             source_total: Some(100 << 20),
             written: 1 << 30,
             rate: (10 << 20) as f64,
-            eta: Some(Duration::from_secs(5)),
+            eta: Some(std::time::Duration::from_secs(5)),
             ..Progress::default()
         };
         assert_eq!(
             plain_line(&p),
             "import: 50.0% 50.0 MiB of 100.0 MiB read, 10.0 MiB/s, 1.0 GiB written, ETA 5s"
         );
+    }
+
+    /// Every importer Job the DiskImport controller builds passes arguments this CLI
+    /// accepts (the two sides are separate crates; this keeps them in step).
+    #[test]
+    fn importer_job_arguments_parse() {
+        use ido_api::diskimport::*;
+        use ido_controllers::diskimport::{ImporterSettings, importer_job};
+        let sources: Vec<serde_json::Value> = vec![
+            serde_json::json!({"http": {"url": "https://h.example/d.qcow2", "secretRef": "c", "certConfigMap": "ca",
+                               "extraHeaders": ["X-A: b"], "checksum": "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"}}),
+            serde_json::json!({"s3": {"url": "https://minio.example:9000/images/d.qcow2", "secretRef": "c"}}),
+            serde_json::json!({"s3": {"url": "s3://images/d.qcow2"}}),
+            serde_json::json!({"registry": {"url": "docker://r.example/disks/fedora:41", "secretRef": "c", "platform": "linux/arm64"}}),
+        ];
+        for (i, source) in sources.into_iter().enumerate() {
+            for (mode, prealloc) in [("Filesystem", true), ("Block", false)] {
+                let di: DiskImport = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "ido.dev/v1alpha1", "kind": "DiskImport",
+                    "metadata": {"name": format!("d{i}"), "namespace": "vms"},
+                    "spec": {"source": source, "storage": {"size": "1Gi", "volumeMode": mode}, "preallocation": prealloc},
+                }))
+                .unwrap();
+                let job = importer_job(&di, &ImporterSettings::default(), 1 << 30).expect("a job");
+                let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+                let args = c.args.clone().or(c.command.clone()).unwrap();
+                let at = args
+                    .iter()
+                    .position(|a| a == "import")
+                    .expect("import subcommand");
+                let rest: Vec<&str> = args[at + 1..].iter().map(String::as_str).collect();
+                if let Err(e) = parse(&rest) {
+                    panic!("source {i} ({mode}): {rest:?} does not parse: {e}");
+                }
+            }
+        }
     }
 }

@@ -103,9 +103,9 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
                 is.metadata.name.clone().unwrap_or_default(),
             )),
             Manifest::Secret(_) => {}
-            Manifest::Release(_) | Manifest::NodeImage(_) => {
+            Manifest::Release(_) | Manifest::NodeImage(_) | Manifest::DiskImport(_) => {
                 bail!(
-                    "ido sync takes ImageSync and Secret manifests; use `ido run` for Releases and NodeImages"
+                    "ido sync takes ImageSync and Secret manifests; use `ido run` for Releases, NodeImages and DiskImports"
                 )
             }
         }

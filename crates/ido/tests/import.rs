@@ -125,10 +125,103 @@ async fn a_backing_file_fails_with_a_clear_message_and_no_target() {
     let out = d.join("out.img");
     let o = ido(&[child.to_str().unwrap(), out.to_str().unwrap()], None).await;
     let err = text(&o.stderr);
-    assert!(!o.status.success());
+    // A permanent failure: exit 2, so an importer Job fails at once instead of retrying.
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("refusing qcow2 image: it has a backing file"),
         "{err}"
     );
     assert!(!out.exists());
+}
+
+/// The flags a DiskImport's importer Job passes: credentials from mounted Secret files,
+/// an extra header, the claim's size, plain progress, preallocation.
+#[tokio::test]
+async fn importer_job_flags_secret_files_and_preallocation() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = std::fs::read(write_raw(d)).unwrap();
+    let creds = d.join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("accessKeyId"), "importer\n").unwrap();
+    std::fs::write(creds.join("secretKey"), "s3cr3t-pw\n").unwrap();
+    let server = FileServer::start(
+        data.clone(),
+        Behaviour {
+            ranges: true,
+            // base64("importer:s3cr3t-pw")
+            authorization: Some("Basic aW1wb3J0ZXI6czNjcjN0LXB3".into()),
+            required_header: Some(("x-team".into(), "disks".into())),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = d.join("disk.img");
+    let (user, pw) = (creds.join("accessKeyId"), creds.join("secretKey"));
+    let o = ido(
+        &[
+            &server.url(),
+            out.to_str().unwrap(),
+            "--username-file",
+            user.to_str().unwrap(),
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--header",
+            "X-Team: disks",
+            "--size",
+            "1073741824",
+            "--progress",
+            "plain",
+            "--preallocate",
+        ],
+        None,
+    )
+    .await;
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+    assert_same(&std::fs::read(&out).unwrap(), &data, "preallocated import");
+    let m = std::fs::metadata(&out).unwrap();
+    assert!(
+        m.blocks() * 512 >= m.len(),
+        "preallocated: {} bytes used for {}",
+        m.blocks() * 512,
+        m.len()
+    );
+
+    // The same without the password: 401, a permanent failure, no target left.
+    let out2 = d.join("denied.img");
+    let o = ido(
+        &[
+            &server.url(),
+            out2.to_str().unwrap(),
+            "--username-file",
+            user.to_str().unwrap(),
+            "--header",
+            "X-Team: disks",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(!out2.exists());
+
+    // A CA directory without certificates is refused, naming the flag.
+    let o = ido(
+        &[
+            &server.url(),
+            out2.to_str().unwrap(),
+            "--ca-dir",
+            creds.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--ca-dir") && err.contains("no PEM certificate"),
+        "{err}"
+    );
 }

@@ -35,7 +35,7 @@ pub const PRIVATE_BUCKET: &str = "private";
 pub const REGION: &str = "us-east-1";
 
 /// How long [`SeaweedFs::start`] waits for the buckets and a first write to succeed.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Attempts with fresh ports when `weed` exits during start-up (e.g. a port clash).
 const START_ATTEMPTS: usize = 3;
 /// Lifetime of the presigned URLs this module makes.
@@ -95,7 +95,7 @@ impl From<&Path> for ObjectBody {
 
 impl SeaweedFs {
     /// Starts a private instance and waits until both buckets exist and a write succeeds
-    /// (typically 3–8 s; fails after 60 s with the log tail).
+    /// (typically 3–8 s, far more on a loaded 2-core machine; fails after 120 s with the log tail).
     pub async fn start() -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {

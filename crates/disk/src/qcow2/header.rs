@@ -109,8 +109,11 @@ impl Header {
             return Err(bad(format!("cluster_bits {cluster_bits} is out of range 9..=21")));
         }
         if backing_offset != 0 {
-            let name = head
-                .get(backing_offset as usize..backing_offset as usize + backing_size.min(1023) as usize)
+            // The name is only for the message: any offset, however absurd, is refused.
+            let name = usize::try_from(backing_offset)
+                .ok()
+                .and_then(|s| Some(s..s.checked_add(backing_size.min(1023) as usize)?))
+                .and_then(|r| head.get(r))
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_else(|| "<beyond the header>".into());
             return Err(Error::refused(
@@ -265,5 +268,18 @@ pub(crate) mod tests {
         assert!(e.to_string().contains("L1 table too large"), "{e}");
         let e = Header::parse(&v3(1 << 40, 2)).unwrap_err();
         assert!(e.to_string().contains("L1 table too small"), "{e}");
+    }
+
+    #[test]
+    fn an_absurd_backing_file_offset_is_refused_without_overflow() {
+        // Mutation test: offset u64::MAX used to overflow computing the name's range.
+        for offset in [u64::MAX, u64::MAX - 8, 1 << 63, 0x1_0000] {
+            let mut b = v3(1 << 30, 2);
+            b[8..16].copy_from_slice(&offset.to_be_bytes());
+            b[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+            let e = Header::parse(&b).unwrap_err();
+            assert_eq!(e.label(), "refused", "{e}");
+            assert!(e.to_string().contains("<beyond the header>"), "{e}");
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct Behaviour {
     pub required_header: Option<(String, String)>,
     /// An ETag to send.
     pub etag: Option<String>,
+    /// From this request on (0-based count), the ETag is this other value: the object
+    /// "changed" (`If-Range` with the old one then gets the whole object with 200).
+    pub etag_after: Option<(u32, String)>,
 }
 
 /// One request as seen by the server.
@@ -46,6 +49,16 @@ impl Seen {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The end (inclusive) of a `Range: bytes=N-M` header.
+    pub fn range_end(&self) -> Option<u64> {
+        self.header("range")?
+            .strip_prefix("bytes=")?
+            .split('-')
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     /// The start of a `Range: bytes=N-` header.
@@ -169,43 +182,57 @@ async fn handle(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
         return sock.write_all(simple("404 Not Found").as_bytes()).await;
     }
     let len = st.data.len() as u64;
-    let start = if st.b.ranges {
-        req.range_start().unwrap_or(0)
-    } else {
-        0
+    let etag = match &st.b.etag_after {
+        Some((from, e)) if n >= *from => Some(e.clone()),
+        _ => st.b.etag.clone(),
     };
-    let mut head = if st.b.ranges && req.header("range").is_some() {
+    // `If-Range` with another validator: the whole (current) object, as RFC 9110 says.
+    let if_range_ok = match (req.header("if-range"), &etag) {
+        (Some(v), Some(e)) => v == e,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let ranged = st.b.ranges && req.header("range").is_some() && if_range_ok;
+    let start = if ranged { req.range_start().unwrap_or(0) } else { 0 };
+    let stop = if ranged {
+        req.range_end().map_or(len, |e| (e + 1).min(len))
+    } else {
+        len
+    };
+    let mut head = if ranged {
         format!(
             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{len}\r\n",
-            len.saturating_sub(1)
+            stop.saturating_sub(1)
         )
     } else {
         "HTTP/1.1 200 OK\r\n".to_string()
     };
     head.push_str(&format!(
         "Content-Length: {}\r\nConnection: close\r\n",
-        len - start
+        stop - start
     ));
     if st.b.ranges {
         head.push_str("Accept-Ranges: bytes\r\n");
     }
-    if let Some(e) = &st.b.etag {
+    if let Some(e) = &etag {
         head.push_str(&format!("ETag: {e}\r\n"));
     }
     head.push_str("\r\n");
     sock.write_all(head.as_bytes()).await?;
-    let mut end = len;
-    if let Some(cut) = st.b.cut_at
-        && cut > start
-        && cut < len
-        && !st.cut_done.swap(true, Ordering::SeqCst)
-    {
-        end = cut;
+    // The cut happens in the first response that actually reaches it (a client may drop a
+    // response early: a parallel download's first GET serves only the first chunk).
+    let cut = st.b.cut_at.filter(|c| *c > start && *c < stop);
+    let first_end = cut.unwrap_or(stop);
+    for chunk in st.data[start as usize..first_end as usize].chunks(64 << 10) {
+        sock.write_all(chunk).await?;
     }
-    for chunk in st.data[start as usize..end as usize].chunks(64 << 10) {
+    if cut.is_some() && !st.cut_done.swap(true, Ordering::SeqCst) {
+        sock.flush().await?;
+        return Ok(()); // dropping the socket closes it early
+    }
+    for chunk in st.data[first_end as usize..stop as usize].chunks(64 << 10) {
         sock.write_all(chunk).await?;
     }
     sock.flush().await?;
-    // Dropping the socket closes it: early if the body was cut.
     Ok(())
 }
