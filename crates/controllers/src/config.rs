@@ -7,6 +7,8 @@
 //! concurrency: {images: 4, locations: 4}
 //! s3: {bucket, region, http, endpoint, credentials: {accessKeyId, secretAccessKey}, insecure, caBundle}
 //! vsphere: {enabled, insecure, caBundle, credentials: {vcenter, username, password}, locations: {…}}
+//! kubevirt: {enabled, timeoutSeconds, locations: {name: {namespace, storageClassName, size, accessModes, volumeMode}}}
+//! diskImport: {enabled, image, imagePullPolicy, filesystemOverhead, backoffLimit, resources}
 //! ```
 //! Keys the operator does not know (the rest of a Helm values file) are ignored. Separate
 //! files (a mounted credentials Secret, a locations ConfigMap) are merged in at a key.
@@ -21,7 +23,7 @@ use ido_providers::{Providers, ProvidersConfig};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::Settings;
+use crate::{Settings, diskimport::ImporterSettings};
 
 /// A configuration error naming the key and the value.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,30 @@ pub struct S3Config {
     pub ca_bundle: Option<String>,
 }
 
+/// The `diskImport` section: the DiskImport controller and its importer Jobs.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskImportConfig {
+    /// Run the DiskImport controller (`ido operator`); on too when `kubevirt` is enabled.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Importer image: the operator's own (the chart sets it); it runs `ido import`.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+    /// Fraction a Filesystem claim is grown by for the filesystem (default 0.055), a
+    /// number or a string (`"0.055"`, as CDI writes it).
+    #[serde(default)]
+    pub filesystem_overhead: Option<Value>,
+    /// Importer pods replaced after failures before the import fails (default 3).
+    #[serde(default)]
+    pub backoff_limit: Option<i32>,
+    /// Resources of the importer container.
+    #[serde(default)]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -109,6 +135,8 @@ pub struct Config {
     pub concurrency: Concurrency,
     #[serde(default)]
     pub s3: Option<S3Config>,
+    #[serde(default)]
+    pub disk_import: DiskImportConfig,
     /// The provider sections (`vsphere`, …), decoded apart so errors keep their key path.
     #[serde(skip)]
     pub providers: ProvidersConfig,
@@ -195,8 +223,57 @@ impl Config {
             channel: self.release_channel.clone(),
             retention,
             location_concurrency: self.concurrency.locations,
+            disk_import: self.importer_settings()?,
             ..Settings::default()
         })
+    }
+
+    /// The DiskImport controller's settings.
+    fn importer_settings(&self) -> Result<ImporterSettings, ConfigError> {
+        let d = &self.disk_import;
+        let mut out = ImporterSettings {
+            enabled: d.enabled || self.providers.kubevirt.as_ref().is_some_and(|k| k.enabled),
+            ..ImporterSettings::default()
+        };
+        if let Some(image) = d.image.as_ref().filter(|i| !i.is_empty()) {
+            out.image = image.clone();
+        }
+        if let Some(p) = d.image_pull_policy.as_ref().filter(|p| !p.is_empty()) {
+            if !["Always", "IfNotPresent", "Never"].contains(&p.as_str()) {
+                return Err(value_err(
+                    "diskImport.imagePullPolicy",
+                    p,
+                    "expected Always, IfNotPresent or Never",
+                ));
+            }
+            out.image_pull_policy = p.clone();
+        }
+        if let Some(v) = &d.filesystem_overhead {
+            let f = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            };
+            out.filesystem_overhead = f.filter(|f| (0.0..1.0).contains(f)).ok_or_else(|| {
+                value_err(
+                    "diskImport.filesystemOverhead",
+                    &v.to_string(),
+                    "expected a fraction from 0 to below 1, such as 0.055",
+                )
+            })?;
+        }
+        if let Some(b) = d.backoff_limit {
+            if b < 0 {
+                return Err(value_err(
+                    "diskImport.backoffLimit",
+                    &b.to_string(),
+                    "must not be negative",
+                ));
+            }
+            out.backoff_limit = b;
+        }
+        out.resources = d.resources.clone();
+        Ok(out)
     }
 
     /// The S3 source, if configured.
@@ -225,10 +302,13 @@ impl Config {
     }
 
     /// A reconcile context over `store`: providers, source, settings, fresh metrics.
+    /// The kubevirt provider's DiskImports go through `store`.
     pub fn context<S: crate::Store>(&self, store: S) -> Result<crate::Context<S>, ConfigError> {
+        let providers = self.providers()?;
+        providers.bind_disk_imports(crate::diskimport::StoreDiskImports::shared(store.clone()));
         Ok(crate::Context {
             store,
-            providers: self.providers()?,
+            providers,
             source: self.source()?,
             settings: self.settings()?,
             metrics: crate::metrics::Metrics::default(),

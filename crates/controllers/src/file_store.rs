@@ -1,6 +1,7 @@
 //! A file-backed [`Store`]: one JSON file per object under a state directory, with the API
 //! server's semantics that the reconcilers rely on (resourceVersion conflicts, generation,
-//! finalizers holding deletion, status written apart from spec). `ido run` and the
+//! finalizers holding deletion, status written apart from spec, owned objects deleted with
+//! their owner as the garbage collector does). `ido run` and the
 //! end-to-end tests drive the controllers over it; no cluster is needed.
 
 use std::{
@@ -208,7 +209,8 @@ impl FileStore {
         Ok(())
     }
 
-    /// Removes the object if it is being deleted and has no finalizers left.
+    /// Removes the object if it is being deleted and has no finalizers left; then, like
+    /// the cluster's garbage collector, deletes the objects it owned (`ownerReferences`).
     fn finish_deletion(&self, inner: &mut Inner, key: &Key, v: Value) -> Result<Value> {
         let deleting = !v["metadata"]["deletionTimestamp"].is_null();
         let no_finalizers = v["metadata"]["finalizers"]
@@ -216,10 +218,40 @@ impl FileStore {
             .is_none_or(|a| a.is_empty());
         if deleting && no_finalizers {
             self.write(inner, key, None)?;
+            if let Some(uid) = v["metadata"]["uid"].as_str() {
+                self.collect_garbage(inner, uid)?;
+            }
         } else {
             self.write(inner, key, Some(v.clone()))?;
         }
         Ok(v)
+    }
+
+    /// Deletes every object with an owner reference to `uid` (background propagation).
+    fn collect_garbage(&self, inner: &mut Inner, uid: &str) -> Result<()> {
+        let owned: Vec<(Key, Value)> = inner
+            .objects
+            .iter()
+            .filter(|(_, v)| {
+                v["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, mut v) in owned {
+            if v["metadata"]["deletionTimestamp"].is_null() {
+                v["metadata"]["deletionTimestamp"] = json!(
+                    jiff::Timestamp::now()
+                        .round(jiff::Unit::Second)
+                        .map_err(other)?
+                        .to_string()
+                );
+                Self::bump(inner, &mut v);
+            }
+            self.finish_deletion(inner, &key, v)?;
+        }
+        Ok(())
     }
 }
 
@@ -259,6 +291,30 @@ impl Store for FileStore {
             .objects
             .iter()
             .filter(|(k, _)| k.resource == resource)
+            .map(|(_, v)| v.clone())
+            .collect();
+        vals.into_iter().map(decode).collect()
+    }
+
+    async fn list_labeled<K: Object>(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<K>> {
+        let resource = format!("{}.{}", K::plural(&()), K::group(&()));
+        let vals: Vec<Value> = self
+            .inner
+            .lock()
+            .expect("lock")
+            .objects
+            .iter()
+            .filter(|(k, v)| {
+                k.resource == resource
+                    && k.namespace.as_deref() == Some(namespace)
+                    && labels
+                        .iter()
+                        .all(|(l, want)| v["metadata"]["labels"][l].as_str() == Some(want.as_str()))
+            })
             .map(|(_, v)| v.clone())
             .collect();
         vals.into_iter().map(decode).collect()

@@ -4,6 +4,10 @@
 //!   Release ──release::reconcile──▶ NodeImage ──nodeimage::reconcile──▶ Provider (vSphere, …)
 //!                                        ▲                                   ▲
 //!                                  Store (file or kube)              S3 source (engine)
+//!
+//!   DiskImport ──diskimport::reconcile──▶ PersistentVolumeClaim + importer Job (`ido import`)
+//!        ▲
+//!   kubevirt provider (through diskimport::StoreDiskImports)
 //! ```
 //!
 //! Two drivers run the same reconcilers: [`run`] (`ido run`, over the [`file_store`]) and
@@ -15,6 +19,7 @@ use ido_engine::s3::S3Source;
 use ido_providers::{ProviderError, Providers};
 
 pub mod config;
+pub mod diskimport;
 pub mod file_store;
 pub mod imagesync;
 pub mod metrics;
@@ -71,6 +76,8 @@ pub struct Settings {
     pub location_concurrency: usize,
     /// How often available images are checked again.
     pub recheck: Duration,
+    /// How DiskImports are imported (importer image, overhead, retries).
+    pub disk_import: diskimport::ImporterSettings,
 }
 
 impl Default for Settings {
@@ -81,6 +88,7 @@ impl Default for Settings {
             retention: Duration::ZERO,
             location_concurrency: 4,
             recheck: Duration::from_secs(300),
+            disk_import: diskimport::ImporterSettings::default(),
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn provider_of(release: &str) -> Option<String> {
                     "vsphere" => "capv",
                     "cloud-director" => "capvcd",
                     "proxmox" => "capmox",
+                    "kubevirt" => "capk",
                     other => other,
                 }
                 .to_string(),
@@ -284,6 +285,7 @@ mod tests {
         assert_eq!(provider_of("vsphere-30.1.0").as_deref(), Some("capv"));
         assert_eq!(provider_of("cloud-director-0.10.5").as_deref(), Some("capvcd"));
         assert_eq!(provider_of("proxmox-1.2.3-alpha.1").as_deref(), Some("capmox"));
+        assert_eq!(provider_of("kubevirt-1.0.0").as_deref(), Some("capk"));
         assert_eq!(provider_of("aws-25.0.0").as_deref(), Some("aws"));
         assert_eq!(provider_of("vsphere"), None);
         assert_eq!(provider_of("Vsphere-1.2.3"), None);

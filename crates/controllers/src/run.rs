@@ -2,8 +2,11 @@
 //!
 //! The manifests given are the desired set: objects from them are created or updated, and
 //! objects applied by an earlier run but no longer given are deleted (finalizers honoured).
-//! A work queue then reconciles every object that changed or is due, Releases, NodeImages
-//! and ImageSyncs alike, NodeImages and ImageSyncs with bounded concurrency. Secrets are
+//! A work queue then reconciles every object that changed or is due, Releases, NodeImages,
+//! ImageSyncs and DiskImports alike, NodeImages and ImageSyncs with bounded concurrency.
+//! DiskImports get their claim and importer Job stored like any object; nothing runs the
+//! Job (no cluster), so they stay `ImportScheduled` unless something writes the Job's
+//! status (as the tests do) or the source is blank. Secrets are
 //! stored for the ImageSyncs that reference them (and replaced when their data changes).
 //! With `once`, the run ends when no work is left that can change anything now (an
 //! ImageSync's next scheduled pass does not hold it), and reports whether every object
@@ -17,7 +20,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ido_api::{ImageSync, NodeImage, NodeImageState, Release, condition, nodeimage::conditions};
+use ido_api::{
+    DiskImport, DiskImportPhase, ImageSync, NodeImage, NodeImageState, Release, condition,
+    nodeimage::conditions,
+};
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 use tokio::{
@@ -27,7 +33,7 @@ use tokio::{
 };
 
 use crate::{
-    Action, Context,
+    Action, Context, diskimport,
     file_store::{FileStore, Key},
     imagesync, nodeimage, release,
     store::{EventType, Store},
@@ -42,6 +48,8 @@ pub enum Manifest {
     Release(Box<Release>),
     NodeImage(Box<NodeImage>),
     ImageSync(Box<ImageSync>),
+    /// A disk import: its claim and importer Job are stored; nothing runs the Job here.
+    DiskImport(Box<DiskImport>),
     /// Credentials an ImageSync references (`kubernetes.io/dockerconfigjson`).
     Secret(Box<Secret>),
 }
@@ -104,6 +112,16 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                     n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
                     Manifest::ImageSync(Box::new(n))
                 }
+                ("ido.dev/v1alpha1", "DiskImport") => {
+                    let mut n: DiskImport = serde_path_to_error::deserialize(&doc).map_err(|e| {
+                        anyhow::anyhow!("{}: DiskImport field {}: {}", at(), e.path(), e.inner())
+                    })?;
+                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                        bail!("{}: DiskImport metadata.name is required", at());
+                    }
+                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
+                    Manifest::DiskImport(Box::new(n))
+                }
                 ("v1", "Secret") => {
                     // Never echo a Secret's content: errors name the field only.
                     let mut n: Secret = serde_path_to_error::deserialize(&doc)
@@ -115,7 +133,7 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                     Manifest::Secret(Box::new(n))
                 }
                 _ => bail!(
-                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync (ido.dev/v1alpha1) or Secret (v1)",
+                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1) or Secret (v1)",
                     at()
                 ),
             };
@@ -132,6 +150,7 @@ pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow:
     prune::<Release>(store, &wanted).await?;
     prune::<NodeImage>(store, &wanted).await?;
     prune::<ImageSync>(store, &wanted).await?;
+    prune::<DiskImport>(store, &wanted).await?;
     prune::<Secret>(store, &wanted).await?;
     Ok(())
 }
@@ -152,6 +171,7 @@ pub async fn apply(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<
             Manifest::Release(r) => FileStore::key_of(&store.apply(&mark(r.as_ref()))?),
             Manifest::NodeImage(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::ImageSync(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::DiskImport(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::Secret(s) => apply_secret(store, &mark(s.as_ref())).await?,
         };
         wanted.insert(key);
@@ -296,6 +316,13 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
     keys.extend(ctx.store.list::<Release>().await?.iter().map(FileStore::key_of));
     keys.extend(ctx.store.list::<NodeImage>().await?.iter().map(FileStore::key_of));
     keys.extend(ctx.store.list::<ImageSync>().await?.iter().map(FileStore::key_of));
+    keys.extend(
+        ctx.store
+            .list::<DiskImport>()
+            .await?
+            .iter()
+            .map(FileStore::key_of),
+    );
     for key in keys {
         queue.insert(
             key,
@@ -355,6 +382,13 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                             Err(e) => Err(e.into()),
                         }
                     }
+                    Some(Kind::DiskImport) => {
+                        match ctx.store.get::<DiskImport>(ns.as_deref(), &key.name).await {
+                            Ok(Some(n)) => timed(&ctx, "diskimport", diskimport::reconcile(&n, &ctx)).await,
+                            Ok(None) => Ok(Action::AwaitChange),
+                            Err(e) => Err(e.into()),
+                        }
+                    }
                     None => Ok(Action::AwaitChange),
                 };
                 (key, r)
@@ -386,10 +420,12 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                         e.failures = 0;
                         e.last_error = None;
                         match action {
-                            // An ImageSync's next pass is its schedule: it does not hold `once`.
+                            // An ImageSync's next pass is its schedule, and nothing here runs a
+                            // DiskImport's importer Job: neither holds `once`.
                             Action::Requeue(d) => {
                                 e.due = Some(Instant::now() + d);
-                                e.urgent = d <= Duration::from_secs(30) && Kind::of(&key) != Some(Kind::ImageSync);
+                                e.urgent = d <= Duration::from_secs(30)
+                                    && !matches!(Kind::of(&key), Some(Kind::ImageSync | Kind::DiskImport));
                             }
                             Action::AwaitChange => { e.due = None; e.urgent = false; }
                         }
@@ -426,6 +462,7 @@ enum Kind {
     Release,
     NodeImage,
     ImageSync,
+    DiskImport,
 }
 
 impl Kind {
@@ -437,18 +474,55 @@ impl Kind {
             Some(Self::NodeImage)
         } else if is(FileStore::key::<ImageSync>(None, "x").resource) {
             Some(Self::ImageSync)
+        } else if is(FileStore::key::<DiskImport>(None, "x").resource) {
+            Some(Self::DiskImport)
         } else {
             None
         }
     }
 }
 
+/// The DiskImport owning a changed claim or Job (its status is what the DiskImport
+/// reports), as the operator's `owns` watches do.
+fn owner_key(store: &FileStore, key: &Key) -> Option<Key> {
+    let owned = [
+        FileStore::key::<k8s_openapi::api::batch::v1::Job>(None, "x").resource,
+        FileStore::key::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(None, "x").resource,
+    ];
+    if !owned.contains(&key.resource) {
+        return None;
+    }
+    let v = store.raw(key)?;
+    let owner = v["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == "DiskImport" && r["controller"] == true)?;
+    Some(FileStore::key::<DiskImport>(
+        key.namespace.as_deref(),
+        owner["name"].as_str()?,
+    ))
+}
+
 /// An object changed: reconcile it now (or again once its running reconcile ends), unless
 /// the change is only a controller's own status write.
 fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
-    if Kind::of(&key).is_none() {
-        return;
-    }
+    let key = match Kind::of(&key) {
+        Some(_) => key,
+        None => match owner_key(store, &key) {
+            Some(owner) => {
+                // The owner's own fingerprint did not change: force the reconcile.
+                let e = queue.entry(owner).or_default();
+                if e.running {
+                    e.dirty = true;
+                } else {
+                    e.due = Some(Instant::now());
+                    e.urgent = true;
+                }
+                return;
+            }
+            None => return,
+        },
+    };
     let fp = store.raw(&key).map(|v| crate::trigger_fingerprint(&v));
     let e = queue.entry(key).or_default();
     if fp.is_some() && fp == e.seen {
@@ -606,6 +680,9 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
     for n in ctx.store.list::<ImageSync>().await? {
         rows.push(sync_row(&n, errors.get(&FileStore::key_of(&n))));
     }
+    for n in ctx.store.list::<DiskImport>().await? {
+        rows.push(disk_import_row(&n, errors.get(&FileStore::key_of(&n))));
+    }
     Ok(Report { rows })
 }
 
@@ -658,6 +735,55 @@ pub fn sync_row(n: &ImageSync, error: Option<&String>) -> Row {
         ok,
         message,
         locations: tags,
+    }
+}
+
+/// A DiskImport's line: its phase and Ready condition. Only Succeeded is ok: `ido run`
+/// stores the importer Job but runs nothing (blank disks succeed).
+pub fn disk_import_row(n: &DiskImport, error: Option<&String>) -> Row {
+    use ido_api::diskimport::conditions as c;
+    let st = n.status.clone().unwrap_or_default();
+    let ok = st.phase == DiskImportPhase::Succeeded;
+    let ready = condition::find(&st.conditions, c::READY);
+    let mut message = match ready {
+        Some(r) if !r.message.is_empty() => format!("{}: {}", r.reason, r.message),
+        Some(r) => r.reason.clone(),
+        None => "not reconciled yet".into(),
+    };
+    if let Some(size) = &st.size {
+        message = format!("size {size}; {message}");
+    }
+    if matches!(
+        st.phase,
+        DiskImportPhase::ImportScheduled | DiskImportPhase::ImportInProgress
+    ) {
+        message = format!(
+            "{message}; importer Job {} stored (ido run does not run Jobs)",
+            diskimport::job_name(n)
+        );
+    }
+    if let Some(e) = error
+        && !ok
+    {
+        message = format!("{message} (last error: {e})");
+    }
+    Row {
+        kind: "DiskImport",
+        name: format!(
+            "{}/{}",
+            n.metadata.namespace.as_deref().unwrap_or_default(),
+            n.metadata.name.as_deref().unwrap_or_default()
+        ),
+        provider: "disk".into(),
+        state: if st.phase == DiskImportPhase::New {
+            "Pending".into()
+        } else {
+            st.phase.to_string()
+        },
+        releases: String::new(),
+        ok,
+        message,
+        locations: vec![],
     }
 }
 

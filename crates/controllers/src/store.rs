@@ -84,7 +84,7 @@ impl Event {
 }
 
 /// The object store. Methods are generic over the object type; namespaces come from the
-/// object (or the `namespace` argument of `get`).
+/// object (or the `namespace` argument of `get` and `list_labeled`).
 pub trait Store: Clone + Send + Sync + 'static {
     /// The object, or `None`.
     fn get<K: Object>(
@@ -94,6 +94,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<K>>> + Send;
     /// Every object of a kind (all namespaces).
     fn list<K: Object>(&self) -> impl Future<Output = Result<Vec<K>>> + Send;
+    /// The objects of a namespaced kind in `namespace` that carry every label of `labels`
+    /// (a label selector of `key=value` terms).
+    fn list_labeled<K: Object>(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<K>>> + Send;
     /// Creates `obj` (metadata name/namespace/labels/annotations, spec and status).
     fn create<K: Object>(&self, obj: &K) -> impl Future<Output = Result<K>> + Send;
     /// Patches finalizers/annotations of `obj` (conflict if `obj` is stale).

@@ -1,4 +1,4 @@
-//! The three kube-runtime controllers around the plain reconcilers of `ido-controllers`.
+//! The kube-runtime controllers around the plain reconcilers of `ido-controllers`.
 //!
 //! ```text
 //!   watch Releases (cluster) ──▶ Controller ──▶ release::reconcile(&Release, &Context<KubeStore>)
@@ -6,7 +6,15 @@
 //!                                  (concurrency = concurrency.images)
 //!   watch ImageSyncs (ns)    ──▶ Controller ──▶ imagesync::reconcile(&ImageSync, &Context<KubeStore>)
 //!                                  (concurrency = Concurrency::syncs; Secrets read per pass)
+//!   watch DiskImports (all)  ──▶ Controller ──▶ diskimport::reconcile(&DiskImport, &Context<KubeStore>)
+//!     owns Jobs, PVCs (all, label app.kubernetes.io/component=disk-import)
+//!                                  (only with diskImport.enabled or kubevirt.enabled)
 //! ```
+//!
+//! DiskImports are watched in every namespace (like CDI's DataVolumes: users and the
+//! kubevirt provider's locations put them anywhere), so their grants are cluster-wide; the
+//! chart renders them only when the controller is on. Owned Jobs and claims are watched
+//! through their label, so the caches hold only importers and their claims.
 //!
 //! ImageSyncs are watched in the operator's namespace (`namespace`, the NodeImages'), like
 //! NodeImages, so reading their credential Secrets needs a Role there and not a
@@ -26,13 +34,14 @@ use std::{
 };
 
 use futures::StreamExt;
-use ido_api::{ImageSync, NodeImage, Release};
+use ido_api::{DiskImport, ImageSync, NodeImage, Release};
 use ido_controllers::{
-    Action, Context, Error, imagesync,
+    Action, Context, Error, diskimport, imagesync,
     metrics::{ControllerLabels, FailureLabels, StateLabels},
     nodeimage, release,
     store::Object,
 };
+use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use kube::{
     Api, Client,
     api::ListParams,
@@ -156,6 +165,13 @@ async fn reconcile_imagesync(
     timed(obj.as_ref(), &shared, imagesync::reconcile(&obj, &shared.ctx)).await
 }
 
+async fn reconcile_diskimport(
+    obj: Arc<DiskImport>,
+    shared: Arc<Shared<DiskImport>>,
+) -> Result<controller::Action, Error> {
+    timed(obj.as_ref(), &shared, diskimport::reconcile(&obj, &shared.ctx)).await
+}
+
 async fn reconcile_nodeimage(
     obj: Arc<NodeImage>,
     shared: Arc<Shared<NodeImage>>,
@@ -213,8 +229,11 @@ pub struct Concurrency {
     pub syncs: u16,
 }
 
-/// Whether the API server serves `imagesyncs.ido.dev` (its CRD is installed).
-async fn imagesyncs_served(api: &Api<ImageSync>) -> bool {
+/// Label on the claims and Jobs DiskImports own (the owned watches select by it).
+const DISK_IMPORT_COMPONENT: &str = "app.kubernetes.io/component=disk-import";
+
+/// Whether the API server serves `K` (its CRD is installed).
+async fn served<K: Object>(api: &Api<K>) -> bool {
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.code == 404 => false,
@@ -243,8 +262,29 @@ pub async fn run<F>(
     )
     .with_config(Config::default().concurrency(concurrency.images.max(1)))
     .graceful_shutdown_on(shutdown());
+    let disk_api = Api::<DiskImport>::all(client.clone());
+    let disks = if !ctx.settings.disk_import.enabled {
+        futures::future::Either::Right(std::future::ready(()))
+    } else if served(&disk_api).await {
+        let owned = || watcher::Config::default().labels(DISK_IMPORT_COMPONENT);
+        let c = Controller::new(disk_api, watcher::Config::default())
+            .owns(Api::<Job>::all(client.clone()), owned())
+            .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned())
+            .with_config(Config::default().concurrency(4))
+            .graceful_shutdown_on(shutdown());
+        let shared = Arc::new(Shared::new(ctx.clone(), "diskimport"));
+        futures::future::Either::Left(drain(
+            "diskimport",
+            c.run(reconcile_diskimport, error_policy, shared),
+        ))
+    } else {
+        tracing::warn!(
+            "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; apply charts/image-distribution-operator/crds/diskimports.ido.dev.yaml and restart"
+        );
+        futures::future::Either::Right(std::future::ready(()))
+    };
     let sync_api = Api::<ImageSync>::namespaced(client, &ctx.settings.namespace);
-    let syncs = if imagesyncs_served(&sync_api).await {
+    let syncs = if served(&sync_api).await {
         let c = Controller::new(sync_api, watcher::Config::default())
             .with_config(Config::default().concurrency(concurrency.syncs.max(1)))
             .graceful_shutdown_on(shutdown());
@@ -274,7 +314,7 @@ pub async fn run<F>(
         images.run(reconcile_nodeimage, error_policy, image_shared),
     );
     tracing::info!("controllers started");
-    futures::future::join3(releases, images, syncs).await;
+    futures::future::join4(releases, images, syncs, disks).await;
     tracing::info!("controllers stopped");
 }
 

@@ -8,16 +8,20 @@
 //! |------------------|--------------------------------------------------------------------|-----------|
 //! | `get`            | `GET …/<plural>/<name>` (404 → `None`)                             | get       |
 //! | `list`           | `GET …/<plural>` (the store's namespace for namespaced kinds)      | list      |
+//! | `list_labeled`   | `GET …/namespaces/<ns>/<plural>?labelSelector=k=v,…`                | list      |
 //! | `create`         | `POST …/<plural>`                                                   | create    |
 //! | `patch_metadata` | JSON merge patch `{"metadata":{resourceVersion, finalizers, annotations}}` | patch |
 //! | `update_status`  | `PUT …/<plural>/<name>/status` (the whole object, with its `resourceVersion`) | update (`<plural>/status`) |
-//! | `delete`         | `DELETE …/<plural>/<name>` (404 → done)                             | delete    |
+//! | `delete`         | `DELETE …/<plural>/<name>`, background propagation (404 → done)     | delete    |
 //! | `event`          | `events.k8s.io/v1` Event via kube's [`Recorder`] (create, patch for a repeat) | create, patch |
 //!
 //! Status is replaced rather than merge-patched: a merge patch cannot remove a field the
 //! new status leaves out (e.g. `conditions` or `locations` serialize as absent when empty),
 //! while a replace of the status subresource writes exactly the status the reconciler
 //! computed and nothing else (the API server ignores spec and metadata there).
+//!
+//! Deletes propagate in the background: a Job's pods go with it (the API's default for
+//! `batch/v1` Jobs is to orphan them).
 //!
 //! Events about cluster-scoped objects (Releases) land in the `default` namespace: the API
 //! server accepts `events.k8s.io/v1` events with an `eventTime` for a cluster-scoped object
@@ -192,6 +196,23 @@ impl Store for KubeStore {
         Ok(list.items)
     }
 
+    async fn list_labeled<K: Object>(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<K>> {
+        let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let req = Request::new(K::url_path(&(), Some(namespace)))
+            .list(&ListParams::default().labels(&selector.join(",")))
+            .map_err(|e| build_err::<K>("list", "", e))?;
+        let list: ObjectList<K> = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| map_err::<K>("list", "", e))?;
+        Ok(list.items)
+    }
+
     async fn create<K: Object>(&self, obj: &K) -> Result<K> {
         let name = name_of(obj);
         let mut obj = obj.clone();
@@ -239,7 +260,7 @@ impl Store for KubeStore {
         let name = name_of(obj);
         let req = self
             .request::<K>(obj.meta().namespace.as_deref())
-            .delete(&name, &DeleteParams::default())
+            .delete(&name, &DeleteParams::background())
             .map_err(|e| build_err::<K>("delete", &name, e))?;
         match self.client.request_text(req).await {
             Ok(_) => Ok(()),

@@ -4,14 +4,14 @@
 //! ```text
 //!   ido operator ──▶ run(client, ContextParts, OperatorOptions)
 //!                     ├─ http:       /metrics /healthz /readyz   (every replica)
-//!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage + ImageSync
+//!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage + ImageSync (+ DiskImport)
 //!                                       │                     └─ KubeStore (the Store over the API)
 //!                                     standby (ready, waits)
 //! ```
 //!
 //! - [`kube_store`]: [`KubeStore`], the controllers' `Store` over the API (narrow writes,
 //!   `resourceVersion` preconditions, events).
-//! - [`controller`]: the three kube-runtime controllers, metrics and per-object backoff.
+//! - [`controller`]: the kube-runtime controllers, metrics and per-object backoff.
 //! - [`lease`]: leader election over a `coordination.k8s.io/v1` Lease.
 //! - [`http`]: the metrics and probe endpoint.
 //!
@@ -176,6 +176,9 @@ pub async fn run_until(
         instance: Some(identity.clone()),
     };
     let store = KubeStore::new(client.clone(), reporter, Some(settings.namespace.clone()));
+    providers.bind_disk_imports(ido_controllers::diskimport::StoreDiskImports::shared(
+        store.clone(),
+    ));
     let ctx = Arc::new(Context {
         store,
         providers,

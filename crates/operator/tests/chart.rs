@@ -22,11 +22,11 @@ fn chart() -> helm::Chart {
     helm::Chart::load(&charts_dir().join("image-distribution-operator"))
 }
 
-/// Where each CRD's YAML lives: the chart installs NodeImage and ImageSync; Giant Swarm's
+/// Where each CRD's YAML lives: the chart installs NodeImage, ImageSync and DiskImport; Giant Swarm's
 /// clusters own the Release CRD, so ours (for tests and demos) stays outside the chart.
 fn crd_path(name: &str) -> PathBuf {
     match name {
-        "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" => charts_dir()
+        "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" | "diskimports.ido.dev" => charts_dir()
             .join("image-distribution-operator/crds")
             .join(format!("{name}.yaml")),
         _ => charts_dir().join("dev-crds").join(format!("{name}.yaml")),
@@ -62,7 +62,11 @@ fn crds_are_generated_from_the_api_types() {
     in_chart.sort();
     assert_eq!(
         in_chart,
-        ["imagesyncs.ido.dev.yaml", "nodeimages.image.giantswarm.io.yaml"]
+        [
+            "diskimports.ido.dev.yaml",
+            "imagesyncs.ido.dev.yaml",
+            "nodeimages.image.giantswarm.io.yaml"
+        ]
     );
 }
 
@@ -336,6 +340,45 @@ fn proxmox_and_vcd_values_reach_the_operator() {
     let config = load_rendered_config(&docs, dir.path());
     assert_eq!(config.providers().unwrap().ids(), ["capmox", "capvcd"]);
     assert_eq!(config.providers.proxmox.unwrap().locations["pve1"].node, "pve1");
+}
+
+#[test]
+fn kubevirt_and_disk_import_values_reach_the_operator() {
+    let values = json!({
+        "controllerManager": {"image": {"tag": "1.2.3"}},
+        "diskImport": {"filesystemOverhead": "0.1", "backoffLimit": 5,
+                       "resources": {"limits": {"memory": "1Gi"}}},
+        "kubevirt": {
+            "enabled": true,
+            "locations": {"vms": {"namespace": "vm-images", "storageClassName": "fast", "size": "20Gi",
+                                  "accessModes": ["ReadWriteMany"], "volumeMode": "Block"}},
+        },
+    });
+    let docs = chart().manifests("ido", "ido-system", &values);
+    find(&docs, "ClusterRole", "image-distribution-operator-disk-import");
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_rendered_config(&docs, dir.path());
+    assert_eq!(config.providers().unwrap().ids(), ["capk"]);
+    let d = config.settings().unwrap().disk_import;
+    assert!(d.enabled, "kubevirt turns the DiskImport controller on");
+    assert_eq!(d.image, "ghcr.io/ido-dev/ido:1.2.3", "the operator's own image");
+    assert_eq!((d.filesystem_overhead, d.backoff_limit), (0.1, 5));
+    assert!(d.resources.is_some());
+    let loc = &config.providers.kubevirt.unwrap().locations["vms"];
+    assert_eq!(loc.namespace, "vm-images");
+    assert_eq!(loc.volume_mode, Some(ido_api::VolumeMode::Block));
+
+    // Defaults: the controller is off and no cluster-wide grant on Jobs is rendered.
+    let docs = chart().manifests("ido", "ido-system", &json!({}));
+    let config = load_rendered_config(&docs, dir.path());
+    let d = config.settings().unwrap().disk_import;
+    assert!(!d.enabled);
+    assert_eq!(d.image, "ghcr.io/ido-dev/ido:0.1.0");
+    assert!(
+        !docs
+            .iter()
+            .any(|(_, d)| d["metadata"]["name"] == "image-distribution-operator-disk-import")
+    );
 }
 
 /// `helm template` stand-in: prints the chart rendered with `IDO_VALUES` (JSON) merged in.

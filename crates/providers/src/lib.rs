@@ -1,8 +1,11 @@
 //! Provider catalogs behind one trait.
 //!
 //! A provider makes a node image exist as a template in each of its configured locations.
-//! Each lives in its own module ([`vsphere`]); adding one means implementing [`Provider`]
-//! and registering it in the controllers' provider set: the controllers stay untouched.
+//! Each lives in its own module ([`vsphere`], [`proxmox`], [`vcd`], [`kubevirt`]); adding
+//! one means implementing [`Provider`] and registering it in [`ProvidersConfig::build`]:
+//! the controllers stay untouched. A provider that works through cluster objects
+//! ([`kubevirt`]: DiskImports) gets them through a trait the driver binds
+//! ([`Providers::bind_disk_imports`]).
 
 use std::sync::{
     Arc,
@@ -12,6 +15,7 @@ use std::sync::{
 use async_trait::async_trait;
 use ido_engine::s3::S3Object;
 
+pub mod kubevirt;
 pub mod proxmox;
 pub mod vcd;
 pub mod vsphere;
@@ -120,23 +124,31 @@ pub trait Provider: Send + Sync {
 
 /// The enabled providers, by id.
 #[derive(Clone, Default)]
-pub struct Providers(std::collections::BTreeMap<&'static str, Arc<dyn Provider>>);
+pub struct Providers {
+    by_id: std::collections::BTreeMap<&'static str, Arc<dyn Provider>>,
+    /// Where the driver binds the DiskImport store (shared with the providers using it).
+    disk_imports: kubevirt::DiskImportsSlot,
+}
 
 impl Providers {
     /// Adds (or replaces) a provider.
     pub fn insert(&mut self, p: Arc<dyn Provider>) {
-        self.0.insert(p.id(), p);
+        self.by_id.insert(p.id(), p);
     }
     /// The provider with id `id`, if enabled.
     pub fn get(&self, id: &str) -> Option<&Arc<dyn Provider>> {
-        self.0.get(id)
+        self.by_id.get(id)
     }
     /// Ids of the enabled providers.
     pub fn ids(&self) -> Vec<&'static str> {
-        self.0.keys().copied().collect()
+        self.by_id.keys().copied().collect()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by_id.is_empty()
+    }
+    /// Binds the driver's DiskImport store for the providers that create DiskImports.
+    pub fn bind_disk_imports(&self, imports: Arc<dyn kubevirt::DiskImports>) {
+        self.disk_imports.bind(imports);
     }
 }
 
@@ -150,6 +162,8 @@ pub struct ProvidersConfig {
     pub proxmox: Option<proxmox::ProxmoxConfig>,
     #[serde(default)]
     pub vcd: Option<vcd::VcdConfig>,
+    #[serde(default)]
+    pub kubevirt: Option<kubevirt::KubevirtConfig>,
 }
 
 impl ProvidersConfig {
@@ -164,6 +178,10 @@ impl ProvidersConfig {
         }
         if let Some(v) = self.vcd.as_ref().filter(|v| v.enabled) {
             out.insert(Arc::new(vcd::VcdProvider::new(v)?));
+        }
+        if let Some(k) = self.kubevirt.as_ref().filter(|k| k.enabled) {
+            let slot = out.disk_imports.clone();
+            out.insert(Arc::new(kubevirt::KubevirtProvider::new(k, slot)?));
         }
         Ok(out)
     }

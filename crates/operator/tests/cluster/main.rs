@@ -14,6 +14,7 @@ mod fake_api;
 #[path = "../support/helm/mod.rs"]
 mod helm;
 
+mod diskimport;
 mod imagesync;
 mod lease;
 mod operator;

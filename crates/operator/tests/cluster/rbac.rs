@@ -8,8 +8,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    NS, OPERATOR_NS, fake_api::Call, helm, imagesync::imagesync_scenario, operator::operator_scenario,
-    reconcile::reconcilers_scenario,
+    NS, OPERATOR_NS, diskimport::diskimport_scenario, fake_api::Call, helm, imagesync::imagesync_scenario,
+    operator::operator_scenario, reconcile::reconcilers_scenario,
 };
 
 /// Events `patch`: kube's Recorder sends it only for an identical event repeated within
@@ -27,14 +27,20 @@ struct Grant {
     verb: String,
 }
 
-/// The chart's RBAC for its ServiceAccount, rendered with the NodeImage namespace `NS` and
-/// the release in `OPERATOR_NS`.
-fn chart_grants() -> Vec<Grant> {
+/// Chart values with the DiskImport controller on (its grants are cluster-wide, rendered
+/// only then).
+pub(crate) fn disk_import_values() -> Value {
+    json!({"namespace": NS, "diskImport": {"enabled": true}})
+}
+
+/// The chart's RBAC for its ServiceAccount, rendered with `values` (the NodeImage
+/// namespace `NS`) and the release in `OPERATOR_NS`.
+fn chart_grants(values: &Value) -> Vec<Grant> {
     let chart = helm::Chart::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/image-distribution-operator"),
     );
     let docs: Vec<Value> = chart
-        .manifests("ido", OPERATOR_NS, &json!({"namespace": NS}))
+        .manifests("ido", OPERATOR_NS, values)
         .into_iter()
         .filter(|(file, _)| file == "rbac.yaml")
         .map(|(_, d)| d)
@@ -116,9 +122,14 @@ fn granting<'a>(grants: &'a [Grant], c: &Call) -> Vec<&'a Grant> {
         .collect()
 }
 
-/// Every request the operator made is allowed by the chart's RBAC.
+/// Every request the operator made is allowed by the chart's RBAC (default values).
 pub(crate) fn assert_granted(calls: &[Call]) {
-    let grants = chart_grants();
+    assert_granted_with(calls, &json!({"namespace": NS}));
+}
+
+/// Every request the operator made is allowed by the chart's RBAC rendered with `values`.
+pub(crate) fn assert_granted_with(calls: &[Call], values: &Value) {
+    let grants = chart_grants(values);
     let denied: BTreeSet<&Call> = calls.iter().filter(|c| granting(&grants, c).is_empty()).collect();
     assert!(denied.is_empty(), "the chart's RBAC denies {denied:#?}");
 }
@@ -129,9 +140,13 @@ async fn rbac_grants_exactly_what_the_operator_uses() {
     calls.extend(operator_scenario().await);
     calls.extend(imagesync_scenario().await);
     assert_granted(&calls);
+    let disk_calls = diskimport_scenario().await;
+    calls.extend(disk_calls.iter().cloned());
+    let values = disk_import_values();
+    assert_granted_with(&calls, &values);
     // Least privilege: every grant is used, except events `patch`, which kube's Recorder
     // sends only for an identical event repeated within minutes (an event series).
-    let grants = chart_grants();
+    let grants = chart_grants(&values);
     let used: BTreeSet<&Grant> = calls.iter().flat_map(|c| granting(&grants, c)).collect();
     let unused: Vec<&Grant> = grants
         .iter()
@@ -157,5 +172,21 @@ async fn rbac_grants_exactly_what_the_operator_uses() {
         calls
             .iter()
             .any(|c| c.group == "coordination.k8s.io" && c.namespace.as_deref() == Some(OPERATOR_NS))
+    );
+    for resource in ["diskimports", "jobs", "persistentvolumeclaims"] {
+        assert!(
+            disk_calls
+                .iter()
+                .any(|c| c.verb == "watch" && c.resource == resource && c.namespace.is_none()),
+            "{resource} watched cluster-wide"
+        );
+    }
+    // Without DiskImports, no cluster-wide grant on Jobs, claims or pods is rendered.
+    let default = chart_grants(&json!({"namespace": NS}));
+    assert!(
+        !default
+            .iter()
+            .any(|g| ["jobs", "persistentvolumeclaims", "pods", "diskimports"].contains(&g.resource.as_str())),
+        "{default:#?}"
     );
 }

@@ -267,7 +267,7 @@ fn check_image(image: &str) -> Result<()> {
 
 /// The sha256 of `source` from its `<key>.sha256` sidecar (`sha256sum` output or a bare
 /// digest), if the sidecar exists.
-async fn sidecar_sha256(source: &S3Object) -> Result<Option<String>> {
+pub(crate) async fn sidecar_sha256(source: &S3Object) -> Result<Option<String>> {
     let sidecar = source.sibling(&format!("{}.sha256", source.key()));
     let mut stream = match sidecar.get().await {
         Ok(s) => s,

@@ -5,7 +5,8 @@
 //! AlreadyExists, 404 NotFound as `Status` JSON, status ignored on the main resource (and
 //! everything but status ignored on `/status`) for kinds with a status subresource, delete
 //! with finalizers setting `deletionTimestamp`, removal once the last finalizer goes, and no
-//! new finalizers on an object being deleted. Every request the client sends is recorded as
+//! new finalizers on an object being deleted, and `key=value` label selectors on lists and
+//! watches (no garbage collector: owned objects stay when their owner goes). Every request the client sends is recorded as
 //! a [`Call`] (verb, group, resource, subresource, namespace) for the RBAC checks.
 
 use std::{
@@ -25,7 +26,28 @@ mod objects;
 mod watch;
 
 /// Kinds whose status is a subresource (main-resource writes leave it alone).
-const STATUS_SUBRESOURCE: &[&str] = &["nodeimages", "imagesyncs"];
+const STATUS_SUBRESOURCE: &[&str] = &[
+    "nodeimages",
+    "imagesyncs",
+    "diskimports",
+    "jobs",
+    "persistentvolumeclaims",
+    "pods",
+];
+
+/// Whether `obj` matches the `labelSelector` of `query` (`k=v` terms joined by `,`).
+pub(crate) fn selected(obj: &Value, query: &str) -> bool {
+    let Some(sel) = query.split('&').find_map(|q| q.strip_prefix("labelSelector=")) else {
+        return true;
+    };
+    let sel = sel.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/");
+    sel.split(',')
+        .filter(|t| !t.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => obj["metadata"]["labels"][k].as_str() == Some(v),
+            None => panic!("unsupported label selector term {term:?}"),
+        })
+}
 
 /// One request, as RBAC sees it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -170,6 +192,21 @@ impl FakeApi {
         let url = format!("{}/{name}", K::url_path(&(), namespace));
         let (code, out) = self.apply(Method::PUT, &url, None, v, "");
         assert!(code.is_success(), "update {url}: {out}");
+    }
+
+    /// Replaces the status of `K`'s `namespace/name` as its controller would (a Job's by
+    /// the Job controller, a pod's by the kubelet), unrecorded.
+    pub fn set_status<K: Resource<DynamicType = ()>>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        status: Value,
+    ) {
+        let mut v = self.get::<K>(namespace, name).expect("object to update");
+        v["status"] = status;
+        let url = format!("{}/{name}/status", K::url_path(&(), namespace));
+        let (code, out) = self.apply(Method::PUT, &url, None, v, "");
+        assert!(code.is_success(), "update status {url}: {out}");
     }
 
     /// Deletes `K`'s `namespace/name` as a user would (`kubectl delete`), unrecorded.

@@ -81,7 +81,7 @@ impl FakeApi {
         path: &str,
         _name: Option<String>,
         body: Value,
-        _query: &str,
+        query: &str,
     ) -> (StatusCode, Value) {
         let t = parse_path(path);
         let mut st = self.state.lock().unwrap();
@@ -99,6 +99,7 @@ impl FakeApi {
                 .filter(|(k, _)| {
                     k.0 == t.prefix && k.1 == t.resource && (t.namespace.is_none() || k.2 == t.namespace)
                 })
+                .filter(|(_, v)| super::selected(v, query))
                 .map(|(_, v)| v.clone())
                 .collect();
             return (

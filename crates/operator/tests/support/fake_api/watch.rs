@@ -19,10 +19,12 @@ impl FakeApi {
             .find_map(|q| q.strip_prefix("resourceVersion="))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let query = query.to_string();
         let matches = move |c: &Change| {
             c.prefix == t.prefix
                 && c.resource == t.resource
                 && (t.namespace.is_none() || c.namespace == t.namespace)
+                && super::selected(&c.object, &query)
         };
         let (replay, rx) = {
             let st = self.state.lock().unwrap();

@@ -281,6 +281,12 @@ impl Chart {
                     .unwrap_or_else(|| panic!("no template {:?}", s(0)));
                 json!(self.exec(body, &a[1], &a[1]))
             }
+            ("or", _) => a
+                .iter()
+                .find(|v| truthy(v))
+                .or(a.last())
+                .cloned()
+                .unwrap_or(Value::Null),
             ("default", 1) => a[0].clone(),
             ("default", 2) => {
                 if truthy(&a[1]) {

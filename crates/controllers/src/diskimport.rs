@@ -1,0 +1,678 @@
+//! The DiskImport controller: a claim and an importer Job per DiskImport, and CDI's phases
+//! from what they report.
+//!
+//! ```text
+//!  spec ──validate──▶ size: storage.size, or the image's virtual size (probe: first 64 KiB)
+//!    ──▶ PersistentVolumeClaim <name>         (owned; Filesystem: size + overhead)
+//!    ──▶ Job importer-<name>: ido import …     (owned; blank: no Job)
+//!    Job/pod status ──▶ phase, restartCount, conditions Ready/Running/Bound, events
+//!    Succeeded ──▶ the Job is deleted, the claim stays (it is the product)
+//! ```
+//!
+//! | phase            | when                                                        |
+//! |------------------|-------------------------------------------------------------|
+//! | Pending          | invalid spec, size unknown, claim name taken                |
+//! | ImportScheduled  | claim and Job created, no importer pod running yet          |
+//! | ImportInProgress | an importer pod runs                                        |
+//! | Succeeded        | the Job completed (blank: the claim exists)                 |
+//! | Failed           | the Job failed: retries exhausted or a permanent error      |
+//!
+//! The importer is never given credentials by the controller: Secrets are mounted by
+//! name, and the controller reads neither Secrets nor ConfigMaps. The messages of failed
+//! importer pods (their termination message, or the last log lines) become the Running
+//! condition's message while the Job retries and the Ready condition's when it fails.
+//!
+//! Deleting a DiskImport deletes its claim and Job through their owner references (the
+//! cluster's garbage collector; [`crate::file_store`] does the same). A Failed DiskImport
+//! stays Failed: delete it and create it again to retry (the spec is immutable).
+
+mod job;
+pub mod probe;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use ido_api::{
+    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, SourceKind,
+    condition::set_condition,
+    diskimport::{conditions, quantity, reasons},
+};
+use ido_providers::{ProviderError, kubevirt::DiskImports};
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{PersistentVolumeClaim, Pod, ResourceRequirements},
+};
+
+pub use job::{
+    CA_DIR, CONTAINER, CREDENTIALS_DIR, DEVICE, DISK_FILE, DISK_IMPORT_LABEL, PERMANENT_EXIT_CODE, claim,
+    claim_request, importer_job, job_name, labels, owned_by,
+};
+
+use crate::{
+    Action, Context, Error,
+    store::{Event, Store, StoreError, modify_status},
+};
+
+/// How the importer Jobs are made (the configuration's `diskImport` section).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImporterSettings {
+    /// Whether the DiskImport controller runs (`ido operator`).
+    pub enabled: bool,
+    /// The image of the importer: the operator's own (it runs `ido import`).
+    pub image: String,
+    /// `IfNotPresent` unless configured.
+    pub image_pull_policy: String,
+    /// Fraction added to a Filesystem claim for the filesystem (default 0.055).
+    pub filesystem_overhead: f64,
+    /// Importer pods replaced after a failure before the import fails (default 3).
+    pub backoff_limit: i32,
+    /// Resources of the importer container (default: none set).
+    pub resources: Option<ResourceRequirements>,
+    /// How often a running import is looked at besides Job and claim changes.
+    pub recheck: Duration,
+}
+
+/// Default of `diskImport.filesystemOverhead` (CDI uses 0.055 too for most classes).
+pub const DEFAULT_FILESYSTEM_OVERHEAD: f64 = 0.055;
+/// Default of `diskImport.image`.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/ido-dev/ido:", env!("CARGO_PKG_VERSION"));
+
+impl Default for ImporterSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            image: DEFAULT_IMAGE.into(),
+            image_pull_policy: "IfNotPresent".into(),
+            filesystem_overhead: DEFAULT_FILESYSTEM_OVERHEAD,
+            backoff_limit: 3,
+            resources: None,
+            recheck: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The `namespace/name` of `di`, for logs.
+fn key(di: &DiskImport) -> String {
+    format!(
+        "{}/{}",
+        di.metadata.namespace.as_deref().unwrap_or_default(),
+        di.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// What one reconcile concluded.
+struct Outcome {
+    phase: DiskImportPhase,
+    /// (status, reason, message) of each condition.
+    ready: (ConditionStatus, &'static str, String),
+    running: (ConditionStatus, &'static str, String),
+    bound: Option<(ConditionStatus, &'static str, String)>,
+    size: Option<u64>,
+    restarts: i32,
+}
+
+impl Outcome {
+    fn pending(reason: &'static str, message: String) -> Self {
+        Self {
+            phase: DiskImportPhase::Pending,
+            ready: (ConditionStatus::False, reason, message),
+            running: (ConditionStatus::False, reasons::PENDING, String::new()),
+            bound: None,
+            size: None,
+            restarts: 0,
+        }
+    }
+}
+
+/// Checks what the API server's schema cannot: the source's URL, checksum and size.
+fn validate(di: &DiskImport) -> Result<(), String> {
+    let name = di.metadata.name.as_deref().unwrap_or_default();
+    if name.is_empty() || di.metadata.namespace.is_none() {
+        return Err("metadata: name and namespace are required".into());
+    }
+    let url_ok = |field: &str, url: &str, schemes: &[&str]| -> Result<(), String> {
+        match url::Url::parse(url) {
+            Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
+            _ => Err(format!(
+                "{field}: {:?} is not a {} URL",
+                probe::redact(url),
+                schemes.join(" or ")
+            )),
+        }
+    };
+    match di.spec.source.kind()? {
+        SourceKind::Http(h) => {
+            url_ok("spec.source.http.url", &h.url, &["http", "https"])?;
+            for hd in &h.extra_headers {
+                if hd.split_once(':').is_none_or(|(n, _)| n.trim().is_empty()) {
+                    return Err(format!(
+                        "spec.source.http.extraHeaders: {hd:?} is not `Name: value`"
+                    ));
+                }
+            }
+            if let Some(c) = &h.checksum {
+                let ok = c.split_once(':').is_some_and(|(alg, hex)| {
+                    let len = match alg {
+                        "md5" => 32,
+                        "sha1" => 40,
+                        "sha256" => 64,
+                        "sha512" => 128,
+                        _ => 0,
+                    };
+                    hex.len() == len && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                });
+                if !ok {
+                    return Err(format!(
+                        "spec.source.http.checksum: {c:?} is not md5:, sha1:, sha256: or sha512: with its hex digest"
+                    ));
+                }
+            }
+        }
+        SourceKind::S3(s) => url_ok("spec.source.s3.url", &s.url, &["s3", "http", "https"])?,
+        SourceKind::Registry(r) => url_ok("spec.source.registry.url", &r.url, &["docker", "oci-archive"])?,
+        SourceKind::Blank => {
+            if di.spec.storage.size.is_none() {
+                return Err("spec.storage.size: required for a blank disk".into());
+            }
+        }
+    }
+    if let Some(s) = &di.spec.storage.size
+        && quantity::parse(s).is_none_or(|b| b == 0)
+    {
+        return Err(format!("spec.storage.size: {s:?} is not a size such as 10Gi"));
+    }
+    Ok(())
+}
+
+/// The disk's size: given, found before (status), or probed. `Err` = pending with a reason.
+async fn disk_size(di: &DiskImport) -> Result<u64, (&'static str, String, Option<Duration>)> {
+    if let Some(s) = &di.spec.storage.size {
+        return Ok(quantity::parse(s).expect("validated"));
+    }
+    if let Some(s) = di
+        .status
+        .as_ref()
+        .and_then(|s| s.size.as_deref())
+        .and_then(quantity::parse)
+    {
+        return Ok(s);
+    }
+    let ask = |why: String| {
+        (
+            reasons::SIZE_UNKNOWN,
+            format!("{why}; set spec.storage.size"),
+            None,
+        )
+    };
+    let url = match di.spec.source.kind().expect("validated") {
+        SourceKind::Http(h) if h.secret_ref.is_none() => h.url.clone(),
+        SourceKind::S3(s) if s.secret_ref.is_none() && !s.url.starts_with("s3:") => s.url.clone(),
+        SourceKind::Http(_) | SourceKind::S3(_) => {
+            return Err(ask(
+                "the virtual size of a source with credentials is not probed (the controller never reads Secrets)"
+                    .into(),
+            ));
+        }
+        _ => return Err(ask("the virtual size of this source is not probed".into())),
+    };
+    let client = ido_engine::http::client(&Default::default(), "spec.source").map_err(|e| {
+        (
+            reasons::SIZE_UNKNOWN,
+            e.to_string(),
+            Some(Duration::from_secs(60)),
+        )
+    })?;
+    match probe::probe(&client, &url).await {
+        Ok(probe::Probed::Size(s)) if s > 0 => Ok(s),
+        Ok(probe::Probed::Size(_)) => Err(ask("the image is empty".into())),
+        Ok(probe::Probed::Unknown(why)) => Err(ask(why)),
+        Err(e) => Err((
+            reasons::SIZE_UNKNOWN,
+            format!("{e}; retrying in 1m (or set spec.storage.size)"),
+            Some(Duration::from_secs(60)),
+        )),
+    }
+}
+
+/// Reconciles one DiskImport.
+pub async fn reconcile<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Action, Error> {
+    if di.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with it (owner references).
+        return Ok(Action::AwaitChange);
+    }
+    let before = di.status.clone().unwrap_or_default();
+    match before.phase {
+        DiskImportPhase::Succeeded => return finished(di, ctx).await,
+        DiskImportPhase::Failed => return Ok(Action::AwaitChange),
+        _ => {}
+    }
+    let (outcome, next) = match observe(di, ctx).await {
+        Ok(o) => o,
+        Err((outcome, next)) => (outcome, next),
+    };
+    let phase = outcome.phase;
+    let stored = write_status(ctx, di, &before, outcome).await?;
+    let obj = stored.as_ref().unwrap_or(di);
+    if phase == DiskImportPhase::Succeeded {
+        return finished(obj, ctx).await;
+    }
+    Ok(next)
+}
+
+type Observed = (Outcome, Action);
+
+/// Creates what is missing and reads the state of the claim, Job and pods.
+async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed, Observed> {
+    let settings = &ctx.settings.disk_import;
+    let ns = di.metadata.namespace.clone().unwrap_or_default();
+    let name = di.metadata.name.clone().unwrap_or_default();
+    validate(di).map_err(|m| (Outcome::pending(reasons::INVALID_SPEC, m), Action::AwaitChange))?;
+    let size = match disk_size(di).await {
+        Ok(s) => s,
+        Err((reason, message, retry)) => {
+            let next = retry.map_or(Action::AwaitChange, Action::Requeue);
+            return Err((Outcome::pending(reason, message), next));
+        }
+    };
+    let store_err = |what: &str, e: StoreError| {
+        let mut o = Outcome::pending(reasons::CREATE_FAILED, format!("{what}: {e}"));
+        o.size = Some(size);
+        (o, Action::Requeue(Duration::from_secs(30)))
+    };
+
+    // The claim.
+    let mode = job::volume_mode(di);
+    let pvc = match ctx
+        .store
+        .get::<PersistentVolumeClaim>(Some(&ns), &name)
+        .await
+        .map_err(|e| store_err("reading the claim", e))?
+    {
+        Some(p) => p,
+        None => {
+            let request = claim_request(size, mode, settings.filesystem_overhead);
+            let c = ctx
+                .store
+                .create(&claim(di, request))
+                .await
+                .map_err(|e| store_err("creating the claim", e))?;
+            tracing::info!(diskimport = %key(di), size, request, "claim created");
+            c
+        }
+    };
+    if !owned_by(&pvc.metadata, di) {
+        let mut o = Outcome::pending(
+            reasons::CREATE_FAILED,
+            format!(
+                "a PersistentVolumeClaim {ns}/{name} exists and is not this DiskImport's; delete it or rename the DiskImport"
+            ),
+        );
+        o.size = Some(size);
+        return Err((o, Action::AwaitChange));
+    }
+    let bound = match pvc.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Bound") => (ConditionStatus::True, reasons::BOUND, String::new()),
+        Some("Lost") => (
+            ConditionStatus::False,
+            reasons::CLAIM_LOST,
+            "the claim lost its volume".into(),
+        ),
+        _ => (
+            ConditionStatus::False,
+            reasons::PENDING,
+            "the claim is not bound yet (a WaitForFirstConsumer class binds when the importer starts)".into(),
+        ),
+    };
+    let mut out = Outcome {
+        phase: DiskImportPhase::ImportScheduled,
+        ready: (ConditionStatus::False, reasons::PENDING, String::new()),
+        running: (ConditionStatus::False, reasons::PENDING, String::new()),
+        bound: Some(bound),
+        size: Some(size),
+        restarts: 0,
+    };
+
+    // Blank: the claim is the disk.
+    let Some(want) = importer_job(di, settings, size) else {
+        out.phase = DiskImportPhase::Succeeded;
+        out.ready = (ConditionStatus::True, reasons::COMPLETED, "blank disk".into());
+        out.running = (ConditionStatus::False, reasons::COMPLETED, String::new());
+        return Ok((out, Action::AwaitChange));
+    };
+
+    // The Job.
+    let job_name = job_name(di);
+    let job = match ctx
+        .store
+        .get::<Job>(Some(&ns), &job_name)
+        .await
+        .map_err(|e| store_err("reading the importer Job", e))?
+    {
+        Some(j) if owned_by(&j.metadata, di) => j,
+        Some(_) => {
+            let mut o = Outcome::pending(
+                reasons::CREATE_FAILED,
+                format!("a Job {ns}/{job_name} exists and is not this DiskImport's"),
+            );
+            o.size = Some(size);
+            return Err((o, Action::AwaitChange));
+        }
+        None => {
+            let j = ctx
+                .store
+                .create(&want)
+                .await
+                .map_err(|e| store_err("creating the importer Job", e))?;
+            tracing::info!(diskimport = %key(di), job = %job_name, "importer Job created");
+            j
+        }
+    };
+    let js = job.status.clone().unwrap_or_default();
+    let cond = |t: &str| {
+        js.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t && c.status == "True")
+            .cloned()
+    };
+    out.restarts = js.failed.unwrap_or(0);
+    let pods = ctx
+        .store
+        .list_labeled::<Pod>(&ns, &labels(di))
+        .await
+        .map_err(|e| store_err("listing the importer pods", e))?;
+    let last_failure = last_failure(&pods);
+    let recheck = Action::Requeue(settings.recheck);
+
+    if cond("Complete").is_some() || js.succeeded.unwrap_or(0) > 0 {
+        out.phase = DiskImportPhase::Succeeded;
+        out.ready = (ConditionStatus::True, reasons::COMPLETED, String::new());
+        out.running = (ConditionStatus::False, reasons::COMPLETED, String::new());
+        return Ok((out, Action::AwaitChange));
+    }
+    if let Some(c) = cond("Failed") {
+        let message = last_failure.unwrap_or_else(|| c.message.clone().unwrap_or_default());
+        out.phase = DiskImportPhase::Failed;
+        out.ready = (ConditionStatus::False, reasons::IMPORT_FAILED, message.clone());
+        out.running = (ConditionStatus::False, reasons::ERROR, message);
+        return Ok((out, Action::AwaitChange));
+    }
+    let running = pods
+        .iter()
+        .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+    if running || js.ready.unwrap_or(0) > 0 {
+        out.phase = DiskImportPhase::ImportInProgress;
+        out.ready = (ConditionStatus::False, reasons::TRANSFER_RUNNING, String::new());
+        out.running = (ConditionStatus::True, reasons::POD_RUNNING, String::new());
+    } else if let Some(m) = last_failure {
+        // Between attempts: still in progress, the Running condition says why it stopped.
+        out.phase = DiskImportPhase::ImportInProgress;
+        out.ready = (ConditionStatus::False, reasons::TRANSFER_RUNNING, String::new());
+        out.running = (ConditionStatus::False, reasons::ERROR, m);
+    } else if let Some((reason, m)) = pending_reason(&pods) {
+        out.running = (ConditionStatus::False, reason, m);
+    }
+    Ok((out, recheck))
+}
+
+/// The message of the latest failed importer pod: its termination message (the importer's
+/// error: `FallbackToLogsOnError` makes it the last log lines) or its reason.
+fn last_failure(pods: &[Pod]) -> Option<String> {
+    let mut failed: Vec<(&Pod, String)> = pods
+        .iter()
+        .filter_map(|p| {
+            let st = p.status.as_ref()?;
+            let term = st
+                .container_statuses
+                .iter()
+                .flatten()
+                .find(|c| c.name == CONTAINER)
+                .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+                .filter(|t| t.exit_code != 0);
+            let message = match term {
+                Some(t) => {
+                    let m = t.message.clone().unwrap_or_default();
+                    let m = m.trim();
+                    if m.is_empty() {
+                        format!("importer exited with code {}", t.exit_code)
+                    } else {
+                        m.to_string()
+                    }
+                }
+                None if st.phase.as_deref() == Some("Failed") => st
+                    .message
+                    .clone()
+                    .or(st.reason.clone())
+                    .unwrap_or_else(|| "pod failed".into()),
+                None => return None,
+            };
+            Some((p, message))
+        })
+        .collect();
+    failed.sort_by_key(|(p, _)| p.metadata.creation_timestamp.clone());
+    failed.pop().map(|(_, m)| clip(&m, 1024))
+}
+
+/// Why a pending importer pod does not run: unschedulable, or its image cannot be pulled.
+fn pending_reason(pods: &[Pod]) -> Option<(&'static str, String)> {
+    for p in pods {
+        let st = p.status.as_ref()?;
+        for c in st.conditions.iter().flatten() {
+            if c.type_ == "PodScheduled" && c.status == "False" {
+                return Some(("Unschedulable", c.message.clone().unwrap_or_default()));
+            }
+        }
+        for c in st.container_statuses.iter().flatten() {
+            if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
+                && matches!(w.reason.as_deref(), Some("ImagePullBackOff" | "ErrImagePull"))
+            {
+                return Some(("ImagePullFailed", w.message.clone().unwrap_or_default()));
+            }
+        }
+    }
+    None
+}
+
+/// The last `max` bytes of `s` (an error is at the end of a log), on a char boundary.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
+/// Writes the outcome; an event for each change of phase or of a pending reason.
+async fn write_status<S: Store>(
+    ctx: &Context<S>,
+    di: &DiskImport,
+    before: &DiskImportStatus,
+    out: Outcome,
+) -> Result<Option<DiskImport>, Error> {
+    let g = di.metadata.generation;
+    let now = Timestamp::now();
+    let cond = |t: &str, (s, r, m): &(ConditionStatus, &'static str, String)| Condition {
+        type_: t.into(),
+        status: *s,
+        observed_generation: g,
+        last_transition_time: now,
+        reason: (*r).into(),
+        message: m.clone(),
+    };
+    let ready = cond(conditions::READY, &out.ready);
+    let running = cond(conditions::RUNNING, &out.running);
+    let bound = out.bound.as_ref().map(|b| cond(conditions::BOUND, b));
+    let name = di.metadata.name.clone();
+    let stored = modify_status(&ctx.store, di, |o: &mut DiskImport| {
+        let st = o.status.get_or_insert_with(DiskImportStatus::default);
+        st.observed_generation = g;
+        st.phase = out.phase;
+        st.progress = match out.phase {
+            DiskImportPhase::Succeeded => "100.0%".into(),
+            _ => "N/A".into(),
+        };
+        st.restart_count = out.restarts;
+        if let Some(s) = out.size {
+            st.size = Some(quantity::format(s));
+        }
+        if bound.is_some() {
+            st.claim_name = name.clone();
+        }
+        set_condition(&mut st.conditions, ready.clone());
+        set_condition(&mut st.conditions, running.clone());
+        if let Some(b) = &bound {
+            set_condition(&mut st.conditions, b.clone());
+        }
+    })
+    .await?;
+
+    let old_reason =
+        ido_api::condition::find(&before.conditions, conditions::READY).map(|c| c.reason.clone());
+    let obj = stored.as_ref().unwrap_or(di);
+    let (_, reason, message) = &out.ready;
+    let event = if out.phase != before.phase {
+        match out.phase {
+            DiskImportPhase::ImportScheduled => Some(Event::normal(
+                "ImportScheduled",
+                "Import",
+                format!("created claim {} and importer Job {}", key(di), job_name(di)),
+            )),
+            DiskImportPhase::ImportInProgress => Some(Event::normal(
+                "ImportInProgress",
+                "Import",
+                "the importer is running",
+            )),
+            DiskImportPhase::Succeeded => Some(Event::normal(
+                "ImportSucceeded",
+                "Import",
+                format!(
+                    "imported into claim {} ({})",
+                    key(di),
+                    out.size.map(quantity::format).unwrap_or_default()
+                ),
+            )),
+            DiskImportPhase::Failed => Some(Event::warning("ImportFailed", "Import", message.clone())),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let event = event.or_else(|| {
+        (out.phase == DiskImportPhase::Pending && old_reason.as_deref() != Some(*reason))
+            .then(|| Event::warning(reason, "Validate", message.clone()))
+    });
+    if let Some(e) = event {
+        tracing::info!(diskimport = %key(di), phase = %out.phase, reason = %e.reason, "{}", e.message);
+        ctx.store.event(obj, e).await;
+    }
+    // A retried importer failure: one warning per new failure.
+    if out.restarts > before.restart_count
+        && out.running.1 == reasons::ERROR
+        && out.phase != DiskImportPhase::Failed
+    {
+        ctx.store
+            .event(
+                obj,
+                Event::warning(
+                    "ImporterFailed",
+                    "Import",
+                    format!(
+                        "importer attempt {} failed, retrying: {}",
+                        out.restarts, out.running.2
+                    ),
+                ),
+            )
+            .await;
+    }
+    Ok(stored)
+}
+
+/// After success: the importer Job is removed (its pods with it); the claim stays.
+async fn finished<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Action, Error> {
+    let ns = di.metadata.namespace.as_deref().unwrap_or_default();
+    if let Some(job) = ctx.store.get::<Job>(Some(ns), &job_name(di)).await?
+        && owned_by(&job.metadata, di)
+        && job.metadata.deletion_timestamp.is_none()
+    {
+        ctx.store.delete(&job).await?;
+        tracing::info!(diskimport = %key(di), job = %job_name(di), "importer Job removed after success");
+    }
+    Ok(Action::AwaitChange)
+}
+
+/// [`DiskImports`] over a [`Store`]: what the kubevirt provider uses.
+pub struct StoreDiskImports<S: Store>(pub S);
+
+fn provider_err(e: StoreError) -> ProviderError {
+    match e {
+        StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } => ProviderError::Api(e.to_string()),
+        StoreError::Conflict { .. } | StoreError::Other(_) => ProviderError::Transport(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl<S: Store> DiskImports for StoreDiskImports<S> {
+    async fn get(&self, namespace: &str, name: &str) -> ido_providers::Result<Option<DiskImport>> {
+        self.0.get(Some(namespace), name).await.map_err(provider_err)
+    }
+
+    async fn create(&self, di: &DiskImport) -> ido_providers::Result<DiskImport> {
+        match self.0.create(di).await {
+            Err(StoreError::AlreadyExists { .. }) => {
+                let m = &di.metadata;
+                self.0
+                    .get(m.namespace.as_deref(), m.name.as_deref().unwrap_or_default())
+                    .await
+                    .map_err(provider_err)?
+                    .ok_or_else(|| ProviderError::Transport("DiskImport vanished while created".into()))
+            }
+            r => r.map_err(provider_err),
+        }
+    }
+
+    async fn delete(&self, namespace: &str, name: &str) -> ido_providers::Result<()> {
+        let Some(di) = self
+            .0
+            .get::<DiskImport>(Some(namespace), name)
+            .await
+            .map_err(provider_err)?
+        else {
+            return Ok(());
+        };
+        self.0.delete(&di).await.map_err(provider_err)?;
+        // The garbage collector removes these too; deleting them here does not depend on it.
+        if let Some(j) = self
+            .0
+            .get::<Job>(Some(namespace), &job_name(&di))
+            .await
+            .map_err(provider_err)?
+            && owned_by(&j.metadata, &di)
+        {
+            self.0.delete(&j).await.map_err(provider_err)?;
+        }
+        if let Some(c) = self
+            .0
+            .get::<PersistentVolumeClaim>(Some(namespace), name)
+            .await
+            .map_err(provider_err)?
+            && owned_by(&c.metadata, &di)
+        {
+            self.0.delete(&c).await.map_err(provider_err)?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> StoreDiskImports<S> {
+    /// The store as the providers' [`DiskImports`].
+    pub fn shared(store: S) -> Arc<dyn DiskImports> {
+        Arc::new(Self(store))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,375 @@
+//! The objects a DiskImport owns: its claim and its importer Job.
+//!
+//! The importer is `ido import SOURCE TARGET` in the operator's own image, with the claim
+//! mounted (Filesystem: at `/data`, target `/data/disk.img`; Block: as the device
+//! `/dev/ido-disk`). Credentials are Secret volumes the controller never reads, named to
+//! the importer by file path flags; CA bundles are ConfigMap volumes. Nothing secret is
+//! in the arguments or the environment.
+
+use std::collections::BTreeMap;
+
+use ido_api::{DiskImport, SourceKind, VolumeMode, diskimport::quantity};
+use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
+use serde_json::{Value, json};
+
+use super::ImporterSettings;
+
+/// Label naming the DiskImport on its claim, Job and importer pods.
+pub const DISK_IMPORT_LABEL: &str = "ido.dev/disk-import";
+/// Name of the importer container.
+pub const CONTAINER: &str = "importer";
+/// Where a Filesystem claim is mounted in the importer.
+pub const DATA_DIR: &str = "/data";
+/// The disk file on a Filesystem claim (KubeVirt's name).
+pub const DISK_FILE: &str = "/data/disk.img";
+/// The device path of a Block claim in the importer.
+pub const DEVICE: &str = "/dev/ido-disk";
+/// Where the source's Secret is mounted.
+pub const CREDENTIALS_DIR: &str = "/var/run/ido/source-credentials";
+/// Where the source's CA ConfigMap is mounted.
+pub const CA_DIR: &str = "/var/run/ido/source-ca";
+/// The importer's exit code for a permanent failure (bad image, checksum mismatch, …): the
+/// Job fails at once instead of retrying (`podFailurePolicy`).
+pub const PERMANENT_EXIT_CODE: i32 = 2;
+
+/// A Kubernetes name of at most `max` bytes from `prefix` + `name`: as is when it fits,
+/// else cut and suffixed with a hash of the whole (stable across releases: FNV-1a).
+pub fn short_name(prefix: &str, name: &str, max: usize) -> String {
+    let full = format!("{prefix}{name}");
+    if full.len() <= max {
+        return full;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in full.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let hash = format!("{:08x}", h as u32);
+    let keep = max - hash.len() - 1;
+    let mut cut = full[..keep].trim_end_matches(['-', '.']).to_string();
+    cut.push('-');
+    cut + &hash
+}
+
+/// Name of the importer Job (≤ 63 bytes: it becomes the pods' `job-name` label).
+pub fn job_name(di: &DiskImport) -> String {
+    short_name("importer-", di.metadata.name.as_deref().unwrap_or_default(), 63)
+}
+
+/// Value of [`DISK_IMPORT_LABEL`] (a label value: ≤ 63 bytes).
+pub fn label_value(di: &DiskImport) -> String {
+    short_name("", di.metadata.name.as_deref().unwrap_or_default(), 63)
+}
+
+/// Labels of the owned objects.
+pub fn labels(di: &DiskImport) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (DISK_IMPORT_LABEL.to_string(), label_value(di)),
+        ("app.kubernetes.io/managed-by".into(), "ido".into()),
+        ("app.kubernetes.io/component".into(), "disk-import".into()),
+    ])
+}
+
+/// The controller owner reference to `di` (no `blockOwnerDeletion`: that would need
+/// `update` on `diskimports/finalizers` where the OwnerReferencesPermissionEnforcement
+/// admission plugin runs).
+pub fn owner_reference(di: &DiskImport) -> Value {
+    json!({
+        "apiVersion": "ido.dev/v1alpha1",
+        "kind": "DiskImport",
+        "name": di.metadata.name,
+        "uid": di.metadata.uid,
+        "controller": true,
+    })
+}
+
+/// Whether `meta` names `di` as its controller.
+pub fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, di: &DiskImport) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| Some(&r.uid) == di.metadata.uid.as_ref() && r.kind == "DiskImport")
+}
+
+/// The volume mode of `di` (Filesystem unless Block).
+pub fn volume_mode(di: &DiskImport) -> VolumeMode {
+    di.spec.storage.volume_mode.unwrap_or_default()
+}
+
+/// Bytes the claim asks for to hold a disk of `size` bytes: rounded up to 1 MiB, and in
+/// Filesystem mode grown by `overhead` (a fraction) for the filesystem, as CDI does.
+pub fn claim_request(size: u64, mode: VolumeMode, overhead: f64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let mib = size.div_ceil(MIB);
+    match mode {
+        VolumeMode::Block => mib * MIB,
+        VolumeMode::Filesystem => ((mib as f64 * (1.0 + overhead)).ceil() as u64) * MIB,
+    }
+}
+
+/// The claim of `di`, asking for `request` bytes.
+pub fn claim(di: &DiskImport, request: u64) -> PersistentVolumeClaim {
+    let s = &di.spec.storage;
+    let modes = if s.access_modes.is_empty() {
+        vec!["ReadWriteOnce".to_string()]
+    } else {
+        s.access_modes.clone()
+    };
+    let mut spec = json!({
+        "accessModes": modes,
+        "volumeMode": volume_mode(di).as_str(),
+        "resources": {"requests": {"storage": quantity::format(request)}},
+    });
+    if let Some(class) = &s.storage_class_name {
+        spec["storageClassName"] = json!(class);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": di.metadata.name,
+            "namespace": di.metadata.namespace,
+            "labels": labels(di),
+            "ownerReferences": [owner_reference(di)],
+        },
+        "spec": spec,
+    }))
+    .expect("a valid PersistentVolumeClaim")
+}
+
+/// The importer's arguments, volumes and mounts for the source of `di`.
+struct SourcePlan {
+    args: Vec<String>,
+    volumes: Vec<Value>,
+    mounts: Vec<Value>,
+}
+
+fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
+    let mut p = SourcePlan {
+        args: vec![],
+        volumes: vec![],
+        mounts: vec![],
+    };
+    let cred = |f: &str| format!("{CREDENTIALS_DIR}/{f}");
+    let secret = |p: &mut SourcePlan, name: &str| {
+        p.volumes.push(json!({
+            "name": "source-credentials",
+            "secret": {"secretName": name, "defaultMode": 0o440},
+        }));
+        p.mounts
+            .push(json!({"name": "source-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}));
+    };
+    let ca = |p: &mut SourcePlan, name: &str| {
+        p.volumes
+            .push(json!({"name": "source-ca", "configMap": {"name": name}}));
+        p.mounts
+            .push(json!({"name": "source-ca", "mountPath": CA_DIR, "readOnly": true}));
+        p.args.extend(["--ca-dir".to_string(), CA_DIR.to_string()]);
+    };
+    match di.spec.source.kind().ok()? {
+        SourceKind::Http(h) => {
+            p.args.push(h.url.clone());
+            for header in &h.extra_headers {
+                p.args.extend(["--header".to_string(), header.clone()]);
+            }
+            if let Some(name) = &h.secret_ref {
+                secret(&mut p, name);
+                p.args.extend([
+                    "--username-file".to_string(),
+                    cred("accessKeyId"),
+                    "--password-file".to_string(),
+                    cred("secretKey"),
+                ]);
+            }
+            if let Some(name) = &h.cert_config_map {
+                ca(&mut p, name);
+            }
+            if let Some(c) = &h.checksum {
+                p.args.extend(["--checksum".to_string(), c.clone()]);
+            }
+        }
+        SourceKind::S3(s) => {
+            // CDI's form `https://ENDPOINT/BUCKET/KEY` (path-style) becomes the importer's
+            // `s3://BUCKET/KEY --s3-endpoint https://ENDPOINT`; `s3://…` passes as it is.
+            match s3_endpoint_form(&s.url) {
+                Some((endpoint, object)) => {
+                    p.args.push(object);
+                    p.args.extend(["--s3-endpoint".to_string(), endpoint]);
+                }
+                None => p.args.push(s.url.clone()),
+            }
+            if let Some(name) = &s.secret_ref {
+                secret(&mut p, name);
+                p.args.extend([
+                    "--s3-access-key-file".to_string(),
+                    cred("accessKeyId"),
+                    "--s3-secret-key-file".to_string(),
+                    cred("secretKey"),
+                ]);
+            }
+        }
+        SourceKind::Registry(r) => {
+            p.args.push(r.url.clone());
+            if let Some(name) = &r.secret_ref {
+                secret(&mut p, name);
+                p.args
+                    .extend(["--authfile".to_string(), cred(".dockerconfigjson")]);
+            }
+            if let Some(name) = &r.cert_config_map {
+                ca(&mut p, name);
+            }
+            if let Some(platform) = &r.platform {
+                p.args.extend(["--platform".to_string(), platform.clone()]);
+            }
+        }
+        SourceKind::Blank => return None,
+    }
+    Some(p)
+}
+
+/// `https://host[:port]/bucket/key` → (`https://host[:port]`, `s3://bucket/key`); `None`
+/// for `s3://…` or anything else.
+fn s3_endpoint_form(url: &str) -> Option<(String, String)> {
+    let u = url::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return None;
+    }
+    let path = u.path().trim_start_matches('/');
+    let (bucket, key) = path.split_once('/')?;
+    if bucket.is_empty() || key.is_empty() {
+        return None;
+    }
+    let endpoint = u[..url::Position::BeforePath].to_string();
+    Some((endpoint, format!("s3://{bucket}/{key}")))
+}
+
+/// The importer Job of `di` for a disk of `size` bytes; `None` for a blank source (no
+/// importer).
+pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> Option<Job> {
+    let plan = source_plan(di)?;
+    let mode = volume_mode(di);
+    let target = match mode {
+        VolumeMode::Filesystem => DISK_FILE,
+        VolumeMode::Block => DEVICE,
+    };
+    // `ido import SOURCE TARGET [source flags] --size N --progress plain [--preallocate]`
+    let mut args = vec!["import".to_string(), plan.args[0].clone(), target.to_string()];
+    args.extend(plan.args[1..].iter().cloned());
+    args.extend([
+        "--size".into(),
+        size.to_string(),
+        "--progress".into(),
+        "plain".into(),
+    ]);
+    if di.spec.preallocation == Some(true) {
+        args.push("--preallocate".into());
+    }
+    let mut volumes = vec![json!({
+        "name": "disk",
+        "persistentVolumeClaim": {"claimName": di.metadata.name},
+    })];
+    volumes.extend(plan.volumes);
+    let mut container = json!({
+        "name": CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": args,
+        "volumeMounts": plan.mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    match mode {
+        VolumeMode::Filesystem => container["volumeMounts"]
+            .as_array_mut()
+            .expect("array")
+            .insert(0, json!({"name": "disk", "mountPath": DATA_DIR})),
+        VolumeMode::Block => {
+            container["volumeDevices"] = json!([{"name": "disk", "devicePath": DEVICE}]);
+        }
+    }
+    if let Some(r) = &settings.resources {
+        container["resources"] = serde_json::to_value(r).expect("resources serialize");
+    }
+    let labels = labels(di);
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(di),
+            "namespace": di.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(di)],
+        },
+        "spec": {
+            // A failed pod is replaced (a new pod starts the import again) up to this often.
+            "backoffLimit": settings.backoff_limit,
+            "podFailurePolicy": {"rules": [
+                // Permanent errors (invalid image, checksum mismatch): fail at once.
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [PERMANENT_EXIT_CODE]}},
+                // Evictions and preemptions do not count against backoffLimit.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    });
+    Some(serde_json::from_value(job).expect("a valid Job"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_in_cdis_form_name_their_endpoint() {
+        assert_eq!(
+            s3_endpoint_form("https://minio.example:9000/images/flatcar/disk.qcow2"),
+            Some((
+                "https://minio.example:9000".to_string(),
+                "s3://images/flatcar/disk.qcow2".to_string()
+            ))
+        );
+        assert_eq!(s3_endpoint_form("s3://images/disk.qcow2"), None);
+        assert_eq!(s3_endpoint_form("https://minio.example/images"), None);
+    }
+
+    #[test]
+    fn names_fit_kubernetes_limits() {
+        assert_eq!(short_name("importer-", "disk", 63), "importer-disk");
+        let long = "a".repeat(100);
+        let n = short_name("importer-", &long, 63);
+        assert_eq!(n.len(), 63);
+        assert!(n.starts_with("importer-aaa"));
+        assert_eq!(n, short_name("importer-", &long, 63), "stable");
+        assert_ne!(n, short_name("importer-", &"a".repeat(101), 63));
+        let dotted = format!("{}.x", "b".repeat(60));
+        assert!(!short_name("", &dotted, 20).contains(".-"));
+    }
+
+    #[test]
+    fn claim_requests_add_filesystem_overhead() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(claim_request(10 * GIB, VolumeMode::Block, 0.055), 10 * GIB);
+        let fs = claim_request(10 * GIB, VolumeMode::Filesystem, 0.055);
+        assert_eq!(fs, 10804 << 20, "ceil(10240 MiB × 1.055)");
+        assert_eq!(claim_request(1, VolumeMode::Block, 0.0), 1 << 20);
+    }
+}

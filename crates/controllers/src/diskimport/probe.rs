@@ -1,0 +1,142 @@
+//! The virtual size of an image from its first bytes, for a DiskImport without
+//! `storage.size`: one ranged GET of the first 64 KiB, before anything is created.
+//!
+//! - qcow2: the header's size field (bytes 24..32);
+//! - raw or ISO (no known magic): the object's length (`Content-Range` total, else
+//!   `Content-Length`);
+//! - compressed (gzip, xz, zstd, bzip2), tar, or another disk format: unknown here (the
+//!   size is inside the stream), so the DiskImport asks for `storage.size`.
+
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+
+/// Bytes read from the start of the image.
+const HEAD: usize = 64 << 10;
+
+/// What the first bytes tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// The virtual size in bytes.
+    Size(u64),
+    /// Not knowable from the head; says why.
+    Unknown(String),
+}
+
+/// What the head of an image says about its size; `total` is the object's length.
+pub fn from_head(head: &[u8], total: Option<u64>) -> Probed {
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    let layer = if at(0, &[0x1f, 0x8b]) {
+        Some("gzip-compressed")
+    } else if at(0, &[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some("xz-compressed")
+    } else if at(0, &[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd-compressed")
+    } else if at(0, b"BZh") {
+        Some("bzip2-compressed")
+    } else if at(257, b"ustar") {
+        Some("a tar archive")
+    } else if at(0, b"KDMV") || at(0, b"# Disk DescriptorFile") || at(0, b"COWD") {
+        Some("a VMDK image")
+    } else if at(0, b"conectix") || at(0, b"vhdxfile") {
+        Some("a VHD/VHDX image")
+    } else if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
+        Some("a VDI image")
+    } else {
+        None
+    };
+    if let Some(what) = layer {
+        return Probed::Unknown(format!(
+            "the image is {what}: its virtual size is known only while importing"
+        ));
+    }
+    if at(0, b"QFI\xfb") {
+        return match head.get(24..32) {
+            Some(b) => Probed::Size(u64::from_be_bytes(b.try_into().expect("8 bytes"))),
+            None => Probed::Unknown("truncated qcow2 header".into()),
+        };
+    }
+    match total {
+        Some(t) => Probed::Size(t),
+        None => Probed::Unknown("the server does not tell the image's length".into()),
+    }
+}
+
+/// Reads the first bytes of `url` and works out the virtual size. `Err` is a transport or
+/// HTTP failure (worth retrying).
+pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, String> {
+    let resp = client
+        .get(url)
+        .header(RANGE, format!("bytes=0-{}", HEAD - 1))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("reading the head of {}: {e}", redact(url)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("reading the head of {}: HTTP {status}", redact(url)));
+    }
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let total = if status == reqwest::StatusCode::PARTIAL_CONTENT {
+        header(CONTENT_RANGE).and_then(|r| r.rsplit('/').next().and_then(|t| t.parse().ok()))
+    } else {
+        header(CONTENT_LENGTH).and_then(|l| l.parse().ok())
+    };
+    let mut head = Vec::with_capacity(HEAD);
+    let mut resp = resp;
+    while head.len() < HEAD {
+        match resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the head of {}: {e}", redact(url)))?
+        {
+            Some(c) => head.extend_from_slice(&c[..c.len().min(HEAD - head.len())]),
+            None => break,
+        }
+    }
+    Ok(from_head(&head, total))
+}
+
+/// `url` without its query (presigned signatures) or user info, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid URL>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_from_heads() {
+        let mut q = b"QFI\xfb\0\0\0\x03".to_vec();
+        q.resize(512, 0);
+        q[24..32].copy_from_slice(&(10u64 << 30).to_be_bytes());
+        assert_eq!(from_head(&q, Some(1 << 20)), Probed::Size(10 << 30));
+        assert_eq!(from_head(&[0u8; 4096], Some(1 << 30)), Probed::Size(1 << 30));
+        assert!(matches!(from_head(&[0u8; 16], None), Probed::Unknown(_)));
+        for head in [&b"\xfd7zXZ\0"[..], b"\x1f\x8b\x08", b"\x28\xb5\x2f\xfd", b"BZh9"] {
+            let Probed::Unknown(why) = from_head(head, Some(100)) else {
+                panic!("{head:?}")
+            };
+            assert!(why.contains("compressed"), "{why}");
+        }
+        assert!(matches!(from_head(b"QFI\xfb", Some(9)), Probed::Unknown(_)));
+        assert_eq!(
+            redact("https://u:p@s3.example/b/k?X-Amz-Signature=s"),
+            "https://s3.example/b/k"
+        );
+    }
+}
