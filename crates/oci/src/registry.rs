@@ -151,6 +151,13 @@ impl Registry {
         self.auths.auth_for(&self.host)
     }
 
+    /// The oci-client client of this registry (TLS, plain HTTP and CA rules applied), for
+    /// readers outside this crate such as the containerDisk source; they pass credentials
+    /// per request ([`Registry::auth`]).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Whether `/v2/` answered 200 without a challenge when connecting.
     pub fn is_open(&self) -> bool {
         self.open

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use ido_oci::auth::AuthStore;
 use ido_oci::media::{self, Descriptor, Manifest, Platform};
-use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
 use oci_client::{Client, Reference};
 use sha2::Digest as _;
@@ -276,57 +276,23 @@ pub(super) async fn open(opts: &RegistryOptions, decompress: &DecompressOptions)
     })
 }
 
-/// Builds the oci-client client; with verification off, a registry that does not speak TLS
-/// is reached over plain HTTP (as skopeo does).
+/// The oci-client client of `host`, built by the OCI engine (`ido_oci::registry`) with the
+/// same rules as `ido copy`: CA bundle checked, plain HTTP only with verification off and
+/// when the registry does not speak TLS.
 async fn client(opts: &RegistryOptions, host: &str) -> Result<Client> {
-    let mut extra = vec![];
-    if let Some(pem) = &opts.ca_bundle {
-        if !pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(Error::InvalidArgument {
-                field: "CA bundle",
-                value: format!("for {host}"),
-                reason: "no PEM certificate in it".into(),
-            });
-        }
-        extra.push(Certificate {
-            encoding: CertificateEncoding::Pem,
-            data: pem.as_bytes().to_vec(),
-        });
-    }
-    let plain = !opts.tls_verify && !speaks_tls(host).await;
-    let config = ClientConfig {
-        protocol: if plain {
-            ClientProtocol::HttpsExcept(vec![host.to_string()])
-        } else {
-            ClientProtocol::Https
-        },
-        accept_invalid_certificates: !opts.tls_verify,
-        extra_root_certificates: extra,
-        connect_timeout: Some(Duration::from_secs(30)),
-        read_timeout: Some(Duration::from_secs(300)),
-        ..ClientConfig::default()
+    let tls = ido_oci::registry::TlsSettings {
+        verify: opts.tls_verify,
+        ca_bundle: opts.ca_bundle.clone(),
     };
-    Client::try_from(config).map_err(|e| Error::InvalidArgument {
-        field: "registry client",
-        value: host.to_string(),
-        reason: e.to_string(),
-    })
-}
-
-/// Whether `https://host/v2/` answers at all (any status, any certificate).
-async fn speaks_tls(host: &str) -> bool {
-    let tls = ido_engine::http::TlsOptions {
-        insecure: true,
-        ca_bundle: None,
-    };
-    let Ok(c) = ido_engine::http::client(&tls, "tls") else {
-        return false;
-    };
-    c.get(format!("https://{host}/v2/"))
-        .timeout(Duration::from_secs(20))
-        .send()
+    // Credentials go with each request (`auth_for`), so the engine's store stays empty.
+    let reg = ido_oci::registry::Registry::connect(host, &tls, Arc::new(AuthStore::default()), 1)
         .await
-        .is_ok()
+        .map_err(|e| Error::InvalidArgument {
+            field: "registry",
+            value: host.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(reg.client().clone())
 }
 
 fn parse_manifest(bytes: &[u8], shown: &str) -> Result<Manifest> {
