@@ -247,7 +247,12 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         pem += &std::fs::read_to_string(p).with_context(|| format!("reading --ca-file {}", p.display()))?;
     }
     if let Some(d) = &ca_dir {
-        pem += &read_pem_dir(d)?;
+        // A mounted ConfigMap: every key a file, beside hidden `..data` links.
+        let visible = |p: &std::path::Path| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        };
+        pem += &crate::sync::read_pem_dir(d, "--ca-dir", visible)?;
     }
     let ca_bundle = (!pem.is_empty()).then_some(pem);
     let retry = RetryPolicy {
@@ -370,38 +375,6 @@ fn read_secret_file(path: &std::path::Path, flag: &str) -> anyhow::Result<String
         .with_context(|| format!("reading {flag} {}", path.display()))?
         .trim_end_matches(['\r', '\n'])
         .to_string())
-}
-
-/// Every file of `dir` (following links, skipping hidden entries such as a mounted
-/// ConfigMap's `..data`), concatenated: PEM bundles.
-fn read_pem_dir(dir: &std::path::Path) -> anyhow::Result<String> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading --ca-dir {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("reading --ca-dir {}", dir.display()))?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') || !entry.path().is_file() {
-            continue;
-        }
-        names.push(entry.path());
-    }
-    names.sort();
-    let mut pem = String::new();
-    for p in names {
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        anyhow::ensure!(
-            text.contains("-----BEGIN CERTIFICATE-----"),
-            "--ca-dir: {} holds no PEM certificate",
-            p.display()
-        );
-        pem += &text;
-        pem.push('\n');
-    }
-    anyhow::ensure!(
-        !pem.is_empty(),
-        "--ca-dir {}: no certificate files",
-        dir.display()
-    );
-    Ok(pem)
 }
 
 /// 1 to 64.

@@ -249,15 +249,36 @@ pub(crate) fn load_authfile(path: Option<&Path>) -> anyhow::Result<AuthStore> {
 
 /// The `*.crt` files of a directory, concatenated (skopeo's `--cert-dir`).
 pub(crate) fn read_cert_dir(dir: &Path) -> anyhow::Result<String> {
-    let mut pem = String::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading cert dir {}", dir.display()))? {
-        let p = e?.path();
-        if p.extension().and_then(|x| x.to_str()) == Some("crt") {
-            pem += &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    read_pem_dir(dir, "cert dir", |p| {
+        p.extension().and_then(|x| x.to_str()) == Some("crt")
+    })
+}
+
+/// The PEM files of `dir` that `select` keeps (links followed, sorted by name),
+/// concatenated; `what` names the directory in errors. Every file must hold a certificate,
+/// and at least one must be there.
+pub(crate) fn read_pem_dir(dir: &Path, what: &str, select: impl Fn(&Path) -> bool) -> anyhow::Result<String> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {what} {}", dir.display()))? {
+        let p = e
+            .with_context(|| format!("reading {what} {}", dir.display()))?
+            .path();
+        if p.is_file() && select(&p) {
+            files.push(p);
         }
     }
+    files.sort();
+    let mut pem = String::new();
+    for p in files {
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            bail!("{what}: {} holds no PEM certificate", p.display());
+        }
+        pem += &text;
+        pem.push('\n');
+    }
     if pem.is_empty() {
-        bail!("cert dir {}: no *.crt file", dir.display());
+        bail!("{what} {}: no certificate file", dir.display());
     }
     Ok(pem)
 }
