@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use ido_disk::detect::{Detected, DiskFormat, detect};
+use ido_disk::source::redacted;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 
 /// Bytes read from the start of the image.
@@ -23,42 +25,26 @@ pub enum Probed {
     Unknown(String),
 }
 
-/// What the head of an image says about its size; `total` is the object's length.
+/// What the head of an image says about its size; `total` is the object's length. The
+/// classification is the importer's own (`ido_disk::detect`).
 pub fn from_head(head: &[u8], total: Option<u64>) -> Probed {
-    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
-    let layer = if at(0, &[0x1f, 0x8b]) {
-        Some("gzip-compressed")
-    } else if at(0, &[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some("xz-compressed")
-    } else if at(0, &[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some("zstd-compressed")
-    } else if at(0, b"BZh") {
-        Some("bzip2-compressed")
-    } else if at(257, b"ustar") {
-        Some("a tar archive")
-    } else if at(0, b"KDMV") || at(0, b"# Disk DescriptorFile") || at(0, b"COWD") {
-        Some("a VMDK image")
-    } else if at(0, b"conectix") || at(0, b"vhdxfile") {
-        Some("a VHD/VHDX image")
-    } else if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
-        Some("a VDI image")
-    } else {
-        None
-    };
-    if let Some(what) = layer {
-        return Probed::Unknown(format!(
+    let unknown = |what: String| {
+        Probed::Unknown(format!(
             "the image is {what}: its virtual size is known only while importing"
-        ));
-    }
-    if at(0, b"QFI\xfb") {
-        return match head.get(24..32) {
+        ))
+    };
+    match detect(head) {
+        Detected::Compressed(c) => unknown(format!("{}-compressed", c.name())),
+        Detected::Tar => unknown("a tar archive".into()),
+        Detected::Disk(DiskFormat::Qcow2) => match head.get(24..32) {
             Some(b) => Probed::Size(u64::from_be_bytes(b.try_into().expect("8 bytes"))),
             None => Probed::Unknown("truncated qcow2 header".into()),
-        };
-    }
-    match total {
-        Some(t) => Probed::Size(t),
-        None => Probed::Unknown("the server does not tell the image's length".into()),
+        },
+        Detected::Disk(DiskFormat::Raw | DiskFormat::Iso) => match total {
+            Some(t) => Probed::Size(t),
+            None => Probed::Unknown("the server does not tell the image's length".into()),
+        },
+        Detected::Disk(f) => unknown(format!("a {f} image")),
     }
 }
 
@@ -71,7 +57,7 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, String
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(|e| format!("reading the head of {}: {e}", redact(url)))?;
+        .map_err(|e| format!("reading the head of {}: {}", redact(url), e.without_url()))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("reading the head of {}: HTTP {status}", redact(url)));
@@ -93,7 +79,7 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, String
         match resp
             .chunk()
             .await
-            .map_err(|e| format!("reading the head of {}: {e}", redact(url)))?
+            .map_err(|e| format!("reading the head of {}: {}", redact(url), e.without_url()))?
         {
             Some(c) => head.extend_from_slice(&c[..c.len().min(HEAD - head.len())]),
             None => break,
@@ -102,15 +88,10 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, String
     Ok(from_head(&head, total))
 }
 
-/// `url` without its query (presigned signatures) or user info, for messages.
+/// `url` without user info or query, for messages (a token in a query never shows).
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) => {
-            u.set_query(None);
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
+        Ok(u) => redacted(&u),
         Err(_) => "<invalid URL>".into(),
     }
 }
@@ -136,7 +117,7 @@ mod tests {
         assert!(matches!(from_head(b"QFI\xfb", Some(9)), Probed::Unknown(_)));
         assert_eq!(
             redact("https://u:p@s3.example/b/k?X-Amz-Signature=s"),
-            "https://s3.example/b/k"
+            "https://s3.example/b/k?<redacted>"
         );
     }
 }

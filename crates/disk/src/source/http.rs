@@ -145,7 +145,7 @@ impl Default for RetryPolicy {
 
 /// The URL without user info, query or fragment, for messages: a presigned URL's
 /// signature (or any token in a query) never reaches a log or an error.
-pub(crate) fn redacted(url: &Url) -> String {
+pub fn redacted(url: &Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use http::{BasicAuth, DEFAULT_CHUNK, DEFAULT_CONNECTIONS, HttpOptions, RetryPolicy};
+pub use http::{BasicAuth, DEFAULT_CHUNK, DEFAULT_CONNECTIONS, HttpOptions, RetryPolicy, redacted};
 pub use registry::RegistryOptions;
 pub use s3::S3Options;
 
