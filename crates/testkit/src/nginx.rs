@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
-use crate::proc::{kill_and_wait, log_tail, spawn_watchdog};
+use crate::proc::{Cleanup, kill_and_wait, log_tail, spawn_watchdog};
 
 /// A running nginx; killed when dropped.
 pub struct Nginx {
@@ -55,7 +55,7 @@ impl Nginx {
         let mut child = cmd
             .spawn()
             .context("spawning nginx (apt: nginx-light; scripts/setup.sh --bench)")?;
-        let watchdog = match spawn_watchdog(child.id(), "true", &[]) {
+        let watchdog = match spawn_watchdog(child.id(), &Cleanup::after_kill("", &[])) {
             Ok(w) => w,
             Err(e) => {
                 kill_and_wait(&mut child);

@@ -26,22 +26,66 @@ pub(crate) fn log_tail(path: &Path, max_lines: usize) -> String {
     }
 }
 
+/// The first `max_lines` lines of a log file (read from its first 16 KiB), for error messages.
+pub(crate) fn log_head(path: &Path, max_lines: usize) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut buf = Vec::new();
+        std::fs::File::open(path)?.take(16 * 1024).read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match read() {
+        Ok(text) => {
+            let head: Vec<&str> = text.lines().take(max_lines).collect();
+            format!("--- first lines of {} ---\n{}", path.display(), head.join("\n"))
+        }
+        Err(e) => format!("(cannot read log {}: {e})", path.display()),
+    }
+}
+
+/// What a watchdog runs once the watched process is gone: shell snippets whose positional
+/// parameters are `args`.
+pub(crate) struct Cleanup<'a> {
+    /// Runs while the peer still lives (and so still holds its ports): removing files named
+    /// after its ports here cannot hit a successor that took the same ports.
+    pub before_kill: &'a str,
+    /// Runs after the peer was SIGKILLed.
+    pub after_kill: &'a str,
+    /// The snippets' positional parameters.
+    pub args: &'a [String],
+}
+
+impl<'a> Cleanup<'a> {
+    /// Only `snippet`, after the kill.
+    pub fn after_kill(snippet: &'a str, args: &'a [String]) -> Self {
+        Self {
+            before_kill: "",
+            after_kill: snippet,
+            args,
+        }
+    }
+}
+
 /// Starts a watchdog that SIGKILLs `child_pid` once this (test) process is gone (exited or a
-/// zombie), then runs `cleanup` (a shell snippet; its positional parameters are `args`).
+/// zombie), running `cleanup`'s snippets before and after the kill.
 ///
 /// The watchdog runs in its own process group, so a Ctrl-C to the test does not kill it
 /// before it has done its job. Kill it (and wait) when the peer is stopped normally.
-pub(crate) fn spawn_watchdog(child_pid: u32, cleanup: &str, args: &[String]) -> std::io::Result<Child> {
-    watchdog_for(std::process::id(), child_pid, cleanup, args)
+pub(crate) fn spawn_watchdog(child_pid: u32, cleanup: &Cleanup<'_>) -> std::io::Result<Child> {
+    watchdog_for(std::process::id(), child_pid, cleanup)
 }
 
 /// [`spawn_watchdog`] watching `watched_pid` instead of this process.
-fn watchdog_for(watched_pid: u32, child_pid: u32, cleanup: &str, args: &[String]) -> std::io::Result<Child> {
+fn watchdog_for(watched_pid: u32, child_pid: u32, cleanup: &Cleanup<'_>) -> std::io::Result<Child> {
+    let Cleanup {
+        before_kill,
+        after_kill,
+        args,
+    } = cleanup;
     // A zombie still answers `kill -0`: read the state from /proc instead.
     let script = format!(
         "t=$1; c=$2; shift 2; \
          alive() {{ read -r l < \"/proc/$t/stat\" || return 1; s=${{l##*\") \"}}; [ \"${{s%% *}}\" != Z ]; }}; \
-         while alive; do sleep 0.5; done; kill -9 \"$c\" 2>/dev/null; sleep 0.3; {cleanup}"
+         while alive; do sleep 0.5; done\n{before_kill}\nkill -9 \"$c\" 2>/dev/null; sleep 0.3\n{after_kill}"
     );
     Command::new("sh")
         .arg("-c")
@@ -49,7 +93,7 @@ fn watchdog_for(watched_pid: u32, child_pid: u32, cleanup: &str, args: &[String]
         .arg("ido-testkit-watchdog")
         .arg(watched_pid.to_string())
         .arg(child_pid.to_string())
-        .args(args)
+        .args(*args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -89,12 +133,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log_tail_keeps_the_last_lines() {
+    fn log_head_and_tail_keep_their_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.log");
         std::fs::write(&path, "a\nb\nc\n").unwrap();
         let tail = log_tail(&path, 2);
         assert!(tail.ends_with("b\nc"), "{tail}");
+        let head = log_head(&path, 2);
+        assert!(head.ends_with("\na\nb"), "{head}");
+        assert!(log_head(&dir.path().join("missing"), 2).contains("cannot read"));
         assert!(log_tail(&dir.path().join("missing"), 2).contains("cannot read"));
     }
 
@@ -105,15 +152,26 @@ mod tests {
         // Never reaped while the watchdog runs: it stays a zombie, which must count as gone.
         let mut watched = Command::new("true").spawn().unwrap();
         let mut peer = Command::new("sleep").arg("30").spawn().unwrap();
-        let args = [marker.display().to_string()];
-        let mut dog = watchdog_for(watched.id(), peer.id(), "touch \"$1\"", &args).unwrap();
+        let args = [marker.display().to_string(), "-before".into()];
+        // The first file is made while the peer lives, the second after it is gone.
+        let before = "kill -0 \"$c\" && touch \"$1$2\"";
+        let cleanup = Cleanup {
+            before_kill: before,
+            after_kill: "touch \"$1\"",
+            args: &args,
+        };
+        let mut dog = watchdog_for(watched.id(), peer.id(), &cleanup).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while peer.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "the watchdog did not kill the peer");
             std::thread::sleep(Duration::from_millis(50));
         }
         dog.wait().unwrap();
-        assert!(marker.exists(), "cleanup did not run");
+        assert!(marker.exists(), "the cleanup after the kill did not run");
+        assert!(
+            dir.path().join("cleaned-before").exists(),
+            "the cleanup before the kill did not run while the peer lived"
+        );
         watched.wait().unwrap();
     }
 

