@@ -8,9 +8,10 @@ use crate::decompress::{DecompressOptions, decoder};
 use crate::detect::{Compression, Detected, DiskFormat, HEAD_LEN, Prefixed, detect, zstd_content_size};
 use crate::progress::{ProgressFn, Reporter};
 use crate::qcow2::{DEFAULT_REORDER_BUDGET, Qcow2Stream};
-use crate::source::{self, Counted, Shared, SourceSpec, Stats};
+use crate::resume::{self, DEFAULT_CHECKPOINT_EVERY, Record};
+use crate::source::{self, Counted, ResumeFrom, Shared, SourceSpec, Stats};
 use crate::tar::TarDisk;
-use crate::target::{self, Probe, Target, TargetSpec};
+use crate::target::{self, Checkpoint, Probe, Target, TargetSpec};
 use crate::vdi::VdiStream;
 use crate::vhd::{self, RawKind, VhdStream};
 use crate::vhdx::VhdxStream;
@@ -45,6 +46,11 @@ pub struct ImportOptions {
     /// Write zeros too, so a file target has every block allocated (DiskImport's
     /// `preallocation`); holes otherwise. A block device is always fully written.
     pub preallocate: bool,
+    /// Keep a checkpoint beside a file target, keep the target after a transport failure,
+    /// and continue from a matching checkpoint ([`crate::resume`]).
+    pub resume: bool,
+    /// Target bytes between two checkpoints. Default: [`DEFAULT_CHECKPOINT_EVERY`].
+    pub checkpoint_every: u64,
 }
 
 impl ImportOptions {
@@ -60,6 +66,8 @@ impl ImportOptions {
             decompress: DecompressOptions::default(),
             reorder_budget: DEFAULT_REORDER_BUDGET,
             preallocate: false,
+            resume: false,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
         }
     }
 }
@@ -75,6 +83,8 @@ pub struct ImportReport {
     pub virtual_size: u64,
     /// Source bytes read in this run (a resumed download counts each byte once).
     pub source_bytes: u64,
+    /// Where this run continued a previous one's target (0: from the start).
+    pub resumed_from: u64,
     /// The verified checksum, if one was given.
     pub checksum: Option<String>,
     /// Wall time.
@@ -84,11 +94,24 @@ pub struct ImportReport {
 /// Imports an image. On failure nothing is left at a file target (a file created or
 /// truncated by the import is removed); images that would need other files, or that do
 /// not fit, fail before the target is opened.
+///
+/// With [`ImportOptions::resume`] a transport failure keeps the target and its checkpoint
+/// when the import can resume, and a matching checkpoint is continued.
 pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
     let start = Instant::now();
     let probe = target::probe(&opts.target)?;
-    let opened = source::open(&opts.source).await?;
-    let mut report = tokio::task::spawn_blocking(move || run(opts, probe, opened))
+    let record = if opts.resume {
+        resume_record(&opts, probe)?
+    } else {
+        None
+    };
+    let from = record.as_ref().map(|r| ResumeFrom {
+        offset: r.offset,
+        validator: r.validator.clone(),
+        total: r.total,
+    });
+    let opened = source::open(&opts.source, from.as_ref()).await?;
+    let mut report = tokio::task::spawn_blocking(move || run(opts, probe, opened, record))
         .await
         .map_err(|e| Error::Io {
             context: "the conversion thread".into(),
@@ -98,13 +121,72 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
     Ok(report)
 }
 
+/// The checkpoint to continue, if there is one that this import matches.
+fn resume_record(opts: &ImportOptions, probe: Probe) -> Result<Option<Record>> {
+    let path = &opts.target.path;
+    if probe.block {
+        return Err(Error::InvalidArgument {
+            field: "resume",
+            value: path.display().to_string(),
+            reason: "needs a file target: the checkpoint is a file beside it".into(),
+        });
+    }
+    let record_path = resume::record_path(path);
+    let Some(r) = resume::load(&record_path) else {
+        return Ok(None);
+    };
+    let checksum = opts.checksum.as_ref().map(ToString::to_string);
+    let format_ok = match (opts.format, r.disk_format()) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(f), Some(g)) => f == g || (f == DiskFormat::Vhd && g == DiskFormat::Raw),
+    };
+    let matches = r.source == opts.source.to_string()
+        && r.checksum == checksum
+        && r.preallocate == opts.preallocate
+        && format_ok
+        && r.offset > 0
+        // The last 512 bytes are read again: a fixed VHD's footer is recognised there.
+        && r.offset.saturating_add(512) <= r.total
+        && path.is_file();
+    if !matches {
+        tracing::info!(checkpoint = %record_path.display(), "the checkpoint is of another import; starting from 0");
+        resume::remove(&record_path);
+        return Ok(None);
+    }
+    Ok(Some(r))
+}
+
 /// The blocking part: everything after the source answered.
-fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<ImportReport> {
+fn run(
+    opts: ImportOptions,
+    probe: Probe,
+    opened: source::Opened,
+    record: Option<Record>,
+) -> Result<ImportReport> {
     let stats = Stats::new(Shared {
         hasher: opts.checksum.as_ref().map(|c| Hasher::new(c.algorithm)),
         reporter: Reporter::new(opts.progress.clone(), opts.progress_interval),
     });
     stats.lock().reporter.state.source_total = opened.total;
+    let record_path = resume::record_path(&opts.target.path);
+    // A resumed import: the target's first `base` bytes are the source's.
+    let resumed = record
+        .and_then(|r| Some((r.disk_format()?, r)))
+        .filter(|_| opened.offset > 0);
+    let base = if resumed.is_some() { opened.offset } else { 0 };
+    if opts.resume && base == 0 {
+        resume::remove(&record_path);
+    }
+    if base > 0 {
+        let mut s = stats.lock();
+        if let Some(h) = s.hasher.as_mut() {
+            resume::hash_prefix(&opts.target.path, base, h)?;
+        }
+        s.reporter.state.source_done = base;
+        s.reporter.state.resumed_from = base;
+        tracing::info!(offset = base, total = ?opened.total, "continuing the previous run's target");
+    }
     let mut bottom = Counted::new(opened.reader, stats.clone());
 
     // Peel compressions and archives until a disk format shows.
@@ -114,41 +196,45 @@ fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<Impo
         at_least: None,
     };
     let mut reader: Box<dyn Read + Send> = Box::new(bottom.clone());
-    let detected = loop {
-        let p = Prefixed::new(reader, HEAD_LEN).map_err(|e| Error::io("reading the image", e))?;
-        let d = detect(p.head());
-        if !matches!(d, Detected::Disk(_)) && layers.len() == MAX_LAYERS {
-            return Err(Error::Unsupported {
-                format: "archive",
-                reason: format!("more than {MAX_LAYERS} nested layers"),
-            });
-        }
-        match d {
-            Detected::Compressed(c) => {
-                // A zstd frame announces its content size; later frames may add more.
-                size = Size {
-                    exact: None,
-                    at_least: (c == Compression::Zstd)
-                        .then(|| zstd_content_size(p.head()))
-                        .flatten(),
-                };
-                layers.push(c.name());
-                reader = decoder(c, Box::new(p), &opts.decompress)
-                    .map_err(|e| Error::io(format!("starting the {} decoder", c.name()), e))?;
+    let detected = if let Some((format, _)) = &resumed {
+        *format
+    } else {
+        loop {
+            let p = Prefixed::new(reader, HEAD_LEN).map_err(|e| Error::io("reading the image", e))?;
+            let d = detect(p.head());
+            if !matches!(d, Detected::Disk(_)) && layers.len() == MAX_LAYERS {
+                return Err(Error::Unsupported {
+                    format: "archive",
+                    reason: format!("more than {MAX_LAYERS} nested layers"),
+                });
             }
-            Detected::Tar => {
-                let t = TarDisk::open(p)?;
-                tracing::debug!(member = t.name(), size = t.size(), "disk inside tar");
-                size = Size {
-                    exact: Some(t.size()),
-                    at_least: None,
-                };
-                layers.push(if t.is_ova() { "ova" } else { "tar" });
-                reader = Box::new(FinishingTar(Some(t)));
-            }
-            Detected::Disk(f) => {
-                reader = Box::new(p);
-                break f;
+            match d {
+                Detected::Compressed(c) => {
+                    // A zstd frame announces its content size; later frames may add more.
+                    size = Size {
+                        exact: None,
+                        at_least: (c == Compression::Zstd)
+                            .then(|| zstd_content_size(p.head()))
+                            .flatten(),
+                    };
+                    layers.push(c.name());
+                    reader = decoder(c, Box::new(p), &opts.decompress)
+                        .map_err(|e| Error::io(format!("starting the {} decoder", c.name()), e))?;
+                }
+                Detected::Tar => {
+                    let t = TarDisk::open(p)?;
+                    tracing::debug!(member = t.name(), size = t.size(), "disk inside tar");
+                    size = Size {
+                        exact: Some(t.size()),
+                        at_least: None,
+                    };
+                    layers.push(if t.is_ova() { "ova" } else { "tar" });
+                    reader = Box::new(FinishingTar(Some(t)));
+                }
+                Detected::Disk(f) => {
+                    reader = Box::new(p);
+                    break f;
+                }
             }
         }
     };
@@ -169,16 +255,48 @@ fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<Impo
     let fixed_vhd = opts.format.is_none_or(|f| f == DiskFormat::Vhd);
     tracing::debug!(%format, ?layers, "importing");
 
+    // Checkpoints where a source byte is a target byte, and the object can be asked for
+    // again from the middle (a validator and a length).
+    let checkpoint = match (&opened.validator, opened.total) {
+        (Some(validator), Some(total))
+            if opts.resume && layers.is_empty() && matches!(format, DiskFormat::Raw | DiskFormat::Iso) =>
+        {
+            Some(Checkpoint {
+                path: record_path.clone(),
+                record: Record {
+                    version: resume::VERSION,
+                    source: opts.source.to_string(),
+                    validator: validator.clone(),
+                    total,
+                    format: format.name().to_string(),
+                    checksum: opts.checksum.as_ref().map(ToString::to_string),
+                    preallocate: opts.preallocate,
+                    offset: base,
+                },
+                every: opts.checkpoint_every.max(1),
+            })
+        }
+        _ => {
+            if opts.resume {
+                tracing::info!(%format, ?layers, "this import cannot resume in a later run (only uncompressed raw from HTTP or S3 can)");
+            }
+            None
+        }
+    };
     let mut target: Option<Target> = None;
     let result = convert(
         &opts,
-        format,
-        fixed_vhd,
+        Layer {
+            format,
+            fixed_vhd,
+            size,
+            base,
+        },
         probe,
-        size,
         &mut reader,
         &stats,
         &mut target,
+        checkpoint,
     )
     .and_then(|(virtual_size, format)| {
         // Read what the decoders left (trailers, tar end, trailing bytes): every source
@@ -199,7 +317,11 @@ fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<Impo
         Ok(v) => v,
         Err(e) => {
             if let Some(t) = target.take() {
-                t.abort();
+                if e.is_transient() {
+                    t.suspend();
+                } else {
+                    t.abort();
+                }
             }
             return Err(e);
         }
@@ -209,6 +331,7 @@ fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<Impo
         // `finish` consumed the target; remove what is left of a file.
         if !probe.block {
             let _ = std::fs::remove_file(&opts.target.path);
+            resume::remove(&record_path);
         }
         return Err(e);
     }
@@ -218,7 +341,8 @@ fn run(opts: ImportOptions, probe: Probe, opened: source::Opened) -> Result<Impo
         format,
         layers,
         virtual_size,
-        source_bytes: s.reporter.state.source_done,
+        source_bytes: s.reporter.state.source_done - base,
+        resumed_from: base,
         checksum: opts.checksum.as_ref().map(ToString::to_string),
         elapsed: Duration::ZERO,
     })
@@ -233,20 +357,34 @@ struct Size {
     at_least: Option<u64>,
 }
 
+/// The disk layer to convert.
+struct Layer {
+    format: DiskFormat,
+    /// A raw image may turn out to be a fixed VHD.
+    fixed_vhd: bool,
+    size: Size,
+    /// Where the bytes start (a resumed raw import; 0 otherwise).
+    base: u64,
+}
+
 /// Converts the disk layer; opens the target once the size has been checked. Returns the
 /// virtual size and the format found (a raw image may turn out to be a fixed VHD when
 /// `fixed_vhd` allows it).
-#[allow(clippy::too_many_arguments)]
 fn convert(
     opts: &ImportOptions,
-    format: DiskFormat,
-    fixed_vhd: bool,
+    layer: Layer,
     probe: Probe,
-    size: Size,
     reader: &mut Box<dyn Read + Send>,
     stats: &Stats,
     target: &mut Option<Target>,
+    checkpoint: Option<Checkpoint>,
 ) -> Result<(u64, DiskFormat)> {
+    let Layer {
+        format,
+        fixed_vhd,
+        size,
+        base,
+    } = layer;
     let budget = opts.reorder_budget;
     // Opens the target once the virtual size is known and fits.
     let open = |vs: u64, target: &mut Option<Target>| -> Result<()> {
@@ -276,17 +414,25 @@ fn convert(
                 probe.check(n - footer)?;
             }
             stats.lock().reporter.state.virtual_size = size.exact;
-            let t = target
-                .insert(Target::open(&opts.target, probe, stats.clone())?.preallocated(opts.preallocate));
+            let opened = if base > 0 {
+                Target::reopen(&opts.target, probe, stats.clone(), base)?
+            } else {
+                Target::open(&opts.target, probe, stats.clone())?
+            };
+            let mut opened = opened.preallocated(opts.preallocate);
+            if let Some(c) = checkpoint {
+                opened = opened.with_checkpoints(c);
+            }
+            let t = target.insert(opened);
             if format == DiskFormat::Raw && fixed_vhd {
-                let (vs, kind) = vhd::copy_raw(reader.as_mut(), t, size.exact)?;
+                let (vs, kind) = vhd::copy_raw(reader.as_mut(), t, size.exact, base)?;
                 if kind == RawKind::FixedVhd {
                     stats.lock().reporter.state.virtual_size = Some(vs);
                     return Ok((vs, DiskFormat::Vhd));
                 }
                 return Ok((vs, DiskFormat::Raw));
             }
-            Ok((raw::copy(reader.as_mut(), t, size.exact)?, format))
+            Ok((raw::copy(reader.as_mut(), t, size.exact, base)?, format))
         }
         DiskFormat::Qcow2 => {
             let q = Qcow2Stream::open(reader.as_mut(), budget)?;

@@ -40,6 +40,7 @@ pub mod import;
 pub mod progress;
 pub mod qcow2;
 mod raw;
+pub mod resume;
 mod seq;
 pub mod source;
 pub mod tar;

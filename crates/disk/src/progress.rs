@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
     /// Source bytes received (as fetched, compressed); after an in-process resume each
-    /// byte still counts once.
+    /// byte still counts once, and a resumed import counts what the previous run did.
     pub source_done: u64,
+    /// Source bytes a previous run had done (a resumed import starts there; 0 otherwise).
+    pub resumed_from: u64,
     /// Source size, when the source tells (file length, Content-Length).
     pub source_total: Option<u64>,
     /// The image's virtual size, once known.
     pub virtual_size: Option<u64>,
     /// Highest output offset written so far.
     pub written: u64,
-    /// Source bytes per second since the import started.
+    /// Source bytes per second since the import started (this run's bytes).
     pub rate: f64,
     /// Estimated time left, when the total is known and the rate is not zero.
     pub eta: Option<Duration>,
@@ -84,7 +86,7 @@ impl Reporter {
         s.done = done;
         let secs = elapsed.as_secs_f64();
         s.rate = if secs > 0.0 {
-            s.source_done as f64 / secs
+            s.source_done.saturating_sub(s.resumed_from) as f64 / secs
         } else {
             0.0
         };

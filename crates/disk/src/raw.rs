@@ -9,11 +9,12 @@ use crate::{Error, Result};
 /// Size of one read from the decoders.
 const CHUNK: usize = 1 << 20;
 
-/// Copies the whole stream to the target from offset 0; returns the image size.
-/// `expected` (when the size was announced) must match exactly.
-pub(crate) fn copy(r: &mut dyn Read, target: &mut Target, expected: Option<u64>) -> Result<u64> {
+/// Copies the stream to the target from offset `base` (0, or where a resumed import
+/// continues); returns the image size. `expected` (when the size was announced) must match
+/// exactly.
+pub(crate) fn copy(r: &mut dyn Read, target: &mut Target, expected: Option<u64>, base: u64) -> Result<u64> {
     let mut buf = vec![0u8; CHUNK];
-    let mut off = 0u64;
+    let mut off = base;
     loop {
         let n = read_full(r, &mut buf).map_err(|e| Error::io("reading the image", e))?;
         if n == 0 {

@@ -7,6 +7,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::PathBuf;
 
+use crate::resume::{self, Record};
 use crate::source::Stats;
 use crate::{Error, Result};
 
@@ -78,36 +79,119 @@ pub(crate) struct Target {
     /// Written ranges (start → end), kept for block devices and preallocated files: gaps
     /// are zeroed at the end.
     extents: Option<BTreeMap<u64, u64>>,
+    /// Bytes a previous run left written (a resumed import), from 0.
+    base: u64,
+    /// The highest end written (with `base`: everything below it, for sequential writers).
+    high: u64,
+    /// Checkpoints for a later run, when the import can resume.
+    checkpoint: Option<Checkpoint>,
     stats: Stats,
+}
+
+/// Periodic checkpoints of a sequentially written target ([`crate::resume`]).
+pub(crate) struct Checkpoint {
+    /// The record file.
+    pub(crate) path: PathBuf,
+    /// The record, its offset updated at each checkpoint.
+    pub(crate) record: Record,
+    /// Bytes between two checkpoints.
+    pub(crate) every: u64,
 }
 
 impl Target {
     /// Opens the target for writing: a file is created or truncated, a device opened.
     pub(crate) fn open(spec: &TargetSpec, probe: Probe, stats: Stats) -> Result<Self> {
+        Self::open_with(spec, probe, stats, 0)
+    }
+
+    /// Opens a file target that a previous run wrote up to `base`, keeping those bytes.
+    pub(crate) fn reopen(spec: &TargetSpec, probe: Probe, stats: Stats, base: u64) -> Result<Self> {
+        Self::open_with(spec, probe, stats, base)
+    }
+
+    fn open_with(spec: &TargetSpec, probe: Probe, stats: Stats, base: u64) -> Result<Self> {
         let path = spec.path.clone();
         let mut o = OpenOptions::new();
         o.write(true);
         if !probe.block {
-            o.create(true).truncate(true);
+            o.create(true).truncate(base == 0);
         }
         let file = o
             .open(&path)
             .map_err(|e| Error::io(format!("opening target {}", path.display()), e))?;
-        Ok(Self {
+        stats.written(base);
+        let mut t = Self {
             file,
             path,
             probe,
-            extents: probe.block.then(BTreeMap::new),
+            extents: None,
+            base,
+            high: base,
+            checkpoint: None,
             stats,
-        })
+        };
+        if probe.block {
+            t.track_extents();
+        }
+        Ok(t)
+    }
+
+    /// Starts keeping written ranges (the resumed prefix counts as written).
+    fn track_extents(&mut self) {
+        let mut map = BTreeMap::new();
+        if self.base > 0 {
+            map.insert(0, self.base);
+        }
+        self.extents = Some(map);
     }
 
     /// Makes a file target fully allocated: every byte written, zeros included.
     pub(crate) fn preallocated(mut self, yes: bool) -> Self {
         if yes && self.extents.is_none() {
-            self.extents = Some(BTreeMap::new());
+            self.track_extents();
         }
         self
+    }
+
+    /// Keeps checkpoints from now on (the writer must write in order, from `base`).
+    pub(crate) fn with_checkpoints(mut self, checkpoint: Checkpoint) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
+    }
+
+    /// Syncs the target, then records everything below `high` as durable.
+    fn save_checkpoint(&mut self) -> Result<()> {
+        let Some(c) = &mut self.checkpoint else {
+            return Ok(());
+        };
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
+        c.record.offset = self.high;
+        resume::save(&c.path, &c.record)?;
+        tracing::debug!(offset = self.high, "checkpoint");
+        Ok(())
+    }
+
+    /// After a failure that a later run may get past: records how far the target got and
+    /// keeps it. Without checkpoints (or when the record cannot be written) the target is
+    /// removed, as [`Target::abort`] does. Returns whether the target was kept.
+    pub(crate) fn suspend(mut self) -> bool {
+        if self.checkpoint.is_none() {
+            self.abort();
+            return false;
+        }
+        match self.save_checkpoint() {
+            Ok(()) => {
+                tracing::info!(offset = self.high, path = %self.path.display(), "kept the target to resume from");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot checkpoint; removing the target");
+                self.abort();
+                false
+            }
+        }
     }
 
     /// Writes `data` at `off`. On a file (not preallocated), all-zero blocks become holes.
@@ -141,6 +225,12 @@ impl Target {
             }
         }
         self.stats.written(end);
+        self.high = self.high.max(end);
+        if let Some(c) = &self.checkpoint
+            && self.high >= c.record.offset.saturating_add(c.every)
+        {
+            self.save_checkpoint()?;
+        }
         Ok(())
     }
 
@@ -177,11 +267,19 @@ impl Target {
         }
         self.file
             .sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
+        if let Some(c) = &self.checkpoint {
+            resume::remove(&c.path);
+        }
+        Ok(())
     }
 
-    /// Removes a file target after a failure (a device is left as it is).
+    /// Removes a file target after a failure (a device is left as it is), and its
+    /// checkpoint.
     pub(crate) fn abort(self) {
+        if let Some(c) = &self.checkpoint {
+            resume::remove(&c.path);
+        }
         if !self.probe.block {
             drop(self.file);
             if let Err(e) = std::fs::remove_file(&self.path) {

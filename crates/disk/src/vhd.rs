@@ -202,17 +202,19 @@ pub(crate) enum RawKind {
     FixedVhd,
 }
 
-/// Copies a raw stream to the target from offset 0, holding the last 512 bytes back: when
-/// they are a fixed VHD's footer they are not written. Returns the image size and what it
-/// was. `expected` (when the source size was announced) must match the bytes read.
+/// Copies a raw stream to the target from offset `base` (0, or where a resumed import
+/// continues), holding the last 512 bytes back: when they are a fixed VHD's footer they
+/// are not written. Returns the image size and what it was. `expected` (when the source
+/// size was announced) must match the bytes read.
 pub(crate) fn copy_raw(
     r: &mut dyn Read,
     target: &mut Target,
     expected: Option<u64>,
+    base: u64,
 ) -> Result<(u64, RawKind)> {
     let mut buf = vec![0u8; CHUNK + FOOTER];
     let mut held = 0usize;
-    let mut off = 0u64;
+    let mut off = base;
     loop {
         let n = read_full(r, &mut buf[held..]).map_err(|e| Error::io("reading the image", e))?;
         let have = held + n;

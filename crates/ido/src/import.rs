@@ -68,6 +68,15 @@ pub(crate) struct ImportArgs {
     /// allocated (holes are kept otherwise).
     #[arg(long)]
     preallocate: bool,
+    /// Keep a checkpoint beside the target file (TARGET.ido-resume) and, after a transport
+    /// failure or a kill, continue a later run with the same arguments from it instead of
+    /// from 0. Uncompressed raw/ISO images from HTTP(S) or S3 resume; other imports start
+    /// again.
+    #[arg(long)]
+    resume: bool,
+    /// Target bytes between two checkpoints with --resume (each syncs the target).
+    #[arg(long, value_name = "S", value_parser = parse_size, default_value = "256Mi", requires = "resume")]
+    checkpoint_every: u64,
     /// Do not verify the server's TLS certificate (HTTPS, S3; for a registry as
     /// --src-tls-verify=false).
     #[arg(long)]
@@ -153,6 +162,8 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         ca_file,
         ca_dir,
         preallocate,
+        resume,
+        checkpoint_every,
         insecure,
         retries,
         connections,
@@ -334,6 +345,8 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     opts.checksum = checksum;
     opts.format = format;
     opts.preallocate = preallocate;
+    opts.resume = resume;
+    opts.checkpoint_every = checkpoint_every;
     let display = Display::new(progress);
     opts.progress = display.callback();
 
@@ -356,11 +369,16 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         format!(" ({})", report.layers.join(", "))
     };
     eprintln!(
-        "imported {}{layers}: {} virtual from {} read in {:.1?}{}",
+        "imported {}{layers}: {} virtual from {} read in {:.1?}{}{}",
         report.format,
         human(report.virtual_size),
         human(report.source_bytes),
         report.elapsed,
+        if report.resumed_from > 0 {
+            format!(" (resumed at {})", human(report.resumed_from))
+        } else {
+            String::new()
+        },
         report
             .checksum
             .map(|c| format!("; checksum {c} verified"))

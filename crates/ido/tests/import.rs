@@ -225,3 +225,82 @@ async fn importer_job_flags_secret_files_and_preallocation() {
         "{err}"
     );
 }
+
+/// A restarted importer: the first `ido import --resume` is SIGKILLed mid-way (as a pod
+/// on a failed node); the second run with the same arguments continues from the last
+/// periodic checkpoint and the checksum still covers every byte.
+#[tokio::test]
+async fn a_killed_import_resumes_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    let sum = sha256(&raw);
+    let data = std::fs::read(&raw).unwrap();
+    let server = FileServer::start(
+        data.clone(),
+        Behaviour {
+            ranges: true,
+            etag: Some("\"disk-v1\"".into()),
+            rate: Some(24 << 20),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = d.join("disk.img");
+    let record = d.join("disk.img.ido-resume");
+    let checksum = format!("--checksum={sum}");
+    let args = [
+        server.url(),
+        out.display().to_string(),
+        "--resume".into(),
+        "--checkpoint-every".into(),
+        "2Mi".into(),
+        "--connections".into(),
+        "1".into(),
+        checksum,
+        "--progress".into(),
+        "none".into(),
+    ];
+    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .arg("import")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let offset_of = || -> u64 {
+        std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["offset"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while offset_of() < 8 << 20 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint past 8 MiB");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let at = offset_of();
+    assert!(at < data.len() as u64, "killed before the end");
+
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = ido(&argv, None).await;
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resumed at"), "{err}");
+    assert!(err.contains("verified"), "{err}");
+    assert_same(&std::fs::read(&out).unwrap(), &data, "resumed after a kill");
+    assert!(!record.exists());
+    let seen = server.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        last.range_start(),
+        Some(at),
+        "the second run continues at the checkpoint: {seen:?}"
+    );
+    assert_eq!(last.header("if-range"), Some("\"disk-v1\""));
+}

@@ -251,7 +251,7 @@ pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> 
         VolumeMode::Filesystem => DISK_FILE,
         VolumeMode::Block => DEVICE,
     };
-    // `ido import SOURCE TARGET [source flags] --size N --progress plain [--preallocate]`
+    // `ido import SOURCE TARGET [source flags] --size N --progress plain [--preallocate] [--resume]`
     let mut args = vec!["import".to_string(), plan.args[0].clone(), target.to_string()];
     args.extend(plan.args[1..].iter().cloned());
     args.extend([
@@ -262,6 +262,11 @@ pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> 
     ]);
     if di.spec.preallocation == Some(true) {
         args.push("--preallocate".into());
+    }
+    // A replacement pod continues the last one's file (a checkpoint beside it). A block
+    // device has no room for the checkpoint: there a new pod starts from 0.
+    if mode == VolumeMode::Filesystem {
+        args.push("--resume".into());
     }
     let mut volumes = vec![json!({
         "name": "disk",

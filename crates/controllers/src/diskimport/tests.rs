@@ -233,6 +233,7 @@ async fn an_http_import_gets_a_claim_and_an_importer_job_and_follows_it() {
             &(10u64 << 30).to_string(),
             "--progress",
             "plain",
+            "--resume",
         ]
     );
     assert_eq!(

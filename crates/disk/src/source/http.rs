@@ -26,7 +26,7 @@ use reqwest::header::{
 use tokio::sync::{Semaphore, mpsc};
 use url::Url;
 
-use super::Opened;
+use super::{Opened, ResumeFrom};
 use crate::{Error, Result};
 
 /// Options of an HTTP(S) source.
@@ -162,20 +162,38 @@ pub fn redacted(url: &Url) -> String {
 /// Opens the URL: the first response is awaited here, the body streams from a task. An
 /// object that is large enough, with `Accept-Ranges: bytes` and a known length, is fetched
 /// over `connections` ranged GETs at once (see [`fetch_parallel`]).
-pub(super) async fn open(opts: &HttpOptions) -> Result<Opened> {
+///
+/// With `from`, the first request is `Range: bytes=<offset>-` with `If-Range`: an unchanged
+/// object continues there, a changed one (or a validator the server does not honour) is
+/// fetched again from 0.
+pub(super) async fn open(opts: &HttpOptions, from: Option<&ResumeFrom>) -> Result<Opened> {
     let conn = Arc::new(Conn::new(opts)?);
-    let mut fetch = Fetch::new(conn.clone(), 0, None);
-    let first = fetch.request().await?;
+    let (mut fetch, first) = match from {
+        Some(r) => match resume(&conn, r).await? {
+            Some(resumed) => resumed,
+            None => first_request(&conn).await?,
+        },
+        None => first_request(&conn).await?,
+    };
+    let start = fetch.offset;
     let total = fetch.total;
     let chunk = opts.chunk_size.max(MIN_CHUNK);
     let parallel = match (total, &first) {
-        (Some(t), Some(_)) => opts.connections > 1 && fetch.ranges && t >= opts.parallel_min.max(2 * chunk),
+        (Some(t), Some(_)) => {
+            opts.connections > 1 && fetch.ranges && t - start >= opts.parallel_min.max(2 * chunk)
+        }
         _ => false,
     };
-    tracing::debug!(url = %conn.shown, ?total, ranges = fetch.ranges, parallel, "HTTP source opened");
+    tracing::debug!(url = %conn.shown, ?total, start, ranges = fetch.ranges, parallel, "HTTP source opened");
+    let validator = fetch
+        .validator
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let (tx, reader) = queue(QUEUE_BYTES);
     if parallel {
         let plan = Plan {
+            start,
             total: total.expect("checked"),
             chunk,
             connections: opts.connections,
@@ -197,7 +215,38 @@ pub(super) async fn open(opts: &HttpOptions) -> Result<Opened> {
     Ok(Opened {
         reader: Box::new(reader),
         total,
+        offset: start,
+        validator,
     })
+}
+
+/// The first request of a download from 0.
+async fn first_request(conn: &Arc<Conn>) -> Result<(Fetch, Option<Body>)> {
+    let mut fetch = Fetch::new(conn.clone(), 0, None);
+    let first = fetch.request().await?;
+    Ok((fetch, first))
+}
+
+/// Asks for the rest of an object from `r.offset`; `None` when the object changed.
+async fn resume(conn: &Arc<Conn>, r: &ResumeFrom) -> Result<Option<(Fetch, Option<Body>)>> {
+    let Ok(validator) = HeaderValue::from_str(&r.validator) else {
+        return Ok(None);
+    };
+    let mut fetch = Fetch::new(conn.clone(), r.offset, None);
+    fetch.total = Some(r.total);
+    fetch.validator = Some(validator);
+    fetch.ranges = true;
+    match fetch.request().await {
+        Ok(first) => {
+            tracing::info!(url = %conn.shown, offset = r.offset, total = r.total, "resuming a previous import");
+            Ok(Some((fetch, first)))
+        }
+        Err(Error::SourceChanged { reason, .. }) => {
+            tracing::info!(url = %conn.shown, %reason, "the object changed since the checkpoint; starting from 0");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Smallest chunk of a parallel download.
@@ -253,20 +302,23 @@ impl Queue {
 
 /// How a parallel download is cut.
 struct Plan {
+    /// Where the download starts (0, or a resumed import's offset).
+    start: u64,
     total: u64,
     chunk: u64,
     connections: usize,
     validator: Option<HeaderValue>,
 }
 
-/// Parallel ranged GETs: chunk `i` is bytes `[i·chunk, (i+1)·chunk)`; up to `connections`
-/// chunks are fetched at once, each into its own buffer, and handed to the reader in order.
-/// The first response (a plain GET) serves chunk 0. Memory stays bounded: at most
+/// Parallel ranged GETs: chunk `i` is bytes `[start + i·chunk, start + (i+1)·chunk)`; up to
+/// `connections` chunks are fetched at once, each into its own buffer, and handed to the
+/// reader in order. The first response (a plain GET, or a resumed import's ranged one)
+/// serves chunk 0. Memory stays bounded: at most
 /// `connections` chunk buffers are being filled, plus the one the reader is consuming.
 /// Each chunk retries and resumes on its own (`Range: bytes=<cut>-<end>` with `If-Range`),
 /// and every response is checked against the first one's validator and length.
 async fn fetch_parallel(conn: Arc<Conn>, plan: Plan, first: Body, tx: &Queue) -> Result<()> {
-    let count = plan.total.div_ceil(plan.chunk);
+    let count = (plan.total - plan.start).div_ceil(plan.chunk);
     let mut tasks = Tasks(VecDeque::new());
     let mut first = Some(first);
     let mut next = 0u64;
@@ -276,7 +328,7 @@ async fn fetch_parallel(conn: Arc<Conn>, plan: Plan, first: Body, tx: &Queue) ->
     let mut pool: Vec<BytesMut> = Vec::new();
     let mut lent: VecDeque<Bytes> = VecDeque::new();
     let spawn = |i: u64, body: Option<Body>, mut buf: BytesMut| {
-        let start = i * plan.chunk;
+        let start = plan.start + i * plan.chunk;
         let end = (start + plan.chunk).min(plan.total);
         let mut f = Fetch::new(conn.clone(), start, Some(end));
         f.total = Some(plan.total);
@@ -542,6 +594,7 @@ impl Fetch {
             return Err(self.changed(format!("length was {old}, is {new}")));
         }
         tracing::info!(url = %self.conn.shown, offset = self.offset, "server ignored Range: skipping what was received");
+        self.ranges = false;
         Ok(Body {
             resp,
             skip: self.offset,

@@ -102,13 +102,42 @@ impl fmt::Display for SourceSpec {
 
 /// An opened source: its bytes and, when known, their count.
 pub(crate) struct Opened {
+    /// The bytes from `offset` on.
     pub(crate) reader: Box<dyn Read + Send>,
+    /// The object's whole length.
     pub(crate) total: Option<u64>,
+    /// Where the bytes start: 0, or where a resumed import continues.
+    pub(crate) offset: u64,
+    /// The object's validator (HTTP: strong ETag, else Last-Modified), when it has one.
+    pub(crate) validator: Option<String>,
+}
+
+impl Opened {
+    fn whole(reader: Box<dyn Read + Send>, total: Option<u64>) -> Self {
+        Self {
+            reader,
+            total,
+            offset: 0,
+            validator: None,
+        }
+    }
+}
+
+/// Where a previous run stopped: the source is read from `offset` if the object still has
+/// this validator and length.
+#[derive(Clone, Debug)]
+pub(crate) struct ResumeFrom {
+    pub(crate) offset: u64,
+    pub(crate) validator: String,
+    pub(crate) total: u64,
 }
 
 /// Opens a source. HTTP sources make their first request here (so a 404 fails before any
 /// target is touched) and stream the body from a task on the current runtime.
-pub(crate) async fn open(spec: &SourceSpec) -> Result<Opened> {
+///
+/// With `from`, HTTP and S3 sources continue there when the object is unchanged
+/// ([`Opened::offset`] says whether they did); other sources always start from 0.
+pub(crate) async fn open(spec: &SourceSpec, from: Option<&ResumeFrom>) -> Result<Opened> {
     match spec {
         SourceSpec::File(path) => {
             let file =
@@ -117,17 +146,11 @@ pub(crate) async fn open(spec: &SourceSpec) -> Result<Opened> {
                 .metadata()
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             let total = meta.is_file().then_some(meta.len());
-            Ok(Opened {
-                reader: Box::new(file),
-                total,
-            })
+            Ok(Opened::whole(Box::new(file), total))
         }
-        SourceSpec::Stdin => Ok(Opened {
-            reader: Box::new(io::stdin()),
-            total: None,
-        }),
-        SourceSpec::Http(opts) => http::open(opts).await,
-        SourceSpec::S3(opts) => s3::open(opts).await,
+        SourceSpec::Stdin => Ok(Opened::whole(Box::new(io::stdin()), None)),
+        SourceSpec::Http(opts) => http::open(opts, from).await,
+        SourceSpec::S3(opts) => s3::open(opts, from).await,
         SourceSpec::Registry(opts) => registry::open(opts, &Default::default()).await,
     }
 }

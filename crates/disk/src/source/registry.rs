@@ -240,15 +240,13 @@ pub(super) async fn open(opts: &RegistryOptions, decompress: &DecompressOptions)
         match found_rx.await {
             Ok(Ok(Found::Disk { name, size })) => {
                 tracing::info!(image = %shown, layer = i + 1, file = %name, size, "containerDisk found");
-                return Ok(Opened {
-                    reader: Box::new(DiskReader {
-                        rx: data_rx,
-                        cur: Vec::new(),
-                        pos: 0,
-                        _fetch: AbortOnDrop(fetch),
-                    }),
-                    total: Some(size),
-                });
+                let reader = DiskReader {
+                    rx: data_rx,
+                    cur: Vec::new(),
+                    pos: 0,
+                    _fetch: AbortOnDrop(fetch),
+                };
+                return Ok(Opened::whole(Box::new(reader), Some(size)));
             }
             Ok(Ok(Found::Nothing(h))) => {
                 fetch.await.ok();

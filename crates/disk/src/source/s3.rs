@@ -14,7 +14,7 @@ use std::path::Path;
 use ido_engine::s3::{S3Credentials, S3Location, S3Source};
 use url::Url;
 
-use super::{HttpOptions, Opened, http};
+use super::{HttpOptions, Opened, ResumeFrom, http};
 use crate::{Error, Result};
 
 /// Environment variable of the access key id (as the AWS tools).
@@ -165,7 +165,7 @@ pub fn credentials_from_file(path: &Path, profile: Option<&str>) -> Result<S3Cre
 }
 
 /// Opens the object through the HTTP source.
-pub(super) async fn open(opts: &S3Options) -> Result<Opened> {
+pub(super) async fn open(opts: &S3Options, from: Option<&ResumeFrom>) -> Result<Opened> {
     let client =
         ido_engine::http::client(&opts.http.tls, "caBundle").map_err(|e| Error::InvalidArgument {
             field: "tls",
@@ -193,7 +193,7 @@ pub(super) async fn open(opts: &S3Options) -> Result<Opened> {
     let mut http_opts = opts.http.clone();
     http_opts.url = object.download_url();
     tracing::debug!(object = %object.display_url(), signed = source.signed(), "S3 source");
-    http::open(&http_opts).await
+    http::open(&http_opts, from).await
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct Behaviour {
     /// From this request on (0-based count), the ETag is this other value: the object
     /// "changed" (`If-Range` with the old one then gets the whole object with 200).
     pub etag_after: Option<(u32, String)>,
+    /// Sends at most this many body bytes per second (per response).
+    pub rate: Option<u64>,
 }
 
 /// One request as seen by the server.
@@ -223,15 +225,25 @@ async fn handle(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
     // response early: a parallel download's first GET serves only the first chunk).
     let cut = st.b.cut_at.filter(|c| *c > start && *c < stop);
     let first_end = cut.unwrap_or(stop);
-    for chunk in st.data[start as usize..first_end as usize].chunks(64 << 10) {
+    const CHUNK: usize = 64 << 10;
+    let pace =
+        st.b.rate
+            .map(|r| std::time::Duration::from_secs_f64(CHUNK as f64 / r.max(1) as f64));
+    for chunk in st.data[start as usize..first_end as usize].chunks(CHUNK) {
         sock.write_all(chunk).await?;
+        if let Some(p) = pace {
+            tokio::time::sleep(p).await;
+        }
     }
     if cut.is_some() && !st.cut_done.swap(true, Ordering::SeqCst) {
         sock.flush().await?;
         return Ok(()); // dropping the socket closes it early
     }
-    for chunk in st.data[first_end as usize..stop as usize].chunks(64 << 10) {
+    for chunk in st.data[first_end as usize..stop as usize].chunks(CHUNK) {
         sock.write_all(chunk).await?;
+        if let Some(p) = pace {
+            tokio::time::sleep(p).await;
+        }
     }
     sock.flush().await?;
     Ok(())
