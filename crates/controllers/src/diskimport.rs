@@ -110,6 +110,8 @@ struct Outcome {
     bound: Option<(ConditionStatus, &'static str, String)>,
     size: Option<u64>,
     restarts: i32,
+    /// The running importer's last reported percentage (`42.0%`).
+    progress: Option<String>,
 }
 
 impl Outcome {
@@ -121,6 +123,7 @@ impl Outcome {
             bound: None,
             size: None,
             restarts: 0,
+            progress: None,
         }
     }
 }
@@ -331,6 +334,7 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         bound: Some(bound),
         size: Some(size),
         restarts: 0,
+        progress: None,
     };
 
     // Blank: the claim is the disk.
@@ -398,13 +402,14 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         out.running = (ConditionStatus::False, reasons::ERROR, message);
         return Ok((out, Action::AwaitChange));
     }
-    let running = pods
-        .iter()
-        .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
-    if running || js.ready.unwrap_or(0) > 0 {
+    let running = running_pod(&pods);
+    if running.is_some() || js.ready.unwrap_or(0) > 0 {
         out.phase = DiskImportPhase::ImportInProgress;
         out.ready = (ConditionStatus::False, reasons::TRANSFER_RUNNING, String::new());
         out.running = (ConditionStatus::True, reasons::POD_RUNNING, String::new());
+        if let Some(pod) = running {
+            out.progress = importer_progress(ctx, &ns, pod).await;
+        }
     } else if let Some(m) = last_failure {
         // Between attempts: still in progress, the Running condition says why it stopped.
         out.phase = DiskImportPhase::ImportInProgress;
@@ -414,6 +419,36 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         out.running = (ConditionStatus::False, reason, m);
     }
     Ok((out, recheck))
+}
+
+/// The newest running importer pod's name.
+fn running_pod(pods: &[Pod]) -> Option<&str> {
+    pods.iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .max_by_key(|p| p.metadata.creation_timestamp.clone())
+        .and_then(|p| p.metadata.name.as_deref())
+}
+
+/// The running importer's progress, from the tail of its log (`--progress plain` prints a
+/// line every 5 s). Best effort: a log that cannot be read leaves the last value.
+async fn importer_progress<S: Store>(ctx: &Context<S>, ns: &str, pod: &str) -> Option<String> {
+    match ctx.store.container_log_tail(ns, pod, CONTAINER, 4).await {
+        Ok(log) => log.as_deref().and_then(progress_of),
+        Err(e) => {
+            tracing::debug!(namespace = ns, pod, error = %e, "cannot read the importer's log");
+            None
+        }
+    }
+}
+
+/// The percentage of the last progress line of an importer's log
+/// (`import: 42.0% 1.2 GiB of 2.9 GiB read, …`).
+pub fn progress_of(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|line| {
+        let pct = line.trim().strip_prefix("import: ")?.split_whitespace().next()?;
+        let value: f64 = pct.strip_suffix('%')?.parse().ok()?;
+        (0.0..=100.0).contains(&value).then(|| format!("{value:.1}%"))
+    })
 }
 
 /// The message of the latest failed importer pod: its termination message (the importer's
@@ -511,8 +546,11 @@ async fn write_status<S: Store>(
         let st = o.status.get_or_insert_with(DiskImportStatus::default);
         st.observed_generation = g;
         st.phase = out.phase;
-        st.progress = match out.phase {
-            DiskImportPhase::Succeeded => "100.0%".into(),
+        st.progress = match (out.phase, &out.progress) {
+            (DiskImportPhase::Succeeded, _) => "100.0%".into(),
+            (_, Some(p)) => p.clone(),
+            // A log that could not be read this time: keep what the importer last said.
+            (DiskImportPhase::ImportInProgress, None) if st.progress.ends_with('%') => st.progress.clone(),
             _ => "N/A".into(),
         };
         st.restart_count = out.restarts;

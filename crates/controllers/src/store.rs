@@ -112,6 +112,18 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn delete<K: Object>(&self, obj: &K) -> impl Future<Output = Result<()>> + Send;
     /// Records an event about `obj`. Never fails the caller.
     fn event<K: Object>(&self, obj: &K, event: Event) -> impl Future<Output = ()> + Send;
+    /// The last `lines` lines of `container`'s log in pod `namespace/pod`; `None` where
+    /// nothing runs pods (the default: the file store of `ido run`) or the pod is gone.
+    fn container_log_tail(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        lines: u32,
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        let _ = (namespace, pod, container, lines);
+        async { Ok(None) }
+    }
 }
 
 /// Runs `write` on `obj`; on a conflict reads the object again and runs `write` on the fresh

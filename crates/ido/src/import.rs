@@ -591,6 +591,12 @@ mod tests {
             plain_line(&p),
             "import: 50.0% 50.0 MiB of 100.0 MiB read, 10.0 MiB/s, 1.0 GiB written, ETA 5s"
         );
+        // The DiskImport controller reads these lines back from the importer's log.
+        let log = format!("starting\n{}\n", plain_line(&p));
+        assert_eq!(
+            ido_controllers::diskimport::progress_of(&log).as_deref(),
+            Some("50.0%")
+        );
     }
 
     /// Every importer Job the DiskImport controller builds passes arguments this CLI

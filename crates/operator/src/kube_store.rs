@@ -14,6 +14,7 @@
 //! | `update_status`  | `PUT …/<plural>/<name>/status` (the whole object, with its `resourceVersion`) | update (`<plural>/status`) |
 //! | `delete`         | `DELETE …/<plural>/<name>`, background propagation (404 → done)     | delete    |
 //! | `event`          | `events.k8s.io/v1` Event via kube's [`Recorder`] (create, patch for a repeat) | create, patch |
+//! | `container_log_tail` | `GET …/namespaces/<ns>/pods/<name>/log?container=…&tailLines=…&limitBytes=…` (404 → `None`) | get (`pods/log`) |
 //!
 //! Status is replaced rather than merge-patched: a merge patch cannot remove a field the
 //! new status leaves out (e.g. `conditions` or `locations` serialize as absent when empty),
@@ -33,7 +34,7 @@ use ido_controllers::store::{Event, EventType, MetaPatch, Object, Result, Store,
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Client,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{Api, DeleteParams, ListParams, LogParams, PostParams},
     core::{ObjectList, Request, params::Patch, params::PatchParams},
     runtime::events::{self, Recorder, Reporter},
 };
@@ -291,7 +292,36 @@ impl Store for KubeStore {
             );
         }
     }
+
+    async fn container_log_tail(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        lines: u32,
+    ) -> Result<Option<String>> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = LogParams {
+            container: Some(container.to_string()),
+            tail_lines: Some(i64::from(lines)),
+            // A tail of progress lines; a log line longer than this is cut.
+            limit_bytes: Some(MAX_LOG_TAIL),
+            ..LogParams::default()
+        };
+        match api.logs(pod, &params).await {
+            Ok(text) => Ok(Some(text)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(map_err::<k8s_openapi::api::core::v1::Pod>(
+                "reading the log of",
+                pod,
+                e,
+            )),
+        }
+    }
 }
+
+/// Most bytes of a container's log tail read at once.
+const MAX_LOG_TAIL: i64 = 16 * 1024;
 
 #[cfg(test)]
 mod tests {

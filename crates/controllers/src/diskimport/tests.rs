@@ -790,6 +790,21 @@ impl S3Location {
 }
 
 #[test]
+fn progress_is_the_last_progress_line_of_the_log() {
+    let log = "import: 12.5% 1.0 GiB of 8.0 GiB read, 90.0 MiB/s, ETA 80s\n\
+               import: 37.25% 3.0 GiB of 8.0 GiB read, 95.0 MiB/s, ETA 55s\n\
+               WARN retrying after a cut\n";
+    assert_eq!(progress_of(log).as_deref(), Some("37.2%"));
+    assert_eq!(
+        progress_of("import: 10.0 MiB read, 5.0 MiB/s\n"),
+        None,
+        "no total, no %"
+    );
+    assert_eq!(progress_of("import: 140% nonsense\n"), None);
+    assert_eq!(progress_of(""), None);
+}
+
+#[test]
 fn labels_select_the_importer_pods() {
     let di = disk_import("a", http("http://x/y"), sized("1Gi"));
     let l: BTreeMap<String, String> = labels(&di);

@@ -133,6 +133,19 @@ pub(crate) async fn diskimport_scenario() -> Vec<Call> {
     fake.set_status::<Pod>(Some(VMS), "importer-fedora-x1", json!({"phase": "Running"}));
     fake.set_status::<Job>(Some(VMS), "importer-fedora", json!({"active": 1}));
     wait_for("ImportInProgress", || phase(&fake) == "ImportInProgress").await;
+    // The importer reports progress in its log; the operator reads the tail back.
+    let progress = || {
+        fake.get::<DiskImport>(Some(VMS), "fedora")
+            .map(|d| d["status"]["progress"].clone())
+            .unwrap_or_default()
+    };
+    fake.set_log(
+        VMS,
+        "importer-fedora-x1",
+        "importer",
+        "import: 12.0% 0.5 GiB of 4.0 GiB read, 90.0 MiB/s, ETA 40s\nimport: 41.5% 1.7 GiB of 4.0 GiB read, 95.0 MiB/s, ETA 25s\n",
+    );
+    wait_for("progress from the importer's log", || progress() == "41.5%").await;
     fake.set_status::<Job>(
         Some(VMS),
         "importer-fedora",

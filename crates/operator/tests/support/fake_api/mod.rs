@@ -1,6 +1,6 @@
 //! An in-memory Kubernetes API server behind a `kube::Client`, for the requests the
 //! operator makes: get, list, watch (streamed), create, JSON merge patch, update (PUT), the
-//! `status` subresource, and delete with finalizers. It keeps the API server's rules that
+//! `status` subresource, a pod's `log` (set by the test), and delete with finalizers. It keeps the API server's rules that
 //! matter to a controller: `resourceVersion` preconditions (409 Conflict), 409
 //! AlreadyExists, 404 NotFound as `Status` JSON, status ignored on the main resource (and
 //! everything but status ignored on `/status`) for kinds with a status subresource, delete
@@ -76,6 +76,8 @@ struct Change {
 #[derive(Default)]
 struct State {
     objects: BTreeMap<Key, Value>,
+    /// Container logs by (namespace, pod, container), as the kubelet would serve them.
+    logs: BTreeMap<(String, String, String), String>,
     rv: u64,
     log: Vec<Change>,
     calls: Vec<Call>,
@@ -209,6 +211,62 @@ impl FakeApi {
         assert!(code.is_success(), "update status {url}: {out}");
     }
 
+    /// Sets what a pod's container has logged so far (the kubelet's part), unrecorded.
+    pub fn set_log(&self, namespace: &str, pod: &str, container: &str, text: &str) {
+        let key = (namespace.to_string(), pod.to_string(), container.to_string());
+        self.state.lock().unwrap().logs.insert(key, text.to_string());
+    }
+
+    /// `GET …/pods/<name>/log?container=…&tailLines=N&limitBytes=M`: the last N lines of the
+    /// log, cut to M bytes, as plain text; 404 for an unknown pod.
+    fn log(&self, t: &Target, query: &str) -> Response<Body> {
+        let param = |k: &str| {
+            query
+                .split('&')
+                .find_map(|q| q.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let (ns, pod) = (
+            t.namespace.clone().unwrap_or_default(),
+            t.name.clone().unwrap_or_default(),
+        );
+        let container = param("container").expect("the operator names the container");
+        let st = self.state.lock().unwrap();
+        let pod_key = (
+            "/api/v1".to_string(),
+            "pods".to_string(),
+            Some(ns.clone()),
+            pod.clone(),
+        );
+        if !st.objects.contains_key(&pod_key) {
+            let (code, v) = (
+                404,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": format!("pods \"{pod}\" not found")}),
+            );
+            return Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(full(&v))
+                .unwrap();
+        }
+        let text = st.logs.get(&(ns, pod, container)).cloned().unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = param("tailLines").map_or(lines.len(), |n| n.parse().unwrap());
+        let mut out = lines[lines.len().saturating_sub(tail)..].join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        if let Some(limit) = param("limitBytes") {
+            out.truncate(limit.parse().unwrap());
+        }
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(out)).boxed_unsync())
+            .unwrap()
+    }
+
     /// Deletes `K`'s `namespace/name` as a user would (`kubectl delete`), unrecorded.
     pub fn delete<K: Resource<DynamicType = ()>>(&self, namespace: Option<&str>, name: &str) {
         let url = format!("{}/{name}", K::url_path(&(), namespace));
@@ -247,6 +305,9 @@ impl FakeApi {
         });
         if verb == "watch" {
             return self.watch(t, &query);
+        }
+        if verb == "get" && t.resource == "pods" && t.subresource.as_deref() == Some("log") {
+            return self.log(&t, &query);
         }
         if verb == "patch" {
             let ct = parts
