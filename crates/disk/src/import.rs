@@ -7,7 +7,7 @@ use crate::checksum::{Checksum, Hasher};
 use crate::decompress::{DecompressOptions, decoder};
 use crate::detect::{Compression, Detected, DiskFormat, HEAD_LEN, Prefixed, detect, zstd_content_size};
 use crate::progress::{ProgressFn, Reporter};
-use crate::qcow2::{DEFAULT_REORDER_BUDGET, Qcow2Stream};
+use crate::qcow2::{self, DEFAULT_REORDER_BUDGET, Qcow2Stream, ResumeMap};
 use crate::resume::{self, DEFAULT_CHECKPOINT_EVERY, Record};
 use crate::source::{self, Counted, ResumeFrom, Shared, SourceSpec, Stats};
 use crate::tar::TarDisk;
@@ -110,8 +110,26 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
         validator: r.validator.clone(),
         total: r.total,
     });
+    // A qcow2 continues with its mapping, rebuilt from its tables by ranged reads.
+    let mut map = None;
+    let (record, from) = match (record, from) {
+        (Some(r), Some(f)) if r.disk_format() == Some(DiskFormat::Qcow2) => {
+            match qcow2_map(&opts.source, &f).await {
+                Ok(m) => {
+                    map = m;
+                    (Some(r), Some(f))
+                }
+                Err(Error::SourceChanged { reason, .. }) => {
+                    tracing::info!(%reason, "the object changed since the checkpoint; starting from 0");
+                    (None, None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        other => other,
+    };
     let opened = source::open(&opts.source, from.as_ref()).await?;
-    let mut report = tokio::task::spawn_blocking(move || run(opts, probe, opened, record))
+    let mut report = tokio::task::spawn_blocking(move || run(opts, probe, opened, record, map))
         .await
         .map_err(|e| Error::Io {
             context: "the conversion thread".into(),
@@ -119,6 +137,19 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
         })??;
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// Reads a qcow2's header and tables from the source for a run that continues at
+/// `from.offset`.
+async fn qcow2_map(spec: &SourceSpec, from: &ResumeFrom) -> Result<Option<ResumeMap>> {
+    let Some(ranges) = source::ranges(spec, from)? else {
+        return Ok(None);
+    };
+    // The header cluster: clusters are at most 2 MiB.
+    let head = ranges.read(0, 2 << 20).await?;
+    let map = qcow2::resume_map(&head, from.offset, |off, len| ranges.read(off, len)).await?;
+    tracing::info!(offset = from.offset, "qcow2 mapping rebuilt from its tables");
+    Ok(Some(map))
 }
 
 /// The checkpoint to continue, if there is one that this import matches.
@@ -163,6 +194,7 @@ fn run(
     probe: Probe,
     opened: source::Opened,
     record: Option<Record>,
+    map: Option<ResumeMap>,
 ) -> Result<ImportReport> {
     let stats = Stats::new(Shared {
         hasher: opts.checksum.as_ref().map(|c| Hasher::new(c.algorithm)),
@@ -170,22 +202,33 @@ fn run(
     });
     stats.lock().reporter.state.source_total = opened.total;
     let record_path = resume::record_path(&opts.target.path);
-    // A resumed import: the target's first `base` bytes are the source's.
-    let resumed = record
-        .and_then(|r| Some((r.disk_format()?, r)))
-        .filter(|_| opened.offset > 0);
-    let base = if resumed.is_some() { opened.offset } else { 0 };
-    if opts.resume && base == 0 {
+    // A resumed import continues the source at `resumed_at`; a raw image's target holds
+    // the source's bytes up to there (`base`), a qcow2's the clusters stored before it.
+    let resumed = record.and_then(|r| r.disk_format()).filter(|_| opened.offset > 0);
+    let resumed_at = opened.offset;
+    if resumed_at > 0 && (resumed.is_none() || (resumed == Some(DiskFormat::Qcow2) && map.is_none())) {
+        return Err(Error::io(
+            "resuming",
+            io::Error::other("the source continued without a matching checkpoint"),
+        ));
+    }
+    let base = match resumed {
+        Some(DiskFormat::Raw | DiskFormat::Iso) => resumed_at,
+        _ => 0,
+    };
+    if opts.resume && resumed.is_none() {
         resume::remove(&record_path);
     }
-    if base > 0 {
+    if resumed.is_some() {
         let mut s = stats.lock();
-        if let Some(h) = s.hasher.as_mut() {
+        if base > 0
+            && let Some(h) = s.hasher.as_mut()
+        {
             resume::hash_prefix(&opts.target.path, base, h)?;
         }
-        s.reporter.state.source_done = base;
-        s.reporter.state.resumed_from = base;
-        tracing::info!(offset = base, total = ?opened.total, "continuing the previous run's target");
+        s.reporter.state.source_done = resumed_at;
+        s.reporter.state.resumed_from = resumed_at;
+        tracing::info!(offset = resumed_at, total = ?opened.total, "continuing the previous run's target");
     }
     let mut bottom = Counted::new(opened.reader, stats.clone());
 
@@ -196,8 +239,8 @@ fn run(
         at_least: None,
     };
     let mut reader: Box<dyn Read + Send> = Box::new(bottom.clone());
-    let detected = if let Some((format, _)) = &resumed {
-        *format
+    let detected = if let Some(format) = resumed {
+        format
     } else {
         loop {
             let p = Prefixed::new(reader, HEAD_LEN).map_err(|e| Error::io("reading the image", e))?;
@@ -257,9 +300,15 @@ fn run(
 
     // Checkpoints where a source byte is a target byte, and the object can be asked for
     // again from the middle (a validator and a length).
+    // A qcow2 without a checksum: its checkpoints are taken between clusters (the
+    // checksum's state there cannot be kept), and a kept target cannot be preallocated
+    // (what the previous run wrote is not known).
+    let qcow2 = format == DiskFormat::Qcow2 && opts.checksum.is_none() && !opts.preallocate;
     let checkpoint = match (&opened.validator, opened.total) {
         (Some(validator), Some(total))
-            if opts.resume && layers.is_empty() && matches!(format, DiskFormat::Raw | DiskFormat::Iso) =>
+            if opts.resume
+                && layers.is_empty()
+                && (matches!(format, DiskFormat::Raw | DiskFormat::Iso) || qcow2) =>
         {
             Some(Checkpoint {
                 path: record_path.clone(),
@@ -271,14 +320,15 @@ fn run(
                     format: format.name().to_string(),
                     checksum: opts.checksum.as_ref().map(ToString::to_string),
                     preallocate: opts.preallocate,
-                    offset: base,
+                    offset: resumed_at,
                 },
                 every: opts.checkpoint_every.max(1),
+                by_safe_points: format == DiskFormat::Qcow2,
             })
         }
         _ => {
             if opts.resume {
-                tracing::info!(%format, ?layers, "this import cannot resume in a later run (only uncompressed raw from HTTP or S3 can)");
+                tracing::info!(%format, ?layers, "this import cannot resume in a later run (only uncompressed raw, and qcow2 without a checksum or preallocation, from HTTP or S3 can)");
             }
             None
         }
@@ -290,7 +340,9 @@ fn run(
             format,
             fixed_vhd,
             size,
+            resumed: resumed.is_some(),
             base,
+            map,
         },
         probe,
         &mut reader,
@@ -341,8 +393,8 @@ fn run(
         format,
         layers,
         virtual_size,
-        source_bytes: s.reporter.state.source_done - base,
-        resumed_from: base,
+        source_bytes: s.reporter.state.source_done - resumed_at.min(s.reporter.state.source_done),
+        resumed_from: if resumed.is_some() { resumed_at } else { 0 },
         checksum: opts.checksum.as_ref().map(ToString::to_string),
         elapsed: Duration::ZERO,
     })
@@ -363,8 +415,12 @@ struct Layer {
     /// A raw image may turn out to be a fixed VHD.
     fixed_vhd: bool,
     size: Size,
-    /// Where the bytes start (a resumed raw import; 0 otherwise).
+    /// The target is kept from a previous run.
+    resumed: bool,
+    /// The prefix of a resumed raw import (where its bytes start; 0 otherwise).
     base: u64,
+    /// A resumed qcow2's mapping.
+    map: Option<ResumeMap>,
 }
 
 /// Converts the disk layer; opens the target once the size has been checked. Returns the
@@ -383,21 +439,35 @@ fn convert(
         format,
         fixed_vhd,
         size,
+        resumed,
         base,
+        map,
     } = layer;
     let budget = opts.reorder_budget;
-    // Opens the target once the virtual size is known and fits.
-    let open = |vs: u64, target: &mut Option<Target>| -> Result<()> {
-        probe.check(vs)?;
-        stats.lock().reporter.state.virtual_size = Some(vs);
-        *target = Some(Target::open(&opts.target, probe, stats.clone())?.preallocated(opts.preallocate));
+    let mut checkpoint = checkpoint;
+    // Opens the target once the virtual size (when known) fits; a resumed import keeps it.
+    let mut open = |vs: Option<u64>, target: &mut Option<Target>| -> Result<()> {
+        if let Some(vs) = vs {
+            probe.check(vs)?;
+        }
+        stats.lock().reporter.state.virtual_size = vs;
+        let t = if resumed {
+            Target::reopen(&opts.target, probe, stats.clone(), base)?
+        } else {
+            Target::open(&opts.target, probe, stats.clone())?
+        };
+        let mut t = t.preallocated(opts.preallocate);
+        if let Some(c) = checkpoint.take() {
+            t = t.with_checkpoints(c);
+        }
+        *target = Some(t);
         Ok(())
     };
     macro_rules! stream {
         ($ty:ty) => {{
             let s = <$ty>::open(reader.as_mut(), budget)?;
             let vs = s.virtual_size();
-            open(vs, target)?;
+            open(Some(vs), target)?;
             s.convert(target.as_mut().expect("opened"))?;
             Ok((vs, format))
         }};
@@ -413,17 +483,9 @@ fn convert(
                 };
                 probe.check(n - footer)?;
             }
+            open(None, target)?;
             stats.lock().reporter.state.virtual_size = size.exact;
-            let opened = if base > 0 {
-                Target::reopen(&opts.target, probe, stats.clone(), base)?
-            } else {
-                Target::open(&opts.target, probe, stats.clone())?
-            };
-            let mut opened = opened.preallocated(opts.preallocate);
-            if let Some(c) = checkpoint {
-                opened = opened.with_checkpoints(c);
-            }
-            let t = target.insert(opened);
+            let t = target.as_mut().expect("opened");
             if format == DiskFormat::Raw && fixed_vhd {
                 let (vs, kind) = vhd::copy_raw(reader.as_mut(), t, size.exact, base)?;
                 if kind == RawKind::FixedVhd {
@@ -435,9 +497,15 @@ fn convert(
             Ok((raw::copy(reader.as_mut(), t, size.exact, base)?, format))
         }
         DiskFormat::Qcow2 => {
+            if let Some(map) = map {
+                let vs = map.header.virtual_size;
+                open(Some(vs), target)?;
+                Qcow2Stream::resume(reader.as_mut(), map, target.as_mut().expect("opened"))?;
+                return Ok((vs, format));
+            }
             let q = Qcow2Stream::open(reader.as_mut(), budget)?;
             let vs = q.header().virtual_size;
-            open(vs, target)?;
+            open(Some(vs), target)?;
             q.convert(target.as_mut().expect("opened"))?;
             Ok((vs, format))
         }

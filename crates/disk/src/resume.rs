@@ -17,11 +17,16 @@
 //! still has the same object (`Range` with `If-Range: <validator>`; a changed object gets
 //! the whole body back and the import starts from 0).
 //!
-//! What resumes: an uncompressed raw or ISO image (or a fixed VHD) from HTTP(S) or S3 whose
-//! server sends a validator (ETag or Last-Modified). There a source byte is a target byte,
-//! so the checksum, if any, is taken over the target's first `offset` bytes and then the
-//! rest of the download. Compressed images and the other formats start from 0: a
-//! decoder's state cannot be rebuilt from the middle of its stream.
+//! What resumes, from HTTP(S) or S3 whose server sends a validator (ETag or Last-Modified):
+//! - an uncompressed raw or ISO image (or a fixed VHD): a source byte is a target byte, so
+//!   the checksum, if any, is taken over the target's first `offset` bytes and then the
+//!   rest of the download;
+//! - an uncompressed qcow2 without a checksum or preallocation: `offset` is where the next
+//!   cluster to convert is stored, and the next run rebuilds the mapping from the image's
+//!   tables with ranged reads ([`crate::qcow2`]).
+//!
+//! Compressed images and the other formats start from 0: a decoder's state cannot be
+//! rebuilt from the middle of its stream.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -51,13 +56,14 @@ pub struct Record {
     pub validator: String,
     /// The object's length.
     pub total: u64,
-    /// The format being imported (`raw` or `iso`).
+    /// The format being imported (`raw`, `iso` or `qcow2`).
     pub format: String,
     /// The checksum asked for, as given.
     pub checksum: Option<String>,
     /// Whether zeros are written too.
     pub preallocate: bool,
-    /// Bytes of the target that are on stable storage, from 0; equal to source bytes.
+    /// The source offset to continue from: a raw image's target is on stable storage up to
+    /// it; a qcow2's every cluster stored before it is.
     pub offset: u64,
 }
 
@@ -67,6 +73,7 @@ impl Record {
         match self.format.as_str() {
             "raw" => Some(DiskFormat::Raw),
             "iso" => Some(DiskFormat::Iso),
+            "qcow2" => Some(DiskFormat::Qcow2),
             _ => None,
         }
     }

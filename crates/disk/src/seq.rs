@@ -70,6 +70,11 @@ impl<'a> SeqFile<'a> {
         }
     }
 
+    /// Declares that `inner` starts at image offset `pos` (a resumed import).
+    pub(crate) fn start_at(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+
     /// Sets the retention chunk size (once the cluster size is known).
     pub(crate) fn set_chunk(&mut self, chunk: u64) {
         self.chunk = chunk.max(512);

@@ -79,42 +79,50 @@ pub(crate) struct Target {
     /// Written ranges (start → end), kept for block devices and preallocated files: gaps
     /// are zeroed at the end.
     extents: Option<BTreeMap<u64, u64>>,
-    /// Bytes a previous run left written (a resumed import), from 0.
+    /// Bytes a previous run left written (a resumed raw import), from 0.
     base: u64,
     /// The highest end written (with `base`: everything below it, for sequential writers).
     high: u64,
+    /// The source offset a later run could continue from now (see [`Checkpoint`]).
+    safe: u64,
     /// Checkpoints for a later run, when the import can resume.
     checkpoint: Option<Checkpoint>,
     stats: Stats,
 }
 
-/// Periodic checkpoints of a sequentially written target ([`crate::resume`]).
+/// Periodic checkpoints for a later run ([`crate::resume`]).
 pub(crate) struct Checkpoint {
     /// The record file.
     pub(crate) path: PathBuf,
     /// The record, its offset updated at each checkpoint.
     pub(crate) record: Record,
-    /// Bytes between two checkpoints.
+    /// Source bytes between two checkpoints.
     pub(crate) every: u64,
+    /// Where a later run may continue: a raw image's written prefix (source and target
+    /// offsets are the same), or the points the converter declares with
+    /// [`Target::safe_point`] (qcow2: where everything before is written).
+    pub(crate) by_safe_points: bool,
 }
 
 impl Target {
     /// Opens the target for writing: a file is created or truncated, a device opened.
     pub(crate) fn open(spec: &TargetSpec, probe: Probe, stats: Stats) -> Result<Self> {
-        Self::open_with(spec, probe, stats, 0)
+        Self::open_with(spec, probe, stats, None)
     }
 
-    /// Opens a file target that a previous run wrote up to `base`, keeping those bytes.
+    /// Opens a file target that a previous run wrote, keeping its bytes; `base` is the
+    /// prefix a raw import wrote (0 for other formats).
     pub(crate) fn reopen(spec: &TargetSpec, probe: Probe, stats: Stats, base: u64) -> Result<Self> {
-        Self::open_with(spec, probe, stats, base)
+        Self::open_with(spec, probe, stats, Some(base))
     }
 
-    fn open_with(spec: &TargetSpec, probe: Probe, stats: Stats, base: u64) -> Result<Self> {
+    fn open_with(spec: &TargetSpec, probe: Probe, stats: Stats, kept: Option<u64>) -> Result<Self> {
         let path = spec.path.clone();
+        let base = kept.unwrap_or(0);
         let mut o = OpenOptions::new();
         o.write(true);
         if !probe.block {
-            o.create(true).truncate(base == 0);
+            o.create(true).truncate(kept.is_none());
         }
         let file = o
             .open(&path)
@@ -127,6 +135,7 @@ impl Target {
             extents: None,
             base,
             high: base,
+            safe: base,
             checkpoint: None,
             stats,
         };
@@ -153,13 +162,31 @@ impl Target {
         self
     }
 
-    /// Keeps checkpoints from now on (the writer must write in order, from `base`).
+    /// Keeps checkpoints from now on (without safe points, the writer must write in order,
+    /// from `base`).
     pub(crate) fn with_checkpoints(mut self, checkpoint: Checkpoint) -> Self {
+        self.safe = checkpoint.record.offset;
         self.checkpoint = Some(checkpoint);
         self
     }
 
-    /// Syncs the target, then records everything below `high` as durable.
+    /// The converter's word that everything stored before source offset `off` is written
+    /// and nothing before it is needed again: a later run may continue from there.
+    pub(crate) fn safe_point(&mut self, off: u64) -> Result<()> {
+        let Some(c) = &self.checkpoint else {
+            return Ok(());
+        };
+        if !c.by_safe_points || off <= self.safe {
+            return Ok(());
+        }
+        self.safe = off;
+        if off >= c.record.offset.saturating_add(c.every) {
+            self.save_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the target, then records the last safe offset.
     fn save_checkpoint(&mut self) -> Result<()> {
         let Some(c) = &mut self.checkpoint else {
             return Ok(());
@@ -167,9 +194,9 @@ impl Target {
         self.file
             .sync_data()
             .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
-        c.record.offset = self.high;
+        c.record.offset = self.safe;
         resume::save(&c.path, &c.record)?;
-        tracing::debug!(offset = self.high, "checkpoint");
+        tracing::debug!(offset = self.safe, "checkpoint");
         Ok(())
     }
 
@@ -183,7 +210,7 @@ impl Target {
         }
         match self.save_checkpoint() {
             Ok(()) => {
-                tracing::info!(offset = self.high, path = %self.path.display(), "kept the target to resume from");
+                tracing::info!(offset = self.safe, path = %self.path.display(), "kept the target to resume from");
                 true
             }
             Err(e) => {
@@ -227,9 +254,12 @@ impl Target {
         self.stats.written(end);
         self.high = self.high.max(end);
         if let Some(c) = &self.checkpoint
-            && self.high >= c.record.offset.saturating_add(c.every)
+            && !c.by_safe_points
         {
-            self.save_checkpoint()?;
+            self.safe = self.high;
+            if self.safe >= c.record.offset.saturating_add(c.every) {
+                self.save_checkpoint()?;
+            }
         }
         Ok(())
     }

@@ -216,3 +216,84 @@ async fn a_checkpoint_of_other_options_is_not_used() {
     assert_eq!(report.resumed_from, 0, "preallocation differs: from 0");
     assert_same(&std::fs::read(&out).unwrap(), &data, "re-imported");
 }
+
+/// A qcow2 made by `qemu-img convert` from the fixture (`-c`: compressed clusters).
+fn qcow2(dir: &Path, compressed: bool) -> Vec<u8> {
+    let raw = write_raw(dir);
+    let q = dir.join(if compressed { "c.qcow2" } else { "d.qcow2" });
+    let mut args = vec!["convert", "-O", "qcow2"];
+    if compressed {
+        args.push("-c");
+    }
+    args.extend([raw.to_str().unwrap(), q.to_str().unwrap()]);
+    run("qemu-img", &args);
+    std::fs::read(&q).unwrap()
+}
+
+#[tokio::test]
+async fn a_qcow2_continues_with_its_mapping_rebuilt_from_its_tables() {
+    for compressed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = qcow2(dir.path(), compressed);
+        let cut = data.len() as u64 * 6 / 10;
+        let server = server(&data, cut).await;
+        let out = dir.path().join("out.img");
+        let mut opts = options(&server.url(), &out, 1);
+        opts.checkpoint_every = 256 << 10;
+
+        import(opts.clone()).await.unwrap_err();
+        let rec = record_of(&out);
+        assert_eq!(rec.format, "qcow2");
+        assert!(
+            rec.offset > 0 && rec.offset <= cut,
+            "checkpoint at {} for a cut at {cut}",
+            rec.offset
+        );
+        let before = server.seen().len();
+
+        let report = import(opts).await.unwrap();
+        assert_eq!(report.resumed_from, rec.offset, "compressed: {compressed}");
+        assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "resumed qcow2");
+        assert_sparse(&out);
+        assert!(!record_path(&out).exists());
+        // Ranged reads of the tables, then the stream from the checkpoint.
+        let again = &server.seen()[before..];
+        let stream = again.last().unwrap();
+        assert_eq!(stream.range_start(), Some(rec.offset), "{again:?}");
+        assert_eq!(stream.range_end(), None, "{again:?}");
+        assert!(again.len() >= 3, "header, L1 and L2 reads: {again:?}");
+        for table in &again[..again.len() - 1] {
+            assert!(table.range_end().is_some(), "bounded table reads: {again:?}");
+            assert_eq!(table.header("if-range"), Some("\"v1\""));
+        }
+        let table_bytes: u64 = again[..again.len() - 1]
+            .iter()
+            .map(|s| s.range_end().unwrap() + 1 - s.range_start().unwrap())
+            .sum();
+        assert!(
+            table_bytes <= (2 << 20) + (256 << 10),
+            "{table_bytes} bytes of tables"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_qcow2_with_a_checksum_starts_again_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = qcow2(dir.path(), false);
+    let server = server(&data, data.len() as u64 / 2).await;
+    let out = dir.path().join("out.img");
+    let mut opts = options(&server.url(), &out, 1);
+    let sum = {
+        let p = dir.path().join("served");
+        std::fs::write(&p, &data).unwrap();
+        sha256(&p)
+    };
+    opts.checksum = Some(sum.parse().unwrap());
+    let err = import(opts.clone()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(!out.exists() && !record_path(&out).exists(), "nothing kept");
+    let report = import(opts).await.unwrap();
+    assert_eq!(report.resumed_from, 0);
+    assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "qcow2 from 0");
+}

@@ -70,8 +70,8 @@ pub(crate) struct ImportArgs {
     preallocate: bool,
     /// Keep a checkpoint beside the target file (TARGET.ido-resume) and, after a transport
     /// failure or a kill, continue a later run with the same arguments from it instead of
-    /// from 0. Uncompressed raw/ISO images from HTTP(S) or S3 resume; other imports start
-    /// again.
+    /// from 0. Uncompressed raw/ISO images, and uncompressed qcow2 without --checksum or
+    /// --preallocate, from HTTP(S) or S3 resume; other imports start again.
     #[arg(long)]
     resume: bool,
     /// Target bytes between two checkpoints with --resume (each syncs the target).

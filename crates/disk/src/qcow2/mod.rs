@@ -93,40 +93,61 @@ impl<'a> Qcow2Stream<'a> {
     /// Writes the guest view to `target` (zero and unallocated clusters are skipped).
     pub(crate) fn convert(mut self, target: &mut Target) -> Result<()> {
         let h = self.header.clone();
-        let cs = h.cluster_size();
-        let mut pending: BTreeMap<(u64, u64), Item> = BTreeMap::new();
-        let mut seq = 0u64;
-        let max_pending = (self.budget / 16).max(1 << 16) as usize;
-        let mut l2_left = 0usize;
-        let mut l1_done = h.l1_needed() == 0;
+        let mut pending = Pending::default();
+        let l1_done = h.l1_needed() == 0;
         if !l1_done {
-            pending.insert((h.l1_offset, 0), Item::L1);
+            pending.push(h.l1_offset, Item::L1);
         } else {
             self.file.stop_retaining();
         }
+        self.drive(target, pending, l1_done, 0)
+    }
+
+    /// Continues an import that a previous run left at `map.from`: `r` yields the image's
+    /// bytes from there on, and the mapping is the one rebuilt from its tables.
+    pub(crate) fn resume(r: &'a mut dyn Read, map: ResumeMap, target: &mut Target) -> Result<()> {
+        let mut file = SeqFile::new(r, "qcow2", map.header.cluster_size(), 0);
+        file.start_at(map.from);
+        file.stop_retaining();
+        let budget = DEFAULT_REORDER_BUDGET;
+        let mut pending = Pending::default();
+        for (host, item) in map.items {
+            pending.push(host, item);
+        }
+        Self {
+            file,
+            header: map.header,
+            budget,
+        }
+        .drive(target, pending, true, 0)
+    }
+
+    /// Processes the pending structures in file order until none is left.
+    fn drive(
+        mut self,
+        target: &mut Target,
+        mut pending: Pending,
+        mut l1_done: bool,
+        mut l2_left: usize,
+    ) -> Result<()> {
+        let h = self.header.clone();
+        let cs = h.cluster_size();
+        let max_pending = (self.budget / 16).max(1 << 16) as usize;
         let mut inflate = flate2::Decompress::new(false);
         let mut out = vec![0u8; cs as usize];
 
-        while let Some(((off, _), item)) = pending.pop_first() {
+        while let Some(((off, _), item)) = pending.0.pop_first() {
+            // Every structure before `off` is done and nothing behind the stream is
+            // needed any more: a later run may continue from `off`.
+            if !self.file.retaining() {
+                target.safe_point(off)?;
+            }
             match item {
                 Item::L1 => {
                     let n = h.l1_needed();
                     let l1 = self.file.read_at(off, (n * 8) as usize, false)?;
-                    let mut seen = std::collections::HashSet::new();
-                    for (i, e) in l1.chunks_exact(8).enumerate() {
-                        let e = u64::from_be_bytes(e.try_into().expect("8 bytes"));
-                        let l2 = e & OFFSET_MASK;
-                        if l2 == 0 {
-                            continue;
-                        }
-                        if !l2.is_multiple_of(cs) || !seen.insert(l2) {
-                            return Err(Error::invalid(
-                                "qcow2",
-                                format!("L1 entry {i} points to a bad L2 table offset {l2:#x}"),
-                            ));
-                        }
-                        seq += 1;
-                        pending.insert((l2, seq), Item::L2 { index: i as u64 });
+                    for (l2, index) in l1_tables(&h, l1)? {
+                        pending.push(l2, Item::L2 { index });
                         l2_left += 1;
                     }
                     l1_done = true;
@@ -134,25 +155,10 @@ impl<'a> Qcow2Stream<'a> {
                 Item::L2 { index } => {
                     let table = self.file.read_at(off, cs as usize, false)?;
                     l2_left -= 1;
-                    let entry = h.l2_entry_size() as usize;
-                    for (j, e) in table.chunks_exact(entry).enumerate() {
-                        let guest = index * h.l2_span() + j as u64 * cs;
-                        if guest >= h.virtual_size {
-                            break;
-                        }
-                        let word = u64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
-                        let bitmap = if h.extended_l2 {
-                            Some(u64::from_be_bytes(e[8..16].try_into().expect("8 bytes")))
-                        } else {
-                            None
-                        };
-                        let Some((host, item)) = l2_item(&h, word, bitmap, guest)? else {
-                            continue;
-                        };
-                        seq += 1;
-                        pending.insert((host, seq), item);
+                    for (host, item) in l2_items(&h, table, index)? {
+                        pending.push(host, item);
                     }
-                    if pending.len() > max_pending {
+                    if pending.0.len() > max_pending {
                         return Err(Error::Unsupported {
                             format: "qcow2",
                             reason: format!(
@@ -196,6 +202,7 @@ impl<'a> Qcow2Stream<'a> {
             if l1_done
                 && l2_left == 0
                 && pending
+                    .0
                     .first_key_value()
                     .is_none_or(|((o, _), _)| *o >= self.file.pos())
             {
@@ -204,6 +211,98 @@ impl<'a> Qcow2Stream<'a> {
         }
         Ok(())
     }
+}
+
+/// Structures waiting for the stream, by file offset (ties in discovery order).
+#[derive(Default)]
+struct Pending(BTreeMap<(u64, u64), Item>, u64);
+
+impl Pending {
+    fn push(&mut self, host: u64, item: Item) {
+        self.1 += 1;
+        self.0.insert((host, self.1), item);
+    }
+}
+
+/// The L2 tables an L1 table points to: (file offset, L1 index).
+fn l1_tables(h: &Header, l1: &[u8]) -> Result<Vec<(u64, u64)>> {
+    let cs = h.cluster_size();
+    let mut seen = std::collections::HashSet::new();
+    let mut tables = Vec::new();
+    for (i, e) in l1.chunks_exact(8).enumerate() {
+        let e = u64::from_be_bytes(e.try_into().expect("8 bytes"));
+        let l2 = e & OFFSET_MASK;
+        if l2 == 0 {
+            continue;
+        }
+        if !l2.is_multiple_of(cs) || !seen.insert(l2) {
+            return Err(Error::invalid(
+                "qcow2",
+                format!("L1 entry {i} points to a bad L2 table offset {l2:#x}"),
+            ));
+        }
+        tables.push((l2, i as u64));
+    }
+    Ok(tables)
+}
+
+/// What the L2 table of L1 entry `index` maps: (file offset, structure) per cluster with data.
+fn l2_items(h: &Header, table: &[u8], index: u64) -> Result<Vec<(u64, Item)>> {
+    let cs = h.cluster_size();
+    let entry = h.l2_entry_size() as usize;
+    let mut items = Vec::new();
+    for (j, e) in table.chunks_exact(entry).enumerate() {
+        let guest = index * h.l2_span() + j as u64 * cs;
+        if guest >= h.virtual_size {
+            break;
+        }
+        let word = u64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
+        let bitmap = if h.extended_l2 {
+            Some(u64::from_be_bytes(e[8..16].try_into().expect("8 bytes")))
+        } else {
+            None
+        };
+        if let Some(found) = l2_item(h, word, bitmap, guest)? {
+            items.push(found);
+        }
+    }
+    Ok(items)
+}
+
+/// A qcow2's mapping rebuilt from its tables, for a run that continues a previous one.
+pub(crate) struct ResumeMap {
+    pub(crate) header: Header,
+    /// The clusters stored at or after `from`.
+    items: Vec<(u64, Item)>,
+    /// The source offset the stream continues from.
+    pub(crate) from: u64,
+}
+
+/// Rebuilds the mapping of the qcow2 whose header cluster is `head` from its L1 table and
+/// L2 tables, fetched with `read(offset, length)`. Only clusters stored at or after `from`
+/// are kept (a previous run wrote the others). Needs about one request per 512 MiB of
+/// virtual size (64 KiB clusters).
+pub(crate) async fn resume_map<F, Fut>(head: &[u8], from: u64, read: F) -> Result<ResumeMap>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let header = Header::parse(head)?;
+    let h = &header;
+    let cs = h.cluster_size();
+    let mut items = Vec::new();
+    if h.l1_needed() > 0 {
+        let l1 = read(h.l1_offset, h.l1_needed() * 8).await?;
+        for (l2, index) in l1_tables(h, &l1)? {
+            let table = read(l2, cs).await?;
+            items.extend(
+                l2_items(h, &table, index)?
+                    .into_iter()
+                    .filter(|(host, _)| *host >= from),
+            );
+        }
+    }
+    Ok(ResumeMap { header, items, from })
 }
 
 /// Interprets one L2 entry: what to read and where (`None`: zeros, nothing to read).

@@ -220,6 +220,39 @@ pub(super) async fn open(opts: &HttpOptions, from: Option<&ResumeFrom>) -> Resul
     })
 }
 
+/// Ranged reads of one object that must still have a given validator and length (the
+/// tables of a qcow2 whose import resumes).
+pub(crate) struct Ranges {
+    conn: Arc<Conn>,
+    from: ResumeFrom,
+}
+
+impl Ranges {
+    pub(super) fn new(opts: &HttpOptions, from: &ResumeFrom) -> Result<Self> {
+        Ok(Self {
+            conn: Arc::new(Conn::new(opts)?),
+            from: from.clone(),
+        })
+    }
+
+    /// Bytes `[off, off + len)` (cut at the object's end); `source_changed` if the object
+    /// is not the one the previous run read.
+    pub(crate) async fn read(&self, off: u64, len: u64) -> Result<Vec<u8>> {
+        let end = off.saturating_add(len).min(self.from.total);
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let mut f = Fetch::new(self.conn.clone(), off, Some(end));
+        f.total = Some(self.from.total);
+        f.validator = HeaderValue::from_str(&self.from.validator).ok();
+        f.ranges = true;
+        let body = f.request().await?;
+        let mut buf = BytesMut::with_capacity((end - off) as usize);
+        f.run(body, &mut Sink::Buffer(&mut buf)).await?;
+        Ok(buf.to_vec())
+    }
+}
+
 /// The first request of a download from 0.
 async fn first_request(conn: &Arc<Conn>) -> Result<(Fetch, Option<Body>)> {
     let mut fetch = Fetch::new(conn.clone(), 0, None);

@@ -155,6 +155,16 @@ pub(crate) async fn open(spec: &SourceSpec, from: Option<&ResumeFrom>) -> Result
     }
 }
 
+/// Ranged reads of an HTTP(S) or S3 source that must still be the object `from`
+/// describes; `None` for other sources.
+pub(crate) fn ranges(spec: &SourceSpec, from: &ResumeFrom) -> Result<Option<http::Ranges>> {
+    match spec {
+        SourceSpec::Http(opts) => http::Ranges::new(opts, from).map(Some),
+        SourceSpec::S3(opts) => s3::ranges(opts, from).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// State shared between the source reader, the target and the orchestrator.
 pub(crate) struct Shared {
     pub(crate) hasher: Option<Hasher>,

@@ -166,6 +166,16 @@ pub fn credentials_from_file(path: &Path, profile: Option<&str>) -> Result<S3Cre
 
 /// Opens the object through the HTTP source.
 pub(super) async fn open(opts: &S3Options, from: Option<&ResumeFrom>) -> Result<Opened> {
+    http::open(&presigned(opts)?, from).await
+}
+
+/// Ranged reads of the object (through a presigned URL).
+pub(super) fn ranges(opts: &S3Options, from: &ResumeFrom) -> Result<http::Ranges> {
+    http::Ranges::new(&presigned(opts)?, from)
+}
+
+/// The HTTP options of the object's (presigned, for keys) URL.
+fn presigned(opts: &S3Options) -> Result<HttpOptions> {
     let client =
         ido_engine::http::client(&opts.http.tls, "caBundle").map_err(|e| Error::InvalidArgument {
             field: "tls",
@@ -193,7 +203,7 @@ pub(super) async fn open(opts: &S3Options, from: Option<&ResumeFrom>) -> Result<
     let mut http_opts = opts.http.clone();
     http_opts.url = object.download_url();
     tracing::debug!(object = %object.display_url(), signed = source.signed(), "S3 source");
-    http::open(&http_opts, from).await
+    Ok(http_opts)
 }
 
 #[cfg(test)]
