@@ -51,7 +51,7 @@ impl OvaDisk {
         loop {
             let n = reader.read(&mut buf).await?;
             if n == 0 {
-                return Ok(format!("{:x}", hasher.finalize()));
+                return Ok(hex::encode(hasher.finalize()));
             }
             hasher.update(&buf[..n]);
         }
@@ -386,7 +386,7 @@ mod tests {
         let mut expected = Vec::new();
         ova.disks[1].reader().read_to_end(&mut expected).await.unwrap();
         assert_eq!(seen[2].1, expected);
-        let want = format!("{:x}", Sha256::digest(&expected));
+        let want = hex::encode(Sha256::digest(&expected));
         assert_eq!(ova.disks[1].sha256().await.unwrap(), want);
 
         let bad = dir.path().join("bad.ova");

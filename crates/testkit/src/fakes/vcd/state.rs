@@ -70,7 +70,7 @@ impl FileState {
         if last || (self.size >= 0 && self.data.len() as i64 >= self.size) {
             self.size = self.data.len() as i64;
             self.complete = true;
-            self.sha256 = Some(format!("{:x}", self.hasher.clone().finalize()));
+            self.sha256 = Some(hex::encode(self.hasher.clone().finalize()));
         }
     }
 }

@@ -247,10 +247,7 @@ async fn an_upload_goes_through_every_step_and_is_stored() {
     assert_eq!(seen.description, "d & e");
     assert_eq!(seen.virtual_system_types(), vec!["vmx-19".to_string()]);
     let disk = seen.file("disk-0.vmdk").unwrap();
-    assert_eq!(
-        disk.sha256.clone().unwrap(),
-        format!("{:x}", Sha256::digest(&data))
-    );
+    assert_eq!(disk.sha256.clone().unwrap(), hex::encode(Sha256::digest(&data)));
     assert_eq!(raw.vcd.file_bytes(&seen.id, "disk-0.vmdk").unwrap(), data);
     let q = raw
         .get("/api/query?type=vAppTemplate&filter=catalogName==cat1;name==img&filterEncoded=true")
