@@ -167,6 +167,9 @@ impl SeaweedFs {
                 "-ip.bind=127.0.0.1",
                 "-master.volumeSizeLimitMB=64",
                 "-volume.max=100",
+                // The default (1 % of the disk) turns every volume read-only on a big, nearly
+                // full disk ("Not enough data nodes found!"); tests need little room.
+                "-volume.minFreeSpace=32MiB",
             ])
             .args(["-s3", &format!("-s3.port={s3}")])
             .arg(format!("-s3.config={}", s3_json.display()))
@@ -402,12 +405,14 @@ impl SeaweedFs {
         log_tail(&self.log_path(), 40)
     }
 
-    /// The first and the last lines of the `weed` log: how the start went, and where it is.
+    /// The first and the last lines of the `weed` log (how the start went, and where it is),
+    /// and the free space of its disk (weed refuses writes when it is low).
     fn log_excerpt(&self) -> String {
         format!(
-            "{}\n{}",
+            "{}\n{}\n--- free space ---\n{}",
             log_head(&self.log_path(), 30),
-            log_tail(&self.log_path(), 20)
+            log_tail(&self.log_path(), 20),
+            free_space(self.dir.path())
         )
     }
 
@@ -448,6 +453,14 @@ fn socket_ports(ports: &[u16; 4]) -> Vec<u16> {
         .iter()
         .flat_map(|&p| [p, p + crate::PAIR_PORT_OFFSET])
         .collect()
+}
+
+/// `df -h DIR`, or why it could not be run.
+fn free_space(dir: &Path) -> String {
+    match Command::new("df").arg("-h").arg(dir).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
+        Err(e) => format!("df: {e}"),
+    }
 }
 
 /// The test identity's credentials.
