@@ -152,7 +152,7 @@ async fn run_once_fails_with_reasons() {
             "run",
             "--once",
             "--timeout",
-            "60s",
+            "10s",
             "-f",
             "r.yaml",
             "--config",
