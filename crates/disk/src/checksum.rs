@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use sha2::Digest as _;
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 
 use crate::{Error, Result};
 
@@ -119,6 +120,37 @@ impl Hasher {
         }
     }
 
+    /// The running state, as hex: what [`Hasher::restore`] continues from in a later run
+    /// (the hash crates' own serialisation of their internal state).
+    pub fn state(&self) -> String {
+        match self {
+            Hasher::Md5(h) => hex::encode(h.serialize()),
+            Hasher::Sha1(h) => hex::encode(h.serialize()),
+            Hasher::Sha256(h) => hex::encode(h.serialize()),
+            Hasher::Sha512(h) => hex::encode(h.serialize()),
+        }
+    }
+
+    /// A hasher continuing from a [`Hasher::state`] of the same algorithm.
+    pub fn restore(algorithm: Algorithm, state: &str) -> Result<Self> {
+        fn de<T: SerializableState>(bytes: &[u8]) -> Option<T> {
+            let state = SerializedState::<T>::try_from(bytes).ok()?;
+            T::deserialize(&state).ok()
+        }
+        let bytes = hex::decode(state).unwrap_or_default();
+        let h = match algorithm {
+            Algorithm::Md5 => de(&bytes).map(Hasher::Md5),
+            Algorithm::Sha1 => de(&bytes).map(Hasher::Sha1),
+            Algorithm::Sha256 => de(&bytes).map(Hasher::Sha256),
+            Algorithm::Sha512 => de(&bytes).map(Hasher::Sha512),
+        };
+        h.ok_or_else(|| Error::InvalidArgument {
+            field: "checksum state",
+            value: format!("{} bytes", bytes.len()),
+            reason: format!("not a saved {} state", algorithm.name()),
+        })
+    }
+
     /// The digest.
     pub fn finish(self) -> Vec<u8> {
         match self {
@@ -160,6 +192,29 @@ mod tests {
         md5.verify(&Hasher::new(Algorithm::Md5).finish()).unwrap();
         let err = md5.verify(&[0; 16]).unwrap_err();
         assert_eq!(err.label(), "checksum_mismatch");
+    }
+
+    #[test]
+    fn a_saved_state_continues_to_the_same_digest() {
+        for alg in [
+            Algorithm::Md5,
+            Algorithm::Sha1,
+            Algorithm::Sha256,
+            Algorithm::Sha512,
+        ] {
+            let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+            let mut whole = Hasher::new(alg);
+            whole.update(&data);
+            let mut first = Hasher::new(alg);
+            first.update(&data[..333]);
+            let mut second = Hasher::restore(alg, &first.state()).unwrap();
+            second.update(&data[333..]);
+            assert_eq!(second.finish(), whole.finish(), "{}", alg.name());
+            let err = Hasher::restore(alg, "00ff").err().unwrap();
+            assert!(err.to_string().contains(alg.name()), "{err}");
+        }
+        let sha1 = Hasher::new(Algorithm::Sha1).state();
+        assert!(Hasher::restore(Algorithm::Sha256, &sha1).is_err());
     }
 
     #[test]

@@ -172,8 +172,17 @@ fn resume_record(opts: &ImportOptions, probe: Probe) -> Result<Option<Record>> {
         (None, Some(_)) => true,
         (Some(f), Some(g)) => f == g || (f == DiskFormat::Vhd && g == DiskFormat::Raw),
     };
+    // A checksum continues from its saved state, which covers at least the kept bytes.
+    let hash_ok = match (&opts.checksum, &r.hashed) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(c), Some(h)) => {
+            h.up_to >= r.offset && h.up_to <= r.total && Hasher::restore(c.algorithm, &h.state).is_ok()
+        }
+    };
     let matches = r.source == opts.source.to_string()
         && r.checksum == checksum
+        && hash_ok
         && r.preallocate == opts.preallocate
         && format_ok
         && r.offset > 0
@@ -198,13 +207,17 @@ fn run(
 ) -> Result<ImportReport> {
     let stats = Stats::new(Shared {
         hasher: opts.checksum.as_ref().map(|c| Hasher::new(c.algorithm)),
+        hash_from: 0,
         reporter: Reporter::new(opts.progress.clone(), opts.progress_interval),
     });
     stats.lock().reporter.state.source_total = opened.total;
     let record_path = resume::record_path(&opts.target.path);
     // A resumed import continues the source at `resumed_at`; a raw image's target holds
     // the source's bytes up to there (`base`), a qcow2's the clusters stored before it.
-    let resumed = record.and_then(|r| r.disk_format()).filter(|_| opened.offset > 0);
+    let resumed = record
+        .as_ref()
+        .and_then(Record::disk_format)
+        .filter(|_| opened.offset > 0);
     let resumed_at = opened.offset;
     if resumed_at > 0 && (resumed.is_none() || (resumed == Some(DiskFormat::Qcow2) && map.is_none())) {
         return Err(Error::io(
@@ -219,12 +232,11 @@ fn run(
     if opts.resume && resumed.is_none() {
         resume::remove(&record_path);
     }
-    if resumed.is_some() {
+    if let Some(r) = record.as_ref().filter(|_| resumed.is_some()) {
         let mut s = stats.lock();
-        if base > 0
-            && let Some(h) = s.hasher.as_mut()
-        {
-            resume::hash_prefix(&opts.target.path, base, h)?;
+        if let (Some(c), Some(h)) = (&opts.checksum, &r.hashed) {
+            s.hasher = Some(Hasher::restore(c.algorithm, &h.state)?);
+            s.hash_from = h.up_to;
         }
         s.reporter.state.source_done = resumed_at;
         s.reporter.state.resumed_from = resumed_at;
@@ -300,10 +312,9 @@ fn run(
 
     // Checkpoints where a source byte is a target byte, and the object can be asked for
     // again from the middle (a validator and a length).
-    // A qcow2 without a checksum: its checkpoints are taken between clusters (the
-    // checksum's state there cannot be kept), and a kept target cannot be preallocated
-    // (what the previous run wrote is not known).
-    let qcow2 = format == DiskFormat::Qcow2 && opts.checksum.is_none() && !opts.preallocate;
+    // A qcow2's checkpoints are taken between clusters; a kept target cannot be
+    // preallocated (what the previous run wrote is not known).
+    let qcow2 = format == DiskFormat::Qcow2 && !opts.preallocate;
     let checkpoint = match (&opened.validator, opened.total) {
         (Some(validator), Some(total))
             if opts.resume
@@ -321,6 +332,7 @@ fn run(
                     checksum: opts.checksum.as_ref().map(ToString::to_string),
                     preallocate: opts.preallocate,
                     offset: resumed_at,
+                    hashed: None,
                 },
                 every: opts.checkpoint_every.max(1),
                 by_safe_points: format == DiskFormat::Qcow2,
@@ -328,7 +340,7 @@ fn run(
         }
         _ => {
             if opts.resume {
-                tracing::info!(%format, ?layers, "this import cannot resume in a later run (only uncompressed raw, and qcow2 without a checksum or preallocation, from HTTP or S3 can)");
+                tracing::info!(%format, ?layers, "this import cannot resume in a later run (only uncompressed raw, and qcow2 without preallocation, from HTTP or S3 can)");
             }
             None
         }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   target  /data/disk.img              [0 ───── offset) synced ── … still being written
-//!   record  /data/disk.img.ido-resume   {source, validator, total, format, offset, …}
+//!   record  /data/disk.img.ido-resume   {source, validator, total, format, offset, hashed, …}
 //! ```
 //!
 //! Every [`ImportOptions::checkpoint_every`](crate::ImportOptions::checkpoint_every) bytes
@@ -18,28 +18,29 @@
 //! the whole body back and the import starts from 0).
 //!
 //! What resumes, from HTTP(S) or S3 whose server sends a validator (ETag or Last-Modified):
-//! - an uncompressed raw or ISO image (or a fixed VHD): a source byte is a target byte, so
-//!   the checksum, if any, is taken over the target's first `offset` bytes and then the
-//!   rest of the download;
-//! - an uncompressed qcow2 without a checksum or preallocation: `offset` is where the next
-//!   cluster to convert is stored, and the next run rebuilds the mapping from the image's
-//!   tables with ranged reads ([`crate::qcow2`]).
+//! - an uncompressed raw or ISO image (or a fixed VHD): a source byte is a target byte;
+//! - an uncompressed qcow2 without preallocation: `offset` is where the next cluster to
+//!   convert is stored, and the next run rebuilds the mapping from the image's tables with
+//!   ranged reads ([`crate::qcow2`]).
+//!
+//! With a checksum, the record also holds the hash's state over the source's first
+//! `hashed.upTo` bytes (at or past `offset`: the reader runs ahead of the writer); the next
+//! run continues that hash and feeds it only the bytes past `upTo`.
 //!
 //! Compressed images and the other formats start from 0: a decoder's state cannot be
 //! rebuilt from the middle of its stream.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checksum::Hasher;
 use crate::detect::DiskFormat;
 use crate::{Error, Result};
 
 /// Version of the record's layout.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// The default distance between two checkpoints.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 256 << 20;
@@ -65,6 +66,19 @@ pub struct Record {
     /// The source offset to continue from: a raw image's target is on stable storage up to
     /// it; a qcow2's every cluster stored before it is.
     pub offset: u64,
+    /// The checksum's state, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed: Option<Hashed>,
+}
+
+/// A checksum's running state over a prefix of the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hashed {
+    /// How many source bytes the state covers (at least [`Record::offset`]).
+    pub up_to: u64,
+    /// The state ([`crate::checksum::Hasher::state`]).
+    pub state: String,
 }
 
 impl Record {
@@ -143,35 +157,9 @@ pub(crate) fn remove(path: &Path) {
     }
 }
 
-/// Feeds the target's first `len` bytes to `hasher` (a file shorter than `len` ends in a
-/// hole, which reads as zeros): on resume they stand for the source bytes not fetched again.
-pub(crate) fn hash_prefix(target: &Path, len: u64, hasher: &mut Hasher) -> Result<()> {
-    let what = || format!("re-reading {} to resume the checksum", target.display());
-    let mut f = File::open(target).map_err(|e| Error::io(what(), e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = match f.read(&mut buf[..want]) {
-            Ok(0) => {
-                // Past the file's end: the rest of the prefix is a trailing hole.
-                buf[..want].fill(0);
-                want
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(what(), e)),
-        };
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checksum::Algorithm;
 
     fn record(offset: u64) -> Record {
         Record {
@@ -183,6 +171,7 @@ mod tests {
             checksum: None,
             preallocate: false,
             offset,
+            hashed: None,
         }
     }
 
@@ -193,8 +182,13 @@ mod tests {
         assert!(path.ends_with("disk.img.ido-resume"));
         assert_eq!(load(&path), None);
         save(&path, &record(1 << 20)).unwrap();
-        save(&path, &record(2 << 20)).unwrap();
-        assert_eq!(load(&path), Some(record(2 << 20)));
+        let mut hashed = record(2 << 20);
+        hashed.hashed = Some(Hashed {
+            up_to: 3 << 20,
+            state: "00ab".into(),
+        });
+        save(&path, &hashed).unwrap();
+        assert_eq!(load(&path), Some(hashed));
         std::fs::write(&path, b"{not json").unwrap();
         assert_eq!(load(&path), None);
         let mut other = record(1);
@@ -208,18 +202,5 @@ mod tests {
             0,
             "no temporary file left"
         );
-    }
-
-    #[test]
-    fn the_prefix_hash_counts_a_trailing_hole_as_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.img");
-        std::fs::write(&path, [7u8; 3000]).unwrap();
-        let mut h = Hasher::new(Algorithm::Sha256);
-        hash_prefix(&path, 5000, &mut h).unwrap();
-        let mut want = Hasher::new(Algorithm::Sha256);
-        want.update(&[7u8; 3000]);
-        want.update(&[0u8; 2000]);
-        assert_eq!(h.finish(), want.finish());
     }
 }

@@ -7,7 +7,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::PathBuf;
 
-use crate::resume::{self, Record};
+use crate::resume::{self, Hashed, Record};
 use crate::source::Stats;
 use crate::{Error, Result};
 
@@ -195,6 +195,14 @@ impl Target {
             .sync_data()
             .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
         c.record.offset = self.safe;
+        if c.record.checksum.is_some() {
+            // The hash as far as the reader got, which is at or past `safe`.
+            let s = self.stats.lock();
+            c.record.hashed = s.hasher.as_ref().map(|h| Hashed {
+                up_to: s.reporter.state.source_done.max(s.hash_from),
+                state: h.state(),
+            });
+        }
         resume::save(&c.path, &c.record)?;
         tracing::debug!(offset = self.safe, "checkpoint");
         Ok(())
@@ -356,6 +364,7 @@ mod tests {
     fn stats() -> Stats {
         Stats::new(Shared {
             hasher: None,
+            hash_from: 0,
             reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
         })
     }

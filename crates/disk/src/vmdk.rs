@@ -478,6 +478,7 @@ mod tests {
         };
         let stats = Stats::new(Shared {
             hasher: None,
+            hash_from: 0,
             reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
         });
         let mut t = Target::open(&spec, probe(&spec)?, stats)?;

@@ -1,6 +1,6 @@
 //! Resuming in a later run (a restarted importer pod): a transport failure with `resume`
 //! keeps the target and a checkpoint; the next run asks for the rest with `Range` and
-//! `If-Range`, re-hashes the kept prefix for the checksum, and ends with exactly the image.
+//! `If-Range`, continues the checksum from its saved state, and ends with exactly the image.
 //! A changed object, a permanent failure, or an image that cannot resume start from 0 or
 //! leave nothing behind.
 
@@ -278,22 +278,59 @@ async fn a_qcow2_continues_with_its_mapping_rebuilt_from_its_tables() {
 }
 
 #[tokio::test]
-async fn a_qcow2_with_a_checksum_starts_again_from_zero() {
+async fn a_qcow2_with_a_checksum_continues_its_hash() {
     let dir = tempfile::tempdir().unwrap();
     let data = qcow2(dir.path(), false);
-    let server = server(&data, data.len() as u64 / 2).await;
+    let cut = data.len() as u64 * 6 / 10;
     let out = dir.path().join("out.img");
-    let mut opts = options(&server.url(), &out, 1);
     let sum = {
         let p = dir.path().join("served");
         std::fs::write(&p, &data).unwrap();
         sha256(&p)
     };
-    opts.checksum = Some(sum.parse().unwrap());
-    let err = import(opts.clone()).await.unwrap_err();
+    let opts = |url: &str, sum: &str| {
+        let mut o = options(url, &out, 1);
+        o.checkpoint_every = 256 << 10;
+        o.checksum = Some(sum.parse().unwrap());
+        o
+    };
+
+    // Cut, then continue: the whole object is verified, the prefix is not fetched again.
+    let served = server(&data, cut).await;
+    let err = import(opts(&served.url(), &sum)).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert!(!out.exists() && !record_path(&out).exists(), "nothing kept");
-    let report = import(opts).await.unwrap();
+    let rec = record_of(&out);
+    let hashed = rec.hashed.clone().expect("the hash state is kept");
+    assert!(
+        rec.offset > 0 && hashed.up_to >= rec.offset && hashed.up_to <= cut,
+        "checkpoint at {}, hashed to {} for a cut at {cut}",
+        rec.offset,
+        hashed.up_to
+    );
+    let before = served.seen().len();
+    let report = import(opts(&served.url(), &sum)).await.unwrap();
+    assert_eq!(report.resumed_from, rec.offset);
+    assert_eq!(report.checksum.as_deref(), Some(sum.as_str()));
+    assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "resumed qcow2");
+    let stream = served.seen()[before..].last().cloned().unwrap();
+    assert_eq!(stream.range_start(), Some(rec.offset));
+
+    // A record whose hash state was damaged is not continued: the import starts from 0.
+    let served = server(&data, cut).await;
+    import(opts(&served.url(), &sum)).await.unwrap_err();
+    let mut damaged = record_of(&out);
+    damaged.hashed.as_mut().unwrap().state.truncate(10);
+    std::fs::write(record_path(&out), serde_json::to_vec(&damaged).unwrap()).unwrap();
+    let report = import(opts(&served.url(), &sum)).await.unwrap();
     assert_eq!(report.resumed_from, 0);
     assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "qcow2 from 0");
+
+    // A wrong checksum is still caught after a resumed run, and nothing is left.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let served = server(&data, cut).await;
+    import(opts(&served.url(), &wrong)).await.unwrap_err();
+    assert!(record_of(&out).hashed.is_some());
+    let err = import(opts(&served.url(), &wrong)).await.unwrap_err();
+    assert_eq!(err.label(), "checksum_mismatch", "{err}");
+    assert!(!out.exists() && !record_path(&out).exists());
 }

@@ -168,6 +168,9 @@ pub(crate) fn ranges(spec: &SourceSpec, from: &ResumeFrom) -> Result<Option<http
 /// State shared between the source reader, the target and the orchestrator.
 pub(crate) struct Shared {
     pub(crate) hasher: Option<Hasher>,
+    /// The source offset from which bytes go to the hasher (a resumed hash covers those
+    /// before it already).
+    pub(crate) hash_from: u64,
     pub(crate) reporter: Reporter,
 }
 
@@ -227,9 +230,14 @@ impl Counted {
 impl Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.lock().unwrap_or_else(|e| e.into_inner()).read(buf)?;
-        let mut s = self.stats.lock();
+        let mut guard = self.stats.lock();
+        let s = &mut *guard;
         if let Some(h) = &mut s.hasher {
-            h.update(&buf[..n]);
+            let skip = s
+                .hash_from
+                .saturating_sub(s.reporter.state.source_done)
+                .min(n as u64);
+            h.update(&buf[skip as usize..n]);
         }
         s.reporter.state.source_done += n as u64;
         s.reporter.tick();
