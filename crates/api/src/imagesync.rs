@@ -12,7 +12,8 @@
 //!   value is reported (condition `Ready=False`, reason `InvalidSpec`), never replaced;
 //! - credentials come from `kubernetes.io/dockerconfigjson` Secrets named per side
 //!   (`secretRef`), TLS is verified unless a side says `tlsVerify: false`, and a side may
-//!   trust extra CAs (`caBundle`, inline PEM);
+//!   trust extra CAs (`caBundle`, inline PEM, and/or `certConfigMap`, a ConfigMap of PEM
+//!   bundles);
 //! - `useAwsIRSA` is accepted but not supported (reported as `InvalidSpec` when true).
 //!
 //! ```yaml
@@ -52,7 +53,7 @@ pub mod reasons {
     pub const SYNCED: &str = "Synced";
     /// A spec field is invalid; the message names it.
     pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// A referenced Secret is missing or unusable.
+    /// A referenced Secret (or CA ConfigMap) is missing or unusable.
     pub const CREDENTIALS_UNAVAILABLE: &str = "CredentialsUnavailable";
     /// A registry could not be reached or refused the request.
     pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
@@ -180,6 +181,11 @@ pub struct SyncEndpoint {
     /// Extra CA certificates (PEM, inline) trusted for this side's registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
+    /// A ConfigMap in the ImageSync's namespace whose every value is a PEM bundle of CA
+    /// certificates trusted for this side's registry (as DiskImport's `certConfigMap`);
+    /// added to `caBundle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_config_map: Option<String>,
     /// Accepted for compatibility with image-operator; not supported (use `secretRef`).
     #[serde(rename = "useAwsIRSA", default, skip_serializing_if = "std::ops::Not::not")]
     pub use_aws_irsa: bool,

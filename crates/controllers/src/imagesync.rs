@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  spec ──Plan::from_spec──▶ Plan ──(due?)──▶ pass:
-//!     Secrets (dockerconfigjson, per side) ─▶ Registry::connect (TLS, CA) per side
+//!     Secrets (dockerconfigjson, per side), CA ConfigMaps ─▶ Registry::connect (TLS, CA) per side
 //!     source.version: tag ─────────────────▶ [(tag, destination.version or tag)]
 //!                     pattern ─list_tags───▶ matching, highest first, ≤ maxTags ─▶ [(tag, tag)]
 //!     copy::copy per tag (spec.concurrency at once; the engine skips a tag whose
@@ -43,11 +43,11 @@ use ido_api::{
 use ido_oci::{
     auth::AuthStore,
     copy::{Platforms, copy},
-    registry::{DEFAULT_CONCURRENCY, Registry},
+    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
     tags::list_tags,
 };
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 use crate::{
     Action, Context, Error,
@@ -245,6 +245,43 @@ async fn side_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<
     Ok(auths)
 }
 
+/// The TLS settings of one side: its `caBundle` and every PEM bundle of its ConfigMap.
+async fn side_tls<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<TlsSettings, String> {
+    let Some(name) = &side.cert_config_map else {
+        return Ok(side.tls.clone());
+    };
+    let field = format!("{}.certConfigMap", side.field);
+    let cm = ctx
+        .store
+        .get::<ConfigMap>(Some(ns), name)
+        .await
+        .map_err(|e| format!("{field}: reading ConfigMap {ns}/{name}: {e}"))?
+        .ok_or_else(|| format!("{field}: ConfigMap {ns}/{name} not found"))?;
+    let bundles: Vec<&String> = cm
+        .data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v)
+        .filter(|v| v.contains("-----BEGIN CERTIFICATE-----"))
+        .collect();
+    if bundles.is_empty() {
+        return Err(format!(
+            "{field}: ConfigMap {ns}/{name} has no PEM certificate (-----BEGIN CERTIFICATE-----) in its data"
+        ));
+    }
+    let mut pem = side.tls.ca_bundle.clone().unwrap_or_default();
+    for b in bundles {
+        if !pem.is_empty() && !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        pem.push_str(b);
+    }
+    Ok(TlsSettings {
+        verify: side.tls.verify,
+        ca_bundle: Some(pem),
+    })
+}
+
 /// Credentials, registries and the tags to work on.
 async fn prepare<S: Store>(ctx: &Context<S>, ns: &str, plan: &Plan) -> Result<Prepared, Failure> {
     let mut regs = vec![];
@@ -252,7 +289,10 @@ async fn prepare<S: Store>(ctx: &Context<S>, ns: &str, plan: &Plan) -> Result<Pr
         let auths = side_auth(ctx, ns, side)
             .await
             .map_err(|m| (reasons::CREDENTIALS_UNAVAILABLE, m))?;
-        let reg = Registry::connect(&side.host(), &side.tls, Arc::new(auths), DEFAULT_CONCURRENCY)
+        let tls = side_tls(ctx, ns, side)
+            .await
+            .map_err(|m| (reasons::CREDENTIALS_UNAVAILABLE, m))?;
+        let reg = Registry::connect(&side.host(), &tls, Arc::new(auths), DEFAULT_CONCURRENCY)
             .await
             .map_err(|e| (reasons::REGISTRY_UNAVAILABLE, format!("{}: {e}", side.field)))?;
         regs.push(reg);

@@ -6,8 +6,8 @@
 //! ImageSyncs and DiskImports alike, NodeImages and ImageSyncs with bounded concurrency.
 //! DiskImports get their claim and importer Job stored like any object; nothing runs the
 //! Job (no cluster), so they stay `ImportScheduled` unless something writes the Job's
-//! status (as the tests do) or the source is blank. Secrets are
-//! stored for the ImageSyncs that reference them (and replaced when their data changes).
+//! status (as the tests do) or the source is blank. Secrets and ConfigMaps are stored for
+//! the ImageSyncs that reference them (and replaced when their data changes).
 //! With `once`, the run ends when no work is left that can change anything now (an
 //! ImageSync's next scheduled pass does not hold it), and reports whether every object
 //! settled.
@@ -24,7 +24,7 @@ use ido_api::{
     DiskImport, DiskImportPhase, ImageSync, NodeImage, NodeImageState, Release, condition,
     nodeimage::conditions,
 };
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::Value;
 use tokio::{
     sync::{Semaphore, broadcast},
@@ -52,6 +52,8 @@ pub enum Manifest {
     DiskImport(Box<DiskImport>),
     /// Credentials an ImageSync references (`kubernetes.io/dockerconfigjson`).
     Secret(Box<Secret>),
+    /// CA bundles an ImageSync references (`certConfigMap`).
+    ConfigMap(Box<ConfigMap>),
 }
 
 /// Reads manifests (files, or directories of `*.yaml`/`*.yml`; multi-document YAML).
@@ -132,8 +134,18 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                     n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
                     Manifest::Secret(Box::new(n))
                 }
+                ("v1", "ConfigMap") => {
+                    let mut n: ConfigMap = serde_path_to_error::deserialize(&doc).map_err(|e| {
+                        anyhow::anyhow!("{}: ConfigMap field {}: {}", at(), e.path(), e.inner())
+                    })?;
+                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                        bail!("{}: ConfigMap metadata.name is required", at());
+                    }
+                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
+                    Manifest::ConfigMap(Box::new(n))
+                }
                 _ => bail!(
-                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1) or Secret (v1)",
+                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1), Secret or ConfigMap (v1)",
                     at()
                 ),
             };
@@ -152,6 +164,7 @@ pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow:
     prune::<ImageSync>(store, &wanted).await?;
     prune::<DiskImport>(store, &wanted).await?;
     prune::<Secret>(store, &wanted).await?;
+    prune::<ConfigMap>(store, &wanted).await?;
     Ok(())
 }
 
@@ -172,31 +185,41 @@ pub async fn apply(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<
             Manifest::NodeImage(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::ImageSync(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::DiskImport(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
-            Manifest::Secret(s) => apply_secret(store, &mark(s.as_ref())).await?,
+            Manifest::Secret(s) => {
+                apply_data(store, &mark(s.as_ref()), |a, b| {
+                    a.type_ == b.type_ && a.data == b.data && a.string_data == b.string_data
+                })
+                .await?
+            }
+            Manifest::ConfigMap(c) => {
+                apply_data(store, &mark(c.as_ref()), |a, b| {
+                    a.data == b.data && a.binary_data == b.binary_data
+                })
+                .await?
+            }
         };
         wanted.insert(key);
     }
     Ok(wanted)
 }
 
-/// Stores a Secret, replacing a stored one whose content differs (the store's `apply`
-/// compares only `spec`, which Secrets do not have).
-async fn apply_secret(store: &FileStore, secret: &Secret) -> anyhow::Result<Key> {
-    let key = FileStore::key_of(secret);
-    let m = &secret.metadata;
+/// Stores a Secret or ConfigMap, replacing a stored one whose content (`same`), labels or
+/// annotations differ (the store's `apply` compares only `spec`, which they do not have).
+async fn apply_data<K: crate::store::Object>(
+    store: &FileStore,
+    obj: &K,
+    same: impl Fn(&K, &K) -> bool,
+) -> anyhow::Result<Key> {
+    let key = FileStore::key_of(obj);
+    let m = obj.meta();
     let name = m.name.as_deref().unwrap_or_default();
-    if let Some(old) = store.get::<Secret>(m.namespace.as_deref(), name).await? {
-        let same = old.type_ == secret.type_
-            && old.data == secret.data
-            && old.string_data == secret.string_data
-            && old.metadata.labels == m.labels
-            && old.metadata.annotations == m.annotations;
-        if same {
+    if let Some(old) = store.get::<K>(m.namespace.as_deref(), name).await? {
+        if same(&old, obj) && old.meta().labels == m.labels && old.meta().annotations == m.annotations {
             return Ok(key);
         }
         store.delete(&old).await?;
     }
-    store.create(secret).await?;
+    store.create(obj).await?;
     Ok(key)
 }
 

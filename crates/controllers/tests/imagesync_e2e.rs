@@ -413,6 +413,22 @@ async fn bad_specs_and_credentials_become_conditions_naming_the_field() {
         json!({"source": {"version": "1.0.0", "secretRef": {"name": "absent"}}}),
     ));
     docs.push(image_sync(
+        "no-ca",
+        &src,
+        &dst,
+        json!({"source": {"version": "1.0.0"}, "destination": {"certConfigMap": "absent-ca"}}),
+    ));
+    docs.push(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "not-pem"},
+        "data": {"ca.crt": "nothing"}}),
+    );
+    docs.push(image_sync(
+        "not-pem-ca",
+        &src,
+        &dst,
+        json!({"source": {"version": "1.0.0"}, "destination": {"certConfigMap": "not-pem"}}),
+    ));
+    docs.push(image_sync(
         "wrong-password",
         &src,
         &dst,
@@ -454,6 +470,25 @@ async fn bad_specs_and_credentials_become_conditions_naming_the_field() {
         (50..=61).contains(&wait),
         "retried in about a minute, not {wait}s"
     );
+
+    for (name, want) in [
+        (
+            "no-ca",
+            "spec.destination.certConfigMap: ConfigMap mirror/absent-ca not found",
+        ),
+        (
+            "not-pem-ca",
+            "spec.destination.certConfigMap: ConfigMap mirror/not-pem has no PEM certificate",
+        ),
+    ] {
+        let (s, reason, msg) = ready(&get(&store, name).await);
+        assert_eq!(
+            (s, reason.as_str()),
+            (ConditionStatus::False, reasons::CREDENTIALS_UNAVAILABLE),
+            "{name}"
+        );
+        assert!(msg.starts_with(want), "{name}: {msg}");
+    }
 
     let wp = get(&store, "wrong-password").await;
     let (s, reason, msg) = ready(&wp);

@@ -31,7 +31,7 @@ enum Command {
     Copy(CopyArgs),
     /// List a repository's tags (optionally matching a pattern), lowest version first.
     Tags(crate::sync::TagsArgs),
-    /// Sync ImageSync manifests (and the Secrets they reference) once, in-process.
+    /// Sync ImageSync manifests (and the Secrets and ConfigMaps they reference) once, in-process.
     Sync(crate::sync::SyncArgs),
     /// Import a disk image (file, `-`, http(s); gzip/xz/zstd/bzip2/tar; raw/ISO/qcow2) into a raw file or block device.
     Import(crate::import::ImportArgs),
@@ -53,7 +53,7 @@ struct ConfigArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Manifest files or directories (Releases, NodeImages, ImageSyncs, Secrets): the desired set.
+    /// Manifest files or directories (Releases, NodeImages, ImageSyncs, DiskImports, Secrets, ConfigMaps): the desired set.
     #[arg(long = "file", short = 'f', required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]

@@ -75,7 +75,7 @@ pub(crate) async fn tags_cmd(args: TagsArgs) -> anyhow::Result<ExitCode> {
 /// `ido sync`.
 #[derive(Args)]
 pub(crate) struct SyncArgs {
-    /// ImageSync manifests and the Secrets they reference (files, or directories of
+    /// ImageSync manifests and the Secrets and ConfigMaps they reference (files, or directories of
     /// `*.yaml`/`*.yml`; multi-document YAML).
     #[arg(long = "file", short = 'f', required = true)]
     files: Vec<PathBuf>,
@@ -102,10 +102,10 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
                 is.metadata.namespace.clone().unwrap_or_default(),
                 is.metadata.name.clone().unwrap_or_default(),
             )),
-            Manifest::Secret(_) => {}
+            Manifest::Secret(_) | Manifest::ConfigMap(_) => {}
             Manifest::Release(_) | Manifest::NodeImage(_) | Manifest::DiskImport(_) => {
                 bail!(
-                    "ido sync takes ImageSync and Secret manifests; use `ido run` for Releases, NodeImages and DiskImports"
+                    "ido sync takes ImageSync, Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages and DiskImports"
                 )
             }
         }

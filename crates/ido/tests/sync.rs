@@ -1,4 +1,5 @@
-//! `ido tags` and `ido sync` against real registries (credentials, the test kit's CA);
+//! `ido tags` and `ido sync` against real registries (credentials, the test kit's CA from a
+//! ConfigMap);
 //! skopeo is the oracle for what lands at the destination.
 
 use std::{collections::BTreeMap, path::Path, process::Output};
@@ -138,7 +139,7 @@ fn manifest(src: &DockerRegistry, dst: &DockerRegistry, src_secret: &str, dir: &
         serde_json::json!({"auths": {host: {"username": user, "password": pw}}}).to_string()
     };
     let ca = dst.ca().unwrap().ca_pem();
-    let ca_indented: String = ca.lines().map(|l| format!("      {l}\n")).collect();
+    let ca_indented: String = ca.lines().map(|l| format!("    {l}\n")).collect();
     let text = format!(
         r#"apiVersion: v1
 kind: Secret
@@ -154,6 +155,12 @@ type: kubernetes.io/dockerconfigjson
 stringData:
   .dockerconfigjson: '{dst_cfg}'
 ---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: dst-ca}}
+data:
+  ca.crt: |
+{ca_indented}---
 apiVersion: ido.dev/v1alpha1
 kind: ImageSync
 metadata: {{name: app}}
@@ -168,8 +175,8 @@ spec:
     name: {dst}/mirror/app
     version: 1.4.x
     secretRef: {{name: dst-creds}}
-    caBundle: |
-{ca_indented}"#,
+    certConfigMap: dst-ca
+"#,
         src_cfg = cfg(src.host(), "puller", SRC_PW),
         dst_cfg = cfg(dst.host(), "pusher", DST_PW),
         src = src.host(),

@@ -29,6 +29,8 @@ pub struct Side {
     pub tls: TlsSettings,
     /// Name of the dockerconfigjson Secret, if any.
     pub secret: Option<String>,
+    /// Name of the ConfigMap of extra CA bundles, if any.
+    pub cert_config_map: Option<String>,
 }
 
 impl Side {
@@ -126,6 +128,12 @@ fn side(ep: &SyncEndpoint, field: &'static str, errs: &mut Vec<String>) -> Optio
         errs.push(format!("{field}.secretRef.name: must not be empty"));
         ok = false;
     }
+    if let Some(c) = &ep.cert_config_map
+        && c.trim().is_empty()
+    {
+        errs.push(format!("{field}.certConfigMap: must not be empty"));
+        ok = false;
+    }
     if let Some(pem) = &ep.ca_bundle
         && !pem.contains("-----BEGIN CERTIFICATE-----")
     {
@@ -160,6 +168,7 @@ fn side(ep: &SyncEndpoint, field: &'static str, errs: &mut Vec<String>) -> Optio
             ca_bundle: ep.ca_bundle.clone(),
         },
         secret: ep.secret_ref.as_ref().map(|s| s.name.trim().to_string()),
+        cert_config_map: ep.cert_config_map.as_ref().map(|c| c.trim().to_string()),
     })
 }
 
@@ -430,6 +439,7 @@ mod tests {
         s.concurrency = Some(0);
         s.destination.secret_ref = Some(SecretReference { name: " ".into() });
         s.destination.ca_bundle = Some("not pem".into());
+        s.destination.cert_config_map = Some("".into());
         s.source.use_aws_irsa = true;
         let e = Plan::from_spec(&s).unwrap_err().0;
         let fields: Vec<&str> = e.iter().map(|m| m.split(':').next().unwrap()).collect();
@@ -439,6 +449,7 @@ mod tests {
                 "spec.source.useAwsIRSA",
                 "spec.source.name",
                 "spec.destination.secretRef.name",
+                "spec.destination.certConfigMap",
                 "spec.destination.caBundle",
                 "spec.source.version",
                 "spec.platforms[1]",
@@ -449,7 +460,7 @@ mod tests {
             ],
             "{e:#?}"
         );
-        assert!(e[6].contains("\"5x\""), "{}", e[6]);
+        assert!(e[7].contains("\"5x\""), "{}", e[7]);
 
         // A pattern copied onto one literal tag (the anchor's bug) is refused.
         let mut s = spec(SyncMode::OnceByTag, "quay.io/org/app", "v2.13.x");

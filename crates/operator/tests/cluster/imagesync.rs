@@ -1,6 +1,6 @@
 //! The ImageSync reconciler through `KubeStore`: credentials from Secrets read from the API
-//! (both sides, the destination over TLS with the test kit's CA), a copy between real
-//! registries, status and events written through the API.
+//! (both sides, the destination over TLS with the test kit's CA from a ConfigMap), a copy
+//! between real registries, status and events written through the API.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -11,7 +11,11 @@ use ido_testkit::{
     oci_image::{build_layout, push_layout},
     registry::{DockerRegistry, RegistryOptions, skopeo_raw},
 };
-use k8s_openapi::{ByteString, api::core::v1::Secret, api::events::v1::Event as K8sEvent};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret},
+    api::events::v1::Event as K8sEvent,
+};
 use serde_json::json;
 
 use crate::{
@@ -69,6 +73,18 @@ pub(crate) async fn imagesync_scenario() -> Vec<Call> {
     let fake = FakeApi::new();
     fake.create(&docker_secret("src", src.host(), "puller", "op-src-pw"));
     fake.create(&docker_secret("dst", dst.host(), "pusher", "op-dst-pw"));
+    fake.create(&ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("dst-ca".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "ca.crt".to_string(),
+            dst.ca().unwrap().ca_pem(),
+        )])),
+        ..Default::default()
+    });
     fake.create(&image_sync(
         "app",
         ImageSyncSpec {
@@ -86,7 +102,7 @@ pub(crate) async fn imagesync_scenario() -> Vec<Call> {
             destination: SyncEndpoint {
                 name: format!("{}/mirror/app", dst.host()),
                 secret_ref: Some(SecretReference { name: "dst".into() }),
-                ca_bundle: Some(dst.ca().unwrap().ca_pem()),
+                cert_config_map: Some("dst-ca".into()),
                 ..Default::default()
             },
             platforms: vec![],
@@ -158,8 +174,15 @@ async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
             .any(|c| c.verb == "get" && c.resource == "secrets" && c.namespace.as_deref() == Some(NS))
     );
     assert!(
-        !calls.iter().any(|c| c.resource == "secrets" && c.verb != "get"),
-        "Secrets are only read by name"
+        calls
+            .iter()
+            .any(|c| c.verb == "get" && c.resource == "configmaps" && c.namespace.as_deref() == Some(NS))
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c.resource.as_str(), "secrets" | "configmaps") && c.verb != "get"),
+        "Secrets and ConfigMaps are only read by name"
     );
     assert_granted(&calls);
 }
