@@ -83,76 +83,44 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
             }
             let api = doc["apiVersion"].as_str().unwrap_or_default().to_string();
             let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-            let at = || format!("{}: document {}", f.display(), i + 1);
+            let at = format!("{}: document {}", f.display(), i + 1);
+            let ns = Some(namespace);
             let m = match (api.as_str(), kind.as_str()) {
-                ("release.giantswarm.io/v1alpha1", "Release") => {
-                    let r: Release = serde_path_to_error::deserialize(&doc).map_err(|e| {
-                        anyhow::anyhow!("{}: Release field {}: {}", at(), e.path(), e.inner())
-                    })?;
-                    if r.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                        bail!("{}: Release metadata.name is required", at());
-                    }
-                    Manifest::Release(Box::new(r))
-                }
-                ("image.giantswarm.io/v1alpha1", "NodeImage") => {
-                    let mut n: NodeImage = serde_path_to_error::deserialize(&doc).map_err(|e| {
-                        anyhow::anyhow!("{}: NodeImage field {}: {}", at(), e.path(), e.inner())
-                    })?;
-                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                        bail!("{}: NodeImage metadata.name is required", at());
-                    }
-                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
-                    Manifest::NodeImage(Box::new(n))
-                }
-                ("ido.dev/v1alpha1", "ImageSync") => {
-                    let mut n: ImageSync = serde_path_to_error::deserialize(&doc).map_err(|e| {
-                        anyhow::anyhow!("{}: ImageSync field {}: {}", at(), e.path(), e.inner())
-                    })?;
-                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                        bail!("{}: ImageSync metadata.name is required", at());
-                    }
-                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
-                    Manifest::ImageSync(Box::new(n))
-                }
-                ("ido.dev/v1alpha1", "DiskImport") => {
-                    let mut n: DiskImport = serde_path_to_error::deserialize(&doc).map_err(|e| {
-                        anyhow::anyhow!("{}: DiskImport field {}: {}", at(), e.path(), e.inner())
-                    })?;
-                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                        bail!("{}: DiskImport metadata.name is required", at());
-                    }
-                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
-                    Manifest::DiskImport(Box::new(n))
-                }
-                ("v1", "Secret") => {
-                    // Never echo a Secret's content: errors name the field only.
-                    let mut n: Secret = serde_path_to_error::deserialize(&doc)
-                        .map_err(|e| anyhow::anyhow!("{}: Secret field {} is invalid", at(), e.path()))?;
-                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                        bail!("{}: Secret metadata.name is required", at());
-                    }
-                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
-                    Manifest::Secret(Box::new(n))
-                }
-                ("v1", "ConfigMap") => {
-                    let mut n: ConfigMap = serde_path_to_error::deserialize(&doc).map_err(|e| {
-                        anyhow::anyhow!("{}: ConfigMap field {}: {}", at(), e.path(), e.inner())
-                    })?;
-                    if n.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                        bail!("{}: ConfigMap metadata.name is required", at());
-                    }
-                    n.metadata.namespace.get_or_insert_with(|| namespace.to_string());
-                    Manifest::ConfigMap(Box::new(n))
-                }
+                ("release.giantswarm.io/v1alpha1", "Release") => Manifest::Release(object(&doc, &at, None)?),
+                ("image.giantswarm.io/v1alpha1", "NodeImage") => Manifest::NodeImage(object(&doc, &at, ns)?),
+                ("ido.dev/v1alpha1", "ImageSync") => Manifest::ImageSync(object(&doc, &at, ns)?),
+                ("ido.dev/v1alpha1", "DiskImport") => Manifest::DiskImport(object(&doc, &at, ns)?),
+                ("v1", "Secret") => Manifest::Secret(object(&doc, &at, ns)?),
+                ("v1", "ConfigMap") => Manifest::ConfigMap(object(&doc, &at, ns)?),
                 _ => bail!(
-                    "{}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1), Secret or ConfigMap (v1)",
-                    at()
+                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1), Secret or ConfigMap (v1)"
                 ),
             };
             out.push(m);
         }
     }
     Ok(out)
+}
+
+/// One manifest document as a `K`: errors name the document and the field (for a Secret
+/// never what its value is); a name is required; `namespace`, for namespaced kinds, is
+/// set unless the document names one.
+fn object<K: crate::store::Object>(doc: &Value, at: &str, namespace: Option<&str>) -> anyhow::Result<Box<K>> {
+    let kind = K::kind(&());
+    let mut obj: K = serde_path_to_error::deserialize(doc).map_err(|e| {
+        if kind == "Secret" {
+            anyhow::anyhow!("{at}: Secret field {} is invalid", e.path())
+        } else {
+            anyhow::anyhow!("{at}: {kind} field {}: {}", e.path(), e.inner())
+        }
+    })?;
+    if obj.meta().name.as_deref().unwrap_or_default().is_empty() {
+        bail!("{at}: {kind} metadata.name is required");
+    }
+    if let Some(ns) = namespace {
+        obj.meta_mut().namespace.get_or_insert_with(|| ns.to_string());
+    }
+    Ok(Box::new(obj))
 }
 
 /// Applies the desired set: creates/updates the manifests' objects and deletes objects an
@@ -813,4 +781,59 @@ pub fn disk_import_row(n: &DiskImport, error: Option<&String>) -> Row {
 /// Default state directory of `ido run`.
 pub fn default_state_dir() -> PathBuf {
     Path::new(".ido").join("state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<Vec<Manifest>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, text).unwrap();
+        load_manifests(&[path], "team")
+    }
+
+    fn error(text: &str) -> String {
+        format!("{:#}", load(text).unwrap_err())
+    }
+
+    #[test]
+    fn manifests_get_the_namespace_and_errors_name_document_and_field() {
+        let ms = load(
+            "apiVersion: release.giantswarm.io/v1alpha1\nkind: Release\nmetadata: {name: r}\nspec: {}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca}\ndata: {ca.crt: x}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: other}\n",
+        )
+        .unwrap();
+        let [Manifest::Release(r), Manifest::ConfigMap(c), Manifest::Secret(s)] = ms.as_slice() else {
+            panic!("{ms:?}")
+        };
+        assert_eq!(r.metadata.namespace, None, "Releases are cluster-scoped");
+        assert_eq!(c.metadata.namespace.as_deref(), Some("team"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("other"));
+
+        let e = error(
+            "---\napiVersion: ido.dev/v1alpha1\nkind: ImageSync\nmetadata: {name: a}\nspec: {mode: Sometimes}\n",
+        );
+        assert!(
+            e.contains("m.yaml: document 1: ImageSync field spec.mode: unknown variant `Sometimes`"),
+            "{e}"
+        );
+        let e = error(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {token: 'hunter2-not-base64!'}\n",
+        );
+        assert!(
+            e.contains("document 1: Secret field data.token is invalid"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "a Secret's value is never echoed: {e}");
+        let e = error("apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {a: b}}\n");
+        assert!(
+            e.contains("document 1: ConfigMap metadata.name is required"),
+            "{e}"
+        );
+        let e = error("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n");
+        assert!(e.contains("unsupported kind \"Pod\""), "{e}");
+    }
 }
