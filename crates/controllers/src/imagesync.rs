@@ -203,18 +203,28 @@ fn key(is: &ImageSync) -> String {
     )
 }
 
+/// The object `field` names in the ImageSync's namespace; errors name the field.
+async fn referenced<S: Store, K: crate::store::Object>(
+    ctx: &Context<S>,
+    ns: &str,
+    name: &str,
+    field: &str,
+) -> Result<K, String> {
+    let kind = K::kind(&());
+    ctx.store
+        .get::<K>(Some(ns), name)
+        .await
+        .map_err(|e| format!("{field}: reading {kind} {ns}/{name}: {e}"))?
+        .ok_or_else(|| format!("{field}: {kind} {ns}/{name} not found"))
+}
+
 /// The credentials of one side, from its Secret.
 async fn side_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<AuthStore, String> {
     let Some(name) = &side.secret else {
         return Ok(AuthStore::default());
     };
     let field = format!("{}.secretRef", side.field);
-    let secret = ctx
-        .store
-        .get::<Secret>(Some(ns), name)
-        .await
-        .map_err(|e| format!("{field}: reading Secret {ns}/{name}: {e}"))?
-        .ok_or_else(|| format!("{field}: Secret {ns}/{name} not found"))?;
+    let secret: Secret = referenced(ctx, ns, name, &field).await?;
     let config: Vec<u8> = secret
         .string_data
         .as_ref()
@@ -251,12 +261,7 @@ async fn side_tls<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<T
         return Ok(side.tls.clone());
     };
     let field = format!("{}.certConfigMap", side.field);
-    let cm = ctx
-        .store
-        .get::<ConfigMap>(Some(ns), name)
-        .await
-        .map_err(|e| format!("{field}: reading ConfigMap {ns}/{name}: {e}"))?
-        .ok_or_else(|| format!("{field}: ConfigMap {ns}/{name} not found"))?;
+    let cm: ConfigMap = referenced(ctx, ns, name, &field).await?;
     let bundles: Vec<&String> = cm
         .data
         .iter()
