@@ -30,4 +30,10 @@ if [ ${#py_missing[@]} -gt 0 ]; then
     python3 -m pip install -q --disable-pip-version-check --break-system-packages "${py_missing[@]}"
 fi
 
+# The test runner (scripts/test.sh): built from crates.io where missing.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest (a few minutes, once)"
+  cargo install --locked --quiet cargo-nextest
+fi
+
 scripts/build-vcsim.sh

@@ -15,6 +15,7 @@
 pub mod condition;
 pub mod diskimport;
 pub mod imagesync;
+pub mod names;
 pub mod nodeimage;
 pub mod release;
 

@@ -208,8 +208,8 @@ impl Config {
                 ));
             }
         };
-        if self.namespace.is_empty() {
-            return Err(value_err("namespace", "", "must not be empty"));
+        if let Some(reason) = ido_api::names::label_error(&self.namespace) {
+            return Err(value_err("namespace", &self.namespace, &reason));
         }
         if self.release_channel.is_empty() || !self.release_channel.bytes().all(|b| b.is_ascii_lowercase()) {
             return Err(value_err(

@@ -647,7 +647,9 @@ pub struct StoreDiskImports<S: Store>(pub S);
 
 fn provider_err(e: StoreError) -> ProviderError {
     match e {
-        StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } => ProviderError::Api(e.to_string()),
+        StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::Invalid(_) => {
+            ProviderError::Api(e.to_string())
+        }
         StoreError::Conflict { .. } | StoreError::Other(_) => ProviderError::Transport(e.to_string()),
     }
 }

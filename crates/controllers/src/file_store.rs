@@ -33,10 +33,16 @@ impl Key {
         }
     }
 
-    fn path(&self, root: &Path) -> PathBuf {
-        root.join(&self.resource)
+    /// The object's file under `root`, built only from a name and namespace the API
+    /// server would accept, so no key reaches outside `root`.
+    fn path(&self, root: &Path) -> Result<PathBuf> {
+        let kind = self.resource.split('.').next().unwrap_or_default();
+        ido_api::names::check_meta(kind, Some(&self.name), self.namespace.as_deref())
+            .map_err(StoreError::Invalid)?;
+        Ok(root
+            .join(&self.resource)
             .join(self.namespace.as_deref().unwrap_or("_cluster"))
-            .join(format!("{}.json", self.name))
+            .join(format!("{}.json", self.name)))
     }
 }
 
@@ -156,7 +162,7 @@ impl FileStore {
     }
 
     fn write(&self, inner: &mut Inner, key: &Key, value: Option<Value>) -> Result<()> {
-        let path = key.path(&inner.root);
+        let path = key.path(&inner.root)?;
         match &value {
             Some(v) => {
                 let dir = path.parent().expect("parent");
@@ -401,9 +407,7 @@ impl Store for FileStore {
 impl FileStore {
     fn create_now<K: Object>(&self, obj: &K) -> Result<K> {
         let key = Self::key_of(obj);
-        if key.name.is_empty() {
-            return Err(other(format!("{}: metadata.name is required", K::kind(&()))));
-        }
+        ido_api::names::check_meta(K::kind(&()).as_ref(), Some(&key.name), key.namespace.as_deref())?;
         let mut inner = self.inner.lock().expect("lock");
         if inner.objects.contains_key(&key) {
             return Err(StoreError::AlreadyExists {
@@ -475,4 +479,72 @@ fn rand_id(key: &Key, n: u64) -> u128 {
     let s = std::collections::hash_map::RandomState::new();
     let a = s.hash_one((key, n));
     ((a as u128) << 64) | s.hash_one(a) as u128
+}
+
+#[cfg(test)]
+mod tests {
+    use ido_api::{NodeImage, NodeImageSpec, Release};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn names_that_leave_the_state_directory_are_refused_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = FileStore::open(&state).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("config.json"), "keep").unwrap();
+
+        for name in ["vsphere-49.0.0/../../victim/config", "..", "a/b", "Upper", ""] {
+            let e = store
+                .create(&Release::with_components(name, &[]))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, StoreError::Invalid(_)), "{name:?}: {e}");
+            assert!(e.to_string().starts_with("Release"), "{e}");
+            assert!(e.to_string().contains("metadata.name"), "{e}");
+        }
+        for ns in ["../../victim", "a.b", "x/y"] {
+            let ni = NodeImage {
+                metadata: ObjectMeta {
+                    name: Some("ok".into()),
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                },
+                spec: NodeImageSpec {
+                    name: "img".into(),
+                    provider: "capv".into(),
+                },
+                status: None,
+            };
+            let e = store.create(&ni).await.unwrap_err();
+            assert!(e.to_string().contains("metadata.namespace"), "{ns:?}: {e}");
+            assert!(store.get::<NodeImage>(Some(ns), "ok").await.unwrap().is_none());
+        }
+        assert_eq!(
+            std::fs::read_to_string(victim.join("config.json")).unwrap(),
+            "keep"
+        );
+        assert_eq!(files_under(dir.path()), vec![victim.join("config.json")]);
+
+        // A key that did not come through create (e.g. a name in a delete) cannot reach a path.
+        let key = Key::of::<Release>(None, "../../victim/config");
+        assert!(key.path(&state).is_err());
+    }
 }

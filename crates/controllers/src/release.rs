@@ -12,7 +12,9 @@
 
 use std::time::Duration;
 
-use ido_api::{NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus, Release, nodeimage, release};
+use ido_api::{
+    NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus, Release, names, nodeimage, release,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::{
@@ -61,20 +63,31 @@ pub fn provider_of(release: &str) -> Option<String> {
 }
 
 /// Node image name of a release: `flatcar-<channel>-<flatcar>-kube-<k8s>-tooling-<tooling>-gs`.
-/// Errors name the missing component.
+/// Errors name the missing component, or the version that could not be part of a name
+/// (versions become object names, S3 keys and template names: only `[a-z0-9.-]`).
 pub fn image_name(rel: &Release, channel: &str) -> Result<String, String> {
+    let object = format!(
+        "Release {}",
+        names::quote(rel.metadata.name.as_deref().unwrap_or_default())
+    );
     let get = |c: &str| {
-        rel.component(c)
-            .ok_or_else(|| format!("component {c:?} is missing or has no version"))
+        let v = rel
+            .component(c)
+            .ok_or_else(|| format!("component {c:?} is missing or has no version"))?;
+        names::check_subdomain(&object, &format!("spec.components[{c}].version"), v)
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(v)
     };
     let flatcar = get("flatcar")?;
     let kube = get("kubernetes")?;
     let tooling = get("os-tooling")?;
-    Ok(format!(
+    let image = format!(
         "flatcar-{channel}-{flatcar}-kube-{}-tooling-{}-gs",
         kube.trim_start_matches('v'),
         tooling.trim_start_matches('v')
-    ))
+    );
+    names::check_subdomain(&object, "node image name", &image).map_err(|e| e.to_string())?;
+    Ok(image)
 }
 
 /// Reconciles one Release.
@@ -315,5 +328,45 @@ mod tests {
             &[("flatcar", "3975.2.0"), ("kubernetes", "1.30.4")],
         );
         assert!(image_name(&r, "stable").unwrap_err().contains("os-tooling"));
+    }
+
+    #[test]
+    fn versions_that_could_leave_a_path_are_refused_by_name() {
+        for bad in [
+            "../../../../tmp/victim",
+            "1.2.3/x",
+            "1.2.3\nFORGED",
+            "V1.30.4",
+            "1.2.3+build",
+            "",
+        ] {
+            let r = rel(
+                "vsphere-49.0.0",
+                &[
+                    ("flatcar", "3975.2.0"),
+                    ("kubernetes", bad),
+                    ("os-tooling", "1.18.1"),
+                ],
+            );
+            let e = image_name(&r, "stable").unwrap_err();
+            if bad.is_empty() {
+                assert!(e.contains("\"kubernetes\" is missing"), "{e}");
+            } else {
+                assert!(
+                    e.starts_with("Release \"vsphere-49.0.0\": spec.components[kubernetes].version"),
+                    "{e}"
+                );
+            }
+        }
+        let long = "1".repeat(240);
+        let r = rel(
+            "vsphere-49.0.0",
+            &[
+                ("flatcar", &long),
+                ("kubernetes", "1.30.4"),
+                ("os-tooling", "1.18.1"),
+            ],
+        );
+        assert!(image_name(&r, "stable").unwrap_err().contains("node image name"));
     }
 }

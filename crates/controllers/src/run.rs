@@ -114,12 +114,12 @@ fn object<K: crate::store::Object>(doc: &Value, at: &str, namespace: Option<&str
             anyhow::anyhow!("{at}: {kind} field {}: {}", e.path(), e.inner())
         }
     })?;
-    if obj.meta().name.as_deref().unwrap_or_default().is_empty() {
-        bail!("{at}: {kind} metadata.name is required");
-    }
     if let Some(ns) = namespace {
         obj.meta_mut().namespace.get_or_insert_with(|| ns.to_string());
     }
+    let m = obj.meta();
+    ido_api::names::check_meta(&kind, m.name.as_deref(), m.namespace.as_deref())
+        .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
     Ok(Box::new(obj))
 }
 
@@ -830,7 +830,7 @@ mod tests {
         assert!(!e.contains("hunter2"), "a Secret's value is never echoed: {e}");
         let e = error("apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {a: b}}\n");
         assert!(
-            e.contains("document 1: ConfigMap metadata.name is required"),
+            e.contains("document 1: ConfigMap: metadata.name \"\": is required"),
             "{e}"
         );
         let e = error("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n");

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The object changed since it was read: read again and retry.
     #[error("{kind} {name:?} was modified concurrently")]
     Conflict { kind: String, name: String },
+    /// A name or namespace the API server would refuse.
+    #[error(transparent)]
+    Invalid(#[from] ido_api::names::InvalidName),
     #[error("store: {0}")]
     Other(String),
 }

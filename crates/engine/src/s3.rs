@@ -250,15 +250,22 @@ impl S3Object {
     }
 }
 
-/// The original's key layout: `<provider>/<image>/<file>.<ext>`, where `<file>` is the image
-/// name cut before `-tooling` with `kube-X` written `kube-vX`.
+/// The original's key layout: `<dir>/<image>/<file>.<ext>`, where `<file>` is the image
+/// name cut before `-tooling` with `kube-X` written `kube-vX`, and `<dir>` the provider,
+/// except that Cloud Director reads vSphere's OVAs (`capvcd` → `capv/`, as the original's
+/// `getOVAImageKey`). `image` must be a validated name (`ido_api::names`): the reconciler
+/// checks it before calling this.
 pub fn node_image_key(provider: &str, image: &str, ext: &str) -> String {
+    let dir = match provider {
+        "capvcd" => "capv",
+        other => other,
+    };
     let base = image.split("-tooling").next().unwrap_or(image);
     let file = match base.find("-kube-") {
         Some(i) if !base[i + 6..].starts_with('v') => format!("{}-kube-v{}", &base[..i], &base[i + 6..]),
         _ => base.to_string(),
     };
-    format!("{provider}/{image}/{file}.{ext}")
+    format!("{dir}/{image}/{file}.{ext}")
 }
 
 #[cfg(test)]
@@ -275,6 +282,31 @@ mod tests {
         assert_eq!(
             node_image_key("capmox", n, "qcow2"),
             "capmox/flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs/flatcar-stable-3975.2.0-kube-v1.30.4.qcow2"
+        );
+    }
+
+    /// The original's `getOVAImageKey` table: capv and capvcd share `capv/`, capmox has its
+    /// qcow2 under `capmox/`, any other provider its OVA under its own name.
+    #[test]
+    fn key_table_of_the_original() {
+        let n = "flatcar-stable-4152.2.3-kube-1.31.4-tooling-1.22.0-gs";
+        let file = "flatcar-stable-4152.2.3-kube-v1.31.4";
+        for (provider, ext, dir) in [
+            ("capv", "ova", "capv"),
+            ("capvcd", "ova", "capv"),
+            ("capmox", "qcow2", "capmox"),
+            ("capa", "ova", "capa"),
+        ] {
+            assert_eq!(
+                node_image_key(provider, n, ext),
+                format!("{dir}/{n}/{file}.{ext}"),
+                "{provider}"
+            );
+        }
+        let with_v = "flatcar-stable-4152.2.3-kube-v1.31.4-tooling-1.22.0-gs";
+        assert_eq!(
+            node_image_key("capv", with_v, "ova"),
+            format!("capv/{with_v}/{file}.ova")
         );
     }
 

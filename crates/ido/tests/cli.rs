@@ -193,3 +193,115 @@ fn crds_print_both_kinds() {
         text.contains("nodeimages.image.giantswarm.io") && text.contains("releases.release.giantswarm.io")
     );
 }
+
+/// Every file under `dir`, except those under `skip`.
+fn files_outside(dir: &Path, skip: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.starts_with(skip) {
+            continue;
+        }
+        if p.is_dir() {
+            out.extend(files_outside(&p, skip));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Names become state file paths and S3 keys: hostile ones are refused by object and field,
+/// and nothing outside the state directory is written or deleted.
+#[test]
+fn hostile_names_are_refused_and_nothing_outside_the_state_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let work = d.join("work");
+    std::fs::create_dir_all(d.join("victim")).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(d.join("victim/config.json"), "{\"keep\": true}").unwrap();
+    std::fs::write(
+        work.join("values.yaml"),
+        "s3: {bucket: b, region: us-east-1, endpoint: \"http://127.0.0.1:9\"}\nvsphere:\n  enabled: true\n  credentials: {vcenter: \"127.0.0.1:9\", username: u, password: p}\n  locations:\n    loc1: {datacenter: DC0, datastore: LocalDS_0, cluster: DC0_C0, folder: vm}\n",
+    )
+    .unwrap();
+    let before = files_outside(d, &work);
+    let run = |manifest: &str| {
+        std::fs::write(work.join("m.yaml"), manifest).unwrap();
+        let out = ido(
+            &[
+                "run",
+                "--once",
+                "--timeout",
+                "10s",
+                "-f",
+                "m.yaml",
+                "--config",
+                "values.yaml",
+                "--state",
+                "st",
+            ],
+            &work,
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_ne!(out.status.code(), Some(0), "{text}");
+        assert!(!text.contains("panicked"), "{text}");
+        text
+    };
+
+    let rel = RELEASE.replace("vsphere-33.0.0", "vsphere-49.0.0/../../../../../victim/config");
+    let text = run(&rel);
+    assert!(
+        text.contains("Release \"vsphere-49.0.0/../../../../../victim/config\": metadata.name"),
+        "{text}"
+    );
+
+    let rel = RELEASE.replace("v1.33.1", "../../../../victim/x");
+    let text = run(&rel);
+    assert!(text.contains("spec.components[kubernetes].version"), "{text}");
+
+    let ni = "apiVersion: image.giantswarm.io/v1alpha1\nkind: NodeImage\nmetadata: {name: ok, namespace: ../../victim}\nspec: {name: img, provider: capv}\n";
+    let text = run(ni);
+    assert!(text.contains("metadata.namespace \"../../victim\""), "{text}");
+
+    // A NodeImage whose spec.name would leave the provider's S3 prefix never becomes a key.
+    let ni = "apiVersion: image.giantswarm.io/v1alpha1\nkind: NodeImage\nmetadata: {name: ok}\nspec: {name: ../../other-bucket/x, provider: capv}\n";
+    let text = run(ni);
+    assert!(text.contains("spec.name \"../../other-bucket/x\""), "{text}");
+
+    // Control characters in a name are escaped, never printed raw.
+    let rel = RELEASE.replace("vsphere-33.0.0", "\"vsphere-1.0.0\\n\\u001b[31mFORGED\"");
+    let text = run(&rel);
+    assert!(!text.contains('\x1b') && !text.contains("\nFORGED"), "{text}");
+
+    // The configuration's namespace is a name too.
+    std::fs::write(work.join("bad-values.yaml"), "namespace: ../../victim\n").unwrap();
+    std::fs::write(work.join("m.yaml"), RELEASE).unwrap();
+    let out = ido(
+        &[
+            "run",
+            "--once",
+            "-f",
+            "m.yaml",
+            "--config",
+            "bad-values.yaml",
+            "--state",
+            "st",
+        ],
+        &work,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("namespace: invalid value \"../../victim\""), "{err}");
+
+    assert_eq!(
+        files_outside(d, &work),
+        before,
+        "files outside the working directory changed"
+    );
+}
