@@ -37,10 +37,80 @@ use kube::CustomResourceExt;
 /// Every CRD the project defines, in the order `ido crds` prints them.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![
+    [
         NodeImage::crd(),
         Release::crd(),
         ImageSync::crd(),
         DiskImport::crd(),
     ]
+    .into_iter()
+    .map(|mut crd| {
+        for v in &mut crd.spec.versions {
+            if let Some(schema) = v.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                kube_formats(schema);
+            }
+        }
+        crd
+    })
+    .collect()
+}
+
+/// Makes schemars' output what the API server and kubectl's validation take: the formats
+/// of unsigned integers (`uint8`…`uint64`, unknown to the server, which warns on every
+/// apply) become the signed ones (the schema's `minimum: 0` keeps them non-negative), and
+/// the `null` schemars lists among an optional enum's values goes (`nullable` says it).
+fn kube_formats(
+    schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    if let Some(f) = schema.format.as_mut() {
+        match f.as_str() {
+            "uint64" | "uint" => *f = "int64".into(),
+            "uint32" | "uint16" | "uint8" => *f = "int32".into(),
+            _ => {}
+        }
+    }
+    if let Some(values) = schema.enum_.as_mut() {
+        values.retain(|v| {
+            !matches!(
+                v,
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::Value::Null
+                )
+            )
+        });
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.as_mut().and_then(|i| match i {
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s) => {
+                Some(s.as_mut())
+            }
+            _ => None,
+        }))
+        .chain(schema.additional_properties.as_mut().and_then(|a| match a {
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(s) => {
+                Some(s.as_mut())
+            }
+            _ => None,
+        }))
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.all_of.iter_mut().flatten());
+    for child in children {
+        kube_formats(child);
+    }
+}
+
+#[cfg(test)]
+mod crd_tests {
+    #[test]
+    fn crds_use_only_formats_the_api_server_knows() {
+        for crd in super::crds() {
+            let text = serde_json::to_string(&crd).unwrap();
+            assert!(!text.contains("\"format\":\"uint"), "{text}");
+            assert!(!text.contains(",null]"), "{text}");
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //!
 //! | module | what it gives a test |
 //! |---|---|
+//! | [`cluster`] | [`Cluster`]: a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager from upstream), `kubectl` and `helm` |
 //! | [`tls`] | [`TestCa`]: a throw-away CA and a `127.0.0.1`/`localhost` server certificate (openssl CLI) |
 //! | [`seaweed`] | [`SeaweedFs`]: a SeaweedFS S3 endpoint with a `public` (anonymous read) and a `private` bucket |
 //! | [`vcsim`] | [`Vcsim`]: the project's vCenter simulator (`target/peers/ido-vcsim`), one per test |
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cluster;
 pub mod fakes;
 pub mod fault_proxy;
 pub mod nginx;
@@ -45,6 +47,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
+pub use cluster::Cluster;
 pub use oracle::vsphere_oracle;
 pub use ova::{OvaDisk, OvaFixture, invalid_ova};
 pub use seaweed::{ObjectBody, SeaweedFs};

@@ -71,11 +71,15 @@ impl<'a> Cleanup<'a> {
 /// The watchdog runs in its own process group, so a Ctrl-C to the test does not kill it
 /// before it has done its job. Kill it (and wait) when the peer is stopped normally.
 pub(crate) fn spawn_watchdog(child_pid: u32, cleanup: &Cleanup<'_>) -> std::io::Result<Child> {
-    watchdog_for(std::process::id(), child_pid, cleanup)
+    spawn_watchdog_for(std::process::id(), child_pid, cleanup)
 }
 
 /// [`spawn_watchdog`] watching `watched_pid` instead of this process.
-fn watchdog_for(watched_pid: u32, child_pid: u32, cleanup: &Cleanup<'_>) -> std::io::Result<Child> {
+pub(crate) fn spawn_watchdog_for(
+    watched_pid: u32,
+    child_pid: u32,
+    cleanup: &Cleanup<'_>,
+) -> std::io::Result<Child> {
     let Cleanup {
         before_kill,
         after_kill,
@@ -160,7 +164,7 @@ mod tests {
             after_kill: "touch \"$1\"",
             args: &args,
         };
-        let mut dog = watchdog_for(watched.id(), peer.id(), &cleanup).unwrap();
+        let mut dog = spawn_watchdog_for(watched.id(), peer.id(), &cleanup).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while peer.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "the watchdog did not kill the peer");

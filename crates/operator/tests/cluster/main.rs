@@ -1,20 +1,15 @@
-//! The operator against an in-memory API server (`support/fake_api.rs`; no real API server
-//! exists on these machines): the `KubeStore` adapter, the real reconcilers through it, the
-//! whole operator (leader election, kube-runtime controllers, watches), and the chart's
-//! RBAC replayed against every request the operator made. ImageSyncs copy between real
-//! `docker-registry` instances of the test kit.
+//! The operator against a real Kubernetes API server (the test kit's control plane, built
+//! from upstream): the `KubeStore` adapter, the real reconcilers through it, the whole
+//! operator (leader election, kube-runtime controllers, watches) authenticated as the
+//! chart's ServiceAccount, so the server enforces the chart's RBAC on every request.
+//! ImageSyncs copy between real `docker-registry` instances of the test kit; DiskImports
+//! get their Jobs and Pods from the real job controller, the test playing the kubelet.
 //!
 //! The provider is an in-memory test double (vSphere itself is tested against the vCenter
 //! simulator in `ido-providers`); the S3 source is a real HTTP server on loopback.
 
-#[allow(dead_code)]
-#[path = "../support/fake_api/mod.rs"]
-mod fake_api;
-#[allow(dead_code)]
-#[path = "../support/helm/mod.rs"]
-mod helm;
-
 mod diskimport;
+mod env;
 mod imagesync;
 mod lease;
 mod operator;
@@ -29,7 +24,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use fake_api::FakeApi;
+use env::Env;
 use ido_api::Release;
 use ido_controllers::{Settings, config::Config, metrics::Metrics};
 use ido_engine::s3::{S3Object, S3Source};
@@ -38,8 +33,6 @@ use ido_providers::{Progress, Provider, ProviderError, Providers, SourceFormat, 
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 
-const NS: &str = "giantswarm";
-const OPERATOR_NS: &str = "ido-system";
 const RELEASE: &str = "vsphere-30.0.0";
 const IMAGE: &str = "capv-flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs";
 
@@ -110,14 +103,14 @@ async fn s3_source() -> S3Source {
     config.source().unwrap().unwrap()
 }
 
-fn parts(provider: Arc<MemProvider>, source: S3Source, metrics: Metrics) -> ContextParts {
+fn parts(provider: Arc<MemProvider>, source: S3Source, metrics: Metrics, ns: &str) -> ContextParts {
     let mut providers = Providers::default();
     providers.insert(provider);
     ContextParts {
         providers,
         source: Some(source),
         settings: Settings {
-            namespace: NS.into(),
+            namespace: ns.into(),
             ..Settings::default()
         },
         metrics,
@@ -135,12 +128,13 @@ fn release(name: &str) -> Release {
     )
 }
 
-fn store(fake: &FakeApi) -> KubeStore {
+/// A `KubeStore` over `client` for the test's NodeImage namespace.
+fn store(env: &Env, client: kube::Client) -> KubeStore {
     let reporter = Reporter {
         controller: "ido".into(),
         instance: Some("ido-0".into()),
     };
-    KubeStore::new(fake.client(OPERATOR_NS), reporter, Some(NS.into()))
+    KubeStore::new(client, reporter, Some(env.ns.clone()))
 }
 
 fn has_finalizer(v: &Value, f: &str) -> bool {
@@ -149,12 +143,13 @@ fn has_finalizer(v: &Value, f: &str) -> bool {
         .is_some_and(|a| a.iter().any(|x| x == f))
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if cond() {
+/// Waits up to 30 s for `cond`.
+async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    for _ in 0..300 {
+        if cond().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for {what}");
 }

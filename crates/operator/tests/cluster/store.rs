@@ -4,16 +4,21 @@ use ido_api::{NodeImage, Release};
 use ido_controllers::store::{Event, MetaPatch, Store, StoreError};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 
-use crate::{NS, RELEASE, fake_api::FakeApi, rbac::assert_granted, release, store};
+use serde_json::json;
+
+use crate::{RELEASE, env::Env, release, store};
 
 #[tokio::test]
 async fn store_maps_api_errors_and_writes_narrowly() {
-    let fake = FakeApi::new();
-    let s = store(&fake);
+    let env = Env::new("store", json!({})).await;
+    let s = store(&env, env.operator_client().await);
+    let ns = env.ns.as_str();
+    // Releases are cluster-scoped: a name of this test's own.
+    let rel_name = format!("{RELEASE}-{}", ns.rsplit('-').next().unwrap());
     let ni = NodeImage {
         metadata: kube::api::ObjectMeta {
             name: Some("capv-x".into()),
-            namespace: Some(NS.into()),
+            namespace: Some(ns.into()),
             ..Default::default()
         },
         spec: ido_api::NodeImageSpec {
@@ -22,7 +27,7 @@ async fn store_maps_api_errors_and_writes_narrowly() {
         },
         status: None,
     };
-    assert!(s.get::<NodeImage>(Some(NS), "capv-x").await.unwrap().is_none());
+    assert!(s.get::<NodeImage>(Some(ns), "capv-x").await.unwrap().is_none());
     let created = s.create(&ni).await.unwrap();
     assert!(matches!(
         s.create(&ni).await,
@@ -73,7 +78,7 @@ async fn store_maps_api_errors_and_writes_narrowly() {
 
     // Delete with a finalizer marks; removing the finalizer removes; absent is fine.
     s.delete(&patched).await.unwrap();
-    let marked = s.get::<NodeImage>(Some(NS), "capv-x").await.unwrap().unwrap();
+    let marked = s.get::<NodeImage>(Some(ns), "capv-x").await.unwrap().unwrap();
     assert!(marked.metadata.deletion_timestamp.is_some());
     s.patch_metadata(
         &marked,
@@ -84,7 +89,7 @@ async fn store_maps_api_errors_and_writes_narrowly() {
     )
     .await
     .unwrap();
-    assert!(s.get::<NodeImage>(Some(NS), "capv-x").await.unwrap().is_none());
+    assert!(s.get::<NodeImage>(Some(ns), "capv-x").await.unwrap().is_none());
     s.delete(&marked).await.unwrap();
     assert!(matches!(
         s.patch_metadata(&marked, &p).await,
@@ -93,25 +98,23 @@ async fn store_maps_api_errors_and_writes_narrowly() {
 
     // Events: NodeImage events in its namespace, cluster-scoped Release events in default.
     s.event(&marked, Event::normal("Tested", "Test", "a note")).await;
-    let rel: Release = serde_json::from_value(fake.create(&release(RELEASE))).unwrap();
+    let rel: Release = serde_json::from_value(env.create(&release(&rel_name)).await).unwrap();
     s.event(&rel, Event::warning("Tested", "Test", "x".repeat(5000)))
         .await;
-    let ev = |ns: &str| {
-        fake.list::<K8sEvent>()
-            .into_iter()
-            .filter(|e| e["metadata"]["namespace"] == ns)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(ev(NS)[0]["regarding"]["kind"], "NodeImage");
-    assert_eq!(ev(NS)[0]["reportingController"], "ido");
-    let rel_ev = &ev("default")[0];
-    assert_eq!(
-        (rel_ev["regarding"]["name"].as_str(), rel_ev["type"].as_str()),
-        (Some(RELEASE), Some("Warning"))
-    );
+    let ni_events = env.list::<K8sEvent>(Some(ns)).await;
+    assert_eq!(ni_events[0]["regarding"]["kind"], "NodeImage");
+    assert_eq!(ni_events[0]["reportingController"], "ido");
+    let rel_events: Vec<_> = env
+        .list::<K8sEvent>(Some("default"))
+        .await
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == rel_name.as_str())
+        .collect();
+    assert_eq!(rel_events.len(), 1, "{rel_events:?}");
+    assert_eq!(rel_events[0]["type"], "Warning");
     assert!(
-        rel_ev["note"].as_str().unwrap().len() <= 1024,
+        rel_events[0]["note"].as_str().unwrap().len() <= 1024,
         "notes are cut to the API's limit"
     );
-    assert_granted(&fake.calls());
+    env.delete::<Release>(None, &rel_name).await;
 }
