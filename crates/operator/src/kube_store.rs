@@ -11,15 +11,16 @@
 //! | `list_labeled`   | `GET …/namespaces/<ns>/<plural>?labelSelector=k=v,…`                | list      |
 //! | `create`         | `POST …/<plural>`                                                   | create    |
 //! | `patch_metadata` | JSON merge patch `{"metadata":{resourceVersion, finalizers, annotations}}` | patch |
-//! | `update_status`  | `PUT …/<plural>/<name>/status` (the whole object, with its `resourceVersion`) | update (`<plural>/status`) |
+//! | `update_status`  | server-side apply of `…/<plural>/<name>/status` (field manager `ido`, the whole status, with the `resourceVersion`) | patch (`<plural>/status`) |
 //! | `delete`         | `DELETE …/<plural>/<name>`, background propagation (404 → done)     | delete    |
 //! | `event`          | `events.k8s.io/v1` Event via kube's [`Recorder`] (create, patch for a repeat) | create, patch |
 //! | `container_log_tail` | `GET …/namespaces/<ns>/pods/<name>/log?container=…&tailLines=…&limitBytes=…` (404 → `None`) | get (`pods/log`) |
 //!
-//! Status is replaced rather than merge-patched: a merge patch cannot remove a field the
-//! new status leaves out (e.g. `conditions` or `locations` serialize as absent when empty),
-//! while a replace of the status subresource writes exactly the status the reconciler
-//! computed and nothing else (the API server ignores spec and metadata there).
+//! Status is written by server-side apply with one field manager (`ido`) that owns the
+//! whole status: a field the new status leaves out (e.g. `conditions` or `locations`
+//! serialize as absent when empty) is removed, which a merge patch could not do, and
+//! nothing outside the status is touched. The `resourceVersion` in the applied object is a
+//! precondition, so a stale status is refused with 409 like any other write.
 //!
 //! Deletes propagate in the background: a Job's pods go with it (the API's default for
 //! `batch/v1` Jobs is to orphan them).
@@ -112,6 +113,30 @@ impl KubeStore {
 /// Whether `K` lives in namespaces.
 fn is_namespaced<K: Object>() -> bool {
     TypeId::of::<K::Scope>() == TypeId::of::<NamespaceResourceScope>()
+}
+
+/// The field manager of every status the operator writes.
+pub const FIELD_MANAGER: &str = "ido";
+
+/// The server-side apply body of `obj`'s status: its identity, its `resourceVersion` (a
+/// precondition: a stale copy gets 409) and the whole status, which the operator's field
+/// manager owns, so a field the new status leaves out is removed.
+fn status_apply<K: Object>(obj: &K) -> serde_json::Result<Value> {
+    let full = serde_json::to_value(obj)?;
+    let m = obj.meta();
+    let mut metadata = json!({"name": m.name, "resourceVersion": m.resource_version});
+    if let Some(ns) = &m.namespace {
+        metadata["namespace"] = json!(ns);
+    }
+    let mut body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+    });
+    if let Some(status) = full.get("status").filter(|s| !s.is_null()) {
+        body["status"] = status.clone();
+    }
+    Ok(body)
 }
 
 /// Name of `obj`, for requests and errors.
@@ -246,10 +271,11 @@ impl Store for KubeStore {
 
     async fn update_status<K: Object>(&self, obj: &K) -> Result<K> {
         let name = name_of(obj);
-        let body = serde_json::to_vec(obj).map_err(|e| build_err::<K>("update status of", &name, e))?;
+        let body = status_apply(obj).map_err(|e| build_err::<K>("update status of", &name, e))?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
         let req = self
             .request::<K>(obj.meta().namespace.as_deref())
-            .replace_subresource("status", &name, &PostParams::default(), body)
+            .patch_subresource("status", &name, &params, &Patch::Apply(&body))
             .map_err(|e| build_err::<K>("update status of", &name, e))?;
         self.client
             .request::<K>(req)

@@ -32,7 +32,8 @@ async fn the_chart_grants_what_the_operator_uses_and_no_more() {
         ("watch", "releases.release.giantswarm.io", None),
         ("patch", "releases.release.giantswarm.io", None),
         ("watch", "nodeimages.image.giantswarm.io", Some(ns)),
-        ("update", "nodeimages.image.giantswarm.io/status", Some(ns)),
+        ("patch", "nodeimages.image.giantswarm.io/status", Some(ns)),
+        ("patch", "imagesyncs.ido.dev/status", Some(ns)),
         ("get", "secrets", Some(ns)),
         ("create", "events.events.k8s.io", Some(ns)),
         ("create", "events.events.k8s.io", Some("default")),
@@ -48,6 +49,7 @@ async fn the_chart_grants_what_the_operator_uses_and_no_more() {
     for (verb, resource, where_) in [
         ("list", "secrets", Some(ns)),
         ("watch", "secrets", Some(ns)),
+        ("update", "nodeimages.image.giantswarm.io/status", Some(ns)),
         ("get", "secrets", Some(op_ns)),
         ("delete", "releases.release.giantswarm.io", None),
         ("update", "releases.release.giantswarm.io", None),
@@ -74,6 +76,7 @@ async fn the_chart_grants_what_the_operator_uses_and_no_more() {
     ] {
         assert!(can_i(&env, verb, resource, None).await, "{verb} {resource}");
     }
+    assert!(can_i(&env, "patch", "diskimports.ido.dev/status", None).await);
     for (verb, resource) in [("get", "secrets"), ("delete", "pods"), ("update", "jobs.batch")] {
         assert!(!can_i(&env, verb, resource, None).await, "{verb} {resource}");
     }

@@ -67,6 +67,22 @@ async fn store_maps_api_errors_and_writes_narrowly() {
     });
     let stored = s.update_status(&with_status).await.unwrap();
     assert_eq!(stored.status.as_ref().unwrap().releases, ["r"]);
+    // Written by server-side apply on the status subresource, one field manager.
+    let raw = env.get::<NodeImage>(Some(ns), "capv-x").await.unwrap();
+    let managers: Vec<(&str, &str, &str)> = raw["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap_or_default(),
+                m["operation"].as_str().unwrap_or_default(),
+                m["subresource"].as_str().unwrap_or_default(),
+            )
+        })
+        .filter(|(_, _, sub)| *sub == "status")
+        .collect();
+    assert_eq!(managers, [("ido", "Apply", "status")]);
     assert!(matches!(
         s.update_status(&with_status).await,
         Err(StoreError::Conflict { .. })
