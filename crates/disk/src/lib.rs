@@ -63,11 +63,11 @@ pub use target::TargetSpec;
 #[non_exhaustive]
 pub enum Error {
     /// A user-supplied value is malformed (checksum, header, size, …).
-    #[error("invalid {field} {value:?}: {reason}")]
+    #[error("invalid {field} \"{}\": {reason}", ido_engine::redact::url_str(value))]
     InvalidArgument {
         /// Which argument.
         field: &'static str,
-        /// The value as given (never a secret).
+        /// The value as given; shown with credentials and URL queries hidden.
         value: String,
         /// What is wrong with it.
         reason: String,

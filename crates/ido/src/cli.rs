@@ -98,9 +98,13 @@ pub fn main() -> ExitCode {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into());
+    // Colours only for a person at a terminal, and never when NO_COLOR is set.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     ido_engine::http::install_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -317,10 +321,18 @@ async fn show_progress<T>(
 }
 
 /// An image reference, with or without skopeo's `docker://` transport.
-fn parse_reference(s: &str, what: &str) -> anyhow::Result<ido_oci::Reference> {
+pub(crate) fn parse_reference(s: &str, what: &str) -> anyhow::Result<ido_oci::Reference> {
     let bare = s.strip_prefix("docker://").unwrap_or(s);
+    let shown = ido_engine::redact::text(&ido_engine::redact::userinfo(s));
     if let Some((transport, _)) = bare.split_once("://") {
-        anyhow::bail!("{what} {s:?}: transport {transport:?} is not supported (only docker://)");
+        let transport = ido_engine::redact::escape_controls(transport);
+        anyhow::bail!("{what} \"{shown}\": transport {transport:?} is not supported (only docker://)");
     }
-    ido_oci::reference::parse(bare).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+    if bare.split('/').next().is_some_and(|host| host.contains('@')) {
+        anyhow::bail!(
+            "{what} \"{shown}\": credentials in a reference are not supported; give them in --authfile"
+        );
+    }
+    ido_oci::reference::parse(bare)
+        .map_err(|e| anyhow::anyhow!("{what}: {}", ido_engine::redact::text(&e.to_string())))
 }

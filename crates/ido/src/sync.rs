@@ -218,14 +218,14 @@ fn table(is: &ImageSync) -> String {
 /// A repository reference without tag or digest; `docker://` optional.
 pub(crate) fn parse_repository(s: &str) -> anyhow::Result<ido_oci::Reference> {
     let bare = s.strip_prefix("docker://").unwrap_or(s);
-    if let Some((transport, _)) = bare.split_once("://") {
-        bail!("REPO {s:?}: transport {transport:?} is not supported (only docker://)");
-    }
     let last = bare.rsplit('/').next().unwrap_or_default();
-    if last.contains(':') || last.contains('@') {
-        bail!("REPO {s:?}: give the repository without tag or digest (use --pattern to select tags)");
+    if !bare.contains("://") && (last.contains(':') || last.contains('@')) {
+        bail!(
+            "REPO \"{}\": give the repository without tag or digest (use --pattern to select tags)",
+            ido_engine::redact::text(&ido_engine::redact::userinfo(s))
+        );
     }
-    ido_oci::reference::parse(&format!("{bare}:latest")).map_err(|e| anyhow::anyhow!("REPO {s:?}: {e}"))
+    crate::cli::parse_reference(&format!("{s}:latest"), "REPO")
 }
 
 /// Credentials from `path`, else `$REGISTRY_AUTH_FILE`, else `~/.docker/config.json` (if

@@ -102,7 +102,7 @@ pub(crate) async fn copy_blob(
                 continue;
             }
             Err(Failure::Source(source) | Failure::Dest(source)) => {
-                return Err(Error::Registry { what, source });
+                return Err(Error::Registry { what, error: source });
             }
             Err(Failure::Setup(e)) => return Err(e),
         };

@@ -49,10 +49,12 @@ pub enum Error {
         platform: String,
         available: String,
     },
-    #[error("{what}: {}", copy::error_chain(source))]
+    /// The message holds the whole chain of causes; the error is kept for classification
+    /// (not as `source`, so that a printed chain does not repeat it).
+    #[error("{what}: {}", copy::error_chain(error))]
     Registry {
         what: String,
-        source: oci_client::errors::OciDistributionError,
+        error: oci_client::errors::OciDistributionError,
     },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
     Digest {

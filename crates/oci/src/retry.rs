@@ -55,7 +55,7 @@ where
         if attempt >= RETRIES || !transient(&failed.error) {
             return Err(crate::Error::Registry {
                 what: what.into(),
-                source: failed.error,
+                error: failed.error,
             });
         }
         attempt += 1;

@@ -154,9 +154,9 @@ pub async fn list_tags(reg: &Registry, repo: &Reference) -> Result<Vec<String>> 
             .await?
             .list_tags(repo, &auth, Some(PAGE), last.as_deref())
             .await
-            .map_err(|source| Error::Registry {
+            .map_err(|error| Error::Registry {
                 what: format!("listing tags of {}", repo.whole()),
-                source,
+                error,
             })?;
         let n = page.tags.len();
         let new_last = page.tags.last().cloned();

@@ -1,40 +1,54 @@
-//! The Helm chart (`charts/image-distribution-operator`): it renders to valid manifests,
-//! its configuration is accepted by the operator's own config loader, and its CRDs are the
-//! ones generated from `ido-api`.
+//! The Helm chart (`charts/image-distribution-operator`) with the real `helm` (v4, built by
+//! `scripts/build-k8s.sh`): it lints, renders valid manifests whose configuration the
+//! operator's own loader accepts, refuses values it does not know naming the key, installs,
+//! upgrades (CRDs included) and uninstalls on a real control plane (the test kit's
+//! [`Cluster`]), and its CRDs are the ones generated from `ido-api`.
 //!
 //! Regenerate the CRD files after changing the API types:
 //! `IDO_REGENERATE=1 cargo test -p ido-operator --test chart`.
 
-#[allow(dead_code)]
-#[path = "support/helm/mod.rs"]
-mod helm;
-
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+};
 
 use ido_controllers::config::Config;
+use ido_testkit::Cluster;
 use serde_json::{Value, json};
+
+/// The chart's name, and the release name under which every object keeps the original's name.
+const NAME: &str = "image-distribution-operator";
+const NS: &str = "ido-system";
 
 fn charts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts")
 }
 
-fn chart() -> helm::Chart {
-    helm::Chart::load(&charts_dir().join("image-distribution-operator"))
+fn chart_dir() -> PathBuf {
+    charts_dir().join(NAME)
 }
 
-/// Where each CRD's YAML lives: the chart installs NodeImage, ImageSync and DiskImport; Giant Swarm's
-/// clusters own the Release CRD, so ours (for tests and demos) stays outside the chart.
+/// Where each CRD's YAML lives: the chart renders NodeImage, ImageSync and DiskImport from
+/// `files/crds/` (templates/crds.yaml); Giant Swarm's clusters own the Release CRD, so ours
+/// (for tests and demos) stays outside the chart.
 fn crd_path(name: &str) -> PathBuf {
     match name {
-        "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" | "diskimports.ido.dev" => charts_dir()
-            .join("image-distribution-operator/crds")
-            .join(format!("{name}.yaml")),
+        "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" | "diskimports.ido.dev" => {
+            chart_dir().join("files/crds").join(format!("{name}.yaml"))
+        }
         _ => charts_dir().join("dev-crds").join(format!("{name}.yaml")),
     }
 }
 
 const HEADER: &str =
     "# Generated from the ido-api types: IDO_REGENERATE=1 cargo test -p ido-operator --test chart\n";
+
+/// The CRDs the chart carries, by name.
+const CHART_CRDS: [&str; 3] = [
+    "diskimports.ido.dev",
+    "imagesyncs.ido.dev",
+    "nodeimages.image.giantswarm.io",
+];
 
 #[test]
 fn crds_are_generated_from_the_api_types() {
@@ -55,31 +69,99 @@ fn crds_are_generated_from_the_api_types() {
             path.display()
         );
     }
-    let mut in_chart: Vec<String> = std::fs::read_dir(charts_dir().join("image-distribution-operator/crds"))
+    let mut in_chart: Vec<String> = std::fs::read_dir(chart_dir().join("files/crds"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     in_chart.sort();
-    assert_eq!(
-        in_chart,
-        [
-            "diskimports.ido.dev.yaml",
-            "imagesyncs.ido.dev.yaml",
-            "nodeimages.image.giantswarm.io.yaml"
-        ]
+    assert_eq!(in_chart, CHART_CRDS.map(|n| format!("{n}.yaml")));
+    // helm installs a chart's crds/ once and never upgrades them: the CRDs are templates.
+    assert!(
+        !chart_dir().join("crds").exists(),
+        "the chart must not have a crds/ folder"
     );
 }
 
-fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
+// === helm ===
+
+/// Runs the real `helm` with no cluster (`template`, `lint`), in a home of its own.
+async fn helm(args: &[&str]) -> Output {
+    let bins = ido_testkit::cluster::ensure_built().await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    tokio::process::Command::new(&bins.helm)
+        .args(args)
+        .env("KUBECONFIG", home.path().join("no-kubeconfig"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+/// A values file (JSON is YAML) that lives as long as the returned handle.
+fn values_file(values: &Value) -> tempfile::NamedTempFile {
+    let f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(f.path(), values.to_string()).unwrap();
+    f
+}
+
+/// The documents of a rendered chart, each with its `# Source:` template.
+type Docs = Vec<(String, Value)>;
+
+fn parse_docs(text: &str) -> Docs {
+    text.split("\n---")
+        .filter_map(|d| {
+            let source = d
+                .lines()
+                .find_map(|l| l.strip_prefix("# Source: "))
+                .unwrap_or("")
+                .to_string();
+            let v: Value = yaml::from_str(d).unwrap_or_else(|e| panic!("{source}: {e}\n{d}"));
+            (!v.is_null()).then_some((source, v))
+        })
+        .collect()
+}
+
+/// `helm template RELEASE chart --namespace ido-system --values VALUES EXTRA…`: the documents,
+/// or helm's error output.
+async fn try_template(release: &str, values: &Value, extra: &[&str]) -> Result<Docs, String> {
+    let f = values_file(values);
+    let chart = chart_dir().display().to_string();
+    let file = f.path().display().to_string();
+    let mut args = vec!["template", release, &chart, "--namespace", NS, "--values", &file];
+    args.extend_from_slice(extra);
+    let out = helm(&args).await;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(parse_docs(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The chart rendered as release `image-distribution-operator` (the original's names).
+async fn template(values: &Value) -> Docs {
+    try_template(NAME, values, &[])
+        .await
+        .unwrap_or_else(|e| panic!("helm template failed: {e}"))
+}
+
+fn try_find<'a>(docs: &'a Docs, kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter()
         .map(|(_, d)| d)
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-fn container(docs: &[(String, Value)]) -> Value {
-    find(docs, "Deployment", "image-distribution-operator")["spec"]["template"]["spec"]["containers"][0]
-        .clone()
+fn find<'a>(docs: &'a Docs, kind: &str, name: &str) -> &'a Value {
+    try_find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn kinds(docs: &Docs) -> Vec<&str> {
+    docs.iter().map(|(_, d)| d["kind"].as_str().unwrap()).collect()
+}
+
+fn container(docs: &Docs) -> Value {
+    find(docs, "Deployment", NAME)["spec"]["template"]["spec"]["containers"][0].clone()
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -110,13 +192,11 @@ fn b64decode(s: &str) -> Vec<u8> {
 
 /// Writes the rendered config (and the files the args merge in) as the pod would see
 /// them, and loads it with the operator's loader.
-fn load_rendered_config(docs: &[(String, Value)], dir: &Path) -> Config {
+fn load_rendered_config(docs: &Docs, dir: &Path) -> Config {
     let c = container(docs);
     let args = strings(&c["args"]);
     let mounts = c["volumeMounts"].as_array().unwrap();
-    let volumes =
-        find(docs, "Deployment", "image-distribution-operator")["spec"]["template"]["spec"]["volumes"]
-            .clone();
+    let volumes = find(docs, "Deployment", NAME)["spec"]["template"]["spec"]["volumes"].clone();
     // Resolve a mounted path to the data of the ConfigMap / Secret behind it.
     let content = |path: &str| -> String {
         let m = mounts
@@ -155,43 +235,96 @@ fn load_rendered_config(docs: &[(String, Value)], dir: &Path) -> Config {
     Config::load(Some(&config), &merges).unwrap_or_else(|e| panic!("the chart's config is rejected: {e}"))
 }
 
-#[test]
-fn defaults_render_a_minimal_operator() {
-    let docs = chart().manifests("ido", "ido-system", &json!({}));
+/// Every provider, S3 with credentials, the DiskImport controller, the ServiceMonitor and
+/// the NetworkPolicy on.
+fn every_provider() -> Value {
+    json!({
+        "namespace": "giantswarm",
+        "imageRetentionPeriod": "720h",
+        "s3": {"bucket": "node-images", "region": "eu-west-1", "endpoint": "https://s3.example:9000",
+               "credentials": {"accessKeyId": "AKIA", "secretAccessKey": "s3cr3t"}},
+        "vsphere": {"enabled": true, "pullFromURL": true,
+                    "credentials": {"vcenter": "vcenter.example", "username": "admin@vsphere.local", "password": "pw"},
+                    "locations": {"dc0": {"datacenter": "DC0", "datastore": "LocalDS_0", "folder": "vm", "cluster": "DC0_C0"}}},
+        "proxmox": {"enabled": true,
+                    "credentials": {"url": "pve.example:8006", "user": "ido", "realm": "pve", "tokenId": "capmox", "secret": "tok"},
+                    "locations": {"pve1": {"node": "pve1", "storagePool": "local-lvm", "bridge": "vmbr0"}}},
+        "vcd": {"enabled": true, "sessionRefreshThreshold": "10h",
+                "credentials": {"url": "https://vcd.example", "username": "ido", "password": "vcd-pw", "org": "org1"},
+                "locations": {"main": {"catalog": "node-images", "hardwareVersion": 19}}},
+        "kubevirt": {"enabled": true, "locations": {"vms": {"namespace": "vm-images"}}},
+        "diskImport": {"enabled": true},
+        "prometheus": {"serviceMonitor": {"enabled": true, "interval": "30s"}},
+        "networkPolicy": {"enabled": true},
+    })
+}
+
+// === lint and template ===
+
+#[tokio::test]
+async fn helm_lint_passes_with_defaults_and_with_every_provider() {
+    let chart = chart_dir().display().to_string();
+    let f = values_file(&every_provider());
+    let file = f.path().display().to_string();
+    for args in [
+        vec!["lint", "--strict", &chart],
+        vec!["lint", "--strict", &chart, "--values", &file],
+    ] {
+        let out = helm(&args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "helm {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn defaults_render_a_minimal_operator() {
+    let docs = template(&json!({})).await;
     for (file, d) in &docs {
         assert!(
             d["apiVersion"].is_string() && d["kind"].is_string(),
             "{file}: {d}"
         );
         assert!(d["metadata"]["name"].is_string(), "{file}: {d}");
-        let cluster_scoped = matches!(d["kind"].as_str(), Some("ClusterRole" | "ClusterRoleBinding"));
+        let cluster_scoped = matches!(
+            d["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition")
+        );
         assert_eq!(
             d["metadata"]["namespace"].is_string(),
             !cluster_scoped,
             "{file}: {d}"
         );
     }
-    let kinds: Vec<&str> = docs.iter().map(|(_, d)| d["kind"].as_str().unwrap()).collect();
+    let kinds = kinds(&docs);
     for k in [
         "Deployment",
         "ServiceAccount",
         "ConfigMap",
         "Service",
         "ClusterRole",
+        "ClusterRoleBinding",
         "Role",
         "RoleBinding",
+        "CustomResourceDefinition",
     ] {
         assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
     }
-    assert!(!kinds.contains(&"Secret"), "no credentials, no Secret");
+    for k in ["Secret", "NetworkPolicy", "ServiceMonitor"] {
+        assert!(!kinds.contains(&k), "{k} is off by default: {kinds:?}");
+    }
 
-    let dep = find(&docs, "Deployment", "image-distribution-operator");
+    let dep = find(&docs, "Deployment", NAME);
     assert_eq!(dep["spec"]["replicas"], 1);
     let pod = &dep["spec"]["template"]["spec"];
-    assert_eq!(pod["serviceAccountName"], "image-distribution-operator");
+    assert_eq!(pod["serviceAccountName"], NAME);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let c = container(&docs);
     assert_eq!(c["image"], "ghcr.io/ido-dev/ido:0.1.0");
+    assert!(c["command"].is_null(), "the image's entrypoint (ido) runs");
     assert_eq!(
         strings(&c["args"]),
         ["operator", "--config", "/etc/ido/config.yaml"]
@@ -224,14 +357,14 @@ fn defaults_render_a_minimal_operator() {
         !c["volumeMounts"].to_string().contains("/tmp"),
         "no scratch space: imports stream"
     );
-    let svc = find(&docs, "Service", "image-distribution-operator-metrics");
+    let svc = find(&docs, "Service", &format!("{NAME}-metrics"));
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
 
     let dir = tempfile::tempdir().unwrap();
     let config = load_rendered_config(&docs, dir.path());
     let settings = config.settings().unwrap();
     assert_eq!(
-        settings.namespace, "ido-system",
+        settings.namespace, NS,
         "NodeImages default to the release namespace"
     );
     assert_eq!(settings.channel, "stable");
@@ -239,8 +372,8 @@ fn defaults_render_a_minimal_operator() {
     assert!(config.s3.is_none() && config.providers().unwrap().is_empty());
 }
 
-#[test]
-fn vsphere_and_s3_values_reach_the_operator() {
+#[tokio::test]
+async fn vsphere_and_s3_values_reach_the_operator() {
     let values = json!({
         "namespace": "giantswarm",
         "imageRetentionPeriod": "720h",
@@ -255,7 +388,7 @@ fn vsphere_and_s3_values_reach_the_operator() {
             "locations": {"dc0": {"datacenter": "DC0", "datastore": "LocalDS_0", "folder": "vm", "cluster": "DC0_C0"}},
         },
     });
-    let docs = chart().manifests("ido", "ido-system", &values);
+    let docs = template(&values).await;
     let c = container(&docs);
     assert_eq!(
         strings(&c["args"]),
@@ -271,14 +404,9 @@ fn vsphere_and_s3_values_reach_the_operator() {
             "s3.credentials=/home/.s3/credentials",
         ]
     );
-    find(&docs, "Secret", "image-distribution-operator-vsphere-credentials");
-    find(
-        &docs,
-        "ConfigMap",
-        "image-distribution-operator-vsphere-locations",
-    );
-    let cfg_map =
-        find(&docs, "ConfigMap", "image-distribution-operator-config")["data"]["config.yaml"].to_string();
+    find(&docs, "Secret", &format!("{NAME}-vsphere-credentials"));
+    find(&docs, "ConfigMap", &format!("{NAME}-vsphere-locations"));
+    let cfg_map = find(&docs, "ConfigMap", &format!("{NAME}-config"))["data"]["config.yaml"].to_string();
     assert!(
         !cfg_map.contains("s3cr3t") && !cfg_map.contains("admin@"),
         "credentials stay in Secrets: {cfg_map}"
@@ -297,14 +425,14 @@ fn vsphere_and_s3_values_reach_the_operator() {
     assert_eq!(v.locations["dc0"].datastore, "LocalDS_0");
 
     // RBAC follows the NodeImage namespace; the Lease stays with the operator.
-    let role = find(&docs, "Role", "image-distribution-operator");
+    let role = find(&docs, "Role", NAME);
     assert_eq!(role["metadata"]["namespace"], "giantswarm");
-    let lease_role = find(&docs, "Role", "image-distribution-operator-leader-election");
-    assert_eq!(lease_role["metadata"]["namespace"], "ido-system");
+    let lease_role = find(&docs, "Role", &format!("{NAME}-leader-election"));
+    assert_eq!(lease_role["metadata"]["namespace"], NS);
 }
 
-#[test]
-fn proxmox_and_vcd_values_reach_the_operator() {
+#[tokio::test]
+async fn proxmox_and_vcd_values_reach_the_operator() {
     let values = json!({
         "proxmox": {
             "enabled": true,
@@ -313,25 +441,17 @@ fn proxmox_and_vcd_values_reach_the_operator() {
         },
         "vcd": {
             "enabled": true,
+            "sessionRefreshThreshold": "10h",
             "credentials": {"url": "https://vcd.example", "username": "ido", "password": "vcd-pw", "org": "org1"},
             "locations": {"main": {"catalog": "node-images", "hardwareVersion": 19}},
         },
     });
-    let docs = chart().manifests("ido", "ido-system", &values);
+    let docs = template(&values).await;
     for p in ["proxmox", "vcd"] {
-        find(
-            &docs,
-            "Secret",
-            &format!("image-distribution-operator-{p}-credentials"),
-        );
-        find(
-            &docs,
-            "ConfigMap",
-            &format!("image-distribution-operator-{p}-locations"),
-        );
+        find(&docs, "Secret", &format!("{NAME}-{p}-credentials"));
+        find(&docs, "ConfigMap", &format!("{NAME}-{p}-locations"));
     }
-    let cfg_map =
-        find(&docs, "ConfigMap", "image-distribution-operator-config")["data"]["config.yaml"].to_string();
+    let cfg_map = find(&docs, "ConfigMap", &format!("{NAME}-config"))["data"]["config.yaml"].to_string();
     assert!(
         !cfg_map.contains("tok-s3cret") && !cfg_map.contains("vcd-pw"),
         "{cfg_map}"
@@ -340,10 +460,13 @@ fn proxmox_and_vcd_values_reach_the_operator() {
     let config = load_rendered_config(&docs, dir.path());
     assert_eq!(config.providers().unwrap().ids(), ["capmox", "capvcd"]);
     assert_eq!(config.providers.proxmox.unwrap().locations["pve1"].node, "pve1");
+    let vcd = config.providers.vcd.unwrap();
+    assert_eq!(vcd.session_refresh_threshold.as_deref(), Some("10h"));
+    assert_eq!(vcd.locations["main"].hardware_version, 19);
 }
 
-#[test]
-fn kubevirt_and_disk_import_values_reach_the_operator() {
+#[tokio::test]
+async fn kubevirt_and_disk_import_values_reach_the_operator() {
     let values = json!({
         "controllerManager": {"image": {"tag": "1.2.3"}},
         "diskImport": {"filesystemOverhead": "0.1", "backoffLimit": 5,
@@ -354,8 +477,8 @@ fn kubevirt_and_disk_import_values_reach_the_operator() {
                                   "accessModes": ["ReadWriteMany"], "volumeMode": "Block"}},
         },
     });
-    let docs = chart().manifests("ido", "ido-system", &values);
-    find(&docs, "ClusterRole", "image-distribution-operator-disk-import");
+    let docs = template(&values).await;
+    find(&docs, "ClusterRole", &format!("{NAME}-disk-import"));
     let dir = tempfile::tempdir().unwrap();
     let config = load_rendered_config(&docs, dir.path());
     assert_eq!(config.providers().unwrap().ids(), ["capk"]);
@@ -369,27 +492,524 @@ fn kubevirt_and_disk_import_values_reach_the_operator() {
     assert_eq!(loc.volume_mode, Some(ido_api::VolumeMode::Block));
 
     // Defaults: the controller is off and no cluster-wide grant on Jobs is rendered.
-    let docs = chart().manifests("ido", "ido-system", &json!({}));
+    let docs = template(&json!({})).await;
     let config = load_rendered_config(&docs, dir.path());
     let d = config.settings().unwrap().disk_import;
     assert!(!d.enabled);
     assert_eq!(d.image, "ghcr.io/ido-dev/ido:0.1.0");
-    assert!(
-        !docs
-            .iter()
-            .any(|(_, d)| d["metadata"]["name"] == "image-distribution-operator-disk-import")
-    );
+    assert!(try_find(&docs, "ClusterRole", &format!("{NAME}-disk-import")).is_none());
 }
 
-/// `helm template` stand-in: prints the chart rendered with `IDO_VALUES` (JSON) merged in.
-/// `IDO_VALUES='{"vsphere":{"enabled":true}}' cargo test -p ido-operator --test chart -- --ignored --nocapture`
-#[test]
-#[ignore = "prints the rendered chart"]
-fn print_rendered_chart() {
-    let values: Value = std::env::var("IDO_VALUES")
-        .map(|v| serde_json::from_str(&v).unwrap())
-        .unwrap_or(json!({}));
-    for (file, text) in chart().render("ido", "ido-system", &values) {
-        println!("---\n# Source: {file}\n{}", text.trim());
+#[tokio::test]
+async fn the_crd_templates_are_the_generated_crds() {
+    let generated: Vec<Value> = CHART_CRDS
+        .iter()
+        .map(|n| yaml::from_str(&std::fs::read_to_string(crd_path(n)).unwrap()).unwrap())
+        .collect();
+    let crds = |docs: &Docs| -> Vec<Value> {
+        docs.iter()
+            .filter(|(_, d)| d["kind"] == "CustomResourceDefinition")
+            .map(|(_, d)| d.clone())
+            .collect()
+    };
+    let docs = template(&json!({})).await;
+    let rendered = crds(&docs);
+    assert_eq!(rendered.len(), CHART_CRDS.len(), "{rendered:?}");
+    assert!(
+        docs.iter()
+            .all(|(_, d)| d["metadata"]["name"] != "releases.release.giantswarm.io"),
+        "the Release CRD is the cluster's, kept in charts/dev-crds"
+    );
+    for want in &generated {
+        let name = &want["metadata"]["name"];
+        let have = rendered
+            .iter()
+            .find(|d| &d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not rendered"));
+        let meta = &have["metadata"];
+        assert_eq!(meta["annotations"]["helm.sh/resource-policy"], "keep", "{name}");
+        assert_eq!(meta["labels"]["app.kubernetes.io/managed-by"], "Helm", "{name}");
+        let mut bare = have.clone();
+        let m = bare["metadata"].as_object_mut().unwrap();
+        m.remove("labels");
+        m.remove("annotations");
+        // helm's fromYaml/toYaml writes 1.0 as 1: the same JSON number to the API server.
+        assert_eq!(
+            numbers_as_floats(bare),
+            numbers_as_floats(want.clone()),
+            "{name}: rendered differs from files/crds"
+        );
     }
+
+    let docs = template(&json!({"crd": {"keep": false}})).await;
+    for crd in crds(&docs) {
+        assert!(crd["metadata"]["annotations"].is_null(), "{crd}");
+    }
+    let docs = template(&json!({"crd": {"enable": false}})).await;
+    assert!(crds(&docs).is_empty());
+}
+
+fn numbers_as_floats(v: Value) -> Value {
+    match v {
+        Value::Number(n) => json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_floats).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_floats(v))).collect()),
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn unknown_values_are_refused_naming_the_key() {
+    for (set, names) in [
+        ("bogusKey=1", &["bogusKey"][..]),
+        ("vsphere.enabeld=true", &["/vsphere", "enabeld"]),
+        ("controllerManager.replica=2", &["/controllerManager", "replica"]),
+        ("vcd.locations.main.catlog=x", &["/vcd/locations/main", "catlog"]),
+        // The original's container section has no counterpart: refused, not ignored.
+        (
+            "controllerManager.container.image.repository=x",
+            &["/controllerManager", "container"],
+        ),
+        // Numbers where the operator reads a string.
+        (
+            "vsphere.credentials.password=1234",
+            &["/vsphere/credentials/password", "want string"],
+        ),
+        ("certmanager.enable=true", &["certmanager.enable"]),
+        (
+            "prometheus.serviceMonitor.enabled=true,metrics.service.enabled=false",
+            &["metrics.service.enabled"],
+        ),
+    ] {
+        let err = try_template(NAME, &json!({}), &["--set", set])
+            .await
+            .expect_err(set);
+        for n in names {
+            assert!(err.contains(n), "--set {set}: {n:?} not in {err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_original_charts_values_are_honoured() {
+    // The original chart's keys (its values.yaml), minus controllerManager.container.
+    let original = json!({
+        "rbac": {"enable": true}, "crd": {"enable": true, "keep": true}, "metrics": {"enable": true},
+        "prometheus": {"enable": true}, "certmanager": {"enable": false}, "networkPolicy": {"enable": true},
+        "imageRetentionPeriod": "0",
+        "clientSetup": {"initialBackoffDelay": "", "retryCount": null},
+        "s3": {"bucket": "b", "region": "r", "timeout": "", "http": false},
+        "vsphere": {"enabled": false, "pullFromURL": false, "locations": {},
+                    "credentials": {"username": "", "password": "", "vcenter": ""}},
+        "vcd": {"enabled": true, "downloadDir": "/tmp/images",
+                "credentials": {"url": "https://vcd.example", "username": "u", "password": "p", "org": "o", "insecure": false},
+                "locations": {"name": "main", "vdc": "vdc1", "catalog": "images", "hardwareVersion": 19}},
+        "proxmox": {"enabled": false, "locations": {},
+                    "credentials": {"url": "", "user": "", "realm": "pam", "tokenId": "", "secret": "", "insecure": false}},
+    });
+    let docs = template(&original).await;
+    let rendered = kinds(&docs);
+    for k in [
+        "Service",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "ClusterRole",
+        "CustomResourceDefinition",
+    ] {
+        assert!(rendered.contains(&k), "{k} missing: {rendered:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_rendered_config(&docs, dir.path());
+    let vcd = config.providers.vcd.unwrap();
+    assert_eq!(vcd.locations["main"].hardware_version, 19, "the single location");
+    assert!(config.s3.is_some());
+
+    let mut off = original.clone();
+    off["rbac"]["enable"] = json!(false);
+    off["metrics"]["enable"] = json!(false);
+    off["prometheus"]["enable"] = json!(false);
+    off["networkPolicy"]["enable"] = json!(false);
+    let docs = template(&off).await;
+    let rendered = kinds(&docs);
+    for k in [
+        "Service",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "ClusterRole",
+        "Role",
+        "RoleBinding",
+    ] {
+        assert!(!rendered.contains(&k), "{k} rendered: {rendered:?}");
+    }
+}
+
+#[tokio::test]
+async fn rbac_service_monitor_and_network_policy_follow_their_switches() {
+    let docs = template(&json!({"rbac": {"create": false}})).await;
+    let kinds = kinds(&docs);
+    for k in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        assert!(!kinds.contains(&k), "{k} rendered: {kinds:?}");
+    }
+    assert!(kinds.contains(&"ServiceAccount"));
+
+    let values = json!({
+        "prometheus": {"serviceMonitor": {"enabled": true, "interval": "30s", "labels": {"release": "prom"}}},
+        "networkPolicy": {"enabled": true, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"metrics": "enabled"}}}]},
+    });
+    let docs = template(&values).await;
+    let svc = find(&docs, "Service", &format!("{NAME}-metrics"));
+    let sm = find(&docs, "ServiceMonitor", NAME);
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["namespace"], NS);
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    assert_eq!(sm["spec"]["namespaceSelector"]["matchNames"], json!([NS]));
+    let ep = &sm["spec"]["endpoints"][0];
+    assert_eq!(ep["port"], svc["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        (&ep["path"], &ep["scheme"], &ep["interval"]),
+        (&json!("/metrics"), &json!("http"), &json!("30s"))
+    );
+
+    let np = find(&docs, "NetworkPolicy", NAME);
+    let pod_labels = &find(&docs, "Deployment", NAME)["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in np["spec"]["podSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "the NetworkPolicy selects the operator's pods");
+    }
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(container(&docs)["ports"][0]["name"], "metrics");
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["metrics"],
+        "enabled"
+    );
+    assert_eq!(np["spec"]["egress"], json!([{}]), "egress to anywhere");
+}
+
+/// The Deployment's name and the sorted names of the cluster-scoped RBAC objects of a release.
+async fn release_names(release: &str, values: &Value) -> (String, Vec<String>, Docs) {
+    let docs = try_template(release, values, &[]).await.unwrap();
+    let dep = find_kind(&docs, "Deployment")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cluster: Vec<String> = docs
+        .iter()
+        .filter(|(_, d)| matches!(d["kind"].as_str(), Some("ClusterRole" | "ClusterRoleBinding")))
+        .map(|(_, d)| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    cluster.sort();
+    (dep, cluster, docs)
+}
+
+fn find_kind<'a>(docs: &'a Docs, kind: &str) -> &'a Value {
+    docs.iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[tokio::test]
+async fn releases_get_their_own_cluster_scoped_names() {
+    let on = json!({"diskImport": {"enabled": true}});
+    let (dep, cluster, _) = release_names(NAME, &on).await;
+    assert_eq!(dep, NAME, "the original's names");
+    assert_eq!(
+        cluster,
+        [
+            format!("ClusterRole/{NAME}"),
+            format!("ClusterRole/{NAME}-disk-import"),
+            format!("ClusterRoleBinding/{NAME}"),
+            format!("ClusterRoleBinding/{NAME}-disk-import"),
+        ]
+    );
+
+    let (a, a_cluster, a_docs) = release_names("ido-a", &on).await;
+    let (b, b_cluster, _) = release_names("ido-b", &on).await;
+    assert_eq!(a, format!("ido-a-{NAME}"));
+    assert_eq!(b, format!("ido-b-{NAME}"));
+    assert_eq!(a_cluster.len(), 4);
+    assert!(
+        a_cluster.iter().all(|n| !b_cluster.contains(n)),
+        "{a_cluster:?} {b_cluster:?}"
+    );
+    // Bindings grant the release's own ServiceAccount its own ClusterRole.
+    let crb = find(&a_docs, "ClusterRoleBinding", &a);
+    assert_eq!(crb["subjects"][0]["name"], a);
+    assert_eq!(crb["roleRef"]["name"], a);
+
+    let (dep, _, _) = release_names("prod-image-distribution-operator", &json!({})).await;
+    assert_eq!(dep, "prod-image-distribution-operator", "contains the chart name");
+    let (dep, _, _) = release_names("x", &json!({"fullnameOverride": "ido"})).await;
+    assert_eq!(dep, "ido");
+    // Helm's longest release name (53 characters): names stay DNS labels.
+    let long = "r23456789-123456789-123456789-123456789-123456789-123";
+    let (dep, _, docs) = release_names(long, &json!({})).await;
+    assert!(dep.len() <= 63 && !dep.ends_with('-'), "{dep}");
+    let svc = find_kind(&docs, "Service")["metadata"]["name"].as_str().unwrap();
+    assert!(svc.len() <= 63 && svc.ends_with("-metrics"), "{svc}");
+}
+
+// === on a real control plane ===
+
+const NODE_IMAGE: &str = "capv-flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs";
+
+fn node_image_manifest(ns: &str) -> String {
+    json!({
+        "apiVersion": "image.giantswarm.io/v1alpha1",
+        "kind": "NodeImage",
+        "metadata": {"name": NODE_IMAGE, "namespace": ns},
+        "spec": {"name": "flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs", "provider": "capv"},
+    })
+    .to_string()
+}
+
+/// `kubectl get … -o json`, or `None` when absent.
+async fn get(c: &Cluster, args: &[&str]) -> Option<Value> {
+    let mut all = vec!["get", "-o", "json"];
+    all.extend_from_slice(args);
+    let out = c.kubectl_output(&all, None).await.unwrap();
+    if out.status.success() {
+        return Some(serde_json::from_slice(&out.stdout).unwrap());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NotFound"), "kubectl {all:?}: {err}");
+    None
+}
+
+async fn crds_established(c: &Cluster) {
+    let mut args = vec!["wait", "--for=condition=Established", "--timeout=30s"];
+    let names: Vec<String> = CHART_CRDS.iter().map(|n| format!("crd/{n}")).collect();
+    args.extend(names.iter().map(String::as_str));
+    c.kubectl(&args).await.unwrap();
+}
+
+/// A minimal stand-in of the Prometheus Operator's ServiceMonitor CRD (any spec), so that
+/// the API server takes the chart's ServiceMonitor.
+const SERVICE_MONITOR_CRD: &str = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+"metadata":{"name":"servicemonitors.monitoring.coreos.com"},
+"spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
+ "names":{"kind":"ServiceMonitor","plural":"servicemonitors","singular":"servicemonitor","listKind":"ServiceMonitorList"},
+ "versions":[{"name":"v1","served":true,"storage":true,
+  "schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+
+#[tokio::test]
+async fn helm_installs_upgrades_and_uninstalls_on_a_real_cluster() {
+    let c = Cluster::start().await.unwrap();
+    let chart = chart_dir().display().to_string();
+    let vsphere = json!({"s3": {"bucket": "node-images", "credentials": {"accessKeyId": "a", "secretAccessKey": "s"}},
+                         "vsphere": {"enabled": true, "credentials": {"vcenter": "vc", "username": "u", "password": "p"},
+                                     "locations": {"dc0": {"datacenter": "DC0", "datastore": "ds"}}}});
+    let f = values_file(&vsphere);
+    let file = f.path().display().to_string();
+
+    // Install: the API server takes every object, the CRDs are served.
+    c.helm(&[
+        "install",
+        NAME,
+        &chart,
+        "-n",
+        NS,
+        "--create-namespace",
+        "--values",
+        &file,
+    ])
+    .await
+    .unwrap();
+    crds_established(&c).await;
+    for crd in CHART_CRDS {
+        let crd = get(&c, &["crd", crd]).await.unwrap();
+        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+        assert_eq!(crd["metadata"]["annotations"]["meta.helm.sh/release-name"], NAME);
+    }
+    for (kind, name) in [
+        ("deployment", NAME.to_string()),
+        ("serviceaccount", NAME.to_string()),
+        ("secret", format!("{NAME}-vsphere-credentials")),
+        ("configmap", format!("{NAME}-vsphere-locations")),
+        ("service", format!("{NAME}-metrics")),
+    ] {
+        assert!(get(&c, &[kind, &name, "-n", NS]).await.is_some(), "{kind} {name}");
+    }
+    assert!(get(&c, &["clusterrole", NAME]).await.is_some());
+    c.kubectl_stdin(&["apply", "-f", "-"], &node_image_manifest(NS))
+        .await
+        .unwrap();
+    let uid = get(&c, &["nodeimage", NODE_IMAGE, "-n", NS]).await.unwrap()["metadata"]["uid"].clone();
+
+    // A second release beside it (the CRDs are the first one's): no cluster-scoped clash.
+    c.helm(&[
+        "install",
+        "ido-b",
+        &chart,
+        "-n",
+        "ido-b",
+        "--create-namespace",
+        "--set",
+        "crd.enable=false",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        get(&c, &["clusterrole", &format!("ido-b-{NAME}")])
+            .await
+            .is_some()
+    );
+    c.helm(&["uninstall", "ido-b", "-n", "ido-b"]).await.unwrap();
+    assert!(get(&c, &["clusterrole", NAME]).await.is_some());
+    crds_established(&c).await;
+
+    // Upgrade with changed values: the CRDs are upgraded (the keep annotation goes), the
+    // ServiceMonitor and NetworkPolicy are taken by the API server, the NodeImage stays.
+    c.kubectl_stdin(&["apply", "-f", "-"], SERVICE_MONITOR_CRD)
+        .await
+        .unwrap();
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/servicemonitors.monitoring.coreos.com",
+    ])
+    .await
+    .unwrap();
+    let mut changed = vsphere.clone();
+    changed["controllerManager"] = json!({"replicas": 2});
+    changed["imageRetentionPeriod"] = json!("720h");
+    changed["crd"] = json!({"keep": false});
+    changed["prometheus"] = json!({"serviceMonitor": {"enabled": true}});
+    changed["networkPolicy"] = json!({"enabled": true});
+    let f2 = values_file(&changed);
+    c.helm(&[
+        "upgrade",
+        NAME,
+        &chart,
+        "-n",
+        NS,
+        "--values",
+        &f2.path().display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let dep = get(&c, &["deployment", NAME, "-n", NS]).await.unwrap();
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let cm = get(&c, &["configmap", &format!("{NAME}-config"), "-n", NS])
+        .await
+        .unwrap();
+    assert!(cm["data"]["config.yaml"].as_str().unwrap().contains("720h"));
+    assert!(get(&c, &["servicemonitor", NAME, "-n", NS]).await.is_some());
+    assert!(get(&c, &["networkpolicy", NAME, "-n", NS]).await.is_some());
+    for crd in CHART_CRDS {
+        let crd = get(&c, &["crd", crd]).await.unwrap();
+        assert!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null(),
+            "helm upgrade updates the CRDs: {}",
+            crd["metadata"]
+        );
+    }
+    crds_established(&c).await;
+    let ni = get(&c, &["nodeimage", NODE_IMAGE, "-n", NS])
+        .await
+        .expect("the NodeImage survives the upgrade");
+    assert_eq!(ni["metadata"]["uid"], uid);
+
+    // Back to crd.keep (the default): uninstalling keeps the CRDs and the NodeImage.
+    c.helm(&["upgrade", NAME, &chart, "-n", NS, "--values", &file])
+        .await
+        .unwrap();
+    let crd = get(&c, &["crd", CHART_CRDS[2]]).await.unwrap();
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    let out = c.helm(&["uninstall", NAME, "-n", NS]).await.unwrap();
+    assert!(out.contains("kept due to the resource policy"), "{out}");
+    crds_established(&c).await;
+    let ni = get(&c, &["nodeimage", NODE_IMAGE, "-n", NS])
+        .await
+        .expect("the NodeImage survives uninstall");
+    assert_eq!(ni["metadata"]["uid"], uid);
+    assert!(get(&c, &["deployment", NAME, "-n", NS]).await.is_none());
+    assert!(get(&c, &["clusterrole", NAME]).await.is_none());
+    assert_eq!(c.helm(&["list", "-A", "-q"]).await.unwrap().trim(), "");
+}
+
+/// A copy of the chart as it was before its CRDs became templates: CRDs in `crds/`, and
+/// the NodeImage CRD stale (no printer columns).
+fn chart_with_a_crds_folder(dir: &Path) -> PathBuf {
+    let old = dir.join(NAME);
+    let out = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(chart_dir())
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_file(old.join("templates/crds.yaml")).unwrap();
+    std::fs::rename(old.join("files/crds"), old.join("crds")).unwrap();
+    let path = old.join("crds/nodeimages.image.giantswarm.io.yaml");
+    let mut crd: Value = yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    crd["spec"]["versions"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("additionalPrinterColumns");
+    std::fs::write(&path, crd.to_string()).unwrap();
+    old
+}
+
+#[tokio::test]
+async fn crds_from_a_crds_folder_are_taken_over_and_upgraded() {
+    let c = Cluster::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let old = chart_with_a_crds_folder(dir.path()).display().to_string();
+    let chart = chart_dir().display().to_string();
+    c.helm(&["install", NAME, &old, "-n", NS, "--create-namespace"])
+        .await
+        .unwrap();
+    crds_established(&c).await;
+    let columns = async || {
+        get(&c, &["crd", "nodeimages.image.giantswarm.io"]).await.unwrap()["spec"]["versions"][0]
+            ["additionalPrinterColumns"]
+            .clone()
+    };
+    assert!(columns().await.is_null());
+    c.kubectl_stdin(&["apply", "-f", "-"], &node_image_manifest(NS))
+        .await
+        .unwrap();
+
+    // helm will not adopt CRDs it did not create (values.yaml says so, and what to do).
+    let err = c
+        .helm(&["upgrade", NAME, &chart, "-n", NS])
+        .await
+        .expect_err("helm adopted CRDs from crds/");
+    assert!(err.to_string().contains("invalid ownership metadata"), "{err}");
+
+    c.helm(&["upgrade", NAME, &chart, "-n", NS, "--take-ownership"])
+        .await
+        .unwrap();
+    crds_established(&c).await;
+    let generated: Value =
+        yaml::from_str(&std::fs::read_to_string(crd_path("nodeimages.image.giantswarm.io")).unwrap())
+            .unwrap();
+    assert_eq!(
+        columns().await,
+        generated["spec"]["versions"][0]["additionalPrinterColumns"],
+        "the upgrade brought the CRD up to date"
+    );
+    let crd = get(&c, &["crd", "nodeimages.image.giantswarm.io"]).await.unwrap();
+    assert_eq!(crd["metadata"]["annotations"]["meta.helm.sh/release-name"], NAME);
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    assert!(get(&c, &["nodeimage", NODE_IMAGE, "-n", NS]).await.is_some());
 }

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use ido_disk::detect::{Detected, DiskFormat, detect};
-use ido_disk::source::redacted;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 
 /// Bytes read from the start of the image.
@@ -88,12 +87,10 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, String
     Ok(from_head(&head, total))
 }
 
-/// `url` without user info or query, for messages (a token in a query never shows).
+/// `url` without user info or query, for messages (a token in a query never shows), even
+/// when it does not parse.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => redacted(&u),
-        Err(_) => "<invalid URL>".into(),
-    }
+    ido_engine::redact::text(url)
 }
 
 #[cfg(test)]

@@ -143,21 +143,8 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The URL without user info, query or fragment, for messages: a presigned URL's
-/// signature (or any token in a query) never reaches a log or an error.
-pub fn redacted(url: &Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    let query = u.query().is_some_and(|q| !q.is_empty());
-    u.set_query(None);
-    u.set_fragment(None);
-    let mut s = u.to_string();
-    if query {
-        s.push_str("?<redacted>");
-    }
-    s
-}
+/// The URL without user info, query or fragment, for messages.
+pub use ido_engine::redact::url as redacted;
 
 /// Opens the URL: the first response is awaited here, the body streams from a task. An
 /// object that is large enough, with `Accept-Ranges: bytes` and a known length, is fetched

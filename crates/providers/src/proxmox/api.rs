@@ -199,33 +199,10 @@ pub fn as_bool(v: &Value) -> bool {
     }
 }
 
-/// Removes `?query` parts of URLs in a log line (presigned S3 URLs carry signatures).
+/// A task log line with credentials and URL queries (presigned S3 URLs carry signatures)
+/// hidden, and control characters escaped.
 pub fn redact_urls(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(i) = rest.find("http") {
-        let (head, tail) = rest.split_at(i);
-        out.push_str(head);
-        if !(tail.starts_with("http://") || tail.starts_with("https://")) {
-            out.push_str("http");
-            rest = &tail[4..];
-            continue;
-        }
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
-            .unwrap_or(tail.len());
-        let url = &tail[..end];
-        match url.split_once('?') {
-            Some((u, _)) => {
-                out.push_str(u);
-                out.push_str("?<redacted>");
-            }
-            None => out.push_str(url),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
+    ido_engine::redact::text(line)
 }
 
 #[cfg(test)]

@@ -279,15 +279,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (num.is_empty() && !s.is_empty()).then(|| Duration::from_secs(total))
 }
 
-/// Hides `user:password@` in a URL-like value.
-fn redact_userinfo(v: &str) -> String {
-    let start = v.find("://").map(|i| i + 3).unwrap_or(0);
-    let end = v[start..].find('/').map(|i| start + i).unwrap_or(v.len());
-    match v[start..end].rfind('@') {
-        Some(at) => format!("{}<redacted>{}", &v[..start], &v[start + at..]),
-        None => v.to_string(),
-    }
-}
+use ido_engine::redact::userinfo as redact_userinfo;
 
 fn de_locations<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, VcdLocation>, D::Error> {
     parse_locations(Option::<Value>::deserialize(d)?).map_err(D::Error::custom)

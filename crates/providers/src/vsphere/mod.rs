@@ -246,15 +246,7 @@ impl VsphereConfig {
     }
 }
 
-/// Hides `user:password@` in a URL-like value.
-fn redact_userinfo(v: &str) -> String {
-    let start = v.find("://").map(|i| i + 3).unwrap_or(0);
-    let end = v[start..].find('/').map(|i| start + i).unwrap_or(v.len());
-    match v[start..end].rfind('@') {
-        Some(at) => format!("{}<redacted>{}", &v[..start], &v[start + at..]),
-        None => v.to_string(),
-    }
-}
+use ido_engine::redact::userinfo as redact_userinfo;
 
 impl From<SoapError> for ProviderError {
     fn from(e: SoapError) -> Self {
