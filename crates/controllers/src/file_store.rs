@@ -83,9 +83,10 @@ fn other(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl FileStore {
-    /// Opens (creating if needed) the state directory and loads every object in it.
+    /// Opens (creating if needed) the state directory and loads every object in it. The
+    /// directory is made private (0700): it holds Secrets' data (files are written 0600).
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root).map_err(|e| other(format!("{}: {e}", root.display())))?;
+        create_private_dir(root)?;
         let mut objects = BTreeMap::new();
         let mut max_rv = 0;
         for res in read_dirs(root)? {
@@ -166,10 +167,10 @@ impl FileStore {
         match &value {
             Some(v) => {
                 let dir = path.parent().expect("parent");
-                std::fs::create_dir_all(dir).map_err(other)?;
+                create_private_dir(dir)?;
                 let tmp = path.with_extension("json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec_pretty(v).map_err(other)?).map_err(other)?;
-                std::fs::rename(&tmp, &path).map_err(other)?;
+                write_private(&tmp, &serde_json::to_vec_pretty(v).map_err(other)?)?;
+                std::fs::rename(&tmp, &path).map_err(|e| other(format!("{}: {e}", path.display())))?;
                 inner.objects.insert(key.clone(), v.clone());
             }
             None => {
@@ -258,6 +259,86 @@ impl FileStore {
             self.finish_deletion(inner, &key, v)?;
         }
         Ok(())
+    }
+}
+
+/// Creates `dir` (and its parents) readable by the owner only, and makes an existing one so.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e: std::io::Error| other(format!("{}: {e}", dir.display()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Writes `bytes` to a new file at `path` readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let err = |e: std::io::Error| other(format!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)
+}
+
+/// The exclusive hold of one `ido` process on a state directory (`<state>/.lock`, a file
+/// lock the kernel drops when the process ends, holding the holder's pid): two runs on
+/// one state would undo each other's work.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock; when another process holds it, fails at once naming its pid, or
+    /// with `wait` waits for it.
+    pub async fn acquire(root: &Path, wait: bool) -> Result<Self> {
+        use std::{
+            io::{Read, Seek, Write},
+            os::unix::fs::OpenOptionsExt,
+        };
+        create_private_dir(root)?;
+        let path = root.join(".lock");
+        let err = |e: std::io::Error| other(format!("{}: {e}", path.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { "unknown" } else { holder };
+                if !wait {
+                    return Err(other(format!(
+                        "state directory {} is in use by another ido (pid {holder}); wait for it to finish, or pass --wait-lock",
+                        root.display()
+                    )));
+                }
+                tracing::info!(state = %root.display(), pid = holder, "waiting for the state directory's lock");
+                file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                    .await
+                    .map_err(other)?
+                    .map_err(err)?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+        file.set_len(0).map_err(err)?;
+        file.rewind().map_err(err)?;
+        write!(file, "{}", std::process::id()).map_err(err)?;
+        Ok(Self { _file: file })
     }
 }
 

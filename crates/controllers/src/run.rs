@@ -191,6 +191,32 @@ async fn apply_data<K: crate::store::Object>(
     Ok(key)
 }
 
+/// Keys of the objects earlier runs applied from manifests (what an empty desired set
+/// would delete).
+pub async fn applied_keys(store: &FileStore) -> anyhow::Result<Vec<Key>> {
+    async fn of<K: crate::store::Object>(store: &FileStore, out: &mut Vec<Key>) -> anyhow::Result<()> {
+        for obj in store.list::<K>().await? {
+            if obj
+                .meta()
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(APPLIED_ANNOTATION))
+            {
+                out.push(FileStore::key_of(&obj));
+            }
+        }
+        Ok(())
+    }
+    let mut out = vec![];
+    of::<Release>(store, &mut out).await?;
+    of::<NodeImage>(store, &mut out).await?;
+    of::<ImageSync>(store, &mut out).await?;
+    of::<DiskImport>(store, &mut out).await?;
+    of::<Secret>(store, &mut out).await?;
+    of::<ConfigMap>(store, &mut out).await?;
+    Ok(out)
+}
+
 async fn prune<K: crate::store::Object>(store: &FileStore, wanted: &BTreeSet<Key>) -> anyhow::Result<()> {
     for obj in store.list::<K>().await? {
         let applied = obj

@@ -256,6 +256,16 @@ fn run(
     } else {
         loop {
             let p = Prefixed::new(reader, HEAD_LEN).map_err(|e| Error::io("reading the image", e))?;
+            if p.head().is_empty() {
+                let what = match layers.last() {
+                    Some(layer) => format!("the {layer} data holds nothing"),
+                    None => "the source is empty (0 bytes)".into(),
+                };
+                return Err(Error::invalid(
+                    "input",
+                    format!("{what}: there is no disk to import"),
+                ));
+            }
             let d = detect(p.head());
             if !matches!(d, Detected::Disk(_)) && layers.len() == MAX_LAYERS {
                 return Err(Error::Unsupported {
@@ -306,6 +316,9 @@ fn run(
             ));
         }
     };
+    if opts.format.is_none() && resumed.is_none() {
+        check_name(&opts.source, format, &layers)?;
+    }
     // Only a detected raw image may turn out to be a fixed VHD.
     let fixed_vhd = opts.format.is_none_or(|f| f == DiskFormat::Vhd);
     tracing::debug!(%format, ?layers, "importing");
@@ -548,4 +561,72 @@ impl<R: Read> Read for FinishingTar<R> {
         }
         Ok(n)
     }
+}
+
+/// Refuses content that contradicts the source's name (`disk.qcow2` that holds no qcow2, an
+/// `.ova` that is no tar): importing it as raw would silently give a useless disk.
+/// `--format` overrides the check.
+fn check_name(source: &crate::source::SourceSpec, format: DiskFormat, layers: &[&str]) -> Result<()> {
+    let Some(name) = source.file_name() else {
+        return Ok(());
+    };
+    let lower = name.to_ascii_lowercase();
+    let mut stem = lower.as_str();
+    let mut named_layers = vec![];
+    for (ext, layer) in [
+        (".gz", "gzip"),
+        (".xz", "xz"),
+        (".zst", "zstd"),
+        (".bz2", "bzip2"),
+    ] {
+        if let Some(s) = stem.strip_suffix(ext) {
+            stem = s;
+            named_layers.push(layer);
+        }
+    }
+    let named = [
+        (".ova", "ova"),
+        (".tar", "tar"),
+        (".qcow2", "qcow2"),
+        (".qcow", "qcow"),
+        (".vmdk", "vmdk"),
+        (".vhdx", "vhdx"),
+        (".vhd", "vhd"),
+        (".vdi", "vdi"),
+        (".iso", "iso"),
+    ]
+    .into_iter()
+    .find(|(ext, _)| stem.ends_with(ext))
+    .map(|(_, what)| what);
+    let found = |what: &str| format.name() == what || layers.contains(&what);
+    let mismatch = match named {
+        // An ISO is raw data to the importer; a raw image named .iso is fine.
+        Some("iso") => !matches!(format, DiskFormat::Iso | DiskFormat::Raw),
+        // A fixed VHD starts as raw data; its footer is recognised at the end.
+        Some("vhd") => !matches!(format, DiskFormat::Vhd | DiskFormat::Raw),
+        Some(what) => !found(what),
+        None => false,
+    } || named_layers.iter().any(|l| !layers.contains(l));
+    if mismatch {
+        let content = layers
+            .iter()
+            .copied()
+            .chain([format.name()])
+            .collect::<Vec<_>>()
+            .join(" in ");
+        return Err(Error::Refused {
+            format: format.name(),
+            reason: format!(
+                "{} is named like {} but its content is {content}; pass --format {} to import it as that",
+                ido_engine::redact::escape_controls(&name),
+                named
+                    .into_iter()
+                    .chain(named_layers.iter().copied())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                format.name(),
+            ),
+        });
+    }
+    Ok(())
 }

@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ido_controllers::{
     config::{Config, parse_go_duration},
-    file_store::FileStore,
-    run::{RunOptions, apply_desired, default_state_dir, load_manifests, run},
+    file_store::{FileStore, StateLock},
+    run::{RunOptions, applied_keys, apply_desired, default_state_dir, load_manifests, run},
 };
 
 #[derive(Parser)]
@@ -67,12 +67,48 @@ struct RunArgs {
     /// With --once, give up after this long (e.g. 30m).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     timeout: Duration,
+    /// Let manifests that hold no object delete every object earlier runs applied (without
+    /// it, an empty desired set is refused when it would delete anything).
+    #[arg(long)]
+    prune_empty: bool,
+    /// Wait for another ido using the same state directory to finish, instead of failing.
+    #[arg(long)]
+    wait_lock: bool,
 }
 
 #[derive(Args)]
 struct OperatorArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Address of /metrics: HOST:PORT, :PORT (every interface), or 0 (off).
+    #[arg(long, default_value = ":8443", value_parser = ido_operator::http::parse_bind_address)]
+    metrics_bind_address: ::std::option::Option<std::net::SocketAddr>,
+    /// Serve /metrics over HTTPS, to bearer tokens the API server authenticates and allows
+    /// `get` on /metrics (TokenReview, SubjectAccessReview); false: plain HTTP, no auth.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    metrics_secure: bool,
+    /// Directory with tls.crt and tls.key for /metrics (reloaded on change); default: a
+    /// self-signed certificate made at start.
+    #[arg(long)]
+    metrics_cert_dir: Option<PathBuf>,
+    /// Address of /healthz and /readyz (plain HTTP): HOST:PORT, :PORT, or 0 (off).
+    #[arg(long, default_value = ":8081", value_parser = ido_operator::http::parse_bind_address)]
+    health_probe_bind_address: ::std::option::Option<std::net::SocketAddr>,
+    /// Run the controllers only while holding the leader Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else the NodeImage namespace).
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "ido-leader")]
+    leader_election_id: String,
+    /// Give up (exit 1) when the API server is not usable within this long (e.g. 60s, 5m);
+    /// 0: wait forever. Rejected credentials (401) or missing rights (403) end it at once.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    startup_timeout: Duration,
 }
 
 fn parse_merge(s: &str) -> Result<(String, PathBuf), String> {
@@ -148,7 +184,21 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = config.settings()?;
     let manifests = load_manifests(&args.files, &settings.namespace)?;
     let state = args.state.unwrap_or_else(default_state_dir);
+    let _lock = StateLock::acquire(&state, args.wait_lock).await?;
     let store = FileStore::open(&state).with_context(|| format!("opening state {}", state.display()))?;
+    if manifests.is_empty() && !args.prune_empty {
+        let applied = applied_keys(&store).await?;
+        if !applied.is_empty() {
+            let files: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
+            anyhow::bail!(
+                "{} hold no object: running would delete all {} objects earlier runs applied in {} (e.g. {}); pass --prune-empty to do that",
+                files.join(", "),
+                applied.len(),
+                state.display(),
+                applied[0]
+            );
+        }
+    }
     let ctx = Arc::new(config.context(store.clone())?);
     if ctx.providers.is_empty() {
         tracing::warn!("no provider is enabled: Releases will be skipped");
@@ -171,11 +221,28 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn operator_cmd(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.config.as_deref(), &args.config.merges)?;
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("loading the Kubernetes client configuration (in-cluster or kubeconfig)")?;
+    let api_server = kube_config.cluster_url.to_string();
+    let client = kube::Client::try_from(kube_config)
+        .with_context(|| format!("connecting to the Kubernetes API at {api_server}"))?;
     let parts = ido_operator::ContextParts::from_config(&config)?;
-    ido_operator::run(client, parts, ido_operator::OperatorOptions::from_config(&config)).await?;
+    let defaults = ido_operator::OperatorOptions::from_config(&config);
+    let opts = ido_operator::OperatorOptions {
+        metrics_addr: args.metrics_bind_address.unwrap_or(defaults.metrics_addr),
+        serve_metrics: args.metrics_bind_address.is_some(),
+        metrics_secure: args.metrics_secure,
+        metrics_cert_dir: args.metrics_cert_dir,
+        health_probe_addr: args.health_probe_bind_address,
+        leader_election: args.leader_elect,
+        lease_name: args.leader_election_id,
+        lease_namespace: args.leader_election_namespace,
+        startup_timeout: Some(args.startup_timeout).filter(|t| !t.is_zero()),
+        api_server: Some(api_server),
+        ..defaults
+    };
+    ido_operator::run(client, parts, opts).await?;
     Ok(ExitCode::SUCCESS)
 }
 

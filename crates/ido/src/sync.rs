@@ -89,6 +89,9 @@ pub(crate) struct SyncArgs {
     /// ImageSyncs synced at once (each copies its `spec.concurrency` tags at once).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Wait for another ido using the same state directory to finish, instead of failing.
+    #[arg(long)]
+    wait_lock: bool,
 }
 
 /// One pass of every ImageSync given, whatever its mode and schedule; prints a table per
@@ -121,6 +124,7 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
             temp.path().to_path_buf()
         }
     };
+    let _lock = ido_controllers::file_store::StateLock::acquire(&state, args.wait_lock).await?;
     let store = FileStore::open(&state).with_context(|| format!("opening state {}", state.display()))?;
     apply(&store, &manifests).await?;
     let ctx = Context {

@@ -127,9 +127,20 @@ async fn run_once_distributes_and_removes() {
         "{err}"
     );
 
-    // Running without the Release removes the template everywhere.
+    // Running without the Release removes the template everywhere; with no manifest left
+    // at all, only when asked to.
     std::fs::remove_file(d.join("releases/r.yaml")).unwrap();
     let out = ido(&[&base[..], &["-f", "releases"]].concat(), d);
+    assert!(
+        !out.status.success(),
+        "an empty desired set pruned without --prune-empty"
+    );
+    let vms = oracle_list_vms(&vc, "/DC0/vm").await.unwrap();
+    assert!(
+        vms.iter().any(|v| v["name"] == IMAGE),
+        "the template went without --prune-empty"
+    );
+    let out = ido(&[&base[..], &["-f", "releases", "--prune-empty"]].concat(), d);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let vms = oracle_list_vms(&vc, "/DC0/vm").await.unwrap();
     assert!(!vms.iter().any(|v| v["name"] == IMAGE));
@@ -304,4 +315,94 @@ fn hostile_names_are_refused_and_nothing_outside_the_state_is_touched() {
         before,
         "files outside the working directory changed"
     );
+}
+
+/// An empty desired set is refused when it would delete what earlier runs applied, unless
+/// `--prune-empty`; a second ido on the same state fails at once naming the holder.
+#[test]
+fn an_empty_desired_set_deletes_nothing_unless_told_and_one_writer_per_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("values.yaml"), "namespace: team\n").unwrap();
+    std::fs::write(
+        d.join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca}\ndata: {ca.crt: x}\n",
+    )
+    .unwrap();
+    std::fs::create_dir(d.join("empty")).unwrap();
+    std::fs::write(d.join("empty.yaml"), "").unwrap();
+    let run = |file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--once",
+            "--timeout",
+            "10s",
+            "-f",
+            file,
+            "--config",
+            "values.yaml",
+            "--state",
+            "st",
+        ];
+        args.extend(extra);
+        ido(&args, d)
+    };
+    let out = run("cm.yaml", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored = d.join("st/configmaps./team/ca.json");
+    assert!(stored.is_file());
+    // The state is private: the directory 0700, objects (Secrets among them) 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.join("st")), 0o700);
+    assert_eq!(mode(&stored), 0o600);
+
+    for empty in ["empty.yaml", "empty"] {
+        let out = run(empty, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("{empty} hold no object")) && err.contains("--prune-empty"),
+            "{err}"
+        );
+        assert!(stored.is_file(), "an empty desired set deleted an applied object");
+    }
+    let out = run("empty.yaml", &["--prune-empty"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stored.exists(), "--prune-empty prunes");
+
+    // One writer per state: a running `ido run` holds it; a second fails at once.
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args(["run", "-f", "cm.yaml", "--config", "values.yaml", "--state", "st"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = d.join("st/.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let started = std::time::Instant::now();
+    let out = run("cm.yaml", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("in use by another ido (pid {})", first.id())),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "it did not fail at once"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The kernel dropped the lock with the process: the next run proceeds.
+    let out = run("cm.yaml", &["--wait-lock"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

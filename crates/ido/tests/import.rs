@@ -304,3 +304,55 @@ async fn a_killed_import_resumes_from_its_last_checkpoint() {
     );
     assert_eq!(last.header("if-range"), Some("\"disk-v1\""));
 }
+
+/// Bad input gets a clear error and no target: an empty source, content that contradicts
+/// its name (unless `--format` says so), and credentials in a source are never echoed.
+#[tokio::test]
+async fn empty_misnamed_and_credentialed_sources_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let target = d.join("disk.img");
+    let target_s = target.display().to_string();
+
+    let empty = d.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let out = ido(&["-", &target_s], Some(&empty)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the source is empty (0 bytes)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!target.exists(), "an empty source left a target");
+
+    let garbage = d.join("node.ova");
+    std::fs::write(&garbage, vec![0x5au8; 70_000]).unwrap();
+    let out = ido(&[&garbage.display().to_string(), &target_s], None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("node.ova is named like ova but its content is raw") && err.contains("--format raw"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    let out = ido(
+        &["--format", "raw", &garbage.display().to_string(), &target_s],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&garbage).unwrap());
+    std::fs::remove_file(&target).unwrap();
+
+    for source in [
+        "https://user:hunter2-pw@bad host/disk.qcow2?X-Amz-Signature=hunter2-sig",
+        "s3://AKIAHUNTER2:hunter2-pw@bucket_x/k?sig=hunter2-sig",
+    ] {
+        let out = ido(&[source, &target_s], None).await;
+        let all = text(&out.stdout) + &text(&out.stderr);
+        assert!(!out.status.success(), "{all}");
+        assert!(all.contains("invalid source"), "{all}");
+        assert!(!all.contains("hunter2"), "a credential was echoed: {all}");
+        assert!(!target.exists());
+    }
+}

@@ -88,6 +88,20 @@ impl SourceSpec {
     }
 }
 
+impl SourceSpec {
+    /// The last segment of the source's path or key (`disk.qcow2.xz`), when it has one: the
+    /// name a user expects the content to match.
+    pub fn file_name(&self) -> Option<String> {
+        let last = |p: &str| p.rsplit('/').next().filter(|s| !s.is_empty()).map(String::from);
+        match self {
+            SourceSpec::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
+            SourceSpec::Http(h) => last(h.url.path()),
+            SourceSpec::S3(o) => last(&o.key),
+            SourceSpec::Stdin | SourceSpec::Registry(_) => None,
+        }
+    }
+}
+
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
