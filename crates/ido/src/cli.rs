@@ -152,11 +152,27 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
+        // The reader went away (`ido tags … | head`): stop quietly, as other tools do.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `text` to standard output; a closed pipe is an error [`main`] ends quietly on.
+pub(crate) fn out(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{text}").and_then(|()| stdout.flush())?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
@@ -167,7 +183,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map(yaml::to_string)
                 .collect::<Result<_, _>>()
                 .context("serialising CRDs")?;
-            print!("{}", docs.iter().map(|d| format!("---\n{d}")).collect::<String>());
+            out(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_cmd(args).await,
@@ -211,7 +227,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         ..RunOptions::default()
     };
     let report = run(ctx, opts).await?;
-    print!("{}", report.table());
+    out(report.table())?;
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
@@ -329,10 +345,14 @@ pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     if rep.skipped {
-        println!("{} already has {}: nothing to copy", dst_ref.whole(), rep.digest);
+        out(format_args!(
+            "{} already has {}: nothing to copy\n",
+            dst_ref.whole(),
+            rep.digest
+        ))?;
     } else {
-        println!(
-            "copied {} to {} in {:.1?}: {} manifest(s), {} blob(s) copied ({} bytes), {} present, {} mounted; digest {}",
+        out(format_args!(
+            "copied {} to {} in {:.1?}: {} manifest(s), {} blob(s) copied ({} bytes), {} present, {} mounted; digest {}\n",
             src_ref.whole(),
             dst_ref.whole(),
             started.elapsed(),
@@ -342,7 +362,7 @@ pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
             rep.blobs_present,
             rep.blobs_mounted,
             rep.digest
-        );
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -67,7 +67,7 @@ pub(crate) async fn tags_cmd(args: TagsArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no tag of {}/{} matches", repo.registry(), repo.repository());
     }
     for t in &tags {
-        println!("{t}");
+        crate::cli::out(format_args!("{t}\n"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -153,11 +153,11 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
         match r {
             Ok(is) => {
                 ok &= is_ready(&is);
-                print!("{}", table(&is));
+                crate::cli::out(table(&is))?;
             }
             Err(e) => {
                 ok = false;
-                println!("{ns}/{name}: error: {e:#}");
+                crate::cli::out(format_args!("{ns}/{name}: error: {e:#}\n"))?;
             }
         }
     }
