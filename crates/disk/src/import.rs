@@ -51,6 +51,9 @@ pub struct ImportOptions {
     pub resume: bool,
     /// Target bytes between two checkpoints. Default: [`DEFAULT_CHECKPOINT_EVERY`].
     pub checkpoint_every: u64,
+    /// Replace a file target that exists (`--force`). Without it an existing file is
+    /// refused before anything is read or written (a resumed target is the import's own).
+    pub overwrite: bool,
 }
 
 impl ImportOptions {
@@ -68,6 +71,7 @@ impl ImportOptions {
             preallocate: false,
             resume: false,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            overwrite: false,
         }
     }
 }
@@ -105,6 +109,13 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
     } else {
         None
     };
+    if !probe.block && record.is_none() && !opts.overwrite && opts.target.path.exists() {
+        return Err(Error::InvalidArgument {
+            field: "target",
+            value: opts.target.path.display().to_string(),
+            reason: "exists; pass --force to replace it".into(),
+        });
+    }
     let from = record.as_ref().map(|r| ResumeFrom {
         offset: r.offset,
         validator: r.validator.clone(),

@@ -74,6 +74,10 @@ pub(crate) struct ImportArgs {
     /// --preallocate, from HTTP(S) or S3 resume; other imports start again.
     #[arg(long)]
     resume: bool,
+    /// Replace TARGET if it is a file that exists (without it, an existing file is refused
+    /// and left as it is).
+    #[arg(long)]
+    force: bool,
     /// Target bytes between two checkpoints with --resume (each syncs the target).
     #[arg(long, value_name = "S", value_parser = parse_size, default_value = "256Mi", requires = "resume")]
     checkpoint_every: u64,
@@ -163,6 +167,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         ca_dir,
         preallocate,
         resume,
+        force,
         checkpoint_every,
         insecure,
         retries,
@@ -346,6 +351,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     opts.format = format;
     opts.preallocate = preallocate;
     opts.resume = resume;
+    opts.overwrite = force;
     opts.checkpoint_every = checkpoint_every;
     let display = Display::new(progress);
     opts.progress = display.callback();
@@ -533,6 +539,7 @@ mod tests {
         assert!(std::fs::read(&out).unwrap() == data);
 
         // Too large for the target: a permanent failure (exit 2), nothing left behind.
+        std::fs::remove_file(&out).unwrap();
         let args = parse(&[s, o, "--size", "2Mi", "--progress", "none"]).unwrap();
         assert_eq!(import_cmd(args).await.unwrap(), ExitCode::from(EXIT_PERMANENT));
         assert!(!out.exists());

@@ -344,6 +344,43 @@ async fn empty_misnamed_and_credentialed_sources_are_refused_clearly() {
     assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&garbage).unwrap());
     std::fs::remove_file(&target).unwrap();
 
+    // An existing target is never overwritten without --force, and a failed import
+    // leaves it as it was (the import did not create it).
+    std::fs::write(&target, b"precious").unwrap();
+    let out = ido(
+        &[&garbage.display().to_string(), &target_s, "--format", "raw"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exists; pass --force to replace it"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    let out = ido(&["-", &target_s, "--force"], Some(&empty)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"precious",
+        "a refused source touched the target"
+    );
+    let out = ido(
+        &[
+            &garbage.display().to_string(),
+            &target_s,
+            "--format",
+            "raw",
+            "--force",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&garbage).unwrap());
+    std::fs::remove_file(&target).unwrap();
+
     for source in [
         "https://user:hunter2-pw@bad host/disk.qcow2?X-Amz-Signature=hunter2-sig",
         "s3://AKIAHUNTER2:hunter2-pw@bucket_x/k?sig=hunter2-sig",

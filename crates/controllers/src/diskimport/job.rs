@@ -268,6 +268,8 @@ pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> 
     if mode == VolumeMode::Filesystem {
         args.push("--resume".into());
     }
+    // The claim is the DiskImport's own: what a failed pod left there is replaced.
+    args.push("--force".into());
     let mut volumes = vec![json!({
         "name": "disk",
         "persistentVolumeClaim": {"claimName": di.metadata.name},

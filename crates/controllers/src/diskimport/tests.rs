@@ -234,6 +234,7 @@ async fn an_http_import_gets_a_claim_and_an_importer_job_and_follows_it() {
             "--progress",
             "plain",
             "--resume",
+            "--force",
         ]
     );
     assert_eq!(
@@ -477,6 +478,7 @@ async fn block_volumes_get_the_device_and_registry_and_s3_sources_their_flags() 
             "--progress",
             "plain",
             "--preallocate",
+            "--force",
         ]
     );
 
