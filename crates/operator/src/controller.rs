@@ -21,6 +21,13 @@
 //! cluster-wide grant on Secrets. If the ImageSync CRD is not installed (Helm does not
 //! upgrade CRDs), that controller is off and a warning says so; the others run.
 //!
+//! Each controller is kube-runtime's `applier` (what `Controller::run` wraps) driven here,
+//! over the same reflector and watches `Controller` would build, so that every request into
+//! its scheduler and every reconcile it starts passes through [`crate::workqueue::Queue`]:
+//! that is where controller-runtime's `controller_runtime_*` and `workqueue_*` metrics are
+//! measured (see there). Concurrency: NodeImages `concurrency.images`, ImageSyncs
+//! [`Concurrency::syncs`], Releases and DiskImports 4 each.
+//!
 //! Each reconcile is timed into `ido_reconciles_total` / `ido_reconcile_duration_seconds`.
 //! A failed reconcile bumps `ido_reconcile_failures_total{error}` and is retried after an
 //! exponential backoff per object (5 s, 10 s, … up to 5 min), reset by the next success.
@@ -33,7 +40,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use ido_api::{DiskImport, ImageSync, NodeImage, Release};
 use ido_controllers::{
     Action, Context, Error, diskimport, imagesync,
@@ -44,44 +51,43 @@ use ido_controllers::{
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use kube::{
     Api, Client,
-    api::ListParams,
+    api::{ListParams, PartialObjectMeta},
     runtime::{
-        Controller,
-        controller::{self, Config},
-        reflector::{ObjectRef, Store as Cache},
+        WatchStreamExt, applier,
+        controller::{self, Config, ReconcileRequest, trigger_owners, trigger_self},
+        reflector::{self, ObjectRef, Store as Cache},
+        utils::{CancelableJoinHandle, StreamBackoff},
         watcher,
     },
 };
 use tracing::Instrument;
 
-use crate::KubeStore;
+use crate::{
+    KubeStore,
+    workqueue::{Key, Outcome, Queue, Running},
+};
 
 /// First retry delay after a failed reconcile.
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Longest retry delay after failed reconciles.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Releases reconciled at once (each writes a NodeImage or two).
+const RELEASE_CONCURRENCY: u16 = 4;
+/// DiskImports reconciled at once (each writes a claim and a Job).
+const DISK_IMPORT_CONCURRENCY: u16 = 4;
 
 /// What every reconcile of one controller shares.
 struct Shared<K: kube::Resource<DynamicType = ()> + 'static> {
     /// The reconcilers' context.
     ctx: Arc<Context<KubeStore>>,
-    /// `release` or `nodeimage`: the metrics' `controller` label.
+    /// `release`, `nodeimage`, …: the metrics' `controller` label.
     name: &'static str,
     /// Consecutive failures per object.
     failures: Mutex<HashMap<ObjectRef<K>, u32>>,
     /// The controller's cache (for the NodeImage gauge).
-    cache: Option<Cache<K>>,
-}
-
-impl<K: Object> Shared<K> {
-    fn new(ctx: Arc<Context<KubeStore>>, name: &'static str) -> Self {
-        Self {
-            ctx,
-            name,
-            failures: Mutex::default(),
-            cache: None,
-        }
-    }
+    cache: Cache<K>,
+    /// The work queue's metrics.
+    queue: Arc<Queue>,
 }
 
 /// The retry delay after `failures` consecutive failures: 5 s doubling up to 5 min.
@@ -98,11 +104,18 @@ pub fn to_kube(action: Action) -> controller::Action {
     }
 }
 
-/// Runs `reconcile` in a span naming the object, timed into the metrics, and resets the
-/// object's failure count on success.
+/// The work queue's key of `obj`.
+fn key<K: Object>(obj: &K) -> Key {
+    let m = obj.meta();
+    (m.namespace.clone(), m.name.clone().unwrap_or_default())
+}
+
+/// Runs `reconcile` in a span naming the object, timed into the metrics (`running` records
+/// its end in the work queue's), and resets the object's failure count on success.
 async fn timed<K: Object>(
     obj: &K,
     shared: &Shared<K>,
+    running: Running,
     reconcile: impl Future<Output = Result<Action, Error>>,
 ) -> Result<controller::Action, Error> {
     let labels = ControllerLabels {
@@ -118,6 +131,15 @@ async fn timed<K: Object>(
         .reconcile_seconds
         .get_or_create(&labels)
         .observe(start.elapsed().as_secs_f64());
+    running.finish(match &r {
+        Err(_) => Outcome::Error,
+        Ok(Action::AwaitChange) => Outcome::Success,
+        Ok(Action::Requeue(d)) if d.is_zero() => Outcome::Requeue,
+        Ok(Action::Requeue(_)) => Outcome::RequeueAfter,
+    });
+    if let Ok(Action::Requeue(d)) = &r {
+        shared.queue.requeued(key(obj), *d);
+    }
     if r.is_ok() {
         shared
             .failures
@@ -147,6 +169,7 @@ fn error_policy<K: Object>(obj: Arc<K>, error: &Error, shared: Arc<Shared<K>>) -
         })
         .inc();
     let delay = backoff(n);
+    shared.queue.requeued(self::key(obj.as_ref()), delay);
     tracing::warn!(controller = shared.name, object = %key, %error, attempt = n, retry_in = ?delay, "reconcile failed");
     controller::Action::requeue(delay)
 }
@@ -154,32 +177,58 @@ fn error_policy<K: Object>(obj: Arc<K>, error: &Error, shared: Arc<Shared<K>>) -
 async fn reconcile_release(
     obj: Arc<Release>,
     shared: Arc<Shared<Release>>,
+    running: Running,
 ) -> Result<controller::Action, Error> {
-    timed(obj.as_ref(), &shared, release::reconcile(&obj, &shared.ctx)).await
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        release::reconcile(&obj, &shared.ctx),
+    )
+    .await
 }
 
 async fn reconcile_imagesync(
     obj: Arc<ImageSync>,
     shared: Arc<Shared<ImageSync>>,
+    running: Running,
 ) -> Result<controller::Action, Error> {
-    timed(obj.as_ref(), &shared, imagesync::reconcile(&obj, &shared.ctx)).await
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        imagesync::reconcile(&obj, &shared.ctx),
+    )
+    .await
 }
 
 async fn reconcile_diskimport(
     obj: Arc<DiskImport>,
     shared: Arc<Shared<DiskImport>>,
+    running: Running,
 ) -> Result<controller::Action, Error> {
-    timed(obj.as_ref(), &shared, diskimport::reconcile(&obj, &shared.ctx)).await
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        diskimport::reconcile(&obj, &shared.ctx),
+    )
+    .await
 }
 
 async fn reconcile_nodeimage(
     obj: Arc<NodeImage>,
     shared: Arc<Shared<NodeImage>>,
+    running: Running,
 ) -> Result<controller::Action, Error> {
-    let r = timed(obj.as_ref(), &shared, nodeimage::reconcile(&obj, &shared.ctx)).await;
-    if let Some(cache) = &shared.cache {
-        update_gauge(&shared.ctx, &cache.state());
-    }
+    let r = timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        nodeimage::reconcile(&obj, &shared.ctx),
+    )
+    .await;
+    update_gauge(&shared.ctx, &shared.cache.state());
     r
 }
 
@@ -202,22 +251,101 @@ fn update_gauge(ctx: &Context<KubeStore>, images: &[Arc<NodeImage>]) {
     }
 }
 
-/// Logs what a controller's run stream yields (reconcile errors were logged already).
+/// Logs what a controller's run stream yields (reconcile errors were logged already) and
+/// tells the work queue about objects the scheduler dropped because they are gone.
 async fn drain<K: Object>(
     name: &'static str,
+    queue: Arc<Queue>,
     stream: impl futures::Stream<
         Item = Result<(ObjectRef<K>, controller::Action), controller::Error<Error, watcher::Error>>,
     >,
 ) {
     stream
-        .for_each(|r| async move {
+        .for_each(|r| {
             match r {
                 Ok((obj, action)) => tracing::debug!(controller = name, object = %obj, ?action, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(controller = name, object = %obj, "gone before its reconcile");
+                    queue.dropped(&(obj.namespace.clone(), obj.name.clone()));
+                }
                 Err(e) => tracing::warn!(controller = name, error = %e, "controller error"),
             }
+            std::future::ready(())
         })
         .await;
+}
+
+/// Requests to reconcile the owners (of kind `K`) of objects that `api` watches.
+type Triggers<K> = BoxStream<'static, Result<ReconcileRequest<K>, watcher::Error>>;
+
+/// Requests for the owners of the objects `api` lists with `wc` (metadata only), as
+/// `Controller::owns` makes them.
+fn owners<K: Object, Child: Object>(api: Api<PartialObjectMeta<Child>>, wc: watcher::Config) -> Triggers<K> {
+    trigger_owners(watcher(api, wc).touched_objects(), (), ()).boxed()
+}
+
+/// One controller: kube-runtime's `applier` over a reflector of `api` (plus `owned`
+/// triggers), as `Controller::new(..).run(..)` builds it, with the requests and reconciles
+/// observed by the controller's [`Queue`]. Ends once `shutdown` resolved and running
+/// reconciles finished.
+fn drive<K, R, Fut>(
+    ctx: Arc<Context<KubeStore>>,
+    name: &'static str,
+    concurrency: u16,
+    api: Api<K>,
+    owned: Vec<Triggers<K>>,
+    reconcile: R,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send
+where
+    K: Object,
+    R: Fn(Arc<K>, Arc<Shared<K>>, Running) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<controller::Action, Error>> + Send + 'static,
+{
+    let (cache, writer) = reflector::store::<K>();
+    let queue = Queue::new(name, &ctx.metrics, concurrency);
+    let shared = Arc::new(Shared {
+        ctx,
+        name,
+        failures: Mutex::default(),
+        cache: cache.clone(),
+        queue: queue.clone(),
+    });
+    let mut triggers = futures::stream::SelectAll::new();
+    triggers.push(
+        trigger_self(
+            reflector::reflector(writer, watcher(api, watcher::Config::default())).applied_objects(),
+            (),
+        )
+        .boxed(),
+    );
+    triggers.extend(owned);
+    let observed = queue.clone();
+    let requests = StreamBackoff::new(triggers, watcher::DefaultBackoff::default())
+        .take_until(shutdown)
+        .inspect_ok(move |r: &ReconcileRequest<K>| {
+            observed.requested(
+                (r.obj_ref.namespace.clone(), r.obj_ref.name.clone()),
+                tokio::time::Instant::now(),
+            )
+        });
+    let stream = applier(
+        move |obj: Arc<K>, shared: Arc<Shared<K>>| {
+            // Called as the scheduler hands the object over: the reconcile starts now.
+            let running = shared.queue.started(key(obj.as_ref()));
+            CancelableJoinHandle::spawn(
+                reconcile(obj, shared, running).in_current_span(),
+                &tokio::runtime::Handle::current(),
+            )
+        },
+        error_policy,
+        shared,
+        cache,
+        requests,
+        Config::default().concurrency(concurrency.max(1)),
+    );
+    drain(name, queue, stream)
 }
 
 /// Objects of each kind reconciled at once.
@@ -254,64 +382,64 @@ pub async fn run<F>(
 ) where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
-    let releases = Controller::new(Api::<Release>::all(client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(shutdown());
-    let images = Controller::new(
-        Api::<NodeImage>::namespaced(client.clone(), &ctx.settings.namespace),
-        watcher::Config::default(),
-    )
-    .with_config(Config::default().concurrency(concurrency.images.max(1)))
-    .graceful_shutdown_on(shutdown());
+    let ns = ctx.settings.namespace.clone();
     let disk_api = Api::<DiskImport>::all(client.clone());
     let disks = if !ctx.settings.disk_import.enabled {
         futures::future::Either::Right(std::future::ready(()))
     } else if served(&disk_api).await {
         let owned = || watcher::Config::default().labels(DISK_IMPORT_COMPONENT);
-        let c = Controller::new(disk_api, watcher::Config::default())
-            .owns(Api::<Job>::all(client.clone()), owned())
-            .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned())
-            .with_config(Config::default().concurrency(4))
-            .graceful_shutdown_on(shutdown());
-        let shared = Arc::new(Shared::new(ctx.clone(), "diskimport"));
-        futures::future::Either::Left(drain(
+        futures::future::Either::Left(drive(
+            ctx.clone(),
             "diskimport",
-            c.run(reconcile_diskimport, error_policy, shared),
+            DISK_IMPORT_CONCURRENCY,
+            disk_api,
+            vec![
+                owners::<DiskImport, Job>(Api::all(client.clone()), owned()),
+                owners::<DiskImport, PersistentVolumeClaim>(Api::all(client.clone()), owned()),
+            ],
+            reconcile_diskimport,
+            shutdown(),
         ))
     } else {
         tracing::warn!(
-            "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; apply charts/image-distribution-operator/crds/diskimports.ido.dev.yaml and restart"
+            "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart"
         );
         futures::future::Either::Right(std::future::ready(()))
     };
-    let sync_api = Api::<ImageSync>::namespaced(client, &ctx.settings.namespace);
+    let sync_api = Api::<ImageSync>::namespaced(client.clone(), &ns);
     let syncs = if served(&sync_api).await {
-        let c = Controller::new(sync_api, watcher::Config::default())
-            .with_config(Config::default().concurrency(concurrency.syncs.max(1)))
-            .graceful_shutdown_on(shutdown());
-        let shared = Arc::new(Shared::new(ctx.clone(), "imagesync"));
-        futures::future::Either::Left(drain(
+        futures::future::Either::Left(drive(
+            ctx.clone(),
             "imagesync",
-            c.run(reconcile_imagesync, error_policy, shared),
+            concurrency.syncs.max(1),
+            sync_api,
+            vec![],
+            reconcile_imagesync,
+            shutdown(),
         ))
     } else {
         tracing::warn!(
-            "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; apply charts/image-distribution-operator/crds/imagesyncs.ido.dev.yaml and restart"
+            "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart"
         );
         futures::future::Either::Right(std::future::ready(()))
     };
-
-    let release_shared = Arc::new(Shared::new(ctx.clone(), "release"));
-    let mut image_shared = Shared::new(ctx, "nodeimage");
-    image_shared.cache = Some(images.store());
-    let image_shared = Arc::new(image_shared);
-
-    let releases = drain(
+    let releases = drive(
+        ctx.clone(),
         "release",
-        releases.run(reconcile_release, error_policy, release_shared),
+        RELEASE_CONCURRENCY,
+        Api::<Release>::all(client.clone()),
+        vec![],
+        reconcile_release,
+        shutdown(),
     );
-    let images = drain(
+    let images = drive(
+        ctx,
         "nodeimage",
-        images.run(reconcile_nodeimage, error_policy, image_shared),
+        concurrency.images.max(1),
+        Api::<NodeImage>::namespaced(client, &ns),
+        vec![],
+        reconcile_nodeimage,
+        shutdown(),
     );
     tracing::info!("controllers started");
     futures::future::join4(releases, images, syncs, disks).await;

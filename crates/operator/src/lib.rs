@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!   ido operator ──▶ run(client, ContextParts, OperatorOptions)
-//!                     ├─ http:       /metrics /healthz /readyz   (every replica)
+//!                     ├─ http:       /healthz /readyz (plain)  /metrics (HTTPS + TokenReview/SubjectAccessReview)
+//!                     ├─ startup:    /version, SelfSubjectReview, list NodeImages   (bounded; 401/403 end it)
 //!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage + ImageSync (+ DiskImport)
 //!                                       │                     └─ KubeStore (the Store over the API)
 //!                                     standby (ready, waits)
@@ -12,14 +13,17 @@
 //! - [`kube_store`]: [`KubeStore`], the controllers' `Store` over the API (narrow writes,
 //!   `resourceVersion` preconditions, events).
 //! - [`controller`]: the kube-runtime controllers, metrics and per-object backoff.
+//! - [`workqueue`]: controller-runtime's controller and work-queue metrics, measured at
+//!   kube-runtime's scheduler.
 //! - [`lease`]: leader election over a `coordination.k8s.io/v1` Lease.
-//! - [`http`]: the metrics and probe endpoint.
+//! - [`http`]: the metrics and probe endpoints; [`tls`] and [`auth`] secure the metrics.
+//! - [`startup`]: the start-up check of the API server.
 //!
 //! Only the leader runs controllers. Losing the lease ends [`run`] with an error (the
 //! process exits and restarts as a standby); SIGTERM/SIGINT end it cleanly: controllers
 //! finish running reconciles, the lease is given up, the endpoint stops.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use ido_controllers::{
@@ -32,10 +36,14 @@ use ido_providers::Providers;
 use kube::{Client, runtime::events::Reporter};
 use tokio::sync::watch;
 
+pub mod auth;
 pub mod controller;
 pub mod http;
 pub mod kube_store;
 pub mod lease;
+pub mod startup;
+pub mod tls;
+pub mod workqueue;
 
 pub use http::{Health, Phase};
 pub use kube_store::KubeStore;
@@ -69,11 +77,27 @@ impl ContextParts {
     }
 }
 
-/// How the operator runs.
+/// How the operator runs. The defaults are `ido operator`'s (controller-runtime's
+/// conventions): metrics over HTTPS with authentication on `:8443`, probes on `:8081`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorOptions {
-    /// Address of `/metrics`, `/healthz`, `/readyz` (default `0.0.0.0:8080`).
+    /// Address of `/metrics` (default `0.0.0.0:8443`).
     pub metrics_addr: SocketAddr,
+    /// Whether `/metrics` is served at all (`--metrics-bind-address=0`: no).
+    pub serve_metrics: bool,
+    /// HTTPS and bearer tokens checked by the API server (default `true`); `false`: plain
+    /// HTTP for anyone (tests, local runs).
+    pub metrics_secure: bool,
+    /// Directory with `tls.crt` and `tls.key` for the metrics' HTTPS; `None`: a self-signed
+    /// certificate made at start.
+    pub metrics_cert_dir: Option<PathBuf>,
+    /// Address of `/healthz` and `/readyz`, plain HTTP (default `0.0.0.0:8081`; `None`: off).
+    pub health_probe_addr: Option<SocketAddr>,
+    /// How long to wait for the API server at start (default 60 s; `None`: forever).
+    pub startup_timeout: Option<Duration>,
+    /// The API server's address, named in start-up messages (the CLI sets it from its
+    /// kubeconfig or in-cluster configuration).
+    pub api_server: Option<String>,
     /// Run controllers only while holding the Lease (default `true`).
     pub leader_election: bool,
     /// Name of the Lease (default `ido-leader`).
@@ -92,7 +116,13 @@ pub struct OperatorOptions {
 impl Default for OperatorOptions {
     fn default() -> Self {
         Self {
-            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            serve_metrics: true,
+            metrics_secure: true,
+            metrics_cert_dir: None,
+            health_probe_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+            startup_timeout: Some(Duration::from_secs(60)),
+            api_server: None,
             leader_election: true,
             lease_name: "ido-leader".into(),
             lease_namespace: None,
@@ -216,35 +246,121 @@ pub async fn run_until(
     };
 
     let health = Health::default();
-    let listener = http::bind(opts.metrics_addr)
-        .await
-        .with_context(|| format!("binding {}", opts.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    let server = tokio::spawn(http::serve(
-        listener,
-        http::router(ctx.metrics.clone(), health.clone()),
-        stopped(),
-    ));
+    let servers = start_servers(&opts, &client, &ctx.metrics, &health, &stopped).await?;
+    let server = opts
+        .api_server
+        .clone()
+        .unwrap_or_else(|| "(address not given)".to_string());
 
-    let result = if opts.leader_election {
-        let elector = LeaderElector::new(
-            client.clone(),
-            LeaseConfig::new(&opts.lease_name, lease_namespace, identity),
-        );
-        lead(&elector, client, ctx, concurrency, &health, &stopped).await
-    } else {
-        health.set(Phase::Leading);
-        controller::run(client, ctx, concurrency, &stopped).await;
-        Ok(())
-    };
+    let result = async {
+        tokio::select! {
+            r = startup::check(&client, &server, &ctx.settings.namespace, opts.startup_timeout, &health) => {
+                r.context("starting the operator")?;
+            }
+            _ = stopped() => return Ok(()),
+        }
+        if opts.leader_election {
+            let elector = LeaderElector::new(
+                client.clone(),
+                LeaseConfig::new(&opts.lease_name, lease_namespace, identity),
+            );
+            lead(&elector, client, ctx, concurrency, &health, &stopped).await
+        } else {
+            health.set(Phase::Leading);
+            controller::run(client, ctx, concurrency, &stopped).await;
+            Ok(())
+        }
+    }
+    .await;
     health.set(Phase::Stopping);
     stop_tx.send_replace(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP endpoint failed"),
-        Err(e) => tracing::warn!(error = %e, "the HTTP endpoint panicked"),
+    for (what, server) in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the {what} endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "the {what} endpoint panicked"),
+        }
     }
     result
+}
+
+/// A running HTTP endpoint: what it serves and its task.
+type Server = (&'static str, tokio::task::JoinHandle<std::io::Result<()>>);
+
+/// Binds the probe and metrics listeners (and makes the metrics' certificate) first, so that
+/// a bad address or certificate fails before anything runs, then serves both until
+/// `stopped()`.
+async fn start_servers<F>(
+    opts: &OperatorOptions,
+    client: &Client,
+    metrics: &Metrics,
+    health: &Health,
+    stopped: &impl Fn() -> F,
+) -> anyhow::Result<Vec<Server>>
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let probes = match opts.health_probe_addr {
+        Some(addr) => Some(
+            http::bind(addr)
+                .await
+                .with_context(|| format!("binding the health probe address {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics_listener = if opts.serve_metrics {
+        let addr = opts.metrics_addr;
+        let l = http::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        let tls = if opts.metrics_secure {
+            let source = match &opts.metrics_cert_dir {
+                Some(dir) => tls::CertSource::Dir(dir.clone()),
+                None => tls::CertSource::SelfSigned,
+            };
+            Some((
+                tls::server_config(&source).context("the metrics certificate")?,
+                source,
+            ))
+        } else {
+            None
+        };
+        Some((l, tls))
+    } else {
+        None
+    };
+
+    let mut servers = Vec::new();
+    if let Some(l) = probes {
+        tracing::info!(addr = %l.local_addr()?, "serving /healthz and /readyz (HTTP)");
+        servers.push((
+            "health probe",
+            tokio::spawn(http::serve(l, http::probes_router(health.clone()), stopped())),
+        ));
+    } else {
+        tracing::info!("health probes are off");
+    }
+    match metrics_listener {
+        Some((l, Some((config, source)))) => {
+            let addr = l.local_addr()?;
+            let auth = Arc::new(auth::Authorizer::new(client.clone()));
+            let router = http::metrics_router(metrics.clone(), Some(auth));
+            let cert = match source {
+                tls::CertSource::SelfSigned => "a self-signed certificate".to_string(),
+                tls::CertSource::Dir(d) => format!("the certificate in {}", d.display()),
+            };
+            tracing::info!(%addr, %cert, "serving /metrics (HTTPS; bearer tokens checked with TokenReview and SubjectAccessReview)");
+            let listener = tls::TlsListener::new(l, config)?;
+            servers.push(("metrics", tokio::spawn(http::serve(listener, router, stopped()))));
+        }
+        Some((l, None)) => {
+            tracing::info!(addr = %l.local_addr()?, "serving /metrics (plain HTTP, no authentication: --metrics-secure=false)");
+            let router = http::metrics_router(metrics.clone(), None);
+            servers.push(("metrics", tokio::spawn(http::serve(l, router, stopped()))));
+        }
+        None => tracing::info!("metrics are off"),
+    }
+    Ok(servers)
 }
 
 /// Waits for the lease, then runs the controllers while holding it.

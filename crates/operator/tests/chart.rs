@@ -226,6 +226,9 @@ fn load_rendered_config(docs: &Docs, dir: &Path) -> Config {
     let mut merges = vec![];
     let mut rest = args[3..].iter();
     while let Some(flag) = rest.next() {
+        if flag.starts_with("--metrics-bind-address=") || flag.starts_with("--health-probe-bind-address=") {
+            continue;
+        }
         assert_eq!(flag, "--merge", "unexpected argument");
         let (key, path) = rest.next().unwrap().split_once('=').unwrap();
         let file = dir.join(key);
@@ -327,7 +330,13 @@ async fn defaults_render_a_minimal_operator() {
     assert!(c["command"].is_null(), "the image's entrypoint (ido) runs");
     assert_eq!(
         strings(&c["args"]),
-        ["operator", "--config", "/etc/ido/config.yaml"]
+        [
+            "operator",
+            "--config",
+            "/etc/ido/config.yaml",
+            "--metrics-bind-address=:8443",
+            "--health-probe-bind-address=:8081"
+        ]
     );
     let env: Vec<(String, String)> = c["env"]
         .as_array()
@@ -345,7 +354,25 @@ async fn defaults_render_a_minimal_operator() {
         .collect();
     assert!(env.contains(&("POD_NAME".into(), "metadata.name".into())));
     assert!(env.contains(&("POD_NAMESPACE".into(), "metadata.namespace".into())));
-    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        c["ports"],
+        json!([
+            {"name": "metrics", "containerPort": 8443, "protocol": "TCP"},
+            {"name": "probes", "containerPort": 8081, "protocol": "TCP"},
+        ])
+    );
+    let args = strings(&c["args"]);
+    assert!(
+        args.contains(&"--metrics-bind-address=:8443".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--health-probe-bind-address=:8081".to_string()),
+        "{args:?}"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "probes");
+    }
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(
@@ -396,6 +423,8 @@ async fn vsphere_and_s3_values_reach_the_operator() {
             "operator",
             "--config",
             "/etc/ido/config.yaml",
+            "--metrics-bind-address=:8443",
+            "--health-probe-bind-address=:8081",
             "--merge",
             "vsphere.credentials=/home/.vsphere/credentials",
             "--merge",
@@ -673,7 +702,7 @@ async fn rbac_service_monitor_and_network_policy_follow_their_switches() {
     assert_eq!(ep["port"], svc["spec"]["ports"][0]["name"]);
     assert_eq!(
         (&ep["path"], &ep["scheme"], &ep["interval"]),
-        (&json!("/metrics"), &json!("http"), &json!("30s"))
+        (&json!("/metrics"), &json!("https"), &json!("30s"))
     );
 
     let np = find(&docs, "NetworkPolicy", NAME);
@@ -683,7 +712,12 @@ async fn rbac_service_monitor_and_network_policy_follow_their_switches() {
     }
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     let ingress = np["spec"]["ingress"].as_array().unwrap();
-    assert_eq!(ingress.len(), 1);
+    assert_eq!(ingress.len(), 2, "metrics and probes");
+    assert_eq!(
+        ingress[1]["ports"],
+        json!([{"port": "probes", "protocol": "TCP"}])
+    );
+    assert!(ingress[1]["from"].is_null(), "the kubelet probes from the node");
     assert_eq!(
         ingress[0]["ports"],
         json!([{"port": "metrics", "protocol": "TCP"}])
@@ -735,6 +769,7 @@ async fn releases_get_their_own_cluster_scoped_names() {
         [
             format!("ClusterRole/{NAME}"),
             format!("ClusterRole/{NAME}-disk-import"),
+            format!("ClusterRole/{NAME}-metrics-reader"),
             format!("ClusterRoleBinding/{NAME}"),
             format!("ClusterRoleBinding/{NAME}-disk-import"),
         ]
@@ -744,7 +779,7 @@ async fn releases_get_their_own_cluster_scoped_names() {
     let (b, b_cluster, _) = release_names("ido-b", &on).await;
     assert_eq!(a, format!("ido-a-{NAME}"));
     assert_eq!(b, format!("ido-b-{NAME}"));
-    assert_eq!(a_cluster.len(), 4);
+    assert_eq!(a_cluster.len(), 5);
     assert!(
         a_cluster.iter().all(|n| !b_cluster.contains(n)),
         "{a_cluster:?} {b_cluster:?}"

@@ -78,6 +78,7 @@ async fn operator_imports_disks_cluster_wide() {
     };
     let opts = OperatorOptions {
         metrics_addr: free_addr(),
+        health_probe_addr: Some(free_addr()),
         leader_election: false,
         identity: Some("ido-0".into()),
         ..OperatorOptions::default()

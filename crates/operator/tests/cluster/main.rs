@@ -12,6 +12,7 @@ mod diskimport;
 mod env;
 mod imagesync;
 mod lease;
+mod metrics;
 mod operator;
 mod rbac;
 mod reconcile;

@@ -1,4 +1,6 @@
-//! The whole operator: `run_until` with leader election, watches and both controllers.
+//! The whole operator: `run_until` with leader election, watches and both controllers, its
+//! endpoints (HTTPS metrics behind the API server's authentication, plain probes), and its
+//! start-up check of the API server.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,27 +11,44 @@ use k8s_openapi::api::coordination::v1::Lease;
 use serde_json::{Value, json};
 
 use crate::{
-    IMAGE, MemProvider, RELEASE, env::Env, free_addr, has_finalizer, parts, release, s3_source, wait_for,
+    IMAGE, MemProvider, RELEASE,
+    env::Env,
+    free_addr, has_finalizer,
+    metrics::{grant_metrics_access, https_get, insecure_tls, sample, sum},
+    parts, release, s3_source, wait_for,
 };
 
 /// `run_until` with leader election and every controller, authenticated as the chart's
 /// ServiceAccount; a Release comes and goes. A cluster of its own: the release controller
-/// watches Releases cluster-wide.
+/// watches Releases cluster-wide. Metrics as the defaults serve them: HTTPS with a
+/// self-signed certificate, to a ServiceAccount allowed `get` on `/metrics`.
 #[tokio::test]
 async fn operator_distributes_and_cleans_up_as_leader() {
     let env = Env::private("operator", json!({})).await;
     let (ns, op_ns) = (env.ns.as_str(), env.op_ns.as_str());
+    grant_metrics_access(&env).await;
+    let scraper = env.cluster().token(op_ns, "scraper").await.unwrap();
     let provider = Arc::new(MemProvider::default());
     let metrics = Metrics::default();
     let parts = parts(provider.clone(), s3_source().await, metrics.clone(), ns);
     let opts = OperatorOptions {
         metrics_addr: free_addr(),
+        health_probe_addr: Some(free_addr()),
         lease_namespace: Some(op_ns.into()),
         identity: Some("ido-0".into()),
         images_concurrency: 2,
         ..OperatorOptions::default()
     };
-    let opts_addr = opts.metrics_addr;
+    assert!(opts.metrics_secure, "secure by default");
+    let (metrics_addr, probe_addr) = (opts.metrics_addr, opts.health_probe_addr.unwrap());
+    let (tls, _) = insecure_tls();
+    let scrape = async || {
+        let (code, _, body) = https_get(metrics_addr, "/metrics", Some(&scraper), tls.clone())
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        body
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let op = tokio::spawn(ido_operator::run_until(
         env.operator_client().await,
@@ -45,8 +64,22 @@ async fn operator_distributes_and_cleans_up_as_leader() {
             .map(|l| l["spec"]["holderIdentity"].clone())
     };
     wait_for("the lease", async || holder().await == Some(json!("ido-0"))).await;
-    let (code, head, body) = http_get(opts_addr, "/readyz").await;
+    let (code, head, body) = http_get(probe_addr, "/readyz").await;
     assert_eq!((code, body.as_str()), (200, "leading"), "{head}");
+    assert_eq!(http_get(probe_addr, "/healthz").await.0, 200);
+    assert_eq!(
+        http_get(probe_addr, "/metrics").await.0,
+        404,
+        "metrics have their own port"
+    );
+    // Without a token: 401, over HTTPS only.
+    assert_eq!(
+        https_get(metrics_addr, "/metrics", None, tls.clone())
+            .await
+            .unwrap()
+            .0,
+        401
+    );
 
     env.create(&release(RELEASE)).await;
     // The third controller: an ImageSync with a bad frequency gets a condition naming it.
@@ -96,12 +129,12 @@ async fn operator_distributes_and_cleans_up_as_leader() {
 
     // The gauge follows the watch cache.
     wait_for("ido_node_images", async || {
-        http_get(opts_addr, "/metrics")
+        scrape()
             .await
-            .2
             .contains(r#"ido_node_images{provider="capv",state="Available"} 1"#)
     })
     .await;
+    check_controller_runtime_metrics(&scrape().await);
 
     env.delete::<Release>(None, RELEASE).await;
     wait_for("Release and NodeImage gone", async || {
@@ -110,12 +143,19 @@ async fn operator_distributes_and_cleans_up_as_leader() {
     })
     .await;
     assert!(provider.templates.lock().unwrap().is_empty());
-    let (code, head, _) = http_get(opts_addr, "/metrics").await;
+    let (code, head, _) = https_get(metrics_addr, "/metrics", Some(&scraper), tls.clone())
+        .await
+        .unwrap();
     assert_eq!(code, 200);
     assert!(
         head.contains("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         "{head}"
     );
+    // The deleted NodeImage's last requests were dropped by the scheduler: nothing is due.
+    wait_for("an empty nodeimage queue", async || {
+        sample(&scrape().await, r#"workqueue_depth{name="nodeimage"}"#) == Some(0.0)
+    })
+    .await;
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), op)
@@ -137,6 +177,80 @@ async fn operator_distributes_and_cleans_up_as_leader() {
     }
 }
 
+/// controller-runtime's metrics after a Release made a NodeImage Available: every name,
+/// labelled per controller (per queue), with values that agree with each other.
+fn check_controller_runtime_metrics(text: &str) {
+    let get = |series: &str| sample(text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+    for c in ["release", "nodeimage", "imagesync"] {
+        let total = sum(
+            text,
+            &format!(r#"controller_runtime_reconcile_total{{controller="{c}","#),
+        );
+        for result in ["success", "error", "requeue", "requeue_after"] {
+            get(&format!(
+                r#"controller_runtime_reconcile_total{{controller="{c}",result="{result}"}}"#
+            ));
+        }
+        assert!(total > 0.0, "{c} reconciled:\n{text}");
+        let errors = get(&format!(
+            r#"controller_runtime_reconcile_errors_total{{controller="{c}"}}"#
+        ));
+        assert_eq!(
+            errors,
+            get(&format!(
+                r#"controller_runtime_reconcile_total{{controller="{c}",result="error"}}"#
+            )),
+        );
+        // Every finished reconcile is timed once, in both histograms.
+        let timed = get(&format!(
+            r#"controller_runtime_reconcile_time_seconds_count{{controller="{c}"}}"#
+        ));
+        assert_eq!(timed, total, "{c}:\n{text}");
+        assert_eq!(
+            get(&format!(r#"workqueue_work_duration_seconds_count{{name="{c}"}}"#)),
+            total
+        );
+        // Each reconcile started from a queued object; nothing runs twice from one add.
+        let adds = get(&format!(r#"workqueue_adds_total{{name="{c}"}}"#));
+        let started = get(&format!(
+            r#"workqueue_queue_duration_seconds_count{{name="{c}"}}"#
+        ));
+        assert!(
+            started >= total && adds >= started,
+            "{c}: adds {adds}, started {started}, finished {total}"
+        );
+        let workers = get(&format!(
+            r#"controller_runtime_active_workers{{controller="{c}"}}"#
+        ));
+        let max = get(&format!(
+            r#"controller_runtime_max_concurrent_reconciles{{controller="{c}"}}"#
+        ));
+        assert!((0.0..=max).contains(&workers), "{c}: {workers} of {max}");
+        assert!(get(&format!(r#"workqueue_depth{{name="{c}"}}"#)) >= 0.0);
+        get(&format!(r#"workqueue_retries_total{{name="{c}"}}"#));
+        get(&format!(r#"workqueue_unfinished_work_seconds{{name="{c}"}}"#));
+        get(&format!(
+            r#"workqueue_longest_running_processor_seconds{{name="{c}"}}"#
+        ));
+        assert!(text.contains(&format!(
+            r#"controller_runtime_reconcile_time_seconds_bucket{{le="60.0",controller="{c}"}}"#
+        )));
+        // controller-runtime's buckets: 10 ns to 1000 s by tens, and +Inf.
+        let buckets = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("workqueue_queue_duration_seconds_bucket{")
+                    && l.contains(&format!(r#"name="{c}""#))
+            })
+            .count();
+        assert_eq!(buckets, 13, "{text}");
+    }
+    assert_eq!(
+        get(r#"controller_runtime_max_concurrent_reconciles{controller="nodeimage"}"#),
+        2.0
+    );
+}
+
 /// A plain HTTP/1.0 GET: (status, head, body).
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -150,10 +264,13 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Strin
     (head[9..12].parse().unwrap(), head.to_string(), body.to_string())
 }
 
-/// Options of replica `identity` of the operator.
+/// Options of replica `identity` of the operator: probes on a port of their own, plain
+/// metrics.
 fn replica(op_ns: &str, identity: &str) -> OperatorOptions {
     OperatorOptions {
         metrics_addr: free_addr(),
+        metrics_secure: false,
+        health_probe_addr: Some(free_addr()),
         lease_namespace: Some(op_ns.into()),
         identity: Some(identity.into()),
         ..OperatorOptions::default()
@@ -192,7 +309,11 @@ async fn standby_is_ready_takes_over_on_handover_and_stops_when_the_lease_is_tak
             .map(|l| l["spec"]["holderIdentity"].clone())
     };
     let (a_opts, b_opts) = (replica(op_ns, "ido-0"), replica(op_ns, "ido-1"));
-    let (a_addr, b_addr) = (a_opts.metrics_addr, b_opts.metrics_addr);
+    let (a_addr, b_addr) = (
+        a_opts.health_probe_addr.unwrap(),
+        b_opts.health_probe_addr.unwrap(),
+    );
+    let a_metrics = a_opts.metrics_addr;
     let (stop_a, a_stopped) = tokio::sync::oneshot::channel();
     let (_stop_b, b_stopped) = tokio::sync::oneshot::channel();
     let a = start_replica(&env, a_opts, a_stopped).await;
@@ -216,6 +337,10 @@ async fn standby_is_ready_takes_over_on_handover_and_stops_when_the_lease_is_tak
         "a standby is ready"
     );
     assert_eq!(http_get(a_addr, "/readyz").await.2, "leading");
+    // --metrics-secure=false: plain HTTP, no token needed.
+    let (code, _, body) = http_get(a_metrics, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("controller_runtime_reconcile_total"), "{body}");
 
     // A clean stop of the leader hands the lease over without waiting for expiry.
     stop_a.send(()).unwrap();
@@ -236,4 +361,136 @@ async fn standby_is_ready_takes_over_on_handover_and_stops_when_the_lease_is_tak
         .unwrap();
     let e = r.expect_err("losing the lease is an error");
     assert!(format!("{e:#}").contains("taken over by \"ido-2\""), "{e:#}");
+}
+
+/// Options for a start-up test: no leader election, probes and metrics on free ports.
+fn starting(api_server: &str, timeout: Duration) -> OperatorOptions {
+    OperatorOptions {
+        metrics_addr: free_addr(),
+        metrics_secure: false,
+        health_probe_addr: Some(free_addr()),
+        leader_election: false,
+        identity: Some("ido-0".into()),
+        startup_timeout: Some(timeout),
+        api_server: Some(api_server.into()),
+        ..OperatorOptions::default()
+    }
+}
+
+/// `run_until` with `client` and `opts` (the test's NodeImage namespace `ns`), stopped
+/// after `limit` at the latest: its result and how long it ran.
+async fn run_for(
+    client: kube::Client,
+    ns: &str,
+    opts: OperatorOptions,
+    limit: Duration,
+) -> (anyhow::Result<()>, Duration) {
+    let parts = parts(
+        Arc::new(MemProvider::default()),
+        s3_source().await,
+        Metrics::default(),
+        ns,
+    );
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        limit,
+        ido_operator::run_until(client, parts, opts, std::future::pending()),
+    )
+    .await
+    .expect("the operator gives up by itself");
+    (r, t.elapsed())
+}
+
+/// Nothing listens at the API server's address: each attempt is logged and `/readyz` says
+/// why it is not ready; after the start-up timeout (3 s) the operator ends with an error
+/// naming the address.
+#[tokio::test]
+async fn an_unreachable_api_server_ends_the_operator_at_its_startup_timeout() {
+    ido_engine::http::install_crypto_provider();
+    let closed = free_addr();
+    let url = format!("https://{closed}");
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let opts = starting(&url, Duration::from_secs(3));
+    let probe = opts.health_probe_addr.unwrap();
+    let run = tokio::spawn(async move { run_for(client, "giantswarm", opts, Duration::from_secs(20)).await });
+    let mut ready = (0, String::new(), String::new());
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), http_get(probe, "/readyz")).await {
+            ready = r;
+            if ready.2.contains("connection refused") || ready.2.contains("Connection refused") {
+                break;
+            }
+        }
+    }
+    assert_eq!(ready.0, 503, "{ready:?}");
+    assert!(
+        ready.2.starts_with(&format!(
+            "starting: waiting for the Kubernetes API server at {url}"
+        )),
+        "{ready:?}"
+    );
+    let (r, took) = run.await.unwrap();
+    let e = format!("{:#}", r.expect_err("the operator gives up"));
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        "{took:?}: {e}"
+    );
+    assert!(e.contains(&closed.to_string()), "names the address: {e}");
+    assert!(e.contains("not reachable within 3s"), "{e}");
+    assert!(e.to_lowercase().contains("connection refused"), "{e}");
+}
+
+/// A token the API server does not accept: the operator ends at once (well before its
+/// start-up timeout) saying it is unauthorised.
+#[tokio::test]
+async fn rejected_credentials_end_the_operator_at_once() {
+    let cluster = ido_testkit::Cluster::shared().await.unwrap();
+    let client = cluster
+        .client_with_token("not-a-valid-token", "default")
+        .await
+        .unwrap();
+    let url = cluster.server().unwrap();
+    let (r, took) = run_for(
+        client,
+        "giantswarm",
+        starting(&url, Duration::from_secs(60)),
+        Duration::from_secs(30),
+    )
+    .await;
+    let e = format!("{:#}", r.expect_err("the operator refuses to go on"));
+    assert!(took < Duration::from_secs(10), "{took:?}: {e}");
+    assert!(e.contains("unauthorised (401 Unauthorized)"), "{e}");
+    assert!(e.contains(&url), "{e}");
+}
+
+/// A valid token without the operator's grants: 403 on its first NodeImage list ends it at
+/// once, naming who may not do what.
+#[tokio::test]
+async fn missing_rights_end_the_operator_at_once() {
+    let cluster = ido_testkit::Cluster::shared().await.unwrap();
+    let ns = cluster.namespace("norights").await.unwrap();
+    cluster
+        .kubectl(&["create", "serviceaccount", "nobody", "-n", &ns])
+        .await
+        .unwrap();
+    let token = cluster.token(&ns, "nobody").await.unwrap();
+    let client = cluster.client_with_token(&token, &ns).await.unwrap();
+    let url = cluster.server().unwrap();
+    let (r, took) = run_for(
+        client,
+        &ns,
+        starting(&url, Duration::from_secs(60)),
+        Duration::from_secs(30),
+    )
+    .await;
+    let e = format!("{:#}", r.expect_err("the operator refuses to go on"));
+    assert!(took < Duration::from_secs(10), "{took:?}: {e}");
+    assert!(e.contains("forbidden (403 Forbidden)"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "system:serviceaccount:{ns}:nobody may not list nodeimages.image.giantswarm.io in namespace {ns}"
+        )),
+        "{e}"
+    );
 }
