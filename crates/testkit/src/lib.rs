@@ -6,6 +6,7 @@
 //! | module | what it gives a test |
 //! |---|---|
 //! | [`cluster`] | [`Cluster`]: a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager from upstream), `kubectl` and `helm` |
+//! | [`kubelet`] | [`kubelet::run_deployment`]: a Deployment's container run here as a kubelet would (mounted files, env, a ServiceAccount token) |
 //! | [`tls`] | [`TestCa`]: a throw-away CA and a `127.0.0.1`/`localhost` server certificate (openssl CLI) |
 //! | [`seaweed`] | [`SeaweedFs`]: a SeaweedFS S3 endpoint with a `public` (anonymous read) and a `private` bucket |
 //! | [`vcsim`] | [`Vcsim`]: the project's vCenter simulator (`target/peers/ido-vcsim`), one per test |
@@ -29,6 +30,7 @@ pub mod bench;
 pub mod cluster;
 pub mod fakes;
 pub mod fault_proxy;
+pub mod kubelet;
 pub mod nginx;
 pub mod oci_image;
 pub mod oracle;

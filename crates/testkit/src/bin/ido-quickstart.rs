@@ -2,8 +2,13 @@
 //! loopback, publishes an OVA node image, runs `ido run --once` on an example Release, and
 //! shows the result as pyvmomi sees it.
 //!
+//! With `--cluster`, the same through Kubernetes: a local control plane (the test kit's
+//! `Cluster`), the chart installed with helm, the operator run as the chart's Deployment says
+//! (this machine playing the kubelet), the Release applied with kubectl; it ends printing
+//! `kubectl get nodeimages` and the template as pyvmomi sees it.
+//!
 //! ```text
-//! ido-quickstart --ido target/release/ido [--disk-mib 16] [--dir target/quickstart] [--bench]
+//! ido-quickstart --ido target/release/ido [--disk-mib 16] [--dir target/quickstart] [--bench] [--cluster]
 //! ```
 //! With `--bench`, the last line is JSON: OVA bytes, wall seconds, ido's peak RSS and the
 //! bytes ido left in its (empty, private) TMPDIR.
@@ -27,6 +32,7 @@ struct Args {
     disk_mib: u64,
     dir: PathBuf,
     bench: bool,
+    cluster: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -35,6 +41,7 @@ fn args() -> anyhow::Result<Args> {
         disk_mib: 16,
         dir: ido_testkit::workspace_root().join("target/quickstart"),
         bench: false,
+        cluster: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -44,6 +51,7 @@ fn args() -> anyhow::Result<Args> {
             "--disk-mib" => a.disk_mib = val()?.parse().context("--disk-mib: a number of MiB")?,
             "--dir" => a.dir = val()?.into(),
             "--bench" => a.bench = true,
+            "--cluster" => a.cluster = true,
             other => bail!("unknown argument {other:?} (see the source's doc comment)"),
         }
     }
@@ -94,6 +102,10 @@ async fn main() -> anyhow::Result<()> {
         "apiVersion: release.giantswarm.io/v1alpha1\nkind: Release\nmetadata:\n  name: vsphere-30.0.0\nspec:\n  state: active\n  components:\n  - {name: flatcar, version: 3975.2.0}\n  - {name: kubernetes, version: 1.30.4}\n  - {name: os-tooling, version: 1.18.1}\n",
     )?;
     println!("config:  {}\nrelease: {}", config.display(), release.display());
+
+    if a.cluster {
+        return through_the_cluster(&a, &s3, &vc, &release).await;
+    }
 
     step("ido run --once -f release.yaml --config config.yaml");
     let started = Instant::now();
@@ -149,6 +161,110 @@ async fn main() -> anyhow::Result<()> {
             fixture.total_disk_bytes()
         );
     }
+    Ok(())
+}
+
+/// `--cluster`: the chart on a local control plane, the operator run as its Deployment says.
+async fn through_the_cluster(
+    a: &Args,
+    s3: &SeaweedFs,
+    vc: &Vcsim,
+    release: &std::path::Path,
+) -> anyhow::Result<()> {
+    use ido_testkit::{Cluster, kubelet::run_deployment};
+    step("starting a Kubernetes control plane on loopback (etcd, kube-apiserver, kube-controller-manager)");
+    let c = Cluster::start().await?;
+    println!("kubeconfig: {}", c.kubeconfig().display());
+    let chart = ido_testkit::workspace_root().join("charts/image-distribution-operator");
+    let values = serde_json::json!({
+        "namespace": "giantswarm",
+        "imageRetentionPeriod": "0",
+        "s3": {"bucket": PUBLIC_BUCKET, "region": "us-east-1", "endpoint": s3.endpoint()},
+        "vsphere": {
+            "enabled": true,
+            "caBundle": vc.ca_pem().context("simulator CA")?,
+            "credentials": {"vcenter": vc.url(), "username": vc.username(), "password": vc.password()},
+            "locations": {"location1": {"datacenter": "DC0", "datastore": "LocalDS_0", "cluster": "DC0_C0", "folder": "vm"}},
+        },
+    });
+    let values_file = a.dir.join("values.json");
+    write_private(&values_file, &values.to_string())?;
+    step("helm install image-distribution-operator charts/image-distribution-operator -n ido-system");
+    c.kubectl(&["create", "namespace", "giantswarm"]).await?;
+    let dev_crd = chart.join("../dev-crds/releases.release.giantswarm.io.yaml");
+    c.kubectl(&["apply", "-f", &dev_crd.display().to_string()])
+        .await?;
+    print!(
+        "{}",
+        c.helm(&[
+            "install",
+            "image-distribution-operator",
+            &chart.display().to_string(),
+            "--namespace",
+            "ido-system",
+            "--create-namespace",
+            "--values",
+            &values_file.display().to_string(),
+        ])
+        .await?
+    );
+    step("running the chart's Deployment here (no kubelet runs): ido operator as its ServiceAccount");
+    let mut operator = run_deployment(
+        &c,
+        "ido-system",
+        "app.kubernetes.io/name=image-distribution-operator",
+        &a.ido,
+        &a.dir.join("pod"),
+    )
+    .await?;
+    step("kubectl apply -f release.yaml");
+    print!(
+        "{}",
+        c.kubectl(&["apply", "-f", &release.display().to_string()])
+            .await?
+    );
+    let ni = format!("capv-{IMAGE}");
+    let mut state = String::new();
+    for _ in 0..600 {
+        state = c
+            .kubectl(&[
+                "get",
+                "nodeimage",
+                &ni,
+                "-n",
+                "giantswarm",
+                "-o",
+                "jsonpath={.status.state}",
+            ])
+            .await
+            .unwrap_or_default();
+        if state == "Available" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    step("kubectl get nodeimages -n giantswarm");
+    print!("{}", c.kubectl(&["get", "nodeimages", "-n", "giantswarm"]).await?);
+    if state != "Available" {
+        bail!(
+            "the NodeImage did not become Available; the operator's log:\n{}",
+            operator.logs()
+        );
+    }
+    step("templates in /DC0/vm, as pyvmomi (an independent client) sees them");
+    let vms = oracle_list_vms(vc, "/DC0/vm").await?;
+    for vm in &vms {
+        println!(
+            "{:<60} template={}",
+            vm["name"].as_str().unwrap_or_default(),
+            vm["template"]
+        );
+    }
+    if !vms.iter().any(|vm| vm["name"] == IMAGE && vm["template"] == true) {
+        bail!("the template {IMAGE} is not in the simulator");
+    }
+    operator.child.kill().await.ok();
+    println!("\nNodeImage Available through the operator; template {IMAGE} exists in the simulator.");
     Ok(())
 }
 
