@@ -146,12 +146,18 @@ impl Config {
     /// Reads a values file and merges `KEY=FILE` extras (dotted keys, YAML files) into it.
     pub fn load(values: Option<&Path>, merges: &[(String, std::path::PathBuf)]) -> Result<Self, ConfigError> {
         let mut root = match values {
-            Some(p) => read_yaml(p)?,
+            Some(p) => {
+                let v = read_yaml(p)?;
+                if v.is_null() {
+                    return Err(ConfigError::File {
+                        path: p.display().to_string(),
+                        message: "the values file is empty (leave --config out for the defaults)".into(),
+                    });
+                }
+                v
+            }
             None => Value::Object(Default::default()),
         };
-        if root.is_null() {
-            root = Value::Object(Default::default());
-        }
         for (key, file) in merges {
             let v = read_yaml(file)?;
             let mut at = &mut root;
@@ -176,6 +182,13 @@ impl Config {
 
     /// Decodes a configuration; errors name the key.
     pub fn from_value(v: Value) -> Result<Self, ConfigError> {
+        if let Some(key) = unknown_key(&v, &values_schema(), "") {
+            return Err(ConfigError::Value {
+                value: ido_engine::redact::escape_controls(key.rsplit('.').next().unwrap_or_default()),
+                key,
+                reason: "is not a key of the values (charts/image-distribution-operator/values.schema.json); check its spelling".into(),
+            });
+        }
         let mut c: Config = decode_with_path(&v)?;
         c.providers = decode_with_path(&v)?;
         c.settings()?;
@@ -316,6 +329,54 @@ impl Config {
     }
 }
 
+/// The chart's values schema: `ido run` and `ido operator` take the same values as the chart.
+fn values_schema() -> Value {
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            serde_json::from_str(include_str!(
+                "../../../charts/image-distribution-operator/values.schema.json"
+            ))
+            .expect("the chart's values.schema.json is JSON")
+        })
+        .clone()
+}
+
+/// The dotted path of the first key of `v` that `schema` does not allow (its
+/// `properties`, `additionalProperties` and `anyOf`; types are checked when decoding).
+fn unknown_key(v: &Value, schema: &Value, path: &str) -> Option<String> {
+    if let Some(alternatives) = schema["anyOf"].as_array() {
+        let found: Vec<Option<String>> = alternatives.iter().map(|s| unknown_key(v, s, path)).collect();
+        return if found.iter().any(Option::is_none) {
+            None
+        } else {
+            found.into_iter().flatten().next()
+        };
+    }
+    let Value::Object(map) = v else {
+        return None;
+    };
+    for (k, child) in map {
+        let at = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        let sub = match schema["properties"].get(k) {
+            Some(p) => p,
+            None => match &schema["additionalProperties"] {
+                Value::Bool(false) => return Some(at),
+                s @ Value::Object(_) => s,
+                _ => continue,
+            },
+        };
+        if let Some(bad) = unknown_key(child, sub, &at) {
+            return Some(bad);
+        }
+    }
+    None
+}
+
 fn value_err(key: &str, value: &str, reason: &str) -> ConfigError {
     ConfigError::Value {
         key: key.into(),
@@ -394,4 +455,55 @@ fn decode_with_path<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Conf
 
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |at, k| at.get(k))
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key_of(v: Value) -> String {
+        match Config::from_value(v) {
+            Err(ConfigError::Value { key, reason, .. }) => {
+                assert!(reason.contains("not a key"), "{reason}");
+                key
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_their_path() {
+        assert_eq!(key_of(json!({"namepsace": "x"})), "namepsace");
+        assert_eq!(key_of(json!({"vsphere": {"enabeld": true}})), "vsphere.enabeld");
+        assert_eq!(
+            key_of(json!({"vsphere": {"locations": {"dc0": {"datacenter": "DC0", "datastroe": "x"}}}})),
+            "vsphere.locations.dc0.datastroe"
+        );
+        assert_eq!(key_of(json!({"s3": {"bucket": "b", "regoin": "r"}})), "s3.regoin");
+        // VCD's locations: the original's single location or a map of them (`anyOf`).
+        assert_eq!(
+            key_of(json!({"vcd": {"locations": {"main": {"catalog": "c"}}, "credentails": {}}})),
+            "vcd.credentails"
+        );
+    }
+
+    #[test]
+    fn the_charts_values_and_the_originals_shapes_are_accepted() {
+        let values: Value = yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../charts/image-distribution-operator/values.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(unknown_key(&values, &values_schema(), ""), None);
+        Config::from_value(json!({
+            "vcd": {"locations": {"name": "main", "catalog": "c", "hardwareVersion": 19}},
+            "vsphere": {"locations": {"dc0": {"datacenter": "DC0", "resourcepool": "rp"}}},
+        }))
+        .unwrap();
+    }
 }
