@@ -320,6 +320,18 @@ mod tests {
         }
     }
 
+    /// A refused connection says so: the cause is kept (and the URL's query hidden).
+    #[tokio::test]
+    async fn transport_errors_keep_their_cause() {
+        crate::http::install_crypto_provider();
+        let c = crate::http::client(&Default::default(), "test").unwrap();
+        let s = S3Source::new(&loc("b", Some("http://127.0.0.1:9")), c).unwrap();
+        let e = s.object("k.ova").head().await.unwrap_err();
+        let msg = crate::error_chain(&e);
+        assert!(msg.to_lowercase().contains("connection refused"), "{msg}");
+        assert!(msg.contains("127.0.0.1:9"), "{msg}");
+    }
+
     #[test]
     fn urls_for_aws_and_custom_endpoints() {
         let c = crate::http::client(&Default::default(), "test").unwrap();

@@ -374,12 +374,6 @@ async fn push_manifest(dst: &Registry, r: &Reference, bytes: Bytes, media_type: 
 }
 
 /// An error with its sources, lower-case (for classification and messages).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s += &format!(": {c}");
-        src = c.source();
-    }
-    s.to_ascii_lowercase()
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    ido_engine::error_chain(e).to_ascii_lowercase()
 }
