@@ -104,18 +104,20 @@ pub struct ImportReport {
 pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
     let start = Instant::now();
     let probe = target::probe(&opts.target)?;
-    let record = if opts.resume {
-        resume_record(&opts, probe)?
-    } else {
-        None
-    };
-    if !probe.block && record.is_none() && !opts.overwrite && opts.target.path.exists() {
+    // A target with a checkpoint beside it is an earlier import's partial: ido's own.
+    let partial = resume::record_path(&opts.target.path).exists();
+    if !probe.block && !partial && !opts.overwrite && opts.target.path.exists() {
         return Err(Error::InvalidArgument {
             field: "target",
             value: opts.target.path.display().to_string(),
             reason: "exists; pass --force to replace it".into(),
         });
     }
+    let record = if opts.resume {
+        resume_record(&opts, probe)?
+    } else {
+        None
+    };
     let from = record.as_ref().map(|r| ResumeFrom {
         offset: r.offset,
         validator: r.validator.clone(),

@@ -36,6 +36,7 @@
 pub mod checksum;
 pub mod decompress;
 pub mod detect;
+#[doc(hidden)]
 pub mod import;
 pub mod progress;
 pub mod qcow2;
@@ -105,6 +106,16 @@ pub enum Error {
         attempts: u32,
         /// The last failure.
         last: String,
+    },
+    /// The server cannot be reached in a way another try does not change: nothing listens
+    /// on the port, or its TLS is refused (plain HTTP spoken back, a certificate that does
+    /// not verify).
+    #[error("{url}: {reason}")]
+    Unreachable {
+        /// The URL without credentials.
+        url: String,
+        /// What happened, with its causes.
+        reason: String,
     },
     /// The object changed between a cut and its resumption (validator mismatch).
     #[error("{url}: the object changed while it was being downloaded ({reason})")]
@@ -177,6 +188,7 @@ impl Error {
             Error::Denied { .. } => "denied",
             Error::Http { .. } => "http",
             Error::RetriesExhausted { .. } => "retries_exhausted",
+            Error::Unreachable { .. } => "unreachable",
             Error::SourceChanged { .. } => "source_changed",
             Error::Unsupported { .. } => "unsupported",
             Error::InvalidImage { .. } => "invalid_image",
@@ -189,7 +201,25 @@ impl Error {
 
     /// Whether retrying the whole import could help (transport trouble, not bad input).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::RetriesExhausted { .. } | Error::Io { .. })
+        use std::io::ErrorKind as K;
+        match self {
+            Error::RetriesExhausted { .. } => true,
+            // What another try cannot change: a name too long, no permission, no such
+            // directory, a read-only or full file system.
+            Error::Io { source, .. } => !matches!(
+                source.kind(),
+                K::PermissionDenied
+                    | K::NotFound
+                    | K::InvalidFilename
+                    | K::InvalidInput
+                    | K::ReadOnlyFilesystem
+                    | K::IsADirectory
+                    | K::NotADirectory
+                    | K::StorageFull
+                    | K::Unsupported
+            ),
+            _ => false,
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -12,18 +12,21 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Imports with `--force` (an existing target may be replaced), so that a refusal shows it
+/// comes before anything is written, not from the existing-target check.
 async fn import_file(image: &Path, out: &Path, capacity: Option<u64>) -> ido_disk::Error {
-    let opts = ImportOptions::new(
+    let mut opts = ImportOptions::new(
         SourceSpec::File(image.to_path_buf()),
         TargetSpec {
             path: out.to_path_buf(),
             capacity,
         },
     );
+    opts.overwrite = true;
     import(opts).await.expect_err("the import must fail")
 }
 
-/// Imports onto an existing target and checks it was not touched.
+/// Imports onto an existing target (allowed to replace it) and checks it was not touched.
 async fn refused_untouched(image: &Path, dir: &Path) -> ido_disk::Error {
     let out = dir.join("existing.img");
     std::fs::write(&out, b"keep me").unwrap();

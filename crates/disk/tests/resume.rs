@@ -34,6 +34,8 @@ fn options(url: &str, out: &Path, connections: usize) -> ImportOptions {
     );
     o.resume = true;
     o.checkpoint_every = 1 << 20;
+    // These tests import into one file again and again.
+    o.overwrite = true;
     o
 }
 

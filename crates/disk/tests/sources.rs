@@ -63,6 +63,14 @@ fn test_credentials() -> S3Credentials {
     }
 }
 
+/// Import options that may replace the target: these tests import into one file again and
+/// again (the existing-target check has its own test in `ido`'s).
+fn forced(source: SourceSpec, target: TargetSpec) -> ImportOptions {
+    let mut o = ImportOptions::new(source, target);
+    o.overwrite = true;
+    o
+}
+
 #[tokio::test]
 async fn s3_public_bucket_anonymously_and_private_bucket_with_keys() {
     let sw = SeaweedFs::shared().await.unwrap();
@@ -79,7 +87,7 @@ async fn s3_public_bucket_anonymously_and_private_bucket_with_keys() {
 
     // Public, anonymous, parallel ranged GETs.
     let out = dir.path().join("public.img");
-    let mut opts = ImportOptions::new(
+    let mut opts = forced(
         SourceSpec::S3(Box::new(s3_options(sw, seaweed::PUBLIC_BUCKET, &key, None))),
         target(&out),
     );
@@ -91,7 +99,7 @@ async fn s3_public_bucket_anonymously_and_private_bucket_with_keys() {
 
     // Private with the keys (presigned URL, then the HTTP source).
     let out = dir.path().join("private.img");
-    let opts = ImportOptions::new(
+    let opts = forced(
         SourceSpec::S3(Box::new(s3_options(
             sw,
             seaweed::PRIVATE_BUCKET,
@@ -107,7 +115,7 @@ async fn s3_public_bucket_anonymously_and_private_bucket_with_keys() {
 
     // Private without keys: denied, nothing written.
     let out = dir.path().join("denied.img");
-    let e = import(ImportOptions::new(
+    let e = import(forced(
         SourceSpec::S3(Box::new(s3_options(sw, seaweed::PRIVATE_BUCKET, &key, None))),
         target(&out),
     ))
@@ -117,7 +125,7 @@ async fn s3_public_bucket_anonymously_and_private_bucket_with_keys() {
     assert!(!out.exists());
 
     // A missing key with the keys: not found, and the signature is not in the message.
-    let e = import(ImportOptions::new(
+    let e = import(forced(
         SourceSpec::S3(Box::new(s3_options(
             sw,
             seaweed::PRIVATE_BUCKET,
@@ -271,7 +279,7 @@ async fn container_disk_from_a_registry() {
     .await;
 
     let out = dir.path().join("out.img");
-    let mut opts = ImportOptions::new(
+    let mut opts = forced(
         SourceSpec::Registry(Box::new(registry_source(&reg, "disks/fixture:v1"))),
         target(&out),
     );
@@ -285,19 +293,16 @@ async fn container_disk_from_a_registry() {
     // A platform the single image is not.
     let mut o = registry_source(&reg, "disks/fixture:v1");
     o.platform = Some("linux/s390x".into());
-    let e = import(ImportOptions::new(
-        SourceSpec::Registry(Box::new(o)),
-        target(&out),
-    ))
-    .await
-    .unwrap_err();
+    let e = import(forced(SourceSpec::Registry(Box::new(o)), target(&out)))
+        .await
+        .unwrap_err();
     assert!(
         e.to_string().contains("platform") && e.to_string().contains("linux/amd64"),
         "{e}"
     );
 
     // A missing tag.
-    let e = import(ImportOptions::new(
+    let e = import(forced(
         SourceSpec::Registry(Box::new(registry_source(&reg, "disks/fixture:nope"))),
         target(&dir.path().join("x.img")),
     ))
@@ -329,19 +334,16 @@ async fn container_disk_platform_from_an_index_and_ambiguity() {
     let out = dir.path().join("arm.img");
     let mut o = registry_source(&reg, "disks/multi:v1");
     o.platform = Some("linux/arm64".into());
-    let mut opts = ImportOptions::new(SourceSpec::Registry(Box::new(o)), target(&out));
+    let mut opts = forced(SourceSpec::Registry(Box::new(o)), target(&out));
     opts.format = Some(DiskFormat::Raw);
     import(opts).await.unwrap();
     assert_same(&std::fs::read(&out).unwrap(), &arm, "linux/arm64 from the index");
 
     let mut o = registry_source(&reg, "disks/multi:v1");
     o.platform = Some("linux/ppc64le".into());
-    let e = import(ImportOptions::new(
-        SourceSpec::Registry(Box::new(o)),
-        target(&out),
-    ))
-    .await
-    .unwrap_err();
+    let e = import(forced(SourceSpec::Registry(Box::new(o)), target(&out)))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("linux/arm64"), "lists what there is: {e}");
 
     // Two files under disk/ in the disk's layer: refused, no target left.
@@ -358,7 +360,7 @@ async fn container_disk_platform_from_an_index_and_ambiguity() {
     )
     .await;
     let out = dir.path().join("two.img");
-    let e = import(ImportOptions::new(
+    let e = import(forced(
         SourceSpec::Registry(Box::new(registry_source(&reg, "disks/two:v1"))),
         target(&out),
     ))
@@ -377,7 +379,7 @@ async fn container_disk_platform_from_an_index_and_ambiguity() {
         vec![image(dir.path(), "linux/amd64", &layers)],
     )
     .await;
-    let e = import(ImportOptions::new(
+    let e = import(forced(
         SourceSpec::Registry(Box::new(registry_source(&reg, "disks/none:v1"))),
         target(&out),
     ))
@@ -407,7 +409,7 @@ async fn container_disk_over_tls_with_credentials_from_an_authfile() {
 
     let out = dir.path().join("out.img");
     let anonymous = registry_source(&reg, "private/disk:1");
-    let e = import(ImportOptions::new(
+    let e = import(forced(
         SourceSpec::Registry(Box::new(anonymous.clone())),
         target(&out),
     ))
@@ -420,11 +422,8 @@ async fn container_disk_over_tls_with_credentials_from_an_authfile() {
     let mut o = anonymous;
     o.auth = AuthStore::from_docker_config(&std::fs::read(&authfile).unwrap(), "auth.json").unwrap();
     assert!(!format!("{o:?}").contains("s3cret-pw"));
-    import(ImportOptions::new(
-        SourceSpec::Registry(Box::new(o)),
-        target(&out),
-    ))
-    .await
-    .unwrap();
+    import(forced(SourceSpec::Registry(Box::new(o)), target(&out)))
+        .await
+        .unwrap();
     assert_same(&std::fs::read(&out).unwrap(), &data, "private registry over TLS");
 }

@@ -393,3 +393,47 @@ async fn empty_misnamed_and_credentialed_sources_are_refused_clearly() {
         assert!(!target.exists());
     }
 }
+
+/// What another try cannot change fails at once as permanent (exit 2) with its cause:
+/// nothing listening on the port, TLS spoken to a plain-HTTP server, a target name too long.
+#[tokio::test]
+async fn permanent_failures_are_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("disk.img");
+    let target_s = target.display().to_string();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    // A plain-HTTP answer to whatever comes (a TLS client hello, here).
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in plain.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    for (source, cause) in [
+        (format!("http://{closed}/d.raw"), "connection refused"),
+        (format!("https://{plain_addr}/d.raw"), "TLS failed"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = ido(&[&source, &target_s], None).await;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{source}: {err}");
+        assert!(err.contains(cause), "{source}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{source} was retried: {err}"
+        );
+        assert!(!target.exists());
+    }
+    let long = dir.path().join("x".repeat(300));
+    let src = dir.path().join("d.raw");
+    std::fs::write(&src, vec![1u8; 4096]).unwrap();
+    let out = ido(&[&src.display().to_string(), &long.display().to_string()], None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -541,7 +541,17 @@ impl Fetch {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.failed(format!("request failed: {}", error_chain(&e.without_url())), None)
+                    let e = e.without_url();
+                    // Before any byte came, a refused connection or TLS is no passing fault.
+                    if self.is_first()
+                        && let Some(reason) = permanent(&e)
+                    {
+                        return Err(Error::Unreachable {
+                            url: self.conn.shown.clone(),
+                            reason,
+                        });
+                    }
+                    self.failed(format!("request failed: {}", error_chain(&e)), None)
                         .await?;
                     continue;
                 }
@@ -800,15 +810,32 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.parse().ok()?, total))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    ido_engine::error_chain(e)
+}
+
+/// Why a failed request will fail the same way again, if it will: nothing listens on the
+/// port, or TLS cannot be spoken with the server (plain HTTP answered, a certificate that
+/// does not verify).
+fn permanent(e: &reqwest::Error) -> Option<String> {
+    let chain = error_chain(e);
+    let lower = chain.to_ascii_lowercase();
+    if e.is_connect() && lower.contains("connection refused") {
+        return Some(format!("connection refused (nothing listens there): {chain}"));
     }
-    s
+    let tls = [
+        "certificate",
+        "invalidcontenttype",
+        "corrupt message",
+        "wrong version number",
+        "handshake",
+    ];
+    if tls.iter().any(|t| lower.contains(t)) {
+        return Some(format!(
+            "TLS failed (is it an https server, with a certificate this machine trusts?): {chain}"
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
