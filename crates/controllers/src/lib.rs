@@ -59,6 +59,7 @@ impl Error {
             Error::Provider(ProviderError::InvalidImage(_)) => "invalid_image",
             Error::Provider(ProviderError::Api(_)) => "provider_api",
             Error::Provider(ProviderError::Transport(_)) => "transport",
+            Error::Provider(ProviderError::NameClash { .. }) => "name_clash",
         }
     }
 }

@@ -130,7 +130,11 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Act
     let mut retry = None;
     for r in results {
         match r {
-            Ok(()) | Err(ProviderError::InvalidImage(_)) | Err(ProviderError::SourceMissing(_)) => {}
+            // A name clash needs a person: checked again at the next recheck, not retried now.
+            Ok(())
+            | Err(ProviderError::InvalidImage(_))
+            | Err(ProviderError::SourceMissing(_))
+            | Err(ProviderError::NameClash { .. }) => {}
             Err(e) => retry = retry.or(Some(e)),
         }
     }
@@ -252,10 +256,15 @@ async fn distribute<S: Store>(
             ctx.metrics.uploads.get_or_create(&result_label("failure")).inc();
             write_location(ctx, latest, pid, loc, Update::new(state, e.to_string())).await;
             let obj = latest.lock().await.clone();
+            let reason = if e.is_name_clash() {
+                NAME_CLASH
+            } else {
+                "UploadFailed"
+            };
             ctx.store
                 .event(
                     &obj,
-                    Event::warning("UploadFailed", "Import", format!("{pid}/{loc}: {e}")),
+                    Event::warning(reason, "Import", format!("{pid}/{loc}: {e}")),
                 )
                 .await;
             Err(e)
@@ -415,6 +424,7 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
             format!("available in {} location(s)", configured.len()),
         ),
         NodeImageState::Missing => (ConditionStatus::False, "SourceMissing", not_ok.join("; ")),
+        NodeImageState::Error if name_clash(st) => (ConditionStatus::False, NAME_CLASH, not_ok.join("; ")),
         s => (ConditionStatus::False, s.as_str(), not_ok.join("; ")),
     };
     let reason = if reason.is_empty() { "Pending" } else { reason };
@@ -466,16 +476,32 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
             String::new(),
         )
     } else {
+        let reason = if name_clash(st) {
+            NAME_CLASH
+        } else {
+            "LocationFailed"
+        };
         cond(
             conditions::DEGRADED,
             ConditionStatus::True,
-            "LocationFailed",
+            reason,
             failed.join("; "),
         )
     };
     set_condition(&mut st.conditions, degraded);
     st.state = state;
     st.observed_generation = generation;
+}
+
+/// Condition reason (and event reason) of a location whose template name is taken by an
+/// object ido did not make ([`ProviderError::NameClash`]).
+pub const NAME_CLASH: &str = "NameClash";
+
+/// Whether a location is in `Error` because of a name clash (its message says so).
+fn name_clash(st: &NodeImageStatus) -> bool {
+    st.locations
+        .iter()
+        .any(|l| l.state == LocationState::Error && ProviderError::is_name_clash_message(&l.message))
 }
 
 /// Sets every location to `state` with `message`.
@@ -665,23 +691,54 @@ async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Action, E
         } else {
             NodeImageState::Error
         };
+        // Objects ido did not make keep the finalizer until someone adopts, renames or
+        // removes them.
+        let clashes: Vec<String> = results
+            .iter()
+            .filter_map(|(loc, r)| {
+                r.as_ref()
+                    .err()
+                    .filter(|e| e.is_name_clash())
+                    .map(|e| format!("{loc}: {e}"))
+            })
+            .collect();
+        if !clashes.is_empty() {
+            set_condition(
+                &mut st.conditions,
+                Condition {
+                    type_: conditions::READY.into(),
+                    status: ConditionStatus::False,
+                    observed_generation: ni.metadata.generation,
+                    last_transition_time: Timestamp::now(),
+                    reason: NAME_CLASH.into(),
+                    message: clashes.join("; "),
+                },
+            );
+        }
     })
     .await?
     {
         ni = updated;
     }
+    let mut clash_only = true;
     for (loc, r) in results {
         if let Err(e) = r {
+            let reason = if e.is_name_clash() {
+                NAME_CLASH
+            } else {
+                clash_only = false;
+                "DeleteFailed"
+            };
             ctx.store
-                .event(
-                    &ni,
-                    Event::warning("DeleteFailed", "Delete", format!("{pid}/{loc}: {e}")),
-                )
+                .event(&ni, Event::warning(reason, "Delete", format!("{pid}/{loc}: {e}")))
                 .await;
             first_err = first_err.or(Some(e));
         }
     }
     if let Some(e) = first_err {
+        if clash_only {
+            return Ok(Action::Requeue(ctx.settings.recheck));
+        }
         return Err(e.into());
     }
     ctx.store
@@ -701,4 +758,165 @@ async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Action, E
     )
     .await?;
     Ok(Action::AwaitChange)
+}
+
+#[cfg(test)]
+mod name_clash_tests {
+    //! A name clash end to end: a VM ido did not make, with the template's name, in the vCenter
+    //! simulator, is reported on the NodeImage and never touched, on import and on deletion.
+
+    use std::{sync::Arc, time::Duration};
+
+    use ido_api::{LocationState, NodeImage, NodeImageState, Release, condition};
+    use ido_engine::s3::node_image_key;
+    use ido_providers::vsphere::{VsphereConfig, VsphereProvider};
+    use ido_testkit::{
+        OvaFixture, SeaweedFs, Vcsim, VcsimOptions,
+        oracle::oracle_find,
+        seaweed::PUBLIC_BUCKET,
+        vcsim::{RESOURCE_POOL_PATH, VM_FOLDER},
+    };
+    use serde_json::json;
+
+    use super::{NAME_CLASH, conditions};
+    use crate::{
+        Context, Store,
+        config::Config,
+        file_store::FileStore,
+        run::{Manifest, RunOptions, apply_desired, run},
+    };
+
+    const IMAGE: &str = "flatcar-stable-3975.2.0-kube-1.31.1-tooling-1.18.1-gs";
+
+    async fn run_with(ctx: &Arc<Context<FileStore>>, releases: &[Release]) {
+        let m: Vec<Manifest> = releases
+            .iter()
+            .cloned()
+            .map(|r| Manifest::Release(Box::new(r)))
+            .collect();
+        apply_desired(&ctx.store, &m).await.unwrap();
+        let opts = RunOptions {
+            timeout: Duration::from_secs(120),
+            ..RunOptions::default()
+        };
+        let report = run(ctx.clone(), opts).await.unwrap();
+        eprintln!("{}", report.table());
+    }
+
+    #[tokio::test]
+    async fn a_foreign_vm_with_the_template_name_is_a_name_clash_left_alone() {
+        let s3 = SeaweedFs::shared().await.unwrap();
+        let vc = Vcsim::start(VcsimOptions::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ova = dir.path().join("n.ova");
+        OvaFixture::write(&ova, "flatcar", &[("disk-0.vmdk", 4096)], "nic0")
+            .await
+            .unwrap();
+        s3.put_object(
+            PUBLIC_BUCKET,
+            &node_image_key("capv", IMAGE, "ova"),
+            ova.as_path(),
+        )
+        .await
+        .unwrap();
+        let vsphere = json!({
+            "enabled": true,
+            "caBundle": vc.ca_pem().unwrap(),
+            "credentials": {"vcenter": vc.url(), "username": vc.username(), "password": vc.password()},
+            "locations": {"loc1": {"datacenter": "DC0", "datastore": "LocalDS_0", "cluster": "DC0_C0", "folder": "vm"}},
+        });
+        let cfg = Config::from_value(json!({
+            "namespace": "giantswarm",
+            "s3": {"bucket": PUBLIC_BUCKET, "region": "us-east-1", "endpoint": s3.endpoint()},
+            "vsphere": vsphere.clone(),
+        }))
+        .unwrap();
+        let ctx = Arc::new(
+            cfg.context(FileStore::open(&dir.path().join("state")).unwrap())
+                .unwrap(),
+        );
+
+        // Someone else's running VM named like the template.
+        let vcfg: VsphereConfig = serde_json::from_value(vsphere).unwrap();
+        let own = VsphereProvider::new(&vcfg).unwrap();
+        let c = own.client();
+        let folder = c.find_by_inventory_path(VM_FOLDER).await.unwrap().unwrap();
+        let pool = c
+            .find_by_inventory_path(RESOURCE_POOL_PATH)
+            .await
+            .unwrap()
+            .unwrap();
+        let spec = format!(
+            concat!(
+                "<config><name>{}</name><guestId>otherGuest</guestId>",
+                "<files><vmPathName>[LocalDS_0]</vmPathName></files><numCPUs>1</numCPUs><memoryMB>64</memoryMB></config>",
+                r#"<pool type="ResourcePool">{}</pool>"#
+            ),
+            IMAGE, pool.value
+        );
+        c.run_task("CreateVM_Task", &folder, &spec).await.unwrap();
+        let path = format!("{VM_FOLDER}/{IMAGE}");
+        let vm = c.find_by_inventory_path(&path).await.unwrap().unwrap();
+        c.run_task("PowerOnVM_Task", &vm, "").await.unwrap();
+        let before = oracle_find(&vc, &path).await.unwrap().unwrap();
+
+        let release = Release::with_components(
+            "vsphere-31.0.0",
+            &[
+                ("flatcar", "3975.2.0"),
+                ("kubernetes", "1.31.1"),
+                ("os-tooling", "1.18.1"),
+            ],
+        );
+        run_with(&ctx, std::slice::from_ref(&release)).await;
+        let nis = ctx.store.list::<NodeImage>().await.unwrap();
+        let st = nis[0].status.clone().unwrap();
+        assert_eq!(st.state, NodeImageState::Error);
+        let l = &st.locations[0];
+        assert_eq!(l.state, LocationState::Error);
+        assert!(
+            l.message
+                .starts_with(&format!("name clash in location loc1: {path} (VirtualMachine:")),
+            "{}",
+            l.message
+        );
+        assert!(
+            l.message.contains("is a powered-on VM without ido's mark"),
+            "{}",
+            l.message
+        );
+        for t in [conditions::READY, conditions::DEGRADED] {
+            let cond = condition::find(&st.conditions, t).unwrap();
+            assert_eq!(cond.reason, NAME_CLASH, "{t}: {cond:?}");
+            assert!(cond.message.contains(&l.message), "{t}: {cond:?}");
+        }
+        assert!(
+            ctx.store.events().iter().any(|e| e.event.reason == NAME_CLASH),
+            "a NameClash event"
+        );
+        assert_eq!(
+            oracle_find(&vc, &path).await.unwrap().unwrap(),
+            before,
+            "neither deleted nor replaced"
+        );
+
+        // The release goes: the NodeImage keeps its finalizer while the name is taken, and
+        // the VM stays.
+        run_with(&ctx, &[]).await;
+        let nis = ctx.store.list::<NodeImage>().await.unwrap();
+        assert_eq!(nis.len(), 1, "held by its finalizer");
+        let st = nis[0].status.clone().unwrap();
+        assert_eq!(st.locations[0].state, LocationState::Error);
+        assert_eq!(
+            condition::find(&st.conditions, conditions::READY).unwrap().reason,
+            NAME_CLASH
+        );
+        assert_eq!(oracle_find(&vc, &path).await.unwrap().unwrap(), before);
+
+        // Its owner removes it: the NodeImage goes.
+        c.power_off(&vm).await.unwrap();
+        c.destroy(&vm).await.unwrap();
+        run_with(&ctx, &[]).await;
+        assert!(ctx.store.list::<NodeImage>().await.unwrap().is_empty());
+    }
 }

@@ -77,6 +77,44 @@ pub enum ProviderError {
     /// Network or transport failure; worth retrying.
     #[error("{0}")]
     Transport(String),
+    /// Something with the template's name exists in the location but does not carry ido's
+    /// mark (see [`MANAGED_BY_KEY`]): ido neither deletes nor overwrites it (state `Error`,
+    /// checked again later). `owner` says what was found.
+    #[error(
+        "{NAME_CLASH_PREFIX} in location {location}: {name} is {owner}; ido does not delete or replace it (rename or remove it, or adopt it by marking it as ido's)"
+    )]
+    NameClash {
+        /// The location (as configured).
+        location: String,
+        /// Where the clashing object is: the template's name or path in the location.
+        name: String,
+        /// What was found, e.g. `a powered-on VM without ido's mark`.
+        owner: String,
+    },
+}
+
+/// How every [`ProviderError::NameClash`] message begins.
+pub const NAME_CLASH_PREFIX: &str = "name clash";
+
+/// The mark ido puts on everything it creates (vSphere `extraConfig`, VCD metadata; Proxmox
+/// uses the tag [`MANAGED_TAG`]), with the value [`MANAGED_BY_VALUE`]. Only objects carrying
+/// it are ever deleted or replaced by ido.
+pub const MANAGED_BY_KEY: &str = "ido.managed-by";
+/// The value of [`MANAGED_BY_KEY`].
+pub const MANAGED_BY_VALUE: &str = "ido";
+/// The Proxmox VE tag ido puts on the VMs it creates (PVE tags are plain words, not key=value).
+pub const MANAGED_TAG: &str = "ido-managed";
+
+impl ProviderError {
+    /// Whether this is a [`ProviderError::NameClash`].
+    pub fn is_name_clash(&self) -> bool {
+        matches!(self, Self::NameClash { .. })
+    }
+
+    /// Whether `message` (e.g. a location's status message) is a name clash's.
+    pub fn is_name_clash_message(message: &str) -> bool {
+        message.starts_with(NAME_CLASH_PREFIX)
+    }
 }
 
 impl From<ido_engine::Error> for ProviderError {
@@ -90,7 +128,7 @@ impl From<ido_engine::Error> for ProviderError {
                 message: e.to_string(),
             },
             E::Denied { .. } | E::Http { .. } => Self::Api(e.to_string()),
-            E::Transport { .. } | E::Io(_) => Self::Transport(e.to_string()),
+            E::Transport { .. } | E::Io(_) => Self::Transport(ido_engine::error_chain(&e)),
         }
     }
 }
@@ -106,11 +144,13 @@ pub trait Provider: Send + Sync {
     fn format(&self) -> SourceFormat;
     /// Names of the configured locations, sorted.
     fn locations(&self) -> Vec<String>;
-    /// The template of `image` in `location`, if a complete one exists. Leftovers of failed
-    /// attempts (e.g. a VM never marked as template) are removed here and reported absent.
+    /// The template of `image` in `location`, if a complete one made by ido exists. Leftovers
+    /// of ido's failed attempts (e.g. a VM never marked as template, carrying ido's mark) are
+    /// removed here and reported absent; anything of that name without ido's mark is a
+    /// [`ProviderError::NameClash`] and stays untouched.
     async fn exists(&self, location: &str, image: &str) -> Result<Option<Template>>;
     /// Creates the template of `image` in `location` from `source`, counting bytes sent in
-    /// `progress`. On failure nothing half-made is left behind.
+    /// `progress`, and marks it as ido's. On failure nothing half-made is left behind.
     async fn create(
         &self,
         location: &str,
@@ -118,7 +158,8 @@ pub trait Provider: Send + Sync {
         source: &S3Object,
         progress: &Progress,
     ) -> Result<Template>;
-    /// Removes the template of `image` from `location`; absent is success.
+    /// Removes the template of `image` from `location`; absent is success. An object of that
+    /// name without ido's mark is left alone: [`ProviderError::NameClash`].
     async fn delete(&self, location: &str, image: &str) -> Result<()>;
 }
 

@@ -9,9 +9,9 @@ use ido_engine::{
     s3::{S3Credentials, S3Location, S3Object, S3Source, node_image_key},
 };
 use ido_providers::{
-    Progress, Provider, ProviderError,
+    MANAGED_TAG, Progress, Provider, ProviderError,
     proxmox::{
-        ProxmoxConfig, ProxmoxCredentials, ProxmoxLocation, ProxmoxProvider, task::TaskPolicy, template_tags,
+        ProxmoxConfig, ProxmoxCredentials, ProxmoxLocation, ProxmoxProvider, all_tags, task::TaskPolicy,
     },
 };
 use ido_testkit::{
@@ -184,9 +184,12 @@ async fn import_is_a_tagged_template_once_and_delete_removes_it() {
     assert!(vm.template && vm.lock.is_none(), "{vm:?}");
     assert_eq!(
         vm.tags.as_deref(),
-        Some("flatcar_3975.2.0;kubernetes_1.30.4;os-tooling_1.18.1;release-channel_stable")
+        Some("ido-managed;flatcar_3975.2.0;kubernetes_1.30.4;os-tooling_1.18.1;release-channel_stable"),
+        "ido's mark and the version tags"
     );
-    assert_eq!(vm.tags, template_tags(image));
+    assert_eq!(vm.tags.as_deref(), Some(all_tags(image).as_str()));
+    let create = &w.pve.requests_to("POST", "/nodes/pve1/qemu")[0];
+    assert_eq!(create.params["tags"], MANAGED_TAG, "marked from its creation on");
     let c = &vm.config;
     assert_eq!(c["scsi0"], format!("local-lvm:base-{}-disk-0,size=64M", vm.vmid));
     assert_eq!(c["boot"], "order=scsi0");
@@ -212,7 +215,7 @@ async fn import_is_a_tagged_template_once_and_delete_removes_it() {
         .pve
         .requests_to("POST", "/nodes/pve1/storage/local/download-url")[0];
     assert_eq!(dl.params["content"], "import");
-    assert_eq!(dl.params["filename"], format!("{image}.qcow2"));
+    assert_eq!(dl.params["filename"], format!("ido-{image}.qcow2"));
     assert_eq!(dl.params["url"], src.download_url().as_str());
     assert!(!dl.params.contains_key("checksum"), "no sidecar, no checksum");
 
@@ -301,12 +304,16 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         assert_eq!(p.exists("loc1", &name).await.unwrap(), None, "{what}");
     }
 
-    // Tagging is cosmetic: its failure is only logged.
+    // The version tags are cosmetic: their failure is only logged (ido's mark came with the
+    // VM's creation).
     w.pve.fail(Step::Tag, FailHow::Http, 1);
     p.create("loc1", &name, &src, &Progress::default()).await.unwrap();
     let vms = w.pve.vms_on("pve1");
     assert_eq!(vms.len(), 1);
-    assert!(vms[0].template && vms[0].tags.is_none(), "{vms:?}");
+    assert!(
+        vms[0].template && vms[0].tags.as_deref() == Some(MANAGED_TAG),
+        "{vms:?}"
+    );
     assert_eq!(w.pve.import_files("pve1", "local"), Vec::<String>::new());
 }
 
@@ -475,7 +482,7 @@ async fn two_nodes_work_concurrently_and_existence_is_per_node() {
 }
 
 #[tokio::test]
-async fn existence_needs_the_template_flag_on_the_locations_node() {
+async fn existence_needs_the_template_flag_and_mark_on_the_locations_node() {
     let w = World::with(FakeProxmoxOptions {
         nodes: vec!["pve1".into(), "pve2".into()],
         ..Default::default()
@@ -483,26 +490,167 @@ async fn existence_needs_the_template_flag_on_the_locations_node() {
     .await;
     let p = w.provider();
     let name = image(9);
-    let elsewhere = w.pve.add_vm("pve2", &name, true);
+    let elsewhere = w.pve.add_vm_tagged("pve2", &name, true, MANAGED_TAG);
     assert_eq!(
         p.exists("loc1", &name).await.unwrap(),
         None,
         "a template on another node"
     );
 
-    let leftover = w.pve.add_vm("pve1", &name, false);
+    let leftover = w.pve.add_vm_tagged("pve1", &name, false, MANAGED_TAG);
     assert_eq!(p.exists("loc1", &name).await.unwrap(), None, "not a template");
     assert!(
         w.pve.vms().iter().all(|v| v.vmid != leftover),
-        "the leftover was purged"
+        "ido's leftover was purged"
     );
 
-    let ours = w.pve.add_vm("pve1", &name, true);
+    let ours = w
+        .pve
+        .add_vm_tagged("pve1", &name, true, &format!("a;{MANAGED_TAG};b"));
     let t = p.exists("loc1", &name).await.unwrap().unwrap();
     assert_eq!(t.reference, format!("pve1/qemu/{ours}"));
     p.delete("loc1", &name).await.unwrap();
     let left: Vec<_> = w.pve.vms().iter().map(|v| v.vmid).collect();
     assert_eq!(left, vec![elsewhere], "delete touches only the location's node");
+}
+
+fn clash_owner(e: &ProviderError) -> &str {
+    match e {
+        ProviderError::NameClash { owner, .. } => owner,
+        other => panic!("not a name clash: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn vms_without_ido_tag_are_name_clashes_never_purged() {
+    let w = World::new().await;
+    let p = w.provider();
+    let name = image(11);
+    let (src, _) = w.qcow2(PUBLIC_BUCKET, &name).await;
+
+    // Someone else's VM (and then template) of the template's name: reported, left alone,
+    // and nothing is built beside it.
+    for template in [false, true] {
+        let foreign = w.pve.add_vm_tagged("pve1", &name, template, "team-a");
+        let destroys = || w.pve.requests_to("DELETE", &format!("/qemu/{foreign}")).len();
+        let destroyed_before = destroys();
+        let e = p.exists("loc1", &name).await.unwrap_err();
+        assert!(e.is_name_clash(), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("name clash in location loc1: pve1/{name} is ")),
+            "{e}"
+        );
+        let what = if template { "a template" } else { "a VM" };
+        assert_eq!(
+            clash_owner(&e),
+            format!("{what} (VMID {foreign}, tags \"team-a\") without ido's tag ido-managed")
+        );
+        let e = p
+            .create("loc1", &name, &src, &Progress::default())
+            .await
+            .unwrap_err();
+        assert!(e.is_name_clash(), "{e:?}");
+        assert!(p.delete("loc1", &name).await.unwrap_err().is_name_clash());
+        let vms = w.pve.vms_on("pve1");
+        assert_eq!(vms.len(), 1, "{vms:?}");
+        assert_eq!((vms[0].vmid, vms[0].template), (foreign, template));
+        assert_eq!(destroys(), destroyed_before, "no destroy was even tried");
+        assert_eq!(w.downloads(), 0, "nothing built beside it");
+        // Its owner removes it before the next round.
+        remove(&w, foreign).await;
+    }
+
+    // ido's own VM, running: not purged either.
+    let running = w.pve.add_vm_tagged("pve1", &name, false, MANAGED_TAG);
+    w.pve.set_running(running, true);
+    let e = p.exists("loc1", &name).await.unwrap_err();
+    assert!(clash_owner(&e).starts_with("a running VM"), "{e}");
+    assert!(p.delete("loc1", &name).await.unwrap_err().is_name_clash());
+    assert!(w.pve.vms().iter().any(|v| v.vmid == running));
+    w.pve.set_running(running, false);
+
+    // Stopped, it is ido's half-made VM: purged, and the template built afresh.
+    let purges = || w.pve.requests_to("DELETE", &format!("/qemu/{running}")).len();
+    let purged_before = purges();
+    let t = p.create("loc1", &name, &src, &Progress::default()).await.unwrap();
+    let vms = w.pve.vms_on("pve1");
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    assert!(vms[0].template, "{vms:?}");
+    assert_eq!(purges(), purged_before + 1, "the half-made VM was purged");
+    assert_eq!(w.downloads(), 1, "and the template built afresh");
+    assert_eq!(t.reference, format!("pve1/qemu/{}", vms[0].vmid));
+
+    // ido's template and someone else's VM of the same name: the template counts, delete
+    // removes only ido's and reports the other.
+    let foreign = w.pve.add_vm("pve1", &name, false);
+    assert_eq!(p.exists("loc1", &name).await.unwrap(), Some(t));
+    let e = p.delete("loc1", &name).await.unwrap_err();
+    assert!(e.is_name_clash(), "{e:?}");
+    let left: Vec<_> = w.pve.vms().iter().map(|v| v.vmid).collect();
+    assert_eq!(left, vec![foreign]);
+    // A template made before ido tagged its VMs is adopted by adding the tag.
+    remove(&w, foreign).await;
+    let old = w.pve.add_vm_tagged("pve1", &name, true, "flatcar_4011.2.0");
+    assert!(p.exists("loc1", &name).await.unwrap_err().is_name_clash());
+    tag(&w, old, &format!("flatcar_4011.2.0;{MANAGED_TAG}")).await;
+    assert_eq!(
+        p.exists("loc1", &name).await.unwrap().map(|t| t.reference),
+        Some(format!("pve1/qemu/{old}"))
+    );
+    p.delete("loc1", &name).await.unwrap();
+    w.assert_clean("pve1", "after adopting and deleting");
+}
+
+/// Removes VM `vmid` on `pve1` the way an operator would (straight through the API).
+async fn remove(w: &World, vmid: u32) {
+    let (status, _) = raw(
+        w,
+        reqwest::Method::DELETE,
+        &format!("nodes/pve1/qemu/{vmid}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    for _ in 0..100 {
+        if w.pve.vms().iter().all(|v| v.vmid != vmid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("VM {vmid} was not removed");
+}
+
+/// Sets the tags of VM `vmid` on `pve1` the way an operator would.
+async fn tag(w: &World, vmid: u32, tags: &str) {
+    let (status, body) = raw(
+        w,
+        reqwest::Method::PUT,
+        &format!("nodes/pve1/qemu/{vmid}/config"),
+        &[("tags", tags)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// One call to the fake's API with its token.
+async fn raw(w: &World, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let o = w.pve.options();
+    let http = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(w.pve.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let mut req = http
+        .request(method, format!("{}/api2/json/{path}", w.pve.url()))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken={}!{}={}", o.userid, o.token_id, o.secret),
+        );
+    if !form.is_empty() {
+        req = req.form(form);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
 #[tokio::test]

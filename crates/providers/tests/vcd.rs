@@ -143,6 +143,9 @@ async fn import_is_a_resolved_template_once_and_delete_removes_it() {
     // The hardware version went into the OVF in memory; every other byte is the fixture's.
     let seen = w.vcd.template("org1", "cat1", image).unwrap();
     assert_eq!(seen.virtual_system_types(), vec!["vmx-19".to_string()]);
+    // ido's mark, on the catalog item (from the start of the upload) and on the template.
+    let mark = [("ido.managed-by".to_string(), "ido".to_string())].into();
+    assert_eq!((&seen.item_metadata, &seen.metadata), (&mark, &mark));
     assert_eq!(seen.ovf.unwrap(), ova.ovf.replace(">vmx-09<", ">vmx-19<"));
 
     // hardwareVersion 0 keeps the OVF byte for byte.
@@ -298,6 +301,7 @@ async fn a_failure_at_each_step_leaves_no_catalog_item() {
     let (ova, src) = w.ova(image, &[("disk-0.vmdk", 2 * MIB + 5)]).await;
     for step in [
         FailStep::UploadInit,
+        FailStep::Metadata,
         FailStep::Descriptor,
         FailStep::Disk,
         FailStep::Task,
@@ -468,11 +472,17 @@ async fn system_admins_reach_same_named_catalogs_of_other_orgs() {
 async fn leftovers_are_removed_and_existing_templates_kept() {
     let w = World::new(FakeVcdOptions::default()).await;
     let p = std::sync::Arc::new(w.provider(&[("main", location("cat1", 19))]));
+    // ido's leftovers: their catalog items carry ido's mark.
+    let ours = |name: &str, seed: Seed| {
+        let id = w.vcd.seed_template("org1", "cat1", name, seed).unwrap();
+        w.vcd.set_metadata(&id, true, "ido.managed-by", "ido").unwrap();
+        id
+    };
     for (name, seed) in [
         ("img-vcd-failed", Seed::Failed),
         ("img-vcd-unfinished", Seed::Unfinished),
     ] {
-        w.vcd.seed_template("org1", "cat1", name, seed).unwrap();
+        ours(name, seed);
         assert_eq!(p.exists("main", name).await.unwrap(), None, "{name}");
         assert!(
             w.vcd.template("org1", "cat1", name).is_none(),
@@ -480,19 +490,19 @@ async fn leftovers_are_removed_and_existing_templates_kept() {
         );
     }
     // A failed leftover is replaced by a fresh upload.
-    w.vcd
-        .seed_template("org1", "cat1", "img-vcd-redo", Seed::Failed)
-        .unwrap();
+    ours("img-vcd-redo", Seed::Failed);
     let (ova, src) = w.ova("img-vcd-redo", &[("disk-0.vmdk", 4096)]).await;
     p.create("main", "img-vcd-redo", &src, &Progress::default())
         .await
         .unwrap();
     assert_stored(&w.vcd, "org1", "cat1", &ova).await;
-    // A resolved template of that name counts: nothing is uploaded.
+    // A resolved template of ido's of that name (marked on the template) counts: nothing is
+    // uploaded.
     let id = w
         .vcd
         .seed_template("org1", "cat1", "img-vcd-there", Seed::Resolved)
         .unwrap();
+    w.vcd.set_metadata(&id, false, "ido.managed-by", "ido").unwrap();
     let progress = Progress::default();
     let t = p.create("main", "img-vcd-there", &src, &progress).await.unwrap();
     assert_eq!(
@@ -515,6 +525,79 @@ async fn leftovers_are_removed_and_existing_templates_kept() {
     del.abort();
     assert_eq!(p.exists("main", "img-vcd-there").await.unwrap(), None);
     assert!(w.vcd.template("org1", "cat1", "img-vcd-there").is_none());
+}
+
+fn clash_owner(e: &ProviderError) -> &str {
+    match e {
+        ProviderError::NameClash { owner, .. } => owner,
+        other => panic!("not a name clash: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn templates_without_ido_metadata_are_name_clashes_never_removed() {
+    let w = World::new(FakeVcdOptions::default()).await;
+    let p = w.provider(&[("main", location("cat1", 19))]);
+    let (_, src) = w.ova("img-vcd-foreign", &[("disk-0.vmdk", 4096)]).await;
+
+    // Someone else's templates of the name, in any state: reported, never removed, and
+    // nothing is uploaded beside them.
+    for (seed, status) in [
+        (Seed::Resolved, "RESOLVED"),
+        (Seed::Failed, "FAILED_CREATION"),
+        (Seed::Unfinished, "UNRESOLVED"),
+    ] {
+        let name = "img-vcd-foreign";
+        let id = w.vcd.seed_template("org1", "cat1", name, seed).unwrap();
+        w.vcd.set_owner(&id, "alice").unwrap();
+        w.vcd.set_metadata(&id, true, "team", "a").unwrap();
+        let e = p.exists("main", name).await.unwrap_err();
+        assert!(e.is_name_clash(), "{seed:?}: {e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("name clash in location main: org1/cat1/img-vcd-foreign is "),
+            "{e}"
+        );
+        assert_eq!(
+            clash_owner(&e),
+            format!("a vApp template ({status}, owned by alice) without ido's metadata ido.managed-by=ido")
+        );
+        let progress = Progress::default();
+        let e = p.create("main", name, &src, &progress).await.unwrap_err();
+        assert!(e.is_name_clash(), "{seed:?}: {e:?}");
+        assert_eq!(progress.get(), 0);
+        assert!(p.delete("main", name).await.unwrap_err().is_name_clash());
+        let left = w.vcd.templates("cat1");
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!((left[0].id.as_str(), left[0].deleting), (id.as_str(), false));
+        // A mark of another value is no mark.
+        w.vcd
+            .set_metadata(&id, false, "ido.managed-by", "someone")
+            .unwrap();
+        assert!(p.exists("main", name).await.unwrap_err().is_name_clash());
+        // Its owner removes it (the fake's inspection API stands in for them).
+        w.vcd.set_metadata(&id, true, "ido.managed-by", "ido").unwrap();
+        if seed == Seed::Resolved {
+            p.delete("main", name).await.unwrap();
+        } else {
+            assert_eq!(
+                p.exists("main", name).await.unwrap(),
+                None,
+                "adopted, then removed as a leftover"
+            );
+        }
+        assert!(w.vcd.templates("cat1").is_empty());
+    }
+
+    // A template made before ido marked its uploads is adopted by setting the metadata on it.
+    let id = w
+        .vcd
+        .seed_template("org1", "cat1", "img-vcd-old", Seed::Resolved)
+        .unwrap();
+    assert!(p.exists("main", "img-vcd-old").await.unwrap_err().is_name_clash());
+    w.vcd.set_metadata(&id, false, "ido.managed-by", "ido").unwrap();
+    let t = p.exists("main", "img-vcd-old").await.unwrap().expect("adopted");
+    assert_eq!(t.reference, format!("urn:vcloud:vapptemplate:{id}"));
 }
 
 #[tokio::test]

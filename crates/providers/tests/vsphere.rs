@@ -10,7 +10,8 @@ use ido_engine::{
 use ido_providers::{
     Progress, Provider, ProviderError,
     vsphere::{
-        VsphereConfig, VsphereCredentials, VsphereLocation, VsphereProvider, lease::ImportParams, xml::MoRef,
+        VsphereConfig, VsphereCredentials, VsphereLocation, VsphereProvider, lease::ImportParams, mark,
+        xml::MoRef,
     },
 };
 use ido_testkit::{
@@ -248,9 +249,10 @@ async fn imagesuffix_network_and_host_over_plain_http() {
     assert_eq!(w.find("/DC0/vm/img-suffix-gs").await, None);
 }
 
-/// Creates a VM named `name` the way a crashed import leaves it: ImportVApp and lease
-/// complete, never marked as template; then powers it on.
-async fn leftover_vm(p: &VsphereProvider, ova: &OvaFixture, name: &str) -> MoRef {
+/// Imports `ova` as a VM named `name` by hand: ImportVApp and lease complete, never marked
+/// as template, the way a crashed import leaves it. With `ido_mark`, the import spec carries
+/// ido's mark (as ido's own imports do); without, it is anyone else's VM.
+async fn raw_import(p: &VsphereProvider, ova: &OvaFixture, name: &str, ido_mark: bool) -> MoRef {
     let c = p.client();
     let find = |path: &'static str| async move { c.find_by_inventory_path(path).await.unwrap().unwrap() };
     let (pool, ds, net) = (
@@ -263,35 +265,211 @@ async fn leftover_vm(p: &VsphereProvider, ova: &OvaFixture, name: &str) -> MoRef
         network_mapping: vec![("nic0".into(), net)],
         ..Default::default()
     };
-    let spec = c.create_import_spec(&ova.ovf, &pool, &ds, &params).await.unwrap();
+    let mut spec = c.create_import_spec(&ova.ovf, &pool, &ds, &params).await.unwrap();
     assert!(spec.errors.is_empty(), "{:?}", spec.errors);
+    if ido_mark {
+        spec.spec_xml = mark::mark_import_spec(&spec.spec_xml, name).unwrap();
+    }
     let lease = c.import_vapp(&pool, &spec, None, None).await.unwrap();
     let info = c.lease_wait_ready(&lease).await.unwrap();
     c.lease_complete(&lease).await.unwrap();
-    let vm = info.entity.unwrap();
-    c.run_task("PowerOnVM_Task", &vm, "").await.unwrap();
-    vm
+    info.entity.unwrap()
+}
+
+/// `ReconfigVM_Task` of `vm` with `spec` (a VirtualMachineConfigSpec's content).
+async fn reconfigure(p: &VsphereProvider, vm: &MoRef, spec: &str) {
+    p.client()
+        .run_task("ReconfigVM_Task", vm, &format!("<spec>{spec}</spec>"))
+        .await
+        .unwrap();
+}
+
+/// The extraConfig entry ido marks its VMs with, as a ReconfigVM spec fragment.
+const ADOPT: &str =
+    r#"<extraConfig><key>ido.managed-by</key><value xsi:type="xsd:string">ido</value></extraConfig>"#;
+
+/// `config.extraConfig` of the VM at `path` as pyVmomi (not the project's client) reads it.
+async fn oracle_extra_config(vcsim: &Vcsim, path: &str) -> Value {
+    const SCRIPT: &str = r#"
+import json, ssl, sys, urllib.parse
+from pyVim.connect import Disconnect, SmartConnect
+creds = json.loads(sys.stdin.readline())
+url = urllib.parse.urlparse(sys.argv[1])
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+si = SmartConnect(protocol=url.scheme, host=url.hostname, port=url.port, path=url.path,
+                  user=creds["user"], pwd=creds["password"], sslContext=ctx)
+vm = si.RetrieveContent().searchIndex.FindByInventoryPath(sys.argv[3])
+print(json.dumps({o.key: o.value for o in vm.config.extraConfig}))
+Disconnect(si)
+"#;
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", SCRIPT, vcsim.url()])
+        .arg(&vcsim.ca().expect("the test CA").ca_cert)
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let creds = serde_json::json!({"user": vcsim.username(), "password": vcsim.password()});
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{creds}\n").as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "pyVmomi failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn clash_owner(e: &ProviderError) -> &str {
+    match e {
+        ProviderError::NameClash { owner, .. } => owner,
+        other => panic!("not a name clash: {other:?}"),
+    }
 }
 
 #[tokio::test]
-async fn leftover_vm_is_removed_by_exists_then_reimported() {
+async fn imports_carry_ido_mark_in_extra_config() {
+    let w = World::new("mark", VcsimOptions::default()).await;
+    let mut loc = location();
+    loc.imagesuffix = Some("gs".into());
+    let p = w.provider(loc);
+    let image = "img-marked";
+    let (_, src) = w.ova(image, &[("disk-0.vmdk", 2048)]).await;
+    let t = p.create("loc1", image, &src, &Progress::default()).await.unwrap();
+    let extra = oracle_extra_config(&w.vcsim, &t.path).await;
+    assert_eq!(extra["ido.managed-by"], "ido", "{extra}");
+    assert_eq!(
+        extra["ido.image"], image,
+        "the image, without the suffix: {extra}"
+    );
+}
+
+#[tokio::test]
+async fn foreign_vms_and_templates_of_the_name_are_never_touched() {
+    let w = World::new("clash", VcsimOptions::default()).await;
+    let p = w.provider(location());
+    let image = "img-clash";
+    let path = format!("{VM_FOLDER}/{image}");
+    let (ova, src) = w.ova(image, &[("disk-0.vmdk", 2048)]).await;
+
+    // Someone else's powered-on VM with the template's name.
+    let vm = raw_import(&p, &ova, image, false).await;
+    reconfigure(&p, &vm, "<annotation>made by hand</annotation>").await;
+    p.client().run_task("PowerOnVM_Task", &vm, "").await.unwrap();
+    let before = w.find(&path).await.unwrap();
+    assert_eq!(before["powerState"], "poweredOn");
+
+    let e = p.exists("loc1", image).await.unwrap_err();
+    assert!(e.is_name_clash(), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("name clash in location loc1: /DC0/vm/img-clash"),
+        "{text}"
+    );
+    assert!(
+        clash_owner(&e).contains("a powered-on VM without ido's mark")
+            && clash_owner(&e).contains("made by hand"),
+        "{e}"
+    );
+    let e = p
+        .create("loc1", image, &src, &Progress::default())
+        .await
+        .unwrap_err();
+    assert!(e.is_name_clash(), "{e:?}");
+    let e = p.delete("loc1", image).await.unwrap_err();
+    assert!(e.is_name_clash(), "{e:?}");
+    assert_eq!(
+        w.find(&path).await.unwrap(),
+        before,
+        "neither deleted nor replaced"
+    );
+    let vms = oracle_list_vms(&w.vcsim, VM_FOLDER).await.unwrap();
+    assert_eq!(vms.iter().filter(|v| v["name"] == image).count(), 1, "{vms:?}");
+
+    // Powered off and made a template: still not ido's.
+    p.client().power_off(&vm).await.unwrap();
+    p.client().mark_as_template(&vm).await.unwrap();
+    let e = p.exists("loc1", image).await.unwrap_err();
+    assert!(
+        clash_owner(&e).starts_with("a template without ido's mark"),
+        "{e}"
+    );
+    assert!(p.delete("loc1", image).await.unwrap_err().is_name_clash());
+    assert_eq!(w.find(&path).await.unwrap()["template"], Value::Bool(true));
+
+    // Something else than a VM at the path: a folder.
+    p.client()
+        .invoke(
+            "CreateFolder",
+            &p.client()
+                .find_by_inventory_path(VM_FOLDER)
+                .await
+                .unwrap()
+                .unwrap(),
+            "<name>img-folder</name>",
+        )
+        .await
+        .unwrap();
+    let e = p.exists("loc1", "img-folder").await.unwrap_err();
+    assert_eq!(clash_owner(&e), "a Folder (not a VM)");
+    assert!(p.delete("loc1", "img-folder").await.unwrap_err().is_name_clash());
+    assert!(w.find(&format!("{VM_FOLDER}/img-folder")).await.is_some());
+
+    // Adopted: the user sets ido's mark (on a VM: templates are reconfigured as VMs), and ido
+    // takes it as its template and deletes it with the image.
+    p.client()
+        .invoke(
+            "MarkAsVirtualMachine",
+            &vm,
+            &format!(
+                "<pool type=\"ResourcePool\">{}</pool>",
+                p.client()
+                    .find_by_inventory_path(RESOURCE_POOL_PATH)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .value
+            ),
+        )
+        .await
+        .unwrap();
+    reconfigure(&p, &vm, ADOPT).await;
+    p.client().mark_as_template(&vm).await.unwrap();
+    let t = p.exists("loc1", image).await.unwrap().expect("adopted");
+    assert_eq!(t.reference, vm.to_string());
+    p.delete("loc1", image).await.unwrap();
+    assert_eq!(w.find(&path).await, None);
+}
+
+#[tokio::test]
+async fn ido_half_made_vm_is_removed_by_exists_then_reimported() {
     let w = World::new("leftover", VcsimOptions::default()).await;
     let p = w.provider(location());
     let image = "img-leftover";
-    let (ova, src) = w.ova(image, &[("disk-0.vmdk", 2048)]).await;
-    leftover_vm(&p, &ova, image).await;
     let path = format!("{VM_FOLDER}/{image}");
+    let (ova, src) = w.ova(image, &[("disk-0.vmdk", 2048)]).await;
+    let vm = raw_import(&p, &ova, image, true).await;
     let seen = w.find(&path).await.unwrap();
-    assert_eq!(
-        (&seen["template"], seen["powerState"].as_str()),
-        (&Value::Bool(false), Some("poweredOn"))
-    );
+    assert_eq!(seen["template"], Value::Bool(false));
 
+    // Powered on (someone uses it): ido's mark or not, it stays.
+    p.client().run_task("PowerOnVM_Task", &vm, "").await.unwrap();
+    let e = p.exists("loc1", image).await.unwrap_err();
+    assert!(
+        clash_owner(&e).contains("carrying ido's mark") && clash_owner(&e).contains("running"),
+        "{e}"
+    );
+    assert!(p.delete("loc1", image).await.unwrap_err().is_name_clash());
+    assert!(w.find(&path).await.is_some());
+
+    // Powered off: the leftover of a failed import of ido's, removed and imported afresh.
+    p.client().power_off(&vm).await.unwrap();
     assert_eq!(p.exists("loc1", image).await.unwrap(), None);
     assert_eq!(w.find(&path).await, None, "exists removed the leftover");
-
     let t = p.create("loc1", image, &src, &Progress::default()).await.unwrap();
     assert_eq!(w.find(&path).await.unwrap()["template"], Value::Bool(true));
+    assert_ne!(t.reference, vm.to_string());
     assert_eq!(p.exists("loc1", image).await.unwrap(), Some(t));
 }
 

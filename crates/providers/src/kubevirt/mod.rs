@@ -12,6 +12,9 @@
 //!   one still running when the wait times out is left running and adopted by the next call;
 //! - `delete`: deletes the DiskImport with its claim and importer.
 //!
+//! DiskImports carry the label `app.kubernetes.io/managed-by: ido`; one of the image's name
+//! without it is someone else's: a [`ProviderError::NameClash`] in all three, never deleted.
+//!
 //! The provider talks to the cluster through [`DiskImports`], which the driver binds
 //! (`Providers::bind_disk_imports`) over its object store: `ido operator` over the API
 //! server, `ido run` over its state directory (where no importer runs: the wait times out).
@@ -164,6 +167,31 @@ fn template(di: &DiskImport) -> Template {
     }
 }
 
+/// Whether ido made `di` (it carries the label [`MANAGED_BY_LABEL`] = [`MANAGED_BY`]).
+fn is_ours(di: &DiskImport) -> bool {
+    di.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY)
+}
+
+/// The clash with someone else's DiskImport `di`.
+fn name_clash(location: &str, di: &DiskImport) -> ProviderError {
+    let ns = di.metadata.namespace.clone().unwrap_or_default();
+    let name = di.metadata.name.clone().unwrap_or_default();
+    let owner = format!(
+        "a DiskImport (phase {}) without the label {MANAGED_BY_LABEL}={MANAGED_BY}",
+        phase(di)
+    );
+    tracing::warn!(location, namespace = %ns, %name, %owner, "name clash: leaving the DiskImport alone");
+    ProviderError::NameClash {
+        location: location.to_string(),
+        name: format!("{ns}/{name}"),
+        owner,
+    }
+}
+
 fn phase(di: &DiskImport) -> DiskImportPhase {
     di.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
@@ -215,6 +243,9 @@ impl Provider for KubevirtProvider {
         check_image(image)?;
         let loc = self.location(location)?;
         let di = self.imports.get()?.get(&loc.namespace, image).await?;
+        if let Some(d) = di.as_ref().filter(|d| !is_ours(d)) {
+            return Err(name_clash(location, d));
+        }
         Ok(di
             .filter(|d| phase(d) == DiskImportPhase::Succeeded && d.metadata.deletion_timestamp.is_none())
             .map(|d| template(&d)))
@@ -232,6 +263,9 @@ impl Provider for KubevirtProvider {
         let imports = self.imports.get()?;
         let ns = loc.namespace.as_str();
         let mut existing = imports.get(ns, image).await?;
+        if let Some(d) = existing.as_ref().filter(|d| !is_ours(d)) {
+            return Err(name_clash(location, d));
+        }
         if let Some(d) = existing.as_ref().filter(|d| phase(d) == DiskImportPhase::Failed) {
             tracing::warn!(location, namespace = ns, image, reason = %failure(d), "deleting a failed DiskImport to try again");
             imports.delete(ns, image).await?;
@@ -285,7 +319,12 @@ impl Provider for KubevirtProvider {
     async fn delete(&self, location: &str, image: &str) -> Result<()> {
         check_image(image)?;
         let loc = self.location(location)?;
-        self.imports.get()?.delete(&loc.namespace, image).await
+        let imports = self.imports.get()?;
+        match imports.get(&loc.namespace, image).await? {
+            None => Ok(()),
+            Some(d) if !is_ours(&d) => Err(name_clash(location, &d)),
+            Some(_) => imports.delete(&loc.namespace, image).await,
+        }
     }
 }
 

@@ -281,3 +281,45 @@ async fn unbound_store_and_bad_names_are_errors() {
         Err(ProviderError::Config { .. })
     ));
 }
+
+#[tokio::test]
+async fn disk_imports_without_ido_label_are_name_clashes_never_deleted() {
+    let imports = Arc::new(MemImports::default());
+    let p = provider(&imports);
+    let src = s3_object().await;
+    let mut foreign = with_phase(
+        KubevirtProvider::disk_import(&p.locations["small"], IMAGE, "http://x".into(), None),
+        DiskImportPhase::Failed,
+        "theirs",
+    );
+    foreign.metadata.labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.into(), "someone".into())]));
+    let key = ("small".to_string(), IMAGE.to_string());
+    imports
+        .objects
+        .lock()
+        .unwrap()
+        .insert(key.clone(), foreign.clone());
+
+    let e = p.exists("small", IMAGE).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "name clash in location small: small/{IMAGE} is a DiskImport (phase Failed) without the label \
+             app.kubernetes.io/managed-by=ido; ido does not delete or replace it (rename or remove it, or adopt \
+             it by marking it as ido's)"
+        )
+    );
+    let e = p
+        .create("small", IMAGE, &src, &Progress::default())
+        .await
+        .unwrap_err();
+    assert!(e.is_name_clash(), "{e:?}");
+    assert!(p.delete("small", IMAGE).await.unwrap_err().is_name_clash());
+    assert!(imports.deleted.lock().unwrap().is_empty(), "nothing deleted");
+    assert!(imports.created.lock().unwrap().is_empty(), "nothing created");
+    let left = imports.objects.lock().unwrap()[&key].clone();
+    assert_eq!(
+        serde_json::to_value(&left).unwrap(),
+        serde_json::to_value(&foreign).unwrap()
+    );
+}

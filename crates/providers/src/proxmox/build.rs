@@ -2,17 +2,19 @@
 //! `exists`/`delete`.
 //!
 //! Steps: `download-url` into the import storage (with the S3 sidecar's sha256 when there is
-//! one), VMID from `/cluster/nextid` (retried when another client takes it), create the VM,
-//! import the disk, set the boot order, convert to a template, tag it (failure only logged),
-//! delete the import file. A failure at any step purges the VM (if one was created) and
-//! deletes the import file, best effort, before the error is returned.
+//! one), VMID from `/cluster/nextid` (retried when another client takes it), create the VM
+//! tagged [`MANAGED_TAG`] (ido's mark), import the disk, set the boot order, convert to a
+//! template, add the version tags (failure only logged), delete the import file. A failure at
+//! any step purges the VM (if one was created) and deletes the import file, best effort,
+//! before the error is returned. Import files are named `ido-<image>.qcow2`, so a file ido
+//! removes is one of its own.
 
 use serde_json::Value;
 
 use super::ProxmoxLocation;
 use super::api::{ApiError, Client, as_bool, as_u32};
 use super::task::{self, TaskPolicy, upid_of};
-use crate::{Progress, ProviderError, Result};
+use crate::{MANAGED_TAG, Progress, ProviderError, Result};
 
 /// How many VMIDs are tried when others take them between `nextid` and create.
 const VMID_ATTEMPTS: usize = 5;
@@ -43,11 +45,57 @@ pub(super) struct Source {
 pub(super) struct VmEntry {
     pub vmid: u32,
     pub template: bool,
+    /// Its tags (`tags`, split on `;`, `,` and spaces as PVE does).
+    pub tags: Vec<String>,
+    /// `status` is `running`.
+    pub running: bool,
 }
 
-/// The import file of `image`: `<image>.qcow2`.
+impl VmEntry {
+    /// Whether it carries ido's mark, the tag [`MANAGED_TAG`].
+    pub fn is_ours(&self) -> bool {
+        self.tags.iter().any(|t| t == MANAGED_TAG)
+    }
+
+    /// What it is, for a name clash's message.
+    pub fn describe(&self) -> String {
+        let what = if self.template {
+            "a template"
+        } else if self.running {
+            "a running VM"
+        } else {
+            "a VM"
+        };
+        let tags = if self.tags.is_empty() {
+            "no tags".to_string()
+        } else {
+            format!("tags {:?}", self.tags.join(";"))
+        };
+        if self.is_ours() {
+            format!(
+                "{what} (VMID {}) tagged {MANAGED_TAG}: ido never destroys a running VM",
+                self.vmid
+            )
+        } else {
+            format!(
+                "{what} (VMID {}, {tags}) without ido's tag {MANAGED_TAG}",
+                self.vmid
+            )
+        }
+    }
+}
+
+/// The import file of `image`: `ido-<image>.qcow2` (ido's own, by its name).
 pub(super) fn import_file(image: &str) -> String {
-    format!("{image}.qcow2")
+    format!("ido-{image}.qcow2")
+}
+
+/// The tags of the template of `image`: [`MANAGED_TAG`], then the version tags if any.
+pub fn all_tags(image: &str) -> String {
+    match template_tags(image) {
+        Some(v) => format!("{MANAGED_TAG};{v}"),
+        None => MANAGED_TAG.to_string(),
+    }
 }
 
 /// Tags from an image name `flatcar-<ch>-<flatcar>-kube-<k8s>-tooling-<tooling>[-gs]`:
@@ -132,16 +180,17 @@ async fn steps(
     let template = ["nodes", node, "qemu", ids.as_str(), "template"];
     run(cx, &template, cx.api.post(&template, &[]).await).await?;
 
-    match template_tags(image) {
-        Some(tags) => {
-            if let Err(e) = cx.api.put::<Value>(&config, &[("tags", tags.as_str())]).await {
-                tracing::warn!(location = cx.location, node, vmid = id, error = %e, "cannot tag the template");
-            }
+    if template_tags(image).is_some() {
+        // Replaces the tags: ido's mark stays among them.
+        let tags = all_tags(image);
+        if let Err(e) = cx.api.put::<Value>(&config, &[("tags", tags.as_str())]).await {
+            tracing::warn!(location = cx.location, node, vmid = id, error = %e, "cannot add the version tags");
         }
-        None => tracing::info!(
+    } else {
+        tracing::info!(
             image,
             "no version tags: the image name is not flatcar-<channel>-<v>-kube-<v>-tooling-<v>"
-        ),
+        );
     }
     delete_volume(cx, &volid).await?;
     Ok(id)
@@ -170,6 +219,7 @@ async fn create_vm(cx: &Ctx<'_>, image: &str, vmid: &mut Option<u32>) -> Result<
             ("bios", loc.bios.as_str()),
             ("agent", "1"),
             ("net0", net0.as_str()),
+            ("tags", MANAGED_TAG),
         ];
         let answer = match cx.api.post::<Value>(&path, &form).await {
             Err(e) if e.is_vmid_taken() => {
@@ -265,6 +315,15 @@ pub(super) async fn vms_named(api: &Client, node: &str, name: &str) -> Result<Ve
             Some(VmEntry {
                 vmid: as_u32(v.get("vmid")?)?,
                 template: v.get("template").is_some_and(as_bool),
+                tags: v
+                    .get("tags")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .split([';', ',', ' '])
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                running: v.get("status").and_then(Value::as_str) == Some("running"),
             })
         })
         .collect();
@@ -317,6 +376,16 @@ async fn delete_volume(cx: &Ctx<'_>, volid: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ido_tags_its_templates() {
+        assert_eq!(
+            all_tags("flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs"),
+            "ido-managed;flatcar_3975.2.0;kubernetes_1.30.4;os-tooling_1.18.1;release-channel_stable"
+        );
+        assert_eq!(all_tags("ubuntu-24.04"), "ido-managed");
+        assert_eq!(import_file("img"), "ido-img.qcow2");
+    }
 
     #[test]
     fn tags_come_from_the_image_name() {

@@ -9,9 +9,12 @@
 //!
 //! Proxmox downloads the image itself (`download-url`), so the node needs outbound access
 //! to S3; private buckets work through presigned URLs. Each location is one node: the
-//! template is the VM named after the image **on that node** with `template: 1`. A VM of
+//! template is the VM named after the image **on that node** with `template: 1` and the tag
+//! [`MANAGED_TAG`](crate::MANAGED_TAG) (ido's mark, set when the VM is created). A tagged VM of
 //! that name that is not a template is the leftover of a failed attempt: `exists` removes it
-//! and reports the template absent. Locations share one client and run concurrently.
+//! and reports the template absent. A VM of that name without the tag (or running) is a
+//! [`ProviderError::NameClash`]: never purged. Locations share one client and run
+//! concurrently.
 //!
 //! The API token needs `VM.*`, `Datastore.*`, `SDN.*`, `Sys.AccessNetwork` and `Sys.Audit`
 //! on `/`; the import storage needs the `import` content type (PVE ≥ 8.4 for qcow2).
@@ -31,7 +34,7 @@ use ido_engine::{http::TlsOptions, s3::S3Object};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-pub use self::build::template_tags;
+pub use self::build::{all_tags, template_tags};
 pub use self::config::{ProxmoxConfig, ProxmoxCredentials, ProxmoxLocation};
 use self::{
     api::{ApiError, Client},
@@ -330,7 +333,12 @@ impl Provider for ProxmoxProvider {
             .await?;
         let cx = self.ctx(location, loc);
         let mut found = None;
+        let mut clash = None;
         for vm in vms {
+            if !vm.is_ours() || vm.running {
+                clash.get_or_insert(vm);
+                continue;
+            }
             if vm.template {
                 found.get_or_insert(vm.vmid);
                 continue;
@@ -340,14 +348,23 @@ impl Provider for ProxmoxProvider {
                 node,
                 vmid = vm.vmid,
                 image,
-                "removing VM left by a failed build (not a template)"
+                "removing ido's VM left by a failed build (not a template)"
             );
             build::purge(&cx, vm.vmid).await?;
         }
-        Ok(found.map(|vmid| Template {
-            reference: format!("{node}/qemu/{vmid}"),
-            path: format!("{node}/{image}"),
-        }))
+        match (found, clash) {
+            (Some(vmid), clash) => {
+                if let Some(c) = clash {
+                    tracing::warn!(location, node, image, other = %c.describe(), "another VM has the template's name");
+                }
+                Ok(Some(Template {
+                    reference: format!("{node}/qemu/{vmid}"),
+                    path: format!("{node}/{image}"),
+                }))
+            }
+            (None, Some(c)) => Err(name_clash(location, node, image, &c)),
+            (None, None) => Ok(None),
+        }
     }
 
     async fn create(
@@ -389,11 +406,30 @@ impl Provider for ProxmoxProvider {
             .diagnose(location, build::vms_named(&self.api, &loc.node, image).await)
             .await?;
         let cx = self.ctx(location, loc);
+        let mut clash = None;
         for vm in vms {
+            if !vm.is_ours() || vm.running {
+                clash.get_or_insert(vm);
+                continue;
+            }
             build::purge(&cx, vm.vmid).await?;
             tracing::info!(location, node = %loc.node, vmid = vm.vmid, image, template = vm.template, "template deleted");
         }
-        Ok(())
+        match clash {
+            Some(c) => Err(name_clash(location, &loc.node, image, &c)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The clash with `vm`, logged.
+fn name_clash(location: &str, node: &str, image: &str, vm: &build::VmEntry) -> ProviderError {
+    let owner = vm.describe();
+    tracing::warn!(location, node, image, vmid = vm.vmid, %owner, "name clash: leaving the VM alone");
+    ProviderError::NameClash {
+        location: location.to_string(),
+        name: format!("{node}/{image}"),
+        owner,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The calls on VCD objects: the query API (catalogs, templates), template reads, task
-//! waiting and template removal.
+//! The calls on VCD objects: the query API (catalogs, templates), template reads, metadata
+//! (ido's mark), task waiting and template removal.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,8 @@ use crate::vsphere::xml::Node;
 
 /// Media type of the upload parameters (`POST <catalog>/action/upload`).
 pub const UPLOAD_PARAMS_TYPE: &str = "application/vnd.vmware.vcloud.uploadVAppTemplateParams+xml";
+/// Media type of one metadata value (`PUT <entity>/metadata/<key>`).
+pub const METADATA_VALUE_TYPE: &str = "application/vnd.vmware.vcloud.metadata.value+xml";
 /// Records per query page asked for.
 const PAGE_SIZE: usize = 128;
 /// Longest wait for one task (a disk import can take a while on slow storage).
@@ -119,6 +121,51 @@ pub async fn get_template(client: &Client, href: &str) -> Result<Option<Template
         Err(e) if e.is_gone() => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The metadata of the entity at `href` (`GET <href>/metadata`) as `(key, value)` pairs of
+/// every domain; `None` once the entity is gone.
+pub async fn metadata(client: &Client, href: &str) -> Result<Option<Vec<(String, String)>>, VcdError> {
+    let url = format!("{}/metadata", href.trim_end_matches('/'));
+    let what = format!("GET {url}");
+    let n = match client.get(&what, &url).await {
+        Ok(n) => n,
+        Err(e) if e.is_gone() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(
+        n.children_named("MetadataEntry")
+            .map(|e| {
+                let key = e.text_at("Key").unwrap_or_default().trim().to_string();
+                let value = e
+                    .text_at("TypedValue/Value")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                (key, value)
+            })
+            .collect(),
+    ))
+}
+
+/// Sets the string metadata `key` = `value` (domain GENERAL) on the entity at `href` and
+/// waits for VCD's task.
+pub async fn set_metadata(client: &Client, href: &str, key: &str, value: &str) -> Result<(), VcdError> {
+    let url = format!("{}/metadata/{}", href.trim_end_matches('/'), encode(key));
+    let body = format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+            r#"<MetadataValue xmlns="http://www.vmware.com/vcloud/v1.5" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">"#,
+            r#"<TypedValue xsi:type="MetadataStringValue"><Value>{}</Value></TypedValue></MetadataValue>"#
+        ),
+        crate::vsphere::xml::escape(value)
+    );
+    let what = format!("PUT metadata {key:?} of {href}");
+    let answer = client.put_xml(&what, &url, METADATA_VALUE_TYPE, &body).await?;
+    if let Some(task) = Task::from_node(&answer) {
+        wait_task(client, &task.href).await?;
+    }
+    Ok(())
 }
 
 /// Polls the task at `href` until it ends; `Err(Task)` unless it succeeded.

@@ -11,9 +11,11 @@
 //! - [`upload`]: the streamed upload with cleanup on failure.
 //! - this module: the [`Provider`] implementation.
 //!
-//! Templates are named after the image and described `Node image <name>`. A template of that
-//! name whose upload failed or never finished is a leftover: `exists` removes it and reports
-//! the template absent. XML is read with the vSphere provider's namespace-aware tree
+//! Templates are named after the image and described `Node image <name>`. ido marks what it
+//! uploads with the metadata `ido.managed-by = ido` (on the catalog item as soon as it exists,
+//! and on the finished template). A marked template of that name whose upload failed or never
+//! finished is a leftover: `exists` removes it and reports the template absent. A template of
+//! that name without the mark is a [`ProviderError::NameClash`]: never removed. XML is read with the vSphere provider's namespace-aware tree
 //! ([`crate::vsphere::xml`]).
 
 pub mod api;
@@ -39,7 +41,9 @@ pub use self::{
     config::{VcdConfig, VcdCredentials, VcdLocation},
     error::VcdError,
 };
-use crate::{Progress, Provider, ProviderError, Result, SourceFormat, Template};
+use crate::{
+    MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, Provider, ProviderError, Result, SourceFormat, Template,
+};
 
 /// Longest template name VCD accepts.
 const MAX_NAME: usize = 128;
@@ -127,13 +131,24 @@ impl VcdProvider {
             .clone()
     }
 
-    /// The complete template of `image` in `cat`; failed or unfinished ones are removed.
+    /// The complete template of `image` in `cat` made by ido; ido's failed or unfinished ones
+    /// are removed. Without one of ido's, a template of that name not made by ido is a
+    /// [`ProviderError::NameClash`].
     async fn find_complete(&self, location: &str, cat: &Catalog, image: &str) -> Result<Option<Template>> {
         let mut found = None;
+        let mut clash = None;
         for r in api::find_templates(&self.client, cat, image).await? {
             let Some(t) = api::get_template(&self.client, &r.href).await? else {
                 continue;
             };
+            match is_ours(&self.client, &t).await? {
+                None => continue,
+                Some(false) => {
+                    clash.get_or_insert((t, r.status));
+                    continue;
+                }
+                Some(true) => {}
+            }
             // Being deleted (an earlier delete was interrupted): let it finish; it is gone.
             if let Some(d) = t
                 .tasks
@@ -149,11 +164,61 @@ impl VcdProvider {
             }
             tracing::warn!(
                 location, template = image, status = t.status, record_status = %r.status,
-                failure = ?t.failure(), "removing a failed or unfinished upload"
+                failure = ?t.failure(), "removing ido's failed or unfinished upload"
             );
             api::remove_template(&self.client, &t.href).await?;
         }
-        Ok(found)
+        match (found, clash) {
+            (Some(t), Some((c, _))) => {
+                tracing::warn!(location, template = image, other = %c.href, "another template has the same name");
+                Ok(Some(t))
+            }
+            (None, Some((c, status))) => Err(name_clash(location, cat, &c, &status)),
+            (found, None) => Ok(found),
+        }
+    }
+}
+
+/// Whether `t` carries ido's mark: metadata `ido.managed-by = ido` on its catalog item (set
+/// when the upload starts) or on the template itself. `None` when the template is gone.
+async fn is_ours(client: &Client, t: &api::Template) -> Result<Option<bool>> {
+    let marked = |m: &[(String, String)]| {
+        m.iter()
+            .any(|(k, v)| k == MANAGED_BY_KEY && v == MANAGED_BY_VALUE)
+    };
+    let Some(own) = api::metadata(client, &t.href).await? else {
+        return Ok(None);
+    };
+    if marked(&own) {
+        return Ok(Some(true));
+    }
+    match &t.catalog_item_href {
+        Some(item) => Ok(Some(
+            api::metadata(client, item).await?.is_some_and(|m| marked(&m)),
+        )),
+        None => Ok(Some(false)),
+    }
+}
+
+/// The clash with template `t` (query status `status`), logged.
+fn name_clash(location: &str, cat: &Catalog, t: &api::Template, status: &str) -> ProviderError {
+    let status = if status.is_empty() {
+        format!("status {}", t.status)
+    } else {
+        status.to_string()
+    };
+    let owner = format!(
+        "a vApp template ({status}{}) without ido's metadata {MANAGED_BY_KEY}={MANAGED_BY_VALUE}",
+        t.owner
+            .as_deref()
+            .map(|o| format!(", owned by {o}"))
+            .unwrap_or_default()
+    );
+    tracing::warn!(location, template = %t.name, href = %t.href, %owner, "name clash: leaving the template alone");
+    ProviderError::NameClash {
+        location: location.to_string(),
+        name: format!("{}/{}/{}", cat.org, cat.name, t.name),
+        owner,
     }
 }
 
@@ -234,11 +299,26 @@ impl Provider for VcdProvider {
         let lock = self.lock(location, image);
         let _held = lock.lock().await;
         let cat = self.catalog(location).await?;
+        let mut clash = None;
         for r in api::find_templates(&self.client, &cat, image).await? {
-            api::remove_template(&self.client, &r.href).await?;
+            let Some(t) = api::get_template(&self.client, &r.href).await? else {
+                continue;
+            };
+            match is_ours(&self.client, &t).await? {
+                None => continue,
+                Some(false) => {
+                    clash.get_or_insert((t, r.status));
+                    continue;
+                }
+                Some(true) => {}
+            }
+            api::remove_template(&self.client, &t.href).await?;
             tracing::info!(location, template = image, catalog = %cat.name, "template deleted");
         }
-        Ok(())
+        match clash {
+            Some((t, status)) => Err(name_clash(location, &cat, &t, &status)),
+            None => Ok(()),
+        }
     }
 }
 

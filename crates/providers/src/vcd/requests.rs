@@ -34,6 +34,24 @@ impl Client {
         read_xml(resp, what).await
     }
 
+    /// PUT an XML body of `content_type` to an API href; returns the answer's root element
+    /// (e.g. the Task of a metadata write).
+    pub async fn put_xml(
+        &self,
+        what: &str,
+        href: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<Node, VcdError> {
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        let resp = self
+            .send(what, Use::Api, |h| {
+                h.put(href).header(CONTENT_TYPE, content_type).body(body.clone())
+            })
+            .await?;
+        read_xml(resp, what).await
+    }
+
     /// POST without a body (actions such as a task cancel).
     pub async fn post_empty(&self, what: &str, href: &str) -> Result<(), VcdError> {
         self.send(what, Use::Api, |h| h.post(href).header(CONTENT_LENGTH, 0))

@@ -45,6 +45,10 @@ pub struct Template {
     pub tasks: Vec<Task>,
     /// Files of an upload in progress.
     pub files: Vec<File>,
+    /// Its catalog item (the `catalogItem` link).
+    pub catalog_item_href: Option<String>,
+    /// The owner's user name (`Owner/User@name`), if shown.
+    pub owner: Option<String>,
 }
 
 impl Template {
@@ -193,6 +197,16 @@ impl Template {
                     .collect()
             })
             .unwrap_or_default();
+        let catalog_item_href = n
+            .children_named("Link")
+            .find(|l| l.attr("rel") == Some("catalogItem"))
+            .and_then(|l| l.attr("href"))
+            .map(str::to_string);
+        let owner = n
+            .at("Owner/User")
+            .and_then(|u| u.attr("name"))
+            .filter(|u| !u.is_empty())
+            .map(str::to_string);
         Ok(Self {
             href: attr("href"),
             id: attr("id"),
@@ -200,6 +214,8 @@ impl Template {
             status: n.attr("status").and_then(|s| s.parse().ok()).unwrap_or(0),
             tasks,
             files,
+            catalog_item_href,
+            owner,
         })
     }
 }
@@ -236,8 +252,10 @@ mod tests {
     #[test]
     fn templates_and_tasks_are_read() {
         let xml = r#"<VAppTemplate xmlns="http://www.vmware.com/vcloud/v1.5" href="https://v/api/vAppTemplate/vappTemplate-1" id="urn:vcloud:vapptemplate:1" name="img" status="-1" ovfDescriptorUploaded="true">
+  <Link rel="catalogItem" type="application/vnd.vmware.vcloud.catalogItem+xml" href="https://v/api/catalogItem/7"/>
   <Tasks><Task href="https://v/api/task/9" status="error" operationName="vdcUploadOvfContents"><Link rel="task:cancel" href="https://v/api/task/9/action/cancel"/><Owner name="img"/><Error majorErrorCode="500" minorErrorCode="INTERNAL_SERVER_ERROR" message="disk too small"/></Task></Tasks>
   <Files><File name="disk-0.vmdk" size="100" bytesTransferred="40"><Link rel="upload:default" href="https://v/transfer/s/disk-0.vmdk"/></File></Files>
+  <Owner type="application/vnd.vmware.vcloud.owner+xml"><User type="application/vnd.vmware.admin.user+xml" name="alice" href="https://v/api/admin/user/u"/></Owner>
 </VAppTemplate>"#;
         let t = Template::from_node(&Node::parse(xml).unwrap(), "t").unwrap();
         assert_eq!((t.status, t.name.as_str()), (-1, "img"));
@@ -254,5 +272,10 @@ mod tests {
             Some("https://v/api/task/9/action/cancel")
         );
         assert!(t.failure().unwrap().contains("disk too small"));
+        assert_eq!(
+            t.catalog_item_href.as_deref(),
+            Some("https://v/api/catalogItem/7")
+        );
+        assert_eq!(t.owner.as_deref(), Some("alice"));
     }
 }

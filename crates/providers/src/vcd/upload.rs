@@ -10,6 +10,8 @@
 //!                    wait for the upload task ──► template status 8
 //! ```
 //!
+//! Right after the POST, the catalog item gets ido's mark (metadata `ido.managed-by = ido`),
+//! so even a half-made upload is recognisably ido's; the finished template gets it too.
 //! Nothing touches the local disk. Any failure after the POST cancels the upload and
 //! deletes the template (also when the future is dropped), so nothing half-made stays in
 //! the catalog.
@@ -33,7 +35,7 @@ use super::{
     error::VcdError,
     ovf::{self, OvfFile},
 };
-use crate::{Progress, ProviderError, Result, vsphere::xml::escape};
+use crate::{MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, ProviderError, Result, vsphere::xml::escape};
 
 /// Operation name of the upload task.
 const UPLOAD_TASK: &str = "vdcUploadOvfContents";
@@ -82,25 +84,35 @@ pub async fn upload_ova(
         }
     };
 
-    let href = create_item(client, up.catalog, up.name).await?;
+    let (href, item) = create_item(client, up.catalog, up.name).await?;
     let mut pending = Pending {
         client: client.clone(),
         href: href.clone(),
         armed: true,
     };
-    let result = transfer(client, &href, up, &descriptor, &files, &mut ova, progress).await;
+    let result = async {
+        api::set_metadata(client, &item, MANAGED_BY_KEY, MANAGED_BY_VALUE).await?;
+        transfer(client, &href, up, &descriptor, &files, &mut ova, progress).await
+    }
+    .await;
     pending.armed = false;
     if let Err(e) = &result {
         tracing::warn!(template = up.name, catalog = %up.catalog.name, error = %e, "upload failed; removing the template");
         if let Err(ce) = api::remove_template(client, &href).await {
             tracing::warn!(template = up.name, error = %ce, "could not remove the failed upload");
         }
+        return result;
+    }
+    // The catalog item's mark is what counts; the template's is for people looking at it.
+    if let Err(e) = api::set_metadata(client, &href, MANAGED_BY_KEY, MANAGED_BY_VALUE).await {
+        tracing::warn!(template = up.name, error = %e, "could not mark the template itself (its catalog item is marked)");
     }
     result
 }
 
-/// `POST <catalog>/action/upload`; returns the href of the new (empty) template.
-async fn create_item(client: &Client, catalog: &Catalog, name: &str) -> Result<String> {
+/// `POST <catalog>/action/upload`; returns the hrefs of the new (empty) template and of its
+/// catalog item.
+async fn create_item(client: &Client, catalog: &Catalog, name: &str) -> Result<(String, String)> {
     let body = format!(
         concat!(
             r#"<?xml version="1.0" encoding="UTF-8"?>"#,
@@ -118,8 +130,16 @@ async fn create_item(client: &Client, catalog: &Catalog, name: &str) -> Result<S
         .child("Entity")
         .and_then(|e| e.attr("href"))
         .ok_or_else(|| VcdError::protocol(&what, "the CatalogItem has no Entity href"))?;
-    tracing::debug!(template = name, href = entity, "catalog item created");
-    Ok(entity.to_string())
+    let item_href = item
+        .attr("href")
+        .ok_or_else(|| VcdError::protocol(&what, "the CatalogItem has no href"))?;
+    tracing::debug!(
+        template = name,
+        href = entity,
+        item = item_href,
+        "catalog item created"
+    );
+    Ok((entity.to_string(), item_href.to_string()))
 }
 
 async fn transfer(

@@ -9,8 +9,9 @@
 //!                         HttpNfcLeaseComplete ──► MarkAsTemplate
 //! ```
 //!
-//! Any failure after `ImportVApp` aborts the lease and destroys the half-made VM (also when
-//! the import future is dropped). Memory stays flat: each disk goes from the S3 response
+//! The import spec carries ido's mark ([`super::mark`]), so the VM is recognisably ido's from
+//! its creation on. Any failure after `ImportVApp` aborts the lease and destroys the half-made
+//! VM (also when the import future is dropped). Memory stays flat: each disk goes from the S3 response
 //! to the upload request chunk by chunk.
 //!
 //! Pull mode ([`super::pull`]) shares the steps around the transfer: [`import_spec`],
@@ -35,6 +36,7 @@ use tokio_util::io::ReaderStream;
 use super::{
     client::Client,
     lease::{DeviceUrl, FileItem, ImportParams, ImportSpec},
+    mark::{self, Ownership},
     soap::{SoapError, error_chain},
     xml::{MoRef, Node},
 };
@@ -60,6 +62,8 @@ pub struct Target {
     pub host: Option<MoRef>,
     /// The network every OVF network is mapped onto.
     pub network: MoRef,
+    /// The location's image suffix, if any (template names are `<image>-<suffix>`).
+    pub suffix: Option<String>,
 }
 
 /// Imports the OVA `source` as template `name` into `target`; returns the template.
@@ -120,7 +124,20 @@ pub(super) async fn import_spec(
             msgs.join("; ")
         )));
     }
+    let mut spec = spec;
+    spec.spec_xml = mark::mark_import_spec(&spec.spec_xml, image_of(name, target))
+        .map_err(|m| ProviderError::InvalidImage(format!("{}: {m}", source.key())))?;
     Ok(spec)
+}
+
+/// The image a template name stands for (the name without the location's suffix).
+fn image_of<'a>(name: &'a str, target: &Target) -> &'a str {
+    target
+        .suffix
+        .as_deref()
+        .and_then(|s| name.strip_suffix(s))
+        .and_then(|n| n.strip_suffix('-'))
+        .unwrap_or(name)
 }
 
 /// `ImportVApp` of `spec`: the lease, and the guard that removes what the import makes unless
@@ -364,19 +381,23 @@ async fn cleanup(client: &Client, lease: &MoRef, vm: Option<&MoRef>, path: &str)
     let vm = match vm {
         // The lease named it: it is ours, whatever state it got to.
         Some(v) => v.clone(),
-        // Not known yet: whatever has the name now, unless it is a template (not ours).
+        // Not known yet: whatever has the name now, only if it carries ido's mark and is no
+        // template (a VM of another import of ido's would be a template by then).
         None => {
             let Ok(Some(v)) = client.find_by_inventory_path(path).await else {
                 return;
             };
-            let is_template = client
-                .properties(&v, &["config.template"])
-                .await
-                .map(|o| o.bool("config.template"));
-            if v.kind != "VirtualMachine" || matches!(is_template, Ok(Some(true))) {
-                return;
+            match mark::ownership(client, &v).await {
+                Ok(Some(Ownership::Ours { template: false })) => v,
+                Ok(other) => {
+                    tracing::debug!(%path, found = ?other, "not removing: not a half-made VM of ido's");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "cannot tell whose the VM is: leaving it");
+                    return;
+                }
             }
-            v
         }
     };
     if let Err(e) = remove_vm(client, &vm).await {

@@ -112,6 +112,12 @@ pub async fn resolve(client: &Client, name: &str, loc: &VsphereLocation) -> Resu
         folder_path,
         host: Some(host),
         network,
+        suffix: loc
+            .imagesuffix
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
     })
 }
 

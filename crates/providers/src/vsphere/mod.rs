@@ -8,14 +8,17 @@
 //! - [`pull`]: pull mode (vSphere downloads the OVA from S3), falling back to push.
 //! - this module: the `vsphere:` configuration and the [`Provider`] implementation.
 //!
-//! Templates are named `<image>[-<imagesuffix>]` alike in create, exists and delete. A VM of
-//! that name that is not a template is the leftover of a failed attempt: `exists` removes
-//! it and reports the template absent.
+//! Templates are named `<image>[-<imagesuffix>]` alike in create, exists and delete. Every VM
+//! ido imports carries ido's mark in its `extraConfig` ([`mark`]). A marked VM of that name
+//! that is not a template is the leftover of a failed attempt: `exists` removes it and reports
+//! the template absent. Anything of that name without the mark (or powered on) is a
+//! [`ProviderError::NameClash`]: never deleted, never replaced.
 
 pub mod client;
 pub mod import;
 mod inventory;
 pub mod lease;
+pub mod mark;
 pub mod pull;
 pub mod soap;
 pub mod xml;
@@ -28,7 +31,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub use self::client::Client;
-use self::{client::Login, soap::SoapError};
+use self::{client::Login, mark::Ownership, soap::SoapError, xml::MoRef};
 use crate::{Progress, Provider, ProviderError, Result, SourceFormat, Template};
 
 /// The `vsphere:` section of the configuration (the original's Helm values).
@@ -346,25 +349,19 @@ impl Provider for VsphereProvider {
         let Some(obj) = self.client.find_by_inventory_path(&path).await? else {
             return Ok(None);
         };
-        if obj.kind != "VirtualMachine" {
-            return Err(ProviderError::Api(format!(
-                "{path} is a {}, not a VM template",
-                obj.kind
-            )));
-        }
-        let template = match self.client.properties(&obj, &["config.template"]).await {
-            Err(e) if e.is_fault("ManagedObjectNotFound") => return Ok(None),
-            r => r?.bool("config.template"),
-        };
-        if template == Some(true) {
-            return Ok(Some(Template {
+        match mark::ownership(&self.client, &obj).await? {
+            None => Ok(None),
+            Some(Ownership::Ours { template: true }) => Ok(Some(Template {
                 reference: obj.to_string(),
                 path,
-            }));
+            })),
+            Some(Ownership::Ours { template: false }) => {
+                tracing::warn!(%path, vm = %obj, "removing ido's VM left by a failed import (not a template)");
+                import::remove_vm(&self.client, &obj).await?;
+                Ok(None)
+            }
+            Some(Ownership::Clash(owner)) => Err(name_clash(location, &path, &obj, owner)),
         }
-        tracing::warn!(%path, vm = %obj, "removing VM left by a failed import (not a template)");
-        import::remove_vm(&self.client, &obj).await?;
-        Ok(None)
     }
 
     async fn create(
@@ -396,18 +393,28 @@ impl Provider for VsphereProvider {
     async fn delete(&self, location: &str, image: &str) -> Result<()> {
         check_image(image)?;
         let path = self.location(location)?.template_path(image);
-        match self.client.find_by_inventory_path(&path).await? {
-            Some(vm) if vm.kind == "VirtualMachine" => {
-                import::remove_vm(&self.client, &vm).await?;
+        let Some(obj) = self.client.find_by_inventory_path(&path).await? else {
+            return Ok(());
+        };
+        match mark::ownership(&self.client, &obj).await? {
+            None => Ok(()),
+            Some(Ownership::Ours { .. }) => {
+                import::remove_vm(&self.client, &obj).await?;
                 tracing::info!(location, %path, "template deleted");
                 Ok(())
             }
-            Some(other) => {
-                tracing::warn!(location, %path, kind = %other.kind, "not deleting: not a VM");
-                Ok(())
-            }
-            None => Ok(()),
+            Some(Ownership::Clash(owner)) => Err(name_clash(location, &path, &obj, owner)),
         }
+    }
+}
+
+/// The clash with `obj` at `path`, logged.
+fn name_clash(location: &str, path: &str, obj: &MoRef, owner: String) -> ProviderError {
+    tracing::warn!(location, %path, object = %obj, %owner, "name clash: leaving the object alone");
+    ProviderError::NameClash {
+        location: location.to_string(),
+        name: format!("{path} ({obj})"),
+        owner,
     }
 }
 

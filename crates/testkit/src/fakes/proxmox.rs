@@ -14,7 +14,7 @@
 //! | `GET /version`, `GET /nodes` | version (default `8.4.1`) and the configured nodes |
 //! | `GET /cluster/nextid[?vmid]` | lowest free id ≥ 100 as a string; 400 for a taken `vmid` |
 //! | `GET /cluster/resources[?type]` | VMs (with `template` 0/1), storages, nodes |
-//! | `GET/POST /nodes/{n}/qemu` | list; create (task `qmcreate`, 500 "already exists") |
+//! | `GET/POST /nodes/{n}/qemu` | list (with `status` and `tags`); create (task `qmcreate`, 500 "already exists") |
 //! | `GET/POST/PUT …/qemu/{id}/config` | config; POST is a task (`qmconfig`), PUT synchronous; `scsiN=<st>:0,import-from=<volid>` imports |
 //! | `POST …/qemu/{id}/template` | task `qmtemplate`: disks renamed `base-*`, `template: 1` |
 //! | `DELETE …/qemu/{id}?purge=1` | task `qmdestroy`, removes the VM's volumes |
@@ -23,7 +23,8 @@
 //! | `GET …/storage/{s}/content`, `DELETE …/content/{volid}` | volumes; delete is a task (`WARNINGS: 1` if gone) |
 //! | `GET …/tasks/{upid}/status`, `…/log`, `DELETE …/tasks/{upid}` | task state, paged log, stop |
 //!
-//! VM ids are cluster-wide; a VM is addressed through the node holding it (another node
+//! `tags` are stored as PVE stores them: split on `;`, `,` and spaces, deduplicated, joined
+//! with `;`. VM ids are cluster-wide; a VM is addressed through the node holding it (another node
 //! answers 500 "Configuration file … does not exist"). Tasks hold the VM's lock while they
 //! run (`VM N is locked (…)` for conflicting calls).
 //!
@@ -35,7 +36,7 @@
 //!
 //! Not modelled: reason phrases (axum cannot set them; PVE ≥ 8.4 also sends `message`),
 //! the ~3 s delay of real 401s, tickets/CSRF, `/cluster/resources` lagging behind creates,
-//! md5/sha1 checksums, running VMs.
+//! md5/sha1 checksums, starting VMs (tests mark VMs running with [`FakeProxmox::set_running`]).
 
 mod disks;
 mod download;
@@ -130,6 +131,8 @@ pub struct FakeVm {
     pub config: BTreeMap<String, Value>,
     /// The lock of a running task.
     pub lock: Option<String>,
+    /// Whether it runs (see [`FakeProxmox::set_running`]).
+    pub running: bool,
 }
 
 /// Options of [`FakeProxmox::with_options`].
@@ -301,6 +304,7 @@ impl FakeProxmox {
                 tags: vm.config.get("tags").and_then(Value::as_str).map(str::to_string),
                 config: vm.config.clone(),
                 lock: vm.lock.clone(),
+                running: vm.running,
             })
             .collect()
     }
@@ -362,12 +366,32 @@ impl FakeProxmox {
             .count()
     }
 
-    /// Adds a stopped VM `name` on `node` (a template when `template`); returns its id.
+    /// Adds a stopped VM `name` on `node` (a template when `template`) without tags, as
+    /// another client would; returns its id.
     pub fn add_vm(&self, node: &str, name: &str, template: bool) -> u32 {
+        self.add_vm_tagged(node, name, template, "")
+    }
+
+    /// [`FakeProxmox::add_vm`] with the `tags` config value `tags` (`;`-separated; none when
+    /// empty).
+    pub fn add_vm_tagged(&self, node: &str, name: &str, template: bool, tags: &str) -> u32 {
         let mut st = self.shared.lock();
         let id = st.next_free_id();
         st.insert_vm(node, id, name, template);
+        let tags = schema::unique_tags(tags);
+        if !tags.is_empty()
+            && let Some(vm) = st.vms.get_mut(&id)
+        {
+            vm.config.insert("tags".into(), Value::String(tags));
+        }
         id
+    }
+
+    /// Marks VM `vmid` running (listed `status: running`; destroy refuses) or stopped.
+    pub fn set_running(&self, vmid: u32, running: bool) {
+        if let Some(vm) = self.shared.lock().vms.get_mut(&vmid) {
+            vm.running = running;
+        }
     }
 }
 

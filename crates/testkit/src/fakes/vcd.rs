@@ -16,6 +16,7 @@
 //! | `PUT /transfer/{session}/{file}` | descriptor first; disks checked against the OVF's `References/File` (`ovf:size`), optional `Content-Range` pieces in order; bytes stored and hashed |
 //! | `GET /api/task/{id}`, `POST …/action/cancel` | `queued`/`running`/`success`/`error`/`aborted`; cancelling an upload removes the template |
 //! | `DELETE /api/vAppTemplate/{id}`, `/api/catalogItem/{id}` | 202 + delete task; 400 `BUSY_ENTITY` while an upload runs |
+//! | `GET <entity>/metadata`, `GET\|PUT\|DELETE <entity>/metadata/{key}` (templates and catalog items) | `Metadata` / `MetadataValue` (typed values, domain GENERAL); writes are 202 + task, applied when it ends; 400 `BUSY_ENTITY` on a template while an upload runs |
 //!
 //! A template becomes resolved (status 8) only once every referenced file arrived
 //! complete; a file of the wrong size fails the upload task (status -1). Switches inject
@@ -24,6 +25,7 @@
 //! sizes and SHA-256 of the files stored.
 
 mod inspect;
+mod metadata;
 mod ovf;
 mod query;
 mod render;
@@ -36,6 +38,7 @@ mod transfer;
 mod tests;
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -60,6 +63,8 @@ pub enum FailStep {
     Task,
     /// Template deletes answer 500.
     Delete,
+    /// Metadata writes (PUT, DELETE) answer 500.
+    Metadata,
 }
 
 /// One organization of the fake.
@@ -162,6 +167,12 @@ pub struct FakeTemplate {
     pub ovf: Option<String>,
     /// The files (the descriptor first).
     pub files: Vec<FakeFile>,
+    /// The template's metadata: key → value (any type, as text).
+    pub metadata: BTreeMap<String, String>,
+    /// Its catalog item's metadata.
+    pub item_metadata: BTreeMap<String, String>,
+    /// The owner's user name.
+    pub owner: String,
 }
 
 impl FakeTemplate {
@@ -333,8 +344,37 @@ impl FakeVcd {
         self.shared.lock().file_bytes(id, file)
     }
 
-    /// Plants a template `name` in `org`/`catalog` in the state `seed`; returns its uuid.
+    /// Plants a template `name` in `org`/`catalog` in the state `seed`, without metadata (as
+    /// anyone else's upload would be); returns its uuid.
     pub fn seed_template(&self, org: &str, catalog: &str, name: &str, seed: Seed) -> anyhow::Result<String> {
         self.shared.lock().seed(org, catalog, name, seed)
+    }
+
+    /// Sets the string metadata `key` = `value` on the template with uuid `id` (or, with
+    /// `on_item`, on its catalog item) at once, as another client would have.
+    pub fn set_metadata(&self, id: &str, on_item: bool, key: &str, value: &str) -> anyhow::Result<()> {
+        let mut st = self.shared.lock();
+        let t = st
+            .templates
+            .get_mut(id)
+            .ok_or_else(|| anyhow::anyhow!("no template {id}"))?;
+        let m = if on_item {
+            &mut t.item_metadata
+        } else {
+            &mut t.metadata
+        };
+        m.insert(key.into(), ("MetadataStringValue".into(), value.into()));
+        Ok(())
+    }
+
+    /// Makes `user` the owner of the template with uuid `id`.
+    pub fn set_owner(&self, id: &str, user: &str) -> anyhow::Result<()> {
+        let mut st = self.shared.lock();
+        let t = st
+            .templates
+            .get_mut(id)
+            .ok_or_else(|| anyhow::anyhow!("no template {id}"))?;
+        t.owner = user.into();
+        Ok(())
     }
 }

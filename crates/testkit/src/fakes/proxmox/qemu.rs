@@ -118,7 +118,8 @@ fn vm_summary(st: &State, id: u32) -> Value {
         .and_then(Value::as_str)
         .and_then(|m| m.parse().ok())
         .unwrap_or(512);
-    let mut e = json!({"vmid": id, "name": vm.name(), "status": "stopped", "maxmem": mem << 20,
+    let status = if vm.running { "running" } else { "stopped" };
+    let mut e = json!({"vmid": id, "name": vm.name(), "status": status, "maxmem": mem << 20,
         "cpus": vm.config.get("cores").and_then(Value::as_u64).unwrap_or(1), "maxdisk": 0, "uptime": 0,
         "cpu": 0, "mem": 0, "disk": 0, "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0});
     if let Some(t) = vm.config.get("tags") {
@@ -339,6 +340,9 @@ pub(super) fn destroy(sh: &Arc<Shared>, node: &str, id: &str, req: &Req) -> Repl
         .filter(|_| !req.boolean("skiplock").unwrap_or(false))
     {
         return Err(PveError::server(format!("VM {vmid} is locked ({lock})")));
+    }
+    if vm.running {
+        return Err(PveError::server(format!("VM {vmid} is running - destroy failed")));
     }
     st.vms.get_mut(&vmid).expect("checked").lock = Some("destroyed".into());
     drop(st);

@@ -127,6 +127,18 @@ pub(super) fn is_tag_list(s: &str) -> bool {
     })
 }
 
+/// A tag list as PVE stores it (`PVE::GuestHelpers::get_unique_tags`): split on `;`, `,` and
+/// spaces, duplicates dropped, joined with `;`.
+pub(super) fn unique_tags(s: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for t in s.split([';', ',', ' ']).filter(|t| !t.is_empty()) {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out.join(";")
+}
+
 /// Checks every config key of `req` and turns it into a [`Change`]; `vmid` numbers new MACs.
 pub(super) fn config_changes(req: &Req, vmid: u32) -> Result<Vec<Change>, PveError> {
     let mut out = Vec::new();
@@ -145,6 +157,7 @@ pub(super) fn config_changes(req: &Req, vmid: u32) -> Result<Vec<Change>, PveErr
                 format!("invalid format - value '{v}' does not match the agent format"),
             ),
             "tags" if !is_tag_list(v) => Err(format!("invalid format - invalid tag '{v}'")),
+            "tags" => Ok(json!(unique_tags(v))),
             "net" => net_value(v, vmid, k).map(|s| json!(s)),
             "boot" => boot_value(v).map(|_| json!(v)),
             _ if is_disk_key(k) => match disk_plan(v) {

@@ -74,6 +74,8 @@ pub(super) struct Vm {
     pub config: BTreeMap<String, Value>,
     /// The lock a running task holds (`create`, `config`, `template`, `destroy`).
     pub lock: Option<String>,
+    /// Whether it runs (only set by tests: the fake starts no VMs).
+    pub running: bool,
 }
 
 impl Vm {
@@ -205,6 +207,7 @@ impl State {
                 node: node.to_string(),
                 config,
                 lock: None,
+                running: false,
             },
         );
     }

@@ -262,6 +262,36 @@ async fn vm_lifecycle_runs_as_tasks() {
         (&res["data"][0]["id"], &res["data"][0]["template"]),
         (&json!("qemu/100"), &json!(1))
     );
+    // Tags as PVE stores them: `;`-joined, duplicates dropped; listed with the VM.
+    let (_, v) = c
+        .call(
+            Method::PUT,
+            "/nodes/pve1/qemu/100/config",
+            &[("tags", "a_1,b.2 a_1;c")],
+        )
+        .await;
+    assert_eq!(v["data"], Value::Null);
+    let (_, list) = c.call(Method::GET, "/nodes/pve1/qemu", &[]).await;
+    assert_eq!(
+        (&list["data"][0]["tags"], &list["data"][0]["status"]),
+        (&json!("a_1;b.2;c"), &json!("stopped"))
+    );
+    // A running VM is not destroyed.
+    pve.set_running(100, true);
+    let (_, list) = c.call(Method::GET, "/nodes/pve1/qemu", &[]).await;
+    assert_eq!(list["data"][0]["status"], "running");
+    let (s, v) = c
+        .call(Method::DELETE, "/nodes/pve1/qemu/100", &[("purge", "1")])
+        .await;
+    assert!(
+        s == 500
+            && v["message"]
+                .as_str()
+                .unwrap()
+                .contains("VM 100 is running - destroy failed"),
+        "{v}"
+    );
+    pve.set_running(100, false);
     let (_, v) = c
         .call(Method::DELETE, "/nodes/pve1/qemu/100", &[("purge", "1")])
         .await;

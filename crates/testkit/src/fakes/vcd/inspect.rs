@@ -37,6 +37,17 @@ impl State {
                             sha256: f.sha256.clone(),
                         })
                         .collect(),
+                    metadata: t
+                        .metadata
+                        .iter()
+                        .map(|(k, (_, v))| (k.clone(), v.clone()))
+                        .collect(),
+                    item_metadata: t
+                        .item_metadata
+                        .iter()
+                        .map(|(k, (_, v))| (k.clone(), v.clone()))
+                        .collect(),
+                    owner: t.owner.clone(),
                 }
             })
             .collect();

@@ -89,7 +89,8 @@ pub fn task(st: &State, t: &Task, root: bool) -> String {
         ));
     }
     s.push_str(&format!(
-        r#"<Owner type="application/vnd.vmware.vcloud.vAppTemplate+xml" name="{}" href="{}"/>"#,
+        r#"<Owner type="{}" name="{}" href="{}"/>"#,
+        t.owner_type,
         esc(&t.owner_name),
         esc(&t.owner_href)
     ));
@@ -157,10 +158,29 @@ pub fn template(st: &State, t: &Tmpl) -> String {
         s.push_str("</Files>");
     }
     s.push_str(&format!(
+        r#"<Owner type="application/vnd.vmware.vcloud.owner+xml"><User type="application/vnd.vmware.admin.user+xml" name="{}" href="{base}/api/admin/user/{}"/></Owner>"#,
+        esc(&t.owner),
+        user_id(&t.owner)
+    ));
+    s.push_str(&format!(
         "<DateCreated>{}</DateCreated></VAppTemplate>",
         rfc3339(t.created)
     ));
     s
+}
+
+/// A stable uuid-shaped id for a user name (the fake keeps no user objects).
+fn user_id(name: &str) -> String {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// `<CatalogItem>` of a template.

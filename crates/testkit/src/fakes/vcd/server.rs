@@ -13,7 +13,7 @@ use axum::{
 use tokio::task::JoinHandle;
 
 use super::{
-    FailStep, Shared, query,
+    FailStep, Shared, metadata, query,
     render::{self, error, esc, forbidden, reply, xml},
     state::{Caller, Session, State},
     templates, transfer,
@@ -42,6 +42,20 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/api/vAppTemplate/{id}",
             get(templates::get_template).delete(templates::delete_template),
+        )
+        .route("/api/vAppTemplate/{id}/metadata", get(metadata::template_list))
+        .route(
+            "/api/vAppTemplate/{id}/metadata/{key}",
+            get(metadata::template_get)
+                .put(metadata::template_put)
+                .delete(metadata::template_delete),
+        )
+        .route("/api/catalogItem/{id}/metadata", get(metadata::item_list))
+        .route(
+            "/api/catalogItem/{id}/metadata/{key}",
+            get(metadata::item_get)
+                .put(metadata::item_put)
+                .delete(metadata::item_delete),
         )
         .route("/api/task/{id}", get(templates::get_task))
         .route("/api/task/{id}/action/cancel", post(templates::cancel_task))

@@ -13,6 +13,10 @@ use crate::XorShift64;
 
 /// Name of the descriptor's file entry.
 pub const DESCRIPTOR: &str = "descriptor.ovf";
+/// Media type of a vApp template.
+pub const TEMPLATE_TYPE: &str = "application/vnd.vmware.vcloud.vAppTemplate+xml";
+/// Media type of a catalog item.
+pub const ITEM_TYPE: &str = "application/vnd.vmware.vcloud.catalogItem+xml";
 
 pub struct Org {
     pub id: String,
@@ -95,6 +99,24 @@ pub struct Tmpl {
     pub polls_left: u32,
     pub upload_task: String,
     pub delete_task: Option<String>,
+    /// The template's metadata (GENERAL domain): key → (type, value).
+    pub metadata: BTreeMap<String, MetaValue>,
+    /// Its catalog item's metadata.
+    pub item_metadata: BTreeMap<String, MetaValue>,
+    /// The owner's user name.
+    pub owner: String,
+}
+
+/// A typed metadata value: `(xsi:type, value)`, e.g. `("MetadataStringValue", "ido")`.
+pub type MetaValue = (String, String);
+
+/// The entity of a template a metadata call is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaOn {
+    /// The vApp template.
+    Template,
+    /// Its catalog item.
+    Item,
 }
 
 impl Tmpl {
@@ -110,12 +132,21 @@ pub enum Finish {
     Upload { template: String, ok: bool },
     /// The template is removed.
     Delete { template: String },
+    /// A metadata entry is set (`Some`) or removed (`None`).
+    Metadata {
+        template: String,
+        on: MetaOn,
+        key: String,
+        value: Option<MetaValue>,
+    },
 }
 
 pub struct Task {
     pub uuid: String,
     pub operation_name: String,
     pub operation: String,
+    /// Media type of the owner (a vAppTemplate, or a catalogItem for its metadata).
+    pub owner_type: &'static str,
     pub owner_href: String,
     pub owner_name: String,
     pub org: String,
@@ -276,6 +307,24 @@ impl State {
                     self.templates.remove(&template);
                     self.end_task(&id, "success", None);
                 }
+                Finish::Metadata {
+                    template,
+                    on,
+                    key,
+                    value,
+                } => {
+                    if let Some(t) = self.templates.get_mut(&template) {
+                        let m = match on {
+                            MetaOn::Template => &mut t.metadata,
+                            MetaOn::Item => &mut t.item_metadata,
+                        };
+                        match value {
+                            Some(v) => m.insert(key, v),
+                            None => m.remove(&key),
+                        };
+                    }
+                    self.end_task(&id, "success", None);
+                }
             }
         }
     }
@@ -320,6 +369,7 @@ impl State {
                 uuid: task.clone(),
                 operation_name: "vdcUploadOvfContents".into(),
                 operation: format!("Importing Virtual Application Template {name}({uuid})"),
+                owner_type: TEMPLATE_TYPE,
                 owner_href,
                 owner_name: name.into(),
                 org: org.into(),
@@ -348,6 +398,9 @@ impl State {
                 polls_left: 0,
                 upload_task: task,
                 delete_task: None,
+                metadata: BTreeMap::new(),
+                item_metadata: BTreeMap::new(),
+                owner: self.opts.username.clone(),
             },
         );
         let uploading = self.templates.values().filter(|t| self.uploading(t)).count();

@@ -192,6 +192,7 @@ fn delete(st: &mut State, caller: &Caller, uuid: &str) -> Response {
             uuid: task.clone(),
             operation_name: "vdcDeleteTemplate".into(),
             operation: format!("Deleting Virtual Application Template {name}({uuid})"),
+            owner_type: super::state::TEMPLATE_TYPE,
             owner_href: render::template_href(&st.base, uuid),
             owner_name: name,
             org,

@@ -488,3 +488,121 @@ fn ovfs_are_checked() {
     );
     assert_eq!(query::percent_decode("a%20b%3Bc%"), "a b;c%");
 }
+
+#[tokio::test]
+async fn metadata_of_templates_and_catalog_items() {
+    let raw = Raw::start(FakeVcdOptions::default()).await;
+    let href = raw.upload_init("meta").await;
+    let t = raw.get(&href).await;
+    let item = link_href(&t, "catalogItem");
+    assert_eq!(attr(&t, "User", "name"), "ido", "the owner: {t}");
+    let value_type = "application/vnd.vmware.vcloud.metadata.value+xml";
+    let value = |v: &str| {
+        format!(
+            r#"<MetadataValue xmlns="http://www.vmware.com/vcloud/v1.5" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><TypedValue xsi:type="MetadataStringValue"><Value>{v}</Value></TypedValue></MetadataValue>"#
+        )
+    };
+
+    // The catalog item takes metadata while the upload runs; the template is busy.
+    let (s, task) = raw
+        .call(
+            Method::PUT,
+            &format!("{item}/metadata/ido.managed-by"),
+            Some((value_type, value("ido").into_bytes())),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{task}");
+    assert!(task.contains(r#"operationName="metadataUpdate""#), "{task}");
+    assert!(
+        task.contains(r#"<Owner type="application/vnd.vmware.vcloud.catalogItem+xml""#),
+        "{task}"
+    );
+    let (s, busy) = raw
+        .call(
+            Method::PUT,
+            &format!("{href}/metadata/k"),
+            Some((value_type, value("v").into_bytes())),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(busy.contains("BUSY_ENTITY"), "{busy}");
+
+    // Read back, as the whole set and as one value.
+    let all = raw.get(&format!("{item}/metadata")).await;
+    assert!(all.starts_with("<?xml") && all.contains("<Metadata "), "{all}");
+    assert!(
+        all.contains("<Key>ido.managed-by</Key>")
+            && all.contains(r#"<TypedValue xsi:type="MetadataStringValue"><Value>ido</Value></TypedValue>"#),
+        "{all}"
+    );
+    let one = raw.get(&format!("{item}/metadata/ido.managed-by")).await;
+    assert!(
+        one.contains("<MetadataValue ") && one.contains("<Value>ido</Value>"),
+        "{one}"
+    );
+    let t = raw.vcd.templates("cat1").pop().unwrap();
+    assert_eq!(t.item_metadata["ido.managed-by"], "ido");
+    assert!(t.metadata.is_empty());
+    assert!(
+        !raw.get(&format!("{href}/metadata"))
+            .await
+            .contains("<MetadataEntry")
+    );
+
+    // Bad bodies, media types and unknown keys.
+    for (ty, body, want) in [
+        (value_type, "<Metadata/>".to_string(), StatusCode::BAD_REQUEST),
+        (
+            value_type,
+            value("x").replace("MetadataStringValue", "MetadataBlobValue"),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("text/xml", value("x"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ] {
+        let (s, b) = raw
+            .call(
+                Method::PUT,
+                &format!("{item}/metadata/k"),
+                Some((ty, body.into_bytes())),
+                None,
+            )
+            .await;
+        assert_eq!(s, want, "{b}");
+    }
+    let (s, _) = raw
+        .call(Method::GET, &format!("{item}/metadata/nope"), None, None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Deleted through a task; an injected failure is a 500.
+    raw.vcd.fail(FailStep::Metadata);
+    let (s, _) = raw
+        .call(
+            Method::DELETE,
+            &format!("{item}/metadata/ido.managed-by"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    raw.vcd.heal(FailStep::Metadata);
+    raw.vcd.set_task_delay(Duration::from_millis(200));
+    let (s, task) = raw
+        .call(
+            Method::DELETE,
+            &format!("{item}/metadata/ido.managed-by"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{task}");
+    assert!(
+        task.contains(r#"status="running""#),
+        "applied when the task ends: {task}"
+    );
+    assert_eq!(raw.vcd.templates("cat1")[0].item_metadata.len(), 1, "not yet");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(raw.vcd.templates("cat1")[0].item_metadata.is_empty());
+}
