@@ -10,6 +10,7 @@
 
 mod diskimport;
 mod env;
+mod faults;
 mod imagesync;
 mod lease;
 mod metrics;
@@ -39,11 +40,15 @@ const IMAGE: &str = "capv-flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs"
 
 // === test doubles ===
 
-/// A provider whose catalog is a set in memory.
+/// A provider whose catalog is a set in memory; an upload takes `delay`.
 #[derive(Default)]
 struct MemProvider {
     templates: Mutex<BTreeSet<(String, String)>>,
+    /// Uploads started.
     creates: Mutex<u32>,
+    /// Uploads that finished (a cancelled one does not).
+    completed: Mutex<u32>,
+    delay: Duration,
 }
 
 #[async_trait]
@@ -71,6 +76,8 @@ impl Provider for MemProvider {
     ) -> Result<Template, ProviderError> {
         progress.add(1024);
         *self.creates.lock().unwrap() += 1;
+        tokio::time::sleep(self.delay).await;
+        *self.completed.lock().unwrap() += 1;
         self.templates
             .lock()
             .unwrap()
