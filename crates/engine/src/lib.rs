@@ -46,7 +46,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// `e` and every cause below it, `: `-joined (a cause whose text the message already holds
 /// is not repeated), with credentials and URL queries hidden: for messages that must keep
 /// why a transfer failed (a refused connection, a TLS error) without printing a secret.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -374,6 +374,6 @@ async fn push_manifest(dst: &Registry, r: &Reference, bytes: Bytes, media_type: 
 }
 
 /// An error with its sources, lower-case (for classification and messages).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     ido_engine::error_chain(e).to_ascii_lowercase()
 }

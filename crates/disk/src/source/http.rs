@@ -810,9 +810,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.parse().ok()?, total))
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    ido_engine::error_chain(e)
-}
+use ido_engine::error_chain;
 
 /// Why a failed request will fail the same way again, if it will: nothing listens on the
 /// port, or TLS cannot be spoken with the server (plain HTTP answered, a certificate that

@@ -6,22 +6,10 @@ use std::{sync::Arc, time::Duration};
 
 use ido_api::NodeImage;
 use ido_controllers::metrics::Metrics;
-use ido_operator::OperatorOptions;
 use k8s_openapi::api::coordination::v1::Lease;
 use serde_json::json;
 
-use crate::{IMAGE, MemProvider, RELEASE, env::Env, free_addr, parts, release, s3_source, wait_for};
-
-fn options(op_ns: &str, identity: &str) -> OperatorOptions {
-    OperatorOptions {
-        metrics_addr: free_addr(),
-        metrics_secure: false,
-        health_probe_addr: Some(free_addr()),
-        lease_namespace: Some(op_ns.into()),
-        identity: Some(identity.into()),
-        ..OperatorOptions::default()
-    }
-}
+use crate::{IMAGE, MemProvider, RELEASE, env::Env, operator::replica, parts, release, s3_source, wait_for};
 
 async fn start(
     env: &Env,
@@ -32,7 +20,7 @@ async fn start(
     tokio::spawn(ido_operator::run_until(
         env.operator_client().await,
         parts,
-        options(&env.op_ns, identity),
+        replica(&env.op_ns, identity),
         std::future::pending(),
     ))
 }

@@ -266,7 +266,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Strin
 
 /// Options of replica `identity` of the operator: probes on a port of their own, plain
 /// metrics.
-fn replica(op_ns: &str, identity: &str) -> OperatorOptions {
+pub(crate) fn replica(op_ns: &str, identity: &str) -> OperatorOptions {
     OperatorOptions {
         metrics_addr: free_addr(),
         metrics_secure: false,

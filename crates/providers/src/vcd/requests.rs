@@ -25,13 +25,8 @@ impl Client {
         content_type: &str,
         body: &str,
     ) -> Result<Node, VcdError> {
-        let body = Bytes::copy_from_slice(body.as_bytes());
-        let resp = self
-            .send(what, Use::Api, |h| {
-                h.post(href).header(CONTENT_TYPE, content_type).body(body.clone())
-            })
-            .await?;
-        read_xml(resp, what).await
+        self.send_xml(reqwest::Method::POST, what, href, content_type, body)
+            .await
     }
 
     /// PUT an XML body of `content_type` to an API href; returns the answer's root element
@@ -43,10 +38,24 @@ impl Client {
         content_type: &str,
         body: &str,
     ) -> Result<Node, VcdError> {
+        self.send_xml(reqwest::Method::PUT, what, href, content_type, body)
+            .await
+    }
+
+    async fn send_xml(
+        &self,
+        method: reqwest::Method,
+        what: &str,
+        href: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<Node, VcdError> {
         let body = Bytes::copy_from_slice(body.as_bytes());
         let resp = self
             .send(what, Use::Api, |h| {
-                h.put(href).header(CONTENT_TYPE, content_type).body(body.clone())
+                h.request(method.clone(), href)
+                    .header(CONTENT_TYPE, content_type)
+                    .body(body.clone())
             })
             .await?;
         read_xml(resp, what).await

@@ -152,19 +152,7 @@ impl SoapError {
 }
 
 /// An error and its sources on one line (reqwest hides the TLS reason in the sources).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        src = cause.source();
-    }
-    s
-}
+pub use ido_engine::error_chain;
 
 /// One `<METHODResponse>` element and the text it was parsed from.
 #[derive(Debug)]
