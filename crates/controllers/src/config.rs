@@ -396,7 +396,8 @@ fn read_yaml(p: &Path) -> Result<Value, ConfigError> {
     })
 }
 
-/// Parses a Go duration (`0`, `90s`, `1h30m`, `720h`; also `d` for days).
+/// Parses a Go duration (`0`, `90s`, `1h30m`, `720h`; also `d` for days). `None` when it
+/// is malformed or longer than a `Duration` holds.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s == "0" {
@@ -429,7 +430,8 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += n * mult;
     }
-    Some(Duration::from_secs_f64(total))
+    // A huge number (`99999999999999999999h`) is out of range, not a panic.
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Decodes `v`, naming the failing key (and its value) in the error.

@@ -37,6 +37,7 @@ pub mod checksum;
 pub mod decompress;
 pub mod detect;
 #[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod progress;
 pub mod qcow2;
