@@ -7,9 +7,10 @@
 # toolchain has its runtime), unpacks the committed seeds (fuzz/seeds/<target>/*.gz) into
 # the working corpus fuzz/corpus/<target>/ (kept and grown across runs, not committed),
 # runs each target under `nice -n 10`, and prints the executions per target. Exits non-zero
-# when a target crashed (panic, allocation over the limit, an input running over 60 s,
-# leak); its input is in fuzz/artifacts/<target>/ and the log in fuzz/logs/<target>.log.
-# Inputs slower than 10 s are kept there too (slow-unit-*), and reported, not failures.
+# when a target crashed (panic, resident set over 2 GiB or one allocation over 2.5 GiB, an
+# input running over 60 s, leak); its input is in fuzz/artifacts/<target>/ and the log in
+# fuzz/logs/<target>.log. Inputs slower than 10 s are kept there too (slow-unit-*), and
+# reported, not failures.
 #
 # Environment:
 #   IDO_FUZZ_TARGETS="qcow2 vmdk"   only these targets (default: all, see fuzz/Cargo.toml)
@@ -94,6 +95,9 @@ export IDO_FUZZ_SCRATCH=$scratch
 # Leaks are reported for each input; abort on ASan findings with a stack.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:symbolize=1}
 
+# Memory: the resident set may not pass 2 GiB, and no single allocation 2.5 GiB. The latter
+# is above 2 GiB on purpose: the zstd decoder accepts windows of up to 2 GiB (`zstd
+# --long=31`, see docs/fuzzing.md) and reserves the window from a frame's first bytes.
 mkdir -p fuzz/logs
 declare -a rows
 failed=0
@@ -113,6 +117,7 @@ for t in "${targets[@]}"; do
     rc=0
     timeout -k 10 $((secs + 300)) nice -n 10 "$bindir/$t" \
         -max_total_time="$secs" -print_final_stats=1 -timeout=60 -rss_limit_mb=2048 \
+        -malloc_limit_mb=2560 \
         -max_len="$(max_len "$t")" -artifact_prefix="$artifacts/" "${extra[@]}" \
         "$corpus" >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

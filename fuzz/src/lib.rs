@@ -47,7 +47,7 @@ pub fn scratch() -> &'static Path {
 
 /// Runs the real streaming import of `data` (as a file source, every layer and format
 /// detected as `ido import` does; `format` as `--format` forces it) into a file target of
-/// [`CAPACITY`] bytes, then removes the target. The result is not looked at.
+/// [`CAPACITY`] bytes, then removes both files. The result is not looked at.
 pub fn import(data: &[u8], format: Option<DiskFormat>) {
     let dir = scratch();
     // A name without extension: `ido import` checks content against a name's extension.
@@ -69,7 +69,9 @@ pub fn import(data: &[u8], format: Option<DiskFormat>) {
         xz_memlimit_threading: 64 << 20,
     };
     let _ = runtime().block_on(ido_disk::import(opts));
+    // Nothing is left behind when libFuzzer exits (it runs no destructors).
     let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(dir.join("image"));
 }
 
 /// A ustar header of a regular file.

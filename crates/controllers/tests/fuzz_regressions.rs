@@ -4,8 +4,8 @@
 use ido_controllers::config::{Config, parse_go_duration};
 
 /// Fuzz target `go_duration`: `Duration::from_secs_f64` panicked on a duration longer than
-/// `Duration::MAX` (about 5.8e11 years); such a value is malformed, not a crash of the
-/// operator at start-up (`imageRetentionPeriod`) or of `ido run --recheck`.
+/// `Duration::MAX` (about 5.8e11 years); such a value is malformed, not a crash at start-up
+/// (`imageRetentionPeriod`, `ido run --timeout`, `ido operator --startup-timeout`).
 #[test]
 fn go_duration_beyond_duration_max_is_rejected() {
     // The fuzzer's input, byte for byte.
