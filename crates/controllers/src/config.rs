@@ -182,7 +182,7 @@ impl Config {
 
     /// Decodes a configuration; errors name the key.
     pub fn from_value(v: Value) -> Result<Self, ConfigError> {
-        if let Some(key) = unknown_key(&v, &values_schema(), "") {
+        if let Some(key) = unknown_key(&v, values_schema(), "") {
             return Err(ConfigError::Value {
                 value: ido_engine::redact::escape_controls(key.rsplit('.').next().unwrap_or_default()),
                 key,
@@ -330,16 +330,14 @@ impl Config {
 }
 
 /// The chart's values schema: `ido run` and `ido operator` take the same values as the chart.
-fn values_schema() -> Value {
+fn values_schema() -> &'static Value {
     static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            serde_json::from_str(include_str!(
-                "../../../charts/image-distribution-operator/values.schema.json"
-            ))
-            .expect("the chart's values.schema.json is JSON")
-        })
-        .clone()
+    SCHEMA.get_or_init(|| {
+        serde_json::from_str(include_str!(
+            "../../../charts/image-distribution-operator/values.schema.json"
+        ))
+        .expect("the chart's values.schema.json is JSON")
+    })
 }
 
 /// The dotted path of the first key of `v` that `schema` does not allow (its
@@ -501,7 +499,7 @@ mod schema_tests {
             .unwrap(),
         )
         .unwrap();
-        assert_eq!(unknown_key(&values, &values_schema(), ""), None);
+        assert_eq!(unknown_key(&values, values_schema(), ""), None);
         Config::from_value(json!({
             "vcd": {"locations": {"name": "main", "catalog": "c", "hardwareVersion": 19}},
             "vsphere": {"locations": {"dc0": {"datacenter": "DC0", "resourcepool": "rp"}}},

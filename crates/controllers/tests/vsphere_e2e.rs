@@ -444,3 +444,114 @@ async fn retention_expiry_deletes_the_image() {
         .collect();
     assert!(reasons.contains(&"RetentionExpired".to_string()), "{reasons:?}");
 }
+
+/// A name clash end to end: a running VM ido did not make, with the template's name, is
+/// reported on the NodeImage (location Error, reason NameClash, an event) and never touched,
+/// on import and on deletion; once its owner removes it, the NodeImage goes.
+#[tokio::test]
+async fn a_foreign_vm_with_the_template_name_is_a_name_clash_left_alone() {
+    use ido_api::condition;
+    use ido_controllers::nodeimage::NAME_CLASH;
+    use ido_providers::vsphere::{VsphereConfig, VsphereProvider};
+    use ido_testkit::{
+        oracle::oracle_find,
+        vcsim::{RESOURCE_POOL_PATH, VM_FOLDER},
+    };
+
+    let s3 = SeaweedFs::shared().await.unwrap();
+    let vc = Vcsim::start(VcsimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kube = "1.31.1";
+    let image = image_of(kube);
+    publish(s3, dir.path(), &image).await;
+    let cfg = config(s3, &vc, json!({"loc1": dc0(json!({}))}), json!({}));
+    let env = Env::new(&cfg, &dir.path().join("state"));
+
+    // Someone else's running VM named like the template.
+    let vcfg: VsphereConfig = serde_json::from_value(json!({
+        "enabled": true,
+        "caBundle": vc.ca_pem().unwrap(),
+        "credentials": {"vcenter": vc.url(), "username": vc.username(), "password": vc.password()},
+        "locations": {"loc1": dc0(json!({}))},
+    }))
+    .unwrap();
+    let own = VsphereProvider::new(&vcfg).unwrap();
+    let c = own.client();
+    let folder = c.find_by_inventory_path(VM_FOLDER).await.unwrap().unwrap();
+    let pool = c
+        .find_by_inventory_path(RESOURCE_POOL_PATH)
+        .await
+        .unwrap()
+        .unwrap();
+    let spec = format!(
+        concat!(
+            "<config><name>{}</name><guestId>otherGuest</guestId>",
+            "<files><vmPathName>[LocalDS_0]</vmPathName></files><numCPUs>1</numCPUs><memoryMB>64</memoryMB></config>",
+            r#"<pool type="ResourcePool">{}</pool>"#
+        ),
+        image, pool.value
+    );
+    c.run_task("CreateVM_Task", &folder, &spec).await.unwrap();
+    let path = format!("{VM_FOLDER}/{image}");
+    let vm = c.find_by_inventory_path(&path).await.unwrap().unwrap();
+    c.run_task("PowerOnVM_Task", &vm, "").await.unwrap();
+    let before = oracle_find(&vc, &path).await.unwrap().unwrap();
+
+    let rel = release("vsphere-31.0.0", kube);
+    env.run(std::slice::from_ref(&rel)).await;
+    let nis = env.images().await;
+    let st = nis[0].status.clone().unwrap();
+    assert_eq!(st.state, NodeImageState::Error);
+    let l = &st.locations[0];
+    assert_eq!(l.state, LocationState::Error);
+    assert!(
+        l.message
+            .starts_with(&format!("name clash in location loc1: {path} (VirtualMachine:")),
+        "{}",
+        l.message
+    );
+    assert!(
+        l.message.contains("is a powered-on VM without ido's mark"),
+        "{}",
+        l.message
+    );
+    for t in [nodeimage::conditions::READY, nodeimage::conditions::DEGRADED] {
+        let cond = condition::find(&st.conditions, t).unwrap();
+        assert_eq!(cond.reason, NAME_CLASH, "{t}: {cond:?}");
+        assert!(cond.message.contains(&l.message), "{t}: {cond:?}");
+    }
+    assert!(
+        env.ctx
+            .store
+            .events()
+            .iter()
+            .any(|e| e.event.reason == NAME_CLASH),
+        "a NameClash event"
+    );
+    assert_eq!(
+        oracle_find(&vc, &path).await.unwrap().unwrap(),
+        before,
+        "neither deleted nor replaced"
+    );
+
+    // The release goes: the NodeImage keeps its finalizer while the name is taken, and
+    // the VM stays.
+    env.run(&[]).await;
+    let nis = env.images().await;
+    assert_eq!(nis.len(), 1, "held by its finalizer");
+    let st = nis[0].status.clone().unwrap();
+    assert_eq!(st.locations[0].state, LocationState::Error);
+    assert_eq!(
+        condition::find(&st.conditions, nodeimage::conditions::READY)
+            .unwrap()
+            .reason,
+        NAME_CLASH
+    );
+    assert_eq!(oracle_find(&vc, &path).await.unwrap().unwrap(), before);
+
+    // Its owner removes it: the NodeImage goes.
+    c.power_off(&vm).await.unwrap();
+    c.destroy(&vm).await.unwrap();
+    env.run(&[]).await;
+    assert!(env.images().await.is_empty());
+}

@@ -20,7 +20,7 @@ use ido_testkit::{
     seaweed::{PUBLIC_BUCKET, SeaweedFs},
     vcsim::{Vcsim, VcsimOptions},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const NS: &str = "giantswarm";
 const OPERATOR_NS: &str = "ido-system";
@@ -32,12 +32,6 @@ const PASSWORD: &str = "deployed-pw-must-not-leak-71c";
 
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/image-distribution-operator")
-}
-
-async fn json_of(c: &Cluster, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.extend(["-o", "json"]);
-    serde_json::from_str(&c.kubectl(&args).await.unwrap()).unwrap()
 }
 
 async fn wait_for(what: &str, log: &Path, mut check: impl AsyncFnMut() -> bool) {
@@ -146,7 +140,7 @@ async fn the_chart_deployed_operator_distributes_and_removes_a_node_image() {
         [ni_name.as_str(), "capv", "Available", &format!("[\"{RELEASE}\"]")],
         "{table}"
     );
-    let events = json_of(&c, &["get", "events", "-n", NS]).await;
+    let events = c.kubectl_json(&["get", "events", "-n", NS]).await.unwrap();
     let reasons: Vec<&str> = events["items"]
         .as_array()
         .unwrap()
@@ -154,11 +148,10 @@ async fn the_chart_deployed_operator_distributes_and_removes_a_node_image() {
         .map(|e| e["reason"].as_str().unwrap_or_default())
         .collect();
     assert!(reasons.contains(&"Uploaded"), "{reasons:?}");
-    let ni = json_of(
-        &c,
-        &["get", "nodeimage", &ni_name, "-n", NS, "--show-managed-fields"],
-    )
-    .await;
+    let ni = c
+        .kubectl_json(&["get", "nodeimage", &ni_name, "-n", NS, "--show-managed-fields"])
+        .await
+        .unwrap();
     assert!(
         ni["metadata"]["managedFields"]
             .as_array()

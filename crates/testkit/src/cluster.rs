@@ -202,6 +202,14 @@ impl Cluster {
         checked(self.kubectl_output(args, None).await?, "kubectl", args)
     }
 
+    /// Runs `kubectl … -o json` and parses what it prints.
+    pub async fn kubectl_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let out = self.kubectl(&args).await?;
+        serde_json::from_str(&out).with_context(|| format!("parsing the JSON of kubectl {}", args.join(" ")))
+    }
+
     /// Runs `kubectl` with `stdin` as its input (e.g. `apply -f -`).
     pub async fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> anyhow::Result<String> {
         checked(self.kubectl_output(args, Some(stdin)).await?, "kubectl", args)

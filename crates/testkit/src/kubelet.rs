@@ -37,12 +37,6 @@ impl RunningPod {
     }
 }
 
-async fn json_of(c: &Cluster, args: &[&str]) -> anyhow::Result<Value> {
-    let mut args = args.to_vec();
-    args.extend(["-o", "json"]);
-    serde_json::from_str(&c.kubectl(&args).await?).context("parsing kubectl's JSON")
-}
-
 /// Flags whose value is a listening address: replaced by a free loopback port.
 const LISTEN_FLAGS: [&str; 2] = ["--metrics-bind-address=", "--health-probe-bind-address="];
 
@@ -56,7 +50,9 @@ pub async fn run_deployment(
     root: &Path,
 ) -> anyhow::Result<RunningPod> {
     use base64::Engine as _;
-    let list = json_of(c, &["get", "deployment", "-n", namespace, "-l", selector]).await?;
+    let list = c
+        .kubectl_json(&["get", "deployment", "-n", namespace, "-l", selector])
+        .await?;
     let deploy = &list["items"][0];
     if deploy.is_null() {
         bail!("no Deployment in {namespace} matches {selector}");
@@ -79,13 +75,15 @@ pub async fn run_deployment(
             .get(m["name"].as_str().unwrap_or_default())
             .with_context(|| format!("{path}: no volume {}", m["name"]))?;
         let (data, secret) = if let Some(name) = volume["configMap"]["name"].as_str() {
-            let cm = json_of(c, &["get", "configmap", name, "-n", namespace]).await?;
+            let cm = c
+                .kubectl_json(&["get", "configmap", name, "-n", namespace])
+                .await?;
             let text = cm["data"][key]
                 .as_str()
                 .with_context(|| format!("ConfigMap {name} has no key {key}"))?;
             (text.as_bytes().to_vec(), false)
         } else if let Some(name) = volume["secret"]["secretName"].as_str() {
-            let s = json_of(c, &["get", "secret", name, "-n", namespace]).await?;
+            let s = c.kubectl_json(&["get", "secret", name, "-n", namespace]).await?;
             let b64 = s["data"][key]
                 .as_str()
                 .with_context(|| format!("Secret {name} has no key {key}"))?;
@@ -98,7 +96,11 @@ pub async fn run_deployment(
         };
         let file = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(file.parent().context("a mount path")?)?;
-        write_file(&file, &data, secret)?;
+        if secret {
+            crate::write_private(&file, &data)?;
+        } else {
+            std::fs::write(&file, &data).with_context(|| format!("writing {}", file.display()))?;
+        }
         mounts.push(path.to_string());
     }
     let under_root = |a: &str| {
@@ -118,7 +120,7 @@ pub async fn run_deployment(
     let sa = pod["serviceAccountName"].as_str().unwrap_or("default");
     let token = c.token(namespace, sa).await?;
     let kubeconfig = root.join("kubeconfig");
-    write_file(
+    crate::write_private(
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: sa, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: sa, namespace: {namespace}}}}}]\ncurrent-context: c\n",
@@ -126,7 +128,6 @@ pub async fn run_deployment(
             c.dir().join("pki/ca.crt").display()
         )
         .as_bytes(),
-        true,
     )?;
     let (log, out) = (root.join("container.err"), root.join("container.out"));
     let mut cmd = tokio::process::Command::new(entrypoint);
@@ -152,17 +153,4 @@ pub async fn run_deployment(
         .spawn()
         .with_context(|| format!("running {}", entrypoint.display()))?;
     Ok(RunningPod { child, log, out })
-}
-
-fn write_file(path: &Path, data: &[u8], private: bool) -> anyhow::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data)?;
-    Ok(())
 }

@@ -66,6 +66,21 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or(manifest)
 }
 
+/// Writes `data` to `path` (created or truncated) readable by its owner only: for files
+/// that hold credentials.
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Installs rustls' `ring` crypto provider as the process default (idempotent).
 ///
 /// reqwest is built with `rustls-no-provider` in this workspace, so a client cannot be built

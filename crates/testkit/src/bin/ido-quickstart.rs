@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         vc.username(),
         vc.password()
     );
-    write_private(&config, &text)?;
+    ido_testkit::write_private(&config, text.as_bytes())?;
     let release = a.dir.join("release.yaml");
     std::fs::write(
         &release,
@@ -188,7 +188,7 @@ async fn through_the_cluster(
         },
     });
     let values_file = a.dir.join("values.json");
-    write_private(&values_file, &values.to_string())?;
+    ido_testkit::write_private(&values_file, values.to_string().as_bytes())?;
     step("helm install image-distribution-operator charts/image-distribution-operator -n ido-system");
     c.kubectl(&["create", "namespace", "giantswarm"]).await?;
     let dev_crd = chart.join("../dev-crds/releases.release.giantswarm.io.yaml");
@@ -265,19 +265,6 @@ async fn through_the_cluster(
     }
     operator.child.kill().await.ok();
     println!("\nNodeImage Available through the operator; template {IMAGE} exists in the simulator.");
-    Ok(())
-}
-
-/// Writes a file only its owner can read (it holds credentials).
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
     Ok(())
 }
 
