@@ -25,3 +25,18 @@ fn go_duration_beyond_duration_max_is_rejected() {
     let e = Config::from_value(v).expect_err("out of range").to_string();
     assert!(e.contains("imageRetentionPeriod"), "{e}");
 }
+
+/// Fuzz target `cron`: `8 , * * *` (an empty hour list) was accepted and never fired, each
+/// planning search running to croner's limit (about 170 ms); it is now refused by name, at
+/// once.
+#[test]
+fn cron_schedule_with_an_empty_list_is_refused_at_once() {
+    let t = std::time::Instant::now();
+    let e = ido_controllers::imagesync::parse_schedule("8 , * * *").unwrap_err();
+    assert!(e.contains("hour field"), "{e}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(50),
+        "{:?}",
+        t.elapsed()
+    );
+}

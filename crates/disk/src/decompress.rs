@@ -14,13 +14,24 @@ pub struct DecompressOptions {
     /// Memory the xz decoder may use before it falls back to fewer threads
     /// (default 256 MiB).
     pub xz_memlimit_threading: u64,
+    /// Largest zstd window, as a power of two (default 27: 128 MiB, the zstd CLI's own
+    /// limit). A frame that asks for more (`zstd --long=31` makes 2 GiB ones) is refused
+    /// with an error naming this limit, so a small file cannot make the decoder hold
+    /// gigabytes.
+    pub zstd_window_log_max: u32,
 }
+
+/// zstd's default window limit for decoding (128 MiB).
+pub const ZSTD_WINDOW_LOG_DEFAULT: u32 = 27;
+/// The largest window zstd can decode (2 GiB).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 31;
 
 impl Default for DecompressOptions {
     fn default() -> Self {
         Self {
             xz_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             xz_memlimit_threading: 256 << 20,
+            zstd_window_log_max: ZSTD_WINDOW_LOG_DEFAULT,
         }
     }
 }
@@ -38,8 +49,9 @@ pub fn decoder(
         ))),
         Compression::Zstd => {
             let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF, inner))?;
-            d.window_log_max(31)?;
-            Box::new(d)
+            let log = opts.zstd_window_log_max.clamp(10, ZSTD_WINDOW_LOG_MAX);
+            d.window_log_max(log)?;
+            Box::new(ZstdWindow { inner: d, log })
         }
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(inner)),
         Compression::Xz => Box::new(XzMulti::new(
@@ -48,6 +60,32 @@ pub fn decoder(
             opts.xz_memlimit_threading,
         )?),
     })
+}
+
+/// A zstd decoder whose "window too large" error says what the limit is and how to raise
+/// it (zstd's own message is "Frame requires too much memory for decoding").
+struct ZstdWindow<R> {
+    inner: R,
+    log: u32,
+}
+
+impl<R: Read> Read for ZstdWindow<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if e.to_string().contains("too much memory") {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the zstd stream needs a window larger than {} MiB (made with zstd --long?); \
+                         allow it with --zstd-window-log up to {ZSTD_WINDOW_LOG_MAX}",
+                        (1u64 << self.log) >> 20
+                    ),
+                )
+            } else {
+                e
+            }
+        })
+    }
 }
 
 /// Concatenated xz streams (with stream padding between them), each decoded by liblzma's
@@ -155,5 +193,41 @@ mod tests {
         );
         let z = zstd::encode_all(&data[..], 1).unwrap();
         roundtrip(Compression::Zstd, [z.clone(), z].concat(), &both);
+    }
+
+    fn decode(compressed: Vec<u8>, opts: &DecompressOptions) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        decoder(Compression::Zstd, Box::new(io::Cursor::new(compressed)), opts)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn zstd_windows_above_the_limit_are_refused_by_name() {
+        // A frame made with a 256 MiB window (as `zstd --long=28` makes), no content size.
+        let data = b"long window ".repeat(10_000);
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        e.window_log(28).unwrap();
+        e.long_distance_matching(true).unwrap();
+        e.include_contentsize(false).unwrap();
+        e.write_all(&data).unwrap();
+        let z = e.finish().unwrap();
+        let err = decode(z.clone(), &DecompressOptions::default()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("128 MiB") && msg.contains("--zstd-window-log"),
+            "{msg}"
+        );
+        let opts = DecompressOptions {
+            zstd_window_log_max: 28,
+            ..Default::default()
+        };
+        assert_eq!(decode(z, &opts).unwrap(), data);
+        // The fuzzer's 10 bytes: a frame header declaring a 2 GiB window.
+        let header = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xa8, 0x5a, 0x68, 0x00, 0x27];
+        let msg = decode(header, &DecompressOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--zstd-window-log"), "{msg}");
     }
 }

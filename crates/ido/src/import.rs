@@ -92,6 +92,12 @@ pub(crate) struct ImportArgs {
     /// (1: one stream). Default: 4.
     #[arg(long, value_name = "N", value_parser = parse_connections)]
     connections: Option<usize>,
+    /// Largest zstd window to decode, as a power of two: 27 (128 MiB, the zstd CLI's
+    /// limit) by default, up to 31 (2 GiB) for streams made with `zstd --long=31`. The
+    /// decoder holds up to that much memory.
+    #[arg(long, value_name = "LOG", default_value_t = ido_disk::decompress::ZSTD_WINDOW_LOG_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(10..=ido_disk::decompress::ZSTD_WINDOW_LOG_MAX as i64))]
+    zstd_window_log: u32,
     /// Flags of S3 and registry sources (boxed: the CLI's command enum stays small).
     #[command(flatten)]
     more: Box<SourceArgs>,
@@ -172,6 +178,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         insecure,
         retries,
         connections,
+        zstd_window_log,
         more,
         progress,
     } = args;
@@ -353,6 +360,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     opts.resume = resume;
     opts.overwrite = force;
     opts.checkpoint_every = checkpoint_every;
+    opts.decompress.zstd_window_log_max = zstd_window_log;
     let display = Display::new(progress);
     opts.progress = display.callback();
 

@@ -100,6 +100,39 @@ async fn stdin_zstd_raw() {
 }
 
 #[tokio::test]
+async fn a_long_window_zstd_needs_the_flag_and_leaves_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    // Through a pipe the zstd CLI does not know the size, so the frame keeps its 256 MiB
+    // window.
+    sh(&format!(
+        "cat {} | zstd -q -1 --long=28 -c > {}/long.raw.zst",
+        raw.display(),
+        d.display()
+    ));
+    let src = d.join("long.raw.zst");
+    let out = d.join("out.img");
+    let o = ido(&[src.to_str().unwrap(), out.to_str().unwrap()], None).await;
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("--zstd-window-log"), "{err}");
+    assert!(!out.exists(), "a refused import leaves no target");
+    let o = ido(
+        &[
+            src.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--zstd-window-log",
+            "28",
+        ],
+        None,
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_same(&std::fs::read(&out).unwrap(), &raw_image(), "--long=28 import");
+}
+
+#[tokio::test]
 async fn a_backing_file_fails_with_a_clear_message_and_no_target() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

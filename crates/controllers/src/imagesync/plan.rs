@@ -103,13 +103,33 @@ pub fn is_tag(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-/// Parses a 5-field cron expression (or `@daily` and friends), evaluated in UTC.
+/// Parses a 5-field cron expression (or `@daily` and friends), evaluated in UTC. A
+/// schedule that can never fire (an empty list such as `8 , * * *`, or 30 February) is
+/// refused: it would plan no pass, silently.
 pub fn parse_schedule(s: &str) -> Result<Cron, String> {
+    let s = s.trim();
+    let names = ["minute", "hour", "day of month", "month", "day of week"];
+    if !s.starts_with('@') {
+        for (field, name) in s.split_whitespace().zip(names) {
+            if field.split(',').any(str::is_empty) {
+                return Err(format!("the {name} field {field:?} has an empty list entry"));
+            }
+        }
+    }
     let parser = CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
         .build();
-    parser.parse(s.trim()).map_err(|e| e.to_string())
+    let cron = parser.parse(s).map_err(|e| e.to_string())?;
+    // Every date a schedule can match comes round within 28 years (the Gregorian
+    // calendar's weekday cycle), leap days included.
+    let from = jiff::civil::date(2001, 1, 1)
+        .to_zoned(TimeZone::UTC)
+        .map_err(|e| e.to_string())?;
+    match cron.find_next_occurrence(&from, true) {
+        Ok(next) if next.year() <= 2029 => Ok(cron),
+        _ => Err("it never fires (no date matches it)".into()),
+    }
 }
 
 fn side(ep: &SyncEndpoint, field: &'static str, errs: &mut Vec<String>) -> Option<Side> {
@@ -508,6 +528,24 @@ mod tests {
         );
         let p = Plan::from_spec(&spec(SyncMode::OneShot, "a/b", "1.x")).unwrap();
         assert_eq!(p.next_after(t0, t1), None);
+        // 29 February fires (in leap years only).
+        s.schedule = Some("0 0 29 2 *".into());
+        assert!(Plan::from_spec(&s).is_ok());
+    }
+
+    #[test]
+    fn schedules_that_never_fire_are_refused() {
+        let mut s = spec(SyncMode::Recurrent, "a/b", "1.x");
+        for (bad, why) in [
+            ("8 , * * *", "hour field \",\" has an empty list entry"),
+            ("1,,2 * * * *", "minute field"),
+            ("0 0 30 2 *", "never fires"),
+            ("0 0 31 4,6,9,11 *", "never fires"),
+        ] {
+            s.schedule = Some(bad.into());
+            let e = Plan::from_spec(&s).unwrap_err().to_string();
+            assert!(e.contains("spec.schedule") && e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
