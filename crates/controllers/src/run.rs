@@ -244,6 +244,9 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Failed reconciles of one object retried before `once` gives up on it.
     pub max_retries: u32,
+    /// Stops the run when cancelled (Ctrl-C, SIGTERM): no new work starts, the work in
+    /// flight is stopped (its guards clean up what it had made) and the report is returned.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Default for RunOptions {
@@ -254,6 +257,7 @@ impl Default for RunOptions {
             sync_concurrency: 4,
             timeout: Duration::from_secs(3600),
             max_retries: 3,
+            stop: Default::default(),
         }
     }
 }
@@ -463,8 +467,14 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             }
             Ok(key) = changes.recv() => mark_changed(&mut queue, &ctx.store, key),
             _ = tokio::time::sleep_until(sleep_until) => {}
+            _ = opts.stop.cancelled() => {
+                tracing::info!(running = jobs.len(), "stopping: the work in flight is stopped and cleaned up");
+                break;
+            }
         }
     }
+    // Aborts what still runs and waits until it is dropped, so every guard has handed its
+    // clean-up to `ido_engine::cleanup` before this returns.
     jobs.shutdown().await;
     let errors: BTreeMap<Key, String> = queue
         .into_iter()

@@ -1,6 +1,10 @@
 //! The import pipeline: open the source, peel layers, check the size, convert, verify.
 
 use std::io::{self, Read};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 use std::time::{Duration, Instant};
 
 use crate::checksum::{Checksum, Hasher};
@@ -142,7 +146,11 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
         other => other,
     };
     let opened = source::open(&opts.source, from.as_ref()).await?;
-    let mut report = tokio::task::spawn_blocking(move || run(opts, probe, opened, record, map))
+    // Tracked: when this future is dropped (Ctrl-C), the thread still ends the import (its
+    // source gone, it removes or suspends the target) and the process waits for that.
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let mut report = ido_engine::cleanup::spawn_blocking(move || run(opts, probe, opened, record, map, stop))
         .await
         .map_err(|e| Error::Io {
             context: "the conversion thread".into(),
@@ -150,6 +158,15 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
         })??;
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// Tells the conversion thread to stop when the import future is dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Reads a qcow2's header and tables from the source for a run that continues at
@@ -217,6 +234,7 @@ fn run(
     opened: source::Opened,
     record: Option<Record>,
     map: Option<ResumeMap>,
+    stop: Arc<AtomicBool>,
 ) -> Result<ImportReport> {
     let stats = Stats::new(Shared {
         hasher: opts.checksum.as_ref().map(|c| Hasher::new(c.algorithm)),
@@ -255,7 +273,7 @@ fn run(
         s.reporter.state.resumed_from = resumed_at;
         tracing::info!(offset = resumed_at, total = ?opened.total, "continuing the previous run's target");
     }
-    let mut bottom = Counted::new(opened.reader, stats.clone());
+    let mut bottom = Counted::new(opened.reader, stats.clone(), stop);
 
     // Peel compressions and archives until a disk format shows.
     let mut layers = Vec::new();

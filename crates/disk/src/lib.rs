@@ -169,6 +169,9 @@ pub enum Error {
         /// Computed hex digest.
         actual: String,
     },
+    /// The import was stopped before it ended (its future dropped: Ctrl-C, a shutdown).
+    #[error("the import was stopped before it ended")]
+    Stopped,
     /// Local I/O (source file, target, decompressor input). The cause is part of the
     /// message (not a separate `source()`, so chains do not print it twice).
     #[error("{context}: {}", describe_io(source))]
@@ -196,6 +199,7 @@ impl Error {
             Error::Refused { .. } => "refused",
             Error::TooLarge { .. } => "too_large",
             Error::ChecksumMismatch { .. } => "checksum_mismatch",
+            Error::Stopped => "stopped",
             Error::Io { .. } => "io",
         }
     }
@@ -204,7 +208,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         use std::io::ErrorKind as K;
         match self {
-            Error::RetriesExhausted { .. } => true,
+            // A later run with --resume continues a stopped one.
+            Error::RetriesExhausted { .. } | Error::Stopped => true,
             // What another try cannot change: a name too long, no permission, no such
             // directory, a read-only or full file system.
             Error::Io { source, .. } => !matches!(

@@ -4,6 +4,9 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::signals::{CLEANUP_LIMIT, Signals, Stop};
 use ido_controllers::{
     config::{Config, parse_go_duration},
     file_store::{FileStore, StateLock},
@@ -150,13 +153,75 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dispatch(cli.command)) {
+    let is_operator = matches!(cli.command, Command::Operator(_));
+    let graceful = is_operator || matches!(cli.command, Command::Run(_));
+    let (result, stopped) = rt.block_on(supervise(cli.command, graceful));
+    if stopped.is_some() {
+        // Blocking reads (stdin, a file) may still be parked: do not wait for them.
+        rt.shutdown_background();
+    }
+    let code = match result {
         Ok(code) => code,
         // The reader went away (`ido tags … | head`): stop quietly, as other tools do.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    };
+    match stopped {
+        // A clean stop of the operator is a success, as for any controller.
+        Some(_) if is_operator && code == ExitCode::SUCCESS => code,
+        Some(sig) => ExitCode::from(sig.exit_code()),
+        None => code,
+    }
+}
+
+/// Runs `cmd`; on SIGINT or SIGTERM stops it (see [`crate::signals`]) and waits for the
+/// clean-up of what it had started, unless a second signal comes. Returns the command's
+/// result and the signal that stopped it.
+async fn supervise(cmd: Command, graceful: bool) -> (anyhow::Result<ExitCode>, Option<Stop>) {
+    let mut signals = match Signals::listen() {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                Err(anyhow::anyhow!("listening for SIGINT and SIGTERM: {e}")),
+                None,
+            );
+        }
+    };
+    let stop = CancellationToken::new();
+    // Boxed, so that dropping it below really drops the command's future.
+    let mut work = Box::pin(dispatch(cmd, stop.clone()));
+    let sig = tokio::select! {
+        r = &mut work => return (r, None),
+        sig = signals.recv() => sig,
+    };
+    eprintln!(
+        "{}: stopping and cleaning up what was started (send it again to exit at once)",
+        sig.name()
+    );
+    stop.cancel();
+    let wind_down = async {
+        // `run` and `operator` stop their own work; any other command is dropped where it
+        // is, its guards handing their clean-up to the tracker.
+        let result = if graceful {
+            work.await
+        } else {
+            drop(work);
+            Ok(ExitCode::FAILURE)
+        };
+        let pending = ido_engine::cleanup::pending();
+        if !ido_engine::cleanup::finish(CLEANUP_LIMIT).await {
+            eprintln!("clean-up did not end within {CLEANUP_LIMIT:?} ({pending} task(s)); exiting anyway");
+        }
+        result
+    };
+    tokio::select! {
+        r = wind_down => (r, Some(sig)),
+        second = signals.recv() => {
+            eprintln!("{}: exiting at once", second.name());
+            std::process::exit(sig.exit_code().into());
         }
     }
 }
@@ -175,7 +240,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Crds => {
             let docs: Vec<String> = ido_api::crds()
@@ -186,16 +251,16 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             out(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run_cmd(args).await,
+        Command::Run(args) => run_cmd(args, stop).await,
         Command::Copy(args) => copy_cmd(args).await,
         Command::Tags(args) => crate::sync::tags_cmd(args).await,
         Command::Sync(args) => crate::sync::sync_cmd(args).await,
         Command::Import(args) => crate::import::import_cmd(args).await,
-        Command::Operator(args) => operator_cmd(args).await,
+        Command::Operator(args) => operator_cmd(args, stop).await,
     }
 }
 
-async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run_cmd(args: RunArgs, stop: CancellationToken) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.config.as_deref(), &args.config.merges)?;
     let settings = config.settings()?;
     let manifests = load_manifests(&args.files, &settings.namespace)?;
@@ -224,6 +289,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         once: args.once,
         image_concurrency: config.concurrency.images,
         timeout: args.timeout,
+        stop,
         ..RunOptions::default()
     };
     let report = run(ctx, opts).await?;
@@ -235,7 +301,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn operator_cmd(args: OperatorArgs) -> anyhow::Result<ExitCode> {
+async fn operator_cmd(args: OperatorArgs, stop: CancellationToken) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.config.as_deref(), &args.config.merges)?;
     let kube_config = kube::Config::infer()
         .await
@@ -258,7 +324,7 @@ async fn operator_cmd(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         api_server: Some(api_server),
         ..defaults
     };
-    ido_operator::run(client, parts, opts).await?;
+    ido_operator::run_until(client, parts, opts, stop.cancelled_owned()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

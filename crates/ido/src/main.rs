@@ -3,6 +3,7 @@
 mod cli;
 mod import;
 mod progress;
+mod signals;
 mod sync;
 
 fn main() -> std::process::ExitCode {

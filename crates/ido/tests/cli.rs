@@ -422,3 +422,107 @@ fn a_closed_stdout_ends_quietly() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }
+
+/// Ctrl-C in the middle of an upload: `ido run` stops, aborts the NFC lease and removes the
+/// half-made VM before it exits 130; the state is not left locked, and the next run
+/// uploads the template from the start.
+#[tokio::test]
+async fn an_interrupted_run_removes_its_half_made_vm_and_exits_130() {
+    use ido_testkit::fault_proxy::{Fault, FaultProxy, Rule};
+    let s3 = SeaweedFs::shared().await.unwrap();
+    let vc = Vcsim::start(VcsimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ova = d.join("x.ova");
+    OvaFixture::write(&ova, "flatcar", &[("disk-0.vmdk", 16 << 20)], "nic0")
+        .await
+        .unwrap();
+    s3.put_object(PUBLIC_BUCKET, KEY, ova.as_path()).await.unwrap();
+    // The download is slowed to 2 MiB/s so the upload is surely in flight.
+    let proxy = FaultProxy::start(&s3.endpoint()).await.unwrap();
+    proxy.set_rules(vec![
+        Rule::new(Fault::Throttle {
+            bytes_per_sec: 2 << 20,
+        })
+        .method("GET"),
+    ]);
+    let ca: String = vc
+        .ca_pem()
+        .unwrap()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    std::fs::write(
+        d.join("values.yaml"),
+        format!(
+            "s3: {{bucket: {PUBLIC_BUCKET}, region: us-east-1, endpoint: \"{}\"}}\nvsphere:\n  enabled: true\n  caBundle: |\n{ca}  credentials: {{vcenter: \"{}\", username: someone, password: {PASSWORD}}}\n  locations:\n    loc1: {{datacenter: DC0, datastore: LocalDS_0, cluster: DC0_C0, folder: vm}}\n",
+            proxy.url(),
+            vc.url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("r.yaml"), RELEASE).unwrap();
+    let args = [
+        "run",
+        "--once",
+        "-f",
+        "r.yaml",
+        "--config",
+        "values.yaml",
+        "--state",
+        "st",
+    ];
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args(args)
+        .current_dir(d)
+        .env("IDO_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until the import's VM exists (not yet a template).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let vms = oracle_list_vms(&vc, "/DC0/vm").await.unwrap();
+        if vms.iter().any(|v| v["name"] == IMAGE && v["template"] == false) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started: {vms:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains(PASSWORD));
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("SIGINT: stopping"), "{err}");
+    let vms = oracle_list_vms(&vc, "/DC0/vm").await.unwrap();
+    assert!(
+        !vms.iter().any(|v| v["name"] == IMAGE),
+        "the half-made VM is still there: {vms:?}\n{err}"
+    );
+
+    // The next run takes the lock and uploads it whole.
+    proxy.clear_rules();
+    // Off the test's thread: the proxy serves on it.
+    let dd = d.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || ido(&args, &dd))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vms = oracle_list_vms(&vc, "/DC0/vm").await.unwrap();
+    assert!(
+        vms.iter().any(|v| v["name"] == IMAGE && v["template"] == true),
+        "{vms:?}"
+    );
+    no_secret_in(d);
+}

@@ -470,3 +470,126 @@ async fn permanent_failures_are_not_retried() {
     let out = ido(&[&src.display().to_string(), &long.display().to_string()], None).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// SIGTERM in the middle of an import: the partial target is removed (it is kept, with its
+/// checkpoint, under --resume, and a later run finishes it), and the exit status is 143.
+/// SIGINT is 130.
+#[tokio::test]
+async fn a_signal_stops_an_import_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    let data = std::fs::read(&raw).unwrap();
+    let server = FileServer::start(
+        data.clone(),
+        Behaviour {
+            ranges: true,
+            etag: Some("\"v1\"".into()),
+            rate: Some(8 << 20),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = d.join("disk.img");
+    let record = d.join("disk.img.ido-resume");
+    for (sig, code, resume) in [("TERM", 143, false), ("INT", 130, false), ("TERM", 143, true)] {
+        let url = server.url();
+        let mut args = vec![
+            url.as_str(),
+            out.to_str().unwrap(),
+            "--connections",
+            "1",
+            "--progress",
+            "none",
+        ];
+        if resume {
+            args.extend(["--resume", "--checkpoint-every", "1Mi"]);
+        }
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+            .arg("import")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::fs::metadata(&out).map_or(0, |m| m.len()) < 2 << 20 && !record.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the import never started writing"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Mid-way (the server sends 8 MiB/s of a larger image).
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        signal(child.id().unwrap(), sig);
+        let o = child.wait_with_output().await.unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "SIG{sig}: {err}");
+        assert!(err.contains(&format!("SIG{sig}: stopping")), "{err}");
+        if resume {
+            assert!(
+                out.exists() && record.exists(),
+                "--resume keeps the target and checkpoint: {err}"
+            );
+        } else {
+            assert!(!out.exists(), "SIG{sig} left the partial target: {err}");
+        }
+    }
+    // The kept target is finished by the same command.
+    let url = server.url();
+    let o = ido(
+        &[&url, out.to_str().unwrap(), "--connections", "1", "--resume"],
+        None,
+    )
+    .await;
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resumed at"), "{err}");
+    assert_same(&std::fs::read(&out).unwrap(), &data, "resumed after SIGTERM");
+}
+
+/// A second signal exits at once, even when the clean-up would wait (here for a read from a
+/// stdin that never ends).
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.img");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args(["import", "-", out.to_str().unwrap(), "--progress", "none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pid = child.id().unwrap();
+    signal(pid, "INT");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still cleaning up after one signal"
+    );
+    let t = std::time::Instant::now();
+    signal(pid, "INT");
+    let o = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait_with_output())
+        .await
+        .expect("exited within 5 s of the second signal")
+        .unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("exiting at once"), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+}

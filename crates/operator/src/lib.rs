@@ -158,31 +158,9 @@ pub fn default_identity() -> String {
         .unwrap_or_else(|| REPORTER.to_string())
 }
 
-/// Resolves when the process receives SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-    }
-}
-
-/// Runs the operator until SIGTERM/SIGINT: see the crate docs.
-pub async fn run(client: Client, parts: ContextParts, opts: OperatorOptions) -> anyhow::Result<()> {
-    run_until(client, parts, opts, shutdown_signal()).await
-}
-
-/// [`run`], ending cleanly when `shutdown` resolves instead of on a signal.
+/// Runs the operator (see the crate docs) until `shutdown` resolves (the `ido` binary
+/// resolves it on SIGTERM or SIGINT), then stops cleanly: the controllers stop, the Lease
+/// is released.
 pub async fn run_until(
     client: Client,
     parts: ContextParts,

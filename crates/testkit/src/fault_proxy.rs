@@ -12,6 +12,7 @@
 //! | [`Fault::ResetRequest`] | a TCP reset once N bytes of its request body have passed (mid-upload) |
 //! | [`Fault::Status`] | that status (e.g. 503) with an OCI error body, without the upstream seeing the request |
 //! | [`Fault::TooManyRequests`] | 429 with `Retry-After` and a `TOOMANYREQUESTS` error body, idem |
+//! | [`Fault::Throttle`] | the upstream's response, its body at most N bytes per second (a slow download) |
 //!
 //! A reset is a real RST: the accepted socket gets `SO_LINGER` 0 before it is dropped.
 //! [`FaultProxy::counts`] says what was injected, [`FaultProxy::events`] when.
@@ -74,6 +75,11 @@ pub enum Fault {
     TooManyRequests {
         /// The `Retry-After` value, in seconds.
         retry_after_secs: u64,
+    },
+    /// Forward it, and pass the response body on at most this many bytes per second.
+    Throttle {
+        /// Body bytes per second.
+        bytes_per_sec: u64,
     },
 }
 
@@ -565,6 +571,15 @@ async fn forward(
             let s2 = shared.clone();
             Body::from_stream(cut_after(stream, after_bytes, conn.0.clone(), move || {
                 s2.lock().counts.resets_response += 1;
+            }))
+        }
+        Some(Fault::Throttle { bytes_per_sec }) => {
+            let rate = bytes_per_sec.max(1) as f64;
+            Body::from_stream(stream.then(move |item| async move {
+                if let Ok(b) = &item {
+                    tokio::time::sleep(Duration::from_secs_f64(b.len() as f64 / rate)).await;
+                }
+                item
             }))
         }
         _ => Body::from_stream(stream),

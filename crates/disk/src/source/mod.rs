@@ -14,7 +14,10 @@ pub mod s3;
 use std::fmt;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard,
+    atomic::{AtomicBool, Ordering},
+};
 use std::time::Duration;
 
 pub use http::{BasicAuth, DEFAULT_CHUNK, DEFAULT_CONNECTIONS, HttpOptions, RetryPolicy, redacted};
@@ -216,13 +219,17 @@ impl Stats {
 pub(crate) struct Counted {
     inner: Arc<Mutex<Box<dyn Read + Send>>>,
     stats: Stats,
+    stop: Arc<AtomicBool>,
 }
 
 impl Counted {
-    pub(crate) fn new(reader: Box<dyn Read + Send>, stats: Stats) -> Self {
+    /// Once `stop` is set, reads fail with [`crate::Error::Stopped`], so the conversion ends
+    /// (and cleans up its target) even from a local file that would never fail.
+    pub(crate) fn new(reader: Box<dyn Read + Send>, stats: Stats, stop: Arc<AtomicBool>) -> Self {
         Self {
             inner: Arc::new(Mutex::new(reader)),
             stats,
+            stop,
         }
     }
 
@@ -243,6 +250,9 @@ impl Counted {
 
 impl Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other(crate::Error::Stopped));
+        }
         let n = self.inner.lock().unwrap_or_else(|e| e.into_inner()).read(buf)?;
         let mut guard = self.stats.lock();
         let s = &mut *guard;

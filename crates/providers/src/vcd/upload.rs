@@ -339,12 +339,9 @@ impl Drop for Pending {
         if !self.armed {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (client, href) = (self.client.clone(), self.href.clone());
         tracing::warn!(%href, "upload abandoned; removing the template");
-        rt.spawn(async move {
+        ido_engine::cleanup::spawn(async move {
             if let Err(e) = api::remove_template(&client, &href).await {
                 tracing::warn!(%href, error = %e, "could not remove an abandoned upload");
             }

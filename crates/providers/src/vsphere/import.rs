@@ -359,16 +359,13 @@ impl Drop for Pending {
         if !self.armed {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (client, lease, vm, path) = (
             self.client.clone(),
             self.lease.clone(),
             self.vm.clone(),
             self.path.clone(),
         );
-        rt.spawn(async move { cleanup(&client, &lease, vm.as_ref(), &path).await });
+        ido_engine::cleanup::spawn(async move { cleanup(&client, &lease, vm.as_ref(), &path).await });
     }
 }
 
