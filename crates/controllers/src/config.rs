@@ -36,6 +36,15 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A value of the wrong type; the value is not shown (it may be a secret).
+    #[error(
+        "{key}: expected {expected}, got {found} (charts/image-distribution-operator/values.schema.json)"
+    )]
+    Type {
+        key: String,
+        expected: String,
+        found: &'static str,
+    },
     #[error(transparent)]
     Provider(#[from] ido_providers::ProviderError),
     #[error(transparent)]
@@ -182,12 +191,22 @@ impl Config {
 
     /// Decodes a configuration; errors name the key.
     pub fn from_value(v: Value) -> Result<Self, ConfigError> {
-        if let Some(key) = unknown_key(&v, values_schema(), "") {
-            return Err(ConfigError::Value {
-                value: ido_engine::redact::escape_controls(key.rsplit('.').next().unwrap_or_default()),
-                key,
-                reason: "is not a key of the values (charts/image-distribution-operator/values.schema.json); check its spelling".into(),
-            });
+        match schema_error(&v, values_schema(), "") {
+            None => {}
+            Some(SchemaError::UnknownKey(key)) => {
+                return Err(ConfigError::Value {
+                    value: ido_engine::redact::escape_controls(key.rsplit('.').next().unwrap_or_default()),
+                    key: ido_engine::redact::escape_controls(&key),
+                    reason: "is not a key of the values (charts/image-distribution-operator/values.schema.json); check its spelling".into(),
+                });
+            }
+            Some(SchemaError::Type(key, expected, found)) => {
+                return Err(ConfigError::Type {
+                    key: ido_engine::redact::escape_controls(&key),
+                    expected,
+                    found,
+                });
+            }
         }
         let mut c: Config = decode_with_path(&v)?;
         c.providers = decode_with_path(&v)?;
@@ -340,16 +359,52 @@ fn values_schema() -> &'static Value {
     })
 }
 
-/// The dotted path of the first key of `v` that `schema` does not allow (its
-/// `properties`, `additionalProperties` and `anyOf`; types are checked when decoding).
-fn unknown_key(v: &Value, schema: &Value, path: &str) -> Option<String> {
+/// What the schema refuses first in a values document.
+#[derive(Debug, PartialEq, Eq)]
+enum SchemaError {
+    /// A key the schema does not have (its dotted path).
+    UnknownKey(String),
+    /// A value of another JSON type than the schema's (path, expected, found). The value
+    /// itself is never shown: it may be a credential.
+    Type(String, String, &'static str),
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The first thing `schema` does not allow in `v`: a key outside its `properties` and
+/// `additionalProperties`, or a value of another `type` (`anyOf` alternatives tried in turn).
+fn schema_error(v: &Value, schema: &Value, path: &str) -> Option<SchemaError> {
     if let Some(alternatives) = schema["anyOf"].as_array() {
-        let found: Vec<Option<String>> = alternatives.iter().map(|s| unknown_key(v, s, path)).collect();
+        let found: Vec<Option<SchemaError>> = alternatives.iter().map(|s| schema_error(v, s, path)).collect();
         return if found.iter().any(Option::is_none) {
             None
         } else {
             found.into_iter().flatten().next()
         };
+    }
+    let allowed: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let found = json_type(v);
+    // A null is the decoder's to judge (a default, or an error naming the key).
+    let fits = allowed.is_empty()
+        || found == "null"
+        || allowed.contains(&found)
+        || (found == "integer" && allowed.contains(&"number"));
+    if !fits {
+        return Some(SchemaError::Type(path.to_string(), allowed.join(" or "), found));
     }
     let Value::Object(map) = v else {
         return None;
@@ -363,12 +418,12 @@ fn unknown_key(v: &Value, schema: &Value, path: &str) -> Option<String> {
         let sub = match schema["properties"].get(k) {
             Some(p) => p,
             None => match &schema["additionalProperties"] {
-                Value::Bool(false) => return Some(at),
+                Value::Bool(false) => return Some(SchemaError::UnknownKey(at)),
                 s @ Value::Object(_) => s,
                 _ => continue,
             },
         };
-        if let Some(bad) = unknown_key(child, sub, &at) {
+        if let Some(bad) = schema_error(child, sub, &at) {
             return Some(bad);
         }
     }
@@ -388,9 +443,12 @@ fn read_yaml(p: &Path) -> Result<Value, ConfigError> {
         path: p.display().to_string(),
         message: e.to_string(),
     })?;
-    yaml::from_str(&text).map_err(|e| ConfigError::File {
-        path: p.display().to_string(),
-        message: e.to_string(),
+    // No snippet in the message: the lines around an error may hold a credential.
+    yaml::from_str_with_options(&text, yaml::options! { with_snippet: false }).map_err(|e| {
+        ConfigError::File {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        }
     })
 }
 
@@ -490,6 +548,24 @@ mod schema_tests {
     }
 
     #[test]
+    fn values_of_the_wrong_type_are_refused_without_showing_them() {
+        let e = Config::from_value(json!({"vsphere": {"credentials": ["hunter2"]}})).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("vsphere.credentials: expected object, got array"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = Config::from_value(json!({"vsphere": {"enabled": "yes"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("vsphere.enabled: expected boolean, got string"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn the_charts_values_and_the_originals_shapes_are_accepted() {
         let values: Value = yaml::from_str(
             &std::fs::read_to_string(concat!(
@@ -499,7 +575,7 @@ mod schema_tests {
             .unwrap(),
         )
         .unwrap();
-        assert_eq!(unknown_key(&values, values_schema(), ""), None);
+        assert_eq!(schema_error(&values, values_schema(), ""), None);
         Config::from_value(json!({
             "vcd": {"locations": {"name": "main", "catalog": "c", "hardwareVersion": 19}},
             "vsphere": {"locations": {"dc0": {"datacenter": "DC0", "resourcepool": "rp"}}},

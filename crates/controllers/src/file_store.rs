@@ -437,10 +437,10 @@ impl Store for FileStore {
 
     async fn update_status<K: Object>(&self, obj: &K) -> Result<K> {
         let key = Self::key_of(obj);
-        let new = serde_json::to_value(obj).map_err(other)?;
+        let status = crate::store::status_of(obj).map_err(other)?;
         let mut inner = self.inner.lock().expect("lock");
         let mut v = Self::current(&inner, &key, obj)?;
-        v["status"] = new["status"].clone();
+        v["status"] = status.unwrap_or(Value::Null);
         Self::bump(&mut inner, &mut v);
         self.write(&mut inner, &key, Some(v.clone()))?;
         decode(v)

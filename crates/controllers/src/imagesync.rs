@@ -27,7 +27,8 @@
 mod plan;
 mod status;
 
-pub use plan::{Every, Plan, Selector, Side, SpecError, is_tag, parse_schedule, sort_tags};
+pub use ido_oci::reference::is_tag;
+pub use plan::{Every, Plan, Selector, Side, SpecError, parse_schedule, sort_tags};
 
 use std::{
     sync::Arc,

@@ -75,8 +75,10 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
     let mut out = vec![];
     for f in files {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        let docs: Vec<Value> = yaml::from_str_multiple(&text)
-            .map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", f.display()))?;
+        // No snippet in the message: the lines around an error may hold a Secret's data.
+        let docs: Vec<Value> =
+            yaml::from_multiple_with_options(&text, yaml::options! { with_snippet: false })
+                .map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", f.display()))?;
         for (i, doc) in docs.into_iter().enumerate() {
             if doc.is_null() {
                 continue;

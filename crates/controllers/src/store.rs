@@ -68,22 +68,49 @@ pub struct Event {
 }
 
 impl Event {
+    /// A `Normal` event; control characters in `message` are escaped (see [`status_of`]).
     pub fn normal(reason: &str, action: &str, message: impl Into<String>) -> Self {
         Self {
             type_: EventType::Normal,
             reason: reason.into(),
             action: action.into(),
-            message: message.into(),
+            message: ido_engine::redact::escape_controls(&message.into()),
         }
     }
+    /// A `Warning` event; control characters in `message` are escaped.
     pub fn warning(reason: &str, action: &str, message: impl Into<String>) -> Self {
         Self {
             type_: EventType::Warning,
             reason: reason.into(),
             action: action.into(),
-            message: message.into(),
+            message: ido_engine::redact::escape_controls(&message.into()),
         }
     }
+}
+
+/// `obj`'s status as the stores write it: every string in it with control characters
+/// escaped. Messages carry text from outside (a server's error body, a file name inside an
+/// archive, an OVF field), and a status or an event must not hold a forged line or a
+/// terminal escape. `None` when the object has no status.
+pub fn status_of<K: Object>(obj: &K) -> serde_json::Result<Option<serde_json::Value>> {
+    fn escape(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.chars().any(char::is_control) => {
+                *s = ido_engine::redact::escape_controls(s);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(escape),
+            serde_json::Value::Object(o) => o.values_mut().for_each(escape),
+            _ => {}
+        }
+    }
+    let mut full = serde_json::to_value(obj)?;
+    Ok(match full.get_mut("status") {
+        Some(status) if !status.is_null() => {
+            escape(status);
+            Some(status.take())
+        }
+        _ => None,
+    })
 }
 
 /// The object store. Methods are generic over the object type; namespaces come from the
@@ -214,5 +241,41 @@ pub fn finalizer_patch<K: Object>(obj: &K, finalizer: &str, add: bool) -> MetaPa
     MetaPatch {
         finalizers: Some(list),
         annotations: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text from outside (an OVF field, a server's error body) cannot forge a line or send a
+    /// terminal escape through a status or an event.
+    #[test]
+    fn statuses_and_events_hold_no_raw_control_characters() {
+        let mut ni: ido_api::NodeImage = serde_json::from_value(serde_json::json!({
+            "apiVersion": "image.giantswarm.io/v1alpha1",
+            "kind": "NodeImage",
+            "metadata": {"name": "x"},
+            "spec": {"name": "x", "provider": "capv"},
+        }))
+        .unwrap();
+        let mut status = ido_api::NodeImageStatus::default();
+        ido_api::condition::set_condition(
+            &mut status.conditions,
+            ido_api::condition::Condition {
+                type_: "Ready".into(),
+                status: ido_api::condition::ConditionStatus::False,
+                observed_generation: None,
+                last_transition_time: jiff::Timestamp::UNIX_EPOCH,
+                reason: "InvalidImage".into(),
+                message: "disk \u{1b}[31mred\nFORGED line\r".into(),
+            },
+        );
+        ni.status = Some(status);
+        let v = status_of(&ni).unwrap().unwrap();
+        let msg = v["conditions"][0]["message"].as_str().unwrap();
+        assert_eq!(msg, "disk \\u{1b}[31mred\\nFORGED line\\r");
+        let e = Event::warning("Failed", "Upload", "body: \u{1b}]0;title\u{7}\nFORGED");
+        assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
     }
 }

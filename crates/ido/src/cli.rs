@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::field::MakeExt as _;
 
 use crate::signals::{CLEANUP_LIMIT, Signals, Stop};
 use ido_controllers::{
@@ -140,7 +141,18 @@ pub fn main() -> ExitCode {
     // Colours only for a person at a terminal, and never when NO_COLOR is set.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // Field values carry text from outside (a server's error body, a name inside an archive):
+    // control characters are escaped, so no value can forge a log line or a terminal escape.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let v = ido_engine::redact::escape_controls(&format!("{value:?}"));
+        match field.name() {
+            "message" => write!(w, "{v}"),
+            name => write!(w, "{name}={v}"),
+        }
+    })
+    .delimited(" ");
     tracing_subscriber::fmt()
+        .fmt_fields(fields)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour)
@@ -165,7 +177,10 @@ pub fn main() -> ExitCode {
         // The reader went away (`ido tags … | head`): stop quietly, as other tools do.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                ido_engine::redact::escape_controls(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     };

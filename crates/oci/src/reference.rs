@@ -51,7 +51,7 @@ pub fn parse(s: &str) -> Result<Reference> {
         ));
     }
     if let Some(t) = tag
-        && !valid_tag(t)
+        && !is_tag(t)
     {
         return Err(bad(
             "a tag is 1 to 128 of A-Z a-z 0-9 _ . - and does not start with . or -",
@@ -131,7 +131,8 @@ fn valid_domain(s: &str) -> bool {
         })
 }
 
-fn valid_tag(t: &str) -> bool {
+/// Whether `t` is a tag (the distribution spec's grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`).
+pub fn is_tag(t: &str) -> bool {
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let b = t.as_bytes();
     !b.is_empty() && b.len() <= 128 && word(b[0]) && b.iter().all(|&c| word(c) || c == b'.' || c == b'-')

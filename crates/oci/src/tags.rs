@@ -160,7 +160,14 @@ pub async fn list_tags(reg: &Registry, repo: &Reference) -> Result<Vec<String>> 
             })?;
         let n = page.tags.len();
         let new_last = page.tags.last().cloned();
-        out.extend(page.tags);
+        // A name that is no tag (control characters, a path) is never passed on.
+        for tag in page.tags {
+            if crate::reference::is_tag(&tag) {
+                out.push(tag);
+            } else {
+                tracing::warn!(repository = %repo.whole(), tag = %ido_engine::redact::escape_controls(&tag), "the registry listed a name that is not a tag; skipped");
+            }
+        }
         if n < PAGE || new_last.is_none() || new_last == last {
             break;
         }

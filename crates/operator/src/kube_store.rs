@@ -122,7 +122,6 @@ pub const FIELD_MANAGER: &str = "ido";
 /// precondition: a stale copy gets 409) and the whole status, which the operator's field
 /// manager owns, so a field the new status leaves out is removed.
 fn status_apply<K: Object>(obj: &K) -> serde_json::Result<Value> {
-    let full = serde_json::to_value(obj)?;
     let m = obj.meta();
     let mut metadata = json!({"name": m.name, "resourceVersion": m.resource_version});
     if let Some(ns) = &m.namespace {
@@ -133,8 +132,8 @@ fn status_apply<K: Object>(obj: &K) -> serde_json::Result<Value> {
         "kind": K::kind(&()),
         "metadata": metadata,
     });
-    if let Some(status) = full.get("status").filter(|s| !s.is_null()) {
-        body["status"] = status.clone();
+    if let Some(status) = ido_controllers::store::status_of(obj)? {
+        body["status"] = status;
     }
     Ok(body)
 }

@@ -14,7 +14,9 @@ use ido_api::{
     ImageSyncSpec, SyncEndpoint, SyncMode,
     imagesync::{DEFAULT_CONCURRENCY, DEFAULT_FREQUENCY, DEFAULT_MAX_TAGS, parse_frequency},
 };
-use ido_oci::{Reference, copy::Platforms, media::Platform, registry::TlsSettings, tags::TagPattern};
+use ido_oci::{
+    Reference, copy::Platforms, media::Platform, reference::is_tag, registry::TlsSettings, tags::TagPattern,
+};
 use jiff::{Timestamp, tz::TimeZone};
 
 /// One side of a sync, checked.
@@ -91,16 +93,6 @@ impl std::fmt::Display for SpecError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.join("; "))
     }
-}
-
-/// Whether `s` is a valid tag (the distribution spec's grammar).
-pub fn is_tag(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// Parses a 5-field cron expression (or `@daily` and friends), evaluated in UTC. A
