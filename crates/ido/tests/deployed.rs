@@ -5,7 +5,8 @@
 //! by a TokenRequest token of the chart's ServiceAccount, so the chart's RBAC is what the API
 //! server enforces. A Release
 //! applied with kubectl becomes a template in the vCenter simulator from an OVA in SeaweedFS,
-//! and deleting it removes the template and the NodeImage.
+//! and deleting it removes the template and the NodeImage. A DiskImport is imported for real
+//! into a hostPath PersistentVolume, the test playing the importer Pod's kubelet too.
 
 use std::{
     path::{Path, PathBuf},
@@ -197,4 +198,187 @@ async fn the_chart_deployed_operator_distributes_and_removes_a_node_image() {
     assert!(!logs.contains(PASSWORD), "the password reached the log");
     let all_events = c.kubectl(&["get", "events", "-A", "-o", "json"]).await.unwrap();
     assert!(!all_events.contains(PASSWORD), "the password reached an event");
+}
+
+/// A DiskImport through the chart-deployed operator, for real: the PersistentVolume binder
+/// binds the claim to a hostPath volume in a temporary directory, the job controller makes
+/// the importer Pod, and this test plays its kubelet (`ido_testkit::kubelet::run_pod`): the
+/// Pod's own `ido import` command runs against the volume's directory. The disk equals
+/// qemu-img's conversion of the same qcow2; deleting the DiskImport takes the claim, the Job
+/// and the Pod with it.
+#[tokio::test]
+async fn the_chart_deployed_operator_imports_a_disk_into_a_host_path_volume() {
+    use ido_testkit::kubelet::run_pod;
+    let (c, s3) = tokio::join!(Cluster::start(), SeaweedFs::shared());
+    let (c, s3) = (c.unwrap(), s3.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // A qcow2 with data in a few places, as qemu-img makes it.
+    let raw = d.join("disk.raw");
+    let mut bytes = vec![0u8; 24 << 20];
+    for (i, b) in bytes[..(3 << 20)].iter_mut().enumerate() {
+        *b = (i * 7 % 251) as u8;
+    }
+    bytes[(16 << 20)..(17 << 20)].fill(0x5a);
+    std::fs::write(&raw, &bytes).unwrap();
+    let qcow2 = d.join("disk.qcow2");
+    let converted = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let oracle = d.join("oracle.raw");
+    let converted = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow2)
+        .arg(&oracle)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let key = format!("disks/{}/disk.qcow2", std::process::id());
+    s3.put_object(PUBLIC_BUCKET, &key, qcow2.as_path()).await.unwrap();
+
+    let values = json!({"namespace": NS, "diskImport": {"enabled": true}});
+    std::fs::write(d.join("values.json"), values.to_string()).unwrap();
+    c.kubectl(&["create", "namespace", NS]).await.unwrap();
+    c.helm(&[
+        "install",
+        "ido-disks",
+        &chart().display().to_string(),
+        "--namespace",
+        "ido-disks",
+        "--create-namespace",
+        "--values",
+        &d.join("values.json").display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let root = d.join("pod");
+    let operator = run_deployment(
+        &c,
+        "ido-disks",
+        "app.kubernetes.io/instance=ido-disks",
+        Path::new(env!("CARGO_BIN_EXE_ido")),
+        &root,
+    )
+    .await
+    .unwrap();
+    let log = operator.log.clone();
+
+    // The volume: a hostPath directory, reserved for the claim the DiskImport makes.
+    let vms = c.namespace("vms").await.unwrap();
+    let pv_dir = d.join("pv");
+    std::fs::create_dir_all(&pv_dir).unwrap();
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": format!("{vms}-disk")},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": pv_dir.display().to_string(), "type": "Directory"},
+            "claimRef": {"namespace": vms, "name": "disk"},
+        },
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+    let di = format!(
+        "apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: disk, namespace: {vms}}}\nspec:\n  source:\n    s3: {{url: \"{}/{PUBLIC_BUCKET}/{key}\"}}\n  storage: {{size: 64Mi, storageClassName: \"\"}}\n",
+        s3.endpoint()
+    );
+    c.kubectl_stdin(&["apply", "-f", "-"], &di).await.unwrap();
+
+    let get = async |what: &[&str]| c.kubectl(what).await.unwrap_or_default();
+    wait_for("the claim bound and the importer Pod", &log, async || {
+        get(&["get", "pvc", "disk", "-n", &vms, "-o", "jsonpath={.status.phase}"]).await == "Bound"
+            && !get(&[
+                "get",
+                "pods",
+                "-n",
+                &vms,
+                "-l",
+                "job-name=importer-disk",
+                "-o",
+                "name",
+            ])
+            .await
+            .trim()
+            .is_empty()
+    })
+    .await;
+    let pod = get(&[
+        "get",
+        "pods",
+        "-n",
+        &vms,
+        "-l",
+        "job-name=importer-disk",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])
+    .await;
+    let exit = run_pod(
+        &c,
+        &vms,
+        &pod,
+        Path::new(env!("CARGO_BIN_EXE_ido")),
+        &d.join("importer"),
+    )
+    .await
+    .unwrap();
+    let importer_log = std::fs::read_to_string(d.join("importer/container.err")).unwrap_or_default();
+    assert_eq!(exit, 0, "the importer failed:\n{importer_log}");
+    wait_for("the DiskImport Ready", &log, async || {
+        get(&[
+            "get",
+            "diskimport",
+            "disk",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await
+            == "Succeeded"
+    })
+    .await;
+    let di = c
+        .kubectl_json(&["get", "diskimport", "disk", "-n", &vms])
+        .await
+        .unwrap();
+    let ready = di["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["status"], "True", "{di}");
+    assert_eq!(ready["observedGeneration"], di["metadata"]["generation"], "{di}");
+    let got = std::fs::read(pv_dir.join("disk.img")).unwrap();
+    let want = std::fs::read(&oracle).unwrap();
+    assert!(got.len() >= want.len(), "{} < {}", got.len(), want.len());
+    assert!(
+        got[..want.len()] == want[..],
+        "the disk differs from qemu-img's conversion"
+    );
+    assert!(got[want.len()..].iter().all(|&b| b == 0), "past the image: zeros");
+
+    // The DiskImport goes: its claim, Job and Pod go with it (owner references).
+    c.kubectl(&["delete", "diskimport", "disk", "-n", &vms])
+        .await
+        .unwrap();
+    wait_for("claim, Job and Pod gone", &log, async || {
+        get(&["get", "pvc,jobs,pods", "-n", &vms, "-o", "name"])
+            .await
+            .trim()
+            .is_empty()
+    })
+    .await;
+    assert!(!operator.logs().contains("panicked"));
 }

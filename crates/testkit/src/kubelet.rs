@@ -7,6 +7,12 @@
 //! ports, sets its env (`fieldRef`s of the pod's name and namespace resolved), and runs the
 //! given binary (the image's entrypoint) with a kubeconfig holding a TokenRequest token of the
 //! pod's ServiceAccount: the API server applies that ServiceAccount's RBAC to every request.
+//!
+//! [`run_pod`] plays one Pod (an importer Pod the job controller made) to its end: its
+//! claims are mounted as the hostPath directories of the PersistentVolumes they are bound to,
+//! its Secret and ConfigMap volumes written under a root directory, the binary run with the
+//! container's args; the Pod's status is written as a kubelet writes it (Running, then
+//! Succeeded or Failed with the exit code and the log's tail as the termination message).
 
 use std::{
     collections::BTreeMap,
@@ -49,7 +55,6 @@ pub async fn run_deployment(
     entrypoint: &Path,
     root: &Path,
 ) -> anyhow::Result<RunningPod> {
-    use base64::Engine as _;
     let list = c
         .kubectl_json(&["get", "deployment", "-n", namespace, "-l", selector])
         .await?;
@@ -74,26 +79,13 @@ pub async fn run_deployment(
         let volume = volumes
             .get(m["name"].as_str().unwrap_or_default())
             .with_context(|| format!("{path}: no volume {}", m["name"]))?;
-        let (data, secret) = if let Some(name) = volume["configMap"]["name"].as_str() {
-            let cm = c
-                .kubectl_json(&["get", "configmap", name, "-n", namespace])
-                .await?;
-            let text = cm["data"][key]
-                .as_str()
-                .with_context(|| format!("ConfigMap {name} has no key {key}"))?;
-            (text.as_bytes().to_vec(), false)
-        } else if let Some(name) = volume["secret"]["secretName"].as_str() {
-            let s = c.kubectl_json(&["get", "secret", name, "-n", namespace]).await?;
-            let b64 = s["data"][key]
-                .as_str()
-                .with_context(|| format!("Secret {name} has no key {key}"))?;
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .context("decoding a Secret")?;
-            (data, true)
-        } else {
+        let Some((files, secret)) = volume_files(c, namespace, volume).await? else {
             bail!("{path}: only ConfigMap and Secret volumes are played");
         };
+        let data = files
+            .get(key)
+            .with_context(|| format!("{path}: the volume has no key {key}"))?
+            .clone();
         let file = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(file.parent().context("a mount path")?)?;
         if secret {
@@ -153,4 +145,187 @@ pub async fn run_deployment(
         .spawn()
         .with_context(|| format!("running {}", entrypoint.display()))?;
     Ok(RunningPod { child, log, out })
+}
+
+/// The files of a ConfigMap or Secret volume (`items` honoured) and whether they are
+/// secret; `None` for another kind of volume.
+async fn volume_files(
+    c: &Cluster,
+    namespace: &str,
+    volume: &Value,
+) -> anyhow::Result<Option<(BTreeMap<String, Vec<u8>>, bool)>> {
+    use base64::Engine as _;
+    let (kind, name, secret) = if let Some(n) = volume["configMap"]["name"].as_str() {
+        ("configmap", n, false)
+    } else if let Some(n) = volume["secret"]["secretName"].as_str() {
+        ("secret", n, true)
+    } else {
+        return Ok(None);
+    };
+    let obj = c.kubectl_json(&["get", kind, name, "-n", namespace]).await?;
+    let mut files = BTreeMap::new();
+    for (key, v) in obj["data"].as_object().into_iter().flatten() {
+        let text = v.as_str().unwrap_or_default();
+        let data = if secret {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .with_context(|| format!("decoding Secret {name} key {key}"))?
+        } else {
+            text.as_bytes().to_vec()
+        };
+        files.insert(key.clone(), data);
+    }
+    let items = volume[if secret { "secret" } else { "configMap" }]["items"].as_array();
+    if let Some(items) = items {
+        let mut picked = BTreeMap::new();
+        for i in items {
+            let (Some(key), Some(path)) = (i["key"].as_str(), i["path"].as_str()) else {
+                bail!("{kind} {name}: an item without key or path");
+            };
+            let data = files
+                .get(key)
+                .with_context(|| format!("{kind} {name} has no key {key}"))?;
+            picked.insert(path.to_string(), data.clone());
+        }
+        files = picked;
+    }
+    Ok(Some((files, secret)))
+}
+
+/// Runs Pod `namespace/pod` (its first container) with `entrypoint` to its end, as a kubelet
+/// would (see the module docs), and returns the exit code. Files go under `root`.
+pub async fn run_pod(
+    c: &Cluster,
+    namespace: &str,
+    pod_name: &str,
+    entrypoint: &Path,
+    root: &Path,
+) -> anyhow::Result<i32> {
+    let pod = c.kubectl_json(&["get", "pod", pod_name, "-n", namespace]).await?;
+    let spec = &pod["spec"];
+    let container = &spec["containers"][0];
+    let cname = container["name"].as_str().unwrap_or("main");
+    let image = container["image"].as_str().unwrap_or_default();
+    let volumes: BTreeMap<&str, &Value> = spec["volumes"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|v| Some((v["name"].as_str()?, v))).collect())
+        .unwrap_or_default();
+    // mount path → where it is on this machine
+    let mut mounts: Vec<(String, PathBuf)> = vec![];
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let path = m["mountPath"]
+            .as_str()
+            .context("a volumeMount without mountPath")?;
+        let volume = volumes
+            .get(m["name"].as_str().unwrap_or_default())
+            .with_context(|| format!("{path}: no volume {}", m["name"]))?;
+        let host = if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
+            let pvc = c.kubectl_json(&["get", "pvc", claim, "-n", namespace]).await?;
+            let pv_name = pvc["spec"]["volumeName"]
+                .as_str()
+                .with_context(|| format!("claim {claim} is not bound"))?;
+            let pv = c.kubectl_json(&["get", "pv", pv_name]).await?;
+            PathBuf::from(
+                pv["spec"]["hostPath"]["path"]
+                    .as_str()
+                    .with_context(|| format!("PersistentVolume {pv_name} is not a hostPath volume"))?,
+            )
+        } else if let Some((files, secret)) = volume_files(c, namespace, volume).await? {
+            let dir = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir)?;
+            for (name, data) in files {
+                let file = dir.join(name);
+                if secret {
+                    crate::write_private(&file, &data)?;
+                } else {
+                    std::fs::write(&file, &data)?;
+                }
+            }
+            dir
+        } else if volume.get("emptyDir").is_some() {
+            let dir = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir)?;
+            dir
+        } else {
+            bail!("{path}: volume {} is of a kind not played", m["name"]);
+        };
+        mounts.push((path.to_string(), host));
+    }
+    // Longest mount paths first, so /data/x is not taken for /data.
+    mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    let on_host = |a: &str| {
+        mounts
+            .iter()
+            .find(|(p, _)| a == p || a.starts_with(&format!("{p}/")))
+            .map(|(p, h)| format!("{}{}", h.display(), &a[p.len()..]))
+            .unwrap_or_else(|| a.to_string())
+    };
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(on_host))
+        .collect();
+    let status = |state: Value, phase: &str| {
+        serde_json::json!({"status": {"phase": phase, "containerStatuses": [{
+            "name": cname, "image": image, "imageID": "", "ready": phase == "Running",
+            "restartCount": 0, "state": state,
+        }]}})
+        .to_string()
+    };
+    let patch = async |body: String| {
+        c.kubectl(&[
+            "patch",
+            "pod",
+            pod_name,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &body,
+        ])
+        .await
+    };
+    patch(status(serde_json::json!({"running": {}}), "Running")).await?;
+    std::fs::create_dir_all(root)?;
+    let (log, out) = (root.join("container.err"), root.join("container.out"));
+    let mut cmd = tokio::process::Command::new(entrypoint);
+    cmd.args(&args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true);
+    for e in container["env"].as_array().into_iter().flatten() {
+        if let (Some(name), Some(value)) = (e["name"].as_str(), e["value"].as_str()) {
+            cmd.env(name, on_host(value));
+        }
+    }
+    let exit = cmd
+        .status()
+        .await
+        .with_context(|| format!("running {}", entrypoint.display()))?
+        .code()
+        .unwrap_or(137);
+    // FallbackToLogsOnError: the log's tail is the termination message of a failure.
+    let message: String = if exit == 0 {
+        String::new()
+    } else {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+    let (phase, reason) = if exit == 0 {
+        ("Succeeded", "Completed")
+    } else {
+        ("Failed", "Error")
+    };
+    patch(status(
+        serde_json::json!({"terminated": {"exitCode": exit, "reason": reason, "message": message}}),
+        phase,
+    ))
+    .await?;
+    Ok(exit)
 }
