@@ -234,15 +234,17 @@ fn plan(top: &Bytes, top_digest: &str, platforms: &Platforms, name: &str) -> Res
             manifests,
         } => (media_type, manifests),
     };
-    let selected = select(&manifests, platforms, name)?;
-    if selected.len() == manifests.len() {
+    // `--all`: the index as it is, with every image.
+    if *platforms == Platforms::All {
         return Ok(Plan {
             digest: top_digest.into(),
             bytes: Some(top.clone()),
             media_type,
-            children: Some(selected),
+            children: Some(manifests),
         });
     }
+    let selected = select(&manifests, platforms, name)?;
+    // One platform: that image alone, as skopeo copies it (also from a one-entry index).
     if let [one] = selected.as_slice() {
         return Ok(Plan {
             digest: one.digest.clone(),
@@ -251,22 +253,28 @@ fn plan(top: &Bytes, top_digest: &str, platforms: &Platforms, name: &str) -> Res
             children: Some(selected),
         });
     }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media_type,
-        "manifests": selected.iter().map(|d| serde_json::json!({
-            "mediaType": d.media_type, "digest": d.digest, "size": d.size,
-            "platform": d.platform.as_ref().map(|p| serde_json::json!({
-                "os": p.os, "architecture": p.architecture, "variant": p.variant,
-            })),
-        })).collect::<Vec<_>>(),
-    });
-    let bytes = Bytes::from(serde_json::to_vec(&index).expect("json"));
+    // Several platforms: the source index with only their entries, each entry verbatim
+    // (platform, os.version, os.features, annotations) and in the source's order.
+    let bytes = if selected.len() == manifests.len() {
+        top.clone()
+    } else {
+        let mut index: serde_json::Value = serde_json::from_slice(top).map_err(|e| Error::Unsupported {
+            reference: name.into(),
+            message: format!("index is not valid JSON: {e}"),
+        })?;
+        let keep = |e: &serde_json::Value| selected.iter().any(|d| e["digest"] == d.digest.as_str());
+        if let Some(entries) = index["manifests"].as_array_mut() {
+            entries.retain(keep);
+        }
+        Bytes::from(serde_json::to_vec(&index).expect("json"))
+    };
+    let mut children = selected;
+    children.sort_by_key(|d| manifests.iter().position(|m| m == d));
     Ok(Plan {
         digest: media::sha256(&bytes),
         bytes: Some(bytes),
         media_type,
-        children: Some(selected),
+        children: Some(children),
     })
 }
 
@@ -276,25 +284,36 @@ fn media_type(m: &Manifest) -> String {
     }
 }
 
-/// The index entries `platforms` selects.
+/// The index entries `platforms` selects (never `All`): per wanted platform the first
+/// entry whose platform matches; attestation manifests (platform `unknown/unknown`) are
+/// never chosen; an index whose only image has no platform gives that image.
 fn select(manifests: &[Descriptor], platforms: &Platforms, name: &str) -> Result<Vec<Descriptor>> {
     let wanted = match platforms {
         Platforms::All => return Ok(manifests.to_vec()),
         Platforms::Host => vec![Platform::host()],
         Platforms::Only(p) => p.clone(),
     };
-    let mut out = vec![];
+    let images: Vec<&Descriptor> = manifests.iter().filter(|d| !d.is_attestation()).collect();
+    let mut out: Vec<Descriptor> = vec![];
     for w in &wanted {
-        let found = manifests
+        let found = images
             .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| w.selects(p)));
+            .find(|d| d.platform.as_ref().is_some_and(|p| w.selects(p)))
+            .or_else(|| match images.as_slice() {
+                [only] if only.platform.is_none() => Some(only),
+                _ => None,
+            });
         match found {
-            Some(d) if !out.contains(d) => out.push(d.clone()),
+            Some(d) if !out.contains(d) => out.push((*d).clone()),
             Some(_) => {}
             None => {
-                let available: Vec<String> = manifests
+                let available: Vec<String> = images
                     .iter()
-                    .filter_map(|d| d.platform.as_ref().map(ToString::to_string))
+                    .map(|d| {
+                        d.platform
+                            .as_ref()
+                            .map_or("(no platform)".into(), ToString::to_string)
+                    })
                     .collect();
                 return Err(Error::NoPlatform {
                     reference: name.into(),

@@ -32,6 +32,23 @@ pub struct Descriptor {
     /// Foreign layers (non-distributable) name where they live instead.
     #[serde(default)]
     pub urls: Vec<String>,
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    /// An attestation manifest of an index (BuildKit's provenance and SBOMs): platform
+    /// `unknown/unknown`, or the `vnd.docker.reference.type` annotation.
+    pub fn is_attestation(&self) -> bool {
+        self.annotations
+            .get("vnd.docker.reference.type")
+            .map(String::as_str)
+            == Some("attestation-manifest")
+            || self
+                .platform
+                .as_ref()
+                .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
+    }
 }
 
 /// An OS/architecture[/variant] triple.

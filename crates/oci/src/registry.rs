@@ -11,12 +11,12 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use oci_client::{
-    Client, Reference,
+    Client, Reference, RegistryOperation,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::OciDistributionError,
     secrets::RegistryAuth,
 };
-use reqwest::header::{ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::{
@@ -255,6 +255,101 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// `scheme://host` + `path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        let scheme = if self.params.plain { "http" } else { "https" };
+        format!("{scheme}://{}{path}", self.host)
+    }
+
+    /// The `Authorization` a pull of `repo` needs: a bearer token from the registry's token
+    /// server (got through oci-client), basic credentials, or none (an open registry).
+    pub(crate) async fn pull_authorization(
+        &self,
+        repo: &Reference,
+    ) -> std::result::Result<Option<HeaderValue>, OciDistributionError> {
+        if self.open {
+            return Ok(None);
+        }
+        let reader = self
+            .reader()
+            .await
+            .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
+        let auth = self.auth();
+        let value = match reader.auth(repo, &auth, RegistryOperation::Pull).await? {
+            Some(token) => format!("Bearer {token}"),
+            None => match &auth {
+                RegistryAuth::Basic(user, password) => {
+                    use base64::Engine as _;
+                    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                    format!("Basic {pair}")
+                }
+                _ => return Ok(None),
+            },
+        };
+        let mut v = HeaderValue::from_str(&value).map_err(|_| {
+            OciDistributionError::GenericError(Some("a token that is not a header value".into()))
+        })?;
+        v.set_sensitive(true);
+        Ok(Some(v))
+    }
+
+    /// One page of a JSON listing at `url` (at most 32 MiB) and the next page's URL from its
+    /// `Link: <…>; rel="next"` header, resolved against `url`.
+    pub(crate) async fn get_page(
+        &self,
+        url: &str,
+        auth: Option<&HeaderValue>,
+    ) -> std::result::Result<(Bytes, Option<String>), OciDistributionError> {
+        const PAGE_MAX: usize = 32 << 20;
+        let mut req = self.http.get(url).header(ACCEPT, "application/json");
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let next = res
+            .headers()
+            .get_all(LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_link)
+            .and_then(|n| reqwest::Url::parse(url).ok()?.join(&n).ok())
+            .map(String::from);
+        if res.content_length().is_some_and(|n| n > PAGE_MAX as u64) {
+            return Err(OciDistributionError::GenericError(Some(format!(
+                "{url}: a page larger than {PAGE_MAX} bytes"
+            ))));
+        }
+        let body = res.bytes().await?;
+        tracing::debug!(%url, %status, bytes = body.len(), next = ?next, "GET page");
+        if !status.is_success() || body.len() > PAGE_MAX {
+            return Err(OciDistributionError::ServerError {
+                code: status.as_u16(),
+                url: url.to_string(),
+                message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
+            });
+        }
+        Ok((body, next))
+    }
+}
+
+/// The target of a `rel="next"` link in one `Link` header value (`<url>; rel="next"`, links
+/// apart by commas).
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            })
+            .then(|| target.to_string())
+    })
+}
+
 /// What the oci-client clients of a registry are built from.
 struct Params {
     host: String,
@@ -327,5 +422,24 @@ async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
             plain: false,
             open: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_link;
+
+    #[test]
+    fn next_links() {
+        assert_eq!(
+            next_link("</v2/a/tags/list?n=100&last=x>; rel=\"next\"").as_deref(),
+            Some("/v2/a/tags/list?n=100&last=x")
+        );
+        assert_eq!(
+            next_link("<https://r/prev>; rel=\"prev\", <https://r/next>; rel=next").as_deref(),
+            Some("https://r/next")
+        );
+        assert_eq!(next_link("<https://r/prev>; rel=\"prev\""), None);
+        assert_eq!(next_link("garbage"), None);
     }
 }

@@ -3,15 +3,15 @@
 //! Patterns (the anchor's, fixed, plus more):
 //! - `2.13.x`, `3.x.x`, `v2.x.0`: dots are literal, `x` is one numeric field; a leading `v` on
 //!   the tag is optional only when the pattern has none.
-//! - semver ranges: `>=2.13, <2.14`, `^1.2`, `~1.4.0` (tags read leniently: `v` prefix and
-//!   missing minor/patch allowed).
+//! - semver ranges: `>=2.13, <2.14` or `>=2.13 <2.14`, `^1.2`, `~1.4.0` (tags read
+//!   leniently: `v` prefix and missing minor/patch allowed).
 //! - `regex:^foo-[0-9]+$`: a regular expression.
 //! - anything else: that literal tag.
 //!
 //! Release candidates (`-rc.N`, `-rcN`) match only when asked for; other suffixes never
 //! match an `x` pattern or a range.
 
-use oci_client::{Reference, secrets::RegistryAuth};
+use oci_client::Reference;
 
 use crate::{Error, Result, registry::Registry};
 
@@ -46,7 +46,19 @@ impl TagPattern {
                 .map_err(|e| bad(e.to_string()));
         }
         if t.starts_with(['>', '<', '=', '^', '~']) {
-            return semver::VersionReq::parse(t)
+            // Comparators apart by commas (`>=1.2, <2`) or by spaces (`>=1.2 <2`, as npm
+            // and Masterminds/semver write them), an operator apart from its version too.
+            let mut parts: Vec<String> = vec![];
+            for tok in t
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+            {
+                match parts.last_mut() {
+                    Some(last) if last.chars().all(|c| "<>=~^".contains(c)) => last.push_str(tok),
+                    _ => parts.push(tok.to_string()),
+                }
+            }
+            return semver::VersionReq::parse(&parts.join(", "))
                 .map(Self::Range)
                 .map_err(|e| bad(e.to_string()));
         }
@@ -142,38 +154,50 @@ fn lenient_version(s: &str) -> Option<semver::Version> {
     Some(semver::Version::new(major, minor, patch))
 }
 
-/// Every tag of `repo` (`/v2/<name>/tags/list`, paged with `n` and `last`).
+/// Every tag of `repo`, in the registry's order. Pages are followed through their `Link:
+/// <…>; rel="next"` headers to the end, as the distribution spec says (a registry may cap a
+/// page below what was asked). Names that are not tags are skipped with a warning.
 pub async fn list_tags(reg: &Registry, repo: &Reference) -> Result<Vec<String>> {
-    const PAGE: usize = 1000;
-    let auth: RegistryAuth = reg.auth();
+    let what = || format!("listing tags of {}", repo.whole());
     let mut out: Vec<String> = vec![];
-    let mut last: Option<String> = None;
-    loop {
-        let page = reg
-            .reader()
-            .await?
-            .list_tags(repo, &auth, Some(PAGE), last.as_deref())
+    let mut url = reg.url(&format!("/v2/{}/tags/list", repo.repository()));
+    let auth = reg
+        .pull_authorization(repo)
+        .await
+        .map_err(|error| Error::Registry { what: what(), error })?;
+    // A registry that keeps sending the same page would loop forever.
+    for _ in 0..10_000 {
+        let (body, next) = reg
+            .get_page(&url, auth.as_ref())
             .await
-            .map_err(|error| Error::Registry {
-                what: format!("listing tags of {}", repo.whole()),
-                error,
-            })?;
-        let n = page.tags.len();
-        let new_last = page.tags.last().cloned();
-        // A name that is no tag (control characters, a path) is never passed on.
-        for tag in page.tags {
+            .map_err(|error| Error::Registry { what: what(), error })?;
+        let page: TagPage = serde_json::from_slice(&body).map_err(|e| Error::Unsupported {
+            reference: repo.whole(),
+            message: format!("the tag list is not JSON of the distribution spec: {e}"),
+        })?;
+        for tag in page.tags.unwrap_or_default() {
             if crate::reference::is_tag(&tag) {
                 out.push(tag);
             } else {
                 tracing::warn!(repository = %repo.whole(), tag = %ido_engine::redact::escape_controls(&tag), "the registry listed a name that is not a tag; skipped");
             }
         }
-        if n < PAGE || new_last.is_none() || new_last == last {
-            break;
+        match next {
+            Some(n) if n != url => url = n,
+            _ => return Ok(out),
         }
-        last = new_last;
     }
-    Ok(out)
+    Err(Error::Unsupported {
+        reference: repo.whole(),
+        message: "the tag list goes on for more than 10000 pages".into(),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct TagPage {
+    /// `null` for a repository without tags (some registries).
+    #[serde(default)]
+    tags: Option<Vec<String>>,
 }
 
 #[cfg(test)]
@@ -216,5 +240,16 @@ mod tests {
         assert!(m("latest", "latest", false) && !m("latest", "latest2", false));
         let e = TagPattern::parse("regex:(").unwrap_err().to_string();
         assert!(e.contains("tag pattern") && e.contains("regex:("), "{e}");
+    }
+
+    #[test]
+    fn ranges_apart_by_spaces_as_by_commas() {
+        for p in [">=1.2 <2", ">=1.2, <2", ">= 1.2 < 2", ">=1.2,<2", "  >=1.2   <2 "] {
+            assert!(m(p, "1.2.0", false) && m(p, "v1.9.3", false), "{p}");
+            assert!(!m(p, "2.0.0", false) && !m(p, "1.1.9", false), "{p}");
+        }
+        assert!(m("~1.4 >1.4.1", "1.4.2", false) && !m("~1.4 >1.4.1", "1.4.1", false));
+        let e = TagPattern::parse(">=1.2 <<2").unwrap_err().to_string();
+        assert!(e.contains(">=1.2 <<2"), "{e}");
     }
 }

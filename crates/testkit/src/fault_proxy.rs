@@ -13,6 +13,7 @@
 //! | [`Fault::Status`] | that status (e.g. 503) with an OCI error body, without the upstream seeing the request |
 //! | [`Fault::TooManyRequests`] | 429 with `Retry-After` and a `TOOMANYREQUESTS` error body, idem |
 //! | [`Fault::Throttle`] | the upstream's response, its body at most N bytes per second (a slow download) |
+//! | [`Fault::PageTags`] | a tag list in pages of at most N, each pointing at the next with `Link` (as hosted registries page) |
 //!
 //! A reset is a real RST: the accepted socket gets `SO_LINGER` 0 before it is dropped.
 //! [`FaultProxy::counts`] says what was injected, [`FaultProxy::events`] when.
@@ -75,6 +76,13 @@ pub enum Fault {
     TooManyRequests {
         /// The `Retry-After` value, in seconds.
         retry_after_secs: u64,
+    },
+    /// Answer a tag list (`GET …/tags/list`) a page at a time: at most `page` tags (fewer
+    /// if `n` asks for fewer), after the `last` given, with `Link: <…>; rel="next"` while
+    /// more remain; the upstream's whole list is the source.
+    PageTags {
+        /// The most tags a page holds, whatever `n` asks.
+        page: usize,
     },
     /// Forward it, and pass the response body on at most this many bytes per second.
     Throttle {
@@ -505,6 +513,9 @@ async fn forward(
                 &[(header::RETRY_AFTER, retry_after_secs.to_string())],
             );
         }
+        Some(Fault::PageTags { page }) if method == "GET" && path.contains("/tags/list") => {
+            return page_tags(&shared, &path, req.headers(), page).await;
+        }
         _ => {}
     }
 
@@ -584,6 +595,70 @@ async fn forward(
         }
         _ => Body::from_stream(stream),
     };
+    res
+}
+
+/// One page of the upstream's tag list (see [`Fault::PageTags`]).
+async fn page_tags(shared: &Shared, path_query: &str, headers: &HeaderMap, page: usize) -> Response {
+    let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+    let param = |k: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+    };
+    let mut req = shared.client.get(format!("{}{path}", shared.upstream));
+    if let Some(a) = headers.get(header::AUTHORIZATION) {
+        req = req.header(header::AUTHORIZATION, a.clone());
+    }
+    let upstream = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return oci_error(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                &e.to_string().replace('"', "'"),
+                &[],
+            );
+        }
+    };
+    let status = upstream.status();
+    let body: serde_json::Value = match upstream.json().await {
+        Ok(v) if status.is_success() => v,
+        _ => return oci_error(status, "UNKNOWN", "fault proxy: upstream tag list", &[]),
+    };
+    let mut tags: Vec<String> = body["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect();
+    tags.sort();
+    let after = param("last");
+    let rest: Vec<&String> = tags
+        .iter()
+        .filter(|t| after.as_deref().is_none_or(|a| t.as_str() > a))
+        .collect();
+    let n = param("n")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(page)
+        .min(page);
+    let this: Vec<&String> = rest.iter().take(n).copied().collect();
+    let mut res = Response::new(Body::from(
+        serde_json::json!({"name": body["name"], "tags": this}).to_string(),
+    ));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if rest.len() > this.len()
+        && let Some(last) = this.last()
+    {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("n", &n.to_string())
+            .append_pair("last", last)
+            .finish();
+        if let Ok(v) = HeaderValue::from_str(&format!("<{path}?{q}>; rel=\"next\"")) {
+            res.headers_mut().insert(header::LINK, v);
+        }
+    }
     res
 }
 

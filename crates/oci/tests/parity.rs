@@ -1,0 +1,253 @@
+//! Where ido must do what skopeo does, against real `docker-registry` instances: the image
+//! an index gives for one platform (skopeo is the oracle), the index several platforms give
+//! (the source's entries, verbatim and in order), an index whose only image has no
+//! platform, and tag lists a registry pages with `Link` headers.
+
+use std::sync::Arc;
+
+use ido_oci::{
+    Reference,
+    auth::AuthStore,
+    copy::{Platforms, copy},
+    media::{self, Platform},
+    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
+    tags::list_tags,
+};
+use ido_testkit::{
+    fault_proxy::{Fault, FaultProxy, Rule},
+    oci_image::build_layout,
+    oci_image::push_layout,
+    registry::{DockerRegistry, skopeo, skopeo_raw},
+};
+use serde_json::{Value, json};
+
+async fn side(host: &str) -> Registry {
+    let tls = TlsSettings {
+        verify: false,
+        ca_bundle: None,
+    };
+    Registry::connect(host, &tls, Arc::new(AuthStore::default()), DEFAULT_CONCURRENCY)
+        .await
+        .unwrap()
+}
+
+fn r(host: &str, repo_tag: &str) -> Reference {
+    format!("{host}/{repo_tag}").parse().unwrap()
+}
+
+/// `GET` of a manifest's raw bytes.
+async fn manifest(reg: &DockerRegistry, repo: &str, reference: &str) -> Vec<u8> {
+    let accept = media::ACCEPTED.join(", ");
+    reqwest::Client::new()
+        .get(format!("{}/v2/{repo}/manifests/{reference}", reg.base_url()))
+        .header("Accept", accept)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+/// `PUT`s `bytes` as `repo:reference`; returns its digest.
+async fn put_manifest(
+    reg: &DockerRegistry,
+    repo: &str,
+    reference: &str,
+    bytes: &[u8],
+    media_type: &str,
+) -> String {
+    reqwest::Client::new()
+        .put(format!("{}/v2/{repo}/manifests/{reference}", reg.base_url()))
+        .header("Content-Type", media_type)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    media::sha256(bytes)
+}
+
+/// The images of a three-platform layout pushed to `reg` under `repo`, and their
+/// descriptors as an index holds them: `(platform, descriptor)`.
+async fn images(reg: &DockerRegistry, repo: &str, dir: &std::path::Path) -> Vec<(String, Value)> {
+    let layout = build_layout(
+        &dir.join("l"),
+        "base",
+        &["linux/amd64", "linux/arm64", "linux/s390x"],
+        1,
+        10_000,
+        7,
+    )
+    .await
+    .unwrap();
+    push_layout(&layout, reg, &format!("{repo}:base")).await.unwrap();
+    let mut out = vec![];
+    for (platform, digest) in &layout.images {
+        let bytes = manifest(reg, repo, digest).await;
+        out.push((
+            platform.clone(),
+            json!({"mediaType": media::OCI_MANIFEST, "digest": digest, "size": bytes.len()}),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn index_shapes_give_what_skopeo_gives() {
+    let (a, b) = (
+        DockerRegistry::start(Default::default()).await.unwrap(),
+        DockerRegistry::start(Default::default()).await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs = images(&a, "app", d).await;
+    let desc = |p: &str| imgs.iter().find(|(q, _)| q == p).unwrap().1.clone();
+    let (sa, sb) = (side(a.host()).await, side(b.host()).await);
+    let host = Platform::host().to_string();
+
+    // A one-entry index for this machine's platform: skopeo copies the image, not the index.
+    let mut one = desc(&host);
+    one["platform"] = json!({"os": "linux", "architecture": host.split('/').nth(1).unwrap()});
+    let index =
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [one]}))
+            .unwrap();
+    put_manifest(&a, "app", "one", &index, media::OCI_INDEX).await;
+    let rep = copy(
+        &sa,
+        &r(a.host(), "app:one"),
+        &sb,
+        &r(b.host(), "ido:one"),
+        &Platforms::Host,
+    )
+    .await
+    .unwrap();
+    let mut args: Vec<String> = vec!["copy".into(), "--preserve-digests".into(), "-q".into()];
+    args.extend(a.skopeo_flags("src", d).unwrap());
+    args.extend(b.skopeo_flags("dest", d).unwrap());
+    args.push(format!("docker://{}/app:one", a.host()));
+    args.push(format!("docker://{}/skopeo:one", b.host()));
+    skopeo(&args).await.unwrap();
+    let (_, by_skopeo) = skopeo_raw(&b, "skopeo:one", d).await.unwrap();
+    let (_, by_ido) = skopeo_raw(&b, "ido:one", d).await.unwrap();
+    assert_eq!(by_ido, by_skopeo, "the image, as skopeo copies it");
+    assert_eq!(rep.digest, one["digest"]);
+
+    // Several platforms: the source's entries for them, verbatim (no `variant: null`,
+    // `os.version`, `os.features` and annotations kept) and in the source's order, whatever
+    // the order of the flags; other top-level fields kept.
+    let mut entries = vec![];
+    for (i, (p, _)) in imgs.iter().enumerate() {
+        let mut e = desc(p);
+        let (os, arch) = p.split_once('/').unwrap();
+        e["platform"] =
+            json!({"os": os, "architecture": arch, "os.version": format!("10.0.{i}"), "os.features": ["f"]});
+        e["annotations"] = json!({"org.example/entry": i.to_string()});
+        entries.push(e);
+    }
+    let src_index = json!({
+        "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": entries,
+        "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"},
+    });
+    put_manifest(
+        &a,
+        "app",
+        "three",
+        &serde_json::to_vec(&src_index).unwrap(),
+        media::OCI_INDEX,
+    )
+    .await;
+    let wanted = Platforms::Only(vec![
+        Platform::parse("linux/s390x").unwrap(),
+        Platform::parse("linux/amd64").unwrap(),
+    ]);
+    let rep = copy(
+        &sa,
+        &r(a.host(), "app:three"),
+        &sb,
+        &r(b.host(), "ido:two"),
+        &wanted,
+    )
+    .await
+    .unwrap();
+    let got: Value = serde_json::from_slice(&manifest(&b, "ido", "two").await).unwrap();
+    assert_eq!(media::sha256(&manifest(&b, "ido", "two").await), rep.digest);
+    let want: Vec<Value> = entries
+        .iter()
+        .filter(|e| e["platform"]["architecture"] != "arm64")
+        .cloned()
+        .collect();
+    assert_eq!(
+        got["manifests"],
+        json!(want),
+        "the source's entries, in its order"
+    );
+    assert_eq!(got["annotations"], src_index["annotations"]);
+    assert_eq!(got["mediaType"], media::OCI_INDEX);
+    for e in &want {
+        let digest = e["digest"].as_str().unwrap();
+        assert_eq!(
+            manifest(&b, "ido", digest).await,
+            manifest(&a, "app", digest).await
+        );
+    }
+
+    // An index whose only image has no platform, beside an attestation manifest: that image.
+    let mut bare = desc(&host);
+    bare.as_object_mut().unwrap().remove("platform");
+    let mut attestation = desc("linux/s390x");
+    attestation["platform"] = json!({"os": "unknown", "architecture": "unknown"});
+    attestation["annotations"] = json!({"vnd.docker.reference.type": "attestation-manifest"});
+    let index = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [bare, attestation]}),
+    )
+    .unwrap();
+    put_manifest(&a, "app", "bare", &index, media::OCI_INDEX).await;
+    let rep = copy(
+        &sa,
+        &r(a.host(), "app:bare"),
+        &sb,
+        &r(b.host(), "ido:bare"),
+        &Platforms::Host,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rep.digest, bare["digest"]);
+    assert_eq!(media::sha256(&manifest(&b, "ido", "bare").await), rep.digest);
+}
+
+/// A registry that caps a page at 100 tags and links the next: all 262 are listed.
+#[tokio::test]
+async fn tag_lists_are_followed_through_their_link_headers() {
+    let reg = DockerRegistry::start(Default::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(&dir.path().join("l"), "t", &["linux/amd64"], 1, 1_000, 3)
+        .await
+        .unwrap();
+    push_layout(&layout, &reg, "many:t").await.unwrap();
+    let bytes = manifest(&reg, "many", "t").await;
+    let mut want = vec!["t".to_string()];
+    for i in 0..261 {
+        let tag = format!("1.{i}.0");
+        put_manifest(&reg, "many", &tag, &bytes, media::OCI_MANIFEST).await;
+        want.push(tag);
+    }
+    want.sort();
+    let proxy = FaultProxy::start(&reg.base_url()).await.unwrap();
+    proxy.set_rules(vec![Rule::new(Fault::PageTags { page: 100 })]);
+    let host = proxy.host();
+    let mut got = list_tags(&side(&host).await, &r(&host, "many")).await.unwrap();
+    got.sort();
+    assert_eq!(got.len(), 262);
+    assert_eq!(got, want);
+    let pages = proxy
+        .events()
+        .iter()
+        .filter(|e| e.path.contains("/tags/list"))
+        .count();
+    assert_eq!(pages, 3, "three pages of at most 100");
+}
