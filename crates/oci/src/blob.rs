@@ -56,8 +56,29 @@ pub(crate) async fn copy_blob(
     bytes: Arc<AtomicU64>,
     progress: &Progress,
 ) -> Result<BlobOutcome> {
-    let what = format!("blob {} of {}", d.digest, src_ref.whole());
-    if with_retries(&what, || dst.client.blob_exists(dst_ref, &d.digest)).await? {
+    let checking = format!(
+        "checking blob {} in {}/{}",
+        d.digest,
+        dst.host,
+        dst_ref.repository()
+    );
+    let reading = || {
+        format!(
+            "reading blob {} from {}/{}",
+            d.digest,
+            src.host,
+            src_ref.repository()
+        )
+    };
+    let pushing = || {
+        format!(
+            "pushing blob {} to {}/{}",
+            d.digest,
+            dst.host,
+            dst_ref.repository()
+        )
+    };
+    if with_retries(&checking, || dst.client.blob_exists(dst_ref, &d.digest)).await? {
         progress.add(d.size);
         return Ok(BlobOutcome::Present);
     }
@@ -85,12 +106,12 @@ pub(crate) async fn copy_blob(
             }
             Err(Failure::Digest { actual, .. }) if mismatches == 0 => {
                 mismatches += 1;
-                tracing::warn!(digest = %d.digest, %actual, "{what}: the bytes read do not match; reading again");
+                tracing::warn!(digest = %d.digest, %actual, "{}: the bytes read do not match; reading again", reading());
                 continue;
             }
             Err(Failure::Digest { expected, actual }) => {
                 return Err(Error::Digest {
-                    what,
+                    what: reading(),
                     expected,
                     actual,
                 });
@@ -101,15 +122,24 @@ pub(crate) async fn copy_blob(
                 monolithic = false;
                 continue;
             }
-            Err(Failure::Source(source) | Failure::Dest(source)) => {
-                return Err(Error::Registry { what, error: source });
+            Err(Failure::Source(error)) => {
+                return Err(Error::Registry {
+                    what: reading(),
+                    error,
+                });
+            }
+            Err(Failure::Dest(error)) => {
+                return Err(Error::Registry {
+                    what: pushing(),
+                    error,
+                });
             }
             Err(Failure::Setup(e)) => return Err(e),
         };
         attempt += 1;
         let failed = Attempt::from(e);
         let pause = wait(attempt, &failed);
-        tracing::warn!(error = %failed.error, attempt, "{what} failed; retrying in {pause:?}");
+        tracing::warn!(error = %failed.error, attempt, "copying blob {} failed; retrying in {pause:?}", d.digest);
         tokio::time::sleep(pause).await;
     }
 }

@@ -51,11 +51,15 @@ pub enum Error {
     },
     /// The message holds the whole chain of causes; the error is kept for classification
     /// (not as `source`, so that a printed chain does not repeat it).
-    #[error("{what}: {}", copy::error_chain(error))]
+    #[error("{what}: {}{}", copy::error_chain(error), retry::hint(error))]
     Registry {
         what: String,
         error: oci_client::errors::OciDistributionError,
     },
+    /// A registry that cannot be reached in a way another try does not change: nothing
+    /// listens, or it speaks another protocol (TLS to a plain-HTTP registry).
+    #[error("registry {host}: {reason}")]
+    Unreachable { host: String, reason: String },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
     Digest {
         what: String,

@@ -117,7 +117,17 @@ impl Registry {
             value: format!("for {host}"),
             reason: e.to_string(),
         })?;
-        let Probe { plain, open } = probe(&http, host, tls.verify).await;
+        let Probe {
+            plain,
+            open,
+            unreachable,
+        } = probe(&http, host, tls.verify).await;
+        if let Some(reason) = unreachable {
+            return Err(Error::Unreachable {
+                host: host.to_string(),
+                reason,
+            });
+        }
         let params = Arc::new(Params {
             host: host.to_string(),
             plain,
@@ -390,10 +400,14 @@ struct Probe {
     plain: bool,
     /// It answered 200 without `WWW-Authenticate`.
     open: bool,
+    /// Why it cannot be used, when another try would not change it: nothing listens, it
+    /// speaks plain HTTP to a client that wants TLS, its certificate does not verify.
+    unreachable: Option<String>,
 }
 
-/// `GET https://host/v2/` (and `http://` if that fails and verification is off). Failures
-/// leave the defaults (TLS, not open): the copy's own requests then report them.
+/// `GET https://host/v2/` (and `http://` if that fails and verification is off). A failure
+/// another try may get past (a timeout, a reset) leaves the defaults (TLS, not open): the
+/// copy's own requests then retry and report it.
 async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
     let is_open = |r: &reqwest::Response| {
         r.status() == reqwest::StatusCode::OK && !r.headers().contains_key(WWW_AUTHENTICATE)
@@ -403,24 +417,59 @@ async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
             .timeout(Duration::from_secs(20))
             .send()
     };
-    match get("https").await {
-        Ok(r) => Probe {
-            plain: false,
-            open: is_open(&r),
-        },
-        Err(_) if !verify => match get("http").await {
-            Ok(r) => Probe {
-                plain: true,
+    let tls = match get("https").await {
+        Ok(r) => {
+            return Probe {
+                plain: false,
                 open: is_open(&r),
-            },
-            Err(_) => Probe {
-                plain: true,
-                open: false,
-            },
-        },
-        Err(_) => Probe {
+                unreachable: None,
+            };
+        }
+        Err(e) => e,
+    };
+    let refused = |e: &reqwest::Error| crate::copy::error_chain(e).contains("connection refused");
+    if verify {
+        let chain = crate::copy::error_chain(&tls);
+        let unreachable = if refused(&tls) {
+            Some(format!(
+                "cannot connect: connection refused (nothing listens on {host})"
+            ))
+        } else if [
+            "invalidcontenttype",
+            "corrupt message",
+            "wrong version number",
+            "http/1",
+        ]
+        .iter()
+        .any(|s| chain.contains(s))
+        {
+            Some(format!(
+                "TLS handshake failed ({chain}): it speaks plain HTTP, not TLS; to use plain HTTP, turn TLS verification off for it (--tls-verify=false, tlsVerify: false)"
+            ))
+        } else if chain.contains("certificate") {
+            Some(format!(
+                "its TLS certificate does not verify ({chain}); give its CA (--cert-dir, caBundle) or turn verification off"
+            ))
+        } else {
+            None
+        };
+        return Probe {
             plain: false,
             open: false,
+            unreachable,
+        };
+    }
+    match get("http").await {
+        Ok(r) => Probe {
+            plain: true,
+            open: is_open(&r),
+            unreachable: None,
+        },
+        Err(e) => Probe {
+            plain: true,
+            open: false,
+            unreachable: (refused(&tls) && refused(&e))
+                .then(|| format!("cannot connect: connection refused (nothing listens on {host})")),
         },
     }
 }

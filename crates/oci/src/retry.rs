@@ -83,6 +83,15 @@ pub(crate) fn status(e: &OciDistributionError) -> Option<u16> {
     }
 }
 
+/// What a refusal means, for the end of an error message.
+pub(crate) fn hint(e: &OciDistributionError) -> &'static str {
+    match status(e) {
+        Some(401) => " (the registry wants credentials that were not given, or refused those given)",
+        Some(403) => " (the credentials given may not do this)",
+        _ => "",
+    }
+}
+
 /// Whether another attempt may succeed.
 pub(crate) fn transient(e: &OciDistributionError) -> bool {
     if let Some(code) = status(e) {

@@ -251,3 +251,117 @@ async fn tag_lists_are_followed_through_their_link_headers() {
         .count();
     assert_eq!(pages, 3, "three pages of at most 100");
 }
+
+/// Failures name the registry, the operation and the server's own message, and fail at once
+/// where another try cannot help.
+#[tokio::test]
+async fn errors_name_the_registry_the_operation_and_the_servers_message() {
+    use ido_testkit::registry::RegistryOptions;
+    let a = DockerRegistry::start(Default::default()).await.unwrap();
+    let b = DockerRegistry::start(RegistryOptions {
+        tls: true,
+        auth: Some(("mirror".into(), "right-pw-0192".into())),
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(&dir.path().join("l"), "v1", &["linux/amd64"], 1, 10_000, 5)
+        .await
+        .unwrap();
+    push_layout(&layout, &a, "app:v1").await.unwrap();
+    let sa = side(a.host()).await;
+
+    // The destination refuses anonymous pushes: the destination is named, not the source.
+    let tls = TlsSettings {
+        verify: true,
+        ca_bundle: b.ca().map(|c| c.ca_pem()),
+    };
+    let anonymous = Registry::connect(b.host(), &tls, Arc::new(AuthStore::default()), 2)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let e = copy(
+        &sa,
+        &r(a.host(), "app:v1"),
+        &anonymous,
+        &r(b.host(), "app:v1"),
+        &Platforms::Host,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    eprintln!("401: {e} ({:?})", t.elapsed());
+    assert!(
+        e.contains(b.host()) && !e.contains(&format!("{}/app", a.host())),
+        "{e}"
+    );
+    assert!(
+        e.contains("401") || e.to_lowercase().contains("unauthorized"),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Nothing listens: at once, naming the registry.
+    let t = std::time::Instant::now();
+    let tls_off = TlsSettings {
+        verify: false,
+        ca_bundle: None,
+    };
+    let e = match Registry::connect("127.0.0.1:9", &tls_off, Arc::new(AuthStore::default()), 2).await {
+        Err(e) => e.to_string(),
+        Ok(reg) => copy(
+            &reg,
+            &r("127.0.0.1:9", "x:1"),
+            &sa,
+            &r(a.host(), "y:1"),
+            &Platforms::Host,
+        )
+        .await
+        .unwrap_err()
+        .to_string(),
+    };
+    eprintln!("refused: {e} ({:?})", t.elapsed());
+    assert!(
+        e.contains("127.0.0.1:9") && e.contains("connection refused"),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // TLS spoken to a plain-HTTP registry: at once, saying so.
+    let t = std::time::Instant::now();
+    let e = match Registry::connect(
+        a.host(),
+        &TlsSettings::default(),
+        Arc::new(AuthStore::default()),
+        2,
+    )
+    .await
+    {
+        Err(e) => e.to_string(),
+        Ok(reg) => copy(
+            &reg,
+            &r(a.host(), "app:v1"),
+            &sa,
+            &r(a.host(), "z:1"),
+            &Platforms::Host,
+        )
+        .await
+        .unwrap_err()
+        .to_string(),
+    };
+    eprintln!("tls: {e} ({:?})", t.elapsed());
+    assert!(e.contains(a.host()) && e.contains("plain HTTP"), "{e}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+}
