@@ -71,6 +71,9 @@ pub struct Concurrency {
     /// Locations of one NodeImage worked on at once.
     #[serde(default = "default_four")]
     pub locations: usize,
+    /// Releases reconciled at once by `ido operator`.
+    #[serde(default = "default_four")]
+    pub releases: usize,
 }
 
 impl Default for Concurrency {
@@ -78,6 +81,7 @@ impl Default for Concurrency {
         Self {
             images: 4,
             locations: 4,
+            releases: 4,
         }
     }
 }

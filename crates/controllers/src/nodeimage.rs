@@ -69,7 +69,24 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Act
 
     let status = ni.status.clone().unwrap_or_default();
     if status.releases.is_empty() && status.state != NodeImageState::New {
-        return unused(&ni, &status, ctx).await;
+        // The Release that creates a NodeImage records itself in `status.releases` in a
+        // second write (a create cannot set the status): until then the image is not unused.
+        let age =
+            ni.metadata
+                .creation_timestamp
+                .as_ref()
+                // Rounded to the second, a creation time can be a little ahead of now.
+                .map(|t| {
+                    Duration::from_millis(
+                        (Timestamp::now().as_millisecond() - t.0.as_millisecond()).max(0) as u64
+                    )
+                });
+        match age {
+            Some(age) if age < CLAIM_GRACE && status.state != NodeImageState::AwaitingDeletion => {
+                return Ok(Action::Requeue(CLAIM_GRACE - age + Duration::from_millis(50)));
+            }
+            _ => return unused(&ni, &status, ctx).await,
+        }
     }
 
     let Some(source) = &ctx.source else {
@@ -589,6 +606,10 @@ async fn drop_vanished_releases<S: Store>(
     .await?;
     Ok(out)
 }
+
+/// How long a new NodeImage without releases waits for the Release that created it to
+/// record itself before it counts as unused.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(30);
 
 /// An image no release uses any more.
 async fn unused<S: Store>(

@@ -209,7 +209,11 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
     }
 
     // Keep status.releases exact: an image this release no longer uses stops listing it.
-    release_images(rel, &name, Some(&ni_name), ctx).await?;
+    // A Release seen for the first time (no finalizer yet) is listed nowhere else: no need
+    // to look through every NodeImage.
+    if ours {
+        release_images(rel, &name, Some(&ni_name), ctx).await?;
+    }
     Ok(Action::Requeue(RECHECK))
 }
 

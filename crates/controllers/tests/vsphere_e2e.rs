@@ -555,3 +555,48 @@ async fn a_foreign_vm_with_the_template_name_is_a_name_clash_left_alone() {
     env.run(&[]).await;
     assert!(env.images().await.is_empty());
 }
+
+/// A Release creates its NodeImage, then records itself in `status.releases` in a second
+/// write. A NodeImage reconcile in between (the template already there: Available at once)
+/// must not take the image for unused and delete it, even without retention.
+#[tokio::test]
+async fn a_new_node_image_waits_for_its_release_to_record_itself() {
+    let s3 = SeaweedFs::shared().await.unwrap();
+    let vc = Vcsim::start(VcsimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = image_of("v1.35.0");
+    publish(s3, dir.path(), &image).await;
+    let cfg = config(
+        s3,
+        &vc,
+        json!({"loc1": dc0(json!({}))}),
+        json!({"imageRetentionPeriod": "0"}),
+    );
+    let env = Env::new(&cfg, &dir.path().join("state"));
+    let ni: NodeImage = serde_json::from_value(json!({
+        "apiVersion": "image.giantswarm.io/v1alpha1", "kind": "NodeImage",
+        "metadata": {"name": NodeImage::object_name("capv", &image), "namespace": "giantswarm"},
+        "spec": {"name": image, "provider": "capv"},
+    }))
+    .unwrap();
+    env.ctx.store.create(&ni).await.unwrap();
+    let get = async || {
+        env.ctx
+            .store
+            .get::<NodeImage>(Some("giantswarm"), &NodeImage::object_name("capv", &image))
+            .await
+            .unwrap()
+    };
+    // The first pass makes (or finds) the template; the next ones see no release yet.
+    for _ in 0..3 {
+        let current = get().await.expect("the NodeImage is still there");
+        ido_controllers::nodeimage::reconcile(&current, &env.ctx)
+            .await
+            .unwrap();
+    }
+    let current = get()
+        .await
+        .expect("not deleted before its release recorded itself");
+    assert_eq!(current.status.unwrap().state, NodeImageState::Available);
+    assert!(templates(&vc).await.contains(&(image.clone(), true)));
+}

@@ -26,7 +26,7 @@
 //! its scheduler and every reconcile it starts passes through [`crate::workqueue::Queue`]:
 //! that is where controller-runtime's `controller_runtime_*` and `workqueue_*` metrics are
 //! measured (see there). Concurrency: NodeImages `concurrency.images`, ImageSyncs
-//! [`Concurrency::syncs`], Releases and DiskImports 4 each.
+//! [`Concurrency::syncs`], Releases [`Concurrency::releases`] (default 4), DiskImports 4.
 //!
 //! Each reconcile is timed into `ido_reconciles_total` / `ido_reconcile_duration_seconds`.
 //! A failed reconcile bumps `ido_reconcile_failures_total{error}` and is retried after an
@@ -40,7 +40,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
 use ido_api::{DiskImport, ImageSync, NodeImage, Release};
 use ido_controllers::{
     Action, Context, Error, diskimport, imagesync,
@@ -71,8 +71,6 @@ use crate::{
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Longest retry delay after failed reconciles.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Releases reconciled at once (each writes a NodeImage or two).
-const RELEASE_CONCURRENCY: u16 = 4;
 /// DiskImports reconciled at once (each writes a claim and a Job).
 const DISK_IMPORT_CONCURRENCY: u16 = 4;
 
@@ -279,6 +277,14 @@ async fn drain<K: Object>(
 /// Requests to reconcile the owners (of kind `K`) of objects that `api` watches.
 type Triggers<K> = BoxStream<'static, Result<ReconcileRequest<K>, watcher::Error>>;
 
+/// What of `obj` triggers a reconcile: everything but the resource version, the managed
+/// fields and the status (except a NodeImage's `status.releases`).
+fn fingerprint<K: Object>(obj: &K) -> Option<u64> {
+    serde_json::to_value(obj)
+        .ok()
+        .map(|v| ido_controllers::trigger_fingerprint(&v))
+}
+
 /// Requests for the owners of the objects `api` lists with `wc` (metadata only), as
 /// `Controller::owns` makes them.
 fn owners<K: Object, Child: Object>(api: Api<PartialObjectMeta<Child>>, wc: watcher::Config) -> Triggers<K> {
@@ -304,6 +310,7 @@ where
     Fut: Future<Output = Result<controller::Action, Error>> + Send + 'static,
 {
     let (cache, writer) = reflector::store::<K>();
+    let shutdown = shutdown.shared();
     let queue = Queue::new(name, &ctx.metrics, concurrency);
     let shared = Arc::new(Shared {
         ctx,
@@ -315,7 +322,11 @@ where
     let mut triggers = futures::stream::SelectAll::new();
     triggers.push(
         trigger_self(
-            reflector::reflector(writer, watcher(api, watcher::Config::default())).applied_objects(),
+            reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .applied_objects()
+                // Only changes that matter to the reconciler (not its own progress writes to
+                // the status), as `ido run` decides: see `ido_controllers::trigger_fingerprint`.
+                .predicate_filter(fingerprint::<K>, Default::default()),
             (),
         )
         .boxed(),
@@ -323,13 +334,14 @@ where
     triggers.extend(owned);
     let observed = queue.clone();
     let requests = StreamBackoff::new(triggers, watcher::DefaultBackoff::default())
-        .take_until(shutdown)
+        .take_until(shutdown.clone())
         .inspect_ok(move |r: &ReconcileRequest<K>| {
             observed.requested(
                 (r.obj_ref.namespace.clone(), r.obj_ref.name.clone()),
                 tokio::time::Instant::now(),
             )
         });
+    let ready = cache.clone();
     let stream = applier(
         move |obj: Arc<K>, shared: Arc<Shared<K>>| {
             // Called as the scheduler hands the object over: the reconcile starts now.
@@ -345,7 +357,20 @@ where
         requests,
         Config::default().concurrency(concurrency.max(1)),
     );
-    drain(name, queue, stream)
+    let run = drain(name, queue, stream);
+    async move {
+        tokio::select! {
+            _ = run => {}
+            // Stopped before the first list completed: the applier would wait for a store
+            // that is never filled (its watch is no longer polled). Nothing ran: just end.
+            _ = async {
+                shutdown.await;
+                if ready.wait_until_ready().now_or_never().is_some() {
+                    std::future::pending::<()>().await;
+                }
+            } => tracing::debug!(controller = name, "stopped before its first list completed"),
+        }
+    }
 }
 
 /// Objects of each kind reconciled at once.
@@ -355,6 +380,8 @@ pub struct Concurrency {
     pub images: u16,
     /// ImageSyncs (each copies its `spec.concurrency` tags at once).
     pub syncs: u16,
+    /// Releases (each writes a NodeImage or two).
+    pub releases: u16,
 }
 
 /// Label on the claims and Jobs DiskImports own (the owned watches select by it).
@@ -426,7 +453,7 @@ pub async fn run<F>(
     let releases = drive(
         ctx.clone(),
         "release",
-        RELEASE_CONCURRENCY,
+        concurrency.releases.max(1),
         Api::<Release>::all(client.clone()),
         vec![],
         reconcile_release,

@@ -18,6 +18,7 @@
 //! - [`lease`]: leader election over a `coordination.k8s.io/v1` Lease.
 //! - [`http`]: the metrics and probe endpoints; [`tls`] and [`auth`] secure the metrics.
 //! - [`startup`]: the start-up check of the API server.
+//! - [`rest_client`]: client-go's `rest_client_requests_total`, counted around the client.
 //!
 //! Only the leader runs controllers. Losing the lease ends [`run`] with an error (the
 //! process exits and restarts as a standby); SIGTERM/SIGINT end it cleanly: controllers
@@ -41,6 +42,7 @@ pub mod controller;
 pub mod http;
 pub mod kube_store;
 pub mod lease;
+pub mod rest_client;
 pub mod startup;
 pub mod tls;
 pub mod workqueue;
@@ -109,6 +111,8 @@ pub struct OperatorOptions {
     pub identity: Option<String>,
     /// NodeImages reconciled at once (the configuration's `concurrency.images`, default 4).
     pub images_concurrency: usize,
+    /// Releases reconciled at once (the configuration's `concurrency.releases`, default 4).
+    pub releases_concurrency: usize,
     /// ImageSyncs reconciled at once (default 4; each copies `spec.concurrency` tags at once).
     pub syncs_concurrency: usize,
 }
@@ -128,16 +132,18 @@ impl Default for OperatorOptions {
             lease_namespace: None,
             identity: None,
             images_concurrency: 4,
+            releases_concurrency: 4,
             syncs_concurrency: 4,
         }
     }
 }
 
 impl OperatorOptions {
-    /// The defaults with `images_concurrency` from the configuration.
+    /// The defaults with the concurrencies from the configuration.
     pub fn from_config(config: &Config) -> Self {
         Self {
             images_concurrency: config.concurrency.images,
+            releases_concurrency: config.concurrency.releases,
             ..Self::default()
         }
     }
@@ -173,6 +179,12 @@ pub async fn run_until(
         settings,
         metrics,
     } = parts;
+    let host = opts
+        .api_server
+        .as_deref()
+        .map(rest_client::host_of)
+        .unwrap_or_default();
+    let client = rest_client::instrument(client, &host, rest_client::requests(&metrics));
     let identity = opts.identity.clone().unwrap_or_else(default_identity);
     let lease_namespace = opts
         .lease_namespace
@@ -197,6 +209,9 @@ pub async fn run_until(
     let concurrency = controller::Concurrency {
         images: u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1),
         syncs: u16::try_from(opts.syncs_concurrency).unwrap_or(u16::MAX).max(1),
+        releases: u16::try_from(opts.releases_concurrency)
+            .unwrap_or(u16::MAX)
+            .max(1),
     };
     tracing::info!(
         namespace = %ctx.settings.namespace,

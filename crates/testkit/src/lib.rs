@@ -13,6 +13,7 @@
 //! | [`oracle`] | [`vsphere_oracle`]: an independent pyVmomi client to assert what exists in a simulator |
 //! | [`nginx`] | [`nginx::Nginx`]: nginx serving a directory (Range, ETag, sendfile), for benchmarks |
 //! | [`ova`] | [`OvaFixture`]: deterministic OVA files (OVF descriptor plus pseudo-random disks) |
+//! | [`plot`] | [`plot::bars_svg`]: the benchmarks' SVG bar charts |
 //!
 //! Conventions:
 //! - Peers are killed when their handle is dropped, and a small watchdog process kills them
@@ -35,10 +36,12 @@ pub mod nginx;
 pub mod oci_image;
 pub mod oracle;
 pub mod ova;
+pub mod plot;
 mod proc;
 pub mod registry;
 pub mod seaweed;
 pub mod tls;
+pub mod token_server;
 pub mod vcsim;
 
 use std::collections::HashSet;

@@ -1,6 +1,8 @@
 //! `docker-registry` (Debian's CNCF distribution 2.8) on loopback: plain, htpasswd, or TLS with
-//! a [`TestCa`] certificate, each with a fresh data directory; and [`skopeo`] as the
-//! independent oracle for what a registry holds.
+//! a [`TestCa`] certificate, each with a fresh data directory; token-authenticated (as Docker
+//! Hub, GHCR, Quay and Harbor are) with a [`TokenServer`] of this kit
+//! ([`DockerRegistry::start_with_token`]); and [`skopeo`] as the independent oracle for what
+//! a registry holds.
 
 use std::{path::Path, process::Child, time::Duration};
 
@@ -10,7 +12,11 @@ use tempfile::TempDir;
 use crate::{
     proc::{Cleanup, kill_and_wait, log_tail, spawn_watchdog},
     tls::TestCa,
+    token_server::{TokenPolicy, TokenRequest, TokenServer},
 };
+
+/// The `service` of token-authenticated registries (the audience of their tokens).
+pub const TOKEN_SERVICE: &str = "ido-test-registry";
 
 /// How a registry is started.
 #[derive(Clone, Debug, Default)]
@@ -28,12 +34,33 @@ pub struct DockerRegistry {
     host: String,
     ca: Option<TestCa>,
     auth: Option<(String, String)>,
+    token: Option<TokenServer>,
     dir: TempDir,
 }
 
 impl DockerRegistry {
     /// Starts a registry and waits until `/v2/` answers.
     pub async fn start(opts: RegistryOptions) -> anyhow::Result<Self> {
+        Self::start_inner(opts, None).await
+    }
+
+    /// Starts a token-authenticated registry: `docker-registry` with `auth: token`, trusting
+    /// a [`TokenServer`] (started here, on plain HTTP or, with `opts.tls`, HTTPS with the
+    /// same certificate) that enforces `policy`. `opts.auth`, when set, is added to the
+    /// policy's users and is what [`Self::credentials`] returns; otherwise that is the
+    /// policy's first user (none if it has none).
+    pub async fn start_with_token(
+        mut opts: RegistryOptions,
+        mut policy: TokenPolicy,
+    ) -> anyhow::Result<Self> {
+        match &opts.auth {
+            Some((u, p)) => policy = policy.user(u, p),
+            None => opts.auth = policy.users.first().cloned(),
+        }
+        Self::start_inner(opts, Some(policy)).await
+    }
+
+    async fn start_inner(opts: RegistryOptions, policy: Option<TokenPolicy>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ido-registry-").tempdir()?;
         let port = crate::free_port()?;
         let host = format!("127.0.0.1:{port}");
@@ -49,7 +76,21 @@ impl DockerRegistry {
                 ca.server_key.display()
             );
         }
-        if let Some((user, pass)) = &opts.auth {
+        let token = match policy {
+            Some(policy) => {
+                let server = TokenServer::start(policy, TOKEN_SERVICE, ca.as_ref())?;
+                config += &format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    server.realm(),
+                    server.service(),
+                    server.issuer(),
+                    server.root_cert_bundle().display()
+                );
+                Some(server)
+            }
+            None => None,
+        };
+        if let Some((user, pass)) = opts.auth.as_ref().filter(|_| token.is_none()) {
             let out = std::process::Command::new("htpasswd")
                 .args(["-niB", user])
                 .stdin(std::process::Stdio::piped())
@@ -80,7 +121,8 @@ impl DockerRegistry {
         let mut child = cmd
             .spawn()
             .context("spawning docker-registry (apt: docker-registry)")?;
-        let dirs = vec![dir.path().display().to_string()];
+        let mut dirs = vec![dir.path().display().to_string()];
+        dirs.extend(token.iter().map(|t| t.dir().display().to_string()));
         let watchdog = match spawn_watchdog(child.id(), &Cleanup::after_kill("rm -rf -- \"$@\"", &dirs)) {
             Ok(w) => w,
             Err(e) => {
@@ -94,6 +136,7 @@ impl DockerRegistry {
             host,
             ca,
             auth: opts.auth,
+            token,
             dir,
         };
         let client = reg.http_client()?;
@@ -127,9 +170,19 @@ impl DockerRegistry {
         self.ca.as_ref()
     }
 
-    /// Its credentials, if it requires some.
+    /// Its credentials, if it requires some (a token registry: the user clients log in as).
     pub fn credentials(&self) -> Option<&(String, String)> {
         self.auth.as_ref()
+    }
+
+    /// Its token server (token-authenticated registries).
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token.as_ref()
+    }
+
+    /// The requests its token server answered so far (empty without one).
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.token.as_ref().map(TokenServer::requests).unwrap_or_default()
     }
 
     /// A docker config file (`auths`) with its credentials, for `--authfile` and skopeo.

@@ -385,3 +385,76 @@ async fn a_certificate_directory_is_served_and_reloaded_when_it_changes() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// `rest_client_requests_total{code,method,host}` counts what the operator's client sends
+/// to the real API server: the start-up check's and the Lease's GETs (200) and the Lease's
+/// creation (POST, 201), labelled with the server's `host:port`; and a request the server
+/// refuses is counted with its code (Secrets of a namespace the operator may not read). A
+/// cluster of its own: the operator's release controller watches Releases cluster-wide.
+#[tokio::test]
+async fn client_requests_are_counted_by_code_method_and_host() {
+    let env = Env::private("restclient", json!({})).await;
+    let server = env.cluster().server().unwrap();
+    let host = ido_operator::rest_client::host_of(&server);
+    let metrics = Metrics::default();
+    let parts = crate::parts(
+        Arc::new(crate::MemProvider::default()),
+        crate::s3_source().await,
+        metrics.clone(),
+        &env.ns,
+    );
+    let opts = ido_operator::OperatorOptions {
+        api_server: Some(server.clone()),
+        ..crate::operator::replica(&env.op_ns, "ido-rest-client")
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let op = tokio::spawn(ido_operator::run_until(
+        env.operator_client().await,
+        parts,
+        opts,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let series = |code: &str, method: &str| {
+        format!(r#"rest_client_requests_total{{code="{code}",method="{method}",host="{host}"}}"#)
+    };
+    crate::wait_for("the Lease's creation to be counted", async || {
+        sample(&metrics.encode(), &series("201", "POST")).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let text = metrics.encode();
+    assert!(
+        sample(&text, &series("200", "GET")).unwrap_or(0.0) >= 2.0,
+        "the start-up check's GETs: {text}"
+    );
+    assert!(text.contains("# TYPE rest_client_requests counter"), "{text}");
+    assert_eq!(
+        sum(&text, r#"rest_client_requests_total{code="<error>""#),
+        0.0,
+        "{text}"
+    );
+    // Stopped at once, while the controllers' first lists may still run: a clean end.
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), op)
+        .await
+        .expect("the operator stops")
+        .unwrap()
+        .unwrap();
+
+    // A refused request counts with its code, through the same client.
+    let refused = Metrics::default();
+    let client = ido_operator::rest_client::instrument(
+        env.operator_client().await,
+        &host,
+        ido_operator::rest_client::requests(&refused),
+    );
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, "kube-system");
+    assert!(secrets.list(&Default::default()).await.is_err());
+    assert_eq!(
+        sample(&refused.encode(), &series("403", "GET")),
+        Some(1.0),
+        "{}",
+        refused.encode()
+    );
+}
