@@ -85,7 +85,7 @@ pub(crate) async fn copy_blob(
     // A 201 means mounted; anything else (202 opens an upload instead) means copy it.
     if src.host == dst.host
         && src_ref.repository() != dst_ref.repository()
-        && dst.client.mount_blob(dst_ref, src_ref, &d.digest).await.is_ok()
+        && dst.mount(dst_ref, src_ref, &d.digest).await
     {
         progress.add(d.size);
         return Ok(BlobOutcome::Mounted);

@@ -63,6 +63,8 @@ pub struct Registry {
     auths: Arc<AuthStore>,
     /// `/v2/` answered 200 without a challenge.
     open: bool,
+    /// The token server, for a registry that answered `/v2/` with a bearer challenge.
+    bearer: Option<Bearer>,
     /// Blob transfers to/from this registry at once.
     pub(crate) limit: Arc<Semaphore>,
     params: Arc<Params>,
@@ -121,6 +123,7 @@ impl Registry {
             plain,
             open,
             unreachable,
+            bearer,
         } = probe(&http, host, tls.verify).await;
         if let Some(reason) = unreachable {
             return Err(Error::Unreachable {
@@ -143,7 +146,7 @@ impl Registry {
         } else {
             OnceCell::new_with(Some(client.clone()))
         };
-        Ok(Self {
+        let reg = Self {
             host: host.to_string(),
             client,
             chunked: Arc::default(),
@@ -151,9 +154,114 @@ impl Registry {
             http,
             auths,
             open,
+            bearer,
             limit: Arc::new(Semaphore::new(params.concurrency)),
             params,
-        })
+        };
+        // A token registry: credentials the token server refuses are an error now, with its
+        // own message (later, the registry would only answer 401 without saying why).
+        if reg.bearer.is_some() && matches!(reg.auth(), RegistryAuth::Basic(..)) {
+            reg.token(&[]).await.map_err(|reason| Error::Unreachable {
+                host: host.to_string(),
+                reason,
+            })?;
+        }
+        Ok(reg)
+    }
+
+    /// A bearer token for `scopes` (`repository:NAME:pull,push`, …) from the registry's
+    /// token server, with the credentials for this registry; `Ok(None)` when the registry
+    /// does not use tokens. Errors carry the token server's own message.
+    pub(crate) async fn token(&self, scopes: &[String]) -> std::result::Result<Option<String>, String> {
+        let Some(b) = &self.bearer else {
+            return Ok(None);
+        };
+        let mut query: Vec<(&str, &str)> = vec![];
+        if let Some(s) = &b.service {
+            query.push(("service", s));
+        }
+        for s in scopes {
+            query.push(("scope", s));
+        }
+        let mut req = self.http.get(&b.realm).query(&query);
+        if let RegistryAuth::Basic(user, password) = self.auth() {
+            req = req.basic_auth(user, Some(password));
+        }
+        let realm = ido_engine::redact::url_str(&b.realm);
+        let failed = |e: reqwest::Error| format!("token server {realm}: {}", crate::copy::error_chain(&e));
+        let res = req.send().await.map_err(failed)?;
+        let status = res.status();
+        let body = res.bytes().await.map_err(failed)?;
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if !status.is_success() {
+            // The message of a distribution error envelope, else the body's start.
+            let message = json["errors"][0]["message"]
+                .as_str()
+                .or(json["details"].as_str())
+                .map(String::from)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+            return Err(format!(
+                "the token server {realm} refused the credentials: HTTP {}: {}",
+                status.as_u16(),
+                ido_engine::redact::escape_controls(&message)
+            ));
+        }
+        json["token"]
+            .as_str()
+            .or(json["access_token"].as_str())
+            .map(|t| Some(t.to_string()))
+            .ok_or_else(|| format!("token server {realm}: no token in its answer"))
+    }
+
+    /// Mounts blob `digest` of `from` into `to` (same registry): true when the registry did
+    /// (201). A token registry gets a token with both repositories' scopes (pull on the
+    /// source), which oci-client's own push token lacks; an upload the registry opened
+    /// instead (202) is cancelled.
+    pub(crate) async fn mount(&self, to: &Reference, from: &Reference, digest: &str) -> bool {
+        if self.bearer.is_none() {
+            return self.client.mount_blob(to, from, digest).await.is_ok();
+        }
+        let scopes = [
+            format!("repository:{}:pull,push", to.repository()),
+            format!("repository:{}:pull", from.repository()),
+        ];
+        let token = match self.token(&scopes).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::debug!(error = %e, "no token for a mount; copying instead");
+                return false;
+            }
+        };
+        let url = self.url(&format!("/v2/{}/blobs/uploads/", to.repository()));
+        let res = self
+            .http
+            .post(&url)
+            .query(&[("mount", digest), ("from", from.repository())])
+            .bearer_auth(&token)
+            .header(reqwest::header::CONTENT_LENGTH, "0")
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status() == reqwest::StatusCode::CREATED => true,
+            Ok(r) => {
+                if r.status() == reqwest::StatusCode::ACCEPTED
+                    && let Some(loc) = r
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                    && let Ok(loc) = reqwest::Url::parse(&url).and_then(|u| u.join(loc))
+                {
+                    let _ = self.http.delete(loc).bearer_auth(&token).send().await;
+                }
+                tracing::debug!(status = %r.status(), %digest, "mount refused; copying instead");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "mount failed; copying instead");
+                false
+            }
+        }
     }
 
     /// The credentials for this registry.
@@ -403,6 +511,51 @@ struct Probe {
     /// Why it cannot be used, when another try would not change it: nothing listens, it
     /// speaks plain HTTP to a client that wants TLS, its certificate does not verify.
     unreachable: Option<String>,
+    /// Its `WWW-Authenticate: Bearer realm=…,service=…` challenge: a token registry.
+    bearer: Option<Bearer>,
+}
+
+/// Where a token registry's tokens come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Bearer {
+    realm: String,
+    service: Option<String>,
+}
+
+impl Bearer {
+    /// The `Bearer` challenge of a `WWW-Authenticate` value, if it is one.
+    fn parse(header: &str) -> Option<Self> {
+        let h = header.trim();
+        let rest = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))?;
+        let (mut realm, mut service) = (None, None);
+        let mut rest = rest.trim_start();
+        // key=value or key="value" pairs apart by commas (quoted values may hold commas).
+        while !rest.is_empty() {
+            let eq = rest.find('=')?;
+            let key = rest[..eq].trim().to_ascii_lowercase();
+            let after = &rest[eq + 1..];
+            let (value, tail) = match after.strip_prefix('"') {
+                Some(q) => {
+                    let end = q.find('"')?;
+                    (&q[..end], &q[end + 1..])
+                }
+                None => {
+                    let end = after.find(',').unwrap_or(after.len());
+                    (after[..end].trim(), &after[end..])
+                }
+            };
+            match key.as_str() {
+                "realm" => realm = Some(value.to_string()),
+                "service" => service = Some(value.to_string()),
+                _ => {}
+            }
+            rest = tail.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        }
+        Some(Self {
+            realm: realm?,
+            service,
+        })
+    }
 }
 
 /// `GET https://host/v2/` (and `http://` if that fails and verification is off). A failure
@@ -411,6 +564,12 @@ struct Probe {
 async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
     let is_open = |r: &reqwest::Response| {
         r.status() == reqwest::StatusCode::OK && !r.headers().contains_key(WWW_AUTHENTICATE)
+    };
+    let bearer = |r: &reqwest::Response| {
+        r.headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Bearer::parse)
     };
     let get = |scheme: &str| {
         http.get(format!("{scheme}://{host}/v2/"))
@@ -423,6 +582,7 @@ async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
                 plain: false,
                 open: is_open(&r),
                 unreachable: None,
+                bearer: bearer(&r),
             };
         }
         Err(e) => e,
@@ -457,6 +617,7 @@ async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
             plain: false,
             open: false,
             unreachable,
+            bearer: None,
         };
     }
     match get("http").await {
@@ -464,19 +625,35 @@ async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
             plain: true,
             open: is_open(&r),
             unreachable: None,
+            bearer: bearer(&r),
         },
         Err(e) => Probe {
             plain: true,
             open: false,
             unreachable: (refused(&tls) && refused(&e))
                 .then(|| format!("cannot connect: connection refused (nothing listens on {host})")),
+            bearer: None,
         },
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::next_link;
+    use super::{Bearer, next_link};
+
+    #[test]
+    fn bearer_challenges() {
+        let b = Bearer::parse(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull,push""#).unwrap();
+        assert_eq!(b.realm, "https://auth.docker.io/token");
+        assert_eq!(b.service.as_deref(), Some("registry.docker.io"));
+        let b = Bearer::parse("Bearer realm=http://127.0.0.1:1/token, service=x").unwrap();
+        assert_eq!(
+            (b.realm.as_str(), b.service.as_deref()),
+            ("http://127.0.0.1:1/token", Some("x"))
+        );
+        assert_eq!(Bearer::parse(r#"Basic realm="r""#), None);
+        assert_eq!(Bearer::parse("Bearer service=x"), None);
+    }
 
     #[test]
     fn next_links() {

@@ -365,3 +365,65 @@ async fn errors_name_the_registry_the_operation_and_the_servers_message() {
         t.elapsed()
     );
 }
+
+/// A token registry (docker-registry with `token` auth and the test kit's token server):
+/// a copy between two of its repositories mounts every blob (the token asks for pull on the
+/// source beside push on the destination), and credentials the token server refuses fail at
+/// once with its own message.
+#[tokio::test]
+async fn token_registries_mount_across_repositories_and_say_why_credentials_fail() {
+    use ido_oci::auth::Credentials;
+    use ido_testkit::token_server::{INVALID_CREDENTIALS, TokenPolicy};
+    let policy = TokenPolicy::new()
+        .user("alice", "alice-pw-3141")
+        .allow("alice", "team/", &["*"]);
+    let reg = DockerRegistry::start_with_token(Default::default(), policy)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(&dir.path().join("l"), "v1", &["linux/amd64"], 2, 20_000, 11)
+        .await
+        .unwrap();
+    push_layout(&layout, &reg, "team/app:v1").await.unwrap();
+    let connect = async |password: &str| {
+        let mut auths = AuthStore::default();
+        auths.insert(
+            reg.host(),
+            Credentials {
+                username: "alice".into(),
+                password: password.into(),
+            },
+        );
+        let tls = TlsSettings {
+            verify: false,
+            ca_bundle: None,
+        };
+        Registry::connect(reg.host(), &tls, Arc::new(auths), 4).await
+    };
+    let side = connect("alice-pw-3141").await.unwrap();
+    let rep = copy(
+        &side,
+        &r(reg.host(), "team/app:v1"),
+        &side,
+        &r(reg.host(), "team/copy:v1"),
+        &Platforms::Host,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (rep.blobs_mounted, rep.blobs_copied, rep.bytes),
+        (3, 0, 0),
+        "{rep:?}"
+    );
+    assert_eq!(rep.digest, layout.digest);
+    let both = reg.token_requests().into_iter().any(|t| {
+        let granted: Vec<String> = t.granted.iter().map(ToString::to_string).collect();
+        granted.contains(&"repository:team/copy:pull,push".to_string())
+            && granted.contains(&"repository:team/app:pull".to_string())
+    });
+    assert!(both, "no token with both scopes: {:?}", reg.token_requests());
+
+    let e = connect("wrong-pw-2718").await.unwrap_err().to_string();
+    assert!(e.contains(reg.host()) && e.contains(INVALID_CREDENTIALS), "{e}");
+    assert!(!e.contains("wrong-pw-2718"), "{e}");
+}
