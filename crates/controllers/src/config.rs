@@ -348,6 +348,7 @@ impl Config {
             source: self.source()?,
             settings: self.settings()?,
             metrics: crate::metrics::Metrics::default(),
+            seen_releases: Default::default(),
         })
     }
 }

@@ -102,6 +102,39 @@ pub struct Context<S: Store> {
     pub source: Option<S3Source>,
     pub settings: Settings,
     pub metrics: metrics::Metrics,
+    /// Releases found to exist lately (see [`SeenReleases`]).
+    pub seen_releases: SeenReleases,
+}
+
+/// When each Release was last found to exist, so that the image controller, which checks
+/// the Releases a NodeImage lists on every reconcile, asks the store again only after
+/// [`SeenReleases::FRESH`] (a NodeImage listing 10 Releases is reconciled once per Release
+/// added to it).
+#[derive(Debug, Default)]
+pub struct SeenReleases(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl SeenReleases {
+    /// How long a Release found to exist is taken to still exist.
+    pub const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether `name` was found to exist less than [`Self::FRESH`] ago.
+    pub fn fresh(&self, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|t| t.elapsed() < Self::FRESH)
+    }
+
+    /// Records that `name` exists now, or forgets it.
+    pub fn set(&self, name: &str, exists: bool) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if exists {
+            m.insert(name.to_string(), std::time::Instant::now());
+        } else {
+            m.remove(name);
+        }
+    }
 }
 
 /// What of an object should start a reconcile: everything but the status the controllers

@@ -591,7 +591,12 @@ async fn drop_vanished_releases<S: Store>(
     let listed = ni.status.as_ref().map(|s| s.releases.clone()).unwrap_or_default();
     let mut gone = vec![];
     for r in &listed {
-        if ctx.store.get::<Release>(None, r).await?.is_none() {
+        if ctx.seen_releases.fresh(r) {
+            continue;
+        }
+        let exists = ctx.store.get::<Release>(None, r).await?.is_some();
+        ctx.seen_releases.set(r, exists);
+        if !exists {
             gone.push(r.clone());
         }
     }

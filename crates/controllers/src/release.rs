@@ -91,6 +91,9 @@ pub fn image_name(rel: &Release, channel: &str) -> Result<String, String> {
 }
 
 /// Reconciles one Release.
+/// Annotation on a Release: the NodeImage it was last recorded in.
+pub const NODE_IMAGE_ANNOTATION: &str = "ido.dev/node-image";
+
 pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Action, Error> {
     let name = rel.metadata.name.clone().unwrap_or_default();
     let deleting = rel.metadata.deletion_timestamp.is_some();
@@ -134,10 +137,24 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
         return Ok(Action::AwaitChange);
     }
 
+    // The NodeImage this Release was last recorded in: when it is this one, no other can
+    // list the Release, and the NodeImages need not be looked through.
+    let recorded = rel
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(NODE_IMAGE_ANNOTATION))
+        .cloned();
     if !ours {
-        patch_metadata_retry(&ctx.store, rel, &finalizer_patch(rel, release::FINALIZER, true)).await?;
+        // Seen for the first time: listed nowhere yet. Finalizer and record in one write.
+        let mut p = finalizer_patch(rel, release::FINALIZER, true);
+        p.annotations
+            .insert(NODE_IMAGE_ANNOTATION.into(), Some(ni_name.clone()));
+        patch_metadata_retry(&ctx.store, rel, &p).await?;
     }
 
+    // It exists: the image controller need not ask the store about it for a while.
+    ctx.seen_releases.set(&name, true);
     let ns = ctx.settings.namespace.as_str();
     let ni = match ctx.store.get::<NodeImage>(Some(ns), &ni_name).await? {
         Some(ni) => ni,
@@ -208,11 +225,14 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
         patch_metadata_retry(&ctx.store, &ni, &p).await?;
     }
 
-    // Keep status.releases exact: an image this release no longer uses stops listing it.
-    // A Release seen for the first time (no finalizer yet) is listed nowhere else: no need
-    // to look through every NodeImage.
-    if ours {
+    // Keep status.releases exact: an image this release no longer uses stops listing it
+    // (only when its image changed, or was never recorded), then the new image is recorded.
+    if ours && recorded.as_deref() != Some(ni_name.as_str()) {
         release_images(rel, &name, Some(&ni_name), ctx).await?;
+        let mut p = MetaPatch::default();
+        p.annotations
+            .insert(NODE_IMAGE_ANNOTATION.into(), Some(ni_name.clone()));
+        patch_metadata_retry(&ctx.store, rel, &p).await?;
     }
     Ok(Action::Requeue(RECHECK))
 }

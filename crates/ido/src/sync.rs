@@ -133,6 +133,7 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
         source: None,
         settings: Settings::default(),
         metrics: Metrics::default(),
+        seen_releases: Default::default(),
     };
     let ctx = &ctx;
     let results: Vec<anyhow::Result<ImageSync>> = stream::iter(&names)

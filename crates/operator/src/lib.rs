@@ -205,6 +205,7 @@ pub async fn run_until(
         source,
         settings,
         metrics,
+        seen_releases: Default::default(),
     });
     let concurrency = controller::Concurrency {
         images: u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1),

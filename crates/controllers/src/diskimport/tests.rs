@@ -33,6 +33,7 @@ fn context(dir: &std::path::Path) -> Context<FileStore> {
             ..Settings::default()
         },
         metrics: Metrics::default(),
+        seen_releases: Default::default(),
     }
 }
 
@@ -725,6 +726,7 @@ async fn the_kubevirt_provider_imports_through_disk_imports_in_the_store() {
             source: None,
             settings: ctx.settings.clone(),
             metrics: Metrics::default(),
+            seen_releases: Default::default(),
         };
         tokio::spawn(async move {
             loop {

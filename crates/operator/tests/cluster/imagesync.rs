@@ -122,6 +122,7 @@ async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
             ..Settings::default()
         },
         metrics: Metrics::default(),
+        seen_releases: Default::default(),
     };
 
     let is = ctx

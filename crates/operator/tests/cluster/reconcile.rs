@@ -30,6 +30,7 @@ async fn reconcilers_run_through_the_kube_store() {
         source: p.source,
         settings: p.settings,
         metrics: p.metrics,
+        seen_releases: Default::default(),
     };
     env.create(&release(&rel_name)).await;
 
