@@ -6,7 +6,7 @@
 //! character (no forged line, no terminal escape).
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Output, Stdio},
     sync::Arc,
 };
@@ -70,31 +70,13 @@ impl Case {
     }
 }
 
-/// Every file under `dir` (but `skip`) with its bytes.
-fn snapshot(dir: &Path, skip: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.starts_with(skip) {
-            continue;
-        }
-        if p.is_dir() {
-            out.extend(snapshot(&p, skip));
-        } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out.sort();
-    out
-}
-
 async fn run_case(root: &Path, i: usize, case: Case) -> Result<(), String> {
     let work = root.join(format!("case-{i}"));
     std::fs::create_dir_all(&work).unwrap();
     for (name, content) in &case.files {
         std::fs::write(work.join(name), content).unwrap();
     }
-    let before = snapshot(root, &work);
+    let before = ido_testkit::files_below(root, &work);
     let args: Vec<String> = case
         .args
         .iter()
@@ -159,7 +141,7 @@ async fn run_case(root: &Path, i: usize, case: Case) -> Result<(), String> {
     {
         return fail(&format!("left the target {t}"));
     }
-    if snapshot(root, &work) != before {
+    if ido_testkit::files_below(root, &work) != before {
         return fail("changed files outside its working directory");
     }
     Ok(())

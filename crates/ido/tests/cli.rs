@@ -205,24 +205,6 @@ fn crds_print_both_kinds() {
     );
 }
 
-/// Every file under `dir`, except those under `skip`.
-fn files_outside(dir: &Path, skip: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.starts_with(skip) {
-            continue;
-        }
-        if p.is_dir() {
-            out.extend(files_outside(&p, skip));
-        } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Names become state file paths and S3 keys: hostile ones are refused by object and field,
 /// and nothing outside the state directory is written or deleted.
 #[test]
@@ -238,7 +220,7 @@ fn hostile_names_are_refused_and_nothing_outside_the_state_is_touched() {
         "s3: {bucket: b, region: us-east-1, endpoint: \"http://127.0.0.1:9\"}\nvsphere:\n  enabled: true\n  credentials: {vcenter: \"127.0.0.1:9\", username: u, password: p}\n  locations:\n    loc1: {datacenter: DC0, datastore: LocalDS_0, cluster: DC0_C0, folder: vm}\n",
     )
     .unwrap();
-    let before = files_outside(d, &work);
+    let before = ido_testkit::files_below(d, &work);
     let run = |manifest: &str| {
         std::fs::write(work.join("m.yaml"), manifest).unwrap();
         let out = ido(
@@ -311,7 +293,7 @@ fn hostile_names_are_refused_and_nothing_outside_the_state_is_touched() {
     assert!(err.contains("namespace: invalid value \"../../victim\""), "{err}");
 
     assert_eq!(
-        files_outside(d, &work),
+        ido_testkit::files_below(d, &work),
         before,
         "files outside the working directory changed"
     );

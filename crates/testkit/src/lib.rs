@@ -69,6 +69,25 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or(manifest)
 }
 
+/// Every file below `dir`, except those under `skip`, with its bytes, in path order: taken
+/// before and after a command, it shows that nothing outside `skip` was written or deleted.
+pub fn files_below(dir: &std::path::Path, skip: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.starts_with(skip) {
+            continue;
+        }
+        if p.is_dir() {
+            out.extend(files_below(&p, skip));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Writes `data` to `path` (created or truncated) readable by its owner only: for files
 /// that hold credentials.
 pub fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {

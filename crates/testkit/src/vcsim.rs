@@ -279,6 +279,26 @@ impl Vcsim {
         rest.split('/').next().unwrap_or(rest).to_owned()
     }
 
+    /// `ido`'s values (the chart's shape) with this simulator as the one vSphere location
+    /// (`location1`: DC0, LocalDS_0, DC0_C0, folder vm; its CA and credentials) and the node
+    /// images in the public bucket of the S3 endpoint `s3`; `top` is YAML put first (e.g.
+    /// `namespace: giantswarm\nimageRetentionPeriod: "0"\n`).
+    pub fn values_yaml(&self, s3: &str, top: &str) -> anyhow::Result<String> {
+        let ca: String = self
+            .ca_pem()
+            .context("the simulator's CA")?
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect();
+        Ok(format!(
+            "{top}s3:\n  bucket: {}\n  region: us-east-1\n  endpoint: {s3}\nvsphere:\n  enabled: true\n  caBundle: |\n{ca}  credentials:\n    vcenter: {}\n    username: {}\n    password: {}\n  locations:\n    location1:\n      datacenter: DC0\n      datastore: LocalDS_0\n      cluster: DC0_C0\n      folder: vm\n",
+            crate::seaweed::PUBLIC_BUCKET,
+            self.url(),
+            self.username(),
+            self.password()
+        ))
+    }
+
     /// The CA certificate (PEM) to trust, when started with a [`TestCa`] ([`VcsimOptions::tls`]).
     pub fn ca_pem(&self) -> Option<String> {
         self.ca.as_ref().map(TestCa::ca_pem)

@@ -115,19 +115,10 @@ fn release(name: &str, i: usize) -> Value {
 /// NodeImages and Releases reconciled at once, unused images deleted at once (the chart's
 /// default retention).
 fn config(s3: &SeaweedFs, vc: &Vcsim, workers: usize) -> anyhow::Result<String> {
-    let ca_yaml: String = vc
-        .ca_pem()
-        .context("simulator CA")?
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
-    Ok(format!(
-        "namespace: {NS}\nimageRetentionPeriod: \"0\"\nconcurrency:\n  images: {workers}\n  releases: {workers}\ns3:\n  bucket: {PUBLIC_BUCKET}\n  region: us-east-1\n  endpoint: {}\nvsphere:\n  enabled: true\n  caBundle: |\n{ca_yaml}  credentials:\n    vcenter: {}\n    username: {}\n    password: {}\n  locations:\n    location1:\n      datacenter: DC0\n      datastore: LocalDS_0\n      cluster: DC0_C0\n      folder: vm\n",
-        s3.endpoint(),
-        vc.url(),
-        vc.username(),
-        vc.password()
-    ))
+    vc.values_yaml(
+        &s3.endpoint(),
+        &format!("namespace: {NS}\nimageRetentionPeriod: \"0\"\nconcurrency:\n  images: {workers}\n  releases: {workers}\n"),
+    )
 }
 
 /// One run's figures.

@@ -130,19 +130,10 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let config = a.dir.join("config.yaml");
-    let ca_yaml: String = vc
-        .ca_pem()
-        .context("simulator CA")?
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
-    let text = format!(
-        "namespace: giantswarm\nimageRetentionPeriod: \"0\"\ns3:\n  bucket: {PUBLIC_BUCKET}\n  region: us-east-1\n  endpoint: {}\nvsphere:\n  enabled: true\n  caBundle: |\n{ca_yaml}  credentials:\n    vcenter: {}\n    username: {}\n    password: {}\n  locations:\n    location1:\n      datacenter: DC0\n      datastore: LocalDS_0\n      cluster: DC0_C0\n      folder: vm\n",
-        s3.endpoint(),
-        vc.url(),
-        vc.username(),
-        vc.password()
-    );
+    let text = vc.values_yaml(
+        &s3.endpoint(),
+        "namespace: giantswarm\nimageRetentionPeriod: \"0\"\n",
+    )?;
     ido_testkit::write_private(&config, text.as_bytes())?;
     let release = a.dir.join("release.yaml");
     std::fs::write(
