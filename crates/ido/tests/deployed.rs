@@ -5,8 +5,9 @@
 //! by a TokenRequest token of the chart's ServiceAccount, so the chart's RBAC is what the API
 //! server enforces. A Release
 //! applied with kubectl becomes a template in the vCenter simulator from an OVA in SeaweedFS,
-//! and deleting it removes the template and the NodeImage. A DiskImport is imported for real
-//! into a hostPath PersistentVolume, the test playing the importer Pod's kubelet too.
+//! and deleting it removes the template and the NodeImage; the same for Proxmox VE and Cloud
+//! Director (their fakes). A DiskImport is imported for real into a hostPath
+//! PersistentVolume, the test playing the importer Pod's kubelet too.
 
 use std::{
     path::{Path, PathBuf},
@@ -381,4 +382,141 @@ async fn the_chart_deployed_operator_imports_a_disk_into_a_host_path_volume() {
     })
     .await;
     assert!(!operator.logs().contains("panicked"));
+}
+
+/// The same, for Proxmox VE and VMware Cloud Director (their fakes: no real server runs
+/// here): the chart-deployed operator turns a `proxmox-…` and a `cloud-director-…` Release
+/// into a template in each, and their deletion removes both, NodeImages included.
+#[tokio::test]
+async fn the_chart_deployed_operator_distributes_to_proxmox_and_cloud_director() {
+    use ido_engine::s3::node_image_key;
+    use ido_testkit::fakes::{
+        proxmox::FakeProxmox,
+        vcd::{FakeVcd, FakeVcdOptions},
+    };
+    const IMG: &str = "flatcar-stable-4081.2.0-kube-1.32.3-tooling-1.24.0-gs";
+    let (c, s3, pve, vcd) = tokio::join!(
+        Cluster::start(),
+        SeaweedFs::shared(),
+        FakeProxmox::start(),
+        FakeVcd::start(FakeVcdOptions::default())
+    );
+    let (c, s3, pve, vcd) = (c.unwrap(), s3.unwrap(), pve.unwrap(), vcd.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ova = d.join("n.ova");
+    OvaFixture::write(&ova, "flatcar", &[("disk-0.vmdk", 150_000)], "nic0")
+        .await
+        .unwrap();
+    s3.put_object(
+        PUBLIC_BUCKET,
+        &node_image_key("capvcd", IMG, "ova"),
+        ova.as_path(),
+    )
+    .await
+    .unwrap();
+    let qcow = d.join("n.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    s3.put_object(
+        PUBLIC_BUCKET,
+        &node_image_key("capmox", IMG, "qcow2"),
+        qcow.as_path(),
+    )
+    .await
+    .unwrap();
+
+    let p = pve.options();
+    let v = FakeVcdOptions::default();
+    let values = json!({
+        "namespace": NS,
+        "imageRetentionPeriod": "0",
+        "s3": {"bucket": PUBLIC_BUCKET, "region": "us-east-1", "endpoint": s3.endpoint()},
+        "proxmox": {
+            "enabled": true, "caBundle": pve.ca_pem(),
+            "credentials": {"url": pve.url(), "user": p.userid.split('@').next().unwrap(),
+                            "realm": p.userid.split('@').nth(1).unwrap(), "tokenId": p.token_id, "secret": p.secret},
+            "locations": {"pve1": {"node": "pve1", "storagePool": "local-lvm", "bridge": "vmbr0"}},
+        },
+        "vcd": {
+            "enabled": true, "caBundle": vcd.ca_pem(),
+            "credentials": {"url": vcd.url(), "username": v.username, "password": v.password, "org": "org1"},
+            "locations": {"cat1": {"catalog": "cat1", "hardwareVersion": 19}},
+        },
+    });
+    std::fs::write(d.join("values.json"), values.to_string()).unwrap();
+    c.kubectl(&["create", "namespace", NS]).await.unwrap();
+    let dev_crd = chart().join("../dev-crds/releases.release.giantswarm.io.yaml");
+    c.kubectl(&["apply", "-f", &dev_crd.display().to_string()])
+        .await
+        .unwrap();
+    c.helm(&[
+        "install",
+        "image-distribution-operator",
+        &chart().display().to_string(),
+        "--namespace",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--values",
+        &d.join("values.json").display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let operator = run_deployment(
+        &c,
+        OPERATOR_NS,
+        "app.kubernetes.io/name=image-distribution-operator",
+        Path::new(env!("CARGO_BIN_EXE_ido")),
+        &d.join("pod"),
+    )
+    .await
+    .unwrap();
+    let log = operator.log.clone();
+
+    for r in ["proxmox-32.0.0", "cloud-director-32.0.0"] {
+        let release = format!(
+            "apiVersion: release.giantswarm.io/v1alpha1\nkind: Release\nmetadata: {{name: {r}}}\nspec:\n  components:\n  - {{name: flatcar, version: 4081.2.0}}\n  - {{name: kubernetes, version: v1.32.3}}\n  - {{name: os-tooling, version: 1.24.0}}\n"
+        );
+        c.kubectl_stdin(&["apply", "-f", "-"], &release).await.unwrap();
+    }
+    let state = async |ni: &str| {
+        c.kubectl(&["get", "nodeimage", ni, "-n", NS, "-o", "jsonpath={.status.state}"])
+            .await
+            .unwrap_or_default()
+    };
+    let (mox, cd) = (format!("capmox-{IMG}"), format!("capvcd-{IMG}"));
+    wait_for("both NodeImages Available", &log, async || {
+        state(&mox).await == "Available" && state(&cd).await == "Available"
+    })
+    .await;
+    assert!(pve.vms_on("pve1").iter().any(|v| v.name == IMG && v.template));
+    assert!(vcd.templates("cat1").iter().any(|t| t.name == IMG));
+
+    c.kubectl(&[
+        "delete",
+        "releases",
+        "proxmox-32.0.0",
+        "cloud-director-32.0.0",
+        "--wait=false",
+    ])
+    .await
+    .unwrap();
+    wait_for("NodeImages and templates gone", &log, async || {
+        c.kubectl(&["get", "nodeimages", "-n", NS, "-o", "name"])
+            .await
+            .is_ok_and(|s| s.trim().is_empty())
+            && pve.vms().is_empty()
+            && vcd.templates("cat1").is_empty()
+    })
+    .await;
+    let logs = operator.logs();
+    assert!(
+        !logs.contains(&p.secret) && !logs.contains(&v.password),
+        "a secret reached the log"
+    );
 }
