@@ -66,7 +66,7 @@ impl DockerRegistry {
         let host = format!("127.0.0.1:{port}");
         let ca = if opts.tls { Some(TestCa::new()?) } else { None };
         let mut config = format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {host}\n",
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nvalidation:\n  manifests:\n    urls:\n      allow: ['^https?://']\nhttp:\n  addr: {host}\n",
             dir.path().join("data").display()
         );
         if let Some(ca) = &ca {
