@@ -1,6 +1,10 @@
 //! The copy engine against real `docker-registry` instances, with skopeo as the oracle:
 //! digests at the destination equal the source's as skopeo sees them.
 
+mod common;
+
+use common::side;
+
 use std::sync::Arc;
 
 use ido_oci::{
@@ -8,40 +12,12 @@ use ido_oci::{
     auth::{AuthStore, Credentials},
     copy::{Platforms, Progress, copy, copy_with_progress},
     media::Platform,
-    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
+    registry::{Registry, TlsSettings},
 };
 use ido_testkit::{
     oci_image::{build_layout, push_layout},
     registry::{DockerRegistry, RegistryOptions, skopeo_raw},
 };
-
-async fn side(reg: &DockerRegistry) -> Registry {
-    let tls = TlsSettings {
-        verify: true,
-        ca_bundle: reg.ca().map(|c| c.ca_pem()),
-    };
-    let tls = if reg.ca().is_none() {
-        TlsSettings {
-            verify: false,
-            ca_bundle: None,
-        }
-    } else {
-        tls
-    };
-    let mut auths = AuthStore::default();
-    if let Some((u, p)) = reg.credentials() {
-        auths.insert(
-            reg.host(),
-            Credentials {
-                username: u.clone(),
-                password: p.clone(),
-            },
-        );
-    }
-    Registry::connect(reg.host(), &tls, Arc::new(auths), DEFAULT_CONCURRENCY)
-        .await
-        .unwrap()
-}
 
 fn r(reg: &DockerRegistry, repo_tag: &str) -> Reference {
     format!("{}/{repo_tag}", reg.host()).parse().unwrap()

@@ -6,14 +6,17 @@
 //! copied by ido and by skopeo into two repositories of another registry of the same kind:
 //! the manifests there are the same, and so are the blobs they reference that are present.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+mod common;
+
+use common::side;
+
+use std::{collections::BTreeMap, path::Path};
 
 use ido_oci::{
     Reference,
-    auth::{AuthStore, Credentials},
     copy::{Platforms, copy},
     media::{self, Platform},
-    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
+    registry::Registry,
 };
 use ido_testkit::{
     oci_image::{Format, LayerKind, Layout, Shape, build_artifact, build_shape, push_layout},
@@ -66,39 +69,6 @@ async fn start(kind: &'static str) -> DockerRegistry {
         .unwrap(),
         _ => unreachable!("{kind}"),
     }
-}
-
-fn tls(reg: &DockerRegistry) -> TlsSettings {
-    match reg.ca() {
-        Some(ca) => TlsSettings {
-            verify: true,
-            ca_bundle: Some(ca.ca_pem()),
-        },
-        None => TlsSettings {
-            verify: false,
-            ca_bundle: None,
-        },
-    }
-}
-
-fn auths(reg: &DockerRegistry) -> AuthStore {
-    let mut auths = AuthStore::default();
-    if let Some((u, p)) = reg.credentials() {
-        auths.insert(
-            reg.host(),
-            Credentials {
-                username: u.clone(),
-                password: p.clone(),
-            },
-        );
-    }
-    auths
-}
-
-async fn side(reg: &DockerRegistry) -> Registry {
-    Registry::connect(reg.host(), &tls(reg), Arc::new(auths(reg)), DEFAULT_CONCURRENCY)
-        .await
-        .unwrap()
 }
 
 impl Env {
