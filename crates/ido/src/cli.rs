@@ -356,6 +356,10 @@ pub(crate) struct CopyArgs {
     /// Copy only this platform (OS/ARCH[/VARIANT]); repeatable. Default: this machine's.
     #[arg(long)]
     platform: Vec<String>,
+    /// Copy the artifacts that refer to the copied image too (signatures, SBOMs: OCI 1.1
+    /// `subject`), found through the referrers API or the `sha256-<hex>` fallback tag.
+    #[arg(long)]
+    referrers: bool,
     /// Docker config file with credentials (default: $REGISTRY_AUTH_FILE, else ~/.docker/config.json).
     #[arg(long)]
     authfile: Option<PathBuf>,
@@ -444,6 +448,10 @@ pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
             rep.blobs_mounted,
             rep.digest
         ))?;
+    }
+    if args.referrers {
+        let n = ido_oci::copy::copy_referrers(&src, &src_ref, &dst, &dst_ref, &rep.digest).await?;
+        out(format_args!("{n} referrer(s) of {} copied\n", rep.digest))?;
     }
     Ok(ExitCode::SUCCESS)
 }

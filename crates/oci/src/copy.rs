@@ -208,6 +208,106 @@ pub async fn copy_many(
     results.into_iter().map(|r| r.expect("every copy ran")).collect()
 }
 
+/// Copies the artifacts that refer to `digest` in `src_ref`'s repository (signatures,
+/// SBOMs, attestations: OCI 1.1 manifests whose `subject` is it) to `dst_ref`'s repository,
+/// as `oras cp -r` does; returns how many. They are found through the registry's referrers
+/// API, else through the fallback tag `sha256-<hex>` (an index of them, the OCI 1.1 scheme
+/// for registries without the API). A destination without the API gets that fallback tag too,
+/// so clients find them there as well. One level: referrers of referrers are not followed.
+pub async fn copy_referrers(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    digest: &str,
+) -> Result<usize> {
+    let tag = digest.replacen(':', "-", 1);
+    let at = |reg: &Reference, t: &str| {
+        Reference::with_tag(reg.registry().into(), reg.repository().into(), t.into())
+    };
+    let (src_tag, dst_tag) = (at(src_ref, &tag), at(dst_ref, &tag));
+    let referrers = match referrers_api(src, src_ref, digest).await? {
+        Some(index) => index,
+        None => match src.pull_manifest_raw(&src_tag).await {
+            Ok((bytes, _)) => {
+                // The fallback index itself carries them: copied whole, children first.
+                let n = match media::parse(&bytes, &src_tag.whole())? {
+                    Manifest::Index { manifests, .. } => manifests.len(),
+                    Manifest::Image { .. } => 0,
+                };
+                if n > 0 {
+                    copy(src, &src_tag, dst, &dst_tag, &Platforms::All).await?;
+                }
+                return Ok(n);
+            }
+            Err(a) if crate::retry::status(&a.error) == Some(404) => return Ok(0),
+            Err(a) => {
+                return Err(Error::Registry {
+                    what: format!("reading the referrers of {digest} ({})", src_tag.whole()),
+                    error: a.error,
+                });
+            }
+        },
+    };
+    for d in &referrers {
+        let from = Reference::with_digest(
+            src_ref.registry().into(),
+            src_ref.repository().into(),
+            d.digest.clone(),
+        );
+        let to = Reference::with_digest(
+            dst_ref.registry().into(),
+            dst_ref.repository().into(),
+            d.digest.clone(),
+        );
+        copy(src, &from, dst, &to, &Platforms::All).await?;
+    }
+    if !referrers.is_empty() && referrers_api(dst, dst_ref, digest).await?.is_none() {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": referrers.iter().map(|d| {
+                let mut e = serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size});
+                if let Some(t) = &d.artifact_type {
+                    e["artifactType"] = serde_json::json!(t);
+                }
+                if !d.annotations.is_empty() {
+                    e["annotations"] = serde_json::json!(d.annotations);
+                }
+                e
+            }).collect::<Vec<_>>(),
+        });
+        let bytes = Bytes::from(serde_json::to_vec(&index).expect("json"));
+        push_manifest(dst, &dst_tag, bytes, media::OCI_INDEX).await?;
+    }
+    Ok(referrers.len())
+}
+
+/// The referrers of `digest` through the registry's referrers API; `None` when the registry
+/// has no such API (404).
+async fn referrers_api(reg: &Registry, r: &Reference, digest: &str) -> Result<Option<Vec<Descriptor>>> {
+    let what = || {
+        format!(
+            "listing the referrers of {digest} in {}/{}",
+            reg.host,
+            r.repository()
+        )
+    };
+    let auth = reg
+        .pull_authorization(r)
+        .await
+        .map_err(|error| Error::Registry { what: what(), error })?;
+    let url = reg.url(&format!("/v2/{}/referrers/{digest}", r.repository()));
+    match reg.get_page(&url, auth.as_ref()).await {
+        Ok((body, _)) => match media::parse(&body, &what())? {
+            Manifest::Index { manifests, .. } => Ok(Some(manifests)),
+            Manifest::Image { .. } => Ok(Some(vec![])),
+        },
+        Err(e) if crate::retry::status(&e) == Some(404) => Ok(None),
+        Err(error) => Err(Error::Registry { what: what(), error }),
+    }
+}
+
 /// What goes to the destination tag, decided from the source's top manifest alone.
 struct Plan {
     /// Digest of the manifest the tag will name.

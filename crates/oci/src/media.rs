@@ -34,6 +34,9 @@ pub struct Descriptor {
     pub urls: Vec<String>,
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// An artifact's type, as an index of referrers lists it.
+    #[serde(default, rename = "artifactType")]
+    pub artifact_type: Option<String>,
 }
 
 impl Descriptor {

@@ -427,3 +427,59 @@ async fn token_registries_mount_across_repositories_and_say_why_credentials_fail
     assert!(e.contains(reg.host()) && e.contains(INVALID_CREDENTIALS), "{e}");
     assert!(!e.contains("wrong-pw-2718"), "{e}");
 }
+
+/// `--referrers`: the artifacts that refer to an image (an SBOM here) follow it. docker-registry
+/// 2.8 has no referrers API, so the source lists them under the OCI 1.1 fallback tag
+/// `sha256-<hex>`; the copy brings the artifact and that tag along, byte for byte.
+#[tokio::test]
+async fn referrers_follow_the_image_through_the_fallback_tag() {
+    use ido_oci::copy::copy_referrers;
+    use ido_testkit::oci_image::build_artifact;
+    let (a, b) = (
+        DockerRegistry::start(Default::default()).await.unwrap(),
+        DockerRegistry::start(Default::default()).await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = build_layout(&d.join("img"), "v1", &["linux/amd64"], 1, 4_000, 21)
+        .await
+        .unwrap();
+    push_layout(&image, &a, "app:v1").await.unwrap();
+    let sbom = build_artifact(&d.join("sbom"), "sbom", "application/spdx+json", &image, 900, 22)
+        .await
+        .unwrap();
+    push_layout(&sbom, &a, "app:sbom").await.unwrap();
+    // The fallback index, as oras and regctl write it on a registry without the API.
+    let sbom_bytes = manifest(&a, "app", &sbom.digest).await;
+    let fallback = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": media::OCI_INDEX,
+        "manifests": [{"mediaType": media::OCI_MANIFEST, "digest": sbom.digest, "size": sbom_bytes.len(),
+                       "artifactType": "application/spdx+json"}],
+    }))
+    .unwrap();
+    let tag = image.digest.replacen(':', "-", 1);
+    put_manifest(&a, "app", &tag, &fallback, media::OCI_INDEX).await;
+
+    let (sa, sb) = (side(a.host()).await, side(b.host()).await);
+    let (from, to) = (r(a.host(), "app:v1"), r(b.host(), "mirror:v1"));
+    let rep = copy(&sa, &from, &sb, &to, &Platforms::All).await.unwrap();
+    let n = copy_referrers(&sa, &from, &sb, &to, &rep.digest).await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        manifest(&b, "mirror", &sbom.digest).await,
+        sbom_bytes,
+        "the SBOM, byte for byte"
+    );
+    assert_eq!(manifest(&b, "mirror", &tag).await, fallback, "the fallback tag");
+    // An image nothing refers to: none, and no fallback tag made.
+    let other = build_layout(&d.join("other"), "v2", &["linux/amd64"], 1, 4_000, 23)
+        .await
+        .unwrap();
+    push_layout(&other, &a, "app:v2").await.unwrap();
+    let (from, to) = (r(a.host(), "app:v2"), r(b.host(), "mirror:v2"));
+    let rep = copy(&sa, &from, &sb, &to, &Platforms::All).await.unwrap();
+    assert_eq!(
+        copy_referrers(&sa, &from, &sb, &to, &rep.digest).await.unwrap(),
+        0
+    );
+}
