@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use oci_client::{
-    Client, Reference, RegistryOperation,
+    Client, Reference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::OciDistributionError,
     secrets::RegistryAuth,
@@ -371,9 +371,6 @@ impl Registry {
             retry_after,
         })
     }
-}
-
-impl Registry {
     /// `scheme://host` + `path`.
     pub(crate) fn url(&self, path: &str) -> String {
         let scheme = if self.params.plain { "http" } else { "https" };
@@ -381,7 +378,7 @@ impl Registry {
     }
 
     /// The `Authorization` a pull of `repo` needs: a bearer token from the registry's token
-    /// server (got through oci-client), basic credentials, or none (an open registry).
+    /// server, basic credentials, or none (an open registry).
     pub(crate) async fn pull_authorization(
         &self,
         repo: &Reference,
@@ -389,21 +386,22 @@ impl Registry {
         if self.open {
             return Ok(None);
         }
-        let reader = self
-            .reader()
-            .await
-            .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
-        let auth = self.auth();
-        let value = match reader.auth(repo, &auth, RegistryOperation::Pull).await? {
-            Some(token) => format!("Bearer {token}"),
-            None => match &auth {
+        let value = if self.bearer.is_some() {
+            let scope = format!("repository:{}:pull", repo.repository());
+            match self.token(&[scope]).await {
+                Ok(Some(token)) => format!("Bearer {token}"),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(OciDistributionError::AuthenticationFailure(e)),
+            }
+        } else {
+            match self.auth() {
                 RegistryAuth::Basic(user, password) => {
                     use base64::Engine as _;
                     let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                     format!("Basic {pair}")
                 }
                 _ => return Ok(None),
-            },
+            }
         };
         let mut v = HeaderValue::from_str(&value).map_err(|_| {
             OciDistributionError::GenericError(Some("a token that is not a header value".into()))

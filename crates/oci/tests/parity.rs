@@ -422,6 +422,9 @@ async fn token_registries_mount_across_repositories_and_say_why_credentials_fail
             && granted.contains(&"repository:team/app:pull".to_string())
     });
     assert!(both, "no token with both scopes: {:?}", reg.token_requests());
+    // Tags through a pull token of the token server.
+    let tags = list_tags(&side, &r(reg.host(), "team/copy")).await.unwrap();
+    assert_eq!(tags, ["v1"]);
 
     let e = connect("wrong-pw-2718").await.unwrap_err().to_string();
     assert!(e.contains(reg.host()) && e.contains(INVALID_CREDENTIALS), "{e}");
