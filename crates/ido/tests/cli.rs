@@ -412,7 +412,13 @@ fn a_closed_stdout_ends_quietly() {
 async fn an_interrupted_run_removes_its_half_made_vm_and_exits_130() {
     use ido_testkit::fault_proxy::{Fault, FaultProxy, Rule};
     let s3 = SeaweedFs::shared().await.unwrap();
-    let vc = Vcsim::start(VcsimOptions::default()).await.unwrap();
+    let vc = Vcsim::start(VcsimOptions {
+        username: Some("someone".into()),
+        password: Some(PASSWORD.into()),
+        ..VcsimOptions::default()
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ova = d.join("x.ova");
@@ -428,21 +434,7 @@ async fn an_interrupted_run_removes_its_half_made_vm_and_exits_130() {
         })
         .method("GET"),
     ]);
-    let ca: String = vc
-        .ca_pem()
-        .unwrap()
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
-    std::fs::write(
-        d.join("values.yaml"),
-        format!(
-            "s3: {{bucket: {PUBLIC_BUCKET}, region: us-east-1, endpoint: \"{}\"}}\nvsphere:\n  enabled: true\n  caBundle: |\n{ca}  credentials: {{vcenter: \"{}\", username: someone, password: {PASSWORD}}}\n  locations:\n    loc1: {{datacenter: DC0, datastore: LocalDS_0, cluster: DC0_C0, folder: vm}}\n",
-            proxy.url(),
-            vc.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(d.join("values.yaml"), vc.values_yaml(&proxy.url(), "").unwrap()).unwrap();
     std::fs::write(d.join("r.yaml"), RELEASE).unwrap();
     let args = [
         "run",

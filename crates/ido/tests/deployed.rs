@@ -16,7 +16,7 @@ use std::{
 
 use ido_testkit::{
     Cluster,
-    kubelet::run_deployment,
+    kubelet::{RunningPod, run_deployment},
     oracle::oracle_list_vms,
     ova::OvaFixture,
     seaweed::{PUBLIC_BUCKET, SeaweedFs},
@@ -34,6 +34,39 @@ const PASSWORD: &str = "deployed-pw-must-not-leak-71c";
 
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/image-distribution-operator")
+}
+
+/// Installs the chart with `values` on `c` (the Release CRD of the dev CRDs and the
+/// NodeImage namespace first), then plays the kubelet for its Deployment with the `ido`
+/// binary, its files under `dir/pod`.
+async fn deploy(c: &Cluster, values: &serde_json::Value, dir: &Path) -> RunningPod {
+    std::fs::write(dir.join("values.json"), values.to_string()).unwrap();
+    c.kubectl(&["create", "namespace", NS]).await.unwrap();
+    let dev_crd = chart().join("../dev-crds/releases.release.giantswarm.io.yaml");
+    c.kubectl(&["apply", "-f", &dev_crd.display().to_string()])
+        .await
+        .unwrap();
+    c.helm(&[
+        "install",
+        "image-distribution-operator",
+        &chart().display().to_string(),
+        "--namespace",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--values",
+        &dir.join("values.json").display().to_string(),
+    ])
+    .await
+    .unwrap();
+    run_deployment(
+        c,
+        OPERATOR_NS,
+        "app.kubernetes.io/name=image-distribution-operator",
+        Path::new(env!("CARGO_BIN_EXE_ido")),
+        &dir.join("pod"),
+    )
+    .await
+    .unwrap()
 }
 
 async fn wait_for(what: &str, log: &Path, mut check: impl AsyncFnMut() -> bool) {
@@ -76,35 +109,7 @@ async fn the_chart_deployed_operator_distributes_and_removes_a_node_image() {
             "locations": {"loc1": {"datacenter": "DC0", "datastore": "LocalDS_0", "cluster": "DC0_C0", "folder": "vm"}},
         },
     });
-    std::fs::write(d.join("values.json"), values.to_string()).unwrap();
-    c.kubectl(&["create", "namespace", NS]).await.unwrap();
-    let dev_crd = chart().join("../dev-crds/releases.release.giantswarm.io.yaml");
-    c.kubectl(&["apply", "-f", &dev_crd.display().to_string()])
-        .await
-        .unwrap();
-    c.helm(&[
-        "install",
-        "image-distribution-operator",
-        &chart().display().to_string(),
-        "--namespace",
-        OPERATOR_NS,
-        "--create-namespace",
-        "--values",
-        &d.join("values.json").display().to_string(),
-    ])
-    .await
-    .unwrap();
-
-    let root = d.join("pod");
-    let mut operator = run_deployment(
-        &c,
-        OPERATOR_NS,
-        "app.kubernetes.io/name=image-distribution-operator",
-        Path::new(env!("CARGO_BIN_EXE_ido")),
-        &root,
-    )
-    .await
-    .unwrap();
+    let mut operator = deploy(&c, &values, d).await;
     let log = operator.log.clone();
 
     let release = format!(
@@ -243,30 +248,7 @@ async fn the_chart_deployed_operator_imports_a_disk_into_a_host_path_volume() {
     s3.put_object(PUBLIC_BUCKET, &key, qcow2.as_path()).await.unwrap();
 
     let values = json!({"namespace": NS, "diskImport": {"enabled": true}});
-    std::fs::write(d.join("values.json"), values.to_string()).unwrap();
-    c.kubectl(&["create", "namespace", NS]).await.unwrap();
-    c.helm(&[
-        "install",
-        "ido-disks",
-        &chart().display().to_string(),
-        "--namespace",
-        "ido-disks",
-        "--create-namespace",
-        "--values",
-        &d.join("values.json").display().to_string(),
-    ])
-    .await
-    .unwrap();
-    let root = d.join("pod");
-    let operator = run_deployment(
-        &c,
-        "ido-disks",
-        "app.kubernetes.io/instance=ido-disks",
-        Path::new(env!("CARGO_BIN_EXE_ido")),
-        &root,
-    )
-    .await
-    .unwrap();
+    let operator = deploy(&c, &values, d).await;
     let log = operator.log.clone();
 
     // The volume: a hostPath directory, reserved for the claim the DiskImport makes.
@@ -449,33 +431,7 @@ async fn the_chart_deployed_operator_distributes_to_proxmox_and_cloud_director()
             "locations": {"cat1": {"catalog": "cat1", "hardwareVersion": 19}},
         },
     });
-    std::fs::write(d.join("values.json"), values.to_string()).unwrap();
-    c.kubectl(&["create", "namespace", NS]).await.unwrap();
-    let dev_crd = chart().join("../dev-crds/releases.release.giantswarm.io.yaml");
-    c.kubectl(&["apply", "-f", &dev_crd.display().to_string()])
-        .await
-        .unwrap();
-    c.helm(&[
-        "install",
-        "image-distribution-operator",
-        &chart().display().to_string(),
-        "--namespace",
-        OPERATOR_NS,
-        "--create-namespace",
-        "--values",
-        &d.join("values.json").display().to_string(),
-    ])
-    .await
-    .unwrap();
-    let operator = run_deployment(
-        &c,
-        OPERATOR_NS,
-        "app.kubernetes.io/name=image-distribution-operator",
-        Path::new(env!("CARGO_BIN_EXE_ido")),
-        &d.join("pod"),
-    )
-    .await
-    .unwrap();
+    let operator = deploy(&c, &values, d).await;
     let log = operator.log.clone();
 
     for r in ["proxmox-32.0.0", "cloud-director-32.0.0"] {

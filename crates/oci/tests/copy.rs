@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::side;
+use common::{r, side};
 
 use std::sync::Arc;
 
 use ido_oci::{
-    Reference,
     auth::{AuthStore, Credentials},
     copy::{Platforms, Progress, copy, copy_with_progress},
     media::Platform,
@@ -18,10 +17,6 @@ use ido_testkit::{
     oci_image::{build_layout, push_layout},
     registry::{DockerRegistry, RegistryOptions, skopeo_raw},
 };
-
-fn r(reg: &DockerRegistry, repo_tag: &str) -> Reference {
-    format!("{}/{repo_tag}", reg.host()).parse().unwrap()
-}
 
 #[tokio::test]
 async fn single_image_byte_exact_then_skipped() {
@@ -38,9 +33,9 @@ async fn single_image_byte_exact_then_skipped() {
 
     let rep = copy(
         &sa,
-        &r(&a, "app:v1"),
+        &r(a.host(), "app:v1"),
         &sb,
-        &r(&b, "mirror/app:v1"),
+        &r(b.host(), "mirror/app:v1"),
         &Platforms::Host,
     )
     .await
@@ -57,9 +52,9 @@ async fn single_image_byte_exact_then_skipped() {
     // Again: the destination tag has the digest, nothing is copied.
     let rep = copy(
         &sa,
-        &r(&a, "app:v1"),
+        &r(a.host(), "app:v1"),
         &sb,
-        &r(&b, "mirror/app:v1"),
+        &r(b.host(), "mirror/app:v1"),
         &Platforms::Host,
     )
     .await
@@ -69,9 +64,9 @@ async fn single_image_byte_exact_then_skipped() {
     // Another tag of the same content: blobs are present, only the manifest is pushed.
     let rep = copy(
         &sa,
-        &r(&a, "app:v1"),
+        &r(a.host(), "app:v1"),
         &sb,
-        &r(&b, "mirror/app:v1-again"),
+        &r(b.host(), "mirror/app:v1-again"),
         &Platforms::Host,
     )
     .await
@@ -81,9 +76,9 @@ async fn single_image_byte_exact_then_skipped() {
     // Same registry, other repository: blobs are mounted, not streamed.
     let rep = copy(
         &sb,
-        &r(&b, "mirror/app:v1"),
+        &r(b.host(), "mirror/app:v1"),
         &sb,
-        &r(&b, "other/app:v1"),
+        &r(b.host(), "other/app:v1"),
         &Platforms::Host,
     )
     .await
@@ -115,9 +110,9 @@ async fn multi_arch_index_all_and_by_platform() {
     let progress = Progress::default();
     let rep = copy_with_progress(
         &sa,
-        &r(&a, "multi:v2"),
+        &r(a.host(), "multi:v2"),
         &sb,
-        &r(&b, "multi:v2"),
+        &r(b.host(), "multi:v2"),
         &Platforms::All,
         &progress,
     )
@@ -140,7 +135,7 @@ async fn multi_arch_index_all_and_by_platform() {
 
     // One platform: that image's manifest, byte-exact, under the tag.
     let arm = Platforms::Only(vec![Platform::parse("linux/arm64").unwrap()]);
-    copy(&sa, &r(&a, "multi:v2"), &sb, &r(&b, "arm:v2"), &arm)
+    copy(&sa, &r(a.host(), "multi:v2"), &sb, &r(b.host(), "arm:v2"), &arm)
         .await
         .unwrap();
     let want = &layout.images.iter().find(|(p, _)| p == "linux/arm64").unwrap().1;
@@ -148,7 +143,7 @@ async fn multi_arch_index_all_and_by_platform() {
 
     // A platform the index lacks: a clear error listing what it has.
     let s390 = Platforms::Only(vec![Platform::parse("linux/s390x").unwrap()]);
-    let e = copy(&sa, &r(&a, "multi:v2"), &sb, &r(&b, "x:v2"), &s390)
+    let e = copy(&sa, &r(a.host(), "multi:v2"), &sb, &r(b.host(), "x:v2"), &s390)
         .await
         .unwrap_err()
         .to_string();
@@ -172,9 +167,9 @@ async fn tls_and_basic_auth_with_verification() {
 
     let rep = copy(
         &sa,
-        &r(&a, "app:v3"),
+        &r(a.host(), "app:v3"),
         &side(&b).await,
-        &r(&b, "app:v3"),
+        &r(b.host(), "app:v3"),
         &Platforms::Host,
     )
     .await
@@ -197,9 +192,15 @@ async fn tls_and_basic_auth_with_verification() {
     let bad = Registry::connect(b.host(), &tls, Arc::new(auths), 2)
         .await
         .unwrap();
-    let e = copy(&sa, &r(&a, "app:v3"), &bad, &r(&b, "app:v4"), &Platforms::Host)
-        .await
-        .unwrap_err();
+    let e = copy(
+        &sa,
+        &r(a.host(), "app:v3"),
+        &bad,
+        &r(b.host(), "app:v4"),
+        &Platforms::Host,
+    )
+    .await
+    .unwrap_err();
     let e = format!("{e} {e:?}");
     assert!(!e.contains("wrong-pw-xyz"), "{e}");
 

@@ -2,33 +2,18 @@
 //! destination side: connection resets mid-blob (download and upload), 503s, 429 with
 //! `Retry-After`. The copy completes and every digest matches what skopeo sees at the source.
 
-use std::{sync::Arc, time::Duration};
+mod common;
 
-use ido_oci::{
-    Reference,
-    auth::AuthStore,
-    copy::{Platforms, copy},
-    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
-};
+use common::{plain, r};
+
+use std::time::Duration;
+
+use ido_oci::copy::{Platforms, copy};
 use ido_testkit::{
     fault_proxy::{Event, Fault, FaultProxy, Rule, When},
     oci_image::{Layout, build_layout, push_layout},
     registry::{DockerRegistry, skopeo_raw},
 };
-
-async fn plain(host: &str) -> Registry {
-    let tls = TlsSettings {
-        verify: false,
-        ca_bundle: None,
-    };
-    Registry::connect(host, &tls, Arc::new(AuthStore::default()), DEFAULT_CONCURRENCY)
-        .await
-        .unwrap()
-}
-
-fn r(host: &str, repo_tag: &str) -> Reference {
-    ido_oci::reference::parse(&format!("{host}/{repo_tag}")).unwrap()
-}
 
 /// A 2-platform index with 2 layers of 1 MiB each per platform, at `reg` as `multi:1`.
 async fn source_image(reg: &DockerRegistry, dir: &std::path::Path) -> Layout {

@@ -3,14 +3,17 @@
 //! (the source's entries, verbatim and in order), an index whose only image has no
 //! platform, and tag lists a registry pages with `Link` headers.
 
+mod common;
+
+use common::{plain, r};
+
 use std::sync::Arc;
 
 use ido_oci::{
-    Reference,
     auth::AuthStore,
     copy::{Platforms, copy},
     media::{self, Platform},
-    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
+    registry::{Registry, TlsSettings},
     tags::list_tags,
 };
 use ido_testkit::{
@@ -20,20 +23,6 @@ use ido_testkit::{
     registry::{DockerRegistry, skopeo, skopeo_raw},
 };
 use serde_json::{Value, json};
-
-async fn side(host: &str) -> Registry {
-    let tls = TlsSettings {
-        verify: false,
-        ca_bundle: None,
-    };
-    Registry::connect(host, &tls, Arc::new(AuthStore::default()), DEFAULT_CONCURRENCY)
-        .await
-        .unwrap()
-}
-
-fn r(host: &str, repo_tag: &str) -> Reference {
-    format!("{host}/{repo_tag}").parse().unwrap()
-}
 
 /// `GET` of a manifest's raw bytes.
 async fn manifest(reg: &DockerRegistry, repo: &str, reference: &str) -> Vec<u8> {
@@ -107,7 +96,7 @@ async fn index_shapes_give_what_skopeo_gives() {
     let d = dir.path();
     let imgs = images(&a, "app", d).await;
     let desc = |p: &str| imgs.iter().find(|(q, _)| q == p).unwrap().1.clone();
-    let (sa, sb) = (side(a.host()).await, side(b.host()).await);
+    let (sa, sb) = (plain(a.host()).await, plain(b.host()).await);
     let host = Platform::host().to_string();
 
     // A one-entry index for this machine's platform: skopeo copies the image, not the index.
@@ -240,7 +229,7 @@ async fn tag_lists_are_followed_through_their_link_headers() {
     let proxy = FaultProxy::start(&reg.base_url()).await.unwrap();
     proxy.set_rules(vec![Rule::new(Fault::PageTags { page: 100 })]);
     let host = proxy.host();
-    let mut got = list_tags(&side(&host).await, &r(&host, "many")).await.unwrap();
+    let mut got = list_tags(&plain(&host).await, &r(&host, "many")).await.unwrap();
     got.sort();
     assert_eq!(got.len(), 262);
     assert_eq!(got, want);
@@ -269,7 +258,7 @@ async fn errors_name_the_registry_the_operation_and_the_servers_message() {
         .await
         .unwrap();
     push_layout(&layout, &a, "app:v1").await.unwrap();
-    let sa = side(a.host()).await;
+    let sa = plain(a.host()).await;
 
     // The destination refuses anonymous pushes: the destination is named, not the source.
     let tls = TlsSettings {
@@ -463,7 +452,7 @@ async fn referrers_follow_the_image_through_the_fallback_tag() {
     let tag = image.digest.replacen(':', "-", 1);
     put_manifest(&a, "app", &tag, &fallback, media::OCI_INDEX).await;
 
-    let (sa, sb) = (side(a.host()).await, side(b.host()).await);
+    let (sa, sb) = (plain(a.host()).await, plain(b.host()).await);
     let (from, to) = (r(a.host(), "app:v1"), r(b.host(), "mirror:v1"));
     let rep = copy(&sa, &from, &sb, &to, &Platforms::All).await.unwrap();
     let n = copy_referrers(&sa, &from, &sb, &to, &rep.digest).await.unwrap();

@@ -1,8 +1,11 @@
-//! What the copy tests share: an `ido_oci::Registry` for a test-kit registry.
+//! What the copy tests share: an `ido_oci::Registry` for a test-kit registry, or for a
+//! plain-HTTP host (a proxy), and references. Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 
 use ido_oci::{
+    Reference,
     auth::{AuthStore, Credentials},
     registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
 };
@@ -39,4 +42,20 @@ pub async fn side(reg: &DockerRegistry) -> Registry {
     Registry::connect(reg.host(), &tls(reg), Arc::new(auths(reg)), DEFAULT_CONCURRENCY)
         .await
         .unwrap()
+}
+
+/// An anonymous `Registry` for `host`, TLS verification off (plain HTTP allowed).
+pub async fn plain(host: &str) -> Registry {
+    let tls = TlsSettings {
+        verify: false,
+        ca_bundle: None,
+    };
+    Registry::connect(host, &tls, Arc::new(AuthStore::default()), DEFAULT_CONCURRENCY)
+        .await
+        .unwrap()
+}
+
+/// `host/repo_tag`.
+pub fn r(host: &str, repo_tag: &str) -> Reference {
+    format!("{host}/{repo_tag}").parse().unwrap()
 }
