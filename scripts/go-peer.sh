@@ -1,7 +1,8 @@
-# Sourced by scripts/build-k8s.sh and scripts/build-govc.sh: Go peers built from the modules
-# under tools/ into a cache outside the repo, keyed by a hash of their sources, so every
-# clone on this machine shares them (${IDO_PEERS_CACHE:-~/.cache/ido/peers}/NAME-<hash>/NAME),
-# and linked as target/peers/NAME. Run from the repository's root.
+# Sourced by scripts/build-k8s.sh, scripts/build-govc.sh and scripts/build-ociregistry.sh: Go
+# peers built from the modules under tools/ into a cache outside the repo, keyed by a hash of
+# their sources, so every clone on this machine shares them
+# (${IDO_PEERS_CACHE:-~/.cache/ido/peers}/NAME-<hash>/NAME), and linked as target/peers/NAME.
+# Run from the repository's root.
 export PATH="/usr/local/go/bin:$PATH" GOTOOLCHAIN=local
 cache=${IDO_PEERS_CACHE:-${HOME:-/root}/.cache/ido/peers}
 mkdir -p "$cache" target/peers

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a Debian 12 machine (idempotent): the test peers
 # (SeaweedFS, the vCenter simulator's Go library, docker-registry, skopeo, qemu/nbdkit tools)
-# and the pyvmomi oracle. Then builds the project's own vCenter simulator main, and the local
-# Kubernetes control plane and helm (scripts/build-k8s.sh).
+# and the pyvmomi oracle. Then builds the project's own vCenter simulator main, a registry with
+# the referrers API (scripts/build-ociregistry.sh), and the local Kubernetes control plane and
+# helm (scripts/build-k8s.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 scripts/build-vcsim.sh
+# A registry with the OCI referrers API (go-containerregistry's), for the `copy --referrers`
+# tests: under a minute once, cached under ~/.cache/ido/peers.
+scripts/build-ociregistry.sh
 # The Kubernetes control plane (kube-apiserver, kube-controller-manager, etcd, kubectl) and
 # helm, from their upstream Go modules: ~20 min once, cached under ~/.cache/ido/peers.
 scripts/build-k8s.sh

@@ -97,6 +97,18 @@ impl AuthStore {
         self.by_host.insert(normalize_host(host), creds);
     }
 
+    /// Adds credentials for `host` unless it has some already (a pull secret's win over
+    /// ones found otherwise, such as [`crate::aws`]'s): whether they were added.
+    pub fn insert_if_absent(&mut self, host: &str, creds: Credentials) -> bool {
+        match self.by_host.entry(normalize_host(host)) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(creds);
+                true
+            }
+            std::collections::btree_map::Entry::Occupied(_) => false,
+        }
+    }
+
     /// Adds every entry of `other`, replacing same hosts.
     pub fn extend(&mut self, other: AuthStore) {
         self.by_host.extend(other.by_host);
@@ -143,6 +155,15 @@ mod tests {
         assert!(matches!(s.auth_for("127.0.0.1:5000"), RegistryAuth::Basic(u, _) if u == "bob"));
         assert!(matches!(s.auth_for("quay.io"), RegistryAuth::Anonymous));
         assert!(!format!("{s:?}").contains("s3cret"));
+        let mut s = s;
+        let other = |p: &str| Credentials {
+            username: "AWS".into(),
+            password: p.into(),
+        };
+        assert!(!s.insert_if_absent("127.0.0.1:5000", other("x")));
+        assert!(matches!(s.auth_for("127.0.0.1:5000"), RegistryAuth::Basic(u, _) if u == "bob"));
+        assert!(s.insert_if_absent("https://quay.io/", other("y")));
+        assert!(matches!(s.auth_for("quay.io"), RegistryAuth::Basic(u, p) if u == "AWS" && p == "y"));
         let e = AuthStore::from_docker_config(br#"{"auths":{"x":{"auth":"!!"}}}"#, "f.json")
             .unwrap_err()
             .to_string();

@@ -7,6 +7,8 @@
 //!
 //! - [`auth`]: credentials from docker config files and `kubernetes.io/dockerconfigjson`
 //!   Secrets, per registry; never printed.
+//! - [`aws`]: ECR credentials from the pod's web identity (EKS IRSA): STS, then a SigV4
+//!   signed `GetAuthorizationToken`, cached until shortly before they expire.
 //! - [`registry`]: one side of copies: `oci-client` clients with its TLS settings
 //!   (verification on by default, CA bundles, plain HTTP only when asked), a per-registry
 //!   limit on blob transfers, and no credential round trips for open registries.
@@ -22,6 +24,7 @@
 //! - [`tags`]: tag listing and patterns.
 
 pub mod auth;
+pub mod aws;
 mod blob;
 pub mod copy;
 pub mod media;
@@ -65,6 +68,19 @@ pub enum Error {
         what: String,
         expected: String,
         actual: String,
+    },
+    /// An environment variable [`aws`] needs is missing or unusable (or the file it names).
+    #[error("{var}: {reason}")]
+    AwsEnv { var: &'static str, reason: String },
+    /// An AWS call of [`aws`] failed: `step` names it (`STS AssumeRoleWithWebIdentity`,
+    /// `ECR GetAuthorizationToken`), `code` is AWS's error code when it gave one; the
+    /// message holds no secret.
+    #[error("{step} at {endpoint}: {}{message}", code.as_ref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    Aws {
+        step: &'static str,
+        endpoint: String,
+        code: Option<String>,
+        message: String,
     },
 }
 

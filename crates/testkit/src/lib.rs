@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod bench;
 pub mod cluster;
 pub mod fakes;
@@ -34,6 +35,7 @@ pub mod fault_proxy;
 pub mod kubelet;
 pub mod nginx;
 pub mod oci_image;
+pub mod ociregistry;
 pub mod oracle;
 pub mod ova;
 pub mod plot;

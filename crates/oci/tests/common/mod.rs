@@ -9,7 +9,25 @@ use ido_oci::{
     auth::{AuthStore, Credentials},
     registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
 };
-use ido_testkit::registry::DockerRegistry;
+use ido_testkit::{ociregistry::OciRegistry, registry::DockerRegistry};
+
+/// A test-kit registry a test talks to directly (raw manifests, the referrers API).
+pub trait Peer {
+    /// `http(s)://127.0.0.1:PORT`.
+    fn base_url(&self) -> String;
+}
+
+impl Peer for DockerRegistry {
+    fn base_url(&self) -> String {
+        DockerRegistry::base_url(self)
+    }
+}
+
+impl Peer for OciRegistry {
+    fn base_url(&self) -> String {
+        OciRegistry::base_url(self)
+    }
+}
 
 fn tls(reg: &DockerRegistry) -> TlsSettings {
     match reg.ca() {
