@@ -98,6 +98,21 @@ pub async fn copy(
     copy_with_progress(src, src_ref, dst, dst_ref, platforms, &Progress::default()).await
 }
 
+/// [`copy`], for a caller that knows what the destination tag holds: `known` is its
+/// digest, as an earlier copy left it (and the caller has checked that the tag is still
+/// there). The destination tag is then not read: a tag whose source has not moved costs
+/// the source's manifest alone.
+pub async fn copy_known(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    platforms: &Platforms,
+    known: Option<&str>,
+) -> Result<CopyReport> {
+    copy_inner(src, src_ref, dst, dst_ref, platforms, &Progress::default(), known).await
+}
+
 /// [`copy`], counting its bytes in `progress` as they go.
 pub async fn copy_with_progress(
     src: &Registry,
@@ -107,11 +122,29 @@ pub async fn copy_with_progress(
     platforms: &Platforms,
     progress: &Progress,
 ) -> Result<CopyReport> {
+    copy_inner(src, src_ref, dst, dst_ref, platforms, progress, None).await
+}
+
+async fn copy_inner(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    platforms: &Platforms,
+    progress: &Progress,
+    known: Option<&str>,
+) -> Result<CopyReport> {
     let name = src_ref.whole();
     src.prepare(src_ref).await;
     dst.prepare(dst_ref).await;
 
-    let (top, existing) = tokio::join!(pull_manifest(src, src_ref), existing_digest(dst, dst_ref));
+    let existing = async {
+        match known {
+            Some(d) => Some(d.to_string()),
+            None => existing_digest(dst, dst_ref).await,
+        }
+    };
+    let (top, existing) = tokio::join!(pull_manifest(src, src_ref), existing);
     let (top, top_digest) = top?;
     let plan = plan(&top, &top_digest, platforms, &name)?;
     let mut report = CopyReport {
@@ -210,10 +243,12 @@ pub async fn copy_many(
 
 /// Copies the artifacts that refer to `digest` in `src_ref`'s repository (signatures,
 /// SBOMs, attestations: OCI 1.1 manifests whose `subject` is it) to `dst_ref`'s repository,
-/// as `oras cp -r` does; returns how many. They are found through the registry's referrers
+/// as `oras cp -r` does, and the artifacts that refer to those (a signature of an SBOM), level
+/// by level; returns how many, all levels. They are found through the registry's referrers
 /// API, else through the fallback tag `sha256-<hex>` (an index of them, the OCI 1.1 scheme
 /// for registries without the API). A destination without the API gets that fallback tag too,
-/// so clients find them there as well. One level: referrers of referrers are not followed.
+/// so clients find them there as well. Each manifest is followed once (a fallback tag may list
+/// anything, even a cycle), and at most 8 levels deep.
 pub async fn copy_referrers(
     src: &Registry,
     src_ref: &Reference,
@@ -221,70 +256,118 @@ pub async fn copy_referrers(
     dst_ref: &Reference,
     digest: &str,
 ) -> Result<usize> {
-    let tag = digest.replacen(':', "-", 1);
+    const MAX_DEPTH: usize = 8;
+    let mut seen = std::collections::HashSet::from([digest.to_string()]);
+    let mut level = vec![digest.to_string()];
+    for depth in 1..=MAX_DEPTH {
+        let mut next = vec![];
+        for subject in &level {
+            for d in copy_referrers_of(src, src_ref, dst, dst_ref, subject, &seen).await? {
+                if seen.insert(d.clone()) {
+                    next.push(d);
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        if depth == MAX_DEPTH {
+            tracing::warn!(src = %src_ref.whole(), %digest, depth, not_followed = ?next, "referrers this deep: theirs are not looked for");
+        }
+        level = next;
+    }
+    Ok(seen.len() - 1)
+}
+
+/// One level of [`copy_referrers`]: copies the referrers of `subject` (those in `seen` are
+/// copied already, except through a fallback index, which goes whole) and, when the
+/// destination has no referrers API, writes its fallback tag; returns their digests.
+async fn copy_referrers_of(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    subject: &str,
+    seen: &std::collections::HashSet<String>,
+) -> Result<Vec<String>> {
+    let tag = subject.replacen(':', "-", 1);
     let at = |reg: &Reference, t: &str| {
         Reference::with_tag(reg.registry().into(), reg.repository().into(), t.into())
     };
+    let by_digest = |reg: &Reference, d: &str| {
+        Reference::with_digest(reg.registry().into(), reg.repository().into(), d.into())
+    };
     let (src_tag, dst_tag) = (at(src_ref, &tag), at(dst_ref, &tag));
-    let referrers = match referrers_api(src, src_ref, digest).await? {
+    let mut referrers = match referrers_api(src, src_ref, subject).await? {
         Some(index) => index,
         None => match src.pull_manifest_raw(&src_tag).await {
             Ok((bytes, _)) => {
                 // The fallback index itself carries them: copied whole, children first.
-                let n = match media::parse(&bytes, &src_tag.whole())? {
-                    Manifest::Index { manifests, .. } => manifests.len(),
-                    Manifest::Image { .. } => 0,
+                let listed = match media::parse(&bytes, &src_tag.whole())? {
+                    Manifest::Index { manifests, .. } => manifests,
+                    Manifest::Image { .. } => vec![],
                 };
-                if n > 0 {
+                if !listed.is_empty() {
                     copy(src, &src_tag, dst, &dst_tag, &Platforms::All).await?;
                 }
-                return Ok(n);
+                return Ok(listed.into_iter().map(|d| d.digest).collect());
             }
-            Err(a) if crate::retry::status(&a.error) == Some(404) => return Ok(0),
+            Err(a) if crate::retry::status(&a.error) == Some(404) => return Ok(vec![]),
             Err(a) => {
                 return Err(Error::Registry {
-                    what: format!("reading the referrers of {digest} ({})", src_tag.whole()),
+                    what: format!("reading the referrers of {subject} ({})", src_tag.whole()),
                     error: a.error,
                 });
             }
         },
     };
-    for d in &referrers {
-        let from = Reference::with_digest(
-            src_ref.registry().into(),
-            src_ref.repository().into(),
-            d.digest.clone(),
-        );
-        let to = Reference::with_digest(
-            dst_ref.registry().into(),
-            dst_ref.repository().into(),
-            d.digest.clone(),
-        );
+    // The API lists them in no particular order: sorted, the fallback tag written below is
+    // the same bytes on every copy.
+    referrers.sort_by(|a, b| a.digest.cmp(&b.digest));
+    referrers.dedup_by(|a, b| a.digest == b.digest);
+    for d in referrers.iter().filter(|d| !seen.contains(&d.digest)) {
+        let (from, to) = (by_digest(src_ref, &d.digest), by_digest(dst_ref, &d.digest));
         copy(src, &from, dst, &to, &Platforms::All).await?;
     }
-    if !referrers.is_empty() && referrers_api(dst, dst_ref, digest).await?.is_none() {
+    if !referrers.is_empty() && referrers_api(dst, dst_ref, subject).await?.is_none() {
+        let mut entries = vec![];
+        for d in &referrers {
+            // Described from the manifest itself, as OCI 1.1 says a referrers list does:
+            // registries' own lists are not always right (go-containerregistry's gives the
+            // config's media type as every artifact's `artifactType`).
+            let from = by_digest(src_ref, &d.digest);
+            let bytes = src.pull_manifest_raw(&from).await.map_err(|a| Error::Registry {
+                what: format!("reading the referrer {}", from.whole()),
+                error: a.error,
+            })?;
+            let m: serde_json::Value = serde_json::from_slice(&bytes.0).unwrap_or_default();
+            let media_type = m["mediaType"].as_str().unwrap_or(&d.media_type);
+            let mut e =
+                serde_json::json!({"mediaType": media_type, "digest": d.digest, "size": bytes.0.len()});
+            let artifact_type = m["artifactType"]
+                .as_str()
+                .or_else(|| m["config"]["mediaType"].as_str());
+            if let Some(t) = artifact_type {
+                e["artifactType"] = serde_json::json!(t);
+            }
+            if m["annotations"].as_object().is_some_and(|a| !a.is_empty()) {
+                e["annotations"] = m["annotations"].clone();
+            }
+            entries.push(e);
+        }
         let index = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": media::OCI_INDEX,
-            "manifests": referrers.iter().map(|d| {
-                let mut e = serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size});
-                if let Some(t) = &d.artifact_type {
-                    e["artifactType"] = serde_json::json!(t);
-                }
-                if !d.annotations.is_empty() {
-                    e["annotations"] = serde_json::json!(d.annotations);
-                }
-                e
-            }).collect::<Vec<_>>(),
+            "manifests": entries,
         });
         let bytes = Bytes::from(serde_json::to_vec(&index).expect("json"));
         push_manifest(dst, &dst_tag, bytes, media::OCI_INDEX).await?;
     }
-    Ok(referrers.len())
+    Ok(referrers.into_iter().map(|d| d.digest).collect())
 }
 
-/// The referrers of `digest` through the registry's referrers API; `None` when the registry
-/// has no such API (404).
+/// The referrers of `digest` through the registry's referrers API, every page; `None` when
+/// the registry has no such API (404).
 async fn referrers_api(reg: &Registry, r: &Reference, digest: &str) -> Result<Option<Vec<Descriptor>>> {
     let what = || {
         format!(
@@ -297,15 +380,26 @@ async fn referrers_api(reg: &Registry, r: &Reference, digest: &str) -> Result<Op
         .pull_authorization(r)
         .await
         .map_err(|error| Error::Registry { what: what(), error })?;
-    let url = reg.url(&format!("/v2/{}/referrers/{digest}", r.repository()));
-    match reg.get_page(&url, auth.as_ref()).await {
-        Ok((body, _)) => match media::parse(&body, &what())? {
-            Manifest::Index { manifests, .. } => Ok(Some(manifests)),
-            Manifest::Image { .. } => Ok(Some(vec![])),
-        },
-        Err(e) if crate::retry::status(&e) == Some(404) => Ok(None),
-        Err(error) => Err(Error::Registry { what: what(), error }),
+    let mut url = reg.url(&format!("/v2/{}/referrers/{digest}", r.repository()));
+    let mut out = vec![];
+    // A registry that keeps sending the same page would loop forever.
+    for _ in 0..1_000 {
+        let next = match reg.get_page(&url, auth.as_ref()).await {
+            Ok((body, next)) => {
+                if let Manifest::Index { manifests, .. } = media::parse(&body, &what())? {
+                    out.extend(manifests);
+                }
+                next
+            }
+            Err(e) if out.is_empty() && crate::retry::status(&e) == Some(404) => return Ok(None),
+            Err(error) => return Err(Error::Registry { what: what(), error }),
+        };
+        match next {
+            Some(n) => url = n,
+            None => break,
+        }
     }
+    Ok(Some(out))
 }
 
 /// What goes to the destination tag, decided from the source's top manifest alone.
@@ -485,10 +579,7 @@ async fn push_manifest(dst: &Registry, r: &Reference, bytes: Bytes, media_type: 
         reference: r.whole(),
         message: format!("bad media type {media_type:?}"),
     })?;
-    with_retries(&what, || {
-        dst.client.push_manifest_raw(r, bytes.clone(), ct.clone())
-    })
-    .await?;
+    with_retries(&what, || dst.push_manifest_raw(r, bytes.clone(), &ct)).await?;
     Ok(())
 }
 

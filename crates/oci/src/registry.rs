@@ -383,11 +383,20 @@ impl Registry {
         &self,
         repo: &Reference,
     ) -> std::result::Result<Option<HeaderValue>, OciDistributionError> {
+        self.authorization(repo, "pull").await
+    }
+
+    /// The `Authorization` for `actions` (`pull`, `pull,push`) on `repo`.
+    async fn authorization(
+        &self,
+        repo: &Reference,
+        actions: &str,
+    ) -> std::result::Result<Option<HeaderValue>, OciDistributionError> {
         if self.open {
             return Ok(None);
         }
         let value = if self.bearer.is_some() {
-            let scope = format!("repository:{}:pull", repo.repository());
+            let scope = format!("repository:{}:{actions}", repo.repository());
             match self.token(&[scope]).await {
                 Ok(Some(token)) => format!("Bearer {token}"),
                 Ok(None) => return Ok(None),
@@ -408,6 +417,51 @@ impl Registry {
         })?;
         v.set_sensitive(true);
         Ok(Some(v))
+    }
+
+    /// Puts `bytes` as the manifest `r` names (a tag or a digest). Any 2xx is success, with
+    /// or without the `Location` the specification asks for (some registries, ECR among
+    /// them, leave it out).
+    pub(crate) async fn push_manifest_raw(
+        &self,
+        r: &Reference,
+        bytes: Bytes,
+        media_type: &HeaderValue,
+    ) -> Result<(), Attempt> {
+        let auth = self.authorization(r, "pull,push").await?;
+        let url = self.url(&format!(
+            "/v2/{}/manifests/{}",
+            r.repository(),
+            r.digest().or(r.tag()).unwrap_or("latest")
+        ));
+        let mut req = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, media_type.clone())
+            .body(bytes);
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let res = req.send().await.map_err(OciDistributionError::from)?;
+        let status = res.status();
+        let retry_after = res
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = res.bytes().await.unwrap_or_default();
+        tracing::debug!(%url, %status, "PUT manifest");
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(Attempt {
+            error: OciDistributionError::ServerError {
+                code: status.as_u16(),
+                url,
+                message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
+            },
+            retry_after,
+        })
     }
 
     /// One page of a JSON listing at `url` (at most 32 MiB) and the next page's URL from its

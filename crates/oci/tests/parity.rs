@@ -1,11 +1,13 @@
 //! Where ido must do what skopeo does, against real `docker-registry` instances: the image
 //! an index gives for one platform (skopeo is the oracle), the index several platforms give
 //! (the source's entries, verbatim and in order), an index whose only image has no
-//! platform, and tag lists a registry pages with `Link` headers.
+//! platform, and tag lists a registry pages with `Link` headers. `--referrers` also against
+//! go-containerregistry's registry, which serves the OCI referrers API that docker-registry
+//! lacks.
 
 mod common;
 
-use common::{plain, r};
+use common::{Peer, plain, r};
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use ido_testkit::{
 use serde_json::{Value, json};
 
 /// `GET` of a manifest's raw bytes.
-async fn manifest(reg: &DockerRegistry, repo: &str, reference: &str) -> Vec<u8> {
+async fn manifest(reg: &impl Peer, repo: &str, reference: &str) -> Vec<u8> {
     let accept = media::ACCEPTED.join(", ");
     reqwest::Client::new()
         .get(format!("{}/v2/{repo}/manifests/{reference}", reg.base_url()))
@@ -43,7 +45,7 @@ async fn manifest(reg: &DockerRegistry, repo: &str, reference: &str) -> Vec<u8> 
 
 /// `PUT`s `bytes` as `repo:reference`; returns its digest.
 async fn put_manifest(
-    reg: &DockerRegistry,
+    reg: &impl Peer,
     repo: &str,
     reference: &str,
     bytes: &[u8],
@@ -420,9 +422,46 @@ async fn token_registries_mount_across_repositories_and_say_why_credentials_fail
     assert!(!e.contains("wrong-pw-2718"), "{e}");
 }
 
-/// `--referrers`: the artifacts that refer to an image (an SBOM here) follow it. docker-registry
-/// 2.8 has no referrers API, so the source lists them under the OCI 1.1 fallback tag
-/// `sha256-<hex>`; the copy brings the artifact and that tag along, byte for byte.
+const SPDX: &str = "application/spdx+json";
+const SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+/// The fallback tag of `digest` (`sha256-<hex>`).
+fn fallback_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+/// The digests a registry's referrers API lists for `digest` in `repo`, sorted.
+async fn referrers(reg: &impl Peer, repo: &str, digest: &str) -> Vec<String> {
+    ido_testkit::install_crypto_provider();
+    let index: Value = reqwest::get(format!("{}/v2/{repo}/referrers/{digest}", reg.base_url()))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+fn sorted<const N: usize>(digests: [&str; N]) -> Vec<String> {
+    let mut v: Vec<String> = digests.iter().map(ToString::to_string).collect();
+    v.sort();
+    v
+}
+
+/// `--referrers`: the artifacts that refer to an image (an SBOM here) follow it, and the
+/// signature that refers to the SBOM. docker-registry 2.8 has no referrers API, so the source
+/// lists them under the OCI 1.1 fallback tags `sha256-<hex>`; the copy brings the artifacts
+/// and those tags along, byte for byte. A fallback tag may list anything, even the image the
+/// chain started from: each manifest is followed once.
 #[tokio::test]
 async fn referrers_follow_the_image_through_the_fallback_tag() {
     use ido_oci::copy::copy_referrers;
@@ -437,32 +476,57 @@ async fn referrers_follow_the_image_through_the_fallback_tag() {
         .await
         .unwrap();
     push_layout(&image, &a, "app:v1").await.unwrap();
-    let sbom = build_artifact(&d.join("sbom"), "sbom", "application/spdx+json", &image, 900, 22)
+    let sbom = build_artifact(&d.join("sbom"), "sbom", SPDX, &image, 900, 22)
         .await
         .unwrap();
     push_layout(&sbom, &a, "app:sbom").await.unwrap();
-    // The fallback index, as oras and regctl write it on a registry without the API.
-    let sbom_bytes = manifest(&a, "app", &sbom.digest).await;
-    let fallback = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": media::OCI_INDEX,
-        "manifests": [{"mediaType": media::OCI_MANIFEST, "digest": sbom.digest, "size": sbom_bytes.len(),
-                       "artifactType": "application/spdx+json"}],
-    }))
-    .unwrap();
-    let tag = image.digest.replacen(':', "-", 1);
-    put_manifest(&a, "app", &tag, &fallback, media::OCI_INDEX).await;
+    let sbom_sig = build_artifact(&d.join("sbom-sig"), "sig", SIGNATURE, &sbom, 300, 24)
+        .await
+        .unwrap();
+    push_layout(&sbom_sig, &a, "app:sbom-sig").await.unwrap();
+    // The fallback indexes, as oras and regctl write them on a registry without the API.
+    let mut fallbacks = vec![];
+    for (subject, referrer, media_type, artifact_type) in [
+        (&image.digest, &sbom.digest, media::OCI_MANIFEST, SPDX),
+        (&sbom.digest, &sbom_sig.digest, media::OCI_MANIFEST, SIGNATURE),
+        // A cycle: the signature's "referrer" is the image.
+        (
+            &sbom_sig.digest,
+            &image.digest,
+            media::OCI_MANIFEST,
+            "application/x-cycle",
+        ),
+    ] {
+        let size = manifest(&a, "app", referrer).await.len();
+        let fallback = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": media::OCI_INDEX,
+            "manifests": [{"mediaType": media_type, "digest": referrer, "size": size,
+                           "artifactType": artifact_type}],
+        }))
+        .unwrap();
+        put_manifest(&a, "app", &fallback_tag(subject), &fallback, media::OCI_INDEX).await;
+        fallbacks.push((fallback_tag(subject), fallback));
+    }
 
     let (sa, sb) = (plain(a.host()).await, plain(b.host()).await);
     let (from, to) = (r(a.host(), "app:v1"), r(b.host(), "mirror:v1"));
     let rep = copy(&sa, &from, &sb, &to, &Platforms::All).await.unwrap();
     let n = copy_referrers(&sa, &from, &sb, &to, &rep.digest).await.unwrap();
-    assert_eq!(n, 1);
-    assert_eq!(
-        manifest(&b, "mirror", &sbom.digest).await,
-        sbom_bytes,
-        "the SBOM, byte for byte"
-    );
-    assert_eq!(manifest(&b, "mirror", &tag).await, fallback, "the fallback tag");
+    assert_eq!(n, 2, "the SBOM and its signature");
+    for (what, l) in [("the SBOM", &sbom), ("its signature", &sbom_sig)] {
+        assert_eq!(
+            manifest(&b, "mirror", &l.digest).await,
+            manifest(&a, "app", &l.digest).await,
+            "{what}, byte for byte"
+        );
+    }
+    for (tag, fallback) in &fallbacks {
+        assert_eq!(
+            &manifest(&b, "mirror", tag).await,
+            fallback,
+            "the fallback tag {tag}"
+        );
+    }
     // An image nothing refers to: none, and no fallback tag made.
     let other = build_layout(&d.join("other"), "v2", &["linux/amd64"], 1, 4_000, 23)
         .await
@@ -473,5 +537,213 @@ async fn referrers_follow_the_image_through_the_fallback_tag() {
     assert_eq!(
         copy_referrers(&sa, &from, &sb, &to, &rep.digest).await.unwrap(),
         0
+    );
+    let mut tags = list_tags(&sb, &r(b.host(), "mirror")).await.unwrap();
+    tags.sort();
+    let mut want: Vec<String> = fallbacks.iter().map(|(t, _)| t.clone()).collect();
+    want.extend(["v1".into(), "v2".into()]);
+    want.sort();
+    assert_eq!(tags, want);
+}
+
+/// `--referrers` from a registry with the referrers API (go-containerregistry's): an image
+/// with an SBOM and a signature, and a signature of the SBOM. To another registry with the
+/// API, the artifacts go byte for byte, its API lists them and no fallback tag is made; to
+/// docker-registry (no API), a fallback tag per subject is written, its entries described
+/// from the manifests (mediaType, size, artifactType, annotations), the same bytes again on
+/// a second copy.
+#[tokio::test]
+async fn referrers_follow_the_image_through_the_referrers_api() {
+    use ido_oci::copy::copy_referrers;
+    use ido_testkit::{oci_image::build_artifact, ociregistry::OciRegistry};
+    let (a, b) = (
+        OciRegistry::start().await.unwrap(),
+        OciRegistry::start().await.unwrap(),
+    );
+    let c = DockerRegistry::start(Default::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = build_layout(&d.join("img"), "v1", &["linux/amd64"], 1, 4_000, 31)
+        .await
+        .unwrap();
+    a.push_layout(&image, "app:v1").await.unwrap();
+    let sbom = build_artifact(&d.join("sbom"), "sbom", SPDX, &image, 900, 32)
+        .await
+        .unwrap();
+    let sig = build_artifact(&d.join("sig"), "sig", SIGNATURE, &image, 300, 33)
+        .await
+        .unwrap();
+    let sbom_sig = build_artifact(&d.join("sbom-sig"), "sig", SIGNATURE, &sbom, 300, 34)
+        .await
+        .unwrap();
+    for (l, tag) in [(&sbom, "sbom"), (&sig, "sig"), (&sbom_sig, "sbom-sig")] {
+        a.push_layout(l, &format!("app:{tag}")).await.unwrap();
+    }
+    let two = sorted([&sbom.digest, &sig.digest]);
+    assert_eq!(referrers(&a, "app", &image.digest).await, two, "the source's API");
+    assert_eq!(
+        referrers(&a, "app", &sbom.digest).await,
+        sorted([&sbom_sig.digest])
+    );
+    let artifacts = [(&sbom, SPDX), (&sig, SIGNATURE), (&sbom_sig, SIGNATURE)];
+
+    let sa = plain(a.host()).await;
+    let from = r(a.host(), "app:v1");
+
+    // To a registry with the API: its API lists them, and no fallback tag.
+    let sb = plain(b.host()).await;
+    let to = r(b.host(), "mirror:v1");
+    let rep = copy(&sa, &from, &sb, &to, &Platforms::All).await.unwrap();
+    assert_eq!(rep.digest, image.digest);
+    assert_eq!(
+        copy_referrers(&sa, &from, &sb, &to, &rep.digest).await.unwrap(),
+        3
+    );
+    for (l, _) in artifacts {
+        assert_eq!(
+            manifest(&b, "mirror", &l.digest).await,
+            manifest(&a, "app", &l.digest).await,
+            "{}, byte for byte",
+            l.dir.display()
+        );
+    }
+    assert_eq!(referrers(&b, "mirror", &image.digest).await, two);
+    assert_eq!(
+        referrers(&b, "mirror", &sbom.digest).await,
+        sorted([&sbom_sig.digest])
+    );
+    assert_eq!(
+        list_tags(&sb, &r(b.host(), "mirror")).await.unwrap(),
+        ["v1"],
+        "no fallback tag"
+    );
+
+    // To docker-registry: fallback tags.
+    let sc = plain(c.host()).await;
+    let to = r(c.host(), "mirror:v1");
+    copy(&sa, &from, &sc, &to, &Platforms::All).await.unwrap();
+    assert_eq!(
+        copy_referrers(&sa, &from, &sc, &to, &rep.digest).await.unwrap(),
+        3
+    );
+    let mut entries = std::collections::BTreeMap::new();
+    for (l, artifact_type) in artifacts {
+        let bytes = manifest(&c, "mirror", &l.digest).await;
+        assert_eq!(bytes, manifest(&a, "app", &l.digest).await, "{}", l.dir.display());
+        entries.insert(
+            l.digest.clone(),
+            json!({"mediaType": media::OCI_MANIFEST, "digest": l.digest, "size": bytes.len(),
+                   "artifactType": artifact_type,
+                   "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"}}),
+        );
+    }
+    let index = |digests: &[String]| {
+        json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX,
+               "manifests": digests.iter().map(|d| entries[d].clone()).collect::<Vec<_>>()})
+    };
+    let image_tag = fallback_tag(&image.digest);
+    let image_bytes = manifest(&c, "mirror", &image_tag).await;
+    let got: Value = serde_json::from_slice(&image_bytes).unwrap();
+    assert_eq!(got, index(&two), "the image's fallback tag");
+    let sbom_tag = fallback_tag(&sbom.digest);
+    let sbom_bytes = manifest(&c, "mirror", &sbom_tag).await;
+    let got: Value = serde_json::from_slice(&sbom_bytes).unwrap();
+    assert_eq!(got, index(&sorted([&sbom_sig.digest])), "the SBOM's fallback tag");
+    // Again: the same tags, byte for byte (the API's order is not the tag's).
+    assert_eq!(
+        copy_referrers(&sa, &from, &sc, &to, &rep.digest).await.unwrap(),
+        3
+    );
+    assert_eq!(manifest(&c, "mirror", &image_tag).await, image_bytes);
+    assert_eq!(manifest(&c, "mirror", &sbom_tag).await, sbom_bytes);
+}
+
+/// `--referrers` follows referrers of referrers 8 levels deep, no deeper: a chain of ten
+/// signatures, each of the one before, brings eight.
+#[tokio::test]
+async fn referrers_stop_eight_levels_deep() {
+    use ido_oci::copy::copy_referrers;
+    use ido_testkit::{oci_image::build_artifact, ociregistry::OciRegistry};
+    let (a, b) = (
+        OciRegistry::start().await.unwrap(),
+        OciRegistry::start().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = build_layout(&d.join("img"), "v1", &["linux/amd64"], 1, 1_000, 41)
+        .await
+        .unwrap();
+    a.push_layout(&image, "app:v1").await.unwrap();
+    let mut chain = vec![image.clone()];
+    for i in 0..10 {
+        let sig = build_artifact(
+            &d.join(format!("sig{i}")),
+            "sig",
+            SIGNATURE,
+            &chain[i],
+            100,
+            50 + i as u64,
+        )
+        .await
+        .unwrap();
+        a.push_layout(&sig, &format!("app:sig{i}")).await.unwrap();
+        chain.push(sig);
+    }
+    let (sa, sb) = (plain(a.host()).await, plain(b.host()).await);
+    let (from, to) = (r(a.host(), "app:v1"), r(b.host(), "mirror:v1"));
+    copy(&sa, &from, &sb, &to, &Platforms::All).await.unwrap();
+    assert_eq!(
+        copy_referrers(&sa, &from, &sb, &to, &image.digest).await.unwrap(),
+        8
+    );
+    assert_eq!(
+        referrers(&b, "mirror", &chain[7].digest).await,
+        sorted([&chain[8].digest])
+    );
+    assert_eq!(
+        referrers(&b, "mirror", &chain[8].digest).await,
+        Vec::<String>::new()
+    );
+}
+
+/// A registry that answers a manifest push with 201 and no `Location` (go-containerregistry's
+/// registry; ECR too, by oci-client's own account): a two-platform index, whose images are
+/// pushed by digest, copies byte for byte. oci-client's manifest push panicked here ("The
+/// manifest URL always ends with the image tag suffix"); ido puts manifests itself.
+#[tokio::test]
+async fn manifests_push_to_registries_that_answer_without_a_location() {
+    use ido_testkit::ociregistry::OciRegistry;
+    let (a, b) = (
+        OciRegistry::start().await.unwrap(),
+        OciRegistry::start_without_manifest_location().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_layout(
+        &dir.path().join("idx"),
+        "v1",
+        &["linux/amd64", "linux/arm64"],
+        2,
+        3_000,
+        41,
+    )
+    .await
+    .unwrap();
+    a.push_layout(&index, "app:v1").await.unwrap();
+    let (sa, sb) = (plain(a.host()).await, plain(b.host()).await);
+    let rep = copy(
+        &sa,
+        &r(a.host(), "app:v1"),
+        &sb,
+        &r(b.host(), "mirror:v1"),
+        &Platforms::All,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rep.digest, index.digest);
+    assert_eq!(rep.manifests, 3, "two images by digest, then the index by tag");
+    assert_eq!(
+        manifest(&b, "mirror", "v1").await,
+        manifest(&a, "app", "v1").await,
+        "byte for byte"
     );
 }
