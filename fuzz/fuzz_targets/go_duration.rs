@@ -1,5 +1,5 @@
-//! Durations: Go's (`parse_go_duration`, `imageRetentionPeriod` in the configuration) and
-//! ImageSync frequencies (`parse_frequency`).
+//! Durations (`ido_api::duration`): Go's syntax plus days and weeks, as `imageRetentionPeriod`,
+//! the CLI's timeouts and ImageSync frequencies take them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,6 +8,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = ido_controllers::config::parse_go_duration(s);
-    let _ = ido_api::imagesync::parse_frequency(s);
+    let _ = ido_api::duration::parse_duration(s);
+    let _ = ido_api::duration::parse_frequency(s);
 });

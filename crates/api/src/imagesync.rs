@@ -8,8 +8,8 @@
 //!
 //! - every tag a pattern matches is copied to *itself* at the destination
 //!   (`destination.version` is then empty or the same pattern);
-//! - `frequency` defaults to `15m`, accepts `s|m|h|d|w` units and sums like `1d12h`; a bad
-//!   value is reported (condition `Ready=False`, reason `InvalidSpec`), never replaced;
+//! - `frequency` defaults to `15m`, takes Go durations plus `d` and `w` (`1d12h` is 36 h);
+//!   a bad value is reported (condition `Ready=False`, reason `InvalidSpec`), never replaced;
 //! - credentials come from `kubernetes.io/dockerconfigjson` Secrets named per side
 //!   (`secretRef`), TLS is verified unless a side says `tlsVerify: false`, and a side may
 //!   trust extra CAs (`caBundle`, inline PEM, and/or `certConfigMap`, a ConfigMap of PEM
@@ -104,8 +104,9 @@ pub struct ImageSyncSpec {
     /// copied before (a tag once copied is never copied again). `Recurrent`: every
     /// `frequency`, copy every matching tag again if its source digest changed.
     pub mode: SyncMode,
-    /// How often OnceByTag and Recurrent look again: `<n><unit>` with units `s`, `m`, `h`,
-    /// `d`, `w`, summed (`1d12h`). Default `15m`. Ignored when `schedule` is set.
+    /// How often OnceByTag and Recurrent look again: a Go duration (`90s`, `1h30m`, `1.5h`)
+    /// where `d` and `w` may be used too (`1d12h`), at least 1s. Default `15m`. Ignored when
+    /// `schedule` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency: Option<String>,
     /// Standard 5-field cron expression (UTC) for OnceByTag and Recurrent, e.g.
@@ -211,6 +212,13 @@ pub struct ImageSyncStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub last_sync_time: Option<Timestamp>,
+    /// When a pass last read every selected destination tag. Until a day later, passes of
+    /// the same generation take the digests in `tags` for what the destination holds (a tag
+    /// still listed there is not read again), so a tag whose source has not moved costs one
+    /// request to the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub destinations_verified_time: Option<Timestamp>,
     /// When the next sync pass is due; absent when none is planned (OneShot done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
@@ -293,65 +301,12 @@ pub struct TagStatus {
     pub message: String,
 }
 
-/// Parses a `frequency`: one or more `<n><unit>` (`s`, `m`, `h`, `d` = 24h, `w` = 7d),
-/// summed: `30s`, `15m`, `6h`, `1d`, `1w`, `1d12h`. Zero is refused.
-pub fn parse_frequency(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let expected = "expected <number><unit>… with units s, m, h, d, w (e.g. 30s, 15m, 6h, 1d, 1w, 1d12h)";
-    if t.is_empty() {
-        return Err(format!("empty: {expected}"));
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return Err(format!("unexpected {c:?}: {expected}")),
-        };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("unit {c:?} without a number: {expected}"))?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| "too large".to_string())?;
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(format!("{num:?} has no unit: {expected}"));
-    }
-    if total == 0 {
-        return Err("must be more than 0".into());
-    }
-    Ok(Duration::from_secs(total))
-}
+pub use crate::duration::parse_frequency;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kube::CustomResourceExt;
-
-    #[test]
-    fn frequencies() {
-        let s = |x: &str| parse_frequency(x).map(|d| d.as_secs());
-        assert_eq!(s("30s"), Ok(30));
-        assert_eq!(s("15m"), Ok(900));
-        assert_eq!(s("6h"), Ok(21_600));
-        assert_eq!(s("1d"), Ok(86_400));
-        assert_eq!(s("1w"), Ok(604_800));
-        assert_eq!(s("1d12h"), Ok(129_600), "the anchor read this as 24h");
-        for bad in ["", "5", "1.5d", "m", "5x", "0s", "-1m"] {
-            assert!(s(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn anchor_image_manifest_deserializes_after_changing_kind() {

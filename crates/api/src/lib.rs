@@ -7,6 +7,8 @@
 //! - [`ImageSync`] (`ido.dev/v1alpha1`): mirrors container images between registries; its
 //!   spec is a superset of image-operator's `Image`.
 //!
+//! - [`image_operator::Image`] (`skopeo.io/v1alpha1`): image-operator's kind, served on
+//!   the ImageSync engine when the chart opts in.
 //! - [`DiskImport`] (`ido.dev/v1alpha1`): a disk image imported into a PersistentVolumeClaim
 //!   by an importer Job (CDI's DataVolume, streamed, no scratch space).
 //!
@@ -14,6 +16,8 @@
 
 pub mod condition;
 pub mod diskimport;
+pub mod duration;
+pub mod image_operator;
 pub mod imagesync;
 pub mod names;
 pub mod nodeimage;
@@ -42,6 +46,7 @@ pub fn crds()
         Release::crd(),
         ImageSync::crd(),
         DiskImport::crd(),
+        image_operator::crd(),
     ]
     .into_iter()
     .map(|mut crd| {

@@ -9,6 +9,7 @@
 //! vsphere: {enabled, insecure, caBundle, credentials: {vcenter, username, password}, locations: {…}}
 //! kubevirt: {enabled, timeoutSeconds, locations: {name: {namespace, storageClassName, size, accessModes, volumeMode}}}
 //! diskImport: {enabled, image, imagePullPolicy, filesystemOverhead, backoffLimit, resources}
+//! imageOperator: {enabled}      # serve image-operator's Image (skopeo.io/v1alpha1)
 //! ```
 //! Keys the operator does not know (the rest of a Helm values file) are ignored. Separate
 //! files (a mounted credentials Secret, a locations ConfigMap) are merged in at a key.
@@ -133,6 +134,15 @@ pub struct DiskImportConfig {
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
+/// The `imageOperator` section: image-operator's `Image` kind served on the ImageSync engine.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageOperatorConfig {
+    /// Watch `images.skopeo.io` in every namespace (`ido operator`).
+    #[serde(default)]
+    pub enabled: bool,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -150,6 +160,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     #[serde(default)]
     pub disk_import: DiskImportConfig,
+    #[serde(default)]
+    pub image_operator: ImageOperatorConfig,
     /// The provider sections (`vsphere`, …), decoded apart so errors keep their key path.
     #[serde(skip)]
     pub providers: ProvidersConfig,
@@ -229,13 +241,8 @@ impl Config {
         let retention = match &self.image_retention_period {
             None | Some(Value::Null) => Duration::ZERO,
             Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Duration::ZERO,
-            Some(Value::String(s)) => parse_go_duration(s).ok_or_else(|| {
-                value_err(
-                    "imageRetentionPeriod",
-                    s,
-                    "expected a duration such as 0, 90m or 720h",
-                )
-            })?,
+            Some(Value::String(s)) => ido_api::duration::parse_duration(s)
+                .map_err(|reason| value_err("imageRetentionPeriod", s, &reason))?,
             Some(other) => {
                 return Err(value_err(
                     "imageRetentionPeriod",
@@ -260,6 +267,7 @@ impl Config {
             retention,
             location_concurrency: self.concurrency.locations,
             disk_import: self.importer_settings()?,
+            image_operator: self.image_operator.enabled,
             ..Settings::default()
         })
     }
@@ -455,44 +463,6 @@ fn read_yaml(p: &Path) -> Result<Value, ConfigError> {
             message: e.to_string(),
         }
     })
-}
-
-/// Parses a Go duration (`0`, `90s`, `1h30m`, `720h`; also `d` for days). `None` when it
-/// is malformed or longer than a `Duration` holds.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += n * mult;
-    }
-    // A huge number (`99999999999999999999h`) is out of range, not a panic.
-    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Decodes `v`, naming the failing key (and its value) in the error.

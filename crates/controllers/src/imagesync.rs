@@ -21,13 +21,22 @@
 //!   retried after as long as the ImageSync has been failing, from 1 min to 15 min, or at
 //!   the next scheduled pass if sooner.
 //!
+//! A tag's copy reads its source manifest and the destination tag (two requests when nothing
+//! moved). Within a generation, for a day after a pass that read every destination tag
+//! (`status.destinationsVerifiedTime`), a pass takes the destination digests it recorded in
+//! `status.tags` instead, for the tags the destination still lists (one tag listing): an
+//! unchanged tag then costs one request, and a tag deleted at the destination is copied
+//! again; a tag someone overwrote at the destination is put right at the next full read.
+//!
 //! Credentials are read from the Secrets for each pass, handed only to the copy engine,
 //! and never written to logs, events or the status.
 
+mod kinds;
 mod plan;
 mod status;
 
 pub use ido_oci::reference::is_tag;
+pub use kinds::SyncKind;
 pub use plan::{Every, Plan, Selector, Side, SpecError, parse_schedule, sort_tags};
 
 use std::{
@@ -37,13 +46,14 @@ use std::{
 
 use futures::{StreamExt, stream};
 use ido_api::{
-    ConditionStatus, ImageSync, ImageSyncStatus, SyncMode, TagResult, TagStatus,
+    ConditionStatus, ImageSyncStatus, SyncMode, TagResult, TagStatus,
     condition::set_condition,
     imagesync::{conditions, reasons},
 };
 use ido_oci::{
     auth::AuthStore,
-    copy::{Platforms, copy},
+    aws::IrsaConfig,
+    copy::{Platforms, copy_known},
     registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
     tags::list_tags,
 };
@@ -62,6 +72,9 @@ use status::{
 
 /// Key of the docker config in a `kubernetes.io/dockerconfigjson` Secret.
 pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+/// How long the destination digests a pass recorded are taken for what the destination
+/// holds (see `ImageSyncStatus::destinations_verified_time`).
+const VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How often progress is written to the status during a pass.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -75,9 +88,11 @@ pub enum Due {
 }
 
 /// Whether `is` needs a pass at `now` (see the module docs).
-pub fn due(is: &ImageSync, now: Timestamp) -> Due {
-    let Some(st) = &is.status else { return Due::Now };
-    if st.last_sync_time.is_none() || st.observed_generation != is.metadata.generation {
+pub fn due<K: SyncKind>(is: &K, now: Timestamp) -> Due {
+    let Some(st) = is.sync_status() else {
+        return Due::Now;
+    };
+    if st.last_sync_time.is_none() || st.observed_generation != is.meta().generation {
         return Due::Now;
     }
     match st.next_sync_time {
@@ -92,8 +107,8 @@ fn until(now: Timestamp, t: Timestamp) -> Duration {
 }
 
 /// Reconciles one ImageSync: a pass if one is due, then the wait until the next.
-pub async fn reconcile<S: Store>(is: &ImageSync, ctx: &Context<S>) -> Result<Action, Error> {
-    let plan = match Plan::from_spec(&is.spec) {
+pub async fn reconcile<S: Store, K: SyncKind>(is: &K, ctx: &Context<S>) -> Result<Action, Error> {
+    let plan = match Plan::from_spec(&is.sync_spec()) {
         Ok(p) => p,
         Err(e) => {
             invalid(is, ctx, &e).await?;
@@ -114,16 +129,16 @@ pub async fn reconcile<S: Store>(is: &ImageSync, ctx: &Context<S>) -> Result<Act
 
 /// Runs one pass now, whatever the schedule (`ido sync`). Returns the ImageSync as stored
 /// afterwards (`None` if it disappeared).
-pub async fn sync<S: Store>(is: &ImageSync, ctx: &Context<S>) -> Result<Option<ImageSync>, Error> {
-    match Plan::from_spec(&is.spec) {
+pub async fn sync<S: Store, K: SyncKind>(is: &K, ctx: &Context<S>) -> Result<Option<K>, Error> {
+    match Plan::from_spec(&is.sync_spec()) {
         Err(e) => invalid(is, ctx, &e).await,
         Ok(plan) => Ok(pass(is, &plan, ctx).await?.object),
     }
 }
 
 /// What a pass left.
-struct PassOutcome {
-    object: Option<ImageSync>,
+struct PassOutcome<K> {
+    object: Option<K>,
     next_sync: Option<Timestamp>,
 }
 
@@ -142,16 +157,12 @@ struct Prepared {
 }
 
 /// Writes `InvalidSpec` (once per distinct message) and plans nothing.
-async fn invalid<S: Store>(
-    is: &ImageSync,
-    ctx: &Context<S>,
-    e: &SpecError,
-) -> Result<Option<ImageSync>, Error> {
+async fn invalid<S: Store, K: SyncKind>(is: &K, ctx: &Context<S>, e: &SpecError) -> Result<Option<K>, Error> {
     let message = clip(&e.to_string(), MAX_MESSAGE);
-    let before = ready_reason(is.status.as_ref());
-    let stored = modify_status(&ctx.store, is, |o: &mut ImageSync| {
-        let g = o.metadata.generation;
-        let st = o.status.get_or_insert_with(ImageSyncStatus::default);
+    let before = ready_reason(is.sync_status());
+    let stored = modify_status(&ctx.store, is, |o: &mut K| {
+        let g = o.meta().generation;
+        let st = o.sync_status_mut();
         st.observed_generation = g;
         st.next_sync_time = None;
         let c = &mut st.conditions;
@@ -185,6 +196,7 @@ async fn invalid<S: Store>(
                 g,
             ),
         );
+        o.status_written(false);
     })
     .await?;
     if before != Some((reasons::INVALID_SPEC.into(), message.clone())) {
@@ -196,11 +208,12 @@ async fn invalid<S: Store>(
     Ok(stored)
 }
 
-fn key(is: &ImageSync) -> String {
+fn key<K: SyncKind>(is: &K) -> String {
     format!(
-        "{}/{}",
-        is.metadata.namespace.as_deref().unwrap_or_default(),
-        is.metadata.name.as_deref().unwrap_or_default()
+        "{} {}/{}",
+        K::kind(&()),
+        is.meta().namespace.as_deref().unwrap_or_default(),
+        is.meta().name.as_deref().unwrap_or_default()
     )
 }
 
@@ -219,8 +232,33 @@ async fn referenced<S: Store, K: crate::store::Object>(
         .ok_or_else(|| format!("{field}: {kind} {ns}/{name} not found"))
 }
 
-/// The credentials of one side, from its Secret.
+/// The credentials of one side: its Secret's, and with `useAwsIRSA` ECR's for its registry
+/// (unless the Secret has some).
 async fn side_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<AuthStore, String> {
+    let mut auths = secret_auth(ctx, ns, side).await?;
+    if side.aws_irsa {
+        let host = side.host();
+        if auths.auth_for(&host) == AuthStore::default().auth_for(&host) {
+            let field = format!("{}.useAwsIRSA", side.field);
+            let irsa = IRSA
+                .get_or_init(|| IrsaConfig::from_env().map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(|e| format!("{field}: no web identity in the operator's environment: {e}"))?;
+            let creds = irsa
+                .ecr_credentials(&host)
+                .await
+                .map_err(|e| format!("{field}: {e}"))?;
+            auths.insert_if_absent(&host, creds);
+        }
+    }
+    Ok(auths)
+}
+
+/// ECR credentials from the operator's web identity, made once (they cache their tokens).
+static IRSA: std::sync::OnceLock<Result<IrsaConfig, String>> = std::sync::OnceLock::new();
+
+/// The credentials of one side's Secret (none without one).
+async fn secret_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<AuthStore, String> {
     let Some(name) = &side.secret else {
         return Ok(AuthStore::default());
     };
@@ -342,16 +380,16 @@ async fn prepare<S: Store>(ctx: &Context<S>, ns: &str, plan: &Plan) -> Result<Pr
 }
 
 /// One sync pass: see the module docs.
-async fn pass<S: Store>(is: &ImageSync, plan: &Plan, ctx: &Context<S>) -> Result<PassOutcome, Error> {
+async fn pass<S: Store, K: SyncKind>(is: &K, plan: &Plan, ctx: &Context<S>) -> Result<PassOutcome<K>, Error> {
     let started = Timestamp::now();
-    let g = is.metadata.generation;
-    let ns = is.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let g = is.meta().generation;
+    let ns = is.meta().namespace.clone().unwrap_or_else(|| "default".into());
     let labels = SyncLabels {
         source_registry: plan.source.registry.clone(),
         destination_registry: plan.destination.registry.clone(),
     };
-    let previous = is.status.clone().unwrap_or_default();
-    let before = ready_reason(is.status.as_ref());
+    let previous = is.sync_status().cloned().unwrap_or_default();
+    let before = ready_reason(is.sync_status());
     let count_failure = |reason: &str| {
         ctx.metrics
             .sync_failures
@@ -373,12 +411,13 @@ async fn pass<S: Store>(is: &ImageSync, plan: &Plan, ctx: &Context<S>) -> Result
                 .await;
             let next = next_failing(plan, &previous, started);
             let ending = Ending::Failed((reason, message));
-            let object = modify_status(&ctx.store, is, |o: &mut ImageSync| {
-                let st = o.status.get_or_insert_with(ImageSyncStatus::default);
+            let object = modify_status(&ctx.store, is, |o: &mut K| {
+                let st = o.sync_status_mut();
                 st.observed_generation = g;
                 st.last_sync_time = Some(now_s());
                 st.next_sync_time = next;
                 conclude(st, &ending, 0, 0, g);
+                o.status_written(true);
             })
             .await?;
             return Ok(PassOutcome {
@@ -423,6 +462,50 @@ async fn pass<S: Store>(is: &ImageSync, plan: &Plan, ctx: &Context<S>) -> Result
         .filter(|&i| entries[i].result == TagResult::Pending)
         .collect();
 
+    // What the destination tags hold, as the last passes left them: trusted for a day within
+    // a generation, for the tags the destination still lists (one listing instead of a
+    // manifest read per tag).
+    let started_at = Timestamp::now();
+    let recent = same_generation
+        && previous.destinations_verified_time.is_some_and(|t| {
+            started_at.duration_since(t) < jiff::SignedDuration::try_from(VERIFY_EVERY).unwrap_or_default()
+        });
+    let mut known: Vec<Option<String>> = todo
+        .iter()
+        .map(|&i| {
+            let e = &entries[i];
+            previous
+                .tags
+                .iter()
+                .find(|o| o.tag == e.tag && o.destination_tag == e.destination_tag && o.result.in_sync())
+                .and_then(|o| o.destination_digest.clone())
+        })
+        .collect();
+    let trusted = recent && known.iter().any(Option::is_some);
+    if trusted {
+        match list_tags(&prepared.dst, &plan.destination.reference("latest")).await {
+            Ok(listed) => {
+                let listed: std::collections::HashSet<String> = listed.into_iter().collect();
+                for (k, &i) in known.iter_mut().zip(&todo) {
+                    if !listed.contains(&prepared.pairs[i].1) {
+                        *k = None;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(imagesync = %key(is), error = %e, "listing the destination's tags failed; reading each tag");
+                known.iter_mut().for_each(|k| *k = None);
+            }
+        }
+    } else {
+        known.iter_mut().for_each(|k| *k = None);
+    }
+    let verified = if todo.is_empty() || known.iter().any(Option::is_some) {
+        previous.destinations_verified_time
+    } else {
+        Some(now_s())
+    };
+
     let mut current = is.clone();
     if !todo.is_empty() {
         let msg = format!("syncing {} tag(s) to {}", todo.len(), plan.destination.display());
@@ -433,13 +516,13 @@ async fn pass<S: Store>(is: &ImageSync, plan: &Plan, ctx: &Context<S>) -> Result
 
     // Copy, `concurrency` tags at once; progress written every few seconds.
     let (src, dst) = (&prepared.src, &prepared.dst);
-    let mut results = stream::iter(todo.iter().copied())
-        .map(|i| {
+    let mut results = stream::iter(todo.iter().copied().zip(known))
+        .map(|(i, known)| {
             let (s, d) = &prepared.pairs[i];
             let (sr, dr) = (plan.source.reference(s), plan.destination.reference(d));
             async move {
                 let t0 = Instant::now();
-                let r = copy(src, &sr, dst, &dr, &plan.platforms).await;
+                let r = copy_known(src, &sr, dst, &dr, &plan.platforms, known.as_deref()).await;
                 (i, r, t0.elapsed())
             }
         })
@@ -549,15 +632,17 @@ async fn pass<S: Store>(is: &ImageSync, plan: &Plan, ctx: &Context<S>) -> Result
         plan.next_after(started, Timestamp::now())
     };
     let in_sync = entries.iter().filter(|t| t.result.in_sync()).count();
-    let object = modify_status(&ctx.store, &current, |o: &mut ImageSync| {
-        let st = o.status.get_or_insert_with(ImageSyncStatus::default);
+    let object = modify_status(&ctx.store, &current, |o: &mut K| {
+        let st = o.sync_status_mut();
         st.observed_generation = g;
         st.last_sync_time = Some(now_s());
         st.next_sync_time = next;
         st.matched_tags = u32::try_from(prepared.matched).unwrap_or(u32::MAX);
         st.tags = entries.clone();
         st.tag_summary = summary(&entries);
+        st.destinations_verified_time = verified;
         conclude(st, &ending, in_sync, copied.len(), g);
+        o.status_written(true);
     })
     .await?;
 
@@ -588,7 +673,7 @@ async fn pass<S: Store>(is: &ImageSync, plan: &Plan, ctx: &Context<S>) -> Result
             )
             .await;
     }
-    let after = ready_reason(obj.status.as_ref());
+    let after = ready_reason(obj.sync_status());
     match &ending {
         Ending::Done { failed, .. } if !failed.is_empty() => {
             let each: Vec<String> = failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
@@ -629,16 +714,16 @@ fn next_failing(plan: &Plan, previous: &ImageSyncStatus, started: Timestamp) -> 
 }
 
 /// Writes the entries so far with `Progressing=True`.
-async fn write_progress<S: Store>(
+async fn write_progress<S: Store, K: SyncKind>(
     ctx: &Context<S>,
-    current: &ImageSync,
+    current: &K,
     entries: &[TagStatus],
     matched: usize,
     message: &str,
-) -> Result<Option<ImageSync>, Error> {
-    Ok(modify_status(&ctx.store, current, |o: &mut ImageSync| {
-        let g = o.metadata.generation;
-        let st = o.status.get_or_insert_with(ImageSyncStatus::default);
+) -> Result<Option<K>, Error> {
+    Ok(modify_status(&ctx.store, current, |o: &mut K| {
+        let g = o.meta().generation;
+        let st = o.sync_status_mut();
         st.tags = entries.to_vec();
         st.tag_summary = summary(entries);
         st.matched_tags = u32::try_from(matched).unwrap_or(u32::MAX);
@@ -653,6 +738,7 @@ async fn write_progress<S: Store>(
             ),
         );
         order_conditions(&mut st.conditions);
+        o.status_written(false);
     })
     .await?)
 }
@@ -660,7 +746,7 @@ async fn write_progress<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ido_api::{ImageSyncSpec, SyncEndpoint};
+    use ido_api::{ImageSync, ImageSyncSpec, SyncEndpoint};
 
     fn is(generation: i64, status: Option<ImageSyncStatus>) -> ImageSync {
         let mut o = ImageSync::new(

@@ -79,6 +79,8 @@ pub struct Settings {
     pub recheck: Duration,
     /// How DiskImports are imported (importer image, overhead, retries).
     pub disk_import: diskimport::ImporterSettings,
+    /// Serve image-operator's `Image` kind (`skopeo.io/v1alpha1`) in every namespace.
+    pub image_operator: bool,
 }
 
 impl Default for Settings {
@@ -90,6 +92,7 @@ impl Default for Settings {
             location_concurrency: 4,
             recheck: Duration::from_secs(300),
             disk_import: diskimport::ImporterSettings::default(),
+            image_operator: false,
         }
     }
 }

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use ido_api::{
     DiskImport, DiskImportPhase, ImageSync, NodeImage, NodeImageState, Release, condition,
-    nodeimage::conditions,
+    image_operator::Image, nodeimage::conditions,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::Value;
@@ -48,6 +48,8 @@ pub enum Manifest {
     Release(Box<Release>),
     NodeImage(Box<NodeImage>),
     ImageSync(Box<ImageSync>),
+    /// image-operator's `Image` (`skopeo.io/v1alpha1`), synced as an ImageSync.
+    Image(Box<Image>),
     /// A disk import: its claim and importer Job are stored; nothing runs the Job here.
     DiskImport(Box<DiskImport>),
     /// Credentials an ImageSync references (`kubernetes.io/dockerconfigjson`).
@@ -91,11 +93,12 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                 ("release.giantswarm.io/v1alpha1", "Release") => Manifest::Release(object(&doc, &at, None)?),
                 ("image.giantswarm.io/v1alpha1", "NodeImage") => Manifest::NodeImage(object(&doc, &at, ns)?),
                 ("ido.dev/v1alpha1", "ImageSync") => Manifest::ImageSync(object(&doc, &at, ns)?),
+                ("skopeo.io/v1alpha1", "Image") => Manifest::Image(object(&doc, &at, ns)?),
                 ("ido.dev/v1alpha1", "DiskImport") => Manifest::DiskImport(object(&doc, &at, ns)?),
                 ("v1", "Secret") => Manifest::Secret(object(&doc, &at, ns)?),
                 ("v1", "ConfigMap") => Manifest::ConfigMap(object(&doc, &at, ns)?),
                 _ => bail!(
-                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1), Secret or ConfigMap (v1)"
+                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), Secret or ConfigMap (v1)"
                 ),
             };
             out.push(m);
@@ -132,6 +135,7 @@ pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow:
     prune::<Release>(store, &wanted).await?;
     prune::<NodeImage>(store, &wanted).await?;
     prune::<ImageSync>(store, &wanted).await?;
+    prune::<Image>(store, &wanted).await?;
     prune::<DiskImport>(store, &wanted).await?;
     prune::<Secret>(store, &wanted).await?;
     prune::<ConfigMap>(store, &wanted).await?;
@@ -154,6 +158,7 @@ pub async fn apply(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<
             Manifest::Release(r) => FileStore::key_of(&store.apply(&mark(r.as_ref()))?),
             Manifest::NodeImage(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::ImageSync(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::Image(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::DiskImport(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::Secret(s) => {
                 apply_data(store, &mark(s.as_ref()), |a, b| {
@@ -213,6 +218,7 @@ pub async fn applied_keys(store: &FileStore) -> anyhow::Result<Vec<Key>> {
     of::<Release>(store, &mut out).await?;
     of::<NodeImage>(store, &mut out).await?;
     of::<ImageSync>(store, &mut out).await?;
+    of::<Image>(store, &mut out).await?;
     of::<DiskImport>(store, &mut out).await?;
     of::<Secret>(store, &mut out).await?;
     of::<ConfigMap>(store, &mut out).await?;
@@ -339,6 +345,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
     keys.extend(ctx.store.list::<Release>().await?.iter().map(FileStore::key_of));
     keys.extend(ctx.store.list::<NodeImage>().await?.iter().map(FileStore::key_of));
     keys.extend(ctx.store.list::<ImageSync>().await?.iter().map(FileStore::key_of));
+    keys.extend(ctx.store.list::<Image>().await?.iter().map(FileStore::key_of));
     keys.extend(
         ctx.store
             .list::<DiskImport>()
@@ -405,6 +412,14 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                             Err(e) => Err(e.into()),
                         }
                     }
+                    Some(Kind::Image) => {
+                        let _permit = syncs.acquire().await.expect("semaphore open");
+                        match ctx.store.get::<Image>(ns.as_deref(), &key.name).await {
+                            Ok(Some(n)) => timed(&ctx, "image", imagesync::reconcile(&n, &ctx)).await,
+                            Ok(None) => Ok(Action::AwaitChange),
+                            Err(e) => Err(e.into()),
+                        }
+                    }
                     Some(Kind::DiskImport) => {
                         match ctx.store.get::<DiskImport>(ns.as_deref(), &key.name).await {
                             Ok(Some(n)) => timed(&ctx, "diskimport", diskimport::reconcile(&n, &ctx)).await,
@@ -448,7 +463,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                             Action::Requeue(d) => {
                                 e.due = Some(Instant::now() + d);
                                 e.urgent = d <= Duration::from_secs(30)
-                                    && !matches!(Kind::of(&key), Some(Kind::ImageSync | Kind::DiskImport));
+                                    && !matches!(Kind::of(&key), Some(Kind::ImageSync | Kind::Image | Kind::DiskImport));
                             }
                             Action::AwaitChange => { e.due = None; e.urgent = false; }
                         }
@@ -491,6 +506,7 @@ enum Kind {
     Release,
     NodeImage,
     ImageSync,
+    Image,
     DiskImport,
 }
 
@@ -503,6 +519,8 @@ impl Kind {
             Some(Self::NodeImage)
         } else if is(FileStore::key::<ImageSync>(None, "x").resource) {
             Some(Self::ImageSync)
+        } else if is(FileStore::key::<Image>(None, "x").resource) {
+            Some(Self::Image)
         } else if is(FileStore::key::<DiskImport>(None, "x").resource) {
             Some(Self::DiskImport)
         } else {
@@ -709,16 +727,19 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
     for n in ctx.store.list::<ImageSync>().await? {
         rows.push(sync_row(&n, errors.get(&FileStore::key_of(&n))));
     }
+    for n in ctx.store.list::<Image>().await? {
+        rows.push(sync_row(&n, errors.get(&FileStore::key_of(&n))));
+    }
     for n in ctx.store.list::<DiskImport>().await? {
         rows.push(disk_import_row(&n, errors.get(&FileStore::key_of(&n))));
     }
     Ok(Report { rows })
 }
 
-/// An ImageSync's line (its Ready condition) and one line per tag.
-pub fn sync_row(n: &ImageSync, error: Option<&String>) -> Row {
+/// An ImageSync's (or Image's) line (its Ready condition) and one line per tag.
+pub fn sync_row<K: imagesync::SyncKind>(n: &K, error: Option<&String>) -> Row {
     use ido_api::imagesync::conditions as c;
-    let st = n.status.clone().unwrap_or_default();
+    let st = n.sync_status().cloned().unwrap_or_default();
     let ready = condition::find(&st.conditions, c::READY);
     let ok = ready.is_some_and(|r| r.status == ido_api::ConditionStatus::True);
     let mut message = ready
@@ -750,11 +771,15 @@ pub fn sync_row(n: &ImageSync, error: Option<&String>) -> Row {
         })
         .collect();
     Row {
-        kind: "ImageSync",
+        kind: if K::kind(&()) == "Image" {
+            "Image"
+        } else {
+            "ImageSync"
+        },
         name: format!(
             "{}/{}",
-            n.metadata.namespace.as_deref().unwrap_or_default(),
-            n.metadata.name.as_deref().unwrap_or_default()
+            n.meta().namespace.as_deref().unwrap_or_default(),
+            n.meta().name.as_deref().unwrap_or_default()
         ),
         provider: "oci".into(),
         state: ready

@@ -505,3 +505,191 @@ async fn bad_specs_and_credentials_become_conditions_naming_the_field() {
         assert!(!text.contains(pw), "{pw} leaked");
     }
 }
+
+/// image-operator's `Image` (`skopeo.io/v1alpha1`) as its users wrote it, plus the Secrets
+/// ido needs: synced on the same engine, each tag onto itself (image-operator copied every
+/// match onto the literal `destination.version`), with image-operator's status fields kept
+/// up (`history`, `phase`, `tagAlreadySynced`, `lastGenerationSeen`) beside the conditions.
+/// A frequency image-operator silently read as 5 minutes is an InvalidSpec condition.
+#[tokio::test]
+async fn image_operators_image_kind_syncs_on_the_same_engine() {
+    use ido_api::image_operator::{Image, phases};
+    let (src, dst) = registries().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let digests = push_tags(&src, "team/app", &["v2.13.1", "v2.13.2", "v2.14.0"], d).await;
+    let mut image = image_sync(
+        "argocd",
+        &src,
+        &dst,
+        json!({
+            "mode": "OnceByTag",
+            "allowCandidateRelease": false,
+            "source": {"version": "v2.13.x", "useAwsIRSA": false},
+            "destination": {"version": "v2.13.x"},
+        }),
+    );
+    image["apiVersion"] = json!("skopeo.io/v1alpha1");
+    image["kind"] = json!("Image");
+    image["spec"].as_object_mut().unwrap().remove("frequency");
+    let mut bad = image.clone();
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"]["frequency"] = json!("every day");
+    let mut docs = secrets(&src, &dst);
+    docs.extend([image, bad]);
+    let (store, ctx) = context(d);
+    apply_desired(&store, &manifests(d, &docs)).await.unwrap();
+    let report = run(ctx.clone(), RunOptions { once: true, ..opts() })
+        .await
+        .unwrap();
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.name == format!("{NS}/argocd"))
+        .unwrap();
+    assert_eq!(row.kind, "Image");
+    assert!(row.ok, "{row:?}");
+
+    let i = store.get::<Image>(Some(NS), "argocd").await.unwrap().unwrap();
+    let st = i.status.as_ref().unwrap();
+    assert_eq!(st.phase.as_deref(), Some(phases::COMPLETED));
+    assert_eq!(st.tag_already_synced, ["v2.13.2", "v2.13.1"]);
+    assert_eq!(st.last_generation_seen, i.metadata.generation);
+    assert_eq!(st.history.len(), 1);
+    assert_eq!(Some(st.history[0].performed_at), st.sync.last_sync_time);
+    let next = st.sync.next_sync_time.unwrap();
+    let after = next.duration_since(st.sync.last_sync_time.unwrap()).as_secs();
+    assert!(
+        (299..=301).contains(&after),
+        "image-operator's default frequency, 5m: {after}s"
+    );
+    for tag in ["v2.13.1", "v2.13.2"] {
+        let (_, digest) = skopeo_raw(&dst, &format!("mirror/app:{tag}"), d).await.unwrap();
+        assert_eq!(digest, digests[tag], "{tag} onto itself");
+    }
+    assert!(
+        skopeo_raw(&dst, "mirror/app:v2.13.x", d).await.is_err(),
+        "nothing lands on the pattern's literal tag"
+    );
+    assert!(skopeo_raw(&dst, "mirror/app:v2.14.0", d).await.is_err());
+
+    // A second pass (as the schedule's): nothing copied, one more history entry, at most 20.
+    for _ in 0..21 {
+        imagesync::sync(
+            &store.get::<Image>(Some(NS), "argocd").await.unwrap().unwrap(),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    }
+    let st = store
+        .get::<Image>(Some(NS), "argocd")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.history.len(), 20, "the last 20 passes");
+    assert_eq!(st.tag_already_synced, ["v2.13.2", "v2.13.1"]);
+    assert!(st.sync.tags.iter().all(|t| t.result == TagResult::Skipped));
+
+    let bad = store.get::<Image>(Some(NS), "bad").await.unwrap().unwrap();
+    let st = bad.status.as_ref().unwrap();
+    assert_eq!(st.phase.as_deref(), Some(phases::FAILED));
+    let c = find(&st.sync.conditions, conditions::READY).unwrap();
+    assert_eq!(c.reason, reasons::INVALID_SPEC);
+    assert!(
+        c.message.starts_with("spec.frequency") && c.message.contains("every day"),
+        "{}",
+        c.message
+    );
+    assert!(st.history.is_empty(), "no pass ran");
+    let text = state_text(d);
+    assert!(!text.contains(SRC_PW) && !text.contains(DST_PW));
+}
+
+/// Re-syncs read the destination once a day: within a generation, a pass after one that
+/// read every destination tag takes the digests it recorded for the tags the destination
+/// still lists (one tag listing, no manifest read per tag); a tag deleted at the destination
+/// is copied again; a day on, every tag is read again. Counted in front of the destination.
+#[tokio::test]
+async fn re_syncs_trust_the_recorded_destination_digests_for_a_day() {
+    use ido_testkit::fault_proxy::FaultProxy;
+    let (src, dst) = tokio::join!(
+        DockerRegistry::start(RegistryOptions::default()),
+        DockerRegistry::start(RegistryOptions::default())
+    );
+    let (src, dst) = (src.unwrap(), dst.unwrap());
+    let proxy = FaultProxy::start(&dst.base_url()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let digests = push_tags(&src, "team/app", &["1.0.0", "1.1.0", "1.2.0"], d).await;
+    let is = json!({"apiVersion": "ido.dev/v1alpha1", "kind": "ImageSync", "metadata": {"name": "app"},
+        "spec": {"mode": "Recurrent", "frequency": "1h",
+                 "source": {"name": format!("{}/team/app", src.host()), "version": "1.x.x", "tlsVerify": false},
+                 "destination": {"name": format!("{}/mirror/app", proxy.host()), "tlsVerify": false}}});
+    let (store, ctx) = context(d);
+    apply_desired(&store, &manifests(d, &[is])).await.unwrap();
+    let reads = || {
+        let ev = proxy.events();
+        let manifests = ev
+            .iter()
+            .filter(|e| e.path.contains("/manifests/") && e.method != "PUT")
+            .count();
+        let lists = ev.iter().filter(|e| e.path.contains("/tags/list")).count();
+        (manifests, lists)
+    };
+    let pass = || async {
+        imagesync::sync(&get(&store, "app").await, &ctx)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    let first = pass().await;
+    assert_eq!(ready(&first).0, ConditionStatus::True, "{:?}", ready(&first));
+    assert!(results(&first).iter().all(|(_, r)| *r == TagResult::Copied));
+    let verified = first.status.as_ref().unwrap().destinations_verified_time;
+    assert!(verified.is_some());
+    assert_eq!(reads(), (3, 0), "the first pass reads each destination tag");
+
+    let second = pass().await;
+    assert!(
+        results(&second).iter().all(|(_, r)| *r == TagResult::Unchanged),
+        "{:?}",
+        results(&second)
+    );
+    assert_eq!(reads(), (3, 1), "one listing, no manifest read");
+    assert_eq!(
+        second.status.as_ref().unwrap().destinations_verified_time,
+        verified
+    );
+
+    // A tag deleted at the destination (its tag directory gone): copied again.
+    let tag_dir = dst
+        .data_dir()
+        .join("docker/registry/v2/repositories/mirror/app/_manifests/tags/1.1.0");
+    std::fs::remove_dir_all(&tag_dir).unwrap();
+    let third = pass().await;
+    assert_eq!(
+        results(&third),
+        [
+            ("1.2.0".to_string(), TagResult::Unchanged),
+            ("1.1.0".to_string(), TagResult::Copied),
+            ("1.0.0".to_string(), TagResult::Unchanged)
+        ]
+    );
+    let (_, got) = skopeo_raw(&dst, "mirror/app:1.1.0", d).await.unwrap();
+    assert_eq!(got, digests["1.1.0"]);
+
+    // A day on: every destination tag is read again.
+    let mut old = get(&store, "app").await;
+    let day_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(25);
+    old.status.as_mut().unwrap().destinations_verified_time = Some(day_ago);
+    store.update_status(&old).await.unwrap();
+    let before = reads().0;
+    let fourth = pass().await;
+    assert!(results(&fourth).iter().all(|(_, r)| *r == TagResult::Unchanged));
+    assert_eq!(reads().0 - before, 3, "every tag read");
+    assert!(fourth.status.as_ref().unwrap().destinations_verified_time > Some(day_ago));
+}

@@ -9,7 +9,7 @@ use tracing_subscriber::field::MakeExt as _;
 
 use crate::signals::{CLEANUP_LIMIT, Signals, Stop};
 use ido_controllers::{
-    config::{Config, parse_go_duration},
+    config::Config,
     file_store::{FileStore, StateLock},
     run::{RunOptions, applied_keys, apply_desired, default_state_dir, load_manifests, run},
 };
@@ -126,7 +126,7 @@ fn parse_merge(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    parse_go_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 90s, 30m, 1h)"))
+    ido_api::duration::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 pub fn main() -> ExitCode {

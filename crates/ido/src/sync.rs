@@ -1,5 +1,6 @@
 //! `ido tags` (list a repository's tags, optionally matching a pattern) and `ido sync`
-//! (one pass of ImageSync manifests, in-process, over a file-backed store).
+//! (one pass of ImageSync and image-operator Image manifests, in-process, over a file-backed
+//! store).
 
 use std::{
     path::{Path, PathBuf},
@@ -10,11 +11,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use futures::{StreamExt, stream};
-use ido_api::{ConditionStatus, ImageSync, condition::find, imagesync::conditions};
+use ido_api::{ConditionStatus, ImageSync, condition::find, image_operator::Image, imagesync::conditions};
 use ido_controllers::{
     Context, Settings,
     file_store::FileStore,
-    imagesync::{self, sort_tags},
+    imagesync::{self, SyncKind, sort_tags},
     metrics::Metrics,
     run::{Manifest, apply, load_manifests},
     store::Store,
@@ -98,23 +99,28 @@ pub(crate) struct SyncArgs {
 /// tag; exits 1 unless every ImageSync ends Ready.
 pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let manifests = load_manifests(&args.files, &args.namespace)?;
+    // (is an Image, namespace, name)
     let mut names = vec![];
+    let of = |m: &kube::api::ObjectMeta| {
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
+    };
     for m in &manifests {
         match m {
-            Manifest::ImageSync(is) => names.push((
-                is.metadata.namespace.clone().unwrap_or_default(),
-                is.metadata.name.clone().unwrap_or_default(),
-            )),
+            Manifest::ImageSync(is) => names.push((false, of(&is.metadata))),
+            Manifest::Image(i) => names.push((true, of(&i.metadata))),
             Manifest::Secret(_) | Manifest::ConfigMap(_) => {}
             Manifest::Release(_) | Manifest::NodeImage(_) | Manifest::DiskImport(_) => {
                 bail!(
-                    "ido sync takes ImageSync, Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages and DiskImports"
+                    "ido sync takes ImageSync, Image (skopeo.io), Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages and DiskImports"
                 )
             }
         }
     }
     if names.is_empty() {
-        bail!("no ImageSync in the manifests given");
+        bail!("no ImageSync or Image in the manifests given");
     }
     let temp;
     let state = match &args.state {
@@ -136,25 +142,23 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
         seen_releases: Default::default(),
     };
     let ctx = &ctx;
-    let results: Vec<anyhow::Result<ImageSync>> = stream::iter(&names)
-        .map(|(ns, name)| async move {
-            let is = ctx
-                .store
-                .get::<ImageSync>(Some(ns), name)
-                .await?
-                .with_context(|| format!("ImageSync {ns}/{name} vanished"))?;
-            let done = imagesync::sync(&is, ctx).await?;
-            done.with_context(|| format!("ImageSync {ns}/{name} vanished"))
+    let results: Vec<anyhow::Result<(bool, String)>> = stream::iter(&names)
+        .map(|(image, (ns, name))| async move {
+            if *image {
+                one::<Image>(ctx, ns, name).await
+            } else {
+                one::<ImageSync>(ctx, ns, name).await
+            }
         })
         .buffered(args.concurrency.max(1))
         .collect()
         .await;
     let mut ok = true;
-    for ((ns, name), r) in names.iter().zip(results) {
+    for ((_, (ns, name)), r) in names.iter().zip(results) {
         match r {
-            Ok(is) => {
-                ok &= is_ready(&is);
-                crate::cli::out(table(&is))?;
+            Ok((ready, table)) => {
+                ok &= ready;
+                crate::cli::out(table)?;
             }
             Err(e) => {
                 ok = false;
@@ -165,25 +169,39 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn is_ready(is: &ImageSync) -> bool {
-    is.status
-        .as_ref()
+/// One pass of the ImageSync or Image `ns/name`: whether it ended Ready, and its table.
+async fn one<K: SyncKind>(ctx: &Context<FileStore>, ns: &str, name: &str) -> anyhow::Result<(bool, String)> {
+    let kind = K::kind(&());
+    let is = ctx
+        .store
+        .get::<K>(Some(ns), name)
+        .await?
+        .with_context(|| format!("{kind} {ns}/{name} vanished"))?;
+    let done = imagesync::sync(&is, ctx)
+        .await?
+        .with_context(|| format!("{kind} {ns}/{name} vanished"))?;
+    Ok((is_ready(&done), table(&done)))
+}
+
+fn is_ready<K: SyncKind>(is: &K) -> bool {
+    is.sync_status()
         .and_then(|s| find(&s.conditions, conditions::READY))
         .is_some_and(|c| c.status == ConditionStatus::True)
 }
 
 /// An ImageSync's outcome: a line with its Ready condition, then one row per tag.
-fn table(is: &ImageSync) -> String {
-    let st = is.status.clone().unwrap_or_default();
+fn table<K: SyncKind>(is: &K) -> String {
+    let st = is.sync_status().cloned().unwrap_or_default();
+    let spec = is.sync_spec();
     let ready = find(&st.conditions, conditions::READY);
     let mut out = format!(
         "{}/{} ({} {} {} -> {}): {} {}: {}\n",
-        is.metadata.namespace.as_deref().unwrap_or_default(),
-        is.metadata.name.as_deref().unwrap_or_default(),
-        is.spec.mode,
-        is.spec.source.name,
-        is.spec.source.version.as_deref().unwrap_or_default(),
-        is.spec.destination.name,
+        is.meta().namespace.as_deref().unwrap_or_default(),
+        is.meta().name.as_deref().unwrap_or_default(),
+        spec.mode,
+        spec.source.name,
+        spec.source.version.as_deref().unwrap_or_default(),
+        spec.destination.name,
         if is_ready(is) { "Ready" } else { "NotReady" },
         ready.map(|c| c.reason.as_str()).unwrap_or("Pending"),
         ready.map(|c| c.message.as_str()).unwrap_or_default(),

@@ -40,6 +40,13 @@ fn chart() -> PathBuf {
 /// NodeImage namespace first), then plays the kubelet for its Deployment with the `ido`
 /// binary, its files under `dir/pod`.
 async fn deploy(c: &Cluster, values: &serde_json::Value, dir: &Path) -> RunningPod {
+    install(c, values, dir).await;
+    start(c, dir).await
+}
+
+/// `helm install` of the chart with `values` (the Release CRD and the NodeImage namespace
+/// first).
+async fn install(c: &Cluster, values: &serde_json::Value, dir: &Path) {
     std::fs::write(dir.join("values.json"), values.to_string()).unwrap();
     c.kubectl(&["create", "namespace", NS]).await.unwrap();
     let dev_crd = chart().join("../dev-crds/releases.release.giantswarm.io.yaml");
@@ -58,6 +65,11 @@ async fn deploy(c: &Cluster, values: &serde_json::Value, dir: &Path) -> RunningP
     ])
     .await
     .unwrap();
+}
+
+/// Plays the kubelet for the chart's Deployment with the `ido` binary, its files under
+/// `dir/pod`.
+async fn start(c: &Cluster, dir: &Path) -> RunningPod {
     run_deployment(
         c,
         OPERATOR_NS,
@@ -475,4 +487,159 @@ async fn the_chart_deployed_operator_distributes_to_proxmox_and_cloud_director()
         !logs.contains(&p.secret) && !logs.contains(&v.password),
         "a secret reached the log"
     );
+}
+
+/// image-operator's users switch by installing the chart: with `imageOperator.enabled` the
+/// chart installs the `images.skopeo.io` CRD and the grants, and an `Image` exactly as
+/// image-operator's README writes it, in a namespace of its own, is synced by the deployed
+/// operator: each tag onto itself, `kubectl get images` showing the phase. Its destination
+/// says `useAwsIRSA`: this test plays EKS's pod identity webhook (the ServiceAccount's
+/// `eks.amazonaws.com/role-arn` annotation becomes the pod's `AWS_ROLE_ARN` and web identity
+/// token file), and the test kit's STS and ECR stand-ins issue the registry's credentials.
+#[tokio::test]
+async fn the_chart_deployed_operator_serves_image_operators_images() {
+    use ido_testkit::{
+        aws::AwsStandIn,
+        oci_image::{build_layout, push_layout},
+        registry::{DockerRegistry, RegistryOptions, skopeo_raw},
+    };
+    const ROLE: &str = "arn:aws:iam::123456789012:role/ido-mirror";
+    let aws = AwsStandIn::start(ROLE, "projected-sa-token").unwrap();
+    let (c, src, dst) = tokio::join!(
+        Cluster::start(),
+        DockerRegistry::start(RegistryOptions::default()),
+        DockerRegistry::start(RegistryOptions {
+            tls: false,
+            auth: Some(aws.registry_credentials()),
+        })
+    );
+    let (c, src, dst) = (c.unwrap(), src.unwrap(), dst.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut digests = vec![];
+    for (i, tag) in ["v2.13.1", "v2.13.2", "v2.14.0"].into_iter().enumerate() {
+        let l = build_layout(&d.join(tag), tag, &["linux/amd64"], 1, 2048, 60 + i as u64)
+            .await
+            .unwrap();
+        push_layout(&l, &src, &format!("argoproj/argocd:{tag}"))
+            .await
+            .unwrap();
+        digests.push((tag, l.digest));
+    }
+
+    install(
+        &c,
+        &json!({
+            "imageOperator": {"enabled": true},
+            "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": ROLE}},
+        }),
+        d,
+    )
+    .await;
+    // EKS's pod identity webhook: the role of the ServiceAccount's annotation and a token.
+    let sa = c
+        .kubectl_json(&[
+            "get",
+            "serviceaccount",
+            "image-distribution-operator",
+            "-n",
+            OPERATOR_NS,
+        ])
+        .await
+        .unwrap();
+    let role = sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = d.join("eks-token");
+    std::fs::write(&token, "projected-sa-token").unwrap();
+    let mut set_env = vec![
+        "set".to_string(),
+        "env".into(),
+        "deployment/image-distribution-operator".into(),
+        "-n".into(),
+        OPERATOR_NS.into(),
+    ];
+    for (k, v) in aws.env(&token, "eu-west-2") {
+        set_env.push(format!("{k}={}", if k == "AWS_ROLE_ARN" { &role } else { &v }));
+    }
+    c.kubectl(&set_env.iter().map(String::as_str).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let operator = start(&c, d).await;
+    let log = operator.log.clone();
+
+    c.kubectl(&["create", "namespace", "apps"]).await.unwrap();
+    let image = format!(
+        "apiVersion: skopeo.io/v1alpha1\nkind: Image\nmetadata: {{name: argocd, namespace: apps}}\nspec:\n  allowCandidateRelease: false\n  mode: OnceByTag\n  frequency: \"1h\"\n  source: {{name: {}/argoproj/argocd, version: v2.13.x, useAwsIRSA: false, tlsVerify: false}}\n  destination: {{name: {}/mirror/argocd, version: v2.13.x, useAwsIRSA: true, tlsVerify: false}}\n",
+        src.host(),
+        dst.host()
+    );
+    c.kubectl_stdin(&["apply", "-f", "-"], &image).await.unwrap();
+    wait_for("a COMPLETED Image", &log, async || {
+        c.kubectl(&[
+            "get",
+            "image.skopeo.io",
+            "argocd",
+            "-n",
+            "apps",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await
+        .is_ok_and(|s| s == "COMPLETED")
+    })
+    .await;
+    for (tag, digest) in &digests[..2] {
+        let (_, got) = skopeo_raw(&dst, &format!("mirror/argocd:{tag}"), d)
+            .await
+            .unwrap();
+        assert_eq!(&got, digest, "{tag} onto itself");
+    }
+    assert!(skopeo_raw(&dst, "mirror/argocd:v2.14.0", d).await.is_err());
+    let i = c
+        .kubectl_json(&["get", "image.skopeo.io", "argocd", "-n", "apps"])
+        .await
+        .unwrap();
+    assert_eq!(
+        i["status"]["tagAlreadySynced"],
+        json!(["v2.13.2", "v2.13.1"]),
+        "{i}"
+    );
+    assert_eq!(i["status"]["lastGenerationSeen"], i["metadata"]["generation"]);
+    assert_eq!(i["status"]["history"].as_array().unwrap().len(), 1);
+    let table = c
+        .kubectl(&["get", "images.skopeo.io", "-n", "apps"])
+        .await
+        .unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "SOURCE",
+            "VERSION",
+            "DESTINATION",
+            "MODE",
+            "TAGS",
+            "PHASE",
+            "LAST",
+            "SYNC",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!((row[5], row[6]), ("2/2", "COMPLETED"), "{table}");
+    let events = c
+        .kubectl(&["get", "events", "-n", "apps", "-o", "json"])
+        .await
+        .unwrap();
+    assert!(events.contains("\"Synced\""), "{events}");
+    assert_eq!(aws.count("AssumeRoleWithWebIdentity"), 1);
+    let logs = operator.logs();
+    let all_events = c.kubectl(&["get", "events", "-A", "-o", "json"]).await.unwrap();
+    for secret in [aws.ecr_password(), "projected-sa-token"] {
+        assert!(!logs.contains(secret) && !all_events.contains(secret) && !i.to_string().contains(secret));
+    }
 }

@@ -262,3 +262,76 @@ async fn sync_applies_manifests_once_and_reports_each_tag() {
         explain(&out)
     );
 }
+
+/// image-operator's `Image` with `useAwsIRSA` on its destination, as its users have it:
+/// `ido sync` takes the ECR credentials from the web identity in its environment (as EKS's
+/// pod identity webhook sets it) through the test kit's STS and ECR stand-ins, which check
+/// the SigV4 signature; the destination registry accepts only that ECR password. Without
+/// the environment, the condition names the field and the missing variable.
+#[tokio::test]
+async fn sync_takes_ecr_credentials_from_the_web_identity_for_use_aws_irsa() {
+    use ido_testkit::aws::AwsStandIn;
+    let role = "arn:aws:iam::123456789012:role/mirror";
+    let aws = AwsStandIn::start(role, "web-identity-jwt").unwrap();
+    let (src, dst) = tokio::join!(
+        DockerRegistry::start(RegistryOptions::default()),
+        DockerRegistry::start(RegistryOptions {
+            tls: false,
+            auth: Some(aws.registry_credentials()),
+        })
+    );
+    let (src, dst) = (src.unwrap(), dst.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let digests = push_tags(&src, "argoproj/argocd", &["v2.13.1", "v2.13.2"], d).await;
+    let token = d.join("token");
+    std::fs::write(&token, "web-identity-jwt").unwrap();
+    let m = d.join("image.yaml");
+    std::fs::write(
+        &m,
+        format!(
+            "apiVersion: skopeo.io/v1alpha1\nkind: Image\nmetadata: {{name: argocd}}\nspec:\n  mode: OneShot\n  source: {{name: {}/argoproj/argocd, version: v2.13.x, useAwsIRSA: false, tlsVerify: false}}\n  destination: {{name: {}/mirror/argocd, version: v2.13.x, useAwsIRSA: true, tlsVerify: false}}\n",
+            src.host(),
+            dst.host()
+        ),
+    )
+    .unwrap();
+    let run = |env: Vec<(String, String)>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+            .args(["sync", "-f", &m.display().to_string()])
+            .env("IDO_LOG", "debug")
+            .env("REGISTRY_AUTH_FILE", "/nonexistent")
+            .envs(env)
+            .output()
+            .unwrap()
+    };
+
+    let out = run(aws.env(&token, "eu-central-1"));
+    assert!(out.status.success(), "{}", explain(&out));
+    let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !all.contains(aws.ecr_password()),
+        "the ECR password leaked: {all}"
+    );
+    assert!(
+        !all.contains("web-identity-jwt"),
+        "the web identity token leaked: {all}"
+    );
+    for (tag, digest) in &digests {
+        let (_, got) = skopeo_raw(&dst, &format!("mirror/argocd:{tag}"), d)
+            .await
+            .unwrap();
+        assert_eq!(&got, digest, "{tag}");
+    }
+    assert_eq!(aws.count("AssumeRoleWithWebIdentity"), 1);
+    assert_eq!(aws.count("GetAuthorizationToken"), 1);
+
+    // No web identity: the condition says which field needs what.
+    let out = run(vec![]);
+    assert!(!out.status.success(), "{}", explain(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("spec.destination.useAwsIRSA") && text.contains("AWS_ROLE_ARN"),
+        "{text}"
+    );
+}

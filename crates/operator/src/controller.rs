@@ -6,6 +6,8 @@
 //!                                  (concurrency = concurrency.images)
 //!   watch ImageSyncs (ns)    ──▶ Controller ──▶ imagesync::reconcile(&ImageSync, &Context<KubeStore>)
 //!                                  (concurrency = Concurrency::syncs; Secrets read per pass)
+//!   watch Images (all)       ──▶ Controller ──▶ imagesync::reconcile(&Image, &Context<KubeStore>)
+//!                                  (image-operator's skopeo.io kind; only with imageOperator.enabled)
 //!   watch DiskImports (all)  ──▶ Controller ──▶ diskimport::reconcile(&DiskImport, &Context<KubeStore>)
 //!     owns Jobs, PVCs (all, label app.kubernetes.io/component=disk-import)
 //!                                  (only with diskImport.enabled or kubevirt.enabled)
@@ -20,6 +22,8 @@
 //! NodeImages, so reading their credential Secrets needs a Role there and not a
 //! cluster-wide grant on Secrets. If the ImageSync CRD is not installed (Helm does not
 //! upgrade CRDs), that controller is off and a warning says so; the others run.
+//! image-operator's Images are watched in every namespace, as image-operator did, with the
+//! cluster-wide grants the chart renders only when `imageOperator.enabled` asks for them.
 //!
 //! Each controller is kube-runtime's `applier` (what `Controller::run` wraps) driven here,
 //! over the same reflector and watches `Controller` would build, so that every request into
@@ -41,7 +45,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
-use ido_api::{DiskImport, ImageSync, NodeImage, Release};
+use ido_api::{DiskImport, ImageSync, NodeImage, Release, image_operator::Image};
 use ido_controllers::{
     Action, Context, Error, diskimport, imagesync,
     metrics::{ControllerLabels, FailureLabels, StateLabels},
@@ -195,7 +199,21 @@ async fn reconcile_imagesync(
         obj.as_ref(),
         &shared,
         running,
-        imagesync::reconcile(&obj, &shared.ctx),
+        imagesync::reconcile(obj.as_ref(), &shared.ctx),
+    )
+    .await
+}
+
+async fn reconcile_image(
+    obj: Arc<Image>,
+    shared: Arc<Shared<Image>>,
+    running: Running,
+) -> Result<controller::Action, Error> {
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        imagesync::reconcile(obj.as_ref(), &shared.ctx),
     )
     .await
 }
@@ -450,6 +468,25 @@ pub async fn run<F>(
         );
         futures::future::Either::Right(std::future::ready(()))
     };
+    let image_api = Api::<Image>::all(client.clone());
+    let images_compat = if !ctx.settings.image_operator {
+        futures::future::Either::Right(std::future::ready(()))
+    } else if served(&image_api).await {
+        futures::future::Either::Left(drive(
+            ctx.clone(),
+            "image",
+            concurrency.syncs.max(1),
+            image_api,
+            vec![],
+            reconcile_image,
+            shutdown(),
+        ))
+    } else {
+        tracing::warn!(
+            "imageOperator.enabled, but image-operator's Image CRD (images.skopeo.io) is not installed: Images are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart"
+        );
+        futures::future::Either::Right(std::future::ready(()))
+    };
     let releases = drive(
         ctx.clone(),
         "release",
@@ -469,7 +506,7 @@ pub async fn run<F>(
         shutdown(),
     );
     tracing::info!("controllers started");
-    futures::future::join4(releases, images, syncs, disks).await;
+    futures::future::join5(releases, images, syncs, disks, images_compat).await;
     tracing::info!("controllers stopped");
 }
 

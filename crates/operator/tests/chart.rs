@@ -29,13 +29,15 @@ fn chart_dir() -> PathBuf {
 }
 
 /// Where each CRD's YAML lives: the chart renders NodeImage, ImageSync and DiskImport from
-/// `files/crds/` (templates/crds.yaml); Giant Swarm's clusters own the Release CRD, so ours
-/// (for tests and demos) stays outside the chart.
+/// `files/crds/` (templates/crds.yaml), and image-operator's Image from `files/compat/` only
+/// with `imageOperator.enabled`; Giant Swarm's clusters own the Release CRD, so ours (for
+/// tests and demos) stays outside the chart.
 fn crd_path(name: &str) -> PathBuf {
     match name {
         "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" | "diskimports.ido.dev" => {
             chart_dir().join("files/crds").join(format!("{name}.yaml"))
         }
+        "images.skopeo.io" => chart_dir().join("files/compat").join(format!("{name}.yaml")),
         _ => charts_dir().join("dev-crds").join(format!("{name}.yaml")),
     }
 }
@@ -569,6 +571,39 @@ async fn the_crd_templates_are_the_generated_crds() {
             "{name}: rendered differs from files/crds"
         );
     }
+
+    // image-operator's Image only when asked for, so that image-operator can own it.
+    let docs = template(&json!({"imageOperator": {"enabled": true}})).await;
+    let rendered = crds(&docs);
+    assert_eq!(rendered.len(), CHART_CRDS.len() + 1);
+    let want: Value =
+        yaml::from_str(&std::fs::read_to_string(crd_path("images.skopeo.io")).unwrap()).unwrap();
+    let mut have = rendered
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "images.skopeo.io")
+        .expect("images.skopeo.io rendered");
+    let m = have["metadata"].as_object_mut().unwrap();
+    m.remove("labels");
+    m.remove("annotations");
+    assert_eq!(numbers_as_floats(have), numbers_as_floats(want));
+    let rules = &find(&docs, "ClusterRole", &format!("{NAME}-image-operator"))["rules"];
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["apiGroups"] == json!(["skopeo.io"]) && r["resources"] == json!(["images"])),
+        "{rules}"
+    );
+    assert!(
+        try_find(
+            &template(&json!({})).await,
+            "ClusterRole",
+            &format!("{NAME}-image-operator")
+        )
+        .is_none(),
+        "no grant on Images unless imageOperator.enabled"
+    );
 
     let docs = template(&json!({"crd": {"keep": false}})).await;
     for crd in crds(&docs) {

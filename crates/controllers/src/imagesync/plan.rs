@@ -33,6 +33,9 @@ pub struct Side {
     pub secret: Option<String>,
     /// Name of the ConfigMap of extra CA bundles, if any.
     pub cert_config_map: Option<String>,
+    /// ECR credentials from the pod's web identity (`useAwsIRSA`), unless the Secret has
+    /// some for the registry.
+    pub aws_irsa: bool,
 }
 
 impl Side {
@@ -128,12 +131,6 @@ fn side(ep: &SyncEndpoint, field: &'static str, errs: &mut Vec<String>) -> Optio
     let name = ep.name.trim();
     let name = name.strip_prefix("docker://").unwrap_or(name);
     let mut ok = true;
-    if ep.use_aws_irsa {
-        errs.push(format!(
-            "{field}.useAwsIRSA: not supported; put registry credentials in a dockerconfigjson Secret and set {field}.secretRef"
-        ));
-        ok = false;
-    }
     if let Some(s) = &ep.secret_ref
         && s.name.trim().is_empty()
     {
@@ -181,6 +178,7 @@ fn side(ep: &SyncEndpoint, field: &'static str, errs: &mut Vec<String>) -> Optio
         },
         secret: ep.secret_ref.as_ref().map(|s| s.name.trim().to_string()),
         cert_config_map: ep.cert_config_map.as_ref().map(|c| c.trim().to_string()),
+        aws_irsa: ep.use_aws_irsa,
     })
 }
 
@@ -452,13 +450,12 @@ mod tests {
         s.destination.secret_ref = Some(SecretReference { name: " ".into() });
         s.destination.ca_bundle = Some("not pem".into());
         s.destination.cert_config_map = Some("".into());
-        s.source.use_aws_irsa = true;
+        s.source.use_aws_irsa = true; // supported: not an error
         let e = Plan::from_spec(&s).unwrap_err().0;
         let fields: Vec<&str> = e.iter().map(|m| m.split(':').next().unwrap()).collect();
         assert_eq!(
             fields,
             [
-                "spec.source.useAwsIRSA",
                 "spec.source.name",
                 "spec.destination.secretRef.name",
                 "spec.destination.certConfigMap",
@@ -472,7 +469,7 @@ mod tests {
             ],
             "{e:#?}"
         );
-        assert!(e[7].contains("\"5x\""), "{}", e[7]);
+        assert!(e[6].contains("\"5x\""), "{}", e[6]);
 
         // A pattern copied onto one literal tag (the anchor's bug) is refused.
         let mut s = spec(SyncMode::OnceByTag, "quay.io/org/app", "v2.13.x");
