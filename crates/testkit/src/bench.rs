@@ -8,12 +8,28 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 /// One timed process (or batch of processes).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Sample {
     /// Wall seconds.
     pub wall: f64,
     /// Peak RSS of the (largest) process, KiB; 0 when not measured.
     pub rss_kib: u64,
+    /// CPU seconds (user + system) of the timed process (`cpu`) and of the servers it talked
+    /// to, by name; empty when not measured.
+    pub cpu: Vec<(&'static str, f64)>,
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    let tck = 100.0; // sysconf(_SC_CLK_TCK) on Linux
+    Ok((ticks(11) + ticks(12)) as f64 / tck)
 }
 
 /// Runs `program args` under `/usr/bin/time`; wall seconds, peak RSS and stdout.
@@ -21,7 +37,7 @@ pub async fn timed(program: &Path, args: &[String]) -> anyhow::Result<(Sample, S
     let started = Instant::now();
     let out = tokio::process::Command::new("/usr/bin/time")
         .arg("-f")
-        .arg("BENCH_PEAK_RSS_KIB=%M")
+        .arg("BENCH_PEAK_RSS_KIB=%M\nBENCH_CPU_S=%U %S")
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
@@ -46,7 +62,19 @@ pub async fn timed(program: &Path, args: &[String]) -> anyhow::Result<(Sample, S
         .find_map(|l| l.strip_prefix("BENCH_PEAK_RSS_KIB="))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    Ok((Sample { wall, rss_kib }, stdout))
+    let cpu: f64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH_CPU_S="))
+        .map(|v| v.split_whitespace().filter_map(|x| x.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    Ok((
+        Sample {
+            wall,
+            rss_kib,
+            cpu: vec![("cpu", cpu)],
+        },
+        stdout,
+    ))
 }
 
 /// Owned copies of `v`.
@@ -75,10 +103,16 @@ pub struct Case {
 impl Case {
     /// Records (and prints) a sample of `tool`.
     pub fn push(&mut self, tool: &'static str, s: Sample) {
+        let cpu: Vec<String> = s.cpu.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
         println!(
-            "    {tool:<8} {:>7.2} s   peak RSS {:>7.1} MiB",
+            "    {tool:<8} {:>7.2} s   peak RSS {:>7.1} MiB{}",
             s.wall,
-            s.rss_kib as f64 / 1024.0
+            s.rss_kib as f64 / 1024.0,
+            if cpu.is_empty() {
+                String::new()
+            } else {
+                format!("   CPU s: {}", cpu.join(", "))
+            }
         );
         match self.tools.iter_mut().find(|(t, _)| *t == tool) {
             Some((_, v)) => v.push(s),
@@ -107,10 +141,17 @@ impl Case {
         for (tool, v) in &self.tools {
             let walls: Vec<f64> = v.iter().map(|s| s.wall).collect();
             let rss: Vec<f64> = v.iter().map(|s| s.rss_kib as f64 / 1024.0).collect();
-            m.insert(
-                tool.to_string(),
-                json!({"wall_s": walls, "median_s": median(&walls), "peak_rss_mib": rss, "median_rss_mib": median(&rss)}),
-            );
+            let mut j = json!({"wall_s": walls, "median_s": median(&walls), "peak_rss_mib": rss, "median_rss_mib": median(&rss)});
+            let mut names: Vec<&str> = v.iter().flat_map(|s| s.cpu.iter().map(|(n, _)| *n)).collect();
+            names.dedup();
+            for n in names {
+                let c: Vec<f64> = v
+                    .iter()
+                    .filter_map(|s| s.cpu.iter().find(|(m, _)| *m == n).map(|(_, c)| *c))
+                    .collect();
+                j[format!("cpu_s_{n}")] = json!({"runs": c, "median": median(&c)});
+            }
+            m.insert(tool.to_string(), j);
         }
         Value::Object(m)
     }

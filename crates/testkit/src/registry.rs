@@ -151,7 +151,12 @@ impl DockerRegistry {
         bail!("docker-registry did not start: {}", log_tail(&log_path, 20))
     }
 
-    /// `127.0.0.1:PORT`.
+    /// The registry process's id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `host:port` it listens on.
     pub fn host(&self) -> &str {
         &self.host
     }

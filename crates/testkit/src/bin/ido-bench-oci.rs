@@ -18,9 +18,11 @@
 //!   N at a time, for each N of `--limit-parallel`, each into a fresh registry; the limit
 //!   is the fastest).
 //! - (b) re-sync of a repository of `--images` small tags of which `--changed` changed at the
-//!   source since the last sync: `copy_many sync` (one process, lists the tags, copies
-//!   what changed) vs `skopeo sync --all`. The destination is first brought to the previous
-//!   state with `skopeo sync` (not timed).
+//!   source since the last sync: `ido sync` of a Recurrent ImageSync with its state
+//!   directory (the product's re-sync: lists the tags, checks each, copies what changed) vs
+//!   `skopeo sync --all`. Not timed: the source and the destination are brought to the
+//!   previous state with `skopeo sync`, ido's state by an `ido sync` of that state, then the
+//!   changed tags are pushed to the source.
 //! - (c) `--images` small images in separate repositories: `copy_many pairs` (one process)
 //!   vs one `skopeo copy --all` per image, one after another.
 //!
@@ -36,7 +38,7 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
 use ido_testkit::{
-    bench::{Case, Sample, median, order, strings, timed},
+    bench::{Case, Sample, cpu_seconds, median, order, strings, timed},
     oci_image::{Layout, build_layout, push_layout},
     registry::{DockerRegistry, skopeo, skopeo_raw},
 };
@@ -185,7 +187,10 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
             "blob {digest} missing after the curl upload"
         );
     }
-    Ok(Sample { wall, rss_kib: 0 })
+    Ok(Sample {
+        wall,
+        ..Sample::default()
+    })
 }
 
 async fn digest_at(reg: &DockerRegistry, reference: &str, scratch: &Path) -> anyhow::Result<String> {
@@ -229,7 +234,9 @@ async fn case_a(a: &Args, scratch: &Path) -> anyhow::Result<Case> {
                 let mut best: Option<Sample> = None;
                 for &p in &a.limit_parallel {
                     let fresh = fresh_registry().await?;
-                    let s = curl_ingest(&fresh, "big", &blobs, p).await?;
+                    let c0 = cpu_seconds(fresh.pid())?;
+                    let mut s = curl_ingest(&fresh, "big", &blobs, p).await?;
+                    s.cpu = vec![("destination registry", cpu_seconds(fresh.pid())? - c0)];
                     println!("    (curl, {p} in parallel: {:.2} s)", s.wall);
                     if best.as_ref().is_none_or(|b| s.wall < b.wall) {
                         best = Some(s);
@@ -251,7 +258,14 @@ async fn case_a(a: &Args, scratch: &Path) -> anyhow::Result<Case> {
             } else {
                 Path::new("skopeo")
             };
-            let sample = timed(program, &args).await?.0;
+            let (d0, s0) = (cpu_seconds(dst.pid())?, cpu_seconds(src.pid())?);
+            let mut sample = timed(program, &args).await?.0;
+            let copier = sample.cpu.first().map(|c| c.1).unwrap_or_default();
+            sample.cpu = vec![
+                ("destination registry", cpu_seconds(dst.pid())? - d0),
+                ("source registry", cpu_seconds(src.pid())? - s0),
+                (if tool == "ido" { "ido" } else { "skopeo" }, copier),
+            ];
             let got = digest_at(&dst, "big:1.0", scratch).await?;
             ensure!(got == want, "{tool}: destination has {got}, source {want}");
             case.push(tool, sample);
@@ -299,59 +313,75 @@ fn changed_index(i: usize, a: &Args) -> bool {
     a.changed > 0 && i.is_multiple_of(step) && i / step < a.changed
 }
 
-async fn case_b(a: &Args, scratch: &Path, old: &[Layout], prev: &DockerRegistry) -> anyhow::Result<Case> {
+/// The ImageSync `ido sync` re-syncs in (b): every `t<N>` tag of `src/app` to `dst/mirror/app`,
+/// checked again at each pass (Recurrent), 8 tags at once.
+fn resync_manifest(src: &DockerRegistry, dst: &DockerRegistry) -> String {
+    format!(
+        "apiVersion: ido.dev/v1alpha1\nkind: ImageSync\nmetadata: {{name: app}}\nspec:\n  mode: Recurrent\n  frequency: 1h\n  maxTags: 1000\n  concurrency: 8\n  source: {{name: {}/app, version: 'regex:^t[0-9]+$', tlsVerify: false}}\n  destination: {{name: {}/mirror/app, tlsVerify: false}}\n",
+        src.host(),
+        dst.host()
+    )
+}
+
+async fn case_b(a: &Args, scratch: &Path, prev: &DockerRegistry) -> anyhow::Result<Case> {
     println!(
         "\n(b) re-sync of {} small tags, {} changed at the source",
         a.images, a.changed
     );
-    let t = Instant::now();
     let newer = small_layouts(&a.dir.join("b-new"), a.images, 7000).await?;
-    let cur = fresh_registry().await?;
-    let items = (0..a.images)
-        .map(|i| {
-            let l = if changed_index(i, a) { &newer[i] } else { &old[i] };
-            (l, format!("app:t{i:02}"))
-        })
-        .collect();
-    push_all(&cur, items).await?;
-    println!(
-        "  set-up in {:.1} s: previous state at {}/app, current at {}/app",
-        t.elapsed().as_secs_f64(),
-        prev.host(),
-        cur.host()
-    );
     let mut case = Case::default();
     for run in 0..a.runs {
         println!("  run {}", run + 1);
         for tool in order(&["ido", "skopeo"], run) {
-            let dst = fresh_registry().await?;
-            // The destination as the last sync left it (not timed).
-            let mut pre = strings(&SYNC);
-            pre.extend(strings(&PLAIN));
-            pre.extend([format!("{}/app", prev.host()), format!("{}/mirror", dst.host())]);
-            skopeo(&pre).await?;
+            // The previous state (not timed): the source and the destination as the last
+            // sync left them, and for ido the ImageSync's status from that sync.
+            let (src, dst) = (fresh_registry().await?, fresh_registry().await?);
+            for to in [format!("{}/app", src.host()), format!("{}/mirror", dst.host())] {
+                let mut pre = strings(&SYNC);
+                pre.extend(strings(&PLAIN));
+                pre.extend([format!("{}/app", prev.host()), to]);
+                skopeo(&pre).await?;
+            }
+            let state = a.dir.join(format!("b-state-{run}"));
+            let manifest = a.dir.join("b-imagesync.yaml");
+            std::fs::write(&manifest, resync_manifest(&src, &dst))?;
+            let ido_args: Vec<String> = vec![
+                "sync".into(),
+                "-f".into(),
+                manifest.display().to_string(),
+                "--state".into(),
+                state.display().to_string(),
+            ];
+            if tool == "ido" {
+                timed(&a.ido, &ido_args).await?;
+            }
+            // What changed at the source since.
+            let changed = (0..a.images)
+                .filter(|&i| changed_index(i, a))
+                .map(|i| (&newer[i], format!("app:t{i:02}")))
+                .collect();
+            push_all(&src, changed).await?;
             let sample = if tool == "ido" {
-                let mut args = strings(&["--all"]);
-                args.extend(strings(&PLAIN));
-                args.extend([
-                    "sync".into(),
-                    format!("{}/app", cur.host()),
-                    format!("{}/mirror/app", dst.host()),
-                ]);
-                let (s, out) = timed(&a.copy_many, &args).await?;
-                let summary = format!("{} copied, {} unchanged", a.changed, a.images - a.changed);
-                ensure!(out.contains(&summary), "copy_many: expected {summary:?}:\n{out}");
+                let (s, out) = timed(&a.ido, &ido_args).await?;
+                let copied = out.lines().filter(|l| l.contains(" Copied ")).count();
+                let unchanged = out.lines().filter(|l| l.contains(" Unchanged ")).count();
+                ensure!(
+                    (copied, unchanged) == (a.changed, a.images - a.changed),
+                    "ido sync: expected {} copied and {} unchanged:\n{out}",
+                    a.changed,
+                    a.images - a.changed
+                );
                 s
             } else {
                 let mut args = strings(&SYNC);
                 args.extend(strings(&PLAIN));
-                args.extend([format!("{}/app", cur.host()), format!("{}/mirror", dst.host())]);
+                args.extend([format!("{}/app", src.host()), format!("{}/mirror", dst.host())]);
                 timed(Path::new("skopeo"), &args).await?.0
             };
             for i in [0, 1, a.images - 1] {
                 let (s, d) = (format!("app:t{i:02}"), format!("mirror/app:t{i:02}"));
                 let (want, got) = (
-                    digest_at(&cur, &s, scratch).await?,
+                    digest_at(&src, &s, scratch).await?,
                     digest_at(&dst, &d, scratch).await?,
                 );
                 ensure!(want == got, "{tool}: {d} is {got}, source {want}");
@@ -391,6 +421,7 @@ async fn case_c(a: &Args, scratch: &Path, prev: &DockerRegistry) -> anyhow::Resu
                 Sample {
                     wall: started.elapsed().as_secs_f64(),
                     rss_kib: rss,
+                    ..Sample::default()
                 }
             };
             for i in [0, a.images - 1] {
@@ -480,7 +511,7 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
             let c = if name == 'b' {
-                case_b(&a, &scratch, &old, &prev).await?
+                case_b(&a, &scratch, &prev).await?
             } else {
                 case_c(&a, &scratch, &prev).await?
             };

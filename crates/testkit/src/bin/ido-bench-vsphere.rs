@@ -248,5 +248,9 @@ async fn timed_govc(a: &Args, vc: &Vcsim, args: &[String]) -> anyhow::Result<Sam
         .find_map(|l| l.strip_prefix("BENCH_PEAK_RSS_KIB="))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    Ok(Sample { wall, rss_kib })
+    Ok(Sample {
+        wall,
+        rss_kib,
+        ..Sample::default()
+    })
 }
