@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The disk-import benchmark (issue 5), figures in docs/benchmarks.md: builds the release
+# The disk-import benchmark, figures in docs/benchmarks.md: builds the release
 # binaries and runs `ido import` against CDI's path, nbdkit + qemu-img and plain curl, over
 # loopback HTTP (nginx).
 #   scripts/bench-disk.sh [--runs 3] [--cases qcow2,xz] [...]   (see crates/testkit/src/bin/ido-bench-disk.rs)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The operator at scale (issue 10), figures in docs/benchmarks.md: 1000 Releases sharing 100
+# The operator at scale, figures in docs/benchmarks.md: 1000 Releases sharing 100
 # node images whose templates already exist, on a real control plane; seconds to convergence,
 # peak RSS and API requests per converged object, default concurrency and one NodeImage
 # worker, with an SVG plot.

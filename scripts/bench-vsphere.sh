@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The vSphere push benchmark (issue 10), figures in docs/benchmarks.md: ido's path
+# The vSphere push benchmark, figures in docs/benchmarks.md: ido's path
 # (`ido run --once`, S3 -> NFC) against the original operator's (`govc import.ova`, govmomi's
 # importx) on the same OVA and the same vCenter simulator, with an SVG plot.
 #   scripts/bench-vsphere.sh [--runs 3] [--disk-mib 1024] [...]   (see crates/testkit/src/bin/ido-bench-vsphere.rs)

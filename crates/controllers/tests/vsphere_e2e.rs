@@ -91,9 +91,14 @@ struct Env {
 
 impl Env {
     fn new(config: &Config, state: &Path) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("IDO_LOG"))
-            .with_test_writer()
+        use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+        let targets: tracing_subscriber::filter::Targets = std::env::var("IDO_LOG")
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_default();
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_test_writer())
+            .with(targets)
             .try_init();
         let store = FileStore::open(state).unwrap();
         Self {

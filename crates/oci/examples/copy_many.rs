@@ -31,9 +31,11 @@ fn reference(s: &str) -> Result<Reference, BoxError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     if let Ok(filter) = std::env::var("RUST_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
+        use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+        let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_default();
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(targets)
             .init();
     }
     match run().await {

@@ -1,4 +1,4 @@
-//! The disk-import benchmark (issue 5): `ido import` against CDI's path, nbdkit's curl
+//! The disk-import benchmark: `ido import` against CDI's path, nbdkit's curl
 //! plugin feeding `qemu-img convert`, and the limit, in one run, over loopback HTTP (nginx).
 //!
 //! ```text

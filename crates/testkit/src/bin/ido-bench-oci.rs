@@ -1,11 +1,12 @@
-//! The container-image benchmark (issue 4): ido against skopeo 1.9.3 on loopback
+//! The container-image benchmark: ido against skopeo 1.9.3 on loopback
 //! `docker-registry` instances, in one run, with a fresh destination registry (fresh data
 //! directory) for every timed copy.
 //!
 //! ```text
 //! ido-bench-oci --ido target/release/ido --copy-many target/release/examples/copy_many \
 //!               [--runs 3] [--cases a,b,c] [--layers 8] [--layer-mib 64] [--images 50] \
-//!               [--changed 5] [--limit-parallel 4,6] [--dir target/bench-oci]
+//!               [--changed 0] [--limit-parallel 4,6] [--dir target/bench-oci] \
+//!               [--svg docs/bench-oci.svg]
 //! ```
 //!
 //! skopeo always runs with `--preserve-digests` (as the anchor's Jobs do): without it, it
@@ -40,6 +41,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use ido_testkit::{
     bench::{Case, Sample, cpu_seconds, median, order, strings, timed},
     oci_image::{Layout, build_layout, push_layout},
+    plot,
     registry::{DockerRegistry, skopeo, skopeo_raw},
 };
 use serde_json::{Value, json};
@@ -55,6 +57,7 @@ struct Args {
     changed: usize,
     limit_parallel: Vec<usize>,
     dir: PathBuf,
+    svg: Option<PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -67,9 +70,10 @@ fn args() -> anyhow::Result<Args> {
         layers: 8,
         layer_mib: 64,
         images: 50,
-        changed: 5,
+        changed: 0,
         limit_parallel: vec![4, 6],
         dir: root.join("target/bench-oci"),
+        svg: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -90,6 +94,7 @@ fn args() -> anyhow::Result<Args> {
                     .collect::<anyhow::Result<_>>()?
             }
             "--dir" => a.dir = val()?.into(),
+            "--svg" => a.svg = Some(val()?.into()),
             other => bail!("unknown argument {other:?} (see the source's doc comment)"),
         }
     }
@@ -336,7 +341,8 @@ async fn case_b(a: &Args, scratch: &Path, prev: &DockerRegistry) -> anyhow::Resu
             // The previous state (not timed): the source and the destination as the last
             // sync left them, and for ido the ImageSync's status from that sync.
             let (src, dst) = (fresh_registry().await?, fresh_registry().await?);
-            for to in [format!("{}/app", src.host()), format!("{}/mirror", dst.host())] {
+            // (skopeo sync puts REPO under the destination given: src/app, dst/mirror/app.)
+            for to in [src.host().to_string(), format!("{}/mirror", dst.host())] {
                 let mut pre = strings(&SYNC);
                 pre.extend(strings(&PLAIN));
                 pre.extend([format!("{}/app", prev.host()), to]);
@@ -466,6 +472,7 @@ async fn main() -> anyhow::Result<()> {
             .trim()
     );
     let mut report = serde_json::Map::new();
+    let mut groups: Vec<plot::Group> = vec![];
     report.insert("skopeo".into(), json!(version));
     report.insert("runs".into(), json!(a.runs));
 
@@ -486,6 +493,41 @@ async fn main() -> anyhow::Result<()> {
         j["ido_over_limit"] = json!(c.ratio("ido", "limit"));
         j["skopeo_over_limit"] = json!(c.ratio("skopeo", "limit"));
         report.insert("a".into(), j);
+        groups.push(plot::group(
+            &format!(
+                "(a) cold copy, {} MiB, 2 platforms: wall (s)",
+                2 * a.layers as u64 * a.layer_mib
+            ),
+            &[
+                ("ido copy", ido),
+                ("skopeo copy", sk),
+                ("limit (curl ingest)", lim),
+            ],
+        ));
+        let cpu = |tool: &str, name: &str| {
+            let v: Vec<f64> = c
+                .tools
+                .iter()
+                .filter(|(t, _)| *t == tool)
+                .flat_map(|(_, s)| {
+                    s.iter()
+                        .filter_map(|s| s.cpu.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
+                })
+                .collect();
+            median(&v)
+        };
+        groups.push(plot::group(
+            "(a) CPU (s): destination registry / source registry / copier",
+            &[
+                ("ido: dst registry", cpu("ido", "destination registry")),
+                ("ido: src registry", cpu("ido", "source registry")),
+                ("ido: ido", cpu("ido", "ido")),
+                ("skopeo: dst registry", cpu("skopeo", "destination registry")),
+                ("skopeo: src registry", cpu("skopeo", "source registry")),
+                ("skopeo: skopeo", cpu("skopeo", "skopeo")),
+                ("limit: dst registry", cpu("limit", "destination registry")),
+            ],
+        ));
     }
     if a.cases.contains(&'b') || a.cases.contains(&'c') {
         let t = Instant::now();
@@ -524,7 +566,38 @@ async fn main() -> anyhow::Result<()> {
             let mut j = c.json();
             j["ido_over_skopeo"] = json!(c.ratio("ido", "skopeo"));
             report.insert(case.into(), j);
+            let title = if name == 'b' {
+                format!("(b) re-sync, {} tags, {} changed: wall (s)", a.images, a.changed)
+            } else {
+                format!("(c) {} images, {} repositories: wall (s)", a.images, a.images)
+            };
+            let ido_label = if name == 'b' {
+                "ido sync"
+            } else {
+                "ido (copy_many)"
+            };
+            let sk_label = if name == 'b' {
+                "skopeo sync"
+            } else {
+                "skopeo copy, each"
+            };
+            groups.push(plot::group(
+                &title,
+                &[
+                    (ido_label, median(&c.walls("ido"))),
+                    (sk_label, median(&c.walls("skopeo"))),
+                ],
+            ));
         }
+    }
+    if let Some(svg) = &a.svg {
+        let title = format!(
+            "Container image copies, ido vs skopeo 1.9.3 (median of {} runs)",
+            a.runs
+        );
+        std::fs::write(svg, plot::bars_svg(&title, "", &groups))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        println!("plot: {}", svg.display());
     }
     println!("{}", Value::Object(report));
     Ok(())

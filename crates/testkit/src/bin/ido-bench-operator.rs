@@ -1,4 +1,4 @@
-//! The operator at scale on a real API server (issue 10, item 10): 1000 Releases sharing
+//! The operator at scale on a real API server: 1000 Releases sharing
 //! 100 node images whose templates already exist.
 //!
 //! Set-up (not timed): SeaweedFS, the vCenter simulator; one small OVA published for each
