@@ -97,6 +97,15 @@ impl Default for Settings {
     }
 }
 
+/// The retry delay after `failures` consecutive failed reconciles of one object, the same
+/// under both drivers (`ido run`, `ido operator`): 1 s, doubling, at most 5 min.
+pub fn backoff(failures: u32) -> std::time::Duration {
+    const MIN: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(300);
+    let exp = failures.saturating_sub(1).min(16);
+    MIN.saturating_mul(1 << exp).min(MAX)
+}
+
 /// Everything a reconcile needs.
 pub struct Context<S: Store> {
     pub store: S,
@@ -162,4 +171,15 @@ pub fn trigger_fingerprint(obj: &serde_json::Value) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     v.to_string().hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_doubles_from_a_second_to_five_minutes() {
+        let s: Vec<u64> = (1..=11).map(|n| super::backoff(n).as_secs()).collect();
+        assert_eq!(s, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(super::backoff(0).as_secs(), 1);
+        assert_eq!(super::backoff(u32::MAX).as_secs(), 300);
+    }
 }

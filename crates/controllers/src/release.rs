@@ -28,40 +28,6 @@ use crate::{
 /// How often a settled Release is looked at again.
 pub const RECHECK: Duration = Duration::from_secs(300);
 
-/// Provider id from a release name (`vsphere-30.1.0` → `capv`), `None` if the name does
-/// not have the `<provider>-<x.y.z>` shape.
-pub fn provider_of(release: &str) -> Option<String> {
-    // ^([a-z-]+)-\d+\.\d+\.\d+
-    for (i, _) in release.match_indices('-') {
-        let prefix = &release[..i];
-        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
-            break;
-        }
-        let rest = &release[i + 1..];
-        let mut parts = rest.splitn(3, '.');
-        let nums = (parts.next(), parts.next(), parts.next());
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        let lead = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count() > 0;
-        if let (Some(a), Some(b), Some(c)) = nums
-            && digits(a)
-            && digits(b)
-            && lead(c)
-        {
-            return Some(
-                match prefix {
-                    "vsphere" => "capv",
-                    "cloud-director" => "capvcd",
-                    "proxmox" => "capmox",
-                    "kubevirt" => "capk",
-                    other => other,
-                }
-                .to_string(),
-            );
-        }
-    }
-    None
-}
-
 /// Node image name of a release: `flatcar-<channel>-<flatcar>-kube-<k8s>-tooling-<tooling>-gs`.
 /// Errors name the missing component, or the version that could not be part of a name
 /// (versions become object names, S3 keys and template names: only `[a-z0-9.-]`).
@@ -99,7 +65,7 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
     let deleting = rel.metadata.deletion_timestamp.is_some();
     let ours = has_finalizer(rel, release::FINALIZER);
 
-    let provider = provider_of(&name).filter(|p| ctx.providers.get(p).is_some());
+    let provider = ctx.providers.for_release(&name).map(|p| p.id().to_string());
     let Some(provider) = provider else {
         tracing::debug!(release = %name, "provider not enabled, skipping");
         if ours {
@@ -315,18 +281,6 @@ mod tests {
 
     fn rel(name: &str, comps: &[(&str, &str)]) -> Release {
         Release::with_components(name, comps)
-    }
-
-    #[test]
-    fn provider_from_release_name() {
-        assert_eq!(provider_of("vsphere-30.1.0").as_deref(), Some("capv"));
-        assert_eq!(provider_of("cloud-director-0.10.5").as_deref(), Some("capvcd"));
-        assert_eq!(provider_of("proxmox-1.2.3-alpha.1").as_deref(), Some("capmox"));
-        assert_eq!(provider_of("kubevirt-1.0.0").as_deref(), Some("capk"));
-        assert_eq!(provider_of("aws-25.0.0").as_deref(), Some("aws"));
-        assert_eq!(provider_of("vsphere"), None);
-        assert_eq!(provider_of("Vsphere-1.2.3"), None);
-        assert_eq!(provider_of("vsphere-1.2"), None);
     }
 
     #[test]

@@ -472,8 +472,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                         e.failures += 1;
                         tracing::warn!(object = %key, error = %err, attempt = e.failures, "reconcile failed");
                         e.last_error = Some(err.to_string());
-                        let backoff = Duration::from_secs(1u64 << e.failures.min(8)).min(Duration::from_secs(300));
-                        e.due = Some(Instant::now() + backoff);
+                        e.due = Some(Instant::now() + crate::backoff(e.failures));
                         e.urgent = e.failures <= opts.max_retries;
                     }
                 }
@@ -618,16 +617,17 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
     for r in ctx.store.list::<Release>().await? {
         let key = FileStore::key_of(&r);
         let name = r.metadata.name.clone().unwrap_or_default();
-        let provider = release::provider_of(&name).unwrap_or_default();
-        let enabled = ctx.providers.get(&provider).is_some();
+        let enabled = ctx.providers.for_release(&name).map(|p| p.id());
+        let provider = enabled.unwrap_or_default();
         let last_event = events.iter().rev().find(|e| e.object == key.to_string());
         let (state, ok, message) = if r.metadata.deletion_timestamp.is_some() {
             ("Deleting".to_string(), false, "deletion pending".to_string())
-        } else if !enabled {
+        } else if enabled.is_none() {
+            let prefix = ido_api::release::prefix_of(&name).unwrap_or(&name);
             (
                 "Skipped".into(),
                 true,
-                format!("provider {provider:?} not enabled"),
+                format!("no enabled provider makes {prefix:?} releases"),
             )
         } else if let Some(e) = errors.get(&key) {
             ("Error".into(), false, e.clone())
@@ -635,7 +635,7 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
             match release::image_name(&r, &ctx.settings.channel) {
                 Err(m) => ("Invalid".into(), false, m),
                 Ok(img) => {
-                    let ni_name = NodeImage::object_name(&provider, &img);
+                    let ni_name = NodeImage::object_name(provider, &img);
                     match images
                         .iter()
                         .find(|n| n.metadata.name.as_deref() == Some(ni_name.as_str()))
@@ -666,6 +666,10 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
                 format!("{message} (warning: {})", e.event.message)
             }
             _ => message,
+        };
+        let provider = match enabled {
+            Some(id) => id.to_string(),
+            None => ido_api::release::prefix_of(&name).unwrap_or_default().to_string(),
         };
         rows.push(Row {
             kind: "Release",

@@ -33,8 +33,9 @@
 //! [`Concurrency::syncs`], Releases [`Concurrency::releases`] (default 4), DiskImports 4.
 //!
 //! Each reconcile is timed into `ido_reconciles_total` / `ido_reconcile_duration_seconds`.
-//! A failed reconcile bumps `ido_reconcile_failures_total{error}` and is retried after an
-//! exponential backoff per object (5 s, 10 s, … up to 5 min), reset by the next success.
+//! A failed reconcile bumps `ido_reconcile_failures_total{error}` and is retried after
+//! [`ido_controllers::backoff`] per object (1 s, 2 s, … up to 5 min, as under `ido run`),
+//! reset by the next success.
 //! `ido_node_images{provider,state}` is recomputed from the NodeImage cache after every
 //! NodeImage reconcile.
 
@@ -71,10 +72,6 @@ use crate::{
     workqueue::{Key, Outcome, Queue, Running},
 };
 
-/// First retry delay after a failed reconcile.
-const BACKOFF_MIN: Duration = Duration::from_secs(5);
-/// Longest retry delay after failed reconciles.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// DiskImports reconciled at once (each writes a claim and a Job).
 const DISK_IMPORT_CONCURRENCY: u16 = 4;
 
@@ -90,12 +87,6 @@ struct Shared<K: kube::Resource<DynamicType = ()> + 'static> {
     cache: Cache<K>,
     /// The work queue's metrics.
     queue: Arc<Queue>,
-}
-
-/// The retry delay after `failures` consecutive failures: 5 s doubling up to 5 min.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX)
 }
 
 /// Our [`Action`] as kube-runtime's.
@@ -170,7 +161,7 @@ fn error_policy<K: Object>(obj: Arc<K>, error: &Error, shared: Arc<Shared<K>>) -
             error: error.metric_label().into(),
         })
         .inc();
-    let delay = backoff(n);
+    let delay = ido_controllers::backoff(n);
     shared.queue.requeued(self::key(obj.as_ref()), delay);
     tracing::warn!(controller = shared.name, object = %key, %error, attempt = n, retry_in = ?delay, "reconcile failed");
     controller::Action::requeue(delay)
@@ -513,14 +504,6 @@ pub async fn run<F>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_five_minutes() {
-        let s: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(s, [5, 10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(backoff(0), BACKOFF_MIN);
-        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
-    }
 
     #[test]
     fn actions_map_onto_kube() {

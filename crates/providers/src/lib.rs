@@ -140,6 +140,9 @@ pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
 pub trait Provider: Send + Sync {
     /// Provider id as in `NodeImage.spec.provider`, e.g. `capv`.
     fn id(&self) -> &'static str;
+    /// The prefix of the Releases whose node images this provider makes: Release names are
+    /// `<prefix>-<x.y.z>` (`vsphere` for `vsphere-30.1.0`).
+    fn release_prefix(&self) -> &'static str;
     /// Format of the source file in S3.
     fn format(&self) -> SourceFormat;
     /// Names of the configured locations, sorted.
@@ -175,6 +178,11 @@ impl Providers {
     /// Adds (or replaces) a provider.
     pub fn insert(&mut self, p: Arc<dyn Provider>) {
         self.by_id.insert(p.id(), p);
+    }
+    /// The enabled provider whose Releases are named like `release` (`<prefix>-<x.y.z>`).
+    pub fn for_release(&self, release: &str) -> Option<&Arc<dyn Provider>> {
+        let prefix = ido_api::release::prefix_of(release)?;
+        self.by_id.values().find(|p| p.release_prefix() == prefix)
     }
     /// The provider with id `id`, if enabled.
     pub fn get(&self, id: &str) -> Option<&Arc<dyn Provider>> {

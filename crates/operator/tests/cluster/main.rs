@@ -56,6 +56,9 @@ impl Provider for MemProvider {
     fn id(&self) -> &'static str {
         "capv"
     }
+    fn release_prefix(&self) -> &'static str {
+        "vsphere"
+    }
     fn format(&self) -> SourceFormat {
         SourceFormat::Ova
     }

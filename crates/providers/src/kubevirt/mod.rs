@@ -230,6 +230,9 @@ impl Provider for KubevirtProvider {
     fn id(&self) -> &'static str {
         "capk"
     }
+    fn release_prefix(&self) -> &'static str {
+        "kubevirt"
+    }
 
     fn format(&self) -> SourceFormat {
         SourceFormat::Qcow2

@@ -315,6 +315,9 @@ impl Provider for ProxmoxProvider {
     fn id(&self) -> &'static str {
         "capmox"
     }
+    fn release_prefix(&self) -> &'static str {
+        "proxmox"
+    }
 
     fn format(&self) -> SourceFormat {
         SourceFormat::Qcow2

@@ -247,6 +247,9 @@ impl Provider for VcdProvider {
     fn id(&self) -> &'static str {
         "capvcd"
     }
+    fn release_prefix(&self) -> &'static str {
+        "cloud-director"
+    }
 
     fn format(&self) -> SourceFormat {
         SourceFormat::Ova

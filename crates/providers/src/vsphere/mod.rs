@@ -334,6 +334,9 @@ impl Provider for VsphereProvider {
     fn id(&self) -> &'static str {
         "capv"
     }
+    fn release_prefix(&self) -> &'static str {
+        "vsphere"
+    }
 
     fn format(&self) -> SourceFormat {
         SourceFormat::Ova
