@@ -11,6 +11,7 @@ pub mod http;
 pub mod ova;
 pub mod redact;
 pub mod s3;
+pub mod xml;
 
 /// Errors of the engine's sources and readers.
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,10 @@ use ido_engine::{
 use ido_providers::{
     Progress, Provider, ProviderError,
     vsphere::{
-        VsphereConfig, VsphereCredentials, VsphereLocation, VsphereProvider, lease::ImportParams, mark,
-        xml::MoRef,
+        VsphereConfig, VsphereCredentials, VsphereLocation, VsphereProvider,
+        lease::ImportParams,
+        mark,
+        xml::{MoRef, NodeExt as _},
     },
 };
 use ido_testkit::{

@@ -2,7 +2,9 @@
 
 use reqwest::Response;
 
-use crate::{ProviderError, vsphere::soap::error_chain, vsphere::xml::Node};
+use ido_engine::{error_chain, xml::Node};
+
+use crate::ProviderError;
 
 /// Largest error body read.
 const MAX_ERROR_BODY: usize = 64 << 10;

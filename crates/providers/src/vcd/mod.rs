@@ -15,8 +15,8 @@
 //! uploads with the metadata `ido.managed-by = ido` (on the catalog item as soon as it exists,
 //! and on the finished template). A marked template of that name whose upload failed or never
 //! finished is a leftover: `exists` removes it and reports the template absent. A template of
-//! that name without the mark is a [`ProviderError::NameClash`]: never removed. XML is read with the vSphere provider's namespace-aware tree
-//! ([`crate::vsphere::xml`]).
+//! that name without the mark is a [`ProviderError::NameClash`]: never removed. XML is read with the engine's namespace-aware tree
+//! ([`ido_engine::xml`]).
 
 pub mod api;
 pub mod client;

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use crate::vsphere::xml::Node;
+use ido_engine::xml::Node;
 
 /// A `References/File` of the descriptor.
 #[derive(Clone, Debug, PartialEq, Eq)]

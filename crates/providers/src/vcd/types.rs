@@ -2,7 +2,7 @@
 //! from their XML, and the small helpers for hrefs and filter values.
 
 use super::error::{VcdError, error_of};
-use crate::vsphere::xml::Node;
+use ido_engine::xml::Node;
 
 /// A catalog, resolved: where to upload and which org owns it.
 #[derive(Clone, Debug, PartialEq, Eq)]

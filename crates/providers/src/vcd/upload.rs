@@ -35,7 +35,9 @@ use super::{
     error::VcdError,
     ovf::{self, OvfFile},
 };
-use crate::{MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, ProviderError, Result, vsphere::xml::escape};
+use ido_engine::xml::escape;
+
+use crate::{MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, ProviderError, Result};
 
 /// Operation name of the upload task.
 const UPLOAD_TASK: &str = "vdcUploadOvfContents";

@@ -16,7 +16,7 @@ use url::Url;
 
 use super::{
     soap::{Fault, Response, SoapError, Transport},
-    xml::{MoRef, Node, Writer},
+    xml::{MoRef, Node, NodeExt as _, Writer},
 };
 
 /// How often an idle session is kept alive with `CurrentTime` (vCenter's default idle

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::{
     client::Client,
     soap::{Fault, Response, SoapError},
-    xml::{MoRef, Node, Writer, XSI},
+    xml::{MoRef, Node, NodeExt as _, Writer, XSI},
 };
 
 /// Longest wait for a lease to leave `initializing`.

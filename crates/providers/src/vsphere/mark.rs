@@ -216,6 +216,7 @@ pub async fn ownership(client: &Client, obj: &MoRef) -> Result<Option<Ownership>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vsphere::xml::NodeExt as _;
 
     const SPEC: &str = concat!(
         r#"<spec xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="VirtualMachineImportSpec">"#,

@@ -1,31 +1,15 @@
-//! XML helpers of the vim25 client: a small element tree read with quick-xml's `NsReader`
-//! (namespaces resolved, `xsi:type` matched by namespace URI whatever its prefix) and a
-//! writer for request bodies that escapes every text and attribute value.
+//! XML of the vim25 client: managed object references, request bodies (a writer that escapes
+//! every text and attribute value) and SOAP envelopes, over the element tree of
+//! [`ido_engine::xml`].
 
-use std::{borrow::Cow, fmt, ops::Range};
+use std::fmt;
 
-use quick_xml::{
-    XmlVersion,
-    escape::resolve_predefined_entity,
-    events::{BytesStart, Event},
-    name::ResolveResult,
-    reader::NsReader,
-};
+pub use ido_engine::xml::{Attr, Node, XSI, escape};
 
-/// Namespace of `xsi:type` (vcsim writes the prefix `XMLSchema-instance`, vCenter `xsi`).
-pub const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 /// Namespace of the vim25 API.
 pub const VIM25: &str = "urn:vim25";
 /// Namespace of SOAP 1.1 envelopes.
 pub const SOAPENV: &str = "http://schemas.xmlsoap.org/soap/envelope/";
-
-/// Deepest element nesting accepted in a response.
-const MAX_DEPTH: usize = 128;
-
-/// Escapes text for element content or a double-quoted attribute value.
-pub fn escape(s: &str) -> Cow<'_, str> {
-    quick_xml::escape::escape(s)
-}
 
 /// A managed object reference: `<obj type="HostSystem">host-34</obj>`. Ids are opaque.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -53,213 +37,18 @@ impl fmt::Display for MoRef {
     }
 }
 
-/// One attribute other than `xsi:type` and namespace declarations.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attr {
-    /// Namespace URI, `None` for unprefixed attributes.
-    pub ns: Option<String>,
-    /// Local name.
-    pub name: String,
-    /// Unescaped value.
-    pub value: String,
-}
-
-/// One element of a parsed document.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Node {
-    /// Namespace URI of the element, if bound.
-    pub ns: Option<String>,
-    /// Local name.
-    pub name: String,
-    /// The `xsi:type` value as written (may carry a prefix such as `xsd:`).
-    pub xsi_type: Option<String>,
-    /// Other attributes.
-    pub attrs: Vec<Attr>,
-    /// Namespace prefixes this element declares (`xmlns:p="uri"`), as `(p, uri)`.
-    pub ns_decls: Vec<(String, String)>,
-    /// Unescaped text directly inside the element (all text pieces joined).
-    pub text: String,
-    /// Child elements in document order.
-    pub children: Vec<Node>,
-    /// Byte range of the element's content (between its tags) in the source.
-    pub inner: Range<usize>,
-}
-
-impl Node {
-    /// Parses a document and returns its root element.
-    pub fn parse(src: &str) -> Result<Node, String> {
-        let mut reader = NsReader::from_str(src);
-        let mut stack: Vec<Node> = Vec::new();
-        let mut root = None;
-        loop {
-            let before = reader.buffer_position() as usize;
-            let (ns, event) = reader
-                .read_resolved_event()
-                .map_err(|e| format!("{e} at byte {before}"))?;
-            let ns = match ns {
-                ResolveResult::Bound(n) => Some(n.into_inner().to_string()),
-                ResolveResult::Unbound => None,
-                ResolveResult::Unknown(p) => return Err(format!("unknown namespace prefix {p:?}")),
-            };
-            match event {
-                Event::Start(e) | Event::Empty(e) if root.is_some() => {
-                    return Err(format!("content after the root element: <{}>", e.name().0));
-                }
-                Event::Start(e) => {
-                    let mut node = start_node(&reader, &e, ns)?;
-                    let pos = reader.buffer_position() as usize;
-                    node.inner = pos..pos;
-                    stack.push(node);
-                    if stack.len() > MAX_DEPTH {
-                        return Err(format!("elements nested deeper than {MAX_DEPTH}"));
-                    }
-                }
-                Event::Empty(e) => {
-                    let mut node = start_node(&reader, &e, ns)?;
-                    let pos = reader.buffer_position() as usize;
-                    node.inner = pos..pos;
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(node),
-                        None => root = Some(node),
-                    }
-                }
-                Event::End(_) => {
-                    let mut node = stack.pop().ok_or("unbalanced end tag")?;
-                    node.inner.end = before;
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(node),
-                        None => root = Some(node),
-                    }
-                }
-                Event::Text(t) => {
-                    if let Some(n) = stack.last_mut() {
-                        n.text.push_str(&t.xml10_content());
-                    }
-                }
-                Event::CData(t) => {
-                    if let Some(n) = stack.last_mut() {
-                        n.text.push_str(&t.xml10_content());
-                    }
-                }
-                Event::GeneralRef(r) => {
-                    let Some(n) = stack.last_mut() else { continue };
-                    match r.resolve_char_ref().map_err(|e| e.to_string())? {
-                        Some(c) => n.text.push(c),
-                        None => {
-                            let name = r.xml10_content();
-                            let v = resolve_predefined_entity(&name)
-                                .ok_or_else(|| format!("unknown entity &{name};"))?;
-                            n.text.push_str(v);
-                        }
-                    }
-                }
-                Event::Eof => break,
-                Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
-            }
-        }
-        if !stack.is_empty() {
-            return Err("unexpected end of document".into());
-        }
-        root.ok_or_else(|| "no root element".into())
-    }
-
-    /// The first child element named `name` (local name, any namespace).
-    pub fn child(&self, name: &str) -> Option<&Node> {
-        self.children.iter().find(|c| c.name == name)
-    }
-
-    /// All child elements named `name`.
-    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-        self.children.iter().filter(move |c| c.name == name)
-    }
-
-    /// The element at a `/`-separated path of child names, e.g. `info/state`.
-    pub fn at(&self, path: &str) -> Option<&Node> {
-        path.split('/')
-            .filter(|s| !s.is_empty())
-            .try_fold(self, |n, seg| n.child(seg))
-    }
-
-    /// The text of the element at `path` (see [`Node::at`]).
-    pub fn text_at(&self, path: &str) -> Option<&str> {
-        self.at(path).map(|n| n.text.as_str())
-    }
-
-    /// The value of the unprefixed attribute `name`.
-    pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|a| a.ns.is_none() && a.name == name)
-            .map(|a| a.value.as_str())
-    }
-
-    /// The value of attribute `name` in any namespace (or none), e.g. `ovf:href`.
-    pub fn attr_any_ns(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.value.as_str())
-    }
-
-    /// The `xsi:type` without any prefix (`xsd:boolean` → `boolean`).
-    pub fn type_name(&self) -> Option<&str> {
-        self.xsi_type
-            .as_deref()
-            .map(|t| t.rsplit(':').next().unwrap_or(t))
-    }
-
+/// Reading a managed object reference from an element.
+pub trait NodeExt {
     /// The element read as a managed object reference (unprefixed `type` plus text).
-    pub fn moref(&self) -> Option<MoRef> {
+    fn moref(&self) -> Option<MoRef>;
+}
+
+impl NodeExt for Node {
+    fn moref(&self) -> Option<MoRef> {
         let kind = self.attr("type")?;
         let value = self.text.trim();
         (!value.is_empty()).then(|| MoRef::new(kind, value))
     }
-
-    /// The text read as an `xsd:boolean`.
-    pub fn as_bool(&self) -> Option<bool> {
-        match self.text.trim() {
-            "true" | "1" => Some(true),
-            "false" | "0" => Some(false),
-            _ => None,
-        }
-    }
-}
-
-fn start_node(reader: &NsReader<&[u8]>, e: &BytesStart<'_>, ns: Option<String>) -> Result<Node, String> {
-    let mut node = Node {
-        ns,
-        name: e.local_name().into_inner().to_string(),
-        ..Node::default()
-    };
-    for a in e.attributes() {
-        let a = a.map_err(|err| format!("bad attribute in <{}>: {err}", e.name().0))?;
-        let value = a
-            .normalized_value(XmlVersion::Implicit1_0)
-            .map_err(|err| err.to_string())?
-            .into_owned();
-        if let Some(decl) = a.key.as_namespace_binding() {
-            if let quick_xml::name::PrefixDeclaration::Named(p) = decl {
-                node.ns_decls.push((p.to_string(), value));
-            }
-            continue;
-        }
-        let (rns, local) = reader.resolver().resolve_attribute(a.key);
-        let ns = match rns {
-            ResolveResult::Bound(n) => Some(n.into_inner().to_string()),
-            ResolveResult::Unbound => None,
-            ResolveResult::Unknown(p) => return Err(format!("unknown namespace prefix {p:?}")),
-        };
-        if ns.as_deref() == Some(XSI) && local.into_inner() == "type" {
-            node.xsi_type = Some(value);
-        } else {
-            node.attrs.push(Attr {
-                ns,
-                name: local.into_inner().to_string(),
-                value,
-            });
-        }
-    }
-    Ok(node)
 }
 
 /// Builds a request body: every value escaped, elements in the order written.
@@ -393,29 +182,5 @@ mod tests {
         assert_eq!(vals[1].as_bool(), Some(true));
         assert_eq!(vals[2].xsi_type, None);
         assert_eq!(vals[2].attrs[0].ns.as_deref(), Some("urn:other"));
-    }
-
-    #[test]
-    fn inner_ranges_cover_content_and_entities_decode() {
-        let src = "<a><b x=\"1 &amp; 2\">t&#65;&lt;<c/>u</b><d></d></a>";
-        let a = Node::parse(src).unwrap();
-        let b = a.child("b").unwrap();
-        assert_eq!(&src[b.inner.clone()], "t&#65;&lt;<c/>u");
-        assert_eq!(b.text, "tA<u");
-        assert_eq!(b.attr("x"), Some("1 & 2"));
-        assert_eq!(&src[a.child("d").unwrap().inner.clone()], "");
-        assert_eq!(
-            &src[a.inner.clone()],
-            "<b x=\"1 &amp; 2\">t&#65;&lt;<c/>u</b><d></d>"
-        );
-    }
-
-    #[test]
-    fn malformed_documents_are_errors() {
-        assert!(Node::parse("<a><b></a>").is_err());
-        assert!(Node::parse("<a>").is_err());
-        assert!(Node::parse("").is_err());
-        assert!(Node::parse("<a>&bogus;</a>").is_err());
-        assert!(Node::parse("<p:a/>").is_err());
     }
 }
