@@ -5,16 +5,36 @@ use std::time::Duration;
 
 const EXPECTED: &str = "expected <number><unit>… with units ns, us, ms, s, m, h, d (24h), w (7d), e.g. 90s, 15m, 1h30m, 1.5h, 1d12h";
 
+/// Why a duration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty: {expected}", expected = EXPECTED)]
+    Empty,
+    #[error("{0:?} without a number: {expected}", expected = EXPECTED)]
+    NoNumber(String),
+    #[error("{0:?} is not a number: {expected}", expected = EXPECTED)]
+    BadNumber(String),
+    #[error("{0:?} has no unit: {expected}", expected = EXPECTED)]
+    NoUnit(String),
+    #[error("unknown unit {0:?}: {expected}", expected = EXPECTED)]
+    UnknownUnit(String),
+    #[error("too large")]
+    TooLarge,
+    /// A schedule's period under a second.
+    #[error("must be at least 1s")]
+    TooShort,
+}
+
 /// Parses `0`, or one or more `<number><unit>` summed (`1h30m`, `1.5h`, `1d12h`, `500ms`);
 /// units `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`, `d` (24 h), `w` (7 d). Errors say what was
 /// wrong and what is expected; an out-of-range value is an error, not a panic.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() {
-        return Err(format!("empty: {EXPECTED}"));
+        return Err(DurationError::Empty);
     }
     let mut total = 0f64;
     let mut rest = s;
@@ -30,11 +50,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         if num.is_empty() {
-            return Err(format!("{unit:?} without a number: {EXPECTED}"));
+            return Err(DurationError::NoNumber(unit.into()));
         }
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("{num:?} is not a number: {EXPECTED}"))?;
+        let n: f64 = num.parse().map_err(|_| DurationError::BadNumber(num.into()))?;
         let mult = match unit {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -44,19 +62,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             "d" => 86_400.0,
             "w" => 604_800.0,
-            "" => return Err(format!("{num:?} has no unit: {EXPECTED}")),
-            _ => return Err(format!("unknown unit {unit:?}: {EXPECTED}")),
+            "" => return Err(DurationError::NoUnit(num.into())),
+            _ => return Err(DurationError::UnknownUnit(unit.into())),
         };
         total += n * mult;
     }
-    Duration::try_from_secs_f64(total).map_err(|_| "too large".to_string())
+    Duration::try_from_secs_f64(total).map_err(|_| DurationError::TooLarge)
 }
 
 /// A schedule's period (`frequency`): a [`parse_duration`] of at least one second.
-pub fn parse_frequency(s: &str) -> Result<Duration, String> {
+pub fn parse_frequency(s: &str) -> Result<Duration, DurationError> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".into());
+        return Err(DurationError::TooShort);
     }
     Ok(d)
 }

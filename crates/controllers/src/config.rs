@@ -242,7 +242,7 @@ impl Config {
             None | Some(Value::Null) => Duration::ZERO,
             Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Duration::ZERO,
             Some(Value::String(s)) => ido_api::duration::parse_duration(s)
-                .map_err(|reason| value_err("imageRetentionPeriod", s, &reason))?,
+                .map_err(|reason| value_err("imageRetentionPeriod", s, &reason.to_string()))?,
             Some(other) => {
                 return Err(value_err(
                     "imageRetentionPeriod",

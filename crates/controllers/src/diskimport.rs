@@ -650,7 +650,11 @@ fn provider_err(e: StoreError) -> ProviderError {
         StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::Invalid(_) => {
             ProviderError::Api(e.to_string())
         }
-        StoreError::Conflict { .. } | StoreError::Other(_) => ProviderError::Transport(e.to_string()),
+        StoreError::Conflict { .. }
+        | StoreError::Api { .. }
+        | StoreError::Io { .. }
+        | StoreError::Busy { .. }
+        | StoreError::Encoding { .. } => ProviderError::Transport(e.to_string()),
     }
 }
 

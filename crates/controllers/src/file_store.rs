@@ -78,8 +78,26 @@ pub struct FileStore {
     changes: broadcast::Sender<Key>,
 }
 
-fn other(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Other(e.to_string())
+/// Now, to the second (as the API server writes timestamps).
+fn now_s() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Second).unwrap_or(now)
+}
+
+/// An I/O error at `path`.
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A JSON error about `what`.
+fn encoding(what: impl std::fmt::Display) -> impl FnOnce(serde_json::Error) -> StoreError {
+    move |source| StoreError::Encoding {
+        what: what.to_string(),
+        source,
+    }
 }
 
 impl FileStore {
@@ -91,15 +109,13 @@ impl FileStore {
         let mut max_rv = 0;
         for res in read_dirs(root)? {
             for ns in read_dirs(&res)? {
-                for file in std::fs::read_dir(&ns).map_err(other)? {
-                    let path = file.map_err(other)?.path();
+                for file in std::fs::read_dir(&ns).map_err(io_at(&ns))? {
+                    let path = file.map_err(io_at(&ns))?.path();
                     if path.extension().and_then(|e| e.to_str()) != Some("json") {
                         continue;
                     }
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| other(format!("{}: {e}", path.display())))?;
-                    let v: Value =
-                        serde_json::from_str(&text).map_err(|e| other(format!("{}: {e}", path.display())))?;
+                    let text = std::fs::read_to_string(&path).map_err(io_at(&path))?;
+                    let v: Value = serde_json::from_str(&text).map_err(encoding(path.display()))?;
                     let name = path
                         .file_stem()
                         .and_then(|s| s.to_str())
@@ -169,15 +185,18 @@ impl FileStore {
                 let dir = path.parent().expect("parent");
                 create_private_dir(dir)?;
                 let tmp = path.with_extension("json.tmp");
-                write_private(&tmp, &serde_json::to_vec_pretty(v).map_err(other)?)?;
-                std::fs::rename(&tmp, &path).map_err(|e| other(format!("{}: {e}", path.display())))?;
+                write_private(
+                    &tmp,
+                    &serde_json::to_vec_pretty(v).map_err(encoding(path.display()))?,
+                )?;
+                std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
                 inner.objects.insert(key.clone(), v.clone());
             }
             None => {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(other(e)),
+                    Err(e) => return Err(io_at(&path)(e)),
                 }
                 inner.objects.remove(key);
             }
@@ -248,12 +267,7 @@ impl FileStore {
             .collect();
         for (key, mut v) in owned {
             if v["metadata"]["deletionTimestamp"].is_null() {
-                v["metadata"]["deletionTimestamp"] = json!(
-                    jiff::Timestamp::now()
-                        .round(jiff::Unit::Second)
-                        .map_err(other)?
-                        .to_string()
-                );
+                v["metadata"]["deletionTimestamp"] = json!(now_s().to_string());
                 Self::bump(inner, &mut v);
             }
             self.finish_deletion(inner, &key, v)?;
@@ -265,7 +279,7 @@ impl FileStore {
 /// Creates `dir` (and its parents) readable by the owner only, and makes an existing one so.
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |e: std::io::Error| other(format!("{}: {e}", dir.display()));
+    let err = io_at(dir);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -277,7 +291,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to a new file at `path` readable by the owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let err = |e: std::io::Error| other(format!("{}: {e}", path.display()));
+    let err = io_at(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -305,7 +319,7 @@ impl StateLock {
         };
         create_private_dir(root)?;
         let path = root.join(".lock");
-        let err = |e: std::io::Error| other(format!("{}: {e}", path.display()));
+        let err = io_at(&path);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -322,16 +336,16 @@ impl StateLock {
                 let holder = holder.trim();
                 let holder = if holder.is_empty() { "unknown" } else { holder };
                 if !wait {
-                    return Err(other(format!(
-                        "state directory {} is in use by another ido (pid {holder}); wait for it to finish, or pass --wait-lock",
-                        root.display()
-                    )));
+                    return Err(StoreError::Busy {
+                        path: root.to_path_buf(),
+                        holder: holder.to_string(),
+                    });
                 }
                 tracing::info!(state = %root.display(), pid = holder, "waiting for the state directory's lock");
                 file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
                     .await
-                    .map_err(other)?
-                    .map_err(err)?;
+                    .map_err(|e| err(std::io::Error::other(e)))?
+                    .map_err(&err)?;
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
         }
@@ -344,8 +358,8 @@ impl StateLock {
 
 fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
-    for e in std::fs::read_dir(dir).map_err(|e| other(format!("{}: {e}", dir.display())))? {
-        let p = e.map_err(other)?.path();
+    for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let p = e.map_err(io_at(dir))?.path();
         if p.is_dir() {
             out.push(p);
         }
@@ -354,7 +368,7 @@ fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn decode<K: Object>(v: Value) -> Result<K> {
-    serde_json::from_value(v).map_err(|e| other(format!("decoding {}: {e}", K::kind(&()))))
+    serde_json::from_value(v).map_err(encoding(format!("decoding {}", K::kind(&()))))
 }
 
 impl Store for FileStore {
@@ -437,7 +451,8 @@ impl Store for FileStore {
 
     async fn update_status<K: Object>(&self, obj: &K) -> Result<K> {
         let key = Self::key_of(obj);
-        let status = crate::store::status_of(obj).map_err(other)?;
+        let status =
+            crate::store::status_of(obj).map_err(encoding(format!("encoding {} status", K::kind(&()))))?;
         let mut inner = self.inner.lock().expect("lock");
         let mut v = Self::current(&inner, &key, obj)?;
         v["status"] = status.unwrap_or(Value::Null);
@@ -453,12 +468,7 @@ impl Store for FileStore {
             return Ok(());
         };
         if v["metadata"]["deletionTimestamp"].is_null() {
-            v["metadata"]["deletionTimestamp"] = json!(
-                jiff::Timestamp::now()
-                    .round(jiff::Unit::Second)
-                    .map_err(other)?
-                    .to_string()
-            );
+            v["metadata"]["deletionTimestamp"] = json!(now_s().to_string());
             Self::bump(&mut inner, &mut v);
         }
         self.finish_deletion(&mut inner, &key, v)?;
@@ -496,17 +506,12 @@ impl FileStore {
                 name: key.name,
             });
         }
-        let mut v = serde_json::to_value(obj).map_err(other)?;
+        let mut v = serde_json::to_value(obj).map_err(encoding(format!("encoding {}", K::kind(&()))))?;
         v["apiVersion"] = json!(K::api_version(&()));
         v["kind"] = json!(K::kind(&()));
         let m = &mut v["metadata"];
         m["uid"] = json!(format!("{:032x}", rand_id(&key, inner.next_rv)));
-        m["creationTimestamp"] = json!(
-            jiff::Timestamp::now()
-                .round(jiff::Unit::Second)
-                .map_err(other)?
-                .to_string()
-        );
+        m["creationTimestamp"] = json!(now_s().to_string());
         m["generation"] = json!(1);
         if let Some(o) = m.as_object_mut() {
             o.remove("deletionTimestamp");
@@ -521,7 +526,7 @@ impl FileStore {
     /// (bumping the generation when the spec changed). Used to apply manifests.
     pub fn apply<K: Object>(&self, obj: &K) -> Result<K> {
         let key = Self::key_of(obj);
-        let new = serde_json::to_value(obj).map_err(other)?;
+        let new = serde_json::to_value(obj).map_err(encoding(format!("encoding {}", K::kind(&()))))?;
         let mut inner = self.inner.lock().expect("lock");
         let Some(mut v) = inner.objects.get(&key).cloned() else {
             drop(inner);

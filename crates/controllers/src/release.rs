@@ -156,7 +156,10 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
                     .get::<NodeImage>(Some(ns), &ni_name)
                     .await?
                     .ok_or_else(|| {
-                        Error::Store(StoreError::Other(format!("NodeImage {ni_name} vanished")))
+                        Error::Store(StoreError::NotFound {
+                            kind: "NodeImage".into(),
+                            name: ni_name.clone(),
+                        })
                     })?,
                 Err(e) => return Err(e.into()),
             }

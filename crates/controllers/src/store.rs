@@ -35,8 +35,35 @@ pub enum StoreError {
     /// A name or namespace the API server would refuse.
     #[error(transparent)]
     Invalid(#[from] ido_api::names::InvalidName),
-    #[error("store: {0}")]
-    Other(String),
+    /// The API server (or the client on the way to it) failed the request.
+    #[error("{op} {kind} {name:?}: {source}")]
+    Api {
+        op: &'static str,
+        kind: String,
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A file of the state directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state directory is held by another process.
+    #[error("state directory {} is in use by another ido (pid {holder}); wait for it to finish, or pass --wait-lock", path.display())]
+    Busy {
+        path: std::path::PathBuf,
+        holder: String,
+    },
+    /// An object could not be encoded or decoded (`what` names it).
+    #[error("{what}: {source}")]
+    Encoding {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -199,7 +226,12 @@ pub async fn modify_status<S: Store, K: Object>(
     retry_on_conflict(store, obj, |current| async move {
         let mut next = current.clone();
         change(&mut next);
-        let json = |k: &K| serde_json::to_value(k).map_err(|e| StoreError::Other(e.to_string()));
+        let json = |k: &K| {
+            serde_json::to_value(k).map_err(|source| StoreError::Encoding {
+                what: format!("encoding {}", K::kind(&())),
+                source,
+            })
+        };
         if json(&current)? == json(&next)? {
             return Ok(current);
         }

@@ -42,7 +42,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
@@ -504,6 +504,7 @@ pub async fn run<F>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn actions_map_onto_kube() {

@@ -145,7 +145,7 @@ fn name_of<K: Object>(obj: &K) -> String {
 
 /// Maps a client error onto the store's error kinds: 404 → `NotFound`, 409 with reason
 /// `AlreadyExists` → `AlreadyExists`, any other 409 → `Conflict`.
-fn map_err<K: Object>(op: &str, name: &str, e: kube::Error) -> StoreError {
+fn map_err<K: Object>(op: &'static str, name: &str, e: kube::Error) -> StoreError {
     let kind = K::kind(&()).to_string();
     let name = name.to_string();
     match e {
@@ -154,13 +154,27 @@ fn map_err<K: Object>(op: &str, name: &str, e: kube::Error) -> StoreError {
             StoreError::AlreadyExists { kind, name }
         }
         kube::Error::Api(s) if s.code == 409 => StoreError::Conflict { kind, name },
-        e => StoreError::Other(format!("{op} {kind} {name:?}: {e}")),
+        e => StoreError::Api {
+            op,
+            kind,
+            name,
+            source: Box::new(e),
+        },
     }
 }
 
 /// A request that could not be built (an invalid name, say).
-fn build_err<K: Object>(op: &str, name: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Other(format!("{op} {} {name:?}: {e}", K::kind(&())))
+fn build_err<K: Object>(
+    op: &'static str,
+    name: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::Api {
+        op,
+        kind: K::kind(&()).to_string(),
+        name: name.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// The merge patch of a [`MetaPatch`]: only the fields it changes, plus the precondition.

@@ -258,25 +258,10 @@ fn config(key: impl Into<String>, message: impl Into<String>) -> ProviderError {
 /// A Go-style duration: `20h`, `90m`, `1h30m`, `45s` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    match s.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => ido_api::duration::parse_duration(s).ok(),
     }
-    let (mut total, mut num) = (0u64, String::new());
-    for ch in s.chars() {
-        if ch.is_ascii_digit() {
-            num.push(ch);
-            continue;
-        }
-        let unit = match ch {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        };
-        total = total.checked_add(num.parse::<u64>().ok()?.checked_mul(unit)?)?;
-        num.clear();
-    }
-    (num.is_empty() && !s.is_empty()).then(|| Duration::from_secs(total))
 }
 
 use ido_engine::redact::userinfo as redact_userinfo;
