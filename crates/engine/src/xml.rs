@@ -19,6 +19,38 @@ pub const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 /// Deepest element nesting accepted in a document.
 const MAX_DEPTH: usize = 128;
 
+/// Why a document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    /// quick-xml could not read on.
+    #[error("{source} at byte {at}")]
+    Syntax {
+        at: usize,
+        #[source]
+        source: quick_xml::Error,
+    },
+    /// A prefix no `xmlns:` declares.
+    #[error("unknown namespace prefix {0:?}")]
+    UnknownPrefix(String),
+    /// A malformed attribute.
+    #[error("bad attribute in <{element}>: {reason}")]
+    Attribute { element: String, reason: String },
+    /// An entity that is neither a character reference nor one of XML's five.
+    #[error("unknown entity &{0};")]
+    UnknownEntity(String),
+    /// A second root element.
+    #[error("content after the root element: <{0}>")]
+    AfterRoot(String),
+    #[error("elements nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("unbalanced end tag")]
+    Unbalanced,
+    #[error("unexpected end of document")]
+    UnexpectedEnd,
+    #[error("no root element")]
+    NoRoot,
+}
+
 /// Escapes text for element content or a double-quoted attribute value.
 pub fn escape(s: &str) -> Cow<'_, str> {
     quick_xml::escape::escape(s)
@@ -58,7 +90,7 @@ pub struct Node {
 
 impl Node {
     /// Parses a document and returns its root element.
-    pub fn parse(src: &str) -> Result<Node, String> {
+    pub fn parse(src: &str) -> Result<Node, XmlError> {
         let mut reader = NsReader::from_str(src);
         let mut stack: Vec<Node> = Vec::new();
         let mut root = None;
@@ -66,15 +98,15 @@ impl Node {
             let before = reader.buffer_position() as usize;
             let (ns, event) = reader
                 .read_resolved_event()
-                .map_err(|e| format!("{e} at byte {before}"))?;
+                .map_err(|source| XmlError::Syntax { at: before, source })?;
             let ns = match ns {
                 ResolveResult::Bound(n) => Some(n.into_inner().to_string()),
                 ResolveResult::Unbound => None,
-                ResolveResult::Unknown(p) => return Err(format!("unknown namespace prefix {p:?}")),
+                ResolveResult::Unknown(p) => return Err(XmlError::UnknownPrefix(p.to_string())),
             };
             match event {
                 Event::Start(e) | Event::Empty(e) if root.is_some() => {
-                    return Err(format!("content after the root element: <{}>", e.name().0));
+                    return Err(XmlError::AfterRoot(e.name().0.to_string()));
                 }
                 Event::Start(e) => {
                     let mut node = start_node(&reader, &e, ns)?;
@@ -82,7 +114,7 @@ impl Node {
                     node.inner = pos..pos;
                     stack.push(node);
                     if stack.len() > MAX_DEPTH {
-                        return Err(format!("elements nested deeper than {MAX_DEPTH}"));
+                        return Err(XmlError::TooDeep);
                     }
                 }
                 Event::Empty(e) => {
@@ -95,7 +127,7 @@ impl Node {
                     }
                 }
                 Event::End(_) => {
-                    let mut node = stack.pop().ok_or("unbalanced end tag")?;
+                    let mut node = stack.pop().ok_or(XmlError::Unbalanced)?;
                     node.inner.end = before;
                     match stack.last_mut() {
                         Some(parent) => parent.children.push(node),
@@ -114,12 +146,12 @@ impl Node {
                 }
                 Event::GeneralRef(r) => {
                     let Some(n) = stack.last_mut() else { continue };
-                    match r.resolve_char_ref().map_err(|e| e.to_string())? {
+                    let entity = || XmlError::UnknownEntity(r.xml10_content().into_owned());
+                    match r.resolve_char_ref().map_err(|_| entity())? {
                         Some(c) => n.text.push(c),
                         None => {
                             let name = r.xml10_content();
-                            let v = resolve_predefined_entity(&name)
-                                .ok_or_else(|| format!("unknown entity &{name};"))?;
+                            let v = resolve_predefined_entity(&name).ok_or_else(entity)?;
                             n.text.push_str(v);
                         }
                     }
@@ -129,9 +161,9 @@ impl Node {
             }
         }
         if !stack.is_empty() {
-            return Err("unexpected end of document".into());
+            return Err(XmlError::UnexpectedEnd);
         }
-        root.ok_or_else(|| "no root element".into())
+        root.ok_or(XmlError::NoRoot)
     }
 
     /// The first child element named `name` (local name, any namespace).
@@ -189,17 +221,21 @@ impl Node {
     }
 }
 
-fn start_node(reader: &NsReader<&[u8]>, e: &BytesStart<'_>, ns: Option<String>) -> Result<Node, String> {
+fn start_node(reader: &NsReader<&[u8]>, e: &BytesStart<'_>, ns: Option<String>) -> Result<Node, XmlError> {
     let mut node = Node {
         ns,
         name: e.local_name().into_inner().to_string(),
         ..Node::default()
     };
     for a in e.attributes() {
-        let a = a.map_err(|err| format!("bad attribute in <{}>: {err}", e.name().0))?;
+        let bad = |reason: String| XmlError::Attribute {
+            element: e.name().0.to_string(),
+            reason,
+        };
+        let a = a.map_err(|err| bad(err.to_string()))?;
         let value = a
             .normalized_value(XmlVersion::Implicit1_0)
-            .map_err(|err| err.to_string())?
+            .map_err(|err| bad(err.to_string()))?
             .into_owned();
         if let Some(decl) = a.key.as_namespace_binding() {
             if let quick_xml::name::PrefixDeclaration::Named(p) = decl {
@@ -211,7 +247,7 @@ fn start_node(reader: &NsReader<&[u8]>, e: &BytesStart<'_>, ns: Option<String>) 
         let ns = match rns {
             ResolveResult::Bound(n) => Some(n.into_inner().to_string()),
             ResolveResult::Unbound => None,
-            ResolveResult::Unknown(p) => return Err(format!("unknown namespace prefix {p:?}")),
+            ResolveResult::Unknown(p) => return Err(XmlError::UnknownPrefix(p.to_string())),
         };
         if ns.as_deref() == Some(XSI) && local.into_inner() == "type" {
             node.xsi_type = Some(value);

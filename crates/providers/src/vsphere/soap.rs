@@ -272,7 +272,7 @@ pub fn parse_response(
     status: u16,
     src: Result<String, String>,
 ) -> Result<Response, SoapError> {
-    let parsed = src.and_then(|s| Node::parse(&s).map(|n| (s, n)));
+    let parsed = src.and_then(|s| Node::parse(&s).map(|n| (s, n)).map_err(|e| e.to_string()));
     let (src, root) = match parsed {
         Ok(p) => p,
         Err(e) if (200..300).contains(&status) => return Err(SoapError::response(method, e)),
