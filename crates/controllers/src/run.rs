@@ -342,17 +342,9 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
     let mut queue: BTreeMap<Key, Entry> = BTreeMap::new();
     let now = Instant::now();
     let mut keys: Vec<Key> = vec![];
-    keys.extend(ctx.store.list::<Release>().await?.iter().map(FileStore::key_of));
-    keys.extend(ctx.store.list::<NodeImage>().await?.iter().map(FileStore::key_of));
-    keys.extend(ctx.store.list::<ImageSync>().await?.iter().map(FileStore::key_of));
-    keys.extend(ctx.store.list::<Image>().await?.iter().map(FileStore::key_of));
-    keys.extend(
-        ctx.store
-            .list::<DiskImport>()
-            .await?
-            .iter()
-            .map(FileStore::key_of),
-    );
+    for k in kinds() {
+        keys.extend((k.keys)(&ctx.store).await?);
+    }
     for key in keys {
         queue.insert(
             key,
@@ -388,44 +380,15 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             e.due = None;
             e.seen = ctx.store.raw(key).map(|v| crate::trigger_fingerprint(&v));
             let (ctx, key, images, syncs) = (ctx.clone(), key.clone(), images.clone(), syncs.clone());
-            let ns = key.namespace.clone();
             jobs.spawn(async move {
-                let r = match Kind::of(&key) {
-                    Some(Kind::Release) => match ctx.store.get::<Release>(None, &key.name).await {
-                        Ok(Some(r)) => timed(&ctx, "release", release::reconcile(&r, &ctx)).await,
-                        Ok(None) => Ok(Action::AwaitChange),
-                        Err(e) => Err(e.into()),
-                    },
-                    Some(Kind::NodeImage) => {
-                        let _permit = images.acquire().await.expect("semaphore open");
-                        match ctx.store.get::<NodeImage>(ns.as_deref(), &key.name).await {
-                            Ok(Some(n)) => timed(&ctx, "nodeimage", nodeimage::reconcile(&n, &ctx)).await,
-                            Ok(None) => Ok(Action::AwaitChange),
-                            Err(e) => Err(e.into()),
-                        }
-                    }
-                    Some(Kind::ImageSync) => {
-                        let _permit = syncs.acquire().await.expect("semaphore open");
-                        match ctx.store.get::<ImageSync>(ns.as_deref(), &key.name).await {
-                            Ok(Some(n)) => timed(&ctx, "imagesync", imagesync::reconcile(&n, &ctx)).await,
-                            Ok(None) => Ok(Action::AwaitChange),
-                            Err(e) => Err(e.into()),
-                        }
-                    }
-                    Some(Kind::Image) => {
-                        let _permit = syncs.acquire().await.expect("semaphore open");
-                        match ctx.store.get::<Image>(ns.as_deref(), &key.name).await {
-                            Ok(Some(n)) => timed(&ctx, "image", imagesync::reconcile(&n, &ctx)).await,
-                            Ok(None) => Ok(Action::AwaitChange),
-                            Err(e) => Err(e.into()),
-                        }
-                    }
-                    Some(Kind::DiskImport) => {
-                        match ctx.store.get::<DiskImport>(ns.as_deref(), &key.name).await {
-                            Ok(Some(n)) => timed(&ctx, "diskimport", diskimport::reconcile(&n, &ctx)).await,
-                            Ok(None) => Ok(Action::AwaitChange),
-                            Err(e) => Err(e.into()),
-                        }
+                let r = match kind_of(&key) {
+                    Some(k) => {
+                        let _permit = match k.limit {
+                            Limit::Images => Some(images.acquire_owned().await.expect("semaphore open")),
+                            Limit::Syncs => Some(syncs.acquire_owned().await.expect("semaphore open")),
+                            Limit::None => None,
+                        };
+                        (k.reconcile)(ctx.clone(), key.clone()).await
                     }
                     None => Ok(Action::AwaitChange),
                 };
@@ -463,7 +426,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                             Action::Requeue(d) => {
                                 e.due = Some(Instant::now() + d);
                                 e.urgent = d <= Duration::from_secs(30)
-                                    && !matches!(Kind::of(&key), Some(Kind::ImageSync | Kind::Image | Kind::DiskImport));
+                                    && kind_of(&key).is_some_and(|k| k.holds_once);
                             }
                             Action::AwaitChange => { e.due = None; e.urgent = false; }
                         }
@@ -499,33 +462,101 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
     report(&ctx, &errors).await
 }
 
-/// The kinds the run reconciles.
+/// Which limit a kind's reconciles share (`RunOptions`' concurrencies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Release,
-    NodeImage,
-    ImageSync,
-    Image,
-    DiskImport,
+enum Limit {
+    Images,
+    Syncs,
+    None,
 }
 
-impl Kind {
-    fn of(key: &Key) -> Option<Self> {
-        let is = |res: String| key.resource == res;
-        if is(FileStore::key::<Release>(None, "x").resource) {
-            Some(Self::Release)
-        } else if is(FileStore::key::<NodeImage>(None, "x").resource) {
-            Some(Self::NodeImage)
-        } else if is(FileStore::key::<ImageSync>(None, "x").resource) {
-            Some(Self::ImageSync)
-        } else if is(FileStore::key::<Image>(None, "x").resource) {
-            Some(Self::Image)
-        } else if is(FileStore::key::<DiskImport>(None, "x").resource) {
-            Some(Self::DiskImport)
-        } else {
-            None
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// A kind the run reconciles: its resource (the store's key), how its objects are listed
+/// and reconciled, the limit its reconciles share, and whether a short requeue holds
+/// `--once` (an ImageSync's next pass is its schedule, and nothing here runs a DiskImport's
+/// importer Job: those do not).
+struct KindDef {
+    resource: String,
+    limit: Limit,
+    holds_once: bool,
+    keys: fn(&FileStore) -> BoxFuture<Result<Vec<Key>, crate::store::StoreError>>,
+    reconcile: fn(Arc<Context<FileStore>>, Key) -> BoxFuture<Result<Action, crate::Error>>,
+}
+
+/// The dispatch table: one line per kind, its reconciler and its metrics label.
+fn kinds() -> &'static [KindDef] {
+    static KINDS: std::sync::OnceLock<Vec<KindDef>> = std::sync::OnceLock::new();
+    KINDS.get_or_init(table)
+}
+
+fn table() -> Vec<KindDef> {
+    fn def<K: crate::store::Object>(
+        limit: Limit,
+        holds_once: bool,
+        reconcile: fn(Arc<Context<FileStore>>, Key) -> BoxFuture<Result<Action, crate::Error>>,
+    ) -> KindDef {
+        KindDef {
+            resource: FileStore::key::<K>(None, "x").resource,
+            limit,
+            holds_once,
+            keys: |store| {
+                let store = store.clone();
+                Box::pin(async move { Ok(store.list::<K>().await?.iter().map(FileStore::key_of).collect()) })
+            },
+            reconcile,
         }
     }
+    /// Reads `key` as a `K` and reconciles it, timed under `label`.
+    macro_rules! reconciler {
+        ($k:ty, $label:literal, $f:path) => {
+            |ctx: Arc<Context<FileStore>>, key: Key| -> BoxFuture<Result<Action, crate::Error>> {
+                Box::pin(async move {
+                    match ctx
+                        .store
+                        .get::<$k>(key.namespace.as_deref(), &key.name)
+                        .await
+                    {
+                        Ok(Some(o)) => timed(&ctx, $label, $f(&o, &ctx)).await,
+                        Ok(None) => Ok(Action::AwaitChange),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+            }
+        };
+    }
+    vec![
+        def::<Release>(
+            Limit::None,
+            true,
+            reconciler!(Release, "release", release::reconcile),
+        ),
+        def::<NodeImage>(
+            Limit::Images,
+            true,
+            reconciler!(NodeImage, "nodeimage", nodeimage::reconcile),
+        ),
+        def::<ImageSync>(
+            Limit::Syncs,
+            false,
+            reconciler!(ImageSync, "imagesync", imagesync::reconcile),
+        ),
+        def::<Image>(
+            Limit::Syncs,
+            false,
+            reconciler!(Image, "image", imagesync::reconcile),
+        ),
+        def::<DiskImport>(
+            Limit::None,
+            false,
+            reconciler!(DiskImport, "diskimport", diskimport::reconcile),
+        ),
+    ]
+}
+
+/// The kind of `key`, if the run reconciles it.
+fn kind_of(key: &Key) -> Option<&'static KindDef> {
+    kinds().iter().find(|k| k.resource == key.resource)
 }
 
 /// The DiskImport owning a changed claim or Job (its status is what the DiskImport
@@ -552,7 +583,7 @@ fn owner_key(store: &FileStore, key: &Key) -> Option<Key> {
 /// An object changed: reconcile it now (or again once its running reconcile ends), unless
 /// the change is only a controller's own status write.
 fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
-    let key = match Kind::of(&key) {
+    let key = match kind_of(&key) {
         Some(_) => key,
         None => match owner_key(store, &key) {
             Some(owner) => {
