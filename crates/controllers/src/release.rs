@@ -28,21 +28,28 @@ use crate::{
 /// How often a settled Release is looked at again.
 pub const RECHECK: Duration = Duration::from_secs(300);
 
+/// Why a Release has no node image name.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageNameError {
+    #[error("component {0:?} is missing or has no version")]
+    MissingComponent(&'static str),
+    /// A version (or the name made of them) that cannot be an object name.
+    #[error(transparent)]
+    Invalid(#[from] names::InvalidName),
+}
+
 /// Node image name of a release: `flatcar-<channel>-<flatcar>-kube-<k8s>-tooling-<tooling>-gs`.
 /// Errors name the missing component, or the version that could not be part of a name
 /// (versions become object names, S3 keys and template names: only `[a-z0-9.-]`).
-pub fn image_name(rel: &Release, channel: &str) -> Result<String, String> {
+pub fn image_name(rel: &Release, channel: &str) -> Result<String, ImageNameError> {
     let object = format!(
         "Release {}",
         names::quote(rel.metadata.name.as_deref().unwrap_or_default())
     );
-    let get = |c: &str| {
-        let v = rel
-            .component(c)
-            .ok_or_else(|| format!("component {c:?} is missing or has no version"))?;
-        names::check_subdomain(&object, &format!("spec.components[{c}].version"), v)
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(v)
+    let get = |c: &'static str| {
+        let v = rel.component(c).ok_or(ImageNameError::MissingComponent(c))?;
+        names::check_subdomain(&object, &format!("spec.components[{c}].version"), v)?;
+        Ok::<_, ImageNameError>(v)
     };
     let flatcar = get("flatcar")?;
     let kube = get("kubernetes")?;
@@ -52,14 +59,14 @@ pub fn image_name(rel: &Release, channel: &str) -> Result<String, String> {
         kube.trim_start_matches('v'),
         tooling.trim_start_matches('v')
     );
-    names::check_subdomain(&object, "node image name", &image).map_err(|e| e.to_string())?;
+    names::check_subdomain(&object, "node image name", &image)?;
     Ok(image)
 }
 
-/// Reconciles one Release.
 /// Annotation on a Release: the NodeImage it was last recorded in.
 pub const NODE_IMAGE_ANNOTATION: &str = "ido.dev/node-image";
 
+/// Reconciles one Release.
 pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Action, Error> {
     let name = rel.metadata.name.clone().unwrap_or_default();
     let deleting = rel.metadata.deletion_timestamp.is_some();
@@ -78,7 +85,8 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
 
     let image = match image_name(rel, &ctx.settings.channel) {
         Ok(i) => i,
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             ctx.store
                 .event(
                     rel,
@@ -212,13 +220,30 @@ async fn remove_finalizer<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<(
 }
 
 /// Takes release `name` out of every NodeImage except `keep`, handling images left unused.
+/// A Release that recorded its image (the [`NODE_IMAGE_ANNOTATION`]) can be in that one
+/// only, which is read by name; one that never did (made before the annotation) is looked
+/// for in every NodeImage.
 async fn release_images<S: Store>(
     rel: &Release,
     name: &str,
     keep: Option<&str>,
     ctx: &Context<S>,
 ) -> Result<(), Error> {
-    for ni in ctx.store.list::<NodeImage>().await? {
+    let recorded = rel
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(NODE_IMAGE_ANNOTATION));
+    let candidates = match recorded {
+        Some(ni_name) => ctx
+            .store
+            .get::<NodeImage>(Some(&ctx.settings.namespace), ni_name)
+            .await?
+            .into_iter()
+            .collect(),
+        None => ctx.store.list::<NodeImage>().await?,
+    };
+    for ni in candidates {
         let ni_name = ni.metadata.name.clone().unwrap_or_default();
         if Some(ni_name.as_str()) == keep
             || !ni
@@ -308,7 +333,12 @@ mod tests {
             "vsphere-30.0.0",
             &[("flatcar", "3975.2.0"), ("kubernetes", "1.30.4")],
         );
-        assert!(image_name(&r, "stable").unwrap_err().contains("os-tooling"));
+        assert!(
+            image_name(&r, "stable")
+                .unwrap_err()
+                .to_string()
+                .contains("os-tooling")
+        );
     }
 
     #[test]
@@ -329,7 +359,7 @@ mod tests {
                     ("os-tooling", "1.18.1"),
                 ],
             );
-            let e = image_name(&r, "stable").unwrap_err();
+            let e = image_name(&r, "stable").unwrap_err().to_string();
             if bad.is_empty() {
                 assert!(e.contains("\"kubernetes\" is missing"), "{e}");
             } else {
@@ -348,6 +378,11 @@ mod tests {
                 ("os-tooling", "1.18.1"),
             ],
         );
-        assert!(image_name(&r, "stable").unwrap_err().contains("node image name"));
+        assert!(
+            image_name(&r, "stable")
+                .unwrap_err()
+                .to_string()
+                .contains("node image name")
+        );
     }
 }

@@ -664,7 +664,7 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
             ("Error".into(), false, e.clone())
         } else {
             match release::image_name(&r, &ctx.settings.channel) {
-                Err(m) => ("Invalid".into(), false, m),
+                Err(e) => ("Invalid".into(), false, e.to_string()),
                 Ok(img) => {
                     let ni_name = NodeImage::object_name(provider, &img);
                     match images
