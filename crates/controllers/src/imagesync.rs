@@ -33,11 +33,14 @@
 
 mod kinds;
 mod plan;
+mod sides;
 mod status;
 
 pub use ido_oci::reference::is_tag;
 pub use kinds::SyncKind;
 pub use plan::{Every, Plan, Selector, Side, SpecError, parse_schedule, sort_tags};
+pub use sides::SideError;
+use sides::{side_auth, side_tls};
 
 use std::{
     sync::Arc,
@@ -51,14 +54,11 @@ use ido_api::{
     imagesync::{conditions, reasons},
 };
 use ido_oci::{
-    auth::AuthStore,
-    aws::IrsaConfig,
     copy::{Platforms, copy_known},
-    registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
+    registry::{DEFAULT_CONCURRENCY, Registry},
     tags::list_tags,
 };
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 use crate::{
     Action, Context, Error,
@@ -217,125 +217,16 @@ fn key<K: SyncKind>(is: &K) -> String {
     )
 }
 
-/// The object `field` names in the ImageSync's namespace; errors name the field.
-async fn referenced<S: Store, K: crate::store::Object>(
-    ctx: &Context<S>,
-    ns: &str,
-    name: &str,
-    field: &str,
-) -> Result<K, String> {
-    let kind = K::kind(&());
-    ctx.store
-        .get::<K>(Some(ns), name)
-        .await
-        .map_err(|e| format!("{field}: reading {kind} {ns}/{name}: {e}"))?
-        .ok_or_else(|| format!("{field}: {kind} {ns}/{name} not found"))
-}
-
-/// The credentials of one side: its Secret's, and with `useAwsIRSA` ECR's for its registry
-/// (unless the Secret has some).
-async fn side_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<AuthStore, String> {
-    let mut auths = secret_auth(ctx, ns, side).await?;
-    if side.aws_irsa {
-        let host = side.host();
-        if auths.auth_for(&host) == AuthStore::default().auth_for(&host) {
-            let field = format!("{}.useAwsIRSA", side.field);
-            let irsa = IRSA
-                .get_or_init(|| IrsaConfig::from_env().map_err(|e| e.to_string()))
-                .as_ref()
-                .map_err(|e| format!("{field}: no web identity in the operator's environment: {e}"))?;
-            let creds = irsa
-                .ecr_credentials(&host)
-                .await
-                .map_err(|e| format!("{field}: {e}"))?;
-            auths.insert_if_absent(&host, creds);
-        }
-    }
-    Ok(auths)
-}
-
-/// ECR credentials from the operator's web identity, made once (they cache their tokens).
-static IRSA: std::sync::OnceLock<Result<IrsaConfig, String>> = std::sync::OnceLock::new();
-
-/// The credentials of one side's Secret (none without one).
-async fn secret_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<AuthStore, String> {
-    let Some(name) = &side.secret else {
-        return Ok(AuthStore::default());
-    };
-    let field = format!("{}.secretRef", side.field);
-    let secret: Secret = referenced(ctx, ns, name, &field).await?;
-    let config: Vec<u8> = secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get(DOCKER_CONFIG_KEY))
-        .map(|s| s.as_bytes().to_vec())
-        .or_else(|| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(DOCKER_CONFIG_KEY))
-                .map(|b| b.0.clone())
-        })
-        .ok_or_else(|| {
-            format!(
-                "{field}: Secret {ns}/{name} (type {}) has no {DOCKER_CONFIG_KEY} key; expected a kubernetes.io/dockerconfigjson Secret",
-                secret.type_.as_deref().unwrap_or("Opaque")
-            )
-        })?;
-    let auths = AuthStore::from_docker_config(&config, &format!("Secret {ns}/{name}"))
-        .map_err(|e| format!("{field}: {e}"))?;
-    let host = side.host();
-    if auths.auth_for(&host) == AuthStore::default().auth_for(&host) {
-        return Err(format!(
-            "{field}: Secret {ns}/{name} has no credentials for registry {}",
-            side.registry
-        ));
-    }
-    Ok(auths)
-}
-
-/// The TLS settings of one side: its `caBundle` and every PEM bundle of its ConfigMap.
-async fn side_tls<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<TlsSettings, String> {
-    let Some(name) = &side.cert_config_map else {
-        return Ok(side.tls.clone());
-    };
-    let field = format!("{}.certConfigMap", side.field);
-    let cm: ConfigMap = referenced(ctx, ns, name, &field).await?;
-    let bundles: Vec<&String> = cm
-        .data
-        .iter()
-        .flatten()
-        .map(|(_, v)| v)
-        .filter(|v| v.contains("-----BEGIN CERTIFICATE-----"))
-        .collect();
-    if bundles.is_empty() {
-        return Err(format!(
-            "{field}: ConfigMap {ns}/{name} has no PEM certificate (-----BEGIN CERTIFICATE-----) in its data"
-        ));
-    }
-    let mut pem = side.tls.ca_bundle.clone().unwrap_or_default();
-    for b in bundles {
-        if !pem.is_empty() && !pem.ends_with('\n') {
-            pem.push('\n');
-        }
-        pem.push_str(b);
-    }
-    Ok(TlsSettings {
-        verify: side.tls.verify,
-        ca_bundle: Some(pem),
-    })
-}
-
 /// Credentials, registries and the tags to work on.
 async fn prepare<S: Store>(ctx: &Context<S>, ns: &str, plan: &Plan) -> Result<Prepared, Failure> {
     let mut regs = vec![];
     for side in [&plan.source, &plan.destination] {
         let auths = side_auth(ctx, ns, side)
             .await
-            .map_err(|m| (reasons::CREDENTIALS_UNAVAILABLE, m))?;
+            .map_err(|e| (reasons::CREDENTIALS_UNAVAILABLE, e.to_string()))?;
         let tls = side_tls(ctx, ns, side)
             .await
-            .map_err(|m| (reasons::CREDENTIALS_UNAVAILABLE, m))?;
+            .map_err(|e| (reasons::CREDENTIALS_UNAVAILABLE, e.to_string()))?;
         let reg = Registry::connect(&side.host(), &tls, Arc::new(auths), DEFAULT_CONCURRENCY)
             .await
             .map_err(|e| (reasons::REGISTRY_UNAVAILABLE, format!("{}: {e}", side.field)))?;
