@@ -362,14 +362,7 @@ impl Registry {
         if status.is_success() && body.len() <= MANIFEST_MAX {
             return Ok((body, digest));
         }
-        Err(Attempt {
-            error: OciDistributionError::ServerError {
-                code: status.as_u16(),
-                url,
-                message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
-            },
-            retry_after,
-        })
+        Err(refused(status, url, &body, retry_after))
     }
     /// `scheme://host` + `path`.
     pub(crate) fn url(&self, path: &str) -> String {
@@ -454,14 +447,7 @@ impl Registry {
         if status.is_success() {
             return Ok(());
         }
-        Err(Attempt {
-            error: OciDistributionError::ServerError {
-                code: status.as_u16(),
-                url,
-                message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
-            },
-            retry_after,
-        })
+        Err(refused(status, url, &body, retry_after))
     }
 
     /// One page of a JSON listing at `url` (at most 32 MiB) and the next page's URL from its
@@ -501,6 +487,24 @@ impl Registry {
             });
         }
         Ok((body, next))
+    }
+}
+
+/// A request the registry answered with `status`: the start of its body as the message,
+/// and when to try again if it said.
+fn refused(
+    status: reqwest::StatusCode,
+    url: String,
+    body: &[u8],
+    retry_after: Option<std::time::Duration>,
+) -> Attempt {
+    Attempt {
+        error: OciDistributionError::ServerError {
+            code: status.as_u16(),
+            url,
+            message: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
+        },
+        retry_after,
     }
 }
 

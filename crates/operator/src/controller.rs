@@ -181,23 +181,10 @@ async fn reconcile_release(
     .await
 }
 
-async fn reconcile_imagesync(
-    obj: Arc<ImageSync>,
-    shared: Arc<Shared<ImageSync>>,
-    running: Running,
-) -> Result<controller::Action, Error> {
-    timed(
-        obj.as_ref(),
-        &shared,
-        running,
-        imagesync::reconcile(obj.as_ref(), &shared.ctx),
-    )
-    .await
-}
-
-async fn reconcile_image(
-    obj: Arc<Image>,
-    shared: Arc<Shared<Image>>,
+/// ImageSyncs and image-operator's Images: the same reconciler (`imagesync::SyncKind`).
+async fn reconcile_sync<K: imagesync::SyncKind>(
+    obj: Arc<K>,
+    shared: Arc<Shared<K>>,
     running: Running,
 ) -> Result<controller::Action, Error> {
     timed(
@@ -450,7 +437,7 @@ pub async fn run<F>(
             concurrency.syncs.max(1),
             sync_api,
             vec![],
-            reconcile_imagesync,
+            reconcile_sync::<ImageSync>,
             shutdown(),
         ))
     } else {
@@ -469,7 +456,7 @@ pub async fn run<F>(
             concurrency.syncs.max(1),
             image_api,
             vec![],
-            reconcile_image,
+            reconcile_sync::<Image>,
             shutdown(),
         ))
     } else {
