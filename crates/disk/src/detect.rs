@@ -18,10 +18,12 @@ pub enum Compression {
     Gzip,
     /// xz (multi-block streams decoded on several threads).
     Xz,
-    /// zstd (one or more frames).
+    /// zstd (one or more frames, skippable frames among them).
     Zstd,
     /// bzip2.
     Bzip2,
+    /// Legacy lzma (LZMA_Alone, `.lzma`: `xz --format=lzma`, `lzma`).
+    Lzma,
 }
 
 impl Compression {
@@ -32,6 +34,7 @@ impl Compression {
             Compression::Xz => "xz",
             Compression::Zstd => "zstd",
             Compression::Bzip2 => "bzip2",
+            Compression::Lzma => "lzma",
         }
     }
 }
@@ -103,12 +106,14 @@ impl FromStr for DiskFormat {
     }
 }
 
-/// What the head of a stream looks like.
+/// What the head of a stream looks like. A recognised magic is never taken back: a head
+/// that starts like a container but does not parse is that container, and its reader
+/// reports what is wrong (importing it as raw would silently give a useless disk).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detected {
     /// A compression layer to peel.
     Compressed(Compression),
-    /// A tar archive (ustar or GNU).
+    /// A tar archive (ustar, GNU, pax, or pre-POSIX recognised by its header checksum).
     Tar,
     /// A disk format.
     Disk(DiskFormat),
@@ -121,9 +126,10 @@ pub fn detect(head: &[u8]) -> Detected {
         Detected::Compressed(Compression::Gzip)
     } else if at(0, &[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         Detected::Compressed(Compression::Xz)
-    } else if at(0, &[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if is_zstd(head) {
         Detected::Compressed(Compression::Zstd)
-    } else if at(0, b"BZh") && head.get(3).is_some_and(|c| (b'1'..=b'9').contains(c)) {
+    } else if at(0, b"BZh") {
+        // The level digit is checked by the decoder: a bad one is a broken bzip2 stream.
         Detected::Compressed(Compression::Bzip2)
     } else if at(0, b"QFI\xfb") {
         match head
@@ -143,6 +149,10 @@ pub fn detect(head: &[u8]) -> Detected {
         Detected::Disk(DiskFormat::Vhdx)
     } else if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
         Detected::Disk(DiskFormat::Vdi)
+    } else if is_v7_tar(head) {
+        Detected::Tar
+    } else if is_lzma_alone(head) {
+        Detected::Compressed(Compression::Lzma)
     } else if at(0x8001, b"CD001") {
         Detected::Disk(DiskFormat::Iso)
     } else {
@@ -150,8 +160,100 @@ pub fn detect(head: &[u8]) -> Detected {
     }
 }
 
-/// The content size announced by the first zstd frame header, if it has one.
+fn le32(b: &[u8], off: usize) -> Option<u32> {
+    let v = b.get(off..off.checked_add(4)?)?;
+    Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
+}
+
+/// zstd: a frame (`28 b5 2f fd`), a skippable frame (`5? 2a 4d 18`, what pzstd writes
+/// before each frame), or a legacy frame of zstd 0.1–0.7 (not decoded: an error, not raw).
+fn is_zstd(head: &[u8]) -> bool {
+    le32(head, 0).is_some_and(|m| {
+        m == ZSTD_MAGIC
+            || m & 0xffff_fff0 == ZSTD_SKIPPABLE
+            || m == 0xfd2f_b51e
+            || (0xfd2f_b522..=0xfd2f_b527).contains(&m)
+    })
+}
+
+const ZSTD_MAGIC: u32 = 0xfd2f_b528;
+const ZSTD_SKIPPABLE: u32 = 0x184d_2a50;
+
+/// A pre-POSIX (v7) tar: no magic, but its first header's checksum holds.
+fn is_v7_tar(head: &[u8]) -> bool {
+    let Some(h) = head.get(..512) else {
+        return false;
+    };
+    if h[0] == 0 || !(h[156] == 0 || (b'0'..=b'7').contains(&h[156])) {
+        return false;
+    }
+    // The checksum field: octal digits (after spaces), then NUL and/or space.
+    let field = &h[148..156];
+    let start = field.iter().take_while(|c| **c == b' ').count();
+    let digits = &field[start..];
+    let n = digits.iter().take_while(|c| (b'0'..=b'7').contains(*c)).count();
+    if n == 0 || !digits[n..].iter().all(|c| *c == 0 || *c == b' ') {
+        return false;
+    }
+    let stored = digits[..n].iter().fold(0u64, |v, c| v * 8 + u64::from(c - b'0'));
+    let sum: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(*b)
+            }
+        })
+        .sum();
+    stored == sum
+}
+
+/// Legacy lzma has no magic; its 13-byte header is recognised as liblzma's `.lzma`
+/// detection does (properties byte lc/lp/pb in range, a dictionary size of 2^n or
+/// 2^n + 2^(n-1) from 4 KiB, an uncompressed size unknown or under 256 GiB), and the range
+/// coder's first byte, always 0.
+fn is_lzma_alone(head: &[u8]) -> bool {
+    if head.len() < 14 {
+        return false;
+    }
+    let props = head[0];
+    let (lc, lp, pb) = (props % 9, (props / 9) % 5, props / 45);
+    if props > 224 || lc + lp > 4 || pb > 4 {
+        return false;
+    }
+    let dict = le32(head, 1).unwrap_or(0);
+    let dict_ok = dict == u32::MAX || {
+        let n = dict.checked_ilog2().unwrap_or(0);
+        dict >= 4096 && (dict == 1 << n || (n > 0 && dict == (1 << n) | (1 << (n - 1))))
+    };
+    let size = u64::from_le_bytes(head[5..13].try_into().expect("8 bytes"));
+    dict_ok && (size == u64::MAX || size < 1 << 38) && head[13] == 0
+}
+
+/// The uncompressed size a legacy lzma header declares, if it does.
+pub fn lzma_size(head: &[u8]) -> Option<u64> {
+    let size = u64::from_le_bytes(head.get(5..13)?.try_into().ok()?);
+    (size != u64::MAX).then_some(size)
+}
+
+/// The content size announced by the first zstd frame header (after any skippable frames
+/// within `head`), if it has one.
 pub fn zstd_content_size(head: &[u8]) -> Option<u64> {
+    let mut at = 0usize;
+    while le32(head, at)? & 0xffff_fff0 == ZSTD_SKIPPABLE {
+        let len = le32(head, at + 4)? as usize;
+        at = at.checked_add(8 + len)?;
+    }
+    if le32(head, at)? != ZSTD_MAGIC {
+        return None;
+    }
+    frame_content_size(&head[at..])
+}
+
+/// The content size in the frame header at the start of `head`.
+fn frame_content_size(head: &[u8]) -> Option<u64> {
     let fhd = *head.get(4)?;
     let fcs_flag = fhd >> 6;
     let single_segment = fhd & 0x20 != 0;
@@ -219,7 +321,31 @@ mod tests {
     fn magic() {
         assert_eq!(detect(&[0x1f, 0x8b, 8]), Detected::Compressed(Compression::Gzip));
         assert_eq!(detect(b"BZh9"), Detected::Compressed(Compression::Bzip2));
-        assert_eq!(detect(b"BZhx"), Detected::Disk(DiskFormat::Raw));
+        // A bad level digit is a broken bzip2 stream, not raw data.
+        assert_eq!(detect(b"BZhx"), Detected::Compressed(Compression::Bzip2));
+        let zstd = Detected::Compressed(Compression::Zstd);
+        assert_eq!(detect(&[0x5a, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]), zstd, "skippable");
+        assert_eq!(detect(&[0x27, 0xb5, 0x2f, 0xfd]), zstd, "legacy v0.7");
+        assert_eq!(detect(&[0x29, 0xb5, 0x2f, 0xfd]), Detected::Disk(DiskFormat::Raw));
+        let lzma = [
+            0x5d, 0, 0, 0x80, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+        ];
+        assert_eq!(detect(&lzma), Detected::Compressed(Compression::Lzma));
+        let mut not = lzma;
+        not[3] = 0x70; // 7 MiB: not 2^n or 2^n + 2^(n-1)
+        assert_eq!(detect(&not), Detected::Disk(DiskFormat::Raw));
+        let mut not = lzma;
+        not[13] = 1;
+        assert_eq!(detect(&not), Detected::Disk(DiskFormat::Raw));
+        let mut dict_12m = lzma;
+        dict_12m[3] = 0xc0;
+        assert_eq!(detect(&dict_12m), Detected::Compressed(Compression::Lzma));
+        // Boot sectors and file systems do not look like lzma.
+        assert_eq!(detect(&[0u8; 512]), Detected::Disk(DiskFormat::Raw));
+        let mbr = [
+            0x33, 0xc0, 0x8e, 0xd0, 0xbc, 0, 0x7c, 0x8e, 0xc0, 0x8e, 0xd8, 0xbe, 0, 0x7c,
+        ];
+        assert_eq!(detect(&mbr), Detected::Disk(DiskFormat::Raw));
         assert_eq!(detect(b"QFI\xfb\0\0\0\x03"), Detected::Disk(DiskFormat::Qcow2));
         let mut tar = vec![0u8; 512];
         tar[257..262].copy_from_slice(b"ustar");
@@ -252,6 +378,14 @@ mod tests {
             Some(65536)
         );
         assert_eq!(zstd_content_size(&[0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x50]), None);
+        // Behind skippable frames.
+        let skippable = [0x50, 0x2a, 0x4d, 0x18, 2, 0, 0, 0, 9, 9];
+        let frame = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 42];
+        assert_eq!(
+            zstd_content_size(&[&skippable[..], &skippable, &frame].concat()),
+            Some(42)
+        );
+        assert_eq!(zstd_content_size(&skippable[..9]), None);
     }
 
     #[test]

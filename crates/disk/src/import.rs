@@ -9,17 +9,20 @@ use std::time::{Duration, Instant};
 
 use crate::checksum::{Checksum, Hasher};
 use crate::decompress::{DecompressOptions, decoder};
-use crate::detect::{Compression, Detected, DiskFormat, HEAD_LEN, Prefixed, detect, zstd_content_size};
+use crate::detect::{
+    Compression, Detected, DiskFormat, HEAD_LEN, Prefixed, detect, lzma_size, zstd_content_size,
+};
 use crate::progress::{ProgressFn, Reporter};
 use crate::qcow2::{self, DEFAULT_REORDER_BUDGET, Qcow2Stream, ResumeMap};
 use crate::resume::{self, DEFAULT_CHECKPOINT_EVERY, Record};
+use crate::seq::{Ranged, ReadAt};
 use crate::source::{self, Counted, ResumeFrom, Shared, SourceSpec, Stats};
-use crate::tar::TarDisk;
+use crate::tar::{SharedTar, TarDisk};
 use crate::target::{self, Checkpoint, Probe, Target, TargetSpec};
 use crate::vdi::VdiStream;
 use crate::vhd::{self, RawKind, VhdStream};
 use crate::vhdx::VhdxStream;
-use crate::vmdk::VmdkStream;
+use crate::vmdk::{ExtentFiles, LocalExtents, Vmdk};
 use crate::{Error, Result, raw};
 
 /// Most layers (compressions and archives) peeled before the disk.
@@ -44,7 +47,9 @@ pub struct ImportOptions {
     /// Decoder settings (xz threads, memory).
     pub decompress: DecompressOptions,
     /// Bytes of out-of-order data (qcow2, vmdk, vhd, vhdx, vdi) held while the image's
-    /// metadata is incomplete.
+    /// metadata is incomplete (`ido import --reorder-buffer`). A qcow2 read from a local
+    /// file holds none: it reads such data again by position; one from HTTP(S) or S3 with
+    /// a validator does so once this is full.
     /// Default: [`DEFAULT_REORDER_BUDGET`].
     pub reorder_budget: u64,
     /// Write zeros too, so a file target has every block allocated (DiskImport's
@@ -58,6 +63,10 @@ pub struct ImportOptions {
     /// Replace a file target that exists (`--force`). Without it an existing file is
     /// refused before anything is read or written (a resumed target is the import's own).
     pub overwrite: bool,
+    /// The disk to import from an OVA that holds several (`--disk`): its file name, its
+    /// `ovf:id` or `ovf:diskId`, or its position in the OVF from 1. Without it such an OVA
+    /// is refused, naming its disks; with it, a source that is no OVA is refused.
+    pub disk: Option<String>,
 }
 
 impl ImportOptions {
@@ -76,6 +85,7 @@ impl ImportOptions {
             resume: false,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             overwrite: false,
+            disk: None,
         }
     }
 }
@@ -277,6 +287,8 @@ fn run(
 
     // Peel compressions and archives until a disk format shows.
     let mut layers = Vec::new();
+    // The last tar peeled: a VMDK descriptor member reads its extents from it.
+    let mut tar: Option<SharedTar> = None;
     let mut size = Size {
         exact: opened.total,
         at_least: None,
@@ -307,8 +319,9 @@ fn run(
             match d {
                 Detected::Compressed(c) => {
                     // A zstd frame announces its content size; later frames may add more.
+                    // A legacy lzma header may declare the exact size.
                     size = Size {
-                        exact: None,
+                        exact: (c == Compression::Lzma).then(|| lzma_size(p.head())).flatten(),
                         at_least: (c == Compression::Zstd)
                             .then(|| zstd_content_size(p.head()))
                             .flatten(),
@@ -318,14 +331,16 @@ fn run(
                         .map_err(|e| Error::io(format!("starting the {} decoder", c.name()), e))?;
                 }
                 Detected::Tar => {
-                    let t = TarDisk::open(p)?;
+                    let t = TarDisk::open_with(Box::new(p) as Box<dyn Read + Send>, opts.disk.as_deref())?;
                     tracing::debug!(member = t.name(), size = t.size(), "disk inside tar");
                     size = Size {
                         exact: Some(t.size()),
                         at_least: None,
                     };
                     layers.push(if t.is_ova() { "ova" } else { "tar" });
-                    reader = Box::new(FinishingTar(Some(t)));
+                    let shared = SharedTar::new(t)?;
+                    reader = Box::new(shared.reader());
+                    tar = Some(shared);
                 }
                 Detected::Disk(f) => {
                     reader = Box::new(p);
@@ -350,6 +365,24 @@ fn run(
     if opts.format.is_none() && resumed.is_none() {
         check_name(&opts.source, format, &layers)?;
     }
+    if let Some(disk) = &opts.disk
+        && !layers.contains(&"ova")
+    {
+        return Err(Error::InvalidArgument {
+            field: "disk",
+            value: disk.clone(),
+            reason: format!(
+                "chooses a disk of an OVA, but the source is {}",
+                layers
+                    .iter()
+                    .chain([&format.name()])
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" in ")
+            ),
+        });
+    }
+    let extents = vmdk_extents(&opts.source, format, &layers, tar)?;
     // Only a detected raw image may turn out to be a fixed VHD.
     let fixed_vhd = opts.format.is_none_or(|f| f == DiskFormat::Vhd);
     tracing::debug!(%format, ?layers, "importing");
@@ -389,6 +422,10 @@ fn run(
             None
         }
     };
+    // A qcow2 read as it is stored can read data stored before its tables again by position.
+    let positional = (format == DiskFormat::Qcow2 && layers.is_empty() && resumed.is_none())
+        .then(|| positional(&opts.source, opened.total, opened.validator.as_deref()))
+        .flatten();
     let mut target: Option<Target> = None;
     let result = convert(
         &opts,
@@ -399,6 +436,8 @@ fn run(
             resumed: resumed.is_some(),
             base,
             map,
+            positional,
+            extents,
         },
         probe,
         &mut reader,
@@ -406,6 +445,7 @@ fn run(
         &mut target,
         checkpoint,
     )
+    .and_then(|done| within_virtual_size(&stats, format, done))
     .and_then(|(virtual_size, format)| {
         // Read what the decoders left (trailers, tar end, trailing bytes): every source
         // byte is hashed, and truncation or garbage in a layer is caught here.
@@ -456,10 +496,44 @@ fn run(
     })
 }
 
+/// The guard after a conversion: a disk format's converter wrote nothing past the virtual
+/// size its header declared (the target's final length), so the disk is neither cut nor
+/// extended. (A raw layer's length is checked against its declared sizes as it is copied.)
+fn within_virtual_size(
+    stats: &Stats,
+    format: DiskFormat,
+    done: (u64, DiskFormat),
+) -> Result<(u64, DiskFormat)> {
+    let written = stats.lock().reporter.state.written;
+    if !matches!(format, DiskFormat::Raw | DiskFormat::Iso) && written > done.0 {
+        return Err(Error::invalid(
+            format.name(),
+            format!(
+                "data was written up to byte {written}, past the virtual size of {} bytes its header declares",
+                done.0
+            ),
+        ));
+    }
+    Ok(done)
+}
+
+/// A raw layer's length against the size its zstd frame announced (a lower bound: later
+/// frames may add more).
+fn at_least(len: u64, size: Size) -> Result<u64> {
+    match size.at_least {
+        Some(min) if len < min => Err(Error::invalid(
+            "zstd",
+            format!("the first frame declares {min} bytes of content, the data holds {len}"),
+        )),
+        _ => Ok(len),
+    }
+}
+
 /// What is known of a raw layer's size before it is read.
 #[derive(Clone, Copy, Debug)]
 struct Size {
-    /// The exact size (file length, Content-Length, tar member size).
+    /// The exact size (file length, Content-Length, tar member's real size, a legacy lzma
+    /// header's size).
     exact: Option<u64>,
     /// A lower bound (the first zstd frame's content size).
     at_least: Option<u64>,
@@ -477,6 +551,57 @@ struct Layer {
     base: u64,
     /// A resumed qcow2's mapping.
     map: Option<ResumeMap>,
+    /// The image by position (see [`positional`]).
+    positional: Option<Box<dyn ReadAt>>,
+    /// Where a VMDK descriptor file's extents are (see [`vmdk_extents`]).
+    extents: Option<Box<dyn ExtentFiles>>,
+}
+
+/// Where a VMDK descriptor file's extents are read: beside a local file, or after it in
+/// the tar or OVA it is a member of. A tar whose member is read otherwise ends with it.
+fn vmdk_extents(
+    source: &SourceSpec,
+    format: DiskFormat,
+    layers: &[&str],
+    tar: Option<SharedTar>,
+) -> Result<Option<Box<dyn ExtentFiles>>> {
+    let in_tar = matches!(layers.last(), Some(&("tar" | "ova")));
+    Ok(match (tar, source) {
+        (Some(t), _) if format == DiskFormat::Vmdk && in_tar => Some(Box::new(t.extents())),
+        (Some(t), _) => {
+            t.release()?;
+            None
+        }
+        (None, SourceSpec::File(path)) if format == DiskFormat::Vmdk && layers.is_empty() => {
+            Some(Box::new(LocalExtents::new(path)))
+        }
+        _ => None,
+    })
+}
+
+/// The source by position, beside its stream: a regular file (the same length as the one
+/// streamed), or an HTTP(S)/S3 object with a validator (each read checked against it).
+fn positional(spec: &SourceSpec, total: Option<u64>, validator: Option<&str>) -> Option<Box<dyn ReadAt>> {
+    match spec {
+        SourceSpec::File(path) => {
+            let f = std::fs::File::open(path).ok()?;
+            let m = f.metadata().ok()?;
+            (m.is_file() && Some(m.len()) == total).then(|| Box::new(f) as Box<dyn ReadAt>)
+        }
+        SourceSpec::Http(_) | SourceSpec::S3(_) => {
+            let from = ResumeFrom {
+                offset: 0,
+                validator: validator?.to_owned(),
+                total: total?,
+            };
+            let ranges = source::ranges(spec, &from).ok()??;
+            let rt = tokio::runtime::Handle::try_current().ok()?;
+            Some(Box::new(Ranged(move |off, len| {
+                rt.block_on(ranges.read(off, len))
+            })))
+        }
+        _ => None,
+    }
 }
 
 /// Converts the disk layer; opens the target once the size has been checked. Returns the
@@ -498,6 +623,8 @@ fn convert(
         resumed,
         base,
         map,
+        positional,
+        extents,
     } = layer;
     let budget = opts.reorder_budget;
     let mut checkpoint = checkpoint;
@@ -548,9 +675,17 @@ fn convert(
                     stats.lock().reporter.state.virtual_size = Some(vs);
                     return Ok((vs, DiskFormat::Vhd));
                 }
-                return Ok((vs, DiskFormat::Raw));
+                // `--format vhd` on data that ends without a fixed VHD's footer: not raw.
+                if opts.format == Some(DiskFormat::Vhd) {
+                    return Err(Error::invalid(
+                        "vhd",
+                        "the data does not end with a valid fixed-disk footer (\"conectix\", checksum, disk type 2)",
+                    ));
+                }
+                return Ok((at_least(vs, size)?, DiskFormat::Raw));
             }
-            Ok((raw::copy(reader.as_mut(), t, size.exact, base)?, format))
+            let vs = raw::copy(reader.as_mut(), t, size.exact, base)?;
+            Ok((at_least(vs, size)?, format))
         }
         DiskFormat::Qcow2 => {
             if let Some(map) = map {
@@ -559,13 +694,22 @@ fn convert(
                 Qcow2Stream::resume(reader.as_mut(), map, target.as_mut().expect("opened"))?;
                 return Ok((vs, format));
             }
-            let q = Qcow2Stream::open(reader.as_mut(), budget)?;
+            let mut q = Qcow2Stream::open(reader.as_mut(), budget)?;
+            if let Some(at) = positional {
+                q.set_positional(at);
+            }
             let vs = q.header().virtual_size;
             open(Some(vs), target)?;
             q.convert(target.as_mut().expect("opened"))?;
             Ok((vs, format))
         }
-        DiskFormat::Vmdk => stream!(VmdkStream),
+        DiskFormat::Vmdk => {
+            let v = Vmdk::open(reader.as_mut(), budget, extents)?;
+            let vs = v.virtual_size();
+            open(Some(vs), target)?;
+            v.convert(target.as_mut().expect("opened"))?;
+            Ok((vs, format))
+        }
         DiskFormat::Vhd => stream!(VhdStream),
         DiskFormat::Vhdx => stream!(VhdxStream),
         DiskFormat::Vdi => stream!(VdiStream),
@@ -574,23 +718,6 @@ fn convert(
             reason: "qcow version 1 is not converted; convert it with `qemu-img convert -O qcow2` first"
                 .into(),
         }),
-    }
-}
-
-/// A tar's disk member that checks the rest of the archive when it is read to its end.
-struct FinishingTar<R: Read>(Option<TarDisk<R>>);
-
-impl<R: Read> Read for FinishingTar<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(t) = &mut self.0 else {
-            return Ok(0);
-        };
-        let n = t.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            let t = self.0.take().expect("checked above");
-            t.finish().map_err(Error::into_io)?;
-        }
-        Ok(n)
     }
 }
 
@@ -609,6 +736,7 @@ fn check_name(source: &crate::source::SourceSpec, format: DiskFormat, layers: &[
         (".xz", "xz"),
         (".zst", "zstd"),
         (".bz2", "bzip2"),
+        (".lzma", "lzma"),
     ] {
         if let Some(s) = stem.strip_suffix(ext) {
             stem = s;

@@ -5,9 +5,10 @@
 //!  source (file | stdin | HTTP with Range resume)
 //!    │  every byte counted (progress) and hashed (checksum)      [source::Counted]
 //!    ▼
-//!  detect magic ──► gzip | xz (multi-threaded) | zstd | bzip2   [detect, decompress]
+//!  detect magic ──► gzip | xz (multi-threaded) | zstd | bzip2 | lzma  [detect, decompress]
 //!    │                 └──────── loop: detect again ─────────┘
-//!    ├──► tar: the one regular file inside, names checked      [tar]
+//!    ├──► tar: the one regular file inside (sparse members too),  [tar]
+//!    │    names checked
 //!    │    OVA: the disk the .ovf names
 //!    ▼
 //!  disk format: raw / ISO ──► zero runs become holes           [raw]
@@ -25,9 +26,11 @@
 //!
 //! The virtual size is known before the target is opened whenever the format says it
 //! (qcow2, vmdk, vhd, vhdx and vdi headers, a plain raw file's length, a tar member's
-//! size, a zstd frame's content size) and is checked against the target's capacity first; otherwise the capacity is
+//! size, a zstd frame's content size) and is checked against the target's capacity first,
+//! and the import fails unless it is the final size; otherwise the capacity is
 //! enforced while writing. Images that would read other files (qcow2 backing files,
-//! external data files, VMDK descriptors with other extents or a parent, differencing
+//! external data files, VMDK descriptors with a parent or with extents outside their
+//! directory or archive, differencing
 //! VHD/VHDX/VDI) are refused before anything is written. On any failure, including
 //! a checksum mismatch, a target file created by the import is removed.
 //!

@@ -16,11 +16,14 @@
 //! order; not present, undefined, zero and unmapped blocks stay holes.
 //!
 //! **The log**: a VHDX not closed cleanly has log entries to replay before its BAT and
-//! data can be trusted. Replaying would mean writing to the image, so such an image is
-//! refused (open it once with Hyper-V, or `qemu-img check -r all`). An image is taken to
-//! have such entries when its header names a log GUID and a log entry header (`loge`)
-//! carrying that GUID is found in the log region — a conservative test (qemu also checks
-//! the entries' checksums and sequence, and may find nothing to replay).
+//! data can be trusted. The log is searched as qemu searches it (`block/vhdx-log.c`): the
+//! entries that carry the header's log GUID, are well-formed, pass their CRC-32C and follow
+//! each other in sequence. If there are any, the image is refused, as `qemu-img convert`
+//! refuses it ("opened read-only, but contains a log that needs to be replayed"):
+//! replaying means writing to the image (qemu replays only when it opens it read-write,
+//! with `qemu-img check -r all`; Hyper-V when it mounts it). Entries that fail those
+//! checks are stale or torn and, as in qemu, ignored. A log is read only when the header
+//! names a log GUID (a zero GUID means an empty log), and only up to 32 MiB.
 
 use std::io::Read;
 
@@ -35,8 +38,9 @@ const MIB: u64 = 1 << 20;
 const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
 /// Largest metadata region read.
 const MAX_METADATA: u64 = 16 * MIB;
-/// Largest log scanned.
-const MAX_LOG: u64 = 1 << 30;
+/// Largest log searched for entries to replay (read whole into memory; qemu and Hyper-V
+/// make 1 MiB logs).
+const MAX_LOG: u64 = 32 * MIB;
 
 const BAT_REGION: &str = "2DC27766-F623-4200-9D64-115E9BFD4A08";
 const METADATA_REGION: &str = "8B7CA206-4790-4B9A-B8FE-575F050F886E";
@@ -71,16 +75,20 @@ fn guid(s: &str) -> [u8; 16] {
     g
 }
 
-/// CRC-32C (Castagnoli), as the VHDX headers and region tables use.
+/// CRC-32C (Castagnoli), as the VHDX headers, region tables and log entries use.
 fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
+    !crc32c_update(!0, data)
+}
+
+/// The CRC-32C register after `data` (no final inversion).
+fn crc32c_update(mut crc: u32, data: &[u8]) -> u32 {
     for b in data {
         crc ^= u32::from(*b);
         for _ in 0..8 {
             crc = (crc >> 1) ^ (0x82f6_3b78 & (crc & 1).wrapping_neg());
         }
     }
-    !crc
+    crc
 }
 
 /// Whether `b`'s CRC-32C, with the 4-byte checksum field at 4 taken as zero, matches it.
@@ -97,6 +105,7 @@ fn bad(what: impl Into<String>) -> Error {
 /// The current header's fields.
 struct Header {
     log_guid: [u8; 16],
+    log_version: u16,
     log_offset: u64,
     log_length: u64,
 }
@@ -126,6 +135,7 @@ fn current_header(file: &mut SeqFile<'_>) -> Result<Header> {
             seq,
             Header {
                 log_guid,
+                log_version: le16(h, 64),
                 log_offset: le64(h, 72),
                 log_length: u64::from(le32(h, 68)),
             },
@@ -172,32 +182,180 @@ fn regions(file: &mut SeqFile<'_>) -> Result<((u64, u64), (u64, u64))> {
     Err(bad("neither region table is valid (signature or checksum)"))
 }
 
-/// Refuses an image whose log holds entries (see the module documentation).
+/// Refuses an image whose log holds entries to replay (see the module documentation).
 fn check_log(file: &mut SeqFile<'_>, h: &Header) -> Result<()> {
+    // As qemu's `vhdx_parse_log`: the placement and version are checked first.
+    if h.log_offset < MIB || !h.log_offset.is_multiple_of(MIB) {
+        return Err(bad(format!(
+            "log offset {:#x} is not a multiple of 1 MiB past the headers",
+            h.log_offset
+        )));
+    }
+    if h.log_version != 0 {
+        return Err(Error::Unsupported {
+            format: FORMAT,
+            reason: format!("log version {}", h.log_version),
+        });
+    }
     if h.log_guid == [0; 16] || h.log_length == 0 {
         return Ok(());
     }
-    let end = h.log_offset.checked_add(h.log_length);
-    let Some(end) =
-        end.filter(|_| h.log_offset >= MIB && h.log_offset.is_multiple_of(MIB) && h.log_length <= MAX_LOG)
-    else {
+    if !h.log_length.is_multiple_of(MIB) || h.log_offset.checked_add(h.log_length).is_none() {
         return Err(bad(format!(
             "log at {:#x} (+{:#x}) misplaced",
             h.log_offset, h.log_length
         )));
-    };
-    // Entries start on 4 KiB boundaries; their GUID is at offset 32.
-    for off in (h.log_offset..end).step_by(4096) {
-        let s = file.read_at(off, 48, false)?;
-        if &s[..4] == b"loge" && s[32..48] == h.log_guid {
-            return Err(Error::refused(
-                FORMAT,
-                "its log holds entries to replay (it was not closed cleanly); open it once with \
-                 Hyper-V or `qemu-img check -r all` first",
-            ));
-        }
+    }
+    if h.log_length > MAX_LOG {
+        return Err(Error::Unsupported {
+            format: FORMAT,
+            reason: format!(
+                "a log of {} MiB with GUID {} (at most {} MiB is searched for entries to replay)",
+                h.log_length >> 20,
+                guid_str(&h.log_guid),
+                MAX_LOG >> 20
+            ),
+        });
+    }
+    let log = file.read_at(h.log_offset, h.log_length as usize, false)?;
+    if let Some(seq) = active_sequence(log, &h.log_guid)? {
+        let entries = if seq.count == 1 {
+            "1 entry".to_string()
+        } else {
+            format!("{} entries", seq.count)
+        };
+        return Err(Error::refused(
+            FORMAT,
+            format!(
+                "its log (GUID {}, at {:#x}) holds {entries} to replay, the first at log offset \
+                 {:#x} with sequence number {}: it was not closed cleanly, and replaying the log \
+                 writes to the image (`qemu-img convert` refuses it too). Replay it on a writable \
+                 copy with `qemu-img check -r all COPY` (or mount it once in Hyper-V), then import \
+                 that",
+                guid_str(&h.log_guid),
+                h.log_offset,
+                seq.start,
+                seq.sequence,
+            ),
+        ));
     }
     Ok(())
+}
+
+/// A GUID as text (the first three fields little-endian on disk).
+fn guid_str(g: &[u8; 16]) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{}-{}",
+        le32(g, 0),
+        le16(g, 4),
+        le16(g, 6),
+        hex::encode(&g[8..10]),
+        hex::encode(&g[10..16])
+    )
+}
+
+/// Log sectors are 4 KiB.
+const LOG_SECTOR: u64 = 4096;
+
+/// The first valid sequence of log entries found: where, its first sequence number, and
+/// its length in entries.
+#[derive(Debug, PartialEq, Eq)]
+struct Sequence {
+    start: u64,
+    sequence: u64,
+    count: u64,
+}
+
+/// Searches the log (a circular buffer of 4 KiB sectors) for a valid sequence of entries
+/// exactly as qemu's `vhdx_log_search` does, with its quirks (the second entry of a
+/// sequence is not checked against the first's number; an entry that fails its CRC is
+/// skipped whole). A descriptor that is neither a data nor a zero descriptor makes qemu
+/// fail to open the image: an error here too.
+fn active_sequence(log: &[u8], guid: &[u8; 16]) -> Result<Option<Sequence>> {
+    let len = log.len() as u64;
+    let sectors = len / LOG_SECTOR;
+    let inc = |i: u64| if i + LOG_SECTOR >= len { 0 } else { i + LOG_SECTOR };
+    let sector = |i: u64| &log[i as usize..(i + LOG_SECTOR) as usize];
+    // One entry at `*read` (advanced as qemu advances it); `seq > 0`: it must follow `seq`.
+    let validate = |read: &mut u64, seq: u64| -> Result<Option<(u64, u64)>> {
+        let h = sector(*read);
+        let (entry_len, number, count) = (u64::from(le32(h, 8)), le64(h, 16), u64::from(le32(h, 24)));
+        let valid = &h[..4] == b"loge"
+            && entry_len <= len
+            && entry_len.is_multiple_of(LOG_SECTOR)
+            && number != 0
+            && h[32..48] == guid[..]
+            && count * 32 <= entry_len
+            && (seq == 0 || number == seq + 1);
+        if !valid {
+            *read = inc(*read);
+            return Ok(None);
+        }
+        let start = *read;
+        let desc_sectors = (count + 2).div_ceil(128);
+        let mut crc = !0u32;
+        let mut descs = Vec::with_capacity((desc_sectors * LOG_SECTOR) as usize);
+        for _ in 0..desc_sectors {
+            descs.extend_from_slice(sector(*read));
+            *read = inc(*read);
+        }
+        for i in 0..count as usize {
+            let d = &descs[64 + 32 * i..96 + 32 * i];
+            let ok = le64(d, 24) == number
+                && le64(d, 16).is_multiple_of(LOG_SECTOR)
+                && match &d[..4] {
+                    b"zero" => le64(d, 8).is_multiple_of(LOG_SECTOR),
+                    b"desc" => true,
+                    _ => false,
+                };
+            if !ok {
+                return Err(bad(format!(
+                    "log entry at log offset {start:#x} (sequence number {number}): descriptor {i} \
+                     is invalid (signature {:?}, file offset {:#x})",
+                    String::from_utf8_lossy(&d[..4]),
+                    le64(d, 16)
+                )));
+            }
+        }
+        descs[4..8].fill(0);
+        crc = crc32c_update(crc, &descs);
+        for _ in desc_sectors..entry_len / LOG_SECTOR {
+            crc = crc32c_update(crc, sector(*read));
+            *read = inc(*read);
+        }
+        Ok((!crc == le32(h, 4)).then_some((start, number)))
+    };
+    let mut found: Option<Sequence> = None;
+    let mut read = 0u64;
+    // qemu stops once the scan wraps; an entry as long as the log that fails its CRC would
+    // bring it back to where it started forever: bounded here.
+    for _ in 0..=sectors {
+        let tail = read;
+        if let Some((start, number)) = validate(&mut read, 0)? {
+            let mut seq = Sequence {
+                start,
+                sequence: number,
+                count: 1,
+            };
+            let mut last = 0;
+            for _ in 0..sectors {
+                match validate(&mut read, last)? {
+                    Some((_, n)) => {
+                        seq.count += 1;
+                        last = n;
+                    }
+                    None => break,
+                }
+            }
+            if found.as_ref().is_none_or(|f| seq.sequence > f.sequence) {
+                found = Some(seq);
+            }
+        }
+        if read <= tail {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// What the metadata region says.
@@ -391,6 +549,7 @@ mod tests {
         // Mutation test: `log_offset + log_length` used to overflow.
         let h = Header {
             log_guid: [1; 16],
+            log_version: 0,
             log_offset: !(MIB - 1),
             log_length: MIB,
         };

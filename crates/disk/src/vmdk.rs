@@ -8,16 +8,28 @@
 //!
 //! The header and the embedded descriptor are read and checked first, before the target
 //! is opened. The descriptor must describe exactly this file: `createType`
-//! `monolithicSparse` or `streamOptimized`, one `SPARSE` extent, no parent. Descriptor-only
-//! files (`monolithicFlat`, `twoGbMaxExtentSparse`, `vmfs`, …) and any other extent
-//! layout read other files and are **refused**, naming them; delta disks (a `parentCID`)
-//! are refused too.
+//! `monolithicSparse` or `streamOptimized`, one `SPARSE` extent, no parent; delta disks (a
+//! `parentCID`) are refused.
+//!
+//! **Descriptor files** (`monolithicFlat`, `twoGbMaxExtentFlat`, `twoGbMaxExtentSparse`,
+//! `vmfs`) are read where their extents are at hand ([`ExtentFiles`]): beside a local
+//! descriptor file (regular files in its directory or below, never through `..`, an
+//! absolute path or a link leading out of it), or as the members after the descriptor in
+//! the same tar or OVA (in any order). Each extent file is read once, front to back: `FLAT`
+//! and `VMFS` extents are copied from their offset, `SPARSE` ones converted as below; every
+//! extent is written where the descriptor places it. Only `RW` extents are read (qemu skips
+//! the others, which would shift the disk); anywhere else (stdin, HTTP, a compressed
+//! descriptor) a descriptor file is **refused**, naming its extents.
 //!
 //! - **Grain markers** (streamOptimized, flag bit 17): every grain carries its guest LBA,
 //!   so the file is walked from the first grain to the end-of-stream marker and each grain
 //!   is inflated (zlib) and written where it says; grain tables, the grain directory and
 //!   the footer are skipped. Where the grain directory lies (at the front as qemu writes
-//!   it, or at the end, `gdOffset = GD_AT_END`, as VMware does) does not matter.
+//!   it, or at the end, `gdOffset = GD_AT_END`, as VMware does) does not matter. qemu-img
+//!   writes no end-of-stream marker when its last grain fills the file to its end (an
+//!   incompressible last grain, a blank disk): the file may then end at a marker boundary
+//!   if the grain tables at its front (read before the walk) map no grain beyond it;
+//!   otherwise it is truncated.
 //! - **Tables** (monolithicSparse): as qcow2, pending structures are handled in file
 //!   order — grain directory, grain tables, grains — and data found behind the stream goes
 //!   through the reorder buffer. The directory read is the earlier of the two copies (the
@@ -28,9 +40,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use crate::qcow2::header::MAX_VIRTUAL_SIZE;
 use crate::seq::{MAX_TABLE_BYTES, SeqFile, le16, le32, le64};
+use crate::source::read_full;
 use crate::target::Target;
 use crate::{Error, Result};
 
@@ -141,11 +155,18 @@ impl Header {
     }
 }
 
-/// One extent line of a descriptor: `RW 16389 SPARSE "disk.vmdk"`.
+/// One extent line of a descriptor: `RW 16389 SPARSE "disk.vmdk"`, `RW 16389 FLAT
+/// "disk-flat.vmdk" 0`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ExtentLine {
+    /// `RW`, `RDONLY` or `NOACCESS`.
+    access: String,
+    /// The size in sectors as written.
+    sectors: String,
     kind: String,
     file: Option<String>,
+    /// What follows the file name (a flat extent's offset in sectors), trimmed.
+    offset: String,
 }
 
 /// The descriptor fields that decide whether the image is self-contained.
@@ -175,13 +196,18 @@ impl Descriptor {
                 continue;
             }
             let mut words = line.split_whitespace();
-            if let (Some("RW" | "RDONLY" | "NOACCESS"), Some(_), Some(kind)) =
+            if let (Some(access @ ("RW" | "RDONLY" | "NOACCESS")), Some(sectors), Some(kind)) =
                 (words.next(), words.next(), words.next())
             {
-                let file = line.split('"').nth(1).map(str::to_string);
+                let mut quoted = line.splitn(3, '"');
+                let file = quoted.nth(1).map(str::to_string);
+                let offset = quoted.next().unwrap_or("").trim().to_string();
                 d.extents.push(ExtentLine {
+                    access: access.to_string(),
+                    sectors: sectors.to_string(),
                     kind: kind.to_ascii_uppercase(),
                     file,
+                    offset,
                 });
             }
         }
@@ -202,8 +228,8 @@ impl Descriptor {
         }
     }
 
-    /// Accepts a descriptor embedded in a sparse extent that describes only that extent.
-    fn check_embedded(&self) -> Result<()> {
+    /// Refuses a delta disk (one with a parent).
+    fn check_parent(&self) -> Result<()> {
         if let Some(cid) = &self.parent_cid
             && !cid.eq_ignore_ascii_case("ffffffff")
         {
@@ -215,6 +241,12 @@ impl Descriptor {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Accepts a descriptor embedded in a sparse extent that describes only that extent.
+    fn check_embedded(&self) -> Result<()> {
+        self.check_parent()?;
         let create = self.create_type.as_deref().unwrap_or("monolithicSparse");
         let self_contained = ["monolithicSparse", "streamOptimized"]
             .iter()
@@ -234,29 +266,505 @@ impl Descriptor {
     }
 }
 
+/// createType values of descriptor files whose extents are read.
+const SPLIT_TYPES: [&str; 4] = [
+    "monolithicFlat",
+    "twoGbMaxExtentFlat",
+    "twoGbMaxExtentSparse",
+    "vmfs",
+];
+
+/// What an extent file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExtentKind {
+    /// Raw bytes from this offset (bytes) of the file (`FLAT`, `VMFS`).
+    Flat(u64),
+    /// A hosted sparse extent ("KDMV": monolithicSparse or streamOptimized).
+    Sparse,
+}
+
+/// One extent of a descriptor file, placed in the disk.
+#[derive(Clone, Debug)]
+struct Planned {
+    file: String,
+    kind: ExtentKind,
+    /// Where it starts in the disk (bytes).
+    guest: u64,
+    /// Its length (bytes).
+    len: u64,
+}
+
+impl Descriptor {
+    /// The extents of a descriptor file, in the disk's order, checked: `RW` extents of
+    /// type `FLAT`, `VMFS` or `SPARSE`, in files inside the descriptor's directory or
+    /// archive.
+    fn plan(&self) -> Result<Vec<Planned>> {
+        self.check_parent()?;
+        let create = self.create_type.as_deref().unwrap_or("");
+        if !SPLIT_TYPES.iter().any(|t| t.eq_ignore_ascii_case(create)) {
+            return Err(Error::Unsupported {
+                format: FORMAT,
+                reason: format!(
+                    "a descriptor file of createType {create:?} (extents {}); descriptor files of \
+                     createType {} are read",
+                    self.files(),
+                    SPLIT_TYPES.join(", ")
+                ),
+            });
+        }
+        if self.extents.is_empty() {
+            return Err(bad(format!(
+                "the descriptor file (createType {create:?}) names no extent"
+            )));
+        }
+        let mut plan = Vec::with_capacity(self.extents.len());
+        let mut guest = 0u64;
+        for e in &self.extents {
+            let unsupported = |reason: String| Error::Unsupported {
+                format: FORMAT,
+                reason,
+            };
+            let Some(file) = e.file.clone() else {
+                return Err(unsupported(format!(
+                    "the extent \"{} {} {}\" has no file (only FLAT, VMFS and SPARSE extents are read)",
+                    e.access, e.sectors, e.kind
+                )));
+            };
+            check_extent_name(&file)?;
+            if e.access != "RW" {
+                return Err(unsupported(format!(
+                    "the extent {file:?} has access {} (only RW extents are read)",
+                    e.access
+                )));
+            }
+            let sectors = e
+                .sectors
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_VIRTUAL_SIZE / SECTOR).contains(n))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the extent {file:?} has a size of {:?} sectors",
+                        e.sectors
+                    ))
+                })?;
+            let kind = match (e.kind.as_str(), e.offset.as_str()) {
+                ("FLAT", offset) => ExtentKind::Flat(
+                    offset
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|o| *o <= MAX_VIRTUAL_SIZE / SECTOR)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "the FLAT extent {file:?} has an offset of {offset:?} sectors"
+                            ))
+                        })?
+                        * SECTOR,
+                ),
+                ("VMFS", "") => ExtentKind::Flat(0),
+                ("SPARSE", "") => ExtentKind::Sparse,
+                ("VMFS" | "SPARSE", rest) => {
+                    return Err(bad(format!(
+                        "the {} extent {file:?} is followed by {rest:?}",
+                        e.kind
+                    )));
+                }
+                (other, _) => {
+                    return Err(unsupported(format!(
+                        "the extent {file:?} is of type {other} (only FLAT, VMFS and SPARSE extents are read)"
+                    )));
+                }
+            };
+            let len = sectors * SECTOR;
+            plan.push(Planned {
+                file,
+                kind,
+                guest,
+                len,
+            });
+            guest = guest
+                .checked_add(len)
+                .filter(|g| *g <= MAX_VIRTUAL_SIZE)
+                .ok_or_else(|| bad("the extents add up to more than the largest disk read"))?;
+        }
+        Ok(plan)
+    }
+}
+
+/// Refuses an extent file name that leads out of the descriptor's directory or archive.
+fn check_extent_name(name: &str) -> Result<()> {
+    let escapes = name.is_empty()
+        || name.starts_with(['/', '\\'])
+        || name.as_bytes().get(1) == Some(&b':')
+        || name.contains("://")
+        || name.contains('\0')
+        || name.split(['/', '\\']).any(|c| c == "..");
+    if escapes {
+        return Err(Error::refused(
+            FORMAT,
+            format!(
+                "the extent {name:?} is outside the descriptor's directory or archive (an absolute \
+                 path, a URL or `..`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An error met inside an extent file, naming it (if it does not already).
+fn in_extent(name: &str, e: Error) -> Error {
+    if e.to_string().contains(&format!("{name:?}")) {
+        return e;
+    }
+    match e {
+        Error::InvalidImage { format, reason } => Error::InvalidImage {
+            format,
+            reason: format!("extent {name:?}: {reason}"),
+        },
+        Error::Unsupported { format, reason } => Error::Unsupported {
+            format,
+            reason: format!("extent {name:?}: {reason}"),
+        },
+        Error::Refused { format, reason } => Error::Refused {
+            format,
+            reason: format!("extent {name:?}: {reason}"),
+        },
+        Error::Io { context, source } => Error::Io {
+            context: format!("extent {name:?}: {context}"),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// A flat extent file shorter than the descriptor says.
+fn short_extent(name: &str, len: u64, off: u64, need: u64) -> Error {
+    bad(format!(
+        "the extent {name:?} is truncated: it holds {len} bytes; the descriptor reads {need} bytes from byte {off}"
+    ))
+}
+
+/// Where the extent files of a descriptor file are read from.
+pub(crate) trait ExtentFiles {
+    /// Checks an extent before anything is written; its length when it is known by then
+    /// (a local file). Default: nothing known.
+    fn probe(&mut self, _name: &str) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Opens the next extent file to read: one of `wanted` (names as the descriptor spells
+    /// them, in its order). A local directory opens the first; an archive the next of them
+    /// it holds.
+    fn next(&mut self, wanted: &[&str]) -> Result<ExtentFile<'_>>;
+
+    /// After the last extent: checks what follows it (the rest of an archive).
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// An extent file being read.
+pub(crate) struct ExtentFile<'s> {
+    /// Its index in the names asked for.
+    pub(crate) index: usize,
+    /// Its length, when known.
+    pub(crate) len: Option<u64>,
+    /// Its bytes from the start.
+    pub(crate) reader: Box<dyn Read + 's>,
+}
+
+/// The extents of a local descriptor file: regular files in its directory or below it,
+/// never a path or a link that leads out of it.
+pub(crate) struct LocalExtents {
+    /// The descriptor as given.
+    descriptor: PathBuf,
+}
+
+impl LocalExtents {
+    /// The extents beside `descriptor`.
+    pub(crate) fn new(descriptor: &Path) -> Self {
+        Self {
+            descriptor: descriptor.to_path_buf(),
+        }
+    }
+
+    /// The extent's real path: a regular file inside the descriptor's directory.
+    fn resolve(&self, name: &str) -> Result<PathBuf> {
+        check_extent_name(name)?;
+        let parent = self
+            .descriptor
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(parent).map_err(|e| {
+            Error::io(
+                format!("resolving the directory of {}", self.descriptor.display()),
+                e,
+            )
+        })?;
+        let context = || format!("opening the extent {name:?} of {}", self.descriptor.display());
+        let real = std::fs::canonicalize(dir.join(name)).map_err(|e| Error::io(context(), e))?;
+        if !real.starts_with(&dir) {
+            return Err(Error::refused(
+                FORMAT,
+                format!(
+                    "the extent {name:?} of {} leads out of its directory (to {})",
+                    self.descriptor.display(),
+                    real.display()
+                ),
+            ));
+        }
+        let m = std::fs::metadata(&real).map_err(|e| Error::io(context(), e))?;
+        if !m.is_file() {
+            return Err(Error::refused(
+                FORMAT,
+                format!(
+                    "the extent {name:?} of {} is not a regular file",
+                    self.descriptor.display()
+                ),
+            ));
+        }
+        Ok(real)
+    }
+}
+
+impl ExtentFiles for LocalExtents {
+    fn probe(&mut self, name: &str) -> Result<Option<u64>> {
+        let p = self.resolve(name)?;
+        let m = std::fs::metadata(&p).map_err(|e| Error::io(format!("opening the extent {name:?}"), e))?;
+        Ok(Some(m.len()))
+    }
+
+    fn next(&mut self, wanted: &[&str]) -> Result<ExtentFile<'_>> {
+        let Some(name) = wanted.first() else {
+            return Err(bad("no extent left to read"));
+        };
+        let p = self.resolve(name)?;
+        let context = || format!("opening the extent {name:?} of {}", self.descriptor.display());
+        let f = std::fs::File::open(&p).map_err(|e| Error::io(context(), e))?;
+        let len = f.metadata().map_err(|e| Error::io(context(), e))?.len();
+        Ok(ExtentFile {
+            index: 0,
+            len: Some(len),
+            reader: Box::new(std::io::BufReader::with_capacity(256 << 10, f)),
+        })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A descriptor file's disk: its extents, read one file after the other.
+pub(crate) struct Split {
+    plan: Vec<Planned>,
+    extents: Box<dyn ExtentFiles>,
+    budget: u64,
+}
+
+impl Split {
+    fn virtual_size(&self) -> u64 {
+        self.plan.last().map_or(0, |p| p.guest + p.len)
+    }
+
+    /// Reads each extent file once, in the order the extents come (the descriptor's, or an
+    /// archive's), and writes its extents where the descriptor places them.
+    fn convert(mut self, target: &mut Target) -> Result<()> {
+        let mut files: Vec<(String, Vec<Planned>)> = Vec::new();
+        for p in std::mem::take(&mut self.plan) {
+            match files.iter_mut().find(|(f, _)| *f == p.file) {
+                Some((_, parts)) => parts.push(p),
+                None => files.push((p.file.clone(), vec![p])),
+            }
+        }
+        while !files.is_empty() {
+            let names: Vec<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
+            let mut opened = self.extents.next(&names)?;
+            if opened.index >= files.len() {
+                return Err(bad(format!(
+                    "extent file number {} is not asked for",
+                    opened.index
+                )));
+            }
+            let (name, parts) = files.remove(opened.index);
+            copy_extent_file(&name, parts, &mut opened, self.budget, target)
+                .map_err(|e| in_extent(&name, e))?;
+        }
+        self.extents.finish()
+    }
+}
+
+/// Writes the extents `parts` of one file.
+fn copy_extent_file(
+    name: &str,
+    mut parts: Vec<Planned>,
+    f: &mut ExtentFile<'_>,
+    budget: u64,
+    target: &mut Target,
+) -> Result<()> {
+    if parts.iter().any(|p| p.kind == ExtentKind::Sparse) {
+        let [p] = parts.as_slice() else {
+            return Err(Error::Unsupported {
+                format: FORMAT,
+                reason: format!("the sparse extent {name:?} is named {} times", parts.len()),
+            });
+        };
+        let mut s = VmdkStream::open_with(&mut *f.reader, budget, false)?;
+        if s.header.virtual_size() != p.len {
+            return Err(bad(format!(
+                "the sparse extent {name:?} holds {} sectors; the descriptor gives it {}",
+                s.header.capacity,
+                p.len / SECTOR
+            )));
+        }
+        s.base = p.guest;
+        return s.convert(target);
+    }
+    parts.sort_by_key(|p| match p.kind {
+        ExtentKind::Flat(off) => off,
+        ExtentKind::Sparse => 0,
+    });
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for p in parts {
+        let ExtentKind::Flat(off) = p.kind else {
+            continue;
+        };
+        if off < pos {
+            return Err(Error::Unsupported {
+                format: FORMAT,
+                reason: format!("the flat extents in {name:?} overlap at byte {off}"),
+            });
+        }
+        if let Some(len) = f.len
+            && off + p.len > len
+        {
+            return Err(short_extent(name, len, off, p.len));
+        }
+        let skipped = std::io::copy(&mut (&mut f.reader).take(off - pos), &mut std::io::sink())
+            .map_err(|e| Error::io("reading the extent", e))?;
+        if skipped < off - pos {
+            return Err(short_extent(name, pos + skipped, off, p.len));
+        }
+        let mut done = 0u64;
+        while done < p.len {
+            let n = (p.len - done).min(buf.len() as u64) as usize;
+            let got =
+                read_full(&mut *f.reader, &mut buf[..n]).map_err(|e| Error::io("reading the extent", e))?;
+            if got < n {
+                return Err(short_extent(name, off + done + got as u64, off, p.len));
+            }
+            target.write_at(p.guest + done, &buf[..n])?;
+            done += n as u64;
+        }
+        pos = off + p.len;
+    }
+    Ok(())
+}
+
+/// A VMDK from the stream: a sparse extent, or a descriptor file whose extents are read
+/// beside it.
+pub(crate) enum Vmdk<'a> {
+    /// monolithicSparse, streamOptimized.
+    Sparse(Box<VmdkStream<'a>>),
+    /// A descriptor file and its extents.
+    Split(Split),
+}
+
+impl<'a> Vmdk<'a> {
+    /// Reads and checks the header and the embedded descriptor, or the descriptor file and
+    /// (where `extents` knows them before anything is written) its extent files. Without
+    /// `extents`, a descriptor file is refused.
+    pub(crate) fn open(
+        r: &'a mut dyn Read,
+        budget: u64,
+        extents: Option<Box<dyn ExtentFiles>>,
+    ) -> Result<Self> {
+        let mut file = SeqFile::new(r, FORMAT, 512, budget);
+        let head = file.read_at(0, SECTOR as usize, true)?;
+        if !head.starts_with(b"# Disk DescriptorFile") {
+            return VmdkStream::from_file(file, budget, true).map(|s| Vmdk::Sparse(Box::new(s)));
+        }
+        let max = (MAX_DESCRIPTOR_SECTORS * SECTOR) as usize;
+        let text = file.read_at(0, max, true)?;
+        let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
+        let too_large = end == max;
+        let d = Descriptor::parse(&String::from_utf8_lossy(&text[..end]));
+        let Some(mut extents) = extents else {
+            return Err(Error::refused(
+                FORMAT,
+                format!(
+                    "a descriptor file (createType {:?}): its data is in other files ({}), which are \
+                     read only beside a local descriptor file or in the same tar or OVA",
+                    d.create_type.as_deref().unwrap_or("unknown"),
+                    d.files()
+                ),
+            ));
+        };
+        if too_large {
+            return Err(bad(format!("a descriptor file of more than {max} bytes")));
+        }
+        let plan = d.plan()?;
+        for p in &plan {
+            if let Some(len) = extents.probe(&p.file)?
+                && let ExtentKind::Flat(off) = p.kind
+                && off + p.len > len
+            {
+                return Err(short_extent(&p.file, len, off, p.len));
+            }
+        }
+        Ok(Vmdk::Split(Split {
+            plan,
+            extents,
+            budget,
+        }))
+    }
+
+    /// The guest-visible size.
+    pub(crate) fn virtual_size(&self) -> u64 {
+        match self {
+            Vmdk::Sparse(s) => s.virtual_size(),
+            Vmdk::Split(s) => s.virtual_size(),
+        }
+    }
+
+    /// Writes the disk to `target` (unallocated and zero grains stay holes).
+    pub(crate) fn convert(self, target: &mut Target) -> Result<()> {
+        match self {
+            Vmdk::Sparse(s) => s.convert(target),
+            Vmdk::Split(s) => s.convert(target),
+        }
+    }
+}
+
 /// A VMDK sparse extent being read from a stream.
 pub(crate) struct VmdkStream<'a> {
     file: SeqFile<'a>,
     header: Header,
     budget: u64,
+    /// Where the extent starts in the disk (an extent of a descriptor file; 0 otherwise).
+    base: u64,
 }
 
 impl<'a> VmdkStream<'a> {
-    /// Reads and checks the header and the embedded descriptor.
+    /// Reads and checks the header and the embedded descriptor (a descriptor file is
+    /// refused: see [`Vmdk::open`]).
+    #[cfg(test)]
     pub(crate) fn open(r: &'a mut dyn Read, budget: u64) -> Result<Self> {
-        let mut file = SeqFile::new(r, FORMAT, 512, budget);
+        match Vmdk::open(r, budget, None)? {
+            Vmdk::Sparse(s) => Ok(*s),
+            Vmdk::Split(_) => Err(bad("a descriptor file where a sparse extent was expected")),
+        }
+    }
+
+    /// Reads and checks the header and, with `embedded`, the embedded descriptor (an
+    /// extent of a descriptor file has none that counts).
+    fn open_with(r: &'a mut dyn Read, budget: u64, embedded: bool) -> Result<Self> {
+        Self::from_file(SeqFile::new(r, FORMAT, 512, budget), budget, embedded)
+    }
+
+    fn from_file(mut file: SeqFile<'a>, budget: u64, embedded: bool) -> Result<Self> {
         let head = file.read_at(0, SECTOR as usize, true)?;
         if head.starts_with(b"# Disk DescriptorFile") {
-            let text = file.read_at(0, (MAX_DESCRIPTOR_SECTORS * SECTOR) as usize, true)?;
-            let d = Descriptor::parse(&String::from_utf8_lossy(text));
-            return Err(Error::refused(
-                FORMAT,
-                format!(
-                    "a descriptor file (createType {:?}): its data is in other files ({})",
-                    d.create_type.as_deref().unwrap_or("unknown"),
-                    d.files()
-                ),
-            ));
+            return Err(bad("a descriptor file where a sparse extent was expected"));
         }
         if head.starts_with(b"COWD") {
             return Err(Error::Unsupported {
@@ -269,7 +777,7 @@ impl<'a> VmdkStream<'a> {
         }
         let header = Header::parse(head)?;
         let (desc_off, desc_len) = (le64(head, 28), le64(head, 36));
-        if desc_off != 0 && desc_len != 0 {
+        if embedded && desc_off != 0 && desc_len != 0 {
             if desc_len > MAX_DESCRIPTOR_SECTORS || desc_off > MAX_TABLE_BYTES / SECTOR {
                 return Err(bad(format!(
                     "descriptor at sector {desc_off} of {desc_len} sectors"
@@ -279,7 +787,12 @@ impl<'a> VmdkStream<'a> {
             let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
             Descriptor::parse(&String::from_utf8_lossy(&text[..end])).check_embedded()?;
         }
-        Ok(Self { file, header, budget })
+        Ok(Self {
+            file,
+            header,
+            budget,
+            base: 0,
+        })
     }
 
     /// The guest-visible size.
@@ -308,11 +821,29 @@ impl<'a> VmdkStream<'a> {
             .checked_mul(SECTOR)
             .filter(|o| *o <= MAX_VIRTUAL_SIZE)
             .ok_or_else(|| bad(format!("overhead of {} sectors", h.overhead)))?;
+        let mapped_end = self.front_tables_end(overhead)?;
         let mut pos = overhead.max(self.file.pos().next_multiple_of(SECTOR));
         let mut inflate = flate2::Decompress::new(true);
         let mut out = vec![0u8; grain as usize];
         loop {
-            let m = self.file.read_at(pos, SECTOR as usize, false)?;
+            let m = self.file.read_at(pos, SECTOR as usize, true)?;
+            if m.len() < SECTOR as usize {
+                // qemu-img ends the file after its last grain when that grain fills it to
+                // its end: complete if the grain tables map nothing further.
+                if m.is_empty() && mapped_end.is_some_and(|end| pos >= end) {
+                    return Ok(());
+                }
+                let why = match mapped_end {
+                    Some(end) if pos < end => {
+                        format!("; its grain tables map a grain at {:#x}", end - 1)
+                    }
+                    _ => String::new(),
+                };
+                return Err(bad(format!(
+                    "truncated: the file ends at {:#x} without an end-of-stream marker{why}",
+                    pos + m.len() as u64
+                )));
+            }
             let (value, size) = (le64(m, 0), u64::from(le32(m, 8)));
             if size == 0 {
                 let kind = le32(m, 12);
@@ -349,9 +880,55 @@ impl<'a> VmdkStream<'a> {
                 )));
             }
             let n = (inflate.total_out()).min(vs - guest) as usize;
-            target.write_at(guest, &out[..n])?;
+            target.write_at(self.base + guest, &out[..n])?;
             pos += (12 + size).next_multiple_of(SECTOR);
         }
+    }
+
+    /// Where the grains mapped by a stream's grain tables end, when those tables come
+    /// before the first grain (qemu-img fills them in as it writes the grains): a file
+    /// that ends without an end-of-stream marker at or after this offset is complete.
+    /// `None` when the tables are not there (VMware's layout: the grain directory at the
+    /// end, `GD_AT_END`): the end-of-stream marker is then required.
+    fn front_tables_end(&mut self, overhead: u64) -> Result<Option<u64>> {
+        let h = self.header.clone();
+        let (dir_len, gt_len) = (h.gd_entries() * 4, h.gtes_per_gt * 4);
+        let Some(gd_at) = h
+            .gd_offset
+            .checked_mul(SECTOR)
+            .filter(|o| *o > 0 && *o >= self.file.pos() && o.saturating_add(dir_len) <= overhead)
+        else {
+            return Ok(None);
+        };
+        let mut tables: Vec<(u64, u64)> = self
+            .file
+            .read_at(gd_at, dir_len as usize, false)?
+            .chunks_exact(4)
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let sector = u64::from(le32(e, 0));
+                (sector != 0).then_some((sector * SECTOR, i as u64))
+            })
+            .collect();
+        tables.sort_unstable();
+        let mut end = 0u64;
+        for (at, index) in tables {
+            if at < self.file.pos() || at + gt_len > overhead {
+                return Ok(None);
+            }
+            let gt = self.file.read_at(at, gt_len as usize, false)?;
+            for (j, e) in gt.chunks_exact(4).enumerate() {
+                if index * h.gtes_per_gt + j as u64 >= h.grains() {
+                    break;
+                }
+                let sector = u64::from(le32(e, 0));
+                if sector == 0 || (sector == u64::from(GTE_ZEROED) && h.flags & FLAG_ZERO_GRAIN != 0) {
+                    continue;
+                }
+                end = end.max(sector * SECTOR + 1);
+            }
+        }
+        Ok(Some(end))
     }
 
     /// monolithicSparse: grain directory → grain tables → grains, in file order.
@@ -427,7 +1004,8 @@ impl<'a> VmdkStream<'a> {
                 (_, Some(off)) => {
                     let Reverse(g) = grains.pop().expect("peeked");
                     let guest = (g & u64::from(u32::MAX)) * grain;
-                    self.file.copy_to(off, grain.min(vs - guest), target, guest)?;
+                    self.file
+                        .copy_to(off, grain.min(vs - guest), target, self.base + guest)?;
                 }
                 (Some(_), None) => unreachable!("a table with no grain pending is handled above"),
             }

@@ -39,6 +39,11 @@ pub(crate) struct ImportArgs {
     /// still peeled.
     #[arg(long, value_name = "F")]
     format: Option<DiskFormat>,
+    /// The disk to import from an OVA that holds several: its file name, its ovf:id or
+    /// ovf:diskId, or its position in the OVF from 1. Without it such an OVA is refused,
+    /// naming its disks.
+    #[arg(long, value_name = "NAME|INDEX")]
+    disk: Option<String>,
     /// Target capacity: the image's virtual size must fit (checked before writing when
     /// the format tells the size). Units: Ki, Mi, Gi, Ti (1024) or K, M, G, T (1000).
     #[arg(long, value_name = "S", value_parser = parse_size)]
@@ -98,6 +103,11 @@ pub(crate) struct ImportArgs {
     #[arg(long, value_name = "LOG", default_value_t = ido_disk::decompress::ZSTD_WINDOW_LOG_DEFAULT,
           value_parser = clap::value_parser!(u32).range(10..=ido_disk::decompress::ZSTD_WINDOW_LOG_MAX as i64))]
     zstd_window_log: u32,
+    /// Reorder buffer: memory for image data stored before the tables that map it
+    /// (qcow2, vmdk, vhd, vhdx, vdi read as a stream). A qcow2 from a local file needs
+    /// none (it is read again by position), nor one from HTTP(S)/S3 with ranges beyond it.
+    #[arg(long, value_name = "S", value_parser = parse_size, default_value = "64Mi")]
+    reorder_buffer: u64,
     /// Flags of S3 and registry sources (boxed: the CLI's command enum stays small).
     #[command(flatten)]
     more: Box<SourceArgs>,
@@ -164,6 +174,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         target,
         checksum,
         format,
+        disk,
         size,
         headers,
         username,
@@ -179,6 +190,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         retries,
         connections,
         zstd_window_log,
+        reorder_buffer,
         more,
         progress,
     } = args;
@@ -356,11 +368,13 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     );
     opts.checksum = checksum;
     opts.format = format;
+    opts.disk = disk;
     opts.preallocate = preallocate;
     opts.resume = resume;
     opts.overwrite = force;
     opts.checkpoint_every = checkpoint_every;
     opts.decompress.zstd_window_log_max = zstd_window_log;
+    opts.reorder_budget = reorder_buffer;
     let display = Display::new(progress);
     opts.progress = display.callback();
 

@@ -30,6 +30,7 @@
 pub mod aws;
 pub mod bench;
 pub mod cluster;
+pub mod disk_corpus;
 pub mod fakes;
 pub mod fault_proxy;
 pub mod kubelet;

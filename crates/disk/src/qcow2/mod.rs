@@ -13,8 +13,14 @@
 //! structure found *behind* the stream position (data written before its L2 table, as a
 //! VM may leave it) is served from the reorder buffer (`crate::seq`, shared with the
 //! other formats), which retains skipped chunks until every L2 table is known and then
-//! empties; images written by `qemu-img convert` need next to none of it. Refcounts, snapshots and bitmaps are
-//! ignored: only the active L1 table defines the guest view.
+//! empties; images written by `qemu-img convert` need next to none of it. Read from a
+//! local file (or an HTTP(S)/S3 object with ranges, once the buffer is full), such data is
+//! read again by position instead ([`Qcow2Stream::set_positional`]): no buffer, no limit.
+//! A compressed cluster's last sector may hold the start of the next one, whose L2 table
+//! may come later (`qemu-img convert -c` puts the first cluster of an L2 table's range
+//! in the host cluster it is filling when it allocates that table): that sector is kept.
+//! Refcounts, snapshots and bitmaps are ignored: only the active L1 table defines the
+//! guest view.
 //!
 //! `imago` (the Rust qcow2 library) was considered: its `Storage` trait is random access
 //! (`pure_readv(offset)` plus `size()`), so it cannot read a pipe or a decompressing stream.
@@ -26,7 +32,7 @@ use std::io::Read;
 
 pub use header::{CompressionType, Header};
 
-use crate::seq::SeqFile;
+use crate::seq::{ReadAt, SeqFile};
 use crate::target::Target;
 use crate::{Error, Result};
 
@@ -83,6 +89,12 @@ impl<'a> Qcow2Stream<'a> {
         let header = Header::parse(head)?;
         file.set_chunk(header.cluster_size());
         Ok(Self { file, header, budget })
+    }
+
+    /// Lets ranges the stream has passed be read again from `at` (the same image by
+    /// position): data before its L2 table then needs no reorder buffer.
+    pub(crate) fn set_positional(&mut self, at: Box<dyn ReadAt + 'a>) {
+        self.file.set_positional(at);
     }
 
     /// The validated header.
@@ -162,7 +174,10 @@ impl<'a> Qcow2Stream<'a> {
                         return Err(Error::Unsupported {
                             format: "qcow2",
                             reason: format!(
-                                "more than {max_pending} clusters are mapped ahead of the stream"
+                                "more than {max_pending} clusters are mapped ahead of the stream \
+                                 (one per 16 bytes of the reorder buffer, {}); raise it with \
+                                 `ido import --reorder-buffer SIZE` (ImportOptions::reorder_budget)",
+                                crate::seq::human_size(self.budget)
                             ),
                         });
                     }
@@ -192,7 +207,17 @@ impl<'a> Qcow2Stream<'a> {
                 }
                 Item::Compressed { guest, len } => {
                     let data = self.file.read_at(off, len as usize, true)?;
+                    let end = off + data.len() as u64;
                     decompress(&h, &mut inflate, data, &mut out, guest)?;
+                    // Its last sector may hold the start of the next compressed cluster. If
+                    // that one is not known yet (its L2 table comes later in the file, as
+                    // `qemu-img convert -c` lays out a cluster that fits in the host
+                    // cluster being filled when its L2 table is allocated), keep the sector.
+                    if self.file.retaining()
+                        && pending.0.first_key_value().is_none_or(|((o, _), _)| *o >= end)
+                    {
+                        self.file.retain_tail(512)?;
+                    }
                     let n = (h.virtual_size - guest).min(cs) as usize;
                     target.write_at(guest, &out[..n])?;
                 }
