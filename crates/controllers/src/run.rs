@@ -471,6 +471,10 @@ enum Limit {
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+/// Lists the keys of a kind's objects.
+type ListKeys = fn(&FileStore) -> BoxFuture<Result<Vec<Key>, crate::store::StoreError>>;
+/// Reads the object of a key and reconciles it.
+type Reconcile = fn(Arc<Context<FileStore>>, Key) -> BoxFuture<Result<Action, crate::Error>>;
 
 /// A kind the run reconciles: its resource (the store's key), how its objects are listed
 /// and reconciled, the limit its reconciles share, and whether a short requeue holds
@@ -480,8 +484,8 @@ struct KindDef {
     resource: String,
     limit: Limit,
     holds_once: bool,
-    keys: fn(&FileStore) -> BoxFuture<Result<Vec<Key>, crate::store::StoreError>>,
-    reconcile: fn(Arc<Context<FileStore>>, Key) -> BoxFuture<Result<Action, crate::Error>>,
+    keys: ListKeys,
+    reconcile: Reconcile,
 }
 
 /// The dispatch table: one line per kind, its reconciler and its metrics label.
@@ -491,11 +495,7 @@ fn kinds() -> &'static [KindDef] {
 }
 
 fn table() -> Vec<KindDef> {
-    fn def<K: crate::store::Object>(
-        limit: Limit,
-        holds_once: bool,
-        reconcile: fn(Arc<Context<FileStore>>, Key) -> BoxFuture<Result<Action, crate::Error>>,
-    ) -> KindDef {
+    fn def<K: crate::store::Object>(limit: Limit, holds_once: bool, reconcile: Reconcile) -> KindDef {
         KindDef {
             resource: FileStore::key::<K>(None, "x").resource,
             limit,
