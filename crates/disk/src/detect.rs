@@ -192,22 +192,7 @@ fn is_v7_tar(head: &[u8]) -> bool {
     let start = field.iter().take_while(|c| **c == b' ').count();
     let digits = &field[start..];
     let n = digits.iter().take_while(|c| (b'0'..=b'7').contains(*c)).count();
-    if n == 0 || !digits[n..].iter().all(|c| *c == 0 || *c == b' ') {
-        return false;
-    }
-    let stored = digits[..n].iter().fold(0u64, |v, c| v * 8 + u64::from(c - b'0'));
-    let sum: u64 = h
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u64::from(*b)
-            }
-        })
-        .sum();
-    stored == sum
+    n > 0 && digits[n..].iter().all(|c| *c == 0 || *c == b' ') && crate::tar::checksum_holds(h) == Some(true)
 }
 
 /// Legacy lzma has no magic; its 13-byte header is recognised as liblzma's `.lzma`

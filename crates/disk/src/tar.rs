@@ -861,8 +861,24 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn verify_checksum(h: &[u8; BLOCK]) -> Result<()> {
-    let stored =
-        parse_octal(&h[148..156]).ok_or_else(|| Error::invalid("tar", "bad header checksum field"))?;
+    match checksum_holds(h) {
+        None => Err(Error::invalid("tar", "bad header checksum field")),
+        Some(false) => Err(Error::invalid("tar", "header checksum mismatch")),
+        Some(true) => Ok(()),
+    }
+}
+
+/// Whether a 512-byte tar header's checksum field holds the sum of its bytes (the field
+/// counted as spaces; unsigned, or signed as some old tars summed); `None` when the field
+/// is not octal. The one check of every tar reader here (archives, registry layers, and
+/// telling a pre-POSIX tar from raw data).
+pub(crate) fn checksum_holds(h: &[u8]) -> Option<bool> {
+    let h = h.get(..BLOCK)?;
+    let field = &h[148..156];
+    if !field.iter().any(|c| (b'0'..=b'7').contains(c)) {
+        return None;
+    }
+    let stored = parse_octal(field)?;
     let mut unsigned: u64 = 0;
     let mut signed: i64 = 0;
     for (i, b) in h.iter().enumerate() {
@@ -870,10 +886,7 @@ fn verify_checksum(h: &[u8; BLOCK]) -> Result<()> {
         unsigned += u64::from(b);
         signed += i64::from(b as i8);
     }
-    if stored != unsigned && stored as i64 != signed {
-        return Err(Error::invalid("tar", "header checksum mismatch"));
-    }
-    Ok(())
+    Some(stored == unsigned || stored as i64 == signed)
 }
 
 fn parse_octal(f: &[u8]) -> Option<u64> {

@@ -52,3 +52,15 @@ pub fn client(tls: &TlsOptions, field: &'static str) -> Result<reqwest::Client> 
         reason: e.to_string(),
     })
 }
+
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) as `%XX`: a value
+/// in a URL's query or path segment, and the canonical form SigV4 signs.
+pub fn encode_unreserved(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(s, UNRESERVED).to_string()
+}

@@ -23,7 +23,7 @@ use std::{
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};
-use quick_xml::events::Event;
+use ido_engine::http::encode_unreserved;
 use reqwest::Url;
 use sha2::{Digest, Sha256};
 
@@ -409,57 +409,16 @@ fn aws_error(
     }
 }
 
-/// The text of the elements at `paths` (local names below the root, namespaces ignored).
+/// The text of the elements at `paths` (local names below the root, namespaces ignored),
+/// trimmed; `None` where absent or when the body is not XML.
 fn xml_texts<const N: usize>(body: &[u8], paths: [&[&str]; N]) -> [Option<String>; N] {
-    let mut out: [Option<String>; N] = std::array::from_fn(|_| None);
-    let Ok(text) = std::str::from_utf8(body) else {
-        return out;
-    };
-    let mut r = quick_xml::Reader::from_str(text.trim_start_matches('\u{feff}'));
-    let mut stack: Vec<String> = vec![];
-    let at = |stack: &[String]| {
-        paths
-            .iter()
-            .position(|p| stack.len() == p.len() + 1 && stack[1..].iter().zip(p.iter()).all(|(a, b)| a == b))
-    };
-    loop {
-        let Ok(ev) = r.read_event() else {
-            return out;
-        };
-        match ev {
-            Event::Start(e) => stack.push(e.local_name().as_ref().to_string()),
-            Event::End(_) => {
-                stack.pop();
-            }
-            Event::Text(t) => {
-                if let Some(i) = at(&stack) {
-                    out[i].get_or_insert_default().push_str(&t.xml10_content());
-                }
-            }
-            Event::CData(t) => {
-                if let Some(i) = at(&stack) {
-                    out[i].get_or_insert_default().push_str(&t.xml10_content());
-                }
-            }
-            Event::GeneralRef(g) => {
-                if let Some(i) = at(&stack) {
-                    let c = match g.resolve_char_ref() {
-                        Ok(Some(c)) => c.to_string(),
-                        _ => quick_xml::escape::resolve_predefined_entity(&g.xml10_content())
-                            .unwrap_or_default()
-                            .to_string(),
-                    };
-                    out[i].get_or_insert_default().push_str(&c);
-                }
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
-    for s in out.iter_mut().flatten() {
-        *s = s.trim().to_string();
-    }
-    out
+    let root = std::str::from_utf8(body)
+        .ok()
+        .and_then(|t| ido_engine::xml::Node::parse(t.trim_start_matches('\u{feff}')).ok());
+    paths.map(|p| {
+        let node = root.as_ref()?.at(&p.join("/"))?;
+        Some(node.text.trim().to_string())
+    })
 }
 
 // --- AWS Signature Version 4 ----------------------------------------------------------
@@ -576,14 +535,17 @@ fn canonical_path(path: &str) -> String {
     if path.is_empty() {
         return "/".into();
     }
-    path.split('/').map(uri_encode).collect::<Vec<_>>().join("/")
+    path.split('/')
+        .map(encode_unreserved)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Query parameters URI-encoded and sorted by name, then value.
 fn canonical_query(url: &Url) -> String {
     let mut pairs: Vec<(String, String)> = url
         .query_pairs()
-        .map(|(k, v)| (uri_encode(&k), uri_encode(&v)))
+        .map(|(k, v)| (encode_unreserved(&k), encode_unreserved(&v)))
         .collect();
     pairs.sort();
     pairs
@@ -591,19 +553,6 @@ fn canonical_query(url: &Url) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// Every byte but `A-Za-z0-9-_.~` as `%XX`.
-fn uri_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -147,27 +147,7 @@ impl Drop for OciRegistry {
 pub async fn ensure_built() -> anyhow::Result<PathBuf> {
     static BUILT: OnceCell<PathBuf> = OnceCell::const_new();
     let path = BUILT
-        .get_or_try_init(|| async {
-            let root = crate::workspace_root();
-            let peers = root.join("target/peers");
-            let bin = peers.join("ociregistry");
-            std::fs::create_dir_all(&peers).with_context(|| format!("creating {}", peers.display()))?;
-            let out = tokio::process::Command::new("flock")
-                .arg(peers.join(".build-ociregistry.lock"))
-                .arg(root.join("scripts/build-ociregistry.sh"))
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .context("running scripts/build-ociregistry.sh")?;
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                if !bin.is_file() {
-                    bail!("scripts/build-ociregistry.sh failed ({}): {stderr}", out.status);
-                }
-                tracing::warn!(%stderr, "rebuilding ociregistry failed; using the existing binary");
-            }
-            anyhow::Ok(bin)
-        })
+        .get_or_try_init(|| crate::proc::build_go_peer("build-ociregistry.sh", "ociregistry"))
         .await?;
     Ok(path.clone())
 }

@@ -132,6 +132,33 @@ pub(crate) fn terminate(child: &mut Child, grace: Duration) {
     kill_and_wait(child);
 }
 
+/// Runs `scripts/<script>` under `flock` (the Go peer scripts do nothing when the cached
+/// build is up to date) and returns `target/peers/<bin>`. A failed rebuild (no module proxy,
+/// say) falls back to an existing binary. Callers keep the result per process.
+pub(crate) async fn build_go_peer(script: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let root = crate::workspace_root();
+    let peers = root.join("target/peers");
+    let path = peers.join(bin);
+    std::fs::create_dir_all(&peers).with_context(|| format!("creating {}", peers.display()))?;
+    let lock = peers.join(format!(".{}.lock", script.trim_end_matches(".sh")));
+    let out = tokio::process::Command::new("flock")
+        .arg(lock)
+        .arg(root.join("scripts").join(script))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running scripts/{script}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !path.is_file() {
+            anyhow::bail!("scripts/{script} failed ({}): {stderr}", out.status);
+        }
+        tracing::warn!(%stderr, "rebuilding {bin} failed; using the existing binary");
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

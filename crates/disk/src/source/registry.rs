@@ -837,18 +837,7 @@ fn next_member(r: &mut dyn Read, shown: &str) -> Result<Option<Member>> {
         if n < BLOCK {
             return Err(bad("truncated header".into()));
         }
-        let sum: u64 = h
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u64::from(*b)
-                }
-            })
-            .sum();
-        if octal(&h[148..156]) != Some(sum) {
+        if crate::tar::checksum_holds(&h) != Some(true) {
             return Err(bad("header checksum mismatch (not a tar layer?)".into()));
         }
         let size = size_field(&h[124..136]).ok_or_else(|| bad("bad size field".into()))?;

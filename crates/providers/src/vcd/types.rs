@@ -226,17 +226,7 @@ pub fn id_of(href: &str) -> &str {
 }
 
 /// Percent-encodes a filter value (everything but RFC 3986 unreserved characters).
-pub fn encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use ido_engine::http::encode_unreserved as encode;
 
 #[cfg(test)]
 mod tests {
