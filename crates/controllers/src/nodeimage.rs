@@ -31,7 +31,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Reconciles one NodeImage.
 pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Action, Error> {
-    if let Err(msg) = check_spec(ni) {
+    if let Err(invalid) = check_spec(ni) {
         // Nothing was ever made from a name that fails here: on deletion just let go.
         if ni.metadata.deletion_timestamp.is_some() {
             if has_finalizer(ni, nodeimage::FINALIZER) {
@@ -39,7 +39,14 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Act
                     .await?;
             }
         } else {
-            set_overall(ctx, ni, NodeImageState::Error, "InvalidSpec", &msg).await?;
+            set_overall(
+                ctx,
+                ni,
+                NodeImageState::Error,
+                "InvalidSpec",
+                &invalid.to_string(),
+            )
+            .await?;
         }
         return Ok(Action::AwaitChange);
     }
@@ -164,13 +171,13 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Act
 /// Checks the names that S3 keys and template names are built from: `spec.name` must be a
 /// DNS-1123 subdomain and `spec.provider` a label, as the NodeImages the release controller
 /// makes are (a NodeImage written by hand may hold anything).
-fn check_spec(ni: &NodeImage) -> Result<(), String> {
+fn check_spec(ni: &NodeImage) -> Result<(), ido_api::names::InvalidName> {
     let object = format!(
         "NodeImage {}",
         ido_api::names::quote(ni.metadata.name.as_deref().unwrap_or_default())
     );
-    ido_api::names::check_subdomain(&object, "spec.name", &ni.spec.name).map_err(|e| e.to_string())?;
-    ido_api::names::check_label(&object, "spec.provider", &ni.spec.provider).map_err(|e| e.to_string())
+    ido_api::names::check_subdomain(&object, "spec.name", &ni.spec.name)?;
+    ido_api::names::check_label(&object, "spec.provider", &ni.spec.provider)
 }
 
 /// Makes the image exist in one location; writes the location's status on the way.

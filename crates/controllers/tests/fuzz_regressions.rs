@@ -32,7 +32,9 @@ fn go_duration_beyond_duration_max_is_rejected() {
 #[test]
 fn cron_schedule_with_an_empty_list_is_refused_at_once() {
     let t = std::time::Instant::now();
-    let e = ido_controllers::imagesync::parse_schedule("8 , * * *").unwrap_err();
+    let e = ido_controllers::imagesync::parse_schedule("8 , * * *")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("hour field"), "{e}");
     assert!(
         t.elapsed() < std::time::Duration::from_millis(50),

@@ -98,16 +98,32 @@ impl std::fmt::Display for SpecError {
     }
 }
 
+/// Why a schedule was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// An empty entry in a list (`8 , * * *`), which croner would read as never.
+    #[error("the {field} field {value:?} has an empty list entry")]
+    EmptyListEntry { field: &'static str, value: String },
+    #[error(transparent)]
+    Cron(#[from] croner::errors::CronError),
+    /// No date matches it (30 February).
+    #[error("it never fires (no date matches it)")]
+    NeverFires,
+}
+
 /// Parses a 5-field cron expression (or `@daily` and friends), evaluated in UTC. A
 /// schedule that can never fire (an empty list such as `8 , * * *`, or 30 February) is
 /// refused: it would plan no pass, silently.
-pub fn parse_schedule(s: &str) -> Result<Cron, String> {
+pub fn parse_schedule(s: &str) -> Result<Cron, ScheduleError> {
     let s = s.trim();
     let names = ["minute", "hour", "day of month", "month", "day of week"];
     if !s.starts_with('@') {
         for (field, name) in s.split_whitespace().zip(names) {
             if field.split(',').any(str::is_empty) {
-                return Err(format!("the {name} field {field:?} has an empty list entry"));
+                return Err(ScheduleError::EmptyListEntry {
+                    field: name,
+                    value: field.to_string(),
+                });
             }
         }
     }
@@ -115,15 +131,15 @@ pub fn parse_schedule(s: &str) -> Result<Cron, String> {
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
         .build();
-    let cron = parser.parse(s).map_err(|e| e.to_string())?;
+    let cron = parser.parse(s)?;
     // Every date a schedule can match comes round within 28 years (the Gregorian
     // calendar's weekday cycle), leap days included.
     let from = jiff::civil::date(2001, 1, 1)
         .to_zoned(TimeZone::UTC)
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ScheduleError::NeverFires)?;
     match cron.find_next_occurrence(&from, true) {
         Ok(next) if next.year() <= 2029 => Ok(cron),
-        _ => Err("it never fires (no date matches it)".into()),
+        _ => Err(ScheduleError::NeverFires),
     }
 }
 
