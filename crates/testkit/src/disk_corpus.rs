@@ -1668,18 +1668,29 @@ fn refusal_recipes(v: &mut Vec<Recipe>) {
     }
     recipe(v, "qcow2 LUKS-encrypted (refused)", |d| {
         let q = d.join("disk.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "--object",
-            "secret,id=sec0,data=corpus-passphrase",
-            "-f",
-            "qcow2",
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
-            s(&q),
-            "16M",
-        ])?;
+        // qemu times its PBKDF to pick an iteration count; on a busy machine the measure can
+        // come out empty ("Unable to get accurate CPU usage"): a longer target and a retry.
+        let mut tries = 0;
+        loop {
+            let made = qemu_img(&[
+                "create",
+                "-q",
+                "--object",
+                "secret,id=sec0,data=corpus-passphrase",
+                "-f",
+                "qcow2",
+                "-o",
+                "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100",
+                s(&q),
+                "16M",
+            ]);
+            match made {
+                Err(e) if tries < 3 && e.to_string().contains("Unable to get accurate CPU usage") => {
+                    tries += 1
+                }
+                other => break other,
+            }
+        }?;
         refused(q, "encrypted")
     });
     recipe(
