@@ -340,11 +340,7 @@ impl Registry {
             .await
             .map_err(OciDistributionError::from)?;
         let status = res.status();
-        let retry_after = res
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after(res.headers());
         let digest = res
             .headers()
             .get("Docker-Content-Digest")
@@ -437,11 +433,7 @@ impl Registry {
         }
         let res = req.send().await.map_err(OciDistributionError::from)?;
         let status = res.status();
-        let retry_after = res
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after(res.headers());
         let body = res.bytes().await.unwrap_or_default();
         tracing::debug!(%url, %status, "PUT manifest");
         if status.is_success() {
@@ -488,6 +480,14 @@ impl Registry {
         }
         Ok((body, next))
     }
+}
+
+/// The wait a `Retry-After` header asks for, if any.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
 }
 
 /// A request the registry answered with `status`: the start of its body as the message,

@@ -25,6 +25,8 @@ use std::{
 };
 
 use anyhow::Context;
+
+use crate::serve::ThreadServer;
 use axum::{
     body::Body,
     http::{HeaderMap, Method, Request, Response, StatusCode, header, request::Parts},
@@ -75,8 +77,7 @@ struct State {
 pub struct AwsStandIn {
     addr: SocketAddr,
     state: Arc<State>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ThreadServer,
 }
 
 impl fmt::Debug for AwsStandIn {
@@ -104,35 +105,16 @@ impl AwsStandIn {
             issued: Mutex::default(),
             log: Mutex::default(),
         });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the AWS stand-in's runtime")?;
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("ido-aws-stand-in".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(tcp) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let app = axum::Router::new().fallback(move |req: Request<Body>| {
-                        let st = st.clone();
-                        async move { handle(&st, req).await }
-                    });
-                    let stop = async {
-                        let _ = rx.await;
-                    };
-                    let _ = axum::serve(tcp, app).with_graceful_shutdown(stop).await;
-                });
-            })
-            .context("spawning the AWS stand-in thread")?;
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let st = st.clone();
+            async move { handle(&st, req).await }
+        });
+        let server = ThreadServer::start("ido-aws-stand-in", listener, app, None)?;
         Ok(Self {
             addr,
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -181,17 +163,6 @@ impl AwsStandIn {
             .iter()
             .filter(|c| c.action == action)
             .count()
-    }
-}
-
-impl Drop for AwsStandIn {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

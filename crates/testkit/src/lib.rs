@@ -43,6 +43,7 @@ pub mod plot;
 mod proc;
 pub mod registry;
 pub mod seaweed;
+mod serve;
 pub mod tls;
 pub mod token_server;
 pub mod vcsim;

@@ -7,7 +7,6 @@
 //! stdout line (printed once it accepts connections). It starts in a few milliseconds and
 //! holds everything in memory: one per test.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use tempfile::TempDir;
 use tokio::sync::OnceCell;
 
 use crate::oci_image::Layout;
-use crate::proc::{Cleanup, kill_and_wait, log_tail, spawn_watchdog};
+use crate::proc::{Cleanup, first_stdout_line, kill_and_wait, log_tail, spawn_watchdog};
 
 /// How long to wait for the registry's first stdout line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,22 +65,7 @@ impl OciRegistry {
             }
         };
         // First stdout line → the address; the rest goes to the log.
-        let stdout = child.stdout.take().context("ociregistry stdout")?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            let mut log = log;
-            for line in lines.map_while(Result::ok) {
-                let _ = writeln!(log, "{line}");
-            }
-        });
-        let first = match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok(Some(Ok(line)))) => Ok(line.trim().to_owned()),
-            Ok(Ok(Some(Err(e)))) => Err(anyhow::anyhow!("reading its stdout: {e}")),
-            Ok(_) => Err(anyhow::anyhow!("it exited before printing its address")),
-            Err(_) => Err(anyhow::anyhow!("it printed no address within {START_TIMEOUT:?}")),
-        };
+        let first = first_stdout_line(&mut child, log, START_TIMEOUT, "ociregistry's address").await;
         match first {
             Ok(host) if host.starts_with("127.0.0.1:") => Ok(Self {
                 child,

@@ -159,6 +159,37 @@ pub(crate) async fn build_go_peer(script: &str, bin: &str) -> anyhow::Result<std
     Ok(path)
 }
 
+/// The first line `child` prints on stdout (its address, say), trimmed, within `timeout`; the
+/// lines after it go to `log`, so the child never writes into a closed pipe. `what` names
+/// the child and what the line is, in errors.
+pub(crate) async fn first_stdout_line(
+    child: &mut Child,
+    log: std::fs::File,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("{what}: no stdout"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        let mut log = log;
+        for line in lines.map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+        }
+    });
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Some(Ok(line)))) => Ok(line.trim().to_owned()),
+        Ok(Ok(Some(Err(e)))) => Err(anyhow::anyhow!("{what}: reading its stdout: {e}")),
+        Ok(_) => Err(anyhow::anyhow!("{what}: it exited before printing it")),
+        Err(_) => Err(anyhow::anyhow!("{what}: nothing printed within {timeout:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,12 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, bail};
+
+use crate::serve::ThreadServer;
 use axum::{
     body::Body,
     http::{HeaderMap, Method, Request, Response, StatusCode, header},
@@ -187,8 +189,7 @@ pub struct TokenServer {
     addr: SocketAddr,
     tls: bool,
     state: Arc<State>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ThreadServer,
     dir: TempDir,
 }
 
@@ -270,47 +271,17 @@ impl TokenServer {
             x5c,
             log: Mutex::default(),
         });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the token server's runtime")?;
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("ido-token-server".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(tcp) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let app = axum::Router::new().fallback(move |req: Request<Body>| {
-                        let st = st.clone();
-                        async move { handle(&st, req) }
-                    });
-                    let stop = async {
-                        let _ = rx.await;
-                    };
-                    match tls_config {
-                        Some(cfg) => {
-                            let l = TlsListener {
-                                tcp,
-                                acceptor: tokio_rustls::TlsAcceptor::from(cfg),
-                            };
-                            let _ = axum::serve(l, app).with_graceful_shutdown(stop).await;
-                        }
-                        None => {
-                            let _ = axum::serve(tcp, app).with_graceful_shutdown(stop).await;
-                        }
-                    }
-                });
-            })
-            .context("spawning the token server thread")?;
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let st = st.clone();
+            async move { handle(&st, req) }
+        });
+        let server = ThreadServer::start("ido-token-server", listener, app, tls_config)?;
         Ok(Self {
             addr,
             tls: tls.is_some(),
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
             dir,
         })
     }
@@ -362,44 +333,6 @@ impl TokenServer {
     /// The directory holding its key and certificate.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, peer)) = self.tcp.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let hs = tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(tcp));
-            if let Ok(Ok(tls)) = hs.await {
-                return (tls, peer);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
     }
 }
 

@@ -16,7 +16,6 @@
 //! as `-username`/`-password` flags (its only interface): this test fixture is the one
 //! place where a (fake) secret appears on a command line.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use anyhow::{Context, bail};
 use tempfile::TempDir;
 use tokio::sync::OnceCell;
 
-use crate::proc::{Cleanup, kill_and_wait, log_tail, spawn_watchdog, terminate};
+use crate::proc::{Cleanup, first_stdout_line, kill_and_wait, log_tail, spawn_watchdog, terminate};
 use crate::tls::TestCa;
 
 /// Default datacenter.
@@ -227,23 +226,8 @@ impl Vcsim {
             }
         };
 
-        // First stdout line → the URL; the rest goes to the log (so writes never hit a closed pipe).
-        let stdout = child.stdout.take().context("vcsim stdout")?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            let mut log = log;
-            for line in lines.map_while(Result::ok) {
-                let _ = writeln!(log, "{line}");
-            }
-        });
-        let first = match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok(Some(Ok(line)))) => Ok(line.trim().to_owned()),
-            Ok(Ok(Some(Err(e)))) => Err(anyhow::anyhow!("reading vcsim stdout: {e}")),
-            Ok(_) => Err(anyhow::anyhow!("vcsim exited before printing its URL")),
-            Err(_) => Err(anyhow::anyhow!("vcsim printed no URL within {START_TIMEOUT:?}")),
-        };
+        // First stdout line → the URL; the rest goes to the log.
+        let first = first_stdout_line(&mut child, log, START_TIMEOUT, "vcsim's URL").await;
         let url = match first {
             Ok(url) if url.starts_with("http") && url.ends_with("/sdk") => url,
             other => {
