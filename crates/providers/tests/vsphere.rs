@@ -590,8 +590,12 @@ async fn missing_source_is_source_missing() {
 
 #[tokio::test]
 async fn expired_session_is_reestablished() {
+    // vcsim looks at an idle session once per timeout, so a session dies between one and two
+    // timeouts after its last call; every wait below is two timeouts and a second.
+    let idle = Duration::from_millis(1000);
+    let wait = idle * 2 + Duration::from_millis(1000);
     let opts = VcsimOptions {
-        idle_timeout: Some(Duration::from_millis(1500)),
+        idle_timeout: Some(idle),
         ..Default::default()
     };
     let w = World::new("expiry", opts).await;
@@ -600,7 +604,7 @@ async fn expired_session_is_reestablished() {
     assert_eq!(p.client().logins(), 1);
     let first = p.client().session_cookie();
 
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(wait).await;
     // RetrievePropertiesEx does not fault without a session (missingSet instead): still
     // recognised as expiry.
     let root = p.client().service_content().await.unwrap().root_folder.clone();
@@ -609,7 +613,7 @@ async fn expired_session_is_reestablished() {
     assert_eq!(p.client().logins(), 2);
     assert_ne!(p.client().session_cookie(), first);
 
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(wait).await;
     let (_, src) = w.ova("img", &[("disk-0.vmdk", 100)]).await;
     p.create("loc1", "img", &src, &Progress::default()).await.unwrap();
     assert!(p.client().logins() >= 3);
