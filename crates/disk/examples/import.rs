@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    ido_engine::http::install_crypto_provider();
+    ido_testkit::install_crypto_provider();
     let mut args = std::env::args().skip(1);
     let (Some(src), Some(dst)) = (args.next(), args.next()) else {
         return Err("usage: import SOURCE TARGET".into());

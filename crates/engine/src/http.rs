@@ -13,14 +13,27 @@ pub struct TlsOptions {
     pub ca_bundle: Option<String>,
 }
 
-/// Installs the process-wide rustls crypto provider (ring). Safe to call many times.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// Checks that the process has a rustls crypto provider, which every TLS client here needs.
+///
+/// Libraries never choose one: the binary installs it at its start
+/// (`rustls::crypto::ring::default_provider().install_default()`), as `ido` and the test kit
+/// do. Without one, this is an error naming `field` instead of a panic inside rustls.
+pub fn require_crypto_provider(field: &'static str) -> Result<()> {
+    match rustls::crypto::CryptoProvider::get_default() {
+        Some(_) => Ok(()),
+        None => Err(Error::Invalid {
+            field,
+            value: "<tls settings>".into(),
+            reason: "no rustls crypto provider is installed in this process; the program must install one \
+                     at its start (rustls::crypto::ring::default_provider().install_default())"
+                .into(),
+        }),
+    }
 }
 
 /// Builds a client for one peer. `field` names the config key of the CA bundle in errors.
 pub fn client(tls: &TlsOptions, field: &'static str) -> Result<reqwest::Client> {
-    install_crypto_provider();
+    require_crypto_provider(field)?;
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(300))
@@ -63,4 +76,26 @@ pub fn encode_unreserved(s: &str) -> String {
         .remove(b'_')
         .remove(b'~');
     utf8_percent_encode(s, UNRESERVED).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a provider, building a client is an error naming the field, not a panic. The
+    /// suite runs each test in its own process (nextest); under `cargo test` another test may
+    /// have installed one already, and then there is nothing to check.
+    #[test]
+    fn no_crypto_provider_is_an_error_not_a_panic() {
+        if rustls::crypto::CryptoProvider::get_default().is_some() {
+            eprintln!("a provider is installed in this process already; nothing to check");
+            return;
+        }
+        let e = client(&TlsOptions::default(), "vsphere.tls")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vsphere.tls") && e.contains("crypto provider"), "{e}");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        client(&TlsOptions::default(), "vsphere.tls").unwrap();
+    }
 }

@@ -272,6 +272,12 @@ pub fn node_image_key(provider: &str, image: &str, ext: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A default client; tests are their own binary, so they install the provider.
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::http::client(&Default::default(), "test").unwrap()
+    }
+
     #[test]
     fn keys_follow_the_original_layout() {
         let n = "flatcar-stable-3975.2.0-kube-1.30.4-tooling-1.18.1-gs";
@@ -323,8 +329,7 @@ mod tests {
     /// A refused connection says so: the cause is kept (and the URL's query hidden).
     #[tokio::test]
     async fn transport_errors_keep_their_cause() {
-        crate::http::install_crypto_provider();
-        let c = crate::http::client(&Default::default(), "test").unwrap();
+        let c = client();
         let s = S3Source::new(&loc("b", Some("http://127.0.0.1:9")), c).unwrap();
         let e = s.object("k.ova").head().await.unwrap_err();
         let msg = crate::error_chain(&e);
@@ -334,7 +339,7 @@ mod tests {
 
     #[test]
     fn urls_for_aws_and_custom_endpoints() {
-        let c = crate::http::client(&Default::default(), "test").unwrap();
+        let c = client();
         let s = S3Source::new(&loc("my-bucket", None), c.clone()).unwrap();
         assert_eq!(
             s.object("a/b.ova").display_url(),
@@ -351,7 +356,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let c = crate::http::client(&Default::default(), "test").unwrap();
+        let c = client();
         let e = S3Source::new(&loc("Bad_Bucket", None), c.clone())
             .err()
             .unwrap()

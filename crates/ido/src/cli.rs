@@ -168,7 +168,8 @@ pub fn main() -> ExitCode {
             .with(filter)
             .init();
     }
-    ido_engine::http::install_crypto_provider();
+    // The one place a TLS crypto provider is chosen: libraries only check that there is one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

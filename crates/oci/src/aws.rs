@@ -720,6 +720,7 @@ mod tests {
 
     #[test]
     fn environment_and_endpoints() {
+        ido_testkit::install_crypto_provider();
         let e = IrsaConfig::from_vars(vars(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")])).unwrap_err();
         assert!(
             matches!(

@@ -95,7 +95,15 @@ impl Registry {
         auths: Arc<AuthStore>,
         concurrency: usize,
     ) -> Result<Self> {
-        ido_engine::http::install_crypto_provider();
+        if let Err(ido_engine::Error::Invalid { reason, .. }) =
+            ido_engine::http::require_crypto_provider("tls")
+        {
+            return Err(Error::Invalid {
+                field: "tls",
+                value: format!("for {host}"),
+                reason,
+            });
+        }
         let mut extra = vec![];
         if let Some(pem) = &tls.ca_bundle {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {

@@ -121,7 +121,6 @@ const META_MAX: usize = 4 << 20;
 
 /// Finds the disk and opens it as the source.
 pub(super) async fn open(opts: &RegistryOptions, decompress: &DecompressOptions) -> Result<Opened> {
-    ido_engine::http::install_crypto_provider();
     let reference = ido_oci::reference::parse(&opts.reference).map_err(|e| Error::InvalidArgument {
         field: "source",
         value: opts.to_string(),

@@ -406,7 +406,7 @@ async fn run_for(
 /// naming the address.
 #[tokio::test]
 async fn an_unreachable_api_server_ends_the_operator_at_its_startup_timeout() {
-    ido_engine::http::install_crypto_provider();
+    ido_testkit::install_crypto_provider();
     let closed = free_addr();
     let url = format!("https://{closed}");
     let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();

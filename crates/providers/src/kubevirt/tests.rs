@@ -114,6 +114,7 @@ async fn s3_object() -> S3Object {
         http: false,
         credentials: None,
     };
+    ido_testkit::install_crypto_provider();
     let client = ido_engine::http::client(&Default::default(), "s3.caBundle").unwrap();
     S3Source::new(&loc, client)
         .unwrap()

@@ -67,6 +67,7 @@ fn the_originals_values_parse_with_defaults() {
     let l2 = &c.locations["location2"];
     assert_eq!(l2.import_storage, "local");
     assert_eq!((l2.memory, l2.cores, l2.bios.as_str()), (4096, 4, "ovmf"));
+    ido_testkit::install_crypto_provider();
     let p = ProxmoxProvider::new(&c).unwrap();
     assert_eq!(p.locations(), vec!["location1", "location2"]);
     assert_eq!(p.id(), "capmox");
@@ -207,6 +208,7 @@ fn every_bad_value_names_its_key() {
 
 #[test]
 fn secrets_never_show() {
+    ido_testkit::install_crypto_provider();
     let c = config();
     assert!(!format!("{c:?}").contains(SECRET));
     let p = ProxmoxProvider::new(&c).unwrap();

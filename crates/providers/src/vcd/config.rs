@@ -270,15 +270,39 @@ fn de_locations<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, VcdL
     parse_locations(Option::<Value>::deserialize(d)?).map_err(D::Error::custom)
 }
 
+/// Why `vcd.locations` cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationsError {
+    #[error("vcd.locations: a location in a list needs a string `name`")]
+    Unnamed,
+    #[error("vcd.locations.{name}: {source}")]
+    Location {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("vcd.locations: list items must be locations")]
+    NotALocation,
+    #[error("vcd.locations: {0:?} is listed twice")]
+    Twice(String),
+    #[error("vcd.locations: expected a map of name → location or one location with a name, got {0}")]
+    Shape(Value),
+}
+
 /// Reads `locations`: a map of name → location, a list of locations with a `name`, or one
 /// location with a `name` (the original's shape).
-pub fn parse_locations(v: Option<Value>) -> Result<BTreeMap<String, VcdLocation>, String> {
-    let named = |mut m: serde_json::Map<String, Value>| -> Result<(String, VcdLocation), String> {
+pub fn parse_locations(v: Option<Value>) -> Result<BTreeMap<String, VcdLocation>, LocationsError> {
+    let location = |name: &str, v: Value| {
+        serde_json::from_value(v).map_err(|source| LocationsError::Location {
+            name: name.to_string(),
+            source,
+        })
+    };
+    let named = |mut m: serde_json::Map<String, Value>| {
         let Some(Value::String(name)) = m.remove("name") else {
-            return Err("vcd.locations: a location in a list needs a string `name`".into());
+            return Err(LocationsError::Unnamed);
         };
-        let loc =
-            serde_json::from_value(Value::Object(m)).map_err(|e| format!("vcd.locations.{name}: {e}"))?;
+        let loc = location(&name, Value::Object(m))?;
         Ok((name, loc))
     };
     let mut out = BTreeMap::new();
@@ -290,26 +314,22 @@ pub fn parse_locations(v: Option<Value>) -> Result<BTreeMap<String, VcdLocation>
         }
         Some(Value::Object(m)) => {
             for (name, v) in m {
-                let loc = serde_json::from_value(v).map_err(|e| format!("vcd.locations.{name}: {e}"))?;
+                let loc = location(&name, v)?;
                 out.insert(name, loc);
             }
         }
         Some(Value::Array(items)) => {
             for item in items {
                 let Value::Object(m) = item else {
-                    return Err("vcd.locations: list items must be locations".into());
+                    return Err(LocationsError::NotALocation);
                 };
                 let (name, loc) = named(m)?;
                 if out.insert(name.clone(), loc).is_some() {
-                    return Err(format!("vcd.locations: {name:?} is listed twice"));
+                    return Err(LocationsError::Twice(name));
                 }
             }
         }
-        Some(other) => {
-            return Err(format!(
-                "vcd.locations: expected a map of name → location or one location with a name, got {other}"
-            ));
-        }
+        Some(other) => return Err(LocationsError::Shape(other)),
     }
     Ok(out)
 }

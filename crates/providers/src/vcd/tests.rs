@@ -49,7 +49,9 @@ fn the_originals_single_location_and_maps_parse() {
 
     let list = serde_json::json!([{"name": "x", "catalog": "c"}, {"name": "y", "catalog": "d"}]);
     assert_eq!(parse_locations(Some(list)).unwrap().len(), 2);
-    let e = parse_locations(Some(serde_json::json!({"a": {"catalog": "c", "bogus": 1}}))).unwrap_err();
+    let e = parse_locations(Some(serde_json::json!({"a": {"catalog": "c", "bogus": 1}})))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("vcd.locations.a") && e.contains("bogus"), "{e}");
 }
 
@@ -128,6 +130,7 @@ fn endpoint_urls_are_normalized() {
 
 #[test]
 fn secrets_stay_out_of_debug() {
+    ido_testkit::install_crypto_provider();
     let c = parse(&format!("{BASE}locations: {{a: {{catalog: c}}}}"));
     assert!(!format!("{c:?}").contains("s3cr3t-pw"));
     let p = VcdProvider::new(&c).unwrap();

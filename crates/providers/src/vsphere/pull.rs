@@ -198,7 +198,7 @@ pub async fn ssl_thumbprint(url: &Url) -> Result<String> {
     origin.set_fragment(None);
     let _ = origin.set_username("");
     let _ = origin.set_password(None);
-    ido_engine::http::install_crypto_provider();
+    ido_engine::http::require_crypto_provider("s3.endpoint")?;
     let http = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .tls_info(true)

@@ -147,6 +147,7 @@ fn errors_name_key_and_value() {
 
 #[test]
 fn password_never_shows() {
+    ido_testkit::install_crypto_provider();
     let c = cfg();
     assert!(!format!("{c:?}").contains("s3cr3t"));
     let p = VsphereProvider::new(&c).unwrap();
@@ -160,6 +161,7 @@ fn password_never_shows() {
 
 #[test]
 fn provider_basics() {
+    ido_testkit::install_crypto_provider();
     let p = VsphereProvider::new(&cfg()).unwrap();
     assert_eq!(p.id(), "capv");
     assert_eq!(p.format(), SourceFormat::Ova);
