@@ -3,12 +3,15 @@
 //! - [`http`]: one place that builds HTTP clients (TLS on by default, CA bundles, timeouts).
 //! - [`s3`]: S3 and S3-compatible object stores as an image source (anonymous or signed).
 //! - [`ova`]: reading an OVA (a tar) member by member from a byte stream, never to disk.
+//! - [`ovf`]: the OVF descriptor an OVA carries: its files, its disks, the hardware version.
 //! - [`cleanup`]: clean-up of abandoned work, tracked so a stopping process waits for it.
 //! - [`redact`]: credentials hidden in URLs and in text holding URLs, for every message.
+//! - [`xml`]: a small namespace-aware element tree for the XML APIs and documents ido reads.
 
 pub mod cleanup;
 pub mod http;
 pub mod ova;
+pub mod ovf;
 pub mod redact;
 pub mod s3;
 pub mod xml;

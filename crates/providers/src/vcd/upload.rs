@@ -33,8 +33,9 @@ use super::{
     api::{self, Catalog, File, Template, UPLOAD_PARAMS_TYPE},
     client::Client,
     error::VcdError,
-    ovf::{self, OvfFile},
+    ovf,
 };
+use ido_engine::ovf::OvfFile;
 use ido_engine::xml::escape;
 
 use crate::{MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, ProviderError, Result};
@@ -71,11 +72,12 @@ pub async fn upload_ova(
     let stream = source.get().await?;
     let mut ova = OvaReader::from_stream(stream).await?;
     let descriptor = ova.descriptor.trim_start_matches('\u{feff}').to_string();
-    let files = ovf::references(&descriptor).map_err(invalid)?;
+    let files = ovf::references(&descriptor).map_err(|e| invalid(e.to_string()))?;
     let descriptor = match up.hardware_version {
         0 => descriptor,
         hw => {
-            let (patched, n) = ovf::set_hardware_version(&descriptor, hw).map_err(invalid)?;
+            let (patched, n) =
+                ido_engine::ovf::set_hardware_version(&descriptor, hw).map_err(|e| invalid(e.to_string()))?;
             if n == 0 {
                 tracing::warn!(
                     template = up.name,
