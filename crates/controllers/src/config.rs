@@ -276,7 +276,7 @@ impl Config {
     fn importer_settings(&self) -> Result<ImporterSettings, ConfigError> {
         let d = &self.disk_import;
         let mut out = ImporterSettings {
-            enabled: d.enabled || self.providers.kubevirt.as_ref().is_some_and(|k| k.enabled),
+            enabled: d.enabled || self.providers.creates_disk_imports(),
             ..ImporterSettings::default()
         };
         if let Some(image) = d.image.as_ref().filter(|i| !i.is_empty()) {

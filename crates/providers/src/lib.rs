@@ -216,6 +216,12 @@ pub struct ProvidersConfig {
 }
 
 impl ProvidersConfig {
+    /// Whether an enabled provider imports through DiskImport objects (then the DiskImport
+    /// controller must run even when the chart does not enable it for users).
+    pub fn creates_disk_imports(&self) -> bool {
+        self.kubevirt.as_ref().is_some_and(|k| k.enabled)
+    }
+
     /// Validates and builds the enabled providers (none connects yet).
     pub fn build(&self) -> Result<Providers> {
         let mut out = Providers::default();

@@ -2,6 +2,8 @@
 //! they name (read by name in the object's namespace, at each pass) and, with `useAwsIRSA`,
 //! from the operator's web identity. Errors name the spec field.
 
+use std::sync::Arc;
+
 use ido_oci::{auth::AuthStore, aws::IrsaConfig, registry::TlsSettings};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
@@ -51,8 +53,12 @@ pub enum SideError {
         "{field}: ConfigMap {ns}/{name} has no PEM certificate (-----BEGIN CERTIFICATE-----) in its data"
     )]
     NoPem { field: String, ns: String, name: String },
-    #[error("{field}: no web identity in the operator's environment: {reason}")]
-    NoWebIdentity { field: String, reason: String },
+    #[error("{field}: no web identity in the operator's environment: {source}")]
+    NoWebIdentity {
+        field: String,
+        #[source]
+        source: Arc<ido_oci::Error>,
+    },
     /// A docker config that does not parse, or ECR credentials that could not be had.
     #[error("{field}: {source}")]
     Oci {
@@ -95,11 +101,11 @@ pub(super) async fn side_auth<S: Store>(
         if auths.auth_for(&host) == AuthStore::default().auth_for(&host) {
             let field = format!("{}.useAwsIRSA", side.field);
             let irsa = IRSA
-                .get_or_init(|| IrsaConfig::from_env().map_err(|e| e.to_string()))
+                .get_or_init(|| IrsaConfig::from_env().map_err(Arc::new))
                 .as_ref()
-                .map_err(|reason| SideError::NoWebIdentity {
+                .map_err(|source| SideError::NoWebIdentity {
                     field: field.clone(),
-                    reason: reason.clone(),
+                    source: source.clone(),
                 })?;
             let creds = irsa
                 .ecr_credentials(&host)
@@ -112,7 +118,7 @@ pub(super) async fn side_auth<S: Store>(
 }
 
 /// ECR credentials from the operator's web identity, made once (they cache their tokens).
-static IRSA: std::sync::OnceLock<Result<IrsaConfig, String>> = std::sync::OnceLock::new();
+static IRSA: std::sync::OnceLock<Result<IrsaConfig, Arc<ido_oci::Error>>> = std::sync::OnceLock::new();
 
 /// The credentials of one side's Secret (none without one).
 async fn secret_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Result<AuthStore, SideError> {

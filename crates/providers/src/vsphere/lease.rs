@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn import_spec_is_spliced_with_its_namespaces() {
         let src = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema"><soapenv:Body><CreateImportSpecResponse xmlns="urn:vim25"><returnval><importSpec xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance" XMLSchema-instance:type="VirtualMachineImportSpec"><configSpec><name>t&amp;1</name><deviceChange XMLSchema-instance:type="VirtualDeviceConfigSpec"><operation>add</operation></deviceChange></configSpec><resPoolEntity type="ResourcePool">resgroup-26</resPoolEntity></importSpec><fileItem><deviceId>/t/disk:0</deviceId><path>disk-0.vmdk</path><size>1024</size><cimType>17</cimType><create>false</create></fileItem><warning><fault XMLSchema-instance:type="OvfHardwareCheck" xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance"/><localizedMessage>w</localizedMessage></warning></returnval></CreateImportSpecResponse></soapenv:Body></soapenv:Envelope>"#;
-        let r = parse_response("CreateImportSpec", 200, Ok(src.into())).unwrap();
+        let r = parse_response("CreateImportSpec", 200, src.into()).unwrap();
         let spec = parse_import_spec(&r).unwrap();
         assert_eq!(
             spec.file_items,
@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn import_spec_errors_are_reported() {
         let src = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><CreateImportSpecResponse xmlns="urn:vim25"><returnval><error><fault xsi:type="OvfUnsupportedType"/><localizedMessage>bad hw</localizedMessage></error></returnval></CreateImportSpecResponse></soapenv:Body></soapenv:Envelope>"#;
-        let r = parse_response("CreateImportSpec", 200, Ok(src.into())).unwrap();
+        let r = parse_response("CreateImportSpec", 200, src.into()).unwrap();
         let spec = parse_import_spec(&r).unwrap();
         assert_eq!(
             spec.errors,

@@ -80,24 +80,30 @@ pub fn mark_entries(image: &str) -> [(&'static str, String); 2] {
     ]
 }
 
+/// Why an import spec cannot carry ido's mark.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    #[error("import spec is not XML: {0}")]
+    Xml(#[from] ido_engine::xml::XmlError),
+    #[error("the import spec ({0}) has no configSpec: only OVFs of one virtual machine can be imported")]
+    NotOneVm(String),
+    #[error("the OVF sets extraConfig {0:?} itself, which ido reserves for its mark")]
+    Reserved(String),
+}
+
 /// `spec_xml` (a spliced `<spec xsi:type="VirtualMachineImportSpec">`, see
 /// [`ImportSpec::spec_xml`](super::lease::ImportSpec::spec_xml)) with ido's mark for `image`
 /// added to its `configSpec.extraConfig`, in WSDL order. Errors when there is no `configSpec`
 /// (a vApp's import spec) or the OVF itself sets one of ido's keys.
-pub fn mark_import_spec(spec_xml: &str, image: &str) -> Result<String, String> {
-    let root = Node::parse(spec_xml).map_err(|e| format!("import spec is not XML: {e}"))?;
-    let cs = root.child("configSpec").ok_or_else(|| {
-        format!(
-            "the import spec ({}) has no configSpec: only OVFs of one virtual machine can be imported",
-            root.type_name().unwrap_or("untyped")
-        )
-    })?;
+pub fn mark_import_spec(spec_xml: &str, image: &str) -> Result<String, MarkError> {
+    let root = Node::parse(spec_xml)?;
+    let cs = root
+        .child("configSpec")
+        .ok_or_else(|| MarkError::NotOneVm(root.type_name().unwrap_or("untyped").to_string()))?;
     let entries = mark_entries(image);
     for (key, _) in option_values(cs.children_named("extraConfig")) {
         if entries.iter().any(|(k, _)| *k == key) {
-            return Err(format!(
-                "the OVF sets extraConfig {key:?} itself, which ido reserves for its mark"
-            ));
+            return Err(MarkError::Reserved(key.to_string()));
         }
     }
     let at = match cs
@@ -290,10 +296,10 @@ mod tests {
     #[test]
     fn vapps_and_reserved_keys_are_refused() {
         let vapp = r#"<spec xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="VirtualAppImportSpec"><name>v</name></spec>"#;
-        let e = mark_import_spec(vapp, "i").unwrap_err();
+        let e = mark_import_spec(vapp, "i").unwrap_err().to_string();
         assert!(e.contains("VirtualAppImportSpec"), "{e}");
         let own = SPEC.replace("<key>a</key>", "<key>ido.managed-by</key>");
-        let e = mark_import_spec(&own, "i").unwrap_err();
+        let e = mark_import_spec(&own, "i").unwrap_err().to_string();
         assert!(e.contains("ido.managed-by"), "{e}");
     }
 }

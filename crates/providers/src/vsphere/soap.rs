@@ -250,12 +250,7 @@ impl Transport {
                 format!("response of {} bytes is too large", bytes.len()),
             ));
         }
-        let src = String::from_utf8(bytes.to_vec());
-        parse_response(
-            method,
-            status,
-            src.map_err(|_| "response is not UTF-8".to_string()),
-        )
+        parse_response(method, status, bytes.to_vec())
     }
 }
 
@@ -266,13 +261,11 @@ pub fn session_cookie(set_cookie: &str) -> Option<&str> {
     (name.trim() == SESSION_COOKIE).then_some(pair)
 }
 
-/// Turns an HTTP answer into the response element or an error.
-pub fn parse_response(
-    method: &'static str,
-    status: u16,
-    src: Result<String, String>,
-) -> Result<Response, SoapError> {
-    let parsed = src.and_then(|s| Node::parse(&s).map(|n| (s, n)).map_err(|e| e.to_string()));
+/// Turns an HTTP answer (its status and body) into the response element or an error.
+pub fn parse_response(method: &'static str, status: u16, body: Vec<u8>) -> Result<Response, SoapError> {
+    let parsed = String::from_utf8(body)
+        .map_err(|_| "response is not UTF-8".to_string())
+        .and_then(|s| Node::parse(&s).map(|n| (s, n)).map_err(|e| e.to_string()));
     let (src, root) = match parsed {
         Ok(p) => p,
         Err(e) if (200..300).contains(&status) => return Err(SoapError::response(method, e)),
@@ -340,7 +333,7 @@ mod tests {
 <soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>Login failure</faultstring><detail><InvalidLoginFault xmlns="urn:vim25" xsi:type="InvalidLogin"></InvalidLoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#;
 
     fn fault_of(src: &str) -> Fault {
-        match parse_response("Login", 500, Ok(src.into())) {
+        match parse_response("Login", 500, src.into()) {
             Err(SoapError::Fault { fault, .. }) => fault,
             other => panic!("{other:?}"),
         }
@@ -369,7 +362,7 @@ mod tests {
     #[test]
     fn fault_kind_from_element_name_or_code() {
         let src = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>session is not authenticated</faultstring><detail><NotAuthenticatedFault xmlns="urn:vim25"><object type="Folder">group-d1</object><privilegeId>System.View</privilegeId></NotAuthenticatedFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#;
-        let err = parse_response("CurrentTime", 500, Ok(src.into())).unwrap_err();
+        let err = parse_response("CurrentTime", 500, src.into()).unwrap_err();
         assert!(err.is_not_authenticated(), "{err:?}");
         let src = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault><faultcode>soapenv:Client</faultcode><faultstring>bad</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#;
         assert_eq!(fault_of(src).kind, "Client");
@@ -386,12 +379,12 @@ mod tests {
     #[test]
     fn responses_and_http_errors() {
         let ok = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><FindByInventoryPathResponse xmlns="urn:vim25"><returnval type="Folder">folder-3</returnval></FindByInventoryPathResponse></soapenv:Body></soapenv:Envelope>"#;
-        let r = parse_response("FindByInventoryPath", 200, Ok(ok.into())).unwrap();
+        let r = parse_response("FindByInventoryPath", 200, ok.into()).unwrap();
         assert_eq!(r.returnval().and_then(Node::moref).unwrap().value, "folder-3");
         assert_eq!(r.raw_inner(r.returnval().unwrap()), "folder-3");
-        let e = parse_response("X", 405, Ok("Method Not Allowed".into())).unwrap_err();
+        let e = parse_response("X", 405, "Method Not Allowed".into()).unwrap_err();
         assert!(matches!(e, SoapError::Http { status: 405, .. }), "{e:?}");
-        let e = parse_response("X", 200, Ok("<html>".into())).unwrap_err();
+        let e = parse_response("X", 200, "<html>".into()).unwrap_err();
         assert!(matches!(e, SoapError::Response { .. }), "{e:?}");
     }
 
