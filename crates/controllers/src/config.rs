@@ -357,6 +357,7 @@ impl Config {
             settings: self.settings()?,
             metrics: crate::metrics::Metrics::default(),
             seen_releases: Default::default(),
+            tasks: Default::default(),
         })
     }
 }

@@ -11,9 +11,10 @@
 //! ```
 //!
 //! Two drivers run the same reconcilers: [`run`] (`ido run`, over the [`file_store`]) and
-//! the kube-runtime controllers of `ido-operator` (`ido operator`).
+//! the kube-runtime controllers of `ido-operator` (`ido operator`). Reconcilers return
+//! quickly: uploads run as [`tasks`] that wake their object when they end.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ido_engine::s3::S3Source;
 use ido_providers::{ProviderError, Providers};
@@ -27,6 +28,7 @@ pub mod nodeimage;
 pub mod release;
 pub mod run;
 pub mod store;
+pub mod tasks;
 
 pub use store::{Store, StoreError};
 
@@ -116,6 +118,8 @@ pub struct Context<S: Store> {
     pub metrics: metrics::Metrics,
     /// Releases found to exist lately (see [`SeenReleases`]).
     pub seen_releases: SeenReleases,
+    /// The long work the reconcilers handed off (uploads), see [`tasks`].
+    pub tasks: Arc<tasks::Tasks>,
 }
 
 /// When each Release was last found to exist, so that the image controller, which checks

@@ -1,9 +1,11 @@
 //! The image controller: each NodeImage exists in every location of its provider.
 //!
-//! Per NodeImage: look up the source in S3, then for every location at once (bounded)
-//! check for a complete template and import one if absent, writing each location's state,
-//! bytes and message to `status.locations` as it goes; `state` and the conditions summarise
-//! them. Deletion removes the template from every location before the finalizer goes.
+//! Per NodeImage: look up the source in S3, then hand a round to a task ([`crate::tasks`]):
+//! for every location at once (bounded) check for a complete template and import one if
+//! absent, writing each location's state, bytes and message to `status.locations` as it
+//! goes; `state` and the conditions summarise them. The reconcile returns at once; the
+//! round wakes the object when it ends. Deletion cancels a running round, then removes the
+//! template from every location before the finalizer goes.
 //! Images no release uses are deleted, or kept `AwaitingDeletion` for the retention period.
 
 use std::{sync::Arc, time::Duration};
@@ -24,6 +26,7 @@ use crate::{
     Action, Context, Error,
     release::mark_unused,
     store::{Event, Store, finalizer_patch, has_finalizer, modify_status, patch_metadata_retry},
+    tasks::{TaskKey, TaskState},
 };
 
 mod cleanup;
@@ -37,7 +40,7 @@ pub use status::{NAME_CLASH, summarize};
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Reconciles one NodeImage.
-pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Action, Error> {
+pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Result<Action, Error> {
     if let Err(invalid) = check_spec(ni) {
         // Nothing was ever made from a name that fails here: on deletion just let go.
         if ni.metadata.deletion_timestamp.is_some() {
@@ -103,6 +106,16 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Act
         }
     }
 
+    // The upload round runs as a task; while it runs, reconciles return at once, and when
+    // it ends it wakes the object, whose next reconcile takes its outcome. (The requeues
+    // while it runs only guard against a wake lost by a driver.)
+    let key = TaskKey::of(&ni);
+    match ctx.tasks.take::<Option<ProviderError>>(&key) {
+        TaskState::Running => return Ok(Action::Requeue(ctx.settings.recheck)),
+        TaskState::Done(Some(e)) => return Err(e.into()),
+        TaskState::Done(None) => return Ok(Action::Requeue(ctx.settings.recheck)),
+        TaskState::Idle => {}
+    }
     let Some(source) = &ctx.source else {
         set_overall(
             ctx,
@@ -146,8 +159,27 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Act
         }
     }
 
+    let (tasks, ctx) = (ctx.tasks.clone(), ctx.clone());
+    let recheck = ctx.settings.recheck;
+    tasks.start(
+        key,
+        move |_| async move { round(&ctx, ni, provider, object).await },
+    );
+    Ok(Action::Requeue(recheck))
+}
+
+/// One round over every location of the provider at once (bounded): each gets the image if
+/// it lacks it. The first error worth retrying at once is the outcome; a name clash needs a
+/// person and the others wait for a change, so those are checked again at the next
+/// recheck.
+async fn round<S: Store>(
+    ctx: &Context<S>,
+    ni: NodeImage,
+    provider: Arc<dyn Provider>,
+    object: ido_engine::s3::S3Object,
+) -> Option<ProviderError> {
     let locations = provider.locations();
-    let latest = Arc::new(Mutex::new(ni.clone()));
+    let latest = Arc::new(Mutex::new(ni));
     let (latest, object) = (&latest, &object);
     let results: Vec<Result<(), ProviderError>> = stream::iter(locations)
         .map(|loc| {
@@ -157,22 +189,13 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Result<Act
         .buffer_unordered(ctx.settings.location_concurrency.max(1))
         .collect()
         .await;
-
-    let mut retry = None;
-    for r in results {
-        match r {
-            // A name clash needs a person: checked again at the next recheck, not retried now.
-            Ok(())
-            | Err(ProviderError::InvalidImage(_))
-            | Err(ProviderError::SourceMissing(_))
-            | Err(ProviderError::NameClash { .. }) => {}
-            Err(e) => retry = retry.or(Some(e)),
-        }
-    }
-    match retry {
-        Some(e) => Err(e.into()),
-        None => Ok(Action::Requeue(ctx.settings.recheck)),
-    }
+    results.into_iter().find_map(|r| match r {
+        Ok(())
+        | Err(ProviderError::InvalidImage(_))
+        | Err(ProviderError::SourceMissing(_))
+        | Err(ProviderError::NameClash { .. }) => None,
+        Err(e) => Some(e),
+    })
 }
 
 /// Checks the names that S3 keys and template names are built from: `spec.name` must be a

@@ -88,6 +88,7 @@ struct Entry {
 /// Runs the reconcilers until settled (`once`) or forever.
 pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Result<Report> {
     let mut changes = ctx.store.subscribe();
+    let mut woken = ctx.tasks.subscribe();
     let mut queue: BTreeMap<Key, Entry> = BTreeMap::new();
     let now = Instant::now();
     let mut keys: Vec<Key> = vec![];
@@ -145,7 +146,8 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             });
         }
 
-        let busy = queue.values().any(|e| e.running);
+        // A task (an upload) still running holds `once` too: its end wakes its object.
+        let busy = queue.values().any(|e| e.running) || ctx.tasks.running() > 0;
         let urgent_pending = queue.values().any(|e| e.urgent && e.due.is_some());
         if opts.once && !busy && !urgent_pending {
             break;
@@ -194,6 +196,16 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                 }
             }
             Ok(key) = changes.recv() => mark_changed(&mut queue, &ctx.store, key),
+            Ok(task) = woken.recv() => {
+                let key = Key { resource: task.resource, namespace: task.namespace, name: task.name };
+                let e = queue.entry(key).or_default();
+                if e.running {
+                    e.dirty = true;
+                } else {
+                    e.due = Some(Instant::now());
+                    e.urgent = true;
+                }
+            }
             _ = tokio::time::sleep_until(sleep_until) => {}
             _ = opts.stop.cancelled() => {
                 tracing::info!(running = jobs.len(), "stopping: the work in flight is stopped and cleaned up");
@@ -204,6 +216,9 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
     // Aborts what still runs and waits until it is dropped, so every guard has handed its
     // clean-up to `ido_engine::cleanup` before this returns.
     jobs.shutdown().await;
+    if !ctx.tasks.shutdown(Duration::from_secs(60)).await {
+        tracing::warn!("some imports did not stop within a minute");
+    }
     let errors: BTreeMap<Key, String> = queue
         .into_iter()
         .filter_map(|(k, e)| e.last_error.map(|m| (k, m)))

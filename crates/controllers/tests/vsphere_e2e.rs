@@ -393,6 +393,7 @@ async fn skipped_and_invalid_releases() {
 
 #[test]
 fn bad_config_values_name_the_key() {
+    ido_testkit::install_crypto_provider();
     let err = |v: Value| Config::from_value(v).unwrap_err().to_string();
     let e = err(json!({"imageRetentionPeriod": "forever"}));
     assert!(e.contains("imageRetentionPeriod") && e.contains("forever"), "{e}");
@@ -598,6 +599,11 @@ async fn a_new_node_image_waits_for_its_release_to_record_itself() {
         ido_controllers::nodeimage::reconcile(&current, &env.ctx)
             .await
             .unwrap();
+        // The uploads run as a task; wait for it as a driver would be woken by it.
+        env.ctx
+            .tasks
+            .ended(&ido_controllers::tasks::TaskKey::of(&current))
+            .await;
     }
     let current = get()
         .await

@@ -140,6 +140,7 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
         settings: Settings::default(),
         metrics: Metrics::default(),
         seen_releases: Default::default(),
+        tasks: Default::default(),
     };
     let ctx = &ctx;
     let results: Vec<anyhow::Result<(bool, String)>> = stream::iter(&names)

@@ -281,6 +281,27 @@ fn fingerprint<K: Object>(obj: &K) -> Option<u64> {
         .map(|v| ido_controllers::trigger_fingerprint(&v))
 }
 
+/// Requests to reconcile the objects of kind `K` whose task (an upload) ended: the task left
+/// its outcome for the next reconcile ([`ido_controllers::tasks`]).
+fn woken_by_tasks<K: Object>(ctx: &Context<KubeStore>) -> Triggers<K> {
+    futures::stream::unfold(ctx.tasks.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(key) if key.is::<K>() => {
+                    let mut obj = ObjectRef::<K>::new(&key.name);
+                    if let Some(ns) = &key.namespace {
+                        obj = obj.within(ns);
+                    }
+                    return Some((Ok(ReconcileRequest::from(obj)), rx));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
 /// Requests for the owners of the objects `api` lists with `wc` (metadata only), as
 /// `Controller::owns` makes them.
 fn owners<K: Object, Child: Object>(api: Api<PartialObjectMeta<Child>>, wc: watcher::Config) -> Triggers<K> {
@@ -328,6 +349,7 @@ where
         .boxed(),
     );
     triggers.extend(owned);
+    triggers.push(woken_by_tasks::<K>(&shared.ctx));
     let observed = queue.clone();
     let requests = StreamBackoff::new(triggers, watcher::DefaultBackoff::default())
         .take_until(shutdown.clone())
@@ -474,6 +496,7 @@ pub async fn run<F>(
         reconcile_release,
         shutdown(),
     );
+    let tasks = ctx.tasks.clone();
     let images = drive(
         ctx,
         "nodeimage",
@@ -485,6 +508,10 @@ pub async fn run<F>(
     );
     tracing::info!("controllers started");
     futures::future::join5(releases, images, syncs, disks, images_compat).await;
+    // Uploads still running are stopped; their guards clean up (waited for by the binary).
+    if !tasks.shutdown(std::time::Duration::from_secs(60)).await {
+        tracing::warn!("some imports did not stop within a minute");
+    }
     tracing::info!("controllers stopped");
 }
 

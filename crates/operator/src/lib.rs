@@ -206,6 +206,7 @@ pub async fn run_until(
         settings,
         metrics,
         seen_releases: Default::default(),
+        tasks: Default::default(),
     });
     let concurrency = controller::Concurrency {
         images: u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1),

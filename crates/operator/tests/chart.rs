@@ -403,6 +403,7 @@ async fn defaults_render_a_minimal_operator() {
 
 #[tokio::test]
 async fn vsphere_and_s3_values_reach_the_operator() {
+    ido_testkit::install_crypto_provider();
     let values = json!({
         "namespace": "giantswarm",
         "imageRetentionPeriod": "720h",
@@ -464,6 +465,7 @@ async fn vsphere_and_s3_values_reach_the_operator() {
 
 #[tokio::test]
 async fn proxmox_and_vcd_values_reach_the_operator() {
+    ido_testkit::install_crypto_provider();
     let values = json!({
         "proxmox": {
             "enabled": true,

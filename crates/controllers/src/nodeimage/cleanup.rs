@@ -87,6 +87,14 @@ pub(super) async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Resul
     if !has_finalizer(ni, nodeimage::FINALIZER) {
         return Ok(Action::AwaitChange);
     }
+    // A round still importing is stopped, not waited for: its uploads are dropped and clean
+    // up after themselves, and whatever they left is removed with the templates below.
+    if ctx.tasks.cancel(&TaskKey::of(ni)).await {
+        tracing::info!(
+            nodeimage = ni.metadata.name.as_deref().unwrap_or_default(),
+            "deleted while importing: the import was stopped"
+        );
+    }
     let Some(provider) = ctx.providers.get(&ni.spec.provider).cloned() else {
         let msg = format!(
             "provider {:?} is not enabled: its templates were not removed",

@@ -10,11 +10,23 @@ use ido_providers::{Providers, SourceFormat, Template};
 use super::*;
 use crate::{Settings, file_store::FileStore, metrics::Metrics};
 
-/// Templates in memory; deletions recorded; `fail_delete` makes deletions fail.
+/// Templates in memory; deletions recorded; `fail_delete` makes deletions fail; with
+/// `hang_uploads` an upload never ends (it counts its starts, and its drops in `dropped`).
 #[derive(Default)]
 struct Mem {
     deleted: StdMutex<Vec<(String, String)>>,
     fail_delete: bool,
+    hang_uploads: bool,
+    started: std::sync::atomic::AtomicUsize,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a drop of the upload holding it.
+struct Abandoned(Arc<std::sync::atomic::AtomicUsize>);
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[async_trait::async_trait]
@@ -35,6 +47,11 @@ impl Provider for Mem {
         Ok(None)
     }
     async fn create(&self, _: &str, _: &str, _: &S3Object, _: &Progress) -> Result<Template, ProviderError> {
+        if self.hang_uploads {
+            let _guard = Abandoned(self.dropped.clone());
+            self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
         Err(ProviderError::Transport("not in this test".into()))
     }
     async fn delete(&self, location: &str, image: &str) -> Result<(), ProviderError> {
@@ -46,19 +63,20 @@ impl Provider for Mem {
     }
 }
 
-fn context(dir: &std::path::Path, provider: Option<Arc<Mem>>) -> Context<FileStore> {
+fn context(dir: &std::path::Path, provider: Option<Arc<Mem>>) -> Arc<Context<FileStore>> {
     let mut providers = Providers::default();
     if let Some(p) = provider {
         providers.insert(p);
     }
-    Context {
+    Arc::new(Context {
         store: FileStore::open(dir).unwrap(),
         providers,
         source: None,
         settings: Settings::default(),
         metrics: Metrics::default(),
         seen_releases: Default::default(),
-    }
+        tasks: Default::default(),
+    })
 }
 
 async fn stored(ctx: &Context<FileStore>, spec_name: &str, provider: &str, releases: &[&str]) -> NodeImage {
@@ -197,5 +215,93 @@ async fn a_failed_deletion_keeps_the_finalizer_and_says_where() {
             .all(|l| l.state == LocationState::Error && l.message.contains("is down")),
         "{:?}",
         st.locations
+    );
+}
+
+/// An S3 endpoint that has every object: it answers every request `200` with a few bytes.
+async fn s3_with_everything() -> ido_engine::s3::S3Source {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\netag: \"e\"\r\n\r\n";
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    ido_testkit::install_crypto_provider();
+    let client = ido_engine::http::client(&Default::default(), "s3.caBundle").unwrap();
+    let loc = ido_engine::s3::S3Location {
+        bucket: "images".into(),
+        region: String::new(),
+        endpoint: Some(endpoint),
+        http: false,
+        credentials: None,
+    };
+    ido_engine::s3::S3Source::new(&loc, client).unwrap()
+}
+
+/// The uploads run as a task, so the reconcile returns while they run; deleting the image
+/// then stops them (dropped, so they clean up after themselves) instead of waiting for them,
+/// and the templates are removed as usual.
+#[tokio::test]
+async fn deletion_stops_a_running_upload_instead_of_waiting_for_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(Mem {
+        hang_uploads: true,
+        ..Mem::default()
+    });
+    let mut ctx = context(dir.path(), Some(mem.clone()));
+    Arc::get_mut(&mut ctx).unwrap().source = Some(s3_with_everything().await);
+    let ni = stored(&ctx, "flatcar-x", "capv", &["vsphere-1.0.0"]).await;
+    let quick = std::time::Duration::from_secs(5);
+    tokio::time::timeout(quick, reconcile(&ni, &ctx))
+        .await
+        .expect("the reconcile returns while the uploads run")
+        .unwrap();
+    let key = TaskKey::of(&ni);
+    assert!(ctx.tasks.occupied(&key));
+    // Both locations' uploads start (and hang).
+    tokio::time::timeout(quick, async {
+        while mem.started.load(SeqCst) < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both uploads started");
+    tokio::time::timeout(quick, reconcile(&get(&ctx).await, &ctx))
+        .await
+        .expect("a reconcile while the uploads run returns at once")
+        .unwrap();
+    assert_eq!(mem.started.load(SeqCst), 2, "no second round while one runs");
+
+    ctx.store.delete(&get(&ctx).await).await.unwrap();
+    tokio::time::timeout(quick, reconcile(&get(&ctx).await, &ctx))
+        .await
+        .expect("the deletion does not wait for the uploads")
+        .unwrap();
+    assert_eq!(mem.dropped.load(SeqCst), 2, "both uploads were stopped");
+    assert!(!ctx.tasks.occupied(&key));
+    assert_eq!(mem.deleted.lock().unwrap().len(), 2, "templates removed");
+    assert!(
+        ctx.store
+            .get::<NodeImage>(Some(&ctx.settings.namespace), "img")
+            .await
+            .unwrap()
+            .is_none()
     );
 }

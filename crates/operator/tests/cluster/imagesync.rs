@@ -123,6 +123,7 @@ async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
         },
         metrics: Metrics::default(),
         seen_releases: Default::default(),
+        tasks: Default::default(),
     };
 
     let is = ctx

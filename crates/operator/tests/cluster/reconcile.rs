@@ -24,14 +24,15 @@ async fn reconcilers_run_through_the_kube_store() {
     let image = IMAGE;
     let provider = Arc::new(MemProvider::default());
     let p = parts(provider.clone(), s3_source().await, Metrics::default(), ns);
-    let ctx = Context {
+    let ctx = Arc::new(Context {
         store: store(&env, env.operator_client().await),
         providers: p.providers,
         source: p.source,
         settings: p.settings,
         metrics: p.metrics,
         seen_releases: Default::default(),
-    };
+        tasks: Default::default(),
+    });
     env.create(&release(&rel_name)).await;
 
     let rel = ctx.store.get::<Release>(None, &rel_name).await.unwrap().unwrap();
@@ -51,6 +52,21 @@ async fn reconcilers_run_through_the_kube_store() {
     assert_eq!(ni["status"]["state"], "Pending");
 
     for round in 0..2 {
+        let ni = ctx
+            .store
+            .get::<NodeImage>(Some(ns), image)
+            .await
+            .unwrap()
+            .unwrap();
+        // The reconcile hands the uploads to a task and returns; the task's end wakes the
+        // object (here: the loop), whose next reconcile takes the outcome.
+        ido_controllers::nodeimage::reconcile(&ni, &ctx).await.unwrap();
+        let key = ido_controllers::tasks::TaskKey::of(&ni);
+        assert!(
+            ctx.tasks.occupied(&key),
+            "round {round}: the uploads run as a task"
+        );
+        ctx.tasks.ended(&key).await;
         let ni = ctx
             .store
             .get::<NodeImage>(Some(ns), image)
