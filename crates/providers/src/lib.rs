@@ -71,9 +71,10 @@ pub enum ProviderError {
     /// The image itself is unusable (state `Error`, no retry until it changes).
     #[error("invalid image: {0}")]
     InvalidImage(String),
-    /// The provider refused or failed an operation.
+    /// The provider refused or failed an operation; the provider's own error (a client
+    /// error such as [`vsphere::soap::SoapError`], or one of its module's failures).
     #[error("{0}")]
-    Api(String),
+    Api(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Network or transport failure; worth retrying.
     #[error("{0}")]
     Transport(String),
@@ -106,6 +107,11 @@ pub const MANAGED_BY_VALUE: &str = "ido";
 pub const MANAGED_TAG: &str = "ido-managed";
 
 impl ProviderError {
+    /// [`ProviderError::Api`] of `e`.
+    pub fn api(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Api(Box::new(e))
+    }
+
     /// Whether this is a [`ProviderError::NameClash`].
     pub fn is_name_clash(&self) -> bool {
         matches!(self, Self::NameClash { .. })
@@ -127,7 +133,7 @@ impl From<ido_engine::Error> for ProviderError {
                 key: field.to_string(),
                 message: e.to_string(),
             },
-            E::Denied { .. } | E::Http { .. } => Self::Api(e.to_string()),
+            E::Denied { .. } | E::Http { .. } => Self::api(e),
             E::Transport { .. } | E::Io(_) => Self::Transport(ido_engine::error_chain(&e)),
         }
     }

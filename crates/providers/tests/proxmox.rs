@@ -777,7 +777,7 @@ async fn a_task_that_runs_too_long_is_stopped_and_cleaned_up() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&e, ProviderError::Api(m) if m.contains("still running")),
+        matches!(&e, ProviderError::Api(m) if m.to_string().contains("still running")),
         "{e:?}"
     );
     w.pve.set_task_delay(Duration::from_millis(30));
@@ -800,7 +800,7 @@ async fn servers_older_than_8_4_are_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&e, ProviderError::Api(m) if m.contains("8.3.2") && m.contains("8.4")),
+        matches!(&e, ProviderError::Api(m) if m.to_string().contains("8.3.2") && m.to_string().contains("8.4")),
         "{e:?}"
     );
     assert_eq!(w.downloads(), 0);

@@ -706,7 +706,10 @@ async fn bad_credentials_and_locations_are_clear_errors() {
         .exists("main", "img")
         .await
         .unwrap_err();
-    assert!(matches!(&e, ProviderError::Api(m) if m.contains("37.0")), "{e:?}");
+    assert!(
+        matches!(&e, ProviderError::Api(m) if m.to_string().contains("37.0")),
+        "{e:?}"
+    );
 }
 
 /// What the child process of [`no_local_files_are_written_during_an_import`] needs.
@@ -787,6 +790,7 @@ fn entries(dir: &Path) -> Vec<String> {
 #[tokio::test]
 #[ignore = "run by no_local_files_are_written_during_an_import in a child process"]
 async fn child_imports_without_local_files() {
+    ido_testkit::install_crypto_provider();
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };

@@ -846,7 +846,7 @@ async fn host_selection_skips_hosts_in_maintenance() {
         .unwrap();
     let (_, src) = w.ova("img-h2", &[("disk-0.vmdk", 100)]).await;
     match p.create("loc1", "img-h2", &src, &Progress::default()).await {
-        Err(ProviderError::Api(m)) => assert!(m.contains("DC0_C0"), "{m}"),
+        Err(ProviderError::Api(m)) => assert!(m.to_string().contains("DC0_C0"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(w.find(&format!("{VM_FOLDER}/img-h2")).await, None);

@@ -228,6 +228,7 @@ async fn failed_pulls_are_errors_and_leave_nothing() {
     let e = p.create("loc1", "img-nodisk", &src, &progress).await.unwrap_err();
     match &e {
         ProviderError::Api(m) => {
+            let m = m.to_string();
             assert!(m.contains("disk-0.vmdk") && m.contains("FileNotFound"), "{m}");
             assert!(m.contains(&src.display_url()), "{m}");
         }
@@ -246,7 +247,7 @@ async fn failed_pulls_are_errors_and_leave_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&e, ProviderError::Api(m) if m.contains("disk-0.vmdk")),
+        matches!(&e, ProviderError::Api(m) if m.to_string().contains("disk-0.vmdk")),
         "{e:?}"
     );
 
@@ -419,6 +420,7 @@ async fn raw_lease(c: &Client, ova: &OvaFixture, name: &str) -> MoRef {
 
 #[tokio::test]
 async fn thumbprints_match_openssl() {
+    ido_testkit::install_crypto_provider();
     // A server certificate of the test CA: compare with the PEM file.
     let w = Vcsim::start(VcsimOptions::default()).await.unwrap();
     let url = Url::parse(w.url()).unwrap();

@@ -196,6 +196,19 @@ fn phase(di: &DiskImport) -> DiskImportPhase {
     di.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
+/// What happened to a golden image's DiskImport.
+#[derive(Debug, thiserror::Error)]
+pub enum KubevirtError {
+    #[error("DiskImport {namespace}/{name} disappeared while importing")]
+    Vanished { namespace: String, name: String },
+    #[error("DiskImport {namespace}/{name} failed: {why}")]
+    Failed {
+        namespace: String,
+        name: String,
+        why: String,
+    },
+}
+
 /// The Ready condition's message of a failed DiskImport.
 fn failure(di: &DiskImport) -> String {
     di.status
@@ -293,18 +306,21 @@ impl Provider for KubevirtProvider {
         let started = Instant::now();
         loop {
             let Some(d) = imports.get(ns, image).await? else {
-                return Err(ProviderError::Api(format!(
-                    "DiskImport {ns}/{image} disappeared while importing"
-                )));
+                return Err(ProviderError::api(KubevirtError::Vanished {
+                    namespace: ns.to_string(),
+                    name: image.to_string(),
+                }));
             };
             match phase(&d) {
                 DiskImportPhase::Succeeded => return Ok(template(&d)),
                 DiskImportPhase::Failed => {
                     let why = failure(&d);
                     imports.delete(ns, image).await?;
-                    return Err(ProviderError::Api(format!(
-                        "DiskImport {ns}/{image} failed: {why}"
-                    )));
+                    return Err(ProviderError::api(KubevirtError::Failed {
+                        namespace: ns.to_string(),
+                        name: image.to_string(),
+                        why,
+                    }));
                 }
                 _ => {}
             }

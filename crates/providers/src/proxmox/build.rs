@@ -254,9 +254,10 @@ async fn create_vm(cx: &Ctx<'_>, image: &str, vmid: &mut Option<u32>) -> Result<
             }
         }
     }
-    Err(ProviderError::Api(format!(
-        "no free VMID on {node} after {VMID_ATTEMPTS} attempts (others keep taking them)"
-    )))
+    Err(ProviderError::api(super::error::ApiError::NoFreeVmid {
+        node: node.to_string(),
+        attempts: VMID_ATTEMPTS,
+    }))
 }
 
 /// Removes what a failed build left, logging (never returning) failures.

@@ -55,6 +55,12 @@ pub enum ApiError {
         /// The last lines of the task log (URL queries removed).
         log: Vec<String>,
     },
+    /// The server's version cannot import qcow2 images by URL.
+    #[error("Proxmox VE {version:?} is too old: importing qcow2 images with download-url needs {}.{} or later", .needed.0, .needed.1)]
+    TooOld { version: String, needed: (u32, u32) },
+    /// Every VMID tried was taken by someone else meanwhile.
+    #[error("no free VMID on {node} after {attempts} attempts (others keep taking them)")]
+    NoFreeVmid { node: String, attempts: usize },
     /// A task did not stop in time (it was asked to stop).
     #[error("task {upid} still running after {timeout:?}")]
     TaskTimeout { upid: String, timeout: Duration },

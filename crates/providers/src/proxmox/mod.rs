@@ -68,7 +68,7 @@ impl From<ApiError> for ProviderError {
                 status: 502..=504 | 595 | 596,
                 ..
             } => ProviderError::Transport(e.to_string()),
-            _ => ProviderError::Api(e.to_string()),
+            _ => ProviderError::api(e),
         }
     }
 }
@@ -151,14 +151,18 @@ impl ProxmoxProvider {
             .version_ok
             .get_or_try_init(|| async {
                 let data: Value = self.api.get(&["version"], &[]).await?;
-                let version = data.get("version").and_then(Value::as_str).unwrap_or_default().to_string();
+                let version = data
+                    .get("version")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
                 let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
                 if found < MIN_VERSION {
-                    return Err(ProviderError::Api(format!(
-                        "Proxmox VE {version:?} is too old: importing qcow2 images with download-url needs {}.{} or later",
-                        MIN_VERSION.0, MIN_VERSION.1
-                    )));
+                    return Err(ProviderError::api(ApiError::TooOld {
+                        version,
+                        needed: MIN_VERSION,
+                    }));
                 }
                 Ok(version)
             })

@@ -46,6 +46,12 @@ pub enum VcdError {
         /// What was wrong with it.
         message: String,
     },
+    /// The template being uploaded went away (someone deleted it).
+    #[error("the template {href} disappeared during the upload")]
+    Vanished { href: String },
+    /// VCD marked the upload failed.
+    #[error("VCD failed the upload of {name:?} while waiting for {what}: {why}")]
+    UploadFailed { name: String, what: String, why: String },
     /// A task ended in `error` or `aborted`.
     #[error("VCD task {operation} on {owner:?} ended {status}: {message}")]
     Task {
@@ -169,7 +175,7 @@ impl From<VcdError> for ProviderError {
             },
             VcdError::Api { status, .. } if *status >= 500 => ProviderError::Transport(e.to_string()),
             VcdError::Transport { .. } | VcdError::Timeout { .. } => ProviderError::Transport(e.to_string()),
-            _ => ProviderError::Api(e.to_string()),
+            _ => ProviderError::api(e),
         }
     }
 }

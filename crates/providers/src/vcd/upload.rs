@@ -245,13 +245,16 @@ async fn poll(
     let mut pause = POLL_MIN;
     loop {
         let t = api::get_template(client, href).await?.ok_or_else(|| {
-            ProviderError::Api(format!("the template {href} disappeared during the upload"))
+            ProviderError::api(VcdError::Vanished {
+                href: href.to_string(),
+            })
         })?;
         if let Some(why) = t.failure() {
-            return Err(ProviderError::Api(format!(
-                "VCD failed the upload of {:?} while waiting for {what}: {why}",
-                t.name
-            )));
+            return Err(ProviderError::api(VcdError::UploadFailed {
+                name: t.name.clone(),
+                what: what.to_string(),
+                why: why.to_string(),
+            }));
         }
         if ready(&t) {
             return Ok(t);

@@ -33,6 +33,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
 use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
 
+use super::VsphereError;
 use super::{
     client::Client,
     lease::{DeviceUrl, FileItem, ImportParams, ImportSpec},
@@ -170,13 +171,13 @@ pub(super) async fn lease_ready<'a>(
     pending: &mut Pending,
 ) -> Result<(MoRef, Vec<(&'a FileItem, DeviceUrl)>)> {
     let info = client.lease_wait_ready(lease).await.map_err(|e| match e {
-        SoapError::Fault { fault, .. } => ProviderError::Api(format!("vSphere import lease failed: {fault}")),
+        SoapError::Fault { fault, .. } => ProviderError::api(VsphereError::LeaseFailed(fault.to_string())),
         e => e.into(),
     })?;
     let vm = info
         .entity
         .clone()
-        .ok_or_else(|| ProviderError::Api("vSphere import lease names no VM".into()))?;
+        .ok_or_else(|| ProviderError::api(VsphereError::LeaseWithoutVm))?;
     pending.vm = Some(vm.clone());
     let mut pairs = Vec::with_capacity(spec.file_items.len());
     for item in &spec.file_items {
@@ -185,10 +186,10 @@ pub(super) async fn lease_ready<'a>(
             .iter()
             .find(|d| d.import_key == item.device_id)
             .ok_or_else(|| {
-                ProviderError::Api(format!(
-                    "vSphere lease has no device for {} ({})",
-                    item.path, item.device_id
-                ))
+                ProviderError::api(VsphereError::NoDevice {
+                    path: item.path.clone(),
+                    device: item.device_id.clone(),
+                })
             })?;
         pairs.push((item, du.clone()));
     }
@@ -270,10 +271,10 @@ async fn upload_and_finish(
             })?;
         let status = resp.status();
         if !matches!(status.as_u16(), 200 | 201) {
-            return Err(ProviderError::Api(format!(
-                "upload of {}: HTTP {status}",
-                member.path
-            )));
+            return Err(ProviderError::api(VsphereError::Upload {
+                path: member.path.clone(),
+                status: status.as_u16(),
+            }));
         }
     }
     if let Some(path) = todo.keys().next() {

@@ -100,9 +100,9 @@ pub async fn resolve(client: &Client, name: &str, loc: &VsphereLocation) -> Resu
             find(client, &key("host"), h, &[path], &["HostSystem"]).await?
         }
         None => first_usable_host(client, &cluster).await?.ok_or_else(|| {
-            ProviderError::Api(format!(
-                "no usable host in cluster {cluster_path} (connected, not in maintenance mode, powered on)"
-            ))
+            ProviderError::api(super::VsphereError::NoUsableHost {
+                cluster: cluster_path.to_string(),
+            })
         })?,
     };
     Ok(Target {

@@ -251,6 +251,23 @@ impl VsphereConfig {
 
 use ido_engine::redact::userinfo as redact_userinfo;
 
+/// What vSphere did that an import cannot go on from (besides the SOAP errors).
+#[derive(Debug, thiserror::Error)]
+pub enum VsphereError {
+    #[error("no usable host in cluster {cluster} (connected, not in maintenance mode, powered on)")]
+    NoUsableHost { cluster: String },
+    #[error("vSphere import lease failed: {0}")]
+    LeaseFailed(String),
+    #[error("vSphere import lease names no VM")]
+    LeaseWithoutVm,
+    #[error("vSphere lease has no device for {path} ({device})")]
+    NoDevice { path: String, device: String },
+    #[error("upload of {path}: HTTP {status}")]
+    Upload { path: String, status: u16 },
+    #[error("vSphere could not pull {url}: {fault}")]
+    PullFailed { url: String, fault: String },
+}
+
 impl From<SoapError> for ProviderError {
     fn from(e: SoapError) -> Self {
         match &e {
@@ -262,7 +279,7 @@ impl From<SoapError> for ProviderError {
                 status: 502..=504, ..
             }
             | SoapError::Transport { .. } => ProviderError::Transport(e.to_string()),
-            _ => ProviderError::Api(e.to_string()),
+            _ => ProviderError::api(e),
         }
     }
 }

@@ -28,6 +28,7 @@ use ido_engine::{ova::OvaReader, s3::S3Object};
 use sha1::{Digest, Sha1};
 use url::Url;
 
+use super::VsphereError;
 use super::{
     client::Client,
     import::{self, Target},
@@ -156,11 +157,10 @@ async fn pull(
         match waited {
             Err(e) if e.is_fault("NotSupported") => return Err(PullError::Unsupported(e)),
             Err(SoapError::Fault { fault, .. }) => {
-                return Err(PullError::Failed(ProviderError::Api(format!(
-                    "vSphere could not pull {}: {}",
-                    source.display_url(),
-                    redact(&fault.to_string(), &url)
-                ))));
+                return Err(PullError::Failed(ProviderError::api(VsphereError::PullFailed {
+                    url: source.display_url(),
+                    fault: redact(&fault.to_string(), &url),
+                })));
             }
             r => r?,
         }
