@@ -6,6 +6,7 @@
 //! - [`ovf`]: the OVF descriptor an OVA carries: its files, its disks, the hardware version.
 //! - [`cleanup`]: clean-up of abandoned work, tracked so a stopping process waits for it.
 //! - [`redact`]: credentials hidden in URLs and in text holding URLs, for every message.
+//! - [`retry`]: the one retry policy: transient failures, doubling backoff, `Retry-After`.
 //! - [`xml`]: a small namespace-aware element tree for the XML APIs and documents ido reads.
 
 pub mod cleanup;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod ova;
 pub mod ovf;
 pub mod redact;
+pub mod retry;
 pub mod s3;
 pub mod xml;
 

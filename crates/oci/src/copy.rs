@@ -582,8 +582,3 @@ async fn push_manifest(dst: &Registry, r: &Reference, bytes: Bytes, media_type: 
     with_retries(&what, || dst.push_manifest_raw(r, bytes.clone(), &ct)).await?;
     Ok(())
 }
-
-/// An error with its sources, lower-case (for classification and messages).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    ido_engine::error_chain(e).to_ascii_lowercase()
-}

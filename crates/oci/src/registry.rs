@@ -10,21 +10,17 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use ido_engine::retry::retry_after;
 use oci_client::{
     Client, Reference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::OciDistributionError,
     secrets::RegistryAuth,
 };
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK, WWW_AUTHENTICATE};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::{
-    Error, Result,
-    auth::AuthStore,
-    media::ACCEPTED,
-    retry::{Attempt, parse_retry_after},
-};
+use crate::{Error, Result, auth::AuthStore, media::ACCEPTED, retry::Attempt};
 
 /// TLS settings of a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,7 +192,7 @@ impl Registry {
             req = req.basic_auth(user, Some(password));
         }
         let realm = ido_engine::redact::url_str(&b.realm);
-        let failed = |e: reqwest::Error| format!("token server {realm}: {}", crate::copy::error_chain(&e));
+        let failed = |e: reqwest::Error| format!("token server {realm}: {}", ido_engine::error_chain(&e));
         let res = req.send().await.map_err(failed)?;
         let status = res.status();
         let body = res.bytes().await.map_err(failed)?;
@@ -490,14 +486,6 @@ impl Registry {
     }
 }
 
-/// The wait a `Retry-After` header asks for, if any.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after)
-}
-
 /// A request the registry answered with `status`: the start of its body as the message,
 /// and when to try again if it said.
 fn refused(
@@ -561,7 +549,7 @@ impl Params {
         Client::try_from(config).map_err(|e| Error::Invalid {
             field: "registry client",
             value: self.host.clone(),
-            reason: crate::copy::error_chain(&e),
+            reason: ido_engine::error_chain(&e),
         })
     }
 }
@@ -651,9 +639,10 @@ async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
         }
         Err(e) => e,
     };
-    let refused = |e: &reqwest::Error| crate::copy::error_chain(e).contains("connection refused");
+    let lower = |e: &reqwest::Error| ido_engine::error_chain(e).to_ascii_lowercase();
+    let refused = |e: &reqwest::Error| lower(e).contains("connection refused");
     if verify {
-        let chain = crate::copy::error_chain(&tls);
+        let chain = lower(&tls);
         let unreachable = if refused(&tls) {
             Some(format!(
                 "cannot connect: connection refused (nothing listens on {host})"

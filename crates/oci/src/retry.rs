@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use ido_engine::retry::RetryPolicy;
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 
 /// How often a transient failure is retried.
@@ -92,47 +93,36 @@ pub(crate) fn hint(e: &OciDistributionError) -> &'static str {
     }
 }
 
-/// Whether another attempt may succeed.
+/// Whether another attempt may succeed ([`ido_engine::retry`]'s classification; a digest
+/// mismatch is not transient here, it is retried once by the blob copy).
 pub(crate) fn transient(e: &OciDistributionError) -> bool {
     if let Some(code) = status(e) {
-        return code >= 500 || code == 429 || code == 408;
+        return ido_engine::retry::transient_status(code);
     }
     match e {
-        OciDistributionError::RequestError(r) => {
-            // A certificate that does not verify will not verify on a retry either.
-            !crate::copy::error_chain(r).contains("certificate")
-                && (r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() || r.is_decode())
-        }
+        OciDistributionError::RequestError(r) => ido_engine::retry::transient_request(r),
         OciDistributionError::IoError(io) => digest_mismatch(io).is_none(),
         _ => false,
     }
 }
 
+/// The engine's policy with this module's numbers: 0.5 s doubling, and a `Retry-After` up
+/// to [`MAX_RETRY_AFTER`].
+const POLICY: RetryPolicy = RetryPolicy {
+    attempts: RETRIES,
+    initial_backoff: Duration::from_millis(500),
+    max_backoff: MAX_RETRY_AFTER,
+};
+
 /// How long to wait before attempt `attempt + 1` (`attempt` ≥ 1): what the registry asked
 /// for (up to [`MAX_RETRY_AFTER`]), else 0.5 s doubling, and at least 1 s after a 429.
 pub(crate) fn wait(attempt: u32, failed: &Attempt) -> Duration {
-    if let Some(asked) = failed.retry_after {
-        return asked.min(MAX_RETRY_AFTER);
-    }
-    let base = Duration::from_millis(250 << attempt.clamp(1, 6));
-    if status(&failed.error) == Some(429) {
-        base.max(MIN_WAIT_AFTER_429)
+    let pause = POLICY.wait(attempt, failed.retry_after);
+    if failed.retry_after.is_none() && status(&failed.error) == Some(429) {
+        pause.max(MIN_WAIT_AFTER_429)
     } else {
-        base
+        pause
     }
-}
-
-/// A `Retry-After` value: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(v)
-        .ok()?;
-    let ms = at.as_millisecond() - jiff::Timestamp::now().as_millisecond();
-    Some(Duration::from_millis(ms.max(0) as u64))
 }
 
 /// The digest mismatch an I/O error of a verified blob stream carries, if it is one.
@@ -200,24 +190,5 @@ mod tests {
             retry_after: Some(Duration::from_secs(3600)),
         };
         assert_eq!(wait(1, &greedy), MAX_RETRY_AFTER);
-    }
-
-    #[test]
-    fn retry_after_values() {
-        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(30);
-        let text = jiff::fmt::rfc2822::DateTimePrinter::new()
-            .timestamp_to_rfc9110_string(&soon)
-            .unwrap();
-        let d = parse_retry_after(&text).unwrap();
-        assert!(
-            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
-            "{text} {d:?}"
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -27,6 +27,7 @@ const ECR: &str = "GetAuthorizationToken";
 
 /// An `IrsaConfig` from the stand-in's pod environment with the token in `dir/name`.
 fn config(aws: &AwsStandIn, dir: &Path, name: &str, token: &str) -> IrsaConfig {
+    ido_testkit::install_crypto_provider();
     let file = dir.join(name);
     std::fs::write(&file, format!("{token}\n")).unwrap();
     let env: HashMap<String, String> = aws.env(&file, "eu-central-1").into_iter().collect();

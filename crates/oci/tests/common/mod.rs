@@ -64,6 +64,7 @@ pub async fn side(reg: &DockerRegistry) -> Registry {
 
 /// An anonymous `Registry` for `host`, TLS verification off (plain HTTP allowed).
 pub async fn plain(host: &str) -> Registry {
+    ido_testkit::install_crypto_provider();
     let tls = TlsSettings {
         verify: false,
         ca_bundle: None,
