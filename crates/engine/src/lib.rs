@@ -4,6 +4,7 @@
 //! - [`s3`]: S3 and S3-compatible object stores as an image source (anonymous or signed).
 //! - [`ova`]: reading an OVA (a tar) member by member from a byte stream, never to disk.
 //! - [`ovf`]: the OVF descriptor an OVA carries: its files, its disks, the hardware version.
+//! - [`progress`]: the byte counter every transfer reports through.
 //! - [`cleanup`]: clean-up of abandoned work, tracked so a stopping process waits for it.
 //! - [`redact`]: credentials hidden in URLs and in text holding URLs, for every message.
 //! - [`retry`]: the one retry policy: transient failures, doubling backoff, `Retry-After`.
@@ -13,6 +14,7 @@ pub mod cleanup;
 pub mod http;
 pub mod ova;
 pub mod ovf;
+pub mod progress;
 pub mod redact;
 pub mod retry;
 pub mod s3;

@@ -488,7 +488,7 @@ async fn show_progress<T>(
         tokio::select! {
             out = &mut work => break out,
             _ = tick.tick(), if shown != Shown::None => {
-                let (done, total) = (progress.done(), progress.total());
+                let (done, total) = (progress.get(), progress.total());
                 match &bar {
                     Some(bar) => {
                         bar.set_length(total);

@@ -157,9 +157,7 @@ async fn transfer(
     let sent = Arc::new(AtomicU64::new(0));
     let r = transfer_once(src, src_ref, dst, dst_ref, d, monolithic, progress, &sent).await;
     if r.is_err() {
-        progress
-            .done
-            .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        progress.take_back(sent.load(Ordering::Relaxed));
     }
     r
 }
@@ -184,11 +182,11 @@ async fn transfer_once(
     let source_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
     let body = {
         let (sent, source_error) = (sent.clone(), source_error.clone());
-        let live = progress.done.clone();
+        let live = progress.clone();
         coalesce(s.stream).map(move |item| match item {
             Ok(b) => {
                 sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-                live.fetch_add(b.len() as u64, Ordering::Relaxed);
+                live.add(b.len() as u64);
                 Ok(b)
             }
             Err(e) => {

@@ -57,30 +57,10 @@ pub struct CopyReport {
     pub bytes: u64,
 }
 
-/// A copy's progress, readable while it runs (for a progress bar): the bytes of the blobs
-/// to copy, and how many of them are done (streamed, or found present or mounted). A
-/// retried transfer takes its bytes back, so `done` never passes `total`.
-#[derive(Debug, Default)]
-pub struct Progress {
-    total: AtomicU64,
-    pub(crate) done: Arc<AtomicU64>,
-}
-
-impl Progress {
-    /// Bytes of every blob of the selected images (0 until the manifests are read).
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Bytes done so far.
-    pub fn done(&self) -> u64 {
-        self.done.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn add(&self, n: u64) {
-        self.done.fetch_add(n, Ordering::Relaxed);
-    }
-}
+/// A copy's progress, readable while it runs (for a progress bar): the total is the bytes
+/// of the blobs to copy, `get` how many of them are done (streamed, or found present or
+/// mounted). A retried transfer takes its bytes back, so it never passes the total.
+pub use ido_engine::progress::Progress;
 
 /// Copies `src_ref` on `src` to `dst_ref` on `dst`.
 ///
@@ -181,9 +161,7 @@ async fn copy_inner(
     }
     let mut blobs: Vec<Descriptor> = blobs.into_values().collect();
     blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
-    progress
-        .total
-        .store(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
+    progress.add_total(blobs.iter().map(|b| b.size).sum());
     let bytes = Arc::new(AtomicU64::new(0));
     let outcomes: Vec<BlobOutcome> = stream::iter(blobs)
         .map(|d| copy_blob(src, src_ref, dst, dst_ref, d, bytes.clone(), progress))

@@ -122,7 +122,7 @@ async fn multi_arch_index_all_and_by_platform() {
     // Every blob streamed: the progress total is their bytes, and all of it is done.
     assert!(progress.total() > 4 * 100_000, "total {}", progress.total());
     assert_eq!(progress.total(), rep.bytes);
-    assert_eq!(progress.done(), progress.total());
+    assert_eq!(progress.get(), progress.total());
     let (_, src) = skopeo_raw(&a, "multi:v2", dir.path()).await.unwrap();
     let (_, dst) = skopeo_raw(&b, "multi:v2", dir.path()).await.unwrap();
     assert_eq!(src, dst);

@@ -7,10 +7,7 @@
 //! ([`kubevirt`]: DiskImports) gets them through a trait the driver binds
 //! ([`Providers::bind_disk_imports`]).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use ido_engine::s3::S3Object;
@@ -38,17 +35,7 @@ impl SourceFormat {
 }
 
 /// Counts bytes sent to a provider during one upload; cheap to clone and read while it runs.
-#[derive(Clone, Debug, Default)]
-pub struct Progress(Arc<AtomicU64>);
-
-impl Progress {
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub use ido_engine::progress::Progress;
 
 /// A template that exists in a location.
 #[derive(Clone, Debug, PartialEq, Eq)]
