@@ -197,14 +197,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             }
             Ok(key) = changes.recv() => mark_changed(&mut queue, &ctx.store, key),
             Ok(task) = woken.recv() => {
-                let key = Key { resource: task.resource, namespace: task.namespace, name: task.name };
-                let e = queue.entry(key).or_default();
-                if e.running {
-                    e.dirty = true;
-                } else {
-                    e.due = Some(Instant::now());
-                    e.urgent = true;
-                }
+                wake(&mut queue, Key { resource: task.resource, namespace: task.namespace, name: task.name });
             }
             _ = tokio::time::sleep_until(sleep_until) => {}
             _ = opts.stop.cancelled() => {
@@ -344,6 +337,17 @@ fn owner_key(store: &FileStore, key: &Key) -> Option<Key> {
     ))
 }
 
+/// Reconciles `key` now (or again right after its running reconcile).
+fn wake(queue: &mut BTreeMap<Key, Entry>, key: Key) {
+    let e = queue.entry(key).or_default();
+    if e.running {
+        e.dirty = true;
+    } else {
+        e.due = Some(Instant::now());
+        e.urgent = true;
+    }
+}
+
 /// An object changed: reconcile it now (or again once its running reconcile ends), unless
 /// the change is only a controller's own status write.
 fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
@@ -352,13 +356,7 @@ fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
         None => match owner_key(store, &key) {
             Some(owner) => {
                 // The owner's own fingerprint did not change: force the reconcile.
-                let e = queue.entry(owner).or_default();
-                if e.running {
-                    e.dirty = true;
-                } else {
-                    e.due = Some(Instant::now());
-                    e.urgent = true;
-                }
+                wake(queue, owner);
                 return;
             }
             None => return,
