@@ -26,6 +26,10 @@
 //!     size: 10Gi                         # absent: the image's virtual size + fs overhead
 //! ```
 //!
+//! With `contentType: archive` the source is a tar (maybe compressed) that the importer
+//! unpacks into the root of a Filesystem claim (`ido import --content-type archive SOURCE
+//! /data`), refusing members that would land outside it.
+//!
 //! Phases follow CDI's: `Pending` → `ImportScheduled` → `ImportInProgress` → `Succeeded` |
 //! `Failed`. The spec is immutable once created (a CEL rule; delete and create again to
 //! retry a failed import).
@@ -89,10 +93,19 @@ pub mod reasons {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: delete the DiskImport and create it again"))]
+#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || (!has(self.source.blank) && !has(self.source.registry))").message("contentType archive is not allowed with blank or registry sources"))]
+#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || !has(self.storage) || !has(self.storage.volumeMode) || self.storage.volumeMode != 'Block'").message("contentType archive unpacks into a filesystem: storage.volumeMode Block is not allowed"))]
 #[serde(rename_all = "camelCase")]
 pub struct DiskImportSpec {
     /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`.
     pub source: DiskImportSource,
+    /// What the source holds (CDI's `contentType`): `kubevirt` (the default), a VM disk
+    /// image converted to raw; `archive`, a tar (plain, gz, xz, zst or bz2) unpacked into the
+    /// root of a Filesystem claim. `archive` is not allowed with `blank` or `registry`
+    /// sources nor with `storage.volumeMode: Block`, and needs `storage.size` (the claim's
+    /// size as it is: no probe, no filesystem overhead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<ContentType>,
     /// The claim to create.
     #[serde(default)]
     pub storage: StorageSpec,
@@ -168,6 +181,35 @@ pub struct RegistrySource {
 /// An empty disk: the claim only (KubeVirt creates `disk.img` on a Filesystem claim).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BlankSource {}
+
+/// What a DiskImport's source holds: `kubevirt`, a VM disk image (qcow2, raw, ISO, vmdk, …)
+/// converted to raw (`disk.img` on a Filesystem claim, or the Block device); `archive`, a tar
+/// unpacked into the root of a Filesystem claim (members checked: nothing outside the claim,
+/// no device nodes).
+// No doc comments on the variants: the field's description stays the CRD's (as VolumeMode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentType {
+    #[default]
+    Kubevirt,
+    Archive,
+}
+
+impl ContentType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kubevirt => "kubevirt",
+            Self::Archive => "archive",
+        }
+    }
+}
+
+impl DiskImportSpec {
+    /// The content type, `kubevirt` when absent.
+    pub fn content_type(&self) -> ContentType {
+        self.content_type.unwrap_or_default()
+    }
+}
 
 /// Filesystem (a `disk.img` file on the volume) or Block (the volume is the disk).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -332,6 +374,15 @@ spec:
         let back = serde_json::to_value(&di.spec).unwrap();
         assert_eq!(back["storage"]["size"], "10Gi");
         assert_eq!(back["source"]["http"]["extraHeaders"][0], "X-A: b");
+        assert_eq!(di.spec.content_type(), ContentType::Kubevirt);
+        assert!(back.get("contentType").is_none(), "absent stays absent");
+        let archive: DiskImport =
+            yaml::from_str(&y.replace("preallocation: true", "contentType: archive")).unwrap();
+        assert_eq!(archive.spec.content_type(), ContentType::Archive);
+        assert_eq!(
+            serde_json::to_value(&archive.spec).unwrap()["contentType"],
+            "archive"
+        );
         let two = DiskImportSource {
             blank: Some(BlankSource {}),
             s3: Some(S3Source::default()),
@@ -364,6 +415,11 @@ spec:
             "volumeMode",
             "self == oldSelf",
             "exactly one of http, s3, registry, blank",
+            "contentType archive is not allowed with blank or registry sources",
+            "root of a Filesystem claim. `archive` is not allowed",
+            "storage.volumeMode Block is not allowed",
+            "- kubevirt",
+            "- archive",
         ] {
             assert!(y.contains(s), "{s} missing from the CRD");
         }

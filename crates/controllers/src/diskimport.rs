@@ -2,9 +2,12 @@
 //! from what they report.
 //!
 //! ```text
-//!  spec ──validate──▶ size: storage.size, or the image's virtual size (probe: first 64 KiB)
-//!    ──▶ PersistentVolumeClaim <name>         (owned; Filesystem: size + overhead)
-//!    ──▶ Job importer-<name>: ido import …     (owned; blank: no Job)
+//!  spec ──validate──▶ size: storage.size, or the image's virtual size (probe: first 64 KiB;
+//!                     never for an archive, whose size is required)
+//!    ──▶ PersistentVolumeClaim <name>         (owned; Filesystem: size + overhead;
+//!                                              archive: Filesystem, the size as it is)
+//!    ──▶ Job importer-<name>: ido import …     (owned; blank: no Job; archive:
+//!                                              `--content-type archive SOURCE /data`)
 //!    Job/pod status ──▶ phase, restartCount, conditions Ready/Running/Bound, events
 //!    Succeeded ──▶ the Job is deleted, the claim stays (it is the product)
 //! ```
@@ -33,9 +36,9 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use ido_api::{
-    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, SourceKind,
+    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, SourceKind, VolumeMode,
     condition::set_condition,
-    diskimport::{conditions, quantity, reasons},
+    diskimport::{ContentType, conditions, quantity, reasons},
 };
 use ido_providers::{ProviderError, kubevirt::DiskImports};
 use jiff::Timestamp;
@@ -45,8 +48,8 @@ use k8s_openapi::api::{
 };
 
 pub use job::{
-    CA_DIR, CONTAINER, CREDENTIALS_DIR, DEVICE, DISK_FILE, DISK_IMPORT_LABEL, PERMANENT_EXIT_CODE, claim,
-    claim_request, importer_job, job_name, labels, owned_by,
+    CA_DIR, CONTAINER, CREDENTIALS_DIR, DATA_DIR, DEVICE, DISK_FILE, DISK_IMPORT_LABEL, PERMANENT_EXIT_CODE,
+    claim, claim_request, importer_job, job_name, labels, owned_by,
 };
 
 use crate::{
@@ -180,6 +183,27 @@ fn validate(di: &DiskImport) -> Result<(), String> {
             }
         }
     }
+    if di.spec.content_type() == ContentType::Archive {
+        // The CEL rules say so too; `ido run` has no API server to check them.
+        match di.spec.source.kind()? {
+            SourceKind::Blank | SourceKind::Registry(_) => {
+                return Err("spec.contentType: archive is not allowed with blank or registry sources".into());
+            }
+            SourceKind::Http(_) | SourceKind::S3(_) => {}
+        }
+        if di.spec.storage.volume_mode == Some(VolumeMode::Block) {
+            return Err(
+                "spec.storage.volumeMode: an archive is unpacked into a filesystem; Block is not allowed"
+                    .into(),
+            );
+        }
+        if di.spec.storage.size.is_none() {
+            return Err(
+                "spec.storage.size: required for an archive (its unpacked size is known only once unpacked)"
+                    .into(),
+            );
+        }
+    }
     if let Some(s) = &di.spec.storage.size
         && quantity::parse(s).is_none_or(|b| b == 0)
     {
@@ -294,7 +318,12 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
     {
         Some(p) => p,
         None => {
-            let request = claim_request(size, mode, settings.filesystem_overhead);
+            // An archive's size is the file system's: the claim asks for it as it is.
+            let overhead = match di.spec.content_type() {
+                ContentType::Kubevirt => settings.filesystem_overhead,
+                ContentType::Archive => 0.0,
+            };
+            let request = claim_request(size, mode, overhead);
             let c = ctx
                 .store
                 .create(&claim(di, request))
@@ -648,7 +677,7 @@ pub struct StoreDiskImports<S: Store>(pub S);
 fn provider_err(e: StoreError) -> ProviderError {
     match e {
         StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::Invalid(_) => {
-            ProviderError::Api(e.to_string())
+            ProviderError::api(e)
         }
         StoreError::Conflict { .. }
         | StoreError::Api { .. }

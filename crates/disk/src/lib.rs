@@ -34,8 +34,11 @@
 //! VHD/VHDX/VDI) are refused before anything is written. On any failure, including
 //! a checksum mismatch, a target file created by the import is removed.
 //!
-//! Entry point: [`import()`] with [`ImportOptions`].
+//! Entry point: [`import()`] with [`ImportOptions`]. An archive (`contentType: archive`:
+//! a tar, maybe compressed) is unpacked into a directory by [`unpack()`] with
+//! [`ArchiveOptions`], on the same sources and decoders.
 
+pub mod archive;
 pub mod checksum;
 pub mod decompress;
 pub mod detect;
@@ -55,6 +58,7 @@ mod vhd;
 mod vhdx;
 mod vmdk;
 
+pub use archive::{ArchiveOptions, SpecialFiles, UnpackReport, unpack};
 pub use checksum::{Algorithm, Checksum};
 pub use detect::{Compression, DiskFormat};
 pub use import::{ImportOptions, ImportReport, import};
@@ -154,6 +158,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An archive member that is not unpacked (`contentType: archive`, [`archive`]): its
+    /// path or link leaves the target directory or passes through a symbolic link, it is a
+    /// device, its name is taken in the target, ….
+    #[error("refusing archive {archive}: member {member:?}: {reason}")]
+    ArchiveMember {
+        /// The archive (the source, shown without credentials or URL query).
+        archive: String,
+        /// The member's path as stored.
+        member: String,
+        /// Why.
+        reason: String,
+    },
     /// The image does not fit the target.
     #[error("image needs {needed} bytes but the target holds {capacity}")]
     TooLarge {
@@ -199,7 +215,7 @@ impl Error {
             Error::SourceChanged { .. } => "source_changed",
             Error::Unsupported { .. } => "unsupported",
             Error::InvalidImage { .. } => "invalid_image",
-            Error::Refused { .. } => "refused",
+            Error::Refused { .. } | Error::ArchiveMember { .. } => "refused",
             Error::TooLarge { .. } => "too_large",
             Error::ChecksumMismatch { .. } => "checksum_mismatch",
             Error::Stopped => "stopped",

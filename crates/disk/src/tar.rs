@@ -9,8 +9,10 @@
 //! error. Only that one disk is imported (others are reported in the log). Without a
 //! usable reference, the first member that is not `.ovf`, `.mf` or `.cert` is the disk.
 //!
-//! ustar, pre-POSIX, GNU (long names, base-256 sizes for members over 8 GiB) and pax
-//! (`path`, `size`) headers are understood. Nothing is ever extracted to the file system.
+//! ustar, pre-POSIX, GNU (long names and link names, base-256 sizes for members over
+//! 8 GiB) and pax (`path`, `linkpath`, `size`, `mtime`) headers are understood. Nothing is
+//! extracted to the file system here: [`TarEntries`] walks every member (type, mode, link
+//! target, data) for [`crate::archive`], which unpacks them.
 //!
 //! **Sparse members** are expanded as they stream: GNU and old GNU (`S` members, their map
 //! in the header and the extended sparse headers after it: what `tar -S` writes, as in a
@@ -58,6 +60,12 @@ struct Member {
     /// Bytes stored in the archive (a sparse member's data, condensed).
     size: u64,
     sparse: Option<Sparse>,
+    /// Permission bits of the header (`mode`).
+    mode: u32,
+    /// Modification time in seconds since the epoch (pax `mtime`, else the header's).
+    mtime: Option<i64>,
+    /// A link's target (GNU long link name, pax `linkpath`, else the header's).
+    link: String,
 }
 
 impl<R: Read> TarDisk<R> {
@@ -355,6 +363,165 @@ impl<R: Read> TarDisk<R> {
             }
             skip(&mut self.inner, padded(m.size))?;
         }
+    }
+}
+
+/// What a tar member is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file (`0`, NUL, `7` contiguous, GNU sparse `S`).
+    File,
+    /// A directory (`5`; GNU's dumpdir `D`; a pre-POSIX regular member whose name ends in `/`).
+    Directory,
+    /// A symbolic link (`2`); [`Entry::link`] is its target.
+    Symlink,
+    /// A hard link to an earlier member (`1`); [`Entry::link`] names it.
+    HardLink,
+    /// A character device (`3`).
+    CharDevice,
+    /// A block device (`4`).
+    BlockDevice,
+    /// A FIFO (`6`).
+    Fifo,
+    /// Anything else (a GNU volume label `V`, a multi-volume continuation `M`, …): the type
+    /// byte.
+    Other(u8),
+}
+
+impl EntryKind {
+    fn of(kind: u8, name: &str) -> Self {
+        match kind {
+            b'5' | b'D' => EntryKind::Directory,
+            // Pre-POSIX tars mark directories by a trailing slash only.
+            k if is_regular(k) && name.ends_with('/') => EntryKind::Directory,
+            k if is_regular(k) => EntryKind::File,
+            b'1' => EntryKind::HardLink,
+            b'2' => EntryKind::Symlink,
+            b'3' => EntryKind::CharDevice,
+            b'4' => EntryKind::BlockDevice,
+            b'6' => EntryKind::Fifo,
+            k => EntryKind::Other(k),
+        }
+    }
+
+    /// In words, for messages.
+    pub fn describe(self) -> String {
+        match self {
+            EntryKind::File => "a regular file".into(),
+            EntryKind::Directory => "a directory".into(),
+            EntryKind::Symlink => "a symbolic link".into(),
+            EntryKind::HardLink => "a hard link".into(),
+            EntryKind::CharDevice => "a character device".into(),
+            EntryKind::BlockDevice => "a block device".into(),
+            EntryKind::Fifo => "a FIFO".into(),
+            EntryKind::Other(k) => format!("of tar type {:?}", char::from(k)),
+        }
+    }
+}
+
+/// One member's header, as [`TarEntries::next_entry`] gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The name as stored (GNU long name or pax `path` applied), **unchecked**: it may be
+    /// absolute, hold `..`, a NUL (from a pax record) or U+FFFD (bytes that are not UTF-8).
+    pub path: String,
+    /// What the member is.
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777` at most: setuid, setgid and sticky included).
+    pub mode: u32,
+    /// Modification time, seconds since the epoch, when the header gives one.
+    pub mtime: Option<i64>,
+    /// The target of a symbolic or hard link, as stored (unchecked).
+    pub link: Option<String>,
+    /// Bytes of data: a sparse file's real size, holes included; 0 for links and
+    /// directories.
+    pub size: u64,
+}
+
+/// Every member of a tar, in order, with the data of the current one: its bytes through
+/// [`Read`] (a sparse member's holes as zeros), or its stored regions
+/// ([`TarEntries::sparse_map`], [`TarEntries::read_stored`]) to write them sparse. The
+/// headers understood are [`TarDisk`]'s. The archive must end with its end-of-archive
+/// marker: an input that stops at a header's place is truncated.
+pub struct TarEntries<R> {
+    tar: TarDisk<R>,
+    ended: bool,
+}
+
+impl<R: Read> TarEntries<R> {
+    /// Reads `inner` from its first header.
+    pub fn new(inner: R) -> Self {
+        Self {
+            tar: TarDisk {
+                inner,
+                name: String::new(),
+                size: 0,
+                remaining: 0,
+                ova: false,
+                sparse: None,
+            },
+            ended: false,
+        }
+    }
+
+    /// The next member, after skipping what is left of the current one; `None` at the
+    /// end-of-archive marker.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let t = &mut self.tar;
+        let rest = t.remaining + (padded(t.size) - t.size);
+        skip(&mut t.inner, rest)?;
+        (t.remaining, t.size, t.sparse) = (0, 0, None);
+        let m = match read_member(&mut t.inner)? {
+            Next::Member(m) => m,
+            Next::End => {
+                self.ended = true;
+                return Ok(None);
+            }
+            Next::Eof => {
+                return Err(Error::invalid(
+                    "tar",
+                    "truncated: the archive ends without its end-of-archive marker",
+                ));
+            }
+        };
+        let kind = EntryKind::of(m.kind, &m.name);
+        let entry = Entry {
+            path: m.name.clone(),
+            kind,
+            mode: m.mode,
+            mtime: m.mtime,
+            link: matches!(kind, EntryKind::Symlink | EntryKind::HardLink).then(|| m.link.clone()),
+            size: 0,
+        };
+        let size = t.enter(m)?;
+        Ok(Some(Entry {
+            size: if kind == EntryKind::File { size } else { 0 },
+            ..entry
+        }))
+    }
+
+    /// The current member's data regions (offset, length), in order, when it is sparse.
+    pub fn sparse_map(&self) -> Option<&[(u64, u64)]> {
+        self.tar.sparse.as_ref().map(|e| e.entries.as_slice())
+    }
+
+    /// The current member's bytes as stored (a sparse member's regions one after the other).
+    pub fn read_stored(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tar.read_stored(buf)
+    }
+
+    /// The reader after the archive (what follows its end-of-archive marker).
+    pub fn into_inner(self) -> R {
+        self.tar.inner
+    }
+}
+
+impl<R: Read> Read for TarEntries<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tar.read(buf)
     }
 }
 
@@ -772,17 +939,39 @@ fn read_meta_limited(r: &mut impl Read, size: u64, max: u64, what: &str) -> Resu
     Ok(v)
 }
 
-/// The next member (`None` at the end-of-archive marker or at the end of the input).
+/// The next member (`None` at the end-of-archive marker or at the end of the input), its
+/// name checked (and a link's target: no absolute paths, no `..`).
 fn next_member(r: &mut impl Read) -> Result<Option<Member>> {
+    let Next::Member(m) = read_member(r)? else {
+        return Ok(None);
+    };
+    check_name(&m.name)?;
+    if matches!(m.kind, b'1' | b'2') {
+        check_name(&m.link)?;
+    }
+    Ok(Some(m))
+}
+
+/// What follows in an archive.
+enum Next {
+    Member(Member),
+    /// The end-of-archive marker (a zero block).
+    End,
+    /// The end of the input, at a header's place.
+    Eof,
+}
+
+/// The next member, names as stored (unchecked).
+fn read_member(r: &mut impl Read) -> Result<Next> {
     let mut long_name: Option<String> = None;
     let mut long_link: Option<String> = None;
     let mut pax = Pax::default();
     loop {
         let Some(h) = read_block(r)? else {
-            return Ok(None);
+            return Ok(Next::Eof);
         };
         if h.iter().all(|b| *b == 0) {
-            return Ok(None);
+            return Ok(Next::End);
         }
         verify_checksum(&h)?;
         let kind = h[156];
@@ -806,11 +995,11 @@ fn next_member(r: &mut impl Read) -> Result<Option<Member>> {
                     .or(pax.path.take())
                     .or(long_name)
                     .unwrap_or(name);
-                let link = long_link.unwrap_or_else(|| cstr(&h[157..257]));
-                check_name(&name)?;
-                if matches!(kind, b'1' | b'2') {
-                    check_name(&link)?;
-                }
+                let link = pax
+                    .linkpath
+                    .take()
+                    .or(long_link)
+                    .unwrap_or_else(|| cstr(&h[157..257]));
                 let size = if matches!(kind, b'1' | b'2' | b'5') {
                     0
                 } else {
@@ -822,11 +1011,18 @@ fn next_member(r: &mut impl Read) -> Result<Option<Member>> {
                     k if is_regular(k) => pax.sparse(&name)?,
                     _ => None,
                 };
-                return Ok(Some(Member {
+                let mode = parse_octal(&h[100..108]).map_or(0, |m| (m & 0o7777) as u32);
+                let mtime = pax
+                    .mtime
+                    .or_else(|| parse_size(&h[136..148]).ok().and_then(|t| i64::try_from(t).ok()));
+                return Ok(Next::Member(Member {
                     name,
                     kind,
                     size,
                     sparse,
+                    mode,
+                    mtime,
+                    link,
                 }));
             }
         }
@@ -922,6 +1118,9 @@ fn parse_size(f: &[u8]) -> Result<u64> {
 struct Pax {
     path: Option<String>,
     size: Option<u64>,
+    linkpath: Option<String>,
+    /// `mtime`, whole seconds (the fraction dropped).
+    mtime: Option<i64>,
     sparse_major: Option<String>,
     sparse_minor: Option<String>,
     sparse_name: Option<String>,
@@ -1053,6 +1252,9 @@ impl Pax {
         let out_of_turn = |what: &str| Error::invalid("tar", format!("malformed pax header: {key} {what}"));
         match key {
             "path" => self.path = Some(v),
+            "linkpath" => self.linkpath = Some(v),
+            // Seconds, maybe negative, maybe with a fraction; anything else is ignored.
+            "mtime" => self.mtime = v.trim().split('.').next().and_then(|t| t.parse().ok()),
             "size" => self.size = Some(member_size(num(&v)?)?),
             "GNU.sparse.major" => self.sparse_major = Some(v),
             "GNU.sparse.minor" => self.sparse_minor = Some(v),
@@ -1395,6 +1597,75 @@ mod tests {
                      <File ovf:href=\"b.vmdk\" ovf:id=\"b\"/></References></Envelope>";
         assert!(ovf_choose(files, None).is_err());
         assert_eq!(ovf_choose(files, Some("b")).unwrap().as_deref(), Some("b.vmdk"));
+    }
+
+    #[test]
+    fn entries_walk_every_member() {
+        let mut link = header("l", b'2', 0);
+        link[157..166].copy_from_slice(b"../target");
+        link[100..107].copy_from_slice(b"0000777");
+        link[136..147].copy_from_slice(b"13200000000");
+        link[148..156].copy_from_slice(b"        ");
+        let sum: u64 = link.iter().map(|b| u64::from(*b)).sum();
+        link[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let pax = "20 linkpath=a/b/c/d\n22 mtime=1700000000.5\n";
+        let mut a = archive(&[
+            ("d/", b'5', b""),
+            ("d/f", b'0', b"data"),
+            ("v7dir/", b'0', b""),
+            ("pax", b'x', pax.as_bytes()),
+            ("s", b'2', b""),
+            ("h", b'1', b""),
+            ("dev", b'3', b""),
+        ]);
+        // The symbolic link with its own header fields, before the end marker.
+        let end = a.len() - 1024;
+        a.splice(end..end, link);
+        let mut t = TarEntries::new(&a[..]);
+        let mut seen = Vec::new();
+        while let Some(e) = t.next_entry().unwrap() {
+            if e.path == "d/f" {
+                let mut s = String::new();
+                t.read_to_string(&mut s).unwrap();
+                assert_eq!((s.as_str(), e.size, e.mode), ("data", 4, 0o644));
+            }
+            seen.push((e.path, e.kind, e.link, e.mtime));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("d/".into(), EntryKind::Directory, None, Some(0)),
+                ("d/f".into(), EntryKind::File, None, Some(0)),
+                ("v7dir/".into(), EntryKind::Directory, None, Some(0)),
+                (
+                    "s".into(),
+                    EntryKind::Symlink,
+                    Some("a/b/c/d".into()),
+                    Some(1_700_000_000)
+                ),
+                ("h".into(), EntryKind::HardLink, Some(String::new()), Some(0)),
+                ("dev".into(), EntryKind::CharDevice, None, Some(0)),
+                (
+                    "l".into(),
+                    EntryKind::Symlink,
+                    Some("../target".into()),
+                    Some(0o13200000000)
+                ),
+            ]
+        );
+        assert!(t.next_entry().unwrap().is_none(), "ended");
+        // Names are given as stored: the caller checks them.
+        let a = archive(&[("../x", b'0', b"x")]);
+        assert_eq!(
+            TarEntries::new(&a[..]).next_entry().unwrap().unwrap().path,
+            "../x"
+        );
+        // No end-of-archive marker: truncated.
+        let a = archive(&[("f", b'0', b"x")]);
+        let mut t = TarEntries::new(&a[..a.len() - 1024]);
+        assert!(t.next_entry().unwrap().is_some());
+        let e = t.next_entry().unwrap_err();
+        assert!(e.to_string().contains("end-of-archive marker"), "{e}");
     }
 
     #[test]

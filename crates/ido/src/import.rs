@@ -1,6 +1,8 @@
 //! `ido import SOURCE TARGET`: stream a disk image (file, stdin, HTTP(S), S3 or a
 //! containerDisk image in a registry; gzip, xz, zstd, bzip2, tar; raw, ISO, qcow2, …) into
-//! a raw file or block device, sparse, with no scratch file. See `docs/disk-import.md`.
+//! a raw file or block device, sparse, with no scratch file; with `--content-type archive`,
+//! unpack a tar (maybe compressed) into an existing directory instead. See
+//! `docs/disk-import.md`.
 //! Secrets never come from arguments: passwords and S3 keys from the environment or files,
 //! registry credentials from a docker config file.
 
@@ -15,8 +17,8 @@ use clap::Args;
 use crate::progress::{PLAIN_EVERY, ProgressMode, Shown, bytes_bar, human};
 use ido_disk::source::s3;
 use ido_disk::{
-    BasicAuth, Checksum, DiskFormat, ImportOptions, Progress, ProgressFn, RetryPolicy, SourceSpec,
-    TargetSpec, import,
+    ArchiveOptions, BasicAuth, Checksum, DiskFormat, ImportOptions, Progress, ProgressFn, RetryPolicy,
+    SourceSpec, SpecialFiles, TargetSpec, import, unpack,
 };
 
 /// Environment variable holding the basic-auth password (never a flag: flags show in `ps`).
@@ -29,8 +31,19 @@ pub(crate) struct ImportArgs {
     /// /disk/).
     source: String,
     /// Where the raw image goes: a file (created or truncated, written sparsely) or a
-    /// block device.
+    /// block device. With --content-type archive: the existing directory to unpack into.
     target: PathBuf,
+    /// What SOURCE holds: kubevirt (a disk image, converted to raw; the default) or archive
+    /// (a tar, plain or gzip/xz/zstd/bzip2-compressed, unpacked into TARGET, an existing
+    /// directory; members that would land outside it, links leading out of it, device
+    /// nodes and names TARGET holds already are refused, and a failed unpack leaves TARGET
+    /// as it was).
+    #[arg(long, value_enum, value_name = "TYPE", default_value_t = ContentType::Kubevirt)]
+    content_type: ContentType,
+    /// With --content-type archive: skip device nodes and FIFOs, each with a warning,
+    /// instead of refusing the archive.
+    #[arg(long)]
+    skip_special_files: bool,
     /// Expected checksum of the source bytes as fetched: sha256:HEX, sha512:HEX,
     /// sha1:HEX or md5:HEX. On a mismatch the import fails and the target file is removed.
     #[arg(long, value_name = "ALG:HEX")]
@@ -117,6 +130,15 @@ pub(crate) struct ImportArgs {
     progress: ProgressMode,
 }
 
+/// What an import's source holds (a DiskImport's `contentType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ContentType {
+    /// A disk image, converted to raw.
+    Kubevirt,
+    /// A tar, unpacked into a directory.
+    Archive,
+}
+
 /// Flags of S3 and registry (containerDisk) sources.
 #[derive(Args, Debug)]
 pub(crate) struct SourceArgs {
@@ -172,6 +194,8 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let ImportArgs {
         source,
         target,
+        content_type,
+        skip_special_files,
         checksum,
         format,
         disk,
@@ -277,6 +301,25 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     if let Some((_, flag, _, kinds)) = misplaced.iter().find(|(set, _, ok, _)| *set && !*ok) {
         anyhow::bail!("{flag} applies to {kinds} sources only");
     }
+    let archive = content_type == ContentType::Archive;
+    // Flags of one content type only.
+    let misplaced = [
+        (format.is_some(), "--format", false),
+        (disk.is_some(), "--disk", false),
+        (size.is_some(), "--size", false),
+        (preallocate, "--preallocate", false),
+        (resume, "--resume", false),
+        (force, "--force", false),
+        (skip_special_files, "--skip-special-files", true),
+    ];
+    if let Some((_, flag, for_archive)) = misplaced.iter().find(|(set, _, a)| *set && *a != archive) {
+        let kind = if *for_archive {
+            "archive"
+        } else {
+            "kubevirt (a disk image)"
+        };
+        anyhow::bail!("{flag} applies to --content-type {kind} only");
+    }
     let mut pem = String::new();
     if let Some(p) = &ca_file {
         pem += &std::fs::read_to_string(p).with_context(|| format!("reading --ca-file {}", p.display()))?;
@@ -358,6 +401,14 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    if archive {
+        let special = if skip_special_files {
+            SpecialFiles::Skip
+        } else {
+            SpecialFiles::Refuse
+        };
+        return unpack_cmd(source, target, checksum, zstd_window_log, special, progress).await;
+    }
     let shown = source.to_string();
     let mut opts = ImportOptions::new(
         source,
@@ -382,14 +433,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     display.finish();
     let report = match result {
         Ok(r) => r,
-        // Transport trouble may pass on a retry (exit 1); anything else will not (exit 2).
-        Err(e) if !e.is_transient() => {
-            eprintln!("error: importing {shown} into {}: {e}", target.display());
-            return Ok(ExitCode::from(EXIT_PERMANENT));
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("importing {shown} into {}", target.display())));
-        }
+        Err(e) => return failed(e, &shown, &target),
     };
     let layers = if report.layers.is_empty() {
         String::new()
@@ -409,6 +453,66 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         },
         report
             .checksum
+            .map(|c| format!("; checksum {c} verified"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How a failed import ends: transport trouble may pass on a retry (exit 1); anything else
+/// will not (exit 2).
+fn failed(e: ido_disk::Error, shown: &str, target: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if !e.is_transient() {
+        eprintln!("error: importing {shown} into {}: {e}", target.display());
+        return Ok(ExitCode::from(EXIT_PERMANENT));
+    }
+    Err(anyhow::Error::new(e).context(format!("importing {shown} into {}", target.display())))
+}
+
+/// `--content-type archive`: the source unpacked into the directory `target`.
+async fn unpack_cmd(
+    source: SourceSpec,
+    target: PathBuf,
+    checksum: Option<Checksum>,
+    zstd_window_log: u32,
+    special: SpecialFiles,
+    progress: ProgressMode,
+) -> anyhow::Result<ExitCode> {
+    let shown = source.to_string();
+    let mut opts = ArchiveOptions::new(source, target.clone());
+    opts.checksum = checksum;
+    opts.decompress.zstd_window_log_max = zstd_window_log;
+    opts.special_files = special;
+    let display = Display::new(progress);
+    opts.progress = display.callback();
+    let result = unpack(opts).await;
+    display.finish();
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => return failed(e, &shown, &target),
+    };
+    let layers = if r.layers.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", r.layers.join(", "))
+    };
+    let skipped = if r.skipped > 0 {
+        format!(", {} skipped", r.skipped)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "unpacked tar{layers} into {}: {} files, {} directories, {} symbolic links, {} hard links{skipped}; {} written \
+         from {} read in {:.1?}{}",
+        target.display(),
+        r.files,
+        r.directories,
+        r.symlinks,
+        r.hard_links,
+        human(r.bytes),
+        human(r.source_bytes),
+        r.elapsed,
+        r.checksum
             .map(|c| format!("; checksum {c} verified"))
             .unwrap_or_default()
     );
@@ -662,5 +766,83 @@ mod tests {
                 }
             }
         }
+        // Archives: unpacked into the claim's root.
+        let archives = [
+            serde_json::json!({"http": {"url": "https://h.example/root.tar.xz", "secretRef": "c", "certConfigMap": "ca",
+                               "extraHeaders": ["X-A: b"], "checksum": "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"}}),
+            serde_json::json!({"s3": {"url": "https://minio.example:9000/images/root.tar", "secretRef": "c"}}),
+        ];
+        for (i, source) in archives.into_iter().enumerate() {
+            let di: DiskImport = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ido.dev/v1alpha1", "kind": "DiskImport",
+                "metadata": {"name": format!("a{i}"), "namespace": "vms"},
+                "spec": {"source": source, "contentType": "archive", "storage": {"size": "1Gi"}, "preallocation": true},
+            }))
+            .unwrap();
+            let job = importer_job(&di, &ImporterSettings::default(), 1 << 30).expect("a job");
+            let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+            let args = c.args.clone().unwrap();
+            let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            let parsed = parse(&rest).unwrap_or_else(|e| panic!("archive {i}: {rest:?} does not parse: {e}"));
+            assert_eq!(parsed.content_type, super::ContentType::Archive);
+            assert_eq!(parsed.target, PathBuf::from("/data"));
+        }
+    }
+
+    #[tokio::test]
+    async fn unpacks_an_archive_and_checks_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc/app")).unwrap();
+        std::fs::write(tree.join("etc/app/config"), b"key: value\n").unwrap();
+        std::os::unix::fs::symlink("app/config", tree.join("etc/config")).unwrap();
+        let src = dir.path().join("root.tar.gz");
+        let st = std::process::Command::new("tar")
+            .args(["-czf", src.to_str().unwrap(), "-C", tree.to_str().unwrap(), "etc"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let (s, o) = (src.to_str().unwrap(), out.to_str().unwrap());
+
+        let args = parse(&[s, o, "--content-type", "archive", "--progress", "none"]).unwrap();
+        assert_eq!(import_cmd(args).await.unwrap(), ExitCode::SUCCESS);
+        assert_eq!(std::fs::read(out.join("etc/config")).unwrap(), b"key: value\n");
+        assert_eq!(
+            std::fs::read_link(out.join("etc/config")).unwrap(),
+            PathBuf::from("app/config")
+        );
+
+        // Again: `etc` is there now, so the archive is refused for good (exit 2), and the
+        // directory holds what it held.
+        let args = parse(&[s, o, "--content-type", "archive", "--progress", "none"]).unwrap();
+        assert_eq!(import_cmd(args).await.unwrap(), ExitCode::from(EXIT_PERMANENT));
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["etc"]);
+
+        for (flag, value) in [
+            ("--format", Some("raw")),
+            ("--size", Some("1Gi")),
+            ("--resume", None),
+            ("--force", None),
+        ] {
+            let mut a = vec![s, o, "--content-type", "archive", flag];
+            a.extend(value);
+            let e = import_cmd(parse(&a).unwrap()).await.unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("{flag} applies to --content-type kubevirt (a disk image) only")
+            );
+        }
+        let e = import_cmd(parse(&[s, o, "--skip-special-files"]).unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--skip-special-files applies to --content-type archive only");
+        assert!(parse(&[s, o, "--content-type", "zip"]).is_err());
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! The importer is `ido import SOURCE TARGET` in the operator's own image, with the claim
 //! mounted (Filesystem: at `/data`, target `/data/disk.img`; Block: as the device
-//! `/dev/ido-disk`). Credentials are Secret volumes the controller never reads, named to
+//! `/dev/ido-disk`; an archive: at `/data`, unpacked there with `--content-type archive`). Credentials are Secret volumes the controller never reads, named to
 //! the importer by file path flags; CA bundles are ConfigMap volumes. Nothing secret is
 //! in the arguments or the environment.
 
 use std::collections::BTreeMap;
 
-use ido_api::{DiskImport, SourceKind, VolumeMode, diskimport::quantity};
+use ido_api::{
+    DiskImport, SourceKind, VolumeMode,
+    diskimport::{ContentType, quantity},
+};
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use serde_json::{Value, json};
 
@@ -90,9 +93,12 @@ pub fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
         .any(|r| Some(&r.uid) == di.metadata.uid.as_ref() && r.kind == "DiskImport")
 }
 
-/// The volume mode of `di` (Filesystem unless Block).
+/// The volume mode of `di` (Filesystem unless Block; an archive's is always Filesystem).
 pub fn volume_mode(di: &DiskImport) -> VolumeMode {
-    di.spec.storage.volume_mode.unwrap_or_default()
+    match di.spec.content_type() {
+        ContentType::Archive => VolumeMode::Filesystem,
+        ContentType::Kubevirt => di.spec.storage.volume_mode.unwrap_or_default(),
+    }
 }
 
 /// Bytes the claim asks for to hold a disk of `size` bytes: rounded up to 1 MiB, and in
@@ -247,29 +253,39 @@ fn s3_endpoint_form(url: &str) -> Option<(String, String)> {
 pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> Option<Job> {
     let plan = source_plan(di)?;
     let mode = volume_mode(di);
-    let target = match mode {
-        VolumeMode::Filesystem => DISK_FILE,
-        VolumeMode::Block => DEVICE,
+    let archive = di.spec.content_type() == ContentType::Archive;
+    let target = match (archive, mode) {
+        (true, _) => DATA_DIR,
+        (false, VolumeMode::Filesystem) => DISK_FILE,
+        (false, VolumeMode::Block) => DEVICE,
     };
-    // `ido import SOURCE TARGET [source flags] --size N --progress plain [--preallocate] [--resume]`
     let mut args = vec!["import".to_string(), plan.args[0].clone(), target.to_string()];
     args.extend(plan.args[1..].iter().cloned());
-    args.extend([
-        "--size".into(),
-        size.to_string(),
-        "--progress".into(),
-        "plain".into(),
-    ]);
-    if di.spec.preallocation == Some(true) {
-        args.push("--preallocate".into());
+    if archive {
+        // `ido import SOURCE /data [source flags] --content-type archive --progress plain`:
+        // unpacked into the claim's root; a failed pod leaves nothing there (what a killed
+        // one left in its staging directory, the next removes), so there is nothing to
+        // resume, force or preallocate.
+        args.extend(["--content-type", "archive", "--progress", "plain"].map(String::from));
+    } else {
+        // `ido import SOURCE TARGET [source flags] --size N --progress plain [--preallocate] [--resume] --force`
+        args.extend([
+            "--size".into(),
+            size.to_string(),
+            "--progress".into(),
+            "plain".into(),
+        ]);
+        if di.spec.preallocation == Some(true) {
+            args.push("--preallocate".into());
+        }
+        // A replacement pod continues the last one's file (a checkpoint beside it). A block
+        // device has no room for the checkpoint: there a new pod starts from 0.
+        if mode == VolumeMode::Filesystem {
+            args.push("--resume".into());
+        }
+        // The claim is the DiskImport's own: what a failed pod left there is replaced.
+        args.push("--force".into());
     }
-    // A replacement pod continues the last one's file (a checkpoint beside it). A block
-    // device has no room for the checkpoint: there a new pod starts from 0.
-    if mode == VolumeMode::Filesystem {
-        args.push("--resume".into());
-    }
-    // The claim is the DiskImport's own: what a failed pod left there is replaced.
-    args.push("--force".into());
     let mut volumes = vec![json!({
         "name": "disk",
         "persistentVolumeClaim": {"claimName": di.metadata.name},

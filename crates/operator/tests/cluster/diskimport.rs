@@ -38,6 +38,7 @@ fn disk_import(ns: &str) -> DiskImport {
                 ..Default::default()
             },
             preallocation: None,
+            content_type: None,
         },
     );
     di.metadata.namespace = Some(ns.into());
@@ -180,6 +181,70 @@ async fn operator_imports_disks_cluster_wide() {
         .expect("clean shutdown")
         .unwrap()
         .unwrap();
+}
+
+/// The CRD's CEL rules for `contentType: archive`, as the API server applies them: not with
+/// a blank or registry source, not onto a Block volume; an archive from HTTP onto a
+/// Filesystem claim, and disk images from any source, are accepted.
+#[tokio::test]
+async fn the_api_server_refuses_archives_it_cannot_unpack() {
+    let env = Env::new("cel", json!({"diskImport": {"enabled": true}})).await;
+    let vms = env.cluster().namespace("vms").await.unwrap();
+    let api: kube::Api<DiskImport> = kube::Api::namespaced(env.admin.clone(), &vms);
+    let http = json!({"http": {"url": "https://mirror.example/rootfs.tar.xz"}});
+    let registry = json!({"registry": {"url": "docker://quay.io/containerdisks/fedora:41"}});
+    let blank = json!({"blank": {}});
+    let size = json!({"size": "1Gi"});
+    let block = json!({"size": "1Gi", "volumeMode": "Block"});
+    let cases = [
+        (
+            "blank",
+            &blank,
+            &size,
+            "archive",
+            Some("not allowed with blank or registry sources"),
+        ),
+        (
+            "registry",
+            &registry,
+            &size,
+            "archive",
+            Some("not allowed with blank or registry sources"),
+        ),
+        (
+            "block",
+            &http,
+            &block,
+            "archive",
+            Some("storage.volumeMode Block is not allowed"),
+        ),
+        ("http", &http, &size, "archive", None),
+        ("no-storage", &http, &json!(null), "archive", None),
+        ("disk-registry", &registry, &block, "kubevirt", None),
+        ("disk-blank", &blank, &size, "kubevirt", None),
+    ];
+    for (name, source, storage, content, refused) in cases {
+        let mut spec = json!({"source": source, "contentType": content});
+        if !storage.is_null() {
+            spec["storage"] = storage.clone();
+        }
+        let di: DiskImport = serde_json::from_value(json!({
+            "apiVersion": "ido.dev/v1alpha1", "kind": "DiskImport",
+            "metadata": {"name": name, "namespace": vms},
+            "spec": spec,
+        }))
+        .unwrap();
+        let got = api.create(&kube::api::PostParams::default(), &di).await;
+        match (refused, got) {
+            (None, Ok(_)) => {}
+            (Some(want), Err(e)) => {
+                let m = e.to_string();
+                assert!(m.contains(want) && m.contains("Invalid"), "{name}: {m}");
+            }
+            (None, Err(e)) => panic!("{name}: refused: {e}"),
+            (Some(_), Ok(_)) => panic!("{name}: accepted"),
+        }
+    }
 }
 
 #[tokio::test]

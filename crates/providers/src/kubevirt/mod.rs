@@ -145,6 +145,7 @@ impl KubevirtProvider {
                     size: loc.size.clone(),
                 },
                 preallocation: None,
+                content_type: None,
             },
         );
         di.metadata.namespace = Some(loc.namespace.clone());
