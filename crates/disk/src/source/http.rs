@@ -21,7 +21,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT_RANGES, CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE,
-    RETRY_AFTER,
 };
 use tokio::sync::{Semaphore, mpsc};
 use url::Url;
@@ -121,27 +120,8 @@ impl fmt::Debug for BasicAuth {
     }
 }
 
-/// How failed requests and cut transfers are retried.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Failures in a row (without a byte received in between) before giving up.
-    /// Default: 8.
-    pub attempts: u32,
-    /// First backoff; doubled after each failure. Default: 500 ms.
-    pub initial_backoff: Duration,
-    /// Longest backoff (also caps `Retry-After`). Default: 30 s.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 8,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
-        }
-    }
-}
+/// How failed requests and cut transfers are retried: the engine's one policy.
+pub use ido_engine::retry::RetryPolicy;
 
 /// The URL without user info, query or fragment, for messages.
 pub use ido_engine::redact::url as redacted;
@@ -579,7 +559,7 @@ impl Fetch {
                     || s == StatusCode::TOO_MANY_REQUESTS
                     || s.is_server_error() =>
                 {
-                    let after = retry_after(resp.headers());
+                    let after = ido_engine::retry::retry_after(resp.headers());
                     self.failed(format!("HTTP {}", s.as_u16()), after).await?;
                 }
                 s => {
@@ -678,10 +658,7 @@ impl Fetch {
                 last: what,
             });
         }
-        let exp = retry
-            .initial_backoff
-            .saturating_mul(1u32 << (self.failures - 1).min(16));
-        let wait = retry_after.unwrap_or(exp).min(retry.max_backoff);
+        let wait = retry.wait(self.failures, retry_after);
         tracing::warn!(url = %self.conn.shown, offset = self.offset, attempt = self.failures, ?wait, "{what}; retrying");
         tokio::time::sleep(wait).await;
         Ok(())
@@ -785,16 +762,6 @@ fn same_validator(old: &HeaderValue, h: &HeaderMap) -> bool {
         h.get(LAST_MODIFIED)
     };
     new.is_none_or(|n| n == old)
-}
-
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    h.get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL if not `*`).

@@ -28,7 +28,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -40,7 +39,7 @@ use oci_client::{Client, Reference};
 use sha2::Digest as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::http::{RetryPolicy, redacted};
+use super::http::RetryPolicy;
 use super::{Opened, read_full};
 use crate::decompress::{DecompressOptions, decoder};
 use crate::detect::Compression;
@@ -372,7 +371,7 @@ impl Ctx {
                             last,
                         });
                     }
-                    let wait = backoff(&self.retry, failures);
+                    let wait = self.retry.backoff(failures);
                     tracing::warn!(image = %self.shown, attempt = failures, ?wait, "{last}; retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -416,7 +415,7 @@ impl Ctx {
                 }
             }
             OciDistributionError::RequestError(r) => {
-                let text = chain(&r.without_url());
+                let text = ido_engine::error_chain(&r.without_url());
                 // TLS trouble does not go away by retrying: say so at once.
                 let lower = text.to_ascii_lowercase();
                 if [
@@ -449,39 +448,10 @@ impl Ctx {
             },
             other => Error::invalid(
                 "oci",
-                format!("{url}: {what}: {}", strip_urls(&other.to_string())),
+                format!("{url}: {what}: {}", ido_engine::redact::text(&other.to_string())),
             ),
         }
     }
-}
-
-fn backoff(retry: &RetryPolicy, failures: u32) -> Duration {
-    retry
-        .initial_backoff
-        .saturating_mul(1u32 << (failures.saturating_sub(1)).min(16))
-        .min(retry.max_backoff)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Redacts the query of every URL in `s` (a blob URL redirected to presigned storage).
-fn strip_urls(s: &str) -> String {
-    s.split(' ')
-        .map(|w| match url::Url::parse(w.trim_end_matches([',', ')'])) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => redacted(&u),
-            _ => w.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Streams one blob into `tx`, resuming a cut transfer at its offset, and checks its
@@ -572,7 +542,7 @@ async fn fetch_blob_inner(
                 last,
             });
         }
-        let wait = backoff(&ctx.retry, failures);
+        let wait = ctx.retry.backoff(failures);
         tracing::warn!(image = %ctx.shown, offset, attempt = failures, ?wait, "{last}; retrying");
         tokio::time::sleep(wait).await;
     }
@@ -957,7 +927,7 @@ mod tests {
     fn names_and_urls() {
         assert_eq!(normalize("./disk/a.qcow2"), "disk/a.qcow2");
         assert_eq!(normalize("/disk/"), "disk");
-        let s = strip_urls("error at https://s3.example/b/k?X-Amz-Signature=abc, code 500");
+        let s = ido_engine::redact::text("error at https://s3.example/b/k?X-Amz-Signature=abc, code 500");
         assert!(!s.contains("abc") && s.contains("https://s3.example/b/k"), "{s}");
     }
 }
