@@ -50,30 +50,32 @@ pub mod conditions {
     pub const BOUND: &str = "Bound";
 }
 
-/// Condition reasons.
+/// Condition reasons (see [`Reason`](crate::Reason), where every reason is spelled).
 pub mod reasons {
+    use crate::Reason;
+
     /// The claim is bound.
-    pub const BOUND: &str = "Bound";
+    pub const BOUND: &str = Reason::Bound.as_str();
     /// Waiting (claim not bound, importer not started).
-    pub const PENDING: &str = "Pending";
+    pub const PENDING: &str = Reason::Pending.as_str();
     /// The claim lost its volume.
-    pub const CLAIM_LOST: &str = "ClaimLost";
+    pub const CLAIM_LOST: &str = Reason::ClaimLost.as_str();
     /// The importer is running.
-    pub const POD_RUNNING: &str = "PodRunning";
+    pub const POD_RUNNING: &str = Reason::PodRunning.as_str();
     /// The transfer is running (Ready=False).
-    pub const TRANSFER_RUNNING: &str = "TransferRunning";
+    pub const TRANSFER_RUNNING: &str = Reason::TransferRunning.as_str();
     /// The import finished.
-    pub const COMPLETED: &str = "Completed";
+    pub const COMPLETED: &str = Reason::Completed.as_str();
     /// The importer failed (the message is its termination message).
-    pub const ERROR: &str = "Error";
+    pub const ERROR: &str = Reason::Error.as_str();
     /// The import failed for good (retries exhausted or a permanent error).
-    pub const IMPORT_FAILED: &str = "ImportFailed";
+    pub const IMPORT_FAILED: &str = Reason::ImportFailed.as_str();
     /// A spec field is invalid; the message names it.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const INVALID_SPEC: &str = Reason::InvalidSpec.as_str();
     /// `storage.size` is absent and the image's virtual size cannot be learnt up front.
-    pub const SIZE_UNKNOWN: &str = "SizeUnknown";
+    pub const SIZE_UNKNOWN: &str = Reason::SizeUnknown.as_str();
     /// The claim or Job could not be created.
-    pub const CREATE_FAILED: &str = "CreateFailed";
+    pub const CREATE_FAILED: &str = Reason::CreateFailed.as_str();
 }
 
 /// An image imported into a PersistentVolumeClaim of the same name.

@@ -47,28 +47,30 @@ pub mod conditions {
     pub const DEGRADED: &str = "Degraded";
 }
 
-/// Condition reasons.
+/// Condition reasons (see [`Reason`](crate::Reason), where every reason is spelled).
 pub mod reasons {
+    use crate::Reason;
+
     /// Every selected tag is at the destination.
-    pub const SYNCED: &str = "Synced";
+    pub const SYNCED: &str = Reason::Synced.as_str();
     /// A spec field is invalid; the message names it.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const INVALID_SPEC: &str = Reason::InvalidSpec.as_str();
     /// A referenced Secret (or CA ConfigMap) is missing or unusable.
-    pub const CREDENTIALS_UNAVAILABLE: &str = "CredentialsUnavailable";
+    pub const CREDENTIALS_UNAVAILABLE: &str = Reason::CredentialsUnavailable.as_str();
     /// A registry could not be reached or refused the request.
-    pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
+    pub const REGISTRY_UNAVAILABLE: &str = Reason::RegistryUnavailable.as_str();
     /// The source has no tag matching `source.version`.
-    pub const NO_MATCHING_TAGS: &str = "NoMatchingTags";
+    pub const NO_MATCHING_TAGS: &str = Reason::NoMatchingTags.as_str();
     /// More tags matched than `maxTags`: only the `maxTags` highest were synced.
-    pub const TAG_LIMIT_EXCEEDED: &str = "TagLimitExceeded";
+    pub const TAG_LIMIT_EXCEEDED: &str = Reason::TagLimitExceeded.as_str();
     /// Copying at least one tag failed.
-    pub const COPY_FAILED: &str = "CopyFailed";
+    pub const COPY_FAILED: &str = Reason::CopyFailed.as_str();
     /// A sync pass is running.
-    pub const SYNCING: &str = "Syncing";
+    pub const SYNCING: &str = Reason::Syncing.as_str();
     /// No sync pass is running.
-    pub const IDLE: &str = "Idle";
+    pub const IDLE: &str = Reason::Idle.as_str();
     /// Nothing is wrong.
-    pub const AS_EXPECTED: &str = "AsExpected";
+    pub const AS_EXPECTED: &str = Reason::AsExpected.as_str();
 }
 
 /// Default of `maxTags`.

@@ -21,6 +21,7 @@ pub mod image_operator;
 pub mod imagesync;
 pub mod names;
 pub mod nodeimage;
+pub mod reason;
 pub mod release;
 
 pub use condition::{Condition, ConditionStatus};
@@ -34,6 +35,7 @@ pub use imagesync::{
 pub use nodeimage::{
     LocationState, LocationStatus, NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus,
 };
+pub use reason::Reason;
 pub use release::{Release, ReleaseComponent, ReleaseSpec};
 
 use kube::CustomResourceExt;

@@ -36,7 +36,8 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use ido_api::{
-    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, SourceKind, VolumeMode,
+    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, Reason, SourceKind,
+    VolumeMode,
     condition::set_condition,
     diskimport::{ContentType, conditions, quantity, reasons},
 };
@@ -524,14 +525,20 @@ fn pending_reason(pods: &[Pod]) -> Option<(&'static str, String)> {
         let st = p.status.as_ref()?;
         for c in st.conditions.iter().flatten() {
             if c.type_ == "PodScheduled" && c.status == "False" {
-                return Some(("Unschedulable", c.message.clone().unwrap_or_default()));
+                return Some((
+                    Reason::Unschedulable.as_str(),
+                    c.message.clone().unwrap_or_default(),
+                ));
             }
         }
         for c in st.container_statuses.iter().flatten() {
             if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
                 && matches!(w.reason.as_deref(), Some("ImagePullBackOff" | "ErrImagePull"))
             {
-                return Some(("ImagePullFailed", w.message.clone().unwrap_or_default()));
+                return Some((
+                    Reason::ImagePullFailed.as_str(),
+                    w.message.clone().unwrap_or_default(),
+                ));
             }
         }
     }
@@ -604,17 +611,17 @@ async fn write_status<S: Store>(
     let event = if out.phase != before.phase {
         match out.phase {
             DiskImportPhase::ImportScheduled => Some(Event::normal(
-                "ImportScheduled",
+                Reason::ImportScheduled.as_str(),
                 "Import",
                 format!("created claim {} and importer Job {}", key(di), job_name(di)),
             )),
             DiskImportPhase::ImportInProgress => Some(Event::normal(
-                "ImportInProgress",
+                Reason::ImportInProgress.as_str(),
                 "Import",
                 "the importer is running",
             )),
             DiskImportPhase::Succeeded => Some(Event::normal(
-                "ImportSucceeded",
+                Reason::ImportSucceeded.as_str(),
                 "Import",
                 format!(
                     "imported into claim {} ({})",
@@ -622,7 +629,11 @@ async fn write_status<S: Store>(
                     out.size.map(quantity::format).unwrap_or_default()
                 ),
             )),
-            DiskImportPhase::Failed => Some(Event::warning("ImportFailed", "Import", message.clone())),
+            DiskImportPhase::Failed => Some(Event::warning(
+                Reason::ImportFailed.as_str(),
+                "Import",
+                message.clone(),
+            )),
             _ => None,
         }
     } else {

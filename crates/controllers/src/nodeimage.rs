@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use futures::{StreamExt, stream};
 use ido_api::{
     Condition, ConditionStatus, LocationState, LocationStatus, NodeImage, NodeImageState, NodeImageStatus,
-    Release,
+    Reason, Release,
     condition::set_condition,
     nodeimage::{self, conditions},
 };
@@ -53,7 +53,7 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
                 ctx,
                 ni,
                 NodeImageState::Error,
-                "InvalidSpec",
+                Reason::InvalidSpec.as_str(),
                 &invalid.to_string(),
             )
             .await?;
@@ -69,7 +69,14 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
             ni.spec.provider,
             ctx.providers.ids().join(", ")
         );
-        set_overall(ctx, ni, NodeImageState::Error, "ProviderNotEnabled", &msg).await?;
+        set_overall(
+            ctx,
+            ni,
+            NodeImageState::Error,
+            Reason::ProviderNotEnabled.as_str(),
+            &msg,
+        )
+        .await?;
         return Ok(Action::AwaitChange);
     };
     let ni = if has_finalizer(ni, nodeimage::FINALIZER) {
@@ -121,7 +128,7 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
             ctx,
             &ni,
             NodeImageState::Error,
-            "NoSource",
+            Reason::NoSource.as_str(),
             "no s3 source is configured",
         )
         .await?;
@@ -140,7 +147,7 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
             set_all_locations(ctx, &ni, provider.as_ref(), LocationState::Missing, &msg).await?;
             if was != NodeImageState::Missing {
                 ctx.store
-                    .event(&ni, Event::warning("SourceMissing", "Import", msg))
+                    .event(&ni, Event::warning(Reason::SourceMissing.as_str(), "Import", msg))
                     .await;
             }
             return Ok(Action::Requeue(ctx.settings.recheck));
@@ -151,7 +158,7 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
                 ctx,
                 &ni,
                 NodeImageState::Error,
-                "SourceUnavailable",
+                Reason::SourceUnavailable.as_str(),
                 &e.to_string(),
             )
             .await?;
@@ -237,7 +244,7 @@ async fn distribute<S: Store>(
                 .event(
                     &obj,
                     Event::normal(
-                        "Uploading",
+                        Reason::Uploading.as_str(),
                         "Import",
                         format!("importing {image} into {pid}/{loc}"),
                     ),
@@ -297,7 +304,7 @@ async fn distribute<S: Store>(
                     t.path, took
                 );
                 ctx.store
-                    .event(&obj, Event::normal("Uploaded", "Import", msg))
+                    .event(&obj, Event::normal(Reason::Uploaded.as_str(), "Import", msg))
                     .await;
             }
             Ok(())
@@ -313,7 +320,7 @@ async fn distribute<S: Store>(
             let reason = if e.is_name_clash() {
                 NAME_CLASH
             } else {
-                "UploadFailed"
+                Reason::UploadFailed.as_str()
             };
             ctx.store
                 .event(

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use ido_api::{
-    NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus, Release, names, nodeimage, release,
+    NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus, Reason, Release, names, nodeimage, release,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -90,7 +90,7 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
             ctx.store
                 .event(
                     rel,
-                    Event::warning("MissingComponent", "DeriveImage", msg.clone()),
+                    Event::warning(Reason::MissingComponent.as_str(), "DeriveImage", msg.clone()),
                 )
                 .await;
             tracing::warn!(release = %name, "{msg}");
@@ -151,7 +151,7 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
                         .event(
                             rel,
                             Event::normal(
-                                "NodeImageCreated",
+                                Reason::NodeImageCreated.as_str(),
                                 "Create",
                                 format!("created NodeImage {ns}/{ni_name}"),
                             ),
@@ -266,7 +266,7 @@ async fn release_images<S: Store>(
             .event(
                 rel,
                 Event::normal(
-                    "ReleasedImage",
+                    Reason::ReleasedImage.as_str(),
                     "Release",
                     format!("release no longer uses NodeImage {ni_name}"),
                 ),

@@ -3,6 +3,7 @@
 //! removed from every location before its finalizer goes.
 
 use super::*;
+use ido_api::Reason;
 
 /// Removes releases that no longer exist from `status.releases` (e.g. a Release whose
 /// finalizer was removed by hand), so the list stays exact.
@@ -64,7 +65,11 @@ pub(super) async fn unused<S: Store>(
                 ctx.store
                     .event(
                         ni,
-                        Event::normal("RetentionExpired", "Delete", "unused for the retention period"),
+                        Event::normal(
+                            Reason::RetentionExpired.as_str(),
+                            "Delete",
+                            "unused for the retention period",
+                        ),
                     )
                     .await;
                 ctx.store.delete(ni).await?;
@@ -101,7 +106,10 @@ pub(super) async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Resul
             ni.spec.provider
         );
         ctx.store
-            .event(ni, Event::warning("ProviderNotEnabled", "Delete", msg))
+            .event(
+                ni,
+                Event::warning(Reason::ProviderNotEnabled.as_str(), "Delete", msg),
+            )
             .await;
         patch_metadata_retry(&ctx.store, ni, &finalizer_patch(ni, nodeimage::FINALIZER, false)).await?;
         return Ok(Action::AwaitChange);
@@ -183,7 +191,7 @@ pub(super) async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Resul
                 NAME_CLASH
             } else {
                 clash_only = false;
-                "DeleteFailed"
+                Reason::DeleteFailed.as_str()
             };
             ctx.store
                 .event(&ni, Event::warning(reason, "Delete", format!("{pid}/{loc}: {e}")))
@@ -201,7 +209,7 @@ pub(super) async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Resul
         .event(
             &ni,
             Event::normal(
-                "Deleted",
+                Reason::Deleted.as_str(),
                 "Delete",
                 format!("removed {image} from {} location(s)", locations.len()),
             ),

@@ -2,6 +2,7 @@
 //! state and conditions that summarise them.
 
 use super::*;
+use ido_api::Reason;
 
 /// A location's new state, as written into `status.locations`.
 pub(super) struct Update {
@@ -129,14 +130,22 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
     let (ready, reason, message) = match state {
         NodeImageState::Available => (
             ConditionStatus::True,
-            "Available",
+            Reason::Available.as_str(),
             format!("available in {} location(s)", configured.len()),
         ),
-        NodeImageState::Missing => (ConditionStatus::False, "SourceMissing", not_ok.join("; ")),
+        NodeImageState::Missing => (
+            ConditionStatus::False,
+            Reason::SourceMissing.as_str(),
+            not_ok.join("; "),
+        ),
         NodeImageState::Error if name_clash(st) => (ConditionStatus::False, NAME_CLASH, not_ok.join("; ")),
         s => (ConditionStatus::False, s.as_str(), not_ok.join("; ")),
     };
-    let reason = if reason.is_empty() { "Pending" } else { reason };
+    let reason = if reason.is_empty() {
+        Reason::Pending.as_str()
+    } else {
+        reason
+    };
     let cond = |t: &str, s: ConditionStatus, r: &str, m: String| Condition {
         type_: t.into(),
         status: s,
@@ -159,14 +168,14 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
         cond(
             conditions::PROGRESSING,
             ConditionStatus::False,
-            "Idle",
+            Reason::Idle.as_str(),
             String::new(),
         )
     } else {
         cond(
             conditions::PROGRESSING,
             ConditionStatus::True,
-            "Uploading",
+            Reason::Uploading.as_str(),
             format!("importing into {}", uploading.join(", ")),
         )
     };
@@ -181,14 +190,14 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
         cond(
             conditions::DEGRADED,
             ConditionStatus::False,
-            "AsExpected",
+            Reason::AsExpected.as_str(),
             String::new(),
         )
     } else {
         let reason = if name_clash(st) {
             NAME_CLASH
         } else {
-            "LocationFailed"
+            Reason::LocationFailed.as_str()
         };
         cond(
             conditions::DEGRADED,
@@ -204,7 +213,7 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
 
 /// Condition reason (and event reason) of a location whose template name is taken by an
 /// object ido did not make ([`ProviderError::NameClash`]).
-pub const NAME_CLASH: &str = "NameClash";
+pub const NAME_CLASH: &str = Reason::NameClash.as_str();
 
 /// Whether a location is in `Error` because of a name clash (its message says so).
 pub(super) fn name_clash(st: &NodeImageStatus) -> bool {
