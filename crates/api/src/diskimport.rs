@@ -318,7 +318,7 @@ pub struct DiskImportStatus {
 
 impl DiskImportSource {
     /// The member set, as `(field name, …)`; `Err` names what is wrong.
-    pub fn kind(&self) -> Result<SourceKind<'_>, String> {
+    pub fn kind(&self) -> Result<SourceKind<'_>, crate::FieldError> {
         let set: Vec<SourceKind<'_>> = [
             self.http.as_ref().map(SourceKind::Http),
             self.s3.as_ref().map(SourceKind::S3),
@@ -330,8 +330,14 @@ impl DiskImportSource {
         .collect();
         match set.as_slice() {
             [one] => Ok(*one),
-            [] => Err("spec.source: one of http, s3, registry, blank is required".into()),
-            _ => Err("spec.source: exactly one of http, s3, registry, blank may be set".into()),
+            [] => Err(crate::FieldError::new(
+                "spec.source",
+                "one of http, s3, registry, blank is required",
+            )),
+            _ => Err(crate::FieldError::new(
+                "spec.source",
+                "exactly one of http, s3, registry, blank may be set",
+            )),
         }
     }
 }
@@ -390,7 +396,12 @@ spec:
             s3: Some(S3Source::default()),
             ..Default::default()
         };
-        assert!(two.kind().unwrap_err().contains("exactly one"));
+        assert!(
+            two.kind()
+                .unwrap_err()
+                .to_string()
+                .contains("spec.source: exactly one")
+        );
         assert!(DiskImportSource::default().kind().is_err());
     }
 

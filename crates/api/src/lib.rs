@@ -36,6 +36,25 @@ pub use nodeimage::{
     LocationState, LocationStatus, NodeImage, NodeImageSpec, NodeImageState, NodeImageStatus,
 };
 pub use reason::Reason;
+
+/// A spec field that cannot be worked with: the field, and why (the message names the value).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field's path, e.g. `spec.source.http.url`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
 pub use release::{Release, ReleaseComponent, ReleaseSpec};
 
 use kube::CustomResourceExt;

@@ -36,8 +36,8 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use ido_api::{
-    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, Reason, SourceKind,
-    VolumeMode,
+    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, FieldError, Reason,
+    SourceKind, VolumeMode,
     condition::set_condition,
     diskimport::{ContentType, conditions, quantity, reasons},
 };
@@ -133,28 +133,26 @@ impl Outcome {
 }
 
 /// Checks what the API server's schema cannot: the source's URL, checksum and size.
-fn validate(di: &DiskImport) -> Result<(), String> {
+fn validate(di: &DiskImport) -> Result<(), FieldError> {
     let name = di.metadata.name.as_deref().unwrap_or_default();
     if name.is_empty() || di.metadata.namespace.is_none() {
-        return Err("metadata: name and namespace are required".into());
+        return Err(FieldError::new("metadata", "name and namespace are required"));
     }
-    let url_ok = |field: &str, url: &str, schemes: &[&str]| -> Result<(), String> {
-        match url::Url::parse(url) {
-            Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
-            _ => Err(format!(
-                "{field}: {:?} is not a {} URL",
-                probe::redact(url),
-                schemes.join(" or ")
-            )),
-        }
+    let url_ok = |field: &'static str, url: &str, schemes: &[&str]| match url::Url::parse(url) {
+        Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
+        _ => Err(FieldError::new(
+            field,
+            format!("{:?} is not a {} URL", probe::redact(url), schemes.join(" or ")),
+        )),
     };
     match di.spec.source.kind()? {
         SourceKind::Http(h) => {
             url_ok("spec.source.http.url", &h.url, &["http", "https"])?;
             for hd in &h.extra_headers {
                 if hd.split_once(':').is_none_or(|(n, _)| n.trim().is_empty()) {
-                    return Err(format!(
-                        "spec.source.http.extraHeaders: {hd:?} is not `Name: value`"
+                    return Err(FieldError::new(
+                        "spec.source.http.extraHeaders",
+                        format!("{hd:?} is not `Name: value`"),
                     ));
                 }
             }
@@ -170,8 +168,9 @@ fn validate(di: &DiskImport) -> Result<(), String> {
                     hex.len() == len && hex.bytes().all(|b| b.is_ascii_hexdigit())
                 });
                 if !ok {
-                    return Err(format!(
-                        "spec.source.http.checksum: {c:?} is not md5:, sha1:, sha256: or sha512: with its hex digest"
+                    return Err(FieldError::new(
+                        "spec.source.http.checksum",
+                        format!("{c:?} is not md5:, sha1:, sha256: or sha512: with its hex digest"),
                     ));
                 }
             }
@@ -180,7 +179,7 @@ fn validate(di: &DiskImport) -> Result<(), String> {
         SourceKind::Registry(r) => url_ok("spec.source.registry.url", &r.url, &["docker", "oci-archive"])?,
         SourceKind::Blank => {
             if di.spec.storage.size.is_none() {
-                return Err("spec.storage.size: required for a blank disk".into());
+                return Err(FieldError::new("spec.storage.size", "required for a blank disk"));
             }
         }
     }
@@ -188,27 +187,33 @@ fn validate(di: &DiskImport) -> Result<(), String> {
         // The CEL rules say so too; `ido run` has no API server to check them.
         match di.spec.source.kind()? {
             SourceKind::Blank | SourceKind::Registry(_) => {
-                return Err("spec.contentType: archive is not allowed with blank or registry sources".into());
+                return Err(FieldError::new(
+                    "spec.contentType",
+                    "archive is not allowed with blank or registry sources",
+                ));
             }
             SourceKind::Http(_) | SourceKind::S3(_) => {}
         }
         if di.spec.storage.volume_mode == Some(VolumeMode::Block) {
-            return Err(
-                "spec.storage.volumeMode: an archive is unpacked into a filesystem; Block is not allowed"
-                    .into(),
-            );
+            return Err(FieldError::new(
+                "spec.storage.volumeMode",
+                "an archive is unpacked into a filesystem; Block is not allowed",
+            ));
         }
         if di.spec.storage.size.is_none() {
-            return Err(
-                "spec.storage.size: required for an archive (its unpacked size is known only once unpacked)"
-                    .into(),
-            );
+            return Err(FieldError::new(
+                "spec.storage.size",
+                "required for an archive (its unpacked size is known only once unpacked)",
+            ));
         }
     }
     if let Some(s) = &di.spec.storage.size
         && quantity::parse(s).is_none_or(|b| b == 0)
     {
-        return Err(format!("spec.storage.size: {s:?} is not a size such as 10Gi"));
+        return Err(FieldError::new(
+            "spec.storage.size",
+            format!("{s:?} is not a size such as 10Gi"),
+        ));
     }
     Ok(())
 }
@@ -295,7 +300,12 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
     let settings = &ctx.settings.disk_import;
     let ns = di.metadata.namespace.clone().unwrap_or_default();
     let name = di.metadata.name.clone().unwrap_or_default();
-    validate(di).map_err(|m| (Outcome::pending(reasons::INVALID_SPEC, m), Action::AwaitChange))?;
+    validate(di).map_err(|e| {
+        (
+            Outcome::pending(reasons::INVALID_SPEC, e.to_string()),
+            Action::AwaitChange,
+        )
+    })?;
     let size = match disk_size(di).await {
         Ok(s) => s,
         Err((reason, message, retry)) => {

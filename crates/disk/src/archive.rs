@@ -482,18 +482,48 @@ fn unlock_dir<P: rustix::path::Arg + Copy>(parent: BorrowedFd<'_>, name: P) {
     }
 }
 
+/// Why a member's name or link target is refused.
+#[derive(Debug, thiserror::Error)]
+enum PathRefusal {
+    #[error("its {0} holds a NUL byte")]
+    Nul(&'static str),
+    #[error("its {0} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("its {what} is {len} bytes long; at most {MAX_PATH} are accepted")]
+    TooLong { what: &'static str, len: usize },
+    #[error("its path is absolute")]
+    Absolute,
+    #[error("its path has a `..` component")]
+    DotDot,
+    #[error("its link target is empty")]
+    EmptyTarget,
+    #[error("it links to the absolute path {0:?}, outside the target directory")]
+    AbsoluteTarget(String),
+    #[error(
+        "its link target {0:?} has `..` after a name (only leading `..` are accepted: where `name/..` leads \
+         depends on what `name` is)"
+    )]
+    DotDotAfterName(String),
+    #[error("it links to {target:?}, outside the target directory ({ups} levels up from {depth} deep)")]
+    Outside {
+        target: String,
+        ups: usize,
+        depth: usize,
+    },
+}
+
 /// The components of a member's path below the target directory (empty and `.`
 /// components dropped); `Err` says why the path is refused.
-fn components(path: &str) -> Result<Vec<&str>, String> {
+fn components(path: &str) -> Result<Vec<&str>, PathRefusal> {
     check_text(path, "name")?;
     if path.starts_with('/') {
-        return Err("its path is absolute".into());
+        return Err(PathRefusal::Absolute);
     }
     let mut v = Vec::new();
     for c in path.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err("its path has a `..` component".into()),
+            ".." => return Err(PathRefusal::DotDot),
             c => v.push(c),
         }
     }
@@ -501,54 +531,46 @@ fn components(path: &str) -> Result<Vec<&str>, String> {
 }
 
 /// What every name and link target must be.
-fn check_text(s: &str, what: &str) -> Result<(), String> {
+fn check_text(s: &str, what: &'static str) -> Result<(), PathRefusal> {
     if s.contains('\0') {
-        return Err(format!("its {what} holds a NUL byte"));
+        return Err(PathRefusal::Nul(what));
     }
     // The tar reader turns bytes that are not UTF-8 into U+FFFD: unpacking them under
     // another name would be wrong.
     if s.contains('\u{fffd}') {
-        return Err(format!("its {what} is not valid UTF-8"));
+        return Err(PathRefusal::NotUtf8(what));
     }
     if s.len() > MAX_PATH {
-        return Err(format!(
-            "its {what} is {} bytes long; at most {MAX_PATH} are accepted",
-            s.len()
-        ));
+        return Err(PathRefusal::TooLong { what, len: s.len() });
     }
     Ok(())
 }
 
 /// Checks the target of a symbolic link made `depth` directories below the target
 /// directory: relative, and inside (only leading `..`, at most `depth` of them).
-fn check_link_target(target: &str, depth: usize) -> Result<(), String> {
+fn check_link_target(target: &str, depth: usize) -> Result<(), PathRefusal> {
     check_text(target, "link target")?;
     if target.is_empty() {
-        return Err("its link target is empty".into());
+        return Err(PathRefusal::EmptyTarget);
     }
     if target.starts_with('/') {
-        return Err(format!(
-            "it links to the absolute path {target:?}, outside the target directory"
-        ));
+        return Err(PathRefusal::AbsoluteTarget(target.to_string()));
     }
     let (mut ups, mut named) = (0usize, false);
     for c in target.split('/') {
         match c {
             "" | "." => {}
-            ".." if named => {
-                return Err(format!(
-                    "its link target {target:?} has `..` after a name (only leading `..` are accepted: where \
-                     `name/..` leads depends on what `name` is)"
-                ));
-            }
+            ".." if named => return Err(PathRefusal::DotDotAfterName(target.to_string())),
             ".." => ups += 1,
             _ => named = true,
         }
     }
     if ups > depth {
-        return Err(format!(
-            "it links to {target:?}, outside the target directory ({ups} levels up from {depth} deep)"
-        ));
+        return Err(PathRefusal::Outside {
+            target: target.to_string(),
+            ups,
+            depth,
+        });
     }
     Ok(())
 }
@@ -627,7 +649,7 @@ impl Unpacker<'_> {
             self.report.skipped += 1;
             return Ok(());
         }
-        let comps = components(m).map_err(|why| self.refuse(m, why))?;
+        let comps = components(m).map_err(|why| self.refuse(m, why.to_string()))?;
         match e.kind {
             EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo => {
                 if self.special == SpecialFiles::Refuse {
@@ -901,7 +923,7 @@ impl Unpacker<'_> {
         let m = e.path.as_str();
         let name = comps[comps.len() - 1];
         let target = e.link.as_deref().unwrap_or_default();
-        check_link_target(target, comps.len() - 1).map_err(|why| self.refuse(m, why))?;
+        check_link_target(target, comps.len() - 1).map_err(|why| self.refuse(m, why.to_string()))?;
         let make = || rustix::fs::symlinkat(target, parent, name);
         match make() {
             Err(Errno::EXIST) => {
@@ -1118,10 +1140,15 @@ mod tests {
             ("a\0b", "NUL"),
             ("caf\u{fffd}", "UTF-8"),
         ] {
-            let e = components(bad).unwrap_err();
+            let e = components(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
-        assert!(components(&"a/".repeat(2049)).unwrap_err().contains("4096"));
+        assert!(
+            components(&"a/".repeat(2049))
+                .unwrap_err()
+                .to_string()
+                .contains("4096")
+        );
         // Names that only look odd are names.
         assert_eq!(components("..a/b..").unwrap(), ["..a", "b.."]);
         assert_eq!(components("a\\..\\b").unwrap(), ["a\\..\\b"]);
@@ -1152,7 +1179,7 @@ mod tests {
             ("", 1, "empty"),
             ("a\0b", 1, "NUL"),
         ] {
-            let e = check_link_target(bad, depth).unwrap_err();
+            let e = check_link_target(bad, depth).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?} at {depth}: {e}");
         }
     }

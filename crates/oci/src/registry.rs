@@ -83,6 +83,21 @@ pub const DEFAULT_CONCURRENCY: usize = 6;
 /// The largest manifest fetched (registries commonly refuse more than 4 MiB).
 const MANIFEST_MAX: usize = 4 << 20;
 
+/// Why the token server gave no token (its own message, when it said one).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokenError {
+    #[error("token server {realm}: {message}")]
+    Transport { realm: String, message: String },
+    #[error("the token server {realm} refused the credentials: HTTP {status}: {message}")]
+    Refused {
+        realm: String,
+        status: u16,
+        message: String,
+    },
+    #[error("token server {realm}: no token in its answer")]
+    NoToken { realm: String },
+}
+
 impl Registry {
     /// Prepares `host` (e.g. `127.0.0.1:5000`, `docker.io`), see the module docs.
     pub async fn connect(
@@ -165,9 +180,9 @@ impl Registry {
         // A token registry: credentials the token server refuses are an error now, with its
         // own message (later, the registry would only answer 401 without saying why).
         if reg.bearer.is_some() && matches!(reg.auth(), RegistryAuth::Basic(..)) {
-            reg.token(&[]).await.map_err(|reason| Error::Unreachable {
+            reg.token(&[]).await.map_err(|e| Error::Unreachable {
                 host: host.to_string(),
-                reason,
+                reason: e.to_string(),
             })?;
         }
         Ok(reg)
@@ -176,7 +191,7 @@ impl Registry {
     /// A bearer token for `scopes` (`repository:NAME:pull,push`, …) from the registry's
     /// token server, with the credentials for this registry; `Ok(None)` when the registry
     /// does not use tokens. Errors carry the token server's own message.
-    pub(crate) async fn token(&self, scopes: &[String]) -> std::result::Result<Option<String>, String> {
+    pub(crate) async fn token(&self, scopes: &[String]) -> std::result::Result<Option<String>, TokenError> {
         let Some(b) = &self.bearer else {
             return Ok(None);
         };
@@ -192,7 +207,10 @@ impl Registry {
             req = req.basic_auth(user, Some(password));
         }
         let realm = ido_engine::redact::url_str(&b.realm);
-        let failed = |e: reqwest::Error| format!("token server {realm}: {}", ido_engine::error_chain(&e));
+        let failed = |e: reqwest::Error| TokenError::Transport {
+            realm: realm.clone(),
+            message: ido_engine::error_chain(&e),
+        };
         let res = req.send().await.map_err(failed)?;
         let status = res.status();
         let body = res.bytes().await.map_err(failed)?;
@@ -204,17 +222,17 @@ impl Registry {
                 .or(json["details"].as_str())
                 .map(String::from)
                 .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-            return Err(format!(
-                "the token server {realm} refused the credentials: HTTP {}: {}",
-                status.as_u16(),
-                ido_engine::redact::escape_controls(&message)
-            ));
+            return Err(TokenError::Refused {
+                realm,
+                status: status.as_u16(),
+                message: ido_engine::redact::escape_controls(&message),
+            });
         }
         json["token"]
             .as_str()
             .or(json["access_token"].as_str())
             .map(|t| Some(t.to_string()))
-            .ok_or_else(|| format!("token server {realm}: no token in its answer"))
+            .ok_or(TokenError::NoToken { realm })
     }
 
     /// Mounts blob `digest` of `from` into `to` (same registry): true when the registry did
@@ -393,7 +411,7 @@ impl Registry {
             match self.token(&[scope]).await {
                 Ok(Some(token)) => format!("Bearer {token}"),
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(OciDistributionError::AuthenticationFailure(e)),
+                Err(e) => return Err(OciDistributionError::AuthenticationFailure(e.to_string())),
             }
         } else {
             match self.auth() {

@@ -192,14 +192,19 @@ async fn metrics_handler(
     ([(header::CONTENT_TYPE, OPENMETRICS)], s.metrics.encode()).into_response()
 }
 
+/// A bind address that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid bind address {0:?} (e.g. :8443, 127.0.0.1:8080, [::]:8443, or 0 for off)")]
+pub struct BadBindAddress(pub String);
+
 /// Parses a bind address as controller-runtime's flags take it: `HOST:PORT`, `:PORT` (every
 /// IPv4 interface) or `0` (off: `None`). HOST is an IP address, `[IPv6]` or `localhost`.
-pub fn parse_bind_address(s: &str) -> Result<Option<SocketAddr>, String> {
+pub fn parse_bind_address(s: &str) -> Result<Option<SocketAddr>, BadBindAddress> {
     let s = s.trim();
     if s == "0" {
         return Ok(None);
     }
-    let bad = || format!("invalid bind address {s:?} (e.g. :8443, 127.0.0.1:8080, [::]:8443, or 0 for off)");
+    let bad = || BadBindAddress(s.to_string());
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     let host = host.trim_start_matches('[').trim_end_matches(']');

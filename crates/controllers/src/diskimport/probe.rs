@@ -47,19 +47,43 @@ pub fn from_head(head: &[u8], total: Option<u64>) -> Probed {
     }
 }
 
+/// Why the head of an image could not be read (worth retrying).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("reading the head of {url}: {source}")]
+    Transport {
+        /// The URL without credentials or query.
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("reading the head of {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+}
+
 /// Reads the first bytes of `url` and works out the virtual size. `Err` is a transport or
 /// HTTP failure (worth retrying).
-pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, String> {
+pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, ProbeError> {
+    let transport = |e: reqwest::Error| ProbeError::Transport {
+        url: redact(url),
+        source: e.without_url(),
+    };
     let resp = client
         .get(url)
         .header(RANGE, format!("bytes=0-{}", HEAD - 1))
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(|e| format!("reading the head of {}: {}", redact(url), e.without_url()))?;
+        .map_err(transport)?;
     let status = resp.status();
     if !status.is_success() {
-        return Err(format!("reading the head of {}: HTTP {status}", redact(url)));
+        return Err(ProbeError::Status {
+            url: redact(url),
+            status,
+        });
     }
     let header = |name| {
         resp.headers()
@@ -75,11 +99,7 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, String
     let mut head = Vec::with_capacity(HEAD);
     let mut resp = resp;
     while head.len() < HEAD {
-        match resp
-            .chunk()
-            .await
-            .map_err(|e| format!("reading the head of {}: {}", redact(url), e.without_url()))?
-        {
+        match resp.chunk().await.map_err(transport)? {
             Some(c) => head.extend_from_slice(&c[..c.len().min(HEAD - head.len())]),
             None => break,
         }
