@@ -4,10 +4,18 @@
 //! command-line tools do, and so are zstd's skippable frames (pzstd writes one before each
 //! frame). gzip and bzip2 may be followed by zeros up to the end of the input: the padding
 //! a tape's blocking adds (`tar -z` to a device pads the compressed stream to its record).
+//!
+//! An import that keeps checkpoints ([`crate::resume`]) uses [`resumable`] decoders instead:
+//! they tell where decoding can start again (gzip's deflate blocks and members, xz's
+//! streams and blocks, zstd's frames, bzip2's streams), and start there in a later run.
+
+mod inflate;
+mod xz;
 
 use std::io::{self, BufRead, BufReader, Read};
 
 use crate::detect::Compression;
+use crate::resume::{Decoded, InflatePoint, Point, Points};
 
 /// Decoder settings.
 #[derive(Clone, Debug)]
@@ -55,6 +63,8 @@ pub fn decoder(
             end: flate2::bufread::GzDecoder::into_inner,
             name: "gzip",
             magic: &[0x1f, 0x8b],
+            points: None,
+            out: 0,
         }),
         Compression::Zstd => {
             let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF, inner))?;
@@ -70,15 +80,186 @@ pub fn decoder(
             end: bzip2::bufread::BzDecoder::into_inner,
             name: "bzip2",
             magic: b"BZh",
+            points: None,
+            out: 0,
         }),
         Compression::Lzma => Box::new(LzmaAlone::new(BufReader::with_capacity(BUF, inner))?),
         Compression::Xz => Box::new(XzMulti::new(
             BufReader::with_capacity(BUF, inner),
             opts.xz_threads.max(1),
             opts.xz_memlimit_threading,
+            0,
         )?),
     })
 }
+
+/// Where the decoder of a resumed import starts: a checkpoint's [`Decoded`], with the
+/// window read back from the target.
+pub(crate) struct Restart {
+    /// Image bytes before the point.
+    pub(crate) output: u64,
+    /// Inside a gzip member: its state, and the window (the last `min(member, 32 KiB)`
+    /// image bytes).
+    pub(crate) inflate: Option<(InflatePoint, Vec<u8>)>,
+    /// Inside an xz stream, at a block: the stream's check type.
+    pub(crate) xz_check: Option<u8>,
+}
+
+/// Whether [`resumable`] decodes `c` (legacy lzma is one stream without boundaries).
+pub(crate) fn resumes(c: Compression) -> bool {
+    !matches!(c, Compression::Lzma)
+}
+
+/// A decoder for `c` that tells `points` where decoding can start again, for an import that
+/// keeps checkpoints ([`crate::resume`]). `inner`'s first byte is at source offset
+/// `offset`: the start of the stream (`at` is `None`), or a restart point an earlier run
+/// recorded. gzip is decoded by [`inflate`] (in safe Rust; flate2 cannot tell where a
+/// deflate block ends), the others by the same libraries as [`decoder`].
+pub(crate) fn resumable(
+    c: Compression,
+    inner: Box<dyn Read + Send>,
+    offset: u64,
+    at: Option<Restart>,
+    points: Points,
+    opts: &DecompressOptions,
+) -> io::Result<Box<dyn Read + Send>> {
+    const BUF: usize = 256 << 10;
+    let output = at.as_ref().map_or(0, |a| a.output);
+    let tally = |inner| Tally {
+        inner: BufReader::with_capacity(BUF, inner),
+        pos: offset,
+    };
+    Ok(match c {
+        Compression::Gzip => {
+            let at = at.map(|a| inflate::Restart {
+                output: a.output,
+                inside: a.inflate,
+            });
+            Box::new(inflate::GzResumable::new(inner, offset, at, Some(points))?)
+        }
+        Compression::Zstd => {
+            let mut dec = zstd::stream::raw::Decoder::new()?;
+            let log = opts.zstd_window_log_max.clamp(10, ZSTD_WINDOW_LOG_MAX);
+            dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(log))?;
+            Box::new(ZstdWindow {
+                inner: ZstdFrames {
+                    inner: tally(inner),
+                    dec,
+                    open: false,
+                    out: output,
+                    points,
+                },
+                log,
+            })
+        }
+        Compression::Bzip2 => Box::new(Members {
+            dec: Some(bzip2::bufread::BzDecoder::new(tally(inner))),
+            start: bzip2::bufread::BzDecoder::new,
+            end: bzip2::bufread::BzDecoder::into_inner,
+            name: "bzip2",
+            magic: b"BZh",
+            points: Some((points, |t: &Tally<_>| t.pos)),
+            out: output,
+        }),
+        Compression::Xz => {
+            let walker = xz::Walker::new(offset, output, at.and_then(|a| a.xz_check), points);
+            Box::new(XzMulti::new(
+                xz::Tap::new(BufReader::with_capacity(BUF, inner), walker),
+                opts.xz_threads.max(1),
+                opts.xz_memlimit_threading,
+                output,
+            )?)
+        }
+        Compression::Lzma => return Err(io::Error::other("legacy lzma cannot resume")),
+    })
+}
+
+/// A buffered reader that knows the source offset of its next byte.
+struct Tally<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: BufRead> Read for Tally<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Tally<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n as u64;
+        self.inner.consume(n);
+    }
+}
+
+/// zstd frames one after another, with a restart point after each (the decoder keeps
+/// nothing from one frame to the next).
+struct ZstdFrames<R> {
+    inner: Tally<R>,
+    dec: zstd::stream::raw::Decoder<'static>,
+    /// Inside a frame.
+    open: bool,
+    /// Image bytes so far.
+    out: u64,
+    points: Points,
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let input = self.inner.fill_buf()?;
+            if input.is_empty() {
+                if self.open {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "zstd: the input ends inside a frame",
+                    ));
+                }
+                return Ok(0);
+            }
+            let mut src = InBuffer::around(input);
+            let mut dst = OutBuffer::around(&mut *buf);
+            let hint = self.dec.run(&mut src, &mut dst)?;
+            let (used, n) = (src.pos(), dst.pos());
+            self.inner.consume(used);
+            self.out += n as u64;
+            if used > 0 || n > 0 {
+                self.open = true;
+            }
+            if hint == 0 {
+                // The frame ended (and all of its output is in `buf`): the next one starts
+                // from nothing.
+                self.open = false;
+                self.points.push(Point {
+                    input: self.inner.pos,
+                    decoded: Decoded {
+                        compression: "zstd".into(),
+                        output: self.out,
+                        inflate: None,
+                        xz_check: None,
+                    },
+                });
+            }
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// Where a reader is in its source.
+type Tell<R> = fn(&R) -> u64;
 
 /// Concatenated gzip members or bzip2 streams, each decoded by a fresh decoder on the same
 /// buffered input; after one, the input ends, another member starts, or zeros run to the
@@ -90,6 +271,10 @@ struct Members<R: BufRead, D: Read> {
     name: &'static str,
     /// How a member starts.
     magic: &'static [u8],
+    /// Restart points at member boundaries, with where the input is.
+    points: Option<(Points, Tell<R>)>,
+    /// Image bytes so far.
+    out: u64,
 }
 
 impl<R: BufRead, D: Read> Read for Members<R, D> {
@@ -103,6 +288,7 @@ impl<R: BufRead, D: Read> Read for Members<R, D> {
             };
             let n = dec.read(buf)?;
             if n > 0 {
+                self.out += n as u64;
                 return Ok(n);
             }
             let mut inner = (self.end)(self.dec.take().expect("decoder present"));
@@ -114,7 +300,20 @@ impl<R: BufRead, D: Read> Read for Members<R, D> {
                     zero_padding(&mut inner, self.name)?;
                     return Ok(0);
                 }
-                Some(_) if next[..n] == self.magic[..n] => self.dec = Some((self.start)(inner)),
+                Some(_) if next[..n] == self.magic[..n] => {
+                    if let Some((points, tell)) = &self.points {
+                        points.push(Point {
+                            input: tell(&inner),
+                            decoded: Decoded {
+                                compression: self.name.into(),
+                                output: self.out,
+                                inflate: None,
+                                xz_check: None,
+                            },
+                        });
+                    }
+                    self.dec = Some((self.start)(inner));
+                }
                 Some(b) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -216,21 +415,37 @@ impl<R: Read> Read for ZstdWindow<R> {
     }
 }
 
+/// Where a new xz stream starts: a restart point for [`xz::Tap`].
+trait StreamStart {
+    fn stream_start(&mut self, _output: u64) {}
+}
+
+impl<R> StreamStart for BufReader<R> {}
+
+impl<R: BufRead> StreamStart for xz::Tap<R> {
+    fn stream_start(&mut self, output: u64) {
+        self.next_stream(output);
+    }
+}
+
 /// Concatenated xz streams (with stream padding between them), each decoded by liblzma's
 /// multi-threaded decoder.
 struct XzMulti<R: BufRead> {
     dec: Option<liblzma::bufread::XzDecoder<R>>,
     threads: u32,
     memlimit: u64,
+    /// Image bytes so far.
+    out: u64,
 }
 
-impl<R: BufRead> XzMulti<R> {
-    fn new(inner: R, threads: u32, memlimit: u64) -> io::Result<Self> {
+impl<R: BufRead + StreamStart> XzMulti<R> {
+    fn new(inner: R, threads: u32, memlimit: u64, out: u64) -> io::Result<Self> {
         let stream = Self::stream(threads, memlimit)?;
         Ok(Self {
             dec: Some(liblzma::bufread::XzDecoder::new_stream(inner, stream)),
             threads,
             memlimit,
+            out,
         })
     }
 
@@ -244,7 +459,7 @@ impl<R: BufRead> XzMulti<R> {
     }
 }
 
-impl<R: BufRead> Read for XzMulti<R> {
+impl<R: BufRead + StreamStart> Read for XzMulti<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -255,6 +470,7 @@ impl<R: BufRead> Read for XzMulti<R> {
             };
             let n = dec.read(buf)?;
             if n > 0 {
+                self.out += n as u64;
                 return Ok(n);
             }
             // End of one stream: skip stream padding (NULs), then expect another stream or
@@ -280,6 +496,7 @@ impl<R: BufRead> Read for XzMulti<R> {
                 padding += zeros as u64;
             }
             let stream = Self::stream(self.threads, self.memlimit)?;
+            inner.stream_start(self.out);
             self.dec = Some(liblzma::bufread::XzDecoder::new_stream(inner, stream));
         }
     }
@@ -289,6 +506,188 @@ impl<R: BufRead> Read for XzMulti<R> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// Words, random bytes and zeros (deterministic).
+    fn data(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let run = (next() % 50_000) as usize;
+            match next() % 3 {
+                0 => (0..run).for_each(|_| v.push(next() as u8)),
+                1 => v.resize(v.len() + run, 0),
+                _ => (0..run / 8).for_each(|_| {
+                    v.extend_from_slice(["disk ", "image ", "xz "][(next() % 3) as usize].as_bytes())
+                }),
+            }
+        }
+        v.truncate(n);
+        v
+    }
+
+    /// `cmd args` with `input` on its standard input: its output.
+    fn cli(cmd: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+        let mut child = Command::new(cmd)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect(cmd);
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success(), "{cmd} {args:?}");
+        out.stdout
+    }
+
+    fn read_all(r: io::Result<Box<dyn Read + Send>>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        r?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Continues `z` from `p` (the start of the stream for `None`).
+    fn from_point(c: Compression, z: &[u8], p: &Point, points: Points) -> io::Result<Vec<u8>> {
+        let at = Restart {
+            output: p.decoded.output,
+            inflate: None,
+            xz_check: p.decoded.xz_check,
+        };
+        let rest = Box::new(io::Cursor::new(z[p.input as usize..].to_vec()));
+        read_all(resumable(c, rest, p.input, Some(at), points, &Default::default()))
+    }
+
+    /// Decodes `z` with every restart point kept, checks that each gives exactly the rest
+    /// of `want`, and returns them.
+    fn every_point_resumes(c: Compression, z: &[u8], want: &[u8]) -> Vec<Point> {
+        let points = Points::with_gap(0);
+        let whole = Box::new(io::Cursor::new(z.to_vec()));
+        let got = read_all(resumable(c, whole, 0, None, points.clone(), &Default::default())).unwrap();
+        assert!(got == want, "{c:?}");
+        let all = points.all();
+        for p in &all {
+            let rest = from_point(c, z, p, Points::with_gap(0)).unwrap();
+            assert!(rest == want[p.decoded.output as usize..], "{c:?} from {p:?}");
+        }
+        all
+    }
+
+    #[test]
+    fn xz_blocks_and_streams_are_restart_points() {
+        let a = data(1, 3 << 20);
+        let mt = cli("xz", &["-T2", "--block-size=128KiB", "-c"], &a);
+        let st = cli("xz", &["-T1", "-c"], &a);
+        let two = [mt.clone(), vec![0; 8], st, mt.clone()].concat();
+        let want = [a.clone(), a.clone(), a.clone()].concat();
+        let all = every_point_resumes(Compression::Xz, &two, &want);
+        let blocks = all.iter().filter(|p| p.decoded.xz_check == Some(4)).count();
+        // 24 blocks in each multi-threaded stream (the first of each is its stream's start);
+        // none in the single-threaded one (its block header has no sizes).
+        assert_eq!(blocks, 2 * 23, "{all:?}");
+        let streams: Vec<(u64, u64)> = all
+            .iter()
+            .filter(|p| p.decoded.xz_check.is_none())
+            .map(|p| (p.input, p.decoded.output))
+            .collect();
+        let second = mt.len() as u64 + 8;
+        let third = (two.len() - mt.len()) as u64;
+        assert_eq!(streams, [(second, 3 << 20), (third, 6 << 20)]);
+        assert!(all.iter().all(|p| p.decoded.output % (128 << 10) == 0));
+    }
+
+    #[test]
+    fn a_continued_xz_stream_checks_the_stored_index() {
+        let a = data(2, 1 << 20);
+        let xz = cli("xz", &["-T2", "--block-size=64KiB", "-c"], &a);
+        let points = Points::with_gap(0);
+        read_all(resumable(
+            Compression::Xz,
+            Box::new(io::Cursor::new(xz.clone())),
+            0,
+            None,
+            points.clone(),
+            &Default::default(),
+        ))
+        .unwrap();
+        let p = points.all()[8].clone();
+        assert_eq!(p.decoded.xz_check, Some(4));
+        // The index: before the 12-byte footer, its size from the footer's backward size.
+        let n = xz.len();
+        let backward = u32::from_le_bytes(xz[n - 8..n - 4].try_into().unwrap());
+        let index = n - 12 - (backward as usize + 1) * 4;
+        assert_eq!(xz[index], 0);
+        let fails = |bad: Vec<u8>| {
+            let e = from_point(Compression::Xz, &bad, &p, Points::new()).unwrap_err();
+            crate::Error::io("reading", e).to_string()
+        };
+        let fix_crc = |bad: &mut Vec<u8>| {
+            let crc = zlib_rs::crc32::crc32(0, &bad[index..n - 16]);
+            bad[n - 16..n - 12].copy_from_slice(&crc.to_le_bytes());
+        };
+        // The stored index's CRC-32.
+        let mut bad = xz.clone();
+        bad[n - 14] ^= 1;
+        assert!(fails(bad).contains("CRC-32"));
+        // A record of a block decoded here, its CRC-32 made right: liblzma refuses the index
+        // of the blocks it decoded.
+        let mut bad = xz.clone();
+        bad[n - 18] ^= 1;
+        fix_crc(&mut bad);
+        let msg = fails(bad);
+        assert!(msg.contains("lzma data error"), "{msg}");
+        // The footer's flags.
+        let mut bad = xz.clone();
+        bad[n - 3] = 1;
+        assert!(fails(bad).contains("footer"));
+        // Cut in the index.
+        let e = from_point(Compression::Xz, &xz[..n - 20], &p, Points::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // Records of blocks before the checkpoint are only counted (the stream header's
+        // CRC and its blocks are not read again either).
+        let mut other = xz.clone();
+        other[index + 3] ^= 0x01;
+        fix_crc(&mut other);
+        assert!(
+            from_point(Compression::Xz, &other, &p, Points::new()).unwrap() == a[p.decoded.output as usize..]
+        );
+    }
+
+    #[test]
+    fn zstd_frames_and_bzip2_streams_are_restart_points() {
+        let a = data(3, 700_000);
+        let b = data(4, 300_000);
+        let want = [a.clone(), b.clone(), a.clone()].concat();
+        // zstd: frames, and a skippable frame between them.
+        let (za, zb) = (
+            zstd::encode_all(&a[..], 3).unwrap(),
+            zstd::encode_all(&b[..], 19).unwrap(),
+        );
+        let skippable = [&0x184d_2a50u32.to_le_bytes()[..], &4u32.to_le_bytes(), b"skip"].concat();
+        let z = [za.clone(), skippable, zb.clone(), za.clone()].concat();
+        let all = every_point_resumes(Compression::Zstd, &z, &want);
+        let outputs: Vec<u64> = all.iter().map(|p| p.decoded.output).collect();
+        assert_eq!(outputs, [700_000, 1_000_000, 1_700_000]);
+        assert!(from_point(Compression::Zstd, &z[..z.len() - 10], &all[1], Points::new()).is_err());
+        // bzip2: streams, then zero padding.
+        let bz = |d: &[u8]| {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        };
+        let z = [bz(&a), bz(&b), bz(&a), vec![0; 100]].concat();
+        let all = every_point_resumes(Compression::Bzip2, &z, &want);
+        let outputs: Vec<u64> = all.iter().map(|p| p.decoded.output).collect();
+        assert_eq!(outputs, [700_000, 1_000_000]);
+    }
 
     fn roundtrip(c: Compression, compressed: Vec<u8>, expect: &[u8]) {
         let mut out = Vec::new();

@@ -8,13 +8,13 @@ use std::sync::{
 use std::time::{Duration, Instant};
 
 use crate::checksum::{Checksum, Hasher};
-use crate::decompress::{DecompressOptions, decoder};
+use crate::decompress::{DecompressOptions, Restart, decoder, resumable, resumes};
 use crate::detect::{
     Compression, Detected, DiskFormat, HEAD_LEN, Prefixed, detect, lzma_size, zstd_content_size,
 };
 use crate::progress::{ProgressFn, Reporter};
 use crate::qcow2::{self, DEFAULT_REORDER_BUDGET, Qcow2Stream, ResumeMap};
-use crate::resume::{self, DEFAULT_CHECKPOINT_EVERY, Record};
+use crate::resume::{self, DEFAULT_CHECKPOINT_EVERY, Point, Points, Record, WINDOW};
 use crate::seq::{Ranged, ReadAt};
 use crate::source::{self, Counted, ResumeFrom, Shared, SourceSpec, Stats};
 use crate::tar::{SharedTar, TarDisk};
@@ -22,7 +22,7 @@ use crate::target::{self, Checkpoint, Probe, Target, TargetSpec};
 use crate::vdi::VdiStream;
 use crate::vhd::{self, RawKind, VhdStream};
 use crate::vhdx::VhdxStream;
-use crate::vmdk::{ExtentFiles, LocalExtents, Vmdk};
+use crate::vmdk::{self, ExtentFiles, LocalExtents, Vmdk, VmdkStream};
 use crate::{Error, Result, raw};
 
 /// Most layers (compressions and archives) peeled before the disk.
@@ -127,21 +127,27 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
             reason: "exists; pass --force to replace it".into(),
         });
     }
-    let record = if opts.resume {
-        resume_record(&opts, probe)?
+    let (record, window) = if opts.resume {
+        resume_record(&opts, probe)?.unzip()
     } else {
-        None
+        (None, None)
     };
+    let window = window.flatten();
     let from = record.as_ref().map(|r| ResumeFrom {
         offset: r.offset,
         validator: r.validator.clone(),
         total: r.total,
     });
-    // A qcow2 continues with its mapping, rebuilt from its tables by ranged reads.
+    // A qcow2 continues with its mapping, rebuilt from its tables by ranged reads; a
+    // streamOptimized VMDK with its front read again.
     let mut map = None;
     let (record, from) = match (record, from) {
-        (Some(r), Some(f)) if r.disk_format() == Some(DiskFormat::Qcow2) => {
-            match qcow2_map(&opts.source, &f).await {
+        (Some(r), Some(f)) if matches!(r.disk_format(), Some(DiskFormat::Qcow2 | DiskFormat::Vmdk)) => {
+            let m = match r.disk_format() {
+                Some(DiskFormat::Qcow2) => qcow2_map(&opts.source, &f).await,
+                _ => vmdk_front(&opts.source, &f).await,
+            };
+            match m {
                 Ok(m) => {
                     map = m;
                     (Some(r), Some(f))
@@ -160,12 +166,13 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
     // source gone, it removes or suspends the target) and the process waits for that.
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
-    let mut report = ido_engine::cleanup::spawn_blocking(move || run(opts, probe, opened, record, map, stop))
-        .await
-        .map_err(|e| Error::Io {
-            context: "the conversion thread".into(),
-            source: io::Error::other(e.to_string()),
-        })??;
+    let mut report =
+        ido_engine::cleanup::spawn_blocking(move || run(opts, probe, opened, (record, window), map, stop))
+            .await
+            .map_err(|e| Error::Io {
+                context: "the conversion thread".into(),
+                source: io::Error::other(e.to_string()),
+            })??;
     report.elapsed = start.elapsed();
     Ok(report)
 }
@@ -181,7 +188,7 @@ impl Drop for StopOnDrop {
 
 /// Reads a qcow2's header and tables from the source for a run that continues at
 /// `from.offset`.
-async fn qcow2_map(spec: &SourceSpec, from: &ResumeFrom) -> Result<Option<ResumeMap>> {
+async fn qcow2_map(spec: &SourceSpec, from: &ResumeFrom) -> Result<Option<Mapping>> {
     let Some(ranges) = source::ranges(spec, from)? else {
         return Ok(None);
     };
@@ -189,11 +196,29 @@ async fn qcow2_map(spec: &SourceSpec, from: &ResumeFrom) -> Result<Option<Resume
     let head = ranges.read(0, 2 << 20).await?;
     let map = qcow2::resume_map(&head, from.offset, |off, len| ranges.read(off, len)).await?;
     tracing::info!(offset = from.offset, "qcow2 mapping rebuilt from its tables");
-    Ok(Some(map))
+    Ok(Some(Mapping::Qcow2(map)))
 }
 
-/// The checkpoint to continue, if there is one that this import matches.
-fn resume_record(opts: &ImportOptions, probe: Probe) -> Result<Option<Record>> {
+/// Reads the front of a streamOptimized VMDK from the source for a run that continues at
+/// `from.offset`.
+async fn vmdk_front(spec: &SourceSpec, from: &ResumeFrom) -> Result<Option<Mapping>> {
+    let Some(ranges) = source::ranges(spec, from)? else {
+        return Ok(None);
+    };
+    let m = vmdk::resume_front(from.offset, |off, len| ranges.read(off, len)).await?;
+    tracing::info!(offset = from.offset, "VMDK front read again");
+    Ok(Some(Mapping::Vmdk(m)))
+}
+
+/// What a resumed qcow2 or VMDK continues with.
+enum Mapping {
+    Qcow2(ResumeMap),
+    Vmdk(vmdk::Resume),
+}
+
+/// The checkpoint to continue, if there is one that this import matches (with, for a
+/// checkpoint inside a gzip member, the window read back from the target).
+fn resume_record(opts: &ImportOptions, probe: Probe) -> Result<Option<(Record, Option<Vec<u8>>)>> {
     let path = &opts.target.path;
     if probe.block {
         return Err(Error::InvalidArgument {
@@ -220,21 +245,110 @@ fn resume_record(opts: &ImportOptions, probe: Probe) -> Result<Option<Record>> {
             h.up_to >= r.offset && h.up_to <= r.total && Hasher::restore(c.algorithm, &h.state).is_ok()
         }
     };
+    // A compressed image: a raw or ISO image in a compression that resumes; the bytes to
+    // read again are the decoder's (a fixed VHD's footer is held back by the writer).
+    let decoded_ok = match &r.decoded {
+        None => r.offset.saturating_add(512) <= r.total,
+        Some(d) => {
+            compression(&d.compression).is_some()
+                && matches!(r.disk_format(), Some(DiskFormat::Raw | DiskFormat::Iso))
+                && r.offset < r.total
+                && d.inflate
+                    .as_ref()
+                    .is_none_or(|f| f.bit <= 7 && f.member <= d.output)
+                && d.xz_check.is_none_or(|c| c <= 15)
+                && (d.inflate.is_none() || d.xz_check.is_none())
+        }
+    };
     let matches = r.source == opts.source.to_string()
         && r.checksum == checksum
         && hash_ok
         && r.preallocate == opts.preallocate
         && format_ok
         && r.offset > 0
-        // The last 512 bytes are read again: a fixed VHD's footer is recognised there.
-        && r.offset.saturating_add(512) <= r.total
+        && decoded_ok
         && path.is_file();
     if !matches {
         tracing::info!(checkpoint = %record_path.display(), "the checkpoint is of another import; starting from 0");
         resume::remove(&record_path);
         return Ok(None);
     }
-    Ok(Some(r))
+    // A deflate block may refer to the 32 KiB before it: the target's own bytes, synced
+    // before the record was written (its holes read as the zeros they stand for).
+    let window = match r
+        .decoded
+        .as_ref()
+        .and_then(|d| Some((d.output, d.inflate.as_ref()?)))
+    {
+        None => None,
+        Some((output, f)) => {
+            let len = f.member.min(WINDOW as u64) as usize;
+            let w = read_window(path, output - len as u64, len).map_err(|e| {
+                Error::io(
+                    format!("reading the window of the checkpoint from {}", path.display()),
+                    e,
+                )
+            })?;
+            if zlib_rs::crc32::crc32(0, &w) != f.window {
+                tracing::info!(checkpoint = %record_path.display(), "the target's bytes before the checkpoint are not the ones recorded; starting from 0");
+                resume::remove(&record_path);
+                return Ok(None);
+            }
+            Some(w)
+        }
+    };
+    Ok(Some((r, window)))
+}
+
+/// `len` bytes of the file at `path` from `off`; past its end, zeros (a target's length
+/// is set at the end: a run of zeros at the end of what was written is not in it yet).
+fn read_window(path: &std::path::Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut w = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match FileExt::read_at(&f, &mut w[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(w)
+}
+
+/// The compression a checkpoint names, if it is one that resumes.
+fn compression(name: &str) -> Option<Compression> {
+    [
+        Compression::Gzip,
+        Compression::Xz,
+        Compression::Zstd,
+        Compression::Bzip2,
+    ]
+    .into_iter()
+    .find(|c| c.name() == name)
+}
+
+/// Why an import of a `c` layer that failed before its decoder passed a restart point
+/// cannot resume.
+fn no_restart_point(c: &str) -> &'static str {
+    match c {
+        "gzip" => "no deflate block ended before the failure",
+        "xz" => {
+            "no xz stream or block ended before the failure (a stream of one block, or whose \
+             block headers do not record their sizes as multi-threaded xz writes them, resumes \
+             only at the next stream)"
+        }
+        "zstd" => {
+            "no zstd frame ended before the failure (zstd writes one frame per file, even with \
+             -T0 or --rsyncable: only concatenated files and pzstd's output have several)"
+        }
+        _ => {
+            "no bzip2 stream ended before the failure (bzip2 writes one stream per file; \
+             pbzip2 one per 900 kB block)"
+        }
+    }
 }
 
 /// The blocking part: everything after the source answered.
@@ -242,8 +356,8 @@ fn run(
     opts: ImportOptions,
     probe: Probe,
     opened: source::Opened,
-    record: Option<Record>,
-    map: Option<ResumeMap>,
+    (record, window): (Option<Record>, Option<Vec<u8>>),
+    map: Option<Mapping>,
     stop: Arc<AtomicBool>,
 ) -> Result<ImportReport> {
     let stats = Stats::new(Shared {
@@ -260,14 +374,23 @@ fn run(
         .and_then(Record::disk_format)
         .filter(|_| opened.offset > 0);
     let resumed_at = opened.offset;
-    if resumed_at > 0 && (resumed.is_none() || (resumed == Some(DiskFormat::Qcow2) && map.is_none())) {
+    if resumed_at > 0
+        && (resumed.is_none()
+            || (matches!(resumed, Some(DiskFormat::Qcow2 | DiskFormat::Vmdk)) && map.is_none()))
+    {
         return Err(Error::io(
             "resuming",
             io::Error::other("the source continued without a matching checkpoint"),
         ));
     }
-    let base = match resumed {
-        Some(DiskFormat::Raw | DiskFormat::Iso) => resumed_at,
+    // A compressed image continues its decoder at a restart point.
+    let decoded = record
+        .as_ref()
+        .filter(|_| resumed.is_some())
+        .and_then(|r| r.decoded.clone());
+    let base = match (resumed, &decoded) {
+        (Some(DiskFormat::Raw | DiskFormat::Iso), Some(d)) => d.output,
+        (Some(DiskFormat::Raw | DiskFormat::Iso), None) => resumed_at,
         _ => 0,
     };
     if opts.resume && resumed.is_none() {
@@ -294,6 +417,32 @@ fn run(
         at_least: None,
     };
     let mut reader: Box<dyn Read + Send> = Box::new(bottom.clone());
+    // The decoder's restart points, when a compressed image keeps checkpoints.
+    let mut points = None;
+    if let Some(d) = &decoded {
+        let c = compression(&d.compression).ok_or_else(|| {
+            Error::invalid("checkpoint", format!("unknown compression {:?}", d.compression))
+        })?;
+        let p = Points::new();
+        // Until the decoder passes another, a checkpoint is this one again.
+        p.push(Point {
+            input: resumed_at,
+            decoded: d.clone(),
+        });
+        let at = Restart {
+            output: d.output,
+            inflate: d.inflate.clone().zip(window),
+            xz_check: d.xz_check,
+        };
+        reader = resumable(c, reader, resumed_at, Some(at), p.clone(), &opts.decompress)
+            .map_err(|e| Error::io(format!("starting the {} decoder", c.name()), e))?;
+        layers.push(c.name());
+        size = Size {
+            exact: None,
+            at_least: None,
+        };
+        points = Some(p);
+    }
     let detected = if let Some(format) = resumed {
         format
     } else {
@@ -326,9 +475,23 @@ fn run(
                             .then(|| zstd_content_size(p.head()))
                             .flatten(),
                     };
+                    // Restart points only where a checkpoint can use them: the outer layer of
+                    // an object that can be asked for again from the middle.
+                    let restarts = opts.resume
+                        && layers.is_empty()
+                        && resumes(c)
+                        && !probe.block
+                        && opened.validator.is_some()
+                        && opened.total.is_some();
                     layers.push(c.name());
-                    reader = decoder(c, Box::new(p), &opts.decompress)
-                        .map_err(|e| Error::io(format!("starting the {} decoder", c.name()), e))?;
+                    reader = if restarts {
+                        let restart_points = Points::new();
+                        points = Some(restart_points.clone());
+                        resumable(c, Box::new(p), 0, None, restart_points, &opts.decompress)
+                    } else {
+                        decoder(c, Box::new(p), &opts.decompress)
+                    }
+                    .map_err(|e| Error::io(format!("starting the {} decoder", c.name()), e))?;
                 }
                 Detected::Tar => {
                     let t = TarDisk::open_with(Box::new(p) as Box<dyn Read + Send>, opts.disk.as_deref())?;
@@ -391,12 +554,19 @@ fn run(
     // again from the middle (a validator and a length).
     // A qcow2's checkpoints are taken between clusters; a kept target cannot be
     // preallocated (what the previous run wrote is not known).
-    let qcow2 = format == DiskFormat::Qcow2 && !opts.preallocate;
+    // A raw or ISO image in one compression: at the decoder's restart points (the target's
+    // record counts image bytes; see `resume::save`).
+    // A streamOptimized VMDK's, at its grain markers (a monolithicSparse one has none, and
+    // starts from 0).
+    let by_safe_points =
+        matches!(format, DiskFormat::Qcow2 | DiskFormat::Vmdk) && !opts.preallocate && extents.is_none();
+    let points = points.filter(|_| layers.len() == 1 && matches!(format, DiskFormat::Raw | DiskFormat::Iso));
     let checkpoint = match (&opened.validator, opened.total) {
         (Some(validator), Some(total))
             if opts.resume
-                && layers.is_empty()
-                && (matches!(format, DiskFormat::Raw | DiskFormat::Iso) || qcow2) =>
+                && ((layers.is_empty()
+                    && (matches!(format, DiskFormat::Raw | DiskFormat::Iso) || by_safe_points))
+                    || points.is_some()) =>
         {
             Some(Checkpoint {
                 path: record_path.clone(),
@@ -408,16 +578,18 @@ fn run(
                     format: format.name().to_string(),
                     checksum: opts.checksum.as_ref().map(ToString::to_string),
                     preallocate: opts.preallocate,
-                    offset: resumed_at,
+                    offset: if points.is_some() { base } else { resumed_at },
                     hashed: None,
+                    decoded: None,
                 },
                 every: opts.checkpoint_every.max(1),
-                by_safe_points: format == DiskFormat::Qcow2,
+                by_safe_points,
+                points: points.clone(),
             })
         }
         _ => {
             if opts.resume {
-                tracing::info!(%format, ?layers, "this import cannot resume in a later run (only uncompressed raw, and qcow2 without preallocation, from HTTP or S3 can)");
+                tracing::info!(%format, ?layers, "this import cannot resume in a later run (only raw and ISO images, uncompressed or in one layer of gzip, xz, zstd or bzip2, and qcow2 and streamOptimized VMDK without preallocation, from HTTP or S3 can)");
             }
             None
         }
@@ -465,7 +637,7 @@ fn run(
         Ok(v) => v,
         Err(e) => {
             if let Some(t) = target.take() {
-                if e.is_transient() {
+                if e.is_transient() && restartable(points.as_ref(), &stats, &layers) {
                     t.suspend();
                 } else {
                     t.abort();
@@ -494,6 +666,26 @@ fn run(
         checksum: opts.checksum.as_ref().map(ToString::to_string),
         elapsed: Duration::ZERO,
     })
+}
+
+/// Whether a checkpoint can be written after a failure: always, but for a compressed image
+/// whose decoder passed no restart point that the target holds (logged: the next run starts
+/// from 0).
+fn restartable(points: Option<&Points>, stats: &Stats, layers: &[&str]) -> bool {
+    let Some(points) = points else {
+        return true;
+    };
+    let written = stats.lock().reporter.state.written;
+    if points.take(written).is_some() {
+        return true;
+    }
+    let c = layers.first().copied().unwrap_or_default();
+    tracing::info!(
+        compression = c,
+        "{}: this import cannot resume; a later run starts from 0",
+        no_restart_point(c)
+    );
+    false
 }
 
 /// The guard after a conversion: a disk format's converter wrote nothing past the virtual
@@ -549,8 +741,8 @@ struct Layer {
     resumed: bool,
     /// The prefix of a resumed raw import (where its bytes start; 0 otherwise).
     base: u64,
-    /// A resumed qcow2's mapping.
-    map: Option<ResumeMap>,
+    /// A resumed qcow2's mapping, or VMDK's front.
+    map: Option<Mapping>,
     /// The image by position (see [`positional`]).
     positional: Option<Box<dyn ReadAt>>,
     /// Where a VMDK descriptor file's extents are (see [`vmdk_extents`]).
@@ -688,7 +880,7 @@ fn convert(
             Ok((at_least(vs, size)?, format))
         }
         DiskFormat::Qcow2 => {
-            if let Some(map) = map {
+            if let Some(Mapping::Qcow2(map)) = map {
                 let vs = map.header.virtual_size;
                 open(Some(vs), target)?;
                 Qcow2Stream::resume(reader.as_mut(), map, target.as_mut().expect("opened"))?;
@@ -704,6 +896,12 @@ fn convert(
             Ok((vs, format))
         }
         DiskFormat::Vmdk => {
+            if let Some(Mapping::Vmdk(m)) = map {
+                let vs = m.virtual_size;
+                open(Some(vs), target)?;
+                VmdkStream::resume(reader.as_mut(), m, target.as_mut().expect("opened"))?;
+                return Ok((vs, format));
+            }
             let v = Vmdk::open(reader.as_mut(), budget, extents)?;
             let vs = v.virtual_size();
             open(Some(vs), target)?;

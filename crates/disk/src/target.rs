@@ -102,6 +102,9 @@ pub(crate) struct Checkpoint {
     /// offsets are the same), or the points the converter declares with
     /// [`Target::safe_point`] (qcow2: where everything before is written).
     pub(crate) by_safe_points: bool,
+    /// A compressed image's decoder restart points: the record's `offset` then counts the
+    /// image bytes written, and a checkpoint records the last point at or below it.
+    pub(crate) points: Option<resume::Points>,
 }
 
 impl Target {
@@ -203,7 +206,20 @@ impl Target {
                 state: h.state(),
             });
         }
-        resume::save(&c.path, &c.record)?;
+        let record = match &c.points {
+            None => c.record.clone(),
+            Some(points) => match resume::at_last_point(&c.record, points) {
+                Some(r) => r,
+                None => {
+                    tracing::debug!(
+                        written = c.record.offset,
+                        "no restart point of the decoder yet; no checkpoint"
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        resume::save(&c.path, &record)?;
         tracing::debug!(offset = self.safe, "checkpoint");
         Ok(())
     }

@@ -29,7 +29,9 @@
 //!   writes no end-of-stream marker when its last grain fills the file to its end (an
 //!   incompressible last grain, a blank disk): the file may then end at a marker boundary
 //!   if the grain tables at its front (read before the walk) map no grain beyond it;
-//!   otherwise it is truncated.
+//!   otherwise it is truncated. Each marker is a safe point for a later run
+//!   ([`crate::resume`]): every grain before it is written and the walk never looks back,
+//!   so that run reads the front again by ranges ([`Resume`]) and walks on from there.
 //! - **Tables** (monolithicSparse): as qcow2, pending structures are handled in file
 //!   order — grain directory, grain tables, grains — and data found behind the stream goes
 //!   through the reorder buffer. The directory read is the earlier of the two copies (the
@@ -735,6 +737,50 @@ impl<'a> Vmdk<'a> {
     }
 }
 
+/// A streamOptimized VMDK that a previous run left at the grain marker at `from`: the front
+/// of the file (header, embedded descriptor, the grain tables qemu writes before the
+/// grains), read again by ranges.
+pub(crate) struct Resume {
+    front: Vec<u8>,
+    from: u64,
+    pub(crate) virtual_size: u64,
+}
+
+/// The most of a VMDK's front a resumed run reads again (qemu's grain tables for a 2 TiB
+/// disk with 64 KiB grains: 128 MiB).
+const MAX_FRONT: u64 = 256 << 20;
+
+/// Reads the front of a streamOptimized VMDK for a run that continues at `from` with
+/// `read(offset, length)`: its header sector, then everything before the first grain.
+pub(crate) async fn resume_front<F, Fut>(from: u64, read: F) -> Result<Resume>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let head = read(0, SECTOR).await?;
+    if head.len() < SECTOR as usize || !head.starts_with(b"KDMV") {
+        return Err(bad("no sparse extent header (\"KDMV\") to continue"));
+    }
+    let h = Header::parse(&head)?;
+    let overhead = h.overhead.saturating_mul(SECTOR);
+    if h.flags & FLAG_MARKERS == 0 || overhead > from || overhead > MAX_FRONT {
+        return Err(bad(format!(
+            "cannot continue at {from:#x} (flags {:#x}, {overhead} bytes before the grains)",
+            h.flags
+        )));
+    }
+    let front = if overhead > SECTOR {
+        read(0, overhead).await?
+    } else {
+        head
+    };
+    Ok(Resume {
+        front,
+        from,
+        virtual_size: h.virtual_size(),
+    })
+}
+
 /// A VMDK sparse extent being read from a stream.
 pub(crate) struct VmdkStream<'a> {
     file: SeqFile<'a>,
@@ -811,21 +857,65 @@ impl<'a> VmdkStream<'a> {
 
     /// streamOptimized: grain markers, in file order, up to the end-of-stream marker.
     fn walk_markers(mut self, target: &mut Target) -> Result<()> {
-        let h = self.header.clone();
-        let vs = h.virtual_size();
-        let grain = h.grain_bytes();
         // Nothing behind the walk is ever needed.
         self.file.stop_retaining();
+        let (overhead, mapped_end) = self.front()?;
+        let pos = overhead.max(self.file.pos().next_multiple_of(SECTOR));
+        self.walk(target, pos, mapped_end)
+    }
+
+    /// Where the grains start, and where the grains the front tables map end (see
+    /// [`VmdkStream::front_tables_end`]).
+    fn front(&mut self) -> Result<(u64, Option<u64>)> {
+        let h = &self.header;
         let overhead = h
             .overhead
             .checked_mul(SECTOR)
             .filter(|o| *o <= MAX_VIRTUAL_SIZE)
             .ok_or_else(|| bad(format!("overhead of {} sectors", h.overhead)))?;
-        let mapped_end = self.front_tables_end(overhead)?;
-        let mut pos = overhead.max(self.file.pos().next_multiple_of(SECTOR));
+        Ok((overhead, self.front_tables_end(overhead)?))
+    }
+
+    /// Continues the walk of a streamOptimized extent that a previous run left at the
+    /// marker at `m.from`: `r` yields the file from there on, `m.front` its start.
+    pub(crate) fn resume(r: &'a mut dyn Read, m: Resume, target: &mut Target) -> Result<()> {
+        let mut front = &m.front[..];
+        let mut head = VmdkStream::open_with(&mut front, 0, true)?;
+        if head.header.flags & FLAG_MARKERS == 0 {
+            return Err(bad("a checkpoint for a VMDK without grain markers"));
+        }
+        head.file.stop_retaining();
+        let (overhead, mapped_end) = head.front()?;
+        if m.from < overhead {
+            return Err(bad(format!(
+                "a checkpoint at {:#x}, before the first grain",
+                m.from
+            )));
+        }
+        let mut file = SeqFile::new(r, FORMAT, 512, 0);
+        file.start_at(m.from);
+        file.stop_retaining();
+        Self {
+            file,
+            header: head.header,
+            budget: 0,
+            base: 0,
+        }
+        .walk(target, m.from, mapped_end)
+    }
+
+    /// Walks the markers from `pos`.
+    fn walk(mut self, target: &mut Target, mut pos: u64, mapped_end: Option<u64>) -> Result<()> {
+        let h = self.header.clone();
+        let vs = h.virtual_size();
+        let grain = h.grain_bytes();
         let mut inflate = flate2::Decompress::new(true);
         let mut out = vec![0u8; grain as usize];
         loop {
+            // Every grain before `pos` is written: a later run may continue here.
+            if self.base == 0 {
+                target.safe_point(pos)?;
+            }
             let m = self.file.read_at(pos, SECTOR as usize, true)?;
             if m.len() < SECTOR as usize {
                 // qemu-img ends the file after its last grain when that grain fills it to

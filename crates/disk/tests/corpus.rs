@@ -318,6 +318,7 @@ async fn corpus_matches_qemu_img() {
     if std::env::var_os(CHILD_TARGET).is_some() {
         return;
     }
+    ido_testkit::install_crypto_provider();
     let start = Instant::now();
     let missing = disk_corpus::missing_tools();
     let dir = tempfile::Builder::new().prefix("ido-corpus-").tempdir().unwrap();

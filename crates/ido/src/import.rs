@@ -88,8 +88,10 @@ pub(crate) struct ImportArgs {
     preallocate: bool,
     /// Keep a checkpoint beside the target file (TARGET.ido-resume) and, after a transport
     /// failure or a kill, continue a later run with the same arguments from it instead of
-    /// from 0. Uncompressed raw/ISO images, and uncompressed qcow2 without --checksum or
-    /// --preallocate, from HTTP(S) or S3 resume; other imports start again.
+    /// from 0. From HTTP(S) or S3: raw and ISO images, also gzip-compressed (any) or
+    /// xz/zstd/bzip2-compressed with several blocks, frames or streams; qcow2 (compressed
+    /// clusters too) and streamOptimized VMDK without --preallocate. Other imports start
+    /// again (docs/disk-import.md, "Resuming in a later run").
     #[arg(long)]
     resume: bool,
     /// Replace TARGET if it is a file that exists (without it, an existing file is refused

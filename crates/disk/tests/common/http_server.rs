@@ -98,6 +98,9 @@ struct State {
 impl FileServer {
     /// Serves `data` at `/image` on a loopback port.
     pub async fn start(data: Vec<u8>, b: Behaviour) -> Self {
+        // The clients of the tests are built by the library, which expects the program to
+        // have chosen a TLS crypto provider.
+        ido_testkit::install_crypto_provider();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
