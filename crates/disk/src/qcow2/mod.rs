@@ -32,7 +32,7 @@ use std::io::Read;
 
 pub use header::{CompressionType, Header};
 
-use crate::seq::{ReadAt, SeqFile};
+use crate::seq::{Pipe, ReadAt, SeqFile, with_pipe};
 use crate::target::Target;
 use crate::{Error, Result};
 
@@ -134,10 +134,18 @@ impl<'a> Qcow2Stream<'a> {
         .drive(target, pending, true, 0)
     }
 
-    /// Processes the pending structures in file order until none is left.
-    fn drive(
+    /// Processes the pending structures in file order until none is left. Data is written
+    /// on a second thread while the stream is read on ([`with_pipe`]).
+    fn drive(self, target: &mut Target, pending: Pending, l1_done: bool, l2_left: usize) -> Result<()> {
+        let cs = self.header.cluster_size();
+        with_pipe(target, cs, |pipe| {
+            self.drive_into(pipe, pending, l1_done, l2_left)
+        })
+    }
+
+    fn drive_into(
         mut self,
-        target: &mut Target,
+        pipe: &Pipe,
         mut pending: Pending,
         mut l1_done: bool,
         mut l2_left: usize,
@@ -146,15 +154,14 @@ impl<'a> Qcow2Stream<'a> {
         let cs = h.cluster_size();
         let max_pending = (self.budget / 16).max(1 << 16) as usize;
         let mut inflate = flate2::Decompress::new(false);
-        let mut out = vec![0u8; cs as usize];
 
         while let Some(((off, _), item)) = pending.0.pop_first() {
             // Every structure before `off` is done and nothing behind the stream is
             // needed any more: a later run may continue from `off`.
-            if !self.file.retaining() {
-                target.safe_point(off)?;
+            if !self.file.retaining() && !pipe.safe_point(off) {
+                return Ok(());
             }
-            match item {
+            let written = match item {
                 Item::L1 => {
                     let n = h.l1_needed();
                     let l1 = self.file.read_at(off, (n * 8) as usize, false)?;
@@ -163,6 +170,7 @@ impl<'a> Qcow2Stream<'a> {
                         l2_left += 1;
                     }
                     l1_done = true;
+                    true
                 }
                 Item::L2 { index } => {
                     let table = self.file.read_at(off, cs as usize, false)?;
@@ -181,34 +189,26 @@ impl<'a> Qcow2Stream<'a> {
                             ),
                         });
                     }
+                    true
                 }
                 Item::Data { guest, mask } => {
                     let len = (h.virtual_size - guest).min(cs) as usize;
                     match mask {
                         None => {
-                            let data = self.file.read_at(off, cs as usize, false)?;
-                            target.write_at(guest, &data[..len])?;
+                            let mut piece = pipe.buffer();
+                            self.file.read_into(off, cs as usize, &mut piece)?;
+                            piece.truncate(len);
+                            pipe.write(guest, piece)
                         }
-                        Some(mask) => {
-                            // Only up to the last subcluster with data: the file may end
-                            // there (qemu allocates subclusters, not whole clusters).
-                            let sub = (cs / 32) as usize;
-                            let used = (32 - mask.leading_zeros() as usize) * sub;
-                            let data = self.file.read_at(off, used, false)?;
-                            let len = len.min(used);
-                            for i in 0..32 {
-                                let (s, e) = (i * sub, ((i + 1) * sub).min(len));
-                                if s < e && mask & (1 << i) != 0 {
-                                    target.write_at(guest + s as u64, &data[s..e])?;
-                                }
-                            }
-                        }
+                        Some(mask) => self.subclusters(pipe, off, guest, len, mask)?,
                     }
                 }
                 Item::Compressed { guest, len } => {
                     let data = self.file.read_at(off, len as usize, true)?;
                     let end = off + data.len() as u64;
-                    decompress(&h, &mut inflate, data, &mut out, guest)?;
+                    let mut piece = pipe.buffer();
+                    piece.resize(cs as usize, 0);
+                    decompress(&h, &mut inflate, data, &mut piece, guest)?;
                     // Its last sector may hold the start of the next compressed cluster. If
                     // that one is not known yet (its L2 table comes later in the file, as
                     // `qemu-img convert -c` lays out a cluster that fits in the host
@@ -218,9 +218,12 @@ impl<'a> Qcow2Stream<'a> {
                     {
                         self.file.retain_tail(512)?;
                     }
-                    let n = (h.virtual_size - guest).min(cs) as usize;
-                    target.write_at(guest, &out[..n])?;
+                    piece.truncate((h.virtual_size - guest).min(cs) as usize);
+                    pipe.write(guest, piece)
                 }
+            };
+            if !written {
+                return Ok(());
             }
             // All metadata is known and nothing pending lies behind the stream: what is
             // skipped from now on can never be needed.
@@ -235,6 +238,27 @@ impl<'a> Qcow2Stream<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A cluster of an extended-L2 image: only its subclusters with data are written (the
+    /// file may end after the last one: qemu allocates subclusters, not whole clusters).
+    fn subclusters(&mut self, pipe: &Pipe, off: u64, guest: u64, len: usize, mask: u32) -> Result<bool> {
+        let sub = (self.header.cluster_size() / 32) as usize;
+        let used = (32 - mask.leading_zeros() as usize) * sub;
+        let data = self.file.read_at(off, used, false)?;
+        let len = len.min(used);
+        for i in 0..32 {
+            let (s, e) = (i * sub, ((i + 1) * sub).min(len));
+            if s < e && mask & (1 << i) != 0 {
+                let mut piece = pipe.buffer();
+                piece.clear();
+                piece.extend_from_slice(&data[s..e]);
+                if !pipe.write(guest + s as u64, piece) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 }
 

@@ -7,6 +7,7 @@
 //! pass through [`Counted`], which counts them for progress and hashes them for the
 //! checksum, so both cover exactly the bytes as fetched.
 
+mod file;
 mod http;
 pub mod registry;
 pub mod s3;
@@ -163,7 +164,11 @@ pub(crate) async fn open(spec: &SourceSpec, from: Option<&ResumeFrom>) -> Result
                 .metadata()
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             let total = meta.is_file().then_some(meta.len());
-            Ok(Opened::whole(Box::new(file), total))
+            let reader: Box<dyn Read + Send> = match total {
+                Some(len) => Box::new(file::SparseFile::new(file, len)),
+                None => Box::new(file),
+            };
+            Ok(Opened::whole(reader, total))
         }
         SourceSpec::Stdin => Ok(Opened::whole(Box::new(io::stdin()), None)),
         SourceSpec::Http(opts) => http::open(opts, from).await,
