@@ -118,6 +118,12 @@ pub(crate) struct ImportArgs {
     #[arg(long, value_name = "LOG", default_value_t = ido_disk::decompress::ZSTD_WINDOW_LOG_DEFAULT,
           value_parser = clap::value_parser!(u32).range(10..=ido_disk::decompress::ZSTD_WINDOW_LOG_MAX as i64))]
     zstd_window_log: u32,
+    /// Memory for the xz decoder. The default (32Mi) keeps an import within 64 MiB. A
+    /// stream written multi-threaded (`xz -T`) decodes one block per core at once when
+    /// that many blocks fit (each thread holds a block in and out: 256Mi lets two cores
+    /// decode `xz -6`'s 24 MiB blocks, at about 120 MiB of memory).
+    #[arg(long, value_name = "S", value_parser = parse_size, default_value = "32Mi")]
+    xz_memory: u64,
     /// Reorder buffer: memory for image data stored before the tables that map it
     /// (qcow2, vmdk, vhd, vhdx, vdi read as a stream). A qcow2 from a local file needs
     /// none (it is read again by position), nor one from HTTP(S)/S3 with ranges beyond it.
@@ -217,6 +223,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         connections,
         zstd_window_log,
         reorder_buffer,
+        xz_memory,
         more,
         progress,
     } = args;
@@ -427,6 +434,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     opts.overwrite = force;
     opts.checkpoint_every = checkpoint_every;
     opts.decompress.zstd_window_log_max = zstd_window_log;
+    opts.decompress.xz_memlimit_threading = xz_memory;
     opts.reorder_budget = reorder_buffer;
     let display = Display::new(progress);
     opts.progress = display.callback();
