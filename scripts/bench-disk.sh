@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The disk-import benchmark, figures in docs/benchmarks.md: builds the release
-# binaries and runs `ido import` against CDI's path, nbdkit + qemu-img and plain curl, over
-# loopback HTTP (nginx).
-#   scripts/bench-disk.sh [--runs 3] [--cases qcow2,xz] [...]   (see crates/testkit/src/bin/ido-bench-disk.rs)
-# Needs about 8 GiB free under target/ (fixtures, outputs, CDI's scratch file).
+# The disk-import benchmark, figures in docs/benchmarks.md: builds the release binaries and
+# runs, in one run, `ido import` of every disk format it reads (qcow2, vmdk streamOptimized
+# and monolithicSparse, vhdx, vhd, vdi, raw) against `qemu-img convert -O raw` from a local
+# file, and over loopback HTTP (nginx) qcow2 and xz against CDI's path, nbdkit + qemu-img,
+# `xz -dc -T1` and plain curl.
+#   scripts/bench-disk.sh [--runs 3] [--cases qcow2,vhdx,...|all] [--size MIB]
+#                         [--svg docs/bench-disk.svg] [...]   (see crates/testkit/src/bin/ido-bench-disk.rs)
+# Needs about 12 GiB free under target/ with the default --size 1024 (fixtures of 1 GiB
+# of data each, outputs, CDI's scratch file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

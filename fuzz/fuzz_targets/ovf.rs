@@ -1,8 +1,9 @@
 //! OVF descriptors, every parser of them:
 //! - ido-disk's OVA reader (which file is the disk: `<Disk ovf:fileRef>` → `<File
 //!   ovf:href>`), through a tar of the descriptor and a disk;
-//! - Cloud Director: `vcd::ovf::references` and `set_hardware_version`;
-//! - vSphere: `vsphere::import::ovf_networks` (and its XML tree, `vsphere::xml::Node`).
+//! - the engine's OVF reader (`ido_engine::ovf`: files, disks, the hardware-version patch),
+//!   and what Cloud Director refuses on top (`vcd::ovf::references`);
+//! - vSphere: `vsphere::import::ovf_networks` (over the engine's XML tree).
 #![no_main]
 
 use std::io::{self, Read};
@@ -21,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let text = String::from_utf8_lossy(data);
+    if let Ok(d) = ido_engine::ovf::Descriptor::parse(&text) {
+        let _ = d.disks();
+    }
     let _ = vcd::ovf::references(&text);
-    let _ = vcd::ovf::set_hardware_version(&text, 19);
+    let _ = ido_engine::ovf::set_hardware_version(&text, 19);
     let _ = vsphere::import::ovf_networks(&text);
 });

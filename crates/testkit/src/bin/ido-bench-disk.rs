@@ -1,29 +1,50 @@
-//! The disk-import benchmark: `ido import` against CDI's path, nbdkit's curl
-//! plugin feeding `qemu-img convert`, and the limit, in one run, over loopback HTTP (nginx).
+//! The disk-import benchmark, in one run: `ido import` of every disk format it reads against
+//! `qemu-img convert -O raw`, from a local file; and over loopback HTTP (nginx) against CDI's
+//! path, nbdkit's curl plugin feeding `qemu-img convert`, `xz -dc -T1` and the limit.
 //!
 //! ```text
-//! ido-bench-disk --ido target/release/ido [--runs 3] [--cases qcow2,xz] [--virtual-gib 4]
-//!                [--data-mib 1536] [--xz-mib 1024] [--dir target/bench-disk]
+//! ido-bench-disk --ido target/release/ido [--runs 3] [--cases qcow2,vhdx,...|all]
+//!                [--size MIB] [--virtual-gib 4] [--xz-mib 1024] [--dir target/bench-disk]
+//!                [--svg docs/bench-disk.svg] [--fixtures-only]
 //! ```
 //!
-//! Fixtures (made once, kept in `--dir/fixtures` and reused while the parameters match):
-//! - `image.qcow2`: `--virtual-gib` GiB virtual holding `--data-mib` MiB of incompressible
-//!   data in 4 MiB runs between holes (`qemu-img convert -O qcow2` of a sparse raw);
+//! Fixtures (made once, kept in `--dir/fixtures` and reused while their parameters match;
+//! `--fixtures-only` makes them and stops, so that a later run starts on a quiet machine):
+//! - `image.raw`: a sparse raw of `--virtual-gib` GiB (default: 4 × `--size`) holding `--size`
+//!   MiB (`--data-mib`; default 1024) of incompressible data in 4 MiB runs between holes;
+//! - from it, by `qemu-img convert -f raw -O FMT -o OPTS`: `image.qcow2`, `image-stream.vmdk`
+//!   (streamOptimized, as in OVAs), `image-sparse.vmdk` (monolithicSparse), `image.vhdx`
+//!   (dynamic), `image.vhd` (dynamic, `force_size=on`), `image.vdi` (dynamic);
 //! - `image.raw.xz`: a `--xz-mib` MiB raw of compressible, text-like data with holes,
 //!   compressed by `xz -T2 -3 --block-size=16MiB` (multi-block, as `xz -T` writes), about
 //!   3:1.
 //!
-//! Tools, each writing a fresh raw file, every target fsynced at the end (`sync FILE`):
-//! - `ido`: `ido import URL OUT --progress none`;
-//! - `cdi`: CDI's path: download to a scratch file (xz decoded on the way, one thread, as
-//!   CDI's importer does), then `qemu-img convert -t writeback -O raw SCRATCH OUT`;
-//! - `nbdkit` (qcow2 only): `nbdkit curl` serving the URL, `qemu-img convert -f qcow2` from it;
-//! - `xz-T1` (xz only): `curl URL | xz -dc -T1 > OUT`, the issue's xz anchor;
-//! - `limit`: `curl -o OUT URL` of the same bytes.
+//! Cases (`--cases`, default all):
+//! - `qcow2`, `vmdk-stream`, `vmdk-sparse`, `vhdx`, `vhd`, `vdi`, `raw`: from the local file,
+//!   `ido`: `ido import FILE OUT --progress none` (fsyncs its target) vs `qemu-img`:
+//!   `qemu-img convert -O raw FILE OUT && sync OUT` (convert's default cache mode is
+//!   `unsafe`, which skips flushes, hence the `sync`);
+//! - `http-qcow2` (`image.qcow2`) and `http-xz` (`image.raw.xz`) over HTTP:
+//!   - `ido`: `ido import URL OUT --progress none`;
+//!   - `cdi`: CDI's path: download to a scratch file (xz decoded on the way, one thread, as
+//!     CDI's importer does), then `qemu-img convert -t writeback -O raw SCRATCH OUT`;
+//!   - `nbdkit` (qcow2 only): `nbdkit curl` serving the URL, `qemu-img convert -f qcow2` from it;
+//!   - `ido-256Mi` (xz only): `ido import URL OUT --xz-memory 256Mi`, liblzma given the memory
+//!     to decode a block per core (its RSS is reported, not held to the goal);
+//!   - `xz-T1` (xz only): `curl URL | xz -dc -T1 > OUT`, the single-threaded xz anchor;
+//!   - `limit`: `curl -o OUT URL` of the same bytes.
 //!
-//! Every output is compared with qemu-img's (`cmp`) after the first run. Peak RSS from
-//! `/usr/bin/time -f %M` (for pipelines, of the shell's largest child). The last line is
-//! JSON with every figure.
+//! Every target is a fresh raw file, fsynced at the end (`sync FILE` for the shell
+//! pipelines); before each timed run the tool's previous output is removed and `sync`
+//! writes back whatever is dirty, untimed. Each case's input is read once before its first
+//! run (not timed), so every tool starts from the page cache; the tools' order alternates
+//! between runs. Every output is compared with qemu-img's (`cmp`) after the first run. Wall, CPU (user + system) and peak
+//! RSS of each process tree from [`ido_testkit::bench::timed`] (`/usr/bin/time`: wait4's
+//! rusage; for pipelines, CPU of the whole tree and RSS of its largest process). Ratios are
+//! the median of the per-run ratios. The last line is JSON with every figure.
+
+#[path = "ido-bench-disk/fixtures.rs"]
+mod fixtures;
 
 use std::{
     io::Write,
@@ -32,19 +53,43 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use ido_testkit::{
-    bench::{Case, median, order, strings, timed},
+    bench::{Case, Sample, median, order, strings, timed},
     nginx::Nginx,
+    plot,
 };
 use serde_json::{Value, json};
+
+use fixtures::{FILE_CASES, HTTP_CASES, file_mib, path, used_mib, warm};
+
+/// The peak-RSS goal for `ido import`, on every format, MiB.
+const RSS_GOAL_MIB: f64 = 64.0;
 
 struct Args {
     ido: PathBuf,
     runs: usize,
     cases: Vec<String>,
-    virtual_gib: u64,
+    virtual_mib: Option<u64>,
     data_mib: u64,
     xz_mib: u64,
     dir: PathBuf,
+    svg: Option<PathBuf>,
+    fixtures_only: bool,
+}
+
+impl Args {
+    fn virtual_mib(&self) -> u64 {
+        // By default the data's 4 MiB runs sit between holes three times their size.
+        self.virtual_mib.unwrap_or(4 * self.data_mib)
+    }
+}
+
+fn all_cases() -> Vec<String> {
+    FILE_CASES
+        .iter()
+        .map(|c| c.0)
+        .chain(HTTP_CASES.iter().map(|c| c.0))
+        .map(str::to_string)
+        .collect()
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -52,11 +97,13 @@ fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         ido: root.join("target/release/ido"),
         runs: 3,
-        cases: vec!["qcow2".into(), "xz".into()],
-        virtual_gib: 4,
-        data_mib: 1536,
+        cases: all_cases(),
+        virtual_mib: None,
+        data_mib: 1024,
         xz_mib: 1024,
         dir: root.join("target/bench-disk"),
+        svg: None,
+        fixtures_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -64,217 +111,166 @@ fn args() -> anyhow::Result<Args> {
         match arg.as_str() {
             "--ido" => a.ido = val()?.into(),
             "--runs" => a.runs = val()?.parse().context("--runs")?,
-            "--cases" => a.cases = val()?.split(',').map(str::to_string).collect(),
-            "--virtual-gib" => a.virtual_gib = val()?.parse().context("--virtual-gib")?,
-            "--data-mib" => a.data_mib = val()?.parse().context("--data-mib")?,
+            "--cases" => {
+                let v = val()?;
+                a.cases = if v == "all" {
+                    all_cases()
+                } else {
+                    v.split(',').map(str::to_string).collect()
+                }
+            }
+            "--virtual-gib" => a.virtual_mib = Some(val()?.parse::<u64>().context("--virtual-gib")? * 1024),
+            "--size" | "--data-mib" => a.data_mib = val()?.parse().context("--size")?,
             "--xz-mib" => a.xz_mib = val()?.parse().context("--xz-mib")?,
             "--dir" => a.dir = val()?.into(),
+            "--svg" => a.svg = Some(val()?.into()),
+            "--fixtures-only" => a.fixtures_only = true,
             other => bail!("unknown argument {other:?} (see the source's doc comment)"),
         }
     }
     ensure!(a.runs > 0, "--runs must be at least 1");
+    ensure!(a.data_mib > 0, "--size must be at least 1 (MiB)");
     ensure!(
-        a.data_mib <= a.virtual_gib * 1024,
-        "--data-mib {} does not fit --virtual-gib {}",
+        a.data_mib <= a.virtual_mib(),
+        "--size {} MiB does not fit --virtual-gib {}",
         a.data_mib,
-        a.virtual_gib
+        a.virtual_mib() / 1024
     );
+    let known = all_cases();
+    for c in &a.cases {
+        ensure!(
+            known.contains(c),
+            "--cases: unknown case {c:?} ({}, or all)",
+            known.join(", ")
+        );
+    }
     Ok(a)
 }
 
-/// Marsaglia's xorshift64 (deterministic fixture bytes).
-struct Rng(u64);
+/// One tool of a case: its name, program and arguments (`OUT` and `SCRATCH` are
+/// placeholders).
+struct Tool {
+    name: &'static str,
+    program: String,
+    args: Vec<String>,
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
+fn sh(name: &'static str, script: &str, input: &str) -> Tool {
+    Tool {
+        name,
+        program: "sh".into(),
+        args: strings(&["-c", script, "sh", input, "OUT", "SCRATCH"]),
     }
 }
 
-const SLOT: u64 = 4 << 20;
-
-/// A sparse raw file of `size` bytes whose `data` bytes sit in 4 MiB runs spread over it;
-/// `text` makes them compressible (words from a small vocabulary) instead of random.
-fn write_raw(path: &Path, size: u64, data: u64, text: bool, seed: u64) -> anyhow::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.set_len(size)?;
-    let slots = size / SLOT;
-    let want = data.div_ceil(SLOT).min(slots);
-    let mut rng = Rng(seed | 1);
-    let mut buf = vec![0u8; SLOT as usize];
-    const WORDS: [&str; 16] = [
-        "kernel ",
-        "module ",
-        "systemd ",
-        "unit ",
-        "flatcar ",
-        "usr/lib/",
-        "0x7f3a ",
-        "=true\n",
-        "etc/",
-        "libc.so.6 ",
-        "ELF ",
-        "container ",
-        "bin/",
-        "\0\0\0\0",
-        "ssh-ed25519 ",
-        "release ",
-    ];
-    for i in 0..want {
-        // Spread the runs evenly: slot i·slots/want.
-        let slot = i * slots / want;
-        if text {
-            let mut n = 0;
-            // Words, and now and then a few random bytes (addresses, hashes): about 3:1
-            // with xz -3, like an OS image's data.
-            while n < buf.len() {
-                let r = rng.next();
-                let random = r.to_le_bytes();
-                let w = if r.is_multiple_of(3) {
-                    &random[..5]
-                } else {
-                    WORDS[((r >> 8) % 16) as usize].as_bytes()
-                };
-                let k = w.len().min(buf.len() - n);
-                buf[n..n + k].copy_from_slice(&w[..k]);
-                n += k;
-            }
-        } else {
-            rng.fill(&mut buf);
-        }
-        f.write_all_at(&buf, slot * SLOT)?;
-    }
-    f.sync_all()?;
-    Ok(())
-}
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let st = std::process::Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {program}"))?;
-    ensure!(st.success(), "{program} {} failed: {st}", args.join(" "));
-    Ok(())
-}
-
-/// Makes the fixtures unless the ones in `dir` were made with the same parameters.
-fn fixtures(a: &Args, dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let stamp = dir.join("params");
-    let params = format!("v2 {} {} {}", a.virtual_gib, a.data_mib, a.xz_mib);
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(params.as_str()) {
-        return Ok(());
-    }
-    let _ = std::fs::remove_file(&stamp);
-    println!("making fixtures in {} (once)", dir.display());
-    let raw = dir.join("image.raw");
-    write_raw(&raw, a.virtual_gib << 30, a.data_mib << 20, false, 7)?;
-    let qcow2 = dir.join("image.qcow2");
-    run(
-        "qemu-img",
-        &["convert", "-f", "raw", "-O", "qcow2", path(&raw)?, path(&qcow2)?],
-    )?;
-    std::fs::remove_file(&raw)?;
-    let xz_raw = dir.join("xz.raw");
-    write_raw(&xz_raw, a.xz_mib << 20, (a.xz_mib << 20) * 3 / 4, true, 11)?;
-    let out = std::fs::File::create(dir.join("image.raw.xz"))?;
-    let st = std::process::Command::new("xz")
-        .args(["-T2", "-3", "--block-size=16MiB", "-c"])
-        .arg(&xz_raw)
-        .stdout(out)
-        .status()
-        .context("running xz")?;
-    ensure!(st.success(), "xz failed: {st}");
-    std::fs::remove_file(&xz_raw)?;
-    std::fs::write(&stamp, params)?;
-    Ok(())
-}
-
-fn path(p: &Path) -> anyhow::Result<&str> {
-    p.to_str().context("non-UTF-8 path")
-}
-
-/// The tools of one case: (name, program, args). `OUT` and `SCRATCH` are placeholders.
-fn tools(case: &str, ido: &Path, url: &str) -> Vec<(&'static str, String, Vec<String>)> {
-    let sh = |script: &str| {
-        (
-            "sh".to_string(),
-            strings(&["-c", script, "sh", url, "OUT", "SCRATCH"]),
-        )
-    };
-    let ido = (
-        ido.display().to_string(),
-        strings(&["import", url, "OUT", "--progress", "none"]),
-    );
-    let mut v = vec![("ido", ido.0, ido.1)];
-    let mut add = |name: &'static str, script: &str| {
-        let (p, a) = sh(script);
-        v.push((name, p, a));
-    };
+/// The tools of a case; `input` is the fixture's path (file cases) or URL (HTTP cases).
+fn tools(case: &str, ido: &Path, input: &str) -> Vec<Tool> {
+    let mut v = vec![Tool {
+        name: "ido",
+        program: ido.display().to_string(),
+        args: strings(&["import", input, "OUT", "--progress", "none"]),
+    }];
     match case {
-        "qcow2" => {
-            add(
+        "http-qcow2" => {
+            v.push(sh(
                 "cdi",
                 r#"curl -sSf -o "$3" "$1" && qemu-img convert -t writeback -O raw "$3" "$2" && sync "$2""#,
-            );
-            add(
+                input,
+            ));
+            v.push(sh(
                 "nbdkit",
                 r#"OUT="$2" nbdkit -U - curl url="$1" --run 'qemu-img convert -f qcow2 -O raw "$uri" "$OUT"' && sync "$2""#,
-            );
+                input,
+            ));
         }
-        _ => {
-            add(
+        "http-xz" => {
+            v.push(Tool {
+                name: "ido-256Mi",
+                program: ido.display().to_string(),
+                args: strings(&[
+                    "import",
+                    input,
+                    "OUT",
+                    "--progress",
+                    "none",
+                    "--xz-memory",
+                    "256Mi",
+                ]),
+            });
+            v.push(sh(
                 "cdi",
                 r#"curl -sSf "$1" | xz -dc -T1 > "$3" && qemu-img convert -t writeback -f raw -O raw "$3" "$2" && sync "$2""#,
-            );
-            add("xz-T1", r#"curl -sSf "$1" | xz -dc -T1 > "$2" && sync "$2""#);
+                input,
+            ));
+            v.push(sh(
+                "xz-T1",
+                r#"curl -sSf "$1" | xz -dc -T1 > "$2" && sync "$2""#,
+                input,
+            ));
         }
+        _ => v.push(sh(
+            "qemu-img",
+            r#"qemu-img convert -O raw "$1" "$2" && sync "$2""#,
+            input,
+        )),
     }
-    add("limit", r#"curl -sSf -o "$2" "$1" && sync "$2""#);
+    if case.starts_with("http-") {
+        v.push(sh("limit", r#"curl -sSf -o "$2" "$1" && sync "$2""#, input));
+    }
     v
 }
 
-/// Disk blocks actually used by a file (to show sparseness), MiB.
-fn used_mib(p: &Path) -> f64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p)
-        .map(|m| m.blocks() as f64 * 512.0 / 1048576.0)
-        .unwrap_or(0.0)
+/// The median over runs of `f` of `tool`'s samples.
+fn med(c: &Case, tool: &str, f: impl Fn(&Sample) -> f64) -> f64 {
+    let v: Vec<f64> = c
+        .tools
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map(|(_, v)| v.iter().map(f).collect())
+        .unwrap_or_default();
+    median(&v)
 }
 
-async fn bench_case(a: &Args, case: &str, nginx: &Nginx, work: &Path) -> anyhow::Result<Value> {
-    let file = if case == "qcow2" {
-        "image.qcow2"
-    } else {
-        "image.raw.xz"
-    };
-    let url = nginx.url(file);
-    let tools = tools(case, &a.ido, &url);
-    let names: Vec<usize> = (0..tools.len()).collect();
+fn cpu(s: &Sample) -> f64 {
+    s.cpu.iter().map(|(_, c)| c).sum()
+}
+
+fn rss_mib(s: &Sample) -> f64 {
+    s.rss_kib as f64 / 1024.0
+}
+
+/// The highest peak RSS of `tool` over the runs, MiB.
+fn max_rss(c: &Case, tool: &str) -> f64 {
+    c.tools
+        .iter()
+        .filter(|(t, _)| *t == tool)
+        .flat_map(|(_, v)| v.iter().map(rss_mib))
+        .fold(0.0, f64::max)
+}
+
+/// Runs one case: every tool `a.runs` times, alternating the order; outputs checked with
+/// `cmp` against `reference`'s after the first run.
+async fn bench_case(
+    a: &Args,
+    case: &str,
+    input: &str,
+    reference: &str,
+    work: &Path,
+) -> anyhow::Result<(Case, Value)> {
+    let tools = tools(case, &a.ido, input);
+    let idx: Vec<usize> = (0..tools.len()).collect();
     let mut c = Case::default();
     let mut scratch_mib = 0.0;
     let mut out_mib = 0.0;
-    println!("case {case}: {url}");
+    println!("case {case}: {input}");
     for run in 0..a.runs {
         println!("  run {}", run + 1);
-        for &i in &order(&names, run) {
-            let (name, program, args) = &tools[i];
-            let out = work.join(format!("{name}.raw"));
-            let scratch = work.join(format!("{name}.scratch"));
-            let args: Vec<String> = args
+        for &i in &order(&idx, run) {
+            let t = &tools[i];
+            let out = work.join(format!("{}.raw", t.name));
+            let scratch = work.join(format!("{}.scratch", t.name));
+            let args: Vec<String> = t
+                .args
                 .iter()
                 .map(|s| match s.as_str() {
                     "OUT" => out.display().to_string(),
@@ -282,52 +278,69 @@ async fn bench_case(a: &Args, case: &str, nginx: &Nginx, work: &Path) -> anyhow:
                     _ => s.clone(),
                 })
                 .collect();
-            let (s, _) = timed(Path::new(program), &args).await?;
-            c.push(name, s);
+            // Each tool starts with no output of its own and nothing left to write back:
+            // an earlier run's flushes are not charged to the next tool.
+            let _ = std::fs::remove_file(&out);
+            std::process::Command::new("sync").status()?;
+            let (s, _) = timed(Path::new(&t.program), &args).await?;
+            c.push(t.name, s);
             if scratch.exists() {
                 scratch_mib = used_mib(&scratch);
                 std::fs::remove_file(&scratch)?;
             }
-            if *name == "ido" {
+            if t.name == "ido" {
                 out_mib = used_mib(&out);
             }
         }
         if run == 0 {
             // Every converted output equals qemu-img's (the limit's output is the input).
-            let reference = work.join("cdi.raw");
-            for (name, ..) in &tools {
-                if matches!(*name, "ido" | "nbdkit" | "xz-T1") {
+            let reference_out = work.join(format!("{reference}.raw"));
+            for t in &tools {
+                if t.name != reference && t.name != "limit" {
                     let st = std::process::Command::new("cmp")
-                        .arg(&reference)
-                        .arg(work.join(format!("{name}.raw")))
+                        .arg(&reference_out)
+                        .arg(work.join(format!("{}.raw", t.name)))
                         .status()?;
-                    ensure!(st.success(), "{name}'s output differs from qemu-img's");
+                    ensure!(
+                        st.success(),
+                        "{case}: {}'s output differs from qemu-img's",
+                        t.name
+                    );
                 }
             }
             println!("  outputs equal qemu-img's (cmp)");
         }
-        for (name, ..) in &tools {
-            let _ = std::fs::remove_file(work.join(format!("{name}.raw")));
+        for t in &tools {
+            let _ = std::fs::remove_file(work.join(format!("{}.raw", t.name)));
         }
     }
-    let mut j = json!({"url_file": file, "tools": c.json(), "cdi_scratch_mib": scratch_mib, "ido_output_used_mib": out_mib});
+    let mut j = json!({"input": input, "tools": c.json(), "ido_output_used_mib": out_mib});
+    if scratch_mib > 0.0 {
+        j["cdi_scratch_mib"] = json!(scratch_mib);
+    }
     let mut ratios = serde_json::Map::new();
-    for (name, ..) in &tools {
-        if *name != "ido" {
-            let r = c.ratio("ido", name);
-            println!("  ido / {name:<7} {r:.2}");
-            ratios.insert(name.to_string(), json!(r));
+    for t in &tools {
+        if t.name != "ido" {
+            let r = c.ratio("ido", t.name);
+            println!("  ido / {:<8} {r:.2}", t.name);
+            ratios.insert(t.name.to_string(), json!(r));
         }
     }
-    let rss: Vec<f64> = c
-        .tools
-        .iter()
-        .find(|(t, _)| *t == "ido")
-        .map(|(_, v)| v.iter().map(|s| s.rss_kib as f64 / 1024.0).collect())
-        .unwrap_or_default();
-    println!("  ido peak RSS median {:.1} MiB", median(&rss));
+    println!(
+        "  ido: CPU median {:.2} s, peak RSS median {:.1} MiB (max {:.1})",
+        med(&c, "ido", cpu),
+        med(&c, "ido", rss_mib),
+        max_rss(&c, "ido")
+    );
     j["ido_over"] = Value::Object(ratios);
-    Ok(j)
+    Ok((c, j))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -338,24 +351,196 @@ async fn main() -> anyhow::Result<()> {
         "{} not found (cargo build --release -p ido)",
         a.ido.display()
     );
+    let load_start = loadavg();
+    let qemu_version = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.lines().next().unwrap_or_default().to_string()
+        })
+        .unwrap_or_default();
+    println!(
+        "ido-bench-disk: {} run(s); {} cores; {qemu_version}; load average at start: {load_start}",
+        a.runs,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    );
     let fixtures_dir = a.dir.join("fixtures");
-    fixtures(&a, &fixtures_dir)?;
+    let params = fixtures::Params {
+        virtual_mib: a.virtual_mib(),
+        data_mib: a.data_mib,
+        xz_mib: a.xz_mib,
+    };
+    fixtures::make(&fixtures_dir, &params, &a.cases)?;
+    if a.fixtures_only {
+        return Ok(());
+    }
     let work = a.dir.join("out");
     std::fs::create_dir_all(&work)?;
     let nginx = Nginx::start(&fixtures_dir).await?;
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at start: {}", load.trim());
+    let load_bench = loadavg();
+    println!("load average after the fixtures: {load_bench}");
+
     let mut all = serde_json::Map::new();
-    for case in &a.cases {
-        ensure!(
-            matches!(case.as_str(), "qcow2" | "xz"),
-            "--cases: unknown case {case:?} (qcow2, xz)"
+    let mut groups: Vec<plot::Group> = vec![];
+    let mut rss_bars: Vec<(String, f64)> = vec![];
+    // Markdown rows for the summary: medians, then the per-run walls.
+    let mut table: Vec<String> = vec![];
+    let mut goals: Vec<String> = vec![];
+    for (case, file, _, _, label) in FILE_CASES {
+        if !a.cases.iter().any(|c| c == case) {
+            continue;
+        }
+        let p = fixtures_dir.join(file);
+        warm(&p)?;
+        let (c, mut j) = bench_case(&a, case, path(&p)?, "qemu-img", &work).await?;
+        let (ido, qemu) = (med(&c, "ido", |s| s.wall), med(&c, "qemu-img", |s| s.wall));
+        let ratio = c.ratio("ido", "qemu-img");
+        let mib = file_mib(&p);
+        j["file_mib"] = json!(mib);
+        j["file_allocated_mib"] = json!(used_mib(&p));
+        table.push(format!(
+            "| {label} | {mib:.0} MiB ({:.0} MiB allocated) | {ido:.2} s | {qemu:.2} s | {ratio:.2} | {:.2} s | {:.2} s | {:.1} MiB | {:.1} MiB |",
+            used_mib(&p),
+            med(&c, "ido", cpu),
+            med(&c, "qemu-img", cpu),
+            med(&c, "ido", rss_mib),
+            med(&c, "qemu-img", rss_mib),
+        ));
+        let walls = |t: &str| {
+            c.walls(t)
+                .iter()
+                .map(|w| format!("{w:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        table.push(format!(
+            "    per run: ido {}, qemu-img {}",
+            walls("ido"),
+            walls("qemu-img")
+        ));
+        match case {
+            "vhdx" => goals.push(format!(
+                "vhdx at least as fast as qemu-img (ido/qemu-img ≤ 1): {ratio:.2} — {}",
+                if ratio <= 1.0 { "met" } else { "NOT met" }
+            )),
+            "qcow2" | "vmdk-stream" | "vmdk-sparse" => goals.push(format!(
+                "{label} keeps its lead over qemu-img (< 1): {ratio:.2} — {}",
+                if ratio < 1.0 { "met" } else { "NOT met" }
+            )),
+            _ => {}
+        }
+        groups.push(plot::group(
+            &format!("{label}, {mib:.0} MiB file: wall (s); ido / qemu-img {ratio:.2}"),
+            &[("ido import", ido), ("qemu-img convert", qemu)],
+        ));
+        rss_bars.push((label.to_string(), med(&c, "ido", rss_mib)));
+        all.insert(case.to_string(), j);
+        rss_goal(&mut goals, label, &c);
+    }
+    for (case, file, label) in HTTP_CASES {
+        if !a.cases.iter().any(|c| c == case) {
+            continue;
+        }
+        warm(&fixtures_dir.join(file))?;
+        let (c, j) = bench_case(&a, case, &nginx.url(file), "cdi", &work).await?;
+        let names: Vec<&str> = c.tools.iter().map(|(t, _)| *t).collect();
+        let bars: Vec<(&str, f64)> = names
+            .iter()
+            .map(|t| {
+                let l = match *t {
+                    "ido" => "ido import URL",
+                    "ido-256Mi" => "ido import URL --xz-memory 256Mi",
+                    "cdi" => "CDI's path",
+                    "nbdkit" => "nbdkit + qemu-img",
+                    "xz-T1" => "xz -dc -T1",
+                    _ => "limit (curl)",
+                };
+                (l, med(&c, t, |s| s.wall))
+            })
+            .collect();
+        groups.push(plot::group(
+            &format!("{label}, {:.0} MiB: wall (s)", file_mib(&fixtures_dir.join(file))),
+            &bars,
+        ));
+        rss_bars.push((label.to_string(), med(&c, "ido", rss_mib)));
+        let tools: Vec<String> = names
+            .iter()
+            .map(|t| {
+                let w: Vec<String> = c.walls(t).iter().map(|w| format!("{w:.2}")).collect();
+                format!("{t} {:.2} s ({})", med(&c, t, |s| s.wall), w.join(" "))
+            })
+            .collect();
+        let ratios: Vec<String> = names
+            .iter()
+            .filter(|t| **t != "ido")
+            .map(|t| format!("ido / {t} {:.2}", c.ratio("ido", t)))
+            .collect();
+        let mut line = format!(
+            "{label}: {}; {}; ido CPU {:.2} s, peak RSS {:.1} MiB",
+            tools.join(", "),
+            ratios.join(", "),
+            med(&c, "ido", cpu),
+            med(&c, "ido", rss_mib)
         );
-        all.insert(case.clone(), bench_case(&a, case, &nginx, &work).await?);
+        if names.contains(&"ido-256Mi") {
+            line += &format!(
+                "; ido-256Mi / cdi {:.2}, ido-256Mi CPU {:.2} s, peak RSS {:.1} MiB",
+                c.ratio("ido-256Mi", "cdi"),
+                med(&c, "ido-256Mi", cpu),
+                med(&c, "ido-256Mi", rss_mib)
+            );
+        }
+        table.push(line);
+        all.insert(case.to_string(), j);
+        rss_goal(&mut goals, label, &c);
+    }
+
+    println!("\nsummary (medians of {} runs)", a.runs);
+    println!(
+        "| format | image | ido | qemu-img | ido / qemu-img | ido CPU | qemu-img CPU | ido peak RSS | qemu-img peak RSS |"
+    );
+    for l in &table {
+        println!("{l}");
+    }
+    println!("goals:");
+    for g in &goals {
+        println!("  {g}");
+    }
+    if let Some(svg) = &a.svg {
+        let mut bars: Vec<(&str, f64)> = rss_bars.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        let goal = format!("goal: {RSS_GOAL_MIB:.0} MiB");
+        bars.push((&goal, RSS_GOAL_MIB));
+        groups.push(plot::group(
+            &format!("ido import: peak RSS (MiB), against the {RSS_GOAL_MIB:.0} MiB goal"),
+            &bars,
+        ));
+        let title = format!(
+            "Disk images: ido import vs qemu-img {} (median of {} runs)",
+            qemu_version.split_whitespace().nth(2).unwrap_or_default(),
+            a.runs
+        );
+        std::fs::write(svg, plot::bars_svg(&title, "", &groups))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        println!("plot: {}", svg.display());
     }
     all.insert("runs".into(), json!(a.runs));
-    all.insert("load_at_start".into(), json!(load.trim()));
+    all.insert("qemu_img".into(), json!(qemu_version));
+    all.insert("data_mib".into(), json!(a.data_mib));
+    all.insert("virtual_mib".into(), json!(a.virtual_mib()));
+    all.insert("load_at_start".into(), json!(load_start));
+    all.insert("load_after_fixtures".into(), json!(load_bench));
+    all.insert("goals".into(), json!(goals));
     let line = Value::Object(all).to_string();
     std::io::stdout().write_all(format!("{line}\n").as_bytes())?;
     Ok(())
+}
+
+/// Records whether `ido`'s peak RSS stayed within the goal in every run of `c`.
+fn rss_goal(goals: &mut Vec<String>, label: &str, c: &Case) {
+    let max = max_rss(c, "ido");
+    goals.push(format!(
+        "{label}: ido peak RSS ≤ {RSS_GOAL_MIB:.0} MiB in every run: max {max:.1} MiB — {}",
+        if max <= RSS_GOAL_MIB { "met" } else { "NOT met" }
+    ));
 }
