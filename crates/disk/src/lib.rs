@@ -252,9 +252,12 @@ impl Error {
         // unwrap them so the caller sees the real variant.
         match source.downcast::<Error>() {
             Ok(inner) => inner,
-            Err(source) => Error::Io {
-                context: context.into(),
-                source,
+            Err(source) => match ido_engine::fetch::FetchError::from_io(source) {
+                Ok(fetch) => fetch.into(),
+                Err(source) => Error::Io {
+                    context: context.into(),
+                    source,
+                },
             },
         }
     }

@@ -1,5 +1,6 @@
 //! The streaming engine: where image bytes come from and how they are read on the way.
 //!
+//! - [`fetch`]: the resumable, parallel ranged HTTP(S) reader every download goes through.
 //! - [`http`]: one place that builds HTTP clients (TLS on by default, CA bundles, timeouts).
 //! - [`s3`]: S3 and S3-compatible object stores as an image source (anonymous or signed).
 //! - [`ova`]: reading an OVA (a tar) member by member from a byte stream, never to disk.
@@ -11,6 +12,7 @@
 //! - [`xml`]: a small namespace-aware element tree for the XML APIs and documents ido reads.
 
 pub mod cleanup;
+pub mod fetch;
 pub mod http;
 pub mod ova;
 pub mod ovf;
@@ -49,6 +51,8 @@ pub enum Error {
     InvalidOva(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,8 +6,6 @@
 
 use std::{fmt, time::Duration};
 
-use bytes::Bytes;
-use futures::{Stream, TryStreamExt};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use url::Url;
 
@@ -239,14 +237,32 @@ impl S3Object {
         Ok(Some(ObjectInfo { size, etag }))
     }
 
-    /// Streams the object's bytes. `Err(NotFound)` for a missing object.
-    pub async fn get(&self) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static> {
-        let resp = self
-            .send(self.source.client.get(self.download_url()), "GET")
-            .await?;
-        Ok(resp
-            .bytes_stream()
-            .map_err(|e| std::io::Error::other(e.without_url())))
+    /// Streams the object's bytes through the engine's resumable reader ([`crate::fetch`]):
+    /// a transfer cut midway continues where it stopped (`Range` with `If-Range`), a large
+    /// object comes over parallel ranged GETs, and a changed object fails rather than mixing
+    /// two versions. `Err(NotFound)` for a missing object.
+    pub async fn get(&self) -> Result<crate::fetch::Body> {
+        use crate::fetch::{self, FetchError, FetchOptions};
+        let opts = FetchOptions::new(self.source.client.clone(), self.download_url());
+        match fetch::open(&opts, None).await {
+            Ok(f) => Ok(f.body),
+            Err(FetchError::NotFound { status, .. }) => Err(Error::NotFound {
+                url: self.display_url(),
+                status,
+            }),
+            // Anonymous 403s mean "not found" (S3's answer for missing keys of public
+            // buckets without list rights).
+            Err(FetchError::Denied { status, .. }) if !self.source.signed() => Err(Error::NotFound {
+                url: self.display_url(),
+                status,
+            }),
+            Err(FetchError::Denied { status, .. }) => Err(Error::Denied {
+                url: self.display_url(),
+                status,
+                hint: ": check the s3 credentials",
+            }),
+            Err(e) => Err(Error::Fetch(e)),
+        }
     }
 }
 

@@ -121,7 +121,9 @@ impl From<ido_engine::Error> for ProviderError {
                 message: e.to_string(),
             },
             E::Denied { .. } | E::Http { .. } => Self::api(e),
-            E::Transport { .. } | E::Io(_) => Self::Transport(ido_engine::error_chain(&e)),
+            // A download that gave up (retries exhausted, unreachable, the object changed
+            // under it): another round may succeed.
+            E::Transport { .. } | E::Io(_) | E::Fetch(_) => Self::Transport(ido_engine::error_chain(&e)),
         }
     }
 }

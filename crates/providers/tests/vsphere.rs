@@ -17,7 +17,9 @@ use ido_providers::{
     },
 };
 use ido_testkit::{
-    OvaFixture, SeaweedFs, Vcsim, VcsimOptions, invalid_ova,
+    OvaFixture, SeaweedFs, Vcsim, VcsimOptions,
+    fault_proxy::{Fault, FaultProxy, Rule, When},
+    invalid_ova,
     oracle::{oracle_find, oracle_list_vms},
     seaweed::{PUBLIC_BUCKET, REGION},
     vcsim::{CLUSTER, DATACENTER, DATASTORE, DATASTORE_PATH, NETWORK_PATH, RESOURCE_POOL_PATH, VM_FOLDER},
@@ -191,6 +193,51 @@ async fn import_is_a_template_once_and_delete_removes_it() {
     assert_eq!(w.find(&t.path).await, None);
     assert_eq!(p.exists("loc1", image).await.unwrap(), None);
     p.delete("loc1", image).await.unwrap(); // absent is success
+    p.logout().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_push_continues_where_the_s3_transfer_was_cut() {
+    let mut w = World::new("cut", VcsimOptions::default()).await;
+    // The OVA is read through a proxy that resets its first GET midway through the disk.
+    let proxy = FaultProxy::start(&w.s3.endpoint()).await.unwrap();
+    let http = ido_engine::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
+    w.source = S3Source::new(
+        &S3Location {
+            bucket: PUBLIC_BUCKET.into(),
+            region: REGION.into(),
+            endpoint: Some(proxy.url()),
+            http: false,
+            credentials: None,
+        },
+        http,
+    )
+    .unwrap();
+    let p = w.provider(location());
+    let image = "flatcar-stable-2-kube-1.30.4";
+    let (ova, src) = w.ova(image, &[("disk-0.vmdk", 5 * 1024 * 1024 + 3)]).await;
+    proxy.set_rules(vec![
+        Rule::new(Fault::ResetResponse {
+            after_bytes: 2 * 1024 * 1024,
+        })
+        .method("GET")
+        .when(When::First(1)),
+    ]);
+
+    let progress = Progress::default();
+    let t = p.create("loc1", image, &src, &progress).await.unwrap();
+    assert_eq!(proxy.counts().resets_response, 1, "the transfer was cut once");
+    // Every disk byte went to vCenter once: the second request took up at the cut.
+    assert_eq!(progress.get(), ova.total_disk_bytes());
+    let gets = proxy.events().iter().filter(|e| e.method == "GET").count();
+    assert!(
+        gets >= 2,
+        "another request continued the transfer: {:?}",
+        proxy.events()
+    );
+    let seen = w.find(&t.path).await.expect("oracle sees the template");
+    assert_eq!(seen["template"], Value::Bool(true), "{seen}");
+    p.delete("loc1", image).await.unwrap();
     p.logout().await.unwrap();
 }
 
