@@ -35,20 +35,30 @@ pub(crate) struct VdiStream<'a> {
     extents: Vec<Extent>,
 }
 
-impl<'a> VdiStream<'a> {
-    /// Reads and checks the header and the block map (before the target is opened).
-    pub(crate) fn open(r: &'a mut dyn Read, budget: u64) -> Result<Self> {
-        let mut file = SeqFile::new(r, FORMAT, 512, budget);
-        let h = file.read_at(0, 512, false)?.to_vec();
+/// Where the header places the block map and the data, and the disk's size, checked.
+struct Layout {
+    offset_bmap: u64,
+    offset_data: u64,
+    block_size: u32,
+    blocks_in_image: u32,
+    virtual_size: u64,
+    /// Blocks the virtual size needs (entries of the block map read).
+    blocks: u64,
+}
+
+impl Layout {
+    /// Checks the header `h` (its first 512 bytes): a self-contained VDI 1.1 of 1 MiB
+    /// blocks and 512-byte sectors.
+    fn parse(h: &[u8]) -> Result<Self> {
         let bad = |what: String| Error::invalid(FORMAT, what);
         let unsupported = |what: String| Error::Unsupported {
             format: FORMAT,
             reason: what,
         };
-        if le32(&h, 0x40) != SIGNATURE {
+        if le32(h, 0x40) != SIGNATURE {
             return Err(bad("bad signature".into()));
         }
-        let version = le32(&h, 0x44);
+        let version = le32(h, 0x44);
         if version != VERSION_1_1 {
             return Err(unsupported(format!(
                 "version {}.{} (only 1.1 is read)",
@@ -56,13 +66,13 @@ impl<'a> VdiStream<'a> {
                 version & 0xffff
             )));
         }
-        let image_type = le32(&h, 0x4c);
+        let image_type = le32(h, 0x4c);
         if image_type != TYPE_DYNAMIC && image_type != TYPE_STATIC {
             return Err(Error::refused(
                 FORMAT,
                 format!(
                     "image type {image_type} ({}): only normal (dynamic) and static images are \
-                     self-contained",
+                         self-contained",
                     match image_type {
                         3 => "undo",
                         4 => "differencing",
@@ -77,13 +87,13 @@ impl<'a> VdiStream<'a> {
                 "it has a linked or parent image (non-null link/parent UUID)",
             ));
         }
-        let offset_bmap = u64::from(le32(&h, 0x154));
-        let offset_data = u64::from(le32(&h, 0x158));
-        let sector_size = le32(&h, 0x168);
-        let disk_size = le64(&h, 0x170);
-        let block_size = le32(&h, 0x178);
-        let block_extra = le32(&h, 0x17c);
-        let blocks_in_image = le32(&h, 0x180);
+        let offset_bmap = u64::from(le32(h, 0x154));
+        let offset_data = u64::from(le32(h, 0x158));
+        let sector_size = le32(h, 0x168);
+        let disk_size = le64(h, 0x170);
+        let block_size = le32(h, 0x178);
+        let block_extra = le32(h, 0x17c);
+        let blocks_in_image = le32(h, 0x180);
         if sector_size != 512 {
             return Err(unsupported(format!("sector size {sector_size}")));
         }
@@ -114,6 +124,31 @@ impl<'a> VdiStream<'a> {
                 "block map of {blocks} entries is too large (disk size {disk_size})"
             )));
         }
+        Ok(Self {
+            offset_bmap,
+            offset_data,
+            block_size,
+            blocks_in_image,
+            virtual_size,
+            blocks,
+        })
+    }
+}
+
+impl<'a> VdiStream<'a> {
+    /// Reads and checks the header and the block map (before the target is opened).
+    pub(crate) fn open(r: &'a mut dyn Read, budget: u64) -> Result<Self> {
+        let mut file = SeqFile::new(r, FORMAT, 512, budget);
+        let h = file.read_at(0, 512, false)?.to_vec();
+        let Layout {
+            offset_bmap,
+            offset_data,
+            block_size,
+            blocks_in_image,
+            virtual_size,
+            blocks,
+        } = Layout::parse(&h)?;
+        let bad = |what: String| Error::invalid(FORMAT, what);
         let bmap = file.read_at(offset_bmap, (blocks * 4) as usize, false)?;
         let mut extents = Vec::new();
         for (i, e) in bmap.chunks_exact(4).enumerate() {

@@ -272,66 +272,15 @@ struct Sequence {
 /// skipped whole). A descriptor that is neither a data nor a zero descriptor makes qemu
 /// fail to open the image: an error here too.
 fn active_sequence(log: &[u8], guid: &[u8; 16]) -> Result<Option<Sequence>> {
-    let len = log.len() as u64;
-    let sectors = len / LOG_SECTOR;
-    let inc = |i: u64| if i + LOG_SECTOR >= len { 0 } else { i + LOG_SECTOR };
-    let sector = |i: u64| &log[i as usize..(i + LOG_SECTOR) as usize];
-    // One entry at `*read` (advanced as qemu advances it); `seq > 0`: it must follow `seq`.
-    let validate = |read: &mut u64, seq: u64| -> Result<Option<(u64, u64)>> {
-        let h = sector(*read);
-        let (entry_len, number, count) = (u64::from(le32(h, 8)), le64(h, 16), u64::from(le32(h, 24)));
-        let valid = &h[..4] == b"loge"
-            && entry_len <= len
-            && entry_len.is_multiple_of(LOG_SECTOR)
-            && number != 0
-            && h[32..48] == guid[..]
-            && count * 32 <= entry_len
-            && (seq == 0 || number == seq + 1);
-        if !valid {
-            *read = inc(*read);
-            return Ok(None);
-        }
-        let start = *read;
-        let desc_sectors = (count + 2).div_ceil(128);
-        let mut crc = !0u32;
-        let mut descs = Vec::with_capacity((desc_sectors * LOG_SECTOR) as usize);
-        for _ in 0..desc_sectors {
-            descs.extend_from_slice(sector(*read));
-            *read = inc(*read);
-        }
-        for i in 0..count as usize {
-            let d = &descs[64 + 32 * i..96 + 32 * i];
-            let ok = le64(d, 24) == number
-                && le64(d, 16).is_multiple_of(LOG_SECTOR)
-                && match &d[..4] {
-                    b"zero" => le64(d, 8).is_multiple_of(LOG_SECTOR),
-                    b"desc" => true,
-                    _ => false,
-                };
-            if !ok {
-                return Err(bad(format!(
-                    "log entry at log offset {start:#x} (sequence number {number}): descriptor {i} \
-                     is invalid (signature {:?}, file offset {:#x})",
-                    String::from_utf8_lossy(&d[..4]),
-                    le64(d, 16)
-                )));
-            }
-        }
-        descs[4..8].fill(0);
-        crc = crc32c_update(crc, &descs);
-        for _ in desc_sectors..entry_len / LOG_SECTOR {
-            crc = crc32c_update(crc, sector(*read));
-            *read = inc(*read);
-        }
-        Ok((!crc == le32(h, 4)).then_some((start, number)))
-    };
+    let scan = LogScan { log, guid };
+    let sectors = scan.len() / LOG_SECTOR;
     let mut found: Option<Sequence> = None;
     let mut read = 0u64;
     // qemu stops once the scan wraps; an entry as long as the log that fails its CRC would
     // bring it back to where it started forever: bounded here.
     for _ in 0..=sectors {
         let tail = read;
-        if let Some((start, number)) = validate(&mut read, 0)? {
+        if let Some((start, number)) = scan.validate(&mut read, 0)? {
             let mut seq = Sequence {
                 start,
                 sequence: number,
@@ -339,7 +288,7 @@ fn active_sequence(log: &[u8], guid: &[u8; 16]) -> Result<Option<Sequence>> {
             };
             let mut last = 0;
             for _ in 0..sectors {
-                match validate(&mut read, last)? {
+                match scan.validate(&mut read, last)? {
                     Some((_, n)) => {
                         seq.count += 1;
                         last = n;
@@ -356,6 +305,82 @@ fn active_sequence(log: &[u8], guid: &[u8; 16]) -> Result<Option<Sequence>> {
         }
     }
     Ok(found)
+}
+
+/// The log being searched, and the GUID its entries must carry.
+struct LogScan<'a> {
+    log: &'a [u8],
+    guid: &'a [u8; 16],
+}
+
+impl LogScan<'_> {
+    fn len(&self) -> u64 {
+        self.log.len() as u64
+    }
+
+    /// The sector after the one at `i`, wrapping around.
+    fn inc(&self, i: u64) -> u64 {
+        if i + LOG_SECTOR >= self.len() {
+            0
+        } else {
+            i + LOG_SECTOR
+        }
+    }
+
+    fn sector(&self, i: u64) -> &[u8] {
+        &self.log[i as usize..(i + LOG_SECTOR) as usize]
+    }
+
+    /// One entry at `*read` (advanced as qemu advances it); `seq > 0`: it must follow
+    /// `seq`. Its start and sequence number when it is valid.
+    fn validate(&self, read: &mut u64, seq: u64) -> Result<Option<(u64, u64)>> {
+        let h = self.sector(*read);
+        let (entry_len, number, count) = (u64::from(le32(h, 8)), le64(h, 16), u64::from(le32(h, 24)));
+        let valid = &h[..4] == b"loge"
+            && entry_len <= self.len()
+            && entry_len.is_multiple_of(LOG_SECTOR)
+            && number != 0
+            && h[32..48] == self.guid[..]
+            && count * 32 <= entry_len
+            && (seq == 0 || number == seq + 1);
+        if !valid {
+            *read = self.inc(*read);
+            return Ok(None);
+        }
+        let start = *read;
+        let desc_sectors = (count + 2).div_ceil(128);
+        let mut crc = !0u32;
+        let mut descs = Vec::with_capacity((desc_sectors * LOG_SECTOR) as usize);
+        for _ in 0..desc_sectors {
+            descs.extend_from_slice(self.sector(*read));
+            *read = self.inc(*read);
+        }
+        for i in 0..count as usize {
+            let d = &descs[64 + 32 * i..96 + 32 * i];
+            let ok = le64(d, 24) == number
+                && le64(d, 16).is_multiple_of(LOG_SECTOR)
+                && match &d[..4] {
+                    b"zero" => le64(d, 8).is_multiple_of(LOG_SECTOR),
+                    b"desc" => true,
+                    _ => false,
+                };
+            if !ok {
+                return Err(bad(format!(
+                    "log entry at log offset {start:#x} (sequence number {number}): descriptor {i} \
+                 is invalid (signature {:?}, file offset {:#x})",
+                    String::from_utf8_lossy(&d[..4]),
+                    le64(d, 16)
+                )));
+            }
+        }
+        descs[4..8].fill(0);
+        crc = crc32c_update(crc, &descs);
+        for _ in desc_sectors..entry_len / LOG_SECTOR {
+            crc = crc32c_update(crc, self.sector(*read));
+            *read = self.inc(*read);
+        }
+        Ok((!crc == le32(h, 4)).then_some((start, number)))
+    }
 }
 
 /// What the metadata region says.

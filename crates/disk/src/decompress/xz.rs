@@ -21,6 +21,10 @@ use std::io::{self, BufRead, Read};
 use crate::Error;
 use crate::resume::{Decoded, Point, Points};
 
+mod index;
+
+use index::{IndexEvent, IndexParse, Rewrite, put_varint, varint};
+
 const MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
 const FOOTER_MAGIC: [u8; 2] = *b"YZ";
 
@@ -54,49 +58,6 @@ fn stream_header(check: u8) -> [u8; 12] {
     h
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A multibyte integer read a byte at a time.
-#[derive(Default, Clone, Copy)]
-struct Varint {
-    value: u64,
-    shift: u32,
-}
-
-impl Varint {
-    /// The value once complete; an error past 9 bytes or with a needless last 0 byte.
-    fn push(&mut self, b: u8) -> Result<Option<u64>, &'static str> {
-        if self.shift >= 63 || (b == 0 && self.shift > 0) {
-            return Err("bad variable-length integer");
-        }
-        self.value |= u64::from(b & 0x7f) << self.shift;
-        self.shift += 7;
-        if b & 0x80 != 0 {
-            return Ok(None);
-        }
-        let v = self.value;
-        *self = Varint::default();
-        Ok(Some(v))
-    }
-}
-
-/// Parses a whole multibyte integer at the start of `b`: (value, length).
-fn varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v = Varint::default();
-    for (i, &x) in b.iter().enumerate() {
-        if let Some(value) = v.push(x).ok()? {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
 /// Where the walk is.
 enum St {
     /// Between streams (stream padding), until [`Walker::next_stream`].
@@ -123,114 +84,6 @@ enum St {
     /// Nothing more is known of this stream (a block without sizes, or something liblzma
     /// will refuse).
     Lost,
-}
-
-/// An index read a byte at a time.
-struct IndexParse {
-    /// Bytes so far (the indicator included).
-    size: u64,
-    crc: u32,
-    count: Option<u64>,
-    /// Record fields read so far (two per record).
-    fields: u64,
-    varint: Varint,
-    /// The last record field read (an unpadded size, until its uncompressed size comes).
-    unpadded: u64,
-    /// Bytes of the CRC-32 read (after the padding).
-    crc_bytes: Option<([u8; 4], usize)>,
-}
-
-impl IndexParse {
-    fn new() -> Self {
-        Self {
-            size: 1,
-            crc: crc32(&[0]),
-            count: None,
-            fields: 0,
-            varint: Varint::default(),
-            unpadded: 0,
-            crc_bytes: None,
-        }
-    }
-
-    /// Feeds one byte; `Some(record)` when a record (unpadded, uncompressed) completes,
-    /// `Done` when the index ends (CRC-32 checked).
-    fn byte(&mut self, b: u8) -> Result<IndexEvent, &'static str> {
-        if let Some((crc, n)) = &mut self.crc_bytes {
-            crc[*n] = b;
-            *n += 1;
-            if *n < 4 {
-                return Ok(IndexEvent::None);
-            }
-            if u32::from_le_bytes(*crc) != self.crc {
-                return Err("the index's CRC-32 does not match");
-            }
-            self.size += 4;
-            return Ok(IndexEvent::Done);
-        }
-        let records_done = self.count.is_some_and(|c| self.fields == 2 * c);
-        self.size += 1;
-        self.crc = zlib_rs::crc32::crc32(self.crc, &[b]);
-        if records_done {
-            // Padding to a multiple of four, then the CRC-32.
-            if b != 0 {
-                return Err("non-zero index padding");
-            }
-            if self.size.is_multiple_of(4) {
-                self.crc_bytes = Some(([0; 4], 0));
-            }
-            return Ok(IndexEvent::None);
-        }
-        let Some(v) = self.varint.push(b)? else {
-            return Ok(IndexEvent::None);
-        };
-        let event = match self.count {
-            None => {
-                self.count = Some(v);
-                IndexEvent::Count(v)
-            }
-            Some(_) => {
-                self.fields += 1;
-                if self.fields % 2 == 1 {
-                    if v == 0 {
-                        return Err("an index record with an unpadded size of 0");
-                    }
-                    self.unpadded = v;
-                    IndexEvent::None
-                } else {
-                    IndexEvent::Record(self.unpadded, v)
-                }
-            }
-        };
-        if self.count.is_some_and(|c| self.fields == 2 * c) && self.size.is_multiple_of(4) {
-            self.crc_bytes = Some(([0; 4], 0));
-        }
-        Ok(event)
-    }
-}
-
-enum IndexEvent {
-    None,
-    Count(u64),
-    Record(u64, u64),
-    Done,
-}
-
-/// The rewrite of a stored index into one of the blocks decoded (a stream continued at a
-/// block).
-struct Rewrite {
-    parse: IndexParse,
-    /// Records of the stored index before the blocks decoded.
-    skip: u64,
-    /// Records seen.
-    seen: u64,
-    /// The index written: its size and CRC-32 so far.
-    size: u64,
-    crc: u32,
-    /// The stored footer, once the index has ended.
-    footer: Option<([u8; 12], usize)>,
-    /// Whether the index indicator was written.
-    started: bool,
 }
 
 /// The walk of an xz input, fed the bytes liblzma consumes.
@@ -367,38 +220,12 @@ impl Walker {
                 *n += k;
                 if *n == 12 {
                     let h = *buf;
-                    if h[..6] != MAGIC || h[6] != 0 || h[7] > 15 || crc32(&h[6..8]).to_le_bytes() != h[8..] {
-                        self.lost("not a valid stream header");
-                    } else {
-                        self.check = h[7];
-                        self.state = St::BlockStart;
-                    }
+                    self.stream_header(&h);
                 }
                 k
             }
             St::BlockStart => {
-                if b[0] == 0 {
-                    self.state = St::Index(IndexParse::new());
-                } else {
-                    if self.blocks > 0
-                        && let Some(output) = self.block_out
-                    {
-                        self.points.push(Point {
-                            input: self.pos,
-                            decoded: Decoded {
-                                compression: "xz".into(),
-                                output,
-                                inflate: None,
-                                xz_check: Some(self.check),
-                            },
-                        });
-                    }
-                    self.blocks += 1;
-                    self.state = St::BlockHeader {
-                        buf: vec![b[0]],
-                        need: (usize::from(b[0]) + 1) * 4,
-                    };
-                }
+                self.block_start(b[0]);
                 1
             }
             St::BlockHeader { buf, need } => {
@@ -406,17 +233,7 @@ impl Walker {
                 buf.extend_from_slice(&b[..k]);
                 if buf.len() == *need {
                     let h = std::mem::take(buf);
-                    match self.block_sizes(&h) {
-                        Ok((compressed, uncompressed)) => {
-                            let hsize = h.len() as u64;
-                            let pad = (4 - (hsize + compressed) % 4) % 4;
-                            self.block_out = self.block_out.and_then(|o| o.checked_add(uncompressed));
-                            self.state = St::BlockData {
-                                left: compressed + pad + check_size(self.check),
-                            };
-                        }
-                        Err(why) => self.lost(why),
-                    }
+                    self.block_header(&h);
                 }
                 k
             }
@@ -444,6 +261,59 @@ impl Walker {
                 }
                 k
             }
+        }
+    }
+
+    /// A stream header read whole: blocks follow, or the walk is lost.
+    fn stream_header(&mut self, h: &[u8; 12]) {
+        if h[..6] != MAGIC || h[6] != 0 || h[7] > 15 || crc32(&h[6..8]).to_le_bytes() != h[8..] {
+            self.lost("not a valid stream header");
+        } else {
+            self.check = h[7];
+            self.state = St::BlockStart;
+        }
+    }
+
+    /// The first byte of a block (its header's size), or of the index (0). Where a block
+    /// starts after another, the decoder can restart.
+    fn block_start(&mut self, first: u8) {
+        if first == 0 {
+            self.state = St::Index(IndexParse::new());
+            return;
+        }
+        if self.blocks > 0
+            && let Some(output) = self.block_out
+        {
+            self.points.push(Point {
+                input: self.pos,
+                decoded: Decoded {
+                    compression: "xz".into(),
+                    output,
+                    inflate: None,
+                    xz_check: Some(self.check),
+                },
+            });
+        }
+        self.blocks += 1;
+        self.state = St::BlockHeader {
+            buf: vec![first],
+            need: (usize::from(first) + 1) * 4,
+        };
+    }
+
+    /// A block header read whole: the block's data (and padding and check) follow, or the
+    /// walk is lost.
+    fn block_header(&mut self, h: &[u8]) {
+        match self.block_sizes(h) {
+            Ok((compressed, uncompressed)) => {
+                let hsize = h.len() as u64;
+                let pad = (4 - (hsize + compressed) % 4) % 4;
+                self.block_out = self.block_out.and_then(|o| o.checked_add(uncompressed));
+                self.state = St::BlockData {
+                    left: compressed + pad + check_size(self.check),
+                };
+            }
+            Err(why) => self.lost(why),
         }
     }
 
@@ -476,11 +346,6 @@ impl Walker {
         let Some(r) = &mut self.rewrite else {
             return Ok(0);
         };
-        let emit = |r: &mut Rewrite, out: &mut Vec<u8>, bytes: &[u8]| {
-            r.size += bytes.len() as u64;
-            r.crc = zlib_rs::crc32::crc32(r.crc, bytes);
-            out.extend_from_slice(bytes);
-        };
         if !r.started {
             // The indicator (counted in `size` and `crc` from the start).
             out.push(0);
@@ -496,27 +361,7 @@ impl Walker {
                     continue;
                 }
                 let f = *f;
-                let backward = u32::from_le_bytes(f[4..8].try_into().expect("4 bytes"));
-                if crc32(&f[4..10]).to_le_bytes() != f[..4]
-                    || f[10..] != FOOTER_MAGIC
-                    || f[8..10] != [0, check]
-                    || (u64::from(backward) + 1) * 4 != r.parse.size
-                {
-                    return Err(bad("the stream footer does not match its index or header"));
-                }
-                // The index written ends with its padding and CRC-32, then its footer.
-                while r.size % 4 != 0 {
-                    emit(r, out, &[0]);
-                }
-                let crc = r.crc;
-                out.extend_from_slice(&crc.to_le_bytes());
-                let mut footer = [0u8; 12];
-                footer[4..8].copy_from_slice(&((((r.size + 4) / 4) - 1) as u32).to_le_bytes());
-                footer[9] = check;
-                let c = crc32(&footer[4..10]);
-                footer[..4].copy_from_slice(&c.to_le_bytes());
-                footer[10..].copy_from_slice(&FOOTER_MAGIC);
-                out.extend_from_slice(&footer);
+                r.end(&f, check, out)?;
                 self.rewrite = None;
                 self.state = St::Between;
                 self.continued = false;
@@ -534,7 +379,7 @@ impl Walker {
                     r.skip = count - blocks;
                     let mut v = Vec::new();
                     put_varint(&mut v, blocks);
-                    emit(r, out, &v);
+                    r.emit(out, &v);
                 }
                 IndexEvent::Record(unpadded, uncompressed) => {
                     r.seen += 1;
@@ -542,7 +387,7 @@ impl Walker {
                         let mut v = Vec::new();
                         put_varint(&mut v, unpadded);
                         put_varint(&mut v, uncompressed);
-                        emit(r, out, &v);
+                        r.emit(out, &v);
                     }
                 }
                 IndexEvent::Done => r.footer = Some(([0; 12], 0)),

@@ -86,7 +86,6 @@ impl Header {
     /// first cluster when the image has one; the whole header and extensions must be
     /// there). Refuses backing files, external data files and encryption.
     pub fn parse(head: &[u8]) -> Result<Self> {
-        let bad = |r: String| Error::invalid("qcow2", r);
         if head.len() < 72 || &head[..4] != b"QFI\xfb" {
             return Err(bad("truncated header".into()));
         }
@@ -125,72 +124,13 @@ impl Header {
             return Err(Error::refused("qcow2", "it is encrypted"));
         }
 
-        let (mut incompat, mut header_len, mut compression_byte) = (0u64, 72usize, 0u8);
-        if version == 3 {
-            if head.len() < 104 {
-                return Err(bad("truncated v3 header".into()));
-            }
-            incompat = be64(head, 72);
-            let refcount_order = be32(head, 96);
-            if refcount_order > 6 {
-                return Err(bad(format!("refcount_order {refcount_order} is out of range")));
-            }
-            header_len = be32(head, 100) as usize;
-            if header_len < 104 || header_len > head.len() || header_len as u64 > 1 << cluster_bits {
-                return Err(bad(format!("header length {header_len} is out of range")));
-            }
-            if header_len > 104 {
-                compression_byte = head[104];
-            }
-        }
-        if incompat & INCOMPAT_DATA_FILE != 0 {
-            return Err(Error::refused(
-                "qcow2",
-                "its data is in an external data file; only self-contained images are imported",
-            ));
-        }
-        if incompat & INCOMPAT_CORRUPT != 0 {
-            return Err(Error::refused(
-                "qcow2",
-                "it is marked corrupt (run `qemu-img check -r all`)",
-            ));
-        }
-        let unknown = incompat & !INCOMPAT_KNOWN;
-        if unknown != 0 {
-            return Err(Error::Unsupported {
-                format: "qcow2",
-                reason: format!("unknown incompatible features {unknown:#x}"),
-            });
-        }
-        let compression = if incompat & INCOMPAT_COMPRESSION != 0 {
-            match compression_byte {
-                0 => CompressionType::Zlib,
-                1 => CompressionType::Zstd,
-                t => return Err(bad(format!("unknown compression type {t}"))),
-            }
-        } else if compression_byte != 0 {
-            return Err(bad("compression type set without its feature bit".into()));
+        let (incompat, header_len, compression_byte) = if version == 3 {
+            v3_fields(head, cluster_bits)?
         } else {
-            CompressionType::Zlib
+            (0u64, 72usize, 0u8)
         };
-
-        // Header extensions (they follow the header, within the first cluster).
-        let mut off = header_len;
-        loop {
-            let Some(ext) = head.get(off..off + 8) else {
-                return Err(bad("header extensions run past the first cluster".into()));
-            };
-            let (kind, len) = (be32(ext, 0), be32(ext, 4) as usize);
-            match kind {
-                EXT_END => break,
-                EXT_DATA_FILE => {
-                    return Err(Error::refused("qcow2", "it names an external data file"));
-                }
-                EXT_CRYPTO => return Err(Error::refused("qcow2", "it is encrypted")),
-                _ => {}
-            }
-            off += 8 + len.div_ceil(8) * 8;
-        }
+        let compression = features(incompat, compression_byte)?;
+        check_extensions(head, header_len)?;
 
         let h = Header {
             version,
@@ -201,6 +141,13 @@ impl Header {
             compression,
             extended_l2: incompat & INCOMPAT_EXTL2 != 0,
         };
+        h.check_l1()?;
+        Ok(h)
+    }
+
+    /// The virtual size and the L1 table: not too large, large enough, cluster aligned.
+    fn check_l1(&self) -> Result<()> {
+        let (virtual_size, l1_size, l1_offset) = (self.virtual_size, self.l1_size, self.l1_offset);
         if virtual_size > MAX_VIRTUAL_SIZE {
             return Err(bad(format!("virtual size {virtual_size} is too large")));
         }
@@ -210,18 +157,97 @@ impl Header {
                 u64::from(l1_size) * 8
             )));
         }
-        if u64::from(l1_size) < h.l1_needed() {
+        if u64::from(l1_size) < self.l1_needed() {
             return Err(bad(format!(
                 "L1 table too small: {l1_size} entries for a virtual size of {virtual_size}"
             )));
         }
-        if l1_size > 0 && (l1_offset == 0 || !l1_offset.is_multiple_of(h.cluster_size())) {
+        if l1_size > 0 && (l1_offset == 0 || !l1_offset.is_multiple_of(self.cluster_size())) {
             return Err(bad(format!(
                 "L1 table offset {l1_offset:#x} is not cluster aligned"
             )));
         }
-        Ok(h)
+        Ok(())
     }
+}
+
+/// The qcow2 header fields of version 3: the incompatible features, the header's length
+/// and the compression type byte.
+fn v3_fields(head: &[u8], cluster_bits: u32) -> Result<(u64, usize, u8)> {
+    if head.len() < 104 {
+        return Err(bad("truncated v3 header".into()));
+    }
+    let incompat = be64(head, 72);
+    let refcount_order = be32(head, 96);
+    if refcount_order > 6 {
+        return Err(bad(format!("refcount_order {refcount_order} is out of range")));
+    }
+    let header_len = be32(head, 100) as usize;
+    if header_len < 104 || header_len > head.len() || header_len as u64 > 1 << cluster_bits {
+        return Err(bad(format!("header length {header_len} is out of range")));
+    }
+    let compression_byte = if header_len > 104 { head[104] } else { 0 };
+    Ok((incompat, header_len, compression_byte))
+}
+
+/// Refuses external data files, corrupt images and unknown incompatible features; the
+/// compression type.
+fn features(incompat: u64, compression_byte: u8) -> Result<CompressionType> {
+    if incompat & INCOMPAT_DATA_FILE != 0 {
+        return Err(Error::refused(
+            "qcow2",
+            "its data is in an external data file; only self-contained images are imported",
+        ));
+    }
+    if incompat & INCOMPAT_CORRUPT != 0 {
+        return Err(Error::refused(
+            "qcow2",
+            "it is marked corrupt (run `qemu-img check -r all`)",
+        ));
+    }
+    let unknown = incompat & !INCOMPAT_KNOWN;
+    if unknown != 0 {
+        return Err(Error::Unsupported {
+            format: "qcow2",
+            reason: format!("unknown incompatible features {unknown:#x}"),
+        });
+    }
+    if incompat & INCOMPAT_COMPRESSION != 0 {
+        match compression_byte {
+            0 => Ok(CompressionType::Zlib),
+            1 => Ok(CompressionType::Zstd),
+            t => Err(bad(format!("unknown compression type {t}"))),
+        }
+    } else if compression_byte != 0 {
+        Err(bad("compression type set without its feature bit".into()))
+    } else {
+        Ok(CompressionType::Zlib)
+    }
+}
+
+/// Header extensions (they follow the header, within the first cluster): refuses an
+/// external data file and encryption.
+fn check_extensions(head: &[u8], header_len: usize) -> Result<()> {
+    let mut off = header_len;
+    loop {
+        let Some(ext) = head.get(off..off + 8) else {
+            return Err(bad("header extensions run past the first cluster".into()));
+        };
+        let (kind, len) = (be32(ext, 0), be32(ext, 4) as usize);
+        match kind {
+            EXT_END => return Ok(()),
+            EXT_DATA_FILE => {
+                return Err(Error::refused("qcow2", "it names an external data file"));
+            }
+            EXT_CRYPTO => return Err(Error::refused("qcow2", "it is encrypted")),
+            _ => {}
+        }
+        off += 8 + len.div_ceil(8) * 8;
+    }
+}
+
+fn bad(r: String) -> Error {
+    Error::invalid("qcow2", r)
 }
 
 #[cfg(test)]

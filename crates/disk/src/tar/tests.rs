@@ -1,0 +1,264 @@
+use super::header::{padded, parse_size};
+use super::ovf::{ovf_choose, ovf_disk};
+use super::pax::Pax;
+use super::*;
+
+/// A minimal ustar header.
+pub(crate) fn header(name: &str, kind: u8, size: u64) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
+fn archive(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (name, kind, data) in members {
+        v.extend_from_slice(&header(name, *kind, data.len() as u64));
+        v.extend_from_slice(data);
+        v.resize(padded(v.len() as u64) as usize, 0);
+    }
+    v.extend_from_slice(&[0u8; 1024]);
+    v
+}
+
+#[test]
+fn reads_the_one_disk() {
+    let a = archive(&[("dir/", b'5', b""), ("dir/disk.img", b'0', b"hello")]);
+    let mut t = TarDisk::open(&a[..]).unwrap();
+    assert_eq!((t.name(), t.size()), ("dir/disk.img", 5));
+    let mut s = String::new();
+    t.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello");
+    t.finish().unwrap();
+}
+
+#[test]
+fn refuses_traversal_and_second_files() {
+    let a = archive(&[("../../etc/passwd", b'0', b"x")]);
+    assert_eq!(TarDisk::open(&a[..]).err().unwrap().label(), "refused");
+    let a = archive(&[("link", b'2', b"")]);
+    assert!(TarDisk::open(&a[..]).is_err()); // no regular file
+    let a = archive(&[("a.img", b'0', b"a"), ("b.img", b'0', b"b")]);
+    let mut t = TarDisk::open(&a[..]).unwrap();
+    io::copy(&mut t, &mut io::sink()).unwrap();
+    assert_eq!(t.finish().unwrap_err().label(), "invalid_image");
+}
+
+const OVF: &str = r#"<?xml version="1.0"?>
+<Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References>
+    <!-- <File ovf:href="commented.vmdk" ovf:id="c"/> -->
+    <ovf:File ovf:href="other.iso" ovf:id="file0"/>
+    <File ovf:href="disk-1.vmdk" ovf:id="file1" ovf:size="100"/>
+  </References>
+  <DiskSection><Disk ovf:capacity="8" ovf:diskId="vmdisk1" ovf:fileRef="file1"/></DiskSection>
+</Envelope>"#;
+
+#[test]
+fn ova_disk_named_in_the_ovf() {
+    assert_eq!(ovf_disk(OVF).unwrap().as_deref(), Some("disk-1.vmdk"));
+    let a = archive(&[
+        ("x.ovf", b'0', OVF.as_bytes()),
+        ("x.mf", b'0', b"SHA256(disk-1.vmdk)= 00\n"),
+        ("other.iso", b'0', b"iso"),
+        ("disk-1.vmdk", b'0', b"disk"),
+        ("x.cert", b'0', b"cert"),
+    ]);
+    let mut t = TarDisk::open(&a[..]).unwrap();
+    assert!(t.is_ova());
+    assert_eq!(t.name(), "disk-1.vmdk");
+    let mut s = String::new();
+    t.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "disk");
+    t.finish().unwrap();
+    // Without references: the first member that is not OVA metadata.
+    let a = archive(&[
+        ("x.ovf", b'0', b"<Envelope/>"),
+        ("x.mf", b'0', b"m"),
+        ("d.img", b'0', b"d"),
+    ]);
+    assert_eq!(TarDisk::open(&a[..]).unwrap().name(), "d.img");
+    // A missing disk, a reference outside the archive.
+    let a = archive(&[("x.ovf", b'0', OVF.as_bytes()), ("x.mf", b'0', b"m")]);
+    let e = TarDisk::open(&a[..]).err().unwrap();
+    assert!(e.to_string().contains("disk-1.vmdk"), "{e}");
+    let evil = OVF.replace("disk-1.vmdk", "../../etc/shadow");
+    assert_eq!(ovf_disk(&evil).unwrap_err().label(), "refused");
+    let url = OVF.replace("disk-1.vmdk", "http://example.com/d.vmdk");
+    assert_eq!(ovf_disk(&url).unwrap_err().label(), "refused");
+}
+
+#[test]
+fn ova_disk_chosen_among_several() {
+    let two = OVF.replace(
+        "</DiskSection>",
+        "<Disk ovf:diskId=\"vmdisk2\" ovf:fileRef=\"file0\"/></DiskSection>",
+    );
+    let e = ovf_choose(&two, None).unwrap_err();
+    assert_eq!(e.label(), "refused");
+    for want in [
+        "disk-1.vmdk",
+        "file1",
+        "100 bytes",
+        "other.iso",
+        "file0",
+        "--disk",
+    ] {
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+    for (choice, href) in [
+        ("other.iso", "other.iso"),
+        ("file1", "disk-1.vmdk"),
+        ("vmdisk2", "other.iso"),
+        ("1", "disk-1.vmdk"),
+        ("2", "other.iso"),
+    ] {
+        assert_eq!(ovf_choose(&two, Some(choice)).unwrap().as_deref(), Some(href));
+    }
+    let e = ovf_choose(&two, Some("3")).unwrap_err();
+    assert_eq!(e.label(), "invalid_argument");
+    assert!(
+        e.to_string().contains("disk-1.vmdk") && e.to_string().contains("\"3\""),
+        "{e}"
+    );
+    // The same disk named twice is one disk; a choice of the only disk is fine.
+    assert_eq!(
+        ovf_choose(OVF, Some("1")).unwrap().as_deref(),
+        Some("disk-1.vmdk")
+    );
+    // Without a DiskSection, the files are the candidates.
+    let files = "<Envelope><References><File ovf:href=\"a.vmdk\" ovf:id=\"a\"/>\
+                 <File ovf:href=\"b.vmdk\" ovf:id=\"b\"/></References></Envelope>";
+    assert!(ovf_choose(files, None).is_err());
+    assert_eq!(ovf_choose(files, Some("b")).unwrap().as_deref(), Some("b.vmdk"));
+}
+
+#[test]
+fn entries_walk_every_member() {
+    let mut link = header("l", b'2', 0);
+    link[157..166].copy_from_slice(b"../target");
+    link[100..107].copy_from_slice(b"0000777");
+    link[136..147].copy_from_slice(b"13200000000");
+    link[148..156].copy_from_slice(b"        ");
+    let sum: u64 = link.iter().map(|b| u64::from(*b)).sum();
+    link[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let pax = "20 linkpath=a/b/c/d\n22 mtime=1700000000.5\n";
+    let mut a = archive(&[
+        ("d/", b'5', b""),
+        ("d/f", b'0', b"data"),
+        ("v7dir/", b'0', b""),
+        ("pax", b'x', pax.as_bytes()),
+        ("s", b'2', b""),
+        ("h", b'1', b""),
+        ("dev", b'3', b""),
+    ]);
+    // The symbolic link with its own header fields, before the end marker.
+    let end = a.len() - 1024;
+    a.splice(end..end, link);
+    let mut t = TarEntries::new(&a[..]);
+    let mut seen = Vec::new();
+    while let Some(e) = t.next_entry().unwrap() {
+        if e.path == "d/f" {
+            let mut s = String::new();
+            t.read_to_string(&mut s).unwrap();
+            assert_eq!((s.as_str(), e.size, e.mode), ("data", 4, 0o644));
+        }
+        seen.push((e.path, e.kind, e.link, e.mtime));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("d/".into(), EntryKind::Directory, None, Some(0)),
+            ("d/f".into(), EntryKind::File, None, Some(0)),
+            ("v7dir/".into(), EntryKind::Directory, None, Some(0)),
+            (
+                "s".into(),
+                EntryKind::Symlink,
+                Some("a/b/c/d".into()),
+                Some(1_700_000_000)
+            ),
+            ("h".into(), EntryKind::HardLink, Some(String::new()), Some(0)),
+            ("dev".into(), EntryKind::CharDevice, None, Some(0)),
+            (
+                "l".into(),
+                EntryKind::Symlink,
+                Some("../target".into()),
+                Some(0o13200000000)
+            ),
+        ]
+    );
+    assert!(t.next_entry().unwrap().is_none(), "ended");
+    // Names are given as stored: the caller checks them.
+    let a = archive(&[("../x", b'0', b"x")]);
+    assert_eq!(
+        TarEntries::new(&a[..]).next_entry().unwrap().unwrap().path,
+        "../x"
+    );
+    // No end-of-archive marker: truncated.
+    let a = archive(&[("f", b'0', b"x")]);
+    let mut t = TarEntries::new(&a[..a.len() - 1024]);
+    assert!(t.next_entry().unwrap().is_some());
+    let e = t.next_entry().unwrap_err();
+    assert!(e.to_string().contains("end-of-archive marker"), "{e}");
+}
+
+#[test]
+fn base256_size() {
+    let mut f = [0u8; 12];
+    f[0] = 0x80;
+    f[4..12].copy_from_slice(&(10u64 << 30).to_be_bytes());
+    assert_eq!(parse_size(&f).unwrap(), 10 << 30);
+}
+
+#[test]
+fn absurd_member_sizes_are_invalid() {
+    // Mutation test: a base-256 or pax size near u64::MAX used to overflow padding it
+    // to a block.
+    let mut h = header("disk.img", b'0', 0);
+    h[124..136].fill(0);
+    h[124] = 0x80;
+    h[128..136].copy_from_slice(&u64::MAX.to_be_bytes());
+    h[148..156].fill(b' ');
+    let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let e = TarDisk::open(&h[..]).err().unwrap();
+    assert_eq!(e.label(), "invalid_image", "{e}");
+    assert!(e.to_string().contains("member size"), "{e}");
+
+    let pax = format!("29 size={}\n", u64::MAX);
+    let a = archive(&[("pax", b'x', pax.as_bytes()), ("disk.img", b'0', b"x")]);
+    let e = TarDisk::open(&a[..]).err().unwrap();
+    assert!(e.to_string().contains("member size"), "{e}");
+}
+
+#[test]
+fn pax_records() {
+    let data = b"19 path=a/disk.img\n15 size=123456\n";
+    let mut block = data.to_vec();
+    block.resize(BLOCK, 0);
+    let mut pax = Pax::default();
+    pax.read(&mut &block[..], data.len() as u64).unwrap();
+    assert_eq!(pax.path.as_deref(), Some("a/disk.img"));
+    assert_eq!(pax.size, Some(123456));
+    // Records that do not add up to the header's size, or lack their newline.
+    for bad in [
+        &b"20 path=a/disk.img\n"[..],
+        b"19 path=a/disk.img ",
+        b"x path=a\n",
+    ] {
+        let mut block = bad.to_vec();
+        block.resize(BLOCK, 0);
+        let e = Pax::default()
+            .read(&mut &block[..], bad.len() as u64)
+            .unwrap_err();
+        assert!(e.to_string().contains("pax"), "{e}");
+    }
+}
