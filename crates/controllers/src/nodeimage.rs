@@ -109,7 +109,15 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
             Some(age) if age < CLAIM_GRACE && status.state != NodeImageState::AwaitingDeletion => {
                 return Ok(Action::Requeue(CLAIM_GRACE - age + Duration::from_millis(50)));
             }
-            _ => return unused(&ni, &status, ctx).await,
+            _ => {
+                // A round that ended after the image fell out of use leaves an outcome no
+                // one needs: drop it, so that the next use starts a round of its own (one
+                // still running wakes the object when it ends, and is dropped then).
+                if let TaskState::Done(_) = ctx.tasks.take::<Option<ProviderError>>(&TaskKey::of(&ni)) {
+                    tracing::debug!("an upload round ended after the image fell out of use");
+                }
+                return unused(&ni, &status, ctx).await;
+            }
         }
     }
 

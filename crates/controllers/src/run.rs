@@ -119,6 +119,16 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
                 Err(_) => break,
             }
         }
+        while let Ok(task) = woken.try_recv() {
+            wake(
+                &mut queue,
+                Key {
+                    resource: task.resource,
+                    namespace: task.namespace,
+                    name: task.name,
+                },
+            );
+        }
         let now = Instant::now();
         // Start due work.
         for (key, e) in queue.iter_mut() {
@@ -146,8 +156,9 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             });
         }
 
-        // A task (an upload) still running holds `once` too: its end wakes its object.
-        let busy = queue.values().any(|e| e.running) || ctx.tasks.running() > 0;
+        // A task (an upload) still running holds `once` too, and so does an outcome its
+        // object has not taken yet: its end wakes its object, whose reconcile takes it.
+        let busy = queue.values().any(|e| e.running) || ctx.tasks.pending() > 0;
         let urgent_pending = queue.values().any(|e| e.urgent && e.due.is_some());
         if opts.once && !busy && !urgent_pending {
             break;

@@ -223,6 +223,12 @@ impl Tasks {
         self.woken.subscribe()
     }
 
+    /// How many objects have a task running or an outcome not yet taken: work whose end a
+    /// reconcile has still to see.
+    pub fn pending(&self) -> usize {
+        self.slots.lock().expect("task slots").len()
+    }
+
     /// How many tasks are running.
     pub fn running(&self) -> usize {
         self.slots
