@@ -481,7 +481,7 @@ async fn truncated_disk_formats_fail_and_leave_nothing() {
 #[tokio::test]
 async fn ova_naming_a_missing_disk_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let ovf = r#"<Envelope><References><File ovf:href="disk.vmdk" ovf:id="f"/></References>
+    let ovf = r#"<Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References><File ovf:href="disk.vmdk" ovf:id="f"/></References>
 <DiskSection><Disk ovf:fileRef="f"/></DiskSection></Envelope>"#;
     std::fs::write(dir.path().join("a.ovf"), ovf).unwrap();
     std::fs::write(dir.path().join("other.vmdk"), b"x").unwrap();

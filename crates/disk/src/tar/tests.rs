@@ -135,9 +135,11 @@ fn ova_disk_chosen_among_several() {
         Some("disk-1.vmdk")
     );
     // Without a DiskSection, the files are the candidates.
-    let files = "<Envelope><References><File ovf:href=\"a.vmdk\" ovf:id=\"a\"/>\
+    let files = "<Envelope xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/1\">\
+                 <References><File ovf:href=\"a.vmdk\" ovf:id=\"a\"/>\
                  <File ovf:href=\"b.vmdk\" ovf:id=\"b\"/></References></Envelope>";
-    assert!(ovf_choose(files, None).is_err());
+    let e = ovf_choose(files, None).unwrap_err();
+    assert!(e.to_string().contains("--disk"), "{e}");
     assert_eq!(ovf_choose(files, Some("b")).unwrap().as_deref(), Some("b.vmdk"));
 }
 
