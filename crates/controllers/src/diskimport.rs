@@ -30,18 +30,18 @@
 //! stays Failed: delete it and create it again to retry (the spec is immutable).
 
 mod job;
+mod pods;
 pub mod probe;
+mod provider;
+mod validation;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use ido_api::{
-    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, FieldError, Reason,
-    SourceKind, VolumeMode,
+    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, Reason, SourceKind,
     condition::set_condition,
     diskimport::{ContentType, conditions, quantity, reasons},
 };
-use ido_providers::{ProviderError, kubevirt::DiskImports};
 use jiff::Timestamp;
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -52,6 +52,10 @@ pub use job::{
     CA_DIR, CONTAINER, CREDENTIALS_DIR, DATA_DIR, DEVICE, DISK_FILE, DISK_IMPORT_LABEL, PERMANENT_EXIT_CODE,
     claim, claim_request, importer_job, job_name, labels, owned_by,
 };
+pub use pods::progress_of;
+use pods::{importer_progress, last_failure, pending_reason, running_pod};
+pub use provider::StoreDiskImports;
+use validation::validate;
 
 use crate::{
     Action, Context, Error,
@@ -130,92 +134,6 @@ impl Outcome {
             progress: None,
         }
     }
-}
-
-/// Checks what the API server's schema cannot: the source's URL, checksum and size.
-fn validate(di: &DiskImport) -> Result<(), FieldError> {
-    let name = di.metadata.name.as_deref().unwrap_or_default();
-    if name.is_empty() || di.metadata.namespace.is_none() {
-        return Err(FieldError::new("metadata", "name and namespace are required"));
-    }
-    let url_ok = |field: &'static str, url: &str, schemes: &[&str]| match url::Url::parse(url) {
-        Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
-        _ => Err(FieldError::new(
-            field,
-            format!("{:?} is not a {} URL", probe::redact(url), schemes.join(" or ")),
-        )),
-    };
-    match di.spec.source.kind()? {
-        SourceKind::Http(h) => {
-            url_ok("spec.source.http.url", &h.url, &["http", "https"])?;
-            for hd in &h.extra_headers {
-                if hd.split_once(':').is_none_or(|(n, _)| n.trim().is_empty()) {
-                    return Err(FieldError::new(
-                        "spec.source.http.extraHeaders",
-                        format!("{hd:?} is not `Name: value`"),
-                    ));
-                }
-            }
-            if let Some(c) = &h.checksum {
-                let ok = c.split_once(':').is_some_and(|(alg, hex)| {
-                    let len = match alg {
-                        "md5" => 32,
-                        "sha1" => 40,
-                        "sha256" => 64,
-                        "sha512" => 128,
-                        _ => 0,
-                    };
-                    hex.len() == len && hex.bytes().all(|b| b.is_ascii_hexdigit())
-                });
-                if !ok {
-                    return Err(FieldError::new(
-                        "spec.source.http.checksum",
-                        format!("{c:?} is not md5:, sha1:, sha256: or sha512: with its hex digest"),
-                    ));
-                }
-            }
-        }
-        SourceKind::S3(s) => url_ok("spec.source.s3.url", &s.url, &["s3", "http", "https"])?,
-        SourceKind::Registry(r) => url_ok("spec.source.registry.url", &r.url, &["docker", "oci-archive"])?,
-        SourceKind::Blank => {
-            if di.spec.storage.size.is_none() {
-                return Err(FieldError::new("spec.storage.size", "required for a blank disk"));
-            }
-        }
-    }
-    if di.spec.content_type() == ContentType::Archive {
-        // The CEL rules say so too; `ido run` has no API server to check them.
-        match di.spec.source.kind()? {
-            SourceKind::Blank | SourceKind::Registry(_) => {
-                return Err(FieldError::new(
-                    "spec.contentType",
-                    "archive is not allowed with blank or registry sources",
-                ));
-            }
-            SourceKind::Http(_) | SourceKind::S3(_) => {}
-        }
-        if di.spec.storage.volume_mode == Some(VolumeMode::Block) {
-            return Err(FieldError::new(
-                "spec.storage.volumeMode",
-                "an archive is unpacked into a filesystem; Block is not allowed",
-            ));
-        }
-        if di.spec.storage.size.is_none() {
-            return Err(FieldError::new(
-                "spec.storage.size",
-                "required for an archive (its unpacked size is known only once unpacked)",
-            ));
-        }
-    }
-    if let Some(s) = &di.spec.storage.size
-        && quantity::parse(s).is_none_or(|b| b == 0)
-    {
-        return Err(FieldError::new(
-            "spec.storage.size",
-            format!("{s:?} is not a size such as 10Gi"),
-        ));
-    }
-    Ok(())
 }
 
 /// The disk's size: given, found before (status), or probed. `Err` = pending with a reason.
@@ -298,8 +216,6 @@ type Observed = (Outcome, Action);
 /// Creates what is missing and reads the state of the claim, Job and pods.
 async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed, Observed> {
     let settings = &ctx.settings.disk_import;
-    let ns = di.metadata.namespace.clone().unwrap_or_default();
-    let name = di.metadata.name.clone().unwrap_or_default();
     validate(di).map_err(|e| {
         (
             Outcome::pending(reasons::INVALID_SPEC, e.to_string()),
@@ -313,65 +229,12 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
             return Err((Outcome::pending(reason, message), next));
         }
     };
-    let store_err = |what: &str, e: StoreError| {
-        let mut o = Outcome::pending(reasons::CREATE_FAILED, format!("{what}: {e}"));
-        o.size = Some(size);
-        (o, Action::Requeue(Duration::from_secs(30)))
-    };
-
-    // The claim.
-    let mode = job::volume_mode(di);
-    let pvc = match ctx
-        .store
-        .get::<PersistentVolumeClaim>(Some(&ns), &name)
-        .await
-        .map_err(|e| store_err("reading the claim", e))?
-    {
-        Some(p) => p,
-        None => {
-            // An archive's size is the file system's: the claim asks for it as it is.
-            let overhead = match di.spec.content_type() {
-                ContentType::Kubevirt => settings.filesystem_overhead,
-                ContentType::Archive => 0.0,
-            };
-            let request = claim_request(size, mode, overhead);
-            let c = ctx
-                .store
-                .create(&claim(di, request))
-                .await
-                .map_err(|e| store_err("creating the claim", e))?;
-            tracing::info!(diskimport = %key(di), size, request, "claim created");
-            c
-        }
-    };
-    if !owned_by(&pvc.metadata, di) {
-        let mut o = Outcome::pending(
-            reasons::CREATE_FAILED,
-            format!(
-                "a PersistentVolumeClaim {ns}/{name} exists and is not this DiskImport's; delete it or rename the DiskImport"
-            ),
-        );
-        o.size = Some(size);
-        return Err((o, Action::AwaitChange));
-    }
-    let bound = match pvc.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Bound") => (ConditionStatus::True, reasons::BOUND, String::new()),
-        Some("Lost") => (
-            ConditionStatus::False,
-            reasons::CLAIM_LOST,
-            "the claim lost its volume".into(),
-        ),
-        _ => (
-            ConditionStatus::False,
-            reasons::PENDING,
-            "the claim is not bound yet (a WaitForFirstConsumer class binds when the importer starts)".into(),
-        ),
-    };
+    let pvc = ensure_claim(di, ctx, size).await?;
     let mut out = Outcome {
         phase: DiskImportPhase::ImportScheduled,
         ready: (ConditionStatus::False, reasons::PENDING, String::new()),
         running: (ConditionStatus::False, reasons::PENDING, String::new()),
-        bound: Some(bound),
+        bound: Some(claim_bound(&pvc)),
         size: Some(size),
         restarts: 0,
         progress: None,
@@ -385,33 +248,127 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         return Ok((out, Action::AwaitChange));
     };
 
-    // The Job.
+    let job = ensure_job(di, ctx, &want, size).await?;
+    follow_job(di, ctx, &job, size, out).await
+}
+
+/// Pending after a failed store call: retried in 30 s.
+fn store_failed(size: u64, what: &str, e: StoreError) -> Observed {
+    let mut o = Outcome::pending(reasons::CREATE_FAILED, format!("{what}: {e}"));
+    o.size = Some(size);
+    (o, Action::Requeue(Duration::from_secs(30)))
+}
+
+/// Pending because an object of the name is someone else's: until the DiskImport changes.
+fn name_taken(size: u64, message: String) -> Observed {
+    let mut o = Outcome::pending(reasons::CREATE_FAILED, message);
+    o.size = Some(size);
+    (o, Action::AwaitChange)
+}
+
+/// The claim of `di`, created when missing; `Err` when it cannot be had or is not ours.
+async fn ensure_claim<S: Store>(
+    di: &DiskImport,
+    ctx: &Context<S>,
+    size: u64,
+) -> Result<PersistentVolumeClaim, Observed> {
+    let settings = &ctx.settings.disk_import;
+    let ns = di.metadata.namespace.clone().unwrap_or_default();
+    let name = di.metadata.name.clone().unwrap_or_default();
+    let mode = job::volume_mode(di);
+    let pvc = match ctx
+        .store
+        .get::<PersistentVolumeClaim>(Some(&ns), &name)
+        .await
+        .map_err(|e| store_failed(size, "reading the claim", e))?
+    {
+        Some(p) => p,
+        None => {
+            // An archive's size is the file system's: the claim asks for it as it is.
+            let overhead = match di.spec.content_type() {
+                ContentType::Kubevirt => settings.filesystem_overhead,
+                ContentType::Archive => 0.0,
+            };
+            let request = claim_request(size, mode, overhead);
+            let c = ctx
+                .store
+                .create(&claim(di, request))
+                .await
+                .map_err(|e| store_failed(size, "creating the claim", e))?;
+            tracing::info!(diskimport = %key(di), size, request, "claim created");
+            c
+        }
+    };
+    if !owned_by(&pvc.metadata, di) {
+        return Err(name_taken(
+            size,
+            format!(
+                "a PersistentVolumeClaim {ns}/{name} exists and is not this DiskImport's; delete it or rename the DiskImport"
+            ),
+        ));
+    }
+    Ok(pvc)
+}
+
+/// The Bound condition from the claim's phase.
+fn claim_bound(pvc: &PersistentVolumeClaim) -> (ConditionStatus, &'static str, String) {
+    match pvc.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Bound") => (ConditionStatus::True, reasons::BOUND, String::new()),
+        Some("Lost") => (
+            ConditionStatus::False,
+            reasons::CLAIM_LOST,
+            "the claim lost its volume".into(),
+        ),
+        _ => (
+            ConditionStatus::False,
+            reasons::PENDING,
+            "the claim is not bound yet (a WaitForFirstConsumer class binds when the importer starts)".into(),
+        ),
+    }
+}
+
+/// The importer Job of `di`, created from `want` when missing; `Err` when it cannot be had
+/// or is not ours.
+async fn ensure_job<S: Store>(
+    di: &DiskImport,
+    ctx: &Context<S>,
+    want: &Job,
+    size: u64,
+) -> Result<Job, Observed> {
+    let ns = di.metadata.namespace.clone().unwrap_or_default();
     let job_name = job_name(di);
-    let job = match ctx
+    match ctx
         .store
         .get::<Job>(Some(&ns), &job_name)
         .await
-        .map_err(|e| store_err("reading the importer Job", e))?
+        .map_err(|e| store_failed(size, "reading the importer Job", e))?
     {
-        Some(j) if owned_by(&j.metadata, di) => j,
-        Some(_) => {
-            let mut o = Outcome::pending(
-                reasons::CREATE_FAILED,
-                format!("a Job {ns}/{job_name} exists and is not this DiskImport's"),
-            );
-            o.size = Some(size);
-            return Err((o, Action::AwaitChange));
-        }
+        Some(j) if owned_by(&j.metadata, di) => Ok(j),
+        Some(_) => Err(name_taken(
+            size,
+            format!("a Job {ns}/{job_name} exists and is not this DiskImport's"),
+        )),
         None => {
             let j = ctx
                 .store
-                .create(&want)
+                .create(want)
                 .await
-                .map_err(|e| store_err("creating the importer Job", e))?;
+                .map_err(|e| store_failed(size, "creating the importer Job", e))?;
             tracing::info!(diskimport = %key(di), job = %job_name, "importer Job created");
-            j
+            Ok(j)
         }
-    };
+    }
+}
+
+/// The phase and conditions from the importer Job's status and its pods.
+async fn follow_job<S: Store>(
+    di: &DiskImport,
+    ctx: &Context<S>,
+    job: &Job,
+    size: u64,
+    mut out: Outcome,
+) -> Result<Observed, Observed> {
+    let ns = di.metadata.namespace.clone().unwrap_or_default();
     let js = job.status.clone().unwrap_or_default();
     let cond = |t: &str| {
         js.conditions
@@ -425,9 +382,9 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         .store
         .list_labeled::<Pod>(&ns, &labels(di))
         .await
-        .map_err(|e| store_err("listing the importer pods", e))?;
+        .map_err(|e| store_failed(size, "listing the importer pods", e))?;
     let last_failure = last_failure(&pods);
-    let recheck = Action::Requeue(settings.recheck);
+    let recheck = Action::Requeue(ctx.settings.disk_import.recheck);
 
     if cond("Complete").is_some() || js.succeeded.unwrap_or(0) > 0 {
         out.phase = DiskImportPhase::Succeeded;
@@ -459,112 +416,6 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         out.running = (ConditionStatus::False, reason, m);
     }
     Ok((out, recheck))
-}
-
-/// The newest running importer pod's name.
-fn running_pod(pods: &[Pod]) -> Option<&str> {
-    pods.iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .max_by_key(|p| p.metadata.creation_timestamp.clone())
-        .and_then(|p| p.metadata.name.as_deref())
-}
-
-/// The running importer's progress, from the tail of its log (`--progress plain` prints a
-/// line every 5 s). Best effort: a log that cannot be read leaves the last value.
-async fn importer_progress<S: Store>(ctx: &Context<S>, ns: &str, pod: &str) -> Option<String> {
-    match ctx.store.container_log_tail(ns, pod, CONTAINER, 4).await {
-        Ok(log) => log.as_deref().and_then(progress_of),
-        Err(e) => {
-            tracing::debug!(namespace = ns, pod, error = %e, "cannot read the importer's log");
-            None
-        }
-    }
-}
-
-/// The percentage of the last progress line of an importer's log
-/// (`import: 42.0% 1.2 GiB of 2.9 GiB read, …`).
-pub fn progress_of(log: &str) -> Option<String> {
-    log.lines().rev().find_map(|line| {
-        let pct = line.trim().strip_prefix("import: ")?.split_whitespace().next()?;
-        let value: f64 = pct.strip_suffix('%')?.parse().ok()?;
-        (0.0..=100.0).contains(&value).then(|| format!("{value:.1}%"))
-    })
-}
-
-/// The message of the latest failed importer pod: its termination message (the importer's
-/// error: `FallbackToLogsOnError` makes it the last log lines) or its reason.
-fn last_failure(pods: &[Pod]) -> Option<String> {
-    let mut failed: Vec<(&Pod, String)> = pods
-        .iter()
-        .filter_map(|p| {
-            let st = p.status.as_ref()?;
-            let term = st
-                .container_statuses
-                .iter()
-                .flatten()
-                .find(|c| c.name == CONTAINER)
-                .and_then(|c| c.state.as_ref()?.terminated.as_ref())
-                .filter(|t| t.exit_code != 0);
-            let message = match term {
-                Some(t) => {
-                    let m = t.message.clone().unwrap_or_default();
-                    let m = m.trim();
-                    if m.is_empty() {
-                        format!("importer exited with code {}", t.exit_code)
-                    } else {
-                        m.to_string()
-                    }
-                }
-                None if st.phase.as_deref() == Some("Failed") => st
-                    .message
-                    .clone()
-                    .or(st.reason.clone())
-                    .unwrap_or_else(|| "pod failed".into()),
-                None => return None,
-            };
-            Some((p, message))
-        })
-        .collect();
-    failed.sort_by_key(|(p, _)| p.metadata.creation_timestamp.clone());
-    failed.pop().map(|(_, m)| clip(&m, 1024))
-}
-
-/// Why a pending importer pod does not run: unschedulable, or its image cannot be pulled.
-fn pending_reason(pods: &[Pod]) -> Option<(&'static str, String)> {
-    for p in pods {
-        let st = p.status.as_ref()?;
-        for c in st.conditions.iter().flatten() {
-            if c.type_ == "PodScheduled" && c.status == "False" {
-                return Some((
-                    Reason::Unschedulable.as_str(),
-                    c.message.clone().unwrap_or_default(),
-                ));
-            }
-        }
-        for c in st.container_statuses.iter().flatten() {
-            if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
-                && matches!(w.reason.as_deref(), Some("ImagePullBackOff" | "ErrImagePull"))
-            {
-                return Some((
-                    Reason::ImagePullFailed.as_str(),
-                    w.message.clone().unwrap_or_default(),
-                ));
-            }
-        }
-    }
-    None
-}
-
-/// The last `max` bytes of `s` (an error is at the end of a log), on a char boundary.
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &s[start..])
 }
 
 /// Writes the outcome; an event for each change of phase or of a pending reason.
@@ -614,9 +465,37 @@ async fn write_status<S: Store>(
     })
     .await?;
 
+    let obj = stored.as_ref().unwrap_or(di);
+    if let Some(e) = phase_event(di, before, &out) {
+        tracing::info!(diskimport = %key(di), phase = %out.phase, reason = %e.reason, "{}", e.message);
+        ctx.store.event(obj, e).await;
+    }
+    // A retried importer failure: one warning per new failure.
+    if out.restarts > before.restart_count
+        && out.running.1 == reasons::ERROR
+        && out.phase != DiskImportPhase::Failed
+    {
+        ctx.store
+            .event(
+                obj,
+                Event::warning(
+                    "ImporterFailed",
+                    "Import",
+                    format!(
+                        "importer attempt {} failed, retrying: {}",
+                        out.restarts, out.running.2
+                    ),
+                ),
+            )
+            .await;
+    }
+    Ok(stored)
+}
+
+/// The event of a change of phase, or else of a new pending reason.
+fn phase_event(di: &DiskImport, before: &DiskImportStatus, out: &Outcome) -> Option<Event> {
     let old_reason =
         ido_api::condition::find(&before.conditions, conditions::READY).map(|c| c.reason.clone());
-    let obj = stored.as_ref().unwrap_or(di);
     let (_, reason, message) = &out.ready;
     let event = if out.phase != before.phase {
         match out.phase {
@@ -649,34 +528,10 @@ async fn write_status<S: Store>(
     } else {
         None
     };
-    let event = event.or_else(|| {
+    event.or_else(|| {
         (out.phase == DiskImportPhase::Pending && old_reason.as_deref() != Some(*reason))
             .then(|| Event::warning(reason, "Validate", message.clone()))
-    });
-    if let Some(e) = event {
-        tracing::info!(diskimport = %key(di), phase = %out.phase, reason = %e.reason, "{}", e.message);
-        ctx.store.event(obj, e).await;
-    }
-    // A retried importer failure: one warning per new failure.
-    if out.restarts > before.restart_count
-        && out.running.1 == reasons::ERROR
-        && out.phase != DiskImportPhase::Failed
-    {
-        ctx.store
-            .event(
-                obj,
-                Event::warning(
-                    "ImporterFailed",
-                    "Import",
-                    format!(
-                        "importer attempt {} failed, retrying: {}",
-                        out.restarts, out.running.2
-                    ),
-                ),
-            )
-            .await;
-    }
-    Ok(stored)
+    })
 }
 
 /// After success: the importer Job is removed (its pods with it); the claim stays.
@@ -690,82 +545,6 @@ async fn finished<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Action,
         tracing::info!(diskimport = %key(di), job = %job_name(di), "importer Job removed after success");
     }
     Ok(Action::AwaitChange)
-}
-
-/// [`DiskImports`] over a [`Store`]: what the kubevirt provider uses.
-pub struct StoreDiskImports<S: Store>(pub S);
-
-fn provider_err(e: StoreError) -> ProviderError {
-    match e {
-        StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::Invalid(_) => {
-            ProviderError::api(e)
-        }
-        StoreError::Conflict { .. }
-        | StoreError::Api { .. }
-        | StoreError::Io { .. }
-        | StoreError::Busy { .. }
-        | StoreError::Encoding { .. } => ProviderError::Transport(e.to_string()),
-    }
-}
-
-#[async_trait]
-impl<S: Store> DiskImports for StoreDiskImports<S> {
-    async fn get(&self, namespace: &str, name: &str) -> ido_providers::Result<Option<DiskImport>> {
-        self.0.get(Some(namespace), name).await.map_err(provider_err)
-    }
-
-    async fn create(&self, di: &DiskImport) -> ido_providers::Result<DiskImport> {
-        match self.0.create(di).await {
-            Err(StoreError::AlreadyExists { .. }) => {
-                let m = &di.metadata;
-                self.0
-                    .get(m.namespace.as_deref(), m.name.as_deref().unwrap_or_default())
-                    .await
-                    .map_err(provider_err)?
-                    .ok_or_else(|| ProviderError::Transport("DiskImport vanished while created".into()))
-            }
-            r => r.map_err(provider_err),
-        }
-    }
-
-    async fn delete(&self, namespace: &str, name: &str) -> ido_providers::Result<()> {
-        let Some(di) = self
-            .0
-            .get::<DiskImport>(Some(namespace), name)
-            .await
-            .map_err(provider_err)?
-        else {
-            return Ok(());
-        };
-        self.0.delete(&di).await.map_err(provider_err)?;
-        // The garbage collector removes these too; deleting them here does not depend on it.
-        if let Some(j) = self
-            .0
-            .get::<Job>(Some(namespace), &job_name(&di))
-            .await
-            .map_err(provider_err)?
-            && owned_by(&j.metadata, &di)
-        {
-            self.0.delete(&j).await.map_err(provider_err)?;
-        }
-        if let Some(c) = self
-            .0
-            .get::<PersistentVolumeClaim>(Some(namespace), name)
-            .await
-            .map_err(provider_err)?
-            && owned_by(&c.metadata, &di)
-        {
-            self.0.delete(&c).await.map_err(provider_err)?;
-        }
-        Ok(())
-    }
-}
-
-impl<S: Store> StoreDiskImports<S> {
-    /// The store as the providers' [`DiskImports`].
-    pub fn shared(store: S) -> Arc<dyn DiskImports> {
-        Arc::new(Self(store))
-    }
 }
 
 #[cfg(test)]

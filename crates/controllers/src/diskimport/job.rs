@@ -149,27 +149,37 @@ struct SourcePlan {
     mounts: Vec<Value>,
 }
 
+impl SourcePlan {
+    /// Mounts the source's Secret at [`CREDENTIALS_DIR`].
+    fn mount_secret(&mut self, name: &str) {
+        self.volumes.push(json!({
+            "name": "source-credentials",
+            "secret": {"secretName": name, "defaultMode": 0o440},
+        }));
+        self.mounts
+            .push(json!({"name": "source-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}));
+    }
+
+    /// Mounts the source's CA ConfigMap at [`CA_DIR`] and names it to the importer.
+    fn mount_ca(&mut self, name: &str) {
+        self.volumes
+            .push(json!({"name": "source-ca", "configMap": {"name": name}}));
+        self.mounts
+            .push(json!({"name": "source-ca", "mountPath": CA_DIR, "readOnly": true}));
+        self.args.extend(["--ca-dir".to_string(), CA_DIR.to_string()]);
+    }
+}
+
+/// A file of the mounted Secret.
+fn cred(f: &str) -> String {
+    format!("{CREDENTIALS_DIR}/{f}")
+}
+
 fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
     let mut p = SourcePlan {
         args: vec![],
         volumes: vec![],
         mounts: vec![],
-    };
-    let cred = |f: &str| format!("{CREDENTIALS_DIR}/{f}");
-    let secret = |p: &mut SourcePlan, name: &str| {
-        p.volumes.push(json!({
-            "name": "source-credentials",
-            "secret": {"secretName": name, "defaultMode": 0o440},
-        }));
-        p.mounts
-            .push(json!({"name": "source-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}));
-    };
-    let ca = |p: &mut SourcePlan, name: &str| {
-        p.volumes
-            .push(json!({"name": "source-ca", "configMap": {"name": name}}));
-        p.mounts
-            .push(json!({"name": "source-ca", "mountPath": CA_DIR, "readOnly": true}));
-        p.args.extend(["--ca-dir".to_string(), CA_DIR.to_string()]);
     };
     match di.spec.source.kind().ok()? {
         SourceKind::Http(h) => {
@@ -178,7 +188,7 @@ fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
                 p.args.extend(["--header".to_string(), header.clone()]);
             }
             if let Some(name) = &h.secret_ref {
-                secret(&mut p, name);
+                p.mount_secret(name);
                 p.args.extend([
                     "--username-file".to_string(),
                     cred("accessKeyId"),
@@ -187,7 +197,7 @@ fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
                 ]);
             }
             if let Some(name) = &h.cert_config_map {
-                ca(&mut p, name);
+                p.mount_ca(name);
             }
             if let Some(c) = &h.checksum {
                 p.args.extend(["--checksum".to_string(), c.clone()]);
@@ -204,7 +214,7 @@ fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
                 None => p.args.push(s.url.clone()),
             }
             if let Some(name) = &s.secret_ref {
-                secret(&mut p, name);
+                p.mount_secret(name);
                 p.args.extend([
                     "--s3-access-key-file".to_string(),
                     cred("accessKeyId"),
@@ -216,12 +226,12 @@ fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
         SourceKind::Registry(r) => {
             p.args.push(r.url.clone());
             if let Some(name) = &r.secret_ref {
-                secret(&mut p, name);
+                p.mount_secret(name);
                 p.args
                     .extend(["--authfile".to_string(), cred(".dockerconfigjson")]);
             }
             if let Some(name) = &r.cert_config_map {
-                ca(&mut p, name);
+                p.mount_ca(name);
             }
             if let Some(platform) = &r.platform {
                 p.args.extend(["--platform".to_string(), platform.clone()]);
@@ -248,11 +258,8 @@ fn s3_endpoint_form(url: &str) -> Option<(String, String)> {
     Some((endpoint, format!("s3://{bucket}/{key}")))
 }
 
-/// The importer Job of `di` for a disk of `size` bytes; `None` for a blank source (no
-/// importer).
-pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> Option<Job> {
-    let plan = source_plan(di)?;
-    let mode = volume_mode(di);
+/// `ido import SOURCE TARGET` with the source's flags of `plan` and the importer's own.
+fn importer_args(di: &DiskImport, plan: &SourcePlan, mode: VolumeMode, size: u64) -> Vec<String> {
     let archive = di.spec.content_type() == ContentType::Archive;
     let target = match (archive, mode) {
         (true, _) => DATA_DIR,
@@ -286,17 +293,23 @@ pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> 
         // The claim is the DiskImport's own: what a failed pod left there is replaced.
         args.push("--force".into());
     }
-    let mut volumes = vec![json!({
-        "name": "disk",
-        "persistentVolumeClaim": {"claimName": di.metadata.name},
-    })];
-    volumes.extend(plan.volumes);
+    args
+}
+
+/// The importer container: `args`, with the claim mounted (Filesystem) or attached as
+/// [`DEVICE`] (Block) besides the source's `mounts`.
+fn importer_container(
+    settings: &ImporterSettings,
+    args: Vec<String>,
+    mounts: Vec<Value>,
+    mode: VolumeMode,
+) -> Value {
     let mut container = json!({
         "name": CONTAINER,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": args,
-        "volumeMounts": plan.mounts,
+        "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": false,
@@ -316,6 +329,21 @@ pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> 
     if let Some(r) = &settings.resources {
         container["resources"] = serde_json::to_value(r).expect("resources serialize");
     }
+    container
+}
+
+/// The importer Job of `di` for a disk of `size` bytes; `None` for a blank source (no
+/// importer).
+pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> Option<Job> {
+    let plan = source_plan(di)?;
+    let mode = volume_mode(di);
+    let args = importer_args(di, &plan, mode, size);
+    let mut volumes = vec![json!({
+        "name": "disk",
+        "persistentVolumeClaim": {"claimName": di.metadata.name},
+    })];
+    volumes.extend(plan.volumes);
+    let container = importer_container(settings, args, plan.mounts, mode);
     let labels = labels(di);
     let job = json!({
         "apiVersion": "batch/v1",

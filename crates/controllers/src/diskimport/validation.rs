@@ -1,0 +1,108 @@
+//! What the API server's schema cannot check about a DiskImport's spec.
+
+use ido_api::{
+    DiskImport, FieldError, HttpSource, SourceKind, VolumeMode,
+    diskimport::{ContentType, quantity},
+};
+
+use super::probe;
+
+/// Checks what the API server's schema cannot: the source's URL, checksum and size.
+pub(super) fn validate(di: &DiskImport) -> Result<(), FieldError> {
+    let name = di.metadata.name.as_deref().unwrap_or_default();
+    if name.is_empty() || di.metadata.namespace.is_none() {
+        return Err(FieldError::new("metadata", "name and namespace are required"));
+    }
+    match di.spec.source.kind()? {
+        SourceKind::Http(h) => validate_http(h)?,
+        SourceKind::S3(s) => url_ok("spec.source.s3.url", &s.url, &["s3", "http", "https"])?,
+        SourceKind::Registry(r) => url_ok("spec.source.registry.url", &r.url, &["docker", "oci-archive"])?,
+        SourceKind::Blank => {
+            if di.spec.storage.size.is_none() {
+                return Err(FieldError::new("spec.storage.size", "required for a blank disk"));
+            }
+        }
+    }
+    if di.spec.content_type() == ContentType::Archive {
+        validate_archive(di)?;
+    }
+    if let Some(s) = &di.spec.storage.size
+        && quantity::parse(s).is_none_or(|b| b == 0)
+    {
+        return Err(FieldError::new(
+            "spec.storage.size",
+            format!("{s:?} is not a size such as 10Gi"),
+        ));
+    }
+    Ok(())
+}
+
+/// `url` parses and has one of `schemes`; else an error on `field`.
+fn url_ok(field: &'static str, url: &str, schemes: &[&str]) -> Result<(), FieldError> {
+    match url::Url::parse(url) {
+        Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
+        _ => Err(FieldError::new(
+            field,
+            format!("{:?} is not a {} URL", probe::redact(url), schemes.join(" or ")),
+        )),
+    }
+}
+
+/// An HTTP source: its URL, extra headers and checksum.
+fn validate_http(h: &HttpSource) -> Result<(), FieldError> {
+    url_ok("spec.source.http.url", &h.url, &["http", "https"])?;
+    for hd in &h.extra_headers {
+        if hd.split_once(':').is_none_or(|(n, _)| n.trim().is_empty()) {
+            return Err(FieldError::new(
+                "spec.source.http.extraHeaders",
+                format!("{hd:?} is not `Name: value`"),
+            ));
+        }
+    }
+    if let Some(c) = &h.checksum {
+        let ok = c.split_once(':').is_some_and(|(alg, hex)| {
+            let len = match alg {
+                "md5" => 32,
+                "sha1" => 40,
+                "sha256" => 64,
+                "sha512" => 128,
+                _ => 0,
+            };
+            hex.len() == len && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Err(FieldError::new(
+                "spec.source.http.checksum",
+                format!("{c:?} is not md5:, sha1:, sha256: or sha512: with its hex digest"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An archive: an HTTP or S3 source, a Filesystem volume and a given size.
+fn validate_archive(di: &DiskImport) -> Result<(), FieldError> {
+    // The CEL rules say so too; `ido run` has no API server to check them.
+    match di.spec.source.kind()? {
+        SourceKind::Blank | SourceKind::Registry(_) => {
+            return Err(FieldError::new(
+                "spec.contentType",
+                "archive is not allowed with blank or registry sources",
+            ));
+        }
+        SourceKind::Http(_) | SourceKind::S3(_) => {}
+    }
+    if di.spec.storage.volume_mode == Some(VolumeMode::Block) {
+        return Err(FieldError::new(
+            "spec.storage.volumeMode",
+            "an archive is unpacked into a filesystem; Block is not allowed",
+        ));
+    }
+    if di.spec.storage.size.is_none() {
+        return Err(FieldError::new(
+            "spec.storage.size",
+            "required for an archive (its unpacked size is known only once unpacked)",
+        ));
+    }
+    Ok(())
+}
