@@ -18,7 +18,7 @@ use ido_api::{
     nodeimage::{self, conditions},
 };
 use ido_engine::s3::node_image_key;
-use ido_providers::{Progress, Provider, ProviderError};
+use ido_providers::{Progress, Provider, ProviderError, Template};
 use jiff::Timestamp;
 use tokio::sync::Mutex;
 
@@ -42,23 +42,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Reconciles one NodeImage.
 pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Result<Action, Error> {
     if let Err(invalid) = check_spec(ni) {
-        // Nothing was ever made from a name that fails here: on deletion just let go.
-        if ni.metadata.deletion_timestamp.is_some() {
-            if has_finalizer(ni, nodeimage::FINALIZER) {
-                patch_metadata_retry(&ctx.store, ni, &finalizer_patch(ni, nodeimage::FINALIZER, false))
-                    .await?;
-            }
-        } else {
-            set_overall(
-                ctx,
-                ni,
-                NodeImageState::Error,
-                Reason::InvalidSpec.as_str(),
-                &invalid.to_string(),
-            )
-            .await?;
-        }
-        return Ok(Action::AwaitChange);
+        return reject_invalid(ni, ctx, &invalid).await;
     }
     if ni.metadata.deletion_timestamp.is_some() {
         return cleanup(ni, ctx).await;
@@ -93,32 +77,7 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
 
     let status = ni.status.clone().unwrap_or_default();
     if status.releases.is_empty() && status.state != NodeImageState::New {
-        // The Release that creates a NodeImage records itself in `status.releases` in a
-        // second write (a create cannot set the status): until then the image is not unused.
-        let age =
-            ni.metadata
-                .creation_timestamp
-                .as_ref()
-                // Rounded to the second, a creation time can be a little ahead of now.
-                .map(|t| {
-                    Duration::from_millis(
-                        (Timestamp::now().as_millisecond() - t.0.as_millisecond()).max(0) as u64
-                    )
-                });
-        match age {
-            Some(age) if age < CLAIM_GRACE && status.state != NodeImageState::AwaitingDeletion => {
-                return Ok(Action::Requeue(CLAIM_GRACE - age + Duration::from_millis(50)));
-            }
-            _ => {
-                // A round that ended after the image fell out of use leaves an outcome no
-                // one needs: drop it, so that the next use starts a round of its own (one
-                // still running wakes the object when it ends, and is dropped then).
-                if let TaskState::Done(_) = ctx.tasks.take::<Option<ProviderError>>(&TaskKey::of(&ni)) {
-                    tracing::debug!("an upload round ended after the image fell out of use");
-                }
-                return unused(&ni, &status, ctx).await;
-            }
-        }
+        return unlisted(&ni, &status, ctx).await;
     }
 
     // The upload round runs as a task; while it runs, reconciles return at once, and when
@@ -131,16 +90,95 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
         TaskState::Done(None) => return Ok(Action::Requeue(ctx.settings.recheck)),
         TaskState::Idle => {}
     }
+    let object = match find_source(ctx, &ni, &provider, status.state).await? {
+        Ok(object) => object,
+        Err(next) => return Ok(next),
+    };
+
+    let (tasks, ctx) = (ctx.tasks.clone(), ctx.clone());
+    let recheck = ctx.settings.recheck;
+    tasks.start(
+        key,
+        move |_| async move { round(&ctx, ni, provider, object).await },
+    );
+    Ok(Action::Requeue(recheck))
+}
+
+/// A NodeImage whose names fail [`check_spec`]: its state becomes Error.
+async fn reject_invalid<S: Store>(
+    ni: &NodeImage,
+    ctx: &Context<S>,
+    invalid: &ido_api::names::InvalidName,
+) -> Result<Action, Error> {
+    // Nothing was ever made from a name that fails here: on deletion just let go.
+    if ni.metadata.deletion_timestamp.is_some() {
+        if has_finalizer(ni, nodeimage::FINALIZER) {
+            patch_metadata_retry(&ctx.store, ni, &finalizer_patch(ni, nodeimage::FINALIZER, false)).await?;
+        }
+    } else {
+        set_overall(
+            ctx,
+            ni,
+            NodeImageState::Error,
+            Reason::InvalidSpec.as_str(),
+            &invalid.to_string(),
+        )
+        .await?;
+    }
+    Ok(Action::AwaitChange)
+}
+
+/// A NodeImage no release lists: unused, unless just created (within [`CLAIM_GRACE`]).
+async fn unlisted<S: Store>(
+    ni: &NodeImage,
+    status: &NodeImageStatus,
+    ctx: &Arc<Context<S>>,
+) -> Result<Action, Error> {
+    // The Release that creates a NodeImage records itself in `status.releases` in a
+    // second write (a create cannot set the status): until then the image is not unused.
+    let age = ni
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        // Rounded to the second, a creation time can be a little ahead of now.
+        .map(|t| {
+            Duration::from_millis((Timestamp::now().as_millisecond() - t.0.as_millisecond()).max(0) as u64)
+        });
+    match age {
+        Some(age) if age < CLAIM_GRACE && status.state != NodeImageState::AwaitingDeletion => {
+            Ok(Action::Requeue(CLAIM_GRACE - age + Duration::from_millis(50)))
+        }
+        _ => {
+            // A round that ended after the image fell out of use leaves an outcome no one
+            // needs: drop it, so that the next use starts a round of its own (one still
+            // running wakes the object when it ends, and is dropped then).
+            if let TaskState::Done(_) = ctx.tasks.take::<Option<ProviderError>>(&TaskKey::of(ni)) {
+                tracing::debug!("an upload round ended after the image fell out of use");
+            }
+            unused(ni, status, ctx).await
+        }
+    }
+}
+
+/// The S3 object to upload from, when the source has it; `Ok(Err(next))` when there is
+/// nothing to upload (no source configured, or the object missing): the reconcile returns
+/// `next`. `was` is the image's state before.
+async fn find_source<S: Store>(
+    ctx: &Context<S>,
+    ni: &NodeImage,
+    provider: &Arc<dyn Provider>,
+    was: NodeImageState,
+) -> Result<Result<ido_engine::s3::S3Object, Action>, Error> {
     let Some(source) = &ctx.source else {
         set_overall(
             ctx,
-            &ni,
+            ni,
             NodeImageState::Error,
             Reason::NoSource.as_str(),
             "no s3 source is configured",
         )
         .await?;
-        return Ok(Action::AwaitChange);
+        return Ok(Err(Action::AwaitChange));
     };
     let object = source.object(&node_image_key(
         provider.id(),
@@ -151,20 +189,19 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
         Ok(Some(_)) => {}
         Ok(None) => {
             let msg = format!("source {} not found", object.display_url());
-            let was = status.state;
-            set_all_locations(ctx, &ni, provider.as_ref(), LocationState::Missing, &msg).await?;
+            set_all_locations(ctx, ni, provider.as_ref(), LocationState::Missing, &msg).await?;
             if was != NodeImageState::Missing {
                 ctx.store
-                    .event(&ni, Event::warning(Reason::SourceMissing.as_str(), "Import", msg))
+                    .event(ni, Event::warning(Reason::SourceMissing.as_str(), "Import", msg))
                     .await;
             }
-            return Ok(Action::Requeue(ctx.settings.recheck));
+            return Ok(Err(Action::Requeue(ctx.settings.recheck)));
         }
         Err(e) => {
             let e = ProviderError::from(e);
             set_overall(
                 ctx,
-                &ni,
+                ni,
                 NodeImageState::Error,
                 Reason::SourceUnavailable.as_str(),
                 &e.to_string(),
@@ -173,14 +210,7 @@ pub async fn reconcile<S: Store>(ni: &NodeImage, ctx: &Arc<Context<S>>) -> Resul
             return Err(e.into());
         }
     }
-
-    let (tasks, ctx) = (ctx.tasks.clone(), ctx.clone());
-    let recheck = ctx.settings.recheck;
-    tasks.start(
-        key,
-        move |_| async move { round(&ctx, ni, provider, object).await },
-    );
-    Ok(Action::Requeue(recheck))
+    Ok(Ok(object))
 }
 
 /// One round over every location of the provider at once (bounded): each gets the image if
@@ -237,56 +267,7 @@ async fn distribute<S: Store>(
     let pid = provider.id();
     let outcome = match provider.exists(loc, &image).await {
         Ok(Some(t)) => Ok((t, None)),
-        Ok(None) => {
-            let progress = Progress::default();
-            write_location(
-                ctx,
-                latest,
-                pid,
-                loc,
-                Update::new(LocationState::Uploading, "importing"),
-            )
-            .await;
-            let obj = latest.lock().await.clone();
-            ctx.store
-                .event(
-                    &obj,
-                    Event::normal(
-                        Reason::Uploading.as_str(),
-                        "Import",
-                        format!("importing {image} into {pid}/{loc}"),
-                    ),
-                )
-                .await;
-            let started = std::time::Instant::now();
-            let ticker = {
-                let (progress, latest) = (progress.clone(), latest.clone());
-                let loc = loc.to_string();
-                let ctx_ref = ctx;
-                async move {
-                    loop {
-                        tokio::time::sleep(PROGRESS_EVERY).await;
-                        let b = progress.get();
-                        let update = Update::new(LocationState::Uploading, "importing").bytes(b);
-                        write_location(ctx_ref, &latest, pid, &loc, update).await;
-                    }
-                }
-            };
-            let created = tokio::select! {
-                r = provider.create(loc, &image, object, &progress) => r,
-                _ = ticker => unreachable!("the ticker never ends"),
-            };
-            let labels = ctx_labels(pid, loc);
-            ctx.metrics
-                .upload_bytes
-                .get_or_create(&labels)
-                .inc_by(progress.get());
-            ctx.metrics
-                .upload_seconds
-                .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
-            created.map(|t| (t, Some((progress.get(), started.elapsed()))))
-        }
+        Ok(None) => upload(ctx, latest, &provider, loc, &image, object).await,
         Err(e) => Err(e),
     };
     let result_label = |r: &str| crate::metrics::UploadResultLabels {
@@ -339,6 +320,67 @@ async fn distribute<S: Store>(
             Err(e)
         }
     }
+}
+
+/// Imports `image` into `loc`, writing the bytes sent to the location's status as it goes;
+/// the template made, with the bytes and time the upload took.
+async fn upload<S: Store>(
+    ctx: &Context<S>,
+    latest: &Arc<Mutex<NodeImage>>,
+    provider: &Arc<dyn Provider>,
+    loc: &str,
+    image: &str,
+    object: &ido_engine::s3::S3Object,
+) -> Result<(Template, Option<(u64, Duration)>), ProviderError> {
+    let pid = provider.id();
+    let progress = Progress::default();
+    write_location(
+        ctx,
+        latest,
+        pid,
+        loc,
+        Update::new(LocationState::Uploading, "importing"),
+    )
+    .await;
+    let obj = latest.lock().await.clone();
+    ctx.store
+        .event(
+            &obj,
+            Event::normal(
+                Reason::Uploading.as_str(),
+                "Import",
+                format!("importing {image} into {pid}/{loc}"),
+            ),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let ticker = {
+        let (progress, latest) = (progress.clone(), latest.clone());
+        let loc = loc.to_string();
+        let ctx_ref = ctx;
+        async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let b = progress.get();
+                let update = Update::new(LocationState::Uploading, "importing").bytes(b);
+                write_location(ctx_ref, &latest, pid, &loc, update).await;
+            }
+        }
+    };
+    let created = tokio::select! {
+        r = provider.create(loc, image, object, &progress) => r,
+        _ = ticker => unreachable!("the ticker never ends"),
+    };
+    let labels = ctx_labels(pid, loc);
+    ctx.metrics
+        .upload_bytes
+        .get_or_create(&labels)
+        .inc_by(progress.get());
+    ctx.metrics
+        .upload_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    created.map(|t| (t, Some((progress.get(), started.elapsed()))))
 }
 
 fn ctx_labels(provider: &str, loc: &str) -> crate::metrics::UploadLabels {

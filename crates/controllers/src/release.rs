@@ -77,8 +77,7 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
         tracing::debug!(release = %name, "provider not enabled, skipping");
         if ours {
             // The provider was disabled since: let the Release go.
-            release_images(rel, &name, None, ctx).await?;
-            remove_finalizer(rel, ctx).await?;
+            let_go(rel, &name, ctx).await?;
         }
         return Ok(Action::AwaitChange);
     };
@@ -95,8 +94,7 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
                 .await;
             tracing::warn!(release = %name, "{msg}");
             if ours {
-                release_images(rel, &name, None, ctx).await?;
-                remove_finalizer(rel, ctx).await?;
+                let_go(rel, &name, ctx).await?;
             }
             return Ok(Action::AwaitChange);
         }
@@ -105,8 +103,7 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
 
     if deleting {
         if ours {
-            release_images(rel, &name, None, ctx).await?;
-            remove_finalizer(rel, ctx).await?;
+            let_go(rel, &name, ctx).await?;
         }
         return Ok(Action::AwaitChange);
     }
@@ -129,19 +126,48 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
 
     // It exists: the image controller need not ask the store about it for a while.
     ctx.seen_releases.set(&name, true);
+    let ni = ensure_node_image(rel, ctx, &ni_name, &image, &provider).await?;
+    if ni.metadata.deletion_timestamp.is_some() {
+        // Being removed (e.g. retention ran out just now): create it anew once it is gone.
+        return Ok(Action::Requeue(Duration::from_secs(5)));
+    }
+
+    list_release(ctx, &ni, &name).await?;
+
+    // Keep status.releases exact: an image this release no longer uses stops listing it
+    // (only when its image changed, or was never recorded), then the new image is recorded.
+    if ours && recorded.as_deref() != Some(ni_name.as_str()) {
+        release_images(rel, &name, Some(&ni_name), ctx).await?;
+        let mut p = MetaPatch::default();
+        p.annotations
+            .insert(NODE_IMAGE_ANNOTATION.into(), Some(ni_name.clone()));
+        patch_metadata_retry(&ctx.store, rel, &p).await?;
+    }
+    Ok(Action::Requeue(RECHECK))
+}
+
+/// The NodeImage `ni_name` of `image` on `provider`, created (with an event on `rel`) when
+/// missing.
+async fn ensure_node_image<S: Store>(
+    rel: &Release,
+    ctx: &Context<S>,
+    ni_name: &str,
+    image: &str,
+    provider: &str,
+) -> Result<NodeImage, Error> {
     let ns = ctx.settings.namespace.as_str();
-    let ni = match ctx.store.get::<NodeImage>(Some(ns), &ni_name).await? {
-        Some(ni) => ni,
+    match ctx.store.get::<NodeImage>(Some(ns), ni_name).await? {
+        Some(ni) => Ok(ni),
         None => {
             let new = NodeImage {
                 metadata: ObjectMeta {
-                    name: Some(ni_name.clone()),
+                    name: Some(ni_name.to_string()),
                     namespace: Some(ns.to_string()),
                     ..Default::default()
                 },
                 spec: NodeImageSpec {
-                    name: image.clone(),
-                    provider: provider.clone(),
+                    name: image.to_string(),
+                    provider: provider.to_string(),
                 },
                 status: None,
             };
@@ -157,32 +183,31 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
                             ),
                         )
                         .await;
-                    ni
+                    Ok(ni)
                 }
                 Err(StoreError::AlreadyExists { .. }) => ctx
                     .store
-                    .get::<NodeImage>(Some(ns), &ni_name)
+                    .get::<NodeImage>(Some(ns), ni_name)
                     .await?
                     .ok_or_else(|| {
                         Error::Store(StoreError::NotFound {
                             kind: "NodeImage".into(),
-                            name: ni_name.clone(),
+                            name: ni_name.to_string(),
                         })
-                    })?,
-                Err(e) => return Err(e.into()),
+                    }),
+                Err(e) => Err(e.into()),
             }
         }
-    };
-    if ni.metadata.deletion_timestamp.is_some() {
-        // Being removed (e.g. retention ran out just now): create it anew once it is gone.
-        return Ok(Action::Requeue(Duration::from_secs(5)));
     }
+}
 
-    let rel_name = name.clone();
-    let ni = modify_status(&ctx.store, &ni, |ni: &mut NodeImage| {
+/// Lists release `rel_name` in the status of `ni` (a New or AwaitingDeletion image becomes
+/// Pending), and takes away the image's last-used mark.
+async fn list_release<S: Store>(ctx: &Context<S>, ni: &NodeImage, rel_name: &str) -> Result<(), Error> {
+    let ni = modify_status(&ctx.store, ni, |ni: &mut NodeImage| {
         let st = ni.status.get_or_insert_with(NodeImageStatus::default);
-        if !st.releases.contains(&rel_name) {
-            st.releases.push(rel_name.clone());
+        if !st.releases.iter().any(|r| r == rel_name) {
+            st.releases.push(rel_name.to_string());
             st.releases.sort();
         }
         if matches!(st.state, NodeImageState::New | NodeImageState::AwaitingDeletion) {
@@ -201,17 +226,13 @@ pub async fn reconcile<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<Acti
         p.annotations.insert(nodeimage::LAST_USED_ANNOTATION.into(), None);
         patch_metadata_retry(&ctx.store, &ni, &p).await?;
     }
+    Ok(())
+}
 
-    // Keep status.releases exact: an image this release no longer uses stops listing it
-    // (only when its image changed, or was never recorded), then the new image is recorded.
-    if ours && recorded.as_deref() != Some(ni_name.as_str()) {
-        release_images(rel, &name, Some(&ni_name), ctx).await?;
-        let mut p = MetaPatch::default();
-        p.annotations
-            .insert(NODE_IMAGE_ANNOTATION.into(), Some(ni_name.clone()));
-        patch_metadata_retry(&ctx.store, rel, &p).await?;
-    }
-    Ok(Action::Requeue(RECHECK))
+/// Takes the Release out of every NodeImage and removes its finalizer.
+async fn let_go<S: Store>(rel: &Release, name: &str, ctx: &Context<S>) -> Result<(), Error> {
+    release_images(rel, name, None, ctx).await?;
+    remove_finalizer(rel, ctx).await
 }
 
 async fn remove_finalizer<S: Store>(rel: &Release, ctx: &Context<S>) -> Result<(), Error> {

@@ -129,77 +129,15 @@ pub(super) async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Resul
         None => return Ok(Action::AwaitChange),
     };
     let image = ni.spec.name.clone();
-    let results: Vec<(String, Result<(), ProviderError>)> = stream::iter(locations.clone())
-        .map(|loc| {
-            let provider = provider.clone();
-            let image = image.clone();
-            async move {
-                let r = provider.delete(&loc, &image).await;
-                (loc, r)
-            }
-        })
-        .buffer_unordered(ctx.settings.location_concurrency.max(1))
-        .collect()
-        .await;
-    let mut first_err = None;
+    let results = delete_templates(ctx, &provider, &locations, &image).await;
     if let Some(updated) = modify_status(&ctx.store, &ni, |ni: &mut NodeImage| {
-        let st = ni.status.get_or_insert_with(NodeImageStatus::default);
-        for (loc, r) in &results {
-            match r {
-                Ok(()) => upsert_location(st, pid, loc, &Update::new(LocationState::Deleted, "deleted")),
-                Err(e) => upsert_location(st, pid, loc, &Update::new(LocationState::Error, e.to_string())),
-            }
-        }
-        st.state = if results.iter().all(|(_, r)| r.is_ok()) {
-            NodeImageState::Deleted
-        } else {
-            NodeImageState::Error
-        };
-        // Objects ido did not make keep the finalizer until someone adopts, renames or
-        // removes them.
-        let clashes: Vec<String> = results
-            .iter()
-            .filter_map(|(loc, r)| {
-                r.as_ref()
-                    .err()
-                    .filter(|e| e.is_name_clash())
-                    .map(|e| format!("{loc}: {e}"))
-            })
-            .collect();
-        if !clashes.is_empty() {
-            set_condition(
-                &mut st.conditions,
-                Condition {
-                    type_: conditions::READY.into(),
-                    status: ConditionStatus::False,
-                    observed_generation: ni.metadata.generation,
-                    last_transition_time: Timestamp::now(),
-                    reason: NAME_CLASH.into(),
-                    message: clashes.join("; "),
-                },
-            );
-        }
+        write_deletions(ni, pid, &results)
     })
     .await?
     {
         ni = updated;
     }
-    let mut clash_only = true;
-    for (loc, r) in results {
-        if let Err(e) = r {
-            let reason = if e.is_name_clash() {
-                NAME_CLASH
-            } else {
-                clash_only = false;
-                Reason::DeleteFailed.as_str()
-            };
-            ctx.store
-                .event(&ni, Event::warning(reason, "Delete", format!("{pid}/{loc}: {e}")))
-                .await;
-            first_err = first_err.or(Some(e));
-        }
-    }
-    if let Some(e) = first_err {
+    if let Some((e, clash_only)) = report_failures(ctx, &ni, pid, results).await {
         if clash_only {
             return Ok(Action::Requeue(ctx.settings.recheck));
         }
@@ -222,4 +160,93 @@ pub(super) async fn cleanup<S: Store>(ni: &NodeImage, ctx: &Context<S>) -> Resul
     )
     .await?;
     Ok(Action::AwaitChange)
+}
+
+/// Deletes the template of `image` in every location at once (bounded).
+async fn delete_templates<S: Store>(
+    ctx: &Context<S>,
+    provider: &Arc<dyn Provider>,
+    locations: &[String],
+    image: &str,
+) -> Vec<(String, Result<(), ProviderError>)> {
+    stream::iter(locations.to_vec())
+        .map(|loc| {
+            let provider = provider.clone();
+            let image = image.to_string();
+            async move {
+                let r = provider.delete(&loc, &image).await;
+                (loc, r)
+            }
+        })
+        .buffer_unordered(ctx.settings.location_concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// Writes each location's deletion outcome to the status of `ni`, and a name clash (objects
+/// ido did not make) to its Ready condition.
+fn write_deletions(ni: &mut NodeImage, pid: &str, results: &[(String, Result<(), ProviderError>)]) {
+    let st = ni.status.get_or_insert_with(NodeImageStatus::default);
+    for (loc, r) in results {
+        match r {
+            Ok(()) => upsert_location(st, pid, loc, &Update::new(LocationState::Deleted, "deleted")),
+            Err(e) => upsert_location(st, pid, loc, &Update::new(LocationState::Error, e.to_string())),
+        }
+    }
+    st.state = if results.iter().all(|(_, r)| r.is_ok()) {
+        NodeImageState::Deleted
+    } else {
+        NodeImageState::Error
+    };
+    // Objects ido did not make keep the finalizer until someone adopts, renames or
+    // removes them.
+    let clashes: Vec<String> = results
+        .iter()
+        .filter_map(|(loc, r)| {
+            r.as_ref()
+                .err()
+                .filter(|e| e.is_name_clash())
+                .map(|e| format!("{loc}: {e}"))
+        })
+        .collect();
+    if !clashes.is_empty() {
+        set_condition(
+            &mut st.conditions,
+            Condition {
+                type_: conditions::READY.into(),
+                status: ConditionStatus::False,
+                observed_generation: ni.metadata.generation,
+                last_transition_time: Timestamp::now(),
+                reason: NAME_CLASH.into(),
+                message: clashes.join("; "),
+            },
+        );
+    }
+}
+
+/// An event for each location whose template could not be deleted; the first error, and
+/// whether every error is a name clash.
+async fn report_failures<S: Store>(
+    ctx: &Context<S>,
+    ni: &NodeImage,
+    pid: &str,
+    results: Vec<(String, Result<(), ProviderError>)>,
+) -> Option<(ProviderError, bool)> {
+    let mut first_err = None;
+    let mut clash_only = true;
+    for (loc, r) in results {
+        if let Err(e) = r {
+            let reason = if e.is_name_clash() {
+                NAME_CLASH
+            } else {
+                clash_only = false;
+                Reason::DeleteFailed.as_str()
+            };
+            ctx.store
+                .event(ni, Event::warning(reason, "Delete", format!("{pid}/{loc}: {e}")))
+                .await;
+            first_err = first_err.or(Some(e));
+        }
+    }
+    first_err.map(|e| (e, clash_only))
 }

@@ -93,6 +93,31 @@ pub(super) fn upsert_location(st: &mut NodeImageStatus, provider: &str, loc: &st
 pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Option<i64>) {
     st.locations.retain(|l| configured.contains(&l.location));
     st.locations.sort_by(|a, b| a.location.cmp(&b.location));
+    let state = overall_state(st, configured);
+    let cond = |t: &str, (s, r, m): ConditionParts| Condition {
+        type_: t.into(),
+        status: s,
+        observed_generation: generation,
+        last_transition_time: Timestamp::now(),
+        reason: r.into(),
+        message: m,
+    };
+    let ready = ready(st, state, configured);
+    set_condition(&mut st.conditions, cond(conditions::READY, ready));
+    let progressing = progressing(st);
+    set_condition(&mut st.conditions, cond(conditions::PROGRESSING, progressing));
+    let degraded = degraded(st);
+    set_condition(&mut st.conditions, cond(conditions::DEGRADED, degraded));
+    st.state = state;
+    st.observed_generation = generation;
+}
+
+/// A condition's status, reason and message.
+type ConditionParts = (ConditionStatus, &'static str, String);
+
+/// The image's state from its locations': the first of Uploading, Error, Missing that any
+/// location is in, else Available when every configured location is, else Pending.
+fn overall_state(st: &NodeImageStatus, configured: &[String]) -> NodeImageState {
     let any = |s: LocationState| st.locations.iter().any(|l| l.state == s);
     let all_available = !configured.is_empty()
         && configured.iter().all(|c| {
@@ -100,7 +125,7 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
                 .iter()
                 .any(|l| &l.location == c && l.state == LocationState::Available)
         });
-    let state = if any(LocationState::Uploading) {
+    if any(LocationState::Uploading) {
         NodeImageState::Uploading
     } else if any(LocationState::Error) {
         NodeImageState::Error
@@ -110,7 +135,11 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
         NodeImageState::Available
     } else {
         NodeImageState::Pending
-    };
+    }
+}
+
+/// The Ready condition for `state`: the locations not Available are its message.
+fn ready(st: &NodeImageStatus, state: NodeImageState, configured: &[String]) -> ConditionParts {
     let not_ok: Vec<String> = st
         .locations
         .iter()
@@ -146,69 +175,46 @@ pub fn summarize(st: &mut NodeImageStatus, configured: &[String], generation: Op
     } else {
         reason
     };
-    let cond = |t: &str, s: ConditionStatus, r: &str, m: String| Condition {
-        type_: t.into(),
-        status: s,
-        observed_generation: generation,
-        last_transition_time: Timestamp::now(),
-        reason: r.into(),
-        message: m,
-    };
-    set_condition(
-        &mut st.conditions,
-        cond(conditions::READY, ready, reason, message),
-    );
+    (ready, reason, message)
+}
+
+/// The Progressing condition: the locations being imported into.
+fn progressing(st: &NodeImageStatus) -> ConditionParts {
     let uploading: Vec<&str> = st
         .locations
         .iter()
         .filter(|l| l.state == LocationState::Uploading)
         .map(|l| l.location.as_str())
         .collect();
-    let progressing = if uploading.is_empty() {
-        cond(
-            conditions::PROGRESSING,
-            ConditionStatus::False,
-            Reason::Idle.as_str(),
-            String::new(),
-        )
+    if uploading.is_empty() {
+        (ConditionStatus::False, Reason::Idle.as_str(), String::new())
     } else {
-        cond(
-            conditions::PROGRESSING,
+        (
             ConditionStatus::True,
             Reason::Uploading.as_str(),
             format!("importing into {}", uploading.join(", ")),
         )
-    };
-    set_condition(&mut st.conditions, progressing);
+    }
+}
+
+/// The Degraded condition: the locations in Error, and why.
+fn degraded(st: &NodeImageStatus) -> ConditionParts {
     let failed: Vec<String> = st
         .locations
         .iter()
         .filter(|l| l.state == LocationState::Error)
         .map(|l| format!("{}: {}", l.location, l.message))
         .collect();
-    let degraded = if failed.is_empty() {
-        cond(
-            conditions::DEGRADED,
-            ConditionStatus::False,
-            Reason::AsExpected.as_str(),
-            String::new(),
-        )
+    if failed.is_empty() {
+        (ConditionStatus::False, Reason::AsExpected.as_str(), String::new())
     } else {
         let reason = if name_clash(st) {
             NAME_CLASH
         } else {
             Reason::LocationFailed.as_str()
         };
-        cond(
-            conditions::DEGRADED,
-            ConditionStatus::True,
-            reason,
-            failed.join("; "),
-        )
-    };
-    set_condition(&mut st.conditions, degraded);
-    st.state = state;
-    st.observed_generation = generation;
+        (ConditionStatus::True, reason, failed.join("; "))
+    }
 }
 
 /// Condition reason (and event reason) of a location whose template name is taken by an
