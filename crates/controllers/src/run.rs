@@ -89,25 +89,10 @@ struct Entry {
 pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Result<Report> {
     let mut changes = ctx.store.subscribe();
     let mut woken = ctx.tasks.subscribe();
-    let mut queue: BTreeMap<Key, Entry> = BTreeMap::new();
-    let now = Instant::now();
-    let mut keys: Vec<Key> = vec![];
-    for k in kinds() {
-        keys.extend((k.keys)(&ctx.store).await?);
-    }
-    for key in keys {
-        queue.insert(
-            key,
-            Entry {
-                due: Some(now),
-                urgent: true,
-                ..Default::default()
-            },
-        );
-    }
+    let mut queue = initial_queue(&ctx.store).await?;
     let images = Arc::new(Semaphore::new(opts.image_concurrency.max(1)));
     let syncs = Arc::new(Semaphore::new(opts.sync_concurrency.max(1)));
-    let mut jobs: JoinSet<(Key, Result<Action, crate::Error>)> = JoinSet::new();
+    let mut jobs: Jobs = JoinSet::new();
     let deadline = Instant::now() + opts.timeout;
 
     loop {
@@ -130,31 +115,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             );
         }
         let now = Instant::now();
-        // Start due work.
-        for (key, e) in queue.iter_mut() {
-            if e.running || e.due.is_none_or(|d| d > now) {
-                continue;
-            }
-            e.running = true;
-            e.dirty = false;
-            e.due = None;
-            e.seen = ctx.store.raw(key).map(|v| crate::trigger_fingerprint(&v));
-            let (ctx, key, images, syncs) = (ctx.clone(), key.clone(), images.clone(), syncs.clone());
-            jobs.spawn(async move {
-                let r = match kind_of(&key) {
-                    Some(k) => {
-                        let _permit = match k.limit {
-                            Limit::Images => Some(images.acquire_owned().await.expect("semaphore open")),
-                            Limit::Syncs => Some(syncs.acquire_owned().await.expect("semaphore open")),
-                            Limit::None => None,
-                        };
-                        (k.reconcile)(ctx.clone(), key.clone()).await
-                    }
-                    None => Ok(Action::AwaitChange),
-                };
-                (key, r)
-            });
-        }
+        start_due(&ctx, &mut queue, &mut jobs, &images, &syncs, now);
 
         // A task (an upload) still running holds `once` too, and so does an outcome its
         // object has not taken yet: its end wakes its object, whose reconcile takes it.
@@ -176,35 +137,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
         tokio::select! {
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
                 let (key, result) = done.context("reconcile task panicked")?;
-                let e = queue.entry(key.clone()).or_default();
-                e.running = false;
-                match result {
-                    Ok(action) => {
-                        e.failures = 0;
-                        e.last_error = None;
-                        match action {
-                            // An ImageSync's next pass is its schedule, and nothing here runs a
-                            // DiskImport's importer Job: neither holds `once`.
-                            Action::Requeue(d) => {
-                                e.due = Some(Instant::now() + d);
-                                e.urgent = d <= Duration::from_secs(30)
-                                    && kind_of(&key).is_some_and(|k| k.holds_once);
-                            }
-                            Action::AwaitChange => { e.due = None; e.urgent = false; }
-                        }
-                    }
-                    Err(err) => {
-                        e.failures += 1;
-                        tracing::warn!(object = %key, error = %err, attempt = e.failures, "reconcile failed");
-                        e.last_error = Some(err.to_string());
-                        e.due = Some(Instant::now() + crate::backoff(e.failures));
-                        e.urgent = e.failures <= opts.max_retries;
-                    }
-                }
-                if e.dirty {
-                    e.due = Some(Instant::now());
-                    e.urgent = true;
-                }
+                record_result(&mut queue, key, result, opts.max_retries);
             }
             Ok(key) = changes.recv() => mark_changed(&mut queue, &ctx.store, key),
             Ok(task) = woken.recv() => {
@@ -228,6 +161,107 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
         .filter_map(|(k, e)| e.last_error.map(|m| (k, m)))
         .collect();
     report(&ctx, &errors).await
+}
+
+/// The reconciles to run and how each went, by object.
+type Jobs = JoinSet<(Key, Result<Action, crate::Error>)>;
+
+/// Every object of every kind, due now.
+async fn initial_queue(store: &FileStore) -> anyhow::Result<BTreeMap<Key, Entry>> {
+    let mut queue: BTreeMap<Key, Entry> = BTreeMap::new();
+    let now = Instant::now();
+    let mut keys: Vec<Key> = vec![];
+    for k in kinds() {
+        keys.extend((k.keys)(store).await?);
+    }
+    for key in keys {
+        queue.insert(
+            key,
+            Entry {
+                due: Some(now),
+                urgent: true,
+                ..Default::default()
+            },
+        );
+    }
+    Ok(queue)
+}
+
+/// Starts the reconcile of every object due by `now` and not running, within its kind's
+/// limit.
+fn start_due(
+    ctx: &Arc<Context<FileStore>>,
+    queue: &mut BTreeMap<Key, Entry>,
+    jobs: &mut Jobs,
+    images: &Arc<Semaphore>,
+    syncs: &Arc<Semaphore>,
+    now: Instant,
+) {
+    for (key, e) in queue.iter_mut() {
+        if e.running || e.due.is_none_or(|d| d > now) {
+            continue;
+        }
+        e.running = true;
+        e.dirty = false;
+        e.due = None;
+        e.seen = ctx.store.raw(key).map(|v| crate::trigger_fingerprint(&v));
+        let (ctx, key, images, syncs) = (ctx.clone(), key.clone(), images.clone(), syncs.clone());
+        jobs.spawn(async move {
+            let r = match kind_of(&key) {
+                Some(k) => {
+                    let _permit = match k.limit {
+                        Limit::Images => Some(images.acquire_owned().await.expect("semaphore open")),
+                        Limit::Syncs => Some(syncs.acquire_owned().await.expect("semaphore open")),
+                        Limit::None => None,
+                    };
+                    (k.reconcile)(ctx.clone(), key.clone()).await
+                }
+                None => Ok(Action::AwaitChange),
+            };
+            (key, r)
+        });
+    }
+}
+
+/// Takes in how the reconcile of `key` ended: when it is due again, and whether that holds
+/// `once`.
+fn record_result(
+    queue: &mut BTreeMap<Key, Entry>,
+    key: Key,
+    result: Result<Action, crate::Error>,
+    max_retries: u32,
+) {
+    let e = queue.entry(key.clone()).or_default();
+    e.running = false;
+    match result {
+        Ok(action) => {
+            e.failures = 0;
+            e.last_error = None;
+            match action {
+                // An ImageSync's next pass is its schedule, and nothing here runs a
+                // DiskImport's importer Job: neither holds `once`.
+                Action::Requeue(d) => {
+                    e.due = Some(Instant::now() + d);
+                    e.urgent = d <= Duration::from_secs(30) && kind_of(&key).is_some_and(|k| k.holds_once);
+                }
+                Action::AwaitChange => {
+                    e.due = None;
+                    e.urgent = false;
+                }
+            }
+        }
+        Err(err) => {
+            e.failures += 1;
+            tracing::warn!(object = %key, error = %err, attempt = e.failures, "reconcile failed");
+            e.last_error = Some(err.to_string());
+            e.due = Some(Instant::now() + crate::backoff(e.failures));
+            e.urgent = e.failures <= max_retries;
+        }
+    }
+    if e.dirty {
+        e.due = Some(Instant::now());
+        e.urgent = true;
+    }
 }
 
 /// Which limit a kind's reconciles share (`RunOptions`' concurrencies).

@@ -9,7 +9,7 @@ use ido_api::{
 
 use crate::{
     Context, diskimport,
-    file_store::{FileStore, Key},
+    file_store::{FileStore, Key, RecordedEvent},
     imagesync, release,
     store::{EventType, Store},
 };
@@ -74,118 +74,10 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
     let events = ctx.store.events();
     let images = ctx.store.list::<NodeImage>().await?;
     for r in ctx.store.list::<Release>().await? {
-        let key = FileStore::key_of(&r);
-        let name = r.metadata.name.clone().unwrap_or_default();
-        let enabled = ctx.providers.for_release(&name).map(|p| p.id());
-        let provider = enabled.unwrap_or_default();
-        let last_event = events.iter().rev().find(|e| e.object == key.to_string());
-        let (state, ok, message) = if r.metadata.deletion_timestamp.is_some() {
-            ("Deleting".to_string(), false, "deletion pending".to_string())
-        } else if enabled.is_none() {
-            let prefix = ido_api::release::prefix_of(&name).unwrap_or(&name);
-            (
-                "Skipped".into(),
-                true,
-                format!("no enabled provider makes {prefix:?} releases"),
-            )
-        } else if let Some(e) = errors.get(&key) {
-            ("Error".into(), false, e.clone())
-        } else {
-            match release::image_name(&r, &ctx.settings.channel) {
-                Err(e) => ("Invalid".into(), false, e.to_string()),
-                Ok(img) => {
-                    let ni_name = NodeImage::object_name(provider, &img);
-                    match images
-                        .iter()
-                        .find(|n| n.metadata.name.as_deref() == Some(ni_name.as_str()))
-                    {
-                        Some(n)
-                            if n.status
-                                .as_ref()
-                                .is_some_and(|s| s.state == NodeImageState::Available) =>
-                        {
-                            ("Ready".into(), true, format!("image {ni_name}"))
-                        }
-                        Some(_) => (
-                            "NotReady".into(),
-                            false,
-                            format!("image {ni_name} is not available"),
-                        ),
-                        None => (
-                            "NotReady".into(),
-                            false,
-                            format!("image {ni_name} does not exist"),
-                        ),
-                    }
-                }
-            }
-        };
-        let message = match last_event {
-            Some(e) if e.event.type_ == EventType::Warning && ok => {
-                format!("{message} (warning: {})", e.event.message)
-            }
-            _ => message,
-        };
-        let provider = match enabled {
-            Some(id) => id.to_string(),
-            None => ido_api::release::prefix_of(&name).unwrap_or_default().to_string(),
-        };
-        rows.push(Row {
-            kind: "Release",
-            name,
-            provider,
-            state,
-            releases: String::new(),
-            ok,
-            message,
-            locations: vec![],
-        });
+        rows.push(release_row(ctx, &r, &events, &images, errors));
     }
     for n in &images {
-        let key = FileStore::key_of(n);
-        let st = n.status.clone().unwrap_or_default();
-        let ready = condition::find(&st.conditions, conditions::READY);
-        let ok = match st.state {
-            NodeImageState::Available => n.metadata.deletion_timestamp.is_none(),
-            NodeImageState::AwaitingDeletion => true,
-            _ => false,
-        };
-        let mut message = ready
-            .map(|c| format!("{}: {}", c.reason, c.message))
-            .unwrap_or_default();
-        if let Some(e) = errors.get(&key)
-            && !ok
-        {
-            message = format!("{message} (last error: {e})");
-        }
-        let locations = st
-            .locations
-            .iter()
-            .map(|l| {
-                format!(
-                    "location {:<16} {:<10} {} bytes={} {}",
-                    l.location,
-                    format!("{:?}", l.state),
-                    l.template.as_deref().unwrap_or("-"),
-                    l.bytes_transferred,
-                    l.message
-                )
-            })
-            .collect();
-        rows.push(Row {
-            kind: "NodeImage",
-            name: format!(
-                "{}/{}",
-                n.metadata.namespace.as_deref().unwrap_or_default(),
-                n.metadata.name.as_deref().unwrap_or_default()
-            ),
-            provider: n.spec.provider.clone(),
-            state: st.state.to_string(),
-            releases: st.releases.join(","),
-            ok,
-            message,
-            locations,
-        });
+        rows.push(node_image_row(n, errors.get(&FileStore::key_of(n))));
     }
     for n in ctx.store.list::<ImageSync>().await? {
         rows.push(sync_row(&n, errors.get(&FileStore::key_of(&n))));
@@ -197,6 +89,140 @@ pub async fn report(ctx: &Context<FileStore>, errors: &BTreeMap<Key, String>) ->
         rows.push(disk_import_row(&n, errors.get(&FileStore::key_of(&n))));
     }
     Ok(Report { rows })
+}
+
+/// A Release's line: whether its NodeImage is Available, with its last warning.
+fn release_row(
+    ctx: &Context<FileStore>,
+    r: &Release,
+    events: &[RecordedEvent],
+    images: &[NodeImage],
+    errors: &BTreeMap<Key, String>,
+) -> Row {
+    let key = FileStore::key_of(r);
+    let name = r.metadata.name.clone().unwrap_or_default();
+    let enabled = ctx.providers.for_release(&name).map(|p| p.id());
+    let last_event = events.iter().rev().find(|e| e.object == key.to_string());
+    let (state, ok, message) = release_state(ctx, r, &name, enabled, images, errors.get(&key));
+    let message = match last_event {
+        Some(e) if e.event.type_ == EventType::Warning && ok => {
+            format!("{message} (warning: {})", e.event.message)
+        }
+        _ => message,
+    };
+    let provider = match enabled {
+        Some(id) => id.to_string(),
+        None => ido_api::release::prefix_of(&name).unwrap_or_default().to_string(),
+    };
+    Row {
+        kind: "Release",
+        name,
+        provider,
+        state,
+        releases: String::new(),
+        ok,
+        message,
+        locations: vec![],
+    }
+}
+
+/// A Release's state, whether that is ok, and why.
+fn release_state(
+    ctx: &Context<FileStore>,
+    r: &Release,
+    name: &str,
+    enabled: Option<&str>,
+    images: &[NodeImage],
+    error: Option<&String>,
+) -> (String, bool, String) {
+    if r.metadata.deletion_timestamp.is_some() {
+        ("Deleting".to_string(), false, "deletion pending".to_string())
+    } else if enabled.is_none() {
+        let prefix = ido_api::release::prefix_of(name).unwrap_or(name);
+        (
+            "Skipped".into(),
+            true,
+            format!("no enabled provider makes {prefix:?} releases"),
+        )
+    } else if let Some(e) = error {
+        ("Error".into(), false, e.clone())
+    } else {
+        match release::image_name(r, &ctx.settings.channel) {
+            Err(e) => ("Invalid".into(), false, e.to_string()),
+            Ok(img) => {
+                let ni_name = NodeImage::object_name(enabled.unwrap_or_default(), &img);
+                match images
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(ni_name.as_str()))
+                {
+                    Some(n)
+                        if n.status
+                            .as_ref()
+                            .is_some_and(|s| s.state == NodeImageState::Available) =>
+                    {
+                        ("Ready".into(), true, format!("image {ni_name}"))
+                    }
+                    Some(_) => (
+                        "NotReady".into(),
+                        false,
+                        format!("image {ni_name} is not available"),
+                    ),
+                    None => (
+                        "NotReady".into(),
+                        false,
+                        format!("image {ni_name} does not exist"),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// A NodeImage's line (its Ready condition) and one line per location.
+fn node_image_row(n: &NodeImage, error: Option<&String>) -> Row {
+    let st = n.status.clone().unwrap_or_default();
+    let ready = condition::find(&st.conditions, conditions::READY);
+    let ok = match st.state {
+        NodeImageState::Available => n.metadata.deletion_timestamp.is_none(),
+        NodeImageState::AwaitingDeletion => true,
+        _ => false,
+    };
+    let mut message = ready
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_default();
+    if let Some(e) = error
+        && !ok
+    {
+        message = format!("{message} (last error: {e})");
+    }
+    let locations = st
+        .locations
+        .iter()
+        .map(|l| {
+            format!(
+                "location {:<16} {:<10} {} bytes={} {}",
+                l.location,
+                format!("{:?}", l.state),
+                l.template.as_deref().unwrap_or("-"),
+                l.bytes_transferred,
+                l.message
+            )
+        })
+        .collect();
+    Row {
+        kind: "NodeImage",
+        name: format!(
+            "{}/{}",
+            n.metadata.namespace.as_deref().unwrap_or_default(),
+            n.metadata.name.as_deref().unwrap_or_default()
+        ),
+        provider: n.spec.provider.clone(),
+        state: st.state.to_string(),
+        releases: st.releases.join(","),
+        ok,
+        message,
+        locations,
+    }
 }
 
 /// An ImageSync's (or Image's) line (its Ready condition) and one line per tag.
