@@ -174,125 +174,8 @@ impl Default for Metrics {
             registry: Arc::default(),
             samplers: Arc::default(),
         };
-        {
-            let mut r = m.registry.lock().expect("lock");
-            let r = r.sub_registry_with_prefix("ido");
-            r.register("reconciles", "Reconciles run", m.reconciles.clone());
-            r.register(
-                "reconcile_failures",
-                "Reconciles that failed, by error",
-                m.failures.clone(),
-            );
-            r.register(
-                "reconcile_duration_seconds",
-                "Reconcile duration",
-                m.reconcile_seconds.clone(),
-            );
-            r.register(
-                "uploads",
-                "Image uploads to provider locations, by result",
-                m.uploads.clone(),
-            );
-            r.register(
-                "upload_bytes",
-                "Bytes sent to provider locations",
-                m.upload_bytes.clone(),
-            );
-            r.register(
-                "upload_duration_seconds",
-                "Upload duration",
-                m.upload_seconds.clone(),
-            );
-            r.register(
-                "node_images",
-                "NodeImages by provider and state",
-                m.images.clone(),
-            );
-            r.register(
-                "imagesync_copies",
-                "ImageSync tag copies, by registries and result (copied, unchanged, failed)",
-                m.sync_copies.clone(),
-            );
-            r.register(
-                "imagesync_copy_bytes",
-                "Blob bytes streamed by ImageSync copies, by registries",
-                m.sync_bytes.clone(),
-            );
-            r.register(
-                "imagesync_copy_duration_seconds",
-                "Duration of one ImageSync tag copy or check, by registries",
-                m.sync_seconds.clone(),
-            );
-            r.register(
-                "imagesync_failures",
-                "Failed ImageSync passes, by registries and reason",
-                m.sync_failures.clone(),
-            );
-        }
-        {
-            // Unprefixed, as controller-runtime names them (counters get `_total`).
-            let mut r = m.registry.lock().expect("lock");
-            r.register(
-                "controller_runtime_reconcile",
-                "Total number of reconciliations per controller",
-                m.cr_reconciles.clone(),
-            );
-            r.register(
-                "controller_runtime_reconcile_errors",
-                "Total number of reconciliation errors per controller",
-                m.cr_reconcile_errors.clone(),
-            );
-            r.register(
-                "controller_runtime_reconcile_time_seconds",
-                "Length of time per reconciliation per controller",
-                m.cr_reconcile_time.clone(),
-            );
-            r.register(
-                "controller_runtime_max_concurrent_reconciles",
-                "Maximum number of concurrent reconciles per controller",
-                m.cr_max_concurrent.clone(),
-            );
-            r.register(
-                "controller_runtime_active_workers",
-                "Number of currently used workers per controller",
-                m.cr_active_workers.clone(),
-            );
-            r.register(
-                "workqueue_depth",
-                "Current depth of workqueue",
-                m.wq_depth.clone(),
-            );
-            r.register(
-                "workqueue_adds",
-                "Total number of adds handled by workqueue",
-                m.wq_adds.clone(),
-            );
-            r.register(
-                "workqueue_queue_duration_seconds",
-                "How long in seconds an item stays in workqueue before being requested",
-                m.wq_queue_duration.clone(),
-            );
-            r.register(
-                "workqueue_work_duration_seconds",
-                "How long in seconds processing an item from workqueue takes",
-                m.wq_work_duration.clone(),
-            );
-            r.register(
-                "workqueue_retries",
-                "Total number of retries handled by workqueue",
-                m.wq_retries.clone(),
-            );
-            r.register(
-                "workqueue_unfinished_work_seconds",
-                "How many seconds of work has been done that is in progress and hasn't been observed by work_duration",
-                m.wq_unfinished_work.clone(),
-            );
-            r.register(
-                "workqueue_longest_running_processor_seconds",
-                "How many seconds has the longest running processor for workqueue been running",
-                m.wq_longest_running.clone(),
-            );
-        }
+        m.register_ido();
+        m.register_controller_runtime();
         m
     }
 }
@@ -318,6 +201,129 @@ impl Metrics {
         let r = self.registry.lock().expect("lock");
         prometheus_client::encoding::text::encode(&mut out, &r).expect("encode to string");
         out
+    }
+
+    /// Registers ido's own metrics, prefixed `ido_`.
+    fn register_ido(&self) {
+        let mut r = self.registry.lock().expect("lock");
+        let r = r.sub_registry_with_prefix("ido");
+        r.register("reconciles", "Reconciles run", self.reconciles.clone());
+        r.register(
+            "reconcile_failures",
+            "Reconciles that failed, by error",
+            self.failures.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            self.reconcile_seconds.clone(),
+        );
+        r.register(
+            "uploads",
+            "Image uploads to provider locations, by result",
+            self.uploads.clone(),
+        );
+        r.register(
+            "upload_bytes",
+            "Bytes sent to provider locations",
+            self.upload_bytes.clone(),
+        );
+        r.register(
+            "upload_duration_seconds",
+            "Upload duration",
+            self.upload_seconds.clone(),
+        );
+        r.register(
+            "node_images",
+            "NodeImages by provider and state",
+            self.images.clone(),
+        );
+        r.register(
+            "imagesync_copies",
+            "ImageSync tag copies, by registries and result (copied, unchanged, failed)",
+            self.sync_copies.clone(),
+        );
+        r.register(
+            "imagesync_copy_bytes",
+            "Blob bytes streamed by ImageSync copies, by registries",
+            self.sync_bytes.clone(),
+        );
+        r.register(
+            "imagesync_copy_duration_seconds",
+            "Duration of one ImageSync tag copy or check, by registries",
+            self.sync_seconds.clone(),
+        );
+        r.register(
+            "imagesync_failures",
+            "Failed ImageSync passes, by registries and reason",
+            self.sync_failures.clone(),
+        );
+    }
+
+    /// Registers the metrics named as controller-runtime names them.
+    fn register_controller_runtime(&self) {
+        // Unprefixed, as controller-runtime names them (counters get `_total`).
+        let mut r = self.registry.lock().expect("lock");
+        r.register(
+            "controller_runtime_reconcile",
+            "Total number of reconciliations per controller",
+            self.cr_reconciles.clone(),
+        );
+        r.register(
+            "controller_runtime_reconcile_errors",
+            "Total number of reconciliation errors per controller",
+            self.cr_reconcile_errors.clone(),
+        );
+        r.register(
+            "controller_runtime_reconcile_time_seconds",
+            "Length of time per reconciliation per controller",
+            self.cr_reconcile_time.clone(),
+        );
+        r.register(
+            "controller_runtime_max_concurrent_reconciles",
+            "Maximum number of concurrent reconciles per controller",
+            self.cr_max_concurrent.clone(),
+        );
+        r.register(
+            "controller_runtime_active_workers",
+            "Number of currently used workers per controller",
+            self.cr_active_workers.clone(),
+        );
+        r.register(
+            "workqueue_depth",
+            "Current depth of workqueue",
+            self.wq_depth.clone(),
+        );
+        r.register(
+            "workqueue_adds",
+            "Total number of adds handled by workqueue",
+            self.wq_adds.clone(),
+        );
+        r.register(
+            "workqueue_queue_duration_seconds",
+            "How long in seconds an item stays in workqueue before being requested",
+            self.wq_queue_duration.clone(),
+        );
+        r.register(
+            "workqueue_work_duration_seconds",
+            "How long in seconds processing an item from workqueue takes",
+            self.wq_work_duration.clone(),
+        );
+        r.register(
+            "workqueue_retries",
+            "Total number of retries handled by workqueue",
+            self.wq_retries.clone(),
+        );
+        r.register(
+        "workqueue_unfinished_work_seconds",
+        "How many seconds of work has been done that is in progress and hasn't been observed by work_duration",
+        self.wq_unfinished_work.clone(),
+    );
+        r.register(
+            "workqueue_longest_running_processor_seconds",
+            "How many seconds has the longest running processor for workqueue been running",
+            self.wq_longest_running.clone(),
+        );
     }
 }
 

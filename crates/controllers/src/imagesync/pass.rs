@@ -19,40 +19,12 @@ pub(super) async fn pass<S: Store, K: SyncKind>(
     };
     let previous = is.sync_status().cloned().unwrap_or_default();
     let before = ready_reason(is.sync_status());
-    let count_failure = |reason: &str| {
-        ctx.metrics
-            .sync_failures
-            .get_or_create(&SyncFailureLabels {
-                source_registry: labels.source_registry.clone(),
-                destination_registry: labels.destination_registry.clone(),
-                reason: reason.into(),
-            })
-            .inc();
-    };
 
     let prepared = match prepare(ctx, &ns, plan).await {
         Ok(p) => p,
         Err((reason, message)) => {
-            count_failure(reason);
-            tracing::warn!(imagesync = %key(is), reason, %message, "sync pass failed");
-            ctx.store
-                .event(is, Event::warning(reason, "Sync", clip(&message, MAX_MESSAGE)))
-                .await;
-            let next = next_failing(plan, &previous, started);
-            let ending = Ending::Failed((reason, message));
-            let object = modify_status(&ctx.store, is, |o: &mut K| {
-                let st = o.sync_status_mut();
-                st.observed_generation = g;
-                st.last_sync_time = Some(now_s());
-                st.next_sync_time = next;
-                conclude(st, &ending, 0, 0, g);
-                o.status_written(true);
-            })
-            .await?;
-            return Ok(PassOutcome {
-                object,
-                next_sync: next,
-            });
+            count_failure(ctx, &labels, reason);
+            return unprepared(ctx, is, plan, &previous, started, reason, message).await;
         }
     };
 
@@ -83,17 +55,12 @@ pub(super) async fn pass<S: Store, K: SyncKind>(
     )
     .await?;
     if !tally.failed.is_empty() {
-        count_failure(reasons::COPY_FAILED);
+        count_failure(ctx, &labels, reasons::COPY_FAILED);
     }
 
     // The ending, the next pass, the status.
     let ending = ending_of(plan, &prepared, &tally.failed);
-    let failing = match &ending {
-        Ending::Failed(_) => true,
-        Ending::NoMatch(_) => plan.mode == SyncMode::OneShot,
-        Ending::Done { failed, .. } => !failed.is_empty(),
-    };
-    let next = if failing {
+    let next = if is_failing(plan, &ending) {
         next_failing(plan, &previous, started)
     } else {
         plan.next_after(started, Timestamp::now())
@@ -114,6 +81,60 @@ pub(super) async fn pass<S: Store, K: SyncKind>(
     .await?;
     let obj = object.as_ref().unwrap_or(is);
     report_pass(ctx, is, obj, plan, &ending, &tally, in_sync, before).await;
+    Ok(PassOutcome {
+        object,
+        next_sync: next,
+    })
+}
+
+/// Whether a pass that ended so failed: the next one is due as after a failure.
+fn is_failing(plan: &Plan, ending: &Ending) -> bool {
+    match ending {
+        Ending::Failed(_) => true,
+        Ending::NoMatch(_) => plan.mode == SyncMode::OneShot,
+        Ending::Done { failed, .. } => !failed.is_empty(),
+    }
+}
+
+/// Counts a failed pass in the metrics.
+fn count_failure<S: Store>(ctx: &Context<S>, labels: &SyncLabels, reason: &str) {
+    ctx.metrics
+        .sync_failures
+        .get_or_create(&SyncFailureLabels {
+            source_registry: labels.source_registry.clone(),
+            destination_registry: labels.destination_registry.clone(),
+            reason: reason.into(),
+        })
+        .inc();
+}
+
+/// A pass that could not reach the registries (or read the tags): a warning, and the
+/// failure written with the next (failing) pass.
+async fn unprepared<S: Store, K: SyncKind>(
+    ctx: &Context<S>,
+    is: &K,
+    plan: &Plan,
+    previous: &ImageSyncStatus,
+    started: Timestamp,
+    reason: &'static str,
+    message: String,
+) -> Result<PassOutcome<K>, Error> {
+    let g = is.meta().generation;
+    tracing::warn!(imagesync = %key(is), reason, %message, "sync pass failed");
+    ctx.store
+        .event(is, Event::warning(reason, "Sync", clip(&message, MAX_MESSAGE)))
+        .await;
+    let next = next_failing(plan, previous, started);
+    let ending = Ending::Failed((reason, message));
+    let object = modify_status(&ctx.store, is, |o: &mut K| {
+        let st = o.sync_status_mut();
+        st.observed_generation = g;
+        st.last_sync_time = Some(now_s());
+        st.next_sync_time = next;
+        conclude(st, &ending, 0, 0, g);
+        o.status_written(true);
+    })
+    .await?;
     Ok(PassOutcome {
         object,
         next_sync: next,
@@ -284,18 +305,7 @@ pub(super) async fn copy_tags<S: Store, K: SyncKind>(
                 "failed"
             }
         };
-        ctx.metrics
-            .sync_copies
-            .get_or_create(&SyncResultLabels {
-                source_registry: labels.source_registry.clone(),
-                destination_registry: labels.destination_registry.clone(),
-                result: result.into(),
-            })
-            .inc();
-        ctx.metrics
-            .sync_seconds
-            .get_or_create(labels)
-            .observe(took.as_secs_f64());
+        count_copy(ctx, labels, result, took);
         if last_write.elapsed() >= PROGRESS_EVERY && done < todo.len() {
             let msg = format!("synced {done} of {} tag(s)", todo.len());
             if let Some(o) = write_progress(ctx, current, entries, prepared.matched, &msg).await? {
@@ -310,6 +320,22 @@ pub(super) async fn copy_tags<S: Store, K: SyncKind>(
         bytes,
         failed,
     })
+}
+
+/// Counts one tag's copy (`copied`, `unchanged` or `failed`) and its time in the metrics.
+fn count_copy<S: Store>(ctx: &Context<S>, labels: &SyncLabels, result: &str, took: Duration) {
+    ctx.metrics
+        .sync_copies
+        .get_or_create(&SyncResultLabels {
+            source_registry: labels.source_registry.clone(),
+            destination_registry: labels.destination_registry.clone(),
+            result: result.into(),
+        })
+        .inc();
+    ctx.metrics
+        .sync_seconds
+        .get_or_create(labels)
+        .observe(took.as_secs_f64());
 }
 
 /// How a pass that reached the registries ended.

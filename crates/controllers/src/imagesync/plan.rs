@@ -198,6 +198,114 @@ fn side(ep: &SyncEndpoint, field: &'static str, errs: &mut Vec<String>) -> Optio
     })
 }
 
+/// The tags to copy: `spec.source.version`, one tag (copied to `spec.destination.version`
+/// when given) or a pattern.
+fn selector(spec: &ImageSyncSpec, errs: &mut Vec<String>) -> Option<Selector> {
+    let src_version = spec.source.version.as_deref().map(str::trim).unwrap_or_default();
+    let dst_version = spec
+        .destination
+        .version
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default();
+    if src_version.is_empty() {
+        errs.push("spec.source.version: required (a tag, an x pattern, a semver range or regex:…)".into());
+        None
+    } else {
+        match TagPattern::parse(src_version) {
+            Err(e) => {
+                errs.push(format!("spec.source.version: {e}"));
+                None
+            }
+            Ok(TagPattern::Literal(tag)) => {
+                let dest = if dst_version.is_empty() {
+                    tag.clone()
+                } else {
+                    dst_version.to_string()
+                };
+                let mut ok = true;
+                if !is_tag(&tag) {
+                    errs.push(format!(
+                        "spec.source.version: invalid value {src_version:?}: neither a tag nor a pattern (2.13.x, >=2.13, <2.14, regex:…)"
+                    ));
+                    ok = false;
+                }
+                if !is_tag(&dest) {
+                    errs.push(format!(
+                        "spec.destination.version: invalid value {dst_version:?}: not a tag"
+                    ));
+                    ok = false;
+                }
+                ok.then_some(Selector::Single {
+                    source: tag,
+                    destination: dest,
+                })
+            }
+            Ok(pattern) => {
+                if !dst_version.is_empty() && dst_version != src_version {
+                    errs.push(format!(
+                        "spec.destination.version: invalid value {dst_version:?}: with a pattern in spec.source.version each matching tag is copied to itself; leave it empty or set it to {src_version:?}"
+                    ));
+                    None
+                } else {
+                    Some(Selector::Pattern {
+                        text: src_version.to_string(),
+                        pattern,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// `spec.platforms`: all when empty.
+fn platforms(spec: &ImageSyncSpec, errs: &mut Vec<String>) -> Platforms {
+    let mut platforms = vec![];
+    for (i, p) in spec.platforms.iter().enumerate() {
+        match Platform::parse(p) {
+            Ok(p) => platforms.push(p),
+            Err(e) => errs.push(format!("spec.platforms[{i}]: invalid value {p:?}: {e}")),
+        }
+    }
+    if spec.platforms.is_empty() {
+        Platforms::All
+    } else {
+        Platforms::Only(platforms)
+    }
+}
+
+/// When passes run: once (OneShot), `spec.schedule`, else `spec.frequency`.
+fn every(spec: &ImageSyncSpec, errs: &mut Vec<String>) -> Option<Every> {
+    let frequency = match spec.frequency.as_deref().map(str::trim) {
+        None | Some("") => Some(DEFAULT_FREQUENCY),
+        Some(f) => match parse_frequency(f) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errs.push(format!("spec.frequency: invalid value {f:?}: {e}"));
+                None
+            }
+        },
+    };
+    let schedule = match spec.schedule.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => match parse_schedule(s) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errs.push(format!(
+                    "spec.schedule: invalid value {s:?}: {e} (expected 5-field cron, e.g. \"0 3 * * *\", UTC)"
+                ));
+                None
+            }
+        },
+    };
+    match (spec.mode, schedule, frequency) {
+        (SyncMode::OneShot, ..) => Some(Every::Once),
+        (_, Some(c), _) => Some(Every::Cron(Box::new(c))),
+        (_, None, Some(f)) => Some(Every::Frequency(f)),
+        _ => None,
+    }
+}
+
 impl Plan {
     /// Checks `spec`; the error lists every problem found.
     pub fn from_spec(spec: &ImageSyncSpec) -> Result<Self, SpecError> {
@@ -205,105 +313,9 @@ impl Plan {
         let source = side(&spec.source, "spec.source", &mut errs);
         let destination = side(&spec.destination, "spec.destination", &mut errs);
 
-        let src_version = spec.source.version.as_deref().map(str::trim).unwrap_or_default();
-        let dst_version = spec
-            .destination
-            .version
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or_default();
-        let selector = if src_version.is_empty() {
-            errs.push(
-                "spec.source.version: required (a tag, an x pattern, a semver range or regex:…)".into(),
-            );
-            None
-        } else {
-            match TagPattern::parse(src_version) {
-                Err(e) => {
-                    errs.push(format!("spec.source.version: {e}"));
-                    None
-                }
-                Ok(TagPattern::Literal(tag)) => {
-                    let dest = if dst_version.is_empty() {
-                        tag.clone()
-                    } else {
-                        dst_version.to_string()
-                    };
-                    let mut ok = true;
-                    if !is_tag(&tag) {
-                        errs.push(format!(
-                            "spec.source.version: invalid value {src_version:?}: neither a tag nor a pattern (2.13.x, >=2.13, <2.14, regex:…)"
-                        ));
-                        ok = false;
-                    }
-                    if !is_tag(&dest) {
-                        errs.push(format!(
-                            "spec.destination.version: invalid value {dst_version:?}: not a tag"
-                        ));
-                        ok = false;
-                    }
-                    ok.then_some(Selector::Single {
-                        source: tag,
-                        destination: dest,
-                    })
-                }
-                Ok(pattern) => {
-                    if !dst_version.is_empty() && dst_version != src_version {
-                        errs.push(format!(
-                            "spec.destination.version: invalid value {dst_version:?}: with a pattern in spec.source.version each matching tag is copied to itself; leave it empty or set it to {src_version:?}"
-                        ));
-                        None
-                    } else {
-                        Some(Selector::Pattern {
-                            text: src_version.to_string(),
-                            pattern,
-                        })
-                    }
-                }
-            }
-        };
-
-        let mut platforms = vec![];
-        for (i, p) in spec.platforms.iter().enumerate() {
-            match Platform::parse(p) {
-                Ok(p) => platforms.push(p),
-                Err(e) => errs.push(format!("spec.platforms[{i}]: invalid value {p:?}: {e}")),
-            }
-        }
-        let platforms = if spec.platforms.is_empty() {
-            Platforms::All
-        } else {
-            Platforms::Only(platforms)
-        };
-
-        let frequency = match spec.frequency.as_deref().map(str::trim) {
-            None | Some("") => Some(DEFAULT_FREQUENCY),
-            Some(f) => match parse_frequency(f) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    errs.push(format!("spec.frequency: invalid value {f:?}: {e}"));
-                    None
-                }
-            },
-        };
-        let schedule = match spec.schedule.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(s) => match parse_schedule(s) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    errs.push(format!(
-                        "spec.schedule: invalid value {s:?}: {e} (expected 5-field cron, e.g. \"0 3 * * *\", UTC)"
-                    ));
-                    None
-                }
-            },
-        };
-        let every = match (spec.mode, schedule, frequency) {
-            (SyncMode::OneShot, ..) => Some(Every::Once),
-            (_, Some(c), _) => Some(Every::Cron(Box::new(c))),
-            (_, None, Some(f)) => Some(Every::Frequency(f)),
-            _ => None,
-        };
+        let selector = selector(spec, &mut errs);
+        let platforms = platforms(spec, &mut errs);
+        let every = every(spec, &mut errs);
 
         let max_tags = spec.max_tags.unwrap_or(DEFAULT_MAX_TAGS);
         if max_tags == 0 {
