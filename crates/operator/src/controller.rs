@@ -415,6 +415,21 @@ async fn served<K: Object>(api: &Api<K>) -> bool {
     }
 }
 
+/// `start(api)` when the API server serves `K` (its CRD is installed); else the warning
+/// `missing` is logged and nothing runs.
+async fn when_served<K: Object, D: Future<Output = ()>>(
+    api: Api<K>,
+    missing: &str,
+    start: impl FnOnce(Api<K>) -> D,
+) -> futures::future::Either<D, std::future::Ready<()>> {
+    if served(&api).await {
+        futures::future::Either::Left(start(api))
+    } else {
+        tracing::warn!("{missing}");
+        futures::future::Either::Right(std::future::ready(()))
+    }
+}
+
 /// Runs the controllers until `shutdown()` resolves (each stops taking new work, then
 /// waits for running reconciles) or the returned future is dropped (running reconciles
 /// are cancelled). NodeImages and ImageSyncs are watched in `ctx.settings.namespace`,
@@ -431,61 +446,65 @@ pub async fn run<F>(
     let disk_api = Api::<DiskImport>::all(client.clone());
     let disks = if !ctx.settings.disk_import.enabled {
         futures::future::Either::Right(std::future::ready(()))
-    } else if served(&disk_api).await {
-        let owned = || watcher::Config::default().labels(DISK_IMPORT_COMPONENT);
-        futures::future::Either::Left(drive(
-            ctx.clone(),
-            "diskimport",
-            DISK_IMPORT_CONCURRENCY,
-            disk_api,
-            vec![
-                owners::<DiskImport, Job>(Api::all(client.clone()), owned()),
-                owners::<DiskImport, PersistentVolumeClaim>(Api::all(client.clone()), owned()),
-            ],
-            reconcile_diskimport,
-            shutdown(),
-        ))
     } else {
-        tracing::warn!(
-            "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart"
-        );
-        futures::future::Either::Right(std::future::ready(()))
+        when_served(
+            disk_api,
+            "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart",
+            |api| {
+                let owned = || watcher::Config::default().labels(DISK_IMPORT_COMPONENT);
+                drive(
+                    ctx.clone(),
+                    "diskimport",
+                    DISK_IMPORT_CONCURRENCY,
+                    api,
+                    vec![
+                        owners::<DiskImport, Job>(Api::all(client.clone()), owned()),
+                        owners::<DiskImport, PersistentVolumeClaim>(Api::all(client.clone()), owned()),
+                    ],
+                    reconcile_diskimport,
+                    shutdown(),
+                )
+            },
+        )
+        .await
     };
     let sync_api = Api::<ImageSync>::namespaced(client.clone(), &ns);
-    let syncs = if served(&sync_api).await {
-        futures::future::Either::Left(drive(
-            ctx.clone(),
-            "imagesync",
-            concurrency.syncs.max(1),
-            sync_api,
-            vec![],
-            reconcile_sync::<ImageSync>,
-            shutdown(),
-        ))
-    } else {
-        tracing::warn!(
-            "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart"
-        );
-        futures::future::Either::Right(std::future::ready(()))
-    };
+    let syncs = when_served(
+        sync_api,
+        "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart",
+        |api| {
+            drive(
+                ctx.clone(),
+                "imagesync",
+                concurrency.syncs.max(1),
+                api,
+                vec![],
+                reconcile_sync::<ImageSync>,
+                shutdown(),
+            )
+        },
+    )
+    .await;
     let image_api = Api::<Image>::all(client.clone());
     let images_compat = if !ctx.settings.image_operator {
         futures::future::Either::Right(std::future::ready(()))
-    } else if served(&image_api).await {
-        futures::future::Either::Left(drive(
-            ctx.clone(),
-            "image",
-            concurrency.syncs.max(1),
-            image_api,
-            vec![],
-            reconcile_sync::<Image>,
-            shutdown(),
-        ))
     } else {
-        tracing::warn!(
-            "imageOperator.enabled, but image-operator's Image CRD (images.skopeo.io) is not installed: Images are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart"
-        );
-        futures::future::Either::Right(std::future::ready(()))
+        when_served(
+            image_api,
+            "imageOperator.enabled, but image-operator's Image CRD (images.skopeo.io) is not installed: Images are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart",
+            |api| {
+                drive(
+                    ctx.clone(),
+                    "image",
+                    concurrency.syncs.max(1),
+                    api,
+                    vec![],
+                    reconcile_sync::<Image>,
+                    shutdown(),
+                )
+            },
+        )
+        .await
     };
     let releases = drive(
         ctx.clone(),

@@ -173,48 +173,20 @@ pub async fn run_until(
     opts: OperatorOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let ContextParts {
-        providers,
-        source,
-        settings,
-        metrics,
-    } = parts;
     let host = opts
         .api_server
         .as_deref()
         .map(rest_client::host_of)
         .unwrap_or_default();
-    let client = rest_client::instrument(client, &host, rest_client::requests(&metrics));
+    let client = rest_client::instrument(client, &host, rest_client::requests(&parts.metrics));
     let identity = opts.identity.clone().unwrap_or_else(default_identity);
     let lease_namespace = opts
         .lease_namespace
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| settings.namespace.clone());
-    let reporter = Reporter {
-        controller: REPORTER.into(),
-        instance: Some(identity.clone()),
-    };
-    let store = KubeStore::new(client.clone(), reporter, Some(settings.namespace.clone()));
-    providers.bind_disk_imports(ido_controllers::diskimport::StoreDiskImports::shared(
-        store.clone(),
-    ));
-    let ctx = Arc::new(Context {
-        store,
-        providers,
-        source,
-        settings,
-        metrics,
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-    });
-    let concurrency = controller::Concurrency {
-        images: u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1),
-        syncs: u16::try_from(opts.syncs_concurrency).unwrap_or(u16::MAX).max(1),
-        releases: u16::try_from(opts.releases_concurrency)
-            .unwrap_or(u16::MAX)
-            .max(1),
-    };
+        .unwrap_or_else(|| parts.settings.namespace.clone());
+    let ctx = operator_context(&client, parts, &identity);
+    let concurrency = concurrency(&opts);
     tracing::info!(
         namespace = %ctx.settings.namespace,
         providers = ?ctx.providers.ids(),
@@ -269,6 +241,51 @@ pub async fn run_until(
     .await;
     health.set(Phase::Stopping);
     stop_tx.send_replace(true);
+    wait_for_servers(servers).await;
+    result
+}
+
+/// The reconcilers' context over the cluster: a [`KubeStore`] whose events name this
+/// replica (`identity`), with the providers' DiskImports bound to it.
+fn operator_context(client: &Client, parts: ContextParts, identity: &str) -> Arc<Context<KubeStore>> {
+    let ContextParts {
+        providers,
+        source,
+        settings,
+        metrics,
+    } = parts;
+    let reporter = Reporter {
+        controller: REPORTER.into(),
+        instance: Some(identity.to_string()),
+    };
+    let store = KubeStore::new(client.clone(), reporter, Some(settings.namespace.clone()));
+    providers.bind_disk_imports(ido_controllers::diskimport::StoreDiskImports::shared(
+        store.clone(),
+    ));
+    Arc::new(Context {
+        store,
+        providers,
+        source,
+        settings,
+        metrics,
+        seen_releases: Default::default(),
+        tasks: Default::default(),
+    })
+}
+
+/// The controllers' concurrencies from the options: at least 1 each.
+fn concurrency(opts: &OperatorOptions) -> controller::Concurrency {
+    controller::Concurrency {
+        images: u16::try_from(opts.images_concurrency).unwrap_or(u16::MAX).max(1),
+        syncs: u16::try_from(opts.syncs_concurrency).unwrap_or(u16::MAX).max(1),
+        releases: u16::try_from(opts.releases_concurrency)
+            .unwrap_or(u16::MAX)
+            .max(1),
+    }
+}
+
+/// Waits for the endpoints to stop, logging how each ended badly.
+async fn wait_for_servers(servers: Vec<Server>) {
     for (what, server) in servers {
         match server.await {
             Ok(Ok(())) => {}
@@ -276,7 +293,6 @@ pub async fn run_until(
             Err(e) => tracing::warn!(error = %e, "the {what} endpoint panicked"),
         }
     }
-    result
 }
 
 /// A running HTTP endpoint: what it serves and its task.
