@@ -415,6 +415,33 @@ async fn served<K: Object>(api: &Api<K>) -> bool {
     }
 }
 
+/// Warnings when a CRD of an optional controller is not installed.
+const NO_DISK_IMPORT_CRD: &str = "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
+const NO_IMAGE_SYNC_CRD: &str = "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
+const NO_IMAGE_CRD: &str = "imageOperator.enabled, but image-operator's Image CRD (images.skopeo.io) is not installed: Images are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
+
+/// The DiskImport controller, woken by the claims and Jobs DiskImports own.
+fn disk_imports(
+    client: Client,
+    ctx: Arc<Context<KubeStore>>,
+    api: Api<DiskImport>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send {
+    let owned = || watcher::Config::default().labels(DISK_IMPORT_COMPONENT);
+    drive(
+        ctx,
+        "diskimport",
+        DISK_IMPORT_CONCURRENCY,
+        api,
+        vec![
+            owners::<DiskImport, Job>(Api::all(client.clone()), owned()),
+            owners::<DiskImport, PersistentVolumeClaim>(Api::all(client), owned()),
+        ],
+        reconcile_diskimport,
+        shutdown,
+    )
+}
+
 /// `start(api)` when the API server serves `K` (its CRD is installed); else the warning
 /// `missing` is logged and nothing runs.
 async fn when_served<K: Object, D: Future<Output = ()>>(
@@ -447,63 +474,39 @@ pub async fn run<F>(
     let disks = if !ctx.settings.disk_import.enabled {
         futures::future::Either::Right(std::future::ready(()))
     } else {
-        when_served(
-            disk_api,
-            "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart",
-            |api| {
-                let owned = || watcher::Config::default().labels(DISK_IMPORT_COMPONENT);
-                drive(
-                    ctx.clone(),
-                    "diskimport",
-                    DISK_IMPORT_CONCURRENCY,
-                    api,
-                    vec![
-                        owners::<DiskImport, Job>(Api::all(client.clone()), owned()),
-                        owners::<DiskImport, PersistentVolumeClaim>(Api::all(client.clone()), owned()),
-                    ],
-                    reconcile_diskimport,
-                    shutdown(),
-                )
-            },
-        )
+        when_served(disk_api, NO_DISK_IMPORT_CRD, |api| {
+            disk_imports(client.clone(), ctx.clone(), api, shutdown())
+        })
         .await
     };
     let sync_api = Api::<ImageSync>::namespaced(client.clone(), &ns);
-    let syncs = when_served(
-        sync_api,
-        "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart",
-        |api| {
-            drive(
-                ctx.clone(),
-                "imagesync",
-                concurrency.syncs.max(1),
-                api,
-                vec![],
-                reconcile_sync::<ImageSync>,
-                shutdown(),
-            )
-        },
-    )
+    let syncs = when_served(sync_api, NO_IMAGE_SYNC_CRD, |api| {
+        drive(
+            ctx.clone(),
+            "imagesync",
+            concurrency.syncs.max(1),
+            api,
+            vec![],
+            reconcile_sync::<ImageSync>,
+            shutdown(),
+        )
+    })
     .await;
     let image_api = Api::<Image>::all(client.clone());
     let images_compat = if !ctx.settings.image_operator {
         futures::future::Either::Right(std::future::ready(()))
     } else {
-        when_served(
-            image_api,
-            "imageOperator.enabled, but image-operator's Image CRD (images.skopeo.io) is not installed: Images are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart",
-            |api| {
-                drive(
-                    ctx.clone(),
-                    "image",
-                    concurrency.syncs.max(1),
-                    api,
-                    vec![],
-                    reconcile_sync::<Image>,
-                    shutdown(),
-                )
-            },
-        )
+        when_served(image_api, NO_IMAGE_CRD, |api| {
+            drive(
+                ctx.clone(),
+                "image",
+                concurrency.syncs.max(1),
+                api,
+                vec![],
+                reconcile_sync::<Image>,
+                shutdown(),
+            )
+        })
         .await
     };
     let releases = drive(
