@@ -277,9 +277,10 @@ async fn distribute<S: Store>(
     };
     match outcome {
         Ok((t, uploaded)) => {
-            let bytes = uploaded
-                .map(|u| u.0)
-                .unwrap_or_else(|| current_bytes(latest, loc));
+            let bytes = match uploaded {
+                Some((b, _)) => b,
+                None => current_bytes(latest, loc).await,
+            };
             let msg = format!("template {}", t.path);
             let update = Update::new(LocationState::Available, msg)
                 .bytes(bytes)
@@ -390,19 +391,14 @@ fn ctx_labels(provider: &str, loc: &str) -> crate::metrics::UploadLabels {
     }
 }
 
-fn current_bytes(latest: &Arc<Mutex<NodeImage>>, loc: &str) -> u64 {
-    latest
-        .try_lock()
-        .ok()
-        .and_then(|ni| {
-            ni.status.as_ref().and_then(|s| {
-                s.locations
-                    .iter()
-                    .find(|l| l.location == loc)
-                    .map(|l| l.bytes_transferred)
-            })
-        })
-        .unwrap_or(0)
+/// The bytes a location's status records (a template that was there already keeps what
+/// its upload counted). Waits for a status write in flight rather than reading 0.
+async fn current_bytes(latest: &Arc<Mutex<NodeImage>>, loc: &str) -> u64 {
+    let ni = latest.lock().await;
+    ni.status
+        .as_ref()
+        .and_then(|s| s.locations.iter().find(|l| l.location == loc))
+        .map_or(0, |l| l.bytes_transferred)
 }
 
 #[cfg(test)]

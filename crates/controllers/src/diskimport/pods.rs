@@ -77,7 +77,10 @@ pub(super) fn last_failure(pods: &[Pod]) -> Option<String> {
 /// Why a pending importer pod does not run: unschedulable, or its image cannot be pulled.
 pub(super) fn pending_reason(pods: &[Pod]) -> Option<(&'static str, String)> {
     for p in pods {
-        let st = p.status.as_ref()?;
+        // A pod without a status yet says nothing; another may.
+        let Some(st) = p.status.as_ref() else {
+            continue;
+        };
         for c in st.conditions.iter().flatten() {
             if c.type_ == "PodScheduled" && c.status == "False" {
                 return Some((
@@ -110,4 +113,30 @@ fn clip(s: &str, max: usize) -> String {
         start += 1;
     }
     format!("…{}", &s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+
+    #[test]
+    fn a_pod_without_status_does_not_hide_another_that_waits() {
+        let unscheduled = Pod {
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "False".into(),
+                    message: Some("0/3 nodes are available".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods = [Pod::default(), unscheduled];
+        let (reason, message) = pending_reason(&pods).expect("the second pod's reason");
+        assert_eq!(reason, Reason::Unschedulable.as_str());
+        assert_eq!(message, "0/3 nodes are available");
+    }
 }
