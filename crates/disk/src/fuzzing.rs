@@ -9,9 +9,8 @@ use std::io::Read;
 use std::path::Path;
 use std::task::{Context, Poll, Waker};
 
-use crate::progress::Reporter;
 use crate::qcow2::{Qcow2Stream, resume_map};
-use crate::source::{Shared, Stats};
+use crate::source::Stats;
 use crate::target::{Probe, Target, TargetSpec};
 use crate::{Error, Result};
 
@@ -42,12 +41,7 @@ pub fn qcow2_resume(image: &[u8], from: u64, target: &Path, capacity: u64) -> Re
         path: target.to_path_buf(),
         capacity: Some(capacity),
     };
-    let stats = Stats::new(Shared {
-        hasher: None,
-        hash_from: 0,
-        reporter: Reporter::new(None, crate::source::REPORT_INTERVAL),
-    });
-    let mut t = Target::open(&spec, probe, stats)?;
+    let mut t = Target::open(&spec, probe, Stats::quiet())?;
     let start = usize::try_from(map.from).unwrap_or(usize::MAX).min(image.len());
     let mut rest: &[u8] = &image[start..];
     let r: &mut dyn Read = &mut rest;

@@ -370,19 +370,23 @@ pub(crate) fn is_zero(b: &[u8]) -> bool {
     chunks.remainder().iter().all(|x| *x == 0)
 }
 
+/// A file target at `out` with quiet counters, for the format readers' unit tests.
+#[cfg(test)]
+pub(crate) fn scratch(out: &std::path::Path) -> Result<Target> {
+    let spec = TargetSpec {
+        path: out.to_path_buf(),
+        capacity: None,
+    };
+    Target::open(&spec, probe(&spec)?, Stats::quiet())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::Reporter;
-    use crate::source::Shared;
     use std::os::unix::fs::MetadataExt;
 
     fn stats() -> Stats {
-        Stats::new(Shared {
-            hasher: None,
-            hash_from: 0,
-            reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
-        })
+        Stats::quiet()
     }
 
     #[test]

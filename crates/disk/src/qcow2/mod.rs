@@ -455,9 +455,6 @@ fn decompress(
 mod tests {
     use super::header::tests::v3;
     use super::*;
-    use crate::progress::Reporter;
-    use crate::source::{Shared, Stats};
-    use crate::target::{Target, TargetSpec, probe};
 
     /// A 64 KiB image with 512-byte clusters whose data comes before its L2 tables:
     /// header, L1, data A, data B, junk, L2#0, L2#1, data C.
@@ -485,16 +482,7 @@ mod tests {
     }
 
     fn convert_into(image: &[u8], budget: u64, out: &std::path::Path) -> Result<()> {
-        let spec = TargetSpec {
-            path: out.to_path_buf(),
-            capacity: None,
-        };
-        let stats = Stats::new(Shared {
-            hasher: None,
-            hash_from: 0,
-            reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
-        });
-        let mut t = Target::open(&spec, probe(&spec)?, stats)?;
+        let mut t = crate::target::scratch(out)?;
         let mut r = image;
         let q = Qcow2Stream::open(&mut r, budget)?;
         let vs = q.header().virtual_size;

@@ -205,6 +205,15 @@ impl Stats {
         Stats(Arc::new(Mutex::new(shared)))
     }
 
+    /// Counters with no checksum and no one listening to progress (unit tests, fuzzing).
+    pub(crate) fn quiet() -> Self {
+        Self::new(Shared {
+            hasher: None,
+            hash_from: 0,
+            reporter: crate::progress::Reporter::new(None, REPORT_INTERVAL),
+        })
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }

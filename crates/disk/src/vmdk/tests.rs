@@ -1,7 +1,4 @@
 use super::*;
-use crate::progress::Reporter;
-use crate::source::{Shared, Stats};
-use crate::target::{Target, TargetSpec, probe};
 use std::io::Write;
 
 /// A sparse extent header: 8-sector grains, `capacity` sectors, descriptor at sector 1.
@@ -33,16 +30,7 @@ fn pad(v: &mut Vec<u8>) {
 }
 
 fn convert_into(image: &[u8], budget: u64, out: &std::path::Path) -> Result<u64> {
-    let spec = TargetSpec {
-        path: out.to_path_buf(),
-        capacity: None,
-    };
-    let stats = Stats::new(Shared {
-        hasher: None,
-        hash_from: 0,
-        reporter: Reporter::new(None, std::time::Duration::from_secs(1)),
-    });
-    let mut t = Target::open(&spec, probe(&spec)?, stats)?;
+    let mut t = crate::target::scratch(out)?;
     let mut r = image;
     let v = VmdkStream::open(&mut r, budget)?;
     let vs = v.virtual_size();
