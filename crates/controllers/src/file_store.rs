@@ -15,24 +15,10 @@ use tokio::sync::broadcast;
 
 use crate::store::{Event, MetaPatch, Object, Result, Store, StoreError};
 
-/// Identity of a stored object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Key {
-    /// `<plural>.<group>`, e.g. `nodeimages.image.giantswarm.io`.
-    pub resource: String,
-    pub namespace: Option<String>,
-    pub name: String,
-}
+/// Identity of a stored object (the store's [`ObjectKey`]).
+pub use crate::store::ObjectKey as Key;
 
 impl Key {
-    fn of<K: Object>(namespace: Option<&str>, name: &str) -> Self {
-        Self {
-            resource: format!("{}.{}", K::plural(&()), K::group(&())),
-            namespace: namespace.map(str::to_string),
-            name: name.to_string(),
-        }
-    }
-
     /// The object's file under `root`, built only from a name and namespace the API
     /// server would accept, so no key reaches outside `root`.
     fn path(&self, root: &Path) -> Result<PathBuf> {
@@ -43,15 +29,6 @@ impl Key {
             .join(&self.resource)
             .join(self.namespace.as_deref().unwrap_or("_cluster"))
             .join(format!("{}.json", self.name)))
-    }
-}
-
-impl std::fmt::Display for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.namespace {
-            Some(ns) => write!(f, "{}/{}/{}", self.resource, ns, self.name),
-            None => write!(f, "{}/{}", self.resource, self.name),
-        }
     }
 }
 
@@ -170,12 +147,12 @@ impl FileStore {
     /// Key of a typed object.
     pub fn key_of<K: Object>(obj: &K) -> Key {
         let m = obj.meta();
-        Key::of::<K>(m.namespace.as_deref(), m.name.as_deref().unwrap_or_default())
+        Key::named::<K>(m.namespace.as_deref(), m.name.as_deref().unwrap_or_default())
     }
 
     /// Key for a kind, namespace and name.
     pub fn key<K: Object>(namespace: Option<&str>, name: &str) -> Key {
-        Key::of::<K>(namespace, name)
+        Key::named::<K>(namespace, name)
     }
 
     fn write(&self, inner: &mut Inner, key: &Key, value: Option<Value>) -> Result<()> {
@@ -378,7 +355,7 @@ impl Store for FileStore {
             .lock()
             .expect("lock")
             .objects
-            .get(&Key::of::<K>(namespace, name))
+            .get(&Key::named::<K>(namespace, name))
             .cloned();
         v.map(decode).transpose()
     }
@@ -630,7 +607,7 @@ mod tests {
         assert_eq!(files_under(dir.path()), vec![victim.join("config.json")]);
 
         // A key that did not come through create (e.g. a name in a delete) cannot reach a path.
-        let key = Key::of::<Release>(None, "../../victim/config");
+        let key = Key::named::<Release>(None, "../../victim/config");
         assert!(key.path(&state).is_err());
     }
 }

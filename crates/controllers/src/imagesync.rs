@@ -66,6 +66,7 @@ use crate::{
     Action, Context, Error,
     metrics::{SyncFailureLabels, SyncLabels, SyncResultLabels},
     store::{Event, Store, modify_status},
+    tasks::{TaskKey, TaskState},
 };
 use status::{
     Ending, Failure, MAX_MESSAGE, clip, conclude, condition, now_s, order_conditions, ready_reason,
@@ -108,25 +109,60 @@ fn until(now: Timestamp, t: Timestamp) -> Duration {
     Duration::try_from(t.duration_since(now)).unwrap_or_default() + Duration::from_millis(100)
 }
 
-/// Reconciles one ImageSync: a pass if one is due, then the wait until the next.
-pub async fn reconcile<S: Store, K: SyncKind>(is: &K, ctx: &Context<S>) -> Result<Action, Error> {
+/// Reconciles one ImageSync: a pass if one is due, then the wait until the next. The pass
+/// (listing, copying) runs as a task ([`crate::tasks`]): the reconcile starts it and
+/// returns; when it ends it wakes the object, whose next reconcile takes its outcome and
+/// waits for the schedule (or, if the spec changed meanwhile, starts the new spec's pass).
+pub async fn reconcile<S: Store, K: SyncKind>(is: &K, ctx: &Arc<Context<S>>) -> Result<Action, Error> {
+    let key = TaskKey::of(is);
     let plan = match Plan::from_spec(&is.sync_spec()) {
         Ok(p) => p,
         Err(e) => {
+            ctx.tasks.cancel(&key).await;
             invalid(is, ctx, &e).await?;
             return Ok(Action::AwaitChange);
         }
     };
+    match ctx.tasks.take::<PassResult>(&key) {
+        TaskState::Running => return Ok(Action::Requeue(ctx.settings.recheck)),
+        TaskState::Done((_, Err(e))) => return Err(e),
+        // A pass for this object's current spec: wait for the schedule. One for an older
+        // spec (or an object of the same name deleted since) falls through: a pass for this
+        // one is due now.
+        TaskState::Done((worked_for, Ok(next))) if worked_for == version_of(is) => {
+            return Ok(after(next));
+        }
+        TaskState::Done(_) | TaskState::Idle => {}
+    }
     match due(is, Timestamp::now()) {
         Due::Now => {}
         Due::At(t) => return Ok(Action::Requeue(until(Timestamp::now(), t))),
         Due::Never => return Ok(Action::AwaitChange),
     }
-    let out = pass(is, &plan, ctx).await?;
-    Ok(match out.next_sync {
+    let (task_ctx, is) = (ctx.clone(), is.clone());
+    let worked_for = version_of(&is);
+    ctx.tasks.start(key, move |_| async move {
+        let out = pass(&is, &plan, &task_ctx).await.map(|o| o.next_sync);
+        (worked_for, out)
+    });
+    Ok(Action::Requeue(ctx.settings.recheck))
+}
+
+/// What a pass task ends with: the object and spec it worked for ([`version_of`]), and
+/// when the next pass is due.
+type PassResult = ((Option<String>, Option<i64>), Result<Option<Timestamp>, Error>);
+
+/// The object's uid and generation: which object, and which of its specs.
+fn version_of<K: SyncKind>(is: &K) -> (Option<String>, Option<i64>) {
+    (is.meta().uid.clone(), is.meta().generation)
+}
+
+/// The wait after a pass.
+fn after(next: Option<Timestamp>) -> Action {
+    match next {
         Some(t) => Action::Requeue(until(Timestamp::now(), t)),
         None => Action::AwaitChange,
-    })
+    }
 }
 
 /// Runs one pass now, whatever the schedule (`ido sync`). Returns the ImageSync as stored

@@ -105,14 +105,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             }
         }
         while let Ok(task) = woken.try_recv() {
-            wake(
-                &mut queue,
-                Key {
-                    resource: task.resource,
-                    namespace: task.namespace,
-                    name: task.name,
-                },
-            );
+            wake(&mut queue, task);
         }
         let now = Instant::now();
         start_due(&ctx, &mut queue, &mut jobs, &images, &syncs, now);
@@ -141,7 +134,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
             }
             Ok(key) = changes.recv() => mark_changed(&mut queue, &ctx.store, key),
             Ok(task) = woken.recv() => {
-                wake(&mut queue, Key { resource: task.resource, namespace: task.namespace, name: task.name });
+                wake(&mut queue, task);
             }
             _ = tokio::time::sleep_until(sleep_until) => {}
             _ = opts.stop.cancelled() => {
@@ -320,7 +313,11 @@ fn table() -> Vec<KindDef> {
                         .await
                     {
                         Ok(Some(o)) => timed(&ctx, $label, $f(&o, &ctx)).await,
-                        Ok(None) => Ok(Action::AwaitChange),
+                        // Gone: work still running for it is dropped, and so is an outcome.
+                        Ok(None) => {
+                            ctx.tasks.cancel(&key).await;
+                            Ok(Action::AwaitChange)
+                        }
                         Err(e) => Err(e.into()),
                     }
                 })

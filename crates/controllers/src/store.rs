@@ -22,6 +22,47 @@ impl<K> Object for K where
 {
 }
 
+/// Identity of a stored object: its resource (`<plural>.<group>`, e.g.
+/// `nodeimages.image.giantswarm.io`), namespace and name. The file store files objects by
+/// it, and the tasks ([`crate::tasks`]) are kept by it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of `obj`.
+    pub fn of<K: Object>(obj: &K) -> Self {
+        let m = obj.meta();
+        Self::named::<K>(m.namespace.as_deref(), m.name.as_deref().unwrap_or_default())
+    }
+
+    /// The key of the `K` named `name` in `namespace`.
+    pub fn named<K: Object>(namespace: Option<&str>, name: &str) -> Self {
+        Self {
+            resource: format!("{}.{}", K::plural(&()), K::group(&())),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+
+    /// Whether the key names an object of kind `K`.
+    pub fn is<K: Object>(&self) -> bool {
+        self.resource == format!("{}.{}", K::plural(&()), K::group(&()))
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{ns}/{}", self.resource, self.name),
+            None => write!(f, "{}/{}", self.resource, self.name),
+        }
+    }
+}
+
 /// Store failures, sorted by what the caller should do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

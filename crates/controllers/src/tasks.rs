@@ -26,41 +26,8 @@ use std::{
 use tokio::sync::{broadcast, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::store::Object;
-
-/// The object a task works for: its resource (`<plural>.<group>`), namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskKey {
-    pub resource: String,
-    pub namespace: Option<String>,
-    pub name: String,
-}
-
-impl TaskKey {
-    /// The key of `obj`.
-    pub fn of<K: Object>(obj: &K) -> Self {
-        let m = obj.meta();
-        Self {
-            resource: format!("{}.{}", K::plural(&()), K::group(&())),
-            namespace: m.namespace.clone(),
-            name: m.name.clone().unwrap_or_default(),
-        }
-    }
-
-    /// Whether the key names an object of kind `K`.
-    pub fn is<K: Object>(&self) -> bool {
-        self.resource == format!("{}.{}", K::plural(&()), K::group(&()))
-    }
-}
-
-impl fmt::Display for TaskKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.namespace {
-            Some(ns) => write!(f, "{}/{ns}/{}", self.resource, self.name),
-            None => write!(f, "{}/{}", self.resource, self.name),
-        }
-    }
-}
+/// The object a task works for: the store's key of it.
+pub use crate::store::ObjectKey as TaskKey;
 
 /// What a reconciler finds in an object's slot.
 #[derive(Debug)]

@@ -693,3 +693,70 @@ async fn re_syncs_trust_the_recorded_destination_digests_for_a_day() {
     assert_eq!(reads().0 - before, 3, "every tag read");
     assert!(fourth.status.as_ref().unwrap().destinations_verified_time > Some(day_ago));
 }
+
+#[tokio::test]
+async fn a_pass_runs_as_a_task_and_goes_with_its_object() {
+    use ido_controllers::tasks::TaskKey;
+    use ido_testkit::fault_proxy::{Fault, FaultProxy, Rule};
+    use std::time::Instant;
+
+    let (src, dst) = tokio::join!(
+        DockerRegistry::start(RegistryOptions {
+            tls: false,
+            auth: None,
+        }),
+        DockerRegistry::start(RegistryOptions {
+            tls: true,
+            auth: Some(("pusher".into(), DST_PW.into())),
+        })
+    );
+    let (src, dst) = (src.unwrap(), dst.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    push_tags(&src, "team/app", &["1.0.0"], dir.path()).await;
+    // Blobs come at 256 bytes a second: the pass takes far longer than the test waits.
+    let proxy = FaultProxy::start(&src.base_url()).await.unwrap();
+    proxy.set_rules(vec![
+        Rule::new(Fault::Throttle { bytes_per_sec: 256 })
+            .method("GET")
+            .path("/blobs/"),
+    ]);
+    let mut doc = image_sync("slow", &src, &dst, json!({}));
+    doc["spec"]["source"] = json!({"name": format!("docker://{}/team/app", proxy.host()),
+                                   "version": "1.0.0", "tlsVerify": false});
+    let mut docs = secrets(&src, &dst);
+    docs.push(doc);
+    let (store, ctx) = context(dir.path());
+    apply_desired(&store, &manifests(dir.path(), &docs))
+        .await
+        .unwrap();
+
+    // The reconcile hands the pass to a task and returns at once.
+    let is = get(&store, "slow").await;
+    let key = TaskKey::of(&is);
+    let started = Instant::now();
+    assert!(matches!(
+        imagesync::reconcile(&is, &ctx).await.unwrap(),
+        Action::Requeue(_)
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(ctx.tasks.occupied(&key), "the pass runs as a task");
+
+    // While `ido run` waits for it, the object is deleted: the pass is dropped, and the run
+    // settles instead of waiting for the transfer.
+    let runner = tokio::spawn(run(ctx.clone(), opts()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!runner.is_finished(), "a running pass holds `ido run --once`");
+    store.delete(&is).await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), runner)
+        .await
+        .expect("the run settles once the object is gone")
+        .unwrap()
+        .unwrap();
+    eprintln!("{}", report.table());
+    assert!(!ctx.tasks.occupied(&key), "the pass and its outcome are gone");
+    assert!(proxy.counts().requests >= 1, "the pass had begun");
+}

@@ -113,7 +113,7 @@ async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
         },
     ))
     .await;
-    let ctx = Context {
+    let ctx = std::sync::Arc::new(Context {
         store: store(&env, env.operator_client().await),
         providers: Providers::default(),
         source: None,
@@ -124,8 +124,20 @@ async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
         metrics: Metrics::default(),
         seen_releases: Default::default(),
         tasks: Default::default(),
-    };
+    });
 
+    let is = ctx
+        .store
+        .get::<ImageSync>(Some(ns), "app")
+        .await
+        .unwrap()
+        .unwrap();
+    // The reconcile starts the pass as a task and returns; once the pass has ended, the
+    // next reconcile takes its outcome: the wait until the next pass.
+    imagesync::reconcile(&is, &ctx).await.unwrap();
+    let key = ido_controllers::tasks::TaskKey::of(&is);
+    assert!(ctx.tasks.occupied(&key), "a pass runs as a task");
+    ctx.tasks.ended(&key).await;
     let is = ctx
         .store
         .get::<ImageSync>(Some(ns), "app")
