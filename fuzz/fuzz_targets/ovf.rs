@@ -1,7 +1,7 @@
 //! OVF descriptors, every parser of them:
 //! - ido-disk's OVA reader (which file is the disk: `<Disk ovf:fileRef>` → `<File
 //!   ovf:href>`), through a tar of the descriptor and a disk;
-//! - the engine's OVF reader (`ido_engine::ovf`: files, disks, the hardware-version patch),
+//! - the engine's OVF reader (`ido_io::ovf`: files, disks, the hardware-version patch),
 //!   and what Cloud Director refuses on top (`vcd::ovf::references`);
 //! - vSphere: `vsphere::import::ovf_networks` (over the engine's XML tree).
 #![no_main]
@@ -22,10 +22,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let text = String::from_utf8_lossy(data);
-    if let Ok(d) = ido_engine::ovf::Descriptor::parse(&text) {
+    if let Ok(d) = ido_io::ovf::Descriptor::parse(&text) {
         let _ = d.disks();
     }
     let _ = vcd::ovf::references(&text);
-    let _ = ido_engine::ovf::set_hardware_version(&text, 19);
+    let _ = ido_io::ovf::set_hardware_version(&text, 19);
     let _ = vsphere::import::ovf_networks(&text);
 });

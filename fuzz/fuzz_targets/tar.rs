@@ -2,14 +2,14 @@
 //! - `ido_disk::tar::TarDisk` (disk imports): headers (ustar, GNU long names, base-256
 //!   sizes, pax), name checks, the OVA's OVF, the disk member read to its end, the rest of
 //!   the archive checked;
-//! - `ido_engine::ova::OvaReader` (node images: S3 → provider): the descriptor, then every
+//! - `ido_io::ova::OvaReader` (node images: S3 → provider): the descriptor, then every
 //!   member read to its end.
 #![no_main]
 
 use std::io::{self, Read};
 
 use ido_disk::tar::TarDisk;
-use ido_engine::ova::OvaReader;
+use ido_io::ova::OvaReader;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncReadExt;
 

@@ -16,7 +16,7 @@
 
 use std::{path::Path, time::Duration};
 
-use ido_engine::{
+use ido_io::{
     http::TlsOptions,
     s3::{S3Credentials, S3Location, S3Source},
 };
@@ -49,7 +49,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Provider(#[from] ido_providers::ProviderError),
     #[error(transparent)]
-    Engine(#[from] ido_engine::Error),
+    Engine(#[from] ido_io::Error),
 }
 
 fn default_namespace() -> String {
@@ -211,14 +211,14 @@ impl Config {
             None => {}
             Some(SchemaError::UnknownKey(key)) => {
                 return Err(ConfigError::Value {
-                    value: ido_engine::redact::escape_controls(key.rsplit('.').next().unwrap_or_default()),
-                    key: ido_engine::redact::escape_controls(&key),
+                    value: ido_io::redact::escape_controls(key.rsplit('.').next().unwrap_or_default()),
+                    key: ido_io::redact::escape_controls(&key),
                     reason: "is not a key of the values (charts/image-distribution-operator/values.schema.json); check its spelling".into(),
                 });
             }
             Some(SchemaError::Type(key, expected, found)) => {
                 return Err(ConfigError::Type {
-                    key: ido_engine::redact::escape_controls(&key),
+                    key: ido_io::redact::escape_controls(&key),
                     expected,
                     found,
                 });
@@ -323,7 +323,7 @@ impl Config {
     /// The S3 source, if configured.
     pub fn source(&self) -> Result<Option<S3Source>, ConfigError> {
         let Some(s3) = &self.s3 else { return Ok(None) };
-        let client = ido_engine::http::client(
+        let client = ido_io::http::client(
             &TlsOptions {
                 insecure: s3.insecure,
                 ca_bundle: s3.ca_bundle.clone(),

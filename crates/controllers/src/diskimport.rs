@@ -167,7 +167,7 @@ async fn disk_size(di: &DiskImport) -> Result<u64, (&'static str, String, Option
         }
         _ => return Err(ask("the virtual size of this source is not probed".into())),
     };
-    let client = ido_engine::http::client(&Default::default(), "spec.source").map_err(|e| {
+    let client = ido_io::http::client(&Default::default(), "spec.source").map_err(|e| {
         (
             reasons::SIZE_UNKNOWN,
             e.to_string(),

@@ -16,7 +16,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ido_engine::s3::S3Source;
+use ido_io::s3::S3Source;
 use ido_providers::{ProviderError, Providers};
 
 pub mod config;

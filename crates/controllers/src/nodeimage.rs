@@ -17,7 +17,7 @@ use ido_api::{
     condition::set_condition,
     nodeimage::{self, conditions},
 };
-use ido_engine::s3::node_image_key;
+use ido_io::s3::node_image_key;
 use ido_providers::{Progress, Provider, ProviderError, Template};
 use jiff::Timestamp;
 use tokio::sync::Mutex;
@@ -168,7 +168,7 @@ async fn find_source<S: Store>(
     ni: &NodeImage,
     provider: &Arc<dyn Provider>,
     was: NodeImageState,
-) -> Result<Result<ido_engine::s3::S3Object, Action>, Error> {
+) -> Result<Result<ido_io::s3::S3Object, Action>, Error> {
     let Some(source) = &ctx.source else {
         set_overall(
             ctx,
@@ -221,7 +221,7 @@ async fn round<S: Store>(
     ctx: &Context<S>,
     ni: NodeImage,
     provider: Arc<dyn Provider>,
-    object: ido_engine::s3::S3Object,
+    object: ido_io::s3::S3Object,
 ) -> Option<ProviderError> {
     let locations = provider.locations();
     let latest = Arc::new(Mutex::new(ni));
@@ -261,7 +261,7 @@ async fn distribute<S: Store>(
     latest: &Arc<Mutex<NodeImage>>,
     provider: Arc<dyn Provider>,
     loc: &str,
-    object: &ido_engine::s3::S3Object,
+    object: &ido_io::s3::S3Object,
 ) -> Result<(), ProviderError> {
     let image = latest.lock().await.spec.name.clone();
     let pid = provider.id();
@@ -331,7 +331,7 @@ async fn upload<S: Store>(
     provider: &Arc<dyn Provider>,
     loc: &str,
     image: &str,
-    object: &ido_engine::s3::S3Object,
+    object: &ido_io::s3::S3Object,
 ) -> Result<(Template, Option<(u64, Duration)>), ProviderError> {
     let pid = provider.id();
     let progress = Progress::default();

@@ -144,7 +144,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
         }
     }
     // Aborts what still runs and waits until it is dropped, so every guard has handed its
-    // clean-up to `ido_engine::cleanup` before this returns.
+    // clean-up to `ido_io::cleanup` before this returns.
     jobs.shutdown().await;
     if !ctx.tasks.shutdown(Duration::from_secs(60)).await {
         tracing::warn!("some imports did not stop within a minute");

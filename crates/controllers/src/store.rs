@@ -142,7 +142,7 @@ impl Event {
             type_: EventType::Normal,
             reason: reason.into(),
             action: action.into(),
-            message: ido_engine::redact::escape_controls(&message.into()),
+            message: ido_io::redact::escape_controls(&message.into()),
         }
     }
     /// A `Warning` event; control characters in `message` are escaped.
@@ -151,7 +151,7 @@ impl Event {
             type_: EventType::Warning,
             reason: reason.into(),
             action: action.into(),
-            message: ido_engine::redact::escape_controls(&message.into()),
+            message: ido_io::redact::escape_controls(&message.into()),
         }
     }
 }
@@ -164,7 +164,7 @@ pub fn status_of<K: Object>(obj: &K) -> serde_json::Result<Option<serde_json::Va
     fn escape(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::String(s) if s.chars().any(char::is_control) => {
-                *s = ido_engine::redact::escape_controls(s);
+                *s = ido_io::redact::escape_controls(s);
             }
             serde_json::Value::Array(a) => a.iter_mut().for_each(escape),
             serde_json::Value::Object(o) => o.values_mut().for_each(escape),

@@ -5,7 +5,7 @@
 //!       ▲                                  │                                     │
 //!       └──────── woken(key): the driver reconciles the object again ◀──────────┘
 //!   deletion ──cancel(key)──▶ the work is dropped (its guards hand their clean-up to
-//!                             ido_engine::cleanup) and the slot is emptied
+//!                             ido_io::cleanup) and the slot is emptied
 //! ```
 //!
 //! A reconciler starts the work and returns at once; while it runs, reconciles of the same
@@ -143,7 +143,7 @@ impl Tasks {
     }
 
     /// Cancels `key`'s task and waits until its work is dropped (its guards have handed
-    /// their clean-up to `ido_engine::cleanup`); an outcome not yet taken is dropped.
+    /// their clean-up to `ido_io::cleanup`); an outcome not yet taken is dropped.
     /// Returns whether a task was running.
     pub async fn cancel(&self, key: &TaskKey) -> bool {
         let ended = {

@@ -11,7 +11,7 @@ use ido_controllers::{
     file_store::FileStore,
     run::{Manifest, RunOptions, apply_desired, run},
 };
-use ido_engine::s3::node_image_key;
+use ido_io::s3::node_image_key;
 use ido_testkit::{
     fakes::{
         proxmox::FakeProxmox,

@@ -13,7 +13,7 @@ use ido_controllers::{
     file_store::FileStore,
     run::{Manifest, RunOptions, apply_desired, run},
 };
-use ido_engine::s3::node_image_key;
+use ido_io::s3::node_image_key;
 use ido_testkit::seaweed::{PUBLIC_BUCKET, SeaweedFs};
 use serde_json::json;
 
@@ -25,7 +25,7 @@ mod files {
     use std::path::PathBuf;
 
     use futures::StreamExt;
-    use ido_engine::s3::S3Object;
+    use ido_io::s3::S3Object;
     use ido_providers::{Progress, Provider, ProviderError, SourceFormat, Template};
     use tokio::io::AsyncWriteExt;
 

@@ -10,7 +10,7 @@ use ido_controllers::{
     file_store::FileStore,
     run::{Manifest, Report, RunOptions, apply_desired, run},
 };
-use ido_engine::s3::node_image_key;
+use ido_io::s3::node_image_key;
 use ido_testkit::{
     oracle::oracle_list_vms,
     ova::{OvaFixture, invalid_ova},

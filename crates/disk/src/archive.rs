@@ -167,7 +167,7 @@ pub async fn unpack(opts: ArchiveOptions) -> Result<UnpackReport> {
     // gone, it removes its staging directory) and the process waits for that.
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
-    let mut report = ido_engine::cleanup::spawn_blocking(move || run(opts, root, opened, stop))
+    let mut report = ido_io::cleanup::spawn_blocking(move || run(opts, root, opened, stop))
         .await
         .map_err(|e| Error::Io {
             context: "the unpacking thread".into(),

@@ -168,7 +168,7 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
     let mut report =
-        ido_engine::cleanup::spawn_blocking(move || run(opts, probe, opened, (record, window), map, stop))
+        ido_io::cleanup::spawn_blocking(move || run(opts, probe, opened, (record, window), map, stop))
             .await
             .map_err(|e| Error::Io {
                 context: "the conversion thread".into(),

@@ -72,7 +72,7 @@ pub use target::TargetSpec;
 #[non_exhaustive]
 pub enum Error {
     /// A user-supplied value is malformed (checksum, header, size, …).
-    #[error("invalid {field} \"{}\": {reason}", ido_engine::redact::url_str(value))]
+    #[error("invalid {field} \"{}\": {reason}", ido_io::redact::url_str(value))]
     InvalidArgument {
         /// Which argument.
         field: &'static str,
@@ -252,7 +252,7 @@ impl Error {
         // unwrap them so the caller sees the real variant.
         match source.downcast::<Error>() {
             Ok(inner) => inner,
-            Err(source) => match ido_engine::fetch::FetchError::from_io(source) {
+            Err(source) => match ido_io::fetch::FetchError::from_io(source) {
                 Ok(fetch) => fetch.into(),
                 Err(source) => Error::Io {
                     context: context.into(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use ido_disk::source::{RegistryOptions, S3Options};
 use ido_disk::{DiskFormat, ImportOptions, SourceSpec, TargetSpec, import};
-use ido_engine::s3::S3Credentials;
+use ido_io::s3::S3Credentials;
 use ido_oci::auth::AuthStore;
 use ido_testkit::oci_image::{Layout, push_layout};
 use ido_testkit::registry::{DockerRegistry, RegistryOptions as PeerOptions};

@@ -149,7 +149,7 @@ pub fn main() -> ExitCode {
     // Field values carry text from outside (a server's error body, a name inside an archive):
     // control characters are escaped, so no value can forge a log line or a terminal escape.
     let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        let v = ido_engine::redact::escape_controls(&format!("{value:?}"));
+        let v = ido_io::redact::escape_controls(&format!("{value:?}"));
         match field.name() {
             "message" => write!(w, "{v}"),
             name => write!(w, "{name}={v}"),
@@ -189,10 +189,7 @@ pub fn main() -> ExitCode {
         // The reader went away (`ido tags … | head`): stop quietly, as other tools do.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
-                "error: {}",
-                ido_engine::redact::escape_controls(&format!("{e:#}"))
-            );
+            eprintln!("error: {}", ido_io::redact::escape_controls(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     };
@@ -238,8 +235,8 @@ async fn supervise(cmd: Command, graceful: bool) -> (anyhow::Result<ExitCode>, O
             drop(work);
             Ok(ExitCode::FAILURE)
         };
-        let pending = ido_engine::cleanup::pending();
-        if !ido_engine::cleanup::finish(CLEANUP_LIMIT).await {
+        let pending = ido_io::cleanup::pending();
+        if !ido_io::cleanup::finish(CLEANUP_LIMIT).await {
             eprintln!("clean-up did not end within {CLEANUP_LIMIT:?} ({pending} task(s)); exiting anyway");
         }
         result
@@ -511,9 +508,9 @@ async fn show_progress<T>(
 /// An image reference, with or without skopeo's `docker://` transport.
 pub(crate) fn parse_reference(s: &str, what: &str) -> anyhow::Result<ido_oci::Reference> {
     let bare = s.strip_prefix("docker://").unwrap_or(s);
-    let shown = ido_engine::redact::text(&ido_engine::redact::userinfo(s));
+    let shown = ido_io::redact::text(&ido_io::redact::userinfo(s));
     if let Some((transport, _)) = bare.split_once("://") {
-        let transport = ido_engine::redact::escape_controls(transport);
+        let transport = ido_io::redact::escape_controls(transport);
         anyhow::bail!("{what} \"{shown}\": transport {transport:?} is not supported (only docker://)");
     }
     if bare.split('/').next().is_some_and(|host| host.contains('@')) {
@@ -522,5 +519,5 @@ pub(crate) fn parse_reference(s: &str, what: &str) -> anyhow::Result<ido_oci::Re
         );
     }
     ido_oci::reference::parse(bare)
-        .map_err(|e| anyhow::anyhow!("{what}: {}", ido_engine::redact::text(&e.to_string())))
+        .map_err(|e| anyhow::anyhow!("{what}: {}", ido_io::redact::text(&e.to_string())))
 }

@@ -3,7 +3,7 @@
 //! The first signal stops the command: `ido run` stops starting work and stops what runs,
 //! `ido operator` shuts down cleanly, the other commands are stopped where they are. What
 //! was half-made (an NFC lease and its VM, a Cloud Director upload, a partial import target)
-//! is cleaned up by its guard through `ido_engine::cleanup`, which is waited for, up to
+//! is cleaned up by its guard through `ido_io::cleanup`, which is waited for, up to
 //! [`CLEANUP_LIMIT`]. The process then exits 130 (SIGINT) or 143 (SIGTERM), as shells report
 //! a command a signal ended; `ido operator` exits 0 after a clean stop, as controllers do.
 //! A second signal exits at once.

@@ -246,7 +246,7 @@ pub(crate) fn parse_repository(s: &str) -> anyhow::Result<ido_oci::Reference> {
     if !bare.contains("://") && (last.contains(':') || last.contains('@')) {
         bail!(
             "REPO \"{}\": give the repository without tag or digest (use --pattern to select tags)",
-            ido_engine::redact::text(&ido_engine::redact::userinfo(s))
+            ido_io::redact::text(&ido_io::redact::userinfo(s))
         );
     }
     crate::cli::parse_reference(&format!("{s}:latest"), "REPO")

@@ -383,7 +383,7 @@ async fn the_chart_deployed_operator_imports_a_disk_into_a_host_path_volume() {
 /// into a template in each, and their deletion removes both, NodeImages included.
 #[tokio::test]
 async fn the_chart_deployed_operator_distributes_to_proxmox_and_cloud_director() {
-    use ido_engine::s3::node_image_key;
+    use ido_io::s3::node_image_key;
     use ido_testkit::fakes::{
         proxmox::FakeProxmox,
         vcd::{FakeVcd, FakeVcdOptions},

@@ -23,7 +23,7 @@ use std::{
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};
-use ido_engine::http::encode_unreserved;
+use ido_io::http::encode_unreserved;
 use reqwest::Url;
 use sha2::{Digest, Sha256};
 
@@ -94,12 +94,12 @@ impl IrsaConfig {
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
             url.map(Some).ok_or_else(|| Error::AwsEnv {
                 var: name,
-                reason: format!("{} is not an http(s) URL", ido_engine::redact::url_str(&v)),
+                reason: format!("{} is not an http(s) URL", ido_io::redact::url_str(&v)),
             })
         };
         let global = endpoint("AWS_ENDPOINT_URL")?;
         let http =
-            ido_engine::http::client(&Default::default(), "AWS endpoints").map_err(|e| Error::Invalid {
+            ido_io::http::client(&Default::default(), "AWS endpoints").map_err(|e| Error::Invalid {
                 field: "AWS client",
                 value: String::new(),
                 reason: e.to_string(),
@@ -367,7 +367,7 @@ async fn send(req: reqwest::RequestBuilder, step: &'static str, url: &Url) -> Re
         step,
         endpoint: endpoint_str(url),
         code: None,
-        message: ido_engine::error_chain(&e),
+        message: ido_io::error_chain(&e),
     };
     let res = req.send().await.map_err(failed)?;
     let status = res.status().as_u16();
@@ -376,7 +376,7 @@ async fn send(req: reqwest::RequestBuilder, step: &'static str, url: &Url) -> Re
 }
 
 fn endpoint_str(url: &Url) -> String {
-    ido_engine::redact::url(url)
+    ido_io::redact::url(url)
 }
 
 /// The error of a failed call: AWS's code and message, else the start of the body; with
@@ -397,7 +397,7 @@ fn aws_error(
             String::from_utf8_lossy(&body[..body.len().min(300)])
         ),
     };
-    let mut message = ido_engine::redact::escape_controls(&message);
+    let mut message = ido_io::redact::escape_controls(&message);
     for s in secrets.iter().filter(|s| s.len() >= 8) {
         message = message.replace(s, "<redacted>");
     }
@@ -414,7 +414,7 @@ fn aws_error(
 fn xml_texts<const N: usize>(body: &[u8], paths: [&[&str]; N]) -> [Option<String>; N] {
     let root = std::str::from_utf8(body)
         .ok()
-        .and_then(|t| ido_engine::xml::Node::parse(t.trim_start_matches('\u{feff}')).ok());
+        .and_then(|t| ido_io::xml::Node::parse(t.trim_start_matches('\u{feff}')).ok());
     paths.map(|p| {
         let node = root.as_ref()?.at(&p.join("/"))?;
         Some(node.text.trim().to_string())

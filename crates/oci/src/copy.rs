@@ -60,7 +60,7 @@ pub struct CopyReport {
 /// A copy's progress, readable while it runs (for a progress bar): the total is the bytes
 /// of the blobs to copy, `get` how many of them are done (streamed, or found present or
 /// mounted). A retried transfer takes its bytes back, so it never passes the total.
-pub use ido_engine::progress::Progress;
+pub use ido_io::progress::Progress;
 
 /// Copies `src_ref` on `src` to `dst_ref` on `dst`.
 ///

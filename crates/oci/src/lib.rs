@@ -54,7 +54,7 @@ pub enum Error {
     },
     /// The message holds the whole chain of causes; the error is kept for classification
     /// (not as `source`, so that a printed chain does not repeat it).
-    #[error("{what}: {}{}", ido_engine::error_chain(error), retry::hint(error))]
+    #[error("{what}: {}{}", ido_io::error_chain(error), retry::hint(error))]
     Registry {
         what: String,
         error: oci_client::errors::OciDistributionError,

@@ -10,7 +10,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use ido_engine::retry::retry_after;
+use ido_io::retry::retry_after;
 use oci_client::{
     Client, Reference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
@@ -106,9 +106,7 @@ impl Registry {
         auths: Arc<AuthStore>,
         concurrency: usize,
     ) -> Result<Self> {
-        if let Err(ido_engine::Error::Invalid { reason, .. }) =
-            ido_engine::http::require_crypto_provider("tls")
-        {
+        if let Err(ido_io::Error::Invalid { reason, .. }) = ido_io::http::require_crypto_provider("tls") {
             return Err(Error::Invalid {
                 field: "tls",
                 value: format!("for {host}"),
@@ -129,11 +127,11 @@ impl Registry {
                 data: pem.as_bytes().to_vec(),
             });
         }
-        let options = ido_engine::http::TlsOptions {
+        let options = ido_io::http::TlsOptions {
             insecure: !tls.verify,
             ca_bundle: tls.ca_bundle.clone(),
         };
-        let http = ido_engine::http::client(&options, "CA bundle").map_err(|e| Error::Invalid {
+        let http = ido_io::http::client(&options, "CA bundle").map_err(|e| Error::Invalid {
             field: "CA bundle",
             value: format!("for {host}"),
             reason: e.to_string(),
@@ -206,10 +204,10 @@ impl Registry {
         if let RegistryAuth::Basic(user, password) = self.auth() {
             req = req.basic_auth(user, Some(password));
         }
-        let realm = ido_engine::redact::url_str(&b.realm);
+        let realm = ido_io::redact::url_str(&b.realm);
         let failed = |e: reqwest::Error| TokenError::Transport {
             realm: realm.clone(),
-            message: ido_engine::error_chain(&e),
+            message: ido_io::error_chain(&e),
         };
         let res = req.send().await.map_err(failed)?;
         let status = res.status();
@@ -225,7 +223,7 @@ impl Registry {
             return Err(TokenError::Refused {
                 realm,
                 status: status.as_u16(),
-                message: ido_engine::redact::escape_controls(&message),
+                message: ido_io::redact::escape_controls(&message),
             });
         }
         json["token"]
@@ -567,7 +565,7 @@ impl Params {
         Client::try_from(config).map_err(|e| Error::Invalid {
             field: "registry client",
             value: self.host.clone(),
-            reason: ido_engine::error_chain(&e),
+            reason: ido_io::error_chain(&e),
         })
     }
 }
@@ -657,7 +655,7 @@ async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
         }
         Err(e) => e,
     };
-    let lower = |e: &reqwest::Error| ido_engine::error_chain(e).to_ascii_lowercase();
+    let lower = |e: &reqwest::Error| ido_io::error_chain(e).to_ascii_lowercase();
     let refused = |e: &reqwest::Error| lower(e).contains("connection refused");
     if verify {
         let chain = lower(&tls);

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use ido_engine::retry::RetryPolicy;
+use ido_io::retry::RetryPolicy;
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 
 /// How often a transient failure is retried.
@@ -93,20 +93,20 @@ pub(crate) fn hint(e: &OciDistributionError) -> &'static str {
     }
 }
 
-/// Whether another attempt may succeed ([`ido_engine::retry`]'s classification; a digest
+/// Whether another attempt may succeed ([`ido_io::retry`]'s classification; a digest
 /// mismatch is not transient here, it is retried once by the blob copy).
 pub(crate) fn transient(e: &OciDistributionError) -> bool {
     if let Some(code) = status(e) {
-        return ido_engine::retry::transient_status(code);
+        return ido_io::retry::transient_status(code);
     }
     match e {
-        OciDistributionError::RequestError(r) => ido_engine::retry::transient_request(r),
+        OciDistributionError::RequestError(r) => ido_io::retry::transient_request(r),
         OciDistributionError::IoError(io) => digest_mismatch(io).is_none(),
         _ => false,
     }
 }
 
-/// The engine's policy with this module's numbers: 0.5 s doubling, and a `Retry-After` up
+/// ido-io's policy with this module's numbers: 0.5 s doubling, and a `Retry-After` up
 /// to [`MAX_RETRY_AFTER`].
 const POLICY: RetryPolicy = RetryPolicy {
     attempts: RETRIES,

@@ -179,7 +179,7 @@ pub async fn list_tags(reg: &Registry, repo: &Reference) -> Result<Vec<String>> 
             if crate::reference::is_tag(&tag) {
                 out.push(tag);
             } else {
-                tracing::warn!(repository = %repo.whole(), tag = %ido_engine::redact::escape_controls(&tag), "the registry listed a name that is not a tag; skipped");
+                tracing::warn!(repository = %repo.whole(), tag = %ido_io::redact::escape_controls(&tag), "the registry listed a name that is not a tag; skipped");
             }
         }
         match next {

@@ -32,7 +32,7 @@ use ido_controllers::{
     config::{Config, ConfigError},
     metrics::Metrics,
 };
-use ido_engine::s3::S3Source;
+use ido_io::s3::S3Source;
 use ido_providers::Providers;
 use kube::{Client, runtime::events::Reporter};
 use tokio::sync::watch;

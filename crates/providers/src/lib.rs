@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ido_engine::s3::S3Object;
+use ido_io::s3::S3Object;
 
 pub mod kubevirt;
 pub mod proxmox;
@@ -35,7 +35,7 @@ impl SourceFormat {
 }
 
 /// Counts bytes sent to a provider during one upload; cheap to clone and read while it runs.
-pub use ido_engine::progress::Progress;
+pub use ido_io::progress::Progress;
 
 /// A template that exists in a location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,9 +110,9 @@ impl ProviderError {
     }
 }
 
-impl From<ido_engine::Error> for ProviderError {
-    fn from(e: ido_engine::Error) -> Self {
-        use ido_engine::Error as E;
+impl From<ido_io::Error> for ProviderError {
+    fn from(e: ido_io::Error) -> Self {
+        use ido_io::Error as E;
         match e {
             E::NotFound { .. } => Self::SourceMissing(e.to_string()),
             E::InvalidOva(_) => Self::InvalidImage(e.to_string()),
@@ -123,7 +123,7 @@ impl From<ido_engine::Error> for ProviderError {
             E::Denied { .. } | E::Http { .. } => Self::api(e),
             // A download that gave up (retries exhausted, unreachable, the object changed
             // under it): another round may succeed.
-            E::Transport { .. } | E::Io(_) | E::Fetch(_) => Self::Transport(ido_engine::error_chain(&e)),
+            E::Transport { .. } | E::Io(_) | E::Fetch(_) => Self::Transport(ido_io::error_chain(&e)),
         }
     }
 }

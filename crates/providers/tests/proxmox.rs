@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ido_engine::{
+use ido_io::{
     http::TlsOptions,
     s3::{S3Credentials, S3Location, S3Object, S3Source, node_image_key},
 };
@@ -51,7 +51,7 @@ impl World {
     }
 
     fn source(&self, bucket: &str) -> S3Source {
-        let http = ido_engine::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
+        let http = ido_io::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
         let credentials = (bucket == PRIVATE_BUCKET).then(|| S3Credentials {
             access_key_id: ACCESS_KEY.into(),
             secret_access_key: SECRET_KEY.into(),

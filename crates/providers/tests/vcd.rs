@@ -3,7 +3,7 @@
 
 use std::{path::Path, time::Duration};
 
-use ido_engine::{
+use ido_io::{
     http::TlsOptions,
     s3::{S3Location, S3Object, S3Source, node_image_key},
 };
@@ -33,7 +33,7 @@ impl World {
     async fn new(opts: FakeVcdOptions) -> Self {
         let vcd = FakeVcd::start(opts).await.expect("fake vcd");
         let s3 = SeaweedFs::shared().await.expect("seaweedfs");
-        let http = ido_engine::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
+        let http = ido_io::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
         let loc = S3Location {
             bucket: PUBLIC_BUCKET.into(),
             region: REGION.into(),
@@ -809,7 +809,7 @@ async fn child_imports_without_local_files() {
         upload_piece_size_mib: Some(1),
         ..Default::default()
     };
-    let http = ido_engine::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
+    let http = ido_io::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
     let source = S3Source::new(
         &S3Location {
             bucket: PUBLIC_BUCKET.into(),

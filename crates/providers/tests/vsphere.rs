@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ido_engine::{
+use ido_io::{
     http::TlsOptions,
     s3::{S3Location, S3Object, S3Source},
 };
@@ -41,7 +41,7 @@ impl World {
     async fn new(test: &str, opts: VcsimOptions) -> Self {
         let vcsim = Vcsim::start(opts).await.expect("vcsim");
         let s3 = SeaweedFs::shared().await.expect("seaweedfs");
-        let http = ido_engine::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
+        let http = ido_io::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
         let loc = S3Location {
             bucket: PUBLIC_BUCKET.into(),
             region: REGION.into(),
@@ -201,7 +201,7 @@ async fn a_push_continues_where_the_s3_transfer_was_cut() {
     let mut w = World::new("cut", VcsimOptions::default()).await;
     // The OVA is read through a proxy that resets its first GET midway through the disk.
     let proxy = FaultProxy::start(&w.s3.endpoint()).await.unwrap();
-    let http = ido_engine::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
+    let http = ido_io::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
     w.source = S3Source::new(
         &S3Location {
             bucket: PUBLIC_BUCKET.into(),

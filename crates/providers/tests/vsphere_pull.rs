@@ -5,7 +5,7 @@
 
 use std::{path::Path, process::Command};
 
-use ido_engine::{
+use ido_io::{
     http::TlsOptions,
     s3::{S3Credentials, S3Location, S3Object, S3Source},
 };
@@ -50,7 +50,7 @@ impl World {
 
     /// The bucket `bucket` of SeaweedFS, with the test keys for the private one.
     fn source(&self, bucket: &str) -> S3Source {
-        let http = ido_engine::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
+        let http = ido_io::http::client(&TlsOptions::default(), "s3.caBundle").unwrap();
         let credentials = (bucket == PRIVATE_BUCKET).then(|| S3Credentials {
             access_key_id: ACCESS_KEY.into(),
             secret_access_key: SECRET_KEY.into(),
@@ -316,7 +316,7 @@ async fn pull_over_https_pins_the_source_certificate() {
     let ova = OvaFixture::write(&file, "img-https", &[("disk-0.vmdk", 100_000)], "nic0")
         .await
         .unwrap();
-    let http = ido_engine::http::client(
+    let http = ido_io::http::client(
         &TlsOptions {
             insecure: false,
             ca_bundle: w.vcsim.ca_pem(),

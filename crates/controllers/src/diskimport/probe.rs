@@ -110,7 +110,7 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<Probed, ProbeE
 /// `url` without user info or query, for messages (a token in a query never shows), even
 /// when it does not parse.
 pub fn redact(url: &str) -> String {
-    ido_engine::redact::text(url)
+    ido_io::redact::text(url)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::sync::Mutex as StdMutex;
 
 use ido_api::{LocationState, NodeImageSpec};
-use ido_engine::s3::S3Object;
+use ido_io::s3::S3Object;
 use ido_providers::{Providers, SourceFormat, Template};
 
 use super::*;
@@ -219,7 +219,7 @@ async fn a_failed_deletion_keeps_the_finalizer_and_says_where() {
 }
 
 /// An S3 endpoint that has every object: it answers every request `200` with a few bytes.
-async fn s3_with_everything() -> ido_engine::s3::S3Source {
+async fn s3_with_everything() -> ido_io::s3::S3Source {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -243,15 +243,15 @@ async fn s3_with_everything() -> ido_engine::s3::S3Source {
         }
     });
     ido_testkit::install_crypto_provider();
-    let client = ido_engine::http::client(&Default::default(), "s3.caBundle").unwrap();
-    let loc = ido_engine::s3::S3Location {
+    let client = ido_io::http::client(&Default::default(), "s3.caBundle").unwrap();
+    let loc = ido_io::s3::S3Location {
         bucket: "images".into(),
         region: String::new(),
         endpoint: Some(endpoint),
         http: false,
         credentials: None,
     };
-    ido_engine::s3::S3Source::new(&loc, client).unwrap()
+    ido_io::s3::S3Source::new(&loc, client).unwrap()
 }
 
 /// The uploads run as a task, so the reconcile returns while they run; deleting the image

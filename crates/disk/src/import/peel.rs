@@ -277,7 +277,7 @@ fn check_name(source: &crate::source::SourceSpec, format: DiskFormat, layers: &[
             format: format.name(),
             reason: format!(
                 "{} is named like {} but its content is {content}; pass --format {} to import it as that",
-                ido_engine::redact::escape_controls(&name),
+                ido_io::redact::escape_controls(&name),
                 named
                     .into_iter()
                     .chain(named_layers.iter().copied())

@@ -1,10 +1,10 @@
-//! HTTP(S) source: the engine's resumable reader ([`ido_engine::fetch`]: Range resume,
+//! HTTP(S) source: ido-io's resumable reader ([`ido_io::fetch`]: Range resume,
 //! parallel ranged GETs, retries, validators) behind the import's options, its errors as
 //! the import's.
 
 use std::fmt;
 
-use ido_engine::fetch::{self, FetchError, FetchOptions, ResumeAt};
+use ido_io::fetch::{self, FetchError, FetchOptions, ResumeAt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
@@ -21,7 +21,7 @@ pub struct HttpOptions {
     /// Basic auth (takes precedence over credentials in the URL).
     pub basic_auth: Option<BasicAuth>,
     /// TLS verification and extra CA certificates.
-    pub tls: ido_engine::http::TlsOptions,
+    pub tls: ido_io::http::TlsOptions,
     /// Retry behaviour (per request stream: each chunk of a parallel download has its own
     /// count).
     pub retry: RetryPolicy,
@@ -34,7 +34,7 @@ pub struct HttpOptions {
     pub parallel_min: u64,
 }
 
-pub use ido_engine::fetch::{DEFAULT_CHUNK, DEFAULT_CONNECTIONS};
+pub use ido_io::fetch::{DEFAULT_CHUNK, DEFAULT_CONNECTIONS};
 
 impl HttpOptions {
     /// Defaults for `url`: no extra headers, no auth, platform roots, default retries.
@@ -83,15 +83,15 @@ impl fmt::Debug for HttpOptions {
 }
 
 /// Basic-auth credentials. `Debug` shows the user name only.
-pub use ido_engine::fetch::BasicAuth;
+pub use ido_io::fetch::BasicAuth;
 
-/// How failed requests and cut transfers are retried: the engine's one policy.
-pub use ido_engine::retry::RetryPolicy;
+/// How failed requests and cut transfers are retried: ido-io's one policy.
+pub use ido_io::retry::RetryPolicy;
 
 /// The URL without user info, query or fragment, for messages.
-pub use ido_engine::redact::url as redacted;
+pub use ido_io::redact::url as redacted;
 
-/// Opens the URL (see [`ido_engine::fetch::open`]): the first response is awaited here, the
+/// Opens the URL (see [`ido_io::fetch::open`]): the first response is awaited here, the
 /// body streams from a task. With `from`, an unchanged object continues at its offset.
 pub(super) async fn open(opts: &HttpOptions, from: Option<&ResumeFrom>) -> Result<Opened> {
     let f = fetch::open(&fetch_options(opts)?, from.map(resume_at).as_ref()).await?;
@@ -127,9 +127,9 @@ fn resume_at(r: &ResumeFrom) -> ResumeAt {
     }
 }
 
-/// The engine's options for `opts`: the client built once, the headers checked.
+/// ido-io's options for `opts`: the client built once, the headers checked.
 fn fetch_options(opts: &HttpOptions) -> Result<FetchOptions> {
-    let client = ido_engine::http::client(&opts.tls, "caBundle").map_err(|e| Error::InvalidArgument {
+    let client = ido_io::http::client(&opts.tls, "caBundle").map_err(|e| Error::InvalidArgument {
         field: "tls",
         value: "<tls settings>".into(),
         reason: e.to_string(),

@@ -280,7 +280,7 @@ async fn client(opts: &RegistryOptions, host: &str) -> Result<Client> {
         verify: opts.tls_verify,
         ca_bundle: opts.ca_bundle.clone(),
     };
-    // Credentials go with each request (`auth_for`), so the engine's store stays empty.
+    // Credentials go with each request (`auth_for`), so ido-io's store stays empty.
     let reg = ido_oci::registry::Registry::connect(host, &tls, Arc::new(AuthStore::default()), 1)
         .await
         .map_err(|e| Error::InvalidArgument {
@@ -415,7 +415,7 @@ impl Ctx {
                 }
             }
             OciDistributionError::RequestError(r) => {
-                let text = ido_engine::error_chain(&r.without_url());
+                let text = ido_io::error_chain(&r.without_url());
                 // TLS trouble does not go away by retrying: say so at once.
                 let lower = text.to_ascii_lowercase();
                 if [
@@ -448,7 +448,7 @@ impl Ctx {
             },
             other => Error::invalid(
                 "oci",
-                format!("{url}: {what}: {}", ido_engine::redact::text(&other.to_string())),
+                format!("{url}: {what}: {}", ido_io::redact::text(&other.to_string())),
             ),
         }
     }
@@ -927,7 +927,7 @@ mod tests {
     fn names_and_urls() {
         assert_eq!(normalize("./disk/a.qcow2"), "disk/a.qcow2");
         assert_eq!(normalize("/disk/"), "disk");
-        let s = ido_engine::redact::text("error at https://s3.example/b/k?X-Amz-Signature=abc, code 500");
+        let s = ido_io::redact::text("error at https://s3.example/b/k?X-Amz-Signature=abc, code 500");
         assert!(!s.contains("abc") && s.contains("https://s3.example/b/k"), "{s}");
     }
 }

@@ -3,7 +3,7 @@
 //! anonymously or with access keys.
 //!
 //! The object becomes an HTTP(S) URL (presigned with SigV4 when there are credentials,
-//! through `ido_engine::s3`) and is fetched by the HTTP source, so Range resume, parallel
+//! through `ido_io::s3`) and is fetched by the HTTP source, so Range resume, parallel
 //! ranged GETs, retries and validators all apply. The signature lives in the URL's query,
 //! which every message redacts (`http::redacted`); the secret key itself never leaves
 //! the signer.
@@ -11,7 +11,7 @@
 use std::fmt;
 use std::path::Path;
 
-use ido_engine::s3::{S3Credentials, S3Location, S3Source};
+use ido_io::s3::{S3Credentials, S3Location, S3Source};
 use url::Url;
 
 use super::{HttpOptions, Opened, ResumeFrom, http};
@@ -176,12 +176,11 @@ pub(super) fn ranges(opts: &S3Options, from: &ResumeFrom) -> Result<http::Ranges
 
 /// The HTTP options of the object's (presigned, for keys) URL.
 fn presigned(opts: &S3Options) -> Result<HttpOptions> {
-    let client =
-        ido_engine::http::client(&opts.http.tls, "caBundle").map_err(|e| Error::InvalidArgument {
-            field: "tls",
-            value: "<tls settings>".into(),
-            reason: e.to_string(),
-        })?;
+    let client = ido_io::http::client(&opts.http.tls, "caBundle").map_err(|e| Error::InvalidArgument {
+        field: "tls",
+        value: "<tls settings>".into(),
+        reason: e.to_string(),
+    })?;
     let loc = S3Location {
         bucket: opts.bucket.clone(),
         region: opts.region.clone(),
@@ -190,9 +189,7 @@ fn presigned(opts: &S3Options) -> Result<HttpOptions> {
         credentials: opts.credentials.clone(),
     };
     let source = S3Source::new(&loc, client).map_err(|e| match e {
-        ido_engine::Error::Invalid { field, value, reason } => {
-            Error::InvalidArgument { field, value, reason }
-        }
+        ido_io::Error::Invalid { field, value, reason } => Error::InvalidArgument { field, value, reason },
         other => Error::InvalidArgument {
             field: "s3",
             value: opts.to_string(),

@@ -1,6 +1,6 @@
 //! The OVF descriptor of an OVA: the disks it names, and the one imported.
 
-use ido_engine::ovf::{Descriptor, OvfDisk, OvfError};
+use ido_io::ovf::{Descriptor, OvfDisk, OvfError};
 
 use crate::{Error, Result};
 
@@ -15,7 +15,7 @@ pub(super) fn ovf_disk(ovf: &str) -> Result<Option<String>> {
     ovf_choose(ovf, None)
 }
 
-/// The disks an OVF names, in its order (the engine's one OVF reader): the files of its
+/// The disks an OVF names, in its order (ido-io's one OVF reader): the files of its
 /// `<Disk>` elements, else its `<File>` elements. A file outside the archive is refused.
 fn ovf_disks(ovf: &str) -> Result<Vec<OvfDisk>> {
     let refused = |e: OvfError| match e {

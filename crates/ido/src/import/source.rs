@@ -192,7 +192,7 @@ fn configure_s3(o: &mut ido_disk::source::S3Options, args: &ImportArgs) -> anyho
     o.credentials = if m.s3_anonymous {
         None
     } else if let (Some(a), Some(k)) = (&m.s3_access_key_file, &m.s3_secret_key_file) {
-        Some(ido_engine::s3::S3Credentials {
+        Some(ido_io::s3::S3Credentials {
             access_key_id: read_secret_file(a, "--s3-access-key-file")?,
             secret_access_key: read_secret_file(k, "--s3-secret-key-file")?,
         })

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use env::Env;
 use ido_api::Release;
 use ido_controllers::{Settings, config::Config, metrics::Metrics};
-use ido_engine::s3::{S3Object, S3Source};
+use ido_io::s3::{S3Object, S3Source};
 use ido_operator::{ContextParts, KubeStore};
 use ido_providers::{Progress, Provider, ProviderError, Providers, SourceFormat, Template};
 use kube::runtime::events::Reporter;

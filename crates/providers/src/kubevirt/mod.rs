@@ -29,7 +29,7 @@ use std::{
 
 use async_trait::async_trait;
 use ido_api::{DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, HttpSource, StorageSpec};
-use ido_engine::s3::S3Object;
+use ido_io::s3::S3Object;
 
 pub use self::config::{KubevirtConfig, KubevirtLocation};
 use crate::{Progress, Provider, ProviderError, Result, SourceFormat, Template};

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use ido_api::{ConditionStatus, DiskImportStatus, condition::Condition};
-use ido_engine::s3::{S3Location, S3Source};
+use ido_io::s3::{S3Location, S3Source};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -115,7 +115,7 @@ async fn s3_object() -> S3Object {
         credentials: None,
     };
     ido_testkit::install_crypto_provider();
-    let client = ido_engine::http::client(&Default::default(), "s3.caBundle").unwrap();
+    let client = ido_io::http::client(&Default::default(), "s3.caBundle").unwrap();
     S3Source::new(&loc, client)
         .unwrap()
         .object(&format!("capk/{IMAGE}/f.qcow2"))

@@ -201,7 +201,7 @@ pub fn as_bool(v: &Value) -> bool {
 
 /// A task log line with credentials and URL queries (presigned S3 URLs carry signatures)
 /// hidden, and control characters escaped.
-pub use ido_engine::redact::text as redact_urls;
+pub use ido_io::redact::text as redact_urls;
 
 #[cfg(test)]
 mod tests {

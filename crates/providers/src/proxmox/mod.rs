@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use ido_engine::{http::TlsOptions, s3::S3Object};
+use ido_io::{http::TlsOptions, s3::S3Object};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
@@ -105,7 +105,7 @@ impl ProxmoxProvider {
             insecure: c.insecure,
             ca_bundle: cfg.ca_bundle.clone(),
         };
-        let http = ido_engine::http::client(&tls, "proxmox.caBundle")?;
+        let http = ido_io::http::client(&tls, "proxmox.caBundle")?;
         let api = Client::new(http, c.api_url()?, c.token_name(), &c.secret).ok_or_else(|| {
             ProviderError::Config {
                 key: "proxmox.credentials".into(),
@@ -278,7 +278,7 @@ pub(crate) async fn sidecar_sha256(source: &S3Object) -> Result<Option<String>> 
     let sidecar = source.sibling(&format!("{}.sha256", source.key()));
     let mut stream = match sidecar.get().await {
         Ok(s) => s,
-        Err(ido_engine::Error::NotFound { .. }) => return Ok(None),
+        Err(ido_io::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let mut text = Vec::new();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 pub use super::types::{Catalog, File, Task, TaskStatus, Template, TemplateRecord, encode, id_of};
 use super::{client::Client, error::VcdError};
-use ido_engine::xml::Node;
+use ido_io::xml::Node;
 
 /// Media type of the upload parameters (`POST <catalog>/action/upload`).
 pub const UPLOAD_PARAMS_TYPE: &str = "application/vnd.vmware.vcloud.uploadVAppTemplateParams+xml";
@@ -158,7 +158,7 @@ pub async fn set_metadata(client: &Client, href: &str, key: &str, value: &str) -
             r#"<MetadataValue xmlns="http://www.vmware.com/vcloud/v1.5" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">"#,
             r#"<TypedValue xsi:type="MetadataStringValue"><Value>{}</Value></TypedValue></MetadataValue>"#
         ),
-        ido_engine::xml::escape(value)
+        ido_io::xml::escape(value)
     );
     let what = format!("PUT metadata {key:?} of {href}");
     let answer = client.put_xml(&what, &url, METADATA_VALUE_TYPE, &body).await?;

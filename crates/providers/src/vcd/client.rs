@@ -25,7 +25,7 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::error::{VcdError, check};
-use ido_engine::xml::Node;
+use ido_io::xml::Node;
 
 /// Oldest API version this client speaks.
 pub const MIN_VERSION: (u32, u32) = (37, 0);

@@ -264,7 +264,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
-use ido_engine::redact::userinfo as redact_userinfo;
+use ido_io::redact::userinfo as redact_userinfo;
 
 fn de_locations<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, VcdLocation>, D::Error> {
     parse_locations(Option::<Value>::deserialize(d)?).map_err(D::Error::custom)

@@ -2,7 +2,7 @@
 
 use reqwest::Response;
 
-use ido_engine::{error_chain, xml::Node};
+use ido_io::{error_chain, xml::Node};
 
 use crate::ProviderError;
 

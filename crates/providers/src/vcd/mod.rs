@@ -15,8 +15,8 @@
 //! uploads with the metadata `ido.managed-by = ido` (on the catalog item as soon as it exists,
 //! and on the finished template). A marked template of that name whose upload failed or never
 //! finished is a leftover: `exists` removes it and reports the template absent. A template of
-//! that name without the mark is a [`ProviderError::NameClash`]: never removed. XML is read with the engine's namespace-aware tree
-//! ([`ido_engine::xml`]).
+//! that name without the mark is a [`ProviderError::NameClash`]: never removed. XML is read with ido-io's namespace-aware tree
+//! ([`ido_io::xml`]).
 
 pub mod api;
 pub mod client;
@@ -33,7 +33,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use ido_engine::{http::TlsOptions, s3::S3Object};
+use ido_io::{http::TlsOptions, s3::S3Object};
 
 use self::{api::Catalog, client::Login, upload::Upload};
 pub use self::{
@@ -75,7 +75,7 @@ impl VcdProvider {
             insecure: cfg.credentials.insecure,
             ca_bundle: cfg.ca_bundle.clone(),
         };
-        let http = ido_engine::http::client(&tls, "vcd.caBundle")?;
+        let http = ido_io::http::client(&tls, "vcd.caBundle")?;
         let login = Login {
             org: cfg.credentials.org.trim().to_string(),
             username: cfg.credentials.username.trim().to_string(),

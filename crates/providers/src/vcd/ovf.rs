@@ -1,7 +1,7 @@
-//! The OVF descriptor as Cloud Director takes it: the engine's reader
-//! ([`ido_engine::ovf`]) and what VCD refuses on top of it.
+//! The OVF descriptor as Cloud Director takes it: ido-io's reader
+//! ([`ido_io::ovf`]) and what VCD refuses on top of it.
 
-use ido_engine::ovf::{Descriptor, OvfError, OvfFile};
+use ido_io::ovf::{Descriptor, OvfError, OvfFile};
 
 /// Why VCD cannot take a descriptor.
 #[derive(Debug, thiserror::Error)]

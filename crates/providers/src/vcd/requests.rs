@@ -8,7 +8,7 @@ use super::{
     client::{Client, Use, read_xml},
     error::VcdError,
 };
-use ido_engine::xml::Node;
+use ido_io::xml::Node;
 
 impl Client {
     /// GET an entity or query.

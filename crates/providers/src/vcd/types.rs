@@ -2,7 +2,7 @@
 //! from their XML, and the small helpers for hrefs and filter values.
 
 use super::error::{VcdError, error_of};
-use ido_engine::xml::Node;
+use ido_io::xml::Node;
 
 /// A catalog, resolved: where to upload and which org owns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,7 +226,7 @@ pub fn id_of(href: &str) -> &str {
 }
 
 /// Percent-encodes a filter value (everything but RFC 3986 unreserved characters).
-pub use ido_engine::http::encode_unreserved as encode;
+pub use ido_io::http::encode_unreserved as encode;
 
 #[cfg(test)]
 mod tests {

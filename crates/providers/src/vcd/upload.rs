@@ -23,7 +23,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use ido_engine::{
+use ido_io::{
     ova::{OvaMember, OvaReader},
     s3::S3Object,
 };
@@ -35,8 +35,8 @@ use super::{
     error::VcdError,
     ovf,
 };
-use ido_engine::ovf::OvfFile;
-use ido_engine::xml::escape;
+use ido_io::ovf::OvfFile;
+use ido_io::xml::escape;
 
 use crate::{MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, ProviderError, Result};
 
@@ -77,7 +77,7 @@ pub async fn upload_ova(
         0 => descriptor,
         hw => {
             let (patched, n) =
-                ido_engine::ovf::set_hardware_version(&descriptor, hw).map_err(|e| invalid(e.to_string()))?;
+                ido_io::ovf::set_hardware_version(&descriptor, hw).map_err(|e| invalid(e.to_string()))?;
             if n == 0 {
                 tracing::warn!(
                     template = up.name,
@@ -348,7 +348,7 @@ impl Drop for Pending {
         }
         let (client, href) = (self.client.clone(), self.href.clone());
         tracing::warn!(%href, "upload abandoned; removing the template");
-        ido_engine::cleanup::spawn(async move {
+        ido_io::cleanup::spawn(async move {
             if let Err(e) = api::remove_template(&client, &href).await {
                 tracing::warn!(%href, error = %e, "could not remove an abandoned upload");
             }

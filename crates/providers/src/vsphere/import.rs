@@ -28,7 +28,7 @@ use std::{
 };
 
 use futures::TryStreamExt;
-use ido_engine::{ova::OvaReader, s3::S3Object};
+use ido_io::{ova::OvaReader, s3::S3Object};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
 use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
@@ -366,7 +366,7 @@ impl Drop for Pending {
             self.vm.clone(),
             self.path.clone(),
         );
-        ido_engine::cleanup::spawn(async move { cleanup(&client, &lease, vm.as_ref(), &path).await });
+        ido_io::cleanup::spawn(async move { cleanup(&client, &lease, vm.as_ref(), &path).await });
     }
 }
 

@@ -84,7 +84,7 @@ pub fn mark_entries(image: &str) -> [(&'static str, String); 2] {
 #[derive(Debug, thiserror::Error)]
 pub enum MarkError {
     #[error("import spec is not XML: {0}")]
-    Xml(#[from] ido_engine::xml::XmlError),
+    Xml(#[from] ido_io::xml::XmlError),
     #[error("the import spec ({0}) has no configSpec: only OVFs of one virtual machine can be imported")]
     NotOneVm(String),
     #[error("the OVF sets extraConfig {0:?} itself, which ido reserves for its mark")]

@@ -26,7 +26,7 @@ pub mod xml;
 use std::{collections::BTreeMap, fmt, time::Duration};
 
 use async_trait::async_trait;
-use ido_engine::{http::TlsOptions, s3::S3Object};
+use ido_io::{http::TlsOptions, s3::S3Object};
 use serde::Deserialize;
 use url::Url;
 
@@ -249,7 +249,7 @@ impl VsphereConfig {
     }
 }
 
-use ido_engine::redact::userinfo as redact_userinfo;
+use ido_io::redact::userinfo as redact_userinfo;
 
 /// What vSphere did that an import cannot go on from (besides the SOAP errors).
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +305,7 @@ impl VsphereProvider {
             insecure: cfg.insecure,
             ca_bundle: cfg.ca_bundle.clone(),
         };
-        let http = ido_engine::http::client(&tls, "vsphere.caBundle")?;
+        let http = ido_io::http::client(&tls, "vsphere.caBundle")?;
         let login = Login {
             username: cfg.credentials.username.clone(),
             password: cfg.credentials.password.clone(),

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use ido_engine::{ova::OvaReader, s3::S3Object};
+use ido_io::{ova::OvaReader, s3::S3Object};
 use sha1::{Digest, Sha1};
 use url::Url;
 
@@ -73,8 +73,8 @@ impl From<SoapError> for PullError {
     }
 }
 
-impl From<ido_engine::Error> for PullError {
-    fn from(e: ido_engine::Error) -> Self {
+impl From<ido_io::Error> for PullError {
+    fn from(e: ido_io::Error) -> Self {
         Self::Failed(e.into())
     }
 }
@@ -198,7 +198,7 @@ pub async fn ssl_thumbprint(url: &Url) -> Result<String> {
     origin.set_fragment(None);
     let _ = origin.set_username("");
     let _ = origin.set_password(None);
-    ido_engine::http::require_crypto_provider("s3.endpoint")?;
+    ido_io::http::require_crypto_provider("s3.endpoint")?;
     let http = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .tls_info(true)

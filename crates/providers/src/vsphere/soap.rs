@@ -152,7 +152,7 @@ impl SoapError {
 }
 
 /// An error and its sources on one line (reqwest hides the TLS reason in the sources).
-pub use ido_engine::error_chain;
+pub use ido_io::error_chain;
 
 /// One `<METHODResponse>` element and the text it was parsed from.
 #[derive(Debug)]

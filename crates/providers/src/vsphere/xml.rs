@@ -1,10 +1,10 @@
 //! XML of the vim25 client: managed object references, request bodies (a writer that escapes
 //! every text and attribute value) and SOAP envelopes, over the element tree of
-//! [`ido_engine::xml`].
+//! [`ido_io::xml`].
 
 use std::fmt;
 
-pub use ido_engine::xml::{Attr, Node, XSI, escape};
+pub use ido_io::xml::{Attr, Node, XSI, escape};
 
 /// Namespace of the vim25 API.
 pub const VIM25: &str = "urn:vim25";

@@ -191,15 +191,15 @@ async fn the_kubevirt_provider_imports_through_disk_imports_in_the_store() {
 struct S3Location(String);
 
 impl S3Location {
-    fn object(&self, key: &str) -> ido_engine::s3::S3Object {
-        let loc = ido_engine::s3::S3Location {
+    fn object(&self, key: &str) -> ido_io::s3::S3Object {
+        let loc = ido_io::s3::S3Location {
             bucket: "images".into(),
             region: String::new(),
             endpoint: Some(self.0.clone()),
             http: false,
             credentials: None,
         };
-        let client = ido_engine::http::client(&Default::default(), "s3.caBundle").unwrap();
-        ido_engine::s3::S3Source::new(&loc, client).unwrap().object(key)
+        let client = ido_io::http::client(&Default::default(), "s3.caBundle").unwrap();
+        ido_io::s3::S3Source::new(&loc, client).unwrap().object(key)
     }
 }

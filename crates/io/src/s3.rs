@@ -237,7 +237,7 @@ impl S3Object {
         Ok(Some(ObjectInfo { size, etag }))
     }
 
-    /// Streams the object's bytes through the engine's resumable reader ([`crate::fetch`]):
+    /// Streams the object's bytes through ido-io's resumable reader ([`crate::fetch`]):
     /// a transfer cut midway continues where it stopped (`Range` with `If-Range`), a large
     /// object comes over parallel ranged GETs, and a changed object fails rather than mixing
     /// two versions. `Err(NotFound)` for a missing object.

@@ -1,4 +1,5 @@
-//! The streaming engine: where image bytes come from and how they are read on the way.
+//! The I/O layer every ido crate shares: where image bytes come from and how they are read
+//! on the way.
 //!
 //! - [`fetch`]: the resumable, parallel ranged HTTP(S) reader every download goes through.
 //! - [`http`]: one place that builds HTTP clients (TLS on by default, CA bundles, timeouts).
@@ -22,7 +23,7 @@ pub mod retry;
 pub mod s3;
 pub mod xml;
 
-/// Errors of the engine's sources and readers.
+/// Errors of ido-io's sources and readers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid {field} {value:?}: {reason}")]
