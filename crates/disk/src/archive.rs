@@ -48,10 +48,7 @@
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, atomic::AtomicBool};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{CWD, Mode, OFlags};
@@ -163,27 +160,12 @@ pub async fn unpack(opts: ArchiveOptions) -> Result<UnpackReport> {
     // The target first: a wrong one fails before the source is asked for anything.
     let root = open_root(&opts.target)?;
     let opened = source::open(&opts.source, None).await?;
-    // Tracked: when this future is dropped (Ctrl-C), the thread still ends (its source
-    // gone, it removes its staging directory) and the process waits for that.
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_on_drop = StopOnDrop(stop.clone());
-    let mut report = ido_io::cleanup::spawn_blocking(move || run(opts, root, opened, stop))
-        .await
-        .map_err(|e| Error::Io {
-            context: "the unpacking thread".into(),
-            source: io::Error::other(e.to_string()),
-        })??;
+    // If this future is dropped (Ctrl-C), the thread still ends: its source gone, it removes
+    // its staging directory.
+    let mut report =
+        crate::worker::on_worker("the unpacking thread", move |stop| run(opts, root, opened, stop)).await?;
     report.elapsed = start.elapsed();
     Ok(report)
-}
-
-/// Tells the unpacking thread to stop when the future is dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Opens the target directory (a symbolic link given as the target itself is followed: it

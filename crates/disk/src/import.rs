@@ -1,10 +1,7 @@
 //! The import pipeline: open the source, peel layers, check the size, convert, verify.
 
 use std::io::{self, Read};
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, atomic::AtomicBool};
 use std::time::{Duration, Instant};
 
 use crate::checksum::{Checksum, Hasher};
@@ -163,28 +160,14 @@ pub async fn import(opts: ImportOptions) -> Result<ImportReport> {
         other => other,
     };
     let opened = source::open(&opts.source, from.as_ref()).await?;
-    // Tracked: when this future is dropped (Ctrl-C), the thread still ends the import (its
-    // source gone, it removes or suspends the target) and the process waits for that.
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_on_drop = StopOnDrop(stop.clone());
-    let mut report =
-        ido_io::cleanup::spawn_blocking(move || run(opts, probe, opened, (record, window), map, stop))
-            .await
-            .map_err(|e| Error::Io {
-                context: "the conversion thread".into(),
-                source: io::Error::other(e.to_string()),
-            })??;
+    // If this future is dropped (Ctrl-C), the thread still ends the import: its source
+    // gone, it removes or suspends the target.
+    let mut report = crate::worker::on_worker("the conversion thread", move |stop| {
+        run(opts, probe, opened, (record, window), map, stop)
+    })
+    .await?;
     report.elapsed = start.elapsed();
     Ok(report)
-}
-
-/// Tells the conversion thread to stop when the import future is dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Reads a qcow2's header and tables from the source for a run that continues at

@@ -57,6 +57,7 @@ mod vdi;
 mod vhd;
 mod vhdx;
 mod vmdk;
+mod worker;
 
 pub use archive::{ArchiveOptions, SpecialFiles, UnpackReport, unpack};
 pub use checksum::{Algorithm, Checksum};
