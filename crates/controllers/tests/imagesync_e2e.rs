@@ -760,3 +760,53 @@ async fn a_pass_runs_as_a_task_and_goes_with_its_object() {
     assert!(!ctx.tasks.occupied(&key), "the pass and its outcome are gone");
     assert!(proxy.counts().requests >= 1, "the pass had begun");
 }
+
+#[tokio::test]
+async fn a_pass_stops_at_its_next_progress_write_once_its_object_is_deleted() {
+    use ido_controllers::tasks::TaskKey;
+    use ido_testkit::fault_proxy::{Fault, FaultProxy, Rule};
+
+    let (src, dst) = tokio::join!(
+        DockerRegistry::start(RegistryOptions {
+            tls: false,
+            auth: None,
+        }),
+        DockerRegistry::start(RegistryOptions {
+            tls: true,
+            auth: Some(("pusher".into(), DST_PW.into())),
+        })
+    );
+    let (src, dst) = (src.unwrap(), dst.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    push_tags(&src, "team/app", &["1.0.0", "2.0.0", "3.0.0"], dir.path()).await;
+    // About 6 s a tag, one at a time: the first progress write comes after the first tag.
+    let proxy = FaultProxy::start(&src.base_url()).await.unwrap();
+    proxy.set_rules(vec![
+        Rule::new(Fault::Throttle { bytes_per_sec: 800 })
+            .method("GET")
+            .path("/blobs/"),
+    ]);
+    let mut doc = image_sync("three", &src, &dst, json!({"concurrency": 1}));
+    doc["spec"]["source"] = json!({"name": format!("docker://{}/team/app", proxy.host()),
+                                   "version": ">=1.0.0", "tlsVerify": false});
+    let mut docs = secrets(&src, &dst);
+    docs.push(doc);
+    let (store, ctx) = context(dir.path());
+    apply_desired(&store, &manifests(dir.path(), &docs))
+        .await
+        .unwrap();
+    let is = get(&store, "three").await;
+    let key = TaskKey::of(&is);
+    imagesync::reconcile(&is, &ctx).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Deleted with no driver to cancel the pass (as in the operator, where a deleted
+    // ImageSync is not reconciled): the pass notices at its next progress write.
+    store.delete(&is).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(12), ctx.tasks.ended(&key))
+        .await
+        .expect("the pass stopped after its first tag, not after all three");
+    assert!(
+        skopeo_raw(&dst, "mirror/app:1.0.0", dir.path()).await.is_err(),
+        "the last tag was never copied"
+    );
+}

@@ -36,13 +36,9 @@ pub(super) async fn pass<S: Store, K: SyncKind>(
     let (known, verified) =
         destination_digests(is, plan, &prepared, &previous, same_generation, &entries, &todo).await;
 
-    let mut current = is.clone();
-    if !todo.is_empty() {
-        let msg = format!("syncing {} tag(s) to {}", todo.len(), plan.destination.display());
-        if let Some(o) = write_progress(ctx, &current, &entries, prepared.matched, &msg).await? {
-            current = o;
-        }
-    }
+    let Some(mut current) = announce(ctx, is, plan, &prepared, &entries, todo.len()).await? else {
+        return Ok(gone(is));
+    };
     let tally = copy_tags(
         ctx,
         plan,
@@ -54,6 +50,9 @@ pub(super) async fn pass<S: Store, K: SyncKind>(
         &mut current,
     )
     .await?;
+    if tally.gone {
+        return Ok(gone(is));
+    }
     if !tally.failed.is_empty() {
         count_failure(ctx, &labels, reasons::COPY_FAILED);
     }
@@ -85,6 +84,32 @@ pub(super) async fn pass<S: Store, K: SyncKind>(
         object,
         next_sync: next,
     })
+}
+
+/// Writes that `count` tags are being synced (nothing when none is): the object as stored,
+/// `None` if it was deleted.
+async fn announce<S: Store, K: SyncKind>(
+    ctx: &Context<S>,
+    is: &K,
+    plan: &Plan,
+    prepared: &Prepared,
+    entries: &[TagStatus],
+    count: usize,
+) -> Result<Option<K>, Error> {
+    if count == 0 {
+        return Ok(Some(is.clone()));
+    }
+    let msg = format!("syncing {count} tag(s) to {}", plan.destination.display());
+    write_progress(ctx, is, entries, prepared.matched, &msg).await
+}
+
+/// The object was deleted during the pass: it stops (the copies in flight are dropped).
+fn gone<K: SyncKind>(is: &K) -> PassOutcome<K> {
+    tracing::info!(object = %is.meta().name.as_deref().unwrap_or_default(), "deleted during its pass: the pass stops");
+    PassOutcome {
+        object: None,
+        next_sync: None,
+    }
 }
 
 /// Whether a pass that ended so failed: the next one is due as after a failure.
@@ -243,6 +268,8 @@ pub(super) struct Tally {
     bytes: u64,
     /// `(tag, message)` of the copies that failed.
     failed: Vec<(String, String)>,
+    /// The object was deleted meanwhile: the copying stopped.
+    gone: bool,
 }
 
 /// Copies the `todo` entries, `concurrency` tags at once, recording each result in its entry
@@ -273,6 +300,7 @@ pub(super) async fn copy_tags<S: Store, K: SyncKind>(
     let mut last_write = Instant::now();
     let (mut copied, mut bytes, mut done) = (vec![], 0u64, 0usize);
     let mut failed: Vec<(String, String)> = vec![];
+    let mut gone = false;
     while let Some((i, r, took)) = results.next().await {
         done += 1;
         let e = &mut entries[i];
@@ -308,8 +336,12 @@ pub(super) async fn copy_tags<S: Store, K: SyncKind>(
         count_copy(ctx, labels, result, took);
         if last_write.elapsed() >= PROGRESS_EVERY && done < todo.len() {
             let msg = format!("synced {done} of {} tag(s)", todo.len());
-            if let Some(o) = write_progress(ctx, current, entries, prepared.matched, &msg).await? {
-                *current = o;
+            match write_progress(ctx, current, entries, prepared.matched, &msg).await? {
+                Some(o) => *current = o,
+                None => {
+                    gone = true;
+                    break;
+                }
             }
             last_write = Instant::now();
         }
@@ -319,6 +351,7 @@ pub(super) async fn copy_tags<S: Store, K: SyncKind>(
         copied,
         bytes,
         failed,
+        gone,
     })
 }
 
@@ -391,6 +424,7 @@ pub(super) async fn report_pass<S: Store, K: SyncKind>(
         copied,
         bytes,
         failed,
+        gone: _,
     } = tally;
     let source = plan.source.display();
     let dest = plan.destination.display();
