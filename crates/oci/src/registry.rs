@@ -7,20 +7,26 @@
 //! blob client holds none, and manifests are fetched with a plain GET here (oci-client's
 //! manifest pulls always store credentials), which also lets the engine read `Retry-After`.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ido_io::retry::retry_after;
 use oci_client::{
     Client, Reference,
-    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
+    client::{Certificate, CertificateEncoding},
     errors::OciDistributionError,
     secrets::RegistryAuth,
 };
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::{Error, Result, auth::AuthStore, media::ACCEPTED, retry::Attempt};
+
+mod probe;
+mod token;
+
+use probe::{Params, Probe, probe};
+pub(crate) use token::{Bearer, TokenError};
 
 /// TLS settings of a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,21 +88,6 @@ pub const DEFAULT_CONCURRENCY: usize = 6;
 
 /// The largest manifest fetched (registries commonly refuse more than 4 MiB).
 const MANIFEST_MAX: usize = 4 << 20;
-
-/// Why the token server gave no token (its own message, when it said one).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TokenError {
-    #[error("token server {realm}: {message}")]
-    Transport { realm: String, message: String },
-    #[error("the token server {realm} refused the credentials: HTTP {status}: {message}")]
-    Refused {
-        realm: String,
-        status: u16,
-        message: String,
-    },
-    #[error("token server {realm}: no token in its answer")]
-    NoToken { realm: String },
-}
 
 impl Registry {
     /// Prepares `host` (e.g. `127.0.0.1:5000`, `docker.io`), see the module docs.
@@ -386,48 +377,6 @@ impl Registry {
         format!("{scheme}://{}{path}", self.host)
     }
 
-    /// The `Authorization` a pull of `repo` needs: a bearer token from the registry's token
-    /// server, basic credentials, or none (an open registry).
-    pub(crate) async fn pull_authorization(
-        &self,
-        repo: &Reference,
-    ) -> std::result::Result<Option<HeaderValue>, OciDistributionError> {
-        self.authorization(repo, "pull").await
-    }
-
-    /// The `Authorization` for `actions` (`pull`, `pull,push`) on `repo`.
-    async fn authorization(
-        &self,
-        repo: &Reference,
-        actions: &str,
-    ) -> std::result::Result<Option<HeaderValue>, OciDistributionError> {
-        if self.open {
-            return Ok(None);
-        }
-        let value = if self.bearer.is_some() {
-            let scope = format!("repository:{}:{actions}", repo.repository());
-            match self.token(&[scope]).await {
-                Ok(Some(token)) => format!("Bearer {token}"),
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(OciDistributionError::AuthenticationFailure(e.to_string())),
-            }
-        } else {
-            match self.auth() {
-                RegistryAuth::Basic(user, password) => {
-                    use base64::Engine as _;
-                    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                    format!("Basic {pair}")
-                }
-                _ => return Ok(None),
-            }
-        };
-        let mut v = HeaderValue::from_str(&value).map_err(|_| {
-            OciDistributionError::GenericError(Some("a token that is not a header value".into()))
-        })?;
-        v.set_sensitive(true);
-        Ok(Some(v))
-    }
-
     /// Puts `bytes` as the manifest `r` names (a tag or a digest). Any 2xx is success, with
     /// or without the `Location` the specification asks for (some registries, ECR among
     /// them, leave it out).
@@ -534,176 +483,6 @@ fn next_link(header: &str) -> Option<String> {
             })
             .then(|| target.to_string())
     })
-}
-
-/// What the oci-client clients of a registry are built from.
-struct Params {
-    host: String,
-    plain: bool,
-    verify: bool,
-    extra: Vec<Certificate>,
-    concurrency: usize,
-}
-
-impl Params {
-    fn client(&self, monolithic: bool) -> Result<Client> {
-        let config = ClientConfig {
-            protocol: if self.plain {
-                ClientProtocol::HttpsExcept(vec![self.host.clone()])
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: !self.verify,
-            use_monolithic_push: monolithic,
-            extra_root_certificates: self.extra.clone(),
-            max_concurrent_upload: self.concurrency,
-            max_concurrent_download: self.concurrency,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
-            ..ClientConfig::default()
-        };
-        Client::try_from(config).map_err(|e| Error::Invalid {
-            field: "registry client",
-            value: self.host.clone(),
-            reason: ido_io::error_chain(&e),
-        })
-    }
-}
-
-/// What `GET /v2/` told about a registry.
-struct Probe {
-    /// It does not speak TLS (only looked for with verification off).
-    plain: bool,
-    /// It answered 200 without `WWW-Authenticate`.
-    open: bool,
-    /// Why it cannot be used, when another try would not change it: nothing listens, it
-    /// speaks plain HTTP to a client that wants TLS, its certificate does not verify.
-    unreachable: Option<String>,
-    /// Its `WWW-Authenticate: Bearer realm=…,service=…` challenge: a token registry.
-    bearer: Option<Bearer>,
-}
-
-/// Where a token registry's tokens come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Bearer {
-    realm: String,
-    service: Option<String>,
-}
-
-impl Bearer {
-    /// The `Bearer` challenge of a `WWW-Authenticate` value, if it is one.
-    fn parse(header: &str) -> Option<Self> {
-        let h = header.trim();
-        let rest = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))?;
-        let (mut realm, mut service) = (None, None);
-        let mut rest = rest.trim_start();
-        // key=value or key="value" pairs apart by commas (quoted values may hold commas).
-        while !rest.is_empty() {
-            let eq = rest.find('=')?;
-            let key = rest[..eq].trim().to_ascii_lowercase();
-            let after = &rest[eq + 1..];
-            let (value, tail) = match after.strip_prefix('"') {
-                Some(q) => {
-                    let end = q.find('"')?;
-                    (&q[..end], &q[end + 1..])
-                }
-                None => {
-                    let end = after.find(',').unwrap_or(after.len());
-                    (after[..end].trim(), &after[end..])
-                }
-            };
-            match key.as_str() {
-                "realm" => realm = Some(value.to_string()),
-                "service" => service = Some(value.to_string()),
-                _ => {}
-            }
-            rest = tail.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
-        }
-        Some(Self {
-            realm: realm?,
-            service,
-        })
-    }
-}
-
-/// `GET https://host/v2/` (and `http://` if that fails and verification is off). A failure
-/// another try may get past (a timeout, a reset) leaves the defaults (TLS, not open): the
-/// copy's own requests then retry and report it.
-async fn probe(http: &reqwest::Client, host: &str, verify: bool) -> Probe {
-    let is_open = |r: &reqwest::Response| {
-        r.status() == reqwest::StatusCode::OK && !r.headers().contains_key(WWW_AUTHENTICATE)
-    };
-    let bearer = |r: &reqwest::Response| {
-        r.headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Bearer::parse)
-    };
-    let get = |scheme: &str| {
-        http.get(format!("{scheme}://{host}/v2/"))
-            .timeout(Duration::from_secs(20))
-            .send()
-    };
-    let tls = match get("https").await {
-        Ok(r) => {
-            return Probe {
-                plain: false,
-                open: is_open(&r),
-                unreachable: None,
-                bearer: bearer(&r),
-            };
-        }
-        Err(e) => e,
-    };
-    let lower = |e: &reqwest::Error| ido_io::error_chain(e).to_ascii_lowercase();
-    let refused = |e: &reqwest::Error| lower(e).contains("connection refused");
-    if verify {
-        let chain = lower(&tls);
-        let unreachable = if refused(&tls) {
-            Some(format!(
-                "cannot connect: connection refused (nothing listens on {host})"
-            ))
-        } else if [
-            "invalidcontenttype",
-            "corrupt message",
-            "wrong version number",
-            "http/1",
-        ]
-        .iter()
-        .any(|s| chain.contains(s))
-        {
-            Some(format!(
-                "TLS handshake failed ({chain}): it speaks plain HTTP, not TLS; to use plain HTTP, turn TLS verification off for it (--tls-verify=false, tlsVerify: false)"
-            ))
-        } else if chain.contains("certificate") {
-            Some(format!(
-                "its TLS certificate does not verify ({chain}); give its CA (--cert-dir, caBundle) or turn verification off"
-            ))
-        } else {
-            None
-        };
-        return Probe {
-            plain: false,
-            open: false,
-            unreachable,
-            bearer: None,
-        };
-    }
-    match get("http").await {
-        Ok(r) => Probe {
-            plain: true,
-            open: is_open(&r),
-            unreachable: None,
-            bearer: bearer(&r),
-        },
-        Err(e) => Probe {
-            plain: true,
-            open: false,
-            unreachable: (refused(&tls) && refused(&e))
-                .then(|| format!("cannot connect: connection refused (nothing listens on {host})")),
-            bearer: None,
-        },
-    }
 }
 
 #[cfg(test)]
