@@ -57,7 +57,7 @@ use rustix::io::Errno;
 use crate::checksum::{Checksum, Hasher};
 use crate::decompress::{DecompressOptions, decoder};
 use crate::detect::{Detected, HEAD_LEN, Prefixed, detect};
-use crate::progress::{ProgressFn, Reporter};
+use crate::progress::{ReportFn, Reporter};
 use crate::source::{self, Counted, Shared, SourceSpec, Stats};
 use crate::tar::TarEntries;
 use crate::{Error, Result};
@@ -102,7 +102,7 @@ pub struct ArchiveOptions {
     /// Expected checksum of the source bytes (as fetched, before decompression).
     pub checksum: Option<Checksum>,
     /// Progress callback (`written` counts the file bytes unpacked).
-    pub progress: Option<ProgressFn>,
+    pub progress: Option<ReportFn>,
     /// Least time between two progress reports. Default: 500 ms.
     pub progress_interval: Duration,
     /// Decoder settings (xz threads, zstd window).

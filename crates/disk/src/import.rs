@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::checksum::{Checksum, Hasher};
 use crate::decompress::DecompressOptions;
 use crate::detect::DiskFormat;
-use crate::progress::{ProgressFn, Reporter};
+use crate::progress::{ReportFn, Reporter};
 use crate::qcow2::{self, DEFAULT_REORDER_BUDGET, ResumeMap};
 use crate::resume::{self, DEFAULT_CHECKPOINT_EVERY, Points, Record};
 use crate::source::{self, Counted, ResumeFrom, Shared, SourceSpec, Stats};
@@ -39,7 +39,7 @@ pub struct ImportOptions {
     /// looks like something else byte for byte). Compressions and tar are still peeled.
     pub format: Option<DiskFormat>,
     /// Progress callback.
-    pub progress: Option<ProgressFn>,
+    pub progress: Option<ReportFn>,
     /// Least time between two progress reports. Default: 500 ms.
     pub progress_interval: Duration,
     /// Decoder settings (xz threads, memory).

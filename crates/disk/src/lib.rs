@@ -62,8 +62,8 @@ mod worker;
 pub use archive::{ArchiveOptions, SpecialFiles, UnpackReport, unpack};
 pub use checksum::{Algorithm, Checksum};
 pub use detect::{Compression, DiskFormat};
+pub use ido_io::progress::{Report, ReportFn};
 pub use import::{ImportOptions, ImportReport, import};
-pub use progress::{Progress, ProgressFn};
 pub use source::{BasicAuth, HttpOptions, RetryPolicy, SourceSpec};
 pub use target::TargetSpec;
 

@@ -1,61 +1,27 @@
-//! Progress reports: source bytes done of total, output position, rate and ETA.
+//! Progress reports (ido-io's [`Report`]: source bytes done of total, output position,
+//! rate and ETA), throttled to one per interval.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One progress report.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Progress {
-    /// Source bytes received (as fetched, compressed); after an in-process resume each
-    /// byte still counts once, and a resumed import counts what the previous run did.
-    pub source_done: u64,
-    /// Source bytes a previous run had done (a resumed import starts there; 0 otherwise).
-    pub resumed_from: u64,
-    /// Source size, when the source tells (file length, Content-Length).
-    pub source_total: Option<u64>,
-    /// The image's virtual size, once known.
-    pub virtual_size: Option<u64>,
-    /// Highest output offset written so far.
-    pub written: u64,
-    /// Source bytes per second since the import started (this run's bytes).
-    pub rate: f64,
-    /// Estimated time left, when the total is known and the rate is not zero.
-    pub eta: Option<Duration>,
-    /// Time since the import started.
-    pub elapsed: Duration,
-    /// Whether this is the last report (the import finished).
-    pub done: bool,
-}
-
-impl Progress {
-    /// Percentage done (of the source), when the total is known.
-    pub fn percent(&self) -> Option<f64> {
-        self.source_total
-            .filter(|t| *t > 0)
-            .map(|t| (self.source_done as f64 * 100.0 / t as f64).min(100.0))
-    }
-}
-
-/// The callback that receives reports; called from the conversion thread, so keep it quick.
-pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+pub(crate) use ido_io::progress::{Report, ReportFn};
 
 /// Throttles reports to one per interval (plus the final one).
 pub(crate) struct Reporter {
-    callback: Option<ProgressFn>,
+    callback: Option<ReportFn>,
     interval: Duration,
     start: Instant,
     last: Option<Instant>,
-    pub(crate) state: Progress,
+    pub(crate) state: Report,
 }
 
 impl Reporter {
-    pub(crate) fn new(callback: Option<ProgressFn>, interval: Duration) -> Self {
+    pub(crate) fn new(callback: Option<ReportFn>, interval: Duration) -> Self {
         Self {
             callback,
             interval,
             start: Instant::now(),
             last: None,
-            state: Progress::default(),
+            state: Report::default(),
         }
     }
 
@@ -80,24 +46,9 @@ impl Reporter {
     }
 
     fn emit(&mut self, now: Instant, done: bool) {
-        let elapsed = now.duration_since(self.start);
-        let s = &mut self.state;
-        s.elapsed = elapsed;
-        s.done = done;
-        let secs = elapsed.as_secs_f64();
-        s.rate = if secs > 0.0 {
-            s.source_done.saturating_sub(s.resumed_from) as f64 / secs
-        } else {
-            0.0
-        };
-        s.eta = match s.source_total {
-            Some(total) if s.rate > 0.0 => Some(Duration::from_secs_f64(
-                total.saturating_sub(s.source_done) as f64 / s.rate,
-            )),
-            _ => None,
-        };
+        self.state.timed(now.duration_since(self.start), done);
         if let Some(cb) = &self.callback {
-            cb(s);
+            cb(&self.state);
         }
     }
 }
@@ -105,13 +56,13 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn throttles_and_computes_eta() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let cb: ProgressFn = Arc::new(move |p: &Progress| s2.lock().unwrap().push(p.clone()));
+        let cb: ReportFn = Arc::new(move |p: &Report| s2.lock().unwrap().push(p.clone()));
         let mut r = Reporter::new(Some(cb), Duration::from_secs(3600));
         r.state.source_total = Some(100);
         r.state.source_done = 10;

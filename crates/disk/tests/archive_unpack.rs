@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use common::http_server::{Behaviour, FileServer};
 use common::*;
-use ido_disk::{ArchiveOptions, Checksum, Progress, SourceSpec, SpecialFiles, UnpackReport, unpack};
+use ido_disk::{ArchiveOptions, Checksum, Report, SourceSpec, SpecialFiles, UnpackReport, unpack};
 
 /// Environment of the stdin child: where it unpacks, and where it writes its outcome.
 const CHILD_TARGET: &str = "IDO_ARCHIVE_STDIN_TARGET";
@@ -278,11 +278,11 @@ async fn gnu_tar_archives_unpack_as_tar_does() {
             want["top/readme.txt"]
         );
         let target = fresh_target(dir.path(), "ours");
-        let seen = Arc::new(Mutex::new(Vec::<Progress>::new()));
+        let seen = Arc::new(Mutex::new(Vec::<Report>::new()));
         let mut opts = options(SourceSpec::File(archive.clone()), &target);
         opts.checksum = Some(sha256(&archive).parse::<Checksum>().unwrap());
         let s2 = seen.clone();
-        opts.progress = Some(Arc::new(move |p: &Progress| s2.lock().unwrap().push(p.clone())));
+        opts.progress = Some(Arc::new(move |p: &Report| s2.lock().unwrap().push(p.clone())));
         let r = unpack(opts).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         check_tree(&target, &want, name);
         let layers: &[&str] = match name {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use ido_disk::{DiskFormat, ImportOptions, Progress, SourceSpec, TargetSpec, import};
+use ido_disk::{DiskFormat, ImportOptions, Report, SourceSpec, TargetSpec, import};
 
 /// Makes a variant with `make(dir, raw) -> path`, imports it, and checks the output.
 async fn case(
@@ -39,9 +39,9 @@ async fn case_with(
         },
     );
     opts.checksum = Some(sha256(&image).parse().unwrap());
-    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Report>>> = Arc::default();
     let s2 = seen.clone();
-    opts.progress = Some(Arc::new(move |p: &Progress| s2.lock().unwrap().push(p.clone())));
+    opts.progress = Some(Arc::new(move |p: &Report| s2.lock().unwrap().push(p.clone())));
     let report = import(opts)
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", image.display()));

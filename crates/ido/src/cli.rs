@@ -471,37 +471,30 @@ async fn show_progress<T>(
     progress: &ido_oci::copy::Progress,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    use crate::progress::{PLAIN_EVERY, Shown, bytes_bar, human};
-    let shown = mode.resolve();
-    let bar = (shown == Shown::Bar).then(bytes_bar);
-    let every = match shown {
-        Shown::Bar => std::time::Duration::from_millis(250),
-        _ => PLAIN_EVERY,
-    };
+    use ido_io::progress::display::{Display, Shown};
+    use ido_io::progress::human;
+    let display = Display::new(mode.resolve(), |r| {
+        format!(
+            "copy: {} of {} ({}/s)",
+            human(r.source_done),
+            human(r.source_total.unwrap_or(0)),
+            human(r.rate as u64)
+        )
+    });
+    // The display writes a plain line at most every few seconds.
+    let every = std::time::Duration::from_millis(250);
     let started = std::time::Instant::now();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tokio::pin!(work);
     let out = loop {
         tokio::select! {
             out = &mut work => break out,
-            _ = tick.tick(), if shown != Shown::None => {
-                let (done, total) = (progress.get(), progress.total());
-                match &bar {
-                    Some(bar) => {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                    }
-                    None => {
-                        let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
-                        eprintln!("copy: {} of {} ({}/s)", human(done), human(total), human(rate as u64));
-                    }
-                }
+            _ = tick.tick(), if display.shown() != Shown::None => {
+                display.show(&progress.report(started.elapsed()));
             }
         }
     };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    display.finish();
     out
 }
 

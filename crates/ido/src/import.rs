@@ -14,12 +14,12 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::progress::{ProgressMode, human};
-use display::Display;
+use crate::progress::ProgressMode;
 use ido_disk::{
     ArchiveOptions, Checksum, DiskFormat, ImportOptions, ImportReport, SourceSpec, SpecialFiles, TargetSpec,
     import, unpack,
 };
+use ido_io::progress::human;
 
 /// Environment variable holding the basic-auth password (never a flag: flags show in `ps`).
 const PASSWORD_ENV: &str = "IDO_IMPORT_PASSWORD";
@@ -222,8 +222,8 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let target = args.target.clone();
     let progress = args.progress;
     let mut opts = import_options(source, args);
-    let display = Display::new(progress);
-    opts.progress = display.callback();
+    let (display, callback) = display::display(progress);
+    opts.progress = callback;
 
     let result = import(opts).await;
     display.finish();
@@ -307,8 +307,8 @@ async fn unpack_cmd(
     opts.checksum = checksum;
     opts.decompress.zstd_window_log_max = zstd_window_log;
     opts.special_files = special;
-    let display = Display::new(progress);
-    opts.progress = display.callback();
+    let (display, callback) = display::display(progress);
+    opts.progress = callback;
     let result = unpack(opts).await;
     display.finish();
     let r = match result {

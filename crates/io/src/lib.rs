@@ -6,7 +6,8 @@
 //! - [`s3`]: S3 and S3-compatible object stores as an image source (anonymous or signed).
 //! - [`ova`]: reading an OVA (a tar) member by member from a byte stream, never to disk.
 //! - [`ovf`]: the OVF descriptor an OVA carries: its files, its disks, the hardware version.
-//! - [`progress`]: the byte counter every transfer reports through.
+//! - [`progress`]: the byte counter every transfer reports through, its reports, and (feature
+//!   `display`) the bar and plain lines that show them.
 //! - [`cleanup`]: clean-up of abandoned work, tracked so a stopping process waits for it.
 //! - [`redact`]: credentials hidden in URLs and in text holding URLs, for every message.
 //! - [`retry`]: the one retry policy: transient failures, doubling backoff, `Retry-After`.

@@ -1,63 +1,25 @@
-//! The progress of `ido import`: an indicatif bar, plain lines every few seconds, or nothing.
+//! The progress of `ido import`: ido-io's display (a bar, plain lines every few seconds, or
+//! nothing), fed by the import's reports.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
-use ido_disk::{Progress, ProgressFn};
+use ido_disk::{Report, ReportFn};
+use ido_io::progress::{display::Display, human};
 
-use crate::progress::{PLAIN_EVERY, ProgressMode, Shown, bytes_bar, human};
+use crate::progress::ProgressMode;
 
-/// The progress display: an indicatif bar, plain lines every few seconds, or nothing.
-pub(super) enum Display {
-    Bar(indicatif::ProgressBar),
-    Plain(Arc<Mutex<Option<Instant>>>),
-    None,
-}
-
-impl Display {
-    pub(super) fn new(mode: ProgressMode) -> Self {
-        match mode.resolve() {
-            Shown::Bar => Display::Bar(bytes_bar()),
-            Shown::Plain => Display::Plain(Arc::new(Mutex::new(None))),
-            Shown::None => Display::None,
-        }
-    }
-
-    pub(super) fn callback(&self) -> Option<ProgressFn> {
-        match self {
-            Display::Bar(bar) => {
-                let bar = bar.clone();
-                Some(Arc::new(move |p: &Progress| {
-                    if let Some(t) = p.source_total {
-                        bar.set_length(t);
-                    }
-                    bar.set_position(p.source_done);
-                }))
-            }
-            Display::Plain(last) => {
-                let last = last.clone();
-                Some(Arc::new(move |p: &Progress| {
-                    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-                    if p.done || last.is_some_and(|l| l.elapsed() < PLAIN_EVERY) {
-                        return;
-                    }
-                    *last = Some(Instant::now());
-                    eprintln!("{}", plain_line(p));
-                }))
-            }
-            Display::None => None,
-        }
-    }
-
-    pub(super) fn finish(&self) {
-        if let Display::Bar(bar) = self {
-            bar.finish_and_clear();
-        }
-    }
+/// The display for `mode` and the callback that feeds it (none when nothing is shown).
+pub(super) fn display(mode: ProgressMode) -> (Arc<Display>, Option<ReportFn>) {
+    let display = Arc::new(Display::new(mode.resolve(), plain_line));
+    let callback = (display.shown() != ido_io::progress::display::Shown::None).then(|| {
+        let d = display.clone();
+        Arc::new(move |r: &Report| d.show(r)) as ReportFn
+    });
+    (display, callback)
 }
 
 /// A plain progress line (the DiskImport controller reads it back from the log).
-pub(super) fn plain_line(p: &Progress) -> String {
+pub(super) fn plain_line(p: &Report) -> String {
     let total = p
         .source_total
         .map(|t| format!(" of {}", human(t)))

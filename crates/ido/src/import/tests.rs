@@ -1,7 +1,7 @@
 use super::display::plain_line;
 use super::*;
 use clap::Parser;
-use ido_disk::Progress;
+use ido_disk::Report;
 
 /// `ido import`'s arguments, parsed without the rest of the CLI.
 #[derive(Parser)]
@@ -82,13 +82,13 @@ fn sizes() {
 
 #[test]
 fn plain_lines() {
-    let p = Progress {
+    let p = Report {
         source_done: 50 << 20,
         source_total: Some(100 << 20),
         written: 1 << 30,
         rate: (10 << 20) as f64,
         eta: Some(std::time::Duration::from_secs(5)),
-        ..Progress::default()
+        ..Report::default()
     };
     assert_eq!(
         plain_line(&p),
