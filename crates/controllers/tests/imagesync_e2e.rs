@@ -799,8 +799,8 @@ async fn a_pass_stops_at_its_next_progress_write_once_its_object_is_deleted() {
     let key = TaskKey::of(&is);
     imagesync::reconcile(&is, &ctx).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Deleted with no driver to cancel the pass (as in the operator, where a deleted
-    // ImageSync is not reconciled): the pass notices at its next progress write.
+    // Deleted with no driver to cancel the pass (as while the operator was down): the
+    // pass notices at its next progress write.
     store.delete(&is).await.unwrap();
     tokio::time::timeout(Duration::from_secs(12), ctx.tasks.ended(&key))
         .await

@@ -302,6 +302,20 @@ fn woken_by_tasks<K: Object>(ctx: &Context<KubeStore>) -> Triggers<K> {
     .boxed()
 }
 
+/// Cancels the task of the deleted `obj`, if one runs (in the background: the watch goes on).
+fn cancel_task_of<K: Object>(tasks: &Arc<ido_controllers::tasks::Tasks>, obj: &K) {
+    let key = ido_controllers::tasks::TaskKey::of(obj);
+    if !tasks.occupied(&key) {
+        return;
+    }
+    let tasks = tasks.clone();
+    tokio::spawn(async move {
+        if tasks.cancel(&key).await {
+            tracing::info!(object = %key, "deleted: its running task was cancelled");
+        }
+    });
+}
+
 /// Requests for the owners of the objects `api` lists with `wc` (metadata only), as
 /// `Controller::owns` makes them.
 fn owners<K: Object, Child: Object>(api: Api<PartialObjectMeta<Child>>, wc: watcher::Config) -> Triggers<K> {
@@ -337,9 +351,17 @@ where
         queue: queue.clone(),
     });
     let mut triggers = futures::stream::SelectAll::new();
+    let tasks = shared.ctx.tasks.clone();
     triggers.push(
         trigger_self(
             reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                // A deleted object is not reconciled: its task (an ImageSync's pass) is
+                // cancelled here, as `ido run` does for an object gone from its store.
+                .inspect_ok(move |event| {
+                    if let watcher::Event::Delete(obj) = event {
+                        cancel_task_of(&tasks, obj);
+                    }
+                })
                 .applied_objects()
                 // Only changes that matter to the reconciler (not its own progress writes to
                 // the status), as `ido run` decides: see `ido_controllers::trigger_fingerprint`.

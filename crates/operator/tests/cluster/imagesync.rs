@@ -181,3 +181,102 @@ async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
         + &serde_json::to_string(&env.list::<K8sEvent>(Some(ns)).await).unwrap();
     assert!(!all.contains("op-src-pw") && !all.contains("op-dst-pw"));
 }
+
+/// An ImageSync deleted in the middle of its pass: kube-runtime does not reconcile a deleted
+/// object, so the operator's watch cancels the pass as the deletion arrives, instead of the
+/// transfer running on until its next progress write.
+#[tokio::test]
+async fn a_deleted_imagesyncs_pass_is_cancelled_by_the_operator() {
+    use ido_testkit::fault_proxy::{Fault, FaultProxy, Rule};
+
+    let plain = || RegistryOptions {
+        tls: false,
+        auth: None,
+    };
+    let (src, dst) = tokio::join!(DockerRegistry::start(plain()), DockerRegistry::start(plain()));
+    let (src, dst) = (src.unwrap(), dst.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(&dir.path().join("l"), "1.0.0", &["linux/amd64"], 1, 4096, 11)
+        .await
+        .unwrap();
+    push_layout(&layout, &src, "app:1.0.0").await.unwrap();
+    // Blobs at 128 bytes a second: the pass would take half a minute.
+    let proxy = FaultProxy::start(&src.base_url()).await.unwrap();
+    proxy.set_rules(vec![
+        Rule::new(Fault::Throttle { bytes_per_sec: 128 })
+            .method("GET")
+            .path("/blobs/"),
+    ]);
+
+    let env = Env::new("imagesync-delete", json!({})).await;
+    let ns = env.ns.as_str();
+    env.create(&image_sync(
+        ns,
+        "slow",
+        ImageSyncSpec {
+            mode: SyncMode::OnceByTag,
+            frequency: Some("1h".into()),
+            schedule: None,
+            allow_candidate_release: false,
+            source: SyncEndpoint {
+                name: format!("{}/app", proxy.host()),
+                version: Some("1.0.0".into()),
+                tls_verify: Some(false),
+                ..Default::default()
+            },
+            destination: SyncEndpoint {
+                name: format!("{}/mirror/app", dst.host()),
+                tls_verify: Some(false),
+                ..Default::default()
+            },
+            platforms: vec![],
+            max_tags: None,
+            concurrency: Some(1),
+        },
+    ))
+    .await;
+    let client = env.operator_client().await;
+    let ctx = std::sync::Arc::new(Context {
+        store: store(&env, client.clone()),
+        providers: Providers::default(),
+        source: None,
+        settings: Settings {
+            namespace: ns.into(),
+            ..Settings::default()
+        },
+        metrics: Metrics::default(),
+        seen_releases: Default::default(),
+        tasks: Default::default(),
+    });
+    let op = tokio::spawn(ido_operator::controller::run(
+        client,
+        ctx.clone(),
+        ido_operator::controller::Concurrency {
+            images: 1,
+            syncs: 1,
+            releases: 1,
+        },
+        std::future::pending::<()>,
+    ));
+    let key = ido_controllers::tasks::TaskKey::named::<ImageSync>(Some(ns), "slow");
+    crate::wait_for("the pass to start", async || {
+        ctx.tasks.occupied(&key) && proxy.counts().requests > 0
+    })
+    .await;
+    env.delete::<ImageSync>(Some(ns), "slow").await;
+    let started = std::time::Instant::now();
+    crate::wait_for("the pass to be cancelled", async || {
+        !ctx.tasks.occupied(&key) && ctx.tasks.running() == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancelled {:?} after the deletion",
+        started.elapsed()
+    );
+    assert!(
+        skopeo_raw(&dst, "mirror/app:1.0.0", dir.path()).await.is_err(),
+        "nothing was copied"
+    );
+    op.abort();
+}
