@@ -13,6 +13,11 @@
 //! ```
 //! Keys the operator does not know (the rest of a Helm values file) are ignored. Separate
 //! files (a mounted credentials Secret, a locations ConfigMap) are merged in at a key.
+//!
+//! The provider sections (`vsphere`, `proxmox`, `vcd`, `kubevirt`) are their providers' own:
+//! each is decoded and built by its provider module's registration
+//! ([`ido_providers::BUILT_IN`], see [`ido_providers::registry`]); this module decodes none
+//! of them itself.
 
 use std::{path::Path, time::Duration};
 
@@ -20,7 +25,7 @@ use ido_io::{
     http::TlsOptions,
     s3::{S3Credentials, S3Location, S3Source},
 };
-use ido_providers::{Providers, ProvidersConfig};
+use ido_providers::{Providers, ProvidersConfig, Registration, registry::DecodeError};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -50,6 +55,12 @@ pub enum ConfigError {
     Provider(#[from] ido_providers::ProviderError),
     #[error(transparent)]
     Engine(#[from] ido_io::Error),
+}
+
+impl From<DecodeError> for ConfigError {
+    fn from(DecodeError { key, value, reason }: DecodeError) -> Self {
+        Self::Value { key, value, reason }
+    }
 }
 
 fn default_namespace() -> String {
@@ -162,7 +173,7 @@ pub struct Config {
     pub disk_import: DiskImportConfig,
     #[serde(default)]
     pub image_operator: ImageOperatorConfig,
-    /// The provider sections (`vsphere`, …), decoded apart so errors keep their key path.
+    /// The provider sections (`vsphere`, …): each registered provider decodes its own.
     #[serde(skip)]
     pub providers: ProvidersConfig,
 }
@@ -205,9 +216,17 @@ impl Config {
         Self::from_value(root)
     }
 
-    /// Decodes a configuration; errors name the key.
+    /// Decodes a configuration with the built-in providers' sections; errors name the key.
     pub fn from_value(v: Value) -> Result<Self, ConfigError> {
-        match schema_error(&v, values_schema(), "") {
+        Self::from_value_with(v, ido_providers::BUILT_IN)
+    }
+
+    /// Decodes a configuration whose provider sections are those of `providers` (each
+    /// decodes its own); errors name the key. The chart's values schema checks every key it
+    /// has; a registered section it lacks (a provider the chart does not ship) must be a
+    /// map, and its provider's decoding judges its keys.
+    pub fn from_value_with(v: Value, providers: &[Registration]) -> Result<Self, ConfigError> {
+        match schema_error(&v, &schema_with(providers), "") {
             None => {}
             Some(SchemaError::UnknownKey(key)) => {
                 return Err(ConfigError::Value {
@@ -225,7 +244,7 @@ impl Config {
             }
         }
         let mut c: Config = decode_with_path(&v)?;
-        c.providers = decode_with_path(&v)?;
+        c.providers = ProvidersConfig::decode(&v, providers)?;
         c.settings()?;
         if c.concurrency.images == 0 {
             return Err(value_err("concurrency.images", "0", "must be at least 1"));
@@ -373,6 +392,24 @@ fn values_schema() -> &'static Value {
     })
 }
 
+/// The chart's values schema, with the sections of `providers` it lacks as maps.
+fn schema_with(providers: &[Registration]) -> std::borrow::Cow<'static, Value> {
+    let chart = values_schema();
+    let mut missing = providers
+        .iter()
+        .map(Registration::section)
+        .filter(|s| chart["properties"].get(s).is_none())
+        .peekable();
+    if missing.peek().is_none() {
+        return std::borrow::Cow::Borrowed(chart);
+    }
+    let mut schema = chart.clone();
+    for section in missing {
+        schema["properties"][section] = serde_json::json!({"type": "object"});
+    }
+    std::borrow::Cow::Owned(schema)
+}
+
 /// What the schema refuses first in a values document.
 #[derive(Debug, PartialEq, Eq)]
 enum SchemaError {
@@ -468,27 +505,7 @@ fn read_yaml(p: &Path) -> Result<Value, ConfigError> {
 
 /// Decodes `v`, naming the failing key (and its value) in the error.
 fn decode_with_path<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let key = e.path().to_string();
-        let secret = ["password", "secret", "token"]
-            .iter()
-            .any(|w| key.to_ascii_lowercase().contains(w));
-        let value = if secret {
-            "<redacted>".to_string()
-        } else {
-            lookup(v, &key).map(|x| x.to_string()).unwrap_or_default()
-        };
-        let reason = if secret {
-            "invalid type or value".to_string()
-        } else {
-            e.into_inner().to_string()
-        };
-        ConfigError::Value { key, value, reason }
-    })
-}
-
-fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |at, k| at.get(k))
+    Ok(ido_providers::registry::decode_with_path(v)?)
 }
 
 #[cfg(test)]
@@ -557,5 +574,21 @@ mod schema_tests {
             "vsphere": {"locations": {"dc0": {"datacenter": "DC0", "resourcepool": "rp"}}},
         }))
         .unwrap();
+    }
+
+    #[test]
+    fn every_built_in_provider_has_its_section_in_the_chart() {
+        for r in ido_providers::BUILT_IN {
+            let section = &values_schema()["properties"][r.section()];
+            assert_eq!(section["type"], "object", "{r:?}");
+            assert_eq!(
+                section["additionalProperties"], false,
+                "{r:?}: unknown keys are refused"
+            );
+        }
+        assert!(matches!(
+            schema_with(ido_providers::BUILT_IN),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

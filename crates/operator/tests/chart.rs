@@ -13,6 +13,9 @@ use std::{
 };
 
 use ido_controllers::config::Config;
+use ido_providers::{
+    kubevirt::KubevirtConfig, proxmox::ProxmoxConfig, vcd::VcdConfig, vsphere::VsphereConfig,
+};
 use ido_testkit::Cluster;
 use serde_json::{Value, json};
 
@@ -452,7 +455,7 @@ async fn vsphere_and_s3_values_reach_the_operator() {
     assert_eq!(config.concurrency.images, 2);
     assert!(config.source().unwrap().is_some_and(|s| s.signed()));
     assert_eq!(config.providers().unwrap().ids(), ["capv"]);
-    let v = config.providers.vsphere.unwrap();
+    let v = config.providers.get::<VsphereConfig>().unwrap();
     assert_eq!(v.credentials.password, "p\"w: d");
     assert_eq!(v.locations["dc0"].datastore, "LocalDS_0");
 
@@ -492,8 +495,11 @@ async fn proxmox_and_vcd_values_reach_the_operator() {
     let dir = tempfile::tempdir().unwrap();
     let config = load_rendered_config(&docs, dir.path());
     assert_eq!(config.providers().unwrap().ids(), ["capmox", "capvcd"]);
-    assert_eq!(config.providers.proxmox.unwrap().locations["pve1"].node, "pve1");
-    let vcd = config.providers.vcd.unwrap();
+    assert_eq!(
+        config.providers.get::<ProxmoxConfig>().unwrap().locations["pve1"].node,
+        "pve1"
+    );
+    let vcd = config.providers.get::<VcdConfig>().unwrap();
     assert_eq!(vcd.session_refresh_threshold.as_deref(), Some("10h"));
     assert_eq!(vcd.locations["main"].hardware_version, 19);
 }
@@ -520,7 +526,7 @@ async fn kubevirt_and_disk_import_values_reach_the_operator() {
     assert_eq!(d.image, "ghcr.io/ido-dev/ido:1.2.3", "the operator's own image");
     assert_eq!((d.filesystem_overhead, d.backoff_limit), (0.1, 5));
     assert!(d.resources.is_some());
-    let loc = &config.providers.kubevirt.unwrap().locations["vms"];
+    let loc = &config.providers.get::<KubevirtConfig>().unwrap().locations["vms"];
     assert_eq!(loc.namespace, "vm-images");
     assert_eq!(loc.volume_mode, Some(ido_api::VolumeMode::Block));
 
@@ -686,7 +692,7 @@ async fn the_original_charts_values_are_honoured() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = load_rendered_config(&docs, dir.path());
-    let vcd = config.providers.vcd.unwrap();
+    let vcd = config.providers.get::<VcdConfig>().unwrap();
     assert_eq!(vcd.locations["main"].hardware_version, 19, "the single location");
     assert!(config.s3.is_some());
 

@@ -1,11 +1,14 @@
 //! Provider catalogs behind one trait.
 //!
 //! A provider makes a node image exist as a template in each of its configured locations.
-//! Each lives in its own module ([`vsphere`], [`proxmox`], [`vcd`], [`kubevirt`]); adding
-//! one means implementing [`Provider`] and registering it in [`ProvidersConfig::build`]:
-//! the controllers stay untouched. A provider that works through cluster objects
-//! ([`kubevirt`]: DiskImports) gets them through a trait the driver binds
-//! ([`Providers::bind_disk_imports`]).
+//! Each lives in its own module ([`vsphere`], [`proxmox`], [`vcd`], [`kubevirt`]) with its
+//! section of the configuration: its config struct implements [`ProviderConfig`] (the
+//! section's key, `enabled`, how the provider is built from it) and the module exports its
+//! [`Registration`]. Adding a provider means its module (a type implementing [`Provider`],
+//! its config struct) and its registration's line in [`BUILT_IN`]: neither the controllers
+//! nor a shared config struct change ([`registry`]). A provider that works through cluster
+//! objects ([`kubevirt`]: DiskImports) gets them through a trait the driver binds
+//! ([`Providers::bind_disk_imports`]), from the [`Bindings`] it is built with.
 
 use std::sync::Arc;
 
@@ -14,8 +17,20 @@ use ido_io::s3::S3Object;
 
 pub mod kubevirt;
 pub mod proxmox;
+pub mod registry;
 pub mod vcd;
 pub mod vsphere;
+
+pub use registry::{Bindings, ProviderConfig, ProvidersConfig, Registration};
+
+/// The registrations of this crate's providers: the sections `ido run` and `ido operator`
+/// decode. A provider added here adds its line.
+pub const BUILT_IN: &[Registration] = &[
+    vsphere::REGISTRATION,
+    proxmox::REGISTRATION,
+    vcd::REGISTRATION,
+    kubevirt::REGISTRATION,
+];
 
 /// Format of the source file a provider imports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,8 +180,9 @@ pub trait Provider: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Providers {
     by_id: std::collections::BTreeMap<&'static str, Arc<dyn Provider>>,
-    /// Where the driver binds the DiskImport store (shared with the providers using it).
-    disk_imports: kubevirt::DiskImportsSlot,
+    /// What the driver binds later (the DiskImport store), shared with the providers
+    /// using it.
+    bindings: Bindings,
 }
 
 impl Providers {
@@ -192,47 +208,6 @@ impl Providers {
     }
     /// Binds the driver's DiskImport store for the providers that create DiskImports.
     pub fn bind_disk_imports(&self, imports: Arc<dyn kubevirt::DiskImports>) {
-        self.disk_imports.bind(imports);
-    }
-}
-
-/// The provider sections of the configuration (each provider adds its own).
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProvidersConfig {
-    #[serde(default)]
-    pub vsphere: Option<vsphere::VsphereConfig>,
-    #[serde(default)]
-    pub proxmox: Option<proxmox::ProxmoxConfig>,
-    #[serde(default)]
-    pub vcd: Option<vcd::VcdConfig>,
-    #[serde(default)]
-    pub kubevirt: Option<kubevirt::KubevirtConfig>,
-}
-
-impl ProvidersConfig {
-    /// Whether an enabled provider imports through DiskImport objects (then the DiskImport
-    /// controller must run even when the chart does not enable it for users).
-    pub fn creates_disk_imports(&self) -> bool {
-        self.kubevirt.as_ref().is_some_and(|k| k.enabled)
-    }
-
-    /// Validates and builds the enabled providers (none connects yet).
-    pub fn build(&self) -> Result<Providers> {
-        let mut out = Providers::default();
-        if let Some(v) = self.vsphere.as_ref().filter(|v| v.enabled) {
-            out.insert(Arc::new(vsphere::VsphereProvider::new(v)?));
-        }
-        if let Some(p) = self.proxmox.as_ref().filter(|p| p.enabled) {
-            out.insert(Arc::new(proxmox::ProxmoxProvider::new(p)?));
-        }
-        if let Some(v) = self.vcd.as_ref().filter(|v| v.enabled) {
-            out.insert(Arc::new(vcd::VcdProvider::new(v)?));
-        }
-        if let Some(k) = self.kubevirt.as_ref().filter(|k| k.enabled) {
-            let slot = out.disk_imports.clone();
-            out.insert(Arc::new(kubevirt::KubevirtProvider::new(k, slot)?));
-        }
-        Ok(out)
+        self.bindings.disk_imports().bind(imports);
     }
 }

@@ -16,7 +16,8 @@
 //! without it is someone else's: a [`ProviderError::NameClash`] in all three, never deleted.
 //!
 //! The provider talks to the cluster through [`DiskImports`], which the driver binds
-//! (`Providers::bind_disk_imports`) over its object store: `ido operator` over the API
+//! (`Providers::bind_disk_imports`, the slot the provider gets from its build's
+//! [`Bindings`]) over its object store: `ido operator` over the API
 //! server, `ido run` over its state directory (where no importer runs: the wait times out).
 
 mod config;
@@ -32,7 +33,9 @@ use ido_api::{DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, Htt
 use ido_io::s3::S3Object;
 
 pub use self::config::{KubevirtConfig, KubevirtLocation};
-use crate::{Progress, Provider, ProviderError, Result, SourceFormat, Template};
+use crate::{
+    Bindings, Progress, Provider, ProviderConfig, ProviderError, Registration, Result, SourceFormat, Template,
+};
 
 /// Label on the DiskImports this provider creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -75,6 +78,23 @@ impl DiskImportsSlot {
                 message: "no DiskImport store is bound (the driver must call Providers::bind_disk_imports)"
                     .into(),
             })
+    }
+}
+
+/// The `kubevirt:` section registered ([`crate::BUILT_IN`] lists it).
+pub const REGISTRATION: Registration = Registration::of::<KubevirtConfig>();
+
+impl ProviderConfig for KubevirtConfig {
+    const SECTION: &'static str = "kubevirt";
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    /// Its templates are DiskImports' claims.
+    fn creates_disk_imports(&self) -> bool {
+        true
+    }
+    fn build(&self, bindings: &Bindings) -> Result<Arc<dyn Provider>> {
+        Ok(Arc::new(KubevirtProvider::new(self, bindings.disk_imports())?))
     }
 }
 

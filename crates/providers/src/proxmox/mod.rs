@@ -5,7 +5,7 @@
 //! - [`error`]: its errors and the mapping from HTTP status and body.
 //! - [`task`]: UPIDs and waiting for tasks.
 //! - `build`: the template build with cleanup on failure.
-//! - this module: the [`Provider`] implementation.
+//! - this module: the [`Provider`] implementation and the section's [`REGISTRATION`].
 //!
 //! Proxmox downloads the image itself (`download-url`), so the node needs outbound access
 //! to S3; private buckets work through presigned URLs. Each location is one node: the
@@ -26,6 +26,7 @@ pub mod error;
 pub mod task;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,7 +42,9 @@ use self::{
     build::{Ctx, Source},
     task::TaskPolicy,
 };
-use crate::{Progress, Provider, ProviderError, Result, SourceFormat, Template};
+use crate::{
+    Bindings, Progress, Provider, ProviderConfig, ProviderError, Registration, Result, SourceFormat, Template,
+};
 
 /// Oldest PVE release whose `download-url` takes qcow2 into `import` storage.
 const MIN_VERSION: (u32, u32) = (8, 4);
@@ -70,6 +73,19 @@ impl From<ApiError> for ProviderError {
             } => ProviderError::Transport(e.to_string()),
             _ => ProviderError::api(e),
         }
+    }
+}
+
+/// The `proxmox:` section registered ([`crate::BUILT_IN`] lists it).
+pub const REGISTRATION: Registration = Registration::of::<ProxmoxConfig>();
+
+impl ProviderConfig for ProxmoxConfig {
+    const SECTION: &'static str = "proxmox";
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn build(&self, _: &Bindings) -> Result<Arc<dyn Provider>> {
+        Ok(Arc::new(ProxmoxProvider::new(self)?))
     }
 }
 

@@ -9,7 +9,7 @@
 //!   through the client's helpers in `requests.rs`).
 //! - [`ovf`]: the descriptor's file list and the `hardwareVersion` patch (in memory).
 //! - [`upload`]: the streamed upload with cleanup on failure.
-//! - this module: the [`Provider`] implementation.
+//! - this module: the [`Provider`] implementation and the section's [`REGISTRATION`].
 //!
 //! Templates are named after the image and described `Node image <name>`. ido marks what it
 //! uploads with the metadata `ido.managed-by = ido` (on the catalog item as soon as it exists,
@@ -42,7 +42,8 @@ pub use self::{
     error::VcdError,
 };
 use crate::{
-    MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, Provider, ProviderError, Result, SourceFormat, Template,
+    Bindings, MANAGED_BY_KEY, MANAGED_BY_VALUE, Progress, Provider, ProviderConfig, ProviderError,
+    Registration, Result, SourceFormat, Template,
 };
 
 /// Longest template name VCD accepts.
@@ -55,6 +56,19 @@ pub fn description(image: &str) -> String {
 
 /// One async lock per (location, image).
 type Locks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// The `vcd:` section registered ([`crate::BUILT_IN`] lists it).
+pub const REGISTRATION: Registration = Registration::of::<VcdConfig>();
+
+impl ProviderConfig for VcdConfig {
+    const SECTION: &'static str = "vcd";
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn build(&self, _: &Bindings) -> Result<Arc<dyn Provider>> {
+        Ok(Arc::new(VcdProvider::new(self)?))
+    }
+}
 
 /// The `capvcd` provider: one VCD session shared by all locations.
 #[derive(Debug)]

@@ -6,7 +6,8 @@
 //! - [`lease`]: `CreateImportSpec`, `ImportVApp` and the NFC lease calls.
 //! - [`import`]: the streamed OVA import (push mode).
 //! - [`pull`]: pull mode (vSphere downloads the OVA from S3), falling back to push.
-//! - this module: the `vsphere:` configuration and the [`Provider`] implementation.
+//! - this module: the `vsphere:` configuration (its [`REGISTRATION`]) and the [`Provider`]
+//!   implementation.
 //!
 //! Templates are named `<image>[-<imagesuffix>]` alike in create, exists and delete. Every VM
 //! ido imports carries ido's mark in its `extraConfig` ([`mark`]). A marked VM of that name
@@ -23,7 +24,7 @@ pub mod pull;
 pub mod soap;
 pub mod xml;
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use ido_io::{http::TlsOptions, s3::S3Object};
@@ -32,7 +33,9 @@ use url::Url;
 
 pub use self::client::Client;
 use self::{client::Login, mark::Ownership, soap::SoapError, xml::MoRef};
-use crate::{Progress, Provider, ProviderError, Result, SourceFormat, Template};
+use crate::{
+    Bindings, Progress, Provider, ProviderConfig, ProviderError, Registration, Result, SourceFormat, Template,
+};
 
 /// The `vsphere:` section of the configuration (the original's Helm values).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -281,6 +284,19 @@ impl From<SoapError> for ProviderError {
             | SoapError::Transport { .. } => ProviderError::Transport(e.to_string()),
             _ => ProviderError::api(e),
         }
+    }
+}
+
+/// The `vsphere:` section registered ([`crate::BUILT_IN`] lists it).
+pub const REGISTRATION: Registration = Registration::of::<VsphereConfig>();
+
+impl ProviderConfig for VsphereConfig {
+    const SECTION: &'static str = "vsphere";
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn build(&self, _: &Bindings) -> Result<Arc<dyn Provider>> {
+        Ok(Arc::new(VsphereProvider::new(self)?))
     }
 }
 

@@ -110,14 +110,17 @@ async fn a_missing_size_is_read_from_the_image_header() {
 
 #[tokio::test]
 async fn the_kubevirt_provider_imports_through_disk_imports_in_the_store() {
-    use ido_providers::{Progress, ProvidersConfig};
+    use ido_providers::{BUILT_IN, Progress, ProvidersConfig};
     let base = image_server().await;
     let dir = tempfile::tempdir().unwrap();
     let mut ctx = context(dir.path());
-    let cfg: ProvidersConfig = serde_json::from_value(json!({"kubevirt": {
-        "enabled": true,
-        "locations": {"main": {"namespace": NS, "storageClassName": "golden"}},
-    }}))
+    let cfg = ProvidersConfig::decode(
+        &json!({"kubevirt": {
+            "enabled": true,
+            "locations": {"main": {"namespace": NS, "storageClassName": "golden"}},
+        }}),
+        BUILT_IN,
+    )
     .unwrap();
     ctx.providers = cfg.build().unwrap();
     ctx.providers
