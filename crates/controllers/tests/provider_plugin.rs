@@ -1,8 +1,11 @@
 //! A provider is a plug-in: the `files` provider below (a module of this test, nothing else)
-//! is registered with `Providers::insert`, and the unchanged controllers serve it through
-//! `ido run`'s driver. Its Releases (`files-x.y.z`) make NodeImages of its id; the image
-//! controller reads its source format from it, uploads into each of its locations (as a
-//! task), and removes the copies when the Release goes.
+//! declares its section of the configuration (`files:`) and how it is built from it; its
+//! registration beside the built-in ones is all the configuration needs
+//! (`Config::from_value_with`), and the unchanged controllers serve it through `ido run`'s
+//! driver. Its section is decoded and checked like a built-in one (errors name the key
+//! path), and it is built only when enabled. Its Releases (`files-x.y.z`) make NodeImages of
+//! its id; the image controller reads its source format from it, uploads into each of its
+//! configured locations (as a task), and removes the copies when the Release goes.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -14,23 +17,75 @@ use ido_controllers::{
     run::{Manifest, RunOptions, apply_desired, run},
 };
 use ido_io::s3::node_image_key;
+use ido_providers::Registration;
 use ido_testkit::seaweed::{PUBLIC_BUCKET, SeaweedFs};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const IMAGE: &str = "flatcar-stable-4081.2.0-kube-1.32.3-tooling-1.24.0-gs";
 
 /// The whole provider: it "imports" an image by streaming its qcow2 from S3 into a file per
-/// location directory, marked as its own by a `.ido` file beside it.
+/// location directory, marked as its own by a `.ido` file beside it. Its configuration:
+///
+/// ```yaml
+/// files: {enabled: true, root: /var/lib/catalog, locations: [east, west]}
+/// ```
 mod files {
-    use std::path::PathBuf;
+    use std::{path::PathBuf, sync::Arc};
 
     use futures::StreamExt;
     use ido_io::s3::S3Object;
-    use ido_providers::{Progress, Provider, ProviderError, SourceFormat, Template};
+    use ido_providers::{
+        Bindings, Progress, Provider, ProviderConfig, ProviderError, Registration, SourceFormat, Template,
+    };
+    use serde::Deserialize;
     use tokio::io::AsyncWriteExt;
 
-    pub struct FilesProvider {
+    /// The `files:` section.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct FilesConfig {
+        #[serde(default)]
+        pub enabled: bool,
+        /// The catalog: a directory per location below it.
+        #[serde(default)]
         pub root: PathBuf,
+        #[serde(default)]
+        pub locations: Vec<String>,
+    }
+
+    /// The `files:` section registered.
+    pub const REGISTRATION: Registration = Registration::of::<FilesConfig>();
+
+    impl ProviderConfig for FilesConfig {
+        const SECTION: &'static str = "files";
+        fn enabled(&self) -> bool {
+            self.enabled
+        }
+        fn build(&self, _: &Bindings) -> Result<Arc<dyn Provider>, ProviderError> {
+            if !self.root.is_absolute() {
+                return Err(ProviderError::Config {
+                    key: "files.root".into(),
+                    message: format!("{:?} is not an absolute path", self.root),
+                });
+            }
+            if self.locations.is_empty() {
+                return Err(ProviderError::Config {
+                    key: "files.locations".into(),
+                    message: "at least one location is needed".into(),
+                });
+            }
+            let mut locations = self.locations.clone();
+            locations.sort();
+            Ok(Arc::new(FilesProvider {
+                root: self.root.clone(),
+                locations,
+            }))
+        }
+    }
+
+    pub struct FilesProvider {
+        root: PathBuf,
+        locations: Vec<String>,
     }
 
     impl FilesProvider {
@@ -58,7 +113,7 @@ mod files {
             SourceFormat::Qcow2
         }
         fn locations(&self) -> Vec<String> {
-            vec!["east".into(), "west".into()]
+            self.locations.clone()
         }
         async fn exists(&self, location: &str, image: &str) -> Result<Option<Template>, ProviderError> {
             let path = self.path(location, image);
@@ -105,6 +160,15 @@ mod files {
     }
 }
 
+/// The built-in providers and `files`: the one line that registers it.
+fn registrations() -> Vec<Registration> {
+    [ido_providers::BUILT_IN, &[files::REGISTRATION]].concat()
+}
+
+fn config(v: Value) -> Result<Config, String> {
+    Config::from_value_with(v, &registrations()).map_err(|e| e.to_string())
+}
+
 fn release(name: &str) -> Release {
     Release::with_components(
         name,
@@ -137,17 +201,15 @@ async fn a_provider_module_and_its_registration_are_all_it_takes() {
     .await
     .unwrap();
 
-    let cfg = Config::from_value(json!({
+    let root: PathBuf = dir.path().join("catalog");
+    let cfg = config(json!({
         "s3": {"bucket": PUBLIC_BUCKET, "region": "us-east-1", "endpoint": s3.endpoint()},
+        "files": {"enabled": true, "root": root, "locations": ["west", "east"]},
     }))
     .unwrap();
     let store = FileStore::open(&dir.path().join("state")).unwrap();
-    let mut ctx = cfg.context(store.clone()).unwrap();
-    let root: PathBuf = dir.path().join("catalog");
-    // The registration.
-    ctx.providers
-        .insert(Arc::new(files::FilesProvider { root: root.clone() }));
-    let ctx = Arc::new(ctx);
+    let ctx = Arc::new(cfg.context(store.clone()).unwrap());
+    assert_eq!(ctx.providers.ids(), ["capfiles"]);
     let opts = RunOptions {
         timeout: Duration::from_secs(120),
         ..RunOptions::default()
@@ -184,4 +246,63 @@ async fn a_provider_module_and_its_registration_are_all_it_takes() {
     for loc in ["east", "west"] {
         assert!(!root.join(loc).join(format!("{IMAGE}.qcow2")).exists());
     }
+}
+
+#[test]
+fn its_section_is_decoded_checked_and_built_by_its_registration() {
+    // Unregistered, the section is a key the values do not have.
+    let e = Config::from_value(json!({"files": {"enabled": true}}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("files: invalid value") && e.contains("not a key"),
+        "{e}"
+    );
+
+    // Registered, its decoding names the key path, as a built-in section's does.
+    let e = config(json!({"files": {"enabled": true, "root": 7}})).unwrap_err();
+    assert!(
+        e.starts_with("files.root: invalid value \"7\": invalid type"),
+        "{e}"
+    );
+    let e = config(json!({"files": {"locations": ["east", {"name": "west"}]}})).unwrap_err();
+    assert!(e.starts_with("files.locations[1]: invalid value"), "{e}");
+    let e = config(json!({"files": {"rooot": "/srv"}})).unwrap_err();
+    assert!(
+        e.starts_with("files") && e.contains("unknown field `rooot`"),
+        "{e}"
+    );
+    let e = config(json!({"files": ["east"]})).unwrap_err();
+    assert!(e.starts_with("files: expected object, got array"), "{e}");
+    // The chart's keys are still checked.
+    let e = config(json!({"files": {}, "vsphere": {"enabeld": true}})).unwrap_err();
+    assert!(e.starts_with("vsphere.enabeld: invalid value"), "{e}");
+
+    // Its build validates it, errors naming the key; only an enabled section is built.
+    let cfg = config(json!({"files": {"enabled": true, "root": "/srv/catalog"}})).unwrap();
+    let e = cfg.providers().err().unwrap().to_string();
+    assert_eq!(e, "files.locations: at least one location is needed");
+    let cfg = config(json!({"files": {"root": "/srv/catalog", "locations": ["east"]}})).unwrap();
+    assert!(cfg.providers().unwrap().is_empty());
+    let section = cfg.providers.get::<files::FilesConfig>().unwrap();
+    assert_eq!(section.locations, ["east"]);
+    assert!(
+        config(json!({"files": null}))
+            .unwrap()
+            .providers()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Beside the built-in sections, which keep working as before.
+    let cfg = config(json!({
+        "files": {"enabled": true, "root": "/srv/catalog", "locations": ["east"]},
+        "kubevirt": {"enabled": true, "locations": {"vms": {"namespace": "vm-images"}}},
+    }))
+    .unwrap();
+    assert_eq!(cfg.providers().unwrap().ids(), ["capfiles", "capk"]);
+    assert!(
+        cfg.settings().unwrap().disk_import.enabled,
+        "kubevirt's DiskImports"
+    );
 }
