@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::store::{Event, MetaPatch, Object, Result, Store, StoreError};
 
-/// Identity of a stored object (the store's [`ObjectKey`]).
+/// Identity of a stored object (the store's [`ObjectKey`](crate::store::ObjectKey)).
 pub use crate::store::ObjectKey as Key;
 
 impl Key {

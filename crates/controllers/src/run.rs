@@ -12,7 +12,7 @@
 //! ImageSync's next scheduled pass does not hold it), and reports whether every object
 //! settled.
 //!
-//! [`manifests`] reads and applies what the run is given; [`report`] is the table it prints.
+//! `manifests` reads and applies what the run is given; `report` is the table it prints.
 
 use std::{
     collections::BTreeMap,

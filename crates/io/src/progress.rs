@@ -4,7 +4,7 @@
 //!   that count and the tasks that report;
 //! - [`Report`]: one snapshot (done of total, rate, ETA), what a disk import's callback
 //!   receives and what a counter reads as ([`Progress::report`]);
-//! - [`display`] (feature `display`, for binaries): the indicatif bar and the plain lines
+//! - `display` (feature `display`, for binaries): the indicatif bar and the plain lines
 //!   that show reports.
 
 use std::sync::{

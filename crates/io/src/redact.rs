@@ -29,7 +29,7 @@ pub fn url(url: &Url) -> String {
 }
 
 /// `text` with every URL-like part (`scheme://…` up to white space or a quote) redacted
-/// as [`url`] does, whether or not it parses, and control characters escaped.
+/// as [`url()`] does, whether or not it parses, and control characters escaped.
 pub fn text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -63,7 +63,7 @@ pub fn text(text: &str) -> String {
 }
 
 /// A value given as one URL (which may not parse, and may hold spaces): redacted as
-/// [`url`] does, by shape when it does not parse, with control characters escaped.
+/// [`url()`] does, by shape when it does not parse, with control characters escaped.
 pub fn url_str(value: &str) -> String {
     escape_controls(&url_like(value))
 }

@@ -20,7 +20,7 @@
 //! - [`startup`]: the start-up check of the API server.
 //! - [`rest_client`]: client-go's `rest_client_requests_total`, counted around the client.
 //!
-//! Only the leader runs controllers. Losing the lease ends [`run`] with an error (the
+//! Only the leader runs controllers. Losing the lease ends [`run_until`] with an error (the
 //! process exits and restarts as a standby); SIGTERM/SIGINT end it cleanly: controllers
 //! finish running reconciles, the lease is given up, the endpoint stops.
 
@@ -54,7 +54,7 @@ pub use lease::{LeaderElector, LeaseConfig, LeaseError, Round};
 /// Name the operator reports events as (`reportingController`).
 pub const REPORTER: &str = "ido";
 
-/// The parts of the reconcilers' [`Context`] that do not depend on the cluster; [`run`]
+/// The parts of the reconcilers' [`Context`] that do not depend on the cluster; [`run_until`]
 /// adds the [`KubeStore`].
 pub struct ContextParts {
     /// The enabled providers.

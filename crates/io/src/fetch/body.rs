@@ -54,7 +54,7 @@ impl Queue {
 
 /// The bytes of a download, in order: a blocking [`Read`] (for a conversion thread) or a
 /// [`futures::Stream`] of chunks. A failed download ends it with an I/O error holding the
-/// [`FetchError`] ([`FetchError::from_io`]).
+/// [`FetchError`](super::FetchError) ([`FetchError::from_io`](super::FetchError::from_io)).
 pub struct Body {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     cur: Bytes,
