@@ -22,6 +22,7 @@ use ido_providers::{ProviderError, Providers};
 pub mod config;
 pub mod diskimport;
 pub mod file_store;
+pub mod imagecache;
 pub mod imagesync;
 pub mod metrics;
 pub mod nodeimage;

@@ -1,0 +1,13 @@
+//! The workload image cache's core: which images workloads use ([`collect`]), which of them
+//! a policy caches ([`filter`]), and where their copies live ([`naming`]).
+//!
+//! Every piece is a plain function over Kubernetes objects and references, so the
+//! controller, the admission webhook and `ido cache` decide the same way.
+
+pub mod collect;
+pub mod filter;
+pub mod naming;
+
+pub use collect::{ContainerKind, UsedImage, Workload, pull_secret_names};
+pub use filter::{ImageFilter, PatternError};
+pub use naming::{CacheTarget, NamingError, cached_image_name};
