@@ -291,30 +291,19 @@ fn prepare(
     stop: Arc<AtomicBool>,
 ) -> Result<Prepared> {
     let resumed_at = opened.offset;
-    let (
-        stats,
-        Continued {
-            resumed,
-            decoded,
-            base,
-        },
-    ) = start(opts, record.as_ref(), &opened, map.is_some())?;
+    let (stats, continued) = start(opts, record.as_ref(), &opened, map.is_some())?;
+    let Continued { resumed, base, .. } = continued;
     let bottom = Counted::new(opened.reader, stats.clone(), stop);
-
-    // Peel compressions and archives until a disk format shows.
-    let mut peeled = Peeled::new(opened.total);
-    let mut reader: Box<dyn Read + Send> = Box::new(bottom.clone());
-    if let Some(d) = &decoded {
-        reader = peeled.resume_decoder(reader, d, window, resumed_at, &opts.decompress)?;
-    }
-    let detected = if let Some(format) = resumed {
-        format
-    } else {
-        let restarts = opts.resume && !probe.block && opened.validator.is_some() && opened.total.is_some();
-        let (disk, format) = peeled.detect_disk(reader, opts, restarts)?;
-        reader = disk;
-        format
-    };
+    let restarts = opts.resume && !probe.block && opened.validator.is_some() && opened.total.is_some();
+    let (reader, detected, peeled) = peel(
+        opts,
+        Box::new(bottom.clone()),
+        opened.total,
+        &continued,
+        window,
+        resumed_at,
+        restarts,
+    )?;
     let Peeled {
         layers,
         tar,
@@ -362,6 +351,29 @@ fn prepare(
         checkpoint,
         resumed_at,
     })
+}
+
+/// Peels compressions and archives until a disk format shows: the disk layer's reader and
+/// format. A run that continues a compressed image's decoder starts it at its restart point
+/// (`window`, `resumed_at`); one that continues a kept target knows the format already.
+fn peel(
+    opts: &ImportOptions,
+    mut reader: Box<dyn Read + Send>,
+    total: Option<u64>,
+    continued: &Continued,
+    window: Option<Vec<u8>>,
+    resumed_at: u64,
+    restarts: bool,
+) -> Result<(Box<dyn Read + Send>, DiskFormat, Peeled)> {
+    let mut peeled = Peeled::new(total);
+    if let Some(d) = &continued.decoded {
+        reader = peeled.resume_decoder(reader, d, window, resumed_at, &opts.decompress)?;
+    }
+    if let Some(format) = continued.resumed {
+        return Ok((reader, format, peeled));
+    }
+    let (disk, format) = peeled.detect_disk(reader, opts, restarts)?;
+    Ok((disk, format, peeled))
 }
 
 /// The counters (and the hash) of this run, and where it continues: a checkpoint that does

@@ -50,43 +50,12 @@ impl Layout {
     /// Checks the header `h` (its first 512 bytes): a self-contained VDI 1.1 of 1 MiB
     /// blocks and 512-byte sectors.
     fn parse(h: &[u8]) -> Result<Self> {
+        check_kind(h)?;
         let bad = |what: String| Error::invalid(FORMAT, what);
         let unsupported = |what: String| Error::Unsupported {
             format: FORMAT,
             reason: what,
         };
-        if le32(h, 0x40) != SIGNATURE {
-            return Err(bad("bad signature".into()));
-        }
-        let version = le32(h, 0x44);
-        if version != VERSION_1_1 {
-            return Err(unsupported(format!(
-                "version {}.{} (only 1.1 is read)",
-                version >> 16,
-                version & 0xffff
-            )));
-        }
-        let image_type = le32(h, 0x4c);
-        if image_type != TYPE_DYNAMIC && image_type != TYPE_STATIC {
-            return Err(Error::refused(
-                FORMAT,
-                format!(
-                    "image type {image_type} ({}): only normal (dynamic) and static images are \
-                         self-contained",
-                    match image_type {
-                        3 => "undo",
-                        4 => "differencing",
-                        _ => "unknown",
-                    }
-                ),
-            ));
-        }
-        if h[0x1a8..0x1c8].iter().any(|b| *b != 0) {
-            return Err(Error::refused(
-                FORMAT,
-                "it has a linked or parent image (non-null link/parent UUID)",
-            ));
-        }
         let offset_bmap = u64::from(le32(h, 0x154));
         let offset_data = u64::from(le32(h, 0x158));
         let sector_size = le32(h, 0x168);
@@ -133,6 +102,47 @@ impl Layout {
             blocks,
         })
     }
+}
+
+/// Checks what kind of image the header `h` describes: VDI 1.1, normal (dynamic) or
+/// static, without a linked or parent image.
+fn check_kind(h: &[u8]) -> Result<()> {
+    if le32(h, 0x40) != SIGNATURE {
+        return Err(Error::invalid(FORMAT, "bad signature"));
+    }
+    let version = le32(h, 0x44);
+    if version != VERSION_1_1 {
+        return Err(Error::Unsupported {
+            format: FORMAT,
+            reason: format!(
+                "version {}.{} (only 1.1 is read)",
+                version >> 16,
+                version & 0xffff
+            ),
+        });
+    }
+    let image_type = le32(h, 0x4c);
+    if image_type != TYPE_DYNAMIC && image_type != TYPE_STATIC {
+        return Err(Error::refused(
+            FORMAT,
+            format!(
+                "image type {image_type} ({}): only normal (dynamic) and static images are \
+                     self-contained",
+                match image_type {
+                    3 => "undo",
+                    4 => "differencing",
+                    _ => "unknown",
+                }
+            ),
+        ));
+    }
+    if h[0x1a8..0x1c8].iter().any(|b| *b != 0) {
+        return Err(Error::refused(
+            FORMAT,
+            "it has a linked or parent image (non-null link/parent UUID)",
+        ));
+    }
+    Ok(())
 }
 
 impl<'a> VdiStream<'a> {

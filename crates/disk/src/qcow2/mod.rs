@@ -150,8 +150,6 @@ impl<'a> Qcow2Stream<'a> {
         mut l1_done: bool,
         mut l2_left: usize,
     ) -> Result<()> {
-        let h = self.header.clone();
-        let cs = h.cluster_size();
         let max_pending = (self.budget / 16).max(1 << 16) as usize;
         let mut inflate = flate2::Decompress::new(false);
 
@@ -163,63 +161,18 @@ impl<'a> Qcow2Stream<'a> {
             }
             let written = match item {
                 Item::L1 => {
-                    let n = h.l1_needed();
-                    let l1 = self.file.read_at(off, (n * 8) as usize, false)?;
-                    for (l2, index) in l1_tables(&h, l1)? {
-                        pending.push(l2, Item::L2 { index });
-                        l2_left += 1;
-                    }
+                    l2_left += self.l1_table(off, &mut pending)?;
                     l1_done = true;
                     true
                 }
                 Item::L2 { index } => {
-                    let table = self.file.read_at(off, cs as usize, false)?;
+                    self.l2_table(off, index, &mut pending, max_pending)?;
                     l2_left -= 1;
-                    for (host, item) in l2_items(&h, table, index)? {
-                        pending.push(host, item);
-                    }
-                    if pending.0.len() > max_pending {
-                        return Err(Error::Unsupported {
-                            format: "qcow2",
-                            reason: format!(
-                                "more than {max_pending} clusters are mapped ahead of the stream \
-                                 (one per 16 bytes of the reorder buffer, {}); raise it with \
-                                 `ido import --reorder-buffer SIZE` (ImportOptions::reorder_budget)",
-                                crate::seq::human_size(self.budget)
-                            ),
-                        });
-                    }
                     true
                 }
-                Item::Data { guest, mask } => {
-                    let len = (h.virtual_size - guest).min(cs) as usize;
-                    match mask {
-                        None => {
-                            let mut piece = pipe.buffer();
-                            self.file.read_into(off, cs as usize, &mut piece)?;
-                            piece.truncate(len);
-                            pipe.write(guest, piece)
-                        }
-                        Some(mask) => self.subclusters(pipe, off, guest, len, mask)?,
-                    }
-                }
+                Item::Data { guest, mask } => self.data(pipe, off, guest, mask)?,
                 Item::Compressed { guest, len } => {
-                    let data = self.file.read_at(off, len as usize, true)?;
-                    let end = off + data.len() as u64;
-                    let mut piece = pipe.buffer();
-                    piece.resize(cs as usize, 0);
-                    decompress(&h, &mut inflate, data, &mut piece, guest)?;
-                    // Its last sector may hold the start of the next compressed cluster. If
-                    // that one is not known yet (its L2 table comes later in the file, as
-                    // `qemu-img convert -c` lays out a cluster that fits in the host
-                    // cluster being filled when its L2 table is allocated), keep the sector.
-                    if self.file.retaining()
-                        && pending.0.first_key_value().is_none_or(|((o, _), _)| *o >= end)
-                    {
-                        self.file.retain_tail(512)?;
-                    }
-                    piece.truncate((h.virtual_size - guest).min(cs) as usize);
-                    pipe.write(guest, piece)
+                    self.compressed(pipe, off, len, guest, &mut inflate, &pending)?
                 }
             };
             if !written {
@@ -238,6 +191,84 @@ impl<'a> Qcow2Stream<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The L1 table at `off`: its L2 tables become pending; returns how many.
+    fn l1_table(&mut self, off: u64, pending: &mut Pending) -> Result<usize> {
+        let n = self.header.l1_needed();
+        let l1 = self.file.read_at(off, (n * 8) as usize, false)?;
+        let tables = l1_tables(&self.header, l1)?;
+        for &(l2, index) in &tables {
+            pending.push(l2, Item::L2 { index });
+        }
+        Ok(tables.len())
+    }
+
+    /// The L2 table of L1 entry `index` at `off`: its clusters become pending, as long as
+    /// no more than `max_pending` wait.
+    fn l2_table(&mut self, off: u64, index: u64, pending: &mut Pending, max_pending: usize) -> Result<()> {
+        let cs = self.header.cluster_size();
+        let table = self.file.read_at(off, cs as usize, false)?;
+        for (host, item) in l2_items(&self.header, table, index)? {
+            pending.push(host, item);
+        }
+        if pending.0.len() > max_pending {
+            return Err(Error::Unsupported {
+                format: "qcow2",
+                reason: format!(
+                    "more than {max_pending} clusters are mapped ahead of the stream \
+                     (one per 16 bytes of the reorder buffer, {}); raise it with \
+                     `ido import --reorder-buffer SIZE` (ImportOptions::reorder_budget)",
+                    crate::seq::human_size(self.budget)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The data cluster at `off` (of guest offset `guest`) to the pipe; `false` when the
+    /// pipe takes no more.
+    fn data(&mut self, pipe: &Pipe, off: u64, guest: u64, mask: Option<u32>) -> Result<bool> {
+        let cs = self.header.cluster_size();
+        let len = (self.header.virtual_size - guest).min(cs) as usize;
+        match mask {
+            None => {
+                let mut piece = pipe.buffer();
+                self.file.read_into(off, cs as usize, &mut piece)?;
+                piece.truncate(len);
+                Ok(pipe.write(guest, piece))
+            }
+            Some(mask) => self.subclusters(pipe, off, guest, len, mask),
+        }
+    }
+
+    /// The compressed cluster stored at `off` (`len` bytes), inflated, to the pipe; `false`
+    /// when the pipe takes no more.
+    fn compressed(
+        &mut self,
+        pipe: &Pipe,
+        off: u64,
+        len: u64,
+        guest: u64,
+        inflate: &mut flate2::Decompress,
+        pending: &Pending,
+    ) -> Result<bool> {
+        let h = &self.header;
+        let cs = h.cluster_size();
+        let data = self.file.read_at(off, len as usize, true)?;
+        let end = off + data.len() as u64;
+        let mut piece = pipe.buffer();
+        piece.resize(cs as usize, 0);
+        decompress(h, inflate, data, &mut piece, guest)?;
+        // Its last sector may hold the start of the next compressed cluster. If that one is
+        // not known yet (its L2 table comes later in the file, as `qemu-img convert -c` lays
+        // out a cluster that fits in the host cluster being filled when its L2 table is
+        // allocated), keep the sector.
+        if self.file.retaining() && pending.0.first_key_value().is_none_or(|((o, _), _)| *o >= end) {
+            self.file.retain_tail(512)?;
+        }
+        piece.truncate((self.header.virtual_size - guest).min(cs) as usize);
+        Ok(pipe.write(guest, piece))
     }
 
     /// A cluster of an extended-L2 image: only its subclusters with data are written (the

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use ido_oci::auth::AuthStore;
 use ido_oci::media::{self, Descriptor, Manifest, Platform};
 use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio::sync::{mpsc, oneshot};
 
@@ -122,6 +123,21 @@ const META_MAX: usize = 4 << 20;
 
 /// Finds the disk and opens it as the source.
 pub(super) async fn open(opts: &RegistryOptions, decompress: &DecompressOptions) -> Result<Opened> {
+    let (reference, platform) = target(opts)?;
+    let host = reference.resolve_registry().to_string();
+    let client = Arc::new(client(opts, &host).await?);
+    let auth = opts.auth.auth_for(&host);
+    let ctx = Ctx {
+        client,
+        retry: opts.retry.clone(),
+        shown: opts.to_string(),
+    };
+    let (image_ref, layers) = image(&ctx, &reference, platform.as_ref(), &auth).await?;
+    find_disk(&ctx, &image_ref, &layers, decompress).await
+}
+
+/// The image reference and the platform asked for, parsed.
+fn target(opts: &RegistryOptions) -> Result<(Reference, Option<Platform>)> {
     let reference = ido_oci::reference::parse(&opts.reference).map_err(|e| Error::InvalidArgument {
         field: "source",
         value: opts.to_string(),
@@ -135,143 +151,172 @@ pub(super) async fn open(opts: &RegistryOptions, decompress: &DecompressOptions)
         })?),
         None => None,
     };
-    let host = reference.resolve_registry().to_string();
-    let client = Arc::new(client(opts, &host).await?);
-    let auth = opts.auth.auth_for(&host);
-    let shown = opts.to_string();
-    let ctx = Ctx {
-        client,
-        retry: opts.retry.clone(),
-        shown: shown.clone(),
-    };
+    Ok((reference, platform))
+}
 
-    // The manifest, through an index if need be.
+/// The image to read and its layers: the manifest, through an index if need be (the
+/// platform's image, by default this machine's). A single image is checked against an
+/// explicit platform (an index was selected by it).
+async fn image(
+    ctx: &Ctx,
+    reference: &Reference,
+    platform: Option<&Platform>,
+    auth: &RegistryAuth,
+) -> Result<(Reference, Vec<Descriptor>)> {
+    let shown = &ctx.shown;
     let top = ctx
         .retrying("pulling the manifest", || {
-            ctx.client.pull_manifest_raw(&reference, &auth, media::ACCEPTED)
+            ctx.client.pull_manifest_raw(reference, auth, media::ACCEPTED)
         })
         .await?;
-    let (image_ref, layers, config) = match parse_manifest(&top.0, &shown)? {
-        Manifest::Index { manifests, .. } => {
-            let want = platform.clone().unwrap_or_else(Platform::host);
-            let d = manifests
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| want.selects(p)))
-                .ok_or_else(|| Error::InvalidArgument {
-                    field: "platform",
-                    value: want.to_string(),
-                    reason: format!(
-                        "{shown} has no image for it (has: {})",
-                        manifests
-                            .iter()
-                            .filter_map(|d| d.platform.as_ref().map(ToString::to_string))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })?;
-            let child = Reference::with_digest(
-                reference.registry().to_string(),
-                reference.repository().to_string(),
-                d.digest.clone(),
-            );
-            let (bytes, _) = ctx
-                .retrying("pulling the platform's manifest", || {
-                    ctx.client.pull_manifest_raw(&child, &auth, media::ACCEPTED)
-                })
-                .await?;
-            if media::sha256(&bytes) != d.digest {
-                return Err(Error::invalid(
-                    "oci",
-                    format!("{shown}: manifest {} does not match its digest", d.digest),
-                ));
+    let manifests = match parse_manifest(&top.0, shown)? {
+        Manifest::Index { manifests, .. } => manifests,
+        Manifest::Image { layers, config, .. } => {
+            if let Some(want) = platform {
+                check_platform(ctx, reference, &config, want).await?;
             }
-            match parse_manifest(&bytes, &shown)? {
-                Manifest::Image { layers, .. } => (child, layers, None),
-                Manifest::Index { .. } => {
-                    return Err(Error::Unsupported {
-                        format: "oci",
-                        reason: format!("{shown}: an index inside an index"),
-                    });
-                }
-            }
+            return Ok((reference.clone(), layers));
         }
-        Manifest::Image { layers, config, .. } => (reference.clone(), layers, Some(config)),
     };
-    // A single image checked against an explicit platform (an index was selected by it).
-    if let (Some(want), Some(config)) = (&platform, &config) {
-        let got = config_platform(&ctx, &image_ref, config).await?;
-        if !got.as_ref().is_some_and(|p| want.selects(p)) {
-            return Err(Error::InvalidArgument {
-                field: "platform",
-                value: want.to_string(),
-                reason: format!(
-                    "{shown} is a single image for {}",
-                    got.map_or("an unknown platform".into(), |p| p.to_string())
-                ),
-            });
-        }
+    let want = platform.cloned().unwrap_or_else(Platform::host);
+    let d = select(&manifests, &want, shown)?;
+    let child = Reference::with_digest(
+        reference.registry().to_string(),
+        reference.repository().to_string(),
+        d.digest.clone(),
+    );
+    let (bytes, _) = ctx
+        .retrying("pulling the platform's manifest", || {
+            ctx.client.pull_manifest_raw(&child, auth, media::ACCEPTED)
+        })
+        .await?;
+    if media::sha256(&bytes) != d.digest {
+        return Err(Error::invalid(
+            "oci",
+            format!("{shown}: manifest {} does not match its digest", d.digest),
+        ));
     }
+    match parse_manifest(&bytes, shown)? {
+        Manifest::Image { layers, .. } => Ok((child, layers)),
+        Manifest::Index { .. } => Err(Error::Unsupported {
+            format: "oci",
+            reason: format!("{shown}: an index inside an index"),
+        }),
+    }
+}
 
-    // Layers from the top down; the first holding a disk/ file gives the disk.
+/// The entry of an index for `want`; else an error listing the platforms it has.
+fn select<'m>(manifests: &'m [Descriptor], want: &Platform, shown: &str) -> Result<&'m Descriptor> {
+    manifests
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| want.selects(p)))
+        .ok_or_else(|| Error::InvalidArgument {
+            field: "platform",
+            value: want.to_string(),
+            reason: format!(
+                "{shown} has no image for it (has: {})",
+                manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref().map(ToString::to_string))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+}
+
+/// Layers from the top down; the first holding a disk/ file gives the disk.
+async fn find_disk(
+    ctx: &Ctx,
+    image: &Reference,
+    layers: &[Descriptor],
+    decompress: &DecompressOptions,
+) -> Result<Opened> {
     let mut hidden = Hidden::default();
     for (i, layer) in layers.iter().enumerate().rev() {
         if !layer.urls.is_empty() {
             tracing::debug!(digest = %layer.digest, "skipping a foreign layer");
             continue;
         }
-        let (found_tx, found_rx) = oneshot::channel();
-        let (data_tx, data_rx) = std::sync::mpsc::sync_channel(QUEUE);
-        let (blob_tx, blob_rx) = mpsc::channel(BLOB_QUEUE);
-        let fetch = tokio::spawn(fetch_blob(ctx.clone(), image_ref.clone(), layer.clone(), blob_tx));
-        let walker = Walker {
-            blob: BlobReader {
-                rx: blob_rx,
-                cur: Bytes::new(),
-            },
-            media_type: layer.media_type.clone(),
-            hidden: hidden.clone(),
-            shown: format!("{shown} layer {} ({})", i + 1, layer.digest),
-            decompress: decompress.clone(),
-        };
-        std::thread::Builder::new()
-            .name("ido-layer".into())
-            .spawn(move || walker.run(found_tx, data_tx))
-            .map_err(|e| Error::io("starting the layer reader", e))?;
-        match found_rx.await {
-            Ok(Ok(Found::Disk { name, size })) => {
-                tracing::info!(image = %shown, layer = i + 1, file = %name, size, "containerDisk found");
-                let reader = DiskReader {
-                    rx: data_rx,
-                    cur: Vec::new(),
-                    pos: 0,
-                    _fetch: AbortOnDrop(fetch),
-                };
-                return Ok(Opened::whole(Box::new(reader), Some(size)));
-            }
-            Ok(Ok(Found::Nothing(h))) => {
-                fetch.await.ok();
+        match read_layer(ctx, image, i, layer, &hidden, decompress).await? {
+            LayerRead::Disk(opened) => return Ok(opened),
+            LayerRead::Nothing(h) => {
                 hidden = h;
                 if hidden.opaque {
                     break;
                 }
             }
-            Ok(Err(e)) => {
-                fetch.abort();
-                return Err(e);
-            }
-            Err(_) => {
-                fetch.abort();
-                return Err(Error::io(
-                    "reading a layer",
-                    io::Error::other("the layer reader stopped"),
-                ));
-            }
         }
     }
     Err(Error::InvalidImage {
         format: "containerDisk",
-        reason: format!("{shown}: no regular file under /disk/ in any layer"),
+        reason: format!("{}: no regular file under /disk/ in any layer", ctx.shown),
     })
+}
+
+/// What one layer gave.
+enum LayerRead {
+    /// Its disk file, opened as the source (the rest of the layer is read on as it streams).
+    Disk(Opened),
+    /// No disk; what this layer and the ones above hide of the layers below.
+    Nothing(Hidden),
+}
+
+/// Reads layer `i` (0: the bottom one) until its disk file shows, or to its end: the blob
+/// fetched in a task, its tar walked in a thread.
+async fn read_layer(
+    ctx: &Ctx,
+    image: &Reference,
+    i: usize,
+    layer: &Descriptor,
+    hidden: &Hidden,
+    decompress: &DecompressOptions,
+) -> Result<LayerRead> {
+    let shown = &ctx.shown;
+    let (found_tx, found_rx) = oneshot::channel();
+    let (data_tx, data_rx) = std::sync::mpsc::sync_channel(QUEUE);
+    let (blob_tx, blob_rx) = mpsc::channel(BLOB_QUEUE);
+    let fetch = tokio::spawn(fetch_blob(ctx.clone(), image.clone(), layer.clone(), blob_tx));
+    let walker = Walker {
+        blob: BlobReader {
+            rx: blob_rx,
+            cur: Bytes::new(),
+        },
+        media_type: layer.media_type.clone(),
+        hidden: hidden.clone(),
+        shown: format!("{shown} layer {} ({})", i + 1, layer.digest),
+        decompress: decompress.clone(),
+    };
+    std::thread::Builder::new()
+        .name("ido-layer".into())
+        .spawn(move || walker.run(found_tx, data_tx))
+        .map_err(|e| Error::io("starting the layer reader", e))?;
+    match found_rx.await {
+        Ok(Ok(Found::Disk { name, size })) => {
+            tracing::info!(image = %shown, layer = i + 1, file = %name, size, "containerDisk found");
+            let reader = DiskReader {
+                rx: data_rx,
+                cur: Vec::new(),
+                pos: 0,
+                _fetch: AbortOnDrop(fetch),
+            };
+            Ok(LayerRead::Disk(Opened::whole(Box::new(reader), Some(size))))
+        }
+        Ok(Ok(Found::Nothing(h))) => {
+            fetch.await.ok();
+            Ok(LayerRead::Nothing(h))
+        }
+        Ok(Err(e)) => {
+            fetch.abort();
+            Err(e)
+        }
+        Err(_) => {
+            fetch.abort();
+            Err(Error::io(
+                "reading a layer",
+                io::Error::other("the layer reader stopped"),
+            ))
+        }
+    }
 }
 
 /// The oci-client client of `host`, built by the OCI engine (`ido_oci::registry`) with the
@@ -303,6 +348,23 @@ fn parse_manifest(bytes: &[u8], shown: &str) -> Result<Manifest> {
     media::parse(bytes, shown).map_err(|e| Error::Unsupported {
         format: "oci",
         reason: e.to_string(),
+    })
+}
+
+/// Checks that the config of a single image names `want`.
+async fn check_platform(ctx: &Ctx, image: &Reference, config: &Descriptor, want: &Platform) -> Result<()> {
+    let got = config_platform(ctx, image, config).await?;
+    if got.as_ref().is_some_and(|p| want.selects(p)) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        field: "platform",
+        value: want.to_string(),
+        reason: format!(
+            "{} is a single image for {}",
+            ctx.shown,
+            got.map_or("an unknown platform".into(), |p| p.to_string())
+        ),
     })
 }
 

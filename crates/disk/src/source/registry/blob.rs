@@ -5,6 +5,7 @@ use std::io::{self, Read};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use ido_oci::media::Descriptor;
 use oci_client::Reference;
 use oci_client::client::BlobResponse;
@@ -41,56 +42,43 @@ pub(super) async fn fetch_blob_inner(
         });
     }
     let what = format!("layer {}", layer.digest);
-    let mut hasher = sha2::Sha256::new();
-    let mut offset = 0u64;
+    let mut got = Received::default();
     let mut failures = 0u32;
     loop {
         let last = match ctx
             .client
-            .pull_blob_stream_partial(image, layer.digest.as_str(), offset, None)
+            .pull_blob_stream_partial(image, layer.digest.as_str(), got.offset, None)
             .await
         {
             Ok(resp) => {
-                let (mut stream, mut skip) = match resp {
+                let (stream, skip) = match resp {
                     BlobResponse::Partial(s) => (s.stream, 0),
                     // The registry ignored Range: skip what was received.
-                    BlobResponse::Full(s) => (s.stream, offset),
+                    BlobResponse::Full(s) => (s.stream, got.offset),
                 };
-                if offset > 0 {
-                    tracing::info!(image = %ctx.shown, %what, offset, "resumed layer download");
+                if got.offset > 0 {
+                    tracing::info!(image = %ctx.shown, %what, offset = got.offset, "resumed layer download");
                 }
-                loop {
-                    match stream.next().await {
-                        Some(Ok(mut b)) => {
-                            if skip > 0 {
-                                let k = skip.min(b.len() as u64) as usize;
-                                b = b.slice(k..);
-                                skip -= k as u64;
-                            }
-                            if b.is_empty() {
-                                continue;
-                            }
-                            failures = 0;
-                            offset += b.len() as u64;
-                            hasher.update(&b);
-                            if tx.send(Ok(b)).await.is_err() {
-                                return Ok(()); // the walker is gone
-                            }
+                let before = got.offset;
+                let ended = got.receive(stream, skip, tx).await;
+                if got.offset > before {
+                    failures = 0;
+                }
+                match ended {
+                    Ended::Gone => return Ok(()), // the walker is gone
+                    Ended::Failed(e) => format!("{what}: transfer cut at byte {}: {e}", got.offset),
+                    Ended::End if got.offset < layer.size => {
+                        format!("{what}: body ended at {} of {} bytes", got.offset, layer.size)
+                    }
+                    Ended::End => {
+                        let got = hex::encode(got.hasher.finalize());
+                        if got != want {
+                            return Err(Error::invalid(
+                                "oci",
+                                format!("{}: {what} has digest sha256:{got}", ctx.shown),
+                            ));
                         }
-                        Some(Err(e)) => break format!("{what}: transfer cut at byte {offset}: {e}"),
-                        None if offset < layer.size => {
-                            break format!("{what}: body ended at {offset} of {} bytes", layer.size);
-                        }
-                        None => {
-                            let got = hex::encode(hasher.finalize());
-                            if got != want {
-                                return Err(Error::invalid(
-                                    "oci",
-                                    format!("{}: {what} has digest sha256:{got}", ctx.shown),
-                                ));
-                            }
-                            return Ok(());
-                        }
+                        return Ok(());
                     }
                 }
             }
@@ -108,8 +96,58 @@ pub(super) async fn fetch_blob_inner(
             });
         }
         let wait = ctx.retry.backoff(failures);
-        tracing::warn!(image = %ctx.shown, offset, attempt = failures, ?wait, "{last}; retrying");
+        tracing::warn!(image = %ctx.shown, offset = got.offset, attempt = failures, ?wait, "{last}; retrying");
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The bytes of a blob passed on so far: how many, and their hash.
+#[derive(Default)]
+struct Received {
+    offset: u64,
+    hasher: sha2::Sha256,
+}
+
+/// How one response's body ended.
+enum Ended {
+    /// At its end.
+    End,
+    /// The receiver (the layer's walker) is gone.
+    Gone,
+    /// With an error.
+    Failed(io::Error),
+}
+
+impl Received {
+    /// Passes one response's body on to `tx`, its first `skip` bytes dropped (passed on
+    /// before), counting and hashing what goes.
+    async fn receive(
+        &mut self,
+        mut stream: BoxStream<'static, io::Result<Bytes>>,
+        mut skip: u64,
+        tx: &mpsc::Sender<io::Result<Bytes>>,
+    ) -> Ended {
+        loop {
+            match stream.next().await {
+                Some(Ok(mut b)) => {
+                    if skip > 0 {
+                        let k = skip.min(b.len() as u64) as usize;
+                        b = b.slice(k..);
+                        skip -= k as u64;
+                    }
+                    if b.is_empty() {
+                        continue;
+                    }
+                    self.offset += b.len() as u64;
+                    self.hasher.update(&b);
+                    if tx.send(Ok(b)).await.is_err() {
+                        return Ended::Gone;
+                    }
+                }
+                Some(Err(e)) => return Ended::Failed(e),
+                None => return Ended::End,
+            }
+        }
     }
 }
 
