@@ -48,65 +48,41 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<bool, BoxError> {
-    let mut platforms = Platforms::Host;
-    let mut images = DEFAULT_CONCURRENCY;
-    let (mut src_verify, mut dst_verify) = (true, true);
-    let mut rest = vec![];
+/// The command line: flags, then the mode and its arguments.
+struct Args {
+    platforms: Platforms,
+    images: usize,
+    src_verify: bool,
+    dst_verify: bool,
+    rest: Vec<String>,
+}
+
+fn args() -> Result<Args, BoxError> {
+    let mut a = Args {
+        platforms: Platforms::Host,
+        images: DEFAULT_CONCURRENCY,
+        src_verify: true,
+        dst_verify: true,
+        rest: vec![],
+    };
     let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--all" => platforms = Platforms::All,
-            "--images" => images = it.next().ok_or("--images needs a number")?.parse()?,
-            "--src-tls-verify=false" => src_verify = false,
-            "--dest-tls-verify=false" => dst_verify = false,
-            _ => rest.push(a),
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--all" => a.platforms = Platforms::All,
+            "--images" => a.images = it.next().ok_or("--images needs a number")?.parse()?,
+            "--src-tls-verify=false" => a.src_verify = false,
+            "--dest-tls-verify=false" => a.dst_verify = false,
+            _ => a.rest.push(arg),
         }
     }
+    Ok(a)
+}
+
+async fn run() -> Result<bool, BoxError> {
+    let args = args()?;
     let started = Instant::now();
-    let (mode, args) = rest
-        .split_first()
-        .ok_or("expected `sync` or `pairs` (see the source)")?;
-    let tls = |verify| TlsSettings {
-        verify,
-        ca_bundle: None,
-    };
-    let auths = Arc::new(AuthStore::default());
-    let connect = |r: Reference, verify| {
-        let auths = auths.clone();
-        async move { Registry::connect(r.resolve_registry(), &tls(verify), auths, DEFAULT_CONCURRENCY).await }
-    };
-    let (src, dst, pairs) = match (mode.as_str(), args) {
-        ("sync", [s, d]) => {
-            let (s, d) = (reference(s)?, reference(d)?);
-            let src = connect(s.clone(), src_verify).await?;
-            let dst = connect(d.clone(), dst_verify).await?;
-            let tags = list_tags(&src, &s).await?;
-            let at = |r: &Reference, t: &str| {
-                Reference::with_tag(r.registry().into(), r.repository().into(), t.into())
-            };
-            let pairs = tags.iter().map(|t| (at(&s, t), at(&d, t))).collect::<Vec<_>>();
-            (src, dst, pairs)
-        }
-        ("pairs", list) if !list.is_empty() && list.len() % 2 == 0 => {
-            let pairs = list
-                .chunks(2)
-                .map(|p| Ok((reference(&p[0])?, reference(&p[1])?)))
-                .collect::<Result<Vec<_>, BoxError>>()?;
-            let src = connect(pairs[0].0.clone(), src_verify).await?;
-            let dst = connect(pairs[0].1.clone(), dst_verify).await?;
-            for (s, d) in &pairs {
-                if s.resolve_registry() != src.host || d.resolve_registry() != dst.host {
-                    return Err(
-                        "every pair must have the first pair's source and destination registries".into(),
-                    );
-                }
-            }
-            (src, dst, pairs)
-        }
-        _ => return Err("expected `sync SRC_REPO DST_REPO` or `pairs SRC DST [SRC DST ...]`".into()),
-    };
-    let results = copy_many(&src, &dst, &pairs, &platforms, images).await;
+    let (src, dst, pairs) = connect_pairs(&args).await?;
+    let results = copy_many(&src, &dst, &pairs, &args.platforms, args.images).await;
     let (mut copied, mut skipped, mut failed) = (0, 0, 0);
     for ((s, d), r) in pairs.iter().zip(results) {
         match r {
@@ -137,4 +113,52 @@ async fn run() -> Result<bool, BoxError> {
         started.elapsed()
     );
     Ok(failed == 0)
+}
+
+/// The two registries and the pairs to copy, from the mode: every tag of a repository
+/// (`sync`), or the pairs given (`pairs`, all between the same two registries).
+async fn connect_pairs(args: &Args) -> Result<(Registry, Registry, Vec<(Reference, Reference)>), BoxError> {
+    let (mode, list) = args
+        .rest
+        .split_first()
+        .ok_or("expected `sync` or `pairs` (see the source)")?;
+    let tls = |verify| TlsSettings {
+        verify,
+        ca_bundle: None,
+    };
+    let auths = Arc::new(AuthStore::default());
+    let connect = |r: Reference, verify| {
+        let auths = auths.clone();
+        async move { Registry::connect(r.resolve_registry(), &tls(verify), auths, DEFAULT_CONCURRENCY).await }
+    };
+    match (mode.as_str(), list) {
+        ("sync", [s, d]) => {
+            let (s, d) = (reference(s)?, reference(d)?);
+            let src = connect(s.clone(), args.src_verify).await?;
+            let dst = connect(d.clone(), args.dst_verify).await?;
+            let tags = list_tags(&src, &s).await?;
+            let at = |r: &Reference, t: &str| {
+                Reference::with_tag(r.registry().into(), r.repository().into(), t.into())
+            };
+            let pairs = tags.iter().map(|t| (at(&s, t), at(&d, t))).collect::<Vec<_>>();
+            Ok((src, dst, pairs))
+        }
+        ("pairs", list) if !list.is_empty() && list.len() % 2 == 0 => {
+            let pairs = list
+                .chunks(2)
+                .map(|p| Ok((reference(&p[0])?, reference(&p[1])?)))
+                .collect::<Result<Vec<_>, BoxError>>()?;
+            let src = connect(pairs[0].0.clone(), args.src_verify).await?;
+            let dst = connect(pairs[0].1.clone(), args.dst_verify).await?;
+            for (s, d) in &pairs {
+                if s.resolve_registry() != src.host || d.resolve_registry() != dst.host {
+                    return Err(
+                        "every pair must have the first pair's source and destination registries".into(),
+                    );
+                }
+            }
+            Ok((src, dst, pairs))
+        }
+        _ => Err("expected `sync SRC_REPO DST_REPO` or `pairs SRC DST [SRC DST ...]`".into()),
+    }
 }

@@ -256,39 +256,7 @@ impl IrsaConfig {
         keys: &SessionKeys,
     ) -> Result<(Credentials, SystemTime)> {
         let url = self.endpoint(&self.ecr_endpoint, "api.ecr", region);
-        let body = b"{}";
-        let headers = [
-            ("content-type", "application/x-amz-json-1.1"),
-            (
-                "x-amz-target",
-                "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
-            ),
-        ];
-        let signed = sign(
-            keys,
-            &Scope {
-                region,
-                service: "ecr",
-            },
-            jiff::Timestamp::now(),
-            &Signable {
-                method: "POST",
-                url: &url,
-                headers: &headers,
-                body,
-            },
-        );
-        let mut req = self.http.post(url.clone()).body(&body[..]).timeout(CALL_TIMEOUT);
-        for (k, v) in headers.iter().map(|(k, v)| (*k, v.to_string())).chain(signed) {
-            let mut v = reqwest::header::HeaderValue::from_str(&v).map_err(|_| Error::Aws {
-                step: ECR,
-                endpoint: endpoint_str(&url),
-                code: None,
-                message: format!("a {k} header that is not a header value"),
-            })?;
-            v.set_sensitive(k == "authorization" || k == "x-amz-security-token");
-            req = req.header(k, v);
-        }
+        let req = self.ecr_request(&url, region, keys)?;
         let (status, body) = send(req, ECR, &url).await?;
         let secrets = [
             keys.secret_access_key.as_str(),
@@ -306,37 +274,81 @@ impl IrsaConfig {
                 .map(String::from);
             return Err(aws_error(ECR, &url, status, code, message, &body, &secrets));
         }
-        let data = &json["authorizationData"][0];
-        let bad = |what: &str| Error::Aws {
-            step: ECR,
-            endpoint: endpoint_str(&url),
-            code: None,
-            message: format!("HTTP {status}: {what}"),
-        };
-        let token = data["authorizationToken"]
-            .as_str()
-            .ok_or_else(|| bad("no authorizationData[0].authorizationToken in the answer"))?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(token.trim())
-            .ok()
-            .and_then(|raw| String::from_utf8(raw).ok())
-            .ok_or_else(|| bad("authorizationToken is not base64 of text"))?;
-        let (user, password) = decoded
-            .split_once(':')
-            .ok_or_else(|| bad("authorizationToken is not user:password"))?;
-        let expires_at = data["expiresAt"]
-            .as_f64()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| UNIX_EPOCH + Duration::from_secs_f64(s))
-            .ok_or_else(|| bad("no expiresAt (epoch seconds) in authorizationData[0]"))?;
-        Ok((
-            Credentials {
-                username: user.to_string(),
-                password: password.to_string(),
-            },
-            expires_at,
-        ))
+        ecr_credentials(&url, status, &json)
     }
+
+    /// The `GetAuthorizationToken` request to `url`, signed (SigV4) with `keys`.
+    fn ecr_request(&self, url: &Url, region: &str, keys: &SessionKeys) -> Result<reqwest::RequestBuilder> {
+        let body = b"{}";
+        let headers = [
+            ("content-type", "application/x-amz-json-1.1"),
+            (
+                "x-amz-target",
+                "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
+            ),
+        ];
+        let signed = sign(
+            keys,
+            &Scope {
+                region,
+                service: "ecr",
+            },
+            jiff::Timestamp::now(),
+            &Signable {
+                method: "POST",
+                url,
+                headers: &headers,
+                body,
+            },
+        );
+        let mut req = self.http.post(url.clone()).body(&body[..]).timeout(CALL_TIMEOUT);
+        for (k, v) in headers.iter().map(|(k, v)| (*k, v.to_string())).chain(signed) {
+            let mut v = reqwest::header::HeaderValue::from_str(&v).map_err(|_| Error::Aws {
+                step: ECR,
+                endpoint: endpoint_str(url),
+                code: None,
+                message: format!("a {k} header that is not a header value"),
+            })?;
+            v.set_sensitive(k == "authorization" || k == "x-amz-security-token");
+            req = req.header(k, v);
+        }
+        Ok(req)
+    }
+}
+
+/// The registry credentials of a successful `GetAuthorizationToken` answer (`json`, from
+/// `url` with `status`) and when they expire.
+fn ecr_credentials(url: &Url, status: u16, json: &serde_json::Value) -> Result<(Credentials, SystemTime)> {
+    let data = &json["authorizationData"][0];
+    let bad = |what: &str| Error::Aws {
+        step: ECR,
+        endpoint: endpoint_str(url),
+        code: None,
+        message: format!("HTTP {status}: {what}"),
+    };
+    let token = data["authorizationToken"]
+        .as_str()
+        .ok_or_else(|| bad("no authorizationData[0].authorizationToken in the answer"))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or_else(|| bad("authorizationToken is not base64 of text"))?;
+    let (user, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| bad("authorizationToken is not user:password"))?;
+    let expires_at = data["expiresAt"]
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| UNIX_EPOCH + Duration::from_secs_f64(s))
+        .ok_or_else(|| bad("no expiresAt (epoch seconds) in authorizationData[0]"))?;
+    Ok((
+        Credentials {
+            username: user.to_string(),
+            password: password.to_string(),
+        },
+        expires_at,
+    ))
 }
 
 /// The region of an ECR registry host: `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`

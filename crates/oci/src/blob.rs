@@ -56,12 +56,60 @@ pub(crate) async fn copy_blob(
     bytes: Arc<AtomicU64>,
     progress: &Progress,
 ) -> Result<BlobOutcome> {
+    if let Some(outcome) = without_transfer(src, src_ref, dst, dst_ref, &d).await? {
+        progress.add(d.size);
+        return Ok(outcome);
+    }
+    let _dst_permit = dst.limit.acquire().await.expect("semaphore never closed");
+    let _src_permit = if src.host == dst.host {
+        None
+    } else {
+        Some(src.limit.acquire().await.expect("semaphore never closed"))
+    };
+    let n = transfer_retrying(src, src_ref, dst, dst_ref, &d, progress).await?;
+    bytes.fetch_add(n, Ordering::Relaxed);
+    Ok(BlobOutcome::Copied)
+}
+
+/// The destination has blob `d` already (HEAD), or gets it by a mount from the source's
+/// repository (same registry); `None` when it must be transferred.
+async fn without_transfer(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    d: &Descriptor,
+) -> Result<Option<BlobOutcome>> {
     let checking = format!(
         "checking blob {} in {}/{}",
         d.digest,
         dst.host,
         dst_ref.repository()
     );
+    if with_retries(&checking, || dst.client.blob_exists(dst_ref, &d.digest)).await? {
+        return Ok(Some(BlobOutcome::Present));
+    }
+    // A 201 means mounted; anything else (202 opens an upload instead) means copy it.
+    if src.host == dst.host
+        && src_ref.repository() != dst_ref.repository()
+        && dst.mount(dst_ref, src_ref, &d.digest).await
+    {
+        return Ok(Some(BlobOutcome::Mounted));
+    }
+    Ok(None)
+}
+
+/// Transfers blob `d` until an attempt succeeds: again after a backoff on a transient
+/// failure, at once after a first digest mismatch, in chunks when the destination refuses
+/// a monolithic upload. The bytes sent.
+async fn transfer_retrying(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    d: &Descriptor,
+    progress: &Progress,
+) -> Result<u64> {
     let reading = || {
         format!(
             "reading blob {} from {}/{}",
@@ -78,32 +126,11 @@ pub(crate) async fn copy_blob(
             dst_ref.repository()
         )
     };
-    if with_retries(&checking, || dst.client.blob_exists(dst_ref, &d.digest)).await? {
-        progress.add(d.size);
-        return Ok(BlobOutcome::Present);
-    }
-    // A 201 means mounted; anything else (202 opens an upload instead) means copy it.
-    if src.host == dst.host
-        && src_ref.repository() != dst_ref.repository()
-        && dst.mount(dst_ref, src_ref, &d.digest).await
-    {
-        progress.add(d.size);
-        return Ok(BlobOutcome::Mounted);
-    }
-    let _dst_permit = dst.limit.acquire().await.expect("semaphore never closed");
-    let _src_permit = if src.host == dst.host {
-        None
-    } else {
-        Some(src.limit.acquire().await.expect("semaphore never closed"))
-    };
     let mut monolithic = true;
     let (mut attempt, mut mismatches) = (0, 0);
     loop {
-        let e = match transfer(src, src_ref, dst, dst_ref, &d, monolithic, progress).await {
-            Ok(n) => {
-                bytes.fetch_add(n, Ordering::Relaxed);
-                return Ok(BlobOutcome::Copied);
-            }
+        let e = match transfer(src, src_ref, dst, dst_ref, d, monolithic, progress).await {
+            Ok(n) => return Ok(n),
             Err(Failure::Digest { actual, .. }) if mismatches == 0 => {
                 mismatches += 1;
                 tracing::warn!(digest = %d.digest, %actual, "{}: the bytes read do not match; reading again", reading());

@@ -148,34 +148,16 @@ async fn copy_inner(
         None => (images[0].1.clone(), media_type(&images[0].2)),
     };
 
-    // Every blob of every image, once; the largest first (they bound the copy's length).
-    let mut blobs: BTreeMap<String, Descriptor> = BTreeMap::new();
-    for (_, _, m) in &images {
-        if let Manifest::Image { config, layers, .. } = m {
-            for d in std::iter::once(config).chain(layers) {
-                if d.urls.is_empty() {
-                    blobs.entry(d.digest.clone()).or_insert_with(|| d.clone());
-                }
-            }
-        }
-    }
-    let mut blobs: Vec<Descriptor> = blobs.into_values().collect();
-    blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
-    progress.add_total(blobs.iter().map(|b| b.size).sum());
-    let bytes = Arc::new(AtomicU64::new(0));
-    let outcomes: Vec<BlobOutcome> = stream::iter(blobs)
-        .map(|d| copy_blob(src, src_ref, dst, dst_ref, d, bytes.clone(), progress))
-        .buffer_unordered(dst.concurrency() * 2)
-        .try_collect()
-        .await?;
-    for o in outcomes {
-        match o {
-            BlobOutcome::Copied => report.blobs_copied += 1,
-            BlobOutcome::Present => report.blobs_present += 1,
-            BlobOutcome::Mounted => report.blobs_mounted += 1,
-        }
-    }
-    report.bytes = bytes.load(Ordering::Relaxed);
+    copy_blobs(
+        src,
+        src_ref,
+        dst,
+        dst_ref,
+        blobs_of(&images),
+        progress,
+        &mut report,
+    )
+    .await?;
 
     // Children first (by digest, at once), then the tag.
     if plan.children.is_some() && (images.len() > 1 || push_bytes != images[0].1) {
@@ -194,6 +176,52 @@ async fn copy_inner(
     report.manifests += 1;
     tracing::debug!(dst = %dst_ref.whole(), digest = %report.digest, blobs = report.blobs_copied, bytes = report.bytes, "copied");
     Ok(report)
+}
+
+/// Every blob of every image, once (foreign layers aside); the largest first (they bound
+/// the copy's length).
+fn blobs_of(images: &[(String, Bytes, Manifest)]) -> Vec<Descriptor> {
+    let mut blobs: BTreeMap<String, Descriptor> = BTreeMap::new();
+    for (_, _, m) in images {
+        if let Manifest::Image { config, layers, .. } = m {
+            for d in std::iter::once(config).chain(layers) {
+                if d.urls.is_empty() {
+                    blobs.entry(d.digest.clone()).or_insert_with(|| d.clone());
+                }
+            }
+        }
+    }
+    let mut blobs: Vec<Descriptor> = blobs.into_values().collect();
+    blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
+    blobs
+}
+
+/// Copies `blobs`, a few at once, counting what happened to them in `report`.
+async fn copy_blobs(
+    src: &Registry,
+    src_ref: &Reference,
+    dst: &Registry,
+    dst_ref: &Reference,
+    blobs: Vec<Descriptor>,
+    progress: &Progress,
+    report: &mut CopyReport,
+) -> Result<()> {
+    progress.add_total(blobs.iter().map(|b| b.size).sum());
+    let bytes = Arc::new(AtomicU64::new(0));
+    let outcomes: Vec<BlobOutcome> = stream::iter(blobs)
+        .map(|d| copy_blob(src, src_ref, dst, dst_ref, d, bytes.clone(), progress))
+        .buffer_unordered(dst.concurrency() * 2)
+        .try_collect()
+        .await?;
+    for o in outcomes {
+        match o {
+            BlobOutcome::Copied => report.blobs_copied += 1,
+            BlobOutcome::Present => report.blobs_present += 1,
+            BlobOutcome::Mounted => report.blobs_mounted += 1,
+        }
+    }
+    report.bytes = bytes.load(Ordering::Relaxed);
+    Ok(())
 }
 
 /// Copies every `(source, destination)` pair from `src` to `dst`, `images` copies at once.
@@ -272,32 +300,9 @@ async fn copy_referrers_of(
     let at = |reg: &Reference, t: &str| {
         Reference::with_tag(reg.registry().into(), reg.repository().into(), t.into())
     };
-    let by_digest = |reg: &Reference, d: &str| {
-        Reference::with_digest(reg.registry().into(), reg.repository().into(), d.into())
-    };
     let (src_tag, dst_tag) = (at(src_ref, &tag), at(dst_ref, &tag));
-    let mut referrers = match referrers_api(src, src_ref, subject).await? {
-        Some(index) => index,
-        None => match src.pull_manifest_raw(&src_tag).await {
-            Ok((bytes, _)) => {
-                // The fallback index itself carries them: copied whole, children first.
-                let listed = match media::parse(&bytes, &src_tag.whole())? {
-                    Manifest::Index { manifests, .. } => manifests,
-                    Manifest::Image { .. } => vec![],
-                };
-                if !listed.is_empty() {
-                    copy(src, &src_tag, dst, &dst_tag, &Platforms::All).await?;
-                }
-                return Ok(listed.into_iter().map(|d| d.digest).collect());
-            }
-            Err(a) if crate::retry::status(&a.error) == Some(404) => return Ok(vec![]),
-            Err(a) => {
-                return Err(Error::Registry {
-                    what: format!("reading the referrers of {subject} ({})", src_tag.whole()),
-                    error: a.error,
-                });
-            }
-        },
+    let Some(mut referrers) = referrers_api(src, src_ref, subject).await? else {
+        return copy_fallback_tag(src, &src_tag, dst, &dst_tag, subject).await;
     };
     // The API lists them in no particular order: sorted, the fallback tag written below is
     // the same bytes on every copy.
@@ -310,28 +315,7 @@ async fn copy_referrers_of(
     if !referrers.is_empty() && referrers_api(dst, dst_ref, subject).await?.is_none() {
         let mut entries = vec![];
         for d in &referrers {
-            // Described from the manifest itself, as OCI 1.1 says a referrers list does:
-            // registries' own lists are not always right (go-containerregistry's gives the
-            // config's media type as every artifact's `artifactType`).
-            let from = by_digest(src_ref, &d.digest);
-            let bytes = src.pull_manifest_raw(&from).await.map_err(|a| Error::Registry {
-                what: format!("reading the referrer {}", from.whole()),
-                error: a.error,
-            })?;
-            let m: serde_json::Value = serde_json::from_slice(&bytes.0).unwrap_or_default();
-            let media_type = m["mediaType"].as_str().unwrap_or(&d.media_type);
-            let mut e =
-                serde_json::json!({"mediaType": media_type, "digest": d.digest, "size": bytes.0.len()});
-            let artifact_type = m["artifactType"]
-                .as_str()
-                .or_else(|| m["config"]["mediaType"].as_str());
-            if let Some(t) = artifact_type {
-                e["artifactType"] = serde_json::json!(t);
-            }
-            if m["annotations"].as_object().is_some_and(|a| !a.is_empty()) {
-                e["annotations"] = m["annotations"].clone();
-            }
-            entries.push(e);
+            entries.push(referrer_entry(src, src_ref, d).await?);
         }
         let index = serde_json::json!({
             "schemaVersion": 2,
@@ -342,6 +326,65 @@ async fn copy_referrers_of(
         push_manifest(dst, &dst_tag, bytes, media::OCI_INDEX).await?;
     }
     Ok(referrers.into_iter().map(|d| d.digest).collect())
+}
+
+/// `r`'s repository at `digest`.
+fn by_digest(r: &Reference, digest: &str) -> Reference {
+    Reference::with_digest(r.registry().into(), r.repository().into(), digest.into())
+}
+
+/// The referrers of `subject` from a source without the referrers API: its fallback tag
+/// `src_tag`, an index that carries them, copied whole (children first) to `dst_tag`;
+/// their digests (none when the tag is absent).
+async fn copy_fallback_tag(
+    src: &Registry,
+    src_tag: &Reference,
+    dst: &Registry,
+    dst_tag: &Reference,
+    subject: &str,
+) -> Result<Vec<String>> {
+    match src.pull_manifest_raw(src_tag).await {
+        Ok((bytes, _)) => {
+            let listed = match media::parse(&bytes, &src_tag.whole())? {
+                Manifest::Index { manifests, .. } => manifests,
+                Manifest::Image { .. } => vec![],
+            };
+            if !listed.is_empty() {
+                copy(src, src_tag, dst, dst_tag, &Platforms::All).await?;
+            }
+            Ok(listed.into_iter().map(|d| d.digest).collect())
+        }
+        Err(a) if crate::retry::status(&a.error) == Some(404) => Ok(vec![]),
+        Err(a) => Err(Error::Registry {
+            what: format!("reading the referrers of {subject} ({})", src_tag.whole()),
+            error: a.error,
+        }),
+    }
+}
+
+/// The entry of a fallback index for referrer `d`, described from the manifest itself, as
+/// OCI 1.1 says a referrers list does: registries' own lists are not always right
+/// (go-containerregistry's gives the config's media type as every artifact's
+/// `artifactType`).
+async fn referrer_entry(src: &Registry, src_ref: &Reference, d: &Descriptor) -> Result<serde_json::Value> {
+    let from = by_digest(src_ref, &d.digest);
+    let bytes = src.pull_manifest_raw(&from).await.map_err(|a| Error::Registry {
+        what: format!("reading the referrer {}", from.whole()),
+        error: a.error,
+    })?;
+    let m: serde_json::Value = serde_json::from_slice(&bytes.0).unwrap_or_default();
+    let media_type = m["mediaType"].as_str().unwrap_or(&d.media_type);
+    let mut e = serde_json::json!({"mediaType": media_type, "digest": d.digest, "size": bytes.0.len()});
+    let artifact_type = m["artifactType"]
+        .as_str()
+        .or_else(|| m["config"]["mediaType"].as_str());
+    if let Some(t) = artifact_type {
+        e["artifactType"] = serde_json::json!(t);
+    }
+    if m["annotations"].as_object().is_some_and(|a| !a.is_empty()) {
+        e["annotations"] = m["annotations"].clone();
+    }
+    Ok(e)
 }
 
 /// The referrers of `digest` through the registry's referrers API, every page; `None` when

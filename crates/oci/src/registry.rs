@@ -89,6 +89,42 @@ pub const DEFAULT_CONCURRENCY: usize = 6;
 /// The largest manifest fetched (registries commonly refuse more than 4 MiB).
 const MANIFEST_MAX: usize = 4 << 20;
 
+/// The plain HTTP client for `host` with `tls` (probe, open registries' manifests) and the
+/// extra CA certificates for its oci-clients; the CA bundle must hold a PEM certificate.
+fn http_client(host: &str, tls: &TlsSettings) -> Result<(reqwest::Client, Vec<Certificate>)> {
+    if let Err(ido_io::Error::Invalid { reason, .. }) = ido_io::http::require_crypto_provider("tls") {
+        return Err(Error::Invalid {
+            field: "tls",
+            value: format!("for {host}"),
+            reason,
+        });
+    }
+    let mut extra = vec![];
+    if let Some(pem) = &tls.ca_bundle {
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::Invalid {
+                field: "CA bundle",
+                value: format!("for {host}"),
+                reason: "no PEM certificate in it".into(),
+            });
+        }
+        extra.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.as_bytes().to_vec(),
+        });
+    }
+    let options = ido_io::http::TlsOptions {
+        insecure: !tls.verify,
+        ca_bundle: tls.ca_bundle.clone(),
+    };
+    let http = ido_io::http::client(&options, "CA bundle").map_err(|e| Error::Invalid {
+        field: "CA bundle",
+        value: format!("for {host}"),
+        reason: e.to_string(),
+    })?;
+    Ok((http, extra))
+}
+
 impl Registry {
     /// Prepares `host` (e.g. `127.0.0.1:5000`, `docker.io`), see the module docs.
     pub async fn connect(
@@ -97,36 +133,7 @@ impl Registry {
         auths: Arc<AuthStore>,
         concurrency: usize,
     ) -> Result<Self> {
-        if let Err(ido_io::Error::Invalid { reason, .. }) = ido_io::http::require_crypto_provider("tls") {
-            return Err(Error::Invalid {
-                field: "tls",
-                value: format!("for {host}"),
-                reason,
-            });
-        }
-        let mut extra = vec![];
-        if let Some(pem) = &tls.ca_bundle {
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(Error::Invalid {
-                    field: "CA bundle",
-                    value: format!("for {host}"),
-                    reason: "no PEM certificate in it".into(),
-                });
-            }
-            extra.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem.as_bytes().to_vec(),
-            });
-        }
-        let options = ido_io::http::TlsOptions {
-            insecure: !tls.verify,
-            ca_bundle: tls.ca_bundle.clone(),
-        };
-        let http = ido_io::http::client(&options, "CA bundle").map_err(|e| Error::Invalid {
-            field: "CA bundle",
-            value: format!("for {host}"),
-            reason: e.to_string(),
-        })?;
+        let (http, extra) = http_client(host, tls)?;
         let Probe {
             plain,
             open,
