@@ -146,6 +146,8 @@ async fn create_item(client: &Client, catalog: &Catalog, name: &str) -> Result<(
     Ok((entity.to_string(), item_href.to_string()))
 }
 
+/// The upload after the POST: the descriptor, then the disks it references, then VCD's
+/// import of them; the resolved template.
 async fn transfer(
     client: &Client,
     href: &str,
@@ -155,28 +157,8 @@ async fn transfer(
     ova: &mut OvaReader,
     progress: &Progress,
 ) -> Result<Template> {
-    // 1. The descriptor's upload link (and the upload task).
-    let t = poll(client, href, "the descriptor upload link", |t| {
-        t.files.iter().any(|f| f.upload_href.is_some())
-    })
-    .await?;
-    let task = t.task(UPLOAD_TASK).map(|t| t.href.clone());
-    let link = t
-        .files
-        .iter()
-        .find(|f| f.name == "descriptor.ovf")
-        .or_else(|| t.files.first())
-        .and_then(|f| f.upload_href.clone())
-        .ok_or_else(|| VcdError::protocol(href, "no descriptor upload link"))?;
-    client
-        .put(
-            &format!("PUT descriptor of {:?}", up.name),
-            &link,
-            "text/xml",
-            Bytes::copy_from_slice(descriptor.as_bytes()),
-            None,
-        )
-        .await?;
+    // 1. The descriptor (and the upload task).
+    let task = put_descriptor(client, href, up.name, descriptor).await?;
 
     // 2. VCD reads the descriptor and lists one File per References/File.
     let t = poll(client, href, "the disk upload links", |t| {
@@ -204,6 +186,53 @@ async fn transfer(
     }
 
     // 3. The disks, in archive order, straight from the stream.
+    upload_disks(client, todo, ova, up.piece_size, progress).await?;
+
+    // 4. VCD imports the disks; the task (or else the template status) says when done.
+    if let Some(task) = task {
+        api::wait_task(client, &task).await?;
+    }
+    let t = poll(client, href, "the template to be resolved", |t| t.status >= 1).await?;
+    Ok(t)
+}
+
+/// PUTs the descriptor to its upload link, once the template has one; returns the href of
+/// the upload task, if the template lists it.
+async fn put_descriptor(client: &Client, href: &str, name: &str, descriptor: &str) -> Result<Option<String>> {
+    let t = poll(client, href, "the descriptor upload link", |t| {
+        t.files.iter().any(|f| f.upload_href.is_some())
+    })
+    .await?;
+    let task = t.task(UPLOAD_TASK).map(|t| t.href.clone());
+    let link = t
+        .files
+        .iter()
+        .find(|f| f.name == "descriptor.ovf")
+        .or_else(|| t.files.first())
+        .and_then(|f| f.upload_href.clone())
+        .ok_or_else(|| VcdError::protocol(href, "no descriptor upload link"))?;
+    client
+        .put(
+            &format!("PUT descriptor of {name:?}"),
+            &link,
+            "text/xml",
+            Bytes::copy_from_slice(descriptor.as_bytes()),
+            None,
+        )
+        .await?;
+    Ok(task)
+}
+
+/// Uploads the OVA's members that `todo` expects (by path) to their links, in archive order;
+/// stops reading once every one went out. A member missing or of another size than VCD
+/// expects makes the image invalid.
+async fn upload_disks(
+    client: &Client,
+    mut todo: HashMap<&str, &File>,
+    ova: &mut OvaReader,
+    piece_size: usize,
+    progress: &Progress,
+) -> Result<()> {
     while !todo.is_empty()
         && let Some(mut member) = ova.next_member().await?
     {
@@ -218,20 +247,14 @@ async fn transfer(
             )));
         }
         let link = file.upload_href.as_deref().expect("polled for");
-        upload_member(client, link, &mut member, up.piece_size, progress).await?;
+        upload_member(client, link, &mut member, piece_size, progress).await?;
     }
     if let Some(path) = todo.keys().next() {
         return Err(ProviderError::InvalidImage(format!(
             "OVA has no member {path:?}, which its OVF references"
         )));
     }
-
-    // 4. VCD imports the disks; the task (or else the template status) says when done.
-    if let Some(task) = task {
-        api::wait_task(client, &task).await?;
-    }
-    let t = poll(client, href, "the template to be resolved", |t| t.status >= 1).await?;
-    Ok(t)
+    Ok(())
 }
 
 /// Polls the template until `ready` holds; fails when the template or its task failed.

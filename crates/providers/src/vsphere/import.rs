@@ -28,7 +28,10 @@ use std::{
 };
 
 use futures::TryStreamExt;
-use ido_io::{ova::OvaReader, s3::S3Object};
+use ido_io::{
+    ova::{OvaMember, OvaReader},
+    s3::S3Object,
+};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
 use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
@@ -235,47 +238,11 @@ async fn upload_and_finish(
             tracing::debug!(member = %member.path, "skipping OVA member not in the import");
             continue;
         };
-        tracing::debug!(member = %member.path, size = member.size, "uploading");
         let counted = Counter {
             sent: sent.clone(),
             progress: progress.clone(),
         };
-        let body =
-            ReaderStream::with_capacity(member.reader, CHUNK).inspect_ok(move |b| counted.add(b.len()));
-        let mut req = if item.create {
-            client
-                .http()
-                .put(&url)
-                .header("Overwrite", "t")
-                .header(CONTENT_TYPE, "application/octet-stream")
-        } else {
-            client
-                .http()
-                .post(&url)
-                .header(CONTENT_TYPE, "application/x-vnd.vmware-streamVmdk")
-        };
-        req = req.header(CONTENT_LENGTH, member.size);
-        if let Some(c) = client.session_cookie().filter(|_| same_host(&url, client.url())) {
-            req = req.header(COOKIE, c);
-        }
-        let resp = req
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map_err(|e| {
-                ProviderError::Transport(format!(
-                    "upload of {}: {}",
-                    member.path,
-                    error_chain(&e.without_url())
-                ))
-            })?;
-        let status = resp.status();
-        if !matches!(status.as_u16(), 200 | 201) {
-            return Err(ProviderError::api(VsphereError::Upload {
-                path: member.path.clone(),
-                status: status.as_u16(),
-            }));
-        }
+        upload_member(client, item, &url, member, counted).await?;
     }
     if let Some(path) = todo.keys().next() {
         return Err(ProviderError::InvalidImage(format!(
@@ -285,6 +252,54 @@ async fn upload_and_finish(
     drop(ticker);
     complete(client, lease, &vm).await?;
     Ok(vm)
+}
+
+/// Sends one OVA member to its device URL: a disk POSTed (stream-optimized VMDK), a file to
+/// create PUT; `counted` counts the bytes as they go.
+async fn upload_member(
+    client: &Client,
+    item: &FileItem,
+    url: &str,
+    member: OvaMember,
+    counted: Counter,
+) -> Result<()> {
+    tracing::debug!(member = %member.path, size = member.size, "uploading");
+    let body = ReaderStream::with_capacity(member.reader, CHUNK).inspect_ok(move |b| counted.add(b.len()));
+    let mut req = if item.create {
+        client
+            .http()
+            .put(url)
+            .header("Overwrite", "t")
+            .header(CONTENT_TYPE, "application/octet-stream")
+    } else {
+        client
+            .http()
+            .post(url)
+            .header(CONTENT_TYPE, "application/x-vnd.vmware-streamVmdk")
+    };
+    req = req.header(CONTENT_LENGTH, member.size);
+    if let Some(c) = client.session_cookie().filter(|_| same_host(url, client.url())) {
+        req = req.header(COOKIE, c);
+    }
+    let resp = req
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .map_err(|e| {
+            ProviderError::Transport(format!(
+                "upload of {}: {}",
+                member.path,
+                error_chain(&e.without_url())
+            ))
+        })?;
+    let status = resp.status();
+    if !matches!(status.as_u16(), 200 | 201) {
+        return Err(ProviderError::api(VsphereError::Upload {
+            path: member.path.clone(),
+            status: status.as_u16(),
+        }));
+    }
+    Ok(())
 }
 
 /// Counts bytes handed to the HTTP client.

@@ -42,22 +42,7 @@ pub async fn resolve(client: &Client, name: &str, loc: &VsphereLocation) -> Resu
     )
     .await?;
 
-    let pool_paths = match loc
-        .resourcepool
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        None => vec![format!("{cluster_path}/Resources")],
-        Some(rp) if rp.starts_with('/') => vec![under("", rp)],
-        Some(rp) => {
-            let rp = rp.trim_matches('/');
-            vec![
-                format!("{cluster_path}/Resources/{rp}"),
-                format!("{cluster_path}/{rp}"),
-            ]
-        }
-    };
+    let pool_paths = pool_paths(loc, &cluster_path);
     let rp_value = loc.resourcepool.clone().unwrap_or_default();
     let pool = find(
         client,
@@ -78,33 +63,8 @@ pub async fn resolve(client: &Client, name: &str, loc: &VsphereLocation) -> Resu
     )
     .await?;
 
-    let network = match loc.network.as_deref() {
-        Some(n) => {
-            let path = under(&format!("{dc_path}/network"), n);
-            find(client, &key("network"), n, &[path], NETWORK_KINDS).await?
-        }
-        None => first_network(client, &dc)
-            .await?
-            .ok_or_else(|| ProviderError::Config {
-                key: key("network"),
-                message: format!(
-                    "not set, and datacenter {:?} has no network to default to",
-                    loc.datacenter
-                ),
-            })?,
-    };
-
-    let host = match loc.host.as_deref() {
-        Some(h) => {
-            let path = format!("{cluster_path}/{}", h.trim_matches('/'));
-            find(client, &key("host"), h, &[path], &["HostSystem"]).await?
-        }
-        None => first_usable_host(client, &cluster).await?.ok_or_else(|| {
-            ProviderError::api(super::VsphereError::NoUsableHost {
-                cluster: cluster_path.to_string(),
-            })
-        })?,
-    };
+    let network = network(client, &key("network"), loc, &dc_path, &dc).await?;
+    let host = host(client, &key("host"), loc, &cluster_path, &cluster).await?;
     Ok(Target {
         pool,
         datastore,
@@ -119,6 +79,73 @@ pub async fn resolve(client: &Client, name: &str, loc: &VsphereLocation) -> Resu
             .filter(|s| !s.is_empty())
             .map(str::to_string),
     })
+}
+
+/// Where the resource pool may be: the cluster's root pool when none is set; an absolute
+/// inventory path as it is; else under the cluster's root pool, or under the cluster.
+fn pool_paths(loc: &VsphereLocation, cluster_path: &str) -> Vec<String> {
+    match loc
+        .resourcepool
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => vec![format!("{cluster_path}/Resources")],
+        Some(rp) if rp.starts_with('/') => vec![under("", rp)],
+        Some(rp) => {
+            let rp = rp.trim_matches('/');
+            vec![
+                format!("{cluster_path}/Resources/{rp}"),
+                format!("{cluster_path}/{rp}"),
+            ]
+        }
+    }
+}
+
+/// The network set (`key`), else the datacenter's first one.
+async fn network(
+    client: &Client,
+    key: &str,
+    loc: &VsphereLocation,
+    dc_path: &str,
+    dc: &MoRef,
+) -> Result<MoRef> {
+    match loc.network.as_deref() {
+        Some(n) => {
+            let path = under(&format!("{dc_path}/network"), n);
+            find(client, key, n, &[path], NETWORK_KINDS).await
+        }
+        None => first_network(client, dc)
+            .await?
+            .ok_or_else(|| ProviderError::Config {
+                key: key.to_string(),
+                message: format!(
+                    "not set, and datacenter {:?} has no network to default to",
+                    loc.datacenter
+                ),
+            }),
+    }
+}
+
+/// The host set (`key`) in the cluster, else the cluster's first usable one.
+async fn host(
+    client: &Client,
+    key: &str,
+    loc: &VsphereLocation,
+    cluster_path: &str,
+    cluster: &MoRef,
+) -> Result<MoRef> {
+    match loc.host.as_deref() {
+        Some(h) => {
+            let path = format!("{cluster_path}/{}", h.trim_matches('/'));
+            find(client, key, h, &[path], &["HostSystem"]).await
+        }
+        None => first_usable_host(client, cluster).await?.ok_or_else(|| {
+            ProviderError::api(super::VsphereError::NoUsableHost {
+                cluster: cluster_path.to_string(),
+            })
+        }),
+    }
 }
 
 /// `rel` under `base`, or `rel` itself when it is an absolute inventory path.
