@@ -322,6 +322,32 @@ fn owners<K: Object, Child: Object>(api: Api<PartialObjectMeta<Child>>, wc: watc
     trigger_owners(watcher(api, wc).touched_objects(), (), ()).boxed()
 }
 
+/// Requests to reconcile the objects `api` watches (kept in the reflector `writer` fills)
+/// when something the reconciler reads changed.
+fn watched<K: Object>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    tasks: Arc<ido_controllers::tasks::Tasks>,
+) -> Triggers<K> {
+    let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        // A deleted object is not reconciled: its task (an ImageSync's pass) is cancelled
+        // here, as `ido run` does for an object gone from its store.
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(obj) = event {
+                cancel_task_of(&tasks, obj);
+            }
+        });
+    trigger_self(
+        events
+            .applied_objects()
+            // Only changes that matter to the reconciler (not its own progress writes to the
+            // status), as `ido run` decides: see `ido_controllers::trigger_fingerprint`.
+            .predicate_filter(fingerprint::<K>, Default::default()),
+        (),
+    )
+    .boxed()
+}
+
 /// One controller: kube-runtime's `applier` over a reflector of `api` (plus `owned`
 /// triggers), as `Controller::new(..).run(..)` builds it, with the requests and reconciles
 /// observed by the controller's [`Queue`]. Ends once `shutdown` resolved and running
@@ -351,25 +377,7 @@ where
         queue: queue.clone(),
     });
     let mut triggers = futures::stream::SelectAll::new();
-    let tasks = shared.ctx.tasks.clone();
-    triggers.push(
-        trigger_self(
-            reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                // A deleted object is not reconciled: its task (an ImageSync's pass) is
-                // cancelled here, as `ido run` does for an object gone from its store.
-                .inspect_ok(move |event| {
-                    if let watcher::Event::Delete(obj) = event {
-                        cancel_task_of(&tasks, obj);
-                    }
-                })
-                .applied_objects()
-                // Only changes that matter to the reconciler (not its own progress writes to
-                // the status), as `ido run` decides: see `ido_controllers::trigger_fingerprint`.
-                .predicate_filter(fingerprint::<K>, Default::default()),
-            (),
-        )
-        .boxed(),
-    );
+    triggers.push(watched(api, writer, shared.ctx.tasks.clone()));
     triggers.extend(owned);
     triggers.push(woken_by_tasks::<K>(&shared.ctx));
     let observed = queue.clone();
