@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  source ─► Counted (progress, checksum) ─► detect ─► gzip | xz | zstd | bzip2 | lzma ─► …
-//!    ─► tar (crate::tar::TarEntries: GNU, pax, sparse, long names)
+//!    ─► tar (ido_io::tar::TarEntries: GNU, pax, sparse, long names)
 //!    ─► TARGET/.ido-unpack-<random>/…   every member created relative to an open directory,
 //!                                        never through a symbolic link (O_NOFOLLOW)
 //!    ─► archive, decoders and source read to their end, checksum verified

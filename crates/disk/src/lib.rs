@@ -249,15 +249,18 @@ impl Error {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        // Errors raised by our own readers travel through `std::io` as `Other` payloads:
-        // unwrap them so the caller sees the real variant.
+        // Errors raised by our own readers (and ido-io's tar reader) travel through
+        // `std::io` as `Other` payloads: unwrap them so the caller sees the real variant.
         match source.downcast::<Error>() {
             Ok(inner) => inner,
-            Err(source) => match ido_io::fetch::FetchError::from_io(source) {
-                Ok(fetch) => fetch.into(),
-                Err(source) => Error::Io {
-                    context: context.into(),
-                    source,
+            Err(source) => match source.downcast::<ido_io::tar::TarError>() {
+                Ok(tar) => tar.into(),
+                Err(source) => match ido_io::fetch::FetchError::from_io(source) {
+                    Ok(fetch) => fetch.into(),
+                    Err(source) => Error::Io {
+                        context: context.into(),
+                        source,
+                    },
                 },
             },
         }

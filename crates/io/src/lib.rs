@@ -4,6 +4,7 @@
 //! - [`fetch`]: the resumable, parallel ranged HTTP(S) reader every download goes through.
 //! - [`http`]: one place that builds HTTP clients (TLS on by default, CA bundles, timeouts).
 //! - [`s3`]: S3 and S3-compatible object stores as an image source (anonymous or signed).
+//! - [`tar`]: the one tar reader (ustar, GNU, pax, sparse members), member by member.
 //! - [`ova`]: reading an OVA (a tar) member by member from a byte stream, never to disk.
 //! - [`ovf`]: the OVF descriptor an OVA carries: its files, its disks, the hardware version.
 //! - [`progress`]: the byte counter every transfer reports through, its reports, and (feature
@@ -22,6 +23,7 @@ pub mod progress;
 pub mod redact;
 pub mod retry;
 pub mod s3;
+pub mod tar;
 pub mod xml;
 
 /// Errors of ido-io's sources and readers.

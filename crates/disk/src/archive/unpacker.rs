@@ -109,7 +109,7 @@ impl<'a> Unpacker<'a> {
     }
 
     pub(super) fn unpack_all<R: Read>(&mut self, tar: &mut TarEntries<R>) -> Result<()> {
-        while let Some(e) = tar.next_entry().map_err(|e| wrap(&self.archive, e))? {
+        while let Some(e) = tar.next_entry().map_err(|e| wrap(&self.archive, e.into()))? {
             self.member(&e, tar)?;
         }
         Ok(())

@@ -42,7 +42,7 @@ impl SharedTar {
         head.truncate(n);
         Ok(Self(Arc::new(Mutex::new(SharedState {
             hold: head == VMDK_DESCRIPTOR,
-            name: tar.name.clone(),
+            name: tar.name().to_string(),
             tar: Some(tar),
             head,
             head_pos: 0,

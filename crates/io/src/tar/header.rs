@@ -4,9 +4,7 @@ use std::io::{self, Read};
 
 use super::pax::Pax;
 use super::sparse::gnu_sparse_map;
-use super::{BLOCK, MAX_MEMBER, MAX_META, Member};
-use crate::source::read_full;
-use crate::{Error, Result};
+use super::{BLOCK, MAX_MEMBER, MAX_META, Member, Next, Result, TarError, read_full};
 
 pub(super) fn is_regular(kind: u8) -> bool {
     matches!(kind, b'0' | 0 | b'7' | b'S')
@@ -17,20 +15,20 @@ pub(super) fn padded(size: u64) -> u64 {
 }
 
 pub(super) fn skip(r: &mut impl Read, n: u64) -> Result<()> {
-    let copied = io::copy(&mut r.take(n), &mut io::sink()).map_err(|e| Error::io("reading tar", e))?;
+    let copied = io::copy(&mut r.take(n), &mut io::sink()).map_err(TarError::from_io)?;
     if copied < n {
-        return Err(Error::invalid("tar", "truncated archive"));
+        return Err(TarError::invalid("truncated archive"));
     }
     Ok(())
 }
 
 fn read_block(r: &mut impl Read) -> Result<Option<[u8; BLOCK]>> {
     let mut b = [0u8; BLOCK];
-    let n = read_full(r, &mut b).map_err(|e| Error::io("reading tar", e))?;
+    let n = read_full(r, &mut b).map_err(TarError::from_io)?;
     match n {
         0 => Ok(None),
         BLOCK => Ok(Some(b)),
-        _ => Err(Error::invalid("tar", "truncated header")),
+        _ => Err(TarError::invalid("truncated header")),
     }
 }
 
@@ -41,37 +39,15 @@ fn read_meta(r: &mut impl Read, size: u64) -> Result<Vec<u8>> {
 /// Reads a small member or record whole (with its padding), at most `max` bytes.
 pub(super) fn read_meta_limited(r: &mut impl Read, size: u64, max: u64, what: &str) -> Result<Vec<u8>> {
     if size > max {
-        return Err(Error::invalid("tar", format!("{what} of {size} bytes")));
+        return Err(TarError::invalid(format!("{what} of {size} bytes")));
     }
     let mut v = vec![0u8; padded(size) as usize];
-    let n = read_full(r, &mut v).map_err(|e| Error::io("reading tar", e))?;
+    let n = read_full(r, &mut v).map_err(TarError::from_io)?;
     if n < v.len() {
-        return Err(Error::invalid("tar", "truncated metadata record"));
+        return Err(TarError::invalid("truncated metadata record"));
     }
     v.truncate(size as usize);
     Ok(v)
-}
-
-/// The next member (`None` at the end-of-archive marker or at the end of the input), its
-/// name checked (and a link's target: no absolute paths, no `..`).
-pub(super) fn next_member(r: &mut impl Read) -> Result<Option<Member>> {
-    let Next::Member(m) = read_member(r)? else {
-        return Ok(None);
-    };
-    check_name(&m.name)?;
-    if matches!(m.kind, b'1' | b'2') {
-        check_name(&m.link)?;
-    }
-    Ok(Some(m))
-}
-
-/// What follows in an archive.
-pub(super) enum Next {
-    Member(Member),
-    /// The end-of-archive marker (a zero block).
-    End,
-    /// The end of the input, at a header's place.
-    Eof,
 }
 
 /// The next member, names as stored (unchecked).
@@ -145,10 +121,7 @@ pub(super) fn read_member(r: &mut impl Read) -> Result<Next> {
 /// Refuses member sizes no archive can hold (they would overflow the padding arithmetic).
 pub(super) fn member_size(size: u64) -> Result<u64> {
     if size > MAX_MEMBER {
-        return Err(Error::invalid(
-            "tar",
-            format!("member size {size} is out of range"),
-        ));
+        return Err(TarError::invalid(format!("member size {size} is out of range")));
     }
     Ok(size)
 }
@@ -159,29 +132,28 @@ fn cstr(b: &[u8]) -> String {
 }
 
 /// Refuses absolute names and `..` components.
-fn check_name(name: &str) -> Result<()> {
+pub(super) fn check_name(name: &str) -> Result<()> {
     if name.starts_with('/') || name.split(['/', '\\']).any(|c| c == "..") {
-        return Err(Error::refused(
-            "tar",
-            format!("member name {name:?} escapes the archive (absolute path or `..`)"),
-        ));
+        return Err(TarError::Refused(format!(
+            "member name {name:?} escapes the archive (absolute path or `..`)"
+        )));
     }
     Ok(())
 }
 
 fn verify_checksum(h: &[u8; BLOCK]) -> Result<()> {
     match checksum_holds(h) {
-        None => Err(Error::invalid("tar", "bad header checksum field")),
-        Some(false) => Err(Error::invalid("tar", "header checksum mismatch")),
+        None => Err(TarError::invalid("bad header checksum field")),
+        Some(false) => Err(TarError::invalid("header checksum mismatch")),
         Some(true) => Ok(()),
     }
 }
 
 /// Whether a 512-byte tar header's checksum field holds the sum of its bytes (the field
 /// counted as spaces; unsigned, or signed as some old tars summed); `None` when the field
-/// is not octal. The one check of every tar reader here (archives, registry layers, and
-/// telling a pre-POSIX tar from raw data).
-pub(crate) fn checksum_holds(h: &[u8]) -> Option<bool> {
+/// is not octal. The one check of every tar header ido reads (this reader's, ido-disk's
+/// registry layers, and telling a pre-POSIX tar from raw data).
+pub fn checksum_holds(h: &[u8]) -> Option<bool> {
     let h = h.get(..BLOCK)?;
     let field = &h[148..156];
     if !field.iter().any(|c| (b'0'..=b'7').contains(c)) {
@@ -215,7 +187,7 @@ fn parse_octal(f: &[u8]) -> Option<u64> {
 pub(super) fn parse_size(f: &[u8]) -> Result<u64> {
     if f[0] & 0x80 != 0 {
         if f[0] & 0x40 != 0 || f[1..f.len() - 8].iter().any(|b| *b != 0) {
-            return Err(Error::invalid("tar", "member size out of range"));
+            return Err(TarError::invalid("member size out of range"));
         }
         let mut v = 0u64;
         for b in &f[f.len() - 8..] {
@@ -223,5 +195,5 @@ pub(super) fn parse_size(f: &[u8]) -> Result<u64> {
         }
         return Ok(v);
     }
-    parse_octal(f).ok_or_else(|| Error::invalid("tar", "bad size field"))
+    parse_octal(f).ok_or_else(|| TarError::invalid("bad size field"))
 }

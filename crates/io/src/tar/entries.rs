@@ -1,10 +1,9 @@
-//! [`TarEntries`]: every member of a tar, for [`crate::archive`].
+//! [`TarEntries`]: every member of a tar, for an unpacker (ido-disk's archives).
 
 use std::io::{self, Read};
 
-use super::header::{Next, padded, read_member, skip};
-use super::{TarDisk, is_regular};
-use crate::{Error, Result};
+use super::header::is_regular;
+use super::{Next, Result, TarError, TarReader};
 
 /// What a tar member is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +28,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn of(kind: u8, name: &str) -> Self {
+    pub(super) fn of(kind: u8, name: &str) -> Self {
         match kind {
             b'5' | b'D' => EntryKind::Directory,
             // Pre-POSIX tars mark directories by a trailing slash only.
@@ -81,10 +80,10 @@ pub struct Entry {
 /// Every member of a tar, in order, with the data of the current one: its bytes through
 /// [`Read`] (a sparse member's holes as zeros), or its stored regions
 /// ([`TarEntries::sparse_map`], [`TarEntries::read_stored`]) to write them sparse. The
-/// headers understood are [`TarDisk`]'s. The archive must end with its end-of-archive
+/// headers understood are [`TarReader`]'s. The archive must end with its end-of-archive
 /// marker: an input that stops at a header's place is truncated.
 pub struct TarEntries<R> {
-    tar: TarDisk<R>,
+    tar: TarReader<R>,
     ended: bool,
 }
 
@@ -92,14 +91,7 @@ impl<R: Read> TarEntries<R> {
     /// Reads `inner` from its first header.
     pub fn new(inner: R) -> Self {
         Self {
-            tar: TarDisk {
-                inner,
-                name: String::new(),
-                size: 0,
-                remaining: 0,
-                ova: false,
-                sparse: None,
-            },
+            tar: TarReader::new(inner),
             ended: false,
         }
     }
@@ -110,24 +102,19 @@ impl<R: Read> TarEntries<R> {
         if self.ended {
             return Ok(None);
         }
-        let t = &mut self.tar;
-        let rest = t.remaining + (padded(t.size) - t.size);
-        skip(&mut t.inner, rest)?;
-        (t.remaining, t.size, t.sparse) = (0, 0, None);
-        let m = match read_member(&mut t.inner)? {
+        let m = match self.tar.read_header()? {
             Next::Member(m) => m,
             Next::End => {
                 self.ended = true;
                 return Ok(None);
             }
             Next::Eof => {
-                return Err(Error::invalid(
-                    "tar",
+                return Err(TarError::invalid(
                     "truncated: the archive ends without its end-of-archive marker",
                 ));
             }
         };
-        let kind = EntryKind::of(m.kind, &m.name);
+        let kind = m.entry_kind();
         let entry = Entry {
             path: m.name.clone(),
             kind,
@@ -136,7 +123,7 @@ impl<R: Read> TarEntries<R> {
             link: matches!(kind, EntryKind::Symlink | EntryKind::HardLink).then(|| m.link.clone()),
             size: 0,
         };
-        let size = t.enter(m)?;
+        let size = self.tar.enter(m)?;
         Ok(Some(Entry {
             size: if kind == EntryKind::File { size } else { 0 },
             ..entry
@@ -145,7 +132,7 @@ impl<R: Read> TarEntries<R> {
 
     /// The current member's data regions (offset, length), in order, when it is sparse.
     pub fn sparse_map(&self) -> Option<&[(u64, u64)]> {
-        self.tar.sparse.as_ref().map(|e| e.entries.as_slice())
+        self.tar.sparse_map()
     }
 
     /// The current member's bytes as stored (a sparse member's regions one after the other).
@@ -155,7 +142,7 @@ impl<R: Read> TarEntries<R> {
 
     /// The reader after the archive (what follows its end-of-archive marker).
     pub fn into_inner(self) -> R {
-        self.tar.inner
+        self.tar.into_inner()
     }
 }
 

@@ -5,9 +5,7 @@ use std::io::{self, Read};
 
 use super::header::{member_size, padded, skip};
 use super::sparse::Sparse;
-use super::{MAX_META, MAX_SPARSE_ENTRIES};
-use crate::source::read_full;
-use crate::{Error, Result};
+use super::{MAX_META, MAX_SPARSE_ENTRIES, Result, TarError, read_full};
 
 /// What the pax extended headers before a member said.
 #[derive(Default)]
@@ -39,13 +37,13 @@ impl Pax {
             self.record(&mut rd, c)?;
         }
         if rd.into_inner().limit() > 0 {
-            return Err(Error::invalid("tar", "truncated pax header"));
+            return Err(TarError::invalid("truncated pax header"));
         }
         skip(r, padded(size) - size)
     }
 
     fn record(&mut self, rd: &mut impl io::BufRead, first: u8) -> Result<()> {
-        let bad = |why: &str| Error::invalid("tar", format!("malformed pax header: {why}"));
+        let bad = |why: &str| TarError::invalid(format!("malformed pax header: {why}"));
         let cut = || bad("a record is cut short");
         // The record's length, this number and the newline included.
         let (mut len, mut used, mut c) = (0u64, 0u64, first);
@@ -84,7 +82,7 @@ impl Pax {
                 return Err(bad(&format!("the record {key} holds {value_len} bytes")));
             }
             let mut v = vec![0u8; value_len as usize];
-            if read_full(rd, &mut v).map_err(|e| Error::io("reading tar", e))? < v.len() {
+            if read_full(rd, &mut v).map_err(TarError::from_io)? < v.len() {
                 return Err(cut());
             }
             self.apply(&key, String::from_utf8_lossy(&v).into_owned())?;
@@ -97,7 +95,7 @@ impl Pax {
 
     /// `GNU.sparse.map`: offset,length,offset,length…
     fn read_map(&mut self, rd: &mut impl io::BufRead, len: u64) -> Result<()> {
-        let bad = |why: &str| Error::invalid("tar", format!("malformed pax header: GNU.sparse.map {why}"));
+        let bad = |why: &str| TarError::invalid(format!("malformed pax header: GNU.sparse.map {why}"));
         let mut cur: Option<u64> = None;
         for _ in 0..len {
             match next_byte(rd)?.ok_or_else(|| bad("is cut short"))? {
@@ -127,12 +125,9 @@ impl Pax {
             Some(off) => self.sparse_entries.push((off, v)),
             None if self.sparse_entries.len() >= MAX_SPARSE_ENTRIES => {
                 let name = self.sparse_name.as_deref().or(self.path.as_deref()).unwrap_or("");
-                return Err(Error::invalid(
-                    "tar",
-                    format!(
-                        "the sparse map of tar member {name:?} has more than {MAX_SPARSE_ENTRIES} entries"
-                    ),
-                ));
+                return Err(TarError::invalid(format!(
+                    "the sparse map of tar member {name:?} has more than {MAX_SPARSE_ENTRIES} entries"
+                )));
             }
             None => self.sparse_offset = Some(v),
         }
@@ -143,9 +138,9 @@ impl Pax {
         let num = |v: &str| {
             v.trim()
                 .parse::<u64>()
-                .map_err(|_| Error::invalid("tar", format!("pax record {key} {v:?} is not a number")))
+                .map_err(|_| TarError::invalid(format!("pax record {key} {v:?} is not a number")))
         };
-        let out_of_turn = |what: &str| Error::invalid("tar", format!("malformed pax header: {key} {what}"));
+        let out_of_turn = |what: &str| TarError::invalid(format!("malformed pax header: {key} {what}"));
         match key {
             "path" => self.path = Some(v),
             "linkpath" => self.linkpath = Some(v),
@@ -172,21 +167,16 @@ impl Pax {
     /// The sparse layout these records give the regular member `name`, if any.
     pub(super) fn sparse(&mut self, name: &str) -> Result<Option<Sparse>> {
         let real = |size: Option<u64>, key: &str| {
-            size.ok_or_else(|| {
-                Error::invalid("tar", format!("sparse tar member {name:?} has no {key} record"))
-            })
+            size.ok_or_else(|| TarError::invalid(format!("sparse tar member {name:?} has no {key} record")))
         };
         match (self.sparse_major.as_deref(), self.sparse_minor.as_deref()) {
             (Some("1"), Some("0")) => Ok(Some(Sparse::InData {
                 real_size: real(self.sparse_real_size, "GNU.sparse.realsize")?,
             })),
-            (Some(major), minor) => Err(Error::Unsupported {
-                format: "tar",
-                reason: format!(
-                    "tar member {name:?} is sparse in PAX format {major}.{}; GNU tar's 0.0, 0.1 and 1.0 are supported",
-                    minor.unwrap_or("?")
-                ),
-            }),
+            (Some(major), minor) => Err(TarError::Unsupported(format!(
+                "tar member {name:?} is sparse in PAX format {major}.{}; GNU tar's 0.0, 0.1 and 1.0 are supported",
+                minor.unwrap_or("?")
+            ))),
             (None, _)
                 if self.sparse_real_size.is_some()
                     || self.sparse_numblocks.is_some()
@@ -194,22 +184,18 @@ impl Pax {
             {
                 let real_size = real(self.sparse_real_size, "GNU.sparse.size")?;
                 if self.sparse_offset.is_some() {
-                    return Err(Error::invalid(
-                        "tar",
-                        format!("tar member {name:?}: its sparse map ends with an offset without a length"),
-                    ));
+                    return Err(TarError::invalid(format!(
+                        "tar member {name:?}: its sparse map ends with an offset without a length"
+                    )));
                 }
                 let entries = std::mem::take(&mut self.sparse_entries);
                 if let Some(k) = self.sparse_numblocks
                     && k != entries.len() as u64
                 {
-                    return Err(Error::invalid(
-                        "tar",
-                        format!(
-                            "tar member {name:?}: GNU.sparse.numblocks is {k} but its sparse map has {} entries",
-                            entries.len()
-                        ),
-                    ));
+                    return Err(TarError::invalid(format!(
+                        "tar member {name:?}: GNU.sparse.numblocks is {k} but its sparse map has {} entries",
+                        entries.len()
+                    )));
                 }
                 Ok(Some(Sparse::Map { real_size, entries }))
             }
@@ -219,11 +205,7 @@ impl Pax {
 }
 
 fn next_byte(r: &mut impl io::BufRead) -> Result<Option<u8>> {
-    let b = r
-        .fill_buf()
-        .map_err(|e| Error::io("reading tar", e))?
-        .first()
-        .copied();
+    let b = r.fill_buf().map_err(TarError::from_io)?.first().copied();
     if b.is_some() {
         r.consume(1);
     }

@@ -4,9 +4,7 @@
 use std::io::Read;
 
 use super::header::{member_size, parse_size};
-use super::{BLOCK, MAX_SPARSE_ENTRIES};
-use crate::source::read_full;
-use crate::{Error, Result};
+use super::{BLOCK, MAX_SPARSE_ENTRIES, Result, TarError, read_full};
 
 /// How a sparse member's data is laid out.
 #[derive(Debug)]
@@ -25,18 +23,17 @@ pub(super) enum Sparse {
 /// map, as GNU tar reads it.
 pub(super) fn gnu_sparse_map(r: &mut impl Read, h: &[u8; BLOCK], name: &str) -> Result<Sparse> {
     let real_size = parse_size(&h[483..495])
-        .map_err(|_| Error::invalid("tar", format!("tar member {name:?}: bad real size field")))?;
+        .map_err(|_| TarError::invalid(format!("tar member {name:?}: bad real size field")))?;
     let real_size = member_size(real_size)?;
     let mut entries = Vec::new();
     let mut more = push_slots(&h[386..482], name, &mut entries)?;
     let mut extended = h[482] != 0;
     while more && extended {
         let mut b = [0u8; BLOCK];
-        if read_full(r, &mut b).map_err(|e| Error::io("reading tar", e))? < BLOCK {
-            return Err(Error::invalid(
-                "tar",
-                format!("truncated: the extended sparse headers of tar member {name:?} are cut short"),
-            ));
+        if read_full(r, &mut b).map_err(TarError::from_io)? < BLOCK {
+            return Err(TarError::invalid(format!(
+                "truncated: the extended sparse headers of tar member {name:?} are cut short"
+            )));
         }
         more = push_slots(&b[..504], name, &mut entries)?;
         extended = b[504] != 0;
@@ -53,17 +50,15 @@ fn push_slots(slots: &[u8], name: &str, entries: &mut Vec<(u64, u64)>) -> Result
         }
         let i = entries.len() + 1;
         if i > MAX_SPARSE_ENTRIES {
-            return Err(Error::invalid(
-                "tar",
-                format!("the sparse map of tar member {name:?} has more than {MAX_SPARSE_ENTRIES} entries"),
-            ));
+            return Err(TarError::invalid(format!(
+                "the sparse map of tar member {name:?} has more than {MAX_SPARSE_ENTRIES} entries"
+            )));
         }
         let field = |b: &[u8], what: &str| {
             parse_size(b).map_err(|_| {
-                Error::invalid(
-                    "tar",
-                    format!("tar member {name:?}: sparse map entry {i}: bad {what} field"),
-                )
+                TarError::invalid(format!(
+                    "tar member {name:?}: sparse map entry {i}: bad {what} field"
+                ))
             })
         };
         entries.push((field(&f[..12], "offset")?, field(&f[12..], "length")?));
@@ -95,32 +90,26 @@ impl Expand {
                 )
             };
             if off < end {
-                return Err(Error::invalid(
-                    "tar",
-                    format!(
-                        "{} starts before the previous entry ends (at {end}): the entries overlap or are out of order",
-                        entry()
-                    ),
-                ));
+                return Err(TarError::invalid(format!(
+                    "{} starts before the previous entry ends (at {end}): the entries overlap or are out of order",
+                    entry()
+                )));
             }
             end = match off.checked_add(len) {
                 Some(e) if e <= real_size => e,
                 _ => {
-                    return Err(Error::invalid(
-                        "tar",
-                        format!("{} ends past the member's size of {real_size} bytes", entry()),
-                    ));
+                    return Err(TarError::invalid(format!(
+                        "{} ends past the member's size of {real_size} bytes",
+                        entry()
+                    )));
                 }
             };
             data += len;
         }
         if data != stored {
-            return Err(Error::invalid(
-                "tar",
-                format!(
-                    "tar member {name:?}: its sparse map places {data} bytes of data but the archive stores {stored}"
-                ),
-            ));
+            return Err(TarError::invalid(format!(
+                "tar member {name:?}: its sparse map places {data} bytes of data but the archive stores {stored}"
+            )));
         }
         Ok(Self {
             entries,
