@@ -1,7 +1,7 @@
-//! Tar and OVA member reading, both readers:
-//! - `ido_disk::tar::TarDisk` (disk imports): headers (ustar, GNU long names, base-256
-//!   sizes, pax), name checks, the OVA's OVF, the disk member read to its end, the rest of
-//!   the archive checked;
+//! Tar and OVA member reading: the one tar reader (`ido_io::tar`: headers — ustar, GNU long
+//! names, base-256 sizes, pax —, sparse members, name checks) through both its users:
+//! - `ido_disk::tar::TarDisk` (disk imports): the OVA's OVF, the disk member read to its
+//!   end, the rest of the archive checked;
 //! - `ido_io::ova::OvaReader` (node images: S3 → provider): the descriptor, then every
 //!   member read to its end.
 #![no_main]

@@ -23,7 +23,8 @@
 //! real size, or data that does not add up to what the member stores, are refused naming
 //! the member and the entry.
 //!
-//! Users: ido-disk (the disk member of a tar or OVA, its VMDK extents, archive unpacking).
+//! Users: ido-disk (the disk member of a tar or OVA, its VMDK extents, archive unpacking)
+//! and [`crate::ova::OvaReader`] (an OVA's members from a byte stream, for the providers).
 
 use std::io::{self, Read};
 
