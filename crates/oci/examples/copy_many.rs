@@ -30,6 +30,8 @@ fn reference(s: &str) -> Result<Reference, BoxError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A binary chooses the TLS crypto provider (the library crates never install one).
+    ido_testkit::install_crypto_provider();
     if let Ok(filter) = std::env::var("RUST_LOG") {
         use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
         let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_default();
