@@ -26,6 +26,20 @@ pub mod s3;
 pub mod tar;
 pub mod xml;
 
+/// Reads until `buf` is full or `r` ends; the bytes read (short only at the end).
+pub fn read_full<R: std::io::Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Errors of ido-io's sources and readers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

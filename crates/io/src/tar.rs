@@ -28,6 +28,8 @@
 
 use std::io::{self, Read};
 
+use crate::read_full;
+
 mod entries;
 mod header;
 mod pax;
@@ -347,20 +349,6 @@ impl<R: Read> Read for TarReader<R> {
         }
         self.read_stored(buf)
     }
-}
-
-/// Reads until `buf` is full or the input ends; the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use ido_testkit::{
     fakes::vcd::{FailStep, FakeVcd, FakeVcdOptions, Seed},
     invalid_ova,
     seaweed::{PUBLIC_BUCKET, REGION},
+    tar_bytes,
 };
 use tempfile::TempDir;
 
@@ -188,20 +189,6 @@ async fn missing_source_is_source_missing() {
     assert!(w.vcd.templates("cat1").is_empty());
 }
 
-/// A ustar archive of `members`, in order.
-async fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, *data).await.unwrap();
-    }
-    b.into_inner().await.unwrap()
-}
-
 #[tokio::test]
 async fn unusable_images_are_invalid_and_leave_nothing() {
     let w = World::new(FakeVcdOptions::default()).await;
@@ -222,7 +209,7 @@ async fn unusable_images_are_invalid_and_leave_nothing() {
     let src = w
         .put(
             "img-vcd-xml",
-            tar_of(&[("x.ovf", b"<Envelope><oops></Envelope>")]).await,
+            tar_bytes::files(&[("x.ovf", b"<Envelope><oops></Envelope>")]),
         )
         .await;
     let e = p
@@ -239,7 +226,7 @@ async fn unusable_images_are_invalid_and_leave_nothing() {
     let src = w
         .put(
             "img-vcd-gz",
-            tar_of(&[("gz.ovf", gz.as_bytes()), ("disk-0.vmdk", &[0; 10])]).await,
+            tar_bytes::files(&[("gz.ovf", gz.as_bytes()), ("disk-0.vmdk", &[0; 10])]),
         )
         .await;
     let e = p
@@ -252,7 +239,7 @@ async fn unusable_images_are_invalid_and_leave_nothing() {
     );
 
     // The OVF names a disk the archive lacks: fails after the catalog item exists.
-    let tar = tar_of(&[("nodisk.ovf", fx.ovf.as_bytes()), ("README", b"hi")]).await;
+    let tar = tar_bytes::files(&[("nodisk.ovf", fx.ovf.as_bytes()), ("README", b"hi")]);
     let src = w.put("img-vcd-nodisk", tar).await;
     let e = p
         .create("main", "img-vcd-nodisk", &src, &Progress::default())
@@ -264,7 +251,7 @@ async fn unusable_images_are_invalid_and_leave_nothing() {
     );
 
     // A member of another size than the OVF says.
-    let tar = tar_of(&[("size.ovf", fx.ovf.as_bytes()), ("disk-0.vmdk", &[0; 11])]).await;
+    let tar = tar_bytes::files(&[("size.ovf", fx.ovf.as_bytes()), ("disk-0.vmdk", &[0; 11])]);
     let src = w.put("img-vcd-size", tar).await;
     let e = p
         .create("main", "img-vcd-size", &src, &Progress::default())

@@ -22,6 +22,7 @@ use ido_testkit::{
     invalid_ova,
     oracle::{oracle_find, oracle_list_vms},
     seaweed::{PUBLIC_BUCKET, REGION},
+    tar_bytes,
     vcsim::{CLUSTER, DATACENTER, DATASTORE, DATASTORE_PATH, NETWORK_PATH, RESOURCE_POOL_PATH, VM_FOLDER},
 };
 use serde_json::Value;
@@ -110,20 +111,6 @@ fn location() -> VsphereLocation {
 fn vm_of(t: &ido_providers::Template) -> MoRef {
     let (kind, id) = t.reference.split_once(':').unwrap();
     MoRef::new(kind, id)
-}
-
-/// A ustar archive of `members`, in order.
-async fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, *data).await.unwrap();
-    }
-    b.into_inner().await.unwrap()
 }
 
 #[tokio::test]
@@ -556,7 +543,7 @@ async fn unusable_images_are_invalid_and_leave_nothing() {
     let src = w
         .put(
             "img-hw",
-            tar_of(&[("img-hw.ovf", ovf.as_bytes()), ("disk-0.vmdk", &[0; 10])]).await,
+            tar_bytes::files(&[("img-hw.ovf", ovf.as_bytes()), ("disk-0.vmdk", &[0; 10])]),
         )
         .await;
     let e = p
@@ -572,7 +559,7 @@ async fn unusable_images_are_invalid_and_leave_nothing() {
     let src = w
         .put(
             "img-xml",
-            tar_of(&[("img-xml.ovf", b"<Envelope><oops></Envelope>")]).await,
+            tar_bytes::files(&[("img-xml.ovf", b"<Envelope><oops></Envelope>")]),
         )
         .await;
     let e = p
@@ -590,7 +577,7 @@ async fn unusable_images_are_invalid_and_leave_nothing() {
     )
     .await
     .unwrap();
-    let tar = tar_of(&[("img-nodisk.ovf", fixture.ovf.as_bytes()), ("README", b"hi")]).await;
+    let tar = tar_bytes::files(&[("img-nodisk.ovf", fixture.ovf.as_bytes()), ("README", b"hi")]);
     let src = w.put("img-nodisk", tar).await;
     let e = p
         .create("loc1", "img-nodisk", &src, &Progress::default())

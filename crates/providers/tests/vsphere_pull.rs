@@ -23,6 +23,7 @@ use ido_testkit::{
     OvaFixture, SeaweedFs, Vcsim, VcsimOptions,
     oracle::{oracle_find, oracle_list_vms},
     seaweed::{ACCESS_KEY, PRIVATE_BUCKET, PUBLIC_BUCKET, REGION, SECRET_KEY},
+    tar_bytes,
     vcsim::{CLUSTER, DATACENTER, DATASTORE, DATASTORE_PATH, NETWORK_PATH, RESOURCE_POOL_PATH, VM_FOLDER},
 };
 use serde_json::Value;
@@ -222,7 +223,7 @@ async fn failed_pulls_are_errors_and_leave_nothing() {
 
     // The OVF names a disk the archive lacks: only the simulator (reading the archive) sees it.
     let fixture = w.fixture("img-nodisk", &[("disk-0.vmdk", 10)]).await;
-    let tar = tar_of(&[("img-nodisk.ovf", fixture.ovf.as_bytes()), ("README", b"hi")]).await;
+    let tar = tar_bytes::files(&[("img-nodisk.ovf", fixture.ovf.as_bytes()), ("README", b"hi")]);
     let src = w.put(PUBLIC_BUCKET, "img-nodisk", tar).await;
     let progress = Progress::default();
     let e = p.create("loc1", "img-nodisk", &src, &progress).await.unwrap_err();
@@ -450,18 +451,4 @@ async fn thumbprints_match_openssl() {
         .await
         .unwrap_err();
     assert!(matches!(e, ProviderError::Transport(_)), "{e:?}");
-}
-
-/// A ustar archive of `members`, in order.
-async fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, *data).await.unwrap();
-    }
-    b.into_inner().await.unwrap()
 }

@@ -44,6 +44,7 @@ mod proc;
 pub mod registry;
 pub mod seaweed;
 mod serve;
+pub mod tar_bytes;
 pub mod tls;
 pub mod token_server;
 pub mod vcsim;

@@ -283,19 +283,7 @@ impl Read for Counted {
     }
 }
 
-/// Reads until `buf` is full or the input ends; returns the count.
-pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
+pub(crate) use ido_io::read_full;
 
 /// Default interval between progress reports.
 pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(500);

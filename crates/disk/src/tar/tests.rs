@@ -1,37 +1,6 @@
 use super::ovf::{ovf_choose, ovf_disk};
 use super::*;
-
-const BLOCK: usize = 512;
-
-fn padded(size: u64) -> u64 {
-    size.div_ceil(BLOCK as u64) * BLOCK as u64
-}
-
-/// A minimal ustar header.
-fn header(name: &str, kind: u8, size: u64) -> [u8; BLOCK] {
-    let mut h = [0u8; BLOCK];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..107].copy_from_slice(b"0000644");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[156] = kind;
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    h
-}
-
-fn archive(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for (name, kind, data) in members {
-        v.extend_from_slice(&header(name, *kind, data.len() as u64));
-        v.extend_from_slice(data);
-        v.resize(padded(v.len() as u64) as usize, 0);
-    }
-    v.extend_from_slice(&[0u8; 1024]);
-    v
-}
+use ido_testkit::tar_bytes::{archive, header};
 
 #[test]
 fn reads_the_one_disk() {
