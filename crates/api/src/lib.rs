@@ -18,6 +18,7 @@ pub mod condition;
 pub mod diskimport;
 pub mod duration;
 pub mod image_operator;
+pub mod imagecache;
 pub mod imagesync;
 pub mod names;
 pub mod nodeimage;
@@ -28,6 +29,10 @@ pub use condition::{Condition, ConditionStatus};
 pub use diskimport::{
     BlankSource, DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, DiskImportStatus, HttpSource,
     RegistrySource, S3Source, SourceKind, StorageSpec, VolumeMode,
+};
+pub use imagecache::{
+    CachePhase, CachePolicy, CachePolicyStatus, CachedImage, CachedImageSpec, CachedImageStatus,
+    ClusterImageCachePolicy, ClusterImageCachePolicySpec, ImageCachePolicy, ImageCachePolicySpec,
 };
 pub use imagesync::{
     ImageSync, ImageSyncSpec, ImageSyncStatus, SecretReference, SyncEndpoint, SyncMode, TagResult, TagStatus,

@@ -1,6 +1,6 @@
 use super::ovf::{ovf_choose, ovf_disk};
 use super::*;
-use ido_testkit::tar_bytes::{archive, header};
+use ido_testkit::tar_bytes::{archive, header, set_checksum};
 
 #[test]
 fn reads_the_one_disk() {
@@ -124,9 +124,7 @@ fn absurd_member_sizes_are_invalid() {
     h[124..136].fill(0);
     h[124] = 0x80;
     h[128..136].copy_from_slice(&u64::MAX.to_be_bytes());
-    h[148..156].fill(b' ');
-    let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    set_checksum(&mut h);
     let e = TarDisk::open(&h[..]).err().unwrap();
     assert_eq!(e.label(), "invalid_image", "{e}");
     assert!(e.to_string().contains("member size"), "{e}");
