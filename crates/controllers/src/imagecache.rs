@@ -7,7 +7,9 @@
 pub mod collect;
 pub mod filter;
 pub mod naming;
+pub mod scan;
 
 pub use collect::{ContainerKind, UsedImage, Workload, pull_secret_names};
 pub use filter::{ImageFilter, PatternError};
 pub use naming::{CacheTarget, NamingError, cached_image_name};
+pub use scan::{InUse, Scan, Scope, scan};

@@ -11,6 +11,7 @@
 mod diskimport;
 mod env;
 mod faults;
+mod imagecache;
 mod imagesync;
 mod lease;
 mod metrics;
