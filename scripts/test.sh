@@ -5,6 +5,16 @@
 # format and lint checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Free space where the build and the tests write: the build takes a few GB, the tests up to
+# about 1 GB of temporary files at once (the disk corpus); a run short of space says so here.
+space() {
+  mkdir -p target
+  df -h target "${TMPDIR:-/tmp}" | awk -v when="$1" 'NR > 1 { print "test.sh: " when ": " $4 " free on " $6 }' | sort -u
+}
+space "before"
+trap 'space "after"' EXIT
+
 scripts/setup.sh
 export CARGO_TERM_COLOR=never
 if [ $# -eq 0 ]; then
