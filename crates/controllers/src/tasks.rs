@@ -146,27 +146,36 @@ impl Tasks {
     /// their clean-up to `ido_io::cleanup`); an outcome not yet taken is dropped.
     /// Returns whether a task was running.
     pub async fn cancel(&self, key: &TaskKey) -> bool {
-        let ended = {
-            let mut slots = self.slots.lock().expect("task slots");
-            match slots.get(key) {
-                Some(Slot::Running { cancel, ended }) => {
-                    cancel.cancel();
-                    Some(ended.clone())
-                }
-                Some(Slot::Done(_)) => {
-                    slots.remove(key);
-                    None
-                }
-                None => None,
-            }
-        };
-        match ended {
+        match self.cancel_now(key) {
             Some(mut ended) => {
                 let _ = ended.wait_for(|e| *e).await;
                 true
             }
             None => false,
         }
+    }
+
+    /// Cancels `key`'s task at once, without waiting for it to end (its slot stays taken
+    /// until it has); an outcome not yet taken is dropped. Returns a receiver that turns
+    /// true when the task has ended, if one was running.
+    pub fn cancel_now(&self, key: &TaskKey) -> Option<watch::Receiver<bool>> {
+        let mut slots = self.slots.lock().expect("task slots");
+        match slots.get(key) {
+            Some(Slot::Running { cancel, ended }) => {
+                cancel.cancel();
+                Some(ended.clone())
+            }
+            Some(Slot::Done(_)) => {
+                slots.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The keys with a task running or an outcome not yet taken.
+    pub fn keys(&self) -> Vec<TaskKey> {
+        self.slots.lock().expect("task slots").keys().cloned().collect()
     }
 
     /// Whether `key` has a task running or an outcome not yet taken.
@@ -281,6 +290,29 @@ mod tests {
         assert!(dropped.load(Ordering::SeqCst), "dropped before cancel returned");
         assert!(matches!(tasks.take::<u32>(&key("a")), TaskState::Idle));
         assert!(!tasks.cancel(&key("a")).await, "nothing left to cancel");
+    }
+
+    #[tokio::test]
+    async fn cancel_now_fires_at_once_and_drops_an_outcome_not_taken() {
+        let tasks = Tasks::default();
+        tasks.start(key("run"), |_| std::future::pending::<u32>());
+        tasks.start(key("done"), |_| async { 7u32 });
+        tasks.ended(&key("done")).await;
+        let mut keys = tasks.keys();
+        keys.sort();
+        assert_eq!(keys, [key("done"), key("run")]);
+        assert!(
+            tasks.cancel_now(&key("done")).is_none(),
+            "an outcome is not a running task"
+        );
+        assert!(
+            matches!(tasks.take::<u32>(&key("done")), TaskState::Idle),
+            "the outcome is gone"
+        );
+        let mut ended = tasks.cancel_now(&key("run")).expect("a running task");
+        ended.wait_for(|e| *e).await.unwrap();
+        assert!(tasks.keys().is_empty());
+        assert!(tasks.cancel_now(&key("nothing")).is_none());
     }
 
     #[tokio::test]

@@ -52,6 +52,7 @@ use ido_controllers::{
     metrics::{ControllerLabels, FailureLabels, StateLabels},
     nodeimage, release,
     store::Object,
+    tasks::{TaskKey, Tasks},
 };
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 use kube::{
@@ -302,18 +303,28 @@ fn woken_by_tasks<K: Object>(ctx: &Context<KubeStore>) -> Triggers<K> {
     .boxed()
 }
 
-/// Cancels the task of the deleted `obj`, if one runs (in the background: the watch goes on).
-fn cancel_task_of<K: Object>(tasks: &Arc<ido_controllers::tasks::Tasks>, obj: &K) {
-    let key = ido_controllers::tasks::TaskKey::of(obj);
-    if !tasks.occupied(&key) {
-        return;
+/// Cancels the task of the deleted `obj`, if one runs. At once, before the watch goes on:
+/// an object re-created under the name must not take the old one's outcome, nor have its
+/// own task cancelled late.
+fn cancel_task_of<K: Object>(tasks: &Tasks, obj: &K) {
+    let key = TaskKey::of(obj);
+    if tasks.cancel_now(&key).is_some() {
+        tracing::info!(object = %key, "deleted: its running task was cancelled");
     }
-    let tasks = tasks.clone();
-    tokio::spawn(async move {
-        if tasks.cancel(&key).await {
-            tracing::info!(object = %key, "deleted: its running task was cancelled");
+}
+
+/// After a (re-)list: cancels the tasks of objects of kind `K` that are no longer there
+/// (deleted while the watch was down: no deletion event tells of them).
+fn cancel_tasks_of_gone<K: Object>(tasks: &Tasks, cache: &reflector::Store<K>) {
+    for key in tasks.keys().into_iter().filter(|k| k.is::<K>()) {
+        let mut obj = ObjectRef::<K>::new(&key.name);
+        if let Some(ns) = &key.namespace {
+            obj = obj.within(ns);
         }
-    });
+        if cache.get(&obj).is_none() && tasks.cancel_now(&key).is_some() {
+            tracing::info!(object = %key, "gone while unwatched: its running task was cancelled");
+        }
+    }
 }
 
 /// Requests for the owners of the objects `api` lists with `wc` (metadata only), as
@@ -327,15 +338,16 @@ fn owners<K: Object, Child: Object>(api: Api<PartialObjectMeta<Child>>, wc: watc
 fn watched<K: Object>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
-    tasks: Arc<ido_controllers::tasks::Tasks>,
+    cache: reflector::Store<K>,
+    tasks: Arc<Tasks>,
 ) -> Triggers<K> {
     let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         // A deleted object is not reconciled: its task (an ImageSync's pass) is cancelled
         // here, as `ido run` does for an object gone from its store.
-        .inspect_ok(move |event| {
-            if let watcher::Event::Delete(obj) = event {
-                cancel_task_of(&tasks, obj);
-            }
+        .inspect_ok(move |event| match event {
+            watcher::Event::Delete(obj) => cancel_task_of(&tasks, obj),
+            watcher::Event::InitDone => cancel_tasks_of_gone(&tasks, &cache),
+            _ => {}
         });
     trigger_self(
         events
@@ -377,7 +389,7 @@ where
         queue: queue.clone(),
     });
     let mut triggers = futures::stream::SelectAll::new();
-    triggers.push(watched(api, writer, shared.ctx.tasks.clone()));
+    triggers.push(watched(api, writer, cache.clone(), shared.ctx.tasks.clone()));
     triggers.extend(owned);
     triggers.push(woken_by_tasks::<K>(&shared.ctx));
     let observed = queue.clone();
