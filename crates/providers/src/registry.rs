@@ -81,12 +81,16 @@ impl fmt::Debug for Registration {
 
 /// A decoded section, whatever its provider.
 trait Section: Any + fmt::Debug + Send + Sync {
+    fn key(&self) -> &'static str;
     fn enabled(&self) -> bool;
     fn creates_disk_imports(&self) -> bool;
     fn build(&self, bindings: &Bindings) -> Result<Arc<dyn Provider>>;
 }
 
 impl<C: ProviderConfig> Section for C {
+    fn key(&self) -> &'static str {
+        C::SECTION
+    }
     fn enabled(&self) -> bool {
         ProviderConfig::enabled(self)
     }
@@ -166,6 +170,15 @@ impl ProvidersConfig {
         let mut out = Providers::default();
         for s in self.sections.iter().filter(|s| s.enabled()) {
             let p = s.build(&out.bindings)?;
+            if out.get(p.id()).is_some() {
+                return Err(crate::ProviderError::Config {
+                    key: s.key().to_string(),
+                    message: format!(
+                        "builds provider {:?}, which another section has built already",
+                        p.id()
+                    ),
+                });
+            }
             out.insert(p);
         }
         Ok(out)
@@ -183,25 +196,54 @@ pub struct DecodeError {
 }
 
 /// Decodes `v`, naming the failing key (and its value, unless the key names a password,
-/// secret or token) in the error.
+/// secret or token) in the error. A map or list is shown with what it holds under such keys
+/// redacted, and the value of an unknown key (perhaps a misspelt `password`) not at all.
 pub fn decode_with_path<T: DeserializeOwned>(v: &Value) -> Result<T, DecodeError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let key = e.path().to_string();
-        let secret = ["password", "secret", "token"]
-            .iter()
-            .any(|w| key.to_ascii_lowercase().contains(w));
+        let secret = names_a_secret(&key);
+        let reason = e.into_inner().to_string();
         let value = if secret {
             "<redacted>".to_string()
+        } else if reason.starts_with("unknown field") {
+            "<not shown>".to_string()
         } else {
-            lookup(v, &key).map(|x| x.to_string()).unwrap_or_default()
+            lookup(v, &key)
+                .map(|x| redacted(x).to_string())
+                .unwrap_or_default()
         };
         let reason = if secret {
             "invalid type or value".to_string()
         } else {
-            e.into_inner().to_string()
+            reason
         };
         DecodeError { key, value, reason }
     })
+}
+
+fn names_a_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token"].iter().any(|w| key.contains(w))
+}
+
+/// `v` with the values of keys that name a secret replaced, at any depth.
+fn redacted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    let x = if names_a_secret(k) {
+                        Value::String("<redacted>".into())
+                    } else {
+                        redacted(x)
+                    };
+                    (k.clone(), x)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redacted).collect()),
+        other => other.clone(),
+    }
 }
 
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -213,6 +255,41 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Creds {
+        user: String,
+        password: String,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Sample {
+        credentials: Creds,
+    }
+
+    #[test]
+    fn no_secret_reaches_a_decoding_error() {
+        for bad in [
+            json!({"credentials": {"user": "u", "pasword": "hunter2"}}),
+            json!({"credentials": {"password": "hunter2"}}),
+            json!({"credentials": {"user": 7, "password": "hunter2"}}),
+            json!({"credentials": [{"user": "u", "password": "hunter2"}]}),
+        ] {
+            let e = decode_with_path::<Sample>(&bad).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+            assert!(e.key.starts_with("credentials"), "{e}");
+        }
+        let e =
+            decode_with_path::<Sample>(&json!({"credentials": {"user": 7, "password": "p"}})).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("credentials.user", "7"),
+            "plain values are shown"
+        );
+    }
     use crate::{BUILT_IN, kubevirt::KubevirtConfig, vsphere::VsphereConfig};
 
     #[test]
