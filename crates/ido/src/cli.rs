@@ -471,7 +471,7 @@ async fn show_progress<T>(
     progress: &ido_oci::copy::Progress,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    use ido_io::progress::display::{Display, Shown};
+    use ido_io::progress::display::{Display, PLAIN_EVERY, Shown};
     use ido_io::progress::human;
     let display = Display::new(mode.resolve(), |r| {
         format!(
@@ -490,7 +490,10 @@ async fn show_progress<T>(
         tokio::select! {
             out = &mut work => break out,
             _ = tick.tick(), if display.shown() != Shown::None => {
-                display.show(&progress.report(started.elapsed()));
+                // Plain lines start after a first interval: a shorter copy writes none.
+                if display.shown() == Shown::Bar || started.elapsed() >= PLAIN_EVERY {
+                    display.show(&progress.report(started.elapsed()));
+                }
             }
         }
     };

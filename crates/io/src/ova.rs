@@ -322,8 +322,9 @@ impl Worker {
     ) -> bool {
         self.handle.block_on(async {
             tokio::select! {
-                r = tx.send(item) => r.is_ok(),
+                biased;
                 () = cancel.cancelled() => false,
+                r = tx.send(item) => r.is_ok(),
             }
         })
     }
