@@ -694,11 +694,19 @@ async fn re_syncs_trust_the_recorded_destination_digests_for_a_day() {
     assert!(fourth.status.as_ref().unwrap().destinations_verified_time > Some(day_ago));
 }
 
-#[tokio::test]
-async fn a_pass_runs_as_a_task_and_goes_with_its_object() {
-    use ido_controllers::tasks::TaskKey;
+/// An ImageSync applied to a file store, whose source (`team/app` with `tags`, selected by
+/// `version`) comes through a proxy that serves blobs at `bytes_per_sec`.
+struct Throttled {
+    _src: DockerRegistry,
+    dst: DockerRegistry,
+    proxy: ido_testkit::fault_proxy::FaultProxy,
+    dir: tempfile::TempDir,
+    store: FileStore,
+    ctx: Arc<Context<FileStore>>,
+}
+
+async fn throttled(name: &str, tags: &[&str], version: &str, bytes_per_sec: u64, spec: Value) -> Throttled {
     use ido_testkit::fault_proxy::{Fault, FaultProxy, Rule};
-    use std::time::Instant;
 
     let (src, dst) = tokio::join!(
         DockerRegistry::start(RegistryOptions {
@@ -712,23 +720,47 @@ async fn a_pass_runs_as_a_task_and_goes_with_its_object() {
     );
     let (src, dst) = (src.unwrap(), dst.unwrap());
     let dir = tempfile::tempdir().unwrap();
-    push_tags(&src, "team/app", &["1.0.0"], dir.path()).await;
-    // Blobs come at 256 bytes a second: the pass takes far longer than the test waits.
+    push_tags(&src, "team/app", tags, dir.path()).await;
     let proxy = FaultProxy::start(&src.base_url()).await.unwrap();
     proxy.set_rules(vec![
-        Rule::new(Fault::Throttle { bytes_per_sec: 256 })
+        Rule::new(Fault::Throttle { bytes_per_sec })
             .method("GET")
             .path("/blobs/"),
     ]);
-    let mut doc = image_sync("slow", &src, &dst, json!({}));
+    let mut doc = image_sync(name, &src, &dst, spec);
     doc["spec"]["source"] = json!({"name": format!("docker://{}/team/app", proxy.host()),
-                                   "version": "1.0.0", "tlsVerify": false});
+                                   "version": version, "tlsVerify": false});
     let mut docs = secrets(&src, &dst);
     docs.push(doc);
     let (store, ctx) = context(dir.path());
     apply_desired(&store, &manifests(dir.path(), &docs))
         .await
         .unwrap();
+    Throttled {
+        _src: src,
+        dst,
+        proxy,
+        dir,
+        store,
+        ctx,
+    }
+}
+
+#[tokio::test]
+async fn a_pass_runs_as_a_task_and_goes_with_its_object() {
+    use ido_controllers::tasks::TaskKey;
+    use std::time::Instant;
+
+    // Blobs come at 256 bytes a second: the pass takes far longer than the test waits.
+    // Every part is bound: a registry or directory dropped here would end the pass early.
+    let Throttled {
+        _src,
+        dst: _dst,
+        proxy,
+        dir: _dir,
+        store,
+        ctx,
+    } = throttled("slow", &["1.0.0"], "1.0.0", 256, json!({})).await;
 
     // The reconcile hands the pass to a task and returns at once.
     let is = get(&store, "slow").await;
@@ -764,37 +796,23 @@ async fn a_pass_runs_as_a_task_and_goes_with_its_object() {
 #[tokio::test]
 async fn a_pass_stops_at_its_next_progress_write_once_its_object_is_deleted() {
     use ido_controllers::tasks::TaskKey;
-    use ido_testkit::fault_proxy::{Fault, FaultProxy, Rule};
 
-    let (src, dst) = tokio::join!(
-        DockerRegistry::start(RegistryOptions {
-            tls: false,
-            auth: None,
-        }),
-        DockerRegistry::start(RegistryOptions {
-            tls: true,
-            auth: Some(("pusher".into(), DST_PW.into())),
-        })
-    );
-    let (src, dst) = (src.unwrap(), dst.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    push_tags(&src, "team/app", &["1.0.0", "2.0.0", "3.0.0"], dir.path()).await;
     // About 6 s a tag, one at a time: the first progress write comes after the first tag.
-    let proxy = FaultProxy::start(&src.base_url()).await.unwrap();
-    proxy.set_rules(vec![
-        Rule::new(Fault::Throttle { bytes_per_sec: 800 })
-            .method("GET")
-            .path("/blobs/"),
-    ]);
-    let mut doc = image_sync("three", &src, &dst, json!({"concurrency": 1}));
-    doc["spec"]["source"] = json!({"name": format!("docker://{}/team/app", proxy.host()),
-                                   "version": ">=1.0.0", "tlsVerify": false});
-    let mut docs = secrets(&src, &dst);
-    docs.push(doc);
-    let (store, ctx) = context(dir.path());
-    apply_desired(&store, &manifests(dir.path(), &docs))
-        .await
-        .unwrap();
+    let Throttled {
+        _src,
+        dst,
+        proxy: _proxy,
+        dir,
+        store,
+        ctx,
+    } = throttled(
+        "three",
+        &["1.0.0", "2.0.0", "3.0.0"],
+        ">=1.0.0",
+        800,
+        json!({"concurrency": 1}),
+    )
+    .await;
     let is = get(&store, "three").await;
     let key = TaskKey::of(&is);
     imagesync::reconcile(&is, &ctx).await.unwrap();

@@ -15,17 +15,6 @@ pub enum ContainerKind {
     Ephemeral,
 }
 
-impl ContainerKind {
-    /// The pod spec field that lists such containers.
-    pub fn field(self) -> &'static str {
-        match self {
-            ContainerKind::Init => "initContainers",
-            ContainerKind::Main => "containers",
-            ContainerKind::Ephemeral => "ephemeralContainers",
-        }
-    }
-}
-
 /// One container's image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsedImage {

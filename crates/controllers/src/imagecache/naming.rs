@@ -73,10 +73,6 @@ impl CacheTarget {
         })
     }
 
-    pub fn registry(&self) -> &str {
-        &self.registry
-    }
-
     /// Where the copy of `source` lives, with its tag and digest.
     pub fn cached(&self, source: &Reference) -> Result<Reference, NamingError> {
         let repository = [

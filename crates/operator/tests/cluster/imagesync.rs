@@ -48,6 +48,37 @@ pub(crate) fn image_sync(ns: &str, name: &str, spec: ImageSyncSpec) -> ImageSync
 /// Copies every `1.x.x` tag between two registries requiring credentials; the operator's
 /// ServiceAccount reads the Secrets and the CA ConfigMap by name (the chart grants only
 /// `get` on them: a list or watch would be refused).
+/// A OnceByTag spec (every hour) from `source` to `destination`, `concurrency` tags at once.
+fn sync_spec(source: SyncEndpoint, destination: SyncEndpoint, concurrency: u32) -> ImageSyncSpec {
+    ImageSyncSpec {
+        mode: SyncMode::OnceByTag,
+        frequency: Some("1h".into()),
+        schedule: None,
+        allow_candidate_release: false,
+        source,
+        destination,
+        platforms: vec![],
+        max_tags: None,
+        concurrency: Some(concurrency),
+    }
+}
+
+/// The reconcilers' context over the API server as `client`, for the test's namespace.
+fn sync_context(env: &Env, client: kube::Client) -> std::sync::Arc<Context<ido_operator::KubeStore>> {
+    std::sync::Arc::new(Context {
+        store: store(env, client),
+        providers: Providers::default(),
+        source: None,
+        settings: Settings {
+            namespace: env.ns.clone(),
+            ..Settings::default()
+        },
+        metrics: Metrics::default(),
+        seen_releases: Default::default(),
+        tasks: Default::default(),
+    })
+}
+
 #[tokio::test]
 async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
     let (src, dst) = tokio::join!(
@@ -89,42 +120,25 @@ async fn imagesync_reads_secrets_and_copies_through_the_kube_store() {
     env.create(&image_sync(
         ns,
         "app",
-        ImageSyncSpec {
-            mode: SyncMode::OnceByTag,
-            frequency: Some("1h".into()),
-            schedule: None,
-            allow_candidate_release: false,
-            source: SyncEndpoint {
+        sync_spec(
+            SyncEndpoint {
                 name: format!("{}/app", src.host()),
                 version: Some("1.x.x".into()),
                 secret_ref: Some(SecretReference { name: "src".into() }),
                 tls_verify: Some(false),
                 ..Default::default()
             },
-            destination: SyncEndpoint {
+            SyncEndpoint {
                 name: format!("{}/mirror/app", dst.host()),
                 secret_ref: Some(SecretReference { name: "dst".into() }),
                 cert_config_map: Some("dst-ca".into()),
                 ..Default::default()
             },
-            platforms: vec![],
-            max_tags: None,
-            concurrency: Some(2),
-        },
+            2,
+        ),
     ))
     .await;
-    let ctx = std::sync::Arc::new(Context {
-        store: store(&env, env.operator_client().await),
-        providers: Providers::default(),
-        source: None,
-        settings: Settings {
-            namespace: ns.into(),
-            ..Settings::default()
-        },
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-    });
+    let ctx = sync_context(&env, env.operator_client().await);
 
     let is = ctx
         .store
@@ -213,41 +227,24 @@ async fn a_deleted_imagesyncs_pass_is_cancelled_by_the_operator() {
     env.create(&image_sync(
         ns,
         "slow",
-        ImageSyncSpec {
-            mode: SyncMode::OnceByTag,
-            frequency: Some("1h".into()),
-            schedule: None,
-            allow_candidate_release: false,
-            source: SyncEndpoint {
+        sync_spec(
+            SyncEndpoint {
                 name: format!("{}/app", proxy.host()),
                 version: Some("1.0.0".into()),
                 tls_verify: Some(false),
                 ..Default::default()
             },
-            destination: SyncEndpoint {
+            SyncEndpoint {
                 name: format!("{}/mirror/app", dst.host()),
                 tls_verify: Some(false),
                 ..Default::default()
             },
-            platforms: vec![],
-            max_tags: None,
-            concurrency: Some(1),
-        },
+            1,
+        ),
     ))
     .await;
     let client = env.operator_client().await;
-    let ctx = std::sync::Arc::new(Context {
-        store: store(&env, client.clone()),
-        providers: Providers::default(),
-        source: None,
-        settings: Settings {
-            namespace: ns.into(),
-            ..Settings::default()
-        },
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-    });
+    let ctx = sync_context(&env, client.clone());
     let op = tokio::spawn(ido_operator::controller::run(
         client,
         ctx.clone(),

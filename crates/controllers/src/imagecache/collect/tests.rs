@@ -67,7 +67,6 @@ fn every_container_of_every_workload_kind_counts() {
         );
         assert!(!w.is_owned());
     }
-    assert_eq!(ContainerKind::Ephemeral.field(), "ephemeralContainers");
 }
 
 #[test]
