@@ -45,6 +45,9 @@ pub struct CachePolicy {
     /// Which images are cached (absent: every image but the cache's own copies).
     #[serde(default)]
     pub images: ImageSelection,
+    /// TLS settings of source registries that need them (a private CA, plain HTTP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRegistry>,
     /// The platforms copied, e.g. `linux/amd64` (empty: every platform of the source index,
     /// the index and its digest kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -89,6 +92,25 @@ pub struct CacheTarget {
     /// A ConfigMap whose every value is a PEM bundle of CA certificates for the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_config_map: Option<String>,
+    /// A pull Secret (`kubernetes.io/dockerconfigjson`) added to the pull secrets of pods
+    /// pointed at copies, their own kept. It must exist in the pods' namespaces; absent,
+    /// pods read the cache anonymously or with the nodes' credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret_name: Option<String>,
+}
+
+/// How a source registry is reached (sources not listed: TLS, verified).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRegistry {
+    /// Host and optional port, as in image references (`registry.internal:5000`).
+    pub registry: String,
+    /// Verify its TLS certificate (default true); false also allows plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+    /// Extra CA certificates (PEM, inline) trusted for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
 }
 
 /// Include and exclude patterns over `registry/repository` (`*` within a path component,
@@ -233,6 +255,13 @@ pub enum CachePhase {
     Failed,
 }
 
+/// A pull Secret a workload reads its image with.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct PullSecretReference {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// A workload that runs an image.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct WorkloadReference {
@@ -257,6 +286,10 @@ pub struct CachedImageStatus {
     pub workloads: Vec<WorkloadReference>,
     #[serde(default)]
     pub workload_count: u32,
+    /// The pull Secrets those workloads read the source with (the copy reads it with them,
+    /// in order; their values are never written anywhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<PullSecretReference>,
     /// When a workload last ran it (now, while one does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
@@ -268,6 +301,10 @@ pub struct CachedImageStatus {
     /// Blob bytes the last copy moved.
     #[serde(default)]
     pub bytes: u64,
+    /// ido pushed the copy's manifest (it was not there before): only such a copy is
+    /// deleted from the registry when it expires.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pushed: bool,
     /// `Ready` (the copy is present), with the reason of a failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -73,6 +73,9 @@ pub fn crds()
         ImageSync::crd(),
         DiskImport::crd(),
         image_operator::crd(),
+        ImageCachePolicy::crd(),
+        ClusterImageCachePolicy::crd(),
+        CachedImage::crd(),
     ]
     .into_iter()
     .map(|mut crd| {

@@ -10,6 +10,7 @@
 //! kubevirt: {enabled, timeoutSeconds, locations: {name: {namespace, storageClassName, size, accessModes, volumeMode}}}
 //! diskImport: {enabled, image, imagePullPolicy, filesystemOverhead, backoffLimit, resources}
 //! imageOperator: {enabled}      # serve image-operator's Image (skopeo.io/v1alpha1)
+//! imageCache: {enabled, concurrency, webhook: {…}}   # the workload image cache
 //! ```
 //! Keys the operator does not know (the rest of a Helm values file) are ignored. Separate
 //! files (a mounted credentials Secret, a locations ConfigMap) are merged in at a key.
@@ -154,6 +155,36 @@ pub struct ImageOperatorConfig {
     pub enabled: bool,
 }
 
+/// The `imageCache` section: the workload image cache's controllers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageCacheConfig {
+    /// Reconcile the cache policies and CachedImages (`ido operator`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Copies made at once (default 4).
+    #[serde(default = "default_cache_concurrency")]
+    pub concurrency: usize,
+    /// The chart's webhook settings (its Service, certificate and configuration); the
+    /// operator takes its listener from `--webhook-bind-address`.
+    #[serde(default)]
+    pub webhook: Option<Value>,
+}
+
+impl Default for ImageCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            concurrency: default_cache_concurrency(),
+            webhook: None,
+        }
+    }
+}
+
+fn default_cache_concurrency() -> usize {
+    4
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -173,6 +204,8 @@ pub struct Config {
     pub disk_import: DiskImportConfig,
     #[serde(default)]
     pub image_operator: ImageOperatorConfig,
+    #[serde(default)]
+    pub image_cache: ImageCacheConfig,
     /// The provider sections (`vsphere`, …): each registered provider decodes its own.
     #[serde(skip)]
     pub providers: ProvidersConfig,
@@ -249,6 +282,9 @@ impl Config {
         if c.concurrency.images == 0 {
             return Err(value_err("concurrency.images", "0", "must be at least 1"));
         }
+        if c.image_cache.concurrency == 0 {
+            return Err(value_err("imageCache.concurrency", "0", "must be at least 1"));
+        }
         if c.concurrency.locations == 0 {
             return Err(value_err("concurrency.locations", "0", "must be at least 1"));
         }
@@ -287,6 +323,8 @@ impl Config {
             location_concurrency: self.concurrency.locations,
             disk_import: self.importer_settings()?,
             image_operator: self.image_operator.enabled,
+            image_cache: self.image_cache.enabled,
+            cache_concurrency: self.image_cache.concurrency,
             ..Settings::default()
         })
     }

@@ -84,6 +84,10 @@ pub struct Settings {
     pub disk_import: diskimport::ImporterSettings,
     /// Serve image-operator's `Image` kind (`skopeo.io/v1alpha1`) in every namespace.
     pub image_operator: bool,
+    /// Reconcile the workload image cache's policies and CachedImages.
+    pub image_cache: bool,
+    /// Cache copies made at once.
+    pub cache_concurrency: usize,
 }
 
 impl Default for Settings {
@@ -96,6 +100,8 @@ impl Default for Settings {
             recheck: Duration::from_secs(300),
             disk_import: diskimport::ImporterSettings::default(),
             image_operator: false,
+            image_cache: false,
+            cache_concurrency: 4,
         }
     }
 }

@@ -53,7 +53,7 @@ impl Workload {
     }
 
     /// The object's metadata.
-    pub fn meta(&self) -> &kube::api::ObjectMeta {
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
             Workload::Pod(o) => &o.metadata,
             Workload::Deployment(o) => &o.metadata,

@@ -65,7 +65,7 @@ impl Scope {
     }
 
     /// Whether the workload with `meta` is in scope.
-    pub fn covers(&self, meta: &kube::api::ObjectMeta) -> bool {
+    pub fn covers(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
         let ns = meta.namespace.as_deref().unwrap_or_default();
         let in_namespaces = match &self.namespaces {
             Namespaces::One(n) => n == ns,
