@@ -294,6 +294,10 @@ pub struct CachedImageStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub last_used_time: Option<Timestamp>,
+    /// When the last copy was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub last_attempt_time: Option<Timestamp>,
     /// When the copy was last made or found current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]

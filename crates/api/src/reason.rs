@@ -125,6 +125,20 @@ reasons! {
     ImportInProgress,
     /// The import finished (event).
     ImportSucceeded,
+
+    // The workload image cache.
+    /// The policy's workloads were looked at; the message counts the copies.
+    Scanned,
+    /// The copy is being made.
+    Copying,
+    /// The copy is present.
+    Cached,
+    /// The copy went unused past the retention and was deleted (event).
+    Expired,
+    /// The policy that caches the image is gone; the record goes, its copy stays (event).
+    PolicyGone,
+    /// A workload's pod template was pointed at copies (`patch` mode, event).
+    WorkloadPatched,
 }
 
 impl fmt::Display for Reason {

@@ -415,6 +415,7 @@ impl Config {
             metrics: crate::metrics::Metrics::default(),
             seen_releases: Default::default(),
             tasks: Default::default(),
+            cache_copies: Default::default(),
         })
     }
 }

@@ -374,6 +374,55 @@ impl Store for FileStore {
         vals.into_iter().map(decode).collect()
     }
 
+    async fn list_in<K: Object>(&self, namespace: Option<&str>) -> Result<Vec<K>> {
+        let resource = format!("{}.{}", K::plural(&()), K::group(&()));
+        let vals: Vec<Value> = self
+            .inner
+            .lock()
+            .expect("lock")
+            .objects
+            .iter()
+            .filter(|(k, _)| {
+                k.resource == resource && namespace.is_none_or(|n| k.namespace.as_deref() == Some(n))
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        vals.into_iter().map(decode).collect()
+    }
+
+    async fn replace<K: Object>(&self, obj: &K) -> Result<K> {
+        let key = Self::key_of(obj);
+        let mut inner = self.inner.lock().expect("lock");
+        let stored = Self::current(&inner, &key, obj)?;
+        let mut v = serde_json::to_value(obj).map_err(encoding(format!("encoding {}", K::kind(&()))))?;
+        v["apiVersion"] = json!(K::api_version(&()));
+        v["kind"] = json!(K::kind(&()));
+        // What the server owns stays as stored: identity, generation, deletion, the status.
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "finalizers",
+        ] {
+            match stored["metadata"].get(field) {
+                Some(f) => v["metadata"][field] = f.clone(),
+                None => {
+                    if let Some(m) = v["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        v["status"] = stored.get("status").cloned().unwrap_or(Value::Null);
+        if v.get("spec") != stored.get("spec") {
+            v["metadata"]["generation"] = json!(stored["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+        }
+        Self::bump(&mut inner, &mut v);
+        self.write(&mut inner, &key, Some(v.clone()))?;
+        decode(v)
+    }
+
     async fn list_labeled<K: Object>(
         &self,
         namespace: &str,

@@ -35,14 +35,14 @@ mod kinds;
 mod pass;
 mod plan;
 mod sides;
-mod status;
+pub(crate) mod status;
 
 pub use ido_oci::reference::is_tag;
 pub use kinds::SyncKind;
 use pass::pass;
 pub use plan::{Every, Plan, Selector, Side, SpecError, parse_schedule, sort_tags};
 pub use sides::SideError;
-use sides::{side_auth, side_tls};
+pub(crate) use sides::{pull_secrets_auth, side_auth, side_tls};
 
 use std::{
     sync::Arc,

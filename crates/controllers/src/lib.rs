@@ -127,6 +127,8 @@ pub struct Context<S: Store> {
     pub seen_releases: SeenReleases,
     /// The long work the reconcilers handed off (uploads), see [`tasks`].
     pub tasks: Arc<tasks::Tasks>,
+    /// The image cache's copies running at once.
+    pub cache_copies: imagecache::CopySlots,
 }
 
 /// When each Release was last found to exist, so that the image controller, which checks

@@ -71,6 +71,26 @@ pub struct SyncFailureLabels {
     pub reason: String,
 }
 
+/// A cache policy (`ClusterImageCachePolicy/<name>`, `ImageCachePolicy/<ns>/<name>`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub policy: String,
+}
+
+/// A cache copy's result (`copied`, `present`, `failed`, `expired`) under a policy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheCopyLabels {
+    pub policy: String,
+    pub result: String,
+}
+
+/// An admission webhook lookup's result: `hit` (a copy is present: the image is
+/// rewritten) or `miss` (none yet: the image is left, a copy queued).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub result: String,
+}
+
 /// A controller and a reconcile's result, as controller-runtime labels
 /// `controller_runtime_reconcile_total`: `success`, `error`, `requeue`, `requeue_after`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +136,14 @@ pub struct Metrics {
     pub sync_seconds: Family<SyncLabels, Histogram>,
     /// Failed ImageSync passes, by reason.
     pub sync_failures: Family<SyncFailureLabels, Counter>,
+    /// Cache copies by policy and result.
+    pub cache_copies: Family<CacheCopyLabels, Counter>,
+    /// Blob bytes cache copies streamed.
+    pub cache_bytes: Family<CacheLabels, Counter>,
+    /// The admission webhook's image lookups, hits and misses.
+    pub cache_lookups: Family<LookupLabels, Counter>,
+    /// How long the admission webhook took to answer.
+    pub admission_seconds: Histogram,
     /// `controller_runtime_reconcile_total{controller,result}`.
     pub cr_reconciles: Family<ResultLabels, Counter>,
     /// `controller_runtime_reconcile_errors_total{controller}`.
@@ -159,6 +187,10 @@ impl Default for Metrics {
             sync_bytes: Family::default(),
             sync_seconds: Family::new_with_constructor(buckets),
             sync_failures: Family::default(),
+            cache_copies: Family::default(),
+            cache_bytes: Family::default(),
+            cache_lookups: Family::default(),
+            admission_seconds: Histogram::new(ADMISSION_BUCKETS),
             cr_reconciles: Family::default(),
             cr_reconcile_errors: Family::default(),
             cr_reconcile_time: Family::new_with_constructor(|| Histogram::new(RECONCILE_TIME_BUCKETS)),
@@ -179,6 +211,11 @@ impl Default for Metrics {
         m
     }
 }
+
+/// Admission latency buckets: 0.25 ms to 10 s.
+const ADMISSION_BUCKETS: [f64; 14] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// controller-runtime's work queue buckets: 10 ns to 1000 s, by tens.
 fn queue_buckets() -> Histogram {
@@ -237,6 +274,26 @@ impl Metrics {
             "node_images",
             "NodeImages by provider and state",
             self.images.clone(),
+        );
+        r.register(
+            "cache_copies",
+            "Image cache copies, by policy and result (copied, present, failed, expired)",
+            self.cache_copies.clone(),
+        );
+        r.register(
+            "cache_copy_bytes",
+            "Blob bytes image cache copies streamed",
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Admission webhook lookups of copies: hit (rewritten) or miss (left, copy queued)",
+            self.cache_lookups.clone(),
+        );
+        r.register(
+            "cache_admission_duration_seconds",
+            "How long the admission webhook took to answer",
+            self.admission_seconds.clone(),
         );
         r.register(
             "imagesync_copies",

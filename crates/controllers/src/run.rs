@@ -22,7 +22,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use ido_api::{DiskImport, ImageSync, NodeImage, Release, image_operator::Image};
+use ido_api::{
+    CachedImage, ClusterImageCachePolicy, DiskImport, ImageCachePolicy, ImageSync, NodeImage, Release,
+    image_operator::Image,
+};
 use tokio::{
     sync::{Semaphore, broadcast},
     task::JoinSet,
@@ -32,7 +35,7 @@ use tokio::{
 use crate::{
     Action, Context, diskimport,
     file_store::{FileStore, Key},
-    imagesync, nodeimage, release,
+    imagecache, imagesync, nodeimage, release,
     store::Store,
 };
 
@@ -349,6 +352,29 @@ fn table() -> Vec<KindDef> {
             Limit::None,
             false,
             reconciler!(DiskImport, "diskimport", diskimport::reconcile),
+        ),
+        def::<ImageCachePolicy>(
+            Limit::None,
+            false,
+            reconciler!(
+                ImageCachePolicy,
+                "imagecachepolicy",
+                imagecache::reconcile::reconcile
+            ),
+        ),
+        def::<ClusterImageCachePolicy>(
+            Limit::None,
+            false,
+            reconciler!(
+                ClusterImageCachePolicy,
+                "clusterimagecachepolicy",
+                imagecache::reconcile::reconcile
+            ),
+        ),
+        def::<CachedImage>(
+            Limit::None,
+            true,
+            reconciler!(CachedImage, "cachedimage", imagecache::cached::reconcile),
         ),
     ]
 }

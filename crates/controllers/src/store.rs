@@ -192,6 +192,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<K>>> + Send;
     /// Every object of a kind (all namespaces).
     fn list<K: Object>(&self) -> impl Future<Output = Result<Vec<K>>> + Send;
+    /// The objects of a namespaced kind in `namespace`, or in every namespace (`None`),
+    /// whatever namespace the store itself serves (the workload image cache looks at the
+    /// workloads of every namespace).
+    fn list_in<K: Object>(&self, namespace: Option<&str>) -> impl Future<Output = Result<Vec<K>>> + Send;
     /// The objects of a namespaced kind in `namespace` that carry every label of `labels`
     /// (a label selector of `key=value` terms).
     fn list_labeled<K: Object>(
@@ -204,6 +208,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Patches finalizers/annotations of `obj` (conflict if `obj` is stale).
     fn patch_metadata<K: Object>(&self, obj: &K, patch: &MetaPatch)
     -> impl Future<Output = Result<K>> + Send;
+    /// Replaces `obj`'s metadata labels and annotations and its spec (everything but the
+    /// status) in one write (conflict if `obj` is stale).
+    fn replace<K: Object>(&self, obj: &K) -> impl Future<Output = Result<K>> + Send;
     /// Writes `obj`'s status (conflict if `obj` is stale).
     fn update_status<K: Object>(&self, obj: &K) -> impl Future<Output = Result<K>> + Send;
     /// Deletes `obj` (sets `deletionTimestamp` while finalizers remain). Absent is success.

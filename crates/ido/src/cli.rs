@@ -96,6 +96,14 @@ struct OperatorArgs {
     /// self-signed certificate made at start.
     #[arg(long)]
     metrics_cert_dir: Option<PathBuf>,
+    /// Address of the image cache's admission webhook (HTTPS, POST /mutate-v1-pod):
+    /// HOST:PORT, :PORT, or 0 (off, the default).
+    #[arg(long, default_value = "0", value_parser = ido_operator::http::parse_bind_address)]
+    webhook_bind_address: ::std::option::Option<std::net::SocketAddr>,
+    /// Directory with tls.crt and tls.key for the webhook (reloaded on change); default: a
+    /// self-signed certificate made at start.
+    #[arg(long)]
+    webhook_cert_dir: Option<PathBuf>,
     /// Address of /healthz and /readyz (plain HTTP): HOST:PORT, :PORT, or 0 (off).
     #[arg(long, default_value = ":8081", value_parser = ido_operator::http::parse_bind_address)]
     health_probe_bind_address: ::std::option::Option<std::net::SocketAddr>,
@@ -340,6 +348,8 @@ async fn operator_cmd(args: OperatorArgs, stop: CancellationToken) -> anyhow::Re
         serve_metrics: args.metrics_bind_address.is_some(),
         metrics_secure: args.metrics_secure,
         metrics_cert_dir: args.metrics_cert_dir,
+        webhook_addr: args.webhook_bind_address,
+        webhook_cert_dir: args.webhook_cert_dir,
         health_probe_addr: args.health_probe_bind_address,
         leader_election: args.leader_elect,
         lease_name: args.leader_election_id,

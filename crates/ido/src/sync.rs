@@ -141,6 +141,7 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
         metrics: Metrics::default(),
         seen_releases: Default::default(),
         tasks: Default::default(),
+        cache_copies: Default::default(),
     };
     let ctx = &ctx;
     let results: Vec<anyhow::Result<(bool, String)>> = stream::iter(&names)

@@ -22,6 +22,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::{Error, Result, auth::AuthStore, media::ACCEPTED, retry::Attempt};
 
+mod presence;
 mod probe;
 mod token;
 

@@ -46,9 +46,12 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
-use ido_api::{DiskImport, ImageSync, NodeImage, Release, image_operator::Image};
+use ido_api::{
+    CachedImage, ClusterImageCachePolicy, DiskImport, ImageCachePolicy, ImageSync, NodeImage, Release,
+    image_operator::Image,
+};
 use ido_controllers::{
-    Action, Context, Error, diskimport, imagesync,
+    Action, Context, Error, diskimport, imagecache, imagesync,
     metrics::{ControllerLabels, FailureLabels, StateLabels},
     nodeimage, release,
     store::Object,
@@ -193,6 +196,35 @@ async fn reconcile_sync<K: imagesync::SyncKind>(
         &shared,
         running,
         imagesync::reconcile(obj.as_ref(), &shared.ctx),
+    )
+    .await
+}
+
+/// Both cache policy kinds: the same reconciler (`imagecache::policy::PolicyKind`).
+async fn reconcile_cache_policy<P: imagecache::policy::PolicyKind>(
+    obj: Arc<P>,
+    shared: Arc<Shared<P>>,
+    running: Running,
+) -> Result<controller::Action, Error> {
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        imagecache::reconcile::reconcile(obj.as_ref(), &shared.ctx),
+    )
+    .await
+}
+
+async fn reconcile_cached_image(
+    obj: Arc<CachedImage>,
+    shared: Arc<Shared<CachedImage>>,
+    running: Running,
+) -> Result<controller::Action, Error> {
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        imagecache::cached::reconcile(&obj, &shared.ctx),
     )
     .await
 }
@@ -484,6 +516,60 @@ fn disk_imports(
     )
 }
 
+const NO_CACHE_CRDS: &str = "imageCache.enabled, but the image cache's CRDs (imagecachepolicies, clusterimagecachepolicies, cachedimages .ido.dev) are not installed: the cache is not reconciled; install them (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
+
+/// The image cache's controllers (both policy kinds, every namespace; CachedImages), when
+/// `imageCache.enabled` and their CRDs are installed.
+async fn image_cache<F>(
+    client: Client,
+    ctx: Arc<Context<KubeStore>>,
+    shutdown: impl Fn() -> F,
+) -> impl Future<Output = ()> + Send
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    if !ctx.settings.image_cache || !served(&Api::<CachedImage>::all(client.clone())).await {
+        if ctx.settings.image_cache {
+            tracing::warn!("{NO_CACHE_CRDS}");
+        }
+        return futures::future::Either::Right(std::future::ready(()));
+    }
+    let policies = drive(
+        ctx.clone(),
+        "imagecachepolicy",
+        CACHE_CONCURRENCY,
+        Api::<ImageCachePolicy>::all(client.clone()),
+        vec![],
+        reconcile_cache_policy::<ImageCachePolicy>,
+        shutdown(),
+    );
+    let cluster_policies = drive(
+        ctx.clone(),
+        "clusterimagecachepolicy",
+        CACHE_CONCURRENCY,
+        Api::<ClusterImageCachePolicy>::all(client.clone()),
+        vec![],
+        reconcile_cache_policy::<ClusterImageCachePolicy>,
+        shutdown(),
+    );
+    let records = drive(
+        ctx,
+        "cachedimage",
+        CACHE_CONCURRENCY,
+        Api::<CachedImage>::all(client),
+        vec![],
+        reconcile_cached_image,
+        shutdown(),
+    );
+    futures::future::Either::Left(async move {
+        futures::future::join3(policies, cluster_policies, records).await;
+    })
+}
+
+/// Cache policies and CachedImages reconciled at once (copies are bounded apart, by
+/// `imageCache.concurrency`).
+const CACHE_CONCURRENCY: u16 = 4;
+
 /// `start(api)` when the API server serves `K` (its CRD is installed); else the warning
 /// `missing` is logged and nothing runs.
 async fn when_served<K: Object, D: Future<Output = ()>>(
@@ -560,6 +646,7 @@ pub async fn run<F>(
         reconcile_release,
         shutdown(),
     );
+    let cache = image_cache(client.clone(), ctx.clone(), &shutdown).await;
     let tasks = ctx.tasks.clone();
     let images = drive(
         ctx,
@@ -571,7 +658,11 @@ pub async fn run<F>(
         shutdown(),
     );
     tracing::info!("controllers started");
-    futures::future::join5(releases, images, syncs, disks, images_compat).await;
+    futures::future::join(
+        futures::future::join5(releases, images, syncs, disks, images_compat),
+        cache,
+    )
+    .await;
     // Uploads still running are stopped; their guards clean up (waited for by the binary).
     if !tasks.shutdown(std::time::Duration::from_secs(60)).await {
         tracing::warn!("some imports did not stop within a minute");

@@ -235,6 +235,32 @@ impl Store for KubeStore {
         Ok(list.items)
     }
 
+    async fn list_in<K: Object>(&self, namespace: Option<&str>) -> Result<Vec<K>> {
+        let ns = if is_namespaced::<K>() { namespace } else { None };
+        let req = Request::new(K::url_path(&(), ns))
+            .list(&ListParams::default())
+            .map_err(|e| build_err::<K>("list", "", e))?;
+        let list: ObjectList<K> = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| map_err::<K>("list", "", e))?;
+        Ok(list.items)
+    }
+
+    async fn replace<K: Object>(&self, obj: &K) -> Result<K> {
+        let name = name_of(obj);
+        let body = serde_json::to_vec(obj).map_err(|e| build_err::<K>("update", &name, e))?;
+        let req = self
+            .request::<K>(obj.meta().namespace.as_deref())
+            .replace(&name, &PostParams::default(), body)
+            .map_err(|e| build_err::<K>("update", &name, e))?;
+        self.client
+            .request::<K>(req)
+            .await
+            .map_err(|e| map_err::<K>("update", &name, e))
+    }
+
     async fn list_labeled<K: Object>(
         &self,
         namespace: &str,

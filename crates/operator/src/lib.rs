@@ -45,6 +45,7 @@ pub mod lease;
 pub mod rest_client;
 pub mod startup;
 pub mod tls;
+pub mod webhook;
 pub mod workqueue;
 
 pub use http::{Health, Phase};
@@ -93,6 +94,10 @@ pub struct OperatorOptions {
     /// Directory with `tls.crt` and `tls.key` for the metrics' HTTPS; `None`: a self-signed
     /// certificate made at start.
     pub metrics_cert_dir: Option<PathBuf>,
+    /// Address of the image cache's admission webhook, HTTPS (default `None`: off).
+    pub webhook_addr: Option<SocketAddr>,
+    /// Directory with the webhook's `tls.crt` and `tls.key`; `None`: self-signed.
+    pub webhook_cert_dir: Option<PathBuf>,
     /// Address of `/healthz` and `/readyz`, plain HTTP (default `0.0.0.0:8081`; `None`: off).
     pub health_probe_addr: Option<SocketAddr>,
     /// How long to wait for the API server at start (default 60 s; `None`: forever).
@@ -124,6 +129,8 @@ impl Default for OperatorOptions {
             serve_metrics: true,
             metrics_secure: true,
             metrics_cert_dir: None,
+            webhook_addr: None,
+            webhook_cert_dir: None,
             health_probe_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
             startup_timeout: Some(Duration::from_secs(60)),
             api_server: None,
@@ -213,7 +220,8 @@ pub async fn run_until(
     };
 
     let health = Health::default();
-    let servers = start_servers(&opts, &client, &ctx.metrics, &health, &stopped).await?;
+    let mut servers = start_servers(&opts, &client, &ctx.metrics, &health, &stopped).await?;
+    servers.extend(start_webhook(&opts, &ctx, &stopped).await?);
     let server = opts
         .api_server
         .clone()
@@ -270,6 +278,7 @@ fn operator_context(client: &Client, parts: ContextParts, identity: &str) -> Arc
         metrics,
         seen_releases: Default::default(),
         tasks: Default::default(),
+        cache_copies: Default::default(),
     })
 }
 
@@ -372,6 +381,43 @@ where
         None => tracing::info!("metrics are off"),
     }
     Ok(servers)
+}
+
+/// The image cache's admission webhook, when `--webhook-bind-address` asks for it: its
+/// listener and certificate first (a bad one fails the start), then its policies read
+/// every few seconds while it serves.
+async fn start_webhook<F>(
+    opts: &OperatorOptions,
+    ctx: &Arc<Context<KubeStore>>,
+    stopped: &impl Fn() -> F,
+) -> anyhow::Result<Option<Server>>
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let Some(addr) = opts.webhook_addr else {
+        return Ok(None);
+    };
+    let l = http::bind(addr)
+        .await
+        .with_context(|| format!("binding the webhook address {addr}"))?;
+    let source = match &opts.webhook_cert_dir {
+        Some(dir) => tls::CertSource::Dir(dir.clone()),
+        None => tls::CertSource::SelfSigned,
+    };
+    let config = tls::server_config(&source).context("the webhook certificate")?;
+    let admission = ido_controllers::imagecache::admission::Admission::new(ctx.clone());
+    let refresh = tokio::spawn(admission.clone().refresh_loop());
+    tracing::info!(addr = %l.local_addr()?, path = webhook::PATH, "serving the image cache's admission webhook (HTTPS)");
+    let listener = tls::TlsListener::new(l, config)?;
+    let serve = http::serve(listener, webhook::router(admission), stopped());
+    Ok(Some((
+        "webhook",
+        tokio::spawn(async move {
+            let r = serve.await;
+            refresh.abort();
+            r
+        }),
+    )))
 }
 
 /// Waits for the lease, then runs the controllers while holding it.

@@ -37,6 +37,7 @@ fn context(dir: &std::path::Path) -> Context<FileStore> {
         metrics: Metrics::default(),
         seen_releases: Default::default(),
         tasks: Default::default(),
+        cache_copies: Default::default(),
     }
 }
 

@@ -86,6 +86,53 @@ impl Workload {
         }
     }
 
+    /// The pod spec it runs, to edit.
+    pub fn pod_spec_mut(&mut self) -> Option<&mut PodSpec> {
+        match self {
+            Workload::Pod(o) => o.spec.as_mut(),
+            Workload::Deployment(o) => o.spec.as_mut()?.template.spec.as_mut(),
+            Workload::StatefulSet(o) => o.spec.as_mut()?.template.spec.as_mut(),
+            Workload::DaemonSet(o) => o.spec.as_mut()?.template.spec.as_mut(),
+            Workload::ReplicaSet(o) => o.spec.as_mut()?.template.as_mut()?.spec.as_mut(),
+            Workload::Job(o) => o.spec.as_mut()?.template.spec.as_mut(),
+            Workload::CronJob(o) => o
+                .spec
+                .as_mut()?
+                .job_template
+                .spec
+                .as_mut()?
+                .template
+                .spec
+                .as_mut(),
+        }
+    }
+
+    /// Writes the workload back (its spec and metadata, in one update).
+    pub async fn replace<S: crate::store::Store>(&self, store: &S) -> crate::store::Result<()> {
+        match self {
+            Workload::Pod(o) => store.replace(o.as_ref()).await.map(drop),
+            Workload::Deployment(o) => store.replace(o.as_ref()).await.map(drop),
+            Workload::StatefulSet(o) => store.replace(o.as_ref()).await.map(drop),
+            Workload::DaemonSet(o) => store.replace(o.as_ref()).await.map(drop),
+            Workload::ReplicaSet(o) => store.replace(o.as_ref()).await.map(drop),
+            Workload::Job(o) => store.replace(o.as_ref()).await.map(drop),
+            Workload::CronJob(o) => store.replace(o.as_ref()).await.map(drop),
+        }
+    }
+
+    /// Records an event about the workload.
+    pub async fn event<S: crate::store::Store>(&self, store: &S, event: crate::store::Event) {
+        match self {
+            Workload::Pod(o) => store.event(o.as_ref(), event).await,
+            Workload::Deployment(o) => store.event(o.as_ref(), event).await,
+            Workload::StatefulSet(o) => store.event(o.as_ref(), event).await,
+            Workload::DaemonSet(o) => store.event(o.as_ref(), event).await,
+            Workload::ReplicaSet(o) => store.event(o.as_ref(), event).await,
+            Workload::Job(o) => store.event(o.as_ref(), event).await,
+            Workload::CronJob(o) => store.event(o.as_ref(), event).await,
+        }
+    }
+
     /// Whether a controller owns it (a Pod of a ReplicaSet, a ReplicaSet of a Deployment, a
     /// Job of a CronJob): its images are the owner's, counted there.
     pub fn is_owned(&self) -> bool {

@@ -64,6 +64,15 @@ impl Scope {
         })
     }
 
+    /// The one namespace in scope, if it is one (else every namespace is listed).
+    pub fn single_namespace(&self) -> Option<&str> {
+        match &self.namespaces {
+            Namespaces::One(n) => Some(n),
+            Namespaces::Select { include, .. } if include.len() == 1 => Some(&include[0]),
+            Namespaces::Select { .. } => None,
+        }
+    }
+
     /// Whether the workload with `meta` is in scope.
     pub fn covers(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
         let ns = meta.namespace.as_deref().unwrap_or_default();
@@ -108,16 +117,25 @@ pub struct Scan {
     pub images: BTreeMap<String, InUse>,
     /// Images in scope that are not references (left alone, reported).
     pub unreadable: Vec<(WorkloadReference, String)>,
+    /// Copies in the cache that workloads run already (by normalised reference), with the
+    /// workloads that run them.
+    pub in_cache: BTreeMap<String, BTreeSet<WorkloadReference>>,
 }
 
 /// The images the workloads in `scope` run that `filter` admits and `target` does not hold
-/// already.
+/// already ([`workloads`], then [`tally`]).
 pub async fn scan<S: Store>(
     store: &S,
     scope: &Scope,
     filter: &ImageFilter,
     target: &CacheTarget,
 ) -> Result<Scan> {
+    let found = workloads(store, scope).await?;
+    tally(store, &found, filter, target).await
+}
+
+/// Every workload in `scope` that no controller owns.
+pub async fn workloads<S: Store>(store: &S, scope: &Scope) -> Result<Vec<Workload>> {
     let mut workloads: Vec<Workload> = Vec::new();
     collect::<S, Pod>(store, scope, &mut workloads, |o| Workload::Pod(Box::new(o))).await?;
     collect::<S, Deployment>(store, scope, &mut workloads, |o| {
@@ -135,10 +153,20 @@ pub async fn scan<S: Store>(
     .await?;
     collect::<S, Job>(store, scope, &mut workloads, |o| Workload::Job(Box::new(o))).await?;
     collect::<S, CronJob>(store, scope, &mut workloads, |o| Workload::CronJob(Box::new(o))).await?;
+    Ok(workloads)
+}
 
+/// The images `workloads` run, counted with the workloads that run them: those `filter`
+/// admits as sources, those `target` holds (copies a workload already points at) apart.
+pub async fn tally<S: Store>(
+    store: &S,
+    workloads: &[Workload],
+    filter: &ImageFilter,
+    target: &CacheTarget,
+) -> Result<Scan> {
     let mut accounts: HashMap<(String, String), Option<ServiceAccount>> = HashMap::new();
     let mut out = Scan::default();
-    for w in &workloads {
+    for w in workloads {
         let Some(spec) = w.pod_spec() else { continue };
         let meta = w.meta();
         let ns = meta.namespace.clone().unwrap_or_default();
@@ -165,7 +193,14 @@ pub async fn scan<S: Store>(
                     continue;
                 }
             };
-            if target.holds(&source) || !filter.admits(&source) {
+            if target.holds(&source) {
+                out.in_cache
+                    .entry(source.whole())
+                    .or_default()
+                    .insert(who.clone());
+                continue;
+            }
+            if !filter.admits(&source) {
                 continue;
             }
             let entry = out.images.entry(source.whole()).or_insert_with(|| InUse {
@@ -192,7 +227,7 @@ async fn collect<S: Store, K: Object>(
     out: &mut Vec<Workload>,
     wrap: impl Fn(K) -> Workload,
 ) -> Result<()> {
-    for obj in store.list::<K>().await? {
+    for obj in store.list_in::<K>(scope.single_namespace()).await? {
         let w = wrap(obj);
         if scope.covers(w.meta()) && !w.is_owned() {
             out.push(w);

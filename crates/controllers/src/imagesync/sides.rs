@@ -90,7 +90,7 @@ async fn referenced<S: Store, K: crate::store::Object>(
 
 /// The credentials of one side: its Secret's, and with `useAwsIRSA` ECR's for its registry
 /// (unless the Secret has some).
-pub(super) async fn side_auth<S: Store>(
+pub(crate) async fn side_auth<S: Store>(
     ctx: &Context<S>,
     ns: &str,
     side: &Side,
@@ -127,24 +127,12 @@ async fn secret_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Resul
     };
     let field = format!("{}.secretRef", side.field);
     let secret: Secret = referenced(ctx, ns, name, &field).await?;
-    let config: Vec<u8> = secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get(DOCKER_CONFIG_KEY))
-        .map(|s| s.as_bytes().to_vec())
-        .or_else(|| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(DOCKER_CONFIG_KEY))
-                .map(|b| b.0.clone())
-        })
-        .ok_or_else(|| SideError::NotDockerConfig {
-            field: field.clone(),
-            ns: ns.to_string(),
-            name: name.clone(),
-            type_: secret.type_.clone().unwrap_or_else(|| "Opaque".into()),
-        })?;
+    let config: Vec<u8> = docker_config(&secret).ok_or_else(|| SideError::NotDockerConfig {
+        field: field.clone(),
+        ns: ns.to_string(),
+        name: name.clone(),
+        type_: secret.type_.clone().unwrap_or_else(|| "Opaque".into()),
+    })?;
     let auths = AuthStore::from_docker_config(&config, &format!("Secret {ns}/{name}")).map_err(|source| {
         SideError::Oci {
             field: field.clone(),
@@ -163,8 +151,58 @@ async fn secret_auth<S: Store>(ctx: &Context<S>, ns: &str, side: &Side) -> Resul
     Ok(auths)
 }
 
+/// The docker config a `kubernetes.io/dockerconfigjson` Secret holds.
+fn docker_config(secret: &Secret) -> Option<Vec<u8>> {
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(DOCKER_CONFIG_KEY))
+        .map(|s| s.as_bytes().to_vec())
+        .or_else(|| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(DOCKER_CONFIG_KEY))
+                .map(|b| b.0.clone())
+        })
+}
+
+/// The credentials of pull Secrets `(namespace, name)`, the first Secret's for a registry
+/// winning, as the kubelet takes them. A Secret that is missing or holds no docker config
+/// is skipped, as the kubelet skips it; the names of those skipped are returned.
+pub(crate) async fn pull_secrets_auth<S: Store>(
+    ctx: &Context<S>,
+    secrets: &[(String, String)],
+) -> Result<(AuthStore, Vec<String>), SideError> {
+    let mut auths = AuthStore::default();
+    let mut skipped = Vec::new();
+    for (ns, name) in secrets.iter().rev() {
+        let at = || Named {
+            field: "status.pullSecrets".into(),
+            kind: "Secret".into(),
+            ns: ns.clone(),
+            name: name.clone(),
+        };
+        let secret = ctx
+            .store
+            .get::<Secret>(Some(ns), name)
+            .await
+            .map_err(|source| SideError::Read { at: at(), source })?;
+        let parsed = secret
+            .as_ref()
+            .and_then(docker_config)
+            .and_then(|c| AuthStore::from_docker_config(&c, &format!("Secret {ns}/{name}")).ok());
+        match parsed {
+            Some(a) => auths.extend(a),
+            None => skipped.push(format!("{ns}/{name}")),
+        }
+    }
+    skipped.reverse();
+    Ok((auths, skipped))
+}
+
 /// The TLS settings of one side: its `caBundle` and every PEM bundle of its ConfigMap.
-pub(super) async fn side_tls<S: Store>(
+pub(crate) async fn side_tls<S: Store>(
     ctx: &Context<S>,
     ns: &str,
     side: &Side,

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 pub(super) const RETRY_MIN: Duration = Duration::from_secs(60);
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(15 * 60);
 /// Longest message written to a condition, tag entry or event.
-pub(super) const MAX_MESSAGE: usize = 900;
+pub(crate) const MAX_MESSAGE: usize = 900;
 
 /// A pass that could not start copying: (reason, message).
 pub(super) type Failure = (&'static str, String);
@@ -30,13 +30,13 @@ pub(super) enum Ending {
     },
 }
 
-pub(super) fn now_s() -> Timestamp {
+pub(crate) fn now_s() -> Timestamp {
     Timestamp::now()
         .round(jiff::Unit::Second)
         .unwrap_or_else(|_| Timestamp::now())
 }
 
-pub(super) fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -47,7 +47,7 @@ pub(super) fn clip(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-pub(super) fn condition(
+pub(crate) fn condition(
     type_: &str,
     status: ConditionStatus,
     reason: &str,

@@ -76,6 +76,7 @@ fn context(dir: &std::path::Path, provider: Option<Arc<Mem>>) -> Arc<Context<Fil
         metrics: Metrics::default(),
         seen_releases: Default::default(),
         tasks: Default::default(),
+        cache_copies: Default::default(),
     })
 }
 

@@ -75,7 +75,7 @@ impl Registry {
     }
 
     /// The `Authorization` for `actions` (`pull`, `pull,push`) on `repo`.
-    pub(super) async fn authorization(
+    pub(crate) async fn authorization(
         &self,
         repo: &Reference,
         actions: &str,

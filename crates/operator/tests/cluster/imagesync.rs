@@ -76,6 +76,7 @@ fn sync_context(env: &Env, client: kube::Client) -> std::sync::Arc<Context<ido_o
         metrics: Metrics::default(),
         seen_releases: Default::default(),
         tasks: Default::default(),
+        cache_copies: Default::default(),
     })
 }
 

@@ -32,6 +32,7 @@ async fn reconcilers_run_through_the_kube_store() {
         metrics: p.metrics,
         seen_releases: Default::default(),
         tasks: Default::default(),
+        cache_copies: Default::default(),
     });
     env.create(&release(&rel_name)).await;
 

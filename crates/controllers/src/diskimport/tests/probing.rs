@@ -141,6 +141,7 @@ async fn the_kubevirt_provider_imports_through_disk_imports_in_the_store() {
             metrics: Metrics::default(),
             seen_releases: Default::default(),
             tasks: Default::default(),
+            cache_copies: Default::default(),
         };
         tokio::spawn(async move {
             loop {
