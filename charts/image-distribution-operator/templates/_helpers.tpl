@@ -70,12 +70,65 @@ or nothing, for `if`.
 {{- if or .Values.networkPolicy.enabled (dig "enable" false .Values.networkPolicy) }}true{{ end }}
 {{- end }}
 
+{{/* The image cache's admission webhook: "true" with imageCache.enabled and imageCache.webhook.enabled. */}}
+{{- define "ido.webhook" -}}
+{{- if and .Values.imageCache.enabled .Values.imageCache.webhook.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The webhook's Service: a DNS label, so 63 characters at most with its suffix. */}}
+{{- define "ido.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "ido.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The Secret holding the webhook's serving certificate (tls.crt, tls.key): the user's
+(certificate.source secret), else <fullname>-webhook-cert, made by the chart (helm) or by
+cert-manager (certManager).
+*/}}
+{{- define "ido.webhookCertSecretName" -}}
+{{- if eq .Values.imageCache.webhook.certificate.source "secret" }}
+{{- .Values.imageCache.webhook.certificate.secretName }}
+{{- else }}
+{{- printf "%s-webhook-cert" (include "ido.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The names the API server may call the webhook by: the Service's, as a YAML list. */}}
+{{- define "ido.webhookDNSNames" -}}
+{{- $svc := include "ido.webhookServiceName" . }}
+- {{ $svc }}
+- {{ $svc }}.{{ .Release.Namespace }}
+- {{ $svc }}.{{ .Release.Namespace }}.svc
+- {{ $svc }}.{{ .Release.Namespace }}.svc.cluster.local
+{{- end }}
+
 {{/* Values the chart accepts but cannot honour fail here, naming the key. */}}
 {{- define "ido.checks" -}}
 {{- if .Values.certmanager.enable }}
-{{- fail "certmanager.enable: the operator has no webhooks and serves metrics over plain HTTP, so there is no certificate for cert-manager to issue; set it false" }}
+{{- fail "certmanager.enable: the original chart's certificate has no counterpart (metrics are served with a certificate the operator makes at start); set it false, and for the image cache's webhook use imageCache.webhook.certificate.source: certManager" }}
 {{- end }}
 {{- if and (include "ido.serviceMonitor" .) (not (include "ido.metricsService" .)) }}
 {{- fail "prometheus.serviceMonitor.enabled needs the metrics Service: set metrics.service.enabled true" }}
+{{- end }}
+{{- if include "ido.webhook" . }}
+{{- $cert := .Values.imageCache.webhook.certificate }}
+{{- if eq $cert.source "secret" }}
+{{- if not $cert.secretName }}
+{{- fail "imageCache.webhook.certificate.secretName: name the kubernetes.io/tls Secret (in the release namespace) holding the webhook's certificate, as imageCache.webhook.certificate.source is secret" }}
+{{- end }}
+{{- if not $cert.caBundle }}
+{{- fail "imageCache.webhook.certificate.caBundle: give the PEM CA certificate that signed the Secret's certificate, as imageCache.webhook.certificate.source is secret" }}
+{{- end }}
+{{- else }}
+{{- if or $cert.secretName $cert.caBundle }}
+{{- fail (printf "imageCache.webhook.certificate.secretName and caBundle are used only with imageCache.webhook.certificate.source secret (it is %s)" $cert.source) }}
+{{- end }}
+{{- end }}
+{{- if and $cert.issuerRef (ne $cert.source "certManager") }}
+{{- fail (printf "imageCache.webhook.certificate.issuerRef is used only with imageCache.webhook.certificate.source certManager (it is %s)" $cert.source) }}
+{{- end }}
+{{- if and $cert.issuerRef (not (dig "name" "" $cert.issuerRef)) }}
+{{- fail "imageCache.webhook.certificate.issuerRef.name: name the cert-manager Issuer or ClusterIssuer (or leave issuerRef empty for a self-signed Issuer)" }}
+{{- end }}
 {{- end }}
 {{- end }}

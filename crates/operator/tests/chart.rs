@@ -2,7 +2,10 @@
 //! `scripts/build-k8s.sh`): it lints, renders valid manifests whose configuration the
 //! operator's own loader accepts, refuses values it does not know naming the key, installs,
 //! upgrades (CRDs included) and uninstalls on a real control plane (the test kit's
-//! [`Cluster`]), and its CRDs are the ones generated from `ido-api`.
+//! [`Cluster`]), and its CRDs are the ones generated from `ido-api`. The image cache (off by
+//! default) adds its CRDs, RBAC and admission webhook, whose serving certificate (made by
+//! helm, the user's, or cert-manager's) verifies for the webhook's Service and survives
+//! upgrades.
 //!
 //! Regenerate the CRD files after changing the API types:
 //! `IDO_REGENERATE=1 cargo test -p ido-operator --test chart`.
@@ -32,15 +35,19 @@ fn chart_dir() -> PathBuf {
 }
 
 /// Where each CRD's YAML lives: the chart renders NodeImage, ImageSync and DiskImport from
-/// `files/crds/` (templates/crds.yaml), and image-operator's Image from `files/compat/` only
-/// with `imageOperator.enabled`; Giant Swarm's clusters own the Release CRD, so ours (for
-/// tests and demos) stays outside the chart.
+/// `files/crds/` (templates/crds.yaml), image-operator's Image from `files/compat/` only
+/// with `imageOperator.enabled`, and the image cache's kinds from `files/cache/` only with
+/// `imageCache.enabled`; Giant Swarm's clusters own the Release CRD, so ours (for tests and
+/// demos) stays outside the chart.
 fn crd_path(name: &str) -> PathBuf {
     match name {
         "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" | "diskimports.ido.dev" => {
             chart_dir().join("files/crds").join(format!("{name}.yaml"))
         }
         "images.skopeo.io" => chart_dir().join("files/compat").join(format!("{name}.yaml")),
+        "imagecachepolicies.ido.dev" | "clusterimagecachepolicies.ido.dev" | "cachedimages.ido.dev" => {
+            chart_dir().join("files/cache").join(format!("{name}.yaml"))
+        }
         _ => charts_dir().join("dev-crds").join(format!("{name}.yaml")),
     }
 }
@@ -54,6 +61,23 @@ const CHART_CRDS: [&str; 3] = [
     "imagesyncs.ido.dev",
     "nodeimages.image.giantswarm.io",
 ];
+
+/// The image cache's CRDs, rendered only with `imageCache.enabled`.
+const CACHE_CRDS: [&str; 3] = [
+    "cachedimages.ido.dev",
+    "clusterimagecachepolicies.ido.dev",
+    "imagecachepolicies.ido.dev",
+];
+
+/// The sorted file names in a folder of the chart.
+fn chart_files(dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(chart_dir().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
 
 #[test]
 fn crds_are_generated_from_the_api_types() {
@@ -74,12 +98,11 @@ fn crds_are_generated_from_the_api_types() {
             path.display()
         );
     }
-    let mut in_chart: Vec<String> = std::fs::read_dir(chart_dir().join("files/crds"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    in_chart.sort();
-    assert_eq!(in_chart, CHART_CRDS.map(|n| format!("{n}.yaml")));
+    assert_eq!(chart_files("files/crds"), CHART_CRDS.map(|n| format!("{n}.yaml")));
+    assert_eq!(
+        chart_files("files/cache"),
+        CACHE_CRDS.map(|n| format!("{n}.yaml"))
+    );
     // helm installs a chart's crds/ once and never upgrades them: the CRDs are templates.
     assert!(
         !chart_dir().join("crds").exists(),
@@ -231,7 +254,15 @@ fn load_rendered_config(docs: &Docs, dir: &Path) -> Config {
     let mut merges = vec![];
     let mut rest = args[3..].iter();
     while let Some(flag) = rest.next() {
-        if flag.starts_with("--metrics-bind-address=") || flag.starts_with("--health-probe-bind-address=") {
+        if [
+            "--metrics-bind-address=",
+            "--health-probe-bind-address=",
+            "--webhook-bind-address=",
+            "--webhook-cert-dir=",
+        ]
+        .iter()
+        .any(|f| flag.starts_with(f))
+        {
             continue;
         }
         assert_eq!(flag, "--merge", "unexpected argument");
@@ -243,8 +274,8 @@ fn load_rendered_config(docs: &Docs, dir: &Path) -> Config {
     Config::load(Some(&config), &merges).unwrap_or_else(|e| panic!("the chart's config is rejected: {e}"))
 }
 
-/// Every provider, S3 with credentials, the DiskImport controller, the ServiceMonitor and
-/// the NetworkPolicy on.
+/// Every provider, S3 with credentials, the DiskImport controller, the image cache (and its
+/// webhook), the ServiceMonitor and the NetworkPolicy on.
 fn every_provider() -> Value {
     json!({
         "namespace": "giantswarm",
@@ -262,6 +293,7 @@ fn every_provider() -> Value {
                 "locations": {"main": {"catalog": "node-images", "hardwareVersion": 19}}},
         "kubevirt": {"enabled": true, "locations": {"vms": {"namespace": "vm-images"}}},
         "diskImport": {"enabled": true},
+        "imageCache": {"enabled": true},
         "prometheus": {"serviceMonitor": {"enabled": true, "interval": "30s"}},
         "networkPolicy": {"enabled": true},
     })
@@ -274,9 +306,13 @@ async fn helm_lint_passes_with_defaults_and_with_every_provider() {
     let chart = chart_dir().display().to_string();
     let f = values_file(&every_provider());
     let file = f.path().display().to_string();
+    let cert_manager = values_file(&json!({"imageCache": {"enabled": true,
+        "webhook": {"certificate": {"source": "certManager"}}}}));
+    let cert_manager = cert_manager.path().display().to_string();
     for args in [
         vec!["lint", "--strict", &chart],
         vec!["lint", "--strict", &chart, "--values", &file],
+        vec!["lint", "--strict", &chart, "--values", &cert_manager],
     ] {
         let out = helm(&args).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -613,6 +649,39 @@ async fn the_crd_templates_are_the_generated_crds() {
         "no grant on Images unless imageOperator.enabled"
     );
 
+    // The image cache's kinds only with imageCache.enabled.
+    assert!(
+        crds(&template(&json!({})).await)
+            .iter()
+            .all(|d| !CACHE_CRDS.contains(&d["metadata"]["name"].as_str().unwrap())),
+        "no cache CRDs by default"
+    );
+    let docs = template(&json!({"imageCache": {"enabled": true}})).await;
+    let rendered = crds(&docs);
+    assert_eq!(rendered.len(), CHART_CRDS.len() + CACHE_CRDS.len());
+    for name in CACHE_CRDS {
+        let want: Value = yaml::from_str(&std::fs::read_to_string(crd_path(name)).unwrap()).unwrap();
+        let mut have = rendered
+            .iter()
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not rendered"))
+            .clone();
+        assert_eq!(
+            have["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}"
+        );
+        let m = have["metadata"].as_object_mut().unwrap();
+        m.remove("labels");
+        m.remove("annotations");
+        assert_eq!(
+            numbers_as_floats(have),
+            numbers_as_floats(want),
+            "{name}: rendered differs from files/cache"
+        );
+    }
+    let docs = template(&json!({"imageCache": {"enabled": true}, "crd": {"enable": false}})).await;
+    assert!(crds(&docs).is_empty());
+
     let docs = template(&json!({"crd": {"keep": false}})).await;
     for crd in crds(&docs) {
         assert!(crd["metadata"]["annotations"].is_null(), "{crd}");
@@ -842,6 +911,458 @@ async fn releases_get_their_own_cluster_scoped_names() {
     assert!(dep.len() <= 63 && !dep.ends_with('-'), "{dep}");
     let svc = find_kind(&docs, "Service")["metadata"]["name"].as_str().unwrap();
     assert!(svc.len() <= 63 && svc.ends_with("-metrics"), "{svc}");
+}
+
+// === the image cache ===
+
+/// Where the operator reads the webhook's serving certificate (controller-runtime's default).
+const CERT_DIR: &str = "/tmp/k8s-webhook-server/serving-certs";
+
+fn webhook_service() -> String {
+    format!("{NAME}-webhook")
+}
+
+/// The names the API server may call the webhook Service by, in the release namespace.
+fn webhook_dns_names() -> Vec<String> {
+    let svc = webhook_service();
+    vec![
+        svc.clone(),
+        format!("{svc}.{NS}"),
+        format!("{svc}.{NS}.svc"),
+        format!("{svc}.{NS}.svc.cluster.local"),
+    ]
+}
+
+/// The image cache with its webhook, the certificate from `source` (plus `certificate`).
+fn cache_on(certificate: Value) -> Value {
+    json!({"imageCache": {"enabled": true, "webhook": {"certificate": certificate}}})
+}
+
+fn the_webhook(docs: &Docs) -> &Value {
+    let mwc = find(docs, "MutatingWebhookConfiguration", NAME);
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1, "{mwc}");
+    &hooks[0]
+}
+
+fn port_names(c: &Value) -> Vec<String> {
+    c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_image_cache_renders_nothing_unless_enabled() {
+    let cache_kinds = ["MutatingWebhookConfiguration", "Certificate", "Issuer", "Secret"];
+    for (values, cache_rbac) in [
+        (json!({"networkPolicy": {"enabled": true}}), false),
+        // The webhook off: the controllers' grants and CRDs, no webhook.
+        (
+            json!({"networkPolicy": {"enabled": true},
+                   "imageCache": {"enabled": true, "webhook": {"enabled": false}}}),
+            true,
+        ),
+    ] {
+        let docs = template(&values).await;
+        let kinds = kinds(&docs);
+        for k in cache_kinds {
+            assert!(!kinds.contains(&k), "{values}: {k} rendered");
+        }
+        assert!(
+            try_find(&docs, "Service", &webhook_service()).is_none(),
+            "{values}"
+        );
+        for kind in ["ClusterRole", "ClusterRoleBinding"] {
+            assert_eq!(
+                try_find(&docs, kind, &format!("{NAME}-image-cache")).is_some(),
+                cache_rbac,
+                "{values}: {kind}"
+            );
+        }
+        let cache_crds = docs
+            .iter()
+            .filter(|(_, d)| CACHE_CRDS.contains(&d["metadata"]["name"].as_str().unwrap()))
+            .count();
+        assert_eq!(cache_crds, if cache_rbac { 3 } else { 0 }, "{values}");
+        let c = container(&docs);
+        let args = strings(&c["args"]);
+        assert!(
+            args.iter().all(|a| !a.contains("webhook")),
+            "the operator's default is no webhook listener: {args:?}"
+        );
+        assert_eq!(port_names(&c), ["metrics", "probes"], "{values}");
+        let pod = &find(&docs, "Deployment", NAME)["spec"]["template"]["spec"];
+        assert!(
+            !pod.to_string().contains("webhook"),
+            "{values}: no webhook volume or mount: {pod}"
+        );
+        let np = find(&docs, "NetworkPolicy", NAME);
+        assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 2, "{np}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_rendered_config(&docs, dir.path());
+        assert_eq!(config.image_cache.enabled, cache_rbac);
+    }
+}
+
+#[tokio::test]
+async fn the_image_cache_gets_its_rbac_listener_and_webhook() {
+    let mut values = cache_on(json!({}));
+    values["imageCache"]["concurrency"] = json!(2);
+    values["networkPolicy"] = json!({"enabled": true});
+    let docs = template(&values).await;
+    for (file, d) in &docs {
+        let cluster_scoped = matches!(
+            d["kind"].as_str(),
+            Some(
+                "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "CustomResourceDefinition"
+                    | "MutatingWebhookConfiguration"
+            )
+        );
+        assert_eq!(
+            d["metadata"]["namespace"].is_string(),
+            !cluster_scoped,
+            "{file}: {d}"
+        );
+    }
+
+    // RBAC: the workloads and their pull secrets anywhere, the cache's own kinds.
+    let role = find(&docs, "ClusterRole", &format!("{NAME}-image-cache"));
+    let read = json!(["get", "list", "watch"]);
+    let read_update = json!(["get", "list", "watch", "update"]);
+    let write = json!(["create", "patch"]);
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods", "serviceaccounts", "namespaces"], "verbs": read},
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"],
+             "verbs": read_update},
+            {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": read_update},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+            {"apiGroups": ["ido.dev"], "resources": ["cachedimages"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            {"apiGroups": ["ido.dev"], "resources": ["cachedimages/status"], "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["ido.dev"], "resources": ["imagecachepolicies", "clusterimagecachepolicies"],
+             "verbs": read},
+            {"apiGroups": ["ido.dev"],
+             "resources": ["imagecachepolicies/status", "clusterimagecachepolicies/status"],
+             "verbs": ["patch", "update"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": write},
+            {"apiGroups": [""], "resources": ["events"], "verbs": write},
+        ])
+    );
+    let binding = find(&docs, "ClusterRoleBinding", &format!("{NAME}-image-cache"));
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{NAME}-image-cache")})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": NAME, "namespace": NS}])
+    );
+
+    // The operator listens for the webhook with the certificate Secret mounted.
+    let c = container(&docs);
+    assert_eq!(
+        strings(&c["args"]),
+        [
+            "operator",
+            "--config",
+            "/etc/ido/config.yaml",
+            "--metrics-bind-address=:8443",
+            "--health-probe-bind-address=:8081",
+            "--webhook-bind-address=:9443",
+            &format!("--webhook-cert-dir={CERT_DIR}"),
+        ]
+    );
+    assert_eq!(
+        c["ports"][2],
+        json!({"name": "webhook", "containerPort": 9443, "protocol": "TCP"})
+    );
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == CERT_DIR)
+        .unwrap_or_else(|| panic!("{CERT_DIR} is not mounted: {}", c["volumeMounts"]));
+    assert_eq!(mount["readOnly"], true);
+    assert!(
+        mount["subPath"].is_null(),
+        "a renewed certificate reaches the pod"
+    );
+    let pod = &find(&docs, "Deployment", NAME)["spec"]["template"];
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(
+        volume["secret"],
+        json!({"secretName": format!("{NAME}-webhook-cert"),
+               "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]})
+    );
+
+    // The Service in front of it selects the operator's pods.
+    let svc = find(&docs, "Service", &webhook_service());
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}])
+    );
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            &pod["metadata"]["labels"][k], v,
+            "the Service selects the operator's pods"
+        );
+    }
+
+    // The webhook: pod creations everywhere but kube-system and the operator's namespace.
+    let mut hook = the_webhook(&docs).clone();
+    assert!(hook["clientConfig"]["caBundle"].is_string(), "{hook}");
+    hook["clientConfig"].as_object_mut().unwrap().remove("caBundle");
+    assert_eq!(
+        hook,
+        json!({
+            "name": "pods.image-cache.ido.dev",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"service": {"name": webhook_service(), "namespace": NS,
+                                         "path": "/mutate-v1-pod", "port": 443}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods"], "scope": "*"}],
+            "matchPolicy": "Equivalent",
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                                                        "operator": "NotIn", "values": ["kube-system", NS]}]},
+            "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 5,
+        })
+    );
+    let mwc = find(&docs, "MutatingWebhookConfiguration", NAME);
+    assert!(mwc["metadata"]["annotations"].is_null(), "{mwc}");
+
+    // The API server reaches the webhook port through the NetworkPolicy.
+    let np = find(&docs, "NetworkPolicy", NAME);
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 3, "metrics, probes and the webhook");
+    assert_eq!(
+        ingress[2],
+        json!({"ports": [{"port": "webhook", "protocol": "TCP"}]}),
+        "from anywhere: the API server's address is the cluster's"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_rendered_config(&docs, dir.path());
+    assert!(config.image_cache.enabled);
+    assert_eq!(config.image_cache.concurrency, 2);
+
+    // The port and timeout follow the values.
+    let mut values = cache_on(json!({}));
+    values["imageCache"]["webhook"]["port"] = json!(10443);
+    values["imageCache"]["webhook"]["timeoutSeconds"] = json!(10);
+    let docs = template(&values).await;
+    let c = container(&docs);
+    assert!(strings(&c["args"]).contains(&"--webhook-bind-address=:10443".to_string()));
+    assert_eq!(c["ports"][2]["containerPort"], 10443);
+    assert_eq!(the_webhook(&docs)["timeoutSeconds"], 10);
+}
+
+/// The PEM certificates of a bundle, DER-encoded.
+fn pem_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Verifies `leaf` as a TLS server certificate for `name` against the roots of `ca_pem`, as
+/// a client (the API server) does.
+fn verify_server_cert(ca_pem: &[u8], leaf_pem: &[u8], name: &str) -> Result<(), rustls::Error> {
+    use rustls::{RootCertStore, client::WebPkiServerVerifier, pki_types::ServerName};
+    let mut roots = RootCertStore::empty();
+    for c in pem_certs(ca_pem) {
+        roots.add(c).unwrap();
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let chain = pem_certs(leaf_pem);
+    rustls::client::danger::ServerCertVerifier::verify_server_cert(
+        verifier.as_ref(),
+        &chain[0],
+        &chain[1..],
+        &ServerName::try_from(name.to_string()).unwrap(),
+        &[],
+        rustls::pki_types::UnixTime::now(),
+    )
+    .map(|_| ())
+}
+
+/// The helm-made Secret's data, decoded, and the webhook's caBundle, decoded.
+fn helm_made_certificate(docs: &Docs) -> (Value, Vec<u8>) {
+    let secret = find(docs, "Secret", &format!("{NAME}-webhook-cert"));
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let mut keys: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"], "{secret}");
+    let ca_bundle = b64decode(the_webhook(docs)["clientConfig"]["caBundle"].as_str().unwrap());
+    (secret["data"].clone(), ca_bundle)
+}
+
+#[tokio::test]
+async fn the_helm_made_certificate_verifies_for_the_webhook_service() {
+    let docs = template(&cache_on(json!({}))).await;
+    let (data, ca_bundle) = helm_made_certificate(&docs);
+    let pem = |k: &str| b64decode(data[k].as_str().unwrap());
+    assert_eq!(ca_bundle, pem("ca.crt"), "the webhook trusts the Secret's CA");
+    let (tls_crt, tls_key) = (pem("tls.crt"), pem("tls.key"));
+
+    // The name the API server calls it by (<svc>.<ns>.svc), and the others.
+    for name in webhook_dns_names() {
+        verify_server_cert(&ca_bundle, &tls_crt, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let err = verify_server_cert(&ca_bundle, &tls_crt, &format!("{}.other.svc", webhook_service()))
+        .expect_err("valid for another namespace's Service");
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
+
+    // The key is the certificate's.
+    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+    let key =
+        rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::from_pem_slice(&tls_key).unwrap())
+            .unwrap();
+    rustls::sign::CertifiedKey::new(pem_certs(&tls_crt), key)
+        .keys_match()
+        .expect("tls.key is tls.crt's key");
+
+    // Each install makes its own CA (helm template finds no Secret to reuse).
+    let (_, other_ca) = helm_made_certificate(&template(&cache_on(json!({}))).await);
+    assert_ne!(other_ca, ca_bundle);
+    let err = verify_server_cert(&other_ca, &tls_crt, &format!("{}.{NS}.svc", webhook_service()))
+        .expect_err("verified against another CA");
+    // Both CAs have the same name: the other one's signature does not verify.
+    assert!(
+        matches!(
+            err,
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadSignature | rustls::CertificateError::UnknownIssuer
+            )
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_users_secret_serves_the_webhook() {
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let docs = template(&cache_on(
+        json!({"source": "secret", "secretName": "corp-webhook-tls", "caBundle": CA}),
+    ))
+    .await;
+    let kinds = kinds(&docs);
+    for k in ["Secret", "Certificate", "Issuer"] {
+        assert!(!kinds.contains(&k), "{k} rendered: {kinds:?}");
+    }
+    let volumes = find(&docs, "Deployment", NAME)["spec"]["template"]["spec"]["volumes"].clone();
+    let volume = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "webhook-cert")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "corp-webhook-tls");
+    let hook = the_webhook(&docs);
+    assert_eq!(
+        String::from_utf8(b64decode(hook["clientConfig"]["caBundle"].as_str().unwrap())).unwrap(),
+        CA
+    );
+
+    // Values the source cannot do without, or does not use, fail naming the key.
+    for (certificate, key) in [
+        (
+            json!({"source": "secret", "caBundle": CA}),
+            "imageCache.webhook.certificate.secretName",
+        ),
+        (
+            json!({"source": "secret", "secretName": "tls"}),
+            "imageCache.webhook.certificate.caBundle",
+        ),
+        (
+            json!({"secretName": "tls"}),
+            "imageCache.webhook.certificate.secretName",
+        ),
+        (
+            json!({"issuerRef": {"name": "ca"}}),
+            "imageCache.webhook.certificate.issuerRef",
+        ),
+        (
+            json!({"source": "certManager", "issuerRef": {"kind": "ClusterIssuer"}}),
+            "imageCache.webhook.certificate.issuerRef.name",
+        ),
+    ] {
+        let err = try_template(NAME, &cache_on(certificate.clone()), &[])
+            .await
+            .expect_err(&certificate.to_string());
+        assert!(err.contains(key), "{certificate}: {key} not in {err}");
+    }
+    // The webhook off: its certificate values are not looked at.
+    let mut off = cache_on(json!({"source": "secret"}));
+    off["imageCache"]["webhook"]["enabled"] = json!(false);
+    template(&off).await;
+}
+
+#[tokio::test]
+async fn cert_manager_issues_the_webhook_certificate() {
+    let docs = template(&cache_on(json!({"source": "certManager"}))).await;
+    assert!(
+        !kinds(&docs).contains(&"Secret"),
+        "cert-manager writes the Secret"
+    );
+    let issuer = find(&docs, "Issuer", &format!("{NAME}-webhook-selfsigned"));
+    assert_eq!(issuer["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(issuer["metadata"]["namespace"], NS);
+    assert_eq!(issuer["spec"], json!({"selfSigned": {}}));
+    let cert = find(&docs, "Certificate", &format!("{NAME}-webhook"));
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["metadata"]["namespace"], NS);
+    assert_eq!(cert["spec"]["secretName"], format!("{NAME}-webhook-cert"));
+    assert_eq!(cert["spec"]["dnsNames"], json!(webhook_dns_names()));
+    assert_eq!(
+        cert["spec"]["issuerRef"],
+        json!({"name": format!("{NAME}-webhook-selfsigned"), "kind": "Issuer", "group": "cert-manager.io"})
+    );
+    let volumes = find(&docs, "Deployment", NAME)["spec"]["template"]["spec"]["volumes"].clone();
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == cert["spec"]["secretName"]),
+        "the operator mounts the Certificate's Secret: {volumes}"
+    );
+    // cert-manager's cainjector fills in the caBundle.
+    let mwc = find(&docs, "MutatingWebhookConfiguration", NAME);
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{NS}/{NAME}-webhook")
+    );
+    assert!(the_webhook(&docs)["clientConfig"]["caBundle"].is_null());
+
+    // An issuer of the user's: no Issuer of the chart's.
+    let corp = json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"});
+    let docs = template(&cache_on(json!({"source": "certManager", "issuerRef": corp}))).await;
+    assert!(!kinds(&docs).contains(&"Issuer"));
+    assert_eq!(
+        find(&docs, "Certificate", &format!("{NAME}-webhook"))["spec"]["issuerRef"],
+        corp
+    );
 }
 
 // === on a real control plane ===
@@ -1090,4 +1611,82 @@ async fn crds_from_a_crds_folder_are_taken_over_and_upgraded() {
     assert_eq!(crd["metadata"]["annotations"]["meta.helm.sh/release-name"], NAME);
     assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
     assert!(get(&c, &["nodeimage", NODE_IMAGE, "-n", NS]).await.is_some());
+}
+
+#[tokio::test]
+async fn the_webhook_certificate_is_kept_across_upgrades() {
+    let c = Cluster::start().await.unwrap();
+    let chart = chart_dir().display().to_string();
+    let on = values_file(&cache_on(json!({})));
+    let on = on.path().display().to_string();
+    c.helm(&[
+        "install",
+        NAME,
+        &chart,
+        "-n",
+        NS,
+        "--create-namespace",
+        "--values",
+        &on,
+    ])
+    .await
+    .unwrap();
+    let secret_name = format!("{NAME}-webhook-cert");
+    let state = async || {
+        let secret = get(&c, &["secret", &secret_name, "-n", NS]).await.unwrap();
+        let mwc = get(&c, &["mutatingwebhookconfiguration", NAME]).await.unwrap();
+        (secret["data"].clone(), mwc["webhooks"][0].clone())
+    };
+    let (data, hook) = state().await;
+    assert_eq!(
+        hook["clientConfig"]["caBundle"], data["ca.crt"],
+        "the webhook trusts the Secret's CA"
+    );
+    let tls_crt = b64decode(data["tls.crt"].as_str().unwrap());
+    let ca = b64decode(data["ca.crt"].as_str().unwrap());
+    verify_server_cert(&ca, &tls_crt, &format!("{}.{NS}.svc", webhook_service())).unwrap();
+
+    // With nothing to answer it, the webhook lets pods through (failurePolicy Ignore).
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "web", "namespace": "default"},
+                     "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]}});
+    c.kubectl_stdin(&["create", "-f", "-"], &pod.to_string())
+        .await
+        .unwrap();
+    assert!(get(&c, &["pod", "web", "-n", "default"]).await.is_some());
+
+    // An upgrade (changed values) keeps the certificate and the webhook's trust in it.
+    let mut changed = cache_on(json!({}));
+    changed["imageCache"]["webhook"]["timeoutSeconds"] = json!(3);
+    let changed = values_file(&changed);
+    c.helm(&[
+        "upgrade",
+        NAME,
+        &chart,
+        "-n",
+        NS,
+        "--values",
+        &changed.path().display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let (after, hook) = state().await;
+    assert_eq!(hook["timeoutSeconds"], 3, "the upgrade applied");
+    assert_eq!(after, data, "the certificate changed on upgrade");
+    assert_eq!(hook["clientConfig"]["caBundle"], data["ca.crt"]);
+
+    // Without the cache, nothing of it stays but the CRDs (crd.keep).
+    c.helm(&["upgrade", NAME, &chart, "-n", NS, "--reset-values"])
+        .await
+        .unwrap();
+    assert!(get(&c, &["mutatingwebhookconfiguration", NAME]).await.is_none());
+    assert!(get(&c, &["secret", &secret_name, "-n", NS]).await.is_none());
+    assert!(
+        get(&c, &["clusterrole", &format!("{NAME}-image-cache")])
+            .await
+            .is_none()
+    );
+    for crd in CACHE_CRDS {
+        assert!(get(&c, &["crd", crd]).await.is_some(), "{crd}");
+    }
 }
