@@ -12,8 +12,9 @@
 //!
 //! Answers come from memory once warm: the policies are compiled and their registries
 //! connected by [`Admission::refresh`] (every [`REFRESH_EVERY`]), and a lookup's answer is
-//! kept ([`PRESENT_FOR`], [`ABSENT_FOR`]). A cache registry that is down answers no HEAD:
-//! each miss costs at most [`LOOKUP_TIMEOUT`], and the pod goes through unchanged.
+//! kept ([`PRESENT_FOR`], [`ABSENT_FOR`]). A cache registry found down at a refresh is
+//! asked nothing until it is back (its pods pass unchanged); one that goes down between
+//! refreshes costs a miss at most [`LOOKUP_TIMEOUT`].
 //! Copies already point at the cache and are left, so a second admission (reinvocation)
 //! changes nothing.
 
@@ -47,6 +48,8 @@ pub const PRESENT_FOR: Duration = Duration::from_secs(300);
 pub const ABSENT_FOR: Duration = Duration::from_secs(5);
 /// How often the policies are read again.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How long connecting a cache registry may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a queued copy is not queued again.
 const QUEUED_FOR: Duration = Duration::from_secs(60);
 
@@ -76,8 +79,7 @@ impl<S: Store> Admission<S> {
         })
     }
 
-    /// Reads the webhook-mode policies and connects their registries (keeping connections
-    /// of unchanged targets).
+    /// Reads the webhook-mode policies and connects their registries.
     pub async fn refresh(&self) -> crate::store::Result<()> {
         let own = self.ctx.settings.namespace.clone();
         let mut compiled: Vec<Compiled> = Vec::new();
@@ -90,27 +92,20 @@ impl<S: Store> Admission<S> {
         compiled.retain(|c| c.mode == CacheMode::Webhook);
         // Namespaced policies first: they are the more specific.
         compiled.sort_by_key(|c| (!c.reference.starts_with("ImageCachePolicy/"), c.reference.clone()));
-        let before = self.policies.read().expect("lock").clone();
+        // Each registry is connected again (one `GET /v2/`): a cache that went down is
+        // noticed here, and its pods pass unchanged until it is back.
         let mut live = Vec::new();
         for policy in compiled {
-            let kept = before.iter().find(|l| {
-                l.registry.is_some()
-                    && l.policy.reference == policy.reference
-                    && l.policy.generation == policy.generation
-            });
-            let registry = match kept {
-                Some(l) => l.registry.clone(),
-                None => match tokio::time::timeout(Duration::from_secs(5), policy.connect(&self.ctx)).await {
-                    Ok(Ok(r)) => Some(r),
-                    Ok(Err(e)) => {
-                        tracing::warn!(policy = %policy.reference, error = %e, "the cache registry cannot be reached: pods pass unchanged");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(policy = %policy.reference, "the cache registry did not answer: pods pass unchanged");
-                        None
-                    }
-                },
+            let registry = match tokio::time::timeout(CONNECT_TIMEOUT, policy.connect(&self.ctx)).await {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(e)) => {
+                    tracing::warn!(policy = %policy.reference, error = %e, "the cache registry cannot be reached: pods pass unchanged");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(policy = %policy.reference, "the cache registry did not answer: pods pass unchanged");
+                    None
+                }
             };
             live.push(Arc::new(Live { policy, registry }));
         }
@@ -118,13 +113,17 @@ impl<S: Store> Admission<S> {
         Ok(())
     }
 
-    /// Refreshes every [`REFRESH_EVERY`] until dropped.
+    /// Refreshes every [`REFRESH_EVERY`] (a second after a failure) until dropped.
     pub async fn refresh_loop(self: Arc<Self>) {
         loop {
-            if let Err(e) = self.refresh().await {
-                tracing::warn!(error = %e, "reading the image cache policies failed");
-            }
-            tokio::time::sleep(REFRESH_EVERY).await;
+            let wait = match self.refresh().await {
+                Ok(()) => REFRESH_EVERY,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the image cache policies failed: pods pass unchanged");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -219,6 +218,7 @@ impl<S: Store> Admission<S> {
 
     /// The digest of `copy` if it is present, from memory or one HEAD.
     async fn lookup(&self, live: &Live, copy: &Reference) -> Option<String> {
+        let registry = live.registry.as_ref()?;
         let key = copy.whole();
         if let Some((digest, at)) = self.known.lock().expect("lock").get(&key) {
             let fresh = if digest.is_some() { PRESENT_FOR } else { ABSENT_FOR };
@@ -226,14 +226,11 @@ impl<S: Store> Admission<S> {
                 return digest.clone();
             }
         }
-        let digest = match &live.registry {
-            Some(r) => tokio::time::timeout(LOOKUP_TIMEOUT, r.manifest_digest(copy))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten(),
-            None => None,
-        };
+        let digest = tokio::time::timeout(LOOKUP_TIMEOUT, registry.manifest_digest(copy))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
         self.known
             .lock()
             .expect("lock")
@@ -281,22 +278,8 @@ impl<S: Store> Admission<S> {
                     })
                     .collect();
             for source in fresh {
-                match create(&ctx, &live.policy, &source).await {
-                    Ok(Some(ci))
-                        if ci.status.as_ref().is_none_or(|s| s.pull_secrets.is_empty())
-                            && !secrets.is_empty() =>
-                    {
-                        let _ =
-                            crate::store::modify_status(&ctx.store, &ci, |o: &mut ido_api::CachedImage| {
-                                let s = o.status.get_or_insert_default();
-                                if s.pull_secrets.is_empty() {
-                                    s.pull_secrets = secrets.clone();
-                                }
-                            })
-                            .await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(source = %source.whole(), error = %e, "queueing a copy failed"),
+                if let Err(e) = create(&ctx, &live.policy, &source, &secrets).await {
+                    tracing::warn!(source = %source.whole(), error = %e, "queueing a copy failed");
                 }
             }
         });
@@ -305,4 +288,97 @@ impl<S: Store> Admission<S> {
 
 fn to_json(r: AdmissionResponse) -> Value {
     serde_json::to_value(r.into_review()).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Settings, file_store::FileStore, metrics::Metrics};
+    use ido_api::CachedImage;
+    use serde_json::json;
+
+    fn context(dir: &std::path::Path) -> Arc<Context<FileStore>> {
+        Arc::new(Context {
+            store: FileStore::open(dir).unwrap(),
+            providers: Default::default(),
+            source: None,
+            settings: Settings::default(),
+            metrics: Metrics::default(),
+            seen_releases: Default::default(),
+            tasks: Default::default(),
+            cache_copies: Default::default(),
+        })
+    }
+
+    fn review(uid: usize, ns: &str, image: &str, dry_run: bool) -> Vec<u8> {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": format!("uid-{uid}"),
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": ns, "operation": "CREATE", "dryRun": dry_run,
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": {"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"generateName": "web-", "namespace": ns},
+                           "spec": {"containers": [{"name": "web", "image": image}]}}
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// A cache that does not answer: every pod passes unchanged at once, and however many
+    /// pods of a new image arrive there is one record; a dry run queues nothing.
+    #[tokio::test]
+    async fn pods_pass_unchanged_while_the_cache_is_down_and_one_copy_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let policy: ClusterImageCachePolicy = serde_json::from_value(json!({
+            "apiVersion": "ido.dev/v1alpha1", "kind": "ClusterImageCachePolicy",
+            "metadata": {"name": "all"},
+            "spec": {"target": {"registry": "127.0.0.1:1", "tlsVerify": false}}
+        }))
+        .unwrap();
+        ctx.store.create(&policy).await.unwrap();
+        let admission = Admission::new(ctx.clone());
+        admission.refresh().await.unwrap();
+        assert_eq!(admission.policies.read().unwrap().len(), 1);
+
+        let dry = admission.review(&review(0, "apps", "nginx:1.27", true)).await;
+        assert_eq!(dry["response"]["allowed"], true);
+        let started = Instant::now();
+        let answers = join_all((1..=100).map(|i| {
+            let body = review(i, "apps", "nginx:1.27", false);
+            let a = admission.clone();
+            async move { a.review(&body).await }
+        }))
+        .await;
+        assert!(started.elapsed() < LOOKUP_TIMEOUT, "{:?}", started.elapsed());
+        for (i, a) in answers.iter().enumerate() {
+            assert_eq!(a["response"]["uid"], format!("uid-{}", i + 1));
+            assert_eq!(a["response"]["allowed"], true);
+            assert!(a["response"].get("patch").is_none(), "{a}");
+        }
+        // ido's own namespace and kube-system are never looked at.
+        for ns in ["giantswarm", "kube-system"] {
+            let a = admission.review(&review(200, ns, "busybox", false)).await;
+            assert!(a["response"].get("patch").is_none());
+        }
+        for _ in 0..50 {
+            if !ctx.store.list::<CachedImage>().await.unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let records = ctx.store.list::<CachedImage>().await.unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].spec.source, "docker.io/library/nginx:1.27");
+        assert_eq!(records[0].spec.target, "127.0.0.1:1/docker.io/library/nginx:1.27");
+        assert_eq!(records[0].spec.policy, "ClusterImageCachePolicy/all");
+
+        let bad = admission.review(b"{}").await;
+        assert_eq!(bad["response"]["allowed"], false);
+    }
 }

@@ -25,7 +25,6 @@ use ido_api::{
     imagecache::{CacheMode, PullSecretReference, WorkloadReference},
 };
 use ido_oci::Reference;
-use jiff::Timestamp;
 
 use super::{
     Workload,
@@ -159,7 +158,7 @@ async fn record<S: Store>(
     // Each record of this policy: who runs its source, or its copy directly.
     let mut used: BTreeMap<String, (BTreeSet<WorkloadReference>, Vec<PullSecretReference>)> = BTreeMap::new();
     for (source, in_use) in &scan.images {
-        let secrets = in_use
+        let secrets: Vec<PullSecretReference> = in_use
             .pull_secrets
             .iter()
             .flat_map(|(ns, names)| {
@@ -169,15 +168,15 @@ async fn record<S: Store>(
                 })
             })
             .collect();
-        used.insert(source.clone(), (in_use.workloads.clone(), secrets));
         if !records.contains_key(source) {
-            match create(ctx, policy, &in_use.source).await? {
+            match create(ctx, policy, &in_use.source, &secrets).await? {
                 Some(r) => {
                     records.insert(source.clone(), r);
                 }
                 None => continue,
             }
         }
+        used.insert(source.clone(), (in_use.workloads.clone(), secrets));
     }
     for r in records.values_mut() {
         if r.spec.policy != policy.reference {
@@ -205,9 +204,8 @@ async fn record<S: Store>(
         }
         if let Some(stored) = modify_status(&ctx.store, r, |o: &mut CachedImage| {
             let s = o.status.get_or_insert_default();
-            if !list.is_empty() {
-                s.last_used_time = Some(now);
-            } else if s.last_used_time.is_none() && !s.workloads.is_empty() {
+            // In use now, or just stopped being used by workloads it had.
+            if !list.is_empty() || (s.last_used_time.is_none() && !s.workloads.is_empty()) {
                 s.last_used_time = Some(now);
             }
             s.workload_count = list.len() as u32;
@@ -240,12 +238,14 @@ fn copy_names(r: &CachedImage) -> Vec<String> {
     out
 }
 
-/// Creates the record of `source` under `policy` (`None` when its copy cannot be named).
-/// A record another policy made first is that policy's.
+/// Creates the record of `source` under `policy` with the pull secrets to read it with
+/// (`None` when its copy cannot be named). A record another policy made first is that
+/// policy's.
 pub async fn create<S: Store>(
     ctx: &Context<S>,
     policy: &Compiled,
     source: &Reference,
+    secrets: &[PullSecretReference],
 ) -> Result<Option<CachedImage>, Error> {
     let target = match policy.target.cached(source) {
         Ok(t) => t,
@@ -270,7 +270,17 @@ pub async fn create<S: Store>(
     match ctx.store.create(&obj).await {
         Ok(created) => {
             tracing::info!(source = %source.whole(), cachedimage = %name, policy = %policy.reference, "queued for the cache");
-            Ok(Some(created))
+            if secrets.is_empty() {
+                return Ok(Some(created));
+            }
+            // At once: the copy reads the source with them.
+            Ok(modify_status(&ctx.store, &created, |o: &mut CachedImage| {
+                let s = o.status.get_or_insert_default();
+                if s.pull_secrets.is_empty() {
+                    s.pull_secrets = secrets.to_vec();
+                }
+            })
+            .await?)
         }
         Err(StoreError::AlreadyExists { .. }) => Ok(ctx.store.get::<CachedImage>(None, &name).await?),
         Err(e) => Err(e.into()),
@@ -354,9 +364,4 @@ async fn patch_workloads<S: Store>(
         }
     }
     Ok(())
-}
-
-/// When a record of a policy is next due a look (for `ido cache`).
-pub fn next_look(ci: &CachedImage, policy: &Compiled) -> Option<Timestamp> {
-    super::cached::expires_at(ci, policy)
 }
