@@ -2,7 +2,8 @@
 //! be present, the rest left as they are and their copies queued.
 //!
 //! ```text
-//!   AdmissionReview(Pod) ─▶ skip (ido's namespace, kube-system, no webhook-mode policy)
+//!   AdmissionReview(Pod) ─▶ skip (ido's namespace, kube-system, the cache registry's own
+//!                            namespace, pods labelled ido.dev/image-cache=skip, no policy)
 //!     per image the policy caches: copy present? ─ known (cached answer) ──────────▶ hit
 //!                                                └ HEAD at the cache (≤ LOOKUP_TIMEOUT) ─▶ hit / miss
 //!     hits ─▶ JSON patch (images, plus the cache's pull secret; the pod's own kept)
@@ -174,6 +175,9 @@ impl<S: Store> Admission<S> {
         let Some(live) = policies.iter().find(|l| l.policy.scope.covers(&meta)).cloned() else {
             return vec![];
         };
+        if super::scan::skipped(&meta, &live.policy.target) {
+            return vec![];
+        }
         // The images this policy caches, with their copies.
         let mut wanted: Vec<(String, Reference, Reference)> = Vec::new();
         for used in super::collect::pod_images(spec) {
@@ -365,6 +369,10 @@ mod tests {
             let a = admission.review(&review(200, ns, "busybox", false)).await;
             assert!(a["response"].get("patch").is_none());
         }
+        // Nor are pods that opt out: no record for their image.
+        let mut skip: Value = serde_json::from_slice(&review(300, "apps", "redis:7", false)).unwrap();
+        skip["request"]["object"]["metadata"]["labels"] = json!({"ido.dev/image-cache": "skip"});
+        admission.review(skip.to_string().as_bytes()).await;
         for _ in 0..50 {
             if !ctx.store.list::<CachedImage>().await.unwrap().is_empty() {
                 break;

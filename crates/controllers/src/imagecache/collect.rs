@@ -86,6 +86,37 @@ impl Workload {
         }
     }
 
+    /// The labels of its pod template (a Pod's own).
+    pub fn template_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        match self {
+            Workload::Pod(o) => o.metadata.labels.as_ref(),
+            Workload::Deployment(o) => o.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref(),
+            Workload::StatefulSet(o) => o.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref(),
+            Workload::DaemonSet(o) => o.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref(),
+            Workload::ReplicaSet(o) => o
+                .spec
+                .as_ref()?
+                .template
+                .as_ref()?
+                .metadata
+                .as_ref()?
+                .labels
+                .as_ref(),
+            Workload::Job(o) => o.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref(),
+            Workload::CronJob(o) => o
+                .spec
+                .as_ref()?
+                .job_template
+                .spec
+                .as_ref()?
+                .template
+                .metadata
+                .as_ref()?
+                .labels
+                .as_ref(),
+        }
+    }
+
     /// The pod spec it runs, to edit.
     pub fn pod_spec_mut(&mut self) -> Option<&mut PodSpec> {
         match self {

@@ -99,6 +99,15 @@ impl CacheTarget {
         })
     }
 
+    /// The namespace the cache registry runs in, when it is named as a cluster Service
+    /// (`<service>.<namespace>.svc[.<cluster domain>]`): its own pods are never pointed
+    /// at it (they could not start while it is down).
+    pub fn namespace(&self) -> Option<&str> {
+        let host = self.registry.split(':').next()?;
+        let labels: Vec<&str> = host.split('.').collect();
+        (labels.len() >= 3 && labels[2] == "svc").then(|| labels[1])
+    }
+
     /// Whether `image` is already in this cache (the same registry, under the prefix): such
     /// images are never cached again.
     pub fn holds(&self, image: &Reference) -> bool {
@@ -197,6 +206,15 @@ mod tests {
             bare.cached(&r("nginx:1")).unwrap().whole(),
             "cache.example/docker.io/library/nginx:1"
         );
+    }
+
+    #[test]
+    fn a_cache_named_as_a_service_is_in_its_namespace() {
+        let ns = |r| CacheTarget::new(r, "").unwrap().namespace().map(str::to_string);
+        assert_eq!(ns("registry.cache.svc:5000").as_deref(), Some("cache"));
+        assert_eq!(ns("registry.cache.svc.cluster.local").as_deref(), Some("cache"));
+        assert_eq!(ns("registry.example.com"), None);
+        assert_eq!(ns("10.0.0.5:5000"), None);
     }
 
     #[test]

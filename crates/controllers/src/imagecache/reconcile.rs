@@ -365,3 +365,6 @@ async fn patch_workloads<S: Store>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,27 @@ use kube::core::{Selector, SelectorExt};
 use super::{CacheTarget, ImageFilter, Workload, pull_secret_names};
 use crate::store::{Object, Result, Store};
 
+/// A label on a workload or pod (a pod template's, for both) that keeps the cache away
+/// from it: its images are neither cached nor rewritten.
+pub const SKIP_LABEL: &str = "ido.dev/image-cache";
+/// [`SKIP_LABEL`]'s value.
+pub const SKIP_VALUE: &str = "skip";
+
+/// Whether the object with `meta` opted out of the cache ([`SKIP_LABEL`]) or runs in the
+/// cache registry's own namespace.
+pub fn skipped(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    target: &CacheTarget,
+) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(SKIP_LABEL))
+        .is_some_and(|v| v == SKIP_VALUE)
+        || target
+            .namespace()
+            .is_some_and(|ns| meta.namespace.as_deref() == Some(ns))
+}
+
 /// Namespaces never in a cluster policy's scope.
 pub const ALWAYS_SKIPPED: [&str; 1] = ["kube-system"];
 
@@ -168,6 +189,12 @@ pub async fn tally<S: Store>(
     let mut out = Scan::default();
     for w in workloads {
         let Some(spec) = w.pod_spec() else { continue };
+        if skipped(w.meta(), target)
+            || w.template_labels()
+                .is_some_and(|l| l.get(SKIP_LABEL).is_some_and(|v| v == SKIP_VALUE))
+        {
+            continue;
+        }
         let meta = w.meta();
         let ns = meta.namespace.clone().unwrap_or_default();
         let who = WorkloadReference {
