@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!   AdmissionReview(Pod) ─▶ skip (ido's namespace, kube-system, the cache registry's own
-//!                            namespace, pods labelled ido.dev/image-cache=skip, no policy)
+//!                            namespace, pods labelled ido.dev/image-cache=skip, static pods'
+//!                            mirrors, no webhook-mode policy)
 //!     per image the policy caches: copy present? ─ known (cached answer) ──────────▶ hit
 //!                                                └ HEAD at the cache (≤ LOOKUP_TIMEOUT) ─▶ hit / miss
 //!     hits ─▶ JSON patch (images, plus the cache's pull secret; the pod's own kept)
@@ -175,7 +176,7 @@ impl<S: Store> Admission<S> {
         let Some(live) = policies.iter().find(|l| l.policy.scope.covers(&meta)).cloned() else {
             return vec![];
         };
-        if super::scan::skipped(&meta, &live.policy.target) {
+        if super::scan::skipped(&meta, &live.policy.target) || is_mirror_pod(&meta) {
             return vec![];
         }
         // The images this policy caches, with their copies.
@@ -290,6 +291,14 @@ impl<S: Store> Admission<S> {
     }
 }
 
+/// A static pod's mirror, which the kubelet owns: changing it would make the kubelet
+/// replace it over and over.
+fn is_mirror_pod(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"))
+}
+
 fn to_json(r: AdmissionResponse) -> Value {
     serde_json::to_value(r.into_review()).unwrap_or(Value::Null)
 }
@@ -373,6 +382,10 @@ mod tests {
         let mut skip: Value = serde_json::from_slice(&review(300, "apps", "redis:7", false)).unwrap();
         skip["request"]["object"]["metadata"]["labels"] = json!({"ido.dev/image-cache": "skip"});
         admission.review(skip.to_string().as_bytes()).await;
+        // Nor are static pods' mirrors.
+        let mut mirror: Value = serde_json::from_slice(&review(301, "apps", "etcd:3", false)).unwrap();
+        mirror["request"]["object"]["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"});
+        admission.review(mirror.to_string().as_bytes()).await;
         for _ in 0..50 {
             if !ctx.store.list::<CachedImage>().await.unwrap().is_empty() {
                 break;
