@@ -4,9 +4,10 @@
 //! objects applied by an earlier run but no longer given are deleted (finalizers honoured).
 //! A work queue then reconciles every object that changed or is due, Releases, NodeImages,
 //! ImageSyncs and DiskImports alike, NodeImages and ImageSyncs with bounded concurrency.
-//! DiskImports get their claim and importer Job stored like any object; nothing runs the
-//! Job (no cluster), so they stay `ImportScheduled` unless something writes the Job's
-//! status (as the tests do) or the source is blank. Secrets and ConfigMaps are stored for
+//! DiskImports get their claim and importer Job stored like any object; the `ido` binary
+//! runs the Job in-process (its local kubelet, with `imports_run`), else they stay
+//! `ImportScheduled` unless something writes the Job's status (as the tests do) or the
+//! source is blank. Secrets and ConfigMaps are stored for
 //! the ImageSyncs that reference them (and replaced when their data changes).
 //! With `once`, the run ends when no work is left that can change anything now (an
 //! ImageSync's next scheduled pass does not hold it), and reports whether every object
@@ -58,6 +59,9 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Failed reconciles of one object retried before `once` gives up on it.
     pub max_retries: u32,
+    /// Something runs the DiskImports' importer Jobs (the `ido` binary's local kubelet):
+    /// a DiskImport being imported then holds `once` like an upload does.
+    pub imports_run: bool,
     /// Stops the run when cancelled (Ctrl-C, SIGTERM): no new work starts, the work in
     /// flight is stopped (its guards clean up what it had made) and the report is returned.
     pub stop: tokio_util::sync::CancellationToken,
@@ -71,6 +75,7 @@ impl Default for RunOptions {
             sync_concurrency: 4,
             timeout: Duration::from_secs(3600),
             max_retries: 3,
+            imports_run: false,
             stop: Default::default(),
         }
     }
@@ -133,7 +138,7 @@ pub async fn run(ctx: Arc<Context<FileStore>>, opts: RunOptions) -> anyhow::Resu
         tokio::select! {
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
                 let (key, result) = done.context("reconcile task panicked")?;
-                record_result(&mut queue, key, result, opts.max_retries);
+                record_result(&mut queue, key, result, &opts);
             }
             Ok(key) = changes.recv() => mark_changed(&mut queue, &ctx.store, key),
             Ok(task) = woken.recv() => {
@@ -225,8 +230,11 @@ fn record_result(
     queue: &mut BTreeMap<Key, Entry>,
     key: Key,
     result: Result<Action, crate::Error>,
-    max_retries: u32,
+    opts: &RunOptions,
 ) {
+    let holds_once = |key: &Key| {
+        kind_of(key).is_some_and(|k| k.holds_once) || (opts.imports_run && key.is::<DiskImport>())
+    };
     let e = queue.entry(key.clone()).or_default();
     e.running = false;
     match result {
@@ -234,11 +242,11 @@ fn record_result(
             e.failures = 0;
             e.last_error = None;
             match action {
-                // An ImageSync's next pass is its schedule, and nothing here runs a
-                // DiskImport's importer Job: neither holds `once`.
+                // An ImageSync's next pass is its schedule: it does not hold `once`; a
+                // DiskImport does while something runs its importer.
                 Action::Requeue(d) => {
                     e.due = Some(Instant::now() + d);
-                    e.urgent = d <= Duration::from_secs(30) && kind_of(&key).is_some_and(|k| k.holds_once);
+                    e.urgent = d <= Duration::from_secs(30) && holds_once(&key);
                 }
                 Action::AwaitChange => {
                     e.due = None;
@@ -251,7 +259,7 @@ fn record_result(
             tracing::warn!(object = %key, error = %err, attempt = e.failures, "reconcile failed");
             e.last_error = Some(err.to_string());
             e.due = Some(Instant::now() + crate::backoff(e.failures));
-            e.urgent = e.failures <= max_retries;
+            e.urgent = e.failures <= opts.max_retries;
         }
     }
     if e.dirty {

@@ -78,6 +78,11 @@ struct RunArgs {
     /// Wait for another ido using the same state directory to finish, instead of failing.
     #[arg(long)]
     wait_lock: bool,
+    /// Where a DiskImport's claim lives on this machine: NAMESPACE/CLAIM=PATH, a directory
+    /// (Filesystem claim) or a file or block device (Block). Repeatable; claims not named
+    /// live under STATE/volumes/NAMESPACE/. The importer Jobs run in this process.
+    #[arg(long = "volume", value_name = "NS/CLAIM=PATH", value_parser = crate::kubelet::parse_volume)]
+    volumes: Vec<(String, PathBuf)>,
 }
 
 #[derive(Args)]
@@ -317,14 +322,28 @@ async fn run_cmd(args: RunArgs, stop: CancellationToken) -> anyhow::Result<ExitC
         tracing::warn!("no provider is enabled: Releases will be skipped");
     }
     apply_desired(&store, &manifests).await?;
+    // The importer Jobs of DiskImports run here, their claims as local paths.
+    let kubelet_stop = stop.child_token();
+    let kubelet = tokio::spawn(crate::kubelet::serve(
+        store.clone(),
+        crate::kubelet::Volumes {
+            root: state.join("volumes"),
+            named: args.volumes.into_iter().collect(),
+        },
+        kubelet_stop.clone(),
+    ));
     let opts = RunOptions {
         once: args.once,
         image_concurrency: config.concurrency.images,
         timeout: args.timeout,
+        imports_run: true,
         stop,
         ..RunOptions::default()
     };
-    let report = run(ctx, opts).await?;
+    let report = run(ctx, opts).await;
+    kubelet_stop.cancel();
+    let _ = kubelet.await;
+    let report = report?;
     out(report.table())?;
     Ok(if report.ok() {
         ExitCode::SUCCESS

@@ -199,6 +199,39 @@ pub(crate) struct SourceArgs {
 const EXIT_PERMANENT: u8 = ido_controllers::diskimport::PERMANENT_EXIT_CODE as u8;
 
 pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    match run_import(args).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(Failed::Permanent(message)) => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::from(EXIT_PERMANENT))
+        }
+        Err(Failed::Other(e)) => Err(e),
+    }
+}
+
+/// How an import failed: for good (a bad or refused image, a checksum mismatch, a target
+/// too small: [`EXIT_PERMANENT`]), or otherwise (another try may get through: exit 1).
+#[derive(Debug)]
+pub(crate) enum Failed {
+    Permanent(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failed {
+    fn from(e: anyhow::Error) -> Self {
+        Failed::Other(e)
+    }
+}
+
+impl From<ido_disk::Error> for Failed {
+    fn from(e: ido_disk::Error) -> Self {
+        Failed::Other(e.into())
+    }
+}
+
+/// `ido import` without the exit code: what the command and `ido run`'s local importer
+/// (crate::kubelet) both run.
+pub(crate) async fn run_import(args: ImportArgs) -> Result<(), Failed> {
     let mut source = SourceSpec::parse(&args.source)?;
     source::check_flags(&source, &args)?;
     source::configure(&mut source, &args)?;
@@ -232,7 +265,7 @@ pub(crate) async fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return failed(e, &shown, &target),
     };
     print_imported(&report);
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The options of a disk image import of `source` from the flags.
@@ -285,12 +318,16 @@ fn print_imported(report: &ImportReport) {
 
 /// How a failed import ends: transport trouble may pass on a retry (exit 1); anything else
 /// will not (exit 2).
-fn failed(e: ido_disk::Error, shown: &str, target: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn failed(e: ido_disk::Error, shown: &str, target: &std::path::Path) -> Result<(), Failed> {
     if !e.is_transient() {
-        eprintln!("error: importing {shown} into {}: {e}", target.display());
-        return Ok(ExitCode::from(EXIT_PERMANENT));
+        return Err(Failed::Permanent(format!(
+            "importing {shown} into {}: {e}",
+            target.display()
+        )));
     }
-    Err(anyhow::Error::new(e).context(format!("importing {shown} into {}", target.display())))
+    Err(Failed::Other(
+        anyhow::Error::new(e).context(format!("importing {shown} into {}", target.display())),
+    ))
 }
 
 /// `--content-type archive`: the source unpacked into the directory `target`.
@@ -301,7 +338,7 @@ async fn unpack_cmd(
     zstd_window_log: u32,
     special: SpecialFiles,
     progress: ProgressMode,
-) -> anyhow::Result<ExitCode> {
+) -> Result<(), Failed> {
     let shown = source.to_string();
     let mut opts = ArchiveOptions::new(source, target.clone());
     opts.checksum = checksum;
@@ -340,7 +377,7 @@ async fn unpack_cmd(
             .map(|c| format!("; checksum {c} verified"))
             .unwrap_or_default()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// 1 to 64.

@@ -2,6 +2,7 @@
 
 mod cli;
 mod import;
+mod kubelet;
 mod progress;
 mod signals;
 mod sync;

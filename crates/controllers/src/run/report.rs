@@ -281,8 +281,7 @@ pub fn sync_row<K: imagesync::SyncKind>(n: &K, error: Option<&String>) -> Row {
     }
 }
 
-/// A DiskImport's line: its phase and Ready condition. Only Succeeded is ok: `ido run`
-/// stores the importer Job but runs nothing (blank disks succeed).
+/// A DiskImport's line: its phase and Ready condition. Only Succeeded is ok.
 pub fn disk_import_row(n: &DiskImport, error: Option<&String>) -> Row {
     use ido_api::diskimport::conditions as c;
     let st = n.status.clone().unwrap_or_default();
@@ -300,10 +299,7 @@ pub fn disk_import_row(n: &DiskImport, error: Option<&String>) -> Row {
         st.phase,
         DiskImportPhase::ImportScheduled | DiskImportPhase::ImportInProgress
     ) {
-        message = format!(
-            "{message}; importer Job {} stored (ido run does not run Jobs)",
-            diskimport::job_name(n)
-        );
+        message = format!("{message}; importer Job {}", diskimport::job_name(n));
     }
     if let Some(e) = error
         && !ok
