@@ -6,7 +6,8 @@
 //!                     never for an archive, whose size is required)
 //!    ──▶ PersistentVolumeClaim <name>         (owned; Filesystem: size + overhead;
 //!                                              archive: Filesystem, the size as it is)
-//!    ──▶ Job importer-<name>: ido import …     (owned; blank: no Job; archive:
+//!    ──▶ Job importer-<name>: ido import …     (owned; blank: `blank:`, no Job for a
+//!                                              Block claim without preallocation; archive:
 //!                                              `--content-type archive SOURCE /data`)
 //!    Job/pod status ──▶ phase, restartCount, conditions Ready/Running/Bound, events
 //!    Succeeded ──▶ the Job is deleted, the claim stays (it is the product)
@@ -17,7 +18,7 @@
 //! | Pending          | invalid spec, size unknown, claim name taken                |
 //! | ImportScheduled  | claim and Job created, no importer pod running yet          |
 //! | ImportInProgress | an importer pod runs                                        |
-//! | Succeeded        | the Job completed (blank: the claim exists)                 |
+//! | Succeeded        | the Job completed (blank Block claim: the claim exists)     |
 //! | Failed           | the Job failed: retries exhausted or a permanent error      |
 //!
 //! The importer is never given credentials by the controller: Secrets are mounted by
@@ -240,7 +241,7 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         progress: None,
     };
 
-    // Blank: the claim is the disk.
+    // A blank Block claim without preallocation: the claim is the disk.
     let Some(want) = importer_job(di, settings, size) else {
         out.phase = DiskImportPhase::Succeeded;
         out.ready = (ConditionStatus::True, reasons::COMPLETED, "blank disk".into());

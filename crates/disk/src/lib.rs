@@ -39,6 +39,7 @@
 //! [`ArchiveOptions`], on the same sources and decoders.
 
 pub mod archive;
+mod blank;
 pub mod checksum;
 pub mod decompress;
 pub mod detect;
@@ -60,6 +61,7 @@ mod vmdk;
 mod worker;
 
 pub use archive::{ArchiveOptions, SpecialFiles, UnpackReport, unpack};
+pub use blank::blank;
 pub use checksum::{Algorithm, Checksum};
 pub use detect::{Compression, DiskFormat};
 pub use ido_io::progress::{Report, ReportFn};

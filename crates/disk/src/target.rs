@@ -328,6 +328,16 @@ impl Target {
         Ok(())
     }
 
+    /// [`Self::finish`]; on failure the target is removed as [`Self::abort`] does.
+    pub(crate) fn finish_or_abort(self, size: u64) -> Result<()> {
+        let (path, block) = (self.path.clone(), self.probe.block);
+        self.finish(size).inspect_err(|_| {
+            if !block {
+                let _ = std::fs::remove_file(&path);
+            }
+        })
+    }
+
     /// Removes a file target after a failure (a device is left as it is), and its
     /// checkpoint.
     pub(crate) fn abort(self) {

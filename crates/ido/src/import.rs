@@ -26,9 +26,10 @@ const PASSWORD_ENV: &str = "IDO_IMPORT_PASSWORD";
 
 #[derive(Args, Debug)]
 pub(crate) struct ImportArgs {
-    /// The image: a path, `-` for stdin, an http:// or https:// URL, s3://BUCKET/KEY, or
+    /// The image: a path, `-` for stdin, an http:// or https:// URL, s3://BUCKET/KEY,
     /// docker://REGISTRY/REPO[:TAG|@DIGEST] (a KubeVirt containerDisk: the one file under
-    /// /disk/).
+    /// /disk/), or `blank:` (a disk of --size zero bytes: sparse, or allocated with
+    /// --preallocate).
     source: String,
     /// Where the raw image goes: a file (created or truncated, written sparsely) or a
     /// block device. With --content-type archive: the existing directory to unpack into.
@@ -232,6 +233,9 @@ impl From<ido_disk::Error> for Failed {
 /// `ido import` without the exit code: what the command and `ido run`'s local importer
 /// (crate::kubelet) both run.
 pub(crate) async fn run_import(args: ImportArgs) -> Result<(), Failed> {
+    if args.source == BLANK {
+        return blank_cmd(&args);
+    }
     let mut source = SourceSpec::parse(&args.source)?;
     source::check_flags(&source, &args)?;
     source::configure(&mut source, &args)?;
@@ -328,6 +332,39 @@ fn failed(e: ido_disk::Error, shown: &str, target: &std::path::Path) -> Result<(
     Err(Failed::Other(
         anyhow::Error::new(e).context(format!("importing {shown} into {}", target.display())),
     ))
+}
+
+/// The SOURCE of a blank disk.
+const BLANK: &str = "blank:";
+
+/// `ido import blank: TARGET --size N [--preallocate] [--force]`: a disk of N zero bytes.
+fn blank_cmd(args: &ImportArgs) -> Result<(), Failed> {
+    let Some(size) = args.size else {
+        return Err(Failed::Other(anyhow::anyhow!(
+            "import blank: needs --size (the disk's size)"
+        )));
+    };
+    if args.content_type != ContentType::Kubevirt {
+        return Err(Failed::Other(anyhow::anyhow!(
+            "import blank: makes a disk; --content-type archive does not apply"
+        )));
+    }
+    let spec = TargetSpec {
+        path: args.target.clone(),
+        capacity: None,
+    };
+    match ido_disk::blank(&spec, size, args.preallocate, args.force) {
+        Ok(()) => {
+            eprintln!(
+                "made a blank disk of {} at {}{}",
+                human(size),
+                args.target.display(),
+                if args.preallocate { ", preallocated" } else { "" }
+            );
+            Ok(())
+        }
+        Err(e) => failed(e, "a blank disk", &args.target),
+    }
 }
 
 /// `--content-type archive`: the source unpacked into the directory `target`.

@@ -72,7 +72,8 @@ async fn run_imports_disks_into_local_volumes() {
     let good = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: auth, namespace: vms}}\nstringData: {{accessKeyId: importer, secretKey: s3cr3t-pw}}\n---\n\
 apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: fedora, namespace: vms}}\nspec:\n  source:\n    http: {{url: \"{url}\", secretRef: auth, checksum: \"{sum}\"}}\n  storage: {{size: 128Mi}}\n---\n\
-apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: raw, namespace: vms}}\nspec:\n  source:\n    http: {{url: \"{url}\", secretRef: auth}}\n  storage: {{size: 128Mi, volumeMode: Block}}\n"
+apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: raw, namespace: vms}}\nspec:\n  source:\n    http: {{url: \"{url}\", secretRef: auth}}\n  storage: {{size: 128Mi, volumeMode: Block}}\n---\n\
+apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: scratch, namespace: vms}}\nspec:\n  source: {{blank: {{}}}}\n  storage: {{size: 32Mi}}\n"
     );
     std::fs::write(&manifest, &good).unwrap();
     let volume = format!("vms/raw={}", block.display());
@@ -80,7 +81,7 @@ apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: raw, namespace
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert!(o.status.success(), "{out}\n{err}");
     assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"), "{out}\n{err}");
-    for name in ["fedora", "raw"] {
+    for name in ["fedora", "raw", "scratch"] {
         assert_eq!(
             stored(&state, name)["status"]["phase"],
             "Succeeded",
@@ -98,6 +99,13 @@ apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: raw, namespace
         &std::fs::read(&block).unwrap(),
         &oracle,
         "Block claim vs qemu-img",
+    );
+    // A blank disk: a sparse disk.img of the size.
+    let blank = std::fs::metadata(state.join("volumes/vms/scratch/disk.img")).unwrap();
+    assert_eq!(blank.len(), 32 << 20);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&blank) * 512 < 1 << 20,
+        "sparse"
     );
     // The Secret's files went with the attempt: no scratch directory is left.
     let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())

@@ -2,7 +2,8 @@
 //!
 //! The importer is `ido import SOURCE TARGET` in the operator's own image, with the claim
 //! mounted (Filesystem: at `/data`, target `/data/disk.img`; Block: as the device
-//! `/dev/ido-disk`; an archive: at `/data`, unpacked there with `--content-type archive`). Credentials are Secret volumes the controller never reads, named to
+//! `/dev/ido-disk`; an archive: at `/data`, unpacked there with `--content-type archive`;
+//! a blank disk: `ido import blank:`). Credentials are Secret volumes the controller never reads, named to
 //! the importer by file path flags; CA bundles are ConfigMap volumes. Nothing secret is
 //! in the arguments or the environment.
 
@@ -237,7 +238,15 @@ fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
                 p.args.extend(["--platform".to_string(), platform.clone()]);
             }
         }
-        SourceKind::Blank => return None,
+        // A blank disk is made by the importer too (a sparse disk.img on a Filesystem
+        // claim; zeros written with preallocation); a Block claim without preallocation
+        // is the disk as it is, with no importer.
+        SourceKind::Blank => {
+            if volume_mode(di) == VolumeMode::Block && di.spec.preallocation != Some(true) {
+                return None;
+            }
+            p.args.push("blank:".into());
+        }
     }
     Some(p)
 }
@@ -286,8 +295,10 @@ fn importer_args(di: &DiskImport, plan: &SourcePlan, mode: VolumeMode, size: u64
             args.push("--preallocate".into());
         }
         // A replacement pod continues the last one's file (a checkpoint beside it). A block
-        // device has no room for the checkpoint: there a new pod starts from 0.
-        if mode == VolumeMode::Filesystem {
+        // device has no room for the checkpoint: there a new pod starts from 0. A blank
+        // disk has nothing to continue.
+        let blank = matches!(di.spec.source.kind(), Ok(SourceKind::Blank));
+        if mode == VolumeMode::Filesystem && !blank {
             args.push("--resume".into());
         }
         // The claim is the DiskImport's own: what a failed pod left there is replaced.
@@ -332,8 +343,8 @@ fn importer_container(
     container
 }
 
-/// The importer Job of `di` for a disk of `size` bytes; `None` for a blank source (no
-/// importer).
+/// The importer Job of `di` for a disk of `size` bytes; `None` for a blank Block claim
+/// without preallocation (no importer: the claim is the disk).
 pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> Option<Job> {
     let plan = source_plan(di)?;
     let mode = volume_mode(di);

@@ -178,9 +178,51 @@ async fn archives_from_blank_or_registry_sources_onto_block_volumes_or_without_a
         blank: Some(ido_api::BlankSource {}),
         ..Default::default()
     };
-    let mut di = archive(disk_import("blank-disk", blank, sized("1Gi")));
+    let mut di = archive(disk_import("blank-disk", blank.clone(), sized("1Gi")));
     di.spec.content_type = Some(ContentType::Kubevirt);
     ctx.store.create(&di).await.unwrap();
     let (_, di) = step(&ctx, "blank-disk").await;
+    // A blank disk on a Filesystem claim is a sparse disk.img the importer makes.
+    assert_eq!(status(&di).phase, DiskImportPhase::ImportScheduled);
+    let job = ctx
+        .store
+        .get::<Job>(Some(NS), "importer-blank-disk")
+        .await
+        .unwrap()
+        .expect("an importer for the blank disk");
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(args[..3], ["import", "blank:", "/data/disk.img"]);
+    assert!(
+        args.contains(&"--size".to_string()) && !args.contains(&"--resume".to_string()),
+        "{args:?}"
+    );
+    // On a Block claim it is the claim itself, unless preallocated.
+    let mut block = sized("1Gi");
+    block.volume_mode = Some(ido_api::VolumeMode::Block);
+    ctx.store
+        .create(&disk_import("blank-block", blank.clone(), block.clone()))
+        .await
+        .unwrap();
+    let (_, di) = step(&ctx, "blank-block").await;
     assert_eq!(status(&di).phase, DiskImportPhase::Succeeded);
+    let mut zeroed = disk_import("blank-zeroed", blank, block);
+    zeroed.spec.preallocation = Some(true);
+    ctx.store.create(&zeroed).await.unwrap();
+    let (_, di) = step(&ctx, "blank-zeroed").await;
+    assert_eq!(status(&di).phase, DiskImportPhase::ImportScheduled);
+    let job = ctx
+        .store
+        .get::<Job>(Some(NS), "importer-blank-zeroed")
+        .await
+        .unwrap()
+        .unwrap();
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(args[..3], ["import", "blank:", "/dev/ido-disk"]);
+    assert!(args.contains(&"--preallocate".to_string()), "{args:?}");
 }

@@ -300,15 +300,17 @@ async fn a_failed_job_fails_the_import_with_the_importers_message() {
 }
 
 #[tokio::test]
-async fn blank_disks_are_a_claim_only() {
+async fn blank_block_disks_are_a_claim_only() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(dir.path());
     let blank = DiskImportSource {
         blank: Some(ido_api::BlankSource {}),
         ..Default::default()
     };
+    let mut storage = sized("5Gi");
+    storage.volume_mode = Some(ido_api::VolumeMode::Block);
     ctx.store
-        .create(&disk_import("scratch", blank, sized("5Gi")))
+        .create(&disk_import("scratch", blank, storage))
         .await
         .unwrap();
     let (_, di) = step(&ctx, "scratch").await;
@@ -361,7 +363,7 @@ async fn ido_run_stores_the_claim_and_job_and_follows_the_jobs_status() {
     let row = report.rows.iter().find(|r| r.kind == "DiskImport").unwrap();
     assert_eq!(row.state, "ImportScheduled");
     assert!(
-        row.message.contains("importer Job importer-fedora stored"),
+        row.message.contains("importer Job importer-fedora"),
         "{}",
         row.message
     );
