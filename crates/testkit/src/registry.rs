@@ -206,6 +206,12 @@ impl DockerRegistry {
         self.dir.path().join("data")
     }
 
+    /// Its log: warnings and errors, and the access log (one combined-format line per
+    /// request, e.g. `"PUT /v2/app/manifests/1.0 HTTP/1.1" 201`).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
     fn http_client(&self) -> anyhow::Result<reqwest::Client> {
         crate::install_crypto_provider();
         match &self.ca {
