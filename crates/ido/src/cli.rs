@@ -1,4 +1,4 @@
-//! Command-line interface: `ido run`, `ido operator`, `ido crds`.
+//! Command-line interface: `ido run`, `ido operator`, `ido crds`, `ido cache`, …
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -41,6 +41,9 @@ enum Command {
     Import(crate::import::ImportArgs),
     /// Print the CustomResourceDefinitions (YAML).
     Crds,
+    /// List the image cache's copies (CachedImages) of a state directory: where each is, and
+    /// which workloads keep it.
+    Cache(crate::cache::CacheArgs),
 }
 
 /// Configuration shared by `run` and `operator`.
@@ -293,6 +296,7 @@ async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitC
         Command::Tags(args) => crate::sync::tags_cmd(args).await,
         Command::Sync(args) => crate::sync::sync_cmd(args).await,
         Command::Import(args) => crate::import::import_cmd(args).await,
+        Command::Cache(args) => crate::cache::cache_cmd(args).await,
         Command::Operator(args) => operator_cmd(args, stop).await,
     }
 }
