@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::future::join_all;
+use futures::{FutureExt, future::join_all};
 use ido_api::{ClusterImageCachePolicy, ImageCachePolicy, imagecache::CacheMode};
 use ido_oci::{Reference, registry::Registry};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
@@ -68,8 +68,13 @@ pub struct Admission<S: Store> {
     policies: RwLock<Arc<Vec<Arc<Live>>>>,
     /// Copy reference → (digest if present, when learnt).
     known: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    /// Lookups running now, by copy reference.
+    inflight: Mutex<HashMap<String, Lookup>>,
     queued: Mutex<HashMap<String, Instant>>,
 }
+
+/// A lookup at the cache that several requests may wait for.
+type Lookup = futures::future::Shared<futures::future::BoxFuture<'static, Option<String>>>;
 
 impl<S: Store> Admission<S> {
     pub fn new(ctx: Arc<Context<S>>) -> Arc<Self> {
@@ -77,6 +82,7 @@ impl<S: Store> Admission<S> {
             ctx,
             policies: RwLock::default(),
             known: Mutex::default(),
+            inflight: Mutex::default(),
             queued: Mutex::default(),
         })
     }
@@ -231,15 +237,31 @@ impl<S: Store> Admission<S> {
                 return digest.clone();
             }
         }
-        let digest = tokio::time::timeout(LOOKUP_TIMEOUT, registry.manifest_digest(copy))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
+        // One HEAD per copy at a time: requests that arrive while it runs wait for it.
+        let pending = {
+            let mut inflight = self.inflight.lock().expect("lock");
+            inflight
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let (registry, copy) = (registry.clone(), copy.clone());
+                    async move {
+                        tokio::time::timeout(LOOKUP_TIMEOUT, registry.manifest_digest(&copy))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten()
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let digest = pending.await;
         self.known
             .lock()
             .expect("lock")
-            .insert(key, (digest.clone(), Instant::now()));
+            .insert(key.clone(), (digest.clone(), Instant::now()));
+        self.inflight.lock().expect("lock").remove(&key);
         digest
     }
 
