@@ -408,14 +408,9 @@ impl Config {
         let providers = self.providers()?;
         providers.bind_disk_imports(crate::diskimport::StoreDiskImports::shared(store.clone()));
         Ok(crate::Context {
-            store,
             providers,
             source: self.source()?,
-            settings: self.settings()?,
-            metrics: crate::metrics::Metrics::default(),
-            seen_releases: Default::default(),
-            tasks: Default::default(),
-            cache_copies: Default::default(),
+            ..crate::Context::new(store, self.settings()?)
         })
     }
 }

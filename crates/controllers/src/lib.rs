@@ -131,6 +131,23 @@ pub struct Context<S: Store> {
     pub cache_copies: imagecache::CopySlots,
 }
 
+impl<S: Store> Context<S> {
+    /// A context over `store` with `settings`: no provider, no S3 source, its own metrics,
+    /// tasks and caches. Set the other fields with struct update syntax.
+    pub fn new(store: S, settings: Settings) -> Self {
+        Self {
+            store,
+            providers: Providers::default(),
+            source: None,
+            settings,
+            metrics: metrics::Metrics::default(),
+            seen_releases: SeenReleases::default(),
+            tasks: Arc::default(),
+            cache_copies: imagecache::CopySlots::default(),
+        }
+    }
+}
+
 /// When each Release was last found to exist, so that the image controller, which checks
 /// the Releases a NodeImage lists on every reconcile, asks the store again only after
 /// [`SeenReleases::FRESH`] (a NodeImage listing 10 Releases is reconciled once per Release

@@ -16,7 +16,6 @@ use ido_controllers::{
     Context, Settings,
     file_store::FileStore,
     imagesync::{self, SyncKind, sort_tags},
-    metrics::Metrics,
     run::{Manifest, apply, load_manifests},
     store::Store,
 };
@@ -133,16 +132,7 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let _lock = ido_controllers::file_store::StateLock::acquire(&state, args.wait_lock).await?;
     let store = FileStore::open(&state).with_context(|| format!("opening state {}", state.display()))?;
     apply(&store, &manifests).await?;
-    let ctx = Context {
-        store,
-        providers: Default::default(),
-        source: None,
-        settings: Settings::default(),
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
-    };
+    let ctx = Context::new(store, Settings::default());
     let ctx = &ctx;
     let results: Vec<anyhow::Result<(bool, String)>> = stream::iter(&names)
         .map(|(image, (ns, name))| async move {

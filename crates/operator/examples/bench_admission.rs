@@ -52,7 +52,7 @@ use ido_controllers::{
     Action, Context, Settings,
     file_store::FileStore,
     imagecache::{admission::Admission, cached},
-    metrics::{CacheCopyLabels, Metrics},
+    metrics::CacheCopyLabels,
     store::Store,
 };
 use ido_operator::{tls, webhook};
@@ -493,19 +493,13 @@ fn context(dir: &Path, policy: &ClusterImageCachePolicy) -> anyhow::Result<Arc<C
     let _ = std::fs::remove_dir_all(dir);
     let store = FileStore::open(dir)?;
     store.apply(policy)?;
-    Ok(Arc::new(Context {
+    Ok(Arc::new(Context::new(
         store,
-        providers: Default::default(),
-        source: None,
-        settings: Settings {
+        Settings {
             image_cache: true,
             ..Settings::default()
         },
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
-    }))
+    )))
 }
 
 /// Requests of the access log of `reg` from line `from` on: `METHOD path` for each.

@@ -271,14 +271,10 @@ fn operator_context(client: &Client, parts: ContextParts, identity: &str) -> Arc
         store.clone(),
     ));
     Arc::new(Context {
-        store,
         providers,
         source,
-        settings,
         metrics,
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
+        ..Context::new(store, settings)
     })
 }
 

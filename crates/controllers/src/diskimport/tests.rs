@@ -7,7 +7,6 @@ use ido_api::{
     DiskImportSource, DiskImportSpec, HttpSource, RegistrySource, S3Source, StorageSpec, VolumeMode,
     diskimport::ContentType,
 };
-use ido_providers::Providers;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 use tokio::{
@@ -16,29 +15,23 @@ use tokio::{
 };
 
 use super::*;
-use crate::{Settings, file_store::FileStore, metrics::Metrics, store::Object};
+use crate::{Settings, file_store::FileStore, store::Object};
 
 const NS: &str = "vms";
 const PASSWORD: &str = "s3cr3t-pw-never-shown";
 
 fn context(dir: &std::path::Path) -> Context<FileStore> {
     ido_testkit::install_crypto_provider();
-    Context {
-        store: FileStore::open(dir).unwrap(),
-        providers: Providers::default(),
-        source: None,
-        settings: Settings {
+    Context::new(
+        FileStore::open(dir).unwrap(),
+        Settings {
             disk_import: ImporterSettings {
                 image: "ido:test".into(),
                 ..ImporterSettings::default()
             },
             ..Settings::default()
         },
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
-    }
+    )
 }
 
 fn disk_import(name: &str, source: DiskImportSource, storage: StorageSpec) -> DiskImport {

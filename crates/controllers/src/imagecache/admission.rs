@@ -328,21 +328,12 @@ fn to_json(r: AdmissionResponse) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Settings, file_store::FileStore, metrics::Metrics};
+    use crate::{Settings, file_store::FileStore};
     use ido_api::CachedImage;
     use serde_json::json;
 
     fn context(dir: &std::path::Path) -> Arc<Context<FileStore>> {
-        Arc::new(Context {
-            store: FileStore::open(dir).unwrap(),
-            providers: Default::default(),
-            source: None,
-            settings: Settings::default(),
-            metrics: Metrics::default(),
-            seen_releases: Default::default(),
-            tasks: Default::default(),
-            cache_copies: Default::default(),
-        })
+        Arc::new(Context::new(FileStore::open(dir).unwrap(), Settings::default()))
     }
 
     fn review(uid: usize, ns: &str, image: &str, dry_run: bool) -> Vec<u8> {

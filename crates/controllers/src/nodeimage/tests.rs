@@ -8,7 +8,7 @@ use ido_io::s3::S3Object;
 use ido_providers::{Providers, SourceFormat, Template};
 
 use super::*;
-use crate::{Settings, file_store::FileStore, metrics::Metrics};
+use crate::{Settings, file_store::FileStore};
 
 /// Templates in memory; deletions recorded; `fail_delete` makes deletions fail; with
 /// `hang_uploads` an upload never ends (it counts its starts, and its drops in `dropped`).
@@ -69,14 +69,8 @@ fn context(dir: &std::path::Path, provider: Option<Arc<Mem>>) -> Arc<Context<Fil
         providers.insert(p);
     }
     Arc::new(Context {
-        store: FileStore::open(dir).unwrap(),
         providers,
-        source: None,
-        settings: Settings::default(),
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
+        ..Context::new(FileStore::open(dir).unwrap(), Settings::default())
     })
 }
 

@@ -5,8 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use ido_api::{ImageSync, ImageSyncSpec, SecretReference, SyncEndpoint, SyncMode};
-use ido_controllers::{Action, Context, Settings, imagesync, metrics::Metrics, store::Store};
-use ido_providers::Providers;
+use ido_controllers::{Action, Context, Settings, imagesync, store::Store};
 use ido_testkit::{
     oci_image::{build_layout, push_layout},
     registry::{DockerRegistry, RegistryOptions, skopeo_raw},
@@ -65,19 +64,13 @@ fn sync_spec(source: SyncEndpoint, destination: SyncEndpoint, concurrency: u32) 
 
 /// The reconcilers' context over the API server as `client`, for the test's namespace.
 fn sync_context(env: &Env, client: kube::Client) -> std::sync::Arc<Context<ido_operator::KubeStore>> {
-    std::sync::Arc::new(Context {
-        store: store(env, client),
-        providers: Providers::default(),
-        source: None,
-        settings: Settings {
+    std::sync::Arc::new(Context::new(
+        store(env, client),
+        Settings {
             namespace: env.ns.clone(),
             ..Settings::default()
         },
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
-    })
+    ))
 }
 
 #[tokio::test]

@@ -25,14 +25,10 @@ async fn reconcilers_run_through_the_kube_store() {
     let provider = Arc::new(MemProvider::default());
     let p = parts(provider.clone(), s3_source().await, Metrics::default(), ns);
     let ctx = Arc::new(Context {
-        store: store(&env, env.operator_client().await),
         providers: p.providers,
         source: p.source,
-        settings: p.settings,
         metrics: p.metrics,
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
+        ..Context::new(store(&env, env.operator_client().await), p.settings)
     });
     env.create(&release(&rel_name)).await;
 

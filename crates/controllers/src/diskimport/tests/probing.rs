@@ -133,16 +133,7 @@ async fn the_kubevirt_provider_imports_through_disk_imports_in_the_store() {
 
     // The "cluster": reconciles DiskImports and completes importer Jobs once they exist.
     let cluster = {
-        let ctx = Context {
-            store: ctx.store.clone(),
-            providers: Providers::default(),
-            source: None,
-            settings: ctx.settings.clone(),
-            metrics: Metrics::default(),
-            seen_releases: Default::default(),
-            tasks: Default::default(),
-            cache_copies: Default::default(),
-        };
+        let ctx = Context::new(ctx.store.clone(), ctx.settings.clone());
         tokio::spawn(async move {
             loop {
                 if let Some(di) = ctx.store.get::<DiskImport>(Some(NS), image).await.unwrap() {

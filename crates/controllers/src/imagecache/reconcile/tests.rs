@@ -8,23 +8,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::json;
 
 use super::*;
-use crate::{Settings, file_store::FileStore, metrics::Metrics};
+use crate::{Settings, file_store::FileStore};
 
 fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
 }
 
 fn context(dir: &std::path::Path) -> Arc<Context<FileStore>> {
-    Arc::new(Context {
-        store: FileStore::open(dir).unwrap(),
-        providers: Default::default(),
-        source: None,
-        settings: Settings::default(),
-        metrics: Metrics::default(),
-        seen_releases: Default::default(),
-        tasks: Default::default(),
-        cache_copies: Default::default(),
-    })
+    Arc::new(Context::new(FileStore::open(dir).unwrap(), Settings::default()))
 }
 
 fn policy(spec: serde_json::Value) -> ImageCachePolicy {
