@@ -95,11 +95,11 @@ pub mod reasons {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: delete the DiskImport and create it again"))]
-#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || (!has(self.source.blank) && !has(self.source.registry))").message("contentType archive is not allowed with blank or registry sources"))]
+#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || (!has(self.source.blank) && !has(self.source.registry) && !has(self.source.pvc))").message("contentType archive is not allowed with blank, registry or pvc sources"))]
 #[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || !has(self.storage) || !has(self.storage.volumeMode) || self.storage.volumeMode != 'Block'").message("contentType archive unpacks into a filesystem: storage.volumeMode Block is not allowed"))]
 #[serde(rename_all = "camelCase")]
 pub struct DiskImportSpec {
-    /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`.
+    /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`, `pvc`.
     pub source: DiskImportSource,
     /// What the source holds (CDI's `contentType`): `kubevirt` (the default), a VM disk
     /// image converted to raw; `archive`, a tar (plain, gz, xz, zst or bz2) unpacked into the
@@ -118,7 +118,7 @@ pub struct DiskImportSpec {
 
 /// The source: exactly one member is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank"))]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank), has(self.pvc)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank, pvc"))]
 pub struct DiskImportSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSource>,
@@ -128,6 +128,21 @@ pub struct DiskImportSource {
     pub registry: Option<RegistrySource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blank: Option<BlankSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcSource>,
+}
+
+/// A claim whose disk is copied (CDI's `source.pvc`, a host-assisted clone): its
+/// `disk.img` (Filesystem) or the device itself (Block), byte for byte, sparse. It must be
+/// in the DiskImport's namespace; a claim another DiskImport fills is copied once that
+/// import has succeeded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    /// The claim's namespace (default: the DiskImport's; no other is supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
 }
 
 /// An image at an HTTP(S) URL.
@@ -180,7 +195,8 @@ pub struct RegistrySource {
     pub platform: Option<String>,
 }
 
-/// An empty disk: the claim only (KubeVirt creates `disk.img` on a Filesystem claim).
+/// An empty disk of `storage.size`: a sparse `disk.img` on a Filesystem claim, the claim
+/// itself in Block mode (zeroed with `preallocation`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BlankSource {}
 
@@ -324,6 +340,7 @@ impl DiskImportSource {
             self.s3.as_ref().map(SourceKind::S3),
             self.registry.as_ref().map(SourceKind::Registry),
             self.blank.as_ref().map(|_| SourceKind::Blank),
+            self.pvc.as_ref().map(SourceKind::Pvc),
         ]
         .into_iter()
         .flatten()
@@ -332,11 +349,11 @@ impl DiskImportSource {
             [one] => Ok(*one),
             [] => Err(crate::FieldError::new(
                 "spec.source",
-                "one of http, s3, registry, blank is required",
+                "one of http, s3, registry, blank, pvc is required",
             )),
             _ => Err(crate::FieldError::new(
                 "spec.source",
-                "exactly one of http, s3, registry, blank may be set",
+                "exactly one of http, s3, registry, blank, pvc may be set",
             )),
         }
     }
@@ -349,6 +366,7 @@ pub enum SourceKind<'a> {
     S3(&'a S3Source),
     Registry(&'a RegistrySource),
     Blank,
+    Pvc(&'a PvcSource),
 }
 
 #[cfg(test)]
@@ -427,8 +445,8 @@ spec:
             "certConfigMap",
             "volumeMode",
             "self == oldSelf",
-            "exactly one of http, s3, registry, blank",
-            "contentType archive is not allowed with blank or registry sources",
+            "exactly one of http, s3, registry, blank, pvc",
+            "contentType archive is not allowed with blank, registry or pvc sources",
             "root of a Filesystem claim. `archive` is not allowed",
             "storage.volumeMode Block is not allowed",
             "- kubevirt",

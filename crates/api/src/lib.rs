@@ -28,7 +28,7 @@ pub mod release;
 pub use condition::{Condition, ConditionStatus};
 pub use diskimport::{
     BlankSource, DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, DiskImportStatus, HttpSource,
-    RegistrySource, S3Source, SourceKind, StorageSpec, VolumeMode,
+    PvcSource, RegistrySource, S3Source, SourceKind, StorageSpec, VolumeMode,
 };
 pub use imagecache::{
     CachePhase, CachePolicy, CachePolicyStatus, CachedImage, CachedImageSpec, CachedImageStatus,

@@ -6,7 +6,8 @@
 //!                     never for an archive, whose size is required)
 //!    ──▶ PersistentVolumeClaim <name>         (owned; Filesystem: size + overhead;
 //!                                              archive: Filesystem, the size as it is)
-//!    ──▶ Job importer-<name>: ido import …     (owned; blank: `blank:`, no Job for a
+//!    ──▶ Job importer-<name>: ido import …     (owned; a clone: the source claim mounted
+//!                                              read-only once it is filled; blank: `blank:`, no Job for a
 //!                                              Block claim without preallocation; archive:
 //!                                              `--content-type archive SOURCE /data`)
 //!    Job/pod status ──▶ phase, restartCount, conditions Ready/Running/Bound, events
@@ -241,8 +242,12 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         progress: None,
     };
 
+    let source_block = match di.spec.source.kind() {
+        Ok(SourceKind::Pvc(c)) => clone_source(di, ctx, &c.name, size).await?,
+        _ => false,
+    };
     // A blank Block claim without preallocation: the claim is the disk.
-    let Some(want) = importer_job(di, settings, size) else {
+    let Some(want) = importer_job(di, settings, size, source_block) else {
         out.phase = DiskImportPhase::Succeeded;
         out.ready = (ConditionStatus::True, reasons::COMPLETED, "blank disk".into());
         out.running = (ConditionStatus::False, reasons::COMPLETED, String::new());
@@ -251,6 +256,50 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
 
     let job = ensure_job(di, ctx, &want, size).await?;
     follow_job(di, ctx, &job, size, out).await
+}
+
+/// A clone's source claim, ready to be read: whether it is a Block one. Pending while it
+/// is missing, or while the DiskImport that fills it has not succeeded.
+async fn clone_source<S: Store>(
+    di: &DiskImport,
+    ctx: &Context<S>,
+    name: &str,
+    size: u64,
+) -> Result<bool, Observed> {
+    let ns = di.metadata.namespace.as_deref().unwrap_or_default();
+    let wait = |message: String| {
+        let mut o = Outcome::pending(reasons::PENDING, message);
+        o.size = Some(size);
+        (o, Action::Requeue(Duration::from_secs(5)))
+    };
+    let claim = ctx
+        .store
+        .get::<PersistentVolumeClaim>(Some(ns), name)
+        .await
+        .map_err(|e| store_failed(size, "reading the source claim", e))?
+        .ok_or_else(|| wait(format!("the source claim {ns}/{name} does not exist yet")))?;
+    let filler = claim
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.kind == "DiskImport" && r.controller == Some(true))
+        .map(|r| r.name.clone());
+    if let Some(filler) = filler {
+        let done = ctx
+            .store
+            .get::<DiskImport>(Some(ns), &filler)
+            .await
+            .map_err(|e| store_failed(size, "reading the source claim's DiskImport", e))?
+            .and_then(|d| d.status)
+            .is_some_and(|st| st.phase == DiskImportPhase::Succeeded);
+        if !done {
+            return Err(wait(format!(
+                "the source claim {ns}/{name} is being filled by DiskImport {filler}; cloned once that succeeds"
+            )));
+        }
+    }
+    Ok(claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block"))
 }
 
 /// Pending after a failed store call: retried in 30 s.

@@ -73,7 +73,9 @@ async fn run_imports_disks_into_local_volumes() {
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: auth, namespace: vms}}\nstringData: {{accessKeyId: importer, secretKey: s3cr3t-pw}}\n---\n\
 apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: fedora, namespace: vms}}\nspec:\n  source:\n    http: {{url: \"{url}\", secretRef: auth, checksum: \"{sum}\"}}\n  storage: {{size: 128Mi}}\n---\n\
 apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: raw, namespace: vms}}\nspec:\n  source:\n    http: {{url: \"{url}\", secretRef: auth}}\n  storage: {{size: 128Mi, volumeMode: Block}}\n---\n\
-apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: scratch, namespace: vms}}\nspec:\n  source: {{blank: {{}}}}\n  storage: {{size: 32Mi}}\n"
+apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: scratch, namespace: vms}}\nspec:\n  source: {{blank: {{}}}}\n  storage: {{size: 32Mi}}\n---\n\
+apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: copy, namespace: vms}}\nspec:\n  source: {{pvc: {{name: fedora}}}}\n  storage: {{size: 128Mi}}\n---\n\
+apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: from-block, namespace: vms}}\nspec:\n  source: {{pvc: {{name: raw, namespace: vms}}}}\n  storage: {{size: 128Mi}}\n"
     );
     std::fs::write(&manifest, &good).unwrap();
     let volume = format!("vms/raw={}", block.display());
@@ -81,7 +83,7 @@ apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: scratch, names
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert!(o.status.success(), "{out}\n{err}");
     assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"), "{out}\n{err}");
-    for name in ["fedora", "raw", "scratch"] {
+    for name in ["fedora", "raw", "scratch", "copy", "from-block"] {
         assert_eq!(
             stored(&state, name)["status"]["phase"],
             "Succeeded",
@@ -100,6 +102,12 @@ apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: scratch, names
         &oracle,
         "Block claim vs qemu-img",
     );
+    // Clones, once their sources were filled: Filesystem → Filesystem, Block → Filesystem.
+    for name in ["copy", "from-block"] {
+        let path = state.join(format!("volumes/vms/{name}/disk.img"));
+        assert_same(&std::fs::read(&path).unwrap(), &oracle, &format!("clone {name}"));
+    }
+    assert_sparse(&state.join("volumes/vms/copy/disk.img"));
     // A blank disk: a sparse disk.img of the size.
     let blank = std::fs::metadata(state.join("volumes/vms/scratch/disk.img")).unwrap();
     assert_eq!(blank.len(), 32 << 20);

@@ -28,6 +28,10 @@ pub const DATA_DIR: &str = "/data";
 pub const DISK_FILE: &str = "/data/disk.img";
 /// The device path of a Block claim in the importer.
 pub const DEVICE: &str = "/dev/ido-disk";
+/// Where a cloned Filesystem claim is mounted (read-only).
+pub const SOURCE_DIR: &str = "/source";
+/// The device path of a cloned Block claim.
+pub const SOURCE_DEVICE: &str = "/dev/ido-source";
 /// Where the source's Secret is mounted.
 pub const CREDENTIALS_DIR: &str = "/var/run/ido/source-credentials";
 /// Where the source's CA ConfigMap is mounted.
@@ -148,6 +152,7 @@ struct SourcePlan {
     args: Vec<String>,
     volumes: Vec<Value>,
     mounts: Vec<Value>,
+    devices: Vec<Value>,
 }
 
 impl SourcePlan {
@@ -176,11 +181,12 @@ fn cred(f: &str) -> String {
     format!("{CREDENTIALS_DIR}/{f}")
 }
 
-fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
+fn source_plan(di: &DiskImport, source_block: bool) -> Option<SourcePlan> {
     let mut p = SourcePlan {
         args: vec![],
         volumes: vec![],
         mounts: vec![],
+        devices: vec![],
     };
     match di.spec.source.kind().ok()? {
         SourceKind::Http(h) => {
@@ -246,6 +252,24 @@ fn source_plan(di: &DiskImport) -> Option<SourcePlan> {
                 return None;
             }
             p.args.push("blank:".into());
+        }
+        // A clone: the source claim read-only beside the target, its disk copied byte for
+        // byte (`--format raw`: a disk's content is never taken for an image format).
+        SourceKind::Pvc(c) => {
+            p.volumes.push(json!({
+                "name": "source",
+                "persistentVolumeClaim": {"claimName": c.name, "readOnly": true},
+            }));
+            if source_block {
+                p.devices
+                    .push(json!({"name": "source", "devicePath": SOURCE_DEVICE}));
+                p.args.push(SOURCE_DEVICE.into());
+            } else {
+                p.mounts
+                    .push(json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true}));
+                p.args.push(format!("{SOURCE_DIR}/disk.img"));
+            }
+            p.args.extend(["--format".to_string(), "raw".to_string()]);
         }
     }
     Some(p)
@@ -313,6 +337,7 @@ fn importer_container(
     settings: &ImporterSettings,
     args: Vec<String>,
     mounts: Vec<Value>,
+    devices: Vec<Value>,
     mode: VolumeMode,
 ) -> Value {
     let mut container = json!({
@@ -337,16 +362,27 @@ fn importer_container(
             container["volumeDevices"] = json!([{"name": "disk", "devicePath": DEVICE}]);
         }
     }
+    if !devices.is_empty() {
+        let mut all = container["volumeDevices"].as_array().cloned().unwrap_or_default();
+        all.extend(devices);
+        container["volumeDevices"] = Value::Array(all);
+    }
     if let Some(r) = &settings.resources {
         container["resources"] = serde_json::to_value(r).expect("resources serialize");
     }
     container
 }
 
-/// The importer Job of `di` for a disk of `size` bytes; `None` for a blank Block claim
-/// without preallocation (no importer: the claim is the disk).
-pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> Option<Job> {
-    let plan = source_plan(di)?;
+/// The importer Job of `di` for a disk of `size` bytes (`source_block`: a cloned claim is
+/// a Block one); `None` for a blank Block claim without preallocation (no importer: the
+/// claim is the disk).
+pub fn importer_job(
+    di: &DiskImport,
+    settings: &ImporterSettings,
+    size: u64,
+    source_block: bool,
+) -> Option<Job> {
+    let plan = source_plan(di, source_block)?;
     let mode = volume_mode(di);
     let args = importer_args(di, &plan, mode, size);
     let mut volumes = vec![json!({
@@ -354,7 +390,7 @@ pub fn importer_job(di: &DiskImport, settings: &ImporterSettings, size: u64) -> 
         "persistentVolumeClaim": {"claimName": di.metadata.name},
     })];
     volumes.extend(plan.volumes);
-    let container = importer_container(settings, args, plan.mounts, mode);
+    let container = importer_container(settings, args, plan.mounts, plan.devices, mode);
     let labels = labels(di);
     let job = json!({
         "apiVersion": "batch/v1",

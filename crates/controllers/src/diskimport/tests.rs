@@ -130,6 +130,7 @@ fn args(job: &Job) -> Vec<String> {
 }
 
 mod archive;
+mod clone;
 mod lifecycle;
 mod probing;
 mod sources;

@@ -22,6 +22,29 @@ pub(super) fn validate(di: &DiskImport) -> Result<(), FieldError> {
                 return Err(FieldError::new("spec.storage.size", "required for a blank disk"));
             }
         }
+        SourceKind::Pvc(p) => {
+            if p.namespace
+                .as_ref()
+                .is_some_and(|ns| Some(ns) != di.metadata.namespace.as_ref())
+            {
+                return Err(FieldError::new(
+                    "spec.source.pvc.namespace",
+                    "a claim of another namespace cannot be cloned; clone within the DiskImport's namespace",
+                ));
+            }
+            if let Some(reason) = ido_api::names::subdomain_error(&p.name) {
+                return Err(FieldError::new(
+                    "spec.source.pvc.name",
+                    format!("{:?}: {reason}", p.name),
+                ));
+            }
+            if di.spec.storage.size.is_none() {
+                return Err(FieldError::new(
+                    "spec.storage.size",
+                    "required for a clone (at least the source disk's size)",
+                ));
+            }
+        }
     }
     if di.spec.content_type() == ContentType::Archive {
         validate_archive(di)?;
@@ -84,10 +107,10 @@ fn validate_http(h: &HttpSource) -> Result<(), FieldError> {
 fn validate_archive(di: &DiskImport) -> Result<(), FieldError> {
     // The CEL rules say so too; `ido run` has no API server to check them.
     match di.spec.source.kind()? {
-        SourceKind::Blank | SourceKind::Registry(_) => {
+        SourceKind::Blank | SourceKind::Registry(_) | SourceKind::Pvc(_) => {
             return Err(FieldError::new(
                 "spec.contentType",
-                "archive is not allowed with blank or registry sources",
+                "archive is not allowed with blank, registry or pvc sources",
             ));
         }
         SourceKind::Http(_) | SourceKind::S3(_) => {}

@@ -123,7 +123,7 @@ fn importer_job_arguments_parse() {
                 "spec": {"source": source, "storage": {"size": "1Gi", "volumeMode": mode}, "preallocation": prealloc},
             }))
             .unwrap();
-            let job = importer_job(&di, &ImporterSettings::default(), 1 << 30).expect("a job");
+            let job = importer_job(&di, &ImporterSettings::default(), 1 << 30, false).expect("a job");
             let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
             let args = c.args.clone().or(c.command.clone()).unwrap();
             let at = args
@@ -149,7 +149,7 @@ fn importer_job_arguments_parse() {
             "spec": {"source": source, "contentType": "archive", "storage": {"size": "1Gi"}, "preallocation": true},
         }))
         .unwrap();
-        let job = importer_job(&di, &ImporterSettings::default(), 1 << 30).expect("a job");
+        let job = importer_job(&di, &ImporterSettings::default(), 1 << 30, false).expect("a job");
         let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
         let args = c.args.clone().unwrap();
         let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
