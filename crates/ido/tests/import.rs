@@ -593,3 +593,46 @@ async fn a_second_signal_exits_at_once() {
     assert!(err.contains("exiting at once"), "{err}");
     assert!(t.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// `ido import blank:`: a sparse disk of --size, allocated with --preallocate; without
+/// --size it is refused naming the flag, and an existing file is kept unless --force.
+#[tokio::test]
+async fn blank_disks_are_sparse_or_preallocated() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sparse = d.join("sparse.img");
+    let o = ido(&["blank:", sparse.to_str().unwrap(), "--size", "16Mi"], None).await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let m = std::fs::metadata(&sparse).unwrap();
+    assert_eq!(m.len(), 16 << 20);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "sparse: {} bytes used",
+        m.blocks() * 512
+    );
+    let full = d.join("full.img");
+    let o = ido(
+        &[
+            "blank:",
+            full.to_str().unwrap(),
+            "--size",
+            "16Mi",
+            "--preallocate",
+        ],
+        None,
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(std::fs::metadata(&full).unwrap().blocks() * 512 >= 16 << 20);
+    assert!(std::fs::read(&full).unwrap().iter().all(|b| *b == 0));
+
+    let o = ido(&["blank:", d.join("none.img").to_str().unwrap()], None).await;
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--size"), "{}", text(&o.stderr));
+    assert!(!d.join("none.img").exists());
+    let o = ido(&["blank:", sparse.to_str().unwrap(), "--size", "1Mi"], None).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 16 << 20, "kept");
+}
