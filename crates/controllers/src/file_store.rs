@@ -361,17 +361,7 @@ impl Store for FileStore {
     }
 
     async fn list<K: Object>(&self) -> Result<Vec<K>> {
-        let resource = format!("{}.{}", K::plural(&()), K::group(&()));
-        let vals: Vec<Value> = self
-            .inner
-            .lock()
-            .expect("lock")
-            .objects
-            .iter()
-            .filter(|(k, _)| k.resource == resource)
-            .map(|(_, v)| v.clone())
-            .collect();
-        vals.into_iter().map(decode).collect()
+        self.list_in::<K>(None).await
     }
 
     async fn list_in<K: Object>(&self, namespace: Option<&str>) -> Result<Vec<K>> {

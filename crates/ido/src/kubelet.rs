@@ -75,17 +75,11 @@ pub fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
     let (ns, name) = claim
         .split_once('/')
         .ok_or_else(|| format!("invalid --volume {s:?}: expected NAMESPACE/CLAIM=PATH"))?;
-    for (what, v) in [("namespace", ns), ("claim", name)] {
-        if let Some(reason) = ido_api::names::label_error(v)
-            .filter(|_| what == "namespace")
-            .or_else(|| {
-                (what == "claim")
-                    .then(|| ido_api::names::subdomain_error(v))
-                    .flatten()
-            })
-        {
-            return Err(format!("invalid --volume {s:?}: {what} {v:?}: {reason}"));
-        }
+    let bad = ido_api::names::label_error(ns)
+        .map(|r| format!("namespace {ns:?}: {r}"))
+        .or_else(|| ido_api::names::subdomain_error(name).map(|r| format!("claim {name:?}: {r}")));
+    if let Some(reason) = bad {
+        return Err(format!("invalid --volume {s:?}: {reason}"));
     }
     if path.is_empty() {
         return Err(format!("invalid --volume {s:?}: the path is empty"));

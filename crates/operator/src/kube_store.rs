@@ -98,16 +98,6 @@ impl KubeStore {
         };
         Request::new(K::url_path(&(), ns))
     }
-
-    /// Request builder for the collection `list` reads.
-    fn list_request<K: Object>(&self) -> Request {
-        let ns = if is_namespaced::<K>() {
-            self.namespace.as_deref()
-        } else {
-            None
-        };
-        Request::new(K::url_path(&(), ns))
-    }
 }
 
 /// Whether `K` lives in namespaces.
@@ -222,17 +212,9 @@ impl Store for KubeStore {
         }
     }
 
+    /// A namespaced kind is listed in the store's namespace.
     async fn list<K: Object>(&self) -> Result<Vec<K>> {
-        let req = self
-            .list_request::<K>()
-            .list(&ListParams::default())
-            .map_err(|e| build_err::<K>("list", "", e))?;
-        let list: ObjectList<K> = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| map_err::<K>("list", "", e))?;
-        Ok(list.items)
+        self.list_in::<K>(self.namespace.as_deref()).await
     }
 
     async fn list_in<K: Object>(&self, namespace: Option<&str>) -> Result<Vec<K>> {

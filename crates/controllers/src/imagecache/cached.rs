@@ -92,7 +92,8 @@ pub async fn reconcile<S: Store>(ci: &CachedImage, ctx: &Arc<Context<S>>) -> Res
         return Ok(Action::Requeue(ctx.settings.recheck));
     };
     let now = Timestamp::now();
-    if let Some(at) = expires_at(ci, &compiled)
+    let expires = expires_at(ci, &compiled);
+    if let Some(at) = expires
         && at <= now
     {
         let (task_ctx, ci) = (ctx.clone(), ci.clone());
@@ -114,7 +115,7 @@ pub async fn reconcile<S: Store>(ci: &CachedImage, ctx: &Arc<Context<S>>) -> Res
         }
         None => ctx.settings.recheck,
     };
-    let expiry = expires_at(ci, &compiled).map(|t| until(now, t));
+    let expiry = expires.map(|t| until(now, t));
     Ok(Action::Requeue(
         [Some(due), expiry, Some(ctx.settings.recheck)]
             .into_iter()

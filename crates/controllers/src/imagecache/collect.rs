@@ -38,6 +38,21 @@ pub enum Workload {
     CronJob(Box<CronJob>),
 }
 
+/// `$body` with `$o` bound to the workload's object (boxed), whatever its kind.
+macro_rules! each_kind {
+    ($w:expr, $o:ident => $body:expr) => {
+        match $w {
+            Workload::Pod($o) => $body,
+            Workload::Deployment($o) => $body,
+            Workload::StatefulSet($o) => $body,
+            Workload::DaemonSet($o) => $body,
+            Workload::ReplicaSet($o) => $body,
+            Workload::Job($o) => $body,
+            Workload::CronJob($o) => $body,
+        }
+    };
+}
+
 impl Workload {
     /// The kind, as `kubectl` spells it.
     pub fn kind(&self) -> &'static str {
@@ -54,15 +69,7 @@ impl Workload {
 
     /// The object's metadata.
     pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        match self {
-            Workload::Pod(o) => &o.metadata,
-            Workload::Deployment(o) => &o.metadata,
-            Workload::StatefulSet(o) => &o.metadata,
-            Workload::DaemonSet(o) => &o.metadata,
-            Workload::ReplicaSet(o) => &o.metadata,
-            Workload::Job(o) => &o.metadata,
-            Workload::CronJob(o) => &o.metadata,
-        }
+        each_kind!(self, o => &o.metadata)
     }
 
     /// The pod spec it runs (a Pod's own, else its template's).
@@ -140,28 +147,12 @@ impl Workload {
 
     /// Writes the workload back (its spec and metadata, in one update).
     pub async fn replace<S: crate::store::Store>(&self, store: &S) -> crate::store::Result<()> {
-        match self {
-            Workload::Pod(o) => store.replace(o.as_ref()).await.map(drop),
-            Workload::Deployment(o) => store.replace(o.as_ref()).await.map(drop),
-            Workload::StatefulSet(o) => store.replace(o.as_ref()).await.map(drop),
-            Workload::DaemonSet(o) => store.replace(o.as_ref()).await.map(drop),
-            Workload::ReplicaSet(o) => store.replace(o.as_ref()).await.map(drop),
-            Workload::Job(o) => store.replace(o.as_ref()).await.map(drop),
-            Workload::CronJob(o) => store.replace(o.as_ref()).await.map(drop),
-        }
+        each_kind!(self, o => store.replace(o.as_ref()).await.map(drop))
     }
 
     /// Records an event about the workload.
     pub async fn event<S: crate::store::Store>(&self, store: &S, event: crate::store::Event) {
-        match self {
-            Workload::Pod(o) => store.event(o.as_ref(), event).await,
-            Workload::Deployment(o) => store.event(o.as_ref(), event).await,
-            Workload::StatefulSet(o) => store.event(o.as_ref(), event).await,
-            Workload::DaemonSet(o) => store.event(o.as_ref(), event).await,
-            Workload::ReplicaSet(o) => store.event(o.as_ref(), event).await,
-            Workload::Job(o) => store.event(o.as_ref(), event).await,
-            Workload::CronJob(o) => store.event(o.as_ref(), event).await,
-        }
+        each_kind!(self, o => store.event(o.as_ref(), event).await)
     }
 
     /// Whether a controller owns it (a Pod of a ReplicaSet, a ReplicaSet of a Deployment, a
