@@ -66,7 +66,7 @@ pub use checksum::{Algorithm, Checksum};
 pub use detect::{Compression, DiskFormat};
 pub use ido_io::progress::{Report, ReportFn};
 pub use import::{ImportOptions, ImportReport, import};
-pub use source::{BasicAuth, HttpOptions, RetryPolicy, SourceSpec};
+pub use source::{BasicAuth, HttpOptions, RetryPolicy, SourceSpec, StreamSource};
 pub use target::TargetSpec;
 
 /// Errors of an import. Each variant has a stable label ([`Error::label`]) for metrics and

@@ -42,6 +42,50 @@ pub enum SourceSpec {
     S3(Box<S3Options>),
     /// The disk of a containerDisk image (`docker://REGISTRY/REPO:TAG`).
     Registry(Box<RegistryOptions>),
+    /// Bytes the caller hands over (an upload's request body), read once.
+    Stream(StreamSource),
+}
+
+/// A source whose bytes come from a reader the caller made (an upload's request body). It
+/// is read once: a second import of the same value fails. Nothing of it is random access,
+/// so a qcow2's out-of-order data is held in the reorder budget.
+#[derive(Clone)]
+pub struct StreamSource {
+    name: String,
+    total: Option<u64>,
+    reader: Arc<Mutex<Option<Box<dyn Read + Send>>>>,
+}
+
+impl StreamSource {
+    /// `name` is how the source is shown (`upload`), `total` its length when known.
+    pub fn new(name: impl Into<String>, total: Option<u64>, reader: Box<dyn Read + Send>) -> Self {
+        Self {
+            name: name.into(),
+            total,
+            reader: Arc::new(Mutex::new(Some(reader))),
+        }
+    }
+
+    fn take(&self) -> Result<Box<dyn Read + Send>> {
+        self.reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "source",
+                value: self.name.clone(),
+                reason: "this stream was read already".into(),
+            })
+    }
+}
+
+impl fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSource")
+            .field("name", &self.name)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SourceSpec {
@@ -101,7 +145,7 @@ impl SourceSpec {
             SourceSpec::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
             SourceSpec::Http(h) => last(h.url.path()),
             SourceSpec::S3(o) => last(&o.key),
-            SourceSpec::Stdin | SourceSpec::Registry(_) => None,
+            SourceSpec::Stdin | SourceSpec::Registry(_) | SourceSpec::Stream(_) => None,
         }
     }
 }
@@ -114,6 +158,7 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Http(h) => write!(f, "{}", http::redacted(&h.url)),
             SourceSpec::S3(o) => write!(f, "{o}"),
             SourceSpec::Registry(o) => write!(f, "{o}"),
+            SourceSpec::Stream(s) => f.write_str(&s.name),
         }
     }
 }
@@ -174,6 +219,7 @@ pub(crate) async fn open(spec: &SourceSpec, from: Option<&ResumeFrom>) -> Result
         SourceSpec::Http(opts) => http::open(opts, from).await,
         SourceSpec::S3(opts) => s3::open(opts, from).await,
         SourceSpec::Registry(opts) => registry::open(opts, &Default::default()).await,
+        SourceSpec::Stream(s) => Ok(Opened::whole(s.take()?, s.total)),
     }
 }
 
