@@ -72,7 +72,17 @@ or nothing, for `if`.
 
 {{/* The image cache's admission webhook: "true" with imageCache.enabled and imageCache.webhook.enabled. */}}
 {{- define "ido.webhook" -}}
+{{- if or (include "ido.cacheWebhook" .) (include "ido.upload" .) }}true{{ end }}
+{{- end }}
+
+{{/* The image cache's pod webhook. */}}
+{{- define "ido.cacheWebhook" -}}
 {{- if and .Values.imageCache.enabled .Values.imageCache.webhook.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Disk uploads (the upload endpoint, the upload token webhook). */}}
+{{- define "ido.upload" -}}
+{{- if and .Values.diskImport.enabled .Values.diskImport.upload.enabled }}true{{ end }}
 {{- end }}
 
 {{/* The webhook's Service: a DNS label, so 63 characters at most with its suffix. */}}

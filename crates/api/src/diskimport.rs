@@ -76,6 +76,10 @@ pub mod reasons {
     pub const SIZE_UNKNOWN: &str = Reason::SizeUnknown.as_str();
     /// The claim or Job could not be created.
     pub const CREATE_FAILED: &str = Reason::CreateFailed.as_str();
+    /// The upload pod is ready to take the upload.
+    pub const UPLOAD_READY: &str = Reason::UploadReady.as_str();
+    /// The operator serves no uploads (no upload key).
+    pub const UPLOAD_UNAVAILABLE: &str = Reason::UploadUnavailable.as_str();
 }
 
 /// An image imported into a PersistentVolumeClaim of the same name.
@@ -99,7 +103,7 @@ pub mod reasons {
 #[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || !has(self.storage) || !has(self.storage.volumeMode) || self.storage.volumeMode != 'Block'").message("contentType archive unpacks into a filesystem: storage.volumeMode Block is not allowed"))]
 #[serde(rename_all = "camelCase")]
 pub struct DiskImportSpec {
-    /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`, `pvc`.
+    /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`, `pvc`, `upload`.
     pub source: DiskImportSource,
     /// What the source holds (CDI's `contentType`): `kubevirt` (the default), a VM disk
     /// image converted to raw; `archive`, a tar (plain, gz, xz, zst or bz2) unpacked into the
@@ -118,7 +122,7 @@ pub struct DiskImportSpec {
 
 /// The source: exactly one member is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank), has(self.pvc)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank, pvc"))]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank), has(self.pvc), has(self.upload)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank, pvc, upload"))]
 pub struct DiskImportSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSource>,
@@ -130,6 +134,21 @@ pub struct DiskImportSource {
     pub blank: Option<BlankSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadSource>,
+}
+
+/// A disk sent by a client (CDI's `source.upload`; `ido upload`, `curl`, `virtctl
+/// image-upload`): an upload pod holds the claim and takes one upload, converted as it
+/// arrives; the operator's upload endpoint lets in requests bearing a token of an
+/// `UploadTokenRequest`. Needs `storage.size`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadSource {
+    /// Expected checksum of the bytes as sent: `sha256:HEX`, `sha512:`, `sha1:`, `md5:`. A
+    /// mismatch fails the upload and leaves no disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// A claim whose disk is copied (CDI's `source.pvc`, a host-assisted clone): its
@@ -281,6 +300,10 @@ pub enum DiskImportPhase {
     ImportScheduled,
     /// The importer pod runs.
     ImportInProgress,
+    /// Claim and upload Job created; the upload pod is not ready yet.
+    UploadScheduled,
+    /// The upload pod is ready: an upload may start (or is running).
+    UploadReady,
     /// The disk is in the claim.
     Succeeded,
     /// The import failed for good (see the Ready condition).
@@ -294,6 +317,8 @@ impl DiskImportPhase {
             Self::Pending => "Pending",
             Self::ImportScheduled => "ImportScheduled",
             Self::ImportInProgress => "ImportInProgress",
+            Self::UploadScheduled => "UploadScheduled",
+            Self::UploadReady => "UploadReady",
             Self::Succeeded => "Succeeded",
             Self::Failed => "Failed",
         }
@@ -341,6 +366,7 @@ impl DiskImportSource {
             self.registry.as_ref().map(SourceKind::Registry),
             self.blank.as_ref().map(|_| SourceKind::Blank),
             self.pvc.as_ref().map(SourceKind::Pvc),
+            self.upload.as_ref().map(SourceKind::Upload),
         ]
         .into_iter()
         .flatten()
@@ -349,11 +375,11 @@ impl DiskImportSource {
             [one] => Ok(*one),
             [] => Err(crate::FieldError::new(
                 "spec.source",
-                "one of http, s3, registry, blank, pvc is required",
+                "one of http, s3, registry, blank, pvc, upload is required",
             )),
             _ => Err(crate::FieldError::new(
                 "spec.source",
-                "exactly one of http, s3, registry, blank, pvc may be set",
+                "exactly one of http, s3, registry, blank, pvc, upload may be set",
             )),
         }
     }
@@ -367,6 +393,7 @@ pub enum SourceKind<'a> {
     Registry(&'a RegistrySource),
     Blank,
     Pvc(&'a PvcSource),
+    Upload(&'a UploadSource),
 }
 
 #[cfg(test)]
@@ -445,7 +472,7 @@ spec:
             "certConfigMap",
             "volumeMode",
             "self == oldSelf",
-            "exactly one of http, s3, registry, blank, pvc",
+            "exactly one of http, s3, registry, blank, pvc, upload",
             "contentType archive is not allowed with blank, registry or pvc sources",
             "root of a Filesystem claim. `archive` is not allowed",
             "storage.volumeMode Block is not allowed",

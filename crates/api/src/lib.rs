@@ -12,6 +12,9 @@
 //! - [`DiskImport`] (`ido.dev/v1alpha1`): a disk image imported into a PersistentVolumeClaim
 //!   by an importer Job (CDI's DataVolume, streamed, no scratch space).
 //!
+//! - [`upload::UploadTokenRequest`] (`ido.dev/v1alpha1`): a token to upload a disk into a
+//!   DiskImport, answered by ido's admission webhook to a dry run, never stored.
+//!
 //! CRD YAML is generated from these types (`ido crds`), never written by hand.
 
 pub mod condition;
@@ -24,11 +27,12 @@ pub mod names;
 pub mod nodeimage;
 pub mod reason;
 pub mod release;
+pub mod upload;
 
 pub use condition::{Condition, ConditionStatus};
 pub use diskimport::{
     BlankSource, DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, DiskImportStatus, HttpSource,
-    PvcSource, RegistrySource, S3Source, SourceKind, StorageSpec, VolumeMode,
+    PvcSource, RegistrySource, S3Source, SourceKind, StorageSpec, UploadSource, VolumeMode,
 };
 pub use imagecache::{
     CachePhase, CachePolicy, CachePolicyStatus, CachedImage, CachedImageSpec, CachedImageStatus,
@@ -76,6 +80,7 @@ pub fn crds()
         ImageCachePolicy::crd(),
         ClusterImageCachePolicy::crd(),
         CachedImage::crd(),
+        upload::crd(),
     ]
     .into_iter()
     .map(|mut crd| {

@@ -125,6 +125,12 @@ reasons! {
     ImportInProgress,
     /// The import finished (event).
     ImportSucceeded,
+    /// The claim and the upload Job were created; the upload pod is not ready (event).
+    UploadScheduled,
+    /// The upload pod is ready to take the upload (condition and event).
+    UploadReady,
+    /// Uploads are not served: the operator has no upload key (`--upload-key-file`).
+    UploadUnavailable,
 
     // The workload image cache.
     /// The policy's workloads were looked at; the message counts the copies.

@@ -35,6 +35,7 @@ mod job;
 mod pods;
 pub mod probe;
 mod provider;
+pub mod upload;
 mod validation;
 
 use std::time::Duration;
@@ -81,6 +82,9 @@ pub struct ImporterSettings {
     pub resources: Option<ResourceRequirements>,
     /// How often a running import is looked at besides Job and claim changes.
     pub recheck: Duration,
+    /// The master key of upload tokens ([`upload`]); `None`: uploads are not served (a
+    /// DiskImport with an `upload` source waits, `UploadUnavailable`).
+    pub upload_key: Option<upload::UploadKey>,
 }
 
 /// Default of `diskImport.filesystemOverhead` (CDI uses 0.055 too for most classes).
@@ -98,6 +102,7 @@ impl Default for ImporterSettings {
             backoff_limit: 3,
             resources: None,
             recheck: Duration::from_secs(30),
+            upload_key: None,
         }
     }
 }
@@ -244,6 +249,11 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
 
     let source_block = match di.spec.source.kind() {
         Ok(SourceKind::Pvc(c)) => clone_source(di, ctx, &c.name, size).await?,
+        Ok(SourceKind::Upload(_)) => {
+            upload_key(di, ctx, size).await?;
+            out.phase = DiskImportPhase::UploadScheduled;
+            false
+        }
         _ => false,
     };
     // A blank Block claim without preallocation: the claim is the disk.
@@ -300,6 +310,43 @@ async fn clone_source<S: Store>(
         }
     }
     Ok(claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block"))
+}
+
+/// The Secret with the upload pod's key, created when missing. Pending while the operator
+/// serves no uploads (no master key).
+async fn upload_key<S: Store>(di: &DiskImport, ctx: &Context<S>, size: u64) -> Result<(), Observed> {
+    let Some(master) = &ctx.settings.disk_import.upload_key else {
+        let mut o = Outcome::pending(
+            reasons::UPLOAD_UNAVAILABLE,
+            "uploads are not served: the operator has no upload key (the chart's diskImport.upload.enabled)"
+                .into(),
+        );
+        o.size = Some(size);
+        return Err((o, Action::AwaitChange));
+    };
+    let ns = di.metadata.namespace.as_deref().unwrap_or_default();
+    let name = upload::key_secret_name(di);
+    // Only the metadata is looked at: whose it is.
+    match ctx
+        .store
+        .get::<k8s_openapi::api::core::v1::Secret>(Some(ns), &name)
+        .await
+        .map_err(|e| store_failed(size, "reading the upload key's Secret", e))?
+    {
+        Some(s) if owned_by(&s.metadata, di) => Ok(()),
+        Some(_) => Err(name_taken(
+            size,
+            format!("a Secret {ns}/{name} exists and is not this DiskImport's"),
+        )),
+        None => {
+            ctx.store
+                .create(&upload::key_secret(di, master))
+                .await
+                .map_err(|e| store_failed(size, "creating the upload key's Secret", e))?;
+            tracing::info!(diskimport = %key(di), secret = %name, "upload key created");
+            Ok(())
+        }
+    }
 }
 
 /// Pending after a failed store call: retried in 30 s.
@@ -450,6 +497,22 @@ async fn follow_job<S: Store>(
         return Ok((out, Action::AwaitChange));
     }
     let running = running_pod(&pods);
+    if out.phase == DiskImportPhase::UploadScheduled {
+        // An upload: ready once its pod is (it then takes the upload, which may take long).
+        if js.ready.unwrap_or(0) > 0 {
+            out.phase = DiskImportPhase::UploadReady;
+            out.ready = (ConditionStatus::False, reasons::UPLOAD_READY, String::new());
+            out.running = (ConditionStatus::True, reasons::POD_RUNNING, String::new());
+            if let Some(pod) = running {
+                out.progress = importer_progress(ctx, &ns, pod).await;
+            }
+        } else if let Some(m) = last_failure {
+            out.running = (ConditionStatus::False, reasons::ERROR, m);
+        } else if let Some((reason, m)) = pending_reason(&pods) {
+            out.running = (ConditionStatus::False, reason, m);
+        }
+        return Ok((out, recheck));
+    }
     if running.is_some() || js.ready.unwrap_or(0) > 0 {
         out.phase = DiskImportPhase::ImportInProgress;
         out.ready = (ConditionStatus::False, reasons::TRANSFER_RUNNING, String::new());
@@ -497,7 +560,11 @@ async fn write_status<S: Store>(
             (DiskImportPhase::Succeeded, _) => "100.0%".into(),
             (_, Some(p)) => p.clone(),
             // A log that could not be read this time: keep what the importer last said.
-            (DiskImportPhase::ImportInProgress, None) if st.progress.ends_with('%') => st.progress.clone(),
+            (DiskImportPhase::ImportInProgress | DiskImportPhase::UploadReady, None)
+                if st.progress.ends_with('%') =>
+            {
+                st.progress.clone()
+            }
             _ => "N/A".into(),
         };
         st.restart_count = out.restarts;
@@ -559,6 +626,16 @@ fn phase_event(di: &DiskImport, before: &DiskImportStatus, out: &Outcome) -> Opt
                 "Import",
                 "the importer is running",
             )),
+            DiskImportPhase::UploadScheduled => Some(Event::normal(
+                Reason::UploadScheduled.as_str(),
+                "Upload",
+                format!("created claim {} and upload Job {}", key(di), job_name(di)),
+            )),
+            DiskImportPhase::UploadReady => Some(Event::normal(
+                Reason::UploadReady.as_str(),
+                "Upload",
+                "the upload pod is ready to take the upload",
+            )),
             DiskImportPhase::Succeeded => Some(Event::normal(
                 Reason::ImportSucceeded.as_str(),
                 "Import",
@@ -593,6 +670,17 @@ async fn finished<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Action,
     {
         ctx.store.delete(&job).await?;
         tracing::info!(diskimport = %key(di), job = %job_name(di), "importer Job removed after success");
+    }
+    // An upload's key opens nothing any more.
+    if di.spec.source.upload.is_some()
+        && let Some(secret) = ctx
+            .store
+            .get::<k8s_openapi::api::core::v1::Secret>(Some(ns), &upload::key_secret_name(di))
+            .await?
+        && owned_by(&secret.metadata, di)
+        && secret.metadata.deletion_timestamp.is_none()
+    {
+        ctx.store.delete(&secret).await?;
     }
     Ok(Action::AwaitChange)
 }

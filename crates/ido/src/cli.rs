@@ -39,6 +39,11 @@ enum Command {
     Sync(crate::sync::SyncArgs),
     /// Import a disk image (file, `-`, http(s); gzip/xz/zstd/bzip2/tar; raw/ISO/qcow2) into a raw file or block device.
     Import(crate::import::ImportArgs),
+    /// Upload a local disk image into a DiskImport of a cluster (its source `upload`),
+    /// creating it with --size; resumes after a cut.
+    Upload(crate::upload::client::UploadArgs),
+    /// Serve one upload into a file or device (the upload pod of a DiskImport).
+    UploadServer(crate::upload::server::ServerArgs),
     /// Print the CustomResourceDefinitions (YAML).
     Crds,
     /// List the image cache's copies (CachedImages) of a state directory: where each is, and
@@ -112,6 +117,19 @@ struct OperatorArgs {
     /// self-signed certificate made at start.
     #[arg(long)]
     webhook_cert_dir: Option<PathBuf>,
+    /// Address of the disk upload endpoint (HTTPS, CDI's /v1beta1/upload paths): HOST:PORT,
+    /// :PORT, or 0 (off, the default). Needs --upload-key-file.
+    #[arg(long, default_value = "0", value_parser = ido_operator::http::parse_bind_address)]
+    upload_bind_address: ::std::option::Option<std::net::SocketAddr>,
+    /// Directory with tls.crt and tls.key for the upload endpoint (reloaded on change);
+    /// default: a self-signed certificate made at start.
+    #[arg(long)]
+    upload_cert_dir: Option<PathBuf>,
+    /// File with the key upload tokens are signed with (64 hex digits; the same for every
+    /// replica). With it, DiskImports with an upload source get upload pods and the webhook
+    /// answers UploadTokenRequests.
+    #[arg(long, value_name = "FILE")]
+    upload_key_file: Option<PathBuf>,
     /// Address of /healthz and /readyz (plain HTTP): HOST:PORT, :PORT, or 0 (off).
     #[arg(long, default_value = ":8081", value_parser = ido_operator::http::parse_bind_address)]
     health_probe_bind_address: ::std::option::Option<std::net::SocketAddr>,
@@ -141,7 +159,7 @@ fn parse_merge(s: &str) -> Result<(String, PathBuf), String> {
     Ok((k.to_string(), PathBuf::from(v)))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     ido_api::duration::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
@@ -296,6 +314,8 @@ async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitC
         Command::Tags(args) => crate::sync::tags_cmd(args).await,
         Command::Sync(args) => crate::sync::sync_cmd(args).await,
         Command::Import(args) => crate::import::import_cmd(args).await,
+        Command::Upload(args) => crate::upload::client::upload_cmd(args).await,
+        Command::UploadServer(args) => crate::upload::server::server_cmd(args).await,
         Command::Cache(args) => crate::cache::cache_cmd(args).await,
         Command::Operator(args) => operator_cmd(args, stop).await,
     }
@@ -364,7 +384,12 @@ async fn operator_cmd(args: OperatorArgs, stop: CancellationToken) -> anyhow::Re
     let api_server = kube_config.cluster_url.to_string();
     let client = kube::Client::try_from(kube_config)
         .with_context(|| format!("connecting to the Kubernetes API at {api_server}"))?;
-    let parts = ido_operator::ContextParts::from_config(&config)?;
+    let mut parts = ido_operator::ContextParts::from_config(&config)?;
+    if let Some(f) = &args.upload_key_file {
+        let key = ido_controllers::diskimport::upload::UploadKey::read(f)
+            .map_err(|e| anyhow::anyhow!("--upload-key-file {e}"))?;
+        parts.settings.disk_import.upload_key = Some(key);
+    }
     let defaults = ido_operator::OperatorOptions::from_config(&config);
     let opts = ido_operator::OperatorOptions {
         metrics_addr: args.metrics_bind_address.unwrap_or(defaults.metrics_addr),
@@ -373,6 +398,8 @@ async fn operator_cmd(args: OperatorArgs, stop: CancellationToken) -> anyhow::Re
         metrics_cert_dir: args.metrics_cert_dir,
         webhook_addr: args.webhook_bind_address,
         webhook_cert_dir: args.webhook_cert_dir,
+        upload_addr: args.upload_bind_address,
+        upload_cert_dir: args.upload_cert_dir,
         health_probe_addr: args.health_probe_bind_address,
         leader_election: args.leader_elect,
         lease_name: args.leader_election_id,

@@ -30,17 +30,17 @@ pub(crate) struct ImportArgs {
     /// docker://REGISTRY/REPO[:TAG|@DIGEST] (a KubeVirt containerDisk: the one file under
     /// /disk/), or `blank:` (a disk of --size zero bytes: sparse, or allocated with
     /// --preallocate).
-    source: String,
+    pub(crate) source: String,
     /// Where the raw image goes: a file (created or truncated, written sparsely) or a
     /// block device. With --content-type archive: the existing directory to unpack into.
-    target: PathBuf,
+    pub(crate) target: PathBuf,
     /// What SOURCE holds: kubevirt (a disk image, converted to raw; the default) or archive
     /// (a tar, plain or gzip/xz/zstd/bzip2-compressed, unpacked into TARGET, an existing
     /// directory; members that would land outside it, links leading out of it, device
     /// nodes and names TARGET holds already are refused, and a failed unpack leaves TARGET
     /// as it was).
     #[arg(long, value_enum, value_name = "TYPE", default_value_t = ContentType::Kubevirt)]
-    content_type: ContentType,
+    pub(crate) content_type: ContentType,
     /// With --content-type archive: skip device nodes and FIFOs, each with a warning,
     /// instead of refusing the archive.
     #[arg(long)]
@@ -239,6 +239,11 @@ pub(crate) async fn run_import(args: ImportArgs) -> Result<(), Failed> {
     let mut source = SourceSpec::parse(&args.source)?;
     source::check_flags(&source, &args)?;
     source::configure(&mut source, &args)?;
+    run_import_from(source, args).await
+}
+
+/// The import of `source` (made from the flags, or an upload's stream) as the flags say.
+pub(crate) async fn run_import_from(source: SourceSpec, args: ImportArgs) -> Result<(), Failed> {
     if args.content_type == ContentType::Archive {
         let special = if args.skip_special_files {
             SpecialFiles::Skip

@@ -7,6 +7,7 @@ mod kubelet;
 mod progress;
 mod signals;
 mod sync;
+mod upload;
 
 fn main() -> std::process::ExitCode {
     cli::main()

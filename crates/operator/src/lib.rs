@@ -45,6 +45,7 @@ pub mod lease;
 pub mod rest_client;
 pub mod startup;
 pub mod tls;
+pub mod upload;
 pub mod webhook;
 pub mod workqueue;
 
@@ -98,6 +99,11 @@ pub struct OperatorOptions {
     pub webhook_addr: Option<SocketAddr>,
     /// Directory with the webhook's `tls.crt` and `tls.key`; `None`: self-signed.
     pub webhook_cert_dir: Option<PathBuf>,
+    /// Address of the disk upload endpoint, HTTPS (default `None`: off; needs the upload
+    /// key in the DiskImport settings).
+    pub upload_addr: Option<SocketAddr>,
+    /// Directory with the upload endpoint's `tls.crt` and `tls.key`; `None`: self-signed.
+    pub upload_cert_dir: Option<PathBuf>,
     /// Address of `/healthz` and `/readyz`, plain HTTP (default `0.0.0.0:8081`; `None`: off).
     pub health_probe_addr: Option<SocketAddr>,
     /// How long to wait for the API server at start (default 60 s; `None`: forever).
@@ -131,6 +137,8 @@ impl Default for OperatorOptions {
             metrics_cert_dir: None,
             webhook_addr: None,
             webhook_cert_dir: None,
+            upload_addr: None,
+            upload_cert_dir: None,
             health_probe_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
             startup_timeout: Some(Duration::from_secs(60)),
             api_server: None,
@@ -221,7 +229,8 @@ pub async fn run_until(
 
     let health = Health::default();
     let mut servers = start_servers(&opts, &client, &ctx.metrics, &health, &stopped).await?;
-    servers.extend(start_webhook(&opts, &ctx, &stopped).await?);
+    servers.extend(start_webhook(&opts, &ctx, &client, &stopped).await?);
+    servers.extend(start_upload(&opts, &ctx, &client, &stopped).await?);
     let server = opts
         .api_server
         .clone()
@@ -379,12 +388,14 @@ where
     Ok(servers)
 }
 
-/// The image cache's admission webhook, when `--webhook-bind-address` asks for it: its
-/// listener and certificate first (a bad one fails the start), then its policies read
-/// every few seconds while it serves.
+/// The admission webhook, when `--webhook-bind-address` asks for it: the image cache's
+/// (when the cache is on; its policies read every few seconds while it serves) and the
+/// upload tokens' (when uploads are). Its listener and certificate first: a bad one fails
+/// the start.
 async fn start_webhook<F>(
     opts: &OperatorOptions,
     ctx: &Arc<Context<KubeStore>>,
+    client: &Client,
     stopped: &impl Fn() -> F,
 ) -> anyhow::Result<Option<Server>>
 where
@@ -401,18 +412,68 @@ where
         None => tls::CertSource::SelfSigned,
     };
     let config = tls::server_config(&source).context("the webhook certificate")?;
-    let admission = ido_controllers::imagecache::admission::Admission::new(ctx.clone());
-    let refresh = tokio::spawn(admission.clone().refresh_loop());
-    tracing::info!(addr = %l.local_addr()?, path = webhook::PATH, "serving the image cache's admission webhook (HTTPS)");
+    let mut router = axum::Router::new();
+    let mut refresh = None;
+    let mut paths = vec![];
+    // The image cache's webhook predates the switch: it is served unless only uploads are.
+    if ctx.settings.image_cache || ctx.settings.disk_import.upload_key.is_none() {
+        let admission = ido_controllers::imagecache::admission::Admission::new(ctx.clone());
+        refresh = Some(tokio::spawn(admission.clone().refresh_loop()));
+        router = router.merge(webhook::router(admission));
+        paths.push(webhook::PATH);
+    }
+    if let Some(key) = &ctx.settings.disk_import.upload_key {
+        router = router.merge(upload::token_router(client.clone(), key.clone()));
+        paths.push(upload::TOKEN_PATH);
+    }
+    tracing::info!(addr = %l.local_addr()?, paths = ?paths, "serving the admission webhook (HTTPS)");
     let listener = tls::TlsListener::new(l, config)?;
-    let serve = http::serve(listener, webhook::router(admission), stopped());
+    let serve = http::serve(listener, router, stopped());
     Ok(Some((
         "webhook",
         tokio::spawn(async move {
             let r = serve.await;
-            refresh.abort();
+            if let Some(refresh) = refresh {
+                refresh.abort();
+            }
             r
         }),
+    )))
+}
+
+/// The disk upload endpoint, when `--upload-bind-address` asks for it (HTTPS); it needs
+/// the upload key.
+async fn start_upload<F>(
+    opts: &OperatorOptions,
+    ctx: &Arc<Context<KubeStore>>,
+    client: &Client,
+    stopped: &impl Fn() -> F,
+) -> anyhow::Result<Option<Server>>
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let Some(addr) = opts.upload_addr else {
+        return Ok(None);
+    };
+    let Some(key) = &ctx.settings.disk_import.upload_key else {
+        anyhow::bail!(
+            "--upload-bind-address {addr} needs --upload-key-file (the key upload tokens are signed with)"
+        );
+    };
+    let l = http::bind(addr)
+        .await
+        .with_context(|| format!("binding the upload address {addr}"))?;
+    let source = match &opts.upload_cert_dir {
+        Some(dir) => tls::CertSource::Dir(dir.clone()),
+        None => tls::CertSource::SelfSigned,
+    };
+    let config = tls::server_config(&source).context("the upload endpoint's certificate")?;
+    let router = upload::proxy_router(client.clone(), key.clone())?;
+    tracing::info!(addr = %l.local_addr()?, "serving disk uploads (HTTPS)");
+    let listener = tls::TlsListener::new(l, config)?;
+    Ok(Some((
+        "upload",
+        tokio::spawn(http::serve(listener, router, stopped())),
     )))
 }
 

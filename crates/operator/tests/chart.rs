@@ -41,9 +41,10 @@ fn chart_dir() -> PathBuf {
 /// demos) stays outside the chart.
 fn crd_path(name: &str) -> PathBuf {
     match name {
-        "nodeimages.image.giantswarm.io" | "imagesyncs.ido.dev" | "diskimports.ido.dev" => {
-            chart_dir().join("files/crds").join(format!("{name}.yaml"))
-        }
+        "nodeimages.image.giantswarm.io"
+        | "imagesyncs.ido.dev"
+        | "diskimports.ido.dev"
+        | "uploadtokenrequests.ido.dev" => chart_dir().join("files/crds").join(format!("{name}.yaml")),
         "images.skopeo.io" => chart_dir().join("files/compat").join(format!("{name}.yaml")),
         "imagecachepolicies.ido.dev" | "clusterimagecachepolicies.ido.dev" | "cachedimages.ido.dev" => {
             chart_dir().join("files/cache").join(format!("{name}.yaml"))
@@ -56,10 +57,11 @@ const HEADER: &str =
     "# Generated from the ido-api types: IDO_REGENERATE=1 cargo test -p ido-operator --test chart\n";
 
 /// The CRDs the chart carries, by name.
-const CHART_CRDS: [&str; 3] = [
+const CHART_CRDS: [&str; 4] = [
     "diskimports.ido.dev",
     "imagesyncs.ido.dev",
     "nodeimages.image.giantswarm.io",
+    "uploadtokenrequests.ido.dev",
 ];
 
 /// The image cache's CRDs, rendered only with `imageCache.enabled`.
@@ -292,7 +294,7 @@ fn every_provider() -> Value {
                 "credentials": {"url": "https://vcd.example", "username": "ido", "password": "vcd-pw", "org": "org1"},
                 "locations": {"main": {"catalog": "node-images", "hardwareVersion": 19}}},
         "kubevirt": {"enabled": true, "locations": {"vms": {"namespace": "vm-images"}}},
-        "diskImport": {"enabled": true},
+        "diskImport": {"enabled": true, "upload": {"enabled": true}},
         "imageCache": {"enabled": true},
         "prometheus": {"serviceMonitor": {"enabled": true, "interval": "30s"}},
         "networkPolicy": {"enabled": true},

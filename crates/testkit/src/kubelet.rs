@@ -201,6 +201,20 @@ pub async fn run_pod(
     entrypoint: &Path,
     root: &Path,
 ) -> anyhow::Result<i32> {
+    run_pod_at(c, namespace, pod_name, entrypoint, root, None).await
+}
+
+/// [`run_pod`] for a Pod that serves (an upload pod): with `ip` (a loopback address such as
+/// `127.0.0.7`), listen addresses `0.0.0.0:PORT` in its args become `ip:PORT`, and while it
+/// runs the Pod has that `podIP` and is Ready once its port takes connections.
+pub async fn run_pod_at(
+    c: &Cluster,
+    namespace: &str,
+    pod_name: &str,
+    entrypoint: &Path,
+    root: &Path,
+    ip: Option<&str>,
+) -> anyhow::Result<i32> {
     let pod = c.kubectl_json(&["get", "pod", pod_name, "-n", namespace]).await?;
     let spec = &pod["spec"];
     let container = &spec["containers"][0];
@@ -265,6 +279,10 @@ pub async fn run_pod(
         .into_iter()
         .flatten()
         .filter_map(|a| a.as_str().map(on_host))
+        .map(|a| match (ip, a.strip_prefix("0.0.0.0:")) {
+            (Some(ip), Some(port)) => format!("{ip}:{port}"),
+            _ => a,
+        })
         .collect();
     let status = |state: Value, phase: &str| {
         serde_json::json!({"status": {"phase": phase, "containerStatuses": [{
@@ -303,8 +321,37 @@ pub async fn run_pod(
             cmd.env(name, on_host(value));
         }
     }
-    let exit = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", entrypoint.display()))?;
+    if let Some(ip) = ip {
+        // Ready (the readiness probe passes) once the container's first port listens.
+        let port = container["ports"][0]["containerPort"].as_u64().unwrap_or(0);
+        let mut ready = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect((ip, port as u16)).await.is_ok() {
+                ready = true;
+                break;
+            }
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if ready {
+            let now = jiff::Timestamp::now().to_string();
+            let body = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}], "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            ], "containerStatuses": [{
+                "name": cname, "image": image, "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}},
+            }]}});
+            patch(body.to_string()).await?;
+        }
+    }
+    let exit = child
+        .wait()
         .await
         .with_context(|| format!("running {}", entrypoint.display()))?
         .code()
@@ -322,10 +369,13 @@ pub async fn run_pod(
     } else {
         ("Failed", "Error")
     };
-    patch(status(
+    let mut end: Value = serde_json::from_str(&status(
         serde_json::json!({"terminated": {"exitCode": exit, "reason": reason, "message": message}}),
         phase,
-    ))
-    .await?;
+    ))?;
+    if ip.is_some() {
+        end["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "False"}]);
+    }
+    patch(end.to_string()).await?;
     Ok(exit)
 }

@@ -255,6 +255,30 @@ fn source_plan(di: &DiskImport, source_block: bool) -> Option<SourcePlan> {
         }
         // A clone: the source claim read-only beside the target, its disk copied byte for
         // byte (`--format raw`: a disk's content is never taken for an image format).
+        // An upload: `ido upload-server`, the key it checks tokens with mounted.
+        SourceKind::Upload(u) => {
+            p.volumes.push(json!({
+                "name": "upload-key",
+                "secret": {"secretName": super::upload::key_secret_name(di), "defaultMode": 0o440},
+            }));
+            p.mounts
+                .push(json!({"name": "upload-key", "mountPath": super::upload::KEY_DIR, "readOnly": true}));
+            p.args.extend([
+                "--listen".to_string(),
+                format!("0.0.0.0:{}", super::upload::PORT),
+                "--key-file".to_string(),
+                format!("{}/{}", super::upload::KEY_DIR, super::upload::KEY_FILE),
+                "--disk-import".to_string(),
+                format!(
+                    "{}/{}",
+                    di.metadata.namespace.as_deref().unwrap_or_default(),
+                    di.metadata.name.as_deref().unwrap_or_default()
+                ),
+            ]);
+            if let Some(c) = &u.checksum {
+                p.args.extend(["--checksum".to_string(), c.clone()]);
+            }
+        }
         SourceKind::Pvc(c) => {
             p.volumes.push(json!({
                 "name": "source",
@@ -299,8 +323,14 @@ fn importer_args(di: &DiskImport, plan: &SourcePlan, mode: VolumeMode, size: u64
         (false, VolumeMode::Filesystem) => DISK_FILE,
         (false, VolumeMode::Block) => DEVICE,
     };
-    let mut args = vec!["import".to_string(), plan.args[0].clone(), target.to_string()];
-    args.extend(plan.args[1..].iter().cloned());
+    let upload = matches!(di.spec.source.kind(), Ok(SourceKind::Upload(_)));
+    // `ido upload-server TARGET [flags]`, or `ido import SOURCE TARGET [flags]`.
+    let mut args = if upload {
+        vec!["upload-server".to_string(), target.to_string()]
+    } else {
+        vec!["import".to_string(), plan.args[0].clone(), target.to_string()]
+    };
+    args.extend(plan.args[usize::from(!upload)..].iter().cloned());
     if archive {
         // `ido import SOURCE /data [source flags] --content-type archive --progress plain`:
         // unpacked into the claim's root; a failed pod leaves nothing there (what a killed
@@ -320,9 +350,9 @@ fn importer_args(di: &DiskImport, plan: &SourcePlan, mode: VolumeMode, size: u64
         }
         // A replacement pod continues the last one's file (a checkpoint beside it). A block
         // device has no room for the checkpoint: there a new pod starts from 0. A blank
-        // disk has nothing to continue.
+        // disk has nothing to continue, nor has an upload (its client sends it again).
         let blank = matches!(di.spec.source.kind(), Ok(SourceKind::Blank));
-        if mode == VolumeMode::Filesystem && !blank {
+        if mode == VolumeMode::Filesystem && !blank && !upload {
             args.push("--resume".into());
         }
         // The claim is the DiskImport's own: what a failed pod left there is replaced.
@@ -390,7 +420,16 @@ pub fn importer_job(
         "persistentVolumeClaim": {"claimName": di.metadata.name},
     })];
     volumes.extend(plan.volumes);
-    let container = importer_container(settings, args, plan.mounts, plan.devices, mode);
+    let mut container = importer_container(settings, args, plan.mounts, plan.devices, mode);
+    if matches!(di.spec.source.kind(), Ok(SourceKind::Upload(_))) {
+        // Ready once it listens: the operator forwards uploads to ready pods only.
+        let port = super::upload::PORT;
+        container["ports"] = json!([{"name": "upload", "containerPort": port}]);
+        container["readinessProbe"] = json!({
+            "httpGet": {"path": "/healthz", "port": port},
+            "periodSeconds": 2,
+        });
+    }
     let labels = labels(di);
     let job = json!({
         "apiVersion": "batch/v1",

@@ -134,4 +134,5 @@ mod clone;
 mod lifecycle;
 mod probing;
 mod sources;
+mod upload;
 mod validation;

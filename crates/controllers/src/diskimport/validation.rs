@@ -45,6 +45,17 @@ pub(super) fn validate(di: &DiskImport) -> Result<(), FieldError> {
                 ));
             }
         }
+        SourceKind::Upload(u) => {
+            if let Some(c) = &u.checksum {
+                checksum_ok("spec.source.upload.checksum", c)?;
+            }
+            if di.spec.storage.size.is_none() {
+                return Err(FieldError::new(
+                    "spec.storage.size",
+                    "required for an upload (the claim is made before the first byte arrives)",
+                ));
+            }
+        }
     }
     if di.spec.content_type() == ContentType::Archive {
         validate_archive(di)?;
@@ -83,24 +94,31 @@ fn validate_http(h: &HttpSource) -> Result<(), FieldError> {
         }
     }
     if let Some(c) = &h.checksum {
-        let ok = c.split_once(':').is_some_and(|(alg, hex)| {
-            let len = match alg {
-                "md5" => 32,
-                "sha1" => 40,
-                "sha256" => 64,
-                "sha512" => 128,
-                _ => 0,
-            };
-            hex.len() == len && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-        if !ok {
-            return Err(FieldError::new(
-                "spec.source.http.checksum",
-                format!("{c:?} is not md5:, sha1:, sha256: or sha512: with its hex digest"),
-            ));
-        }
+        checksum_ok("spec.source.http.checksum", c)?;
     }
     Ok(())
+}
+
+/// `md5:`, `sha1:`, `sha256:` or `sha512:` with its hex digest.
+fn checksum_ok(field: &'static str, c: &str) -> Result<(), FieldError> {
+    let ok = c.split_once(':').is_some_and(|(alg, hex)| {
+        let len = match alg {
+            "md5" => 32,
+            "sha1" => 40,
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => 0,
+        };
+        hex.len() == len && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("{c:?} is not md5:, sha1:, sha256: or sha512: with its hex digest"),
+        ))
+    }
 }
 
 /// An archive: an HTTP or S3 source, a Filesystem volume and a given size.
@@ -113,7 +131,7 @@ fn validate_archive(di: &DiskImport) -> Result<(), FieldError> {
                 "archive is not allowed with blank, registry or pvc sources",
             ));
         }
-        SourceKind::Http(_) | SourceKind::S3(_) => {}
+        SourceKind::Http(_) | SourceKind::S3(_) | SourceKind::Upload(_) => {}
     }
     if di.spec.storage.volume_mode == Some(VolumeMode::Block) {
         return Err(FieldError::new(

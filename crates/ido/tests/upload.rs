@@ -1,0 +1,384 @@
+//! `ido upload` against a real control plane: the operator (in this process, as the chart's
+//! ServiceAccount, the chart's RBAC enforced) serves the upload endpoint and the token
+//! webhook, which the API server calls over TLS for a dry-run UploadTokenRequest; the
+//! DiskImport `ido upload --size` creates gets a claim bound to a hostPath PersistentVolume
+//! and an upload Job whose Pod the real job controller makes and this test plays (the Pod's
+//! own `ido upload-server` runs against the volume's directory, on a loopback pod IP). The
+//! disk equals qemu-img's conversion; a user without `create diskimports/upload` gets no
+//! token, a stored UploadTokenRequest is refused, and an upload after the disk is in gets
+//! 409.
+
+#[path = "../../disk/tests/common/mod.rs"]
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use base64::Engine as _;
+use common::*;
+use ido_controllers::{
+    Settings,
+    diskimport::{ImporterSettings, upload::UploadKey},
+    metrics::Metrics,
+};
+use ido_operator::{ContextParts, OperatorOptions};
+use ido_providers::Providers;
+use ido_testkit::{Cluster, TestCa, kubelet::run_pod_at};
+use serde_json::{Value, json};
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn chart() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/image-distribution-operator")
+}
+
+async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    for _ in 0..600 {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn ido_upload_fills_a_disk_import_through_the_operator() {
+    ido_testkit::install_crypto_provider();
+    let c = Cluster::shared().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (image, oracle) = {
+        let raw = write_raw(d);
+        let q = d.join("image.qcow2");
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-O",
+                "qcow2",
+                raw.to_str().unwrap(),
+                q.to_str().unwrap(),
+            ],
+        );
+        let oracle = qemu_raw(&q, d);
+        (q, oracle)
+    };
+
+    // The CRDs, and the chart's RBAC for uploads (the operator's and the users' roles).
+    let crds = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    c.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &String::from_utf8(crds.stdout).unwrap(),
+    )
+    .await
+    .unwrap();
+    let op_ns = c.namespace("upload-op").await.unwrap();
+    let vms = c.namespace("upload-vms").await.unwrap();
+    let values = d.join("values.json");
+    std::fs::write(
+        &values,
+        json!({"namespace": op_ns, "diskImport": {"enabled": true, "upload": {"enabled": true}}}).to_string(),
+    )
+    .unwrap();
+    let release = format!("ido-{}", vms.rsplit('-').next().unwrap());
+    let rendered = c
+        .helm(&[
+            "template",
+            &release,
+            &chart().display().to_string(),
+            "--namespace",
+            &op_ns,
+            "--values",
+            &values.display().to_string(),
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+        ])
+        .await
+        .unwrap();
+    c.kubectl_stdin(&["apply", "-f", "-"], &rendered).await.unwrap();
+    let sa = rendered
+        .split("\n---")
+        .filter_map(|d| yaml::from_str::<Value>(d).ok())
+        .find(|d| d["kind"] == "ServiceAccount")
+        .and_then(|d| d["metadata"]["name"].as_str().map(String::from))
+        .unwrap();
+    let token = c.token(&op_ns, &sa).await.unwrap();
+    let client = c.client_with_token(&token, &op_ns).await.unwrap();
+
+    // The operator: the webhook and the upload endpoint on loopback, with a test CA.
+    let ca = TestCa::new().unwrap();
+    let certs = d.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(&ca.server_cert, certs.join("tls.crt")).unwrap();
+    std::fs::copy(&ca.server_key, certs.join("tls.key")).unwrap();
+    let (webhook, endpoint) = (free_addr(), free_addr());
+    let parts = ContextParts {
+        providers: Providers::default(),
+        source: None,
+        settings: Settings {
+            namespace: op_ns.clone(),
+            disk_import: ImporterSettings {
+                enabled: true,
+                image: "ido:test".into(),
+                recheck: Duration::from_millis(500),
+                upload_key: Some(UploadKey::generate()),
+                ..ImporterSettings::default()
+            },
+            ..Settings::default()
+        },
+        metrics: Metrics::default(),
+    };
+    let opts = OperatorOptions {
+        metrics_addr: free_addr(),
+        health_probe_addr: None,
+        leader_election: false,
+        identity: Some("ido-0".into()),
+        webhook_addr: Some(webhook),
+        webhook_cert_dir: Some(certs.clone()),
+        upload_addr: Some(endpoint),
+        upload_cert_dir: Some(certs.clone()),
+        ..OperatorOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let op = tokio::spawn(ido_operator::run_until(client, parts, opts, async {
+        let _ = stopped.await;
+    }));
+    // The chart's webhook for UploadTokenRequests, pointed at this operator.
+    let config_name = format!("upload-{vms}");
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": config_name},
+        "webhooks": [{
+            "name": "uploadtokenrequests.disk-import.ido.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate-upload-token", webhook.port()),
+                             "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.ca_pem())},
+            "rules": [{"operations": ["CREATE"], "apiGroups": ["ido.dev"], "apiVersions": ["v1alpha1"],
+                       "resources": ["uploadtokenrequests"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": vms}},
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "timeoutSeconds": 10
+        }]
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &config.to_string())
+        .await
+        .unwrap();
+
+    // The volume the claim binds to.
+    let pv_dir = d.join("pv");
+    std::fs::create_dir(&pv_dir).unwrap();
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": format!("{vms}-disk")},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "hostPath": {"path": pv_dir.display().to_string(), "type": "Directory"},
+            "claimRef": {"namespace": vms, "name": "disk"},
+        },
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+
+    // The kubelet's part: once the job controller made the upload Pod, run it on a loopback
+    // pod IP of its own.
+    let kubelet = {
+        let vms = vms.clone();
+        let root = d.join("pod");
+        tokio::spawn(async move {
+            let mut pod = String::new();
+            for _ in 0..600 {
+                pod = c
+                    .kubectl(&[
+                        "get",
+                        "pods",
+                        "-n",
+                        &vms,
+                        "-l",
+                        "job-name=importer-disk",
+                        "-o",
+                        "jsonpath={.items[0].metadata.name}",
+                    ])
+                    .await
+                    .unwrap_or_default();
+                if !pod.trim().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let ip = format!("127.0.0.{}", 2 + std::process::id() % 250);
+            let exit = run_pod_at(
+                c,
+                &vms,
+                pod.trim(),
+                Path::new(env!("CARGO_BIN_EXE_ido")),
+                &root,
+                Some(&ip),
+            )
+            .await
+            .unwrap();
+            let log = std::fs::read_to_string(root.join("container.err")).unwrap_or_default();
+            (exit, log)
+        })
+    };
+
+    // `ido upload` as the cluster's admin: creates the DiskImport, waits, uploads.
+    let url = format!("https://127.0.0.1:{}", endpoint.port());
+    let upload = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args([
+            "upload",
+            "disk",
+            "-n",
+            &vms,
+            "--size",
+            "128Mi",
+            "--storage-class",
+            "",
+            "--progress",
+            "plain",
+        ])
+        .arg("--image-path")
+        .arg(&image)
+        .args(["--url", &url])
+        .arg("--ca-file")
+        .arg(&ca.ca_cert)
+        .env("KUBECONFIG", c.kubeconfig())
+        .env_remove("IDO_UPLOAD_URL")
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&upload.stderr).into_owned();
+    let (exit, pod_log) = tokio::time::timeout(Duration::from_secs(60), kubelet)
+        .await
+        .expect("the upload pod ends")
+        .unwrap();
+    assert!(
+        upload.status.success(),
+        "ido upload failed:\n{out}\nthe upload pod:\n{pod_log}"
+    );
+    assert_eq!(exit, 0, "{pod_log}");
+    assert!(
+        out.contains("created DiskImport") && out.contains("Succeeded"),
+        "{out}"
+    );
+    assert!(
+        out.contains("upload: 0.0% 0 B of ") && out.contains(" MiB) in "),
+        "progress lines, then what was sent:\n{out}"
+    );
+    assert_same(
+        &std::fs::read(pv_dir.join("disk.img")).unwrap(),
+        &oracle,
+        "the uploaded disk",
+    );
+
+    let di = c
+        .kubectl_json(&["get", "diskimport", "disk", "-n", &vms])
+        .await
+        .unwrap();
+    assert_eq!(di["status"]["phase"], "Succeeded", "{di}");
+    let events = c
+        .kubectl(&["get", "events", "-n", &vms, "-o", "json"])
+        .await
+        .unwrap();
+    for reason in ["UploadScheduled", "UploadReady", "ImportSucceeded"] {
+        assert!(events.contains(reason), "no {reason} event: {events}");
+    }
+    wait_for("the upload key's Secret removed", async || {
+        c.kubectl(&["get", "secret", "upload-key-disk", "-n", &vms])
+            .await
+            .is_err()
+    })
+    .await;
+
+    // A token for the admin again: the endpoint says the upload is complete.
+    let answer = c
+        .kubectl_stdin(
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            &json!({"apiVersion": "ido.dev/v1alpha1", "kind": "UploadTokenRequest",
+                    "metadata": {"name": "t", "namespace": vms}, "spec": {"pvcName": "disk"}})
+            .to_string(),
+        )
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let token = answer["status"]["token"].as_str().unwrap().to_string();
+    assert!(!out.contains(&token));
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca.ca_pem().into_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{url}/v1beta1/upload"))
+        .bearer_auth(&token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "{}", r.text().await.unwrap());
+
+    // Not stored: a create that is no dry run is refused.
+    let req = json!({"apiVersion": "ido.dev/v1alpha1", "kind": "UploadTokenRequest",
+                     "metadata": {"name": "t", "namespace": vms}, "spec": {"diskImport": "disk"}})
+    .to_string();
+    let stored = c
+        .kubectl_output(&["create", "-f", "-"], Some(&req))
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&stored.stderr);
+    assert!(!stored.status.success() && err.contains("dry runs only"), "{err}");
+
+    // A user who may create UploadTokenRequests but not upload into DiskImports: refused,
+    // by the SubjectAccessReview.
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "tokens-only", "namespace": vms},
+        "rules": [{"apiGroups": ["ido.dev"], "resources": ["uploadtokenrequests"], "verbs": ["create"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "tokens-only", "namespace": vms},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tokens-only"},
+        "subjects": [{"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}]});
+    for o in [role, binding] {
+        c.kubectl_stdin(&["apply", "-f", "-"], &o.to_string())
+            .await
+            .unwrap();
+    }
+    let denied = c
+        .kubectl_output(
+            &[
+                "create",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "--as=mallory",
+                "-f",
+                "-",
+            ],
+            Some(&req),
+        )
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        !denied.status.success() && err.contains("mallory may not upload into DiskImport"),
+        "{err}"
+    );
+
+    c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), op)
+        .await
+        .expect("clean shutdown")
+        .unwrap()
+        .unwrap();
+}
