@@ -99,16 +99,17 @@ pub mod reasons {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: delete the DiskImport and create it again"))]
-#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || (!has(self.source.blank) && !has(self.source.registry) && !has(self.source.pvc))").message("contentType archive is not allowed with blank, registry or pvc sources"))]
+#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || (!has(self.source.blank) && !has(self.source.registry) && !has(self.source.pvc) && !has(self.source.diskSource))").message("contentType archive is not allowed with blank, registry, pvc or diskSource sources"))]
 #[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || !has(self.storage) || !has(self.storage.volumeMode) || self.storage.volumeMode != 'Block'").message("contentType archive unpacks into a filesystem: storage.volumeMode Block is not allowed"))]
 #[serde(rename_all = "camelCase")]
 pub struct DiskImportSpec {
-    /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`, `pvc`, `upload`.
+    /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`, `pvc`,
+    /// `diskSource`, `upload`.
     pub source: DiskImportSource,
     /// What the source holds (CDI's `contentType`): `kubevirt` (the default), a VM disk
     /// image converted to raw; `archive`, a tar (plain, gz, xz, zst or bz2) unpacked into the
-    /// root of a Filesystem claim. `archive` is not allowed with `blank` or `registry`
-    /// sources nor with `storage.volumeMode: Block`, and needs `storage.size` (the claim's
+    /// root of a Filesystem claim. `archive` is not allowed with `blank`, `registry`, `pvc` or
+    /// `diskSource` sources nor with `storage.volumeMode: Block`, and needs `storage.size` (the claim's
     /// size as it is: no probe, no filesystem overhead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<ContentType>,
@@ -122,7 +123,7 @@ pub struct DiskImportSpec {
 
 /// The source: exactly one member is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank), has(self.pvc), has(self.upload)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank, pvc, upload"))]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank), has(self.pvc), has(self.diskSource), has(self.upload)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank, pvc, diskSource, upload"))]
 pub struct DiskImportSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSource>,
@@ -134,8 +135,19 @@ pub struct DiskImportSource {
     pub blank: Option<BlankSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
+    #[serde(default, rename = "diskSource", skip_serializing_if = "Option::is_none")]
+    pub disk_source: Option<DiskSourceReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadSource>,
+}
+
+/// A [`DiskSource`](crate::DiskSource) of the DiskImport's namespace: a clone of the claim
+/// it resolves to, exactly as `pvc` with that claim. The DiskImport is Pending while the
+/// DiskSource is not Ready; the claim it names when the importer Job is created is the one
+/// cloned, wherever the DiskSource points later.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DiskSourceReference {
+    pub name: String,
 }
 
 /// A disk sent by a client (CDI's `source.upload`; `ido upload`, `curl`, `virtctl
@@ -366,6 +378,7 @@ impl DiskImportSource {
             self.registry.as_ref().map(SourceKind::Registry),
             self.blank.as_ref().map(|_| SourceKind::Blank),
             self.pvc.as_ref().map(SourceKind::Pvc),
+            self.disk_source.as_ref().map(SourceKind::DiskSource),
             self.upload.as_ref().map(SourceKind::Upload),
         ]
         .into_iter()
@@ -375,11 +388,11 @@ impl DiskImportSource {
             [one] => Ok(*one),
             [] => Err(crate::FieldError::new(
                 "spec.source",
-                "one of http, s3, registry, blank, pvc, upload is required",
+                "one of http, s3, registry, blank, pvc, diskSource, upload is required",
             )),
             _ => Err(crate::FieldError::new(
                 "spec.source",
-                "exactly one of http, s3, registry, blank, pvc, upload may be set",
+                "exactly one of http, s3, registry, blank, pvc, diskSource, upload may be set",
             )),
         }
     }
@@ -393,6 +406,7 @@ pub enum SourceKind<'a> {
     Registry(&'a RegistrySource),
     Blank,
     Pvc(&'a PvcSource),
+    DiskSource(&'a DiskSourceReference),
     Upload(&'a UploadSource),
 }
 
@@ -472,8 +486,8 @@ spec:
             "certConfigMap",
             "volumeMode",
             "self == oldSelf",
-            "exactly one of http, s3, registry, blank, pvc, upload",
-            "contentType archive is not allowed with blank, registry or pvc sources",
+            "exactly one of http, s3, registry, blank, pvc, diskSource, upload",
+            "contentType archive is not allowed with blank, registry, pvc or diskSource",
             "root of a Filesystem claim. `archive` is not allowed",
             "storage.volumeMode Block is not allowed",
             "- kubevirt",

@@ -11,6 +11,9 @@
 //!   the ImageSync engine when the chart opts in.
 //! - [`DiskImport`] (`ido.dev/v1alpha1`): a disk image imported into a PersistentVolumeClaim
 //!   by an importer Job (CDI's DataVolume, streamed, no scratch space).
+//! - [`DiskSource`] and [`DiskImportCron`] (`ido.dev/v1alpha1`): a stable name for a claim
+//!   (CDI's DataSource) and a scheduled import that points one at the newest image of a
+//!   source (CDI's DataImportCron).
 //!
 //! - [`upload::UploadTokenRequest`] (`ido.dev/v1alpha1`): a token to upload a disk into a
 //!   DiskImport, answered by ido's admission webhook to a dry run, never stored.
@@ -19,6 +22,8 @@
 
 pub mod condition;
 pub mod diskimport;
+pub mod diskimportcron;
+pub mod disksource;
 pub mod duration;
 pub mod image_operator;
 pub mod imagecache;
@@ -31,9 +36,14 @@ pub mod upload;
 
 pub use condition::{Condition, ConditionStatus};
 pub use diskimport::{
-    BlankSource, DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, DiskImportStatus, HttpSource,
-    PvcSource, RegistrySource, S3Source, SourceKind, StorageSpec, UploadSource, VolumeMode,
+    BlankSource, DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, DiskImportStatus,
+    DiskSourceReference, HttpSource, PvcSource, RegistrySource, S3Source, SourceKind, StorageSpec,
+    UploadSource, VolumeMode,
 };
+pub use diskimportcron::{
+    CronImport, DiskImportCron, DiskImportCronSpec, DiskImportCronStatus, GarbageCollect,
+};
+pub use disksource::{ClaimReference, DiskSource, DiskSourceSource, DiskSourceSpec, DiskSourceStatus};
 pub use imagecache::{
     CachePhase, CachePolicy, CachePolicyStatus, CachedImage, CachedImageSpec, CachedImageStatus,
     ClusterImageCachePolicy, ClusterImageCachePolicySpec, ImageCachePolicy, ImageCachePolicySpec,
@@ -76,6 +86,8 @@ pub fn crds()
         Release::crd(),
         ImageSync::crd(),
         DiskImport::crd(),
+        DiskSource::crd(),
+        DiskImportCron::crd(),
         image_operator::crd(),
         ImageCachePolicy::crd(),
         ClusterImageCachePolicy::crd(),

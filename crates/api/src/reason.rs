@@ -132,6 +132,30 @@ reasons! {
     /// Uploads are not served: the operator has no upload key (`--upload-key-file`).
     UploadUnavailable,
 
+    // DiskSources.
+    /// The claim exists, is bound, and the DiskImport filling it (if any) succeeded.
+    ClaimReady,
+    /// The claim does not exist.
+    ClaimMissing,
+    /// The claim is not bound to a volume.
+    ClaimNotBound,
+    /// The DiskImport that fills the claim has not succeeded.
+    ImportNotSucceeded,
+
+    // DiskImportCrons.
+    /// The DiskSource points at the import of what the source held at the last poll.
+    UpToDate,
+    /// The source changed and its import has not succeeded yet.
+    Outdated,
+    /// The source could not be polled (retried with backoff).
+    PollFailed,
+    /// A DiskImport of a new digest was created (event).
+    ImportCreated,
+    /// The DiskSource was pointed at a new import's claim (event).
+    SourceUpdated,
+    /// An outdated import was deleted (event).
+    GarbageCollected,
+
     // The workload image cache.
     /// The policy's workloads were looked at; the message counts the copies.
     Scanned,

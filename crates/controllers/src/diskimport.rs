@@ -7,7 +7,8 @@
 //!    ──▶ PersistentVolumeClaim <name>         (owned; Filesystem: size + overhead;
 //!                                              archive: Filesystem, the size as it is)
 //!    ──▶ Job importer-<name>: ido import …     (owned; a clone: the source claim mounted
-//!                                              read-only once it is filled; blank: `blank:`, no Job for a
+//!                                              read-only once it is filled, a diskSource's
+//!                                              claim once it is Ready; blank: `blank:`, no Job for a
 //!                                              Block claim without preallocation; archive:
 //!                                              `--content-type archive SOURCE /data`)
 //!    Job/pod status ──▶ phase, restartCount, conditions Ready/Running/Bound, events
@@ -41,7 +42,8 @@ mod validation;
 use std::time::Duration;
 
 use ido_api::{
-    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportStatus, Reason, SourceKind,
+    Condition, ConditionStatus, DiskImport, DiskImportPhase, DiskImportSource, DiskImportStatus, DiskSource,
+    PvcSource, Reason, SourceKind,
     condition::set_condition,
     diskimport::{ContentType, conditions, quantity, reasons},
 };
@@ -53,12 +55,12 @@ use k8s_openapi::api::{
 
 pub use job::{
     CA_DIR, CONTAINER, CREDENTIALS_DIR, DATA_DIR, DEVICE, DISK_FILE, DISK_IMPORT_LABEL, PERMANENT_EXIT_CODE,
-    claim, claim_request, importer_job, job_name, labels, owned_by,
+    claim, claim_request, importer_job, job_name, labels, owned_by, short_name, source_claim,
 };
 pub use pods::progress_of;
 use pods::{importer_progress, last_failure, pending_reason, running_pod};
 pub use provider::StoreDiskImports;
-use validation::validate;
+pub(crate) use validation::validate;
 
 use crate::{
     Action, Context, Error,
@@ -247,6 +249,15 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         progress: None,
     };
 
+    // A DiskSource: the claim it resolves to, then exactly as a `pvc` clone of it.
+    let resolved;
+    let di = match di.spec.source.kind() {
+        Ok(SourceKind::DiskSource(d)) => {
+            resolved = resolve_disk_source(di, ctx, &d.name, size).await?;
+            &resolved
+        }
+        _ => di,
+    };
     let source_block = match di.spec.source.kind() {
         Ok(SourceKind::Pvc(c)) => clone_source(di, ctx, &c.name, size).await?,
         Ok(SourceKind::Upload(_)) => {
@@ -347,6 +358,55 @@ async fn upload_key<S: Store>(di: &DiskImport, ctx: &Context<S>, size: u64) -> R
             Ok(())
         }
     }
+}
+
+/// `di` with its `diskSource` replaced by a `pvc` source of the claim the DiskSource
+/// resolves to. The claim is pinned once the importer Job exists (its `source` volume names
+/// it), wherever the DiskSource points later. Pending while the DiskSource is missing or
+/// not Ready.
+async fn resolve_disk_source<S: Store>(
+    di: &DiskImport,
+    ctx: &Context<S>,
+    name: &str,
+    size: u64,
+) -> Result<DiskImport, Observed> {
+    let ns = di.metadata.namespace.as_deref().unwrap_or_default();
+    let wait = |message: String| {
+        let mut o = Outcome::pending(reasons::PENDING, message);
+        o.size = Some(size);
+        (o, Action::Requeue(Duration::from_secs(5)))
+    };
+    let job = ctx
+        .store
+        .get::<Job>(Some(ns), &job_name(di))
+        .await
+        .map_err(|e| store_failed(size, "reading the importer Job", e))?;
+    let claim = match job
+        .filter(|j| owned_by(&j.metadata, di))
+        .and_then(|j| job::source_claim(&j))
+    {
+        Some(c) => c,
+        None => {
+            let ds = ctx
+                .store
+                .get::<DiskSource>(Some(ns), name)
+                .await
+                .map_err(|e| store_failed(size, "reading the DiskSource", e))?
+                .ok_or_else(|| wait(format!("the DiskSource {ns}/{name} does not exist yet")))?;
+            ds.ready_claim()
+                .map(str::to_string)
+                .map_err(|why| wait(format!("the DiskSource {ns}/{name} is not ready: {why}")))?
+        }
+    };
+    let mut r = di.clone();
+    r.spec.source = DiskImportSource {
+        pvc: Some(PvcSource {
+            namespace: None,
+            name: claim,
+        }),
+        ..Default::default()
+    };
+    Ok(r)
 }
 
 /// Pending after a failed store call: retried in 30 s.

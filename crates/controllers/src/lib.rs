@@ -6,7 +6,10 @@
 //!                                  Store (file or kube)              S3 source (engine)
 //!
 //!   DiskImport ──diskimport::reconcile──▶ PersistentVolumeClaim + importer Job (`ido import`)
-//!        ▲
+//!        ▲                      ▲ (source.diskSource: the claim it resolves to)
+//!        │                 DiskSource ──disksource::reconcile──▶ status.claim, Ready
+//!        │                      ▲
+//!   DiskImportCron ──diskimportcron::reconcile──▶ polls, DiskImports, points the DiskSource
 //!   kubevirt provider (through diskimport::StoreDiskImports)
 //! ```
 //!
@@ -21,6 +24,8 @@ use ido_providers::{ProviderError, Providers};
 
 pub mod config;
 pub mod diskimport;
+pub mod diskimportcron;
+pub mod disksource;
 pub mod file_store;
 pub mod imagecache;
 pub mod imagesync;

@@ -34,7 +34,8 @@ fn chart_dir() -> PathBuf {
     charts_dir().join(NAME)
 }
 
-/// Where each CRD's YAML lives: the chart renders NodeImage, ImageSync and DiskImport from
+/// Where each CRD's YAML lives: the chart renders NodeImage, ImageSync, DiskImport,
+/// DiskSource and DiskImportCron from
 /// `files/crds/` (templates/crds.yaml), image-operator's Image from `files/compat/` only
 /// with `imageOperator.enabled`, and the image cache's kinds from `files/cache/` only with
 /// `imageCache.enabled`; Giant Swarm's clusters own the Release CRD, so ours (for tests and
@@ -44,6 +45,8 @@ fn crd_path(name: &str) -> PathBuf {
         "nodeimages.image.giantswarm.io"
         | "imagesyncs.ido.dev"
         | "diskimports.ido.dev"
+        | "diskimportcrons.ido.dev"
+        | "disksources.ido.dev"
         | "uploadtokenrequests.ido.dev" => chart_dir().join("files/crds").join(format!("{name}.yaml")),
         "images.skopeo.io" => chart_dir().join("files/compat").join(format!("{name}.yaml")),
         "imagecachepolicies.ido.dev" | "clusterimagecachepolicies.ido.dev" | "cachedimages.ido.dev" => {
@@ -57,8 +60,10 @@ const HEADER: &str =
     "# Generated from the ido-api types: IDO_REGENERATE=1 cargo test -p ido-operator --test chart\n";
 
 /// The CRDs the chart carries, by name.
-const CHART_CRDS: [&str; 4] = [
+const CHART_CRDS: [&str; 6] = [
+    "diskimportcrons.ido.dev",
     "diskimports.ido.dev",
+    "disksources.ido.dev",
     "imagesyncs.ido.dev",
     "nodeimages.image.giantswarm.io",
     "uploadtokenrequests.ido.dev",

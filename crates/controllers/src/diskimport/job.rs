@@ -253,6 +253,9 @@ fn source_plan(di: &DiskImport, source_block: bool) -> Option<SourcePlan> {
             }
             p.args.push("blank:".into());
         }
+        // Resolved to `pvc` by the controller before a Job is made (the DiskSource's claim):
+        // no Job of its own.
+        SourceKind::DiskSource(_) => return None,
         // A clone: the source claim read-only beside the target, its disk copied byte for
         // byte (`--format raw`: a disk's content is never taken for an image format).
         // An upload: `ido upload-server`, the key it checks tokens with mounted.
@@ -297,6 +300,22 @@ fn source_plan(di: &DiskImport, source_block: bool) -> Option<SourcePlan> {
         }
     }
     Some(p)
+}
+
+/// The claim a clone's importer Job reads (its `source` volume), if it is one.
+pub fn source_claim(job: &Job) -> Option<String> {
+    job.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "source")?
+        .persistent_volume_claim
+        .as_ref()
+        .map(|c| c.claim_name.clone())
 }
 
 /// `https://host[:port]/bucket/key` → (`https://host[:port]`, `s3://bucket/key`); `None`
@@ -405,7 +424,8 @@ fn importer_container(
 
 /// The importer Job of `di` for a disk of `size` bytes (`source_block`: a cloned claim is
 /// a Block one); `None` for a blank Block claim without preallocation (no importer: the
-/// claim is the disk).
+/// claim is the disk), and for a `diskSource` not yet resolved to its claim (the controller
+/// resolves it to a `pvc` source first).
 pub fn importer_job(
     di: &DiskImport,
     settings: &ImporterSettings,

@@ -8,7 +8,7 @@ use ido_api::{
 use super::probe;
 
 /// Checks what the API server's schema cannot: the source's URL, checksum and size.
-pub(super) fn validate(di: &DiskImport) -> Result<(), FieldError> {
+pub(crate) fn validate(di: &DiskImport) -> Result<(), FieldError> {
     let name = di.metadata.name.as_deref().unwrap_or_default();
     if name.is_empty() || di.metadata.namespace.is_none() {
         return Err(FieldError::new("metadata", "name and namespace are required"));
@@ -42,6 +42,20 @@ pub(super) fn validate(di: &DiskImport) -> Result<(), FieldError> {
                 return Err(FieldError::new(
                     "spec.storage.size",
                     "required for a clone (at least the source disk's size)",
+                ));
+            }
+        }
+        SourceKind::DiskSource(d) => {
+            if let Some(reason) = ido_api::names::subdomain_error(&d.name) {
+                return Err(FieldError::new(
+                    "spec.source.diskSource.name",
+                    format!("{:?}: {reason}", d.name),
+                ));
+            }
+            if di.spec.storage.size.is_none() {
+                return Err(FieldError::new(
+                    "spec.storage.size",
+                    "required for a clone of a DiskSource (at least the source disk's size)",
                 ));
             }
         }
@@ -125,10 +139,10 @@ fn checksum_ok(field: &'static str, c: &str) -> Result<(), FieldError> {
 fn validate_archive(di: &DiskImport) -> Result<(), FieldError> {
     // The CEL rules say so too; `ido run` has no API server to check them.
     match di.spec.source.kind()? {
-        SourceKind::Blank | SourceKind::Registry(_) | SourceKind::Pvc(_) => {
+        SourceKind::Blank | SourceKind::Registry(_) | SourceKind::Pvc(_) | SourceKind::DiskSource(_) => {
             return Err(FieldError::new(
                 "spec.contentType",
-                "archive is not allowed with blank, registry or pvc sources",
+                "archive is not allowed with blank, registry, pvc or diskSource sources",
             ));
         }
         SourceKind::Http(_) | SourceKind::S3(_) | SourceKind::Upload(_) => {}
