@@ -3,7 +3,7 @@
 //! The manifests given are the desired set: objects from them are created or updated, and
 //! objects applied by an earlier run but no longer given are deleted (finalizers honoured).
 //! A work queue then reconciles every object that changed or is due, Releases, NodeImages,
-//! ImageSyncs and DiskImports alike, NodeImages and ImageSyncs with bounded concurrency.
+//! ImageSyncs, DiskImports, DiskSources and DiskImportCrons alike, NodeImages and ImageSyncs with bounded concurrency.
 //! DiskImports get their claim and importer Job stored like any object; the `ido` binary
 //! runs the Job in-process (its local kubelet, with `imports_run`), else they stay
 //! `ImportScheduled` unless something writes the Job's status (as the tests do) or the
@@ -24,8 +24,8 @@ use std::{
 
 use anyhow::Context as _;
 use ido_api::{
-    CachedImage, ClusterImageCachePolicy, DiskImport, ImageCachePolicy, ImageSync, NodeImage, Release,
-    image_operator::Image,
+    CachedImage, ClusterImageCachePolicy, DiskImport, DiskImportCron, DiskSource, ImageCachePolicy,
+    ImageSync, NodeImage, Release, image_operator::Image,
 };
 use tokio::{
     sync::{Semaphore, broadcast},
@@ -34,7 +34,7 @@ use tokio::{
 };
 
 use crate::{
-    Action, Context, diskimport,
+    Action, Context, diskimport, diskimportcron, disksource,
     file_store::{FileStore, Key},
     imagecache, imagesync, nodeimage, release,
     store::Store,
@@ -361,6 +361,16 @@ fn table() -> Vec<KindDef> {
             false,
             reconciler!(DiskImport, "diskimport", diskimport::reconcile),
         ),
+        def::<DiskSource>(
+            Limit::None,
+            false,
+            reconciler!(DiskSource, "disksource", disksource::reconcile),
+        ),
+        def::<DiskImportCron>(
+            Limit::None,
+            false,
+            reconciler!(DiskImportCron, "diskimportcron", diskimportcron::reconcile),
+        ),
         def::<ImageCachePolicy>(
             Limit::None,
             false,
@@ -413,6 +423,23 @@ fn owner_key(store: &FileStore, key: &Key) -> Option<Key> {
     ))
 }
 
+/// The DiskImportCron owning a changed DiskImport (the cron follows its imports), as the
+/// operator's `owns` watch does.
+fn cron_owner(store: &FileStore, key: &Key) -> Option<Key> {
+    if !key.is::<DiskImport>() {
+        return None;
+    }
+    let v = store.raw(key)?;
+    let owner = v["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == "DiskImportCron" && r["controller"] == true)?;
+    Some(FileStore::key::<DiskImportCron>(
+        key.namespace.as_deref(),
+        owner["name"].as_str()?,
+    ))
+}
+
 /// Reconciles `key` now (or again right after its running reconcile).
 fn wake(queue: &mut BTreeMap<Key, Entry>, key: Key) {
     let e = queue.entry(key).or_default();
@@ -427,6 +454,9 @@ fn wake(queue: &mut BTreeMap<Key, Entry>, key: Key) {
 /// An object changed: reconcile it now (or again once its running reconcile ends), unless
 /// the change is only a controller's own status write.
 fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
+    if let Some(cron) = cron_owner(store, &key) {
+        wake(queue, cron);
+    }
     let key = match kind_of(&key) {
         Some(_) => key,
         None => match owner_key(store, &key) {

@@ -111,7 +111,11 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
             Manifest::ImageSync(is) => names.push((false, of(&is.metadata))),
             Manifest::Image(i) => names.push((true, of(&i.metadata))),
             Manifest::Secret(_) | Manifest::ConfigMap(_) => {}
-            Manifest::Release(_) | Manifest::NodeImage(_) | Manifest::DiskImport(_) => {
+            Manifest::Release(_)
+            | Manifest::NodeImage(_)
+            | Manifest::DiskImport(_)
+            | Manifest::DiskSource(_)
+            | Manifest::DiskImportCron(_) => {
                 bail!(
                     "ido sync takes ImageSync, Image (skopeo.io), Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages and DiskImports"
                 )

@@ -11,6 +11,10 @@
 //!   watch DiskImports (all)  ──▶ Controller ──▶ diskimport::reconcile(&DiskImport, &Context<KubeStore>)
 //!     owns Jobs, PVCs (all, label app.kubernetes.io/component=disk-import)
 //!                                  (only with diskImport.enabled or kubevirt.enabled)
+//!   watch DiskSources (all)  ──▶ Controller ──▶ disksource::reconcile (same switch; rechecks
+//!                                  its claim on a timer: it owns nothing)
+//!   watch DiskImportCrons (all) ─▶ Controller ──▶ diskimportcron::reconcile (same switch)
+//!     owns DiskImports (all, label ido.dev/disk-import-cron)
 //! ```
 //!
 //! DiskImports are watched in every namespace (like CDI's DataVolumes: users and the
@@ -47,11 +51,11 @@ use std::{
 
 use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
 use ido_api::{
-    CachedImage, ClusterImageCachePolicy, DiskImport, ImageCachePolicy, ImageSync, NodeImage, Release,
-    image_operator::Image,
+    CachedImage, ClusterImageCachePolicy, DiskImport, DiskImportCron, DiskSource, ImageCachePolicy,
+    ImageSync, NodeImage, Release, image_operator::Image,
 };
 use ido_controllers::{
-    Action, Context, Error, diskimport, imagecache, imagesync,
+    Action, Context, Error, diskimport, diskimportcron, disksource, imagecache, imagesync,
     metrics::{ControllerLabels, FailureLabels, StateLabels},
     nodeimage, release,
     store::Object,
@@ -239,6 +243,34 @@ async fn reconcile_diskimport(
         &shared,
         running,
         diskimport::reconcile(&obj, &shared.ctx),
+    )
+    .await
+}
+
+async fn reconcile_disksource(
+    obj: Arc<DiskSource>,
+    shared: Arc<Shared<DiskSource>>,
+    running: Running,
+) -> Result<controller::Action, Error> {
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        disksource::reconcile(&obj, &shared.ctx),
+    )
+    .await
+}
+
+async fn reconcile_diskimportcron(
+    obj: Arc<DiskImportCron>,
+    shared: Arc<Shared<DiskImportCron>>,
+    running: Running,
+) -> Result<controller::Action, Error> {
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        diskimportcron::reconcile(&obj, &shared.ctx),
     )
     .await
 }
@@ -516,6 +548,62 @@ fn disk_imports(
     )
 }
 
+const NO_DISK_SOURCE_CRD: &str = "the DiskSource CRD (disksources.ido.dev) is not installed: DiskSources are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
+const NO_DISK_IMPORT_CRON_CRD: &str = "the DiskImportCron CRD (diskimportcrons.ido.dev) is not installed: DiskImportCrons are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
+
+/// The golden-image controllers (DiskSources; DiskImportCrons, woken by the DiskImports
+/// they own), behind the DiskImport controller's switch.
+async fn golden_images<F>(
+    client: Client,
+    ctx: Arc<Context<KubeStore>>,
+    shutdown: impl Fn() -> F,
+) -> impl Future<Output = ()> + Send
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    if !ctx.settings.disk_import.enabled {
+        return futures::future::Either::Right(std::future::ready(()));
+    }
+    let sources = when_served(
+        Api::<DiskSource>::all(client.clone()),
+        NO_DISK_SOURCE_CRD,
+        |api| {
+            drive(
+                ctx.clone(),
+                "disksource",
+                DISK_IMPORT_CONCURRENCY,
+                api,
+                vec![],
+                reconcile_disksource,
+                shutdown(),
+            )
+        },
+    )
+    .await;
+    let crons = when_served(
+        Api::<DiskImportCron>::all(client.clone()),
+        NO_DISK_IMPORT_CRON_CRD,
+        |api| {
+            drive(
+                ctx.clone(),
+                "diskimportcron",
+                DISK_IMPORT_CONCURRENCY,
+                api,
+                vec![owners::<DiskImportCron, DiskImport>(
+                    Api::all(client),
+                    watcher::Config::default().labels(diskimportcron::CRON_LABEL),
+                )],
+                reconcile_diskimportcron,
+                shutdown(),
+            )
+        },
+    )
+    .await;
+    futures::future::Either::Left(async move {
+        futures::future::join(sources, crons).await;
+    })
+}
+
 const NO_CACHE_CRDS: &str = "imageCache.enabled, but the image cache's CRDs (imagecachepolicies, clusterimagecachepolicies, cachedimages .ido.dev) are not installed: the cache is not reconciled; install them (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
 
 /// The image cache's controllers (both policy kinds, every namespace; CachedImages), when
@@ -647,6 +735,7 @@ pub async fn run<F>(
         shutdown(),
     );
     let cache = image_cache(client.clone(), ctx.clone(), &shutdown).await;
+    let golden = golden_images(client.clone(), ctx.clone(), &shutdown).await;
     let tasks = ctx.tasks.clone();
     let images = drive(
         ctx,
@@ -658,9 +747,10 @@ pub async fn run<F>(
         shutdown(),
     );
     tracing::info!("controllers started");
-    futures::future::join(
+    futures::future::join3(
         futures::future::join5(releases, images, syncs, disks, images_compat),
         cache,
+        golden,
     )
     .await;
     // Uploads still running are stopped; their guards clean up (waited for by the binary).

@@ -5,7 +5,7 @@
 //!   ido operator ──▶ run(client, ContextParts, OperatorOptions)
 //!                     ├─ http:       /healthz /readyz (plain)  /metrics (HTTPS + TokenReview/SubjectAccessReview)
 //!                     ├─ startup:    /version, SelfSubjectReview, list NodeImages   (bounded; 401/403 end it)
-//!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage + ImageSync (+ DiskImport)
+//!                     └─ lease:      acquire ─▶ leading ─▶ controller: Release + NodeImage + ImageSync (+ DiskImport, DiskSource, DiskImportCron)
 //!                                       │                     └─ KubeStore (the Store over the API)
 //!                                     standby (ready, waits)
 //! ```

@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use anyhow::{Context as _, bail};
-use ido_api::{DiskImport, ImageSync, NodeImage, Release, image_operator::Image};
+use ido_api::{DiskImport, DiskImportCron, DiskSource, ImageSync, NodeImage, Release, image_operator::Image};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::Value;
 
@@ -27,6 +27,10 @@ pub enum Manifest {
     Image(Box<Image>),
     /// A disk import: its claim and importer Job are stored; nothing runs the Job here.
     DiskImport(Box<DiskImport>),
+    /// A stable name for a claim (CDI's DataSource).
+    DiskSource(Box<DiskSource>),
+    /// A scheduled import keeping a DiskSource at the newest image (CDI's DataImportCron).
+    DiskImportCron(Box<DiskImportCron>),
     /// Credentials an ImageSync references (`kubernetes.io/dockerconfigjson`).
     Secret(Box<Secret>),
     /// CA bundles an ImageSync references (`certConfigMap`).
@@ -70,10 +74,12 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                 ("ido.dev/v1alpha1", "ImageSync") => Manifest::ImageSync(object(&doc, &at, ns)?),
                 ("skopeo.io/v1alpha1", "Image") => Manifest::Image(object(&doc, &at, ns)?),
                 ("ido.dev/v1alpha1", "DiskImport") => Manifest::DiskImport(object(&doc, &at, ns)?),
+                ("ido.dev/v1alpha1", "DiskSource") => Manifest::DiskSource(object(&doc, &at, ns)?),
+                ("ido.dev/v1alpha1", "DiskImportCron") => Manifest::DiskImportCron(object(&doc, &at, ns)?),
                 ("v1", "Secret") => Manifest::Secret(object(&doc, &at, ns)?),
                 ("v1", "ConfigMap") => Manifest::ConfigMap(object(&doc, &at, ns)?),
                 _ => bail!(
-                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync or DiskImport (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), Secret or ConfigMap (v1)"
+                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync, DiskImport, DiskSource or DiskImportCron (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), Secret or ConfigMap (v1)"
                 ),
             };
             out.push(m);
@@ -112,6 +118,8 @@ pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow:
     prune::<ImageSync>(store, &wanted).await?;
     prune::<Image>(store, &wanted).await?;
     prune::<DiskImport>(store, &wanted).await?;
+    prune::<DiskSource>(store, &wanted).await?;
+    prune::<DiskImportCron>(store, &wanted).await?;
     prune::<Secret>(store, &wanted).await?;
     prune::<ConfigMap>(store, &wanted).await?;
     Ok(())
@@ -135,6 +143,8 @@ pub async fn apply(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<
             Manifest::ImageSync(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::Image(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::DiskImport(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::DiskSource(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::DiskImportCron(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::Secret(s) => {
                 apply_data(store, &mark(s.as_ref()), |a, b| {
                     a.type_ == b.type_ && a.data == b.data && a.string_data == b.string_data
@@ -195,6 +205,8 @@ pub async fn applied_keys(store: &FileStore) -> anyhow::Result<Vec<Key>> {
     of::<ImageSync>(store, &mut out).await?;
     of::<Image>(store, &mut out).await?;
     of::<DiskImport>(store, &mut out).await?;
+    of::<DiskSource>(store, &mut out).await?;
+    of::<DiskImportCron>(store, &mut out).await?;
     of::<Secret>(store, &mut out).await?;
     of::<ConfigMap>(store, &mut out).await?;
     Ok(out)
