@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ido_api::DiskImport;
+use ido_api::{DiskImport, DiskSource};
 use ido_providers::{ProviderError, kubevirt::DiskImports};
 use k8s_openapi::api::{batch::v1::Job, core::v1::PersistentVolumeClaim};
 
@@ -74,6 +74,23 @@ impl<S: Store> DiskImports for StoreDiskImports<S> {
             && owned_by(&c.metadata, &di)
         {
             self.0.delete(&c).await.map_err(provider_err)?;
+        }
+        Ok(())
+    }
+
+    async fn get_disk_source(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> ido_providers::Result<Option<DiskSource>> {
+        self.0.get(Some(namespace), name).await.map_err(provider_err)
+    }
+
+    async fn put_disk_source(&self, ds: &DiskSource) -> ido_providers::Result<()> {
+        if ds.metadata.resource_version.is_some() {
+            self.0.replace(ds).await.map_err(provider_err)?;
+        } else {
+            self.0.create(ds).await.map_err(provider_err)?;
         }
         Ok(())
     }

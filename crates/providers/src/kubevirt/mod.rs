@@ -15,12 +15,22 @@
 //! DiskImports carry the label `app.kubernetes.io/managed-by: ido`; one of the image's name
 //! without it is someone else's: a [`ProviderError::NameClash`] in all three, never deleted.
 //!
+//! Each image whose DiskImport succeeded also keeps its family's DiskSource (see [`family`]:
+//! `kubevirt-flatcar-<channel>-kube-<major.minor>` in the location's namespace) at the
+//! newest image of the family whose import succeeded, so VMs can clone `diskSource: <family>`
+//! and get the newest node image. The DiskSource is created with the label
+//! `app.kubernetes.io/managed-by: ido` and the annotation `ido.dev/node-image` naming the
+//! image; one without the label is someone else's and is left alone. It is never deleted:
+//! when the image it points at goes, the next `exists` of another image of the family
+//! (every recheck) points it at that one, and the newest remaining one wins within a round.
+//!
 //! The provider talks to the cluster through [`DiskImports`], which the driver binds
 //! (`Providers::bind_disk_imports`, the slot the provider gets from its build's
 //! [`Bindings`]) over its object store: `ido operator` over the API
 //! server, `ido run` over its state directory (where no importer runs: the wait times out).
 
 mod config;
+pub mod family;
 
 use std::{
     collections::BTreeMap,
@@ -29,7 +39,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use ido_api::{DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, HttpSource, StorageSpec};
+use ido_api::{
+    ClaimReference, DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, DiskSource,
+    DiskSourceSource, DiskSourceSpec, HttpSource, StorageSpec,
+};
 use ido_io::s3::S3Object;
 
 pub use self::config::{KubevirtConfig, KubevirtLocation};
@@ -41,6 +54,8 @@ use crate::{
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Its value.
 pub const MANAGED_BY: &str = "ido";
+/// Annotation on a family's DiskSource: the node image it points at.
+pub const NODE_IMAGE_ANNOTATION: &str = "ido.dev/node-image";
 /// How often `create` looks at the DiskImport while it runs.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
 
@@ -55,6 +70,11 @@ pub trait DiskImports: Send + Sync {
     /// Deletes the DiskImport `namespace/name` with its claim and importer Job; absent is
     /// success.
     async fn delete(&self, namespace: &str, name: &str) -> Result<()>;
+    /// The DiskSource `namespace/name`, if any.
+    async fn get_disk_source(&self, namespace: &str, name: &str) -> Result<Option<DiskSource>>;
+    /// Creates `ds` (no `resourceVersion`), or replaces the stored one's spec, labels and
+    /// annotations (`ds` as read, changed).
+    async fn put_disk_source(&self, ds: &DiskSource) -> Result<()>;
 }
 
 /// Where the driver's [`DiskImports`] is bound; shared by the providers that need it.
@@ -174,6 +194,87 @@ impl KubevirtProvider {
     }
 }
 
+impl KubevirtProvider {
+    /// Points the family's DiskSource of `image` in `loc` at `di`'s claim when `image` is
+    /// the newest of the family there whose import succeeded (or the one it points at is
+    /// gone). Failures are logged: the node image itself is in place either way.
+    async fn point_family(&self, location: &str, loc: &KubevirtLocation, image: &str, di: &DiskImport) {
+        let Some(this) = family::NodeImageName::parse(self.release_prefix(), image) else {
+            tracing::debug!(location, image, "no node-image family in the name: no DiskSource");
+            return;
+        };
+        if let Err(e) = self.try_point_family(loc, image, &this, di).await {
+            tracing::warn!(location, image, family = %this.family, error = %e, "the family's DiskSource was not updated");
+        }
+    }
+
+    async fn try_point_family(
+        &self,
+        loc: &KubevirtLocation,
+        image: &str,
+        this: &family::NodeImageName,
+        di: &DiskImport,
+    ) -> Result<()> {
+        let imports = self.imports.get()?;
+        let ns = loc.namespace.as_str();
+        let claim = template(di)
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let source = DiskSourceSource {
+            pvc: ClaimReference { name: claim.clone() },
+        };
+        let Some(mut ds) = imports.get_disk_source(ns, &this.family).await? else {
+            let mut ds = DiskSource::new(&this.family, DiskSourceSpec { source });
+            ds.metadata.namespace = Some(ns.to_string());
+            ds.metadata.labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.into(), MANAGED_BY.into())]));
+            ds.metadata.annotations = Some(BTreeMap::from([(NODE_IMAGE_ANNOTATION.into(), image.into())]));
+            imports.put_disk_source(&ds).await?;
+            tracing::info!(namespace = ns, family = %this.family, image, "family DiskSource created");
+            return Ok(());
+        };
+        let ours = ds
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL))
+            .is_some_and(|v| v == MANAGED_BY);
+        if !ours {
+            tracing::warn!(namespace = ns, family = %this.family, "a DiskSource of the family's name without ido's label: left alone");
+            return Ok(());
+        }
+        let current = ds
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(NODE_IMAGE_ANNOTATION))
+            .cloned();
+        if current.as_deref() == Some(image) && ds.spec.source.pvc.name == claim {
+            return Ok(());
+        }
+        // The image it points at stays if it is newer and still imported.
+        if let Some(cur) = current.as_deref().filter(|c| *c != image)
+            && let Some(cur_name) = family::NodeImageName::parse(self.release_prefix(), cur)
+            && cur_name.newer(this) == std::cmp::Ordering::Greater
+            && imports.get(ns, cur).await?.is_some_and(|d| {
+                phase(&d) == DiskImportPhase::Succeeded && d.metadata.deletion_timestamp.is_none()
+            })
+        {
+            return Ok(());
+        }
+        ds.spec.source = source;
+        ds.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(NODE_IMAGE_ANNOTATION.into(), image.into());
+        imports.put_disk_source(&ds).await?;
+        tracing::info!(namespace = ns, family = %this.family, image, "family DiskSource points at the newest image");
+        Ok(())
+    }
+}
+
 fn template(di: &DiskImport) -> Template {
     let ns = di.metadata.namespace.clone().unwrap_or_default();
     let claim = di
@@ -283,9 +384,13 @@ impl Provider for KubevirtProvider {
         if let Some(d) = di.as_ref().filter(|d| !is_ours(d)) {
             return Err(name_clash(location, d));
         }
-        Ok(di
-            .filter(|d| phase(d) == DiskImportPhase::Succeeded && d.metadata.deletion_timestamp.is_none())
-            .map(|d| template(&d)))
+        let Some(d) =
+            di.filter(|d| phase(d) == DiskImportPhase::Succeeded && d.metadata.deletion_timestamp.is_none())
+        else {
+            return Ok(None);
+        };
+        self.point_family(location, loc, image, &d).await;
+        Ok(Some(template(&d)))
     }
 
     async fn create(
@@ -333,7 +438,10 @@ impl Provider for KubevirtProvider {
                 }));
             };
             match phase(&d) {
-                DiskImportPhase::Succeeded => return Ok(template(&d)),
+                DiskImportPhase::Succeeded => {
+                    self.point_family(location, loc, image, &d).await;
+                    return Ok(template(&d));
+                }
                 DiskImportPhase::Failed => {
                     let why = failure(&d);
                     imports.delete(ns, image).await?;

@@ -22,6 +22,8 @@ struct MemImports {
     deleted: Mutex<Vec<String>>,
     /// Phase a created DiskImport reaches at its first `get`.
     then: Mutex<Option<(DiskImportPhase, String)>>,
+    /// DiskSources; a write gives them a resourceVersion.
+    sources: Mutex<BTreeMap<(String, String), DiskSource>>,
 }
 
 fn with_phase(mut d: DiskImport, phase: DiskImportPhase, message: &str) -> DiskImport {
@@ -78,6 +80,33 @@ impl DiskImports for MemImports {
             .lock()
             .unwrap()
             .remove(&(namespace.to_string(), name.to_string()));
+        Ok(())
+    }
+    async fn get_disk_source(&self, namespace: &str, name: &str) -> Result<Option<DiskSource>> {
+        Ok(self
+            .sources
+            .lock()
+            .unwrap()
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned())
+    }
+    async fn put_disk_source(&self, ds: &DiskSource) -> Result<()> {
+        let key = (
+            ds.metadata.namespace.clone().unwrap(),
+            ds.metadata.name.clone().unwrap(),
+        );
+        let mut sources = self.sources.lock().unwrap();
+        let stored = sources
+            .get(&key)
+            .and_then(|d| d.metadata.resource_version.clone());
+        assert_eq!(
+            ds.metadata.resource_version, stored,
+            "create new, replace as read"
+        );
+        let mut ds = ds.clone();
+        let v = stored.map_or(1, |v| v.parse::<u64>().unwrap() + 1);
+        ds.metadata.resource_version = Some(v.to_string());
+        sources.insert(key, ds);
         Ok(())
     }
 }
@@ -323,4 +352,87 @@ async fn disk_imports_without_ido_label_are_name_clashes_never_deleted() {
         serde_json::to_value(&left).unwrap(),
         serde_json::to_value(&foreign).unwrap()
     );
+}
+
+/// The family DiskSource of `image`'s family in `vm-images`: (the claim, the image) it names.
+fn family_points_at(imports: &MemImports, family: &str) -> Option<(String, String)> {
+    imports
+        .sources
+        .lock()
+        .unwrap()
+        .get(&("vm-images".to_string(), family.to_string()))
+        .map(|d| {
+            (
+                d.spec.source.pvc.name.clone(),
+                d.metadata.annotations.as_ref().unwrap()[NODE_IMAGE_ANNOTATION].clone(),
+            )
+        })
+}
+
+#[tokio::test]
+async fn the_family_disk_source_follows_the_newest_imported_image() {
+    const FAMILY: &str = "kubevirt-flatcar-stable-kube-1.30";
+    const NEWER: &str = "flatcar-stable-4081.2.0-kube-1.30.4-tooling-1.18.1-gs";
+    let imports = Arc::new(MemImports::default());
+    let p = provider(&imports);
+    let src = s3_object().await;
+    *imports.then.lock().unwrap() = Some((DiskImportPhase::Succeeded, String::new()));
+
+    // The first image of the family: its DiskSource is created, marked as ido's.
+    p.create("vms", IMAGE, &src, &Progress::default()).await.unwrap();
+    assert_eq!(
+        family_points_at(&imports, FAMILY),
+        Some((IMAGE.to_string(), IMAGE.to_string()))
+    );
+    let ds = imports
+        .get_disk_source("vm-images", FAMILY)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ds.metadata.labels.unwrap()[MANAGED_BY_LABEL], MANAGED_BY);
+
+    // A newer one moves it; the older one's recheck does not move it back.
+    p.create("vms", NEWER, &src, &Progress::default()).await.unwrap();
+    assert_eq!(
+        family_points_at(&imports, FAMILY),
+        Some((NEWER.to_string(), NEWER.to_string()))
+    );
+    assert!(p.exists("vms", IMAGE).await.unwrap().is_some());
+    assert_eq!(family_points_at(&imports, FAMILY).unwrap().1, NEWER);
+
+    // The newer image goes: the next recheck of the remaining one points the family at it.
+    p.delete("vms", NEWER).await.unwrap();
+    assert_eq!(
+        family_points_at(&imports, FAMILY).unwrap().1,
+        NEWER,
+        "never deleted"
+    );
+    assert!(p.exists("vms", IMAGE).await.unwrap().is_some());
+    assert_eq!(
+        family_points_at(&imports, FAMILY),
+        Some((IMAGE.to_string(), IMAGE.to_string()))
+    );
+
+    // A DiskSource of a family's name that ido did not make is left alone.
+    let mut theirs = DiskSource::new(
+        "kubevirt-flatcar-stable-kube-1.31",
+        DiskSourceSpec {
+            source: DiskSourceSource {
+                pvc: ClaimReference {
+                    name: "their-claim".into(),
+                },
+            },
+        },
+    );
+    theirs.metadata.namespace = Some("vm-images".into());
+    imports.put_disk_source(&theirs).await.unwrap();
+    let other = "flatcar-stable-4081.2.0-kube-1.31.0-tooling-1.18.1-gs";
+    p.create("vms", other, &src, &Progress::default()).await.unwrap();
+    let ds = imports
+        .get_disk_source("vm-images", "kubevirt-flatcar-stable-kube-1.31")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ds.spec.source.pvc.name, "their-claim");
+    assert!(ds.metadata.annotations.is_none());
 }
