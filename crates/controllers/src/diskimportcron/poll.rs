@@ -92,8 +92,8 @@ async fn registry_digest<S: Store>(ctx: &Context<S>, ns: &str, r: &RegistrySourc
         cert_config_map: r.cert_config_map.clone(),
         aws_irsa: false,
     };
-    let auths = side_auth(ctx, ns, &side).await.map_err(|e| e.to_string())?;
-    let tls = side_tls(ctx, ns, &side).await.map_err(|e| e.to_string())?;
+    let auths = side_auth(ctx, ns, &side).await.map_err(|e| hint(e.to_string()))?;
+    let tls = side_tls(ctx, ns, &side).await.map_err(|e| hint(e.to_string()))?;
     let reg = Registry::connect(&side.host(), &tls, Arc::new(auths), 1)
         .await
         .map_err(|e| format!("{}: {e}", side.field))?;
@@ -116,7 +116,7 @@ async fn http_validator<S: Store>(ctx: &Context<S>, ns: &str, h: &HttpSource) ->
         cert_config_map: h.cert_config_map.clone(),
         aws_irsa: false,
     };
-    let tls = side_tls(ctx, ns, &side).await.map_err(|e| e.to_string())?;
+    let tls = side_tls(ctx, ns, &side).await.map_err(|e| hint(e.to_string()))?;
     let options = ido_io::http::TlsOptions {
         insecure: false,
         ca_bundle: tls.ca_bundle,
@@ -161,6 +161,17 @@ async fn http_validator<S: Store>(ctx: &Context<S>, ns: &str, h: &HttpSource) ->
     }
 }
 
+/// A message of a Secret or ConfigMap read the operator may not make, with what allows it.
+fn hint(message: String) -> String {
+    if message.to_ascii_lowercase().contains("forbidden") {
+        format!(
+            "{message} (the operator reads a cron's Secret and CA ConfigMap only with the chart's diskImport.cronCredentials)"
+        )
+    } else {
+        message
+    }
+}
+
 /// The basic-auth user and password of the HTTP source's Secret (CDI's keys).
 async fn basic_auth<S: Store>(ctx: &Context<S>, ns: &str, name: &str) -> Result<(String, String), String> {
     let field = "spec.template.source.http.secretRef";
@@ -168,7 +179,7 @@ async fn basic_auth<S: Store>(ctx: &Context<S>, ns: &str, name: &str) -> Result<
         .store
         .get(Some(ns), name)
         .await
-        .map_err(|e| format!("{field}: reading Secret {ns}/{name}: {e}"))?
+        .map_err(|e| hint(format!("{field}: reading Secret {ns}/{name}: {e}")))?
         .ok_or_else(|| format!("{field}: Secret {ns}/{name} not found"))?;
     let key = |k: &str| {
         secret

@@ -287,3 +287,199 @@ async fn kube_store_lists_by_label_and_deletes_in_the_background() {
     })
     .await;
 }
+
+/// Golden images through the operator, as the chart's ServiceAccount: a DiskImportCron
+/// polls a private registry (TLS, credentials from its template's Secret, CA from its
+/// ConfigMap), makes a DiskImport pinned by digest; once that import succeeded (the test
+/// plays its importer Pod) and its claim is bound, the DiskSource points at it and a
+/// DiskImport cloning `diskSource: fedora` gets a clone Job reading that claim. The API
+/// server's CEL rules refuse a template from S3 and two sources at once.
+#[tokio::test]
+async fn a_disk_import_cron_keeps_a_disk_source_at_the_newest_image() {
+    use ido_testkit::{
+        oci_image::{build_layout, push_layout},
+        registry::{DockerRegistry, RegistryOptions},
+    };
+    let env = Env::new(
+        "golden",
+        json!({"diskImport": {"enabled": true, "cronCredentials": true}}),
+    )
+    .await;
+    let vms = env.cluster().namespace("golden-vms").await.unwrap();
+    let vms = vms.as_str();
+    let reg = DockerRegistry::start(RegistryOptions {
+        tls: true,
+        auth: Some(("puller".into(), "golden-pw".into())),
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(dir.path(), "41", &["linux/amd64"], 1, 4096, 7)
+        .await
+        .unwrap();
+    push_layout(&layout, &reg, "disks/fedora:41").await.unwrap();
+    let config = json!({"auths": {reg.host(): {"username": "puller", "password": "golden-pw"}}}).to_string();
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pull", "namespace": vms},
+         "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": config}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "registry-ca", "namespace": vms},
+         "data": {"ca.crt": reg.ca().unwrap().ca_pem()}},
+    ]});
+    env.cluster()
+        .kubectl_stdin(&["apply", "-f", "-"], &objects.to_string())
+        .await
+        .unwrap();
+
+    let parts = ContextParts {
+        providers: Providers::default(),
+        source: None,
+        settings: Settings {
+            namespace: env.ns.clone(),
+            disk_import: ImporterSettings {
+                enabled: true,
+                image: "ido:test".into(),
+                recheck: Duration::from_millis(300),
+                ..ImporterSettings::default()
+            },
+            ..Settings::default()
+        },
+        metrics: Metrics::default(),
+    };
+    let opts = OperatorOptions {
+        metrics_addr: free_addr(),
+        health_probe_addr: None,
+        leader_election: false,
+        identity: Some("ido-0".into()),
+        ..OperatorOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let op = tokio::spawn(ido_operator::run_until(
+        env.operator_client().await,
+        parts,
+        opts,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // The API server's rules: a template must come from a registry or HTTP; one source.
+    let cluster = env.cluster();
+    let refused = |y: String| async move {
+        let out = cluster
+            .kubectl_output(&["apply", "-f", "-"], Some(&y))
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "accepted:\n{y}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(format!(
+        "apiVersion: ido.dev/v1alpha1\nkind: DiskImportCron\nmetadata: {{name: s3, namespace: {vms}}}\nspec:\n  schedule: '0 * * * *'\n  managedDiskSource: s3\n  template:\n    source: {{s3: {{url: 's3://b/k'}}}}\n    storage: {{size: 1Gi}}\n"
+    ))
+    .await;
+    assert!(err.contains("registry") && err.contains("http"), "{err}");
+    let err = refused(format!(
+        "apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: two, namespace: {vms}}}\nspec:\n  source: {{pvc: {{name: a}}, diskSource: {{name: b}}}}\n  storage: {{size: 1Gi}}\n"
+    ))
+    .await;
+    assert!(err.contains("exactly one of"), "{err}");
+
+    let cron = format!(
+        "apiVersion: ido.dev/v1alpha1\nkind: DiskImportCron\nmetadata: {{name: fedora, namespace: {vms}}}\nspec:\n  schedule: '0 0 1 1 *'\n  managedDiskSource: fedora\n  template:\n    source:\n      registry: {{url: 'docker://{}/disks/fedora:41', secretRef: pull, certConfigMap: registry-ca}}\n    storage: {{size: 64Mi, storageClassName: ''}}\n",
+        reg.host()
+    );
+    env.cluster()
+        .kubectl_stdin(&["apply", "-f", "-"], &cron)
+        .await
+        .unwrap();
+    let imports = async || {
+        env.list::<DiskImport>(Some(vms))
+            .await
+            .into_iter()
+            .filter(|d| d["metadata"]["labels"]["ido.dev/disk-import-cron"] == "fedora")
+            .collect::<Vec<_>>()
+    };
+    wait_for("the cron's DiskImport", async || imports().await.len() == 1).await;
+    let di = imports().await.remove(0);
+    let name = di["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(
+        di["spec"]["source"]["registry"]["url"],
+        format!("docker://{}/disks/fedora@{}", reg.host(), layout.digest)
+    );
+
+    // Its claim bound to a volume, its importer run (the test as the kubelet).
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": format!("{vms}-golden")},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "hostPath": {"path": dir.path().display().to_string()},
+                 "claimRef": {"namespace": vms, "name": name}},
+    });
+    env.cluster()
+        .kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+    let job = format!("importer-{name}");
+    let pods = async || {
+        env.list::<Pod>(Some(vms))
+            .await
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["job-name"] == job.as_str())
+            .collect::<Vec<_>>()
+    };
+    wait_for("the importer Pod", async || pods().await.len() == 1).await;
+    let pod = pods().await[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let container = |state: Value| json!([{"name": "importer", "image": "ido:test", "imageID": "", "ready": false, "restartCount": 0, "state": state}]);
+    env.set_status::<Pod>(
+        Some(vms),
+        &pod,
+        json!({"phase": "Succeeded", "containerStatuses": container(json!({"terminated": {"exitCode": 0, "reason": "Completed"}}))}),
+    )
+    .await;
+
+    // The DiskSource follows, Ready; a clone of it reads the imported claim.
+    wait_for("the DiskSource at the import", async || {
+        env.get::<ido_api::DiskSource>(Some(vms), "fedora")
+            .await
+            .is_some_and(|ds| {
+                ds["status"]["claim"] == name.as_str()
+                    && ds["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    })
+    .await;
+    let clone = format!(
+        "apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: vm-root, namespace: {vms}}}\nspec:\n  source: {{diskSource: {{name: fedora}}}}\n  storage: {{size: 64Mi}}\n"
+    );
+    env.cluster()
+        .kubectl_stdin(&["apply", "-f", "-"], &clone)
+        .await
+        .unwrap();
+    wait_for("the clone Job", async || {
+        env.get::<Job>(Some(vms), "importer-vm-root")
+            .await
+            .is_some_and(|j| {
+                j["spec"]["template"]["spec"]["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v["persistentVolumeClaim"]["claimName"] == name.as_str())
+            })
+    })
+    .await;
+    let cron = env
+        .get::<ido_api::DiskImportCron>(Some(vms), "fedora")
+        .await
+        .unwrap();
+    assert_eq!(cron["status"]["lastImportedClaim"], name.as_str(), "{cron}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), op)
+        .await
+        .expect("clean shutdown")
+        .unwrap()
+        .unwrap();
+}
