@@ -15,11 +15,14 @@
 //!   (CDI's DataSource) and a scheduled import that points one at the newest image of a
 //!   source (CDI's DataImportCron).
 //!
+//! - [`cdi::DataVolume`] (`cdi.kubevirt.io/v1beta1`): CDI's kind, served as DiskImports in
+//!   the CDI compatibility mode.
 //! - [`upload::UploadTokenRequest`] (`ido.dev/v1alpha1`): a token to upload a disk into a
 //!   DiskImport, answered by ido's admission webhook to a dry run, never stored.
 //!
 //! CRD YAML is generated from these types (`ido crds`), never written by hand.
 
+pub mod cdi;
 pub mod condition;
 pub mod diskimport;
 pub mod diskimportcron;
@@ -78,6 +81,10 @@ pub use release::{Release, ReleaseComponent, ReleaseSpec};
 
 use kube::CustomResourceExt;
 
+/// API groups of other projects whose kinds ido serves for their users (image-operator's,
+/// CDI's): their CRDs are not ido's to install where those projects run.
+pub const FOREIGN_GROUPS: [&str; 2] = ["skopeo.io", "cdi.kubevirt.io"];
+
 /// Every CRD the project defines, in the order `ido crds` prints them.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
@@ -93,6 +100,7 @@ pub fn crds()
         ClusterImageCachePolicy::crd(),
         CachedImage::crd(),
         upload::crd(),
+        cdi::crd(),
     ]
     .into_iter()
     .map(|mut crd| {

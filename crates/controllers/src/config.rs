@@ -10,6 +10,7 @@
 //! kubevirt: {enabled, timeoutSeconds, locations: {name: {namespace, storageClassName, size, accessModes, volumeMode}}}
 //! diskImport: {enabled, image, imagePullPolicy, filesystemOverhead, backoffLimit, resources}
 //! imageOperator: {enabled}      # serve image-operator's Image (skopeo.io/v1alpha1)
+//! cdiCompat: {enabled}          # serve CDI's DataVolume (cdi.kubevirt.io/v1beta1)
 //! imageCache: {enabled, concurrency, webhook: {…}}   # the workload image cache
 //! ```
 //! Keys the operator does not know (the rest of a Helm values file) are ignored. Separate
@@ -155,6 +156,15 @@ pub struct ImageOperatorConfig {
     pub enabled: bool,
 }
 
+/// The `cdiCompat` section: CDI's DataVolume served as DiskImports.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CdiCompatConfig {
+    /// Watch `datavolumes.cdi.kubevirt.io` in every namespace (`ido operator`).
+    #[serde(default)]
+    pub enabled: bool,
+}
+
 /// The `imageCache` section: the workload image cache's controllers.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -206,6 +216,8 @@ pub struct Config {
     pub image_operator: ImageOperatorConfig,
     #[serde(default)]
     pub image_cache: ImageCacheConfig,
+    #[serde(default)]
+    pub cdi_compat: CdiCompatConfig,
     /// The provider sections (`vsphere`, …): each registered provider decodes its own.
     #[serde(skip)]
     pub providers: ProvidersConfig,
@@ -325,6 +337,7 @@ impl Config {
             image_operator: self.image_operator.enabled,
             image_cache: self.image_cache.enabled,
             cache_concurrency: self.image_cache.concurrency,
+            cdi_compat: self.cdi_compat.enabled,
             ..Settings::default()
         })
     }

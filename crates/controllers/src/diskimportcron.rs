@@ -34,7 +34,6 @@ use ido_api::{
     disksource::{ClaimReference, DiskSourceSource},
 };
 use jiff::{Timestamp, tz::TimeZone};
-use serde_json::json;
 use sha2::Digest as _;
 
 use ido_api::Reason;
@@ -44,6 +43,7 @@ use crate::{
     diskimport::short_name,
     imagesync::parse_schedule,
     store::{Event, Store, StoreError, modify_status},
+    store::{controller_reference as owner_reference, owned_by},
 };
 
 /// Label on the DiskImports a cron creates: the cron's name (cut with a hash past 63 bytes).
@@ -126,27 +126,6 @@ fn key(cron: &DiskImportCron) -> String {
         cron.metadata.namespace.as_deref().unwrap_or_default(),
         cron.metadata.name.as_deref().unwrap_or_default()
     )
-}
-
-/// Whether `meta` names `cron` as its controller.
-fn owned_by(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    cron: &DiskImportCron,
-) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|r| Some(&r.uid) == cron.metadata.uid.as_ref() && r.kind == "DiskImportCron")
-}
-
-fn owner_reference(cron: &DiskImportCron) -> serde_json::Value {
-    json!({
-        "apiVersion": "ido.dev/v1alpha1",
-        "kind": "DiskImportCron",
-        "name": cron.metadata.name,
-        "uid": cron.metadata.uid,
-        "controller": true,
-    })
 }
 
 fn phase(di: &DiskImport) -> DiskImportPhase {

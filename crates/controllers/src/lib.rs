@@ -23,6 +23,7 @@ use ido_io::s3::S3Source;
 use ido_providers::{ProviderError, Providers};
 
 pub mod config;
+pub mod datavolume;
 pub mod diskimport;
 pub mod diskimportcron;
 pub mod disksource;
@@ -93,6 +94,9 @@ pub struct Settings {
     pub image_cache: bool,
     /// Cache copies made at once.
     pub cache_concurrency: usize,
+    /// Serve CDI's DataVolume (`cdi.kubevirt.io/v1beta1`) as DiskImports (`ido operator`;
+    /// `ido run` always reads DataVolume manifests).
+    pub cdi_compat: bool,
 }
 
 impl Default for Settings {
@@ -107,6 +111,7 @@ impl Default for Settings {
             image_operator: false,
             image_cache: false,
             cache_concurrency: 4,
+            cdi_compat: false,
         }
     }
 }

@@ -25,7 +25,7 @@ use std::{
 use anyhow::Context as _;
 use ido_api::{
     CachedImage, ClusterImageCachePolicy, DiskImport, DiskImportCron, DiskSource, ImageCachePolicy,
-    ImageSync, NodeImage, Release, image_operator::Image,
+    ImageSync, NodeImage, Release, cdi::DataVolume, image_operator::Image,
 };
 use tokio::{
     sync::{Semaphore, broadcast},
@@ -34,7 +34,7 @@ use tokio::{
 };
 
 use crate::{
-    Action, Context, diskimport, diskimportcron, disksource,
+    Action, Context, datavolume, diskimport, diskimportcron, disksource,
     file_store::{FileStore, Key},
     imagecache, imagesync, nodeimage, release,
     store::Store,
@@ -371,6 +371,11 @@ fn table() -> Vec<KindDef> {
             false,
             reconciler!(DiskImportCron, "diskimportcron", diskimportcron::reconcile),
         ),
+        def::<DataVolume>(
+            Limit::None,
+            false,
+            reconciler!(DataVolume, "datavolume", datavolume::reconcile),
+        ),
         def::<ImageCachePolicy>(
             Limit::None,
             false,
@@ -423,8 +428,8 @@ fn owner_key(store: &FileStore, key: &Key) -> Option<Key> {
     ))
 }
 
-/// The DiskImportCron owning a changed DiskImport (the cron follows its imports), as the
-/// operator's `owns` watch does.
+/// The DiskImportCron or DataVolume owning a changed DiskImport (each follows its
+/// imports), as the operator's `owns` watches do.
 fn cron_owner(store: &FileStore, key: &Key) -> Option<Key> {
     if !key.is::<DiskImport>() {
         return None;
@@ -433,11 +438,13 @@ fn cron_owner(store: &FileStore, key: &Key) -> Option<Key> {
     let owner = v["metadata"]["ownerReferences"]
         .as_array()?
         .iter()
-        .find(|r| r["kind"] == "DiskImportCron" && r["controller"] == true)?;
-    Some(FileStore::key::<DiskImportCron>(
-        key.namespace.as_deref(),
-        owner["name"].as_str()?,
-    ))
+        .find(|r| (r["kind"] == "DiskImportCron" || r["kind"] == "DataVolume") && r["controller"] == true)?;
+    let (ns, name) = (key.namespace.as_deref(), owner["name"].as_str()?);
+    Some(if owner["kind"] == "DataVolume" {
+        FileStore::key::<DataVolume>(ns, name)
+    } else {
+        FileStore::key::<DiskImportCron>(ns, name)
+    })
 }
 
 /// Reconciles `key` now (or again right after its running reconcile).

@@ -22,6 +22,32 @@ impl<K> Object for K where
 {
 }
 
+/// The controller owner reference to `owner`: what an object it makes carries, so that it
+/// goes with `owner` (the cluster's garbage collector; the file store does the same). No
+/// `blockOwnerDeletion`: that would need `update` on the owner's `finalizers` where the
+/// OwnerReferencesPermissionEnforcement admission plugin runs.
+pub fn controller_reference<K: Object>(owner: &K) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "name": owner.meta().name,
+        "uid": owner.meta().uid,
+        "controller": true,
+    })
+}
+
+/// Whether `meta` names `owner` (by UID and kind) among its owners: whether ido made it for
+/// `owner`.
+pub fn owned_by<K: Object>(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    owner: &K,
+) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| Some(&r.uid) == owner.meta().uid.as_ref() && r.kind == K::kind(&()))
+}
+
 /// Identity of a stored object: its resource (`<plural>.<group>`, e.g.
 /// `nodeimages.image.giantswarm.io`), namespace and name. The file store files objects by
 /// it, and the tasks ([`crate::tasks`]) are kept by it.

@@ -44,8 +44,13 @@ enum Command {
     Upload(crate::upload::client::UploadArgs),
     /// Serve one upload into a file or device (the upload pod of a DiskImport).
     UploadServer(crate::upload::server::ServerArgs),
-    /// Print the CustomResourceDefinitions (YAML).
-    Crds,
+    /// Print the CustomResourceDefinitions (YAML): ido's own; with --compat also the kinds
+    /// ido serves for other projects' users (image-operator's Image, CDI's DataVolume), which
+    /// must not be applied where those projects run.
+    Crds {
+        #[arg(long)]
+        compat: bool,
+    },
     /// List the image cache's copies (CachedImages) of a state directory: where each is, and
     /// which workloads keep it.
     Cache(crate::cache::CacheArgs),
@@ -300,9 +305,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Crds => {
+        Command::Crds { compat } => {
             let docs: Vec<String> = ido_api::crds()
                 .iter()
+                .filter(|c| compat || !ido_api::FOREIGN_GROUPS.contains(&c.spec.group.as_str()))
                 .map(yaml::to_string)
                 .collect::<Result<_, _>>()
                 .context("serialising CRDs")?;

@@ -115,9 +115,10 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
             | Manifest::NodeImage(_)
             | Manifest::DiskImport(_)
             | Manifest::DiskSource(_)
-            | Manifest::DiskImportCron(_) => {
+            | Manifest::DiskImportCron(_)
+            | Manifest::DataVolume(_) => {
                 bail!(
-                    "ido sync takes ImageSync, Image (skopeo.io), Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages and DiskImports"
+                    "ido sync takes ImageSync, Image (skopeo.io), Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages, DiskImports and DataVolumes"
                 )
             }
         }

@@ -203,6 +203,14 @@ fn crds_print_both_kinds() {
     assert!(
         text.contains("nodeimages.image.giantswarm.io") && text.contains("releases.release.giantswarm.io")
     );
+    // Other projects' kinds only on request: applying them would take over their CRDs.
+    assert!(!text.contains("datavolumes.cdi.kubevirt.io") && !text.contains("images.skopeo.io"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args(["crds", "--compat"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("datavolumes.cdi.kubevirt.io") && text.contains("images.skopeo.io"));
 }
 
 /// Names become state file paths and S3 keys: hostile ones are refused by object and field,

@@ -14,6 +14,7 @@
 //!   watch DiskSources (all)  ──▶ Controller ──▶ disksource::reconcile (same switch; rechecks
 //!                                  its claim on a timer: it owns nothing)
 //!   watch DiskImportCrons (all) ─▶ Controller ──▶ diskimportcron::reconcile (same switch)
+//!   watch DataVolumes (all)     ─▶ Controller ──▶ datavolume::reconcile (cdiCompat.enabled)
 //!     owns DiskImports (all, label ido.dev/disk-import-cron)
 //! ```
 //!
@@ -52,10 +53,10 @@ use std::{
 use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
 use ido_api::{
     CachedImage, ClusterImageCachePolicy, DiskImport, DiskImportCron, DiskSource, ImageCachePolicy,
-    ImageSync, NodeImage, Release, image_operator::Image,
+    ImageSync, NodeImage, Release, cdi::DataVolume, image_operator::Image,
 };
 use ido_controllers::{
-    Action, Context, Error, diskimport, diskimportcron, disksource, imagecache, imagesync,
+    Action, Context, Error, datavolume, diskimport, diskimportcron, disksource, imagecache, imagesync,
     metrics::{ControllerLabels, FailureLabels, StateLabels},
     nodeimage, release,
     store::Object,
@@ -271,6 +272,20 @@ async fn reconcile_diskimportcron(
         &shared,
         running,
         diskimportcron::reconcile(&obj, &shared.ctx),
+    )
+    .await
+}
+
+async fn reconcile_datavolume(
+    obj: Arc<DataVolume>,
+    shared: Arc<Shared<DataVolume>>,
+    running: Running,
+) -> Result<controller::Action, Error> {
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        datavolume::reconcile(&obj, &shared.ctx),
     )
     .await
 }
@@ -524,7 +539,7 @@ async fn served<K: Object>(api: &Api<K>) -> bool {
 /// Warnings when a CRD of an optional controller is not installed.
 const NO_DISK_IMPORT_CRD: &str = "the DiskImport CRD (diskimports.ido.dev) is not installed: DiskImports are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
 const NO_IMAGE_SYNC_CRD: &str = "the ImageSync CRD (imagesyncs.ido.dev) is not installed: ImageSyncs are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
-const NO_IMAGE_CRD: &str = "imageOperator.enabled, but image-operator's Image CRD (images.skopeo.io) is not installed: Images are not reconciled; install it (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
+const NO_IMAGE_CRD: &str = "imageOperator.enabled, but image-operator's Image CRD (images.skopeo.io) is not installed: Images are not reconciled; install it (`ido crds --compat | kubectl apply -f -`, or the chart with crd.enable) and restart";
 
 /// The DiskImport controller, woken by the claims and Jobs DiskImports own.
 fn disk_imports(
@@ -602,6 +617,43 @@ where
     futures::future::Either::Left(async move {
         futures::future::join(sources, crons).await;
     })
+}
+
+const NO_DATA_VOLUME_CRD: &str = "cdiCompat.enabled, but the DataVolume CRD (datavolumes.cdi.kubevirt.io) is not installed: DataVolumes are not reconciled; install it (the chart with cdiCompat.enabled and crd.enable) and restart";
+
+/// CDI compatibility (`cdiCompat.enabled`): DataVolumes in every namespace, each woken by
+/// the DiskImport it owns.
+async fn data_volumes<F>(
+    client: Client,
+    ctx: Arc<Context<KubeStore>>,
+    shutdown: impl Fn() -> F,
+) -> impl Future<Output = ()> + Send
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    if !ctx.settings.cdi_compat {
+        return futures::future::Either::Right(std::future::ready(()));
+    }
+    let dvs = when_served(
+        Api::<DataVolume>::all(client.clone()),
+        NO_DATA_VOLUME_CRD,
+        |api| {
+            drive(
+                ctx.clone(),
+                "datavolume",
+                DISK_IMPORT_CONCURRENCY,
+                api,
+                vec![owners::<DataVolume, DiskImport>(
+                    Api::all(client),
+                    watcher::Config::default().labels(datavolume::DATA_VOLUME_LABEL),
+                )],
+                reconcile_datavolume,
+                shutdown(),
+            )
+        },
+    )
+    .await;
+    futures::future::Either::Left(dvs)
 }
 
 const NO_CACHE_CRDS: &str = "imageCache.enabled, but the image cache's CRDs (imagecachepolicies, clusterimagecachepolicies, cachedimages .ido.dev) are not installed: the cache is not reconciled; install them (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";
@@ -736,6 +788,7 @@ pub async fn run<F>(
     );
     let cache = image_cache(client.clone(), ctx.clone(), &shutdown).await;
     let golden = golden_images(client.clone(), ctx.clone(), &shutdown).await;
+    let cdi = data_volumes(client.clone(), ctx.clone(), &shutdown).await;
     let tasks = ctx.tasks.clone();
     let images = drive(
         ctx,
@@ -747,10 +800,11 @@ pub async fn run<F>(
         shutdown(),
     );
     tracing::info!("controllers started");
-    futures::future::join3(
+    futures::future::join4(
         futures::future::join5(releases, images, syncs, disks, images_compat),
         cache,
         golden,
+        cdi,
     )
     .await;
     // Uploads still running are stopped; their guards clean up (waited for by the binary).

@@ -77,25 +77,14 @@ pub fn labels(di: &DiskImport) -> BTreeMap<String, String> {
     ])
 }
 
-/// The controller owner reference to `di` (no `blockOwnerDeletion`: that would need
-/// `update` on `diskimports/finalizers` where the OwnerReferencesPermissionEnforcement
-/// admission plugin runs).
+/// The controller owner reference to `di`.
 pub fn owner_reference(di: &DiskImport) -> Value {
-    json!({
-        "apiVersion": "ido.dev/v1alpha1",
-        "kind": "DiskImport",
-        "name": di.metadata.name,
-        "uid": di.metadata.uid,
-        "controller": true,
-    })
+    crate::store::controller_reference(di)
 }
 
-/// Whether `meta` names `di` as its controller.
+/// Whether `meta` names `di` as its owner.
 pub fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, di: &DiskImport) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|r| Some(&r.uid) == di.metadata.uid.as_ref() && r.kind == "DiskImport")
+    crate::store::owned_by(meta, di)
 }
 
 /// The volume mode of `di` (Filesystem unless Block; an archive's is always Filesystem).

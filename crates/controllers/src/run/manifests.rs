@@ -5,7 +5,10 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use anyhow::{Context as _, bail};
-use ido_api::{DiskImport, DiskImportCron, DiskSource, ImageSync, NodeImage, Release, image_operator::Image};
+use ido_api::{
+    DiskImport, DiskImportCron, DiskSource, ImageSync, NodeImage, Release, cdi::DataVolume,
+    image_operator::Image,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::Value;
 
@@ -31,6 +34,8 @@ pub enum Manifest {
     DiskSource(Box<DiskSource>),
     /// A scheduled import keeping a DiskSource at the newest image (CDI's DataImportCron).
     DiskImportCron(Box<DiskImportCron>),
+    /// CDI's DataVolume (`cdi.kubevirt.io/v1beta1`), imported as a DiskImport.
+    DataVolume(Box<DataVolume>),
     /// Credentials an ImageSync references (`kubernetes.io/dockerconfigjson`).
     Secret(Box<Secret>),
     /// CA bundles an ImageSync references (`certConfigMap`).
@@ -76,10 +81,11 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                 ("ido.dev/v1alpha1", "DiskImport") => Manifest::DiskImport(object(&doc, &at, ns)?),
                 ("ido.dev/v1alpha1", "DiskSource") => Manifest::DiskSource(object(&doc, &at, ns)?),
                 ("ido.dev/v1alpha1", "DiskImportCron") => Manifest::DiskImportCron(object(&doc, &at, ns)?),
+                ("cdi.kubevirt.io/v1beta1", "DataVolume") => Manifest::DataVolume(object(&doc, &at, ns)?),
                 ("v1", "Secret") => Manifest::Secret(object(&doc, &at, ns)?),
                 ("v1", "ConfigMap") => Manifest::ConfigMap(object(&doc, &at, ns)?),
                 _ => bail!(
-                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync, DiskImport, DiskSource or DiskImportCron (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), Secret or ConfigMap (v1)"
+                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync, DiskImport, DiskSource or DiskImportCron (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), DataVolume (cdi.kubevirt.io/v1beta1), Secret or ConfigMap (v1)"
                 ),
             };
             out.push(m);
@@ -120,6 +126,7 @@ pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow:
     prune::<DiskImport>(store, &wanted).await?;
     prune::<DiskSource>(store, &wanted).await?;
     prune::<DiskImportCron>(store, &wanted).await?;
+    prune::<DataVolume>(store, &wanted).await?;
     prune::<Secret>(store, &wanted).await?;
     prune::<ConfigMap>(store, &wanted).await?;
     Ok(())
@@ -145,6 +152,7 @@ pub async fn apply(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<
             Manifest::DiskImport(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::DiskSource(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::DiskImportCron(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::DataVolume(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::Secret(s) => {
                 apply_data(store, &mark(s.as_ref()), |a, b| {
                     a.type_ == b.type_ && a.data == b.data && a.string_data == b.string_data
