@@ -1,10 +1,12 @@
 //! The disk-import benchmark, in one run: `ido import` of every disk format it reads against
-//! `qemu-img convert -O raw`, from a local file; and over loopback HTTP (nginx) against CDI's
-//! path, nbdkit's curl plugin feeding `qemu-img convert`, `xz -dc -T1` and the limit.
+//! `qemu-img convert -O raw`, from a local file; a clone (a raw volume copied byte for byte)
+//! against `cp --sparse=always`; and over loopback HTTP (nginx) against CDI's path, nbdkit's
+//! curl plugin feeding `qemu-img convert`, `xz -dc -T1` and the limit.
 //!
 //! ```text
-//! ido-bench-disk --ido target/release/ido [--runs 3] [--cases qcow2,vhdx,...|all]
-//!                [--size MIB] [--virtual-gib 4] [--xz-mib 1024] [--dir target/bench-disk]
+//! ido-bench-disk --ido target/release/ido [--runs 3] [--cases qcow2,vhdx,clone,...|all]
+//!                [--size MIB] [--virtual-gib 4] [--xz-mib 1024] [--large-gib 16]
+//!                [--large-data-mib 2048] [--dir target/bench-disk]
 //!                [--svg docs/bench-disk.svg] [--fixtures-only]
 //! ```
 //!
@@ -15,6 +17,8 @@
 //! - from it, by `qemu-img convert -f raw -O FMT -o OPTS`: `image.qcow2`, `image-stream.vmdk`
 //!   (streamOptimized, as in OVAs), `image-sparse.vmdk` (monolithicSparse), `image.vhdx`
 //!   (dynamic), `image.vhd` (dynamic, `force_size=on`), `image.vdi` (dynamic);
+//! - `image-large.raw` (clone case only): a sparse raw of `--large-gib` GiB (default 16)
+//!   holding `--large-data-mib` MiB (default 2 × `--size`), laid out as `image.raw`;
 //! - `image.raw.xz`: a `--xz-mib` MiB raw of compressible, text-like data with holes,
 //!   compressed by `xz -T2 -3 --block-size=16MiB` (multi-block, as `xz -T` writes), about
 //!   3:1.
@@ -24,6 +28,11 @@
 //!   `ido`: `ido import FILE OUT --progress none` (fsyncs its target) vs `qemu-img`:
 //!   `qemu-img convert -O raw FILE OUT && sync OUT` (convert's default cache mode is
 //!   `unsafe`, which skips flushes, hence the `sync`);
+//! - `clone`: what a DiskImport clone's importer does, on `image.raw` and then on
+//!   `image-large.raw`: `ido`: `ido import FILE OUT --format raw --progress none` vs `cp`:
+//!   `cp --sparse=always FILE OUT && sync OUT`. Both outputs are compared with the volume
+//!   itself (`cmp`) and their allocated blocks (`stat`) held to the volume's (the holes stay
+//!   holes); ido's peak RSS on the two sizes is compared (memory flat in the volume's size);
 //! - `http-qcow2` (`image.qcow2`) and `http-xz` (`image.raw.xz`) over HTTP:
 //!   - `ido`: `ido import URL OUT --progress none`;
 //!   - `cdi`: CDI's path: download to a scratch file (xz decoded on the way, one thread, as
@@ -36,12 +45,14 @@
 //!
 //! Every target is a fresh raw file, fsynced at the end (`sync FILE` for the shell
 //! pipelines); before each timed run the tool's previous output is removed and `sync`
-//! writes back whatever is dirty, untimed. Each case's input is read once before its first
-//! run (not timed), so every tool starts from the page cache; the tools' order alternates
-//! between runs. Every output is compared with qemu-img's (`cmp`) after the first run. Wall, CPU (user + system) and peak
-//! RSS of each process tree from [`ido_testkit::bench::timed`] (`/usr/bin/time`: wait4's
-//! rusage; for pipelines, CPU of the whole tree and RSS of its largest process). Ratios are
-//! the median of the per-run ratios. The last line is JSON with every figure.
+//! writes back whatever is dirty, untimed. The data of each case's input (its holes
+//! skipped) is read before every run (not timed), so every tool starts from the page cache;
+//! the tools' order alternates between runs. Every output is compared (`cmp`) after the
+//! first run with qemu-img's (CDI's path over HTTP; the volume itself for the clone). Wall,
+//! CPU (user + system) and peak RSS of each process tree from [`ido_testkit::bench::timed`]
+//! (`/usr/bin/time`: wait4's rusage; for pipelines, CPU of the whole tree and RSS of its
+//! largest process). Ratios are the median of the per-run ratios. The last line is JSON
+//! with every figure.
 
 #[path = "ido-bench-disk/fixtures.rs"]
 mod fixtures;
@@ -59,10 +70,16 @@ use ido_testkit::{
 };
 use serde_json::{Value, json};
 
-use fixtures::{FILE_CASES, HTTP_CASES, file_mib, path, used_mib, warm};
+use fixtures::{CLONE_CASE, FILE_CASES, HTTP_CASES, LARGE_RAW, file_mib, path, used_mib, warm};
 
 /// The peak-RSS goal for `ido import`, on every format, MiB.
 const RSS_GOAL_MIB: f64 = 64.0;
+
+/// How far apart ido's peak RSS may be on the clone's two volume sizes (memory flat), MiB.
+const FLAT_RSS_MIB: f64 = 4.0;
+
+/// How much more than the volume a clone may allocate (file-system metadata), MiB.
+const SPARSE_SLACK_MIB: f64 = 1.0;
 
 struct Args {
     ido: PathBuf,
@@ -71,6 +88,8 @@ struct Args {
     virtual_mib: Option<u64>,
     data_mib: u64,
     xz_mib: u64,
+    large_virtual_mib: u64,
+    large_data_mib: Option<u64>,
     dir: PathBuf,
     svg: Option<PathBuf>,
     fixtures_only: bool,
@@ -81,12 +100,17 @@ impl Args {
         // By default the data's 4 MiB runs sit between holes three times their size.
         self.virtual_mib.unwrap_or(4 * self.data_mib)
     }
+
+    fn large_data_mib(&self) -> u64 {
+        self.large_data_mib.unwrap_or(2 * self.data_mib)
+    }
 }
 
 fn all_cases() -> Vec<String> {
     FILE_CASES
         .iter()
         .map(|c| c.0)
+        .chain([CLONE_CASE])
         .chain(HTTP_CASES.iter().map(|c| c.0))
         .map(str::to_string)
         .collect()
@@ -101,6 +125,8 @@ fn args() -> anyhow::Result<Args> {
         virtual_mib: None,
         data_mib: 1024,
         xz_mib: 1024,
+        large_virtual_mib: 16 * 1024,
+        large_data_mib: None,
         dir: root.join("target/bench-disk"),
         svg: None,
         fixtures_only: false,
@@ -122,6 +148,8 @@ fn args() -> anyhow::Result<Args> {
             "--virtual-gib" => a.virtual_mib = Some(val()?.parse::<u64>().context("--virtual-gib")? * 1024),
             "--size" | "--data-mib" => a.data_mib = val()?.parse().context("--size")?,
             "--xz-mib" => a.xz_mib = val()?.parse().context("--xz-mib")?,
+            "--large-gib" => a.large_virtual_mib = val()?.parse::<u64>().context("--large-gib")? * 1024,
+            "--large-data-mib" => a.large_data_mib = Some(val()?.parse().context("--large-data-mib")?),
             "--dir" => a.dir = val()?.into(),
             "--svg" => a.svg = Some(val()?.into()),
             "--fixtures-only" => a.fixtures_only = true,
@@ -135,6 +163,12 @@ fn args() -> anyhow::Result<Args> {
         "--size {} MiB does not fit --virtual-gib {}",
         a.data_mib,
         a.virtual_mib() / 1024
+    );
+    ensure!(
+        a.large_data_mib() <= a.large_virtual_mib,
+        "--large-data-mib {} does not fit --large-gib {}",
+        a.large_data_mib(),
+        a.large_virtual_mib / 1024
     );
     let known = all_cases();
     for c in &a.cases {
@@ -165,6 +199,17 @@ fn sh(name: &'static str, script: &str, input: &str) -> Tool {
 
 /// The tools of a case; `input` is the fixture's path (file cases) or URL (HTTP cases).
 fn tools(case: &str, ido: &Path, input: &str) -> Vec<Tool> {
+    if case == CLONE_CASE {
+        // The importer's copy of a clone's source claim (crates/controllers' diskimport job).
+        return vec![
+            Tool {
+                name: "ido",
+                program: ido.display().to_string(),
+                args: strings(&["import", input, "OUT", "--format", "raw", "--progress", "none"]),
+            },
+            sh("cp", r#"cp --sparse=always "$1" "$2" && sync "$2""#, input),
+        ];
+    }
     let mut v = vec![Tool {
         name: "ido",
         program: ido.display().to_string(),
@@ -248,23 +293,28 @@ fn max_rss(c: &Case, tool: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Runs one case: every tool `a.runs` times, alternating the order; outputs checked with
-/// `cmp` against `reference`'s after the first run.
+/// Runs one case: every tool `a.runs` times, alternating the order, the data of `fixture`
+/// read before each run; after the first run every output is checked with `cmp` against
+/// `reference` (a tool's output in `work`, or the fixture itself) and its allocated size
+/// recorded.
 async fn bench_case(
     a: &Args,
     case: &str,
     input: &str,
-    reference: &str,
+    fixture: &Path,
+    reference: &Path,
     work: &Path,
 ) -> anyhow::Result<(Case, Value)> {
     let tools = tools(case, &a.ido, input);
     let idx: Vec<usize> = (0..tools.len()).collect();
     let mut c = Case::default();
     let mut scratch_mib = 0.0;
-    let mut out_mib = 0.0;
+    let mut used = serde_json::Map::new();
     println!("case {case}: {input}");
     for run in 0..a.runs {
         println!("  run {}", run + 1);
+        // From the page cache, whatever the previous run (or its `cmp`) evicted.
+        warm(fixture)?;
         for &i in &order(&idx, run) {
             let t = &tools[i];
             let out = work.join(format!("{}.raw", t.name));
@@ -288,33 +338,45 @@ async fn bench_case(
                 scratch_mib = used_mib(&scratch);
                 std::fs::remove_file(&scratch)?;
             }
-            if t.name == "ido" {
-                out_mib = used_mib(&out);
-            }
         }
         if run == 0 {
-            // Every converted output equals qemu-img's (the limit's output is the input).
-            let reference_out = work.join(format!("{reference}.raw"));
+            // Every converted output equals the reference (the limit's output is the input).
             for t in &tools {
-                if t.name != reference && t.name != "limit" {
+                let out = work.join(format!("{}.raw", t.name));
+                used.insert(t.name.to_string(), json!(used_mib(&out)));
+                if out != reference && t.name != "limit" {
                     let st = std::process::Command::new("cmp")
-                        .arg(&reference_out)
-                        .arg(work.join(format!("{}.raw", t.name)))
+                        .arg(reference)
+                        .arg(&out)
                         .status()?;
                     ensure!(
                         st.success(),
-                        "{case}: {}'s output differs from qemu-img's",
-                        t.name
+                        "{case}: {}'s output differs from {}",
+                        t.name,
+                        reference.display()
                     );
                 }
             }
-            println!("  outputs equal qemu-img's (cmp)");
+            let alloc: Vec<String> = used
+                .iter()
+                .map(|(t, m)| format!("{t} {:.1} MiB", m.as_f64().unwrap_or(0.0)))
+                .collect();
+            println!(
+                "  outputs equal {} (cmp); allocated: {}",
+                reference.display(),
+                alloc.join(", ")
+            );
         }
         for t in &tools {
             let _ = std::fs::remove_file(work.join(format!("{}.raw", t.name)));
         }
     }
-    let mut j = json!({"input": input, "tools": c.json(), "ido_output_used_mib": out_mib});
+    let mut j = json!({
+        "input": input,
+        "tools": c.json(),
+        "ido_output_used_mib": used.get("ido").cloned().unwrap_or(json!(0.0)),
+        "output_used_mib": used,
+    });
     if scratch_mib > 0.0 {
         j["cdi_scratch_mib"] = json!(scratch_mib);
     }
@@ -370,6 +432,8 @@ async fn main() -> anyhow::Result<()> {
         virtual_mib: a.virtual_mib(),
         data_mib: a.data_mib,
         xz_mib: a.xz_mib,
+        large_virtual_mib: a.large_virtual_mib,
+        large_data_mib: a.large_data_mib(),
     };
     fixtures::make(&fixtures_dir, &params, &a.cases)?;
     if a.fixtures_only {
@@ -392,8 +456,8 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         let p = fixtures_dir.join(file);
-        warm(&p)?;
-        let (c, mut j) = bench_case(&a, case, path(&p)?, "qemu-img", &work).await?;
+        let reference = work.join("qemu-img.raw");
+        let (c, mut j) = bench_case(&a, case, path(&p)?, &p, &reference, &work).await?;
         let (ido, qemu) = (med(&c, "ido", |s| s.wall), med(&c, "qemu-img", |s| s.wall));
         let ratio = c.ratio("ido", "qemu-img");
         let mib = file_mib(&p);
@@ -438,12 +502,106 @@ async fn main() -> anyhow::Result<()> {
         all.insert(case.to_string(), j);
         rss_goal(&mut goals, label, &c);
     }
+    let mut clone_table: Vec<String> = vec![];
+    let cp_version = std::process::Command::new("cp")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.lines().next().unwrap_or_default().to_string()
+        })
+        .unwrap_or_default();
+    if a.cases.iter().any(|c| c == CLONE_CASE) {
+        println!("clone: against {cp_version}");
+        let mut j = serde_json::Map::new();
+        // ido's peak RSS per volume: (label, highest, median).
+        let mut rss: Vec<(String, f64, f64)> = vec![];
+        for file in ["image.raw", LARGE_RAW] {
+            let p = fixtures_dir.join(file);
+            let (c, mut cj) = bench_case(&a, CLONE_CASE, path(&p)?, &p, &p, &work).await?;
+            let (gib, src) = (file_mib(&p) / 1024.0, used_mib(&p));
+            let label = format!("clone {gib:.0} GiB");
+            let (ido, cp) = (med(&c, "ido", |s| s.wall), med(&c, "cp", |s| s.wall));
+            let ratio = c.ratio("ido", "cp");
+            let out = |t: &str| cj["output_used_mib"][t].as_f64().unwrap_or(f64::NAN);
+            let (ido_used, cp_used) = (out("ido"), out("cp"));
+            clone_table.push(format!(
+                "| {gib:.0} GiB ({src:.0} MiB allocated) | {ido:.2} s | {cp:.2} s | {ratio:.2} | {:.2} s | {:.2} s | {:.1} MiB | {:.1} MiB | {ido_used:.0} MiB | {cp_used:.0} MiB |",
+                med(&c, "ido", cpu),
+                med(&c, "cp", cpu),
+                med(&c, "ido", rss_mib),
+                med(&c, "cp", rss_mib),
+            ));
+            let walls = |t: &str| {
+                c.walls(t)
+                    .iter()
+                    .map(|w| format!("{w:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            clone_table.push(format!(
+                "    per run: ido {}, cp {}; ido peak RSS {}",
+                walls("ido"),
+                walls("cp"),
+                c.tools
+                    .iter()
+                    .find(|(t, _)| *t == "ido")
+                    .map(|(_, v)| v.iter().map(|s| format!("{:.1}", rss_mib(s))).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .join(" ")
+            ));
+            // The holes stay holes: neither copy allocates more than the volume.
+            let sparse = |m: f64| m <= src + SPARSE_SLACK_MIB;
+            goals.push(format!(
+                "{label}: both copies equal the volume (cmp) and allocate no more than it ({src:.0} MiB + {SPARSE_SLACK_MIB:.0}): ido {ido_used:.0} MiB, cp {cp_used:.0} MiB — {}",
+                if sparse(ido_used) && sparse(cp_used) {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ));
+            groups.push(plot::group(
+                &format!(
+                    "clone of a {gib:.0} GiB sparse raw ({src:.0} MiB of data): wall (s); ido / cp {ratio:.2}"
+                ),
+                &[("ido import --format raw", ido), ("cp --sparse=always", cp)],
+            ));
+            rss_bars.push((label.clone(), med(&c, "ido", rss_mib)));
+            rss_goal(&mut goals, &label, &c);
+            rss.push((label, max_rss(&c, "ido"), med(&c, "ido", rss_mib)));
+            cj["volume_mib"] = json!(file_mib(&p));
+            cj["volume_allocated_mib"] = json!(src);
+            j.insert(file.to_string(), cj);
+        }
+        // Memory flat: the larger volume's copy peaks where the smaller one's does.
+        let highs: Vec<f64> = rss.iter().map(|r| r.1).collect();
+        let spread =
+            highs.iter().cloned().fold(f64::MIN, f64::max) - highs.iter().cloned().fold(f64::MAX, f64::min);
+        let each: Vec<String> = rss
+            .iter()
+            .map(|(l, max, med)| format!("{l} {max:.1} (median {med:.1})"))
+            .collect();
+        goals.push(format!(
+            "clone: ido peak RSS flat in the volume's size (within {FLAT_RSS_MIB:.0} MiB): {}; spread {spread:.1} MiB — {}",
+            each.join(", "),
+            if spread <= FLAT_RSS_MIB { "met" } else { "NOT met" }
+        ));
+        j.insert("cp".into(), json!(cp_version));
+        all.insert(CLONE_CASE.into(), Value::Object(j));
+    }
     for (case, file, label) in HTTP_CASES {
         if !a.cases.iter().any(|c| c == case) {
             continue;
         }
-        warm(&fixtures_dir.join(file))?;
-        let (c, j) = bench_case(&a, case, &nginx.url(file), "cdi", &work).await?;
+        let (c, j) = bench_case(
+            &a,
+            case,
+            &nginx.url(file),
+            &fixtures_dir.join(file),
+            &work.join("cdi.raw"),
+            &work,
+        )
+        .await?;
         let names: Vec<&str> = c.tools.iter().map(|(t, _)| *t).collect();
         let bars: Vec<(&str, f64)> = names
             .iter()
@@ -497,11 +655,21 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("\nsummary (medians of {} runs)", a.runs);
-    println!(
-        "| format | image | ido | qemu-img | ido / qemu-img | ido CPU | qemu-img CPU | ido peak RSS | qemu-img peak RSS |"
-    );
-    for l in &table {
-        println!("{l}");
+    if !table.is_empty() {
+        println!(
+            "| format | image | ido | qemu-img | ido / qemu-img | ido CPU | qemu-img CPU | ido peak RSS | qemu-img peak RSS |"
+        );
+        for l in &table {
+            println!("{l}");
+        }
+    }
+    if !clone_table.is_empty() {
+        println!(
+            "| clone of | ido | cp | ido / cp | ido CPU | cp CPU | ido peak RSS | cp peak RSS | ido's copy allocated | cp's copy allocated |"
+        );
+        for l in &clone_table {
+            println!("{l}");
+        }
     }
     println!("goals:");
     for g in &goals {
@@ -515,11 +683,19 @@ async fn main() -> anyhow::Result<()> {
             &format!("ido import: peak RSS (MiB), against the {RSS_GOAL_MIB:.0} MiB goal"),
             &bars,
         ));
-        let title = format!(
-            "Disk images: ido import vs qemu-img {} (median of {} runs)",
-            qemu_version.split_whitespace().nth(2).unwrap_or_default(),
-            a.runs
-        );
+        let title = if a.cases.iter().all(|c| c == CLONE_CASE) {
+            format!(
+                "Clone: ido import --format raw vs cp --sparse=always (coreutils {}), median of {} runs",
+                cp_version.split_whitespace().last().unwrap_or_default(),
+                a.runs
+            )
+        } else {
+            format!(
+                "Disk images: ido import vs qemu-img {} (median of {} runs)",
+                qemu_version.split_whitespace().nth(2).unwrap_or_default(),
+                a.runs
+            )
+        };
         std::fs::write(svg, plot::bars_svg(&title, "", &groups))
             .with_context(|| format!("writing {}", svg.display()))?;
         println!("plot: {}", svg.display());
@@ -528,6 +704,8 @@ async fn main() -> anyhow::Result<()> {
     all.insert("qemu_img".into(), json!(qemu_version));
     all.insert("data_mib".into(), json!(a.data_mib));
     all.insert("virtual_mib".into(), json!(a.virtual_mib()));
+    all.insert("large_virtual_mib".into(), json!(a.large_virtual_mib));
+    all.insert("large_data_mib".into(), json!(a.large_data_mib()));
     all.insert("load_at_start".into(), json!(load_start));
     all.insert("load_after_fixtures".into(), json!(load_bench));
     all.insert("goals".into(), json!(goals));

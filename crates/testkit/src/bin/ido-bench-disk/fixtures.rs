@@ -1,8 +1,9 @@
 //! The disk benchmark's fixtures (see `ido-bench-disk.rs`): a sparse raw of incompressible
 //! data in 4 MiB runs between holes, the same disk in every format `qemu-img` writes and
-//! `ido import` reads, and a compressible raw in multi-block xz.
+//! `ido import` reads, a larger sparse raw for the clone case, and a compressible raw in
+//! multi-block xz.
 
-use std::{io::Read, path::Path, time::Instant};
+use std::{os::unix::fs::FileExt, path::Path, time::Instant};
 
 use anyhow::{Context, ensure};
 
@@ -14,7 +15,18 @@ pub struct Params {
     pub data_mib: u64,
     /// Size of the raw inside `image.raw.xz`.
     pub xz_mib: u64,
+    /// Virtual size of [`LARGE_RAW`], the clone case's larger volume.
+    pub large_virtual_mib: u64,
+    /// Incompressible data in it.
+    pub large_data_mib: u64,
 }
+
+/// The clone case: `image.raw` copied byte for byte (`ido import --format raw` against
+/// `cp --sparse=always`), then [`LARGE_RAW`].
+pub const CLONE_CASE: &str = "clone";
+
+/// The clone case's larger sparse raw (same layout as `image.raw`, more of everything).
+pub const LARGE_RAW: &str = "image-large.raw";
 
 /// A disk format read from a local file: (case, fixture file, qemu-img format, -o options,
 /// label).
@@ -78,7 +90,6 @@ const SLOT: u64 = 4 << 20;
 /// A sparse raw file of `size` bytes whose `data` bytes sit in 4 MiB runs spread over it;
 /// `text` makes them compressible (words from a small vocabulary) instead of random.
 fn write_raw(path: &Path, size: u64, data: u64, text: bool, seed: u64) -> anyhow::Result<()> {
-    use std::os::unix::fs::FileExt;
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     f.set_len(size)?;
     let slots = size / SLOT;
@@ -180,10 +191,17 @@ pub fn make(dir: &Path, sz: &Params, cases: &[String]) -> anyhow::Result<()> {
     };
     println!("fixtures in {}", dir.display());
     // Every disk image is made from the raw.
-    let disks = FILE_CASES.iter().any(|c| wants(c.1));
+    let clone = cases.iter().any(|c| c == CLONE_CASE);
+    let disks = clone || FILE_CASES.iter().any(|c| wants(c.1));
     if disks {
         fixture(dir, "image.raw", &raw_params, |p| {
             write_raw(p, sz.virtual_mib << 20, sz.data_mib << 20, false, 7)
+        })?;
+    }
+    if clone {
+        let (v, d) = (sz.large_virtual_mib, sz.large_data_mib);
+        fixture(dir, LARGE_RAW, &format!("v3 raw {v} {d}"), |p| {
+            write_raw(p, v << 20, d << 20, false, 13)
         })?;
     }
     for (_, file, fmt, opts, _) in FILE_CASES {
@@ -237,10 +255,32 @@ pub fn file_mib(p: &Path) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Reads `p` once (into the page cache).
+/// Reads `p`'s data once (into the page cache). Holes are skipped (`SEEK_DATA`): they cost
+/// no disk read, cached or not, and reading them would fill the page cache with zeros (16 GiB
+/// of them for [`LARGE_RAW`]); a file system without `SEEK_DATA` has it read whole.
 pub fn warm(p: &Path) -> anyhow::Result<()> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    use rustix::fs::{SeekFrom, seek};
+    let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let len = f.metadata()?.len();
     let mut buf = vec![0u8; 1 << 20];
-    while f.read(&mut buf)? > 0 {}
+    let mut pos = 0u64;
+    while pos < len {
+        let start = match seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole from here on
+            Err(_) => pos,
+        };
+        let end = seek(&f, SeekFrom::Hole(start)).unwrap_or(len).min(len);
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            let got = f.read_at(&mut buf[..n], at)?;
+            if got == 0 {
+                return Ok(());
+            }
+            at += got as u64;
+        }
+        pos = end.max(start + 1);
+    }
     Ok(())
 }
