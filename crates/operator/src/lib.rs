@@ -404,14 +404,7 @@ where
     let Some(addr) = opts.webhook_addr else {
         return Ok(None);
     };
-    let l = http::bind(addr)
-        .await
-        .with_context(|| format!("binding the webhook address {addr}"))?;
-    let source = match &opts.webhook_cert_dir {
-        Some(dir) => tls::CertSource::Dir(dir.clone()),
-        None => tls::CertSource::SelfSigned,
-    };
-    let config = tls::server_config(&source).context("the webhook certificate")?;
+    let listener = https_listener(addr, opts.webhook_cert_dir.as_ref(), "webhook").await?;
     let mut router = axum::Router::new();
     let mut refresh = None;
     let mut paths = vec![];
@@ -426,8 +419,7 @@ where
         router = router.merge(upload::token_router(client.clone(), key.clone()));
         paths.push(upload::TOKEN_PATH);
     }
-    tracing::info!(addr = %l.local_addr()?, paths = ?paths, "serving the admission webhook (HTTPS)");
-    let listener = tls::TlsListener::new(l, config)?;
+    tracing::info!(%addr, paths = ?paths, "serving the admission webhook (HTTPS)");
     let serve = http::serve(listener, router, stopped());
     Ok(Some((
         "webhook",
@@ -439,6 +431,24 @@ where
             r
         }),
     )))
+}
+
+/// An HTTPS listener on `addr` with the certificate of `cert_dir` (`tls.crt`, `tls.key`,
+/// reloaded when they change), else a self-signed one; `what` names it in errors.
+async fn https_listener(
+    addr: SocketAddr,
+    cert_dir: Option<&PathBuf>,
+    what: &str,
+) -> anyhow::Result<tls::TlsListener> {
+    let l = http::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))?;
+    let source = match cert_dir {
+        Some(dir) => tls::CertSource::Dir(dir.clone()),
+        None => tls::CertSource::SelfSigned,
+    };
+    let config = tls::server_config(&source).with_context(|| format!("the {what} certificate"))?;
+    Ok(tls::TlsListener::new(l, config)?)
 }
 
 /// The disk upload endpoint, when `--upload-bind-address` asks for it (HTTPS); it needs
@@ -460,17 +470,9 @@ where
             "--upload-bind-address {addr} needs --upload-key-file (the key upload tokens are signed with)"
         );
     };
-    let l = http::bind(addr)
-        .await
-        .with_context(|| format!("binding the upload address {addr}"))?;
-    let source = match &opts.upload_cert_dir {
-        Some(dir) => tls::CertSource::Dir(dir.clone()),
-        None => tls::CertSource::SelfSigned,
-    };
-    let config = tls::server_config(&source).context("the upload endpoint's certificate")?;
+    let listener = https_listener(addr, opts.upload_cert_dir.as_ref(), "upload").await?;
     let router = upload::proxy_router(client.clone(), key.clone())?;
-    tracing::info!(addr = %l.local_addr()?, "serving disk uploads (HTTPS)");
-    let listener = tls::TlsListener::new(l, config)?;
+    tracing::info!(%addr, "serving disk uploads (HTTPS)");
     Ok(Some((
         "upload",
         tokio::spawn(http::serve(listener, router, stopped())),
