@@ -44,6 +44,8 @@ enum Command {
     Upload(crate::upload::client::UploadArgs),
     /// Serve one upload into a file or device (the upload pod of a DiskImport).
     UploadServer(crate::upload::server::ServerArgs),
+    /// Print a token for an upload server started by hand (its --key-file), for curl.
+    UploadToken(crate::upload::server::TokenArgs),
     /// Print the CustomResourceDefinitions (YAML): ido's own; with --compat also the kinds
     /// ido serves for other projects' users (image-operator's Image, CDI's DataVolume), which
     /// must not be applied where those projects run.
@@ -322,6 +324,7 @@ async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitC
         Command::Import(args) => crate::import::import_cmd(args).await,
         Command::Upload(args) => crate::upload::client::upload_cmd(args).await,
         Command::UploadServer(args) => crate::upload::server::server_cmd(args).await,
+        Command::UploadToken(args) => crate::upload::server::token_cmd(args),
         Command::Cache(args) => crate::cache::cache_cmd(args).await,
         Command::Operator(args) => operator_cmd(args, stop).await,
     }

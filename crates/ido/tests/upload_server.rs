@@ -315,9 +315,21 @@ async fn forms_async_uploads_and_checksums() {
     let into = d.join("claim");
     std::fs::create_dir(&into).unwrap();
     let s = start(d, &into, &["--content-type", "archive"]).await;
+    // A token from `ido upload-token`, as for a server started by hand.
+    let minted = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args(["upload-token", "--disk-import", "vms/fedora", "--key-file"])
+        .arg(d.join("key"))
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
     let r = http
         .post(format!("{}/v1beta1/upload-archive", s.url))
-        .bearer_auth(s.token())
+        .bearer_auth(&token)
         .body(std::fs::read(d.join("t.tar")).unwrap())
         .send()
         .await

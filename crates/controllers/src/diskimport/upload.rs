@@ -125,9 +125,15 @@ impl UploadKey {
             uid: di.metadata.uid.clone().unwrap_or_default(),
             exp: exp.as_second(),
         };
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
-        let sig = URL_SAFE_NO_PAD.encode(self.pod_key(&claims.uid).sign(body.as_bytes()));
-        (format!("{body}.{sig}"), exp)
+        (self.pod_key(&claims.uid).token(&claims), exp)
+    }
+
+    /// A token of `claims` signed with this key (a pod key): what an upload server started
+    /// by hand with that key takes (`ido upload-token`).
+    pub fn token(&self, claims: &Claims) -> String {
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(body.as_bytes()));
+        format!("{body}.{sig}")
     }
 
     /// The claims of `token` if this key (a pod key) signed it and it has not expired.

@@ -95,6 +95,36 @@ pub(crate) struct ServerArgs {
     progress: ProgressMode,
 }
 
+/// `ido upload-token`: a token for an upload server started by hand with `--key-file`.
+#[derive(Args, Debug)]
+pub(crate) struct TokenArgs {
+    /// The upload server's key file (64 hex digits).
+    #[arg(long, value_name = "FILE")]
+    key_file: PathBuf,
+    /// The DiskImport the server was started for: NAMESPACE/NAME.
+    #[arg(long, value_name = "NS/NAME")]
+    disk_import: String,
+    /// How long the token is good for.
+    #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration)]
+    ttl: Duration,
+}
+
+pub(crate) fn token_cmd(a: TokenArgs) -> anyhow::Result<ExitCode> {
+    let key = UploadKey::read(&a.key_file).map_err(|e| anyhow::anyhow!("--key-file {e}"))?;
+    let (ns, name) = a
+        .disk_import
+        .split_once('/')
+        .with_context(|| format!("--disk-import {:?}: expected NAMESPACE/NAME", a.disk_import))?;
+    let claims = ido_controllers::diskimport::upload::Claims {
+        ns: ns.into(),
+        name: name.into(),
+        uid: String::new(),
+        exp: (jiff::Timestamp::now() + a.ttl).as_second(),
+    };
+    println!("{}", key.token(&claims));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `ido import`'s flags for this upload: SOURCE is the upload.
 fn import_args(a: &ServerArgs) -> anyhow::Result<ImportArgs> {
     #[derive(Parser)]

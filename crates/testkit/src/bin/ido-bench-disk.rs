@@ -33,6 +33,11 @@
 //!   `cp --sparse=always FILE OUT && sync OUT`. Both outputs are compared with the volume
 //!   itself (`cmp`) and their allocated blocks (`stat`) held to the volume's (the holes stay
 //!   holes); ido's peak RSS on the two sizes is compared (memory flat in the volume's size);
+//! - `upload`: `image.qcow2` sent by `curl -X POST -T` to `ido upload-server` (the upload
+//!   pod's command: the qcow2 converted to raw as it arrives, fsynced, then the sync answer)
+//!   on loopback, the server's start included, against `limit`: the same curl into a sink
+//!   that discards the body (in this process). The server's output is compared with
+//!   `qemu-img convert`'s;
 //! - `http-qcow2` (`image.qcow2`) and `http-xz` (`image.raw.xz`) over HTTP:
 //!   - `ido`: `ido import URL OUT --progress none`;
 //!   - `cdi`: CDI's path: download to a scratch file (xz decoded on the way, one thread, as
@@ -58,7 +63,7 @@
 mod fixtures;
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -70,7 +75,7 @@ use ido_testkit::{
 };
 use serde_json::{Value, json};
 
-use fixtures::{CLONE_CASE, FILE_CASES, HTTP_CASES, LARGE_RAW, file_mib, path, used_mib, warm};
+use fixtures::{CLONE_CASE, FILE_CASES, HTTP_CASES, LARGE_RAW, UPLOAD_CASE, file_mib, path, used_mib, warm};
 
 /// The peak-RSS goal for `ido import`, on every format, MiB.
 const RSS_GOAL_MIB: f64 = 64.0;
@@ -93,6 +98,17 @@ struct Args {
     dir: PathBuf,
     svg: Option<PathBuf>,
     fixtures_only: bool,
+    /// The upload case's server and sink, once started.
+    upload: Option<UploadSetup>,
+}
+
+/// Where the upload case sends: `ido upload-server`'s port, its key file, a header file with
+/// its token (curl's `-H @FILE`: no token in a command line), and the sink's port.
+struct UploadSetup {
+    port: u16,
+    key: PathBuf,
+    header: PathBuf,
+    sink: u16,
 }
 
 impl Args {
@@ -112,6 +128,7 @@ fn all_cases() -> Vec<String> {
         .map(|c| c.0)
         .chain([CLONE_CASE])
         .chain(HTTP_CASES.iter().map(|c| c.0))
+        .chain([UPLOAD_CASE])
         .map(str::to_string)
         .collect()
 }
@@ -130,6 +147,7 @@ fn args() -> anyhow::Result<Args> {
         dir: root.join("target/bench-disk"),
         svg: None,
         fixtures_only: false,
+        upload: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -198,7 +216,29 @@ fn sh(name: &'static str, script: &str, input: &str) -> Tool {
 }
 
 /// The tools of a case; `input` is the fixture's path (file cases) or URL (HTTP cases).
-fn tools(case: &str, ido: &Path, input: &str) -> Vec<Tool> {
+fn tools(case: &str, a: &Args, input: &str) -> Vec<Tool> {
+    let ido = a.ido.as_path();
+    if case == UPLOAD_CASE
+        && let Some(u) = &a.upload
+    {
+        // The upload pod's command, then curl (CDI's and virtctl's way to send) into it; the
+        // sync path answers once the disk is in (fsynced). The server is stopped after.
+        let server = format!(
+            r#""{ido}" upload-server "$2" --listen 127.0.0.1:{port} --key-file "{key}" --disk-import bench/disk --force --progress none & s=$!
+until curl -s -o /dev/null http://127.0.0.1:{port}/healthz; do sleep 0.01; done
+curl -sSf -X POST -T "$1" -H @"{header}" -H 'Content-Type: application/octet-stream' http://127.0.0.1:{port}/v1beta1/upload > /dev/null; r=$?
+kill $s 2>/dev/null; wait $s 2>/dev/null; exit $r"#,
+            ido = ido.display(),
+            port = u.port,
+            key = u.key.display(),
+            header = u.header.display(),
+        );
+        let sink = format!(
+            r#"curl -sSf -X POST -T "$1" -H 'Content-Type: application/octet-stream' http://127.0.0.1:{}/ > /dev/null"#,
+            u.sink
+        );
+        return vec![sh("ido", &server, input), sh("limit", &sink, input)];
+    }
     if case == CLONE_CASE {
         // The importer's copy of a clone's source claim (crates/controllers' diskimport job).
         return vec![
@@ -305,7 +345,7 @@ async fn bench_case(
     reference: &Path,
     work: &Path,
 ) -> anyhow::Result<(Case, Value)> {
-    let tools = tools(case, &a.ido, input);
+    let tools = tools(case, a, input);
     let idx: Vec<usize> = (0..tools.len()).collect();
     let mut c = Case::default();
     let mut scratch_mib = 0.0;
@@ -405,9 +445,81 @@ fn loadavg() -> String {
         .to_string()
 }
 
+/// A sink for the upload case's limit: takes each request's body (`Content-Length`, after
+/// `100 Continue` when asked) and answers 200, on a thread of its own.
+fn start_sink() -> anyhow::Result<u16> {
+    use std::io::{BufRead, BufReader, Read};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut w = match conn.try_clone() {
+                Ok(w) => w,
+                Err(_) => continue,
+            };
+            let mut r = BufReader::with_capacity(1 << 20, conn);
+            let (mut len, mut expect) = (0u64, false);
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                expect |= lower.starts_with("expect:") && lower.contains("100-continue");
+            }
+            if expect {
+                let _ = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            let _ = std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink());
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    Ok(port)
+}
+
+/// The upload case's server key, token header and ports, under `work`.
+fn upload_setup(a: &Args, work: &Path) -> anyhow::Result<UploadSetup> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let key = work.join("upload.key");
+    ido_testkit::write_private(&key, hex::encode(bytes).as_bytes())?;
+    let out = std::process::Command::new(&a.ido)
+        .args([
+            "upload-token",
+            "--ttl",
+            "1h",
+            "--disk-import",
+            "bench/disk",
+            "--key-file",
+        ])
+        .arg(&key)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ido upload-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = work.join("upload.header");
+    let token = String::from_utf8(out.stdout)?;
+    ido_testkit::write_private(
+        &header,
+        format!("Authorization: Bearer {}\n", token.trim()).as_bytes(),
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok(UploadSetup {
+        port,
+        key,
+        header,
+        sink: start_sink()?,
+    })
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let a = args()?;
+    let mut a = args()?;
     ensure!(
         a.ido.is_file(),
         "{} not found (cargo build --release -p ido)",
@@ -654,6 +766,46 @@ async fn main() -> anyhow::Result<()> {
         rss_goal(&mut goals, label, &c);
     }
 
+    if a.cases.iter().any(|c| c == UPLOAD_CASE) {
+        a.upload = Some(upload_setup(&a, &work)?);
+        let p = fixtures_dir.join("image.qcow2");
+        // qemu-img's conversion of the same qcow2, for cmp (untimed).
+        let reference = work.join("upload-reference.raw");
+        let st = std::process::Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&p)
+            .arg(&reference)
+            .status()?;
+        ensure!(st.success(), "qemu-img convert of {}", p.display());
+        let (c, j) = bench_case(&a, UPLOAD_CASE, path(&p)?, &p, &reference, &work).await?;
+        let _ = std::fs::remove_file(&reference);
+        let mib = file_mib(&p);
+        let (ido, limit) = (med(&c, "ido", |s| s.wall), med(&c, "limit", |s| s.wall));
+        let ratio = c.ratio("ido", "limit");
+        let label = "upload of a qcow2";
+        groups.push(plot::group(
+            &format!("{label} ({mib:.0} MiB) over loopback: wall (s); ido / limit {ratio:.2}"),
+            &[("curl → ido upload-server", ido), ("limit: curl → sink", limit)],
+        ));
+        rss_bars.push((label.to_string(), med(&c, "ido", rss_mib)));
+        let walls = |t: &str| {
+            c.walls(t)
+                .iter()
+                .map(|w| format!("{w:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        table.push(format!(
+            "{label} ({mib:.0} MiB, converted to raw): ido {ido:.2} s ({}), limit {limit:.2} s ({}); ido / limit {ratio:.2}; ido CPU {:.2} s (curl + upload-server), peak RSS {:.1} MiB",
+            walls("ido"),
+            walls("limit"),
+            med(&c, "ido", cpu),
+            med(&c, "ido", rss_mib)
+        ));
+        all.insert(UPLOAD_CASE.to_string(), j);
+        rss_goal(&mut goals, label, &c);
+    }
+
     println!("\nsummary (medians of {} runs)", a.runs);
     if !table.is_empty() {
         println!(
@@ -683,7 +835,12 @@ async fn main() -> anyhow::Result<()> {
             &format!("ido import: peak RSS (MiB), against the {RSS_GOAL_MIB:.0} MiB goal"),
             &bars,
         ));
-        let title = if a.cases.iter().all(|c| c == CLONE_CASE) {
+        let title = if a.cases.iter().all(|c| c == UPLOAD_CASE) {
+            format!(
+                "Upload: curl into ido upload-server vs curl into a sink (median of {} runs)",
+                a.runs
+            )
+        } else if a.cases.iter().all(|c| c == CLONE_CASE) {
             format!(
                 "Clone: ido import --format raw vs cp --sparse=always (coreutils {}), median of {} runs",
                 cp_version.split_whitespace().last().unwrap_or_default(),

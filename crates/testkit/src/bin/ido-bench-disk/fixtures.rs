@@ -25,6 +25,10 @@ pub struct Params {
 /// `cp --sparse=always`), then [`LARGE_RAW`].
 pub const CLONE_CASE: &str = "clone";
 
+/// The upload case: `image.qcow2` sent with curl to `ido upload-server` over loopback (the
+/// upload pod's work: converted as it arrives), against curl to a sink (the limit).
+pub const UPLOAD_CASE: &str = "upload";
+
 /// The clone case's larger sparse raw (same layout as `image.raw`, more of everything).
 pub const LARGE_RAW: &str = "image-large.raw";
 
@@ -187,6 +191,7 @@ pub fn make(dir: &Path, sz: &Params, cases: &[String]) -> anyhow::Result<()> {
             .iter()
             .map(|c| (c.0, c.1))
             .chain(HTTP_CASES.iter().map(|c| (c.0, c.1)))
+            .chain([(UPLOAD_CASE, "image.qcow2")])
             .any(|(case, f)| f == file && cases.iter().any(|c| c == case))
     };
     println!("fixtures in {}", dir.display());
