@@ -1,4 +1,7 @@
-//! `ido upload` against a real control plane: the operator (in this process, as the chart's
+//! The operator's disk features on a real control plane, with the `ido` binary as the
+//! workload the test plays the kubelet for.
+//!
+//! `ido upload`: the operator (in this process, as the chart's
 //! ServiceAccount, the chart's RBAC enforced) serves the upload endpoint and the token
 //! webhook, which the API server calls over TLS for a dry-run UploadTokenRequest; the
 //! DiskImport `ido upload --size` creates gets a claim bound to a hostPath PersistentVolume
@@ -7,9 +10,16 @@
 //! disk equals qemu-img's conversion; a user without `create diskimports/upload` gets no
 //! token, a stored UploadTokenRequest is refused, and an upload after the disk is in gets
 //! 409.
+//!
+//! CDI compatibility: CDI's example DataVolume applied with kubectl becomes a DiskImport,
+//! its importer Pod (played) imports a qcow2 over HTTP into a hostPath volume, and the
+//! DataVolume reads Succeeded, 100.0%, with the claim; a DataVolume asking for what ido
+//! cannot do is refused by field.
 
 #[path = "../../disk/tests/common/mod.rs"]
 mod common;
+
+use common::http_server::{Behaviour, FileServer};
 
 use std::{path::Path, time::Duration};
 
@@ -46,6 +56,47 @@ async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// A namespace `prefix-…` for the operator, the chart's ServiceAccount and RBAC for
+/// `values` applied, and a client as that ServiceAccount.
+async fn chart_operator_client(
+    c: &Cluster,
+    prefix: &str,
+    mut values: Value,
+    dir: &Path,
+) -> (String, kube::Client) {
+    let op_ns = c.namespace(prefix).await.unwrap();
+    values["namespace"] = json!(op_ns);
+    let file = dir.join(format!("{prefix}-values.json"));
+    std::fs::write(&file, values.to_string()).unwrap();
+    let release = format!("ido-{}", op_ns.rsplit('-').next().unwrap());
+    let rendered = c
+        .helm(&[
+            "template",
+            &release,
+            &chart().display().to_string(),
+            "--namespace",
+            &op_ns,
+            "--values",
+            &file.display().to_string(),
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+        ])
+        .await
+        .unwrap();
+    c.kubectl_stdin(&["apply", "-f", "-"], &rendered).await.unwrap();
+    let sa = rendered
+        .split("\n---")
+        .filter_map(|d| yaml::from_str::<Value>(d).ok())
+        .find(|d| d["kind"] == "ServiceAccount")
+        .and_then(|d| d["metadata"]["name"].as_str().map(String::from))
+        .unwrap();
+    let token = c.token(&op_ns, &sa).await.unwrap();
+    let client = c.client_with_token(&token, &op_ns).await.unwrap();
+    (op_ns, client)
+}
+
 #[tokio::test]
 async fn ido_upload_fills_a_disk_import_through_the_operator() {
     ido_testkit::install_crypto_provider();
@@ -71,7 +122,7 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
 
     // The CRDs, and the chart's RBAC for uploads (the operator's and the users' roles).
     let crds = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
-        .arg("crds")
+        .args(["crds", "--compat"])
         .output()
         .unwrap();
     c.kubectl_stdin(
@@ -80,40 +131,14 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     )
     .await
     .unwrap();
-    let op_ns = c.namespace("upload-op").await.unwrap();
     let vms = c.namespace("upload-vms").await.unwrap();
-    let values = d.join("values.json");
-    std::fs::write(
-        &values,
-        json!({"namespace": op_ns, "diskImport": {"enabled": true, "upload": {"enabled": true}}}).to_string(),
+    let (op_ns, client) = chart_operator_client(
+        c,
+        "upload-op",
+        json!({"diskImport": {"enabled": true, "upload": {"enabled": true}}}),
+        d,
     )
-    .unwrap();
-    let release = format!("ido-{}", vms.rsplit('-').next().unwrap());
-    let rendered = c
-        .helm(&[
-            "template",
-            &release,
-            &chart().display().to_string(),
-            "--namespace",
-            &op_ns,
-            "--values",
-            &values.display().to_string(),
-            "--show-only",
-            "templates/rbac.yaml",
-            "--show-only",
-            "templates/serviceaccount.yaml",
-        ])
-        .await
-        .unwrap();
-    c.kubectl_stdin(&["apply", "-f", "-"], &rendered).await.unwrap();
-    let sa = rendered
-        .split("\n---")
-        .filter_map(|d| yaml::from_str::<Value>(d).ok())
-        .find(|d| d["kind"] == "ServiceAccount")
-        .and_then(|d| d["metadata"]["name"].as_str().map(String::from))
-        .unwrap();
-    let token = c.token(&op_ns, &sa).await.unwrap();
-    let client = c.client_with_token(&token, &op_ns).await.unwrap();
+    .await;
 
     // The operator: the webhook and the upload endpoint on loopback, with a test CA.
     let ca = TestCa::new().unwrap();
@@ -375,6 +400,235 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
         .await
         .unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), op)
+        .await
+        .expect("clean shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cdis_example_data_volume_imports_through_the_operator() {
+    ido_testkit::install_crypto_provider();
+    let c = Cluster::shared().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    let q = d.join("image.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
+    );
+    let oracle = qemu_raw(&q, d);
+    let server = FileServer::start(
+        std::fs::read(&q).unwrap(),
+        Behaviour {
+            ranges: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let crds = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .args(["crds", "--compat"])
+        .output()
+        .unwrap();
+    c.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &String::from_utf8(crds.stdout).unwrap(),
+    )
+    .await
+    .unwrap();
+    let vms = c.namespace("cdi-vms").await.unwrap();
+    let (op_ns, client) = chart_operator_client(
+        c,
+        "cdi-op",
+        json!({"diskImport": {"enabled": true}, "cdiCompat": {"enabled": true}}),
+        d,
+    )
+    .await;
+    let parts = ContextParts {
+        providers: Providers::default(),
+        source: None,
+        settings: Settings {
+            namespace: op_ns.clone(),
+            disk_import: ImporterSettings {
+                enabled: true,
+                image: "ido:test".into(),
+                recheck: Duration::from_millis(500),
+                ..ImporterSettings::default()
+            },
+            cdi_compat: true,
+            ..Settings::default()
+        },
+        metrics: Metrics::default(),
+    };
+    let opts = OperatorOptions {
+        metrics_addr: free_addr(),
+        health_probe_addr: None,
+        leader_election: false,
+        identity: Some("ido-0".into()),
+        ..OperatorOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let op = tokio::spawn(ido_operator::run_until(client, parts, opts, async {
+        let _ = stopped.await;
+    }));
+
+    // The volume the claim binds to.
+    let pv_dir = d.join("pv");
+    std::fs::create_dir(&pv_dir).unwrap();
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": format!("{vms}-dv")},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "hostPath": {"path": pv_dir.display().to_string(), "type": "Directory"},
+            "claimRef": {"namespace": vms, "name": "example-import-dv"},
+        },
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+    // CDI's manifests/example/import-kubevirt-datavolume.yaml, its URL this test's server
+    // (and storageClassName "", the class of the PV above).
+    let example = format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: example-import-dv\nspec:\n  source:\n    http:\n      url: \"{}\"\n  pvc:\n    storageClassName: \"\"\n    accessModes:\n      - ReadWriteOnce\n    resources:\n      requests:\n        storage: \"500Mi\"\n",
+        server.url()
+    );
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], &example)
+        .await
+        .unwrap();
+    let get = async |args: &[&str]| c.kubectl(args).await.unwrap_or_default();
+    wait_for("the importer Pod", async || {
+        !get(&[
+            "get",
+            "pods",
+            "-n",
+            &vms,
+            "-l",
+            "job-name=importer-example-import-dv",
+            "-o",
+            "name",
+        ])
+        .await
+        .trim()
+        .is_empty()
+            && get(&[
+                "get",
+                "pvc",
+                "example-import-dv",
+                "-n",
+                &vms,
+                "-o",
+                "jsonpath={.status.phase}",
+            ])
+            .await
+                == "Bound"
+    })
+    .await;
+    let phase = get(&[
+        "get",
+        "dv",
+        "example-import-dv",
+        "-n",
+        &vms,
+        "-o",
+        "jsonpath={.status.phase}",
+    ])
+    .await;
+    assert_eq!(phase, "ImportScheduled");
+    let pod = get(&[
+        "get",
+        "pods",
+        "-n",
+        &vms,
+        "-l",
+        "job-name=importer-example-import-dv",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])
+    .await;
+    let exit = run_pod_at(
+        c,
+        &vms,
+        pod.trim(),
+        Path::new(env!("CARGO_BIN_EXE_ido")),
+        &d.join("importer"),
+        None,
+    )
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(d.join("importer/container.err")).unwrap_or_default();
+    assert_eq!(exit, 0, "{log}");
+    wait_for("the DataVolume Succeeded", async || {
+        get(&[
+            "get",
+            "dv",
+            "example-import-dv",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await
+            == "Succeeded"
+    })
+    .await;
+    let dv = c
+        .kubectl_json(&["get", "datavolume", "example-import-dv", "-n", &vms])
+        .await
+        .unwrap();
+    assert_eq!(dv["status"]["progress"], "100.0%", "{dv}");
+    assert_eq!(dv["status"]["claimName"], "example-import-dv", "{dv}");
+    let got = std::fs::read(pv_dir.join("disk.img")).unwrap();
+    assert_same(&got[..oracle.len()], &oracle, "the DataVolume's disk");
+
+    // What ido cannot do is refused by its field, and nothing is made.
+    let gcs = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: from-gcs}\nspec:\n  source: {gcs: {url: 'gs://bucket/disk.img'}}\n  storage: {resources: {requests: {storage: 1Gi}}}\n";
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], gcs)
+        .await
+        .unwrap();
+    wait_for("the refusal", async || {
+        get(&[
+            "get",
+            "dv",
+            "from-gcs",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.conditions[0].message}",
+        ])
+        .await
+        .starts_with("spec.source.gcs: ")
+    })
+    .await;
+    assert!(
+        c.kubectl(&["get", "diskimport", "from-gcs", "-n", &vms])
+            .await
+            .is_err()
+    );
+
+    // Deleting the DataVolume takes its DiskImport and claim (garbage collector).
+    c.kubectl(&["delete", "dv", "example-import-dv", "-n", &vms])
+        .await
+        .unwrap();
+    wait_for("the DiskImport and claim gone", async || {
+        c.kubectl(&["get", "diskimport", "example-import-dv", "-n", &vms])
+            .await
+            .is_err()
+            && c.kubectl(&["get", "pvc", "example-import-dv", "-n", &vms])
+                .await
+                .is_err()
+    })
+    .await;
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), op)
         .await
