@@ -13,8 +13,8 @@
 //!
 //! CDI compatibility: CDI's example DataVolume applied with kubectl becomes a DiskImport,
 //! its importer Pod (played) imports a qcow2 over HTTP into a hostPath volume, and the
-//! DataVolume reads Succeeded, 100.0%, with the claim; a DataVolume asking for what ido
-//! cannot do is refused by field.
+//! DataVolume reads Succeeded, 100.0%, with the claim; CDI's blank example makes a sparse
+//! disk of zeros; a DataVolume asking for what ido cannot do is refused by field.
 
 #[path = "../../disk/tests/common/mod.rs"]
 mod common;
@@ -590,6 +590,78 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     assert_eq!(dv["status"]["claimName"], "example-import-dv", "{dv}");
     let got = std::fs::read(pv_dir.join("disk.img")).unwrap();
     assert_same(&got[..oracle.len()], &oracle, "the DataVolume's disk");
+
+    // CDI's manifests/example/blank-image-datavolume.yaml, unchanged (no class: it binds to
+    // a PV of none, as there is no default class here): a sparse 500Mi disk of zeros.
+    let blank_dir = d.join("pv-blank");
+    std::fs::create_dir(&blank_dir).unwrap();
+    let mut pv = pv.clone();
+    pv["metadata"]["name"] = json!(format!("{vms}-blank"));
+    pv["spec"]["hostPath"]["path"] = json!(blank_dir.display().to_string());
+    pv["spec"]["claimRef"]["name"] = json!("blank-image-datavolume");
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+    let blank = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: blank-image-datavolume\nspec:\n  source:\n      blank: {}\n  pvc:\n    accessModes:\n      - ReadWriteOnce\n    resources:\n      requests:\n        storage: 500Mi\n";
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], blank)
+        .await
+        .unwrap();
+    wait_for("the blank importer Pod", async || {
+        !get(&[
+            "get",
+            "pods",
+            "-n",
+            &vms,
+            "-l",
+            "job-name=importer-blank-image-datavolume",
+            "-o",
+            "name",
+        ])
+        .await
+        .trim()
+        .is_empty()
+    })
+    .await;
+    let pod = get(&[
+        "get",
+        "pods",
+        "-n",
+        &vms,
+        "-l",
+        "job-name=importer-blank-image-datavolume",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])
+    .await;
+    let exit = run_pod_at(
+        c,
+        &vms,
+        pod.trim(),
+        Path::new(env!("CARGO_BIN_EXE_ido")),
+        &d.join("blank-importer"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(exit, 0);
+    wait_for("the blank DataVolume Succeeded", async || {
+        get(&[
+            "get",
+            "dv",
+            "blank-image-datavolume",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await
+            == "Succeeded"
+    })
+    .await;
+    let disk = blank_dir.join("disk.img");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 500 << 20);
+    assert_sparse(&disk);
+    assert!(std::fs::read(&disk).unwrap().iter().all(|b| *b == 0));
 
     // What ido cannot do is refused by its field, and nothing is made.
     let gcs = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: from-gcs}\nspec:\n  source: {gcs: {url: 'gs://bucket/disk.img'}}\n  storage: {resources: {requests: {storage: 1Gi}}}\n";
