@@ -97,30 +97,8 @@ async fn chart_operator_client(
     (op_ns, client)
 }
 
-#[tokio::test]
-async fn ido_upload_fills_a_disk_import_through_the_operator() {
-    ido_testkit::install_crypto_provider();
-    let c = Cluster::shared().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (image, oracle) = {
-        let raw = write_raw(d);
-        let q = d.join("image.qcow2");
-        run(
-            "qemu-img",
-            &[
-                "convert",
-                "-O",
-                "qcow2",
-                raw.to_str().unwrap(),
-                q.to_str().unwrap(),
-            ],
-        );
-        let oracle = qemu_raw(&q, d);
-        (q, oracle)
-    };
-
-    // The CRDs, and the chart's RBAC for uploads (the operator's and the users' roles).
+/// CDI's and ido's CRDs (`ido crds --compat`), applied.
+async fn install_crds(c: &Cluster) {
     let crds = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
         .args(["crds", "--compat"])
         .output()
@@ -131,6 +109,161 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     )
     .await
     .unwrap();
+}
+
+/// A qcow2 of the common raw image in `d`, and qemu-img's raw conversion of it.
+fn qcow2(d: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let raw = write_raw(d);
+    let q = d.join("image.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
+    );
+    let oracle = qemu_raw(&q, d);
+    (q, oracle)
+}
+
+/// A hostPath PersistentVolume `name` at `dir` (made), reserved for the claim `ns/claim`.
+async fn volume(c: &Cluster, name: &str, ns: &str, claim: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
+            "claimRef": {"namespace": ns, "name": claim},
+        },
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+}
+
+/// The operator in this process (DiskImports on, in `op_ns`; `tune` sets the rest), until
+/// [`Operator::stop`].
+struct Operator {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Operator {
+    fn start(
+        client: kube::Client,
+        op_ns: &str,
+        tune: impl FnOnce(&mut Settings, &mut OperatorOptions),
+    ) -> Self {
+        let mut settings = Settings {
+            namespace: op_ns.to_string(),
+            disk_import: ImporterSettings {
+                enabled: true,
+                image: "ido:test".into(),
+                recheck: Duration::from_millis(500),
+                ..ImporterSettings::default()
+            },
+            ..Settings::default()
+        };
+        let mut opts = OperatorOptions {
+            metrics_addr: free_addr(),
+            health_probe_addr: None,
+            leader_election: false,
+            identity: Some("ido-0".into()),
+            ..OperatorOptions::default()
+        };
+        tune(&mut settings, &mut opts);
+        let parts = ContextParts {
+            providers: Providers::default(),
+            source: None,
+            settings,
+            metrics: Metrics::default(),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ido_operator::run_until(client, parts, opts, async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("clean shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// The kubelet's part for the Pod of Job `job` in `ns`, once the job controller made it and
+/// `claim` is bound: its command run to its end (on the loopback pod IP `ip`, if given).
+/// The exit code and the container's log.
+async fn play(
+    c: &'static Cluster,
+    ns: String,
+    job: String,
+    claim: String,
+    root: std::path::PathBuf,
+    ip: Option<String>,
+) -> (i32, String) {
+    let selector = format!("job-name={job}");
+    // A plain loop: this future is spawned (Send), which `wait_for`'s closure is not.
+    let mut pod = String::new();
+    for _ in 0..600 {
+        pod = c
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                &ns,
+                "-l",
+                &selector,
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .await
+            .unwrap_or_default();
+        let bound = c
+            .kubectl(&["get", "pvc", &claim, "-n", &ns, "-o", "jsonpath={.status.phase}"])
+            .await
+            .unwrap_or_default()
+            == "Bound";
+        if !pod.trim().is_empty() && bound {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pod.trim().is_empty(), "no Pod of {job}");
+    let exit = run_pod_at(
+        c,
+        &ns,
+        pod.trim(),
+        Path::new(env!("CARGO_BIN_EXE_ido")),
+        &root,
+        ip.as_deref(),
+    )
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(root.join("container.err")).unwrap_or_default();
+    (exit, log)
+}
+
+#[tokio::test]
+async fn ido_upload_fills_a_disk_import_through_the_operator() {
+    ido_testkit::install_crypto_provider();
+    let c = Cluster::shared().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (image, oracle) = qcow2(d);
+
+    // The CRDs, and the chart's RBAC for uploads (the operator's and the users' roles).
+    install_crds(c).await;
     let vms = c.namespace("upload-vms").await.unwrap();
     let (op_ns, client) = chart_operator_client(
         c,
@@ -147,37 +280,13 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     std::fs::copy(&ca.server_cert, certs.join("tls.crt")).unwrap();
     std::fs::copy(&ca.server_key, certs.join("tls.key")).unwrap();
     let (webhook, endpoint) = (free_addr(), free_addr());
-    let parts = ContextParts {
-        providers: Providers::default(),
-        source: None,
-        settings: Settings {
-            namespace: op_ns.clone(),
-            disk_import: ImporterSettings {
-                enabled: true,
-                image: "ido:test".into(),
-                recheck: Duration::from_millis(500),
-                upload_key: Some(UploadKey::generate()),
-                ..ImporterSettings::default()
-            },
-            ..Settings::default()
-        },
-        metrics: Metrics::default(),
-    };
-    let opts = OperatorOptions {
-        metrics_addr: free_addr(),
-        health_probe_addr: None,
-        leader_election: false,
-        identity: Some("ido-0".into()),
-        webhook_addr: Some(webhook),
-        webhook_cert_dir: Some(certs.clone()),
-        upload_addr: Some(endpoint),
-        upload_cert_dir: Some(certs.clone()),
-        ..OperatorOptions::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let op = tokio::spawn(ido_operator::run_until(client, parts, opts, async {
-        let _ = stopped.await;
-    }));
+    let op = Operator::start(client, &op_ns, |s, o| {
+        s.disk_import.upload_key = Some(UploadKey::generate());
+        o.webhook_addr = Some(webhook);
+        o.webhook_cert_dir = Some(certs.clone());
+        o.upload_addr = Some(endpoint);
+        o.upload_cert_dir = Some(certs.clone());
+    });
     // The chart's webhook for UploadTokenRequests, pointed at this operator.
     let config_name = format!("upload-{vms}");
     let config = json!({
@@ -200,62 +309,18 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
 
     // The volume the claim binds to.
     let pv_dir = d.join("pv");
-    std::fs::create_dir(&pv_dir).unwrap();
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": format!("{vms}-disk")},
-        "spec": {
-            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "hostPath": {"path": pv_dir.display().to_string(), "type": "Directory"},
-            "claimRef": {"namespace": vms, "name": "disk"},
-        },
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
-        .await
-        .unwrap();
+    volume(c, &format!("{vms}-disk"), &vms, "disk", &pv_dir).await;
 
     // The kubelet's part: once the job controller made the upload Pod, run it on a loopback
     // pod IP of its own.
-    let kubelet = {
-        let vms = vms.clone();
-        let root = d.join("pod");
-        tokio::spawn(async move {
-            let mut pod = String::new();
-            for _ in 0..600 {
-                pod = c
-                    .kubectl(&[
-                        "get",
-                        "pods",
-                        "-n",
-                        &vms,
-                        "-l",
-                        "job-name=importer-disk",
-                        "-o",
-                        "jsonpath={.items[0].metadata.name}",
-                    ])
-                    .await
-                    .unwrap_or_default();
-                if !pod.trim().is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let ip = format!("127.0.0.{}", 2 + std::process::id() % 250);
-            let exit = run_pod_at(
-                c,
-                &vms,
-                pod.trim(),
-                Path::new(env!("CARGO_BIN_EXE_ido")),
-                &root,
-                Some(&ip),
-            )
-            .await
-            .unwrap();
-            let log = std::fs::read_to_string(root.join("container.err")).unwrap_or_default();
-            (exit, log)
-        })
-    };
+    let kubelet = tokio::spawn(play(
+        c,
+        vms.clone(),
+        "importer-disk".into(),
+        "disk".into(),
+        d.join("pod"),
+        Some(format!("127.0.0.{}", 2 + std::process::id() % 250)),
+    ));
 
     // `ido upload` as the cluster's admin: creates the DiskImport, waits, uploads.
     let url = format!("https://127.0.0.1:{}", endpoint.port());
@@ -400,12 +465,7 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
         .await
         .unwrap();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), op)
-        .await
-        .expect("clean shutdown")
-        .unwrap()
-        .unwrap();
+    op.stop().await;
 }
 
 #[tokio::test]
@@ -414,19 +474,7 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     let c = Cluster::shared().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let raw = write_raw(d);
-    let q = d.join("image.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            q.to_str().unwrap(),
-        ],
-    );
-    let oracle = qemu_raw(&q, d);
+    let (q, oracle) = qcow2(d);
     let server = FileServer::start(
         std::fs::read(&q).unwrap(),
         Behaviour {
@@ -435,16 +483,7 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
         },
     )
     .await;
-    let crds = std::process::Command::new(env!("CARGO_BIN_EXE_ido"))
-        .args(["crds", "--compat"])
-        .output()
-        .unwrap();
-    c.kubectl_stdin(
-        &["apply", "--server-side", "-f", "-"],
-        &String::from_utf8(crds.stdout).unwrap(),
-    )
-    .await
-    .unwrap();
+    install_crds(c).await;
     let vms = c.namespace("cdi-vms").await.unwrap();
     let (op_ns, client) = chart_operator_client(
         c,
@@ -453,50 +492,20 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
         d,
     )
     .await;
-    let parts = ContextParts {
-        providers: Providers::default(),
-        source: None,
-        settings: Settings {
-            namespace: op_ns.clone(),
-            disk_import: ImporterSettings {
-                enabled: true,
-                image: "ido:test".into(),
-                recheck: Duration::from_millis(500),
-                ..ImporterSettings::default()
-            },
-            cdi_compat: true,
-            ..Settings::default()
-        },
-        metrics: Metrics::default(),
-    };
-    let opts = OperatorOptions {
-        metrics_addr: free_addr(),
-        health_probe_addr: None,
-        leader_election: false,
-        identity: Some("ido-0".into()),
-        ..OperatorOptions::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let op = tokio::spawn(ido_operator::run_until(client, parts, opts, async {
-        let _ = stopped.await;
-    }));
+    let op = Operator::start(client, &op_ns, |s, _| s.cdi_compat = true);
 
-    // The volume the claim binds to.
+    // The volumes the claims bind to.
     let pv_dir = d.join("pv");
-    std::fs::create_dir(&pv_dir).unwrap();
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": format!("{vms}-dv")},
-        "spec": {
-            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "hostPath": {"path": pv_dir.display().to_string(), "type": "Directory"},
-            "claimRef": {"namespace": vms, "name": "example-import-dv"},
-        },
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
-        .await
-        .unwrap();
+    volume(c, &format!("{vms}-dv"), &vms, "example-import-dv", &pv_dir).await;
+    let blank_dir = d.join("pv-blank");
+    volume(
+        c,
+        &format!("{vms}-blank"),
+        &vms,
+        "blank-image-datavolume",
+        &blank_dir,
+    )
+    .await;
     // CDI's manifests/example/import-kubevirt-datavolume.yaml, its URL this test's server
     // (and storageClassName "", the class of the PV above).
     let example = format!(
@@ -507,66 +516,29 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
         .await
         .unwrap();
     let get = async |args: &[&str]| c.kubectl(args).await.unwrap_or_default();
-    wait_for("the importer Pod", async || {
-        !get(&[
+    wait_for("ImportScheduled", async || {
+        get(&[
             "get",
-            "pods",
+            "dv",
+            "example-import-dv",
             "-n",
             &vms,
-            "-l",
-            "job-name=importer-example-import-dv",
             "-o",
-            "name",
+            "jsonpath={.status.phase}",
         ])
         .await
-        .trim()
-        .is_empty()
-            && get(&[
-                "get",
-                "pvc",
-                "example-import-dv",
-                "-n",
-                &vms,
-                "-o",
-                "jsonpath={.status.phase}",
-            ])
-            .await
-                == "Bound"
+            == "ImportScheduled"
     })
     .await;
-    let phase = get(&[
-        "get",
-        "dv",
-        "example-import-dv",
-        "-n",
-        &vms,
-        "-o",
-        "jsonpath={.status.phase}",
-    ])
-    .await;
-    assert_eq!(phase, "ImportScheduled");
-    let pod = get(&[
-        "get",
-        "pods",
-        "-n",
-        &vms,
-        "-l",
-        "job-name=importer-example-import-dv",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ])
-    .await;
-    let exit = run_pod_at(
+    let (exit, log) = play(
         c,
-        &vms,
-        pod.trim(),
-        Path::new(env!("CARGO_BIN_EXE_ido")),
-        &d.join("importer"),
+        vms.clone(),
+        "importer-example-import-dv".into(),
+        "example-import-dv".into(),
+        d.join("importer"),
         None,
     )
-    .await
-    .unwrap();
-    let log = std::fs::read_to_string(d.join("importer/container.err")).unwrap_or_default();
+    .await;
     assert_eq!(exit, 0, "{log}");
     wait_for("the DataVolume Succeeded", async || {
         get(&[
@@ -593,57 +565,20 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
 
     // CDI's manifests/example/blank-image-datavolume.yaml, unchanged (no class: it binds to
     // a PV of none, as there is no default class here): a sparse 500Mi disk of zeros.
-    let blank_dir = d.join("pv-blank");
-    std::fs::create_dir(&blank_dir).unwrap();
-    let mut pv = pv.clone();
-    pv["metadata"]["name"] = json!(format!("{vms}-blank"));
-    pv["spec"]["hostPath"]["path"] = json!(blank_dir.display().to_string());
-    pv["spec"]["claimRef"]["name"] = json!("blank-image-datavolume");
-    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
-        .await
-        .unwrap();
     let blank = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: blank-image-datavolume\nspec:\n  source:\n      blank: {}\n  pvc:\n    accessModes:\n      - ReadWriteOnce\n    resources:\n      requests:\n        storage: 500Mi\n";
     c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], blank)
         .await
         .unwrap();
-    wait_for("the blank importer Pod", async || {
-        !get(&[
-            "get",
-            "pods",
-            "-n",
-            &vms,
-            "-l",
-            "job-name=importer-blank-image-datavolume",
-            "-o",
-            "name",
-        ])
-        .await
-        .trim()
-        .is_empty()
-    })
-    .await;
-    let pod = get(&[
-        "get",
-        "pods",
-        "-n",
-        &vms,
-        "-l",
-        "job-name=importer-blank-image-datavolume",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ])
-    .await;
-    let exit = run_pod_at(
+    let (exit, log) = play(
         c,
-        &vms,
-        pod.trim(),
-        Path::new(env!("CARGO_BIN_EXE_ido")),
-        &d.join("blank-importer"),
+        vms.clone(),
+        "importer-blank-image-datavolume".into(),
+        "blank-image-datavolume".into(),
+        d.join("blank-importer"),
         None,
     )
-    .await
-    .unwrap();
-    assert_eq!(exit, 0);
+    .await;
+    assert_eq!(exit, 0, "{log}");
     wait_for("the blank DataVolume Succeeded", async || {
         get(&[
             "get",
@@ -701,10 +636,5 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
                 .is_err()
     })
     .await;
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), op)
-        .await
-        .expect("clean shutdown")
-        .unwrap()
-        .unwrap();
+    op.stop().await;
 }
