@@ -99,6 +99,20 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
     crd
 }
 
+/// CDI's `UploadTokenRequest` (`upload.cdi.kubevirt.io/v1beta1`, CDI's aggregated API),
+/// as a CRD of [`crate::upload::UploadTokenRequest`]'s schema in CDI's group, so that CDI's
+/// manifests (`spec.pvcName`) get tokens from ido's webhook in the compatibility mode.
+pub fn upload_token_request_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = crate::upload::crd();
+    crd.metadata.name = Some("uploadtokenrequests.upload.cdi.kubevirt.io".into());
+    crd.spec.group = "upload.cdi.kubevirt.io".into();
+    for v in &mut crd.spec.versions {
+        v.name = "v1beta1".into();
+    }
+    crd
+}
+
 /// A map's member `key` (`path` names it in errors).
 fn member<'a>(v: &'a Value, path: &str, key: &str) -> Result<Option<&'a Value>, Refused> {
     match v {
@@ -514,5 +528,12 @@ spec:
         assert_eq!(spec.x_kubernetes_preserve_unknown_fields, Some(true));
         assert!(v.subresources.as_ref().unwrap().status.is_some());
         assert_eq!(crd.spec.names.short_names.as_ref().unwrap(), &["dv", "dvs"]);
+        let tokens = upload_token_request_crd();
+        assert_eq!(
+            tokens.metadata.name.as_deref(),
+            Some("uploadtokenrequests.upload.cdi.kubevirt.io")
+        );
+        assert_eq!(tokens.spec.versions[0].name, "v1beta1");
+        assert!(tokens.spec.versions[0].subresources.is_none());
     }
 }

@@ -83,7 +83,7 @@ use kube::CustomResourceExt;
 
 /// API groups of other projects whose kinds ido serves for their users (image-operator's,
 /// CDI's): their CRDs are not ido's to install where those projects run.
-pub const FOREIGN_GROUPS: [&str; 2] = ["skopeo.io", "cdi.kubevirt.io"];
+pub const FOREIGN_GROUPS: [&str; 3] = ["skopeo.io", "cdi.kubevirt.io", "upload.cdi.kubevirt.io"];
 
 /// Every CRD the project defines, in the order `ido crds` prints them.
 pub fn crds()
@@ -101,6 +101,7 @@ pub fn crds()
         CachedImage::crd(),
         upload::crd(),
         cdi::crd(),
+        cdi::upload_token_request_crd(),
     ]
     .into_iter()
     .map(|mut crd| {

@@ -297,6 +297,8 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
             "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate-upload-token", webhook.port()),
                              "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.ca_pem())},
             "rules": [{"operations": ["CREATE"], "apiGroups": ["ido.dev"], "apiVersions": ["v1alpha1"],
+                       "resources": ["uploadtokenrequests"], "scope": "Namespaced"},
+                      {"operations": ["CREATE"], "apiGroups": ["upload.cdi.kubevirt.io"], "apiVersions": ["v1beta1"],
                        "resources": ["uploadtokenrequests"], "scope": "Namespaced"}],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": vms}},
             "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
@@ -390,13 +392,16 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     })
     .await;
 
-    // A token for the admin again: the endpoint says the upload is complete.
+    // A token for the admin again, asked as CDI's manifests/example/upload-datavolume-token.yaml
+    // does (CDI's group, `pvcName`; its namespace and claim this test's): the endpoint says
+    // the upload is complete.
+    let cdi_request = format!(
+        "apiVersion: upload.cdi.kubevirt.io/v1beta1\nkind: UploadTokenRequest\nmetadata:\n  name: upload-datavolume\n  namespace: {vms}\nspec:\n  pvcName: disk\n"
+    );
     let answer = c
         .kubectl_stdin(
             &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-            &json!({"apiVersion": "ido.dev/v1alpha1", "kind": "UploadTokenRequest",
-                    "metadata": {"name": "t", "namespace": vms}, "spec": {"pvcName": "disk"}})
-            .to_string(),
+            &cdi_request,
         )
         .await
         .unwrap();

@@ -49,7 +49,9 @@ fn crd_path(name: &str) -> PathBuf {
         | "disksources.ido.dev"
         | "uploadtokenrequests.ido.dev" => chart_dir().join("files/crds").join(format!("{name}.yaml")),
         "images.skopeo.io" => chart_dir().join("files/compat").join(format!("{name}.yaml")),
-        "datavolumes.cdi.kubevirt.io" => chart_dir().join("files/cdi").join(format!("{name}.yaml")),
+        "datavolumes.cdi.kubevirt.io" | "uploadtokenrequests.upload.cdi.kubevirt.io" => {
+            chart_dir().join("files/cdi").join(format!("{name}.yaml"))
+        }
         "imagecachepolicies.ido.dev" | "clusterimagecachepolicies.ido.dev" | "cachedimages.ido.dev" => {
             chart_dir().join("files/cache").join(format!("{name}.yaml"))
         }
