@@ -521,18 +521,10 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
         .await
         .unwrap();
     let get = async |args: &[&str]| c.kubectl(args).await.unwrap_or_default();
+    let dv_phase =
+        async |name: &str| get(&["get", "dv", name, "-n", &vms, "-o", "jsonpath={.status.phase}"]).await;
     wait_for("ImportScheduled", async || {
-        get(&[
-            "get",
-            "dv",
-            "example-import-dv",
-            "-n",
-            &vms,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])
-        .await
-            == "ImportScheduled"
+        dv_phase("example-import-dv").await == "ImportScheduled"
     })
     .await;
     let (exit, log) = play(
@@ -546,17 +538,7 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     .await;
     assert_eq!(exit, 0, "{log}");
     wait_for("the DataVolume Succeeded", async || {
-        get(&[
-            "get",
-            "dv",
-            "example-import-dv",
-            "-n",
-            &vms,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])
-        .await
-            == "Succeeded"
+        dv_phase("example-import-dv").await == "Succeeded"
     })
     .await;
     let dv = c
@@ -585,17 +567,7 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     .await;
     assert_eq!(exit, 0, "{log}");
     wait_for("the blank DataVolume Succeeded", async || {
-        get(&[
-            "get",
-            "dv",
-            "blank-image-datavolume",
-            "-n",
-            &vms,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])
-        .await
-            == "Succeeded"
+        dv_phase("blank-image-datavolume").await == "Succeeded"
     })
     .await;
     let disk = blank_dir.join("disk.img");

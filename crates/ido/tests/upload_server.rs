@@ -122,18 +122,12 @@ async fn an_upload_is_converted_as_it_arrives_and_taken_once() {
     let upload = format!("{}/v1beta1/upload", s.url);
 
     // No token, a forged one, another DiskImport's (same name, other UID): 401.
-    let r = http.post(&upload).body("x").send().await.unwrap();
+    let r = poke(&http, &upload, None).await;
     assert_eq!(r.status(), 401);
     let other = UploadKey::generate()
         .issue(&disk_import("u-1"), jiff::Timestamp::now())
         .0;
-    let r = http
-        .post(&upload)
-        .bearer_auth(&other)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = poke(&http, &upload, Some(&other)).await;
     assert_eq!(r.status(), 401);
     let replaced = s.master.issue(&disk_import("u-2"), jiff::Timestamp::now()).0;
     let r = http.head(&upload).bearer_auth(&replaced).send().await.unwrap();
@@ -166,13 +160,7 @@ async fn an_upload_is_converted_as_it_arrives_and_taken_once() {
             .unwrap()
             .parse::<usize>()
             .unwrap();
-        let r = http
-            .post(&upload)
-            .bearer_auth(&token)
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let r = poke(&http, &upload, Some(&token)).await;
         if r.status() == 409 {
             break;
         }
@@ -208,13 +196,7 @@ async fn an_upload_is_converted_as_it_arrives_and_taken_once() {
     });
     tx.send(Ok(rest[..1024].to_vec())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = http
-        .post(&upload)
-        .bearer_auth(&token)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = poke(&http, &upload, Some(&token)).await;
     assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
     tx.send(Ok(rest[1024..].to_vec())).await.unwrap();
     drop(tx);
@@ -224,17 +206,20 @@ async fn an_upload_is_converted_as_it_arrives_and_taken_once() {
     assert_sparse(&target);
 
     // After it: 409 (until the server exits, 0).
-    let r = http
-        .post(&upload)
-        .bearer_auth(&token)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = poke(&http, &upload, Some(&token)).await;
     assert_eq!(r.status(), 409);
     let (code, err) = s.exit().await;
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains(&token), "the token is never logged");
+}
+
+/// A one-byte upload attempt at `url` (with `token`, if any): what the server answers.
+async fn poke(http: &reqwest::Client, url: &str, token: Option<&str>) -> reqwest::Response {
+    let mut req = http.post(url).body("x");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
 }
 
 /// A stream of the channel's items.

@@ -33,7 +33,7 @@ use ido_api::{
 use ido_io::progress::{Progress, Report, display::Display, human};
 use kube::api::{Api, PostParams};
 use reqwest::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 
 use super::server::{ID, LENGTH, OFFSET};
 use crate::progress::ProgressMode;
@@ -411,23 +411,11 @@ async fn attempt(
         .await
         .map_err(|e| Attempt(format!("reading {}: {e}", file.display())))?;
     let counter = progress.clone();
-    let body = futures::stream::unfold((f, vec![0u8; 1 << 20]), move |(mut f, mut buf)| {
-        let counter = counter.clone();
-        async move {
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    counter.add(n as u64);
-                    Some((
-                        Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&buf[..n])),
-                        (f, buf),
-                    ))
-                }
-                Err(e) => Some((Err(e), (f, buf))),
-            }
+    let body = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            counter.add(c.len() as u64);
         }
-    })
-    .boxed();
+    });
     let resp = http
         .post(&url)
         .bearer_auth(token)

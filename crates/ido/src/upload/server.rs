@@ -341,8 +341,8 @@ impl Uploads {
     }
 
     /// Starts or continues the upload for a request with these headers: the pipeline's
-    /// input and the offset the request's body starts at.
-    fn begin(&self, headers: &HeaderMap) -> Result<(mpsc::Sender<io::Result<Bytes>>, u64), Refusal> {
+    /// input (a continued request's body starts at the offset it named).
+    fn begin(&self, headers: &HeaderMap) -> Result<mpsc::Sender<io::Result<Bytes>>, Refusal> {
         let number = |name: &str| -> Result<Option<u64>, Refusal> {
             headers
                 .get(name)
@@ -394,7 +394,7 @@ impl Uploads {
                 }
                 u.phase = Phase::Receiving;
                 let tx = u.tx.clone().expect("a suspended upload keeps its input");
-                return Ok((tx, u.offset));
+                return Ok(tx);
             }
             Phase::Idle => {}
         }
@@ -438,7 +438,7 @@ impl Uploads {
         u.length = length;
         u.id = id;
         u.tx = Some(tx.clone());
-        Ok((tx, 0))
+        Ok(tx)
     }
 
     /// Feeds `body` to the pipeline from `offset`; then answers as `sync` says.
@@ -584,7 +584,7 @@ async fn raw(s: Uploads, headers: HeaderMap, body: Body, sync: bool) -> Response
     if let Err(r) = s.authorize(&headers) {
         return r.into_response();
     }
-    let (tx, _) = match s.begin(&headers) {
+    let tx = match s.begin(&headers) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
@@ -632,7 +632,7 @@ async fn form(s: Uploads, req: Request, sync: bool) -> Response {
     loop {
         match multipart.next_field().await {
             Ok(Some(field)) if field.name() == Some("file") => {
-                let (tx, _) = match s.begin(&headers) {
+                let tx = match s.begin(&headers) {
                     Ok(x) => x,
                     Err(r) => return r.into_response(),
                 };

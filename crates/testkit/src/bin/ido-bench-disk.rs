@@ -324,6 +324,15 @@ fn rss_mib(s: &Sample) -> f64 {
     s.rss_kib as f64 / 1024.0
 }
 
+/// `tool`'s wall time of each run, seconds (`1.02 0.98 1.10`).
+fn walls(c: &Case, tool: &str) -> String {
+    c.walls(tool)
+        .iter()
+        .map(|w| format!("{w:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The highest peak RSS of `tool` over the runs, MiB.
 fn max_rss(c: &Case, tool: &str) -> f64 {
     c.tools
@@ -583,13 +592,7 @@ async fn main() -> anyhow::Result<()> {
             med(&c, "ido", rss_mib),
             med(&c, "qemu-img", rss_mib),
         ));
-        let walls = |t: &str| {
-            c.walls(t)
-                .iter()
-                .map(|w| format!("{w:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let walls = |t: &str| walls(&c, t);
         table.push(format!(
             "    per run: ido {}, qemu-img {}",
             walls("ido"),
@@ -644,13 +647,7 @@ async fn main() -> anyhow::Result<()> {
                 med(&c, "ido", rss_mib),
                 med(&c, "cp", rss_mib),
             ));
-            let walls = |t: &str| {
-                c.walls(t)
-                    .iter()
-                    .map(|w| format!("{w:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
+            let walls = |t: &str| walls(&c, t);
             clone_table.push(format!(
                 "    per run: ido {}, cp {}; ido peak RSS {}",
                 walls("ido"),
@@ -788,13 +785,7 @@ async fn main() -> anyhow::Result<()> {
             &[("curl → ido upload-server", ido), ("limit: curl → sink", limit)],
         ));
         rss_bars.push((label.to_string(), med(&c, "ido", rss_mib)));
-        let walls = |t: &str| {
-            c.walls(t)
-                .iter()
-                .map(|w| format!("{w:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let walls = |t: &str| walls(&c, t);
         table.push(format!(
             "{label} ({mib:.0} MiB, converted to raw): ido {ido:.2} s ({}), limit {limit:.2} s ({}); ido / limit {ratio:.2}; ido CPU {:.2} s (curl + upload-server), peak RSS {:.1} MiB",
             walls("ido"),
