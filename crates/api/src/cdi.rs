@@ -96,6 +96,14 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
             spec.x_kubernetes_preserve_unknown_fields = Some(true);
         }
     }
+    // CDI's older examples say `cdi.kubevirt.io/v1alpha1`: served too, the same schema (the
+    // API server changes only the apiVersion between the two; ido reads v1beta1).
+    let mut alpha = crd.spec.versions[0].clone();
+    alpha.name = "v1alpha1".into();
+    alpha.storage = false;
+    alpha.deprecated = Some(true);
+    alpha.deprecation_warning = Some("cdi.kubevirt.io/v1alpha1 DataVolume is deprecated; use v1beta1".into());
+    crd.spec.versions.push(alpha);
     crd
 }
 
@@ -528,6 +536,13 @@ spec:
         assert_eq!(spec.x_kubernetes_preserve_unknown_fields, Some(true));
         assert!(v.subresources.as_ref().unwrap().status.is_some());
         assert_eq!(crd.spec.names.short_names.as_ref().unwrap(), &["dv", "dvs"]);
+        let names: Vec<(&str, bool, bool)> = crd
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.served, v.storage))
+            .collect();
+        assert_eq!(names, [("v1beta1", true, true), ("v1alpha1", true, false)]);
         let tokens = upload_token_request_crd();
         assert_eq!(
             tokens.metadata.name.as_deref(),

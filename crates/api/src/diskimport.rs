@@ -80,6 +80,8 @@ pub mod reasons {
     pub const UPLOAD_READY: &str = Reason::UploadReady.as_str();
     /// The operator serves no uploads (no upload key).
     pub const UPLOAD_UNAVAILABLE: &str = Reason::UploadUnavailable.as_str();
+    /// A clone from another namespace is not authorized.
+    pub const CLONE_UNAUTHORIZED: &str = Reason::CloneUnauthorized.as_str();
 }
 
 /// An image imported into a PersistentVolumeClaim of the same name.
@@ -164,13 +166,21 @@ pub struct UploadSource {
 }
 
 /// A claim whose disk is copied (CDI's `source.pvc`, a host-assisted clone): its
-/// `disk.img` (Filesystem) or the device itself (Block), byte for byte, sparse. It must be
-/// in the DiskImport's namespace; a claim another DiskImport fills is copied once that
-/// import has succeeded.
+/// `disk.img` (Filesystem) or the device itself (Block), byte for byte, sparse, Filesystem
+/// and Block either way. A claim another DiskImport fills is copied once that import has
+/// succeeded.
+///
+/// A claim of another namespace is cloned only for a requester allowed to: the operator's
+/// webhook asks the API server (a SubjectAccessReview) whether whoever creates the
+/// DiskImport may `create` `diskimports/source` in the claim's namespace (for a DataVolume,
+/// CDI's `datavolumes/source`), and marks the DiskImport if so (`ido.dev/clone-token`).
+/// Unmarked, it waits (`CloneUnauthorized`). The copy then runs in two pods: one in the
+/// source namespace reads the claim and sends it to one in the DiskImport's, which writes
+/// it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcSource {
-    /// The claim's namespace (default: the DiskImport's; no other is supported).
+    /// The claim's namespace (default: the DiskImport's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
@@ -316,6 +326,10 @@ pub enum DiskImportPhase {
     UploadScheduled,
     /// The upload pod is ready: an upload may start (or is running).
     UploadReady,
+    /// A clone (`source.pvc`): claim and Job created, the copy has not started.
+    CloneScheduled,
+    /// A clone's copy runs.
+    CloneInProgress,
     /// The disk is in the claim.
     Succeeded,
     /// The import failed for good (see the Ready condition).
@@ -331,6 +345,8 @@ impl DiskImportPhase {
             Self::ImportInProgress => "ImportInProgress",
             Self::UploadScheduled => "UploadScheduled",
             Self::UploadReady => "UploadReady",
+            Self::CloneScheduled => "CloneScheduled",
+            Self::CloneInProgress => "CloneInProgress",
             Self::Succeeded => "Succeeded",
             Self::Failed => "Failed",
         }

@@ -131,6 +131,13 @@ reasons! {
     UploadReady,
     /// Uploads are not served: the operator has no upload key (`--upload-key-file`).
     UploadUnavailable,
+    /// The clone's claim and Job were created; the copy has not started (event).
+    CloneScheduled,
+    /// The clone's copy started (event).
+    CloneInProgress,
+    /// A clone from another namespace carries no valid authorization of the operator's
+    /// webhook.
+    CloneUnauthorized,
 
     // DiskSources.
     /// The claim exists, is bound, and the DiskImport filling it (if any) succeeded.

@@ -21,6 +21,7 @@ use jiff::Timestamp;
 
 use crate::{
     Action, Context, Error,
+    diskimport::upload::CLONE_TOKEN,
     store::{Store, controller_reference, modify_status, owned_by},
 };
 
@@ -64,6 +65,9 @@ pub async fn reconcile<S: Store>(dv: &DataVolume, ctx: &Context<S>) -> Result<Ac
         None => {
             let mut di = DiskImport::new(name, spec);
             di.metadata.namespace = Some(ns.into());
+            if let Some(token) = clone_token(dv, &di, ctx) {
+                di.metadata.annotations = Some([(CLONE_TOKEN.to_string(), token)].into());
+            }
             di.metadata.labels = Some([(DATA_VOLUME_LABEL.to_string(), name.to_string())].into());
             di.metadata.owner_references = Some(vec![
                 serde_json::from_value(controller_reference(dv)).expect("an owner reference"),
@@ -76,6 +80,23 @@ pub async fn reconcile<S: Store>(dv: &DataVolume, ctx: &Context<S>) -> Result<Ac
     write(ctx, dv, mirrored(&di)).await?;
     // Woken by its DiskImport's changes (it owns it).
     Ok(Action::AwaitChange)
+}
+
+/// For a DataVolume that clones from another namespace and was authorized to (the
+/// webhook's token, checked against its creation), a fresh token for its DiskImport.
+fn clone_token<S: Store>(dv: &DataVolume, di: &DiskImport, ctx: &Context<S>) -> Option<String> {
+    let pvc = di.spec.source.pvc.as_ref()?;
+    let source = format!("{}/{}", pvc.namespace.as_deref()?, pvc.name);
+    let target = format!(
+        "{}/{}",
+        dv.metadata.namespace.as_deref().unwrap_or_default(),
+        dv.metadata.name.as_deref().unwrap_or_default()
+    );
+    let key = ctx.settings.disk_import.upload_key.as_ref()?;
+    let token = dv.metadata.annotations.as_ref()?.get(CLONE_TOKEN)?;
+    let created = dv.metadata.creation_timestamp.as_ref()?.0;
+    key.check_clone(token, &source, &target, created).ok()?;
+    Some(key.issue_clone(&source, &target, Timestamp::now()))
 }
 
 /// CDI's status from the DiskImport's.

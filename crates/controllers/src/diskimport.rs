@@ -32,6 +32,7 @@
 //! cluster's garbage collector; [`crate::file_store`] does the same). A Failed DiskImport
 //! stays Failed: delete it and create it again to retry (the spec is immutable).
 
+mod clone;
 mod job;
 mod pods;
 pub mod probe;
@@ -53,12 +54,14 @@ use k8s_openapi::api::{
     core::v1::{PersistentVolumeClaim, Pod, ResourceRequirements},
 };
 
+pub use clone::FINALIZER as CLONE_FINALIZER;
 pub use job::{
-    CA_DIR, CONTAINER, CREDENTIALS_DIR, DATA_DIR, DEVICE, DISK_FILE, DISK_IMPORT_LABEL, PERMANENT_EXIT_CODE,
-    claim, claim_request, importer_job, job_name, labels, owned_by, short_name, source_claim,
+    CA_DIR, CLONE_TARGET_ANNOTATION, CLONE_TARGET_LABEL, CONTAINER, CREDENTIALS_DIR, DATA_DIR, DEVICE,
+    DISK_FILE, DISK_IMPORT_LABEL, PERMANENT_EXIT_CODE, claim, claim_request, cross_namespace, importer_job,
+    job_name, labels, owned_by, sender_job, sender_name, short_name, source_claim,
 };
 pub use pods::progress_of;
-use pods::{importer_progress, last_failure, pending_reason, running_pod};
+use pods::{importer_progress, last_failure, pending_reason, ready_pod_ip, running_pod};
 pub use provider::StoreDiskImports;
 pub(crate) use validation::validate;
 
@@ -146,7 +149,10 @@ impl Outcome {
 }
 
 /// The disk's size: given, found before (status), or probed. `Err` = pending with a reason.
-async fn disk_size(di: &DiskImport) -> Result<u64, (&'static str, String, Option<Duration>)> {
+async fn disk_size(
+    di: &DiskImport,
+    cloned: Option<&clone::Source>,
+) -> Result<u64, (&'static str, String, Option<Duration>)> {
     if let Some(s) = &di.spec.storage.size {
         return Ok(quantity::parse(s).expect("validated"));
     }
@@ -156,6 +162,10 @@ async fn disk_size(di: &DiskImport) -> Result<u64, (&'static str, String, Option
         .and_then(|s| s.size.as_deref())
         .and_then(quantity::parse)
     {
+        return Ok(s);
+    }
+    // A clone's: the source disk's (CDI's `storage: {}`).
+    if let Some(s) = cloned.and_then(|c| c.size) {
         return Ok(s);
     }
     let ask = |why: String| {
@@ -198,13 +208,18 @@ async fn disk_size(di: &DiskImport) -> Result<u64, (&'static str, String, Option
 /// Reconciles one DiskImport.
 pub async fn reconcile<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Action, Error> {
     if di.metadata.deletion_timestamp.is_some() {
-        // Owned objects go with it (owner references).
+        // Owned objects go with it (owner references); a clone's sender in the source
+        // namespace is removed here.
+        clone::clean_up(di, ctx).await?;
         return Ok(Action::AwaitChange);
     }
     let before = di.status.clone().unwrap_or_default();
     match before.phase {
         DiskImportPhase::Succeeded => return finished(di, ctx).await,
-        DiskImportPhase::Failed => return Ok(Action::AwaitChange),
+        DiskImportPhase::Failed => {
+            clone::clean_up(di, ctx).await?;
+            return Ok(Action::AwaitChange);
+        }
         _ => {}
     }
     let (outcome, next) = match observe(di, ctx).await {
@@ -231,13 +246,21 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
             Action::AwaitChange,
         )
     })?;
-    let size = match disk_size(di).await {
+    // A clone's source, ready to be read (it gives the size when the spec does not).
+    let cloned = match di.spec.source.kind() {
+        Ok(SourceKind::Pvc(c)) => Some(clone::source(di, ctx, c, None).await?),
+        _ => None,
+    };
+    let size = match disk_size(di, cloned.as_ref()).await {
         Ok(s) => s,
         Err((reason, message, retry)) => {
             let next = retry.map_or(Action::AwaitChange, Action::Requeue);
             return Err((Outcome::pending(reason, message), next));
         }
     };
+    if cross_namespace(di) {
+        clone::authorize(di, ctx, size).await?;
+    }
     let pvc = ensure_claim(di, ctx, size).await?;
     let mut out = Outcome {
         phase: DiskImportPhase::ImportScheduled,
@@ -259,7 +282,18 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         _ => di,
     };
     let source_block = match di.spec.source.kind() {
-        Ok(SourceKind::Pvc(c)) => clone_source(di, ctx, &c.name, size).await?,
+        Ok(SourceKind::Pvc(c)) => {
+            let block = match &cloned {
+                Some(s) => s.block,
+                // A DiskSource's claim, resolved above.
+                None => clone::source(di, ctx, c, Some(size)).await?.block,
+            };
+            if cross_namespace(di) {
+                upload_key(di, ctx, size).await?;
+            }
+            out.phase = DiskImportPhase::CloneScheduled;
+            block
+        }
         Ok(SourceKind::Upload(_)) => {
             upload_key(di, ctx, size).await?;
             out.phase = DiskImportPhase::UploadScheduled;
@@ -276,51 +310,7 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
     };
 
     let job = ensure_job(di, ctx, &want, size).await?;
-    follow_job(di, ctx, &job, size, out).await
-}
-
-/// A clone's source claim, ready to be read: whether it is a Block one. Pending while it
-/// is missing, or while the DiskImport that fills it has not succeeded.
-async fn clone_source<S: Store>(
-    di: &DiskImport,
-    ctx: &Context<S>,
-    name: &str,
-    size: u64,
-) -> Result<bool, Observed> {
-    let ns = di.metadata.namespace.as_deref().unwrap_or_default();
-    let wait = |message: String| {
-        let mut o = Outcome::pending(reasons::PENDING, message);
-        o.size = Some(size);
-        (o, Action::Requeue(Duration::from_secs(5)))
-    };
-    let claim = ctx
-        .store
-        .get::<PersistentVolumeClaim>(Some(ns), name)
-        .await
-        .map_err(|e| store_failed(size, "reading the source claim", e))?
-        .ok_or_else(|| wait(format!("the source claim {ns}/{name} does not exist yet")))?;
-    let filler = claim
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.kind == "DiskImport" && r.controller == Some(true))
-        .map(|r| r.name.clone());
-    if let Some(filler) = filler {
-        let done = ctx
-            .store
-            .get::<DiskImport>(Some(ns), &filler)
-            .await
-            .map_err(|e| store_failed(size, "reading the source claim's DiskImport", e))?
-            .and_then(|d| d.status)
-            .is_some_and(|st| st.phase == DiskImportPhase::Succeeded);
-        if !done {
-            return Err(wait(format!(
-                "the source claim {ns}/{name} is being filled by DiskImport {filler}; cloned once that succeeds"
-            )));
-        }
-    }
-    Ok(claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block"))
+    follow_job(di, ctx, &job, (size, source_block), out).await
 }
 
 /// The Secret with the upload pod's key, created when missing. Pending while the operator
@@ -522,7 +512,7 @@ async fn follow_job<S: Store>(
     di: &DiskImport,
     ctx: &Context<S>,
     job: &Job,
-    size: u64,
+    (size, source_block): (u64, bool),
     mut out: Outcome,
 ) -> Result<Observed, Observed> {
     let ns = di.metadata.namespace.clone().unwrap_or_default();
@@ -573,8 +563,45 @@ async fn follow_job<S: Store>(
         }
         return Ok((out, recheck));
     }
+    if cross_namespace(di) {
+        // A clone from another namespace: once the upload pod is ready, the sender beside
+        // the source claim sends it the disk.
+        let ip = if js.ready.unwrap_or(0) > 0 {
+            ready_pod_ip(&pods)
+        } else {
+            None
+        };
+        if let Some(ip) = ip {
+            match clone::ensure_sender(di, ctx, &ip, source_block, size).await? {
+                clone::Sending::Running => {
+                    out.phase = DiskImportPhase::CloneInProgress;
+                    out.ready = (ConditionStatus::False, reasons::TRANSFER_RUNNING, String::new());
+                    out.running = (ConditionStatus::True, reasons::POD_RUNNING, String::new());
+                    if let Some(pod) = running {
+                        out.progress = importer_progress(ctx, &ns, pod).await;
+                    }
+                }
+                clone::Sending::Failed(m) => {
+                    out.phase = DiskImportPhase::Failed;
+                    out.ready = (ConditionStatus::False, reasons::IMPORT_FAILED, m.clone());
+                    out.running = (ConditionStatus::False, reasons::ERROR, m);
+                    return Ok((out, Action::AwaitChange));
+                }
+            }
+        } else if let Some(m) = last_failure {
+            out.running = (ConditionStatus::False, reasons::ERROR, m);
+        } else if let Some((reason, m)) = pending_reason(&pods) {
+            out.running = (ConditionStatus::False, reason, m);
+        }
+        return Ok((out, recheck));
+    }
+    let clone = out.phase == DiskImportPhase::CloneScheduled;
     if running.is_some() || js.ready.unwrap_or(0) > 0 {
-        out.phase = DiskImportPhase::ImportInProgress;
+        out.phase = if clone {
+            DiskImportPhase::CloneInProgress
+        } else {
+            DiskImportPhase::ImportInProgress
+        };
         out.ready = (ConditionStatus::False, reasons::TRANSFER_RUNNING, String::new());
         out.running = (ConditionStatus::True, reasons::POD_RUNNING, String::new());
         if let Some(pod) = running {
@@ -582,7 +609,11 @@ async fn follow_job<S: Store>(
         }
     } else if let Some(m) = last_failure {
         // Between attempts: still in progress, the Running condition says why it stopped.
-        out.phase = DiskImportPhase::ImportInProgress;
+        out.phase = if clone {
+            DiskImportPhase::CloneInProgress
+        } else {
+            DiskImportPhase::ImportInProgress
+        };
         out.ready = (ConditionStatus::False, reasons::TRANSFER_RUNNING, String::new());
         out.running = (ConditionStatus::False, reasons::ERROR, m);
     } else if let Some((reason, m)) = pending_reason(&pods) {
@@ -691,6 +722,16 @@ fn phase_event(di: &DiskImport, before: &DiskImportStatus, out: &Outcome) -> Opt
                 "Upload",
                 format!("created claim {} and upload Job {}", key(di), job_name(di)),
             )),
+            DiskImportPhase::CloneScheduled => Some(Event::normal(
+                Reason::CloneScheduled.as_str(),
+                "Clone",
+                format!("created claim {} and clone Job {}", key(di), job_name(di)),
+            )),
+            DiskImportPhase::CloneInProgress => Some(Event::normal(
+                Reason::CloneInProgress.as_str(),
+                "Clone",
+                "the copy is running",
+            )),
             DiskImportPhase::UploadReady => Some(Event::normal(
                 Reason::UploadReady.as_str(),
                 "Upload",
@@ -723,6 +764,7 @@ fn phase_event(di: &DiskImport, before: &DiskImportStatus, out: &Outcome) -> Opt
 
 /// After success: the importer Job is removed (its pods with it); the claim stays.
 async fn finished<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Action, Error> {
+    clone::clean_up(di, ctx).await?;
     let ns = di.metadata.namespace.as_deref().unwrap_or_default();
     if let Some(job) = ctx.store.get::<Job>(Some(ns), &job_name(di)).await?
         && owned_by(&job.metadata, di)
@@ -732,7 +774,7 @@ async fn finished<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Action,
         tracing::info!(diskimport = %key(di), job = %job_name(di), "importer Job removed after success");
     }
     // An upload's key opens nothing any more.
-    if di.spec.source.upload.is_some()
+    if job::serves_uploads(di)
         && let Some(secret) = ctx
             .store
             .get::<k8s_openapi::api::core::v1::Secret>(Some(ns), &upload::key_secret_name(di))

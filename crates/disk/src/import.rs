@@ -38,6 +38,9 @@ pub struct ImportOptions {
     /// The disk format, when it must not be detected (`raw` also imports a file that
     /// looks like something else byte for byte). Compressions and tar are still peeled.
     pub format: Option<DiskFormat>,
+    /// The source is a raw disk to copy byte for byte (a clone): nothing is detected or
+    /// peeled, not even a compression, a tar or a fixed VHD's footer.
+    pub verbatim: bool,
     /// Progress callback.
     pub progress: Option<ReportFn>,
     /// Least time between two progress reports. Default: 500 ms.
@@ -75,6 +78,7 @@ impl ImportOptions {
             target,
             checksum: None,
             format: None,
+            verbatim: false,
             progress: None,
             progress_interval: source::REPORT_INTERVAL,
             decompress: DecompressOptions::default(),
@@ -313,7 +317,7 @@ fn prepare(
     let format = check_format(opts, detected, resumed.is_some(), &layers)?;
     let extents = vmdk_extents(&opts.source, format, &layers, tar)?;
     // Only a detected raw image may turn out to be a fixed VHD.
-    let fixed_vhd = opts.format.is_none_or(|f| f == DiskFormat::Vhd);
+    let fixed_vhd = !opts.verbatim && opts.format.is_none_or(|f| f == DiskFormat::Vhd);
     tracing::debug!(%format, ?layers, "importing");
 
     let by_safe_points =

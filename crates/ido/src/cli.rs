@@ -46,6 +46,10 @@ enum Command {
     UploadServer(crate::upload::server::ServerArgs),
     /// Print a token for an upload server started by hand (its --key-file), for curl.
     UploadToken(crate::upload::server::TokenArgs),
+    /// Sends a volume's disk to the upload pod of a DiskImport that clones it from another
+    /// namespace (run by the operator's clone Jobs).
+    #[command(hide = true)]
+    CloneSend(crate::upload::client::SendArgs),
     /// Print the CustomResourceDefinitions (YAML): ido's own; with --compat also the kinds
     /// ido serves for other projects' users (image-operator's Image, CDI's DataVolume), which
     /// must not be applied where those projects run.
@@ -325,6 +329,7 @@ async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitC
         Command::Upload(args) => crate::upload::client::upload_cmd(args).await,
         Command::UploadServer(args) => crate::upload::server::server_cmd(args).await,
         Command::UploadToken(args) => crate::upload::server::token_cmd(args),
+        Command::CloneSend(args) => crate::upload::client::send_cmd(args).await,
         Command::Cache(args) => crate::cache::cache_cmd(args).await,
         Command::Operator(args) => operator_cmd(args, stop).await,
     }

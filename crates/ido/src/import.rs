@@ -53,6 +53,10 @@ pub(crate) struct ImportArgs {
     /// still peeled.
     #[arg(long, value_name = "F")]
     format: Option<DiskFormat>,
+    /// Copy SOURCE byte for byte as a raw disk: nothing detected, nothing peeled (not even
+    /// a compression or a tar). What a clone of a volume's disk does.
+    #[arg(long, conflicts_with_all = ["format", "disk", "content_type"])]
+    verbatim: bool,
     /// The disk to import from an OVA that holds several: its file name, its ovf:id or
     /// ovf:diskId, or its position in the OVF from 1. Without it such an OVA is refused,
     /// naming its disks.
@@ -288,6 +292,7 @@ fn import_options(source: SourceSpec, args: ImportArgs) -> ImportOptions {
     );
     opts.checksum = args.checksum;
     opts.format = args.format;
+    opts.verbatim = args.verbatim;
     opts.disk = args.disk;
     opts.preallocate = args.preallocate;
     opts.resume = args.resume;

@@ -99,6 +99,50 @@ async fn stdin_zstd_raw() {
     assert_sparse(&out);
 }
 
+/// A disk whose bytes happen to be a compressed stream (or a tar, or a qcow2) is copied as
+/// it is with `--verbatim`, as a clone's must be (detection would decompress it).
+#[tokio::test]
+async fn verbatim_copies_a_compressed_looking_disk_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    sh(&format!(
+        "zstd -q -3 -c {} > {}/d.zst && truncate -s 64M {}/d.zst",
+        raw.display(),
+        d.display(),
+        d.display()
+    ));
+    let disk = d.join("d.zst");
+    let out = d.join("out.img");
+    let o = ido(
+        &[disk.to_str().unwrap(), out.to_str().unwrap(), "--verbatim"],
+        None,
+    )
+    .await;
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        &std::fs::read(&disk).unwrap(),
+        "verbatim",
+    );
+    assert_sparse(&out);
+    let peeled = d.join("peeled.img");
+    let o = ido(
+        &[
+            disk.to_str().unwrap(),
+            peeled.to_str().unwrap(),
+            "--verbatim",
+            "--format",
+            "raw",
+        ],
+        None,
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--format"), "{}", text(&o.stderr));
+}
+
 #[tokio::test]
 async fn a_long_window_zstd_needs_the_flag_and_leaves_no_target() {
     let dir = tempfile::tempdir().unwrap();

@@ -615,3 +615,266 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     .await;
     op.stop().await;
 }
+
+/// A hostPath PersistentVolume of `capacity` at `dir` (made), reserved for `ns/claim`.
+async fn sized_volume(c: &Cluster, name: &str, capacity: &str, (ns, claim): (&str, &str), dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": capacity}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
+            "claimRef": {"namespace": ns, "name": claim},
+        },
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+}
+
+/// CDI's clone example across namespaces: refused for a user who may not read the source
+/// namespace (the operator's webhook asks a SubjectAccessReview), let in once they may; the
+/// copy runs in an upload pod beside the new claim and a sender beside the source (both
+/// played), byte for byte (the source disk's bytes are a qcow2 image: copied as they are, not
+/// converted), and nothing of it is left in the source namespace.
+#[tokio::test]
+async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_user() {
+    ido_testkit::install_crypto_provider();
+    let c = Cluster::shared().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    install_crds(c).await;
+    let source_ns = c.namespace("clone-src").await.unwrap();
+    let vms = c.namespace("clone-vms").await.unwrap();
+    let (op_ns, client) = chart_operator_client(
+        c,
+        "clone-op",
+        json!({"diskImport": {"enabled": true, "upload": {"enabled": true}}, "cdiCompat": {"enabled": true}}),
+        d,
+    )
+    .await;
+    let ca = TestCa::new().unwrap();
+    let certs = d.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(&ca.server_cert, certs.join("tls.crt")).unwrap();
+    std::fs::copy(&ca.server_key, certs.join("tls.key")).unwrap();
+    let webhook = free_addr();
+    let op = Operator::start(client, &op_ns, |s, o| {
+        s.cdi_compat = true;
+        s.disk_import.upload_key = Some(UploadKey::generate());
+        o.webhook_addr = Some(webhook);
+        o.webhook_cert_dir = Some(certs.clone());
+    });
+    // The chart's clone webhook, pointed at this operator, for this test's namespace.
+    let config_name = format!("clone-{vms}");
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": config_name},
+        "webhooks": [{
+            "name": "clones.disk-import.ido.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate-clone", webhook.port()),
+                             "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.ca_pem())},
+            "rules": [{"operations": ["CREATE"], "apiGroups": ["ido.dev"], "apiVersions": ["v1alpha1"],
+                       "resources": ["diskimports"], "scope": "Namespaced"},
+                      {"operations": ["CREATE"], "apiGroups": ["cdi.kubevirt.io"], "apiVersions": ["v1beta1"],
+                       "resources": ["datavolumes"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": vms}},
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "timeoutSeconds": 10
+        }]
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &config.to_string())
+        .await
+        .unwrap();
+
+    // The source: a claim of the source namespace whose disk's bytes are a qcow2 image and
+    // then a hole (64 MiB in all).
+    let (q, _) = qcow2(d);
+    let src_dir = d.join("pv-source");
+    sized_volume(
+        c,
+        &format!("{source_ns}-src"),
+        "64Mi",
+        (&source_ns, "source-datavolume"),
+        &src_dir,
+    )
+    .await;
+    let mut disk = std::fs::read(&q).unwrap();
+    disk.resize(64 << 20, 0);
+    std::fs::write(src_dir.join("disk.img"), &disk).unwrap();
+    let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "source-datavolume", "namespace": source_ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "resources": {"requests": {"storage": "64Mi"}}}});
+    c.kubectl_stdin(&["apply", "-f", "-"], &claim.to_string())
+        .await
+        .unwrap();
+    let dst_dir = d.join("pv-clone");
+    sized_volume(
+        c,
+        &format!("{vms}-clone"),
+        "1Gi",
+        (&vms, "cloned-datavolume"),
+        &dst_dir,
+    )
+    .await;
+
+    // Alice may edit the VMs' namespace only.
+    let bind = |ns: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "alice-edit", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]})
+        .to_string()
+    };
+    c.kubectl_stdin(&["apply", "-f", "-"], &bind(&vms)).await.unwrap();
+    // CDI's manifests/example/clone-datavolume.yaml, its source namespace this test's.
+    let example = format!(
+        "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: cloned-datavolume\nspec:\n  source:\n    pvc:\n      namespace: {source_ns}\n      name: source-datavolume\n  storage:\n"
+    );
+    let apply = async || {
+        c.kubectl_output(&["create", "-n", &vms, "--as=alice", "-f", "-"], Some(&example))
+            .await
+            .unwrap()
+    };
+    let denied = apply().await;
+    let err = String::from_utf8_lossy(&denied.stderr).into_owned();
+    assert!(
+        !denied.status.success()
+            && err.contains(&format!(
+                "alice may not clone claim {source_ns}/source-datavolume into DataVolume {vms}/cloned-datavolume"
+            )),
+        "{err}"
+    );
+    assert!(
+        c.kubectl(&["get", "dv", "cloned-datavolume", "-n", &vms])
+            .await
+            .is_err()
+    );
+
+    // Allowed to edit the source namespace too (edit aggregates datavolumes/source): let in.
+    c.kubectl_stdin(&["apply", "-f", "-"], &bind(&source_ns))
+        .await
+        .unwrap();
+    wait_for("the edit role to carry datavolumes/source", async || {
+        c.kubectl(&[
+            "auth",
+            "can-i",
+            "create",
+            "datavolumes.cdi.kubevirt.io",
+            "--subresource=source",
+            "-n",
+            &source_ns,
+            "--as=alice",
+        ])
+        .await
+        .is_ok_and(|o| o.trim() == "yes")
+    })
+    .await;
+    let allowed = apply().await;
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    let dv = c
+        .kubectl_json(&["get", "dv", "cloned-datavolume", "-n", &vms])
+        .await
+        .unwrap();
+    assert!(
+        dv["metadata"]["annotations"]["ido.dev/clone-token"].is_string(),
+        "{dv}"
+    );
+
+    // The upload pod beside the new claim, then the sender beside the source: played.
+    let target = tokio::spawn(play(
+        c,
+        vms.clone(),
+        "importer-cloned-datavolume".into(),
+        "cloned-datavolume".into(),
+        d.join("target-pod"),
+        Some(format!("127.0.1.{}", 2 + std::process::id() % 250)),
+    ));
+    let mut sender = String::new();
+    wait_for("the sender Job in the source namespace", async || {
+        sender = c
+            .kubectl(&[
+                "get",
+                "jobs",
+                "-n",
+                &source_ns,
+                "-l",
+                "ido.dev/clone-target",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .await
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !sender.is_empty()
+    })
+    .await;
+    let (exit, log) = play(
+        c,
+        source_ns.clone(),
+        sender.clone(),
+        "source-datavolume".into(),
+        d.join("sender-pod"),
+        None,
+    )
+    .await;
+    assert_eq!(exit, 0, "the sender:\n{log}");
+    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), target)
+        .await
+        .expect("the upload pod ends")
+        .unwrap();
+    assert_eq!(exit, 0, "the upload pod:\n{log}");
+    let dv_phase = async || {
+        c.kubectl(&[
+            "get",
+            "dv",
+            "cloned-datavolume",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await
+        .unwrap_or_default()
+    };
+    wait_for("the clone Succeeded", async || dv_phase().await == "Succeeded").await;
+    let got = std::fs::read(dst_dir.join("disk.img")).unwrap();
+    assert_same(&got[..disk.len()], &disk, "the clone, byte for byte");
+    assert!(got[disk.len()..].iter().all(|b| *b == 0));
+    let events = c
+        .kubectl(&["get", "events", "-n", &vms, "-o", "json"])
+        .await
+        .unwrap();
+    for reason in ["CloneScheduled", "CloneInProgress", "ImportSucceeded"] {
+        assert!(events.contains(reason), "no {reason} event: {events}");
+    }
+    // Nothing of the clone is left in the source namespace; the source claim is untouched.
+    wait_for("the sender's Job and Secret removed", async || {
+        c.kubectl(&["get", "job", &sender, "-n", &source_ns])
+            .await
+            .is_err()
+            && c.kubectl(&["get", "secret", &sender, "-n", &source_ns])
+                .await
+                .is_err()
+    })
+    .await;
+    let di = c
+        .kubectl_json(&["get", "diskimport", "cloned-datavolume", "-n", &vms])
+        .await
+        .unwrap();
+    assert!(di["metadata"]["finalizers"].is_null(), "{di}");
+    assert_eq!(std::fs::read(src_dir.join("disk.img")).unwrap(), disk);
+
+    c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
+        .await
+        .unwrap();
+    op.stop().await;
+}

@@ -38,6 +38,7 @@ use kube::{Client, runtime::events::Reporter};
 use tokio::sync::watch;
 
 pub mod auth;
+pub mod clone;
 pub mod controller;
 pub mod http;
 pub mod kube_store;
@@ -389,8 +390,8 @@ where
 }
 
 /// The admission webhook, when `--webhook-bind-address` asks for it: the image cache's
-/// (when the cache is on; its policies read every few seconds while it serves) and the
-/// upload tokens' (when uploads are). Its listener and certificate first: a bad one fails
+/// (when the cache is on; its policies read every few seconds while it serves), the
+/// upload tokens' and the clones' (when uploads are). Its listener and certificate first: a bad one fails
 /// the start.
 async fn start_webhook<F>(
     opts: &OperatorOptions,
@@ -417,7 +418,8 @@ where
     }
     if let Some(key) = &ctx.settings.disk_import.upload_key {
         router = router.merge(upload::token_router(client.clone(), key.clone()));
-        paths.push(upload::TOKEN_PATH);
+        router = router.merge(clone::router(client.clone(), key.clone()));
+        paths.extend([upload::TOKEN_PATH, clone::PATH]);
     }
     tracing::info!(%addr, paths = ?paths, "serving the admission webhook (HTTPS)");
     let serve = http::serve(listener, router, stopped());

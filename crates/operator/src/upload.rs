@@ -58,34 +58,84 @@ pub fn token_router(client: Client, key: UploadKey) -> Router {
 }
 
 async fn review(State(t): State<Arc<Tokens>>, body: Bytes) -> Response {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    let req = match admission_request(&body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {e}")).into_response(),
+        Err(bad) => return *bad,
     };
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not an AdmissionReview request: {e}"),
-            )
-                .into_response();
-        }
-    };
-    let answer = match t.decide(&req).await {
-        Ok(patch) => match AdmissionResponse::from(&req).with_patch(patch) {
+    let decided = t.decide(&req).await;
+    admission_answer(&req, decided, "upload token")
+}
+
+/// The request of an AdmissionReview, or (a 400) why the body holds none.
+pub(crate) fn admission_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Box<Response>> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("not an AdmissionReview: {e}")))?;
+    review
+        .try_into()
+        .map_err(|e| bad_request(format!("not an AdmissionReview request: {e}")))
+}
+
+fn bad_request(message: String) -> Box<Response> {
+    Box::new((StatusCode::BAD_REQUEST, message).into_response())
+}
+
+/// The answer to `req`: the decision's patch, or a denial with its reason (`what` names
+/// the decision in the log).
+pub(crate) fn admission_answer(
+    req: &AdmissionRequest<DynamicObject>,
+    decided: Result<json_patch::Patch, String>,
+    what: &str,
+) -> Response {
+    let answer = match decided {
+        Ok(patch) => match AdmissionResponse::from(req).with_patch(patch) {
             Ok(r) => r,
-            Err(e) => AdmissionResponse::from(&req).deny(format!("making the patch: {e}")),
+            Err(e) => AdmissionResponse::from(req).deny(format!("making the patch: {e}")),
         },
         Err(why) => {
-            tracing::info!(user = %req.user_info.username.as_deref().unwrap_or_default(), "upload token refused: {why}");
-            AdmissionResponse::from(&req).deny(why)
+            tracing::info!(user = %req.user_info.username.as_deref().unwrap_or_default(), "{what} refused: {why}");
+            AdmissionResponse::from(req).deny(why)
         }
     };
     match serde_json::to_vec(&answer.into_review()) {
         Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// Asks the API server whether the requester of `req` may do what `attributes` say: `Ok`
+/// if allowed, else why not, as a parenthesised remark to append (the authorizer's reason,
+/// if it gave one, or why it could not be asked).
+pub(crate) async fn access_review(
+    client: &Client,
+    req: &AdmissionRequest<DynamicObject>,
+    attributes: ResourceAttributes,
+) -> Result<(), String> {
+    let user = &req.user_info;
+    let who = user.username.clone().unwrap_or_default();
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username.clone(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone(),
+            extra: user.extra.clone(),
+            resource_attributes: Some(attributes),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &sar)
+        .await
+        .map_err(|e| format!(" (the API server could not be asked about {who}: {e})"))?;
+    let status = answer.status.unwrap_or_default();
+    if status.allowed {
+        return Ok(());
+    }
+    Err(status
+        .reason
+        .filter(|r| !r.is_empty())
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default())
 }
 
 impl Tokens {
@@ -114,42 +164,21 @@ impl Tokens {
             .target()
             .ok_or("spec.diskImport: the DiskImport to upload into is required")?
             .to_string();
-        let user = &req.user_info;
-        let who = user.username.clone().unwrap_or_default();
-        let sar = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: user.username.clone(),
-                uid: user.uid.clone(),
-                groups: user.groups.clone(),
-                extra: user.extra.clone(),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(ns.clone()),
-                    verb: Some("create".into()),
-                    group: Some("ido.dev".into()),
-                    resource: Some("diskimports".into()),
-                    subresource: Some("upload".into()),
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+        let who = req.user_info.username.clone().unwrap_or_default();
+        let attributes = ResourceAttributes {
+            namespace: Some(ns.clone()),
+            verb: Some("create".into()),
+            group: Some("ido.dev".into()),
+            resource: Some("diskimports".into()),
+            subresource: Some("upload".into()),
+            name: Some(name.clone()),
             ..Default::default()
         };
-        let answer = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &sar)
-            .await
-            .map_err(|e| format!("asking the API server whether {who} may upload: {e}"))?;
-        let status = answer.status.unwrap_or_default();
-        if !status.allowed {
-            let why = status
-                .reason
-                .filter(|r| !r.is_empty())
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            return Err(format!(
+        access_review(&self.client, req, attributes).await.map_err(|why| {
+            format!(
                 "{who} may not upload into DiskImport {ns}/{name}: that needs create on diskimports/upload in {ns}{why}"
-            ));
-        }
+            )
+        })?;
         let di = Api::<DiskImport>::namespaced(self.client.clone(), &ns)
             .get_opt(&name)
             .await

@@ -245,50 +245,216 @@ fn source_plan(di: &DiskImport, source_block: bool) -> Option<SourcePlan> {
         // Resolved to `pvc` by the controller before a Job is made (the DiskSource's claim):
         // no Job of its own.
         SourceKind::DiskSource(_) => return None,
-        // A clone: the source claim read-only beside the target, its disk copied byte for
-        // byte (`--format raw`: a disk's content is never taken for an image format).
         // An upload: `ido upload-server`, the key it checks tokens with mounted.
         SourceKind::Upload(u) => {
-            p.volumes.push(json!({
-                "name": "upload-key",
-                "secret": {"secretName": super::upload::key_secret_name(di), "defaultMode": 0o440},
-            }));
-            p.mounts
-                .push(json!({"name": "upload-key", "mountPath": super::upload::KEY_DIR, "readOnly": true}));
-            p.args.extend([
-                "--listen".to_string(),
-                format!("0.0.0.0:{}", super::upload::PORT),
-                "--key-file".to_string(),
-                format!("{}/{}", super::upload::KEY_DIR, super::upload::KEY_FILE),
-                "--disk-import".to_string(),
-                format!(
-                    "{}/{}",
-                    di.metadata.namespace.as_deref().unwrap_or_default(),
-                    di.metadata.name.as_deref().unwrap_or_default()
-                ),
-            ]);
+            p.serve_uploads(di);
             if let Some(c) = &u.checksum {
                 p.args.extend(["--checksum".to_string(), c.clone()]);
             }
         }
+        // A clone from another namespace: this side is an upload server that takes the
+        // disk, as it is, from the sender Job beside the source claim ([`sender_job`]).
+        SourceKind::Pvc(_) if cross_namespace(di) => {
+            p.serve_uploads(di);
+            p.args.push("--verbatim".into());
+        }
+        // A clone: the source claim read-only beside the target, its disk copied byte for
+        // byte (`--verbatim`: a disk's content is never taken for an image or a compression).
         SourceKind::Pvc(c) => {
-            p.volumes.push(json!({
-                "name": "source",
-                "persistentVolumeClaim": {"claimName": c.name, "readOnly": true},
-            }));
-            if source_block {
-                p.devices
-                    .push(json!({"name": "source", "devicePath": SOURCE_DEVICE}));
-                p.args.push(SOURCE_DEVICE.into());
-            } else {
-                p.mounts
-                    .push(json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true}));
-                p.args.push(format!("{SOURCE_DIR}/disk.img"));
-            }
-            p.args.extend(["--format".to_string(), "raw".to_string()]);
+            let from = p.mount_source(&c.name, source_block);
+            p.args.push(from);
+            p.args.push("--verbatim".into());
         }
     }
     Some(p)
+}
+
+impl SourcePlan {
+    /// `ido upload-server`'s flags, with the pod key it checks tokens with mounted.
+    fn serve_uploads(&mut self, di: &DiskImport) {
+        self.volumes.push(json!({
+            "name": "upload-key",
+            "secret": {"secretName": super::upload::key_secret_name(di), "defaultMode": 0o440},
+        }));
+        self.mounts
+            .push(json!({"name": "upload-key", "mountPath": super::upload::KEY_DIR, "readOnly": true}));
+        self.args.extend([
+            "--listen".to_string(),
+            format!("0.0.0.0:{}", super::upload::PORT),
+            "--key-file".to_string(),
+            format!("{}/{}", super::upload::KEY_DIR, super::upload::KEY_FILE),
+            "--disk-import".to_string(),
+            format!(
+                "{}/{}",
+                di.metadata.namespace.as_deref().unwrap_or_default(),
+                di.metadata.name.as_deref().unwrap_or_default()
+            ),
+        ]);
+    }
+
+    /// The source claim, read-only: its `disk.img`, or the device itself for a Block one.
+    /// The path the disk is read from.
+    fn mount_source(&mut self, claim: &str, block: bool) -> String {
+        self.volumes.push(json!({
+            "name": "source",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": true},
+        }));
+        if block {
+            self.devices
+                .push(json!({"name": "source", "devicePath": SOURCE_DEVICE}));
+            SOURCE_DEVICE.into()
+        } else {
+            self.mounts
+                .push(json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true}));
+            format!("{SOURCE_DIR}/disk.img")
+        }
+    }
+}
+
+/// Whether `di` clones a claim of another namespace.
+pub fn cross_namespace(di: &DiskImport) -> bool {
+    di.spec
+        .source
+        .pvc
+        .as_ref()
+        .and_then(|p| p.namespace.as_deref())
+        .is_some_and(|ns| Some(ns) != di.metadata.namespace.as_deref())
+}
+
+/// Whether the Job of `di` serves uploads (`ido upload-server`): an upload, or the
+/// receiving side of a clone from another namespace.
+pub fn serves_uploads(di: &DiskImport) -> bool {
+    di.spec.source.upload.is_some() || cross_namespace(di)
+}
+
+/// Where the sender's token is mounted.
+pub const SENDER_TOKEN_DIR: &str = "/var/run/ido/clone";
+/// Label naming, on a clone's sender Job and Secret, the DiskImport (`ns.name`, shortened)
+/// they send to.
+pub const CLONE_TARGET_LABEL: &str = "ido.dev/clone-target";
+/// Annotation naming it in full (`ns/name`).
+pub const CLONE_TARGET_ANNOTATION: &str = "ido.dev/clone-target";
+
+/// Name of the sender Job of `di` and of its token's Secret, in the source namespace.
+pub fn sender_name(di: &DiskImport) -> String {
+    short_name(
+        "clone-source-",
+        &format!(
+            "{}-{}",
+            di.metadata.namespace.as_deref().unwrap_or_default(),
+            di.metadata.name.as_deref().unwrap_or_default()
+        ),
+        63,
+    )
+}
+
+/// Labels of the sender's Job, pods and Secret (no owner reference crosses namespaces: the
+/// DiskImport's finalizer removes them).
+pub fn sender_labels(di: &DiskImport) -> BTreeMap<String, String> {
+    let target = format!(
+        "{}.{}",
+        di.metadata.namespace.as_deref().unwrap_or_default(),
+        di.metadata.name.as_deref().unwrap_or_default()
+    );
+    BTreeMap::from([
+        (CLONE_TARGET_LABEL.to_string(), short_name("", &target, 63)),
+        ("app.kubernetes.io/managed-by".into(), "ido".into()),
+        ("app.kubernetes.io/component".into(), "disk-clone".into()),
+    ])
+}
+
+fn sender_metadata(di: &DiskImport, source_ns: &str) -> Value {
+    json!({
+        "name": sender_name(di),
+        "namespace": source_ns,
+        "labels": sender_labels(di),
+        "annotations": {CLONE_TARGET_ANNOTATION: format!(
+            "{}/{}",
+            di.metadata.namespace.as_deref().unwrap_or_default(),
+            di.metadata.name.as_deref().unwrap_or_default()
+        )},
+    })
+}
+
+/// The Secret of the sender's upload token, in the source namespace.
+pub fn sender_secret(di: &DiskImport, source_ns: &str, token: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": sender_metadata(di, source_ns),
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }))
+    .expect("a valid Secret")
+}
+
+/// The sender Job of a clone from another namespace: `ido clone-send` beside the source
+/// claim (read-only), to the upload pod at `url`, its token a mounted Secret.
+pub fn sender_job(
+    di: &DiskImport,
+    settings: &ImporterSettings,
+    source_block: bool,
+    url: &str,
+) -> Option<Job> {
+    let pvc = di.spec.source.pvc.as_ref()?;
+    let source_ns = pvc.namespace.as_deref()?;
+    let mut p = SourcePlan {
+        args: vec![],
+        volumes: vec![],
+        mounts: vec![],
+        devices: vec![],
+    };
+    let from = p.mount_source(&pvc.name, source_block);
+    p.volumes.push(json!({
+        "name": "token",
+        "secret": {"secretName": sender_name(di), "defaultMode": 0o440},
+    }));
+    p.mounts
+        .push(json!({"name": "token", "mountPath": SENDER_TOKEN_DIR, "readOnly": true}));
+    let args = vec![
+        "clone-send".to_string(),
+        from,
+        "--url".into(),
+        url.into(),
+        "--token-file".into(),
+        format!("{SENDER_TOKEN_DIR}/token"),
+        "--progress".into(),
+        "plain".into(),
+    ];
+    let container = container(settings, args, p.mounts, p.devices, None);
+    Some(job(
+        sender_metadata(di, source_ns),
+        &sender_labels(di),
+        settings,
+        container,
+        p.volumes,
+    ))
+}
+
+/// The URL the sender in the source namespace posts to: the upload pod's.
+pub fn sender_url(pod_ip: &str) -> String {
+    let host = if pod_ip.contains(':') {
+        format!("[{pod_ip}]")
+    } else {
+        pod_ip.to_string()
+    };
+    format!("http://{host}:{}/v1beta1/upload", super::upload::PORT)
+}
+
+/// The URL a sender Job was made with.
+pub fn sender_job_url(job: &Job) -> Option<String> {
+    let args = job
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .args
+        .as_ref()?;
+    let i = args.iter().position(|a| a == "--url")?;
+    args.get(i + 1).cloned()
 }
 
 /// The claim a clone's importer Job reads (its `source` volume), if it is one.
@@ -331,7 +497,7 @@ fn importer_args(di: &DiskImport, plan: &SourcePlan, mode: VolumeMode, size: u64
         (false, VolumeMode::Filesystem) => DISK_FILE,
         (false, VolumeMode::Block) => DEVICE,
     };
-    let upload = matches!(di.spec.source.kind(), Ok(SourceKind::Upload(_)));
+    let upload = serves_uploads(di);
     // `ido upload-server TARGET [flags]`, or `ido import SOURCE TARGET [flags]`.
     let mut args = if upload {
         vec!["upload-server".to_string(), target.to_string()]
@@ -370,13 +536,14 @@ fn importer_args(di: &DiskImport, plan: &SourcePlan, mode: VolumeMode, size: u64
 }
 
 /// The importer container: `args`, with the claim mounted (Filesystem) or attached as
-/// [`DEVICE`] (Block) besides the source's `mounts`.
-fn importer_container(
+/// [`DEVICE`] (Block) besides the source's `mounts`; a sender's has no claim (`mode`
+/// `None`).
+fn container(
     settings: &ImporterSettings,
     args: Vec<String>,
     mounts: Vec<Value>,
     devices: Vec<Value>,
-    mode: VolumeMode,
+    mode: Option<VolumeMode>,
 ) -> Value {
     let mut container = json!({
         "name": CONTAINER,
@@ -392,13 +559,14 @@ fn importer_container(
         },
     });
     match mode {
-        VolumeMode::Filesystem => container["volumeMounts"]
+        Some(VolumeMode::Filesystem) => container["volumeMounts"]
             .as_array_mut()
             .expect("array")
             .insert(0, json!({"name": "disk", "mountPath": DATA_DIR})),
-        VolumeMode::Block => {
+        Some(VolumeMode::Block) => {
             container["volumeDevices"] = json!([{"name": "disk", "devicePath": DEVICE}]);
         }
+        None => {}
     }
     if !devices.is_empty() {
         let mut all = container["volumeDevices"].as_array().cloned().unwrap_or_default();
@@ -429,8 +597,8 @@ pub fn importer_job(
         "persistentVolumeClaim": {"claimName": di.metadata.name},
     })];
     volumes.extend(plan.volumes);
-    let mut container = importer_container(settings, args, plan.mounts, plan.devices, mode);
-    if matches!(di.spec.source.kind(), Ok(SourceKind::Upload(_))) {
+    let mut container = container(settings, args, plan.mounts, plan.devices, Some(mode));
+    if serves_uploads(di) {
         // Ready once it listens: the operator forwards uploads to ready pods only.
         let port = super::upload::PORT;
         container["ports"] = json!([{"name": "upload", "containerPort": port}]);
@@ -439,16 +607,27 @@ pub fn importer_job(
             "periodSeconds": 2,
         });
     }
-    let labels = labels(di);
+    let metadata = json!({
+        "name": job_name(di),
+        "namespace": di.metadata.namespace,
+        "labels": labels(di),
+        "ownerReferences": [owner_reference(di)],
+    });
+    Some(job(metadata, &labels(di), settings, container, volumes))
+}
+
+/// A Job of one unprivileged pod running `container` with `volumes`.
+fn job(
+    metadata: Value,
+    labels: &BTreeMap<String, String>,
+    settings: &ImporterSettings,
+    container: Value,
+    volumes: Vec<Value>,
+) -> Job {
     let job = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": job_name(di),
-            "namespace": di.metadata.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference(di)],
-        },
+        "metadata": metadata,
         "spec": {
             // A failed pod is replaced (a new pod starts the import again) up to this often.
             "backoffLimit": settings.backoff_limit,
@@ -477,7 +656,7 @@ pub fn importer_job(
             },
         },
     });
-    Some(serde_json::from_value(job).expect("a valid Job"))
+    serde_json::from_value(job).expect("a valid Job")
 }
 
 #[cfg(test)]

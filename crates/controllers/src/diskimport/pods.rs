@@ -14,6 +14,20 @@ pub(super) fn running_pod(pods: &[Pod]) -> Option<&str> {
         .and_then(|p| p.metadata.name.as_deref())
 }
 
+/// The IP of a ready importer pod (an upload pod taking requests).
+pub(super) fn ready_pod_ip(pods: &[Pod]) -> Option<String> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.as_ref())
+        .filter(|st| {
+            st.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .find_map(|st| st.pod_ip.clone())
+}
+
 /// The running importer's progress, from the tail of its log (`--progress plain` prints a
 /// line every 5 s). Best effort: a log that cannot be read leaves the last value.
 pub(super) async fn importer_progress<S: Store>(ctx: &Context<S>, ns: &str, pod: &str) -> Option<String> {

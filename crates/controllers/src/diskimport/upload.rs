@@ -58,6 +58,8 @@ pub enum TokenError {
     Expired(Timestamp),
     #[error("the upload token is for DiskImport {0}, not this one")]
     Other(String),
+    #[error("the clone token grants cloning {0}, not this clone")]
+    OtherClone(String),
 }
 
 /// What a token grants: an upload into DiskImport `ns/name` with this UID, until `exp`.
@@ -131,22 +133,12 @@ impl UploadKey {
     /// A token of `claims` signed with this key (a pod key): what an upload server started
     /// by hand with that key takes (`ido upload-token`).
     pub fn token(&self, claims: &Claims) -> String {
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
-        let sig = URL_SAFE_NO_PAD.encode(self.sign(body.as_bytes()));
-        format!("{body}.{sig}")
+        self.sign_claims(claims)
     }
 
     /// The claims of `token` if this key (a pod key) signed it and it has not expired.
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<Claims, TokenError> {
-        let (body, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
-        hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &self.0), body.as_bytes(), &sig)
-            .map_err(|_| TokenError::Signature)?;
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(body)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
+        let claims: Claims = self.open(token)?;
         if now.as_second() > claims.exp + LEEWAY_SECS {
             return Err(TokenError::Expired(
                 Timestamp::from_second(claims.exp).unwrap_or_default(),
@@ -165,6 +157,82 @@ impl UploadKey {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(TokenError::Malformed)?;
         self.pod_key(&claims.uid).verify(token, now)
+    }
+}
+
+/// The annotation of a DiskImport (or DataVolume) that clones a claim of another
+/// namespace: the operator's webhook puts it there at creation, once a SubjectAccessReview
+/// allowed the requester to clone from that namespace.
+pub const CLONE_TOKEN: &str = "ido.dev/clone-token";
+
+/// What a clone token grants: cloning claim `source` (`ns/name`) into DiskImport `target`
+/// (`ns/name`) for an object created before `exp`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneClaims {
+    pub source: String,
+    pub target: String,
+    /// Unix seconds.
+    pub exp: i64,
+}
+
+impl UploadKey {
+    /// The key clone tokens are signed with (this key being the master key).
+    fn clone_key(&self) -> UploadKey {
+        let tag = self.sign(b"ido-clone-v1");
+        let mut k = [0u8; 32];
+        k.copy_from_slice(tag.as_ref());
+        UploadKey(k)
+    }
+
+    /// A clone token of `source` into `target` (both `ns/name`), issued `now`.
+    pub fn issue_clone(&self, source: &str, target: &str, now: Timestamp) -> String {
+        let claims = CloneClaims {
+            source: source.into(),
+            target: target.into(),
+            exp: (now + TOKEN_TTL).as_second(),
+        };
+        self.clone_key().sign_claims(&claims)
+    }
+
+    /// Whether `token` grants cloning `source` into `target` to an object created at
+    /// `created`: issued for these two, at most [`TOKEN_TTL`] before the object was made
+    /// (a token copied onto a later object is refused).
+    pub fn check_clone(
+        &self,
+        token: &str,
+        source: &str,
+        target: &str,
+        created: Timestamp,
+    ) -> Result<(), TokenError> {
+        let c: CloneClaims = self.clone_key().open(token)?;
+        if c.source != source || c.target != target {
+            return Err(TokenError::OtherClone(format!("{} into {}", c.source, c.target)));
+        }
+        if created.as_second() > c.exp + LEEWAY_SECS {
+            return Err(TokenError::Expired(
+                Timestamp::from_second(c.exp).unwrap_or_default(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn sign_claims(&self, claims: &impl Serialize) -> String {
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(body.as_bytes()));
+        format!("{body}.{sig}")
+    }
+
+    /// The claims of `token` if this key signed it.
+    fn open<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+        let (body, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
+        hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &self.0), body.as_bytes(), &sig)
+            .map_err(|_| TokenError::Signature)?;
+        URL_SAFE_NO_PAD
+            .decode(body)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(TokenError::Malformed)
     }
 }
 
@@ -250,6 +318,44 @@ mod tests {
         for bad in ["", "x", "a.b", "..."] {
             assert!(pod.verify(bad, now).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn clone_tokens_name_source_and_target_and_hold_only_for_objects_made_in_time() {
+        let master = UploadKey::generate();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let t = master.issue_clone("golden/fedora", "vms/disk", now);
+        let later = now + Duration::from_secs(60);
+        assert_eq!(master.check_clone(&t, "golden/fedora", "vms/disk", later), Ok(()));
+        // Another source, another target, another master, a forged or pasted token.
+        assert!(master.check_clone(&t, "golden/other", "vms/disk", later).is_err());
+        assert!(
+            master
+                .check_clone(&t, "golden/fedora", "vms/other", later)
+                .is_err()
+        );
+        assert_eq!(
+            UploadKey::generate().check_clone(&t, "golden/fedora", "vms/disk", later),
+            Err(TokenError::Signature)
+        );
+        // An object made after the token expired (a token copied onto it) is refused.
+        assert!(matches!(
+            master.check_clone(
+                &t,
+                "golden/fedora",
+                "vms/disk",
+                now + TOKEN_TTL + Duration::from_secs(11)
+            ),
+            Err(TokenError::Expired(_))
+        ));
+        // An upload token is no clone token, nor the other way round.
+        let (upload, _) = master.issue(&di("u-1"), now);
+        assert!(
+            master
+                .check_clone(&upload, "golden/fedora", "vms/disk", later)
+                .is_err()
+        );
+        assert!(master.verify_issued(&t, now).is_err());
     }
 
     #[test]

@@ -23,13 +23,10 @@ pub(crate) fn validate(di: &DiskImport) -> Result<(), FieldError> {
             }
         }
         SourceKind::Pvc(p) => {
-            if p.namespace
-                .as_ref()
-                .is_some_and(|ns| Some(ns) != di.metadata.namespace.as_ref())
-            {
+            if let Some(reason) = p.namespace.as_deref().and_then(ido_api::names::label_error) {
                 return Err(FieldError::new(
                     "spec.source.pvc.namespace",
-                    "a claim of another namespace cannot be cloned; clone within the DiskImport's namespace",
+                    format!("{:?}: {reason}", p.namespace.as_deref().unwrap_or_default()),
                 ));
             }
             if let Some(reason) = ido_api::names::subdomain_error(&p.name) {
@@ -38,12 +35,7 @@ pub(crate) fn validate(di: &DiskImport) -> Result<(), FieldError> {
                     format!("{:?}: {reason}", p.name),
                 ));
             }
-            if di.spec.storage.size.is_none() {
-                return Err(FieldError::new(
-                    "spec.storage.size",
-                    "required for a clone (at least the source disk's size)",
-                ));
-            }
+            // Without storage.size, the source disk's size (found when it is read).
         }
         SourceKind::DiskSource(d) => {
             if let Some(reason) = ido_api::names::subdomain_error(&d.name) {

@@ -81,11 +81,14 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                 ("ido.dev/v1alpha1", "DiskImport") => Manifest::DiskImport(object(&doc, &at, ns)?),
                 ("ido.dev/v1alpha1", "DiskSource") => Manifest::DiskSource(object(&doc, &at, ns)?),
                 ("ido.dev/v1alpha1", "DiskImportCron") => Manifest::DiskImportCron(object(&doc, &at, ns)?),
-                ("cdi.kubevirt.io/v1beta1", "DataVolume") => Manifest::DataVolume(object(&doc, &at, ns)?),
+                // v1alpha1 (CDI's older examples) has v1beta1's shape.
+                ("cdi.kubevirt.io/v1beta1" | "cdi.kubevirt.io/v1alpha1", "DataVolume") => {
+                    Manifest::DataVolume(object(&doc, &at, ns)?)
+                }
                 ("v1", "Secret") => Manifest::Secret(object(&doc, &at, ns)?),
                 ("v1", "ConfigMap") => Manifest::ConfigMap(object(&doc, &at, ns)?),
                 _ => bail!(
-                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync, DiskImport, DiskSource or DiskImportCron (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), DataVolume (cdi.kubevirt.io/v1beta1), Secret or ConfigMap (v1)"
+                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync, DiskImport, DiskSource or DiskImportCron (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), DataVolume (cdi.kubevirt.io/v1beta1 or v1alpha1), Secret or ConfigMap (v1)"
                 ),
             };
             out.push(m);

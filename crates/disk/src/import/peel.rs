@@ -97,6 +97,9 @@ impl Peeled {
                     format!("{what}: there is no disk to import"),
                 ));
             }
+            if opts.verbatim {
+                return Ok((Box::new(p), DiskFormat::Raw));
+            }
             let d = detect(p.head());
             if !matches!(d, Detected::Disk(_)) && self.layers.len() == MAX_LAYERS {
                 return Err(Error::Unsupported {
@@ -176,7 +179,7 @@ pub(super) fn check_format(
             ));
         }
     };
-    if opts.format.is_none() && !resumed {
+    if opts.format.is_none() && !opts.verbatim && !resumed {
         check_name(&opts.source, format, layers)?;
     }
     if let Some(disk) = &opts.disk

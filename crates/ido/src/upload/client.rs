@@ -262,6 +262,88 @@ pub(crate) async fn upload_cmd(a: UploadArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ido clone-send`: the source half of a clone across namespaces. It runs beside the
+/// source claim and sends its disk, as it is, to the upload pod of the DiskImport that
+/// clones it; a replacement pod goes on from the offset that pod reports.
+#[derive(Args, Debug)]
+pub(crate) struct SendArgs {
+    /// The disk to send: a file, or a block device.
+    source: PathBuf,
+    /// The upload pod's upload URL (http://POD-IP:8443/v1beta1/upload).
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// File holding the upload token (a mounted Secret; never an argument).
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// Failed attempts in a row before giving up.
+    #[arg(long, default_value_t = 10)]
+    retries: u32,
+    /// Progress display: auto, bar, plain, none.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Plain)]
+    progress: ProgressMode,
+}
+
+pub(crate) async fn send_cmd(a: SendArgs) -> anyhow::Result<ExitCode> {
+    let token = std::fs::read_to_string(&a.token_file)
+        .with_context(|| format!("--token-file {}", a.token_file.display()))?
+        .trim()
+        .to_string();
+    let mut file = tokio::fs::File::open(&a.source)
+        .await
+        .with_context(|| format!("opening {}", a.source.display()))?;
+    let meta = file.metadata().await?;
+    // A block device's length is where its end is.
+    let total = file
+        .seek(SeekFrom::End(0))
+        .await
+        .with_context(|| format!("reading {}", a.source.display()))?;
+    drop(file);
+    let http = ido_io::http::client(&Default::default(), "--url")?;
+    let url = reqwest::Url::parse(&a.url).with_context(|| format!("--url {:?}", a.url))?;
+    let base = url.origin().ascii_serialization();
+    let id = upload_id(&a.source, &meta);
+    let progress = Progress::default();
+    progress.add_total(total);
+    let display = Arc::new(Display::new(a.progress.resolve(), line));
+    let started = Instant::now();
+    let ticker = {
+        let (d, p) = (display.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                d.show(&p.report(started.elapsed()));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    let mut failures = 0u32;
+    let result = loop {
+        match attempt(&http, &base, url.path(), &token, &a.source, total, &id, &progress).await {
+            Ok(Sent::Done | Sent::Complete) => break Ok(()),
+            Ok(Sent::Expired) => break Err(anyhow::anyhow!("the upload pod refused the clone's token")),
+            Ok(Sent::Fatal(m)) => break Err(anyhow::anyhow!(m)),
+            Ok(Sent::Retry(m)) | Err(Attempt(m)) => {
+                failures += 1;
+                if failures > a.retries {
+                    break Err(anyhow::anyhow!("{m} (after {failures} attempts)"));
+                }
+                let pause = Duration::from_secs(1 << failures.min(3));
+                tracing::warn!("send attempt {failures}: {m}; again in {pause:?}");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    };
+    ticker.abort();
+    display.finish();
+    result.with_context(|| format!("sending {} to {}", a.source.display(), base))?;
+    eprintln!(
+        "sent {} ({}) in {:.1?}",
+        a.source.display(),
+        human(total),
+        started.elapsed()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The DiskImport `--size` and the other creation flags describe.
 fn new_disk_import(a: &UploadArgs, ns: &str, size: &str) -> DiskImport {
     let mut di = DiskImport::new(

@@ -84,6 +84,10 @@ pub(crate) struct ServerArgs {
     /// kubevirt (a disk image, converted to raw) or archive (a tar unpacked into TARGET).
     #[arg(long, value_enum, default_value_t = ContentType::Kubevirt)]
     content_type: ContentType,
+    /// The upload is a raw disk to take byte for byte (a cross-namespace clone's): nothing
+    /// detected, nothing peeled.
+    #[arg(long, conflicts_with_all = ["checksum", "content_type"])]
+    verbatim: bool,
     /// Write every block of the disk.
     #[arg(long)]
     preallocate: bool,
@@ -143,6 +147,9 @@ fn import_args(a: &ServerArgs) -> anyhow::Result<ImportArgs> {
     }
     if let Some(c) = &a.checksum {
         argv.extend(["--checksum".into(), c.clone()]);
+    }
+    if a.verbatim {
+        argv.push("--verbatim".into());
     }
     if a.preallocate {
         argv.push("--preallocate".into());

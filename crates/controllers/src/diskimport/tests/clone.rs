@@ -1,5 +1,6 @@
 //! Clones (`source.pvc`): the source claim mounted read-only beside the new one once its
-//! own import succeeded, Block sources as devices, other namespaces refused.
+//! own import succeeded, Block sources as devices; from another namespace, only with the
+//! webhook's token, through an upload pod and a sender beside the source claim.
 
 use ido_api::DiskSource;
 
@@ -64,7 +65,7 @@ async fn a_clone_waits_for_its_source_then_reads_it_read_only() {
     let (_, golden) = step(&ctx, "golden").await;
     assert_eq!(status(&golden).phase, DiskImportPhase::Succeeded);
     let (_, di) = step(&ctx, "copy").await;
-    assert_eq!(status(&di).phase, DiskImportPhase::ImportScheduled);
+    assert_eq!(status(&di).phase, DiskImportPhase::CloneScheduled);
     let job: Job = ctx.store.get(Some(NS), "importer-copy").await.unwrap().unwrap();
     let c = container(&job);
     let args: Vec<&str> = c["args"]
@@ -74,8 +75,8 @@ async fn a_clone_waits_for_its_source_then_reads_it_read_only() {
         .map(|a| a.as_str().unwrap())
         .collect();
     assert_eq!(
-        args[..5],
-        ["import", "/source/disk.img", "/data/disk.img", "--format", "raw"]
+        args[..4],
+        ["import", "/source/disk.img", "/data/disk.img", "--verbatim"]
     );
     assert!(
         c["volumeMounts"]
@@ -94,7 +95,7 @@ async fn a_clone_waits_for_its_source_then_reads_it_read_only() {
 }
 
 #[tokio::test]
-async fn block_sources_are_devices_and_other_namespaces_are_refused() {
+async fn block_sources_are_devices_and_missing_ones_wait() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(dir.path());
     // A Block claim nobody's DiskImport fills: cloned at once, as a device.
@@ -114,7 +115,7 @@ async fn block_sources_are_devices_and_other_namespaces_are_refused() {
         .await
         .unwrap();
     let (_, di) = step(&ctx, "snap").await;
-    assert_eq!(status(&di).phase, DiskImportPhase::ImportScheduled);
+    assert_eq!(status(&di).phase, DiskImportPhase::CloneScheduled);
     let job: Job = ctx.store.get(Some(NS), "importer-snap").await.unwrap().unwrap();
     let c = container(&job);
     assert_eq!(c["args"][1], "/dev/ido-source");
@@ -131,22 +132,6 @@ async fn block_sources_are_devices_and_other_namespaces_are_refused() {
         .unwrap();
     let (_, di) = step(&ctx, "later").await;
     assert!(cond(&di, "Ready").message.contains("does not exist yet"));
-    ctx.store
-        .create(&disk_import(
-            "elsewhere",
-            pvc_source("golden", Some("other")),
-            sized("1Gi"),
-        ))
-        .await
-        .unwrap();
-    let (_, di) = step(&ctx, "elsewhere").await;
-    let ready = cond(&di, "Ready");
-    assert_eq!(ready.reason, "InvalidSpec");
-    assert!(
-        ready.message.contains("spec.source.pvc.namespace"),
-        "{}",
-        ready.message
-    );
 }
 
 fn disk_source_source(name: &str) -> DiskImportSource {
@@ -253,7 +238,7 @@ async fn a_disk_source_clone_waits_until_it_is_ready_then_clones_its_claim_pinne
     let ds = resolve(&ctx, "fedora").await;
     assert_eq!(ds.ready_claim(), Ok("golden"));
     let (_, di) = step(&ctx, "vm-root").await;
-    assert_eq!(status(&di).phase, DiskImportPhase::ImportScheduled);
+    assert_eq!(status(&di).phase, DiskImportPhase::CloneScheduled);
     let job: Job = ctx
         .store
         .get(Some(NS), "importer-vm-root")
@@ -270,7 +255,7 @@ async fn a_disk_source_clone_waits_until_it_is_ready_then_clones_its_claim_pinne
     let ds = resolve(&ctx, "fedora").await;
     assert!(ds.ready_claim().unwrap_err().contains("ClaimMissing"));
     let (_, di) = step(&ctx, "vm-root").await;
-    assert_eq!(status(&di).phase, DiskImportPhase::ImportScheduled);
+    assert_eq!(status(&di).phase, DiskImportPhase::CloneScheduled);
     let job: Job = ctx
         .store
         .get(Some(NS), "importer-vm-root")
@@ -278,4 +263,245 @@ async fn a_disk_source_clone_waits_until_it_is_ready_then_clones_its_claim_pinne
         .unwrap()
         .unwrap();
     assert_eq!(source_claim(&job).as_deref(), Some("golden"));
+}
+
+/// A pod of `job` in `ns`, Running and Ready at `ip` (as the kubelet reports it).
+async fn ready_pod(
+    ctx: &Context<FileStore>,
+    ns: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    ip: &str,
+) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "status": {"phase": "Running", "podIP": ip,
+                   "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": CONTAINER, "ready": true, "restartCount": 0, "image": "ido:test", "imageID": ""}]},
+    }))
+    .unwrap();
+    ctx.store.create(&pod).await.unwrap();
+}
+
+const GOLDEN: &str = "golden-images";
+
+async fn golden_claim(ctx: &Context<FileStore>) {
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "fedora", "namespace": GOLDEN},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}},
+        "status": {"phase": "Bound", "capacity": {"storage": "2Gi"}}
+    }))
+    .unwrap();
+    ctx.store.create(&claim).await.unwrap();
+}
+
+fn cross(name: &str, token: Option<String>) -> DiskImport {
+    let mut di = disk_import(name, pvc_source("fedora", Some(GOLDEN)), StorageSpec::default());
+    if let Some(t) = token {
+        di.metadata.annotations = Some([(crate::diskimport::upload::CLONE_TOKEN.to_string(), t)].into());
+    }
+    di
+}
+
+#[tokio::test]
+async fn a_clone_from_another_namespace_needs_the_webhooks_token_and_sends_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = context(dir.path());
+    let master = crate::diskimport::upload::UploadKey::generate();
+    ctx.settings.disk_import.upload_key = Some(master.clone());
+    golden_claim(&ctx).await;
+    let now = jiff::Timestamp::now();
+
+    // No token, or one for another target: it waits, saying what authorizes it.
+    ctx.store.create(&cross("nobody", None)).await.unwrap();
+    let forged = master.issue_clone("golden-images/fedora", "vms/other", now);
+    ctx.store.create(&cross("forged", Some(forged))).await.unwrap();
+    for name in ["nobody", "forged"] {
+        let (next, di) = step(&ctx, name).await;
+        assert_eq!(status(&di).phase, DiskImportPhase::Pending);
+        let ready = cond(&di, "Ready");
+        assert_eq!(ready.reason, "CloneUnauthorized", "{name}");
+        assert!(ready.message.contains("diskimports/source"), "{}", ready.message);
+        assert_eq!(next, Action::AwaitChange);
+        assert!(
+            ctx.store
+                .get::<Job>(Some(NS), &format!("importer-{name}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    // With the webhook's token: an upload pod that takes the disk as it is, sized like the
+    // source claim (no storage.size).
+    let token = master.issue_clone("golden-images/fedora", "vms/copy", now);
+    ctx.store.create(&cross("copy", Some(token))).await.unwrap();
+    let (_, di) = step(&ctx, "copy").await;
+    assert_eq!(status(&di).phase, DiskImportPhase::CloneScheduled);
+    assert_eq!(status(&di).size.as_deref(), Some("2Gi"));
+    let job: Job = ctx.store.get(Some(NS), "importer-copy").await.unwrap().unwrap();
+    let a = args(&job);
+    assert_eq!(a[..2], ["upload-server", "/data/disk.img"]);
+    assert!(a.contains(&"--verbatim".to_string()), "{a:?}");
+    assert!(a.windows(2).any(|w| w == ["--disk-import", "vms/copy"]), "{a:?}");
+    assert!(
+        ctx.store
+            .get::<Secret>(Some(NS), "upload-key-copy")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        ctx.store
+            .get::<Job>(Some(GOLDEN), "clone-source-vms-copy")
+            .await
+            .unwrap()
+            .is_none(),
+        "no sender before the upload pod is ready"
+    );
+
+    // The upload pod is ready: the sender beside the source claim, with a token the upload
+    // pod's key opens, in a Secret; the DiskImport holds a finalizer for them.
+    ready_pod(&ctx, NS, "importer-copy-1", labels(&di), "10.1.2.3").await;
+    set_job_status(&ctx, "importer-copy", json!({"active": 1, "ready": 1})).await;
+    let (_, di) = step(&ctx, "copy").await;
+    assert_eq!(status(&di).phase, DiskImportPhase::CloneInProgress);
+    assert!(crate::store::has_finalizer(&di, CLONE_FINALIZER));
+    let sender: Job = ctx
+        .store
+        .get(Some(GOLDEN), "clone-source-vms-copy")
+        .await
+        .unwrap()
+        .expect("the sender Job");
+    assert_eq!(
+        args(&sender),
+        [
+            "clone-send",
+            "/source/disk.img",
+            "--url",
+            "http://10.1.2.3:8443/v1beta1/upload",
+            "--token-file",
+            "/var/run/ido/clone/token",
+            "--progress",
+            "plain"
+        ]
+    );
+    let volumes = &json_of(&sender)["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes.as_array().unwrap().contains(
+            &json!({"name": "source", "persistentVolumeClaim": {"claimName": "fedora", "readOnly": true}})
+        ),
+        "{volumes}"
+    );
+    let secret: Secret = ctx
+        .store
+        .get(Some(GOLDEN), "clone-source-vms-copy")
+        .await
+        .unwrap()
+        .unwrap();
+    let token = secret.string_data.unwrap()["token"].clone();
+    let claims = master
+        .pod_key(di.metadata.uid.as_deref().unwrap())
+        .verify(&token, jiff::Timestamp::now())
+        .unwrap();
+    assert_eq!((claims.ns.as_str(), claims.name.as_str()), ("vms", "copy"));
+
+    // The upload pod is replaced: the sender is made again for the new one.
+    let old: Pod = ctx.store.get(Some(NS), "importer-copy-1").await.unwrap().unwrap();
+    ctx.store.delete(&old).await.unwrap();
+    ready_pod(&ctx, NS, "importer-copy-2", labels(&di), "10.1.2.4").await;
+    step(&ctx, "copy").await;
+    step(&ctx, "copy").await;
+    let sender: Job = ctx
+        .store
+        .get(Some(GOLDEN), "clone-source-vms-copy")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(args(&sender)[3], "http://10.1.2.4:8443/v1beta1/upload");
+
+    // Done: Succeeded, and nothing of the clone is left in the source namespace.
+    set_job_status(
+        &ctx,
+        "importer-copy",
+        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+    )
+    .await;
+    let (_, di) = step(&ctx, "copy").await;
+    assert_eq!(status(&di).phase, DiskImportPhase::Succeeded);
+    assert!(!crate::store::has_finalizer(&di, CLONE_FINALIZER));
+    assert!(
+        ctx.store
+            .get::<Job>(Some(GOLDEN), "clone-source-vms-copy")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ctx.store
+            .get::<Secret>(Some(GOLDEN), "clone-source-vms-copy")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claim: PersistentVolumeClaim = ctx.store.get(Some(GOLDEN), "fedora").await.unwrap().unwrap();
+    assert!(
+        claim.metadata.deletion_timestamp.is_none(),
+        "the source claim is never touched"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_sender_fails_the_clone_with_its_message_and_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = context(dir.path());
+    let master = crate::diskimport::upload::UploadKey::generate();
+    ctx.settings.disk_import.upload_key = Some(master.clone());
+    golden_claim(&ctx).await;
+    let token = master.issue_clone("golden-images/fedora", "vms/copy", jiff::Timestamp::now());
+    ctx.store.create(&cross("copy", Some(token))).await.unwrap();
+    let (_, di) = step(&ctx, "copy").await;
+    ready_pod(&ctx, NS, "importer-copy-1", labels(&di), "10.1.2.3").await;
+    set_job_status(&ctx, "importer-copy", json!({"active": 1, "ready": 1})).await;
+    step(&ctx, "copy").await;
+
+    let sender: Job = ctx
+        .store
+        .get(Some(GOLDEN), "clone-source-vms-copy")
+        .await
+        .unwrap()
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "clone-source-vms-copy-1", "namespace": GOLDEN, "labels": crate::diskimport::job::sender_labels(&di)},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": CONTAINER, "ready": false, "restartCount": 0, "image": "ido:test", "imageID": "",
+            "state": {"terminated": {"exitCode": 1, "message": "opening /source/disk.img: No such file or directory"}}}]},
+    }))
+    .unwrap();
+    ctx.store.create(&pod).await.unwrap();
+    let mut v = json_of(&sender);
+    v["status"] = json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]});
+    ctx.store
+        .update_status(&serde_json::from_value::<Job>(v).unwrap())
+        .await
+        .unwrap();
+    let (_, di) = step(&ctx, "copy").await;
+    assert_eq!(status(&di).phase, DiskImportPhase::Failed);
+    let ready = cond(&di, "Ready");
+    assert!(
+        ready
+            .message
+            .contains("the sender in golden-images failed: opening /source/disk.img"),
+        "{}",
+        ready.message
+    );
+    // The next look removes the sender and lets the DiskImport go.
+    let (_, di) = step(&ctx, "copy").await;
+    assert!(!crate::store::has_finalizer(&di, CLONE_FINALIZER));
+    assert!(
+        ctx.store
+            .get::<Job>(Some(GOLDEN), "clone-source-vms-copy")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
