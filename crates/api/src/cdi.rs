@@ -12,11 +12,11 @@
 //! | `source.http` {url, secretRef, certConfigMap, extraHeaders, checksum} | `source.http` |
 //! | `source.s3` {url, secretRef} | `source.s3` |
 //! | `source.registry` {url, secretRef, certConfigMap, platform.architecture, pullMethod: pod} | `source.registry` (`linux/<arch>`) |
-//! | `source.blank`, `source.upload`, `source.pvc` {namespace, name} | the same |
+//! | `source.blank`, `source.upload`, `source.pvc` {namespace, name}, `source.snapshot` {namespace, name} | the same |
 //! | `pvc` or `storage` {accessModes, resources.requests.storage, storageClassName, volumeMode} | `storage` |
 //! | `contentType`, `preallocation` | the same |
 //!
-//! Refused, each by its path: `sourceRef`, `source.snapshot`, `source.gcs`, `source.imageio`,
+//! Refused, each by its path: `sourceRef`, `source.gcs`, `source.imageio`,
 //! `source.vddk`, `source.http.insecureSkipVerify`, `source.http.secretExtraHeaders`,
 //! `source.s3.certConfigMap`, `source.registry.imageStream`, `pullMethod: node`, claim
 //! fields other than those above, `priorityClassName`, `serviceAccountName`, `checkpoints`,
@@ -238,12 +238,8 @@ fn translate_source(src: &Value) -> Result<DiskImportSource, Refused> {
     only(
         src,
         p,
-        &["http", "s3", "registry", "blank", "upload", "pvc"],
+        &["http", "s3", "registry", "blank", "upload", "pvc", "snapshot"],
         &[
-            (
-                "snapshot",
-                "VolumeSnapshot sources are not supported; clone the claim with source.pvc",
-            ),
             ("gcs", "GCS is not supported; use its HTTPS URL with source.http"),
             ("imageio", "oVirt imageio is not supported"),
             ("vddk", "VMware VDDK is not supported"),
@@ -326,6 +322,14 @@ fn translate_source(src: &Value) -> Result<DiskImportSource, Refused> {
     }
     if member(src, p, "upload")?.is_some() {
         out.upload = Some(UploadSource::default());
+    }
+    if let Some(c) = member(src, p, "snapshot")? {
+        let p = "spec.source.snapshot";
+        only(c, p, &["namespace", "name"], &[])?;
+        out.snapshot = Some(crate::diskimport::SnapshotSource {
+            namespace: string(c, p, "namespace")?,
+            name: string(c, p, "name")?.ok_or_else(|| field("spec.source.snapshot.name", "is required"))?,
+        });
     }
     if let Some(c) = member(src, p, "pvc")? {
         let p = "spec.source.pvc";
@@ -453,6 +457,10 @@ spec:
                 "pvc",
             ),
             (
+                "source: {snapshot: {namespace: snaps, name: snap}}\nstorage: {}",
+                "snapshot",
+            ),
+            (
                 "source: {http: {url: 'http://x/a.tar'}}\ncontentType: archive\npvc: {resources: {requests: {storage: 1Gi}}}",
                 "archive",
             ),
@@ -466,6 +474,7 @@ spec:
                 "blank" => assert!(s.source.blank.is_some() && s.preallocation == Some(true)),
                 "upload" => assert!(s.source.upload.is_some()),
                 "pvc" => assert_eq!(s.source.pvc.unwrap().namespace.as_deref(), Some("source-ns")),
+                "snapshot" => assert_eq!(s.source.snapshot.unwrap().name, "snap"),
                 _ => assert_eq!(s.content_type, Some(ContentType::Archive)),
             }
         }
@@ -475,7 +484,10 @@ spec:
     fn what_ido_cannot_honour_is_refused_by_name() {
         for (y, path) in [
             ("source: {gcs: {url: 'gs://b/k'}}\npvc: {}", "spec.source.gcs"),
-            ("source: {snapshot: {name: s}}\npvc: {}", "spec.source.snapshot"),
+            (
+                "source: {snapshot: {name: s, size: 1}}\npvc: {}",
+                "spec.source.snapshot.size",
+            ),
             (
                 "sourceRef: {kind: DataSource, name: d}\npvc: {}",
                 "spec.sourceRef",

@@ -101,12 +101,12 @@ pub mod reasons {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: delete the DiskImport and create it again"))]
-#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || (!has(self.source.blank) && !has(self.source.registry) && !has(self.source.pvc) && !has(self.source.diskSource))").message("contentType archive is not allowed with blank, registry, pvc or diskSource sources"))]
+#[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || (!has(self.source.blank) && !has(self.source.registry) && !has(self.source.pvc) && !has(self.source.snapshot) && !has(self.source.diskSource))").message("contentType archive is not allowed with blank, registry, pvc, snapshot or diskSource sources"))]
 #[x_kube(validation = Rule::new("!has(self.contentType) || self.contentType != 'archive' || !has(self.storage) || !has(self.storage.volumeMode) || self.storage.volumeMode != 'Block'").message("contentType archive unpacks into a filesystem: storage.volumeMode Block is not allowed"))]
 #[serde(rename_all = "camelCase")]
 pub struct DiskImportSpec {
     /// Where the image comes from: exactly one of `http`, `s3`, `registry`, `blank`, `pvc`,
-    /// `diskSource`, `upload`.
+    /// `snapshot`, `diskSource`, `upload`.
     pub source: DiskImportSource,
     /// What the source holds (CDI's `contentType`): `kubevirt` (the default), a VM disk
     /// image converted to raw; `archive`, a tar (plain, gz, xz, zst or bz2) unpacked into the
@@ -125,7 +125,7 @@ pub struct DiskImportSpec {
 
 /// The source: exactly one member is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank), has(self.pvc), has(self.diskSource), has(self.upload)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank, pvc, diskSource, upload"))]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.registry), has(self.blank), has(self.pvc), has(self.snapshot), has(self.diskSource), has(self.upload)].filter(x, x).size() == 1").message("exactly one of http, s3, registry, blank, pvc, snapshot, diskSource, upload"))]
 pub struct DiskImportSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSource>,
@@ -137,6 +137,8 @@ pub struct DiskImportSource {
     pub blank: Option<BlankSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSource>,
     #[serde(default, rename = "diskSource", skip_serializing_if = "Option::is_none")]
     pub disk_source: Option<DiskSourceReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +183,20 @@ pub struct UploadSource {
 #[serde(rename_all = "camelCase")]
 pub struct PvcSource {
     /// The claim's namespace (default: the DiskImport's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// A VolumeSnapshot (`snapshot.storage.k8s.io/v1`) whose disk is copied (CDI's
+/// `source.snapshot`): the snapshot is restored to a claim in its namespace (the cluster's
+/// CSI driver fills it), that claim is cloned as `pvc` would be, and then removed. Another
+/// namespace needs the same permission as a `pvc` clone's (`diskimports/source` there).
+/// Waits while the snapshot is missing or not `readyToUse`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSource {
+    /// The snapshot's namespace (default: the DiskImport's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
@@ -394,6 +410,7 @@ impl DiskImportSource {
             self.registry.as_ref().map(SourceKind::Registry),
             self.blank.as_ref().map(|_| SourceKind::Blank),
             self.pvc.as_ref().map(SourceKind::Pvc),
+            self.snapshot.as_ref().map(SourceKind::Snapshot),
             self.disk_source.as_ref().map(SourceKind::DiskSource),
             self.upload.as_ref().map(SourceKind::Upload),
         ]
@@ -404,11 +421,11 @@ impl DiskImportSource {
             [one] => Ok(*one),
             [] => Err(crate::FieldError::new(
                 "spec.source",
-                "one of http, s3, registry, blank, pvc, diskSource, upload is required",
+                "one of http, s3, registry, blank, pvc, snapshot, diskSource, upload is required",
             )),
             _ => Err(crate::FieldError::new(
                 "spec.source",
-                "exactly one of http, s3, registry, blank, pvc, diskSource, upload may be set",
+                "exactly one of http, s3, registry, blank, pvc, snapshot, diskSource, upload may be set",
             )),
         }
     }
@@ -422,6 +439,7 @@ pub enum SourceKind<'a> {
     Registry(&'a RegistrySource),
     Blank,
     Pvc(&'a PvcSource),
+    Snapshot(&'a SnapshotSource),
     DiskSource(&'a DiskSourceReference),
     Upload(&'a UploadSource),
 }

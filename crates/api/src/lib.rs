@@ -35,13 +35,14 @@ pub mod names;
 pub mod nodeimage;
 pub mod reason;
 pub mod release;
+pub mod snapshot;
 pub mod upload;
 
 pub use condition::{Condition, ConditionStatus};
 pub use diskimport::{
     BlankSource, DiskImport, DiskImportPhase, DiskImportSource, DiskImportSpec, DiskImportStatus,
-    DiskSourceReference, HttpSource, PvcSource, RegistrySource, S3Source, SourceKind, StorageSpec,
-    UploadSource, VolumeMode,
+    DiskSourceReference, HttpSource, PvcSource, RegistrySource, S3Source, SnapshotSource, SourceKind,
+    StorageSpec, UploadSource, VolumeMode,
 };
 pub use diskimportcron::{
     CronImport, DiskImportCron, DiskImportCronSpec, DiskImportCronStatus, GarbageCollect,

@@ -247,6 +247,19 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
         )
     })?;
     // A clone's source, ready to be read (it gives the size when the spec does not).
+    // A clone of another namespace: only with the webhook's mark, before anything is made.
+    if clone::other_namespace(di) {
+        clone::authorize(di, ctx, None).await?;
+    }
+    // A snapshot: the claim it is restored into, then exactly as a `pvc` clone of it.
+    let restored;
+    let di = match di.spec.source.kind() {
+        Ok(SourceKind::Snapshot(s)) => {
+            restored = clone::restore(di, ctx, s).await?;
+            &restored
+        }
+        _ => di,
+    };
     let cloned = match di.spec.source.kind() {
         Ok(SourceKind::Pvc(c)) => Some(clone::source(di, ctx, c, None).await?),
         _ => None,
@@ -258,9 +271,6 @@ async fn observe<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Observed
             return Err((Outcome::pending(reason, message), next));
         }
     };
-    if cross_namespace(di) {
-        clone::authorize(di, ctx, size).await?;
-    }
     let pvc = ensure_claim(di, ctx, size).await?;
     let mut out = Outcome {
         phase: DiskImportPhase::ImportScheduled,

@@ -744,7 +744,7 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     assert!(
         !denied.status.success()
             && err.contains(&format!(
-                "alice may not clone claim {source_ns}/source-datavolume into DataVolume {vms}/cloned-datavolume"
+                "alice may not clone {source_ns}/source-datavolume into DataVolume {vms}/cloned-datavolume"
             )),
         "{err}"
     );
@@ -872,6 +872,154 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
         .unwrap();
     assert!(di["metadata"]["finalizers"].is_null(), "{di}");
     assert_eq!(std::fs::read(src_dir.join("disk.img")).unwrap(), disk);
+
+    // A VolumeSnapshot of the source namespace (its CRD as the snapshot controller's
+    // project installs it, in short; the test plays the snapshot controller and the CSI
+    // driver): restored into a claim there, which is cloned across, then removed.
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "volumesnapshots.snapshot.storage.k8s.io"},
+        "spec": {"group": "snapshot.storage.k8s.io", "scope": "Namespaced",
+            "names": {"kind": "VolumeSnapshot", "plural": "volumesnapshots", "singular": "volumesnapshot", "listKind": "VolumeSnapshotList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &crd.to_string())
+        .await
+        .unwrap();
+    let snap = json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "golden-snap", "namespace": source_ns},
+        "spec": {"source": {"persistentVolumeClaimName": "source-datavolume"}}});
+    wait_for("the VolumeSnapshot kind served", async || {
+        c.kubectl_stdin(&["apply", "-f", "-"], &snap.to_string())
+            .await
+            .is_ok()
+    })
+    .await;
+    c.kubectl(&[
+        "patch",
+        "volumesnapshot",
+        "golden-snap",
+        "-n",
+        &source_ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"readyToUse": true, "restoreSize": "64Mi"}}"#,
+    ])
+    .await
+    .unwrap();
+    let snap_dst = d.join("pv-from-snapshot");
+    sized_volume(
+        c,
+        &format!("{vms}-snap"),
+        "1Gi",
+        (&vms, "from-snapshot"),
+        &snap_dst,
+    )
+    .await;
+    let di = json!({"apiVersion": "ido.dev/v1alpha1", "kind": "DiskImport",
+        "metadata": {"name": "from-snapshot", "namespace": vms},
+        "spec": {"source": {"snapshot": {"namespace": source_ns, "name": "golden-snap"}}}});
+    c.kubectl_stdin(&["create", "-f", "-"], &di.to_string())
+        .await
+        .unwrap();
+    // The CSI driver's part: the restored claim bound to a volume holding the snapshot.
+    let restore = format!("restore-{vms}-from-snapshot");
+    wait_for("the restore claim", async || {
+        c.kubectl(&["get", "pvc", &restore, "-n", &source_ns])
+            .await
+            .is_ok()
+    })
+    .await;
+    let claim = c
+        .kubectl_json(&["get", "pvc", &restore, "-n", &source_ns])
+        .await
+        .unwrap();
+    assert_eq!(claim["spec"]["dataSource"]["kind"], "VolumeSnapshot", "{claim}");
+    assert_eq!(claim["spec"]["dataSource"]["name"], "golden-snap", "{claim}");
+    let restored_dir = d.join("pv-restored");
+    sized_volume(
+        c,
+        &format!("{source_ns}-restored"),
+        "64Mi",
+        (&source_ns, &restore),
+        &restored_dir,
+    )
+    .await;
+    let mut snapshot_disk = disk.clone();
+    snapshot_disk[..1 << 20].fill(0x5a);
+    std::fs::write(restored_dir.join("disk.img"), &snapshot_disk).unwrap();
+    let target = tokio::spawn(play(
+        c,
+        vms.clone(),
+        "importer-from-snapshot".into(),
+        "from-snapshot".into(),
+        d.join("snapshot-target-pod"),
+        Some(format!("127.0.2.{}", 2 + std::process::id() % 250)),
+    ));
+    let label = format!(
+        "ido.dev/clone-target={}",
+        ido_controllers::diskimport::short_name("", &format!("{vms}.from-snapshot"), 63)
+    );
+    let mut sender = String::new();
+    wait_for("the snapshot clone's sender Job", async || {
+        sender = c
+            .kubectl(&[
+                "get",
+                "jobs",
+                "-n",
+                &source_ns,
+                "-l",
+                &label,
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .await
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !sender.is_empty()
+    })
+    .await;
+    let (exit, log) = play(
+        c,
+        source_ns.clone(),
+        sender.clone(),
+        restore.clone(),
+        d.join("snapshot-sender-pod"),
+        None,
+    )
+    .await;
+    assert_eq!(exit, 0, "the sender:\n{log}");
+    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), target)
+        .await
+        .expect("the upload pod ends")
+        .unwrap();
+    assert_eq!(exit, 0, "the upload pod:\n{log}");
+    wait_for("the snapshot clone Succeeded", async || {
+        c.kubectl(&[
+            "get",
+            "diskimport",
+            "from-snapshot",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await
+        .is_ok_and(|p| p == "Succeeded")
+    })
+    .await;
+    let got = std::fs::read(snap_dst.join("disk.img")).unwrap();
+    assert_same(&got, &snapshot_disk, "the snapshot's clone");
+    wait_for("the restore claim and the sender removed", async || {
+        c.kubectl(&["get", "pvc", &restore, "-n", &source_ns])
+            .await
+            .is_err()
+            && c.kubectl(&["get", "job", &sender, "-n", &source_ns])
+                .await
+                .is_err()
+    })
+    .await;
 
     c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
         .await

@@ -1,9 +1,10 @@
 //! Clones from another namespace: the admission webhook that lets them in.
 //!
-//! A DiskImport (or CDI DataVolume) created with `spec.source.pvc.namespace` naming another
-//! namespace reaches `POST /mutate-clone`. A SubjectAccessReview asks the API server
-//! whether the requester may `create` `diskimports/source` (a DataVolume: CDI's
-//! `datavolumes/source`) for that claim in the source namespace. If so, the answer's patch
+//! A DiskImport (or CDI DataVolume) created with `spec.source.pvc.namespace` (or
+//! `spec.source.snapshot.namespace`) naming another namespace reaches `POST /mutate-clone`.
+//! A SubjectAccessReview asks the API server whether the requester may `create`
+//! `diskimports/source` (a DataVolume: CDI's `datavolumes/source`) for that claim (or
+//! snapshot) in the source namespace. If so, the answer's patch
 //! puts a clone token in the annotation `ido.dev/clone-token`, which the controller checks
 //! before it reads the claim; if not, the create is refused with the reason.
 //!
@@ -70,12 +71,18 @@ impl Clones {
         let Some(obj) = req.object.as_ref() else {
             return none();
         };
-        let pvc = &obj.data["spec"]["source"]["pvc"];
+        // A claim (`pvc`) or a VolumeSnapshot (`snapshot`) of another namespace.
+        let source = &obj.data["spec"]["source"];
+        let from = if source["pvc"].is_object() {
+            &source["pvc"]
+        } else {
+            &source["snapshot"]
+        };
         let ns = req.namespace.clone().unwrap_or_default();
-        let Some(source_ns) = pvc["namespace"].as_str().filter(|s| *s != ns) else {
+        let Some(source_ns) = from["namespace"].as_str().filter(|s| *s != ns) else {
             return none();
         };
-        let claim = pvc["name"].as_str().unwrap_or_default();
+        let claim = from["name"].as_str().unwrap_or_default();
         let (group, resource, kind) = match req.kind.group.as_str() {
             "cdi.kubevirt.io" => ("cdi.kubevirt.io", "datavolumes", "DataVolume"),
             _ => ("ido.dev", "diskimports", "DiskImport"),
@@ -110,7 +117,7 @@ impl Clones {
         };
         access_review(&self.client, req, attributes).await.map_err(|why| {
             format!(
-                "{who} may not clone claim {source_ns}/{claim} into {kind} {ns}/{name}: that needs create on {resource}/source in {source_ns}{why}"
+                "{who} may not clone {source_ns}/{claim} into {kind} {ns}/{name}: that needs create on {resource}/source in {source_ns}{why}"
             )
         })?;
         let token = self.key.issue_clone(&source, &target, jiff::Timestamp::now());

@@ -11,11 +11,19 @@
 //!                      ido clone-send /source/disk.img --url http://<upload pod IP>:8443/…
 //!                    finalizer ido.dev/clone-source: the source namespace's two objects
 //!                      are removed when the clone ends or the DiskImport goes
+//!
+//!  a snapshot:       claim restore-<ns>-<name> in its namespace, dataSource the
+//!                      VolumeSnapshot (the CSI driver fills it), then cloned as above,
+//!                      then removed (the finalizer again)
 //! ```
 
 use std::time::Duration;
 
-use ido_api::{DiskImport, DiskImportPhase, PvcSource, diskimport::quantity, diskimport::reasons};
+use ido_api::{
+    DiskImport, DiskImportPhase, DiskImportSource, PvcSource, SnapshotSource,
+    diskimport::{quantity, reasons},
+    snapshot::VolumeSnapshot,
+};
 use jiff::Timestamp;
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -42,6 +50,21 @@ pub(super) struct Source {
     pub block: bool,
     /// The disk's size: what the DiskImport that filled it found, else the claim's.
     pub size: Option<u64>,
+}
+
+/// The namespace and name of what a clone reads: its claim, or its snapshot.
+pub(super) fn source_ref(di: &DiskImport) -> Option<(&str, &str)> {
+    let own = di.metadata.namespace.as_deref().unwrap_or_default();
+    if let Some(p) = &di.spec.source.pvc {
+        return Some((p.namespace.as_deref().unwrap_or(own), &p.name));
+    }
+    let s = di.spec.source.snapshot.as_ref()?;
+    Some((s.namespace.as_deref().unwrap_or(own), &s.name))
+}
+
+/// Whether `di` reads a claim or snapshot of another namespace.
+pub(super) fn other_namespace(di: &DiskImport) -> bool {
+    source_ref(di).is_some_and(|(ns, _)| Some(ns) != di.metadata.namespace.as_deref())
 }
 
 /// The namespace of the claim `pvc` names (default: the DiskImport's).
@@ -102,8 +125,11 @@ pub(super) async fn source<S: Store>(
     let block = spec.and_then(|s| s.volume_mode.as_deref()) == Some("Block");
     // Without a DiskImport's account, the claim's capacity (or request) bounds the disk.
     let claim_size = || {
-        let capacity = claim.status.as_ref()?.capacity.as_ref()?.get("storage");
-        let request = spec?.resources.as_ref()?.requests.as_ref()?.get("storage");
+        let capacity = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref()?.get("storage"));
+        let request = spec.and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage"));
         capacity.or(request).and_then(|q| quantity::parse(&q.0))
     };
     Ok(Source {
@@ -117,11 +143,11 @@ pub(super) async fn source<S: Store>(
 pub(super) async fn authorize<S: Store>(
     di: &DiskImport,
     ctx: &Context<S>,
-    size: u64,
+    size: Option<u64>,
 ) -> Result<(), Observed> {
     let refuse = |reason: &'static str, message: String| {
         let mut o = Outcome::pending(reason, message);
-        o.size = Some(size);
+        o.size = size;
         (o, Action::AwaitChange)
     };
     let Some(master) = &ctx.settings.disk_import.upload_key else {
@@ -130,8 +156,8 @@ pub(super) async fn authorize<S: Store>(
             "clones from another namespace are not served: the operator has no upload key (the chart's diskImport.upload.enabled)".into(),
         ));
     };
-    let pvc = di.spec.source.pvc.as_ref().expect("a clone");
-    let source = format!("{}/{}", source_namespace(di, pvc), pvc.name);
+    let (ns, name) = source_ref(di).expect("a clone");
+    let source = format!("{ns}/{name}");
     let target = key(di);
     let token = di.metadata.annotations.as_ref().and_then(|a| a.get(CLONE_TOKEN));
     let created = di
@@ -148,7 +174,7 @@ pub(super) async fn authorize<S: Store>(
     Err(refuse(
         reasons::CLONE_UNAUTHORIZED,
         format!(
-            "cloning claim {source} from another namespace is not authorized ({why}): the operator's webhook marks a DiskImport whose creator may create diskimports/source in that namespace when it is created; delete it and create it again as such a user"
+            "cloning {source} from another namespace is not authorized ({why}): the operator's webhook marks a DiskImport whose creator may create diskimports/source in that namespace when it is created; delete it and create it again as such a user"
         ),
     ))
 }
@@ -175,11 +201,9 @@ pub(super) async fn ensure_sender<S: Store>(
     let pvc = di.spec.source.pvc.as_ref().expect("a clone");
     let source_ns = source_namespace(di, pvc);
     let name = job::sender_name(di);
-    if !has_finalizer(di, FINALIZER) {
-        patch_metadata_retry(&ctx.store, di, &finalizer_patch(di, FINALIZER, true))
-            .await
-            .map_err(|e| failed("adding the clone's finalizer", e))?;
-    }
+    hold(di, ctx)
+        .await
+        .map_err(|e| failed("adding the clone's finalizer", e))?;
     let url = job::sender_url(pod_ip);
     let existing = ctx
         .store
@@ -261,6 +285,131 @@ pub(super) async fn ensure_sender<S: Store>(
     Ok(Sending::Running)
 }
 
+/// The finalizer on `di`, before anything is made that no owner reference removes.
+async fn hold<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<(), crate::store::StoreError> {
+    if !has_finalizer(di, FINALIZER) {
+        patch_metadata_retry(&ctx.store, di, &finalizer_patch(di, FINALIZER, true)).await?;
+    }
+    Ok(())
+}
+
+/// Name of the claim a snapshot source is restored into, in the snapshot's namespace.
+pub fn restore_name(di: &DiskImport) -> String {
+    job::short_name(
+        "restore-",
+        &format!(
+            "{}-{}",
+            di.metadata.namespace.as_deref().unwrap_or_default(),
+            di.metadata.name.as_deref().unwrap_or_default()
+        ),
+        253,
+    )
+}
+
+/// `di` with its `snapshot` source replaced by a `pvc` source of the claim the snapshot is
+/// restored into (made here: `dataSource` the snapshot, sized as the snapshot says, of the
+/// snapshotted claim's class and volume mode where that claim still exists). Pending while
+/// the snapshot is missing or not ready to use.
+pub(super) async fn restore<S: Store>(
+    di: &DiskImport,
+    ctx: &Context<S>,
+    snap: &SnapshotSource,
+) -> Result<DiskImport, Observed> {
+    let own = di.metadata.namespace.as_deref().unwrap_or_default();
+    let ns = snap.namespace.as_deref().unwrap_or(own);
+    let name = &snap.name;
+    let wait = |message: String| {
+        (
+            Outcome::pending(reasons::PENDING, message),
+            Action::Requeue(Duration::from_secs(5)),
+        )
+    };
+    let failed = |what: &str, e| store_failed(0, what, e);
+    let claim_name = restore_name(di);
+    let existing = ctx
+        .store
+        .get::<PersistentVolumeClaim>(Some(ns), &claim_name)
+        .await
+        .map_err(|e| failed("reading the snapshot's restored claim", e))?;
+    match existing {
+        Some(c) if !is_sender_of(&c.metadata, di) => {
+            return Err(super::name_taken(
+                0,
+                format!("a PersistentVolumeClaim {ns}/{claim_name} exists and is not this clone's"),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            let vs = ctx
+                .store
+                .get::<VolumeSnapshot>(Some(ns), name)
+                .await
+                .map_err(|e| failed("reading the VolumeSnapshot", e))?
+                .ok_or_else(|| {
+                    wait(format!(
+                        "the VolumeSnapshot {ns}/{name} does not exist (or the cluster serves no snapshot.storage.k8s.io/v1)"
+                    ))
+                })?;
+            let st = vs.status.clone().unwrap_or_default();
+            if st.ready_to_use != Some(true) {
+                let why = st
+                    .error
+                    .and_then(|e| e.message)
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                return Err(wait(format!(
+                    "the VolumeSnapshot {ns}/{name} is not ready to use yet{why}"
+                )));
+            }
+            let size = st
+                .restore_size
+                .as_deref()
+                .and_then(quantity::parse)
+                .ok_or_else(|| {
+                    wait(format!(
+                        "the VolumeSnapshot {ns}/{name} reports no restoreSize yet"
+                    ))
+                })?;
+            // The snapshotted claim's class and mode, where it still exists.
+            let snapped = match &vs.spec.source.persistent_volume_claim_name {
+                Some(c) => ctx
+                    .store
+                    .get::<PersistentVolumeClaim>(Some(ns), c)
+                    .await
+                    .map_err(|e| failed("reading the snapshotted claim", e))?
+                    .and_then(|c| c.spec),
+                None => None,
+            };
+            let class = snapped
+                .as_ref()
+                .and_then(|s| s.storage_class_name.clone())
+                .or_else(|| di.spec.storage.storage_class_name.clone());
+            let mode = snapped
+                .as_ref()
+                .and_then(|s| s.volume_mode.clone())
+                .unwrap_or_else(|| "Filesystem".into());
+            hold(di, ctx)
+                .await
+                .map_err(|e| failed("adding the clone's finalizer", e))?;
+            let claim = job::restore_claim(di, (ns, &claim_name), name, (class, &mode), size);
+            ctx.store
+                .create(&claim)
+                .await
+                .map_err(|e| failed("creating the snapshot's restored claim", e))?;
+            tracing::info!(diskimport = %key(di), claim = %format!("{ns}/{claim_name}"), snapshot = %name, "snapshot restore claim created");
+        }
+    }
+    let mut r = di.clone();
+    r.spec.source = DiskImportSource {
+        pvc: Some(PvcSource {
+            namespace: (ns != own).then(|| ns.to_string()),
+            name: claim_name,
+        }),
+        ..Default::default()
+    };
+    Ok(r)
+}
+
 /// Whether `meta` (of a Job or Secret in the source namespace) is the sender's of `di`.
 fn is_sender_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, di: &DiskImport) -> bool {
     meta.annotations
@@ -269,14 +418,24 @@ fn is_sender_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
         .is_some_and(|t| *t == key(di))
 }
 
-/// Removes the sender's Job and Secret from the source namespace, then the finalizer.
+/// Removes the sender's Job and Secret from the source namespace, and a snapshot's
+/// restored claim, then the finalizer.
 pub(super) async fn clean_up<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<(), Error> {
     if !has_finalizer(di, FINALIZER) {
         return Ok(());
     }
-    if let Some(pvc) = &di.spec.source.pvc {
-        let ns = source_namespace(di, pvc);
+    if let Some((ns, _)) = source_ref(di) {
         let name = job::sender_name(di);
+        let restored = restore_name(di);
+        if di.spec.source.snapshot.is_some()
+            && let Some(c) = ctx
+                .store
+                .get::<PersistentVolumeClaim>(Some(ns), &restored)
+                .await?
+            && is_sender_of(&c.metadata, di)
+        {
+            ctx.store.delete(&c).await?;
+        }
         if let Some(j) = ctx.store.get::<Job>(Some(ns), &name).await?
             && is_sender_of(&j.metadata, di)
         {

@@ -245,6 +245,8 @@ fn source_plan(di: &DiskImport, source_block: bool) -> Option<SourcePlan> {
         // Resolved to `pvc` by the controller before a Job is made (the DiskSource's claim):
         // no Job of its own.
         SourceKind::DiskSource(_) => return None,
+        // Restored into a claim and resolved to `pvc` by the controller first, as above.
+        SourceKind::Snapshot(_) => return None,
         // An upload: `ido upload-server`, the key it checks tokens with mounted.
         SourceKind::Upload(u) => {
             p.serve_uploads(di);
@@ -429,6 +431,47 @@ pub fn sender_job(
         container,
         p.volumes,
     ))
+}
+
+/// The claim `ns/name` a `snapshot` source of `di` is restored into: `dataSource` the
+/// VolumeSnapshot `snapshot` (the cluster's CSI driver fills it), of `size` bytes, the
+/// `class` and volume `mode` of the snapshotted claim. Labelled and annotated as the
+/// sender's objects are; owned by `di` (not as its controller) when in its namespace.
+pub fn restore_claim(
+    di: &DiskImport,
+    (ns, name): (&str, &str),
+    snapshot: &str,
+    (class, mode): (Option<String>, &str),
+    size: u64,
+) -> PersistentVolumeClaim {
+    let mut metadata = sender_metadata(di, ns);
+    metadata["name"] = json!(name);
+    if Some(ns) == di.metadata.namespace.as_deref() {
+        let mut owner = owner_reference(di);
+        owner["controller"] = json!(false);
+        metadata["ownerReferences"] = json!([owner]);
+    }
+    let modes = if di.spec.storage.access_modes.is_empty() {
+        vec!["ReadWriteOnce".to_string()]
+    } else {
+        di.spec.storage.access_modes.clone()
+    };
+    let mut spec = json!({
+        "accessModes": modes,
+        "volumeMode": mode,
+        "resources": {"requests": {"storage": quantity::format(size)}},
+        "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snapshot},
+    });
+    if let Some(c) = class {
+        spec["storageClassName"] = json!(c);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata,
+        "spec": spec,
+    }))
+    .expect("a valid PersistentVolumeClaim")
 }
 
 /// The URL the sender in the source namespace posts to: the upload pod's.

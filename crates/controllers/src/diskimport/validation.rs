@@ -37,6 +37,20 @@ pub(crate) fn validate(di: &DiskImport) -> Result<(), FieldError> {
             }
             // Without storage.size, the source disk's size (found when it is read).
         }
+        SourceKind::Snapshot(s) => {
+            if let Some(reason) = s.namespace.as_deref().and_then(ido_api::names::label_error) {
+                return Err(FieldError::new(
+                    "spec.source.snapshot.namespace",
+                    format!("{:?}: {reason}", s.namespace.as_deref().unwrap_or_default()),
+                ));
+            }
+            if let Some(reason) = ido_api::names::subdomain_error(&s.name) {
+                return Err(FieldError::new(
+                    "spec.source.snapshot.name",
+                    format!("{:?}: {reason}", s.name),
+                ));
+            }
+        }
         SourceKind::DiskSource(d) => {
             if let Some(reason) = ido_api::names::subdomain_error(&d.name) {
                 return Err(FieldError::new(
@@ -131,10 +145,14 @@ fn checksum_ok(field: &'static str, c: &str) -> Result<(), FieldError> {
 fn validate_archive(di: &DiskImport) -> Result<(), FieldError> {
     // The CEL rules say so too; `ido run` has no API server to check them.
     match di.spec.source.kind()? {
-        SourceKind::Blank | SourceKind::Registry(_) | SourceKind::Pvc(_) | SourceKind::DiskSource(_) => {
+        SourceKind::Blank
+        | SourceKind::Registry(_)
+        | SourceKind::Pvc(_)
+        | SourceKind::Snapshot(_)
+        | SourceKind::DiskSource(_) => {
             return Err(FieldError::new(
                 "spec.contentType",
-                "archive is not allowed with blank, registry, pvc or diskSource sources",
+                "archive is not allowed with blank, registry, pvc, snapshot or diskSource sources",
             ));
         }
         SourceKind::Http(_) | SourceKind::S3(_) | SourceKind::Upload(_) => {}

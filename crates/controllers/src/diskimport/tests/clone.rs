@@ -505,3 +505,139 @@ async fn a_failed_sender_fails_the_clone_with_its_message_and_is_removed() {
             .is_none()
     );
 }
+
+fn snapshot(name: &str, ready: Option<bool>, error: Option<&str>) -> ido_api::snapshot::VolumeSnapshot {
+    serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"source": {"persistentVolumeClaimName": "vm-root"}},
+        "status": {"readyToUse": ready, "restoreSize": "1Gi", "error": error.map(|m| json!({"message": m}))},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_snapshot_is_restored_into_a_claim_that_is_cloned_and_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    let source = DiskImportSource {
+        snapshot: Some(ido_api::SnapshotSource {
+            namespace: None,
+            name: "before-upgrade".into(),
+        }),
+        ..Default::default()
+    };
+    ctx.store
+        .create(&disk_import("copy", source, StorageSpec::default()))
+        .await
+        .unwrap();
+
+    // No snapshot yet; then one that is not ready: it waits, saying so.
+    let (next, di) = step(&ctx, "copy").await;
+    assert_eq!(status(&di).phase, DiskImportPhase::Pending);
+    assert!(
+        cond(&di, "Ready")
+            .message
+            .contains("VolumeSnapshot vms/before-upgrade does not exist"),
+        "{:?}",
+        cond(&di, "Ready")
+    );
+    assert_eq!(next, Action::Requeue(Duration::from_secs(5)));
+    ctx.store
+        .create(&snapshot(
+            "before-upgrade",
+            Some(false),
+            Some("the CSI driver is busy"),
+        ))
+        .await
+        .unwrap();
+    let (_, di) = step(&ctx, "copy").await;
+    assert!(
+        cond(&di, "Ready")
+            .message
+            .contains("not ready to use yet: the CSI driver is busy"),
+        "{:?}",
+        cond(&di, "Ready")
+    );
+    assert!(
+        ctx.store
+            .get::<PersistentVolumeClaim>(Some(NS), "restore-vms-copy")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Ready: restored into a claim of the snapshotted claim's class and mode (Block), its
+    // size the snapshot's, which is cloned (as a device).
+    let vs: ido_api::snapshot::VolumeSnapshot =
+        ctx.store.get(Some(NS), "before-upgrade").await.unwrap().unwrap();
+    let mut ready = vs.clone();
+    ready.status = snapshot("before-upgrade", Some(true), None).status;
+    ctx.store.update_status(&ready).await.unwrap();
+    let root: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "vm-root", "namespace": NS},
+        "spec": {"volumeMode": "Block", "storageClassName": "fast", "accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    ctx.store.create(&root).await.unwrap();
+    let (_, di) = step(&ctx, "copy").await;
+    assert_eq!(
+        status(&di).phase,
+        DiskImportPhase::CloneScheduled,
+        "{:?}",
+        cond(&di, "Ready")
+    );
+    assert_eq!(status(&di).size.as_deref(), Some("1Gi"));
+    let restored: PersistentVolumeClaim = ctx
+        .store
+        .get(Some(NS), "restore-vms-copy")
+        .await
+        .unwrap()
+        .expect("the restore claim");
+    let spec = json_of(&restored)["spec"].clone();
+    assert_eq!(
+        spec["dataSource"],
+        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "before-upgrade"})
+    );
+    assert_eq!(spec["volumeMode"], "Block");
+    assert_eq!(spec["storageClassName"], "fast");
+    assert_eq!(spec["resources"]["requests"]["storage"], "1Gi");
+    let owner = &restored.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.name.as_str(), owner.controller), ("copy", Some(false)));
+    let job: Job = ctx.store.get(Some(NS), "importer-copy").await.unwrap().unwrap();
+    assert_eq!(source_claim(&job).as_deref(), Some("restore-vms-copy"));
+    assert_eq!(container(&job)["args"][1], "/dev/ido-source");
+
+    // Done: the restored claim goes; the snapshot and the snapshotted claim stay.
+    set_job_status(
+        &ctx,
+        "importer-copy",
+        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+    )
+    .await;
+    let (_, di) = step(&ctx, "copy").await;
+    assert_eq!(status(&di).phase, DiskImportPhase::Succeeded);
+    assert!(!crate::store::has_finalizer(&di, CLONE_FINALIZER));
+    assert!(
+        ctx.store
+            .get::<PersistentVolumeClaim>(Some(NS), "restore-vms-copy")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ctx.store
+            .get::<ido_api::snapshot::VolumeSnapshot>(Some(NS), "before-upgrade")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        ctx.store
+            .get::<PersistentVolumeClaim>(Some(NS), "vm-root")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
