@@ -208,6 +208,8 @@ pub fn to_disk_import(spec: &DataVolumeSpec) -> Result<DiskImportSpec, Refused> 
         (Some(_), Some(_)) => return Err(field("spec", "exactly one of pvc and storage may be set")),
         (Some(p), None) => translate_claim(p, "spec.pvc")?,
         (None, Some(st)) => translate_claim(st, "spec.storage")?,
+        // `storage:` left empty (CDI's clone example): the claim's defaults, the source's size.
+        (None, None) if s.get("storage").is_some() => StorageSpec::default(),
         (None, None) => return Err(field("spec", "one of pvc and storage is required")),
     };
     let content_type = match string(&s, "spec", "contentType")?.as_deref() {
@@ -457,7 +459,7 @@ spec:
                 "pvc",
             ),
             (
-                "source: {snapshot: {namespace: snaps, name: snap}}\nstorage: {}",
+                "source: {snapshot: {namespace: snaps, name: snap}}\nstorage:",
                 "snapshot",
             ),
             (

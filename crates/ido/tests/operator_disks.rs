@@ -730,6 +730,19 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
         .to_string()
     };
     c.kubectl_stdin(&["apply", "-f", "-"], &bind(&vms)).await.unwrap();
+    // (and create DataVolumes there: CDI's own roles would aggregate that into edit)
+    let dv_role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "datavolumes", "namespace": vms},
+        "rules": [{"apiGroups": ["cdi.kubevirt.io"], "resources": ["datavolumes"], "verbs": ["create", "get"]}]});
+    let dv_binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "alice-datavolumes", "namespace": vms},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "datavolumes"},
+        "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]});
+    for o in [dv_role, dv_binding] {
+        c.kubectl_stdin(&["apply", "-f", "-"], &o.to_string())
+            .await
+            .unwrap();
+    }
     // CDI's manifests/example/clone-datavolume.yaml, its source namespace this test's.
     let example = format!(
         "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: cloned-datavolume\nspec:\n  source:\n    pvc:\n      namespace: {source_ns}\n      name: source-datavolume\n  storage:\n"
@@ -798,7 +811,7 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
         Some(format!("127.0.1.{}", 2 + std::process::id() % 250)),
     ));
     let mut sender = String::new();
-    wait_for("the sender Job in the source namespace", async || {
+    for _ in 0..300 {
         sender = c
             .kubectl(&[
                 "get",
@@ -814,9 +827,21 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
             .unwrap_or_default()
             .trim()
             .to_string();
-        !sender.is_empty()
-    })
-    .await;
+        if !sender.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !sender.is_empty(),
+        "no sender Job in the source namespace; the DataVolume and DiskImport:\n{}\npods:\n{}",
+        c.kubectl(&["get", "dv,diskimport,events", "-n", &vms, "-o", "yaml"])
+            .await
+            .unwrap_or_default(),
+        c.kubectl(&["get", "pods,jobs", "-n", &vms, "-o", "yaml"])
+            .await
+            .unwrap_or_default()
+    );
     let (exit, log) = play(
         c,
         source_ns.clone(),
