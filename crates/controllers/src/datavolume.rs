@@ -53,6 +53,15 @@ pub async fn reconcile<S: Store>(dv: &DataVolume, ctx: &Context<S>) -> Result<Ac
             return Ok(Action::AwaitChange);
         }
     };
+    // What the DiskImport's own checks (and its CRD's rules, which would refuse its
+    // creation) say about the translated spec, by the DataVolume's field.
+    let mut candidate = DiskImport::new(name, spec.clone());
+    candidate.metadata.namespace = Some(ns.into());
+    if let Err(e) = crate::diskimport::validate(&candidate) {
+        let message = format!("{}: {}", data_volume_field(dv, e.field), e.message);
+        write(ctx, dv, pending(Reason::InvalidSpec.as_str(), message)).await?;
+        return Ok(Action::AwaitChange);
+    }
     let di = match ctx.store.get::<DiskImport>(Some(ns), name).await? {
         Some(di) if owned_by(&di.metadata, dv) => di,
         Some(_) => {
@@ -85,8 +94,11 @@ pub async fn reconcile<S: Store>(dv: &DataVolume, ctx: &Context<S>) -> Result<Ac
 /// For a DataVolume that clones from another namespace and was authorized to (the
 /// webhook's token, checked against its creation), a fresh token for its DiskImport.
 fn clone_token<S: Store>(dv: &DataVolume, di: &DiskImport, ctx: &Context<S>) -> Option<String> {
-    let pvc = di.spec.source.pvc.as_ref()?;
-    let source = format!("{}/{}", pvc.namespace.as_deref()?, pvc.name);
+    let source = match (&di.spec.source.pvc, &di.spec.source.snapshot) {
+        (Some(p), _) => format!("{}/{}", p.namespace.as_deref()?, p.name),
+        (_, Some(s)) => format!("{}/{}", s.namespace.as_deref()?, s.name),
+        _ => return None,
+    };
     let target = format!(
         "{}/{}",
         dv.metadata.namespace.as_deref().unwrap_or_default(),
@@ -97,6 +109,22 @@ fn clone_token<S: Store>(dv: &DataVolume, di: &DiskImport, ctx: &Context<S>) -> 
     let created = dv.metadata.creation_timestamp.as_ref()?.0;
     key.check_clone(token, &source, &target, created).ok()?;
     Some(key.issue_clone(&source, &target, Timestamp::now()))
+}
+
+/// The DataVolume field a DiskImport field comes from: `spec.storage.size` is the claim's
+/// `resources.requests.storage`, other `spec.storage.*` fields are the claim's (`spec.pvc`
+/// or `spec.storage`, as the DataVolume has it); the rest have the same path.
+fn data_volume_field(dv: &DataVolume, field: &str) -> String {
+    let claim = if dv.spec.fields.contains_key("pvc") {
+        "spec.pvc"
+    } else {
+        "spec.storage"
+    };
+    match field.strip_prefix("spec.storage") {
+        Some(".size") => format!("{claim}.resources.requests.storage"),
+        Some(rest) => format!("{claim}{rest}"),
+        None => field.to_string(),
+    }
 }
 
 /// CDI's status from the DiskImport's.
@@ -328,5 +356,57 @@ spec:
         );
         let still: DiskImport = ctx.store.get(Some("vms"), "taken").await.unwrap().unwrap();
         assert_eq!(still.spec.storage.size.as_deref(), Some("1Gi"), "untouched");
+    }
+
+    #[tokio::test]
+    async fn what_the_disk_import_would_refuse_is_named_by_the_data_volumes_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        // CDI's manifests/example/import-archive-block-datavolume.yaml (CDI refuses it too:
+        // "ContentType Archive cannot have block volumeMode").
+        dv(
+            &ctx,
+            r#"
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: import-archive-block-datavolume, namespace: vms}
+spec:
+  source:
+      http:
+         url: "http://geolite.maxmind.com/download/geoip/database/GeoLite2-Country.tar.gz"
+  contentType: archive
+  storage:
+    volumeMode: Block
+    resources:
+      requests:
+        storage: 500Mi
+"#,
+        )
+        .await;
+        // A blank disk of no size, asked with `pvc`.
+        dv(
+            &ctx,
+            "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: no-size, namespace: vms}\nspec:\n  source: {blank: {}}\n  pvc: {accessModes: [ReadWriteOnce]}\n",
+        )
+        .await;
+        for (name, field) in [
+            ("import-archive-block-datavolume", "spec.storage.volumeMode: "),
+            ("no-size", "spec.pvc.resources.requests.storage: "),
+        ] {
+            let d = step_dv(&ctx, name).await;
+            let st = d.status.unwrap();
+            assert_eq!(st.phase, "Pending");
+            let ready = &st.conditions[0];
+            assert_eq!(ready.reason, "InvalidSpec");
+            assert!(ready.message.starts_with(field), "{}", ready.message);
+            assert!(
+                ctx.store
+                    .get::<DiskImport>(Some("vms"), name)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "nothing made for {name}"
+            );
+        }
     }
 }
