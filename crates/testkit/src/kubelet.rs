@@ -9,7 +9,8 @@
 //! pod's ServiceAccount: the API server applies that ServiceAccount's RBAC to every request.
 //!
 //! [`run_pod`] plays one Pod (an importer Pod the job controller made) to its end: its
-//! claims are mounted as the hostPath directories of the PersistentVolumes they are bound to,
+//! claims are mounted as the hostPath directories of the PersistentVolumes they are bound to
+//! (a Block claim's device path is its volume's hostPath: a device, or a file standing for one),
 //! its Secret and ConfigMap volumes written under a root directory, the binary run with the
 //! container's args; the Pod's status is written as a kubelet writes it (Running, then
 //! Succeeded or Failed with the exit code and the log's tail as the termination message).
@@ -192,6 +193,20 @@ async fn volume_files(
     Ok(Some((files, secret)))
 }
 
+/// The hostPath of the PersistentVolume claim `namespace/claim` is bound to.
+async fn claim_host_path(c: &Cluster, namespace: &str, claim: &str) -> anyhow::Result<PathBuf> {
+    let pvc = c.kubectl_json(&["get", "pvc", claim, "-n", namespace]).await?;
+    let pv_name = pvc["spec"]["volumeName"]
+        .as_str()
+        .with_context(|| format!("claim {claim} is not bound"))?;
+    let pv = c.kubectl_json(&["get", "pv", pv_name]).await?;
+    Ok(PathBuf::from(
+        pv["spec"]["hostPath"]["path"]
+            .as_str()
+            .with_context(|| format!("PersistentVolume {pv_name} is not a hostPath volume"))?,
+    ))
+}
+
 /// Runs Pod `namespace/pod` (its first container) with `entrypoint` to its end, as a kubelet
 /// would (see the module docs), and returns the exit code. Files go under `root`.
 pub async fn run_pod(
@@ -234,16 +249,7 @@ pub async fn run_pod_at(
             .get(m["name"].as_str().unwrap_or_default())
             .with_context(|| format!("{path}: no volume {}", m["name"]))?;
         let host = if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
-            let pvc = c.kubectl_json(&["get", "pvc", claim, "-n", namespace]).await?;
-            let pv_name = pvc["spec"]["volumeName"]
-                .as_str()
-                .with_context(|| format!("claim {claim} is not bound"))?;
-            let pv = c.kubectl_json(&["get", "pv", pv_name]).await?;
-            PathBuf::from(
-                pv["spec"]["hostPath"]["path"]
-                    .as_str()
-                    .with_context(|| format!("PersistentVolume {pv_name} is not a hostPath volume"))?,
-            )
+            claim_host_path(c, namespace, claim).await?
         } else if let Some((files, secret)) = volume_files(c, namespace, volume).await? {
             let dir = root.join(path.trim_start_matches('/'));
             std::fs::create_dir_all(&dir)?;
@@ -264,6 +270,18 @@ pub async fn run_pod_at(
             bail!("{path}: volume {} is of a kind not played", m["name"]);
         };
         mounts.push((path.to_string(), host));
+    }
+    // Block claims: the device path is where the bound PersistentVolume's hostPath is (a
+    // block device, or a file standing for one).
+    for d in container["volumeDevices"].as_array().into_iter().flatten() {
+        let path = d["devicePath"]
+            .as_str()
+            .context("a volumeDevice without devicePath")?;
+        let claim = volumes
+            .get(d["name"].as_str().unwrap_or_default())
+            .and_then(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .with_context(|| format!("{path}: volume {} is not a claim", d["name"]))?;
+        mounts.push((path.to_string(), claim_host_path(c, namespace, claim).await?));
     }
     // Longest mount paths first, so /data/x is not taken for /data.
     mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
