@@ -1051,3 +1051,677 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
         .unwrap();
     op.stop().await;
 }
+
+// CDI's other example manifests (kubevirt/containerized-data-importer, manifests/example/),
+// each applied with kubectl through one operator: the https, basic-auth, Block, archive,
+// registry and Block-upload imports end Succeeded with qemu-img's bytes (or the archive's
+// files); what ido refuses (an archive into a Block claim, CDIConfig) is refused clearly.
+// The manifests are CDI's text at c07cdb6fbd18 (byte for byte); what a test changes is said where it changes it, through
+// [`cdi_example`], which fails when the text to change is not there.
+
+const CDI_CERT_CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tls-certs\ndata:\n  ca.pem: |\n    -----BEGIN CERTIFICATE-----\n    ... <base64 encoded cert> ...\n    -----END CERTIFICATE-----\n";
+const CDI_IMPORT: &str = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: my-data-volume\nspec:\n  source:\n      http:\n         url: \"https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img\"\n  storage:\n    resources:\n      requests:\n        storage: 500Mi\n";
+const CDI_ENDPOINT_SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: endpoint-secret\n  labels:\n    app: containerized-data-importer\ntype: Opaque\ndata:\n  accessKeyId: \"\"  # <optional: your key or user name, base64 encoded>\n  secretKey:    \"\" # <optional: your secret or password, base64 encoded>\n";
+const CDI_IMPORT_SECRET: &str = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: my-data-volume\nspec:\n  source:\n      http:\n         url: \"https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img\"\n         secretRef: endpoint-secret #If you are using the endpoint-secret.yaml example.\n  storage:\n    resources:\n      requests:\n        storage: 500Mi\n";
+const CDI_IMPORT_BLOCK: &str = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: import-kubevirt-block-datavolume\nspec:\n  source:\n    http:\n      url: \"http://distro.ibiblio.org/tinycorelinux/9.x/x86/release/Core-current.iso\"\n  storage:\n    # Optional: Set the storage class or omit to accept the default\n    storageClassName: local\n    volumeMode: Block\n    accessModes:\n      - ReadWriteOnce\n    resources:\n      requests:\n        storage: 1Gi\n";
+const CDI_ARCHIVE: &str = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: import-archive-datavolume\nspec:\n  source:\n      http:\n         url: \"http://geolite.maxmind.com/download/geoip/database/GeoLite2-Country.tar.gz\" #This url is just an example. You should change this to your destination url\n  contentType: archive\n  storage:\n    resources:\n      requests:\n        storage: 500Mi\n";
+const CDI_ARCHIVE_BLOCK: &str = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: import-archive-block-datavolume\nspec:\n  source:\n      http:\n         url: \"http://geolite.maxmind.com/download/geoip/database/GeoLite2-Country.tar.gz\" #This url is just an example. You should change this to your destination url\n  contentType: archive\n  storage:\n    volumeMode: Block\n    resources:\n      requests:\n        storage: 500Mi\n";
+const CDI_REGISTRY: &str = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: registry-image-datavolume\nspec:\n  source:\n    registry:\n      url: \"docker://kubevirt/fedora-cloud-registry-disk-demo\"\n  storage:\n    resources:\n      requests:\n        storage: 5Gi\n";
+const CDI_REGISTRY_BLOCK: &str = "# This example assumes you are using a default storage class\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: registry-image-datavolume\nspec:\n  source:\n    registry:\n      url: \"docker://kubevirt/fedora-cloud-registry-disk-demo\"\n  storage:\n    volumeMode: Block\n    resources:\n      requests:\n        storage: 5Gi\n";
+const CDI_UPLOAD_BLOCK: &str = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: upload-block-datavolume\nspec:\n  source:\n      upload: {}\n  storage:\n    volumeMode: Block\n    resources:\n      requests:\n        storage: 500Mi\n";
+const CDI_UPLOAD_BLOCK_TOKEN: &str = "apiVersion: upload.cdi.kubevirt.io/v1beta1\nkind: UploadTokenRequest\nmetadata:\n  name: upload-block-datavolume-token\n  namespace: default\nspec:\n  pvcName: upload-block-datavolume\n";
+const CDI_CDICONFIG: &str = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: CDIConfig\nmetadata:\n  name: config\nspec:\n  uploadProxyURLOverride: \"www.example.com\"\n";
+const CDI_VM_DV: &str = "apiVersion: kubevirt.io/v1alpha3\nkind: VirtualMachine\nmetadata:\n  creationTimestamp: null\n  labels:\n    kubevirt.io/vm: vm-cirros-datavolume\n  name: vm-cirros-datavolume\nspec:\n  dataVolumeTemplates:\n  - metadata:\n      creationTimestamp: null\n      name: cirros-dv\n    spec:\n      pvc:\n        accessModes:\n        - ReadWriteOnce\n        resources:\n          requests:\n            storage: 100M\n        storageClassName: hdd\n      source:\n        http:\n          url: https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img\n  running: false\n  template:\n    metadata:\n      labels:\n        kubevirt.io/vm: vm-datavolume\n    spec:\n      domain:\n        devices:\n          disks:\n          - disk:\n              bus: virtio\n            name: datavolumevolume\n        machine:\n          type: \"\"\n        resources:\n          requests:\n            memory: 64M\n      terminationGracePeriodSeconds: 0\n      volumes:\n      - dataVolume:\n          name: cirros-dv\n        name: datavolumevolume\n\n";
+
+/// `manifest` with each `(from, to)` replaced; panics when `from` is not in it.
+fn cdi_example(manifest: &str, changes: &[(&str, &str)]) -> String {
+    let mut m = manifest.to_string();
+    for (from, to) in changes {
+        assert!(m.contains(from), "{from:?} is not in\n{m}");
+        m = m.replace(from, to);
+    }
+    m
+}
+
+/// A hostPath PersistentVolume `name` of `bytes` at `path`, reserved for the claim
+/// `ns/claim`: a directory (made), or for `block` a Block volume whose "device" is the file
+/// `path` (made, sparse, of that size), as the played kubelet attaches it.
+async fn claim_volume(c: &Cluster, name: &str, ns: &str, claim: &str, path: &Path, bytes: u64, block: bool) {
+    if block {
+        std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
+    } else {
+        std::fs::create_dir_all(path).unwrap();
+    }
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": bytes.to_string()}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "volumeMode": if block { "Block" } else { "Filesystem" },
+            "hostPath": {"path": path.display().to_string(), "type": if block { "File" } else { "Directory" }},
+            "claimRef": {"namespace": ns, "name": claim},
+        },
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+}
+
+/// The plain HTTP server at `upstream` (`host:port`) behind HTTPS with `ca`'s server
+/// certificate (for 127.0.0.1), until the task is aborted: its `https://…` origin.
+async fn https_front(upstream: String, ca: &TestCa, dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::serve::Listener as _;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(&ca.server_cert, dir.join("tls.crt")).unwrap();
+    std::fs::copy(&ca.server_key, dir.join("tls.key")).unwrap();
+    let config =
+        ido_operator::tls::server_config(&ido_operator::tls::CertSource::Dir(dir.to_path_buf())).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let mut tls = ido_operator::tls::TlsListener::new(tcp, config).unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = tls.accept().await;
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut plain).await;
+                }
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}"), task)
+}
+
+/// A KubeVirt containerDisk holding `disk` as `disk/<file>` (one uncompressed layer, this
+/// machine's platform), pushed to `reg` as `repo_tag` with skopeo.
+async fn push_container_disk(
+    reg: &ido_testkit::registry::DockerRegistry,
+    dir: &Path,
+    repo_tag: &str,
+    file: &str,
+    disk: &[u8],
+) {
+    use sha2::Digest as _;
+    let layout = dir.join("containerdisk");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let blob = |data: &[u8]| {
+        let hex = hex::encode(sha2::Sha256::digest(data));
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        json!({"digest": format!("sha256:{hex}"), "size": data.len()})
+    };
+    let layer = ido_testkit::tar_bytes::files(&[(&format!("disk/{file}"), disk)]);
+    let mut l = blob(&layer);
+    l["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let config =
+        json!({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [l["digest"]]}});
+    let mut cd = blob(&serde_json::to_vec(&config).unwrap());
+    cd["mediaType"] = json!("application/vnd.oci.image.config.v1+json");
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "config": cd, "layers": [l]});
+    let mut md = blob(&serde_json::to_vec(&manifest).unwrap());
+    md["mediaType"] = json!("application/vnd.oci.image.manifest.v1+json");
+    md["annotations"] = json!({"org.opencontainers.image.ref.name": "t"});
+    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [md]})).unwrap(),
+    )
+    .unwrap();
+    let l = ido_testkit::oci_image::Layout {
+        dir: layout,
+        tag: "t".into(),
+        digest: md["digest"].as_str().unwrap().into(),
+        images: vec![],
+        layer_bytes: 0,
+    };
+    ido_testkit::oci_image::push_layout(&l, reg, repo_tag)
+        .await
+        .unwrap();
+}
+
+/// The first `n` bytes of the file at `path` (a disk much larger than its image is not read).
+fn disk_prefix(path: &Path, n: usize) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut buf = vec![0; n];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    buf
+}
+
+/// The phase of DataVolume `ns/name` ("" before it has one).
+async fn data_volume_phase(c: &Cluster, ns: &str, name: &str) -> String {
+    c.kubectl(&["get", "dv", name, "-n", ns, "-o", "jsonpath={.status.phase}"])
+        .await
+        .unwrap_or_default()
+}
+
+/// Applies `manifest` in `ns`, plays its importer (the claim's volume bound to `volume`),
+/// and waits for the DataVolume `name` to be Succeeded.
+async fn import_example(c: &'static Cluster, ns: &str, name: &str, manifest: &str, root: &Path) {
+    c.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], manifest)
+        .await
+        .unwrap();
+    let (exit, log) = play(
+        c,
+        ns.to_string(),
+        format!("importer-{name}"),
+        name.to_string(),
+        root.to_path_buf(),
+        None,
+    )
+    .await;
+    assert_eq!(exit, 0, "{name}'s importer:\n{log}");
+    wait_for(&format!("{name} Succeeded"), async || {
+        data_volume_phase(c, ns, name).await == "Succeeded"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cdis_other_examples_import_through_the_operator() {
+    ido_testkit::install_crypto_provider();
+    let c = Cluster::shared().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (q, oracle) = qcow2(d);
+    let qcow2_bytes = std::fs::read(&q).unwrap();
+
+    install_crds(c).await;
+    let vms = c.namespace("cdi-ex").await.unwrap();
+    let other = c.namespace("cdi-ex-other").await.unwrap();
+    let (op_ns, client) = chart_operator_client(
+        c,
+        "cdi-ex-op",
+        json!({"diskImport": {"enabled": true, "upload": {"enabled": true}}, "cdiCompat": {"enabled": true}}),
+        d,
+    )
+    .await;
+    // The operator with CDI's kinds, the upload endpoint and the token webhook (as the
+    // upload test has them).
+    let op_ca = TestCa::new().unwrap();
+    let op_certs = d.join("op-certs");
+    std::fs::create_dir(&op_certs).unwrap();
+    std::fs::copy(&op_ca.server_cert, op_certs.join("tls.crt")).unwrap();
+    std::fs::copy(&op_ca.server_key, op_certs.join("tls.key")).unwrap();
+    let (webhook, endpoint) = (free_addr(), free_addr());
+    let op = Operator::start(client, &op_ns, |s, o| {
+        s.cdi_compat = true;
+        s.disk_import.upload_key = Some(UploadKey::generate());
+        o.webhook_addr = Some(webhook);
+        o.webhook_cert_dir = Some(op_certs.clone());
+        o.upload_addr = Some(endpoint);
+        o.upload_cert_dir = Some(op_certs.clone());
+    });
+    let config_name = format!("upload-{vms}");
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": config_name},
+        "webhooks": [{
+            "name": "uploadtokenrequests.disk-import.ido.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate-upload-token", webhook.port()),
+                             "caBundle": base64::engine::general_purpose::STANDARD.encode(op_ca.ca_pem())},
+            "rules": [{"operations": ["CREATE"], "apiGroups": ["upload.cdi.kubevirt.io"], "apiVersions": ["v1beta1"],
+                       "resources": ["uploadtokenrequests"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": vms}},
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "timeoutSeconds": 10
+        }]
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &config.to_string())
+        .await
+        .unwrap();
+
+    // The servers: the qcow2 over plain HTTP (basic auth required), and behind HTTPS with a
+    // certificate of the registry's test CA; the registry (TLS) holds it as a containerDisk.
+    let reg = ido_testkit::registry::DockerRegistry::start(ido_testkit::registry::RegistryOptions {
+        tls: true,
+        auth: None,
+    })
+    .await
+    .unwrap();
+    let reg_ca = reg.ca().unwrap();
+    push_container_disk(
+        &reg,
+        d,
+        "containerdisks/cirros:0.4.0",
+        "cirros.qcow2",
+        &qcow2_bytes,
+    )
+    .await;
+    let open = FileServer::start(
+        qcow2_bytes.clone(),
+        Behaviour {
+            ranges: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let upstream = open
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/image")
+        .to_string();
+    let (https, _front) = https_front(upstream, reg_ca, &d.join("front-certs")).await;
+    let user = format!("cdi-{}", std::process::id());
+    let password = format!("pw-{:x}", jiff::Timestamp::now().as_nanosecond());
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let guarded = FileServer::start(
+        qcow2_bytes.clone(),
+        Behaviour {
+            authorization: Some(format!("Basic {}", b64(&format!("{user}:{password}")))),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // cert-configmap.yaml, the certificate the registry's CA (indented as the example's).
+    let ca_block: String = reg_ca.ca_pem().lines().map(|l| format!("    {l}\n")).collect();
+    let certs = cdi_example(
+        CDI_CERT_CONFIGMAP,
+        &[(
+            "    -----BEGIN CERTIFICATE-----\n    ... <base64 encoded cert> ...\n    -----END CERTIFICATE-----\n",
+            &ca_block,
+        )],
+    );
+    for ns in [&vms, &other] {
+        c.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &certs)
+            .await
+            .unwrap();
+    }
+
+    // import-kubevirt-datavolume.yaml, its URL the HTTPS front, with `certConfigMap:
+    // tls-certs` (cert-configmap.yaml's name; datavolumes.md's optional field), in the
+    // other namespace (import-kubevirt-datavolume-secret.yaml has its name).
+    let https_dir = d.join("pv-https");
+    claim_volume(
+        c,
+        &format!("{other}-https"),
+        &other,
+        "my-data-volume",
+        &https_dir,
+        1 << 30,
+        false,
+    )
+    .await;
+    let https_url = format!("\"{https}/image\"\n         certConfigMap: tls-certs");
+    let m = cdi_example(
+        CDI_IMPORT,
+        &[(
+            "\"https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img\"",
+            &https_url,
+        )],
+    );
+    import_example(c, &other, "my-data-volume", &m, &d.join("pod-https")).await;
+    assert_same(
+        &disk_prefix(&https_dir.join("disk.img"), oracle.len()),
+        &oracle,
+        "the https import",
+    );
+
+    // endpoint-secret.yaml with the server's user and password (base64, as it says) and
+    // import-kubevirt-datavolume-secret.yaml, its URL the guarded server's.
+    let secret = cdi_example(
+        CDI_ENDPOINT_SECRET,
+        &[
+            ("accessKeyId: \"\"", &format!("accessKeyId: \"{}\"", b64(&user))),
+            (
+                "secretKey:    \"\"",
+                &format!("secretKey:    \"{}\"", b64(&password)),
+            ),
+        ],
+    );
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], &secret)
+        .await
+        .unwrap();
+    let secret_dir = d.join("pv-secret");
+    claim_volume(
+        c,
+        &format!("{vms}-secret"),
+        &vms,
+        "my-data-volume",
+        &secret_dir,
+        1 << 30,
+        false,
+    )
+    .await;
+    let m = cdi_example(
+        CDI_IMPORT_SECRET,
+        &[(
+            "https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img",
+            &guarded.url(),
+        )],
+    );
+    import_example(c, &vms, "my-data-volume", &m, &d.join("pod-secret")).await;
+    assert_same(
+        &disk_prefix(&secret_dir.join("disk.img"), oracle.len()),
+        &oracle,
+        "the import with endpoint-secret",
+    );
+    let seen = guarded.seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|s| s.header("authorization").is_some()),
+        "{seen:?}"
+    );
+    let logs = std::fs::read_to_string(d.join("pod-secret/container.err")).unwrap_or_default();
+    assert!(!logs.contains(&password), "the password in the importer's log");
+
+    // import-kubevirt-block-datavolume.yaml: its URL the open server's (the qcow2 instead of
+    // an ISO), storageClassName "" (the class of the test's volume) instead of local.
+    let block_dev = d.join("pv-block.dev");
+    claim_volume(
+        c,
+        &format!("{vms}-block"),
+        &vms,
+        "import-kubevirt-block-datavolume",
+        &block_dev,
+        1 << 30,
+        true,
+    )
+    .await;
+    let m = cdi_example(
+        CDI_IMPORT_BLOCK,
+        &[
+            (
+                "http://distro.ibiblio.org/tinycorelinux/9.x/x86/release/Core-current.iso",
+                &open.url(),
+            ),
+            ("storageClassName: local", "storageClassName: \"\""),
+        ],
+    );
+    import_example(
+        c,
+        &vms,
+        "import-kubevirt-block-datavolume",
+        &m,
+        &d.join("pod-block"),
+    )
+    .await;
+    assert_same(
+        &disk_prefix(&block_dev, oracle.len()),
+        &oracle,
+        "the Block import",
+    );
+
+    // import-archive-datavolume.yaml, its URL a server of a tar.gz of files (made by GNU tar):
+    // the claim holds those files.
+    let tree = d.join("tree");
+    std::fs::create_dir_all(tree.join("GeoLite2-Country_20260101")).unwrap();
+    std::fs::write(
+        tree.join("GeoLite2-Country_20260101/GeoLite2-Country.mmdb"),
+        random_bytes(7, 3 << 20),
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("GeoLite2-Country_20260101/LICENSE.txt"),
+        text_bytes(5000),
+    )
+    .unwrap();
+    std::fs::write(tree.join("README"), b"CDI archive example\n").unwrap();
+    let tgz = d.join("GeoLite2-Country.tar.gz");
+    run(
+        "tar",
+        &[
+            "-czf",
+            tgz.to_str().unwrap(),
+            "-C",
+            tree.to_str().unwrap(),
+            "GeoLite2-Country_20260101",
+            "README",
+        ],
+    );
+    let archive_server = FileServer::start(std::fs::read(&tgz).unwrap(), Behaviour::default()).await;
+    let archive_dir = d.join("pv-archive");
+    claim_volume(
+        c,
+        &format!("{vms}-archive"),
+        &vms,
+        "import-archive-datavolume",
+        &archive_dir,
+        1 << 30,
+        false,
+    )
+    .await;
+    let m = cdi_example(
+        CDI_ARCHIVE,
+        &[(
+            "http://geolite.maxmind.com/download/geoip/database/GeoLite2-Country.tar.gz",
+            &archive_server.url(),
+        )],
+    );
+    import_example(c, &vms, "import-archive-datavolume", &m, &d.join("pod-archive")).await;
+    let relative = |root: &Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        ido_testkit::files_below(root, &root.join(".none"))
+            .into_iter()
+            .map(|(p, b)| (p.strip_prefix(root).unwrap().to_path_buf(), b))
+            .collect()
+    };
+    let want = relative(&tree);
+    assert_eq!(want.len(), 3);
+    assert!(
+        relative(&archive_dir) == want,
+        "the claim holds the archive's files"
+    );
+
+    // import-archive-block-datavolume.yaml, its URL the same: refused by its field (CDI
+    // refuses it too: "ContentType Archive cannot have block volumeMode"); nothing made.
+    let m = cdi_example(
+        CDI_ARCHIVE_BLOCK,
+        &[(
+            "http://geolite.maxmind.com/download/geoip/database/GeoLite2-Country.tar.gz",
+            &archive_server.url(),
+        )],
+    );
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], &m)
+        .await
+        .unwrap();
+    let message = async || {
+        c.kubectl(&[
+            "get",
+            "dv",
+            "import-archive-block-datavolume",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].message}",
+        ])
+        .await
+        .unwrap_or_default()
+    };
+    wait_for("the archive-into-Block refusal", async || {
+        message().await.starts_with("spec.storage.volumeMode: ")
+    })
+    .await;
+    assert_eq!(
+        data_volume_phase(c, &vms, "import-archive-block-datavolume").await,
+        "Pending"
+    );
+    assert!(
+        c.kubectl(&[
+            "get",
+            "diskimport,pvc",
+            "import-archive-block-datavolume",
+            "-n",
+            &vms
+        ])
+        .await
+        .is_err()
+    );
+
+    // registry-image-datavolume.yaml and registry-image-block-datavolume.yaml (the same name:
+    // the Block one in the other namespace), their URL the test registry's containerDisk,
+    // with `certConfigMap: tls-certs` (the registry's CA; the examples' public registry needs
+    // none).
+    let image = format!("docker://{}/containerdisks/cirros:0.4.0", reg.host());
+    let registry_changes = [(
+        "docker://kubevirt/fedora-cloud-registry-disk-demo\"\n",
+        format!("{image}\"\n      certConfigMap: tls-certs\n"),
+    )];
+    let registry_changes: Vec<(&str, &str)> =
+        registry_changes.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let reg_dir = d.join("pv-registry");
+    claim_volume(
+        c,
+        &format!("{vms}-registry"),
+        &vms,
+        "registry-image-datavolume",
+        &reg_dir,
+        6 << 30,
+        false,
+    )
+    .await;
+    let m = cdi_example(CDI_REGISTRY, &registry_changes);
+    import_example(c, &vms, "registry-image-datavolume", &m, &d.join("pod-registry")).await;
+    assert_same(
+        &disk_prefix(&reg_dir.join("disk.img"), oracle.len()),
+        &oracle,
+        "the registry import",
+    );
+    let reg_dev = d.join("pv-registry-block.dev");
+    claim_volume(
+        c,
+        &format!("{other}-registry"),
+        &other,
+        "registry-image-datavolume",
+        &reg_dev,
+        5 << 30,
+        true,
+    )
+    .await;
+    let m = cdi_example(CDI_REGISTRY_BLOCK, &registry_changes);
+    import_example(
+        c,
+        &other,
+        "registry-image-datavolume",
+        &m,
+        &d.join("pod-registry-block"),
+    )
+    .await;
+    assert_same(
+        &disk_prefix(&reg_dev, oracle.len()),
+        &oracle,
+        "the Block registry import",
+    );
+
+    // vm-dv.yaml: no KubeVirt here, so its dataVolumeTemplate becomes the DataVolume KubeVirt
+    // would make (its metadata and spec), its URL the open server's, storageClassName ""
+    // instead of hdd.
+    let vm: Value = yaml::from_str(&cdi_example(
+        CDI_VM_DV,
+        &[
+            (
+                "https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img",
+                &open.url(),
+            ),
+            ("storageClassName: hdd", "storageClassName: \"\""),
+        ],
+    ))
+    .unwrap();
+    let template = &vm["spec"]["dataVolumeTemplates"][0];
+    let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+                    "metadata": template["metadata"], "spec": template["spec"]});
+    let vm_dir = d.join("pv-vm");
+    claim_volume(
+        c,
+        &format!("{vms}-vm"),
+        &vms,
+        "cirros-dv",
+        &vm_dir,
+        1 << 30,
+        false,
+    )
+    .await;
+    import_example(c, &vms, "cirros-dv", &dv.to_string(), &d.join("pod-vm")).await;
+    assert_same(
+        &disk_prefix(&vm_dir.join("disk.img"), oracle.len()),
+        &oracle,
+        "vm-dv's disk",
+    );
+
+    // upload-block-datavolume.yaml, unchanged, and a token asked with
+    // upload-block-datavolume-token.yaml (its namespace the test's): the qcow2 POSTed to the
+    // operator's upload endpoint lands in the Block claim.
+    let up_dev = d.join("pv-upload-block.dev");
+    claim_volume(
+        c,
+        &format!("{vms}-upload"),
+        &vms,
+        "upload-block-datavolume",
+        &up_dev,
+        500 << 20,
+        true,
+    )
+    .await;
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], CDI_UPLOAD_BLOCK)
+        .await
+        .unwrap();
+    let kubelet = tokio::spawn(play(
+        c,
+        vms.clone(),
+        "importer-upload-block-datavolume".into(),
+        "upload-block-datavolume".into(),
+        d.join("pod-upload"),
+        Some(format!("127.0.0.{}", 2 + (std::process::id() + 1) % 250)),
+    ));
+    wait_for("UploadReady", async || {
+        data_volume_phase(c, &vms, "upload-block-datavolume").await == "UploadReady"
+    })
+    .await;
+    let request = cdi_example(
+        CDI_UPLOAD_BLOCK_TOKEN,
+        &[("namespace: default", &format!("namespace: {vms}"))],
+    );
+    let answer = c
+        .kubectl_stdin(&["create", "--dry-run=server", "-o", "json", "-f", "-"], &request)
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let token = answer["status"]["token"].as_str().expect("a token").to_string();
+    let http = op_ca.reqwest_client().unwrap();
+    let r = http
+        .post(format!("https://127.0.0.1:{}/v1beta1/upload", endpoint.port()))
+        .bearer_auth(&token)
+        .body(qcow2_bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), kubelet)
+        .await
+        .expect("the upload pod ends")
+        .unwrap();
+    assert!(status.is_success(), "{status}: {body}\nthe upload pod:\n{log}");
+    assert_eq!(exit, 0, "{log}");
+    wait_for("the upload Succeeded", async || {
+        data_volume_phase(c, &vms, "upload-block-datavolume").await == "Succeeded"
+    })
+    .await;
+    assert_same(&disk_prefix(&up_dev, oracle.len()), &oracle, "the Block upload");
+
+    // example-cdiconfig.yaml, unchanged: ido serves no CDIConfig (CDI's own configuration:
+    // the upload proxy's URL is the chart's), so kubectl says the kind is unknown.
+    let applied = c
+        .kubectl_output(&["apply", "-f", "-"], Some(CDI_CDICONFIG))
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&applied.stderr);
+    assert!(
+        !applied.status.success() && err.contains("no matches for kind \"CDIConfig\""),
+        "{err}"
+    );
+
+    c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
+        .await
+        .unwrap();
+    op.stop().await;
+}
