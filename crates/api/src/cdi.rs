@@ -21,6 +21,10 @@
 //! `source.s3.certConfigMap`, `source.registry.imageStream`, `pullMethod: node`, claim
 //! fields other than those above, `priorityClassName`, `serviceAccountName`, `checkpoints`,
 //! `finalCheckpoint`, and any field CDI does not have.
+//!
+//! CDI's older flow, a plain claim annotated for import, is read by [`claim`].
+
+pub mod claim;
 
 use std::collections::BTreeMap;
 
