@@ -423,7 +423,38 @@ fn name_taken(size: u64, message: String) -> Observed {
     (o, Action::AwaitChange)
 }
 
+/// Annotation on a claim ido did not make (a user's, CDI's annotation flow): the UID of the
+/// one DiskImport that may fill it ([`given_claim`]).
+pub const FILL_ANNOTATION: &str = "ido.dev/disk-import-uid";
+
+/// The UID of the claim that controls `di` (its controller owner reference), if a claim
+/// does: such a DiskImport fills that claim instead of making its own.
+fn controlling_claim(di: &DiskImport) -> Option<&str> {
+    di.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.kind == "PersistentVolumeClaim" && r.api_version == "v1" && r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// Whether `pvc`, a claim ido did not make, is given to `di` to fill: both must say so, the
+/// DiskImport by its controller owner reference to the claim (so it goes with the claim)
+/// and the claim by [`FILL_ANNOTATION`] naming the DiskImport's UID (which only someone who
+/// may change the claim can write). A DiskImport alone cannot make ido write into a claim.
+fn given_claim(pvc: &PersistentVolumeClaim, di: &DiskImport) -> bool {
+    let named = pvc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FILL_ANNOTATION));
+    controlling_claim(di).is_some_and(|uid| pvc.metadata.uid.as_deref() == Some(uid))
+        && named.is_some_and(|uid| di.metadata.uid.as_ref() == Some(uid))
+}
+
 /// The claim of `di`, created when missing; `Err` when it cannot be had or is not ours.
+/// A claim ido did not make is filled only when it is given to `di` ([`given_claim`]); it is
+/// then never created, and never deleted with `di` (it does not own it).
 async fn ensure_claim<S: Store>(
     di: &DiskImport,
     ctx: &Context<S>,
@@ -440,6 +471,13 @@ async fn ensure_claim<S: Store>(
         .map_err(|e| store_failed(size, "reading the claim", e))?
     {
         Some(p) => p,
+        None if controlling_claim(di).is_some() => {
+            // The claim it was made to fill is gone (and this DiskImport goes with it).
+            return Err(name_taken(
+                size,
+                format!("the claim {ns}/{name} this DiskImport fills does not exist"),
+            ));
+        }
         None => {
             // An archive's size is the file system's: the claim asks for it as it is.
             let overhead = match di.spec.content_type() {
@@ -456,6 +494,21 @@ async fn ensure_claim<S: Store>(
             c
         }
     };
+    if given_claim(&pvc, di) {
+        return Ok(pvc);
+    }
+    if controlling_claim(di).is_some_and(|uid| pvc.metadata.uid.as_deref() == Some(uid)) {
+        // Made for the claim, which does not name it yet: it is about to (the claim's
+        // annotation is written right after the DiskImport is created).
+        let mut o = Outcome::pending(
+            reasons::PENDING,
+            format!(
+                "the claim {ns}/{name} does not name this DiskImport in its annotation {FILL_ANNOTATION}"
+            ),
+        );
+        o.size = Some(size);
+        return Err((o, Action::Requeue(Duration::from_secs(2))));
+    }
     if !owned_by(&pvc.metadata, di) {
         return Err(name_taken(
             size,
