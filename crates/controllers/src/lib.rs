@@ -22,6 +22,7 @@ use std::{sync::Arc, time::Duration};
 use ido_io::s3::S3Source;
 use ido_providers::{ProviderError, Providers};
 
+pub mod claimimport;
 pub mod config;
 pub mod datavolume;
 pub mod diskimport;

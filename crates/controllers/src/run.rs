@@ -27,6 +27,7 @@ use ido_api::{
     CachedImage, ClusterImageCachePolicy, DiskImport, DiskImportCron, DiskSource, ImageCachePolicy,
     ImageSync, NodeImage, Release, cdi::DataVolume, image_operator::Image,
 };
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use tokio::{
     sync::{Semaphore, broadcast},
     task::JoinSet,
@@ -34,7 +35,7 @@ use tokio::{
 };
 
 use crate::{
-    Action, Context, datavolume, diskimport, diskimportcron, disksource,
+    Action, Context, claimimport, datavolume, diskimport, diskimportcron, disksource,
     file_store::{FileStore, Key},
     imagecache, imagesync, nodeimage, release,
     store::Store,
@@ -376,6 +377,12 @@ fn table() -> Vec<KindDef> {
             false,
             reconciler!(DataVolume, "datavolume", datavolume::reconcile),
         ),
+        // Claims: only those annotated as in CDI's PVC flow are acted on.
+        def::<PersistentVolumeClaim>(
+            Limit::None,
+            false,
+            reconciler!(PersistentVolumeClaim, "claimimport", claimimport::reconcile),
+        ),
         def::<ImageCachePolicy>(
             Limit::None,
             false,
@@ -428,22 +435,23 @@ fn owner_key(store: &FileStore, key: &Key) -> Option<Key> {
     ))
 }
 
-/// The DiskImportCron or DataVolume owning a changed DiskImport (each follows its
+/// The DiskImportCron, DataVolume or claim owning a changed DiskImport (each follows its
 /// imports), as the operator's `owns` watches do.
 fn cron_owner(store: &FileStore, key: &Key) -> Option<Key> {
     if !key.is::<DiskImport>() {
         return None;
     }
     let v = store.raw(key)?;
-    let owner = v["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|r| (r["kind"] == "DiskImportCron" || r["kind"] == "DataVolume") && r["controller"] == true)?;
+    let owner = v["metadata"]["ownerReferences"].as_array()?.iter().find(|r| {
+        ["DiskImportCron", "DataVolume", "PersistentVolumeClaim"]
+            .contains(&r["kind"].as_str().unwrap_or_default())
+            && r["controller"] == true
+    })?;
     let (ns, name) = (key.namespace.as_deref(), owner["name"].as_str()?);
-    Some(if owner["kind"] == "DataVolume" {
-        FileStore::key::<DataVolume>(ns, name)
-    } else {
-        FileStore::key::<DiskImportCron>(ns, name)
+    Some(match owner["kind"].as_str() {
+        Some("DataVolume") => FileStore::key::<DataVolume>(ns, name),
+        Some("PersistentVolumeClaim") => FileStore::key::<PersistentVolumeClaim>(ns, name),
+        _ => FileStore::key::<DiskImportCron>(ns, name),
     })
 }
 
@@ -465,7 +473,13 @@ fn mark_changed(queue: &mut BTreeMap<Key, Entry>, store: &FileStore, key: Key) {
         wake(queue, cron);
     }
     let key = match kind_of(&key) {
-        Some(_) => key,
+        Some(_) => {
+            // A claim is a kind of its own (CDI's PVC flow) and a DiskImport's product.
+            if let Some(owner) = owner_key(store, &key) {
+                wake(queue, owner);
+            }
+            key
+        }
         None => match owner_key(store, &key) {
             Some(owner) => {
                 // The owner's own fingerprint did not change: force the reconcile.

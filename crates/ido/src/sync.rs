@@ -116,9 +116,10 @@ pub(crate) async fn sync_cmd(args: SyncArgs) -> anyhow::Result<ExitCode> {
             | Manifest::DiskImport(_)
             | Manifest::DiskSource(_)
             | Manifest::DiskImportCron(_)
-            | Manifest::DataVolume(_) => {
+            | Manifest::DataVolume(_)
+            | Manifest::Claim(_) => {
                 bail!(
-                    "ido sync takes ImageSync, Image (skopeo.io), Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages, DiskImports and DataVolumes"
+                    "ido sync takes ImageSync, Image (skopeo.io), Secret and ConfigMap manifests; use `ido run` for Releases, NodeImages, DiskImports, DataVolumes and claims"
                 )
             }
         }

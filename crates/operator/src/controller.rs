@@ -15,7 +15,9 @@
 //!                                  its claim on a timer: it owns nothing)
 //!   watch DiskImportCrons (all) ─▶ Controller ──▶ diskimportcron::reconcile (same switch)
 //!   watch DataVolumes (all)     ─▶ Controller ──▶ datavolume::reconcile (cdiCompat.enabled)
-//!     owns DiskImports (all, label ido.dev/disk-import-cron)
+//!     owns DiskImports (all, label ido.dev/data-volume)
+//!   watch PVCs (all)            ─▶ Controller ──▶ claimimport::reconcile (cdiCompat.enabled
+//!     owns DiskImports (all, label ido.dev/claim)     and diskImport.enabled: CDI's annotations)
 //! ```
 //!
 //! DiskImports are watched in every namespace (like CDI's DataVolumes: users and the
@@ -56,7 +58,8 @@ use ido_api::{
     ImageSync, NodeImage, Release, cdi::DataVolume, image_operator::Image,
 };
 use ido_controllers::{
-    Action, Context, Error, datavolume, diskimport, diskimportcron, disksource, imagecache, imagesync,
+    Action, Context, Error, claimimport, datavolume, diskimport, diskimportcron, disksource, imagecache,
+    imagesync,
     metrics::{ControllerLabels, FailureLabels, StateLabels},
     nodeimage, release,
     store::Object,
@@ -286,6 +289,20 @@ async fn reconcile_datavolume(
         &shared,
         running,
         datavolume::reconcile(&obj, &shared.ctx),
+    )
+    .await
+}
+
+async fn reconcile_claim(
+    obj: Arc<PersistentVolumeClaim>,
+    shared: Arc<Shared<PersistentVolumeClaim>>,
+    running: Running,
+) -> Result<controller::Action, Error> {
+    timed(
+        obj.as_ref(),
+        &shared,
+        running,
+        claimimport::reconcile(&obj, &shared.ctx),
     )
     .await
 }
@@ -622,7 +639,9 @@ where
 const NO_DATA_VOLUME_CRD: &str = "cdiCompat.enabled, but the DataVolume CRD (datavolumes.cdi.kubevirt.io) is not installed: DataVolumes are not reconciled; install it (the chart with cdiCompat.enabled and crd.enable) and restart";
 
 /// CDI compatibility (`cdiCompat.enabled`): DataVolumes in every namespace, each woken by
-/// the DiskImport it owns.
+/// the DiskImport it owns; and, with the DiskImport controller, CDI's annotated claims in
+/// every namespace (claims that ask for no import are looked at and left alone), each woken
+/// by the DiskImport that fills it.
 async fn data_volumes<F>(
     client: Client,
     ctx: Arc<Context<KubeStore>>,
@@ -644,7 +663,7 @@ where
                 DISK_IMPORT_CONCURRENCY,
                 api,
                 vec![owners::<DataVolume, DiskImport>(
-                    Api::all(client),
+                    Api::all(client.clone()),
                     watcher::Config::default().labels(datavolume::DATA_VOLUME_LABEL),
                 )],
                 reconcile_datavolume,
@@ -653,7 +672,27 @@ where
         },
     )
     .await;
-    futures::future::Either::Left(dvs)
+    // The claims' DiskImports are filled by the DiskImport controller (same switch).
+    let claims = if ctx.settings.disk_import.enabled && served(&Api::<DiskImport>::all(client.clone())).await
+    {
+        futures::future::Either::Left(drive(
+            ctx.clone(),
+            "claimimport",
+            DISK_IMPORT_CONCURRENCY,
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            vec![owners::<PersistentVolumeClaim, DiskImport>(
+                Api::all(client),
+                watcher::Config::default().labels(claimimport::CLAIM_LABEL),
+            )],
+            reconcile_claim,
+            shutdown(),
+        ))
+    } else {
+        futures::future::Either::Right(std::future::ready(()))
+    };
+    futures::future::Either::Left(async move {
+        futures::future::join(dvs, claims).await;
+    })
 }
 
 const NO_CACHE_CRDS: &str = "imageCache.enabled, but the image cache's CRDs (imagecachepolicies, clusterimagecachepolicies, cachedimages .ido.dev) are not installed: the cache is not reconciled; install them (`ido crds | kubectl apply -f -`, or the chart with crd.enable) and restart";

@@ -9,7 +9,7 @@ use ido_api::{
     DiskImport, DiskImportCron, DiskSource, ImageSync, NodeImage, Release, cdi::DataVolume,
     image_operator::Image,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use serde_json::Value;
 
 use crate::{
@@ -36,6 +36,9 @@ pub enum Manifest {
     DiskImportCron(Box<DiskImportCron>),
     /// CDI's DataVolume (`cdi.kubevirt.io/v1beta1`), imported as a DiskImport.
     DataVolume(Box<DataVolume>),
+    /// A claim; one annotated as in CDI's PVC flow (`cdi.kubevirt.io/storage.import.endpoint`)
+    /// is filled by an import.
+    Claim(Box<PersistentVolumeClaim>),
     /// Credentials an ImageSync references (`kubernetes.io/dockerconfigjson`).
     Secret(Box<Secret>),
     /// CA bundles an ImageSync references (`certConfigMap`).
@@ -85,10 +88,11 @@ pub fn load_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
                 ("cdi.kubevirt.io/v1beta1" | "cdi.kubevirt.io/v1alpha1", "DataVolume") => {
                     Manifest::DataVolume(object(&doc, &at, ns)?)
                 }
+                ("v1", "PersistentVolumeClaim") => Manifest::Claim(object(&doc, &at, ns)?),
                 ("v1", "Secret") => Manifest::Secret(object(&doc, &at, ns)?),
                 ("v1", "ConfigMap") => Manifest::ConfigMap(object(&doc, &at, ns)?),
                 _ => bail!(
-                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync, DiskImport, DiskSource or DiskImportCron (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), DataVolume (cdi.kubevirt.io/v1beta1 or v1alpha1), Secret or ConfigMap (v1)"
+                    "{at}: unsupported kind {kind:?} (apiVersion {api:?}); expected Release (release.giantswarm.io/v1alpha1), NodeImage (image.giantswarm.io/v1alpha1), ImageSync, DiskImport, DiskSource or DiskImportCron (ido.dev/v1alpha1), Image (skopeo.io/v1alpha1), DataVolume (cdi.kubevirt.io/v1beta1 or v1alpha1), PersistentVolumeClaim, Secret or ConfigMap (v1)"
                 ),
             };
             out.push(m);
@@ -130,6 +134,7 @@ pub async fn apply_desired(store: &FileStore, manifests: &[Manifest]) -> anyhow:
     prune::<DiskSource>(store, &wanted).await?;
     prune::<DiskImportCron>(store, &wanted).await?;
     prune::<DataVolume>(store, &wanted).await?;
+    prune::<PersistentVolumeClaim>(store, &wanted).await?;
     prune::<Secret>(store, &wanted).await?;
     prune::<ConfigMap>(store, &wanted).await?;
     Ok(())
@@ -156,6 +161,7 @@ pub async fn apply(store: &FileStore, manifests: &[Manifest]) -> anyhow::Result<
             Manifest::DiskSource(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::DiskImportCron(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::DataVolume(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
+            Manifest::Claim(n) => FileStore::key_of(&store.apply(&mark(n.as_ref()))?),
             Manifest::Secret(s) => {
                 apply_data(store, &mark(s.as_ref()), |a, b| {
                     a.type_ == b.type_ && a.data == b.data && a.string_data == b.string_data
@@ -218,6 +224,7 @@ pub async fn applied_keys(store: &FileStore) -> anyhow::Result<Vec<Key>> {
     of::<DiskImport>(store, &mut out).await?;
     of::<DiskSource>(store, &mut out).await?;
     of::<DiskImportCron>(store, &mut out).await?;
+    of::<PersistentVolumeClaim>(store, &mut out).await?;
     of::<Secret>(store, &mut out).await?;
     of::<ConfigMap>(store, &mut out).await?;
     Ok(out)

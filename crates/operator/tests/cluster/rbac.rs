@@ -77,7 +77,27 @@ async fn the_chart_grants_what_the_operator_uses_and_no_more() {
         assert!(can_i(&env, verb, resource, None).await, "{verb} {resource}");
     }
     assert!(can_i(&env, "patch", "diskimports.ido.dev/status", None).await);
-    for (verb, resource) in [("get", "secrets"), ("delete", "pods"), ("update", "jobs.batch")] {
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("delete", "pods"),
+        ("update", "jobs.batch"),
+        ("patch", "persistentvolumeclaims"),
+    ] {
+        assert!(!can_i(&env, verb, resource, None).await, "{verb} {resource}");
+    }
+
+    // With CDI compatibility: claims' annotations patched (CDI's PVC flow), nothing more.
+    let env = Env::new(
+        "rbac-cdi",
+        json!({"diskImport": {"enabled": true}, "cdiCompat": {"enabled": true}}),
+    )
+    .await;
+    assert!(can_i(&env, "patch", "persistentvolumeclaims", None).await);
+    for (verb, resource) in [
+        ("update", "persistentvolumeclaims"),
+        ("get", "secrets"),
+        ("delete", "pods"),
+    ] {
         assert!(!can_i(&env, verb, resource, None).await, "{verb} {resource}");
     }
 }
