@@ -1725,3 +1725,215 @@ async fn cdis_other_examples_import_through_the_operator() {
         .unwrap();
     op.stop().await;
 }
+
+/// A hostPath PersistentVolume `name` of `capacity` and storage class `class` at `dir`
+/// (made), reserved for the claim `ns/claim`: for CDI's example claims, as they ask.
+async fn volume_for(c: &Cluster, name: &str, ns: &str, claim: &str, capacity: &str, class: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": capacity}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": class,
+            "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
+            "claimRef": {"namespace": ns, "name": claim},
+        },
+    });
+    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cdis_example_claims_import_through_the_operator() {
+    ido_testkit::install_crypto_provider();
+    let c = Cluster::shared().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (q, oracle) = qcow2(d);
+    let server = FileServer::start(
+        std::fs::read(&q).unwrap(),
+        Behaviour {
+            ranges: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    install_crds(c).await;
+    let vms = c.namespace("cdi-pvc").await.unwrap();
+    let (op_ns, client) = chart_operator_client(
+        c,
+        "cdi-pvc-op",
+        json!({"diskImport": {"enabled": true}, "cdiCompat": {"enabled": true}}),
+        d,
+    )
+    .await;
+    let op = Operator::start(client, &op_ns, |s, _| s.cdi_compat = true);
+
+    // CDI's manifests/example/golden-pvc.yaml (its last version, before CDI's examples moved
+    // to DataVolumes), its endpoint this test's server; no class: it binds to the PV below,
+    // of none, as there is no default class here.
+    let pv_dir = d.join("pv-golden");
+    volume_for(
+        c,
+        &format!("{vms}-golden"),
+        &vms,
+        "golden-pvc",
+        "10Gi",
+        "",
+        &pv_dir,
+    )
+    .await;
+    let golden = format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: \"golden-pvc\"\n  labels:\n    app: containerized-data-importer\n  annotations:\n    cdi.kubevirt.io/storage.import.endpoint: \"{}\"   # Required. Format: (http||s3)://www.myUrl.com/path/of/data\n    cdi.kubevirt.io/storage.import.secretName: \"\" # Optional. The name of the secret containing credentials for the data source\nspec:\n  accessModes:\n  - ReadWriteOnce\n  resources:\n    requests:\n      storage: 10Gi\n  # Optional: Set the storage class or omit to accept the default\n  # storageClassName: local\n",
+        server.url()
+    );
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], &golden)
+        .await
+        .unwrap();
+    let get = async |args: &[&str]| c.kubectl(args).await.unwrap_or_default();
+    let annotation = async |claim: &str, key: &str| {
+        let path = format!("jsonpath={{.metadata.annotations.{}}}", key.replace('.', "\\."));
+        get(&["get", "pvc", claim, "-n", &vms, "-o", &path]).await
+    };
+    wait_for("the importer scheduled", async || {
+        annotation("golden-pvc", "cdi.kubevirt.io/storage.pod.phase").await == "Pending"
+    })
+    .await;
+    let (exit, log) = play(
+        c,
+        vms.clone(),
+        "importer-golden-pvc".into(),
+        "golden-pvc".into(),
+        d.join("importer"),
+        None,
+    )
+    .await;
+    assert_eq!(exit, 0, "{log}");
+    wait_for("the claim's import Succeeded", async || {
+        annotation("golden-pvc", "cdi.kubevirt.io/storage.pod.phase").await == "Succeeded"
+    })
+    .await;
+
+    // The disk is in the user's claim: qemu-img's conversion.
+    let disk = pv_dir.join("disk.img");
+    assert_same(&std::fs::read(&disk).unwrap(), &oracle, "the claim's disk");
+
+    // CDI's status annotations; the claim is still the user's (no owner, its spec as given).
+    let pvc = c
+        .kubectl_json(&["get", "pvc", "golden-pvc", "-n", &vms])
+        .await
+        .unwrap();
+    let a = &pvc["metadata"]["annotations"];
+    assert_eq!(a["cdi.kubevirt.io/storage.pod.phase"], "Succeeded", "{a}");
+    assert_eq!(a["cdi.kubevirt.io/storage.pod.restarts"], "0", "{a}");
+    assert_eq!(a["cdi.kubevirt.io/storage.condition.running"], "false", "{a}");
+    assert_eq!(
+        a["cdi.kubevirt.io/storage.condition.running.reason"], "Completed",
+        "{a}"
+    );
+    assert!(
+        a["cdi.kubevirt.io/storage.import.importPodName"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("importer-golden-pvc-")),
+        "{a}"
+    );
+    assert!(pvc["metadata"]["ownerReferences"].is_null(), "{pvc}");
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "10Gi");
+    assert_eq!(pvc["status"]["phase"], "Bound");
+    let di = c
+        .kubectl_json(&["get", "diskimport", "golden-pvc", "-n", &vms])
+        .await
+        .unwrap();
+    assert_eq!(di["status"]["phase"], "Succeeded", "{di}");
+    assert_eq!(
+        di["metadata"]["ownerReferences"][0]["kind"],
+        "PersistentVolumeClaim"
+    );
+    assert_eq!(
+        di["metadata"]["ownerReferences"][0]["uid"],
+        pvc["metadata"]["uid"]
+    );
+    assert_eq!(a["ido.dev/disk-import-uid"], di["metadata"]["uid"], "{a}");
+    let events = get(&[
+        "get",
+        "events",
+        "-n",
+        &vms,
+        "--field-selector",
+        "involvedObject.kind=PersistentVolumeClaim,involvedObject.name=golden-pvc",
+        "-o",
+        "json",
+    ])
+    .await;
+    assert!(events.contains("ImportSucceeded"), "{events}");
+
+    // Deleting the claim's DiskImport never deletes the claim, and a complete claim is not
+    // imported into again.
+    c.kubectl(&["delete", "diskimport", "golden-pvc", "-n", &vms])
+        .await
+        .unwrap();
+    wait_for("the DiskImport gone", async || {
+        c.kubectl(&["get", "diskimport", "golden-pvc", "-n", &vms])
+            .await
+            .is_err()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        get(&[
+            "get",
+            "pvc",
+            "golden-pvc",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.phase}"
+        ])
+        .await,
+        "Bound"
+    );
+    assert!(
+        c.kubectl(&["get", "diskimport", "golden-pvc", "-n", &vms])
+            .await
+            .is_err()
+    );
+    assert_same(&std::fs::read(&disk).unwrap(), &oracle, "the claim's disk, kept");
+
+    // What ido cannot do is refused by its annotation and value, and nothing is made.
+    let gcs = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: from-gcs\n  annotations:\n    cdi.kubevirt.io/storage.import.source: gcs\n    cdi.kubevirt.io/storage.import.endpoint: gs://bucket/disk.img\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n";
+    c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], gcs)
+        .await
+        .unwrap();
+    wait_for("the refusal", async || {
+        annotation("from-gcs", "cdi.kubevirt.io/storage.condition.running.message")
+            .await
+            .starts_with("cdi.kubevirt.io/storage.import.source: \"gcs\" is not supported")
+    })
+    .await;
+    assert_eq!(
+        annotation("from-gcs", "cdi.kubevirt.io/storage.condition.running.reason").await,
+        "InvalidSpec"
+    );
+    assert!(
+        get(&[
+            "get",
+            "events",
+            "-n",
+            &vms,
+            "--field-selector",
+            "involvedObject.name=from-gcs",
+            "-o",
+            "json"
+        ])
+        .await
+        .contains("InvalidSpec")
+    );
+    assert!(
+        c.kubectl(&["get", "diskimport", "from-gcs", "-n", &vms])
+            .await
+            .is_err()
+    );
+    op.stop().await;
+}

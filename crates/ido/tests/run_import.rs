@@ -150,3 +150,63 @@ apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: from-block, na
     );
     assert_eq!(stored(&state, "fedora")["status"]["phase"], "Succeeded");
 }
+
+/// CDI's PVC annotation flow under `ido run`: CDI's golden-pvc.yaml (its endpoint this
+/// test's server) is filled by an import, and its annotations say so as CDI's would.
+#[tokio::test]
+async fn run_fills_cdis_annotated_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = write_raw(d);
+    let q = d.join("image.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
+    );
+    let oracle = qemu_raw(&q, d);
+    let server = FileServer::start(
+        std::fs::read(&q).unwrap(),
+        Behaviour {
+            ranges: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let state = d.join("state");
+    let manifest = d.join("golden-pvc.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: \"golden-pvc\"\n  namespace: vms\n  labels:\n    app: containerized-data-importer\n  annotations:\n    cdi.kubevirt.io/storage.import.endpoint: \"{}\"   # Required. Format: (http||s3)://www.myUrl.com/path/of/data\n    cdi.kubevirt.io/storage.import.secretName: \"\" # Optional. The name of the secret containing credentials for the data source\nspec:\n  accessModes:\n  - ReadWriteOnce\n  resources:\n    requests:\n      storage: 10Gi\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let o = ido_run(&state, &manifest, &[]).await;
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{out}\n{err}");
+    let claim: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.join("persistentvolumeclaims./vms/golden-pvc.json")).unwrap(),
+    )
+    .unwrap();
+    let a = &claim["metadata"]["annotations"];
+    assert_eq!(
+        a["cdi.kubevirt.io/storage.pod.phase"], "Succeeded",
+        "{claim}\n{err}"
+    );
+    assert_eq!(a["cdi.kubevirt.io/storage.pod.restarts"], "0", "{claim}");
+    assert!(claim["metadata"]["ownerReferences"].is_null(), "{claim}");
+    assert_eq!(stored(&state, "golden-pvc")["status"]["phase"], "Succeeded");
+    let disk = state.join("volumes/vms/golden-pvc/disk.img");
+    assert_same(
+        &std::fs::read(&disk).unwrap(),
+        &oracle,
+        "the claim's disk vs qemu-img",
+    );
+}
