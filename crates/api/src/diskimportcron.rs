@@ -205,7 +205,7 @@ mod tests {
         let y = yaml::to_string(&crd).unwrap();
         for s in [
             "template.source must be registry or http",
-            "exactly one of http, s3, registry, blank, pvc, diskSource",
+            "exactly one of http, s3, registry, blank, pvc, snapshot, diskSource",
             "- Outdated",
             "- Never",
             "managedDiskSource",

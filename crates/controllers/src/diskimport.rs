@@ -213,6 +213,20 @@ pub async fn reconcile<S: Store>(di: &DiskImport, ctx: &Context<S>) -> Result<Ac
         clone::clean_up(di, ctx).await?;
         return Ok(Action::AwaitChange);
     }
+    // The stored copy, not a cache's: a Job removed after success wakes this with a cached
+    // DiskImport that may not show Succeeded yet, which must not make a new importer.
+    let fresh = match ctx
+        .store
+        .get::<DiskImport>(
+            di.metadata.namespace.as_deref(),
+            di.metadata.name.as_deref().unwrap_or_default(),
+        )
+        .await?
+    {
+        Some(f) => f,
+        None => return Ok(Action::AwaitChange),
+    };
+    let di = &fresh;
     let before = di.status.clone().unwrap_or_default();
     match before.phase {
         DiskImportPhase::Succeeded => return finished(di, ctx).await,
@@ -708,6 +722,10 @@ async fn write_status<S: Store>(
     let name = di.metadata.name.clone();
     let stored = modify_status(&ctx.store, di, |o: &mut DiskImport| {
         let st = o.status.get_or_insert_with(DiskImportStatus::default);
+        // An end is final: a stale look never takes it back.
+        if matches!(st.phase, DiskImportPhase::Succeeded | DiskImportPhase::Failed) {
+            return;
+        }
         st.observed_generation = g;
         st.phase = out.phase;
         st.progress = match (out.phase, &out.progress) {

@@ -202,14 +202,14 @@ async fn the_api_server_refuses_archives_it_cannot_unpack() {
             &blank,
             &size,
             "archive",
-            Some("not allowed with blank, registry, pvc or diskSource sources"),
+            Some("not allowed with blank, registry, pvc, snapshot or diskSource sources"),
         ),
         (
             "registry",
             &registry,
             &size,
             "archive",
-            Some("not allowed with blank, registry, pvc or diskSource sources"),
+            Some("not allowed with blank, registry, pvc, snapshot or diskSource sources"),
         ),
         (
             "block",

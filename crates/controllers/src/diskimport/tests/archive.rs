@@ -137,13 +137,13 @@ async fn archives_from_blank_or_registry_sources_onto_block_volumes_or_without_a
             "blank",
             blank,
             sized("1Gi"),
-            "not allowed with blank, registry, pvc or diskSource sources",
+            "not allowed with blank, registry, pvc, snapshot or diskSource sources",
         ),
         (
             "registry",
             registry,
             sized("1Gi"),
-            "not allowed with blank, registry, pvc or diskSource sources",
+            "not allowed with blank, registry, pvc, snapshot or diskSource sources",
         ),
         ("block", http("http://x/r.tar"), block, "Block is not allowed"),
         (

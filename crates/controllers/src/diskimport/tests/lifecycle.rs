@@ -385,3 +385,49 @@ async fn ido_run_stores_the_claim_and_job_and_follows_the_jobs_status() {
             .exists()
     );
 }
+
+/// A reconcile woken with a stale copy (a cache that does not show Succeeded yet, after the
+/// importer Job was removed on success) neither makes a new importer nor takes the end back.
+#[tokio::test]
+async fn a_stale_copy_after_success_makes_no_second_importer() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    ctx.store
+        .create(&disk_import(
+            "fedora",
+            http("http://mirror.example/f.raw"),
+            sized("1Gi"),
+        ))
+        .await
+        .unwrap();
+    let (_, stale) = step(&ctx, "fedora").await;
+    assert_eq!(status(&stale).phase, DiskImportPhase::ImportScheduled);
+    set_job_status(
+        &ctx,
+        "importer-fedora",
+        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+    )
+    .await;
+    let (_, done) = step(&ctx, "fedora").await;
+    assert_eq!(status(&done).phase, DiskImportPhase::Succeeded);
+    assert!(
+        ctx.store
+            .get::<Job>(Some(NS), "importer-fedora")
+            .await
+            .unwrap()
+            .is_none(),
+        "removed after success"
+    );
+
+    reconcile(&stale, &ctx).await.unwrap();
+    assert!(
+        ctx.store
+            .get::<Job>(Some(NS), "importer-fedora")
+            .await
+            .unwrap()
+            .is_none(),
+        "no second importer"
+    );
+    let now: DiskImport = ctx.store.get(Some(NS), "fedora").await.unwrap().unwrap();
+    assert_eq!(status(&now).phase, DiskImportPhase::Succeeded);
+}
