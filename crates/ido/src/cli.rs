@@ -16,17 +16,17 @@ use ido_controllers::{
 
 #[derive(Parser)]
 #[command(name = "ido", version, about = "Gets images to where clusters need them.")]
-struct Cli {
+pub(crate) struct Cli {
     /// Log filter: a level, or `target=level` pairs apart by commas, e.g. `info,ido_providers=debug`. Default: $IDO_LOG,
     /// else $RUST_LOG, else `info`.
     #[arg(long, global = true)]
     log: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Reconcile manifests against real providers without a cluster (file-backed state).
     Run(RunArgs),
     /// Run the controllers in a Kubernetes cluster.
@@ -75,7 +75,7 @@ struct ConfigArgs {
 }
 
 #[derive(Args)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// Manifest files or directories (Releases, NodeImages, ImageSyncs, DiskImports, Secrets, ConfigMaps): the desired set.
     #[arg(long = "file", short = 'f', required = true)]
     files: Vec<PathBuf>,
@@ -105,7 +105,7 @@ struct RunArgs {
 }
 
 #[derive(Args)]
-struct OperatorArgs {
+pub(crate) struct OperatorArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// Address of /metrics: HOST:PORT, :PORT (every interface), or 0 (off).

@@ -56,7 +56,7 @@ pub(crate) struct ImportArgs {
     /// Copy SOURCE byte for byte as a raw disk: nothing detected, nothing peeled (not even
     /// a compression or a tar). What a clone of a volume's disk does.
     #[arg(long, conflicts_with_all = ["format", "disk", "content_type"])]
-    verbatim: bool,
+    pub(crate) verbatim: bool,
     /// The disk to import from an OVA that holds several: its file name, its ovf:id or
     /// ovf:diskId, or its position in the OVF from 1. Without it such an OVA is refused,
     /// naming its disks.

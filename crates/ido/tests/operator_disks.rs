@@ -902,7 +902,8 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     // project installs it, in short; the test plays the snapshot controller and the CSI
     // driver): restored into a claim there, which is cloned across, then removed.
     let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "volumesnapshots.snapshot.storage.k8s.io"},
+        "metadata": {"name": "volumesnapshots.snapshot.storage.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-csi/external-snapshotter/pull/814"}},
         "spec": {"group": "snapshot.storage.k8s.io", "scope": "Namespaced",
             "names": {"kind": "VolumeSnapshot", "plural": "volumesnapshots", "singular": "volumesnapshot", "listKind": "VolumeSnapshotList"},
             "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},

@@ -159,6 +159,65 @@ fn importer_job_arguments_parse() {
     }
 }
 
+/// The Jobs of clones and uploads (`ido import --verbatim`, `ido upload-server`, and the
+/// sender's `ido clone-send`) pass arguments the CLI accepts, the upload server's own
+/// translation to `ido import`'s flags included.
+#[test]
+fn clone_and_upload_job_arguments_parse() {
+    use clap::Parser as _;
+    use ido_api::diskimport::*;
+    use ido_controllers::diskimport::{ImporterSettings, importer_job, sender_job};
+    let settings = ImporterSettings::default();
+    let parse_cli = |args: &[String]| {
+        crate::cli::Cli::try_parse_from(std::iter::once("ido").chain(args.iter().map(String::as_str)))
+            .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"))
+    };
+    let sources = [
+        serde_json::json!({"upload": {"checksum": "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"}}),
+        serde_json::json!({"pvc": {"name": "fedora"}}),
+        serde_json::json!({"pvc": {"namespace": "golden", "name": "fedora"}}),
+    ];
+    for (i, source) in sources.into_iter().enumerate() {
+        for (mode, source_block) in [("Filesystem", false), ("Block", true)] {
+            let di: DiskImport = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ido.dev/v1alpha1", "kind": "DiskImport",
+                "metadata": {"name": format!("c{i}"), "namespace": "vms", "uid": "u"},
+                "spec": {"source": source, "storage": {"size": "1Gi", "volumeMode": mode}},
+            }))
+            .unwrap();
+            let job = importer_job(&di, &settings, 1 << 30, source_block).expect("a job");
+            let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap();
+            match parse_cli(&args).command {
+                crate::cli::Command::UploadServer(a) => {
+                    let import = crate::upload::server::import_args(&a)
+                        .unwrap_or_else(|e| panic!("source {i} ({mode}): {args:?}: {e}"));
+                    assert_eq!(import.verbatim, i == 2, "{args:?}");
+                }
+                crate::cli::Command::Import(a) => assert!(a.verbatim, "{args:?}"),
+                _ => panic!("{args:?}"),
+            }
+            if let Some(sender) = sender_job(
+                &di,
+                &settings,
+                source_block,
+                "http://10.0.0.1:8443/v1beta1/upload",
+            ) {
+                let args = sender.spec.unwrap().template.spec.unwrap().containers[0]
+                    .args
+                    .clone()
+                    .unwrap();
+                assert!(
+                    matches!(parse_cli(&args).command, crate::cli::Command::CloneSend(_)),
+                    "{args:?}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn unpacks_an_archive_and_checks_flags() {
     let dir = tempfile::tempdir().unwrap();

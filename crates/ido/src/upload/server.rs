@@ -130,18 +130,17 @@ pub(crate) fn token_cmd(a: TokenArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `ido import`'s flags for this upload: SOURCE is the upload.
-fn import_args(a: &ServerArgs) -> anyhow::Result<ImportArgs> {
+pub(crate) fn import_args(a: &ServerArgs) -> anyhow::Result<ImportArgs> {
     #[derive(Parser)]
     struct Wrapped {
         #[command(flatten)]
         import: ImportArgs,
     }
     let mut argv: Vec<String> = vec!["import".into(), "-".into(), a.target.display().to_string()];
-    let content_type = match a.content_type {
-        ContentType::Kubevirt => "kubevirt",
-        ContentType::Archive => "archive",
-    };
-    argv.extend(["--content-type".into(), content_type.into()]);
+    // kubevirt is the default (and --verbatim takes no --content-type).
+    if a.content_type == ContentType::Archive {
+        argv.extend(["--content-type".into(), "archive".into()]);
+    }
     if let Some(s) = &a.size {
         argv.extend(["--size".into(), s.clone()]);
     }
