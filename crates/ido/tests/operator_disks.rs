@@ -14,7 +14,11 @@
 //! CDI compatibility: CDI's example DataVolume applied with kubectl becomes a DiskImport,
 //! its importer Pod (played) imports a qcow2 over HTTP into a hostPath volume, and the
 //! DataVolume reads Succeeded, 100.0%, with the claim; CDI's blank example makes a sparse
-//! disk of zeros; a DataVolume asking for what ido cannot do is refused by field.
+//! disk of zeros; a DataVolume asking for what ido cannot do is refused by field. CDI's
+//! other examples (https, basic auth, Block, archives, registry images, Block uploads, a VM's
+//! template), its clone examples across namespaces (authorized by a SubjectAccessReview, a
+//! VolumeSnapshot too) and its PVC annotation flow (golden-pvc.yaml), each applied with
+//! kubectl.
 
 #[path = "../../disk/tests/common/mod.rs"]
 mod common;
@@ -129,20 +133,44 @@ fn qcow2(d: &Path) -> (std::path::PathBuf, Vec<u8>) {
     (q, oracle)
 }
 
-/// A hostPath PersistentVolume `name` at `dir` (made), reserved for the claim `ns/claim`.
-async fn volume(c: &Cluster, name: &str, ns: &str, claim: &str, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let pv = json!({
+/// How a test PersistentVolume is made: its capacity, a directory or (`block`) a file
+/// standing for a device (as the played kubelet attaches it), its class.
+#[derive(Clone, Copy)]
+struct Pv<'a> {
+    bytes: u64,
+    block: bool,
+    class: &'a str,
+}
+
+impl Pv<'static> {
+    /// A 1 GiB directory volume of no class.
+    const DIR: Self = Self {
+        bytes: 1 << 30,
+        block: false,
+        class: "",
+    };
+}
+
+/// A hostPath PersistentVolume `name` at `path` (made: a directory, or a sparse file of
+/// the volume's size for a Block one), reserved for the claim `ns/claim`.
+async fn volume(c: &Cluster, name: &str, (ns, claim): (&str, &str), path: &Path, pv: Pv<'_>) {
+    if pv.block {
+        std::fs::File::create(path).unwrap().set_len(pv.bytes).unwrap();
+    } else {
+        std::fs::create_dir_all(path).unwrap();
+    }
+    let spec = json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": name},
         "spec": {
-            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
+            "capacity": {"storage": pv.bytes.to_string()}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": pv.class,
+            "volumeMode": if pv.block { "Block" } else { "Filesystem" },
+            "hostPath": {"path": path.display().to_string(), "type": if pv.block { "File" } else { "Directory" }},
             "claimRef": {"namespace": ns, "name": claim},
         },
     });
-    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
+    c.kubectl_stdin(&["apply", "-f", "-"], &spec.to_string())
         .await
         .unwrap();
 }
@@ -311,7 +339,7 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
 
     // The volume the claim binds to.
     let pv_dir = d.join("pv");
-    volume(c, &format!("{vms}-disk"), &vms, "disk", &pv_dir).await;
+    volume(c, &format!("{vms}-disk"), (&vms, "disk"), &pv_dir, Pv::DIR).await;
 
     // The kubelet's part: once the job controller made the upload Pod, run it on a loopback
     // pod IP of its own.
@@ -501,14 +529,21 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
 
     // The volumes the claims bind to.
     let pv_dir = d.join("pv");
-    volume(c, &format!("{vms}-dv"), &vms, "example-import-dv", &pv_dir).await;
+    volume(
+        c,
+        &format!("{vms}-dv"),
+        (&vms, "example-import-dv"),
+        &pv_dir,
+        Pv::DIR,
+    )
+    .await;
     let blank_dir = d.join("pv-blank");
     volume(
         c,
         &format!("{vms}-blank"),
-        &vms,
-        "blank-image-datavolume",
+        (&vms, "blank-image-datavolume"),
         &blank_dir,
+        Pv::DIR,
     )
     .await;
     // CDI's manifests/example/import-kubevirt-datavolume.yaml, its URL this test's server
@@ -616,29 +651,13 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     op.stop().await;
 }
 
-/// A hostPath PersistentVolume of `capacity` at `dir` (made), reserved for `ns/claim`.
-async fn sized_volume(c: &Cluster, name: &str, capacity: &str, (ns, claim): (&str, &str), dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name},
-        "spec": {
-            "capacity": {"storage": capacity}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
-            "claimRef": {"namespace": ns, "name": claim},
-        },
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
-        .await
-        .unwrap();
-}
-
-/// CDI's clone example across namespaces: refused for a user who may not read the source
+/// CDI's clone examples across namespaces: refused for a user who may not read the source
 /// namespace (the operator's webhook asks a SubjectAccessReview), let in once they may; the
 /// copy runs in an upload pod beside the new claim and a sender beside the source (both
 /// played), byte for byte (the source disk's bytes are a qcow2 image: copied as they are, not
-/// converted), and nothing of it is left in the source namespace.
+/// converted), and nothing of it is left in the source namespace. Then a VolumeSnapshot of the
+/// source namespace (restored into a claim there, the test playing the CSI driver) and CDI's
+/// Block clone example (v1alpha1), the same way.
 #[tokio::test]
 async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_user() {
     ido_testkit::install_crypto_provider();
@@ -693,12 +712,15 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     // then a hole (64 MiB in all).
     let (q, _) = qcow2(d);
     let src_dir = d.join("pv-source");
-    sized_volume(
+    volume(
         c,
         &format!("{source_ns}-src"),
-        "64Mi",
         (&source_ns, "source-datavolume"),
         &src_dir,
+        Pv {
+            bytes: 64 << 20,
+            ..Pv::DIR
+        },
     )
     .await;
     let mut disk = std::fs::read(&q).unwrap();
@@ -712,12 +734,15 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
         .await
         .unwrap();
     let dst_dir = d.join("pv-clone");
-    sized_volume(
+    volume(
         c,
         &format!("{vms}-clone"),
-        "1Gi",
         (&vms, "cloned-datavolume"),
         &dst_dir,
+        Pv {
+            bytes: 1 << 30,
+            ..Pv::DIR
+        },
     )
     .await;
 
@@ -934,12 +959,15 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     .await
     .unwrap();
     let snap_dst = d.join("pv-from-snapshot");
-    sized_volume(
+    volume(
         c,
         &format!("{vms}-snap"),
-        "1Gi",
         (&vms, "from-snapshot"),
         &snap_dst,
+        Pv {
+            bytes: 1 << 30,
+            ..Pv::DIR
+        },
     )
     .await;
     let di = json!({"apiVersion": "ido.dev/v1alpha1", "kind": "DiskImport",
@@ -963,12 +991,15 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     assert_eq!(claim["spec"]["dataSource"]["kind"], "VolumeSnapshot", "{claim}");
     assert_eq!(claim["spec"]["dataSource"]["name"], "golden-snap", "{claim}");
     let restored_dir = d.join("pv-restored");
-    sized_volume(
+    volume(
         c,
         &format!("{source_ns}-restored"),
-        "64Mi",
         (&source_ns, &restore),
         &restored_dir,
+        Pv {
+            bytes: 64 << 20,
+            ..Pv::DIR
+        },
     )
     .await;
     let mut snapshot_disk = disk.clone();
@@ -1047,6 +1078,119 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     })
     .await;
 
+    // CDI's manifests/example/clone-block-datavolume.yaml (cdi.kubevirt.io/v1alpha1, served
+    // too), its source namespace this test's: a Block claim into a Block claim, as alice.
+    let block_src = d.join("block-source.img");
+    let block = Pv {
+        bytes: 64 << 20,
+        block: true,
+        ..Pv::DIR
+    };
+    volume(
+        c,
+        &format!("{source_ns}-block"),
+        (&source_ns, "import-kubevirt-block-datavolume"),
+        &block_src,
+        block,
+    )
+    .await;
+    std::fs::write(&block_src, &disk).unwrap();
+    let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "import-kubevirt-block-datavolume", "namespace": source_ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeMode": "Block",
+                 "resources": {"requests": {"storage": "64Mi"}}}});
+    c.kubectl_stdin(&["apply", "-f", "-"], &claim.to_string())
+        .await
+        .unwrap();
+    let block_dst = d.join("block-clone.img");
+    volume(
+        c,
+        &format!("{vms}-block"),
+        (&vms, "clone-block-datavolume"),
+        &block_dst,
+        Pv {
+            bytes: 1 << 30,
+            ..block
+        },
+    )
+    .await;
+    let example = format!(
+        "apiVersion: cdi.kubevirt.io/v1alpha1\nkind: DataVolume\nmetadata:\n  name: clone-block-datavolume\nspec:\n  source:\n    pvc:\n      namespace: {source_ns} \n      name: import-kubevirt-block-datavolume \n  pvc:\n    volumeMode: Block\n    accessModes:\n      - ReadWriteOnce\n    resources:\n      requests:\n        storage: 1Gi\n\n"
+    );
+    let created = c
+        .kubectl_output(&["create", "-n", &vms, "--as=alice", "-f", "-"], Some(&example))
+        .await
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let target = tokio::spawn(play(
+        c,
+        vms.clone(),
+        "importer-clone-block-datavolume".into(),
+        "clone-block-datavolume".into(),
+        d.join("block-target-pod"),
+        Some(format!("127.0.3.{}", 2 + std::process::id() % 250)),
+    ));
+    let label = format!(
+        "ido.dev/clone-target={}",
+        ido_controllers::diskimport::short_name("", &format!("{vms}.clone-block-datavolume"), 63)
+    );
+    let mut sender = String::new();
+    wait_for("the Block clone's sender Job", async || {
+        sender = c
+            .kubectl(&[
+                "get",
+                "jobs",
+                "-n",
+                &source_ns,
+                "-l",
+                &label,
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .await
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !sender.is_empty()
+    })
+    .await;
+    let (exit, log) = play(
+        c,
+        source_ns.clone(),
+        sender.clone(),
+        "import-kubevirt-block-datavolume".into(),
+        d.join("block-sender-pod"),
+        None,
+    )
+    .await;
+    assert_eq!(exit, 0, "the Block sender:\n{log}");
+    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), target)
+        .await
+        .expect("the upload pod ends")
+        .unwrap();
+    assert_eq!(exit, 0, "the Block upload pod:\n{log}");
+    wait_for("the Block clone Succeeded", async || {
+        c.kubectl(&[
+            "get",
+            "dv",
+            "clone-block-datavolume",
+            "-n",
+            &vms,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await
+        .is_ok_and(|p| p == "Succeeded")
+    })
+    .await;
+    let got = std::fs::read(&block_dst).unwrap();
+    assert_same(&got[..disk.len()], &disk, "the Block clone");
+    assert!(got[disk.len()..].iter().all(|b| *b == 0));
+
     c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
         .await
         .unwrap();
@@ -1082,31 +1226,6 @@ fn cdi_example(manifest: &str, changes: &[(&str, &str)]) -> String {
         m = m.replace(from, to);
     }
     m
-}
-
-/// A hostPath PersistentVolume `name` of `bytes` at `path`, reserved for the claim
-/// `ns/claim`: a directory (made), or for `block` a Block volume whose "device" is the file
-/// `path` (made, sparse, of that size), as the played kubelet attaches it.
-async fn claim_volume(c: &Cluster, name: &str, ns: &str, claim: &str, path: &Path, bytes: u64, block: bool) {
-    if block {
-        std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
-    } else {
-        std::fs::create_dir_all(path).unwrap();
-    }
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name},
-        "spec": {
-            "capacity": {"storage": bytes.to_string()}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "volumeMode": if block { "Block" } else { "Filesystem" },
-            "hostPath": {"path": path.display().to_string(), "type": if block { "File" } else { "Directory" }},
-            "claimRef": {"namespace": ns, "name": claim},
-        },
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
-        .await
-        .unwrap();
 }
 
 /// The plain HTTP server at `upstream` (`host:port`) behind HTTPS with `ca`'s server
@@ -1344,14 +1463,16 @@ async fn cdis_other_examples_import_through_the_operator() {
     // tls-certs` (cert-configmap.yaml's name; datavolumes.md's optional field), in the
     // other namespace (import-kubevirt-datavolume-secret.yaml has its name).
     let https_dir = d.join("pv-https");
-    claim_volume(
+    volume(
         c,
         &format!("{other}-https"),
-        &other,
-        "my-data-volume",
+        (&other, "my-data-volume"),
         &https_dir,
-        1 << 30,
-        false,
+        Pv {
+            bytes: 1 << 30,
+            block: false,
+            ..Pv::DIR
+        },
     )
     .await;
     let https_url = format!("\"{https}/image\"\n         certConfigMap: tls-certs");
@@ -1385,14 +1506,16 @@ async fn cdis_other_examples_import_through_the_operator() {
         .await
         .unwrap();
     let secret_dir = d.join("pv-secret");
-    claim_volume(
+    volume(
         c,
         &format!("{vms}-secret"),
-        &vms,
-        "my-data-volume",
+        (&vms, "my-data-volume"),
         &secret_dir,
-        1 << 30,
-        false,
+        Pv {
+            bytes: 1 << 30,
+            block: false,
+            ..Pv::DIR
+        },
     )
     .await;
     let m = cdi_example(
@@ -1419,14 +1542,16 @@ async fn cdis_other_examples_import_through_the_operator() {
     // import-kubevirt-block-datavolume.yaml: its URL the open server's (the qcow2 instead of
     // an ISO), storageClassName "" (the class of the test's volume) instead of local.
     let block_dev = d.join("pv-block.dev");
-    claim_volume(
+    volume(
         c,
         &format!("{vms}-block"),
-        &vms,
-        "import-kubevirt-block-datavolume",
+        (&vms, "import-kubevirt-block-datavolume"),
         &block_dev,
-        1 << 30,
-        true,
+        Pv {
+            bytes: 1 << 30,
+            block: true,
+            ..Pv::DIR
+        },
     )
     .await;
     let m = cdi_example(
@@ -1482,14 +1607,16 @@ async fn cdis_other_examples_import_through_the_operator() {
     );
     let archive_server = FileServer::start(std::fs::read(&tgz).unwrap(), Behaviour::default()).await;
     let archive_dir = d.join("pv-archive");
-    claim_volume(
+    volume(
         c,
         &format!("{vms}-archive"),
-        &vms,
-        "import-archive-datavolume",
+        (&vms, "import-archive-datavolume"),
         &archive_dir,
-        1 << 30,
-        false,
+        Pv {
+            bytes: 1 << 30,
+            block: false,
+            ..Pv::DIR
+        },
     )
     .await;
     let m = cdi_example(
@@ -1570,14 +1697,16 @@ async fn cdis_other_examples_import_through_the_operator() {
     let registry_changes: Vec<(&str, &str)> =
         registry_changes.iter().map(|(a, b)| (*a, b.as_str())).collect();
     let reg_dir = d.join("pv-registry");
-    claim_volume(
+    volume(
         c,
         &format!("{vms}-registry"),
-        &vms,
-        "registry-image-datavolume",
+        (&vms, "registry-image-datavolume"),
         &reg_dir,
-        6 << 30,
-        false,
+        Pv {
+            bytes: 6 << 30,
+            block: false,
+            ..Pv::DIR
+        },
     )
     .await;
     let m = cdi_example(CDI_REGISTRY, &registry_changes);
@@ -1588,14 +1717,16 @@ async fn cdis_other_examples_import_through_the_operator() {
         "the registry import",
     );
     let reg_dev = d.join("pv-registry-block.dev");
-    claim_volume(
+    volume(
         c,
         &format!("{other}-registry"),
-        &other,
-        "registry-image-datavolume",
+        (&other, "registry-image-datavolume"),
         &reg_dev,
-        5 << 30,
-        true,
+        Pv {
+            bytes: 5 << 30,
+            block: true,
+            ..Pv::DIR
+        },
     )
     .await;
     let m = cdi_example(CDI_REGISTRY_BLOCK, &registry_changes);
@@ -1631,14 +1762,16 @@ async fn cdis_other_examples_import_through_the_operator() {
     let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
                     "metadata": template["metadata"], "spec": template["spec"]});
     let vm_dir = d.join("pv-vm");
-    claim_volume(
+    volume(
         c,
         &format!("{vms}-vm"),
-        &vms,
-        "cirros-dv",
+        (&vms, "cirros-dv"),
         &vm_dir,
-        1 << 30,
-        false,
+        Pv {
+            bytes: 1 << 30,
+            block: false,
+            ..Pv::DIR
+        },
     )
     .await;
     import_example(c, &vms, "cirros-dv", &dv.to_string(), &d.join("pod-vm")).await;
@@ -1652,14 +1785,16 @@ async fn cdis_other_examples_import_through_the_operator() {
     // upload-block-datavolume-token.yaml (its namespace the test's): the qcow2 POSTed to the
     // operator's upload endpoint lands in the Block claim.
     let up_dev = d.join("pv-upload-block.dev");
-    claim_volume(
+    volume(
         c,
         &format!("{vms}-upload"),
-        &vms,
-        "upload-block-datavolume",
+        (&vms, "upload-block-datavolume"),
         &up_dev,
-        500 << 20,
-        true,
+        Pv {
+            bytes: 500 << 20,
+            block: true,
+            ..Pv::DIR
+        },
     )
     .await;
     c.kubectl_stdin(&["apply", "-n", &vms, "-f", "-"], CDI_UPLOAD_BLOCK)
@@ -1727,25 +1862,6 @@ async fn cdis_other_examples_import_through_the_operator() {
     op.stop().await;
 }
 
-/// A hostPath PersistentVolume `name` of `capacity` and storage class `class` at `dir`
-/// (made), reserved for the claim `ns/claim`: for CDI's example claims, as they ask.
-async fn volume_for(c: &Cluster, name: &str, ns: &str, claim: &str, capacity: &str, class: &str, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name},
-        "spec": {
-            "capacity": {"storage": capacity}, "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": class,
-            "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
-            "claimRef": {"namespace": ns, "name": claim},
-        },
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &pv.to_string())
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn cdis_example_claims_import_through_the_operator() {
     ido_testkit::install_crypto_provider();
@@ -1776,14 +1892,16 @@ async fn cdis_example_claims_import_through_the_operator() {
     // to DataVolumes), its endpoint this test's server; no class: it binds to the PV below,
     // of none, as there is no default class here.
     let pv_dir = d.join("pv-golden");
-    volume_for(
+    volume(
         c,
         &format!("{vms}-golden"),
-        &vms,
-        "golden-pvc",
-        "10Gi",
-        "",
+        (&vms, "golden-pvc"),
         &pv_dir,
+        Pv {
+            bytes: 10 << 30,
+            block: false,
+            class: "",
+        },
     )
     .await;
     let golden = format!(
