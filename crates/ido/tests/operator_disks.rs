@@ -229,6 +229,131 @@ impl Operator {
     }
 }
 
+/// The webhooks a test points the API server at (name, path, rules), as the chart has them.
+fn upload_token_hook(groups: &[&str]) -> (&'static str, &'static str, Value) {
+    let rules: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let version = if *g == "ido.dev" { "v1alpha1" } else { "v1beta1" };
+            json!({"operations": ["CREATE"], "apiGroups": [g], "apiVersions": [version],
+                   "resources": ["uploadtokenrequests"], "scope": "Namespaced"})
+        })
+        .collect();
+    (
+        "uploadtokenrequests.disk-import.ido.dev",
+        "/mutate-upload-token",
+        Value::Array(rules),
+    )
+}
+
+fn clone_hook() -> (&'static str, &'static str, Value) {
+    (
+        "clones.disk-import.ido.dev",
+        "/mutate-clone",
+        json!([{"operations": ["CREATE"], "apiGroups": ["ido.dev"], "apiVersions": ["v1alpha1"],
+                "resources": ["diskimports"], "scope": "Namespaced"},
+               {"operations": ["CREATE"], "apiGroups": ["cdi.kubevirt.io"], "apiVersions": ["v1beta1"],
+                "resources": ["datavolumes"], "scope": "Namespaced"}]),
+    )
+}
+
+/// The operator with an upload key, serving its admission webhook and upload endpoint over
+/// TLS on loopback (a test CA), and a MutatingWebhookConfiguration of `hooks` for namespace
+/// `ns` pointing the API server at it; until [`Served::stop`].
+struct Served {
+    op: Operator,
+    ca: TestCa,
+    /// The upload endpoint.
+    endpoint: std::net::SocketAddr,
+    config: String,
+}
+
+impl Served {
+    async fn start(
+        c: &Cluster,
+        (client, op_ns): (kube::Client, &str),
+        (ns, hooks): (&str, &[(&str, &str, Value)]),
+        d: &Path,
+        tune: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let ca = TestCa::new().unwrap();
+        let certs = d.join("op-certs");
+        std::fs::create_dir(&certs).unwrap();
+        std::fs::copy(&ca.server_cert, certs.join("tls.crt")).unwrap();
+        std::fs::copy(&ca.server_key, certs.join("tls.key")).unwrap();
+        let (webhook, endpoint) = (free_addr(), free_addr());
+        let op = Operator::start(client, op_ns, |s, o| {
+            s.disk_import.upload_key = Some(UploadKey::generate());
+            tune(s);
+            o.webhook_addr = Some(webhook);
+            o.webhook_cert_dir = Some(certs.clone());
+            o.upload_addr = Some(endpoint);
+            o.upload_cert_dir = Some(certs.clone());
+        });
+        let config = format!("hooks-{ns}");
+        let webhooks: Vec<Value> = hooks
+            .iter()
+            .map(|(name, path, rules)| {
+                json!({
+                    "name": name,
+                    "clientConfig": {"url": format!("https://127.0.0.1:{}{path}", webhook.port()),
+                                     "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.ca_pem())},
+                    "rules": rules,
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                    "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+                    "timeoutSeconds": 10
+                })
+            })
+            .collect();
+        let manifest = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": config},
+            "webhooks": webhooks,
+        });
+        c.kubectl_stdin(&["apply", "-f", "-"], &manifest.to_string())
+            .await
+            .unwrap();
+        Self {
+            op,
+            ca,
+            endpoint,
+            config,
+        }
+    }
+
+    async fn stop(self, c: &Cluster) {
+        c.kubectl(&["delete", "mutatingwebhookconfiguration", &self.config])
+            .await
+            .unwrap();
+        self.op.stop().await;
+    }
+}
+
+/// CDI's and ido's CRDs, a namespace `prefix-…`, the operator with CDI compatibility as the
+/// chart's ServiceAccount, and a server of the test qcow2 with qemu-img's raw of it.
+async fn cdi_operator(c: &Cluster, prefix: &str, d: &Path) -> (String, Operator, FileServer, Vec<u8>) {
+    let (q, oracle) = qcow2(d);
+    let server = FileServer::start(
+        std::fs::read(&q).unwrap(),
+        Behaviour {
+            ranges: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    install_crds(c).await;
+    let vms = c.namespace(prefix).await.unwrap();
+    let (op_ns, client) = chart_operator_client(
+        c,
+        &format!("{prefix}-op"),
+        json!({"diskImport": {"enabled": true}, "cdiCompat": {"enabled": true}}),
+        d,
+    )
+    .await;
+    let op = Operator::start(client, &op_ns, |s, _| s.cdi_compat = true);
+    (vms, op, server, oracle)
+}
+
 /// The kubelet's part for the Pod of Job `job` in `ns`, once the job controller made it and
 /// `claim` is bound: its command run to its end (on the loopback pod IP `ip`, if given).
 /// The exit code and the container's log.
@@ -301,41 +426,17 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     )
     .await;
 
-    // The operator: the webhook and the upload endpoint on loopback, with a test CA.
-    let ca = TestCa::new().unwrap();
-    let certs = d.join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::copy(&ca.server_cert, certs.join("tls.crt")).unwrap();
-    std::fs::copy(&ca.server_key, certs.join("tls.key")).unwrap();
-    let (webhook, endpoint) = (free_addr(), free_addr());
-    let op = Operator::start(client, &op_ns, |s, o| {
-        s.disk_import.upload_key = Some(UploadKey::generate());
-        o.webhook_addr = Some(webhook);
-        o.webhook_cert_dir = Some(certs.clone());
-        o.upload_addr = Some(endpoint);
-        o.upload_cert_dir = Some(certs.clone());
-    });
-    // The chart's webhook for UploadTokenRequests, pointed at this operator.
-    let config_name = format!("upload-{vms}");
-    let config = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": config_name},
-        "webhooks": [{
-            "name": "uploadtokenrequests.disk-import.ido.dev",
-            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate-upload-token", webhook.port()),
-                             "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.ca_pem())},
-            "rules": [{"operations": ["CREATE"], "apiGroups": ["ido.dev"], "apiVersions": ["v1alpha1"],
-                       "resources": ["uploadtokenrequests"], "scope": "Namespaced"},
-                      {"operations": ["CREATE"], "apiGroups": ["upload.cdi.kubevirt.io"], "apiVersions": ["v1beta1"],
-                       "resources": ["uploadtokenrequests"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": vms}},
-            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-            "timeoutSeconds": 10
-        }]
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &config.to_string())
-        .await
-        .unwrap();
+    // The operator: the webhook and the upload endpoint on loopback, with a test CA, and the
+    // chart's webhook for UploadTokenRequests pointed at it.
+    let served = Served::start(
+        c,
+        (client, &op_ns),
+        (&vms, &[upload_token_hook(&["ido.dev", "upload.cdi.kubevirt.io"])]),
+        d,
+        |_| {},
+    )
+    .await;
+    let (ca, endpoint) = (&served.ca, served.endpoint);
 
     // The volume the claim binds to.
     let pv_dir = d.join("pv");
@@ -495,10 +596,7 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
         "{err}"
     );
 
-    c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
-        .await
-        .unwrap();
-    op.stop().await;
+    served.stop(c).await;
 }
 
 #[tokio::test]
@@ -507,25 +605,7 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     let c = Cluster::shared().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (q, oracle) = qcow2(d);
-    let server = FileServer::start(
-        std::fs::read(&q).unwrap(),
-        Behaviour {
-            ranges: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    install_crds(c).await;
-    let vms = c.namespace("cdi-vms").await.unwrap();
-    let (op_ns, client) = chart_operator_client(
-        c,
-        "cdi-op",
-        json!({"diskImport": {"enabled": true}, "cdiCompat": {"enabled": true}}),
-        d,
-    )
-    .await;
-    let op = Operator::start(client, &op_ns, |s, _| s.cdi_compat = true);
+    let (vms, op, server, oracle) = cdi_operator(c, "cdi-vms", d).await;
 
     // The volumes the claims bind to.
     let pv_dir = d.join("pv");
@@ -651,6 +731,75 @@ async fn cdis_example_data_volume_imports_through_the_operator() {
     op.stop().await;
 }
 
+/// The kubelet's part for a clone from another namespace: the upload pod of DiskImport
+/// `ns/name` (on a loopback IP `127.0.NET.x`), then its sender in `source_ns` beside
+/// `source_claim`, each run to its end (exit 0). The sender Job's name.
+async fn play_clone(
+    c: &'static Cluster,
+    (ns, name): (&str, &str),
+    (source_ns, source_claim): (&str, &str),
+    root: &Path,
+    net: u8,
+) -> String {
+    let target = tokio::spawn(play(
+        c,
+        ns.to_string(),
+        format!("importer-{name}"),
+        name.to_string(),
+        root.join("target-pod"),
+        Some(format!("127.0.{net}.{}", 2 + std::process::id() % 250)),
+    ));
+    let label = format!(
+        "ido.dev/clone-target={}",
+        ido_controllers::diskimport::short_name("", &format!("{ns}.{name}"), 63)
+    );
+    let mut sender = String::new();
+    for _ in 0..300 {
+        sender = c
+            .kubectl(&[
+                "get",
+                "jobs",
+                "-n",
+                source_ns,
+                "-l",
+                &label,
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .await
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if !sender.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !sender.is_empty(),
+        "no sender Job of {ns}/{name} in {source_ns}:\n{}",
+        c.kubectl(&["get", "dv,diskimport", "-n", ns, "-o", "yaml"])
+            .await
+            .unwrap_or_default()
+    );
+    let (exit, log) = play(
+        c,
+        source_ns.to_string(),
+        sender.clone(),
+        source_claim.to_string(),
+        root.join("sender-pod"),
+        None,
+    )
+    .await;
+    assert_eq!(exit, 0, "the sender of {name}:\n{log}");
+    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), target)
+        .await
+        .expect("the upload pod ends")
+        .unwrap();
+    assert_eq!(exit, 0, "the upload pod of {name}:\n{log}");
+    sender
+}
+
 /// CDI's clone examples across namespaces: refused for a user who may not read the source
 /// namespace (the operator's webhook asks a SubjectAccessReview), let in once they may; the
 /// copy runs in an upload pod beside the new claim and a sender beside the source (both
@@ -674,39 +823,11 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
         d,
     )
     .await;
-    let ca = TestCa::new().unwrap();
-    let certs = d.join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::copy(&ca.server_cert, certs.join("tls.crt")).unwrap();
-    std::fs::copy(&ca.server_key, certs.join("tls.key")).unwrap();
-    let webhook = free_addr();
-    let op = Operator::start(client, &op_ns, |s, o| {
-        s.cdi_compat = true;
-        s.disk_import.upload_key = Some(UploadKey::generate());
-        o.webhook_addr = Some(webhook);
-        o.webhook_cert_dir = Some(certs.clone());
-    });
-    // The chart's clone webhook, pointed at this operator, for this test's namespace.
-    let config_name = format!("clone-{vms}");
-    let config = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": config_name},
-        "webhooks": [{
-            "name": "clones.disk-import.ido.dev",
-            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate-clone", webhook.port()),
-                             "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.ca_pem())},
-            "rules": [{"operations": ["CREATE"], "apiGroups": ["ido.dev"], "apiVersions": ["v1alpha1"],
-                       "resources": ["diskimports"], "scope": "Namespaced"},
-                      {"operations": ["CREATE"], "apiGroups": ["cdi.kubevirt.io"], "apiVersions": ["v1beta1"],
-                       "resources": ["datavolumes"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": vms}},
-            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-            "timeoutSeconds": 10
-        }]
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &config.to_string())
-        .await
-        .unwrap();
+    // The operator, and the chart's clone webhook pointed at it for this test's namespace.
+    let served = Served::start(c, (client, &op_ns), (&vms, &[clone_hook()]), d, |s| {
+        s.cdi_compat = true
+    })
+    .await;
 
     // The source: a claim of the source namespace whose disk's bytes are a qcow2 image and
     // then a hole (64 MiB in all).
@@ -827,61 +948,14 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     );
 
     // The upload pod beside the new claim, then the sender beside the source: played.
-    let target = tokio::spawn(play(
+    let sender = play_clone(
         c,
-        vms.clone(),
-        "importer-cloned-datavolume".into(),
-        "cloned-datavolume".into(),
-        d.join("target-pod"),
-        Some(format!("127.0.1.{}", 2 + std::process::id() % 250)),
-    ));
-    let mut sender = String::new();
-    for _ in 0..300 {
-        sender = c
-            .kubectl(&[
-                "get",
-                "jobs",
-                "-n",
-                &source_ns,
-                "-l",
-                "ido.dev/clone-target",
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ])
-            .await
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if !sender.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !sender.is_empty(),
-        "no sender Job in the source namespace; the DataVolume and DiskImport:\n{}\npods:\n{}",
-        c.kubectl(&["get", "dv,diskimport,events", "-n", &vms, "-o", "yaml"])
-            .await
-            .unwrap_or_default(),
-        c.kubectl(&["get", "pods,jobs", "-n", &vms, "-o", "yaml"])
-            .await
-            .unwrap_or_default()
-    );
-    let (exit, log) = play(
-        c,
-        source_ns.clone(),
-        sender.clone(),
-        "source-datavolume".into(),
-        d.join("sender-pod"),
-        None,
+        (&vms, "cloned-datavolume"),
+        (&source_ns, "source-datavolume"),
+        &d.join("clone"),
+        1,
     )
     .await;
-    assert_eq!(exit, 0, "the sender:\n{log}");
-    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), target)
-        .await
-        .expect("the upload pod ends")
-        .unwrap();
-    assert_eq!(exit, 0, "the upload pod:\n{log}");
     let dv_phase = async || {
         c.kubectl(&[
             "get",
@@ -1005,53 +1079,14 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     let mut snapshot_disk = disk.clone();
     snapshot_disk[..1 << 20].fill(0x5a);
     std::fs::write(restored_dir.join("disk.img"), &snapshot_disk).unwrap();
-    let target = tokio::spawn(play(
+    let sender = play_clone(
         c,
-        vms.clone(),
-        "importer-from-snapshot".into(),
-        "from-snapshot".into(),
-        d.join("snapshot-target-pod"),
-        Some(format!("127.0.2.{}", 2 + std::process::id() % 250)),
-    ));
-    let label = format!(
-        "ido.dev/clone-target={}",
-        ido_controllers::diskimport::short_name("", &format!("{vms}.from-snapshot"), 63)
-    );
-    let mut sender = String::new();
-    wait_for("the snapshot clone's sender Job", async || {
-        sender = c
-            .kubectl(&[
-                "get",
-                "jobs",
-                "-n",
-                &source_ns,
-                "-l",
-                &label,
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ])
-            .await
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        !sender.is_empty()
-    })
-    .await;
-    let (exit, log) = play(
-        c,
-        source_ns.clone(),
-        sender.clone(),
-        restore.clone(),
-        d.join("snapshot-sender-pod"),
-        None,
+        (&vms, "from-snapshot"),
+        (&source_ns, &restore),
+        &d.join("snapshot"),
+        2,
     )
     .await;
-    assert_eq!(exit, 0, "the sender:\n{log}");
-    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), target)
-        .await
-        .expect("the upload pod ends")
-        .unwrap();
-    assert_eq!(exit, 0, "the upload pod:\n{log}");
     wait_for("the snapshot clone Succeeded", async || {
         c.kubectl(&[
             "get",
@@ -1126,53 +1161,14 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    let target = tokio::spawn(play(
+    play_clone(
         c,
-        vms.clone(),
-        "importer-clone-block-datavolume".into(),
-        "clone-block-datavolume".into(),
-        d.join("block-target-pod"),
-        Some(format!("127.0.3.{}", 2 + std::process::id() % 250)),
-    ));
-    let label = format!(
-        "ido.dev/clone-target={}",
-        ido_controllers::diskimport::short_name("", &format!("{vms}.clone-block-datavolume"), 63)
-    );
-    let mut sender = String::new();
-    wait_for("the Block clone's sender Job", async || {
-        sender = c
-            .kubectl(&[
-                "get",
-                "jobs",
-                "-n",
-                &source_ns,
-                "-l",
-                &label,
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ])
-            .await
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        !sender.is_empty()
-    })
-    .await;
-    let (exit, log) = play(
-        c,
-        source_ns.clone(),
-        sender.clone(),
-        "import-kubevirt-block-datavolume".into(),
-        d.join("block-sender-pod"),
-        None,
+        (&vms, "clone-block-datavolume"),
+        (&source_ns, "import-kubevirt-block-datavolume"),
+        &d.join("block"),
+        3,
     )
     .await;
-    assert_eq!(exit, 0, "the Block sender:\n{log}");
-    let (exit, log) = tokio::time::timeout(Duration::from_secs(60), target)
-        .await
-        .expect("the upload pod ends")
-        .unwrap();
-    assert_eq!(exit, 0, "the Block upload pod:\n{log}");
     wait_for("the Block clone Succeeded", async || {
         c.kubectl(&[
             "get",
@@ -1191,10 +1187,7 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
     assert_same(&got[..disk.len()], &disk, "the Block clone");
     assert!(got[disk.len()..].iter().all(|b| *b == 0));
 
-    c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
-        .await
-        .unwrap();
-    op.stop().await;
+    served.stop(c).await;
 }
 
 // CDI's other example manifests (kubevirt/containerized-data-importer, manifests/example/),
@@ -1368,38 +1361,15 @@ async fn cdis_other_examples_import_through_the_operator() {
     .await;
     // The operator with CDI's kinds, the upload endpoint and the token webhook (as the
     // upload test has them).
-    let op_ca = TestCa::new().unwrap();
-    let op_certs = d.join("op-certs");
-    std::fs::create_dir(&op_certs).unwrap();
-    std::fs::copy(&op_ca.server_cert, op_certs.join("tls.crt")).unwrap();
-    std::fs::copy(&op_ca.server_key, op_certs.join("tls.key")).unwrap();
-    let (webhook, endpoint) = (free_addr(), free_addr());
-    let op = Operator::start(client, &op_ns, |s, o| {
-        s.cdi_compat = true;
-        s.disk_import.upload_key = Some(UploadKey::generate());
-        o.webhook_addr = Some(webhook);
-        o.webhook_cert_dir = Some(op_certs.clone());
-        o.upload_addr = Some(endpoint);
-        o.upload_cert_dir = Some(op_certs.clone());
-    });
-    let config_name = format!("upload-{vms}");
-    let config = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": config_name},
-        "webhooks": [{
-            "name": "uploadtokenrequests.disk-import.ido.dev",
-            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate-upload-token", webhook.port()),
-                             "caBundle": base64::engine::general_purpose::STANDARD.encode(op_ca.ca_pem())},
-            "rules": [{"operations": ["CREATE"], "apiGroups": ["upload.cdi.kubevirt.io"], "apiVersions": ["v1beta1"],
-                       "resources": ["uploadtokenrequests"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": vms}},
-            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-            "timeoutSeconds": 10
-        }]
-    });
-    c.kubectl_stdin(&["apply", "-f", "-"], &config.to_string())
-        .await
-        .unwrap();
+    let served = Served::start(
+        c,
+        (client, &op_ns),
+        (&vms, &[upload_token_hook(&["upload.cdi.kubevirt.io"])]),
+        d,
+        |s| s.cdi_compat = true,
+    )
+    .await;
+    let (op_ca, endpoint) = (&served.ca, served.endpoint);
 
     // The servers: the qcow2 over plain HTTP (basic auth required), and behind HTTPS with a
     // certificate of the registry's test CA; the registry (TLS) holds it as a containerDisk.
@@ -1856,10 +1826,7 @@ async fn cdis_other_examples_import_through_the_operator() {
         "{err}"
     );
 
-    c.kubectl(&["delete", "mutatingwebhookconfiguration", &config_name])
-        .await
-        .unwrap();
-    op.stop().await;
+    served.stop(c).await;
 }
 
 #[tokio::test]
@@ -1868,25 +1835,7 @@ async fn cdis_example_claims_import_through_the_operator() {
     let c = Cluster::shared().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (q, oracle) = qcow2(d);
-    let server = FileServer::start(
-        std::fs::read(&q).unwrap(),
-        Behaviour {
-            ranges: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    install_crds(c).await;
-    let vms = c.namespace("cdi-pvc").await.unwrap();
-    let (op_ns, client) = chart_operator_client(
-        c,
-        "cdi-pvc-op",
-        json!({"diskImport": {"enabled": true}, "cdiCompat": {"enabled": true}}),
-        d,
-    )
-    .await;
-    let op = Operator::start(client, &op_ns, |s, _| s.cdi_compat = true);
+    let (vms, op, server, oracle) = cdi_operator(c, "cdi-pvc", d).await;
 
     // CDI's manifests/example/golden-pvc.yaml (its last version, before CDI's examples moved
     // to DataVolumes), its endpoint this test's server; no class: it binds to the PV below,

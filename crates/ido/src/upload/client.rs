@@ -167,19 +167,7 @@ pub(crate) async fn upload_cmd(a: UploadArgs) -> anyhow::Result<ExitCode> {
     // The same file (path, length, modification time) continues an upload cut earlier.
     let id = upload_id(&a.image_path, &meta);
 
-    let progress = Progress::default();
-    progress.add_total(total);
-    let display = Arc::new(Display::new(a.progress.resolve(), line));
-    let started = Instant::now();
-    let ticker = {
-        let (d, p) = (display.clone(), progress.clone());
-        tokio::spawn(async move {
-            loop {
-                d.show(&p.report(started.elapsed()));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let (progress, display, started, ticker) = shown(total, a.progress, Duration::from_millis(200));
 
     let mut token = token(&tokens, &a.name).await?;
     let mut failures = 0u32;
@@ -302,19 +290,7 @@ pub(crate) async fn send_cmd(a: SendArgs) -> anyhow::Result<ExitCode> {
     let url = reqwest::Url::parse(&a.url).with_context(|| format!("--url {:?}", a.url))?;
     let base = url.origin().ascii_serialization();
     let id = upload_id(&a.source, &meta);
-    let progress = Progress::default();
-    progress.add_total(total);
-    let display = Arc::new(Display::new(a.progress.resolve(), line));
-    let started = Instant::now();
-    let ticker = {
-        let (d, p) = (display.clone(), progress.clone());
-        tokio::spawn(async move {
-            loop {
-                d.show(&p.report(started.elapsed()));
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        })
-    };
+    let (progress, display, started, ticker) = shown(total, a.progress, Duration::from_secs(5));
     let mut failures = 0u32;
     let result = loop {
         match attempt(&http, &base, url.path(), &token, &a.source, total, &id, &progress).await {
@@ -342,6 +318,29 @@ pub(crate) async fn send_cmd(a: SendArgs) -> anyhow::Result<ExitCode> {
         started.elapsed()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bytes sent so far of `total`, shown in `mode` every `every` until the ticker is
+/// aborted: the counter, the display, the start, the ticker.
+fn shown(
+    total: u64,
+    mode: ProgressMode,
+    every: Duration,
+) -> (Progress, Arc<Display>, Instant, tokio::task::JoinHandle<()>) {
+    let progress = Progress::default();
+    progress.add_total(total);
+    let display = Arc::new(Display::new(mode.resolve(), line));
+    let started = Instant::now();
+    let ticker = {
+        let (d, p) = (display.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                d.show(&p.report(started.elapsed()));
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
+    (progress, display, started, ticker)
 }
 
 /// The DiskImport `--size` and the other creation flags describe.
