@@ -39,6 +39,9 @@ pub(crate) enum Command {
     Sync(crate::sync::SyncArgs),
     /// Import a disk image (file, `-`, http(s); gzip/xz/zstd/bzip2/tar; raw/ISO/qcow2) into a raw file or block device.
     Import(crate::import::ImportArgs),
+    /// Build an image from a Dockerfile with buildah on this machine, for one or more
+    /// platforms (`FROM scratch` images cross-build without emulation).
+    Build(crate::build::BuildArgs),
     /// Upload a local disk image into a DiskImport of a cluster (its source `upload`),
     /// creating it with --size; resumes after a cut.
     Upload(crate::upload::client::UploadArgs),
@@ -326,6 +329,7 @@ async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitC
         Command::Tags(args) => crate::sync::tags_cmd(args).await,
         Command::Sync(args) => crate::sync::sync_cmd(args).await,
         Command::Import(args) => crate::import::import_cmd(args).await,
+        Command::Build(args) => crate::build::build_cmd(args),
         Command::Upload(args) => crate::upload::client::upload_cmd(args).await,
         Command::UploadServer(args) => crate::upload::server::server_cmd(args).await,
         Command::UploadToken(args) => crate::upload::server::token_cmd(args),

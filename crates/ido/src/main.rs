@@ -1,5 +1,6 @@
 //! `ido`: the image distribution operator and CLI. See `cli.rs` for the commands.
 
+mod build;
 mod cache;
 mod cli;
 mod import;
