@@ -1,21 +1,32 @@
 //! One blob of a copy: present at the destination (HEAD), mounted from another repository
-//! of the same registry, or streamed from the source into an upload.
+//! of the same registry, or streamed from the source into an upload. The source is a
+//! registry, or a local file ([`push_file_blob`], for images built here).
 //!
-//! The stream is oci-client's verifying stream: it hashes the bytes as they pass and fails
-//! at the end on a mismatch, so the upload's final commit never happens for bad bytes. The
+//! The stream is oci-client's verifying stream (a file's is this module's): it hashes the
+//! bytes as they pass and fails at the end on a mismatch, so the upload's final commit
+//! never happens for bad bytes. The
 //! chunks that arrive together are joined (fewer, larger writes: the destination registry
 //! spends less CPU per byte). The upload is monolithic (POST, then one PUT of the stream
 //! with its length and digest);
 //! a registry refusing that gets a chunked upload. A failed transfer starts again from the
-//! first byte after a backoff (transient failures), or once at once (digest mismatch).
+//! first byte after a backoff (transient failures), or once at once (digest mismatch; a
+//! file's mismatch fails at once).
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use futures::StreamExt;
-use oci_client::{Reference, errors::OciDistributionError};
+use futures::{StreamExt, stream::BoxStream};
+use oci_client::{
+    Reference,
+    errors::{DigestError, OciDistributionError},
+};
+use sha2::Digest as _;
+use tokio::io::AsyncReadExt;
 
 use crate::{
     Error, Result,
@@ -32,10 +43,33 @@ pub(crate) enum BlobOutcome {
     Mounted,
 }
 
+/// Where a blob's bytes come from.
+#[derive(Clone, Copy)]
+enum BlobSource<'a> {
+    /// A repository of a registry.
+    Registry(&'a Registry, &'a Reference),
+    /// A local file, named by the blob's digest.
+    File(&'a Path),
+}
+
+impl BlobSource<'_> {
+    /// `reading blob DIGEST from …`, for messages.
+    fn reading(&self, digest: &str) -> String {
+        match self {
+            Self::Registry(src, r) => {
+                format!("reading blob {digest} from {}/{}", src.host, r.repository())
+            }
+            Self::File(path) => format!("reading blob {digest} from {}", path.display()),
+        }
+    }
+}
+
 /// Why a transfer failed.
 enum Failure {
     /// Reading from the source (request or stream).
     Source(OciDistributionError),
+    /// Reading the source file (opening it, or a read on the way).
+    File(std::io::Error),
     /// The source's bytes do not have the digest.
     Digest { expected: String, actual: String },
     /// Uploading to the destination.
@@ -66,9 +100,39 @@ pub(crate) async fn copy_blob(
     } else {
         Some(src.limit.acquire().await.expect("semaphore never closed"))
     };
-    let n = transfer_retrying(src, src_ref, dst, dst_ref, &d, progress).await?;
+    let n = transfer_retrying(BlobSource::Registry(src, src_ref), dst, dst_ref, &d, progress).await?;
     bytes.fetch_add(n, Ordering::Relaxed);
     Ok(BlobOutcome::Copied)
+}
+
+/// Pushes blob `d` from the file `path` unless the destination has it (HEAD): streamed,
+/// its sha256 checked on the way (a mismatch fails the upload before its commit and is an
+/// error naming the file and the digest). `progress` as [`copy_blob`]'s.
+pub(crate) async fn push_file_blob(
+    path: &Path,
+    dst: &Registry,
+    dst_ref: &Reference,
+    d: &Descriptor,
+    progress: &Progress,
+) -> Result<BlobOutcome> {
+    if present(dst, dst_ref, d).await? {
+        progress.add(d.size);
+        return Ok(BlobOutcome::Present);
+    }
+    let _dst_permit = dst.limit.acquire().await.expect("semaphore never closed");
+    transfer_retrying(BlobSource::File(path), dst, dst_ref, d, progress).await?;
+    Ok(BlobOutcome::Copied)
+}
+
+/// Whether the destination has blob `d` (HEAD).
+async fn present(dst: &Registry, dst_ref: &Reference, d: &Descriptor) -> Result<bool> {
+    let checking = format!(
+        "checking blob {} in {}/{}",
+        d.digest,
+        dst.host,
+        dst_ref.repository()
+    );
+    with_retries(&checking, || dst.client.blob_exists(dst_ref, &d.digest)).await
 }
 
 /// The destination has blob `d` already (HEAD), or gets it by a mount from the source's
@@ -80,13 +144,7 @@ async fn without_transfer(
     dst_ref: &Reference,
     d: &Descriptor,
 ) -> Result<Option<BlobOutcome>> {
-    let checking = format!(
-        "checking blob {} in {}/{}",
-        d.digest,
-        dst.host,
-        dst_ref.repository()
-    );
-    if with_retries(&checking, || dst.client.blob_exists(dst_ref, &d.digest)).await? {
+    if present(dst, dst_ref, d).await? {
         return Ok(Some(BlobOutcome::Present));
     }
     // A 201 means mounted; anything else (202 opens an upload instead) means copy it.
@@ -103,21 +161,13 @@ async fn without_transfer(
 /// failure, at once after a first digest mismatch, in chunks when the destination refuses
 /// a monolithic upload. The bytes sent.
 async fn transfer_retrying(
-    src: &Registry,
-    src_ref: &Reference,
+    src: BlobSource<'_>,
     dst: &Registry,
     dst_ref: &Reference,
     d: &Descriptor,
     progress: &Progress,
 ) -> Result<u64> {
-    let reading = || {
-        format!(
-            "reading blob {} from {}/{}",
-            d.digest,
-            src.host,
-            src_ref.repository()
-        )
-    };
+    let reading = || src.reading(&d.digest);
     let pushing = || {
         format!(
             "pushing blob {} to {}/{}",
@@ -129,9 +179,12 @@ async fn transfer_retrying(
     let mut monolithic = true;
     let (mut attempt, mut mismatches) = (0, 0);
     loop {
-        let e = match transfer(src, src_ref, dst, dst_ref, d, monolithic, progress).await {
+        let e = match transfer(src, dst, dst_ref, d, monolithic, progress).await {
             Ok(n) => return Ok(n),
-            Err(Failure::Digest { actual, .. }) if mismatches == 0 => {
+            // A registry's bytes may have been damaged on the way; a file's are what they are.
+            Err(Failure::Digest { actual, .. })
+                if mismatches == 0 && matches!(src, BlobSource::Registry(..)) =>
+            {
                 mismatches += 1;
                 tracing::warn!(digest = %d.digest, %actual, "{}: the bytes read do not match; reading again", reading());
                 continue;
@@ -161,6 +214,16 @@ async fn transfer_retrying(
                     error,
                 });
             }
+            Err(Failure::File(e)) => {
+                let path = match src {
+                    BlobSource::File(p) => p.to_path_buf(),
+                    BlobSource::Registry(..) => unreachable!("only a file source fails so"),
+                };
+                return Err(Error::File {
+                    path,
+                    message: format!("reading blob {}: {e}", d.digest),
+                });
+            }
             Err(Failure::Setup(e)) => return Err(e),
         };
         attempt += 1;
@@ -173,8 +236,7 @@ async fn transfer_retrying(
 
 /// One attempt: the source's verified stream into an upload. The bytes sent, on success.
 async fn transfer(
-    src: &Registry,
-    src_ref: &Reference,
+    src: BlobSource<'_>,
     dst: &Registry,
     dst_ref: &Reference,
     d: &Descriptor,
@@ -182,17 +244,15 @@ async fn transfer(
     progress: &Progress,
 ) -> Result<u64, Failure> {
     let sent = Arc::new(AtomicU64::new(0));
-    let r = transfer_once(src, src_ref, dst, dst_ref, d, monolithic, progress, &sent).await;
+    let r = transfer_once(src, dst, dst_ref, d, monolithic, progress, &sent).await;
     if r.is_err() {
         progress.take_back(sent.load(Ordering::Relaxed));
     }
     r
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn transfer_once(
-    src: &Registry,
-    src_ref: &Reference,
+    src: BlobSource<'_>,
     dst: &Registry,
     dst_ref: &Reference,
     d: &Descriptor,
@@ -200,17 +260,23 @@ async fn transfer_once(
     progress: &Progress,
     sent: &Arc<AtomicU64>,
 ) -> Result<u64, Failure> {
-    let s = src
-        .client
-        .pull_blob_stream(src_ref, d.digest.as_str())
-        .await
-        .map_err(Failure::Source)?;
+    let stream: BoxStream<'static, std::io::Result<bytes::Bytes>> = match src {
+        BlobSource::Registry(reg, r) => {
+            let s = reg
+                .client
+                .pull_blob_stream(r, d.digest.as_str())
+                .await
+                .map_err(Failure::Source)?;
+            coalesce(s.stream).boxed()
+        }
+        BlobSource::File(path) => file_stream(path, &d.digest).await.map_err(Failure::File)?,
+    };
     // The source's own error, kept aside: the upload only sees that its body failed.
     let source_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
     let body = {
         let (sent, source_error) = (sent.clone(), source_error.clone());
         let live = progress.clone();
-        coalesce(s.stream).map(move |item| match item {
+        stream.map(move |item| match item {
             Ok(b) => {
                 sent.fetch_add(b.len() as u64, Ordering::Relaxed);
                 live.add(b.len() as u64);
@@ -233,14 +299,50 @@ async fn transfer_once(
         .await;
     let source_error = source_error.lock().unwrap_or_else(|p| p.into_inner()).take();
     match (pushed, source_error) {
-        (_, Some(e)) => Err(match digest_mismatch(&e) {
-            Some((expected, actual)) => Failure::Digest { expected, actual },
-            None => Failure::Source(OciDistributionError::IoError(e)),
+        (_, Some(e)) => Err(match (digest_mismatch(&e), src) {
+            (Some((expected, actual)), _) => Failure::Digest { expected, actual },
+            (None, BlobSource::File(_)) => Failure::File(e),
+            (None, BlobSource::Registry(..)) => Failure::Source(OciDistributionError::IoError(e)),
         }),
         (Ok(_), None) => Ok(sent.load(Ordering::Relaxed)),
         (Err(e), None) => Err(Failure::Dest(e)),
     }
 }
+
+/// The bytes of the file at `path` in chunks of [`FILE_CHUNK`], hashed as they are read:
+/// after the last one, an error carrying a [`DigestError::VerificationError`] (what
+/// oci-client's verifying stream gives) when their sha256 is not `digest`.
+async fn file_stream(
+    path: &Path,
+    digest: &str,
+) -> std::io::Result<BoxStream<'static, std::io::Result<bytes::Bytes>>> {
+    let file = tokio::fs::File::open(path).await?;
+    let state = Some((file, sha2::Sha256::new(), digest.to_string()));
+    Ok(futures::stream::unfold(state, |state| async move {
+        let (mut file, mut hash, expected) = state?;
+        let mut buf = bytes::BytesMut::with_capacity(FILE_CHUNK);
+        match file.read_buf(&mut buf).await {
+            Err(e) => Some((Err(e), None)),
+            Ok(0) => {
+                let actual = format!("sha256:{}", hex::encode(hash.finalize()));
+                if actual == expected {
+                    None
+                } else {
+                    let e = std::io::Error::other(DigestError::VerificationError { expected, actual });
+                    Some((Err(e), None))
+                }
+            }
+            Ok(_) => {
+                hash.update(&buf);
+                Some((Ok(buf.freeze()), Some((file, hash, expected))))
+            }
+        }
+    })
+    .boxed())
+}
+
+/// A file blob is read this much at a time (at most).
+const FILE_CHUNK: usize = 512 << 10;
 
 /// Joins the chunks that are ready at once into one (up to [`COALESCE_MAX`] bytes): fewer,
 /// larger writes to the destination, whose server then reads more per wakeup. Never waits

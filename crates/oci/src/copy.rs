@@ -543,7 +543,7 @@ fn select(manifests: &[Descriptor], platforms: &Platforms, name: &str) -> Result
 
 /// The digest of what `r` names on `dst` now, if anything. Any failure counts as nothing:
 /// the copy then goes ahead, and reports real errors from its own requests.
-async fn existing_digest(dst: &Registry, r: &Reference) -> Option<String> {
+pub(crate) async fn existing_digest(dst: &Registry, r: &Reference) -> Option<String> {
     let (bytes, _) = dst.pull_manifest_raw(r).await.ok()?;
     Some(media::sha256(&bytes))
 }
@@ -571,7 +571,7 @@ async fn pull_image(
 
 /// A manifest's bytes and their digest, checked against the reference's digest if it has
 /// one, and against the registry's `Docker-Content-Digest` (when it sends a sha256 one).
-async fn pull_manifest(src: &Registry, r: &Reference) -> Result<(Bytes, String)> {
+pub(crate) async fn pull_manifest(src: &Registry, r: &Reference) -> Result<(Bytes, String)> {
     let what = format!("manifest {}", r.whole());
     let (bytes, digest) = with_retries(&what, || src.pull_manifest_raw(r)).await?;
     let actual = media::sha256(&bytes);
@@ -594,7 +594,12 @@ async fn pull_manifest(src: &Registry, r: &Reference) -> Result<(Bytes, String)>
     Ok((bytes, actual))
 }
 
-async fn push_manifest(dst: &Registry, r: &Reference, bytes: Bytes, media_type: &str) -> Result<()> {
+pub(crate) async fn push_manifest(
+    dst: &Registry,
+    r: &Reference,
+    bytes: Bytes,
+    media_type: &str,
+) -> Result<()> {
     let what = format!("pushing manifest {}", r.whole());
     let ct = HeaderValue::from_str(media_type).map_err(|_| Error::Unsupported {
         reference: r.whole(),

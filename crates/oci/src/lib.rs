@@ -21,6 +21,8 @@
 //!   honouring `Retry-After` where the engine sees the response headers.
 //! - [`reference`](mod@reference): image references parsed without oci-spec's regular expression
 //!   (~75 ms of CPU on first use).
+//! - [`push`]: images built here (containers/image's `dir:` layout) pushed by digest, and
+//!   the tag that names them (the image, or an index of several) published.
 //! - [`tags`]: tag listing and patterns.
 
 pub mod auth;
@@ -28,6 +30,7 @@ pub mod aws;
 mod blob;
 pub mod copy;
 pub mod media;
+pub mod push;
 pub mod reference;
 pub mod registry;
 mod retry;
@@ -63,6 +66,13 @@ pub enum Error {
     /// listens, or it speaks another protocol (TLS to a plain-HTTP registry).
     #[error("registry {host}: {reason}")]
     Unreachable { host: String, reason: String },
+    /// A local file that cannot be used (read, or what it holds): an image directory's
+    /// manifest or blob.
+    #[error("{}: {message}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
     Digest {
         what: String,

@@ -1,6 +1,6 @@
 //! Manifest media types and the parts of manifests the copy needs.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -55,11 +55,11 @@ impl Descriptor {
 }
 
 /// An OS/architecture[/variant] triple.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
 pub struct Platform {
     pub os: String,
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
@@ -179,6 +179,37 @@ pub fn parse(bytes: &[u8], reference: &str) -> crate::Result<Manifest> {
     }
 }
 
+/// The platform an image config (OCI or Docker) names: its `os`, `architecture` and
+/// `variant`. `what` names the config in errors.
+pub fn config_platform(bytes: &[u8], what: &str) -> crate::Result<Platform> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        variant: Option<String>,
+    }
+    let unsupported = |message: String| crate::Error::Unsupported {
+        reference: what.into(),
+        message,
+    };
+    let c: Config = serde_json::from_slice(bytes)
+        .map_err(|e| unsupported(format!("image config is not valid JSON: {e}")))?;
+    if c.os.is_empty() || c.architecture.is_empty() {
+        return Err(unsupported(format!(
+            "image config names no platform (os {:?}, architecture {:?})",
+            c.os, c.architecture
+        )));
+    }
+    Ok(Platform {
+        os: c.os,
+        architecture: c.architecture,
+        variant: c.variant.filter(|v| !v.is_empty()),
+    })
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -215,6 +246,29 @@ mod tests {
         }
         let img = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"digest":"sha256:c","size":2},"layers":[{"digest":"sha256:l","size":3}]}"#;
         assert!(matches!(parse(img, "r").unwrap(), Manifest::Image { layers, .. } if layers.len() == 1));
+    }
+
+    #[test]
+    fn config_platforms() {
+        // As buildah writes them (OCI, then Docker), trimmed.
+        let oci = br#"{"created":"2026-12-08T00:00:00Z","architecture":"arm64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#;
+        assert_eq!(
+            config_platform(oci, "c").unwrap(),
+            Platform::parse("linux/arm64").unwrap()
+        );
+        let docker = br#"{"architecture":"arm","os":"linux","variant":"v7","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert_eq!(
+            config_platform(docker, "c").unwrap(),
+            Platform::parse("linux/arm/v7").unwrap()
+        );
+        let empty_variant = br#"{"architecture":"amd64","os":"linux","variant":""}"#;
+        assert_eq!(config_platform(empty_variant, "c").unwrap().variant, None);
+        let e = config_platform(br#"{"os":"linux"}"#, "dir/abc")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dir/abc") && e.contains("no platform"), "{e}");
+        let e = config_platform(b"not json", "dir/abc").unwrap_err().to_string();
+        assert!(e.contains("dir/abc") && e.contains("not valid JSON"), "{e}");
     }
 
     #[test]
