@@ -69,7 +69,7 @@ enum Failure {
     /// Reading from the source (request or stream).
     Source(OciDistributionError),
     /// Reading the source file (opening it, or a read on the way).
-    File(std::io::Error),
+    File(std::path::PathBuf, std::io::Error),
     /// The source's bytes do not have the digest.
     Digest { expected: String, actual: String },
     /// Uploading to the destination.
@@ -214,11 +214,7 @@ async fn transfer_retrying(
                     error,
                 });
             }
-            Err(Failure::File(e)) => {
-                let path = match src {
-                    BlobSource::File(p) => p.to_path_buf(),
-                    BlobSource::Registry(..) => unreachable!("only a file source fails so"),
-                };
+            Err(Failure::File(path, e)) => {
                 return Err(Error::File {
                     path,
                     message: format!("reading blob {}: {e}", d.digest),
@@ -269,7 +265,9 @@ async fn transfer_once(
                 .map_err(Failure::Source)?;
             coalesce(s.stream).boxed()
         }
-        BlobSource::File(path) => file_stream(path, &d.digest).await.map_err(Failure::File)?,
+        BlobSource::File(path) => file_stream(path, &d.digest)
+            .await
+            .map_err(|e| Failure::File(path.into(), e))?,
     };
     // The source's own error, kept aside: the upload only sees that its body failed.
     let source_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
@@ -301,7 +299,7 @@ async fn transfer_once(
     match (pushed, source_error) {
         (_, Some(e)) => Err(match (digest_mismatch(&e), src) {
             (Some((expected, actual)), _) => Failure::Digest { expected, actual },
-            (None, BlobSource::File(_)) => Failure::File(e),
+            (None, BlobSource::File(path)) => Failure::File(path.into(), e),
             (None, BlobSource::Registry(..)) => Failure::Source(OciDistributionError::IoError(e)),
         }),
         (Ok(_), None) => Ok(sent.load(Ordering::Relaxed)),

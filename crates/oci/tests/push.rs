@@ -248,6 +248,7 @@ async fn push_refuses_bad_directories_by_name() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("refused: {e}");
     assert!(
         e.contains(&bad.join(hex).display().to_string())
             && e.contains(&layer)
@@ -270,6 +271,7 @@ async fn push_refuses_bad_directories_by_name() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("refused: {e}");
     assert!(
         e.contains(&layer) && e.contains("manifest.json") && e.contains("missing"),
         "{e}"
@@ -282,6 +284,7 @@ async fn push_refuses_bad_directories_by_name() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("refused: {e}");
     assert!(
         e.contains(&empty.join("manifest.json").display().to_string()) && e.contains("missing"),
         "{e}"
