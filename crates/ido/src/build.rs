@@ -5,6 +5,8 @@
 //!   CONTEXT + Dockerfile ─▶ buildah build --isolation chroot --storage-driver vfs
 //!                             --platform OS/ARCH --disable-compression=false -t dir:OUT-OS-ARCH
 //!                        ─▶ OUT-OS-ARCH/manifest.json + blobs (its digest: sha256 of manifest.json)
+//!   --tag REG/REPO:TAG    ─▶ each pushed by digest (ido-oci, no tag), then the tag names the
+//!                            one image, or the index of them all
 //! ```
 //!
 //! buildah is run with an argument vector (no shell); its storage, run and home directories
@@ -48,6 +50,22 @@ pub(crate) struct BuildArgs {
     /// a temporary directory, removed.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// Push to `[docker://]REGISTRY/REPO:TAG`: each platform's image by digest, then the tag
+    /// (an index for several platforms). Without it, the images are only built.
+    #[arg(long, short = 't', value_name = "REF")]
+    tag: Option<String>,
+    /// Docker config file with credentials (default: $REGISTRY_AUTH_FILE, else ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Verify the registry's TLS certificate; false allows plain HTTP or unverified TLS.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    dest_tls_verify: bool,
+    /// Directory of CA certificates (`*.crt`) for the registry.
+    #[arg(long, value_name = "DIR")]
+    dest_cert_dir: Option<PathBuf>,
+    /// Write the tag's digest to this file (as skopeo's --digestfile).
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -225,7 +243,20 @@ fn host_platform() -> String {
     format!("linux/{arch}")
 }
 
-pub(crate) fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
+    // The destination first: a bad reference or unreadable credentials fail before a build.
+    let dest = match &a.tag {
+        Some(t) => {
+            let tag = crate::cli::parse_reference(t, "--tag")?;
+            if tag.digest().is_some() {
+                bail!("--tag {t:?}: a tag is pushed, not a digest");
+            }
+            let auths = std::sync::Arc::new(crate::sync::load_authfile(a.authfile.as_deref())?);
+            let reg = crate::cli::connect(&tag, a.dest_tls_verify, a.dest_cert_dir.as_deref(), auths).await?;
+            Some((tag, reg))
+        }
+        None => None,
+    };
     if !a.context.is_dir() {
         bail!("CONTEXT {}: not a directory", a.context.display());
     }
@@ -255,6 +286,7 @@ pub(crate) fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
             temp.path().to_path_buf()
         }
     };
+    let mut images = vec![];
     for platform in &platforms {
         let plan = Plan {
             context: &a.context,
@@ -265,7 +297,7 @@ pub(crate) fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
             docker_format: a.format == Format::Docker,
             work: &work,
         };
-        match build_one(&plan) {
+        match tokio::task::block_in_place(|| build_one(&plan)) {
             Ok(b) => {
                 let kept = a
                     .work_dir
@@ -273,6 +305,12 @@ pub(crate) fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
                     .map(|_| format!(" in {}", b.dir.display()))
                     .unwrap_or_default();
                 println!("{} {}{kept}", b.platform, b.digest);
+                if let Some((tag, reg)) = &dest {
+                    let image = ido_oci::push::push_dir(&b.dir, reg, tag).await.with_context(|| {
+                        format!("pushing the {} image to {}", b.platform, tag.repository())
+                    })?;
+                    images.push(image);
+                }
             }
             Err(Failed::Build(m)) => {
                 eprintln!("error: the build failed: {m}");
@@ -281,6 +319,15 @@ pub(crate) fn build_cmd(a: BuildArgs) -> anyhow::Result<ExitCode> {
                 ));
             }
             Err(Failed::Other(e)) => return Err(e),
+        }
+    }
+    if let Some((tag, reg)) = &dest {
+        let digest = ido_oci::push::publish(reg, tag, &images)
+            .await
+            .with_context(|| format!("publishing {}", tag.whole()))?;
+        println!("{}@{digest}", tag.whole());
+        if let Some(f) = &a.digest_file {
+            std::fs::write(f, &digest).with_context(|| format!("--digest-file {}", f.display()))?;
         }
     }
     Ok(ExitCode::SUCCESS)

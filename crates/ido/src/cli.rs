@@ -329,7 +329,7 @@ async fn dispatch(cmd: Command, stop: CancellationToken) -> anyhow::Result<ExitC
         Command::Tags(args) => crate::sync::tags_cmd(args).await,
         Command::Sync(args) => crate::sync::sync_cmd(args).await,
         Command::Import(args) => crate::import::import_cmd(args).await,
-        Command::Build(args) => crate::build::build_cmd(args),
+        Command::Build(args) => crate::build::build_cmd(args).await,
         Command::Upload(args) => crate::upload::client::upload_cmd(args).await,
         Command::UploadServer(args) => crate::upload::server::server_cmd(args).await,
         Command::UploadToken(args) => crate::upload::server::token_cmd(args),
@@ -471,29 +471,22 @@ pub(crate) async fn copy_cmd(args: CopyArgs) -> anyhow::Result<ExitCode> {
     use ido_oci::{
         copy::{Platforms, Progress, copy_with_progress},
         media::Platform,
-        registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings},
     };
     let auths = Arc::new(crate::sync::load_authfile(args.authfile.as_deref())?);
     let src_ref = parse_reference(&args.src, "SRC")?;
     let dst_ref = parse_reference(&args.dst, "DST")?;
-    let tls = |verify: bool, dir: &Option<PathBuf>| -> anyhow::Result<TlsSettings> {
-        Ok(TlsSettings {
-            verify,
-            ca_bundle: dir.as_deref().map(crate::sync::read_cert_dir).transpose()?,
-        })
-    };
-    let src = Registry::connect(
-        src_ref.resolve_registry(),
-        &tls(args.src_tls_verify, &args.src_cert_dir)?,
+    let src = connect(
+        &src_ref,
+        args.src_tls_verify,
+        args.src_cert_dir.as_deref(),
         auths.clone(),
-        DEFAULT_CONCURRENCY,
     )
     .await?;
-    let dst = Registry::connect(
-        dst_ref.resolve_registry(),
-        &tls(args.dest_tls_verify, &args.dest_cert_dir)?,
+    let dst = connect(
+        &dst_ref,
+        args.dest_tls_verify,
+        args.dest_cert_dir.as_deref(),
         auths,
-        DEFAULT_CONCURRENCY,
     )
     .await?;
     let platforms = if args.all {
@@ -577,6 +570,22 @@ async fn show_progress<T>(
     };
     display.finish();
     out
+}
+
+/// The registry of `r`, verified unless `verify` is false, trusting the CAs of `cert_dir`
+/// (skopeo's `--*-tls-verify` and `--*-cert-dir`).
+pub(crate) async fn connect(
+    r: &ido_oci::Reference,
+    verify: bool,
+    cert_dir: Option<&std::path::Path>,
+    auths: Arc<ido_oci::auth::AuthStore>,
+) -> anyhow::Result<ido_oci::registry::Registry> {
+    use ido_oci::registry::{DEFAULT_CONCURRENCY, Registry, TlsSettings};
+    let tls = TlsSettings {
+        verify,
+        ca_bundle: cert_dir.map(crate::sync::read_cert_dir).transpose()?,
+    };
+    Ok(Registry::connect(r.resolve_registry(), &tls, auths, DEFAULT_CONCURRENCY).await?)
 }
 
 /// An image reference, with or without skopeo's `docker://` transport.

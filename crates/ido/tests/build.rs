@@ -170,3 +170,95 @@ fn a_failing_build_reports_buildahs_error_and_bad_flags_are_named() {
     let o = ido(&[d.join("nowhere").to_str().unwrap()]);
     assert!(text(&o.stderr).contains("not a directory"), "{}", text(&o.stderr));
 }
+
+/// `--tag`: each platform's image pushed by digest, then the index under the tag, to a real
+/// docker-registry with basic auth; skopeo reads back the same bytes and the arm64 image.
+#[tokio::test]
+async fn a_two_architecture_build_is_pushed_as_an_index() {
+    use ido_testkit::registry::{DockerRegistry, RegistryOptions, skopeo, skopeo_raw};
+    buildah_installed();
+    let reg = DockerRegistry::start(RegistryOptions {
+        auth: Some(("builder".into(), "s3cr3t-build".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ctx = context(d);
+    // skopeo's flags for this registry, as ido build's (the same authfile).
+    let flags: Vec<String> = reg
+        .skopeo_flags("", d)
+        .unwrap()
+        .into_iter()
+        .map(|f| {
+            f.replace("--tls-verify=", "--dest-tls-verify=")
+                .replace("--cert-dir=", "--dest-cert-dir=")
+        })
+        .collect();
+    let tag = format!("docker://{}/team/hello:1.0", reg.host());
+    let digest_file = d.join("digest");
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .arg("build")
+        .arg(&ctx)
+        .args([
+            "--platform",
+            "linux/amd64",
+            "--platform",
+            "linux/arm64",
+            "--tag",
+            &tag,
+        ])
+        .args(&flags)
+        .arg("--digest-file")
+        .arg(&digest_file)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"));
+    let digest = std::fs::read_to_string(&digest_file).unwrap();
+    assert!(
+        out.contains(&format!("{}/team/hello:1.0@{digest}", reg.host())),
+        "{out}"
+    );
+    let (raw, seen) = skopeo_raw(&reg, "team/hello:1.0", d).await.unwrap();
+    assert_eq!(seen, digest);
+    let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(archs, ["amd64", "arm64"], "{index}");
+    let mut args = vec!["inspect".to_string(), "--override-arch".into(), "arm64".into()];
+    args.extend(reg.skopeo_flags("", d).unwrap());
+    args.push(format!("docker://{}/team/hello:1.0", reg.host()));
+    let inspected: serde_json::Value = serde_json::from_slice(&skopeo(&args).await.unwrap()).unwrap();
+    assert_eq!(inspected["Architecture"], "arm64");
+
+    // Without credentials (an authfile naming none) the registry refuses the push (401), and
+    // the error names it.
+    let none = d.join("none.json");
+    std::fs::write(&none, r#"{"auths": {}}"#).unwrap();
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ido"))
+        .arg("build")
+        .arg(&ctx)
+        .args([
+            "--platform",
+            "linux/amd64",
+            "--tag",
+            &format!("docker://{}/team/other:1", reg.host()),
+        ])
+        .args(["--dest-tls-verify=false", "--authfile"])
+        .arg(&none)
+        .output()
+        .await
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(reg.host()), "{err}");
+}

@@ -15,13 +15,14 @@ use ido_oci::{
 };
 use ido_testkit::registry::{DockerRegistry, RegistryOptions, skopeo, skopeo_raw};
 
-fn buildah_missing() -> bool {
+/// buildah is a test peer (scripts/setup.sh installs it): its absence fails the test.
+fn buildah_installed() {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("buildah").is_file()));
-    if !on_path {
-        eprintln!("skipped: buildah is not on PATH (apt: buildah; scripts/setup.sh installs it)");
-    }
-    !on_path
+    assert!(
+        on_path,
+        "buildah is not on PATH (apt: buildah; scripts/setup.sh installs it)"
+    );
 }
 
 async fn registry() -> DockerRegistry {
@@ -127,9 +128,7 @@ fn layers(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn push_by_digest_then_publish_an_index() {
-    if buildah_missing() {
-        return;
-    }
+    buildah_installed();
     let reg = registry().await;
     let dst = side(&reg).await;
     let work = tempfile::tempdir().unwrap();
@@ -181,9 +180,7 @@ async fn push_by_digest_then_publish_an_index() {
 
 #[tokio::test]
 async fn push_docker_format_and_publish_one_image() {
-    if buildah_missing() {
-        return;
-    }
+    buildah_installed();
     let reg = registry().await;
     let dst = side(&reg).await;
     let work = tempfile::tempdir().unwrap();
@@ -219,9 +216,7 @@ async fn push_docker_format_and_publish_one_image() {
 
 #[tokio::test]
 async fn push_refuses_bad_directories_by_name() {
-    if buildah_missing() {
-        return;
-    }
+    buildah_installed();
     let reg = registry().await;
     let dst = side(&reg).await;
     let work = tempfile::tempdir().unwrap();
