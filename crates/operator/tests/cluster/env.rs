@@ -240,15 +240,27 @@ async fn install_crds(c: &Cluster) {
     )
     .await
     .unwrap();
-    c.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/nodeimages.image.giantswarm.io",
-        "crd/releases.release.giantswarm.io",
-        "crd/imagesyncs.ido.dev",
-        "crd/diskimports.ido.dev",
-    ])
-    .await
-    .unwrap();
+    // kubectl wait fails at once ("accessor error: <nil>") on a CRD the API server has not
+    // given any status yet: asked again until it has one.
+    let mut last = None;
+    for _ in 0..20 {
+        match c
+            .kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/nodeimages.image.giantswarm.io",
+                "crd/releases.release.giantswarm.io",
+                "crd/imagesyncs.ido.dev",
+                "crd/diskimports.ido.dev",
+            ])
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.to_string().contains("accessor error") => last = Some(e),
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the CRDs never got a status: {}", last.unwrap());
 }
