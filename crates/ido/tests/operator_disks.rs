@@ -115,24 +115,6 @@ async fn install_crds(c: &Cluster) {
     .unwrap();
 }
 
-/// A qcow2 of the common raw image in `d`, and qemu-img's raw conversion of it.
-fn qcow2(d: &Path) -> (std::path::PathBuf, Vec<u8>) {
-    let raw = write_raw(d);
-    let q = d.join("image.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            q.to_str().unwrap(),
-        ],
-    );
-    let oracle = qemu_raw(&q, d);
-    (q, oracle)
-}
-
 /// How a test PersistentVolume is made: its capacity, a directory or (`block`) a file
 /// standing for a device (as the played kubelet attaches it), its class.
 #[derive(Clone, Copy)]
@@ -332,7 +314,7 @@ impl Served {
 /// CDI's and ido's CRDs, a namespace `prefix-…`, the operator with CDI compatibility as the
 /// chart's ServiceAccount, and a server of the test qcow2 with qemu-img's raw of it.
 async fn cdi_operator(c: &Cluster, prefix: &str, d: &Path) -> (String, Operator, FileServer, Vec<u8>) {
-    let (q, oracle) = qcow2(d);
+    let (q, oracle) = write_qcow2(d);
     let server = FileServer::start(
         std::fs::read(&q).unwrap(),
         Behaviour {
@@ -413,7 +395,7 @@ async fn ido_upload_fills_a_disk_import_through_the_operator() {
     let c = Cluster::shared().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (image, oracle) = qcow2(d);
+    let (image, oracle) = write_qcow2(d);
 
     // The CRDs, and the chart's RBAC for uploads (the operator's and the users' roles).
     install_crds(c).await;
@@ -831,7 +813,7 @@ async fn cdis_clone_example_copies_a_claim_of_another_namespace_for_an_allowed_u
 
     // The source: a claim of the source namespace whose disk's bytes are a qcow2 image and
     // then a hole (64 MiB in all).
-    let (q, _) = qcow2(d);
+    let (q, _) = write_qcow2(d);
     let src_dir = d.join("pv-source");
     volume(
         c,
@@ -1346,7 +1328,7 @@ async fn cdis_other_examples_import_through_the_operator() {
     let c = Cluster::shared().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (q, oracle) = qcow2(d);
+    let (q, oracle) = write_qcow2(d);
     let qcow2_bytes = std::fs::read(&q).unwrap();
 
     install_crds(c).await;

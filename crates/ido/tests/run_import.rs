@@ -40,19 +40,7 @@ fn stored(state: &Path, name: &str) -> serde_json::Value {
 async fn run_imports_disks_into_local_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let raw = write_raw(d);
-    let q = d.join("image.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            q.to_str().unwrap(),
-        ],
-    );
-    let oracle = qemu_raw(&q, d);
+    let (q, oracle) = write_qcow2(d);
     let sum = sha256(&q);
     let server = FileServer::start(
         std::fs::read(&q).unwrap(),
@@ -157,19 +145,7 @@ apiVersion: ido.dev/v1alpha1\nkind: DiskImport\nmetadata: {{name: from-block, na
 async fn run_fills_cdis_annotated_claims() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let raw = write_raw(d);
-    let q = d.join("image.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            q.to_str().unwrap(),
-        ],
-    );
-    let oracle = qemu_raw(&q, d);
+    let (q, oracle) = write_qcow2(d);
     let server = FileServer::start(
         std::fs::read(&q).unwrap(),
         Behaviour {

@@ -95,6 +95,21 @@ async fn set_job_status(ctx: &Context<FileStore>, name: &str, st: Value) {
         .unwrap();
 }
 
+/// Marks Job `name` Complete, as the Job controller would.
+async fn complete_job(ctx: &Context<FileStore>, name: &str) {
+    set_job_status(
+        ctx,
+        name,
+        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+    )
+    .await;
+}
+
+/// Whether the store holds no `K` named `ns/name`.
+async fn absent<K: Object>(ctx: &Context<FileStore>, ns: &str, name: &str) -> bool {
+    ctx.store.get::<K>(Some(ns), name).await.unwrap().is_none()
+}
+
 /// Stores an importer pod of `di` in `phase`, with a terminated container when `exit`.
 async fn add_pod(
     ctx: &Context<FileStore>,

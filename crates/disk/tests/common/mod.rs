@@ -108,6 +108,24 @@ pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
     v
 }
 
+/// The fixture as a qcow2 in `dir` (qemu-img's), and qemu-img's raw conversion of it.
+pub fn write_qcow2(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let raw = write_raw(dir);
+    let q = dir.join("image.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
+    );
+    let oracle = qemu_raw(&q, dir);
+    (q, oracle)
+}
+
 /// `qemu-img convert -f <format> -O raw` of `image` (for formats qemu does not probe, as a
 /// fixed VHD).
 pub fn qemu_raw_as(image: &Path, format: &str, dir: &Path) -> Vec<u8> {

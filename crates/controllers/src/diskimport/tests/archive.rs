@@ -61,12 +61,7 @@ async fn archives_get_a_filesystem_claim_of_their_size_and_an_unpacking_job() {
     let (_, di) = step(&ctx, "rootfs").await;
     assert_eq!(status(&di).phase, DiskImportPhase::ImportInProgress);
     assert_eq!(cond(&di, "Running").reason, "PodRunning");
-    set_job_status(
-        &ctx,
-        "importer-rootfs",
-        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
-    )
-    .await;
+    complete_job(&ctx, "importer-rootfs").await;
     let (_, di) = step(&ctx, "rootfs").await;
     let st = status(&di);
     assert_eq!(
@@ -74,13 +69,7 @@ async fn archives_get_a_filesystem_claim_of_their_size_and_an_unpacking_job() {
         (DiskImportPhase::Succeeded, "100.0%")
     );
     assert_eq!(cond(&di, "Ready").reason, "Completed");
-    assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-rootfs")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Job>(&ctx, NS, "importer-rootfs").await);
 
     // S3 in CDI's form works the same.
     let s3 = DiskImportSource {

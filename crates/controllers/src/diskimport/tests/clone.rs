@@ -47,21 +47,10 @@ async fn a_clone_waits_for_its_source_then_reads_it_read_only() {
         cond(&di, "Ready")
     );
     assert_eq!(next, Action::Requeue(Duration::from_secs(5)));
-    assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-copy")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Job>(&ctx, NS, "importer-copy").await);
 
     // The source's import succeeds: the clone's importer reads its disk.img, read-only.
-    set_job_status(
-        &ctx,
-        "importer-golden",
-        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
-    )
-    .await;
+    complete_job(&ctx, "importer-golden").await;
     let (_, golden) = step(&ctx, "golden").await;
     assert_eq!(status(&golden).phase, DiskImportPhase::Succeeded);
     let (_, di) = step(&ctx, "copy").await;
@@ -210,21 +199,10 @@ async fn a_disk_source_clone_waits_until_it_is_ready_then_clones_its_claim_pinne
         "{:?}",
         cond(&di, "Ready")
     );
-    assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-vm-root")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Job>(&ctx, NS, "importer-vm-root").await);
 
     // The import succeeds and its claim binds: Ready, and the clone's importer reads it.
-    set_job_status(
-        &ctx,
-        "importer-golden",
-        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
-    )
-    .await;
+    complete_job(&ctx, "importer-golden").await;
     step(&ctx, "golden").await;
     let ds = resolve(&ctx, "fedora").await;
     assert!(ds.ready_claim().unwrap_err().contains("ClaimNotBound"));
@@ -352,11 +330,7 @@ async fn a_clone_from_another_namespace_needs_the_webhooks_token_and_sends_from_
             .is_some()
     );
     assert!(
-        ctx.store
-            .get::<Job>(Some(GOLDEN), "clone-source-vms-copy")
-            .await
-            .unwrap()
-            .is_none(),
+        absent::<Job>(&ctx, GOLDEN, "clone-source-vms-copy").await,
         "no sender before the upload pod is ready"
     );
 
@@ -421,29 +395,12 @@ async fn a_clone_from_another_namespace_needs_the_webhooks_token_and_sends_from_
     assert_eq!(args(&sender)[3], "http://10.1.2.4:8443/v1beta1/upload");
 
     // Done: Succeeded, and nothing of the clone is left in the source namespace.
-    set_job_status(
-        &ctx,
-        "importer-copy",
-        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
-    )
-    .await;
+    complete_job(&ctx, "importer-copy").await;
     let (_, di) = step(&ctx, "copy").await;
     assert_eq!(status(&di).phase, DiskImportPhase::Succeeded);
     assert!(!crate::store::has_finalizer(&di, CLONE_FINALIZER));
-    assert!(
-        ctx.store
-            .get::<Job>(Some(GOLDEN), "clone-source-vms-copy")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        ctx.store
-            .get::<Secret>(Some(GOLDEN), "clone-source-vms-copy")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Job>(&ctx, GOLDEN, "clone-source-vms-copy").await);
+    assert!(absent::<Secret>(&ctx, GOLDEN, "clone-source-vms-copy").await);
     let claim: PersistentVolumeClaim = ctx.store.get(Some(GOLDEN), "fedora").await.unwrap().unwrap();
     assert!(
         claim.metadata.deletion_timestamp.is_none(),
@@ -497,13 +454,7 @@ async fn a_failed_sender_fails_the_clone_with_its_message_and_is_removed() {
     // The next look removes the sender and lets the DiskImport go.
     let (_, di) = step(&ctx, "copy").await;
     assert!(!crate::store::has_finalizer(&di, CLONE_FINALIZER));
-    assert!(
-        ctx.store
-            .get::<Job>(Some(GOLDEN), "clone-source-vms-copy")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Job>(&ctx, GOLDEN, "clone-source-vms-copy").await);
 }
 
 fn snapshot(name: &str, ready: Option<bool>, error: Option<&str>) -> ido_api::snapshot::VolumeSnapshot {
@@ -559,13 +510,7 @@ async fn a_snapshot_is_restored_into_a_claim_that_is_cloned_and_then_removed() {
         "{:?}",
         cond(&di, "Ready")
     );
-    assert!(
-        ctx.store
-            .get::<PersistentVolumeClaim>(Some(NS), "restore-vms-copy")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<PersistentVolumeClaim>(&ctx, NS, "restore-vms-copy").await);
 
     // Ready: restored into a claim of the snapshotted claim's class and mode (Block), its
     // size the snapshot's, which is cloned (as a device).
@@ -610,22 +555,11 @@ async fn a_snapshot_is_restored_into_a_claim_that_is_cloned_and_then_removed() {
     assert_eq!(container(&job)["args"][1], "/dev/ido-source");
 
     // Done: the restored claim goes; the snapshot and the snapshotted claim stay.
-    set_job_status(
-        &ctx,
-        "importer-copy",
-        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
-    )
-    .await;
+    complete_job(&ctx, "importer-copy").await;
     let (_, di) = step(&ctx, "copy").await;
     assert_eq!(status(&di).phase, DiskImportPhase::Succeeded);
     assert!(!crate::store::has_finalizer(&di, CLONE_FINALIZER));
-    assert!(
-        ctx.store
-            .get::<PersistentVolumeClaim>(Some(NS), "restore-vms-copy")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<PersistentVolumeClaim>(&ctx, NS, "restore-vms-copy").await);
     assert!(
         ctx.store
             .get::<ido_api::snapshot::VolumeSnapshot>(Some(NS), "before-upgrade")

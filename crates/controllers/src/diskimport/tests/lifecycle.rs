@@ -196,13 +196,7 @@ async fn an_http_import_gets_a_claim_and_an_importer_job_and_follows_it() {
         (DiskImportPhase::Succeeded, "100.0%")
     );
     assert_eq!(cond(&di, "Ready").status, ConditionStatus::True);
-    assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-fedora")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Job>(&ctx, NS, "importer-fedora").await);
     assert!(
         ctx.store
             .get::<PersistentVolumeClaim>(Some(NS), "fedora")
@@ -228,13 +222,7 @@ async fn an_http_import_gets_a_claim_and_an_importer_job_and_follows_it() {
 
     // Deleting the DiskImport deletes its claim (owner references).
     ctx.store.delete(&di).await.unwrap();
-    assert!(
-        ctx.store
-            .get::<PersistentVolumeClaim>(Some(NS), "fedora")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<PersistentVolumeClaim>(&ctx, NS, "fedora").await);
     assert!(
         ctx.store
             .get::<Secret>(Some(NS), "mirror-auth")
@@ -402,30 +390,17 @@ async fn a_stale_copy_after_success_makes_no_second_importer() {
         .unwrap();
     let (_, stale) = step(&ctx, "fedora").await;
     assert_eq!(status(&stale).phase, DiskImportPhase::ImportScheduled);
-    set_job_status(
-        &ctx,
-        "importer-fedora",
-        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
-    )
-    .await;
+    complete_job(&ctx, "importer-fedora").await;
     let (_, done) = step(&ctx, "fedora").await;
     assert_eq!(status(&done).phase, DiskImportPhase::Succeeded);
     assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-fedora")
-            .await
-            .unwrap()
-            .is_none(),
+        absent::<Job>(&ctx, NS, "importer-fedora").await,
         "removed after success"
     );
 
     reconcile(&stale, &ctx).await.unwrap();
     assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-fedora")
-            .await
-            .unwrap()
-            .is_none(),
+        absent::<Job>(&ctx, NS, "importer-fedora").await,
         "no second importer"
     );
     let now: DiskImport = ctx.store.get(Some(NS), "fedora").await.unwrap().unwrap();

@@ -166,20 +166,8 @@ async fn the_kubevirt_provider_imports_through_disk_imports_in_the_store() {
     assert_eq!(provider.exists("main", image).await.unwrap(), Some(t));
 
     provider.delete("main", image).await.unwrap();
-    assert!(
-        ctx.store
-            .get::<DiskImport>(Some(NS), image)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        ctx.store
-            .get::<PersistentVolumeClaim>(Some(NS), image)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<DiskImport>(&ctx, NS, image).await);
+    assert!(absent::<PersistentVolumeClaim>(&ctx, NS, image).await);
 }
 
 /// A path-style S3 endpoint at the image server (bucket `images`, rewritten to its root).

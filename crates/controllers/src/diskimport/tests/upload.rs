@@ -28,13 +28,7 @@ async fn uploads_get_a_keyed_upload_pod_and_are_ready_when_it_is() {
     assert_eq!(status(&di).phase, DiskImportPhase::Pending);
     assert_eq!(cond(&di, "Ready").reason, "UploadUnavailable");
     assert_eq!(next, Action::AwaitChange);
-    assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-up")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Job>(&ctx, NS, "importer-up").await);
 
     let master = crate::diskimport::upload::UploadKey::generate();
     ctx.settings.disk_import.upload_key = Some(master.clone());
@@ -105,28 +99,11 @@ async fn uploads_get_a_keyed_upload_pod_and_are_ready_when_it_is() {
     assert_eq!(cond(&di, "Running").status, ConditionStatus::True);
 
     // The upload is in: Succeeded, the Job and the key go, the claim stays.
-    set_job_status(
-        &ctx,
-        "importer-up",
-        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
-    )
-    .await;
+    complete_job(&ctx, "importer-up").await;
     let (_, di) = step(&ctx, "up").await;
     assert_eq!(status(&di).phase, DiskImportPhase::Succeeded);
-    assert!(
-        ctx.store
-            .get::<Secret>(Some(NS), "upload-key-up")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        ctx.store
-            .get::<Job>(Some(NS), "importer-up")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(absent::<Secret>(&ctx, NS, "upload-key-up").await);
+    assert!(absent::<Job>(&ctx, NS, "importer-up").await);
     assert!(
         ctx.store
             .get::<PersistentVolumeClaim>(Some(NS), "up")
